@@ -1,0 +1,13 @@
+"""asv benchmark suite for fastq; ``asv run --python=same`` uses the current interpreter.
+
+fastq is imported from the installed package if there is one, else from this
+checkout's ``src/`` directory (asv's "existing" environment installs nothing).
+"""
+
+import os
+import sys
+
+try:
+    import fastq.bench  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))

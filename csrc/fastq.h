@@ -1,0 +1,100 @@
+/*
+ * fastq.h - the C API of the fastq core, used by the Cython binding
+ * (src/fastq/_core.pyx) and by the white-box tests (through cffi).
+ *
+ * A handle (fq_queue) is process-local: it maps a segment file and owns, on
+ * first use, a slot in it.  One handle may be used by many threads at once:
+ * each operation borrows one of the slot's FQ_LANES lanes.
+ *
+ * Producer:  fq_put_begin() claims space for n records and returns a claim;
+ *            fq_claim_buf() gives each record's payload pointer to copy
+ *            into; fq_put_commit() publishes them all.
+ * Consumer:  fq_get_begin() claims up to max_n committed records;
+ *            fq_claim_next() iterates their payloads (pointers into the
+ *            ring, valid until fq_get_end()); fq_get_end() frees them.
+ *
+ * Return codes: FQ_OK, or a positive FQ_E* condition, or -errno.
+ */
+#ifndef FASTQ_H
+#define FASTQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    FQ_OK = 0,
+    FQ_EMPTY = 1,     /* nothing to get now */
+    FQ_FULL = 2,      /* no space now */
+    FQ_SHUTDOWN = 3,  /* the queue was shut down */
+    FQ_ETOOBIG = 4,   /* message larger than max_message */
+    FQ_ECORRUPT = 5,  /* the segment holds an impossible value */
+    FQ_ENOSLOT = 6,   /* every slot is taken by a live process */
+    FQ_EBADSEG = 7,   /* the file is not a valid segment (see message) */
+};
+
+enum { FQ_WAIT_DATA = 0, FQ_WAIT_SPACE = 1 };
+
+typedef struct fq_queue fq_queue;
+
+/* An operation in progress; lives on the caller's stack. */
+typedef struct fq_claim {
+    uint64_t pos, end; /* claimed range */
+    uint64_t n;        /* messages in it */
+    uint64_t cursor;   /* iteration position (consumer) */
+    uint32_t lane;
+    uint32_t taken;    /* 1: one requeued record taken (consumer) */
+    uint32_t first_off; /* offset of the first message record from pos */
+    uint32_t redelivered;
+    uint64_t count;    /* the lane's message count before this operation */
+} fq_claim;
+
+typedef struct fq_create_opts {
+    uint64_t capacity;    /* ring bytes, rounded up to a power of two */
+    uint64_t max_message; /* 0: the largest that always fits (capacity/2-16) */
+    uint32_t max_slots;   /* attached processes; 0: 64 */
+    uint32_t mode;        /* file mode, e.g. 0600 */
+} fq_create_opts;
+
+/* Create a new segment at path; exclusive: fail with -EEXIST if present. */
+int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
+              char *err, size_t errlen);
+/* Open an existing segment; validates it (FQ_EBADSEG with a message). */
+int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
+/* Release the slot (if any) and unmap. */
+void fq_close(fq_queue *q);
+
+/* Producer */
+int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c);
+void *fq_claim_buf(fq_queue *q, fq_claim *c); /* next record's payload */
+void fq_put_commit(fq_queue *q, fq_claim *c);
+int fq_put(fq_queue *q, const void *data, size_t len); /* begin+copy+commit */
+
+/* Consumer */
+int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c);
+int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len);
+void fq_get_end(fq_queue *q, fq_claim *c);
+void fq_get_abort(fq_queue *q, fq_claim *c); /* give the messages back */
+
+/* Waiting: returns when the condition may hold, after at most timeout_ns. */
+void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns);
+
+/* Status */
+uint64_t fq_qsize(fq_queue *q);
+int fq_full(fq_queue *q);
+uint64_t fq_capacity(fq_queue *q);
+uint64_t fq_max_message(fq_queue *q);
+uint32_t fq_max_slots(fq_queue *q);
+int fq_is_shutdown(fq_queue *q);
+void fq_shutdown(fq_queue *q, int immediate);
+void fq_stats(fq_queue *q, uint64_t out[8]); /* tail, head, release, ... */
+
+/* Recovery: repair what dead processes left; returns the number of slots
+ * repaired, or 0.  Safe to call at any time from any process. */
+int fq_recover(fq_queue *q);
+/* Is the process pid (with /proc start time, 0 = unknown) alive? */
+int fq_pid_alive(int pid, uint64_t start_time);
+
+/* Test hook: when set, the core calls _exit(9) at the named point. */
+void fq_test_set_crash_point(const char *name, int countdown);
+
+#endif

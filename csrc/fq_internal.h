@@ -1,0 +1,91 @@
+/*
+ * fq_internal.h - the process-local handle and helpers shared by the core's
+ * C files.  Nothing here is part of the segment layout (see fq_layout.h).
+ */
+#ifndef FQ_INTERNAL_H
+#define FQ_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "fastq.h"
+#include "fq_layout.h"
+
+struct fq_queue {
+    int fd;
+    uint8_t *base;
+    size_t map_size;
+    fq_ctrl *ctrl;
+    uint8_t *data;
+    fq_slot *slots;
+    uint64_t cap, mask, salt, max_msg;
+    uint32_t nslots;
+    _Atomic int slot;          /* our slot, or -1 until first use */
+    _Atomic unsigned epoch;    /* fork epoch the slot was taken in */
+    _Atomic uint32_t lanes_free; /* bit l set: lane l is free */
+    _Atomic uint64_t cached_release; /* producers' cache of ctrl->release */
+    pthread_mutex_t mu;        /* attach and sleeper bookkeeping */
+    int sleepers[2];           /* threads of ours asleep on data/space */
+};
+
+/* segment.c */
+int fq_attach(fq_queue *q);
+uint64_t fq_self_start_time(void);
+extern _Atomic unsigned fq_fork_epoch;
+
+/* crash points for fault-injection tests */
+extern _Atomic int fq_crash_armed;
+void fq_crash_check(const char *name);
+#define FQ_CRASH_POINT(name)                                             \
+    do {                                                                 \
+        if (atomic_load_explicit(&fq_crash_armed, memory_order_relaxed)) \
+            fq_crash_check(name);                                        \
+    } while (0)
+
+static inline fq_rec *fq_rec_at(const fq_queue *q, uint64_t pos)
+{
+    return (fq_rec *)(q->data + (pos & q->mask));
+}
+
+static inline uint64_t fq_tag_of(const fq_queue *q, uint64_t pos)
+{
+    return fq_tag(q->salt, pos);
+}
+
+/*
+ * The span of the record at pos whose word is w, validated: 0 if the header
+ * holds an impossible value (a corrupt or hostile segment).
+ */
+static inline uint64_t fq_span(const fq_queue *q, uint64_t pos, uint64_t w, uint32_t len)
+{
+    uint64_t idx = pos & q->mask, span;
+    if ((w & 7) == FQ_REC_SKIP) {
+        span = len;
+        if (span < FQ_REC_HDR || (span & 7) || span > q->cap)
+            return 0;
+        return span;
+    }
+    if (len > q->max_msg)
+        return 0;
+    span = fq_rec_size(len);
+    if (idx + span > q->cap)
+        return 0;
+    return span;
+}
+
+static inline void fq_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+int fq_lane_get(fq_queue *q);
+void fq_lane_put(fq_queue *q, int lane);
+void fq_wake(fq_queue *q, int what);
+
+#endif

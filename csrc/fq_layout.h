@@ -1,0 +1,205 @@
+/*
+ * fq_layout.h - the byte layout of a fastq segment file.
+ *
+ * A segment is one file, mapped MAP_SHARED by every process that uses it.
+ * All integers are little-endian host order (the file is not portable
+ * between architectures; the magic catches a mismatch of endianness).
+ *
+ *   offset       size        what
+ *   0            1024        fq_ctrl: identity (line 0), cursors, wait words
+ *   1024         S*1152      fq_slot[max_slots]: one per attached process
+ *   data_offset  capacity    the ring: variable-length records
+ *
+ *   fq_ctrl (each group on its own 128-byte line, so that producers,
+ *   consumers and sleepers do not false-share):
+ *     0    magic u64          "FASTQSG1"
+ *     8    version u32        FQ_VERSION
+ *     12   kind u32           FQ_KIND_QUEUE (topics will add kinds)
+ *     16   capacity u64       ring bytes, a power of two
+ *     24   max_message u64    largest payload accepted
+ *     32   file_size u64      must equal the file's size
+ *     40   data_offset u64    page aligned
+ *     48   slot_offset u64    = 1024
+ *     56   max_slots u32      number of fq_slot entries
+ *     60   lanes u32          FQ_LANES
+ *     64   salt u64           random, mixed into every record tag
+ *     72   created_ns u64     CLOCK_REALTIME at creation
+ *     80   creator_pid u32
+ *     84   flags u32          0
+ *     128  tail u64           producers' claim cursor (CAS)
+ *     256  head u64           consumers' claim cursor (CAS)
+ *     384  release u64        oldest position still in use (CAS)
+ *     512  data_seq u32       futex word: bumped when data appears
+ *     516  space_seq u32      futex word: bumped when space appears
+ *     520  state u32          FQ_STATE_* bits (shutdown)
+ *     524  recover_pid u32    pid of the process running recovery, or 0
+ *     528  requeued u64       hint: records put back by recovery
+ *     640  data_mask[16]      bit s set: slot s has a thread asleep on data
+ *     768  space_mask[16]     bit s set: slot s has a thread asleep on space
+ *
+ * Who writes what: the creator writes line 0 once, before the file is
+ * linked into place (nobody can see a half-built header).  tail is moved
+ * only by producers' CAS; head only by consumers' CAS; release by the
+ * consumer that finishes the oldest claim, by sweeps and by recovery.  A
+ * slot is written by the process that owns it, except that recovery,
+ * holding recover_pid, may repair and free the slot of a dead process.
+ *
+ * Records.  Positions are 64-bit byte offsets that only grow; a record at
+ * position p lives at data[p & (capacity-1)], starts 8-byte aligned and
+ * never crosses the end of the ring (a SKIP record pads to the end).
+ *
+ *   0  word  u64   fq_tag(p) | state       (state in the low 3 bits)
+ *   8  len   u32   payload bytes; for SKIP: the whole span in bytes
+ *   12 owner u32   producer slot << 8 | lane, for recovery
+ *   16 payload, then padding to a multiple of 8
+ *
+ * A reader trusts the record at p only if word's tag equals fq_tag(p):
+ * bytes from an earlier lap carry an older position's tag, and the salt
+ * makes the tag of a position unpredictable to a payload.
+ */
+#ifndef FQ_LAYOUT_H
+#define FQ_LAYOUT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
+#define FQ_VERSION 1u
+#define FQ_KIND_QUEUE 1u
+#define FQ_LANES 8u
+#define FQ_MAX_SLOTS 1024u
+#define FQ_REC_HDR 16u
+#define FQ_MIN_CAPACITY 4096u
+#define FQ_MAX_CAPACITY (1ULL << 40)
+
+/* record states (low 3 bits of the record word) */
+enum {
+    FQ_REC_WRITING = 1,   /* claimed, header written, payload being copied */
+    FQ_REC_COMMITTED = 2, /* payload complete: may be claimed by a consumer */
+    FQ_REC_DONE = 3,      /* consumed; waits for release to pass it */
+    FQ_REC_REQUEUED = 4,  /* its consumer died before finishing: take again */
+    FQ_REC_TAKEN = 5,     /* a requeued record taken by a consumer */
+    FQ_REC_ABANDONED = 6, /* its producer died before commit: no message */
+    FQ_REC_SKIP = 7,      /* padding or an abandoned region; len = span */
+};
+
+/* control-block state bits */
+#define FQ_STATE_SHUTDOWN 1u
+#define FQ_STATE_IMMEDIATE 2u
+
+typedef struct fq_ctrl {
+    /* line 0: identity, immutable after creation */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t kind;
+    uint64_t capacity;
+    uint64_t max_message;
+    uint64_t file_size;
+    uint64_t data_offset;
+    uint64_t slot_offset;
+    uint32_t max_slots;
+    uint32_t lanes;
+    uint64_t salt;
+    uint64_t created_ns;
+    uint32_t creator_pid;
+    uint32_t flags;
+    uint8_t pad0[128 - 88];
+    /* lines 1-3: the three cursors */
+    _Atomic uint64_t tail;
+    uint8_t pad1[120];
+    _Atomic uint64_t head;
+    uint8_t pad2[120];
+    _Atomic uint64_t release;
+    uint8_t pad3[120];
+    /* line 4: futex words, shutdown, recovery */
+    _Atomic uint32_t data_seq;
+    _Atomic uint32_t space_seq;
+    _Atomic uint32_t state;
+    _Atomic uint32_t recover_pid;
+    _Atomic uint64_t requeued;
+    uint8_t pad4[128 - 24];
+    /* lines 5-6: sleeper bitmasks, one bit per slot */
+    _Atomic uint64_t data_mask[16];
+    _Atomic uint64_t space_mask[16];
+    uint8_t pad5[1024 - 896];
+} fq_ctrl;
+
+/*
+ * An intent: what one lane of a slot is doing right now, so that a
+ * survivor can finish or undo it if the process dies.
+ *   pos, end  the claimed range [pos, end) (producer: of tail; consumer: of
+ *             head, or the one requeued record being taken)
+ *   n         messages in the range
+ *   state     count << 2 | phase.  count is the lane's running total of
+ *             messages put (prod) or got (cons); phase is FQ_PH_*.  Both
+ *             change in one store, so a survivor knows whether the last
+ *             operation was counted.
+ */
+enum { FQ_PH_IDLE = 0, FQ_PH_CLAIMING = 1, FQ_PH_WON = 2, FQ_PH_RECOVERED = 3 };
+
+typedef struct fq_intent {
+    _Atomic uint64_t pos;
+    _Atomic uint64_t end;
+    _Atomic uint64_t n;
+    _Atomic uint64_t state;
+    uint8_t pad[32];
+} fq_intent;
+
+typedef struct fq_lane {
+    fq_intent prod;
+    fq_intent cons;
+} fq_lane;
+
+/*
+ * A slot: one attached process.  word = pid (low 32) | gen (24) | kind (8):
+ * FREE, CLAIMING (being taken by pid) or ACTIVE (owned by pid, whose
+ * process start time is in start_time).  Taken by CAS; freed by its owner
+ * on close or by recovery after the owner died.
+ */
+enum { FQ_SLOT_FREE = 0, FQ_SLOT_CLAIMING = 1, FQ_SLOT_ACTIVE = 2 };
+#define FQ_SLOT_WORD(kind, gen, pid) \
+    (((uint64_t)(kind) << 56) | (((uint64_t)(gen) & 0xffffff) << 32) | (uint32_t)(pid))
+#define FQ_SLOT_KIND(w) ((unsigned)((w) >> 56))
+#define FQ_SLOT_GEN(w) ((uint32_t)(((w) >> 32) & 0xffffff))
+#define FQ_SLOT_PID(w) ((int32_t)(uint32_t)(w))
+
+typedef struct fq_slot {
+    _Atomic uint64_t word;
+    _Atomic uint64_t start_time;
+    uint8_t pad[112];
+    fq_lane lane[FQ_LANES];
+} fq_slot;
+
+typedef struct fq_rec {
+    _Atomic uint64_t word;
+    uint32_t len;
+    uint32_t owner;
+} fq_rec;
+
+_Static_assert(sizeof(fq_ctrl) == 1024, "fq_ctrl is 1024 bytes");
+_Static_assert(offsetof(fq_ctrl, tail) == 128, "tail on line 1");
+_Static_assert(offsetof(fq_ctrl, head) == 256, "head on line 2");
+_Static_assert(offsetof(fq_ctrl, release) == 384, "release on line 3");
+_Static_assert(offsetof(fq_ctrl, data_seq) == 512, "wait words on line 4");
+_Static_assert(offsetof(fq_ctrl, requeued) == 528, "requeued at 528");
+_Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
+_Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
+_Static_assert(sizeof(fq_intent) == 64, "an intent is one cache line");
+_Static_assert(sizeof(fq_slot) == 128 + FQ_LANES * 128, "slot size");
+_Static_assert(sizeof(fq_rec) == FQ_REC_HDR, "record header is 16 bytes");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
+
+/* the tag of position p: a bijection of p (p is a multiple of 8) */
+static inline uint64_t fq_tag(uint64_t salt, uint64_t pos)
+{
+    return (pos * 0x9E3779B97F4A7C15ULL) ^ salt; /* salt has low 3 bits clear */
+}
+
+static inline uint64_t fq_rec_size(uint64_t len)
+{
+    return (FQ_REC_HDR + len + 7) & ~(uint64_t)7;
+}
+
+#endif

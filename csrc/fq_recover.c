@@ -1,0 +1,382 @@
+/*
+ * fq_recover.c - repairing what a process killed mid-operation left behind.
+ *
+ * Called by waiters that made no progress for a while (and when no slot is
+ * free), by any process, at any time.  One process recovers at a time:
+ * ctrl->recover_pid is taken by CAS and stolen from a dead holder.  Every
+ * step is a CAS from a state that says what comes next, so a recoverer
+ * killed midway is finished by the next one.
+ *
+ * What a dead process can leave, and what recovery does:
+ *
+ *  - A producer lane CLAIMING or WON: it may have claimed [pos, end).
+ *      * headers written (the one at pos is written last, so its presence
+ *        means all are): its committed records stay; WRITING ones become
+ *        ABANDONED (consumers skip them).
+ *      * no header at pos, tail > pos: the region is replaced by one SKIP
+ *        record.  If the lane is only CLAIMING, it may have lost its CAS
+ *        (a stale intent): the region's true end is taken from the
+ *        intents at pos, choosing the smallest end that is "witnessed"
+ *        (equals tail, or carries a header, or starts another intent);
+ *        no end inside the true region can be witnessed.  Any live intent
+ *        at pos: wait for it.
+ *    Its message count is fixed first (count + messages it committed) with
+ *    phase RECOVERED, so the fix is applied once.
+ *  - A consumer lane CLAIMING or WON: the records it claimed and did not
+ *    free.  Every COMMITTED or TAKEN record between release and head that
+ *    no live consumer's intent covers is put back (REQUEUED), whoever its
+ *    owner was.  Read order matters: head first (a claim of a record below
+ *    it happened before, so its intent is visible), then the records' words
+ *    (a TAKEN word was CAS'd after its taker's intent), then the intents,
+ *    then release (a claim freed without DONE marks is below it).
+ *  - Sleeper bits in the wait masks: cleared.
+ *  - The slot: freed once all its lanes are idle.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "fq_internal.h"
+
+static pthread_mutex_t fq_recover_mu = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct {
+    char alive;  /* owner alive (or slot being claimed by a live process) */
+    char dead;   /* ACTIVE slot whose owner died */
+} fq_slot_view;
+
+static int fq_header_at(fq_queue *q, uint64_t p, uint64_t *w)
+{
+    *w = atomic_load_explicit(&fq_rec_at(q, p)->word, memory_order_acquire);
+    return (*w & ~(uint64_t)7) == fq_tag_of(q, p);
+}
+
+/* Replace the header-less region [p, p + span) by one SKIP record. */
+static void fq_abandon_region(fq_queue *q, uint64_t p, uint64_t span)
+{
+    uint64_t w;
+    if (fq_header_at(q, p, &w))
+        return;
+    fq_rec *r = fq_rec_at(q, p);
+    r->len = (uint32_t)span;
+    r->owner = UINT32_MAX;
+    atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, p) | FQ_REC_SKIP);
+}
+
+/* Is end e witnessed as a record boundary? (see the comment at the top) */
+static int fq_witnessed(fq_queue *q, uint64_t e)
+{
+    uint64_t w;
+    if (e == atomic_load(&q->ctrl->tail) || fq_header_at(q, e, &w))
+        return 1;
+    for (uint32_t s = 0; s < q->nslots; s++)
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[s].lane[l].prod;
+            if ((atomic_load(&in->state) & 3) != FQ_PH_IDLE && atomic_load(&in->pos) == e)
+                return 1;
+        }
+    return 0;
+}
+
+/* A region at p without a header: resolve it from the intents at p.
+ * Returns 1 when p has a header afterwards. */
+static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
+{
+    uint64_t ends[64], w;
+    int ne = 0;
+    for (uint32_t s = 0; s < q->nslots; s++)
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[s].lane[l].prod;
+            unsigned ph = atomic_load(&in->state) & 3;
+            if (ph == FQ_PH_IDLE || atomic_load(&in->pos) != p)
+                continue;
+            if (!v[s].dead)
+                return 0; /* a live producer at p: it will write or retry */
+            uint64_t e = atomic_load(&in->end);
+            if (e <= p || e - p > q->cap)
+                continue; /* impossible: ignore */
+            if (ph != FQ_PH_CLAIMING) { /* it won: its end is the truth */
+                fq_abandon_region(q, p, e - p);
+                return fq_header_at(q, p, &w);
+            }
+            if (ne < 64)
+                ends[ne++] = e;
+        }
+    for (;;) {
+        int best = -1;
+        for (int i = 0; i < ne; i++)
+            if (ends[i] && (best < 0 || ends[i] < ends[best]))
+                best = i;
+        if (best < 0)
+            return fq_header_at(q, p, &w);
+        if (fq_witnessed(q, ends[best])) {
+            fq_abandon_region(q, p, ends[best] - p);
+            return fq_header_at(q, p, &w);
+        }
+        ends[best] = 0;
+    }
+}
+
+/* Count the records in [from, end) in the given states, owned by owner
+ * (UINT32_MAX: any).  Returns -1 if the walk ran into an overwritten record. */
+static int64_t fq_count_states(fq_queue *q, uint64_t from, uint64_t end, unsigned states,
+                               uint32_t owner)
+{
+    int64_t k = 0;
+    for (uint64_t x = from; x < end;) {
+        uint64_t w;
+        if (!fq_header_at(q, x, &w))
+            return -1;
+        fq_rec *r = fq_rec_at(q, x);
+        uint64_t span = fq_span(q, x, w, r->len);
+        if (!span)
+            return -1;
+        if ((states >> (w & 7) & 1) && (owner == UINT32_MAX || r->owner == owner))
+            k++;
+        x += span;
+    }
+    return k;
+}
+
+/* Repair one producer lane of a dead slot; 1 when it is idle afterwards. */
+static int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned l)
+{
+    fq_intent *in = &q->slots[s].lane[l].prod;
+    uint64_t st = atomic_load(&in->state), count = st >> 2, w;
+    unsigned ph = st & 3;
+    if (ph == FQ_PH_IDLE)
+        return 1;
+    uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), n = atomic_load(&in->n);
+    uint32_t owner = s << 8 | l;
+    fq_ctrl *c = q->ctrl;
+    if (end <= p || end - p > q->cap) { /* impossible intent */
+        atomic_store(&in->state, count << 2 | FQ_PH_IDLE);
+        return 1;
+    }
+    if (ph == FQ_PH_CLAIMING) {
+        /* CLAIMING never wrote a header (WON is stored first): it committed
+         * nothing, and if it won, its region has no header */
+        if (atomic_load(&c->tail) != p && atomic_load(&c->release) <= p &&
+            !fq_header_at(q, p, &w) && !fq_resolve_region(q, v, p))
+            return 0;
+        atomic_store(&in->state, count << 2 | FQ_PH_IDLE);
+        return 1;
+    }
+    for (int tries = 0; ph == FQ_PH_WON; tries++) {
+        uint64_t rel = atomic_load(&c->release);
+        int64_t k;
+        if (rel <= p && !fq_header_at(q, p, &w))
+            k = 0; /* no header written: nothing committed */
+        else if (rel >= end)
+            k = (int64_t)n;
+        else {
+            int64_t wr = fq_count_states(q, rel > p ? rel : p, end, 1u << FQ_REC_WRITING, owner);
+            if (wr < 0) {
+                if (tries > 1000)
+                    return 0;
+                continue; /* release moved under us: again */
+            }
+            k = (int64_t)n - wr;
+        }
+        count += (uint64_t)k;
+        atomic_store(&in->state, count << 2 | FQ_PH_RECOVERED);
+        ph = FQ_PH_RECOVERED;
+    }
+    /* RECOVERED: count fixed; now make the region passable */
+    uint64_t rel = atomic_load(&c->release);
+    if (rel <= p && !fq_header_at(q, p, &w)) {
+        fq_abandon_region(q, p, end - p);
+    } else {
+        for (uint64_t x = rel > p ? rel : p; x < end;) {
+            if (!fq_header_at(q, x, &w))
+                break; /* released meanwhile */
+            fq_rec *r = fq_rec_at(q, x);
+            uint64_t span = fq_span(q, x, w, r->len);
+            if (!span)
+                break;
+            if ((w & 7) == FQ_REC_WRITING && r->owner == owner)
+                atomic_compare_exchange_strong(&r->word, &w,
+                                               fq_tag_of(q, x) | FQ_REC_ABANDONED);
+            x += span;
+        }
+    }
+    atomic_store(&in->state, count << 2 | FQ_PH_IDLE);
+    return 1;
+}
+
+/* Fix the message count of a dead consumer lane (phase RECOVERED after). */
+static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
+{
+    fq_intent *in = &q->slots[s].lane[l].cons;
+    uint64_t st = atomic_load(&in->state), count = st >> 2;
+    unsigned ph = st & 3;
+    if (ph != FQ_PH_WON && ph != FQ_PH_CLAIMING)
+        return;
+    if (ph == FQ_PH_WON) {
+        uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end),
+                 n = atomic_load(&in->n);
+        for (int tries = 0; tries < 1000; tries++) {
+            uint64_t rel = atomic_load(&q->ctrl->release);
+            if (rel >= end) {
+                count += n;
+                break;
+            }
+            unsigned notdone = 1u << FQ_REC_COMMITTED | 1u << FQ_REC_TAKEN |
+                               1u << FQ_REC_REQUEUED;
+            int64_t nd = fq_count_states(q, rel > p ? rel : p, end, notdone, UINT32_MAX);
+            if (nd >= 0) {
+                count += n > (uint64_t)nd ? n - (uint64_t)nd : 0;
+                break;
+            }
+        }
+    }
+    atomic_store(&in->state, count << 2 | FQ_PH_RECOVERED);
+}
+
+/* Put back every claimed, unfinished record that no live consumer covers. */
+static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
+{
+    fq_ctrl *c = q->ctrl;
+    uint64_t hd = atomic_load(&c->head);
+    uint64_t rel = atomic_load(&c->release);
+    size_t cap = 256, nrec = 0;
+    uint64_t *pos = malloc(cap * sizeof *pos), *words = malloc(cap * sizeof *words);
+    int changed = 0;
+    if (!pos || !words)
+        goto out;
+    for (uint64_t x = rel; x < hd && x - rel < q->cap;) {
+        uint64_t w;
+        if (!fq_header_at(q, x, &w))
+            break; /* released meanwhile: what is left is after it */
+        fq_rec *r = fq_rec_at(q, x);
+        uint64_t span = fq_span(q, x, w, r->len);
+        if (!span)
+            break;
+        unsigned st = w & 7;
+        if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
+            if (nrec == cap) {
+                cap *= 2;
+                uint64_t *np = realloc(pos, cap * sizeof *pos);
+                if (!np)
+                    goto out;
+                pos = np;
+                np = realloc(words, cap * sizeof *words);
+                if (!np)
+                    goto out;
+                words = np;
+            }
+            pos[nrec] = x;
+            words[nrec++] = w;
+        }
+        x += span;
+    }
+    if (!nrec)
+        goto out;
+    uint64_t rel2 = atomic_load(&c->release);
+    for (size_t i = 0; i < nrec; i++) {
+        uint64_t x = pos[i];
+        if (x < rel2)
+            continue;
+        int covered = 0;
+        for (uint32_t s = 0; s < q->nslots && !covered; s++) {
+            if (!v[s].alive)
+                continue;
+            for (unsigned l = 0; l < FQ_LANES && !covered; l++) {
+                fq_intent *in = &q->slots[s].lane[l].cons;
+                if ((atomic_load(&in->state) & 3) == FQ_PH_IDLE)
+                    continue;
+                covered = atomic_load(&in->pos) <= x && x < atomic_load(&in->end);
+            }
+        }
+        if (covered)
+            continue;
+        uint64_t w = words[i];
+        if (atomic_compare_exchange_strong(&fq_rec_at(q, x)->word, &w,
+                                           fq_tag_of(q, x) | FQ_REC_REQUEUED)) {
+            atomic_fetch_add(&c->requeued, 1);
+            changed = 1;
+        }
+    }
+out:
+    free(pos);
+    free(words);
+    return changed;
+}
+
+int fq_recover(fq_queue *q)
+{
+    fq_ctrl *c = q->ctrl;
+    if (pthread_mutex_trylock(&fq_recover_mu) != 0)
+        return 0;
+    uint32_t me = (uint32_t)getpid();
+    uint32_t cur = atomic_load(&c->recover_pid);
+    if (cur != me) {
+        if (cur != 0 && fq_pid_alive((int)cur, 0)) {
+            pthread_mutex_unlock(&fq_recover_mu);
+            return 0;
+        }
+        if (!atomic_compare_exchange_strong(&c->recover_pid, &cur, me)) {
+            pthread_mutex_unlock(&fq_recover_mu);
+            return 0;
+        }
+    }
+    fq_slot_view *v = calloc(q->nslots, sizeof *v);
+    int repaired = 0;
+    if (!v)
+        goto out;
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        uint64_t w = atomic_load_explicit(&q->slots[s].word, memory_order_acquire);
+        unsigned kind = FQ_SLOT_KIND(w);
+        if (kind == FQ_SLOT_ACTIVE) {
+            int alive = fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&q->slots[s].start_time));
+            v[s].alive = (char)alive;
+            v[s].dead = (char)!alive;
+        } else if (kind == FQ_SLOT_CLAIMING) {
+            v[s].alive = (char)fq_pid_alive(FQ_SLOT_PID(w), 0);
+        }
+    }
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        if (!v[s].dead)
+            continue;
+        uint64_t bit = 1ull << (s & 63);
+        atomic_fetch_and(&c->data_mask[s / 64], ~bit);
+        atomic_fetch_and(&c->space_mask[s / 64], ~bit);
+        for (unsigned l = 0; l < FQ_LANES; l++)
+            fq_fix_cons_count(q, s, l);
+    }
+    repaired |= fq_requeue_orphans(q, v);
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        if (!v[s].dead)
+            continue;
+        int idle = 1;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            idle &= fq_fix_prod(q, v, s, l);
+            fq_intent *ci = &q->slots[s].lane[l].cons;
+            uint64_t st = atomic_load(&ci->state);
+            if ((st & 3) == FQ_PH_RECOVERED)
+                atomic_store(&ci->state, st & ~(uint64_t)3);
+            else if ((st & 3) != FQ_PH_IDLE)
+                idle = 0;
+        }
+        repaired = 1;
+        if (idle) {
+            uint64_t w = atomic_load(&q->slots[s].word);
+            if (FQ_SLOT_KIND(w) == FQ_SLOT_ACTIVE)
+                atomic_compare_exchange_strong(
+                    &q->slots[s].word, &w, FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
+        }
+    }
+    free(v);
+out:
+    atomic_store(&c->recover_pid, 0);
+    pthread_mutex_unlock(&fq_recover_mu);
+    if (repaired) {
+        extern void fq_sweep(fq_queue *);
+        fq_sweep(q);
+        atomic_fetch_add(&c->data_seq, 1);
+        atomic_fetch_add(&c->space_seq, 1);
+        fq_wake(q, -1);
+    }
+    return repaired;
+}

@@ -1,0 +1,500 @@
+/*
+ * fq_ring.c - the multi-producer, multi-consumer ring of variable-length
+ * records: claim, copy, commit; claim, copy, free.
+ *
+ * Producer (fq_put_begin / fq_put_commit):
+ *   1. t = tail.  The batch needs [t, t + span): its records, preceded by a
+ *      SKIP record up to the end of the ring if they would cross it.
+ *      Space check against a cached release; re-read only when it looks full.
+ *   2. Announce the intent (pos t, end, n, CLAIMING) in our lane, then
+ *      CAS tail t -> t + span.  The intent lets a survivor find the region
+ *      if we die before writing any header (fq_recover.c).
+ *   3. Won: phase WON; write the headers WRITING, the last record first and
+ *      the record at t (first message, or the SKIP) last, each a release
+ *      store: whoever sees a header at t sees every header of the batch.
+ *   4. Copy payloads; store COMMITTED on each (release, pairs with the
+ *      consumer's acquire load of the word); then count + n, IDLE in one
+ *      store; then the wake rule (fq_wait.c).
+ *
+ * Consumer (fq_get_begin / fq_get_end):
+ *   1. h = head.  Walk records from h while they are COMMITTED (or SKIP /
+ *      ABANDONED, which are carried along): [h, p) with n messages.
+ *   2. Intent (h, p, n, CLAIMING); CAS head h -> p.  The records are ours.
+ *   3. Copy out (the caller, through fq_claim_next).
+ *   4. Free: if release == h, CAS release h -> p: we were the oldest claim.
+ *      Otherwise an older claim is still being copied: mark our records DONE
+ *      and sweep, so that whichever of us finishes last moves release over
+ *      both (the DONE store and the CAS of release are both seq_cst, and each
+ *      side re-reads the other's word after its own write, so at least one
+ *      sees the other).  Then count + n, IDLE; then the wake rule.
+ *
+ * A message leaves the queue at step 4 of the consumer, after it was
+ * copied: a consumer that dies before then leaves its records claimed,
+ * and recovery puts them back (REQUEUED).  Requeued records sit between
+ * release and head; consumers take one at a time with a CAS on its word
+ * (REQUEUED -> TAKEN) when the requeued hint is non-zero.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+
+#include "fq_internal.h"
+
+#define ACQ memory_order_acquire
+#define REL memory_order_release
+#define RLX memory_order_relaxed
+#define SEQ memory_order_seq_cst
+
+static inline fq_intent *fq_my_intent(fq_queue *q, int lane, int cons)
+{
+    fq_lane *l = &q->slots[atomic_load_explicit(&q->slot, RLX)].lane[lane];
+    return cons ? &l->cons : &l->prod;
+}
+
+/* ---- producer ---------------------------------------------------------- */
+
+int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
+{
+    if (n == 0)
+        return -EINVAL;
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] > q->max_msg)
+            return FQ_ETOOBIG;
+        total += fq_rec_size(lens[i]);
+    }
+    if (total > q->cap / 2)
+        return FQ_ETOOBIG; /* the caller splits batches */
+    if (atomic_load_explicit(&q->ctrl->state, RLX) & FQ_STATE_SHUTDOWN)
+        return FQ_SHUTDOWN;
+    int rc = fq_attach(q);
+    if (rc)
+        return rc;
+    int lane = fq_lane_get(q);
+    int slot = atomic_load_explicit(&q->slot, RLX);
+    fq_intent *in = fq_my_intent(q, lane, 0);
+    uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
+    fq_ctrl *ctl = q->ctrl;
+    uint64_t t, span, pad;
+    t = atomic_load_explicit(&ctl->tail, ACQ);
+    for (;;) {
+        uint64_t idx = t & q->mask;
+        pad = idx + total > q->cap ? q->cap - idx : 0;
+        span = pad + total;
+        uint64_t rel = atomic_load_explicit(&q->cached_release, RLX);
+        if (t + span - rel > q->cap) {
+            rel = atomic_load_explicit(&ctl->release, ACQ);
+            atomic_store_explicit(&q->cached_release, rel, RLX);
+            if (t + span - rel > q->cap || rel > t) {
+                if (rel > t) { /* our t is stale: retry with a fresh one */
+                    t = atomic_load_explicit(&ctl->tail, ACQ);
+                    continue;
+                }
+                atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+                fq_lane_put(q, lane);
+                return FQ_FULL;
+            }
+        }
+        atomic_store_explicit(&in->pos, t, RLX);
+        atomic_store_explicit(&in->end, t + span, RLX);
+        atomic_store_explicit(&in->n, n, RLX);
+        /* release: a survivor that sees CLAIMING sees pos/end/n */
+        atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+        FQ_CRASH_POINT("put_after_intent");
+        /* seq_cst: pairs with fq_recover's load of tail before it looks for
+         * the intents of a region without a header */
+        if (atomic_compare_exchange_weak_explicit(&ctl->tail, &t, t + span, SEQ, ACQ))
+            break;
+    }
+    atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
+    FQ_CRASH_POINT("put_after_claim");
+    uint32_t owner = (uint32_t)slot << 8 | (uint32_t)lane;
+    uint64_t first = t + pad;
+    /* headers, last record first; the one at t last (release each) */
+    if (n == 1) {
+        fq_rec *r = fq_rec_at(q, first);
+        r->len = (uint32_t)lens[0];
+        r->owner = owner;
+        atomic_store_explicit(&r->word, fq_tag_of(q, first) | FQ_REC_WRITING, REL);
+    } else {
+        uint64_t p = first + total;
+        for (size_t i = n; i-- > 0;) {
+            p -= fq_rec_size(lens[i]);
+            fq_rec *r = fq_rec_at(q, p);
+            r->len = (uint32_t)lens[i];
+            r->owner = owner;
+            atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_WRITING, REL);
+        }
+    }
+    if (pad) {
+        fq_rec *r = fq_rec_at(q, t);
+        r->len = (uint32_t)pad;
+        r->owner = owner;
+        atomic_store_explicit(&r->word, fq_tag_of(q, t) | FQ_REC_SKIP, REL);
+    }
+    FQ_CRASH_POINT("put_after_headers");
+    c->pos = t;
+    c->end = t + span;
+    c->n = n;
+    c->cursor = first;
+    c->lane = (uint32_t)lane;
+    c->taken = 0;
+    c->first_off = (uint32_t)pad;
+    c->redelivered = 0;
+    c->count = count;
+    return FQ_OK;
+}
+
+void *fq_claim_buf(fq_queue *q, fq_claim *c)
+{
+    fq_rec *r = fq_rec_at(q, c->cursor);
+    c->cursor += fq_rec_size(r->len); /* our own header */
+    return r + 1;
+}
+
+void fq_put_commit(fq_queue *q, fq_claim *c)
+{
+    FQ_CRASH_POINT("put_before_commit");
+    uint64_t p = c->pos + c->first_off;
+    for (uint64_t i = 0; i < c->n; i++) {
+        fq_rec *r = fq_rec_at(q, p);
+        uint32_t len = r->len;
+        /* release: pairs with the consumer's acquire load of the word; the
+         * payload copied above is visible to whoever sees COMMITTED */
+        atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);
+        p += fq_rec_size(len);
+        if (i == 0)
+            FQ_CRASH_POINT("put_mid_commit");
+    }
+    FQ_CRASH_POINT("put_before_count");
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 0);
+    atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
+    fq_lane_put(q, (int)c->lane);
+    fq_wake(q, FQ_WAIT_DATA);
+}
+
+int fq_put(fq_queue *q, const void *data, size_t len)
+{
+    fq_claim c;
+    uint64_t l = len;
+    int rc = fq_put_begin(q, &l, 1, &c);
+    if (rc)
+        return rc;
+    memcpy(fq_claim_buf(q, &c), data, len);
+    fq_put_commit(q, &c);
+    return FQ_OK;
+}
+
+/* ---- consumer ---------------------------------------------------------- */
+
+/*
+ * Move release forward over records that need nothing more (DONE, SKIP,
+ * ABANDONED) up to head.  Safe to run from anywhere at any time.
+ */
+void fq_sweep(fq_queue *q)
+{
+    fq_ctrl *ctl = q->ctrl;
+    for (int rounds = 0; rounds < 1 << 20; rounds++) {
+        uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
+        uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
+        uint64_t p = rel;
+        while (p < hd && p - rel < q->cap) {
+            fq_rec *r = fq_rec_at(q, p);
+            /* seq_cst: pairs with the DONE store + fence in fq_get_end */
+            uint64_t w = atomic_load_explicit(&r->word, SEQ);
+            if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+                break;
+            unsigned st = w & 7;
+            if (st != FQ_REC_DONE && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED)
+                break;
+            uint64_t span = fq_span(q, p, w, r->len);
+            if (!span)
+                break; /* corrupt: leave it, the reader reports it */
+            p += span;
+        }
+        if (p == rel || p > hd)
+            return;
+        atomic_compare_exchange_strong_explicit(&ctl->release, &rel, p, SEQ, RLX);
+    }
+}
+
+/* Take one requeued record, if any lies between release and head. */
+static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
+{
+    fq_ctrl *ctl = q->ctrl;
+    uint64_t hint = atomic_load_explicit(&ctl->requeued, SEQ);
+    uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
+    uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
+    if (rel == hd) {
+        /* no record is claimed, so none is requeued: the hint is stale
+         * (a taker died before decrementing it) */
+        atomic_compare_exchange_strong(&ctl->requeued, &hint, 0);
+        return FQ_EMPTY;
+    }
+    fq_intent *in = fq_my_intent(q, lane, 1);
+    uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
+    uint64_t p = rel;
+    while (p < hd && p - rel < q->cap) {
+        fq_rec *r = fq_rec_at(q, p);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+            return FQ_EMPTY; /* released under us: try again later */
+        uint64_t span = fq_span(q, p, w, r->len);
+        if (!span)
+            return FQ_ECORRUPT;
+        if ((w & 7) == FQ_REC_REQUEUED) {
+            atomic_store_explicit(&in->pos, p, RLX);
+            atomic_store_explicit(&in->end, p + span, RLX);
+            atomic_store_explicit(&in->n, 1, RLX);
+            atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+            /* seq_cst: recovery reads this word, then the intents */
+            if (atomic_compare_exchange_strong_explicit(
+                    &r->word, &w, fq_tag_of(q, p) | FQ_REC_TAKEN, SEQ, RLX)) {
+                atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
+                uint64_t h = atomic_load(&ctl->requeued);
+                while (h && !atomic_compare_exchange_weak(&ctl->requeued, &h, h - 1))
+                    ;
+                c->pos = c->cursor = p;
+                c->end = p + span;
+                c->n = 1;
+                c->lane = (uint32_t)lane;
+                c->taken = 1;
+                c->first_off = 0;
+                c->redelivered = 1;
+                c->count = count;
+                return FQ_OK;
+            }
+            atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+            continue; /* re-read this record */
+        }
+        p += span;
+    }
+    return FQ_EMPTY;
+}
+
+int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
+{
+    fq_ctrl *ctl = q->ctrl;
+    uint32_t state = atomic_load_explicit(&ctl->state, ACQ);
+    if (state & FQ_STATE_IMMEDIATE)
+        return FQ_SHUTDOWN;
+    if (max_n == 0)
+        max_n = 1;
+    int rc = fq_attach(q);
+    if (rc)
+        return rc;
+    int lane = fq_lane_get(q);
+    if (atomic_load_explicit(&ctl->requeued, RLX)) {
+        rc = fq_take_requeued(q, lane, c);
+        if (rc != FQ_EMPTY) {
+            if (rc != FQ_OK)
+                fq_lane_put(q, lane);
+            return rc;
+        }
+    }
+    fq_intent *in = fq_my_intent(q, lane, 1);
+    uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
+    for (;;) {
+        uint64_t h = atomic_load_explicit(&ctl->head, ACQ);
+        uint64_t p = h, n = 0, bytes = 0, first_off = UINT64_MAX;
+        while (n < max_n && p - h < q->cap) {
+            fq_rec *r = fq_rec_at(q, p);
+            /* acquire: pairs with the producer's release of COMMITTED */
+            uint64_t w = atomic_load_explicit(&r->word, ACQ);
+            if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+                break; /* not yet written (or an older lap) */
+            unsigned st = w & 7;
+            if (st != FQ_REC_COMMITTED && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED)
+                break; /* WRITING: wait for it */
+            uint32_t len = r->len;
+            uint64_t span = fq_span(q, p, w, len);
+            if (!span) {
+                /* an impossible header: someone else may have claimed and
+                 * moved past it already; otherwise the segment is corrupt */
+                if (atomic_load_explicit(&ctl->head, ACQ) != h)
+                    break;
+                fq_lane_put(q, lane);
+                return FQ_ECORRUPT;
+            }
+            if (st == FQ_REC_COMMITTED) {
+                if (n && bytes + len > max_bytes)
+                    break;
+                if (first_off == UINT64_MAX)
+                    first_off = p - h;
+                n++;
+                bytes += len;
+            }
+            p += span;
+        }
+        if (p == h) {
+            atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+            fq_lane_put(q, lane);
+            if ((state & FQ_STATE_SHUTDOWN) && atomic_load(&ctl->tail) == h)
+                return FQ_SHUTDOWN;
+            return FQ_EMPTY;
+        }
+        atomic_store_explicit(&in->pos, h, RLX);
+        atomic_store_explicit(&in->end, p, RLX);
+        atomic_store_explicit(&in->n, n, RLX);
+        atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+        FQ_CRASH_POINT("get_after_intent");
+        /* seq_cst: recovery loads head first, then the intents */
+        if (!atomic_compare_exchange_strong_explicit(&ctl->head, &h, p, SEQ, RLX))
+            continue;
+        atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
+        FQ_CRASH_POINT("get_after_claim");
+        c->pos = h;
+        c->end = p;
+        c->n = n;
+        c->cursor = h;
+        c->lane = (uint32_t)lane;
+        c->taken = 0;
+        c->first_off = n ? (uint32_t)first_off : 0;
+        c->redelivered = 0;
+        c->count = count;
+        if (n == 0) { /* only padding or abandoned records: free, go on */
+            fq_get_end(q, c);
+            lane = fq_lane_get(q);
+            count = atomic_load_explicit(&in->state, RLX) >> 2;
+            continue;
+        }
+        return FQ_OK;
+    }
+}
+
+int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
+{
+    while (c->cursor < c->end) {
+        fq_rec *r = fq_rec_at(q, c->cursor);
+        uint64_t w = atomic_load_explicit(&r->word, RLX);
+        uint32_t l = r->len;
+        uint64_t span = fq_span(q, c->cursor, w, l);
+        if (!span)
+            return 0; /* validated when claimed; cannot happen */
+        uint64_t at = c->cursor;
+        c->cursor += span;
+        unsigned st = w & 7;
+        if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
+            (void)at;
+            *data = r + 1;
+            *len = l;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void fq_get_end(fq_queue *q, fq_claim *c)
+{
+    fq_ctrl *ctl = q->ctrl;
+    FQ_CRASH_POINT("get_before_free");
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    if (c->taken) {
+        fq_rec *r = fq_rec_at(q, c->pos);
+        atomic_store_explicit(&r->word, fq_tag_of(q, c->pos) | FQ_REC_DONE, SEQ);
+        fq_sweep(q);
+    } else {
+        uint64_t h = c->pos, p = c->end;
+        uint64_t rel = h;
+        if (atomic_load_explicit(&ctl->release, RLX) == h &&
+            atomic_compare_exchange_strong_explicit(&ctl->release, &rel, p, SEQ, RLX)) {
+            /* we were the oldest claim; sweep only if someone claimed after
+             * us (their DONE marks may be waiting for us) */
+            if (atomic_load_explicit(&ctl->head, SEQ) != p)
+                fq_sweep(q);
+        } else {
+            for (uint64_t x = h; x < p;) {
+                fq_rec *r = fq_rec_at(q, x);
+                uint64_t w = atomic_load_explicit(&r->word, RLX);
+                uint64_t span = fq_span(q, x, w, r->len);
+                if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, x))
+                    break; /* released by a sweep already (SKIP records) */
+                if ((w & 7) == FQ_REC_COMMITTED)
+                    atomic_store_explicit(&r->word, fq_tag_of(q, x) | FQ_REC_DONE, SEQ);
+                x += span;
+            }
+            atomic_thread_fence(SEQ);
+            fq_sweep(q);
+        }
+    }
+    FQ_CRASH_POINT("get_before_count");
+    atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
+    fq_lane_put(q, (int)c->lane);
+    fq_wake(q, FQ_WAIT_SPACE);
+}
+
+void fq_get_abort(fq_queue *q, fq_claim *c)
+{
+    fq_ctrl *ctl = q->ctrl;
+    uint64_t back = 0;
+    for (uint64_t x = c->pos; x < c->end;) {
+        fq_rec *r = fq_rec_at(q, x);
+        uint64_t w = atomic_load_explicit(&r->word, RLX);
+        uint64_t span = fq_span(q, x, w, r->len);
+        if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, x))
+            break;
+        unsigned st = w & 7;
+        if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
+            if (atomic_compare_exchange_strong(&r->word, &w,
+                                               fq_tag_of(q, x) | FQ_REC_REQUEUED))
+                back++;
+        }
+        x += span;
+    }
+    if (back)
+        atomic_fetch_add(&ctl->requeued, back);
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    atomic_store_explicit(&in->state, c->count << 2 | FQ_PH_IDLE, REL);
+    fq_lane_put(q, (int)c->lane);
+    fq_sweep(q);
+    fq_wake(q, FQ_WAIT_DATA);
+}
+
+/* ---- status ------------------------------------------------------------ */
+
+uint64_t fq_qsize(fq_queue *q)
+{
+    int64_t put = 0, got = 0;
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            put += (int64_t)(atomic_load_explicit(&q->slots[s].lane[l].prod.state, ACQ) >> 2);
+            got += (int64_t)(atomic_load_explicit(&q->slots[s].lane[l].cons.state, ACQ) >> 2);
+        }
+    }
+    return put > got ? (uint64_t)(put - got) : 0;
+}
+
+int fq_full(fq_queue *q)
+{
+    uint64_t rel = atomic_load(&q->ctrl->release);
+    uint64_t t = atomic_load(&q->ctrl->tail);
+    return t + fq_rec_size(0) - rel > q->cap;
+}
+
+int fq_is_shutdown(fq_queue *q)
+{
+    return (atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN) != 0;
+}
+
+void fq_shutdown(fq_queue *q, int immediate)
+{
+    atomic_fetch_or(&q->ctrl->state,
+                    FQ_STATE_SHUTDOWN | (immediate ? FQ_STATE_IMMEDIATE : 0));
+    atomic_fetch_add(&q->ctrl->data_seq, 1);
+    atomic_fetch_add(&q->ctrl->space_seq, 1);
+    fq_wake(q, -1);
+}
+
+void fq_stats(fq_queue *q, uint64_t out[8])
+{
+    fq_ctrl *c = q->ctrl;
+    out[0] = atomic_load(&c->tail);
+    out[1] = atomic_load(&c->head);
+    out[2] = atomic_load(&c->release);
+    out[3] = atomic_load(&c->requeued);
+    out[4] = atomic_load(&c->state);
+    out[5] = (uint64_t)atomic_load(&q->slot);
+    out[6] = c->creator_pid;
+    out[7] = c->created_ns;
+}

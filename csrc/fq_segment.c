@@ -1,0 +1,487 @@
+/*
+ * fq_segment.c - creating, validating and mapping a segment file; slots
+ * (one per attached process) and how a survivor tells that a slot's owner
+ * died.
+ *
+ * Creation is race-free: the creator builds the whole file under a unique
+ * temporary name in the same directory, then link()s it into place.
+ * link() fails with EEXIST if the name exists, so exactly one creator wins
+ * and nobody ever sees a half-initialized segment.
+ *
+ * Liveness: a slot records its owner's pid and the process start time from
+ * /proc/<pid>/stat (field 22).  The owner is dead if the pid is gone, is a
+ * zombie, or now belongs to a process with another start time (pid reuse).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fq_internal.h"
+
+_Atomic unsigned fq_fork_epoch = 1;
+static pthread_once_t fq_once = PTHREAD_ONCE_INIT;
+
+static void fq_atfork_child(void)
+{
+    /* The child owns no slot: it must take its own on first use, and must
+     * not touch the parent's lanes (the parent may still be using them). */
+    atomic_fetch_add_explicit(&fq_fork_epoch, 1, memory_order_relaxed);
+}
+
+static void fq_init_once(void)
+{
+    pthread_atfork(NULL, NULL, fq_atfork_child);
+}
+
+static int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#include <stdarg.h>
+static int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* ---- liveness ---------------------------------------------------------- */
+
+/* Read state and start time of pid from /proc; 0 on success. */
+static int fq_proc_stat(int pid, char *state, uint64_t *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* comm may contain spaces and ')' */
+    if (!p || p[1] != ' ')
+        return -1;
+    p += 2;
+    *state = *p;
+    /* field 3 is state; starttime is field 22: skip 19 more fields */
+    for (int f = 3; f < 22; f++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return -1;
+        p++;
+    }
+    *start = strtoull(p, NULL, 10);
+    return 0;
+}
+
+uint64_t fq_self_start_time(void)
+{
+    char st;
+    uint64_t start = 0;
+    if (fq_proc_stat((int)getpid(), &st, &start) != 0)
+        return 0;
+    return start;
+}
+
+int fq_pid_alive(int pid, uint64_t start_time)
+{
+    if (pid <= 0)
+        return 0;
+    if (kill(pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    char st;
+    uint64_t start;
+    if (fq_proc_stat(pid, &st, &start) != 0)
+        return kill(pid, 0) == 0 || errno == EPERM; /* no /proc: trust kill */
+    if (st == 'Z' || st == 'X' || st == 'x')
+        return 0;
+    if (start_time && start != start_time)
+        return 0;
+    return 1;
+}
+
+/* ---- crash points (tests only) ----------------------------------------- */
+
+_Atomic int fq_crash_armed = 0;
+static char fq_crash_name[64];
+static _Atomic int fq_crash_countdown;
+
+void fq_test_set_crash_point(const char *name, int countdown)
+{
+    if (!name || !*name) {
+        atomic_store(&fq_crash_armed, 0);
+        return;
+    }
+    snprintf(fq_crash_name, sizeof fq_crash_name, "%s", name);
+    atomic_store(&fq_crash_countdown, countdown);
+    atomic_store(&fq_crash_armed, 1);
+}
+
+void fq_crash_check(const char *name)
+{
+    if (strcmp(name, fq_crash_name) != 0)
+        return;
+    if (atomic_fetch_sub(&fq_crash_countdown, 1) <= 1)
+        _exit(9);
+}
+
+/* ---- create / open ----------------------------------------------------- */
+
+static uint64_t fq_layout_data_offset(uint32_t slots)
+{
+    uint64_t end = sizeof(fq_ctrl) + (uint64_t)slots * sizeof(fq_slot);
+    return (end + 4095) & ~(uint64_t)4095;
+}
+
+static uint64_t fq_max_msg_for(uint64_t cap)
+{
+    return cap / 2 - FQ_REC_HDR;
+}
+
+static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
+{
+    fq_queue *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    fq_ctrl *c = (fq_ctrl *)base;
+    q->fd = fd;
+    q->base = base;
+    q->map_size = size;
+    q->ctrl = c;
+    q->cap = c->capacity;
+    q->mask = c->capacity - 1;
+    q->salt = c->salt;
+    q->max_msg = c->max_message;
+    q->nslots = c->max_slots;
+    q->slots = (fq_slot *)(base + c->slot_offset);
+    q->data = base + c->data_offset;
+    atomic_init(&q->slot, -1);
+    atomic_init(&q->epoch, 0);
+    atomic_init(&q->lanes_free, (1u << FQ_LANES) - 1);
+    atomic_init(&q->cached_release, atomic_load(&c->release));
+    pthread_mutex_init(&q->mu, NULL);
+    return q;
+}
+
+int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *err,
+              size_t errlen)
+{
+    pthread_once(&fq_once, fq_init_once);
+    uint64_t cap = FQ_MIN_CAPACITY;
+    if (o->capacity > FQ_MAX_CAPACITY)
+        return fq_err(err, errlen, -EINVAL, "capacity %llu is larger than the maximum %llu",
+                      (unsigned long long)o->capacity, (unsigned long long)FQ_MAX_CAPACITY);
+    while (cap < o->capacity)
+        cap <<= 1;
+    uint64_t max_msg = o->max_message ? o->max_message : fq_max_msg_for(cap);
+    if (max_msg > fq_max_msg_for(cap))
+        return fq_err(err, errlen, -EINVAL,
+                      "max_message %llu does not fit a ring of %llu bytes (at most %llu)",
+                      (unsigned long long)max_msg, (unsigned long long)cap,
+                      (unsigned long long)fq_max_msg_for(cap));
+    uint32_t slots = o->max_slots ? o->max_slots : 64;
+    if (slots > FQ_MAX_SLOTS)
+        return fq_err(err, errlen, -EINVAL, "max_processes %u exceeds %u", slots, FQ_MAX_SLOTS);
+    uint64_t data_off = fq_layout_data_offset(slots);
+    uint64_t size = data_off + cap;
+
+    char tmp[PATH_MAX];
+    uint64_t rnd;
+    if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
+        rnd = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp-%d-%016llx", path, (int)getpid(),
+                 (unsigned long long)rnd) >= (int)sizeof tmp)
+        return fq_err(err, errlen, -ENAMETOOLONG, "path too long: %s", path);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o->mode & 07777);
+    if (fd < 0)
+        return fq_err(err, errlen, -errno, "cannot create %s: %s", tmp, strerror(errno));
+    int rc;
+    if (fchmod(fd, o->mode & 07777) != 0) {
+        rc = fq_err(err, errlen, -errno, "fchmod %s: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    /* Reserve every page now: a full /dev/shm fails here, not with SIGBUS
+     * in the middle of a put. */
+    rc = posix_fallocate(fd, 0, (off_t)size);
+    if (rc != 0) {
+        rc = fq_err(err, errlen, -rc,
+                    "cannot reserve %llu bytes for %s: %s (is the filesystem full? "
+                    "/dev/shm is small in containers)",
+                    (unsigned long long)size, path, strerror(rc));
+        goto fail;
+    }
+    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = fq_err(err, errlen, -errno, "mmap %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    fq_ctrl *c = (fq_ctrl *)base;
+    uint64_t salt;
+    if (getrandom(&salt, sizeof salt, 0) != sizeof salt)
+        salt = rnd * 0x9E3779B97F4A7C15ULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    c->version = FQ_VERSION;
+    c->kind = FQ_KIND_QUEUE;
+    c->capacity = cap;
+    c->max_message = max_msg;
+    c->file_size = size;
+    c->data_offset = data_off;
+    c->slot_offset = sizeof(fq_ctrl);
+    c->max_slots = slots;
+    c->lanes = FQ_LANES;
+    c->salt = salt & ~(uint64_t)7;
+    c->created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    c->creator_pid = (uint32_t)getpid();
+    /* positions start at 0; the zero-filled ring holds no valid tag because
+     * fq_tag(salt, p) == 0 only for one p, and that one is checked: */
+    if (fq_tag(c->salt, 0) == 0)
+        c->salt ^= 8;
+    c->magic = FQ_MAGIC; /* link() below publishes the whole file */
+    /* link() publishes the complete file under its name, or fails */
+    if (link(tmp, path) != 0) {
+        rc = -errno;
+        fq_err(err, errlen, rc, "cannot create %s: %s", path, strerror(errno));
+        munmap(base, size);
+        goto fail;
+    }
+    unlink(tmp);
+    fq_queue *q = fq_handle_new(fd, base, size);
+    if (!q) {
+        munmap(base, size);
+        close(fd);
+        return fq_err(err, errlen, -ENOMEM, "out of memory");
+    }
+    *out = q;
+    return 0;
+fail:
+    close(fd);
+    unlink(tmp);
+    return rc;
+}
+
+int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
+{
+    pthread_once(&fq_once, fq_init_once);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return fq_err(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    int rc;
+    fq_ctrl h;
+    if (fstat(fd, &st) != 0) {
+        rc = fq_err(err, errlen, -errno, "fstat %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if ((uint64_t)st.st_size < sizeof h) {
+        rc = fq_err(err, errlen, FQ_EBADSEG, "%s is %lld bytes, smaller than a segment header",
+                    path, (long long)st.st_size);
+        goto fail;
+    }
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+        rc = fq_err(err, errlen, FQ_EBADSEG, "cannot read the header of %s", path);
+        goto fail;
+    }
+#define BAD(...)                                          \
+    do {                                                  \
+        rc = fq_err(err, errlen, FQ_EBADSEG, __VA_ARGS__); \
+        goto fail;                                        \
+    } while (0)
+    if (h.magic != FQ_MAGIC)
+        BAD("%s is not a fastq segment (bad magic 0x%016llx)", path,
+            (unsigned long long)h.magic);
+    if (h.version != FQ_VERSION)
+        BAD("%s has layout version %u; this fastq reads version %u", path, h.version, FQ_VERSION);
+    if (h.kind != FQ_KIND_QUEUE)
+        BAD("%s has kind %u, not a queue", path, h.kind);
+    if (h.capacity < FQ_MIN_CAPACITY || h.capacity > FQ_MAX_CAPACITY ||
+        (h.capacity & (h.capacity - 1)))
+        BAD("%s: capacity %llu is not a power of two in [%u, %llu]", path,
+            (unsigned long long)h.capacity, FQ_MIN_CAPACITY,
+            (unsigned long long)FQ_MAX_CAPACITY);
+    if (h.max_message == 0 || h.max_message > fq_max_msg_for(h.capacity))
+        BAD("%s: max_message %llu is invalid for capacity %llu", path,
+            (unsigned long long)h.max_message, (unsigned long long)h.capacity);
+    if (h.max_slots == 0 || h.max_slots > FQ_MAX_SLOTS || h.lanes != FQ_LANES)
+        BAD("%s: slot table (%u slots, %u lanes) is invalid", path, h.max_slots, h.lanes);
+    if (h.slot_offset != sizeof(fq_ctrl) || h.data_offset != fq_layout_data_offset(h.max_slots))
+        BAD("%s: slot/data offsets (%llu, %llu) are inconsistent", path,
+            (unsigned long long)h.slot_offset, (unsigned long long)h.data_offset);
+    if (h.file_size != h.data_offset + h.capacity)
+        BAD("%s: header file size %llu does not match its layout (%llu)", path,
+            (unsigned long long)h.file_size,
+            (unsigned long long)(h.data_offset + h.capacity));
+    if ((uint64_t)st.st_size != h.file_size)
+        BAD("%s is %lld bytes but its header says %llu (truncated or extended?)", path,
+            (long long)st.st_size, (unsigned long long)h.file_size);
+    if (h.salt & 7)
+        BAD("%s: salt is invalid", path);
+    uint8_t *base = mmap(NULL, h.file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = fq_err(err, errlen, -errno, "mmap %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    fq_ctrl *c = (fq_ctrl *)base;
+    /* cursors: release <= head <= tail <= release + capacity, all aligned.
+     * Loaded in this order, a live queue cannot fail the check. */
+    uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head),
+             tl = atomic_load(&c->tail);
+    if ((rel | hd | tl) & 7 || rel > hd || hd > tl || tl - rel > h.capacity) {
+        munmap(base, h.file_size);
+        BAD("%s: cursors are inconsistent (release %llu, head %llu, tail %llu)", path,
+            (unsigned long long)rel, (unsigned long long)hd, (unsigned long long)tl);
+    }
+#undef BAD
+    fq_queue *q = fq_handle_new(fd, base, h.file_size);
+    if (!q) {
+        munmap(base, h.file_size);
+        rc = fq_err(err, errlen, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    /* never trust the mapping for the values we index with: use the
+     * validated copy */
+    q->cap = h.capacity;
+    q->mask = h.capacity - 1;
+    q->salt = h.salt;
+    q->max_msg = h.max_message;
+    q->nslots = h.max_slots;
+    q->slots = (fq_slot *)(base + h.slot_offset);
+    q->data = base + h.data_offset;
+    *out = q;
+    return 0;
+fail:
+    close(fd);
+    return rc;
+}
+
+/* ---- slots ------------------------------------------------------------- */
+
+static int fq_lanes_idle(fq_slot *s)
+{
+    for (unsigned l = 0; l < FQ_LANES; l++) {
+        if ((atomic_load(&s->lane[l].prod.state) & 3) != FQ_PH_IDLE ||
+            (atomic_load(&s->lane[l].cons.state) & 3) != FQ_PH_IDLE)
+            return 0;
+    }
+    return 1;
+}
+
+/* Take a slot for this process, if we have none (or forked since). */
+int fq_attach(fq_queue *q)
+{
+    unsigned ep = atomic_load_explicit(&fq_fork_epoch, memory_order_relaxed);
+    if (atomic_load_explicit(&q->slot, memory_order_acquire) >= 0 &&
+        atomic_load_explicit(&q->epoch, memory_order_relaxed) == ep)
+        return 0;
+    if (atomic_load_explicit(&q->epoch, memory_order_relaxed) != ep &&
+        atomic_load_explicit(&q->slot, memory_order_relaxed) >= 0) {
+        /* we are a forked child: the inherited slot is the parent's */
+        pthread_mutex_init(&q->mu, NULL);
+        atomic_store(&q->slot, -1);
+        atomic_store(&q->lanes_free, (1u << FQ_LANES) - 1);
+        q->sleepers[0] = q->sleepers[1] = 0;
+    }
+    pthread_mutex_lock(&q->mu);
+    if (atomic_load(&q->slot) >= 0) {
+        pthread_mutex_unlock(&q->mu);
+        return 0;
+    }
+    int pid = (int)getpid();
+    uint64_t start = fq_self_start_time();
+    for (int attempt = 0; attempt < 2; attempt++) {
+        for (uint32_t i = 0; i < q->nslots; i++) {
+            fq_slot *s = &q->slots[i];
+            uint64_t w = atomic_load(&s->word);
+            unsigned kind = FQ_SLOT_KIND(w);
+            int take = kind == FQ_SLOT_FREE ||
+                       (kind == FQ_SLOT_CLAIMING && !fq_pid_alive(FQ_SLOT_PID(w), 0));
+            if (!take)
+                continue;
+            uint32_t gen = FQ_SLOT_GEN(w) + 1;
+            if (!atomic_compare_exchange_strong(&s->word, &w,
+                                                FQ_SLOT_WORD(FQ_SLOT_CLAIMING, gen, pid)))
+                continue;
+            if (!fq_lanes_idle(s)) {
+                /* a CLAIMING slot never has busy lanes; be safe anyway */
+                atomic_store(&s->word, FQ_SLOT_WORD(FQ_SLOT_FREE, gen, 0));
+                continue;
+            }
+            atomic_store(&s->start_time, start);
+            /* release: the start time is visible with ACTIVE */
+            atomic_store_explicit(&s->word, FQ_SLOT_WORD(FQ_SLOT_ACTIVE, gen, pid),
+                                  memory_order_release);
+            atomic_store(&q->epoch, ep);
+            atomic_store_explicit(&q->slot, (int)i, memory_order_release);
+            pthread_mutex_unlock(&q->mu);
+            return 0;
+        }
+        pthread_mutex_unlock(&q->mu);
+        fq_recover(q); /* free the slots of dead processes, then retry */
+        pthread_mutex_lock(&q->mu);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return FQ_ENOSLOT;
+}
+
+int fq_lane_get(fq_queue *q)
+{
+    for (;;) {
+        uint32_t f = atomic_load_explicit(&q->lanes_free, memory_order_relaxed);
+        if (!f) {
+            sched_yield();
+            continue;
+        }
+        int b = __builtin_ctz(f);
+        if (atomic_compare_exchange_weak_explicit(&q->lanes_free, &f, f & ~(1u << b),
+                                                  memory_order_acquire, memory_order_relaxed))
+            return b;
+    }
+}
+
+void fq_lane_put(fq_queue *q, int lane)
+{
+    atomic_fetch_or_explicit(&q->lanes_free, 1u << lane, memory_order_release);
+}
+
+void fq_close(fq_queue *q)
+{
+    if (!q)
+        return;
+    unsigned ep = atomic_load(&fq_fork_epoch);
+    int s = atomic_load(&q->slot);
+    if (s >= 0 && atomic_load(&q->epoch) == ep) {
+        fq_slot *sl = &q->slots[s];
+        uint64_t w = atomic_load(&sl->word);
+        if (FQ_SLOT_KIND(w) == FQ_SLOT_ACTIVE && FQ_SLOT_PID(w) == (int)getpid() &&
+            fq_lanes_idle(sl)) {
+            uint64_t mbit = 1ull << (s & 63);
+            atomic_fetch_and(&q->ctrl->data_mask[s / 64], ~mbit);
+            atomic_fetch_and(&q->ctrl->space_mask[s / 64], ~mbit);
+            atomic_compare_exchange_strong(&sl->word, &w,
+                                           FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
+        }
+    }
+    munmap(q->base, q->map_size);
+    close(q->fd);
+    free(q);
+}
+
+uint64_t fq_capacity(fq_queue *q) { return q->cap; }
+uint64_t fq_max_message(fq_queue *q) { return q->max_msg; }
+uint32_t fq_max_slots(fq_queue *q) { return q->nslots; }

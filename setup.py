@@ -1,0 +1,23 @@
+"""Build of the fastq C core and its Cython binding (metadata: pyproject.toml)."""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+          "-fvisibility=hidden"]
+if os.environ.get("FASTQ_SANITIZE"):  # e.g. "address,undefined"
+    CFLAGS += ["-fsanitize=" + os.environ["FASTQ_SANITIZE"], "-fno-omit-frame-pointer", "-g"]
+
+SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c"]
+
+ext = Extension(
+    "fastq._core",
+    sources=["src/fastq/_core.pyx"] + SOURCES,
+    include_dirs=["csrc"],
+    extra_compile_args=CFLAGS,
+    extra_link_args=(["-fsanitize=" + os.environ["FASTQ_SANITIZE"]]
+                     if os.environ.get("FASTQ_SANITIZE") else []),
+)
+
+setup(ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}))

@@ -1,0 +1,488 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin binding over the C core (csrc/).  Private: use fastq.Queue.
+
+It converts arguments, runs the blocking loop (wait in slices with the GIL
+released, check for signals between slices, run crash recovery when no
+progress is made for a while) and maps return codes to exceptions.
+"""
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+from time import monotonic as _monotonic
+
+from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
+
+cdef extern from "Python.h":
+    int PyBUF_READ
+
+cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
+cdef double WAIT_SLICE = 0.05          # seconds: Ctrl-C is seen within this
+cdef double RECOVER_AFTER = 0.2        # seconds without progress before recovery
+cdef size_t BATCH_MAX = 4096           # records per claim in put_many
+
+
+cdef inline void _copy(void *dst, const void *src, size_t n) noexcept nogil:
+    memcpy(dst, src, n)
+
+
+cdef class _Waiter:
+    """State of one blocking call: its deadline and when it last recovered."""
+    cdef double deadline, last_recover
+    cdef bint forever
+
+    def __cinit__(self, timeout):
+        now = _monotonic()
+        self.forever = timeout is None
+        self.deadline = 0.0 if timeout is None else now + float(timeout)
+        self.last_recover = now
+
+
+cdef class Segment:
+    """A mapped fastq segment (one queue).  Thread-safe; one per process."""
+    cdef fq_queue *q
+    cdef int inflight
+    cdef bint closing
+    cdef readonly str path
+
+    def __dealloc__(self):
+        if self.q != NULL:
+            fq_close(self.q)
+            self.q = NULL
+
+    @staticmethod
+    def create(str path, uint64_t capacity, uint64_t max_message, uint32_t max_slots,
+               uint32_t mode):
+        cdef fq_create_opts o
+        cdef char err[512]
+        cdef fq_queue *q = NULL
+        o.capacity = capacity
+        o.max_message = max_message
+        o.max_slots = max_slots
+        o.mode = mode
+        b = path.encode()
+        cdef const char *cp = b
+        err[0] = 0
+        with nogil:
+            rc = fq_create(cp, &o, &q, err, sizeof(err))
+        if rc != 0:
+            _raise_open(rc, err, path)
+        s = Segment.__new__(Segment)
+        (<Segment>s).q = q
+        (<Segment>s).path = path
+        return s
+
+    @staticmethod
+    def open(str path):
+        cdef char err[512]
+        cdef fq_queue *q = NULL
+        b = path.encode()
+        cdef const char *cp = b
+        err[0] = 0
+        with nogil:
+            rc = fq_open(cp, &q, err, sizeof(err))
+        if rc != 0:
+            _raise_open(rc, err, path)
+        s = Segment.__new__(Segment)
+        (<Segment>s).q = q
+        (<Segment>s).path = path
+        return s
+
+    cdef inline fq_queue *_enter(self) except NULL:
+        if self.q == NULL or self.closing:
+            raise ValueError("operation on a closed queue")
+        self.inflight += 1
+        return self.q
+
+    cdef inline void _exit(self):
+        self.inflight -= 1
+        if self.closing and self.inflight == 0 and self.q != NULL:
+            fq_close(self.q)
+            self.q = NULL
+
+    def close(self):
+        """Release this process's slot and unmap (once no call is in flight)."""
+        if self.q == NULL or self.closing:
+            return
+        self.closing = True
+        if self.inflight == 0:
+            fq_close(self.q)
+            self.q = NULL
+
+    @property
+    def closed(self):
+        return self.q == NULL or self.closing
+
+    cdef int _wait(self, fq_queue *q, int what, uint64_t need, _Waiter w) except -1:
+        """Wait one slice; raise Empty/Full on timeout.  Returns 0."""
+        now = _monotonic()
+        cdef double left = WAIT_SLICE
+        if not w.forever:
+            left = w.deadline - now
+            if left <= 0:
+                raise Empty if what == FQ_WAIT_DATA else Full
+            if left > WAIT_SLICE:
+                left = WAIT_SLICE
+        if now - w.last_recover >= RECOVER_AFTER:
+            w.last_recover = now
+            with nogil:
+                fq_recover(q)
+        cdef uint64_t ns = <uint64_t>(left * 1e9)
+        with nogil:
+            fq_wait(q, what, need, ns)
+        PyErr_CheckSignals()
+        return 0
+
+    # ---- producer ---------------------------------------------------------
+
+    def put(self, data, bint block=True, timeout=None):
+        """Put one message: a bytes-like object, or a list of them (gathered)."""
+        cdef fq_queue *q = self._enter()
+        try:
+            if isinstance(data, list):
+                self._put_parts(q, data, block, timeout)
+            else:
+                self._put_one(q, data, block, timeout)
+        finally:
+            self._exit()
+
+    cdef int _put_one(self, fq_queue *q, object data, bint block, object timeout) except -1:
+        cdef Py_buffer view
+        cdef fq_claim c
+        cdef uint64_t n
+        cdef int rc
+        cdef void *dst
+        cdef _Waiter w = None
+        PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
+        try:
+            n = <uint64_t>view.len
+            while True:
+                rc = fq_put_begin(q, &n, 1, &c)
+                if rc == FQ_OK:
+                    break
+                if rc != FQ_FULL or not block:
+                    _raise_rc(rc, q, n)
+                if w is None:
+                    w = _Waiter(timeout)
+                self._wait(q, FQ_WAIT_SPACE, n + 16, w)
+            dst = fq_claim_buf(q, &c)
+            if n >= NOGIL_COPY:
+                with nogil:
+                    _copy(dst, view.buf, n)
+                    fq_put_commit(q, &c)
+            else:
+                _copy(dst, view.buf, n)
+                fq_put_commit(q, &c)
+        finally:
+            PyBuffer_Release(&view)
+        return 0
+
+    cdef int _put_parts(self, fq_queue *q, list parts, bint block, object timeout) except -1:
+        cdef Py_ssize_t k = len(parts), i
+        cdef Py_buffer *views = <Py_buffer *>malloc(sizeof(Py_buffer) * (k if k else 1))
+        cdef Py_ssize_t got = 0
+        cdef uint64_t n = 0
+        cdef fq_claim c
+        cdef int rc
+        cdef char *dst
+        cdef _Waiter w = None
+        if views == NULL:
+            raise MemoryError()
+        try:
+            for i in range(k):
+                PyObject_GetBuffer(parts[i], &views[i], PyBUF_ANY_CONTIGUOUS)
+                got += 1
+                n += <uint64_t>views[i].len
+            while True:
+                rc = fq_put_begin(q, &n, 1, &c)
+                if rc == FQ_OK:
+                    break
+                if rc != FQ_FULL or not block:
+                    _raise_rc(rc, q, n)
+                if w is None:
+                    w = _Waiter(timeout)
+                self._wait(q, FQ_WAIT_SPACE, n + 16, w)
+            dst = <char *>fq_claim_buf(q, &c)
+            with nogil:
+                for i in range(k):
+                    _copy(dst, views[i].buf, <size_t>views[i].len)
+                    dst += views[i].len
+                fq_put_commit(q, &c)
+        finally:
+            for i in range(got):
+                PyBuffer_Release(&views[i])
+            free(views)
+        return 0
+
+    def put_many(self, list items, bint block=True, timeout=None):
+        """Put every item (bytes-like objects) in order, in as few claims as
+        fit.  Returns the number put (all of them, or an exception)."""
+        cdef fq_queue *q = self._enter()
+        cdef Py_ssize_t total = len(items), start = 0, k, i, got = 0
+        cdef Py_buffer *views = NULL
+        cdef uint64_t *lens = NULL
+        cdef uint64_t budget, used
+        cdef fq_claim c
+        cdef int rc
+        cdef char *dst
+        cdef _Waiter w = None
+        try:
+            if total == 0:
+                return 0
+            views = <Py_buffer *>malloc(sizeof(Py_buffer) * total)
+            lens = <uint64_t *>malloc(sizeof(uint64_t) * total)
+            if views == NULL or lens == NULL:
+                raise MemoryError()
+            for i in range(total):
+                PyObject_GetBuffer(items[i], &views[i], PyBUF_ANY_CONTIGUOUS)
+                got += 1
+                lens[i] = <uint64_t>views[i].len
+                if lens[i] > fq_max_message(q):
+                    _raise_rc(FQ_ETOOBIG, q, lens[i])
+            budget = fq_capacity(q) // 4
+            while start < total:
+                # a chunk: as many records as fit a quarter of the ring
+                k = 0
+                used = 0
+                while start + k < total and k < <Py_ssize_t>BATCH_MAX:
+                    used += (lens[start + k] + 23) & ~(<uint64_t>7)
+                    if k and used > budget:
+                        break
+                    k += 1
+                while True:
+                    rc = fq_put_begin(q, &lens[start], <size_t>k, &c)
+                    if rc == FQ_OK:
+                        break
+                    if rc == FQ_ETOOBIG and k > 1:
+                        k = k // 2
+                        continue
+                    if rc != FQ_FULL or not block:
+                        _raise_rc(rc, q, lens[start])
+                    if w is None:
+                        w = _Waiter(timeout)
+                    self._wait(q, FQ_WAIT_SPACE, used if used < fq_capacity(q) // 2 else fq_capacity(q) // 2, w)
+                with nogil:
+                    for i in range(start, start + k):
+                        dst = <char *>fq_claim_buf(q, &c)
+                        _copy(dst, views[i].buf, <size_t>lens[i])
+                    fq_put_commit(q, &c)
+                start += k
+            return total
+        finally:
+            for i in range(got):
+                PyBuffer_Release(&views[i])
+            free(views)
+            free(lens)
+            self._exit()
+
+    # ---- consumer ---------------------------------------------------------
+
+    cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
+                    bint block, object timeout) except -1:
+        cdef int rc
+        cdef _Waiter w = None
+        while True:
+            rc = fq_get_begin(q, max_n, max_bytes, c)
+            if rc == FQ_OK:
+                return 0
+            if rc != FQ_EMPTY or not block:
+                _raise_rc(rc, q, 0)
+            if w is None:
+                w = _Waiter(timeout)
+            self._wait(q, FQ_WAIT_DATA, 0, w)
+
+    def get(self, bint block=True, timeout=None, loads=None):
+        """Take one message: bytes, or loads(memoryview) if loads is given
+        (the memoryview points into the ring and is released right after)."""
+        cdef fq_queue *q = self._enter()
+        cdef fq_claim c
+        cdef const void *data
+        cdef uint64_t n
+        cdef char *dst
+        cdef bint ended = False
+        try:
+            self._claim(q, 1, <uint64_t>-1, &c, block, timeout)
+            try:
+                fq_claim_next(q, &c, &data, &n)
+                if loads is None:
+                    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+                    dst = PyBytes_AS_STRING(out)
+                    if n >= NOGIL_COPY:
+                        with nogil:
+                            _copy(dst, data, n)
+                    else:
+                        _copy(dst, data, n)
+                else:
+                    mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
+                    try:
+                        out = loads(mv)
+                    finally:
+                        mv.release()
+                        # the message was delivered to the deserializer:
+                        # it leaves the queue even if loads() raised
+                        fq_get_end(q, &c)
+                        ended = True
+                    return out
+            except BaseException:
+                if not ended:
+                    fq_get_abort(q, &c)  # nothing was returned: put it back
+                    ended = True
+                raise
+            fq_get_end(q, &c)
+            ended = True
+            return out
+        finally:
+            self._exit()
+
+    def get_many(self, size_t max_messages=1024, bint block=True, timeout=None,
+                 loads=None, uint64_t max_bytes=64 << 20):
+        """Take 1..max_messages messages (at most max_bytes of payload, unless
+        the first alone is larger) as a list."""
+        cdef fq_queue *q = self._enter()
+        cdef fq_claim c
+        cdef const void *data
+        cdef uint64_t n
+        cdef list out = []
+        cdef char *dst
+        cdef bint ended = False
+        try:
+            self._claim(q, max_messages, max_bytes, &c, block, timeout)
+            try:
+                if loads is None:
+                    while fq_claim_next(q, &c, &data, &n):
+                        b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+                        dst = PyBytes_AS_STRING(b)
+                        if n >= NOGIL_COPY:
+                            with nogil:
+                                _copy(dst, data, n)
+                        else:
+                            _copy(dst, data, n)
+                        out.append(b)
+                else:
+                    err = None
+                    while fq_claim_next(q, &c, &data, &n):
+                        mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
+                        try:
+                            out.append(loads(mv))
+                        except Exception as e:
+                            if err is None:
+                                err = e
+                        finally:
+                            mv.release()
+                    fq_get_end(q, &c)
+                    ended = True
+                    if err is not None:
+                        raise err
+                    return out
+            except BaseException:
+                if not ended:
+                    fq_get_abort(q, &c)
+                    ended = True
+                raise
+            fq_get_end(q, &c)
+            ended = True
+            return out
+        finally:
+            self._exit()
+
+    # ---- status -----------------------------------------------------------
+
+    def qsize(self):
+        cdef fq_queue *q = self._enter()
+        try:
+            return fq_qsize(q)
+        finally:
+            self._exit()
+
+    def full(self):
+        cdef fq_queue *q = self._enter()
+        try:
+            return bool(fq_full(q))
+        finally:
+            self._exit()
+
+    @property
+    def capacity(self):
+        return fq_capacity(self._enter_quick())
+
+    @property
+    def max_message(self):
+        return fq_max_message(self._enter_quick())
+
+    @property
+    def max_processes(self):
+        return fq_max_slots(self._enter_quick())
+
+    cdef fq_queue *_enter_quick(self) except NULL:
+        if self.q == NULL:
+            raise ValueError("operation on a closed queue")
+        return self.q
+
+    def is_shutdown(self):
+        return bool(fq_is_shutdown(self._enter_quick()))
+
+    def shutdown(self, bint immediate=False):
+        fq_shutdown(self._enter_quick(), immediate)
+
+    def recover(self):
+        """Repair what dead processes left behind now; returns True if any."""
+        cdef fq_queue *q = self._enter()
+        cdef int r
+        try:
+            with nogil:
+                r = fq_recover(q)
+            return bool(r)
+        finally:
+            self._exit()
+
+    def stats(self):
+        """Cursors and internals, for debugging and tests."""
+        cdef uint64_t out[8]
+        fq_stats(self._enter_quick(), out)
+        return {"tail": out[0], "head": out[1], "release": out[2], "requeued": out[3],
+                "state": out[4], "slot": <long long>out[5], "creator_pid": out[6],
+                "created_ns": out[7]}
+
+
+def pid_alive(int pid, uint64_t start_time=0):
+    """Whether process pid (with /proc start time, 0 = any) is alive."""
+    return bool(fq_pid_alive(pid, start_time))
+
+
+cdef int _raise_rc(int rc, fq_queue *q, uint64_t n) except -1:
+    if rc == FQ_FULL:
+        raise Full
+    if rc == FQ_EMPTY:
+        raise Empty
+    if rc == FQ_SHUTDOWN:
+        raise ShutDown
+    if rc == FQ_ETOOBIG:
+        raise MessageTooLarge(
+            f"message of {n} bytes exceeds max_message ({fq_max_message(q)} bytes)")
+    if rc == FQ_ECORRUPT:
+        raise SegmentError("the segment holds an impossible record header (corrupted?)")
+    if rc == FQ_ENOSLOT:
+        raise OSError(f"every one of the queue's {fq_max_slots(q)} process slots is taken "
+                      "by a live process (create it with a larger max_processes)")
+    import os
+    raise OSError(-rc, os.strerror(-rc))
+
+
+cdef int _raise_open(int rc, char *err, str path) except -1:
+    msg = err.decode(errors="replace") or path
+    import errno, os
+    if rc == FQ_EBADSEG:
+        raise SegmentError(msg)
+    if rc == -errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, msg, path)
+    if rc == -errno.ENOENT:
+        raise FileNotFoundError(errno.ENOENT, msg, path)
+    if rc == -errno.EINVAL:
+        raise ValueError(msg)
+    if rc < 0:
+        raise OSError(-rc, msg, path)
+    raise OSError(msg)

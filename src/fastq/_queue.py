@@ -1,0 +1,380 @@
+"""fastq.Queue: the public API over the C core (fastq._core.Segment)."""
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import struct
+import uuid
+import weakref
+from typing import Any, Iterable, List, Optional
+
+from . import _core
+from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
+
+DEFAULT_CAPACITY = 64 << 20
+DEFAULT_DIR = "/dev/shm"
+
+__all__ = ["Queue", "segment_path", "PickleSerializer", "RawSerializer"]
+
+
+def segment_path(name: str) -> str:
+    """The file a queue name refers to.
+
+    A name without ``/`` lives in ``$FASTQ_DIR`` (default ``/dev/shm``); a
+    name with ``/`` is a path, on any filesystem.
+    """
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        raise ValueError(f"invalid queue name: {name!r}")
+    if "/" in name:
+        return name
+    return os.path.join(os.environ.get("FASTQ_DIR", DEFAULT_DIR), name)
+
+
+# ---- serializers ------------------------------------------------------------
+
+_OOB = struct.Struct("<BIQ")  # marker 0, buffer count, pickle length
+
+
+class PickleSerializer:
+    """pickle protocol 5 with out-of-band buffers.
+
+    A message is the pickle stream alone (it starts with the PROTO opcode,
+    0x80), or, when the object exports out-of-band buffers (a numpy array), a
+    frame: ``<B marker=0><I nbuf><Q pickle_len><Q len>*nbuf`` then the pickle
+    stream then the buffers, gathered straight into the ring: the array's
+    bytes are copied once, into the segment, never into an intermediate bytes.
+    """
+
+    name = "pickle"
+
+    def dumps(self, obj: Any):
+        bufs: list = []
+        data = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+        if not bufs:
+            return data
+        try:
+            raws = [b.raw() for b in bufs]
+        except BufferError:  # a non-contiguous buffer: pickle it in-band
+            return pickle.dumps(obj, protocol=5)
+        head = _OOB.pack(0, len(raws), len(data)) + struct.pack(
+            f"<{len(raws)}Q", *(r.nbytes for r in raws))
+        return [head, data, *raws]
+
+    def loads(self, mv: memoryview) -> Any:
+        if not mv or mv[0] != 0:
+            return pickle.loads(mv)
+        _, nbuf, plen = _OOB.unpack_from(mv, 0)
+        off = _OOB.size
+        lens = struct.unpack_from(f"<{nbuf}Q", mv, off)
+        off += 8 * nbuf
+        data = mv[off:off + plen]
+        off += plen
+        buffers = []
+        for n in lens:
+            buffers.append(bytearray(mv[off:off + n]))  # copied out of the ring
+            off += n
+        try:
+            return pickle.loads(data, buffers=buffers)
+        finally:
+            data.release()
+
+
+class RawSerializer:
+    """No serialization: bytes-like objects in, ``bytes`` out."""
+
+    name = "raw"
+
+    def dumps(self, obj: Any):
+        return obj
+
+    loads = None  # the binding returns bytes
+
+
+class _CustomSerializer:
+    """Wraps any object with ``dumps(obj) -> bytes`` and ``loads(bytes)``."""
+
+    def __init__(self, impl: Any):
+        self.impl = impl
+        self.name = None
+
+    def dumps(self, obj: Any):
+        return self.impl.dumps(obj)
+
+    def loads(self, mv: memoryview) -> Any:
+        return self.impl.loads(bytes(mv))
+
+
+def _make_serializer(spec: Any):
+    if spec == "pickle":
+        return PickleSerializer()
+    if spec == "raw":
+        return RawSerializer()
+    if isinstance(spec, str):
+        raise ValueError(f"unknown serializer {spec!r}: use 'pickle', 'raw' or an object "
+                         "with dumps() and loads()")
+    if not (callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None))):
+        raise TypeError("serializer must be 'pickle', 'raw' or an object with dumps and loads")
+    return _CustomSerializer(spec)
+
+
+# ---- anonymous queues: removed when their creator exits ---------------------
+
+_anon_paths: "set[str]" = set()
+
+
+def _unlink_anon(path: str, pid: int) -> None:
+    if os.getpid() == pid and path in _anon_paths:
+        _anon_paths.discard(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+@atexit.register
+def _unlink_all_anon() -> None:
+    for path in list(_anon_paths):
+        _unlink_anon(path, os.getpid())
+
+
+def _check_timeout(block: bool, timeout: Optional[float]) -> None:
+    if block and timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+
+
+class Queue:
+    """A multi-producer, multi-consumer FIFO queue shared by processes.
+
+    Messages live in a memory-mapped segment file; any process that knows the
+    name can attach.  Order is FIFO per producer; nothing is lost or
+    duplicated; a process killed in the middle of a call blocks nobody for
+    longer than the recovery bound (see the README).
+
+    Parameters
+    ----------
+    name : str, optional
+        Queue name (a file in ``$FASTQ_DIR``, default ``/dev/shm``) or a path
+        containing ``/``.  ``None`` creates an anonymous queue with a unique
+        name, removed when its creator closes it or exits.
+    capacity : int
+        Ring size in bytes when the queue is created (rounded up to a power
+        of two, at least 4096).  Ignored when an existing queue is opened.
+    max_message : int, optional
+        Largest message in bytes (after serialization); default and maximum
+        ``capacity // 2 - 16``.
+    serializer : {"pickle", "raw"} or object
+        ``"pickle"`` (protocol 5, out-of-band buffers), ``"raw"`` (bytes-like
+        in, ``bytes`` out) or any object with ``dumps`` and ``loads``.
+    mode : int
+        File mode of a created segment (default ``0o600``: owner only).
+    max_processes : int
+        Process slots in a created segment (default 64, at most 1024).
+
+    Examples
+    --------
+    >>> q = fastq.Queue("jobs", capacity=1 << 20)
+    >>> q.put({"id": 1}); q.get()
+    {'id': 1}
+    """
+
+    def __init__(self, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY, *,
+                 max_message: Optional[int] = None, serializer: Any = "pickle",
+                 mode: int = 0o600, max_processes: int = 64, _how: str = "open_or_create"):
+        self._ser_spec = serializer
+        self._ser = _make_serializer(serializer)
+        self._finalizer = None
+        if _how != "open":
+            if not isinstance(capacity, int) or capacity <= 0:
+                raise ValueError(f"capacity must be a positive int, not {capacity!r}")
+            if max_message is not None and (not isinstance(max_message, int) or max_message <= 0):
+                raise ValueError(f"max_message must be a positive int, not {max_message!r}")
+            if not isinstance(max_processes, int) or not 1 <= max_processes <= 1024:
+                raise ValueError(f"max_processes must be in 1..1024, not {max_processes!r}")
+        anonymous = name is None
+        if anonymous:
+            name = f"fastq-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+            _how = "create"
+        self._name = name
+        path = segment_path(name)
+        args = (path, capacity, max_message or 0, max_processes, mode)
+        if _how == "create":
+            self._seg = _core.Segment.create(*args)
+        elif _how == "open":
+            self._seg = _core.Segment.open(path)
+        else:
+            try:
+                self._seg = _core.Segment.open(path)
+            except FileNotFoundError:
+                try:
+                    self._seg = _core.Segment.create(*args)
+                except FileExistsError:  # lost a creation race: the winner's is complete
+                    self._seg = _core.Segment.open(path)
+        self._path = path
+        if anonymous:
+            _anon_paths.add(path)
+            self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
+
+    # ---- constructors -------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY,
+               **kwargs: Any) -> "Queue":
+        """Create a new queue; ``FileExistsError`` if the name exists."""
+        return cls(name, capacity, _how="create", **kwargs)
+
+    @classmethod
+    def open(cls, name: str, **kwargs: Any) -> "Queue":
+        """Attach to an existing queue; ``FileNotFoundError`` if it is missing,
+        ``SegmentError`` if the file is not a valid segment."""
+        kwargs.pop("capacity", None)
+        return cls(name, _how="open", **kwargs)
+
+    def __reduce__(self):
+        spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
+        return (_reopen, (self._path, spec))
+
+    # ---- producer -----------------------------------------------------------
+
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Put obj at the tail of the queue.
+
+        Blocks while the queue is full (up to ``timeout`` seconds, then
+        ``queue.Full``); with ``block=False`` raises ``Full`` at once.  Raises
+        ``MessageTooLarge`` if the serialized message exceeds ``max_message``
+        and ``ShutDown`` after :meth:`shutdown`.
+        """
+        _check_timeout(block, timeout)
+        self._seg.put(self._ser.dumps(obj), block, timeout)
+
+    def put_nowait(self, obj: Any) -> None:
+        """``put(obj, block=False)``."""
+        self._seg.put(self._ser.dumps(obj), False, None)
+
+    def put_many(self, items: Iterable[Any], block: bool = True,
+                 timeout: Optional[float] = None) -> int:
+        """Put every item, in order, claiming ring space for many at once.
+
+        Returns the number of items put.  If the queue stays full past the
+        timeout, raises ``Full``; the items before the one that did not fit
+        have been put, in order.
+        """
+        _check_timeout(block, timeout)
+        dumps = self._ser.dumps
+        out = []
+        for x in items:
+            d = dumps(x)
+            out.append(b"".join(d) if isinstance(d, list) else d)
+        return self._seg.put_many(out, block, timeout)
+
+    # ---- consumer -----------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """Remove and return the message at the head of the queue.
+
+        Blocks while the queue is empty (up to ``timeout`` seconds, then
+        ``queue.Empty``).  After :meth:`shutdown` it drains what is left, then
+        raises ``ShutDown``.
+        """
+        _check_timeout(block, timeout)
+        return self._seg.get(block, timeout, self._ser.loads)
+
+    def get_nowait(self) -> Any:
+        """``get(block=False)``."""
+        return self._seg.get(False, None, self._ser.loads)
+
+    def get_many(self, max_messages: int = 1024, block: bool = True,
+                 timeout: Optional[float] = None) -> List[Any]:
+        """Remove and return a list of 1 to ``max_messages`` messages.
+
+        Waits like :meth:`get` for the first; returns whatever else is
+        already there, without waiting for more.
+        """
+        _check_timeout(block, timeout)
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        return self._seg.get_many(max_messages, block, timeout, self._ser.loads)
+
+    # ---- status and lifecycle -----------------------------------------------
+
+    def qsize(self) -> int:
+        """Number of messages in the queue (exact when no call is in flight)."""
+        return self._seg.qsize()
+
+    def empty(self) -> bool:
+        """True if the queue holds no message."""
+        return self._seg.qsize() == 0
+
+    def full(self) -> bool:
+        """True if not even the smallest message would fit now."""
+        return self._seg.full()
+
+    @property
+    def capacity(self) -> int:
+        """Ring size in bytes."""
+        return self._seg.capacity
+
+    @property
+    def max_message(self) -> int:
+        """Largest message accepted, in bytes (after serialization)."""
+        return self._seg.max_message
+
+    @property
+    def name(self) -> str:
+        """The queue's name."""
+        return self._name
+
+    @property
+    def path(self) -> str:
+        """The segment file."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._seg.closed
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the queue down for every process, as ``queue.Queue.shutdown``.
+
+        Later puts raise ``ShutDown``; gets return what is left, then raise
+        ``ShutDown`` (at once if ``immediate``); blocked callers wake.
+        """
+        self._seg.shutdown(immediate)
+
+    def is_shutdown(self) -> bool:
+        """True once any process shut the queue down."""
+        return self._seg.is_shutdown()
+
+    def recover(self) -> bool:
+        """Repair now what processes killed mid-call left behind (waiting
+        callers do this by themselves); True if anything was repaired."""
+        return self._seg.recover()
+
+    def close(self) -> None:
+        """Detach this handle.  An anonymous queue's creator also removes it."""
+        self._seg.close()
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def unlink(self) -> None:
+        """Remove the segment file; processes attached keep using it."""
+        _anon_paths.discard(self._path)
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "Queue":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"capacity={self.capacity}"
+        return f"<fastq.Queue {self._name!r} {state}>"
+
+
+def _reopen(path: str, serializer: Any) -> Queue:
+    return Queue.open(path, serializer=serializer)

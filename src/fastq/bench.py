@@ -1,0 +1,992 @@
+"""Side-by-side benchmark of fastq against other inter-process queues.
+
+Each cell of the result table runs in fresh child processes: producers and
+consumers attach to one queue, the producers send numbered payloads for a
+fixed time, and the consumers time the stream (first to last message after a
+warm-up) while checking that every message arrived exactly once and in order
+per producer, and that a sample of payloads has the producer's CRC32.  A cell
+whose check fails is reported as FAILED and never shows a figure.
+
+Libraries are reached through one small adapter class each (see ``ADAPTERS``);
+a library that is not installed is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import platform
+import random
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import zlib
+from dataclasses import asdict, dataclass, field
+from multiprocessing import connection
+
+KiB, MiB = 1 << 10, 1 << 20
+STOP_SEQ = (1 << 48) - 1          # low 48 bits of a tag: sequence number; high bits: producer id
+SAMPLE_MASK = 1023                # CRC32 of every 1024th payload is compared
+FOREVER = 1e6                     # "no timeout" for APIs that refuse None (faster-fifo)
+_PACK = struct.Struct("<Q").pack
+_PARENT_HANDLES: dict = {}        # queues the parent must keep open while a cell runs
+
+
+# --------------------------------------------------------------------------- payloads
+
+def _tail(size: int, pid: int) -> bytes:
+    return random.Random(size * 131 + pid).randbytes(max(0, size - 8))
+
+
+def _raw_seq(m, _from=int.from_bytes):
+    return _from(m[:8], "little")
+
+
+class RawPayload:
+    """Bytes of ``size``: an 8-byte little-endian tag, then fixed pseudo-random bytes."""
+
+    def __init__(self, size: int, pid: int):
+        self.tail = _tail(size, pid)
+
+    def make(self, tag: int) -> bytes:
+        return _PACK(tag) + self.tail
+
+    seq_of = staticmethod(_raw_seq)
+    digest = staticmethod(zlib.crc32)
+
+
+class TuplePayload:
+    """A tuple of five ints, the first being the tag."""
+
+    def __init__(self, size: int, pid: int):
+        pass
+
+    @staticmethod
+    def make(tag: int) -> tuple:
+        return (tag, 1, 2, 3, 4)
+
+    @staticmethod
+    def seq_of(m) -> int:
+        return m[0]
+
+    @staticmethod
+    def digest(m) -> int:
+        return zlib.crc32(repr(m).encode())
+
+
+class ArrayPayload:
+    """A uint8 numpy array of ``size`` whose first 8 bytes are the tag."""
+
+    def __init__(self, size: int, pid: int):
+        import numpy as np
+
+        self.base = np.frombuffer(_PACK(0) + _tail(size, pid), dtype=np.uint8).copy()
+
+    def make(self, tag: int):
+        a = self.base.copy()
+        a[:8] = memoryview(_PACK(tag))
+        return a
+
+    @staticmethod
+    def seq_of(a) -> int:
+        return _raw_seq(a.data)
+
+    @staticmethod
+    def digest(a) -> int:
+        return zlib.crc32(a.data)
+
+
+PAYLOADS = {"raw": RawPayload, "tuple": TuplePayload, "numpy": ArrayPayload}
+
+
+# --------------------------------------------------------------------------- workloads
+
+@dataclass(frozen=True)
+class Workload:
+    """One row group of the table: what is sent, how, and by how many processes."""
+
+    name: str
+    kind: str                 # "stream", "pingpong" or "idle"
+    payload: str = "raw"      # key of PAYLOADS
+    size: int = 64
+    batch: bool = False
+    producers: int = 1
+    consumers: int = 1
+
+    @property
+    def raw(self) -> bool:
+        return self.payload == "raw"
+
+    def rows(self) -> list:
+        """(row label, result key, higher_is_better) for each table row of this workload."""
+        if self.kind == "pingpong":
+            return [(f"ping-pong RTT {p} (us) ↓", p, False) for p in ("p50", "p99", "p99.9")]
+        if self.kind == "idle":
+            return [("idle get() CPU (% core) ↓", "cpu_pct", False)]
+        if self.size >= 64 * KiB:
+            return [(f"{self.name} (MB/s) ↑", "mb_per_s", True)]
+        return [(f"{self.name} (msg/s) ↑", "msgs_per_s", True)]
+
+
+def _size_name(n: int) -> str:
+    return f"{n // MiB}MiB" if n >= MiB else f"{n // KiB}KiB" if n >= KiB else f"{n}B"
+
+
+SIZES = (8, 64, KiB, 64 * KiB, MiB)
+WORKLOADS = (
+    [Workload(f"raw-{_size_name(s)}", "stream", "raw", s) for s in SIZES]
+    + [Workload(f"batch-{_size_name(s)}", "stream", "raw", s, batch=True) for s in SIZES]
+    + [Workload("pickle-tuple", "stream", "tuple", 48),
+       Workload("numpy-1MiB", "stream", "numpy", MiB),
+       Workload("pingpong", "pingpong", "raw", 8),
+       Workload("idle-cpu", "idle", "raw", 8),
+       Workload("mpmc-64B", "stream", "raw", 64, producers=2, consumers=2)]
+)
+
+
+@dataclass
+class Settings:
+    """Knobs of one run; ``quick()`` gives the under-a-minute variant."""
+
+    duration: float = 0.8         # seconds each producer sends in a stream cell
+    round_trips: int = 20000
+    pingpong_budget: float = 3.0  # seconds at most for the timed round trips
+    idle: float = 5.0
+    capacity: int = 16 * MiB      # byte capacity given to every queue (or its equivalent)
+    start_method: str = "fork"
+    grace: float = 20.0           # seconds a cell may take beyond its own budget
+
+    @classmethod
+    def quick(cls, **kw) -> "Settings":
+        return cls(**{**dict(duration=0.15, round_trips=2000, pingpong_budget=0.5, idle=1.0, grace=15.0), **kw})
+
+    def warmup(self, wl: Workload) -> int:
+        return max(8, min(2000, 8 * MiB // wl.size))
+
+
+# --------------------------------------------------------------------------- adapters
+
+class Endpoint:
+    """What a child process calls: bound library methods where possible."""
+
+    __slots__ = ("put", "get", "put_many", "get_many", "close")
+
+    def __init__(self, put=None, get=None, put_many=None, get_many=None, close=lambda: None):
+        self.put, self.get, self.put_many, self.get_many, self.close = put, get, put_many, get_many, close
+
+
+def _poll_none(try_get):
+    """Spin on a receive that returns None when empty."""
+    def get():
+        while True:
+            m = try_get()
+            if m is not None:
+                return m
+    return get
+
+
+def _poll_exc(try_op, exc):
+    """Spin on a non-blocking call that raises ``exc`` when it cannot proceed now."""
+    def op(*args):
+        while True:
+            try:
+                return try_op(*args)
+            except exc:
+                pass
+    return op
+
+
+def _retry_send(try_send, backoff: bool):
+    """Blocking send over a try_send that returns False when full (sleeps up to 1 ms if ``backoff``)."""
+    sleep = time.sleep
+
+    def put(m):
+        if try_send(m):
+            return
+        delay = 0.0
+        while not try_send(m):
+            if backoff:
+                sleep(delay)
+                delay = min(delay * 2 or 1e-5, 1e-3)
+    return put
+
+
+def _ident(x):
+    return x
+
+
+class Adapter:
+    """Interface of one library.  Instances are sent to the children, so keep them plain."""
+
+    key = "?"
+    module = ""
+    raw = True          # can move raw bytes
+    objects = False     # has its own object (pickle) path
+    batch = False       # has put_many/get_many
+    mpmc = False        # several producers and consumers may share one queue
+
+    def __init__(self, poll: bool = False):
+        self.poll = poll
+
+    @property
+    def name(self) -> str:
+        return self.key + ("_poll" if self.poll else "")
+
+    @property
+    def label(self) -> str:
+        return self.key + (" (poll)" if self.poll else "")
+
+    def missing(self):
+        """None if the library imports, else a note why it is skipped."""
+        try:
+            __import__(self.module)
+            return None
+        except Exception as e:  # noqa: BLE001 - any import failure means "skip"
+            return f"{type(e).__name__}: {e}"
+
+    def supports(self, wl: Workload) -> bool:
+        """Whether this library can run ``wl`` the way the workload demands."""
+        ok = self.raw if wl.raw else self.objects
+        if wl.batch:
+            ok = ok and self.batch and not self.poll
+        if wl.producers > 1 or wl.consumers > 1:
+            ok = ok and self.mpmc
+        return ok
+
+    def open(self, ctx, wl: Workload, capacity: int):
+        """Create one queue in the parent; return a picklable spec the children attach with."""
+        raise NotImplementedError
+
+    def sender(self, spec, wl: Workload) -> Endpoint:
+        raise NotImplementedError
+
+    def receiver(self, spec, wl: Workload) -> Endpoint:
+        raise NotImplementedError
+
+    def close(self, spec) -> None:
+        """Release what ``open`` created (parent side)."""
+
+
+class FastqAdapter(Adapter):
+    key, module, objects, batch, mpmc = "fastq", "fastq", True, True, True
+
+    def missing(self):
+        why = super().missing()
+        if why is None and not hasattr(__import__("fastq"), "Queue"):
+            why = "fastq.Queue is not built yet"
+        return why
+
+    def open(self, ctx, wl, capacity):
+        import fastq
+        return fastq.Queue(None, capacity, serializer="raw" if wl.raw else "pickle")
+
+    def sender(self, q, wl):
+        import fastq
+        put = _poll_exc(q.put_nowait, fastq.Full) if self.poll else q.put
+        return Endpoint(put=put, put_many=q.put_many, close=q.close)
+
+    def receiver(self, q, wl):
+        import fastq
+        get = _poll_exc(q.get_nowait, fastq.Empty) if self.poll else q.get
+        return Endpoint(get=get, get_many=q.get_many, close=q.close)
+
+    def close(self, q):
+        q.close()
+
+
+class MpQueueAdapter(Adapter):
+    key, module, objects, mpmc = "mp_queue", "multiprocessing", True, True
+
+    def open(self, ctx, wl, capacity):
+        return ctx.Queue(maxsize=max(2, capacity // max(wl.size, 64)))
+
+    def sender(self, q, wl):
+        return Endpoint(put=q.put)
+
+    def receiver(self, q, wl):
+        return Endpoint(get=q.get)
+
+    def close(self, q):
+        q.close()
+
+
+class MpPipeAdapter(Adapter):
+    key, module, objects = "mp_pipe", "multiprocessing", True
+
+    def open(self, ctx, wl, capacity):
+        return ctx.Pipe(duplex=False)
+
+    def sender(self, spec, wl):
+        w = spec[1]
+        return Endpoint(put=w.send_bytes if wl.raw else w.send)
+
+    def receiver(self, spec, wl):
+        r = spec[0]
+        return Endpoint(get=r.recv_bytes if wl.raw else r.recv)
+
+    def close(self, spec):
+        for c in spec:
+            c.close()
+
+
+class FasterFifoAdapter(Adapter):
+    key, module, objects, batch, mpmc = "faster_fifo", "faster_fifo", True, True, True
+
+    def open(self, ctx, wl, capacity):
+        import faster_fifo
+        codec = dict(loads=_ident, dumps=_ident) if wl.raw else {}
+        return faster_fifo.Queue(max_size_bytes=capacity, **codec)
+
+    def sender(self, q, wl):
+        return Endpoint(put=functools.partial(q.put, timeout=FOREVER),
+                        put_many=functools.partial(q.put_many, timeout=FOREVER))
+
+    def receiver(self, q, wl):
+        return Endpoint(get=functools.partial(q.get, timeout=FOREVER),
+                        get_many=functools.partial(q.get_many, timeout=FOREVER, max_messages_to_get=1024))
+
+
+class ZmqAdapter(Adapter):
+    key, module, objects = "zmq", "zmq", True
+
+    def open(self, ctx, wl, capacity):
+        fd, path = tempfile.mkstemp(prefix="fastq-bench-", suffix=".ipc")
+        os.close(fd)
+        os.unlink(path)
+        return "ipc://" + path, max(16, capacity // wl.size)
+
+    def _socket(self, spec, kind):
+        import zmq
+        zctx = zmq.Context()
+        sock = zctx.socket(kind)
+        sock.setsockopt(zmq.SNDHWM if kind == zmq.PUSH else zmq.RCVHWM, spec[1])
+
+        def close():
+            sock.close()
+            zctx.term()
+        return sock, close
+
+    def sender(self, spec, wl):
+        import zmq
+        sock, close = self._socket(spec, zmq.PUSH)
+        sock.connect(spec[0])
+        return Endpoint(put=sock.send if wl.raw else sock.send_pyobj, close=close)
+
+    def receiver(self, spec, wl):
+        import zmq
+        sock, close = self._socket(spec, zmq.PULL)
+        sock.bind(spec[0])
+        if not wl.raw:
+            get = sock.recv_pyobj
+        elif wl.size < 64 * KiB:
+            get = sock.recv
+        else:
+            def get(recv=functools.partial(sock.recv, copy=False)):
+                return recv().buffer
+        return Endpoint(get=get, close=close)
+
+    def close(self, spec):
+        try:
+            os.unlink(spec[0][len("ipc://"):])
+        except OSError:
+            pass
+
+
+_names = itertools.count()
+
+
+class CloudtoidAdapter(Adapter):
+    key, module, mpmc = "cloudtoid", "cloudtoid_interprocess", True
+
+    def open(self, ctx, wl, capacity):
+        return f"fqb{os.getpid()}n{next(_names)}", capacity
+
+    def sender(self, spec, wl):
+        from cloudtoid_interprocess import Publisher
+        p = Publisher(*spec)
+        return Endpoint(put=_retry_send(p.try_send, backoff=not self.poll), close=p.close)
+
+    def receiver(self, spec, wl):
+        from cloudtoid_interprocess import Subscriber
+        s = Subscriber(*spec)
+        return Endpoint(get=_poll_none(s.try_receive) if self.poll else s.receive, close=s.close)
+
+    def close(self, spec):
+        base = os.path.join(tempfile.gettempdir(), ".cloudtoid", "interprocess", "v3")
+        for path in (f"{base}/mmf/{spec[0]}.qu", f"{base}/readers/{spec[0]}", f"/dev/shm/sem.ct3ip.{spec[0]}"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+class ZeroqAdapter(Adapter):
+    key, module, mpmc = "zeroq", "zeroq", True
+
+    def open(self, ctx, wl, capacity):
+        import zeroq
+        name = f"fqb{os.getpid()}n{next(_names)}"
+        slots = 1 << max(1, (capacity // wl.size).bit_length() - 1)
+        _PARENT_HANDLES[name] = zeroq.Queue(name, element_size=wl.size, capacity=slots)
+        return name
+
+    def _attach(self, name):
+        import zeroq
+        return zeroq, zeroq.Queue(name, create=False)
+
+    def sender(self, name, wl):
+        zeroq, q = self._attach(name)
+        return Endpoint(put=_poll_exc(q.put_nowait, zeroq.Full) if self.poll else q.put)
+
+    def receiver(self, name, wl):
+        zeroq, q = self._attach(name)
+        return Endpoint(get=_poll_exc(q.get_nowait, zeroq.Empty) if self.poll else q.get)
+
+    def close(self, name):
+        _PARENT_HANDLES.pop(name).close()
+
+
+ADAPTERS = [FastqAdapter(), FastqAdapter(poll=True), MpQueueAdapter(), MpPipeAdapter(),
+            FasterFifoAdapter(), ZmqAdapter(), CloudtoidAdapter(), CloudtoidAdapter(poll=True),
+            ZeroqAdapter(), ZeroqAdapter(poll=True)]
+
+
+def select_adapters(only=None) -> list:
+    """Adapters named in ``only`` (keys like ``zeroq_poll``; a bare family name selects all its variants)."""
+    if not only:
+        return list(ADAPTERS)
+    wanted = {w.strip().replace(" (poll)", "_poll").replace("-", "_") for w in only if w.strip()}
+    unknown = wanted - {a.name for a in ADAPTERS} - {a.key for a in ADAPTERS}
+    if unknown:
+        raise SystemExit(f"unknown libraries: {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(a.name for a in ADAPTERS)}")
+    return [a for a in ADAPTERS if a.name in wanted or a.key in wanted]
+
+
+def select_workloads(names=None) -> list:
+    """Workloads whose name equals or starts with one of ``names`` (all if empty)."""
+    if not names:
+        return list(WORKLOADS)
+    names = [n.strip() for n in names if n.strip()]
+    chosen = [w for w in WORKLOADS if any(w.name == n or w.name.startswith(n) for n in names)]
+    if not chosen:
+        raise SystemExit(f"no workload matches {names}; known: {', '.join(w.name for w in WORKLOADS)}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- child processes
+
+def _stream(ep, batch):
+    """Endless iterator over received messages, driven from C (no Python frame per message)."""
+    calls = itertools.repeat(())
+    if batch:
+        return itertools.chain.from_iterable(itertools.starmap(ep.get_many, calls))
+    return itertools.starmap(ep.get, calls)
+
+
+def _produce(adapter, spec, wl, cfg, pid, n_stops, barrier):
+    ep = adapter.sender(spec, wl)
+    make = PAYLOADS[wl.payload](wl.size, pid).make
+    put, base, seq = ep.put, pid << 48, 0
+    chunk = max(1, min(256, MiB // wl.size))
+    barrier.wait(cfg.grace)
+    end = time.perf_counter() + cfg.duration
+    while time.perf_counter() < end:
+        if wl.batch:
+            ep.put_many([make(base | s) for s in range(seq, seq + chunk)])
+        else:
+            for s in range(seq, seq + chunk):
+                put(make(base | s))
+        seq += chunk
+    for _ in range(n_stops):
+        put(make(base | STOP_SEQ))
+    ep.close()
+    return {"role": "producer", "pid": pid, "sent": seq}
+
+
+def _consume(adapter, spec, wl, cfg, pid, n_stops, barrier):
+    ep = adapter.receiver(spec, wl)
+    payload = PAYLOADS[wl.payload]
+    seq_of, digest = payload.seq_of, payload.digest
+    warm = cfg.warmup(wl)
+    samples, errors = [], []
+    barrier.wait(cfg.grace)
+    clock = time.perf_counter
+    t0 = None
+    if n_stops == 1 and wl.producers == 1:
+        expect = 0
+        for m in _stream(ep, wl.batch):
+            tag = seq_of(m)
+            if tag != expect:
+                if tag != STOP_SEQ:
+                    errors.append(f"expected seq {expect}, got {tag:#x}")
+                break
+            if not tag & SAMPLE_MASK:
+                samples.append((tag, digest(m)))
+            expect += 1
+            if expect == warm:
+                t0 = clock()
+        t1 = clock()
+        counts, seen, n = {0: expect}, {}, expect
+    else:
+        counts, seen, last, stops, n = {}, {}, {}, 0, 0
+        for m in _stream(ep, wl.batch):
+            tag = seq_of(m)
+            p, s = tag >> 48, tag & STOP_SEQ
+            if s == STOP_SEQ:
+                stops += 1
+                if stops == n_stops:
+                    break
+                continue
+            if s <= last.get(p, -1):
+                errors.append(f"producer {p}: seq {s} after {last[p]}")
+                break
+            last[p] = s
+            bitmap = seen.setdefault(p, bytearray())
+            if s >= len(bitmap):
+                bitmap.extend(bytes(max(s + 1 - len(bitmap), len(bitmap))))
+            bitmap[s] = 1
+            counts[p] = counts.get(p, 0) + 1
+            if not s & SAMPLE_MASK:
+                samples.append((tag, digest(m)))
+            n += 1
+            if n == warm:
+                t0 = clock()
+        t1 = clock()
+        seen = {p: bytes(b) for p, b in seen.items()}
+    ep.close()
+    return {"role": "consumer", "pid": pid, "counts": counts, "seen": seen, "samples": samples,
+            "errors": errors, "timed": n - warm, "t0": t0, "t1": t1}
+
+
+def _ping(adapter, specs, wl, cfg, pid, n_stops, barrier):
+    out, back = adapter.sender(specs[0], wl), adapter.receiver(specs[1], wl)
+    payload = RawPayload(wl.size, 0)
+    put, get, make, seq_of = out.put, back.get, payload.make, payload.seq_of
+    warm, rtts, errors = 200, [], []
+    clock = time.perf_counter_ns
+    barrier.wait(cfg.grace)
+    end = None
+    for i in range(warm + cfg.round_trips):
+        if i == warm:
+            end = time.perf_counter() + cfg.pingpong_budget
+        elif end is not None and not i & 63 and time.perf_counter() > end:
+            break
+        m = make(i)
+        t = clock()
+        put(m)
+        r = get()
+        dt = clock() - t
+        if seq_of(r) != i or (not i & SAMPLE_MASK and r != m):
+            errors.append(f"round trip {i}: got seq {seq_of(r)}")
+            break
+        if i >= warm:
+            rtts.append(dt)
+    put(make(STOP_SEQ))
+    out.close()
+    back.close()
+    rtts.sort()
+    pct = {p: rtts[min(len(rtts) - 1, int(len(rtts) * q))] / 1000.0 if rtts else None
+           for p, q in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999))}
+    return {"role": "ping", "errors": errors, "round_trips": len(rtts), **pct}
+
+
+def _pong(adapter, specs, wl, cfg, pid, n_stops, barrier):
+    inp, out = adapter.receiver(specs[0], wl), adapter.sender(specs[1], wl)
+    get, put, seq_of = inp.get, out.put, RawPayload.seq_of
+    barrier.wait(cfg.grace)
+    while True:
+        m = get()
+        if seq_of(m) == STOP_SEQ:
+            break
+        put(bytes(m))   # faster-fifo's raw get returns a memoryview its put refuses
+    inp.close()
+    out.close()
+    return {"role": "pong"}
+
+
+def _idle_send(adapter, spec, wl, cfg, pid, n_stops, barrier):
+    ep = adapter.sender(spec, wl)
+    barrier.wait(cfg.grace)
+    time.sleep(cfg.idle)
+    ep.put(RawPayload(wl.size, 0).make(0))
+    ep.close()
+    return {"role": "producer"}
+
+
+def _idle_wait(adapter, spec, wl, cfg, pid, n_stops, barrier):
+    ep = adapter.receiver(spec, wl)
+    barrier.wait(cfg.grace)
+    c0, w0 = time.process_time(), time.perf_counter()
+    m = ep.get()
+    c1, w1 = time.process_time(), time.perf_counter()
+    ep.close()
+    errors = [] if m == RawPayload(wl.size, 0).make(0) else ["wrong wake-up message"]
+    return {"role": "consumer", "errors": errors, "cpu_pct": 100.0 * (c1 - c0) / (w1 - w0), "waited": w1 - w0}
+
+
+_ROLES = {f.__name__: f for f in (_produce, _consume, _ping, _pong, _idle_send, _idle_wait)}
+
+
+def _child(role, adapter, spec, wl, cfg, pid, n_stops, barrier, conn):
+    """Entry point of every child: run one role and send its result dict (or the error) back."""
+    try:
+        out = _ROLES[role](adapter, spec, wl, cfg, pid, n_stops, barrier)
+    except BaseException:  # noqa: BLE001 - report everything to the parent
+        out = {"role": role, "error": traceback.format_exc(limit=6).strip().splitlines()[-1],
+               "traceback": traceback.format_exc(limit=6)}
+    try:
+        conn.send(out)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- one cell
+
+@dataclass
+class Cell:
+    """Result of one (workload, library) pair."""
+
+    workload: str
+    library: str
+    status: str                      # ok, FAILED, TIMEOUT, ERROR, skipped
+    figures: dict = field(default_factory=dict)
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class _CellTimeout(Exception):
+    pass
+
+
+def _plan(wl: Workload):
+    """(role, pid, n_stops, which queue spec) for every child of a cell."""
+    if wl.kind == "pingpong":
+        return [("_pong", 0, 0, "both"), ("_ping", 0, 0, "both")]
+    if wl.kind == "idle":
+        return [("_idle_wait", 0, 0, 0), ("_idle_send", 0, 0, 0)]
+    return ([("_consume", c, wl.producers, 0) for c in range(wl.consumers)]
+            + [("_produce", p, wl.consumers, 0) for p in range(wl.producers)])
+
+
+def _budget(wl: Workload, cfg: Settings) -> float:
+    run = {"stream": cfg.duration * 3, "pingpong": cfg.pingpong_budget * 2, "idle": cfg.idle}[wl.kind]
+    return run + cfg.grace
+
+
+def _reap(procs) -> None:
+    for p in procs:
+        p.join(3)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join(1)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _collect(procs, conns, deadline):
+    outs, pending = [], dict(zip(conns, procs))
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _CellTimeout()
+        for c in connection.wait(list(pending), timeout=left):
+            p = pending.pop(c)
+            try:
+                out = c.recv()
+            except EOFError:
+                p.join(1)
+                out = {"error": f"child died (exit code {p.exitcode})"}
+            outs.append(out)
+            if out.get("error") or out.get("errors"):
+                return outs
+    return outs
+
+
+def run_cell(adapter: Adapter, wl: Workload, cfg: Settings, ctx) -> Cell:
+    """Run one workload for one library in fresh child processes; never raises, never hangs."""
+    t_start = time.monotonic()
+    specs, procs = [], []
+    try:
+        n_queues = 2 if wl.kind == "pingpong" else 1
+        for _ in range(n_queues):
+            specs.append(adapter.open(ctx, wl, cfg.capacity))
+        plan = _plan(wl)
+        barrier = ctx.Barrier(len(plan))
+        conns = []
+        for role, pid, n_stops, which in plan:
+            r, w = ctx.Pipe(duplex=False)
+            spec = tuple(specs) if which == "both" else specs[which]
+            p = ctx.Process(target=_child, daemon=True, name=f"bench{role}",
+                            args=(role, adapter, spec, wl, cfg, pid, n_stops, barrier, w))
+            p.start()
+            w.close()
+            procs.append(p)
+            conns.append(r)
+        outs = _collect(procs, conns, t_start + _budget(wl, cfg))
+        cell = evaluate(wl, adapter.label, outs, cfg)
+    except _CellTimeout:
+        cell = Cell(wl.name, adapter.label, "TIMEOUT", detail=f"no result within {_budget(wl, cfg):.0f} s")
+    except Exception as e:  # noqa: BLE001 - a broken peer must not stop the run
+        cell = Cell(wl.name, adapter.label, "ERROR", detail=f"{type(e).__name__}: {e}")
+    finally:
+        _reap(procs)
+        for spec in specs:
+            try:
+                adapter.close(spec)
+            except Exception:  # noqa: BLE001
+                pass
+    cell.seconds = time.monotonic() - t_start
+    return cell
+
+
+def evaluate(wl: Workload, label: str, outs: list, cfg: Settings) -> Cell:
+    """Verify the children's reports and turn them into figures (or a FAILED cell)."""
+    for o in outs:
+        if o.get("error"):
+            return Cell(wl.name, label, "ERROR", detail=f"{o.get('role', '?')}: {o['error']}")
+        if o.get("errors"):
+            return Cell(wl.name, label, "FAILED", detail="; ".join(o["errors"][:3]))
+    if wl.kind == "pingpong":
+        ping = next(o for o in outs if o["role"] == "ping")
+        if not ping["round_trips"]:
+            return Cell(wl.name, label, "FAILED", detail="no round trip completed")
+        figs = {k: ping[k] for k in ("p50", "p99", "p99.9", "round_trips")}
+        return Cell(wl.name, label, "ok", figs, f"{ping['round_trips']} round trips verified")
+    if wl.kind == "idle":
+        cons = next(o for o in outs if o["role"] == "consumer")
+        return Cell(wl.name, label, "ok", {"cpu_pct": cons["cpu_pct"]},
+                    f"woken after {cons['waited']:.2f} s with the right message")
+    return _evaluate_stream(wl, label, outs, cfg)
+
+
+def _evaluate_stream(wl, label, outs, cfg):
+    sent = {o["pid"]: o["sent"] for o in outs if o["role"] == "producer"}
+    cons = [o for o in outs if o["role"] == "consumer"]
+    fail = functools.partial(Cell, wl.name, label, "FAILED")
+    for p, n in sent.items():
+        got = sum(c["counts"].get(p, 0) for c in cons)
+        if got != n:
+            return fail(detail=f"producer {p} sent {n}, consumers got {got}")
+        if len(cons) > 1:   # exactly-once across consumers: per-seq flags add up to all ones
+            total = sum(int.from_bytes(c["seen"].get(p, b"")[:n], "little") for c in cons)
+            if total != int.from_bytes(b"\x01" * n, "little"):
+                return fail(detail=f"producer {p}: duplicated or missing sequence numbers")
+    payloads = {p: PAYLOADS[wl.payload](wl.size, p) for p in sent}
+    n_samples = 0
+    for c in cons:
+        for tag, crc in c["samples"]:
+            pl = payloads[tag >> 48]
+            if pl.digest(pl.make(tag)) != crc:
+                return fail(detail=f"payload of tag {tag:#x} has a wrong CRC32")
+            n_samples += 1
+    if any(c["t0"] is None for c in cons):
+        return fail(detail="too few messages to time (raise --duration)")
+    timed = sum(c["timed"] for c in cons)
+    secs = max(c["t1"] for c in cons) - min(c["t0"] for c in cons)
+    rate = timed / secs
+    figs = {"msgs_per_s": rate, "mb_per_s": rate * wl.size / 1e6, "messages": sum(sent.values()),
+            "timed_seconds": secs}
+    return Cell(wl.name, label, "ok", figs,
+                f"{sum(sent.values())} msgs exactly once in order, {n_samples} CRC32 samples match")
+
+
+# --------------------------------------------------------------------------- run, report
+
+def machine_info() -> dict:
+    """What the figures were measured on."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("fastq-ipc", "pyzmq", "faster-fifo", "cloudtoid-interprocess", "zeroq", "numpy"):
+        try:
+            from importlib.metadata import version
+            versions[dist] = version(dist)
+        except Exception:  # noqa: BLE001
+            versions[dist] = None
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu,
+            "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "versions": versions,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def run(adapters, workloads, cfg: Settings, progress=None) -> list:
+    """Run every supported (workload, adapter) cell; returns the list of Cells.
+
+    ``progress(i, n, cell)`` is called after each cell.  Ctrl-C stops the run and
+    returns what was measured so far (children are always reaped).
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context(cfg.start_method)
+    jobs = [(wl, a) for wl in workloads for a in adapters if a.supports(wl)]
+    cells = []
+    try:
+        for i, (wl, a) in enumerate(jobs, 1):
+            cell = run_cell(a, wl, cfg, ctx)
+            cells.append(cell)
+            if progress:
+                progress(i, len(jobs), cell)
+    except KeyboardInterrupt:
+        print("interrupted: reporting the cells measured so far", file=sys.stderr)
+    return cells
+
+
+def _fmt(v: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def table_rows(cells, workloads, labels):
+    """Rows of text: [row label, one cell per library..., fastq / best peer]."""
+    by = {(c.workload, c.library): c for c in cells}
+    rows = []
+    for wl in workloads:
+        for row_label, key, higher in wl.rows():
+            vals, texts = {}, []
+            for lab in labels:
+                c = by.get((wl.name, lab))
+                if c is None:
+                    texts.append("-")
+                elif c.status != "ok":
+                    texts.append(c.status)
+                else:
+                    vals[lab] = c.figures[key]
+                    texts.append(_fmt(c.figures[key]))
+            best = max if higher else min
+            ours = [v for lab, v in vals.items() if lab.startswith("fastq")]
+            peers = [v for lab, v in vals.items() if not lab.startswith("fastq")]
+            ratio = "-"
+            if ours and peers and best(peers) > 0:
+                ratio = f"{best(ours) / best(peers):.2f}x"
+            rows.append([row_label] + texts + [ratio])
+    return rows
+
+
+def print_table(cells, workloads, labels, notes=(), file=None) -> None:
+    """Print the result table (rich if installed, else plain text)."""
+    rows = table_rows(cells, workloads, labels)
+    header = ["workload"] + labels + ["fastq / best peer"]
+    caption = ("↑ higher is better, ↓ lower is better (ratio < 1 is better for ↓ rows); "
+               "fastq / best peer compares the best fastq column with the best peer column")
+    file = file or sys.stdout
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+        for r in [header] + rows:
+            print("  ".join(str(x).rjust(w) if i else str(x).ljust(w)
+                            for i, (x, w) in enumerate(zip(r, widths))), file=file)
+        print(caption, file=file)
+    else:
+        table = Table(title="fastq vs peers: 1 producer -> 1 consumer process unless noted",
+                      caption=caption)
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        for r in rows:
+            table.add_row(*r)
+        Console(file=file, width=400).print(table)
+    for n in notes:
+        print(n, file=file)
+
+
+def write_json(path, cells, cfg, notes) -> None:
+    """Write machine info, settings, notes and every cell (figures and verification) to ``path``."""
+    with open(path, "w") as f:
+        json.dump({"machine": machine_info(), "settings": asdict(cfg), "notes": list(notes),
+                   "cells": [asdict(c) for c in cells]}, f, indent=2)
+
+
+def write_plot(path, cells, workloads, labels) -> None:
+    """Bar chart, one log-scale panel per table row, one bar per library; failures marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(c.workload, c.library): c for c in cells}
+    panels = [(wl, lab, key) for wl in workloads for lab, key, _ in wl.rows()]
+    ncol = 4
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, (wl, lab, key) in zip(axes.flat, panels):
+        for i, name in enumerate(labels):
+            c = by.get((wl.name, name))
+            if c and c.status == "ok" and c.figures[key] > 0:
+                ax.bar(i, c.figures[key], color=colors[i % 10])
+            elif c:
+                ax.text(i, 0.5, c.status, rotation=90, ha="center", va="center",
+                        fontsize=7, transform=ax.get_xaxis_transform())
+        ax.set_yscale("log")
+        ax.set_title(lab, fontsize=9)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("fastq vs peers (log scale; ↑ higher is better, ↓ lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _progress(i, n, cell):
+    fig = ""
+    if cell.status == "ok":
+        fig = ", ".join(f"{k}={_fmt(v)}" for k, v in cell.figures.items()
+                        if k in ("msgs_per_s", "mb_per_s", "p50", "p99", "cpu_pct"))
+    print(f"[{i}/{n}] {cell.workload:<13} {cell.library:<17} {cell.status:<7} {fig} "
+          f"({cell.seconds:.1f} s){'  ' + cell.detail if cell.status != 'ok' else ''}",
+          file=sys.stderr, flush=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``bench`` subcommand's options."""
+    p.add_argument("--quick", action="store_true", help="short cells: the whole run takes under a minute")
+    p.add_argument("--only", help="comma-separated libraries: " + ",".join(a.name for a in ADAPTERS))
+    p.add_argument("--workloads", help="comma-separated workload names or prefixes: "
+                   + ",".join(w.name for w in WORKLOADS))
+    p.add_argument("--json", metavar="FILE", help="write all results to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
+    p.add_argument("--duration", type=float, help="seconds each stream cell sends for")
+    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark described by parsed ``args``; returns the exit code."""
+    cfg = Settings.quick() if args.quick else Settings()
+    cfg.start_method = args.start_method
+    if args.duration:
+        cfg.duration = args.duration
+    workloads = select_workloads(args.workloads.split(",") if args.workloads else None)
+    notes, adapters = [], []
+    for a in select_adapters(args.only.split(",") if args.only else None):
+        why = a.missing()
+        if why:
+            notes.append(f"skipped {a.label}: not importable ({why})")
+            print(notes[-1], file=sys.stderr)
+        else:
+            adapters.append(a)
+    cells = run(adapters, workloads, cfg, progress=_progress)
+    labels = [a.label for a in adapters]
+    bad = [c for c in cells if c.status in ("FAILED", "ERROR", "TIMEOUT")]
+    notes += [f"{c.status} {c.workload} / {c.library}: {c.detail}" for c in bad]
+    print_table(cells, workloads, labels, notes)
+    if args.json:
+        write_json(args.json, cells, cfg, notes)
+    if args.plot:
+        write_plot(args.plot, cells, workloads, labels)
+    return 1 if any(c.status == "FAILED" for c in cells) else 0
