@@ -4,10 +4,9 @@ fastq is imported from the installed package if there is one, else from this
 checkout's ``src/`` directory (asv's "existing" environment installs nothing).
 """
 
+import importlib.util
 import os
 import sys
 
-try:
-    import fastq.bench  # noqa: F401
-except ImportError:
+if importlib.util.find_spec("fastq") is None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))

@@ -815,6 +815,11 @@ def machine_info() -> dict:
             versions[dist] = version(dist)
         except Exception:  # noqa: BLE001
             versions[dist] = None
+    if versions["fastq-ipc"] is None:   # running from a source tree
+        try:
+            versions["fastq-ipc"] = __import__("fastq").__version__
+        except Exception:  # noqa: BLE001
+            pass
     return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu,
             "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "versions": versions,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -915,6 +920,7 @@ def write_plot(path, cells, workloads, labels) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     by = {(c.workload, c.library): c for c in cells}
     panels = [(wl, lab, key) for wl in workloads for lab, key, _ in wl.rows()]
@@ -923,15 +929,24 @@ def write_plot(path, cells, workloads, labels) -> None:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for ax, (wl, lab, key) in zip(axes.flat, panels):
+        vals = []
         for i, name in enumerate(labels):
             c = by.get((wl.name, name))
-            if c and c.status == "ok" and c.figures[key] > 0:
-                ax.bar(i, c.figures[key], color=colors[i % 10])
-            elif c:
-                ax.text(i, 0.5, c.status, rotation=90, ha="center", va="center",
-                        fontsize=7, transform=ax.get_xaxis_transform())
+            v = c.figures[key] if c and c.status == "ok" else None
+            if v and v > 0:
+                ax.bar(i, v, color=colors[i % 10])
+                ax.text(i, v, _fmt(v), ha="center", va="bottom", fontsize=6)
+                vals.append(v)
+            else:
+                ax.text(i, 0.05, c.status if c else "n/a", rotation=90, ha="center", va="bottom",
+                        fontsize=7, color="gray", transform=ax.get_xaxis_transform())
         ax.set_yscale("log")
+        if vals:
+            ax.set_ylim(min(vals) / 4, max(vals) * 3)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(lab, fontsize=9)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
@@ -981,6 +996,9 @@ def main(args: argparse.Namespace) -> int:
         else:
             adapters.append(a)
     cells = run(adapters, workloads, cfg, progress=_progress)
+    interrupted = len(cells) < sum(a.supports(wl) for wl in workloads for a in adapters)
+    if interrupted:
+        notes.append("interrupted: the table shows only the cells measured before Ctrl-C")
     labels = [a.label for a in adapters]
     bad = [c for c in cells if c.status in ("FAILED", "ERROR", "TIMEOUT")]
     notes += [f"{c.status} {c.workload} / {c.library}: {c.detail}" for c in bad]
@@ -989,4 +1007,6 @@ def main(args: argparse.Namespace) -> int:
         write_json(args.json, cells, cfg, notes)
     if args.plot:
         write_plot(args.plot, cells, workloads, labels)
+    if interrupted:
+        return 130
     return 1 if any(c.status == "FAILED" for c in cells) else 0
