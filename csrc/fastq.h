@@ -30,6 +30,7 @@ enum {
     FQ_ECORRUPT = 5,  /* the segment holds an impossible value */
     FQ_ENOSLOT = 6,   /* every slot is taken by a live process */
     FQ_EBADSEG = 7,   /* the file is not a valid segment (see message) */
+    FQ_EBUSY = 8,     /* every lane of this handle is in use: retry */
 };
 
 enum { FQ_WAIT_DATA = 0, FQ_WAIT_SPACE = 1 };
@@ -74,9 +75,13 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c);
 int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len);
 void fq_get_end(fq_queue *q, fq_claim *c);
 void fq_get_abort(fq_queue *q, fq_claim *c); /* give the messages back */
+/* Free the first `keep` messages of the claim, give the others back. */
+void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep);
 
-/* Waiting: returns when the condition may hold, after at most timeout_ns. */
-void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns);
+/* Waiting: returns when the condition may hold, after at most timeout_ns.
+ * spin: spin and yield briefly before sleeping (the first wait of a call;
+ * later slices of a long wait go straight to sleep). */
+void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin);
 
 /* Status */
 uint64_t fq_qsize(fq_queue *q);

@@ -33,6 +33,7 @@ struct fq_queue {
 /* segment.c */
 int fq_attach(fq_queue *q);
 uint64_t fq_self_start_time(void);
+uint64_t fq_pid_start_time(int pid); /* 0: dead, zombie or unknown */
 extern _Atomic unsigned fq_fork_epoch;
 
 /* crash points for fault-injection tests */
@@ -44,9 +45,11 @@ void fq_crash_check(const char *name);
             fq_crash_check(name);                                        \
     } while (0)
 
+/* The record at pos.  The index is forced to 16-byte alignment, so even a
+ * hostile position read from the segment cannot address past the ring. */
 static inline fq_rec *fq_rec_at(const fq_queue *q, uint64_t pos)
 {
-    return (fq_rec *)(q->data + (pos & q->mask));
+    return (fq_rec *)(q->data + (pos & q->mask & ~(uint64_t)15));
 }
 
 static inline uint64_t fq_tag_of(const fq_queue *q, uint64_t pos)
@@ -63,7 +66,7 @@ static inline uint64_t fq_span(const fq_queue *q, uint64_t pos, uint64_t w, uint
     uint64_t idx = pos & q->mask, span;
     if ((w & 7) == FQ_REC_SKIP) {
         span = len;
-        if (span < FQ_REC_HDR || (span & 7) || span > q->cap)
+        if (span < FQ_REC_HDR || (span & 15) || span > q->cap)
             return 0;
         return span;
     }
@@ -84,8 +87,10 @@ static inline void fq_cpu_relax(void)
 #endif
 }
 
-int fq_lane_get(fq_queue *q);
+int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
 void fq_lane_put(fq_queue *q, int lane);
 void fq_wake(fq_queue *q, int what);
+void fq_sweep(fq_queue *q);
+int fq_has_requeued(fq_queue *q);
 
 #endif

@@ -15,7 +15,7 @@
  *     0    magic u64          "FASTQSG1"
  *     8    version u32        FQ_VERSION
  *     12   kind u32           FQ_KIND_QUEUE (topics will add kinds)
- *     16   capacity u64       ring bytes, a power of two
+ *     16   capacity u64       ring bytes, a power of two, 4 KiB .. 2 GiB
  *     24   max_message u64    largest payload accepted
  *     32   file_size u64      must equal the file's size
  *     40   data_offset u64    page aligned
@@ -32,8 +32,11 @@
  *     512  data_seq u32       futex word: bumped when data appears
  *     516  space_seq u32      futex word: bumped when space appears
  *     520  state u32          FQ_STATE_* bits (shutdown)
- *     524  recover_pid u32    pid of the process running recovery, or 0
- *     528  requeued u64       hint: records put back by recovery
+ *     524  (unused)
+ *     528  recover_lock u64   pid << 32 | start time (low 32 bits) of the
+ *                             process running recovery, or 0
+ *     536  requeued u64       hint: at least this many records were put back
+ *                             (consumers look for them when non-zero)
  *     640  data_mask[16]      bit s set: slot s has a thread asleep on data
  *     768  space_mask[16]     bit s set: slot s has a thread asleep on space
  *
@@ -45,13 +48,14 @@
  * holding recover_pid, may repair and free the slot of a dead process.
  *
  * Records.  Positions are 64-bit byte offsets that only grow; a record at
- * position p lives at data[p & (capacity-1)], starts 8-byte aligned and
- * never crosses the end of the ring (a SKIP record pads to the end).
+ * position p lives at data[p & (capacity-1)], starts 16-byte aligned (so a
+ * padding record always has room for its 16-byte header) and never crosses
+ * the end of the ring (a SKIP record pads to the end).
  *
  *   0  word  u64   fq_tag(p) | state       (state in the low 3 bits)
  *   8  len   u32   payload bytes; for SKIP: the whole span in bytes
  *   12 owner u32   producer slot << 8 | lane, for recovery
- *   16 payload, then padding to a multiple of 8
+ *   16 payload, then padding to a multiple of 16
  *
  * A reader trusts the record at p only if word's tag equals fq_tag(p):
  * bytes from an earlier lap carry an older position's tag, and the salt
@@ -65,13 +69,13 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 1u
+#define FQ_VERSION 2u
 #define FQ_KIND_QUEUE 1u
 #define FQ_LANES 8u
 #define FQ_MAX_SLOTS 1024u
 #define FQ_REC_HDR 16u
 #define FQ_MIN_CAPACITY 4096u
-#define FQ_MAX_CAPACITY (1ULL << 40)
+#define FQ_MAX_CAPACITY (1ULL << 31) /* spans fit the 32-bit len field */
 
 /* record states (low 3 bits of the record word) */
 enum {
@@ -116,9 +120,10 @@ typedef struct fq_ctrl {
     _Atomic uint32_t data_seq;
     _Atomic uint32_t space_seq;
     _Atomic uint32_t state;
-    _Atomic uint32_t recover_pid;
+    uint32_t unused0;
+    _Atomic uint64_t recover_lock;
     _Atomic uint64_t requeued;
-    uint8_t pad4[128 - 24];
+    uint8_t pad4[128 - 32];
     /* lines 5-6: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];
     _Atomic uint64_t space_mask[16];
@@ -182,7 +187,8 @@ _Static_assert(offsetof(fq_ctrl, tail) == 128, "tail on line 1");
 _Static_assert(offsetof(fq_ctrl, head) == 256, "head on line 2");
 _Static_assert(offsetof(fq_ctrl, release) == 384, "release on line 3");
 _Static_assert(offsetof(fq_ctrl, data_seq) == 512, "wait words on line 4");
-_Static_assert(offsetof(fq_ctrl, requeued) == 528, "requeued at 528");
+_Static_assert(offsetof(fq_ctrl, recover_lock) == 528, "recover_lock at 528");
+_Static_assert(offsetof(fq_ctrl, requeued) == 536, "requeued at 536");
 _Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
 _Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
 _Static_assert(sizeof(fq_intent) == 64, "an intent is one cache line");
@@ -191,7 +197,7 @@ _Static_assert(sizeof(fq_rec) == FQ_REC_HDR, "record header is 16 bytes");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 
-/* the tag of position p: a bijection of p (p is a multiple of 8) */
+/* the tag of position p: a bijection of p (p is a multiple of 16) */
 static inline uint64_t fq_tag(uint64_t salt, uint64_t pos)
 {
     return (pos * 0x9E3779B97F4A7C15ULL) ^ salt; /* salt has low 3 bits clear */
@@ -199,7 +205,7 @@ static inline uint64_t fq_tag(uint64_t salt, uint64_t pos)
 
 static inline uint64_t fq_rec_size(uint64_t len)
 {
-    return (FQ_REC_HDR + len + 7) & ~(uint64_t)7;
+    return (FQ_REC_HDR + len + 15) & ~(uint64_t)15;
 }
 
 #endif

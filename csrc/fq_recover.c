@@ -3,7 +3,8 @@
  *
  * Called by waiters that made no progress for a while (and when no slot is
  * free), by any process, at any time.  One process recovers at a time:
- * ctrl->recover_pid is taken by CAS and stolen from a dead holder.  Every
+ * ctrl->recover_lock (pid and start time) is taken by CAS and stolen from a
+ * dead holder.  Every
  * step is a CAS from a state that says what comes next, so a recoverer
  * killed midway is finished by the next one.
  *
@@ -23,12 +24,18 @@
  *    Its message count is fixed first (count + messages it committed) with
  *    phase RECOVERED, so the fix is applied once.
  *  - A consumer lane CLAIMING or WON: the records it claimed and did not
- *    free.  Every COMMITTED or TAKEN record between release and head that
- *    no live consumer's intent covers is put back (REQUEUED), whoever its
- *    owner was.  Read order matters: head first (a claim of a record below
- *    it happened before, so its intent is visible), then the records' words
- *    (a TAKEN word was CAS'd after its taker's intent), then the intents,
- *    then release (a claim freed without DONE marks is below it).
+ *    free.  Every COMMITTED record between release and head that no
+ *    consumer's intent covers (except intents of slots seen dead) is put back
+ *    (REQUEUED), whoever its owner was.  A TAKEN record is put back only if
+ *    a dead slot's intent covers it too: its taker may otherwise have given
+ *    it back and another taken it since (TAKEN -> REQUEUED -> TAKEN, an ABA
+ *    the word cannot show); a dead taker cannot do that.  Read order
+ *    matters: head first (a claim of a record below it happened before, so
+ *    its intent is visible), then the records' words (a TAKEN word was CAS'd
+ *    after its taker's intent), then the intents, then release (a claim
+ *    freed without DONE marks is below it).  The requeued hint goes up
+ *    before each CAS (too high costs a scan; too low would hide a record),
+ *    and is raised if requeued records are found while it reads zero.
  *  - Sleeper bits in the wait masks: cleared.
  *  - The slot: freed once all its lanes are idle.
  */
@@ -40,6 +47,22 @@
 #include "fq_internal.h"
 
 static pthread_mutex_t fq_recover_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* after fork, in the child: another thread may have held the mutex */
+void fq_recover_atfork_child(void)
+{
+    pthread_mutex_init(&fq_recover_mu, NULL);
+}
+
+/* Is the holder of a recover_lock word (pid << 32 | start time low 32) alive? */
+static int fq_lock_holder_alive(uint64_t word)
+{
+    int pid = (int)(word >> 32);
+    uint64_t start = fq_pid_start_time(pid);
+    if (!start)
+        return fq_pid_alive(pid, 0); /* no /proc: the pid alone */
+    return (start & 0xffffffffu) == (word & 0xffffffffu);
+}
 
 typedef struct {
     char alive;  /* owner alive (or slot being claimed by a live process) */
@@ -83,8 +106,10 @@ static int fq_witnessed(fq_queue *q, uint64_t e)
  * Returns 1 when p has a header afterwards. */
 static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
 {
-    uint64_t ends[64], w;
-    int ne = 0;
+    uint64_t *ends = malloc(sizeof *ends * q->nslots * FQ_LANES), w;
+    int ne = 0, ok = 0;
+    if (!ends)
+        return 0;
     for (uint32_t s = 0; s < q->nslots; s++)
         for (unsigned l = 0; l < FQ_LANES; l++) {
             fq_intent *in = &q->slots[s].lane[l].prod;
@@ -92,16 +117,16 @@ static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
             if (ph == FQ_PH_IDLE || atomic_load(&in->pos) != p)
                 continue;
             if (!v[s].dead)
-                return 0; /* a live producer at p: it will write or retry */
+                goto out; /* a live producer at p: it will write or retry */
             uint64_t e = atomic_load(&in->end);
-            if (e <= p || e - p > q->cap)
+            if (e <= p || e - p > q->cap || ((e - p) & 15))
                 continue; /* impossible: ignore */
             if (ph != FQ_PH_CLAIMING) { /* it won: its end is the truth */
                 fq_abandon_region(q, p, e - p);
-                return fq_header_at(q, p, &w);
+                ok = fq_header_at(q, p, &w);
+                goto out;
             }
-            if (ne < 64)
-                ends[ne++] = e;
+            ends[ne++] = e;
         }
     for (;;) {
         int best = -1;
@@ -109,13 +134,17 @@ static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
             if (ends[i] && (best < 0 || ends[i] < ends[best]))
                 best = i;
         if (best < 0)
-            return fq_header_at(q, p, &w);
+            break;
         if (fq_witnessed(q, ends[best])) {
             fq_abandon_region(q, p, ends[best] - p);
-            return fq_header_at(q, p, &w);
+            break;
         }
         ends[best] = 0;
     }
+    ok = fq_header_at(q, p, &w);
+out:
+    free(ends);
+    return ok;
 }
 
 /* Count the records in [from, end) in the given states, owned by owner
@@ -213,9 +242,8 @@ static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
     unsigned ph = st & 3;
     if (ph != FQ_PH_WON && ph != FQ_PH_CLAIMING)
         return;
-    if (ph == FQ_PH_WON) {
-        uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end),
-                 n = atomic_load(&in->n);
+    uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), n = atomic_load(&in->n);
+    if (ph == FQ_PH_WON && end > p && end - p <= q->cap) {
         for (int tries = 0; tries < 1000; tries++) {
             uint64_t rel = atomic_load(&q->ctrl->release);
             if (rel >= end) {
@@ -240,7 +268,7 @@ static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
     fq_ctrl *c = q->ctrl;
     uint64_t hd = atomic_load(&c->head);
     uint64_t rel = atomic_load(&c->release);
-    size_t cap = 256, nrec = 0;
+    size_t cap = 256, nrec = 0, nreq = 0;
     uint64_t *pos = malloc(cap * sizeof *pos), *words = malloc(cap * sizeof *words);
     int changed = 0;
     if (!pos || !words)
@@ -254,6 +282,7 @@ static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
         if (!span)
             break;
         unsigned st = w & 7;
+        nreq += st == FQ_REC_REQUEUED;
         if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
             if (nrec == cap) {
                 cap *= 2;
@@ -271,32 +300,42 @@ static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
         }
         x += span;
     }
-    if (!nrec)
-        goto out;
-    uint64_t rel2 = atomic_load(&c->release);
     for (size_t i = 0; i < nrec; i++) {
         uint64_t x = pos[i];
-        if (x < rel2)
-            continue;
-        int covered = 0;
+        int covered = 0, dead_cover = 0;
         for (uint32_t s = 0; s < q->nslots && !covered; s++) {
-            if (!v[s].alive)
-                continue;
             for (unsigned l = 0; l < FQ_LANES && !covered; l++) {
                 fq_intent *in = &q->slots[s].lane[l].cons;
                 if ((atomic_load(&in->state) & 3) == FQ_PH_IDLE)
                     continue;
-                covered = atomic_load(&in->pos) <= x && x < atomic_load(&in->end);
+                if (!(atomic_load(&in->pos) <= x && x < atomic_load(&in->end)))
+                    continue;
+                /* only a slot seen dead stops protecting its claims: a slot
+                 * that was free when we looked may belong to a new process */
+                if (v[s].dead)
+                    dead_cover = 1;
+                else
+                    covered = 1;
             }
         }
-        if (covered)
-            continue;
         uint64_t w = words[i];
+        if (covered || ((w & 7) == FQ_REC_TAKEN && !dead_cover))
+            continue;
+        /* after the intents: a claim freed by the direct release CAS, whose
+         * owner went idle since, is below release */
+        if (x < atomic_load(&c->release))
+            continue;
+        atomic_fetch_add(&c->requeued, 1);
         if (atomic_compare_exchange_strong(&fq_rec_at(q, x)->word, &w,
-                                           fq_tag_of(q, x) | FQ_REC_REQUEUED)) {
-            atomic_fetch_add(&c->requeued, 1);
+                                           fq_tag_of(q, x) | FQ_REC_REQUEUED))
             changed = 1;
-        }
+        else
+            atomic_fetch_sub(&c->requeued, 1);
+    }
+    if (nreq) { /* heal a hint lost by a process killed mid-update */
+        uint64_t zero = 0;
+        if (atomic_compare_exchange_strong(&c->requeued, &zero, nreq))
+            changed = 1;
     }
 out:
     free(pos);
@@ -309,14 +348,14 @@ int fq_recover(fq_queue *q)
     fq_ctrl *c = q->ctrl;
     if (pthread_mutex_trylock(&fq_recover_mu) != 0)
         return 0;
-    uint32_t me = (uint32_t)getpid();
-    uint32_t cur = atomic_load(&c->recover_pid);
+    uint64_t me = (uint64_t)(uint32_t)getpid() << 32 | (fq_self_start_time() & 0xffffffffu);
+    uint64_t cur = atomic_load(&c->recover_lock);
     if (cur != me) {
-        if (cur != 0 && fq_pid_alive((int)cur, 0)) {
+        if (cur != 0 && fq_lock_holder_alive(cur)) {
             pthread_mutex_unlock(&fq_recover_mu);
             return 0;
         }
-        if (!atomic_compare_exchange_strong(&c->recover_pid, &cur, me)) {
+        if (!atomic_compare_exchange_strong(&c->recover_lock, &cur, me)) {
             pthread_mutex_unlock(&fq_recover_mu);
             return 0;
         }
@@ -369,10 +408,9 @@ int fq_recover(fq_queue *q)
     }
     free(v);
 out:
-    atomic_store(&c->recover_pid, 0);
+    atomic_store(&c->recover_lock, 0);
     pthread_mutex_unlock(&fq_recover_mu);
     if (repaired) {
-        extern void fq_sweep(fq_queue *);
         fq_sweep(q);
         atomic_fetch_add(&c->data_seq, 1);
         atomic_fetch_add(&c->space_seq, 1);

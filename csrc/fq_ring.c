@@ -72,23 +72,36 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     if (rc)
         return rc;
     int lane = fq_lane_get(q);
+    if (lane < 0)
+        return FQ_EBUSY;
     int slot = atomic_load_explicit(&q->slot, RLX);
     fq_intent *in = fq_my_intent(q, lane, 0);
     uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
     fq_ctrl *ctl = q->ctrl;
     uint64_t t, span, pad;
+    int stale = 0;
     t = atomic_load_explicit(&ctl->tail, ACQ);
     for (;;) {
         uint64_t idx = t & q->mask;
         pad = idx + total > q->cap ? q->cap - idx : 0;
         span = pad + total;
-        uint64_t rel = atomic_load_explicit(&q->cached_release, RLX);
+        uint64_t rel = atomic_load_explicit(&q->cached_release, ACQ);
         if (t + span - rel > q->cap) {
+            /* acquire: pairs with the consumers' release CAS; the space
+             * they freed is no longer read by them */
             rel = atomic_load_explicit(&ctl->release, ACQ);
-            atomic_store_explicit(&q->cached_release, rel, RLX);
+            atomic_store_explicit(&q->cached_release, rel, REL);
             if (t + span - rel > q->cap || rel > t) {
-                if (rel > t) { /* our t is stale: retry with a fresh one */
-                    t = atomic_load_explicit(&ctl->tail, ACQ);
+                if (rel > t) {
+                    /* our t is stale: retry once with a fresh one; release
+                     * beyond a fresh tail is a corrupt segment */
+                    uint64_t t2 = atomic_load_explicit(&ctl->tail, ACQ);
+                    if (stale++ && t2 == t) {
+                        atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+                        fq_lane_put(q, lane);
+                        return FQ_ECORRUPT;
+                    }
+                    t = t2;
                     continue;
                 }
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
@@ -219,6 +232,31 @@ void fq_sweep(fq_queue *q)
     }
 }
 
+/*
+ * Is there a REQUEUED record between release and head?  Only looked at
+ * when the requeued hint is non-zero; bounded.
+ */
+int fq_has_requeued(fq_queue *q)
+{
+    fq_ctrl *ctl = q->ctrl;
+    uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
+    uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
+    uint64_t p = rel;
+    for (int i = 0; i < 4096 && p < hd && p - rel < q->cap; i++) {
+        fq_rec *r = fq_rec_at(q, p);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+            return 1; /* moved under us: let the caller look */
+        if ((w & 7) == FQ_REC_REQUEUED)
+            return 1;
+        uint64_t span = fq_span(q, p, w, r->len);
+        if (!span)
+            return 0;
+        p += span;
+    }
+    return 0;
+}
+
 /* Take one requeued record, if any lies between release and head. */
 static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
 {
@@ -227,8 +265,9 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     if (rel == hd) {
-        /* no record is claimed, so none is requeued: the hint is stale
-         * (a taker died before decrementing it) */
+        /* no record is claimed, so none is requeued: the hint is stale (a
+         * taker died before decrementing it).  An ABA here can only make
+         * the hint too low, and recovery raises it again. */
         atomic_compare_exchange_strong(&ctl->requeued, &hint, 0);
         return FQ_EMPTY;
     }
@@ -247,7 +286,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
             atomic_store_explicit(&in->pos, p, RLX);
             atomic_store_explicit(&in->end, p + span, RLX);
             atomic_store_explicit(&in->n, 1, RLX);
-            atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+            atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, SEQ);
             /* seq_cst: recovery reads this word, then the intents */
             if (atomic_compare_exchange_strong_explicit(
                     &r->word, &w, fq_tag_of(q, p) | FQ_REC_TAKEN, SEQ, RLX)) {
@@ -285,6 +324,8 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
     if (rc)
         return rc;
     int lane = fq_lane_get(q);
+    if (lane < 0)
+        return FQ_EBUSY;
     if (atomic_load_explicit(&ctl->requeued, RLX)) {
         rc = fq_take_requeued(q, lane, c);
         if (rc != FQ_EMPTY) {
@@ -297,7 +338,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
     uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
     for (;;) {
         uint64_t h = atomic_load_explicit(&ctl->head, ACQ);
-        uint64_t p = h, n = 0, bytes = 0, first_off = UINT64_MAX;
+        uint64_t p = h, n = 0, bytes = 0, first_off = 0;
         while (n < max_n && p - h < q->cap) {
             fq_rec *r = fq_rec_at(q, p);
             /* acquire: pairs with the producer's release of COMMITTED */
@@ -320,7 +361,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
             if (st == FQ_REC_COMMITTED) {
                 if (n && bytes + len > max_bytes)
                     break;
-                if (first_off == UINT64_MAX)
+                if (!n)
                     first_off = p - h;
                 n++;
                 bytes += len;
@@ -347,15 +388,21 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         c->pos = h;
         c->end = p;
         c->n = n;
-        c->cursor = h;
+        /* Leading SKIP records may be swept and reused by producers as soon
+         * as the head CAS is done: everything we touch starts at the first
+         * message, which release cannot pass until we free it. */
+        c->first_off = (uint32_t)first_off;
+        c->cursor = h + first_off;
         c->lane = (uint32_t)lane;
         c->taken = 0;
-        c->first_off = n ? (uint32_t)first_off : 0;
         c->redelivered = 0;
         c->count = count;
         if (n == 0) { /* only padding or abandoned records: free, go on */
             fq_get_end(q, c);
             lane = fq_lane_get(q);
+            if (lane < 0)
+                return FQ_EBUSY;
+            in = fq_my_intent(q, lane, 1);
             count = atomic_load_explicit(&in->state, RLX) >> 2;
             continue;
         }
@@ -370,13 +417,11 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
         uint64_t w = atomic_load_explicit(&r->word, RLX);
         uint32_t l = r->len;
         uint64_t span = fq_span(q, c->cursor, w, l);
-        if (!span)
+        if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, c->cursor))
             return 0; /* validated when claimed; cannot happen */
-        uint64_t at = c->cursor;
         c->cursor += span;
         unsigned st = w & 7;
         if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
-            (void)at;
             *data = r + 1;
             *len = l;
             return 1;
@@ -385,35 +430,68 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
     return 0;
 }
 
+/* The position of the first message record at or after x, before end. */
+static uint64_t fq_next_msg(fq_queue *q, uint64_t x, uint64_t end)
+{
+    while (x < end) {
+        fq_rec *r = fq_rec_at(q, x);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        unsigned st = w & 7;
+        uint64_t span = fq_span(q, x, w, r->len);
+        if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, x))
+            return end;
+        if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN)
+            return x;
+        x += span;
+    }
+    return end;
+}
+
+/*
+ * Mark the first `limit` messages of a claim DONE, in order.  The next
+ * message is located before the current one is marked: once a record is
+ * DONE, a sweep may pass it (and the padding after it) and a producer may
+ * reuse those bytes; records from the first unmarked message on stay put.
+ */
+static void fq_mark_done(fq_queue *q, uint64_t x, uint64_t end, uint64_t limit)
+{
+    x = fq_next_msg(q, x, end);
+    for (uint64_t j = 0; j < limit && x < end; j++) {
+        fq_rec *r = fq_rec_at(q, x);
+        uint64_t w = atomic_load_explicit(&r->word, RLX);
+        uint64_t span = fq_span(q, x, w, r->len);
+        uint64_t y = j + 1 < limit ? fq_next_msg(q, x + span, end) : end;
+        /* seq_cst: pairs with the sweeper's load (see fq_get_end) */
+        atomic_store_explicit(&r->word, fq_tag_of(q, x) | FQ_REC_DONE, SEQ);
+        x = y;
+    }
+}
+
 void fq_get_end(fq_queue *q, fq_claim *c)
 {
     fq_ctrl *ctl = q->ctrl;
     FQ_CRASH_POINT("get_before_free");
     fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
-    if (c->taken) {
-        fq_rec *r = fq_rec_at(q, c->pos);
-        atomic_store_explicit(&r->word, fq_tag_of(q, c->pos) | FQ_REC_DONE, SEQ);
+    uint64_t h = c->pos, p = c->end, first = h + c->first_off;
+    if (c->n == 0) {
+        fq_sweep(q);
+    } else if (c->taken) {
+        fq_rec *r = fq_rec_at(q, h);
+        atomic_store_explicit(&r->word, fq_tag_of(q, h) | FQ_REC_DONE, SEQ);
         fq_sweep(q);
     } else {
-        uint64_t h = c->pos, p = c->end;
-        uint64_t rel = h;
-        if (atomic_load_explicit(&ctl->release, RLX) == h &&
+        /* Were we the oldest claim?  Then release is at our start, or past
+         * our leading padding (a sweep may have passed it), never past our
+         * first message. */
+        uint64_t rel = atomic_load_explicit(&ctl->release, RLX);
+        if (rel >= h && rel <= first &&
             atomic_compare_exchange_strong_explicit(&ctl->release, &rel, p, SEQ, RLX)) {
-            /* we were the oldest claim; sweep only if someone claimed after
-             * us (their DONE marks may be waiting for us) */
+            /* sweep only if someone claimed after us (their DONE marks may
+             * be waiting for us) */
             if (atomic_load_explicit(&ctl->head, SEQ) != p)
                 fq_sweep(q);
         } else {
-            for (uint64_t x = h; x < p;) {
-                fq_rec *r = fq_rec_at(q, x);
-                uint64_t w = atomic_load_explicit(&r->word, RLX);
-                uint64_t span = fq_span(q, x, w, r->len);
-                if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, x))
-                    break; /* released by a sweep already (SKIP records) */
-                if ((w & 7) == FQ_REC_COMMITTED)
-                    atomic_store_explicit(&r->word, fq_tag_of(q, x) | FQ_REC_DONE, SEQ);
-                x += span;
-            }
+            fq_mark_done(q, first, p, c->n);
             atomic_thread_fence(SEQ);
             fq_sweep(q);
         }
@@ -424,31 +502,42 @@ void fq_get_end(fq_queue *q, fq_claim *c)
     fq_wake(q, FQ_WAIT_SPACE);
 }
 
-void fq_get_abort(fq_queue *q, fq_claim *c)
+void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
 {
     fq_ctrl *ctl = q->ctrl;
-    uint64_t back = 0;
-    for (uint64_t x = c->pos; x < c->end;) {
+    if (keep >= c->n) {
+        fq_get_end(q, c);
+        return;
+    }
+    /* give back messages keep.. first: nothing is DONE yet, so every record
+     * from the first message on is still in place */
+    uint64_t x = c->taken ? c->pos : c->pos + c->first_off, j = 0;
+    while ((x = fq_next_msg(q, x, c->end)) < c->end) {
         fq_rec *r = fq_rec_at(q, x);
         uint64_t w = atomic_load_explicit(&r->word, RLX);
         uint64_t span = fq_span(q, x, w, r->len);
-        if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, x))
-            break;
-        unsigned st = w & 7;
-        if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
-            if (atomic_compare_exchange_strong(&r->word, &w,
-                                               fq_tag_of(q, x) | FQ_REC_REQUEUED))
-                back++;
+        if (j++ >= keep) {
+            /* the hint goes up first: a hint too high costs a scan, one
+             * too low would hide the record */
+            atomic_fetch_add(&ctl->requeued, 1);
+            if (!atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, x) | FQ_REC_REQUEUED))
+                atomic_fetch_sub(&ctl->requeued, 1);
         }
         x += span;
     }
-    if (back)
-        atomic_fetch_add(&ctl->requeued, back);
-    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
-    atomic_store_explicit(&in->state, c->count << 2 | FQ_PH_IDLE, REL);
-    fq_lane_put(q, (int)c->lane);
+    if (keep)
+        fq_mark_done(q, c->pos + c->first_off, c->end, keep);
+    atomic_thread_fence(SEQ);
     fq_sweep(q);
-    fq_wake(q, FQ_WAIT_DATA);
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    atomic_store_explicit(&in->state, (c->count + keep) << 2 | FQ_PH_IDLE, REL);
+    fq_lane_put(q, (int)c->lane);
+    fq_wake(q, -1);
+}
+
+void fq_get_abort(fq_queue *q, fq_claim *c)
+{
+    fq_get_end_partial(q, c, 0);
 }
 
 /* ---- status ------------------------------------------------------------ */

@@ -32,11 +32,15 @@
 _Atomic unsigned fq_fork_epoch = 1;
 static pthread_once_t fq_once = PTHREAD_ONCE_INIT;
 
+void fq_recover_atfork_child(void);
+
 static void fq_atfork_child(void)
 {
     /* The child owns no slot: it must take its own on first use, and must
-     * not touch the parent's lanes (the parent may still be using them). */
+     * not touch the parent's lanes (the parent may still be using them).
+     * Handles notice the new epoch in fq_attach. */
     atomic_fetch_add_explicit(&fq_fork_epoch, 1, memory_order_relaxed);
+    fq_recover_atfork_child();
 }
 
 static void fq_init_once(void)
@@ -88,6 +92,15 @@ static int fq_proc_stat(int pid, char *state, uint64_t *start)
     }
     *start = strtoull(p, NULL, 10);
     return 0;
+}
+
+uint64_t fq_pid_start_time(int pid)
+{
+    char st;
+    uint64_t start = 0;
+    if (pid <= 0 || fq_proc_stat(pid, &st, &start) != 0 || st == 'Z' || st == 'X')
+        return 0;
+    return start;
 }
 
 uint64_t fq_self_start_time(void)
@@ -172,7 +185,8 @@ static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
     q->slots = (fq_slot *)(base + c->slot_offset);
     q->data = base + c->data_offset;
     atomic_init(&q->slot, -1);
-    atomic_init(&q->epoch, 0);
+    /* only a fork changes the epoch: see fq_attach */
+    atomic_init(&q->epoch, atomic_load(&fq_fork_epoch));
     atomic_init(&q->lanes_free, (1u << FQ_LANES) - 1);
     atomic_init(&q->cached_release, atomic_load(&c->release));
     pthread_mutex_init(&q->mu, NULL);
@@ -342,7 +356,7 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
      * Loaded in this order, a live queue cannot fail the check. */
     uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head),
              tl = atomic_load(&c->tail);
-    if ((rel | hd | tl) & 7 || rel > hd || hd > tl || tl - rel > h.capacity) {
+    if ((rel | hd | tl) & 15 || rel > hd || hd > tl || tl - rel > h.capacity) {
         munmap(base, h.file_size);
         BAD("%s: cursors are inconsistent (release %llu, head %llu, tail %llu)", path,
             (unsigned long long)rel, (unsigned long long)hd, (unsigned long long)tl);
@@ -389,13 +403,15 @@ int fq_attach(fq_queue *q)
     if (atomic_load_explicit(&q->slot, memory_order_acquire) >= 0 &&
         atomic_load_explicit(&q->epoch, memory_order_relaxed) == ep)
         return 0;
-    if (atomic_load_explicit(&q->epoch, memory_order_relaxed) != ep &&
-        atomic_load_explicit(&q->slot, memory_order_relaxed) >= 0) {
-        /* we are a forked child: the inherited slot is the parent's */
+    if (atomic_load_explicit(&q->epoch, memory_order_relaxed) != ep) {
+        /* we are a forked child: the inherited slot, lanes and mutex state
+         * are the parent's (another thread of the parent may have held the
+         * mutex at the fork; the child has a single thread here) */
         pthread_mutex_init(&q->mu, NULL);
         atomic_store(&q->slot, -1);
         atomic_store(&q->lanes_free, (1u << FQ_LANES) - 1);
         q->sleepers[0] = q->sleepers[1] = 0;
+        atomic_store(&q->epoch, ep);
     }
     pthread_mutex_lock(&q->mu);
     if (atomic_load(&q->slot) >= 0) {
@@ -426,7 +442,6 @@ int fq_attach(fq_queue *q)
             /* release: the start time is visible with ACTIVE */
             atomic_store_explicit(&s->word, FQ_SLOT_WORD(FQ_SLOT_ACTIVE, gen, pid),
                                   memory_order_release);
-            atomic_store(&q->epoch, ep);
             atomic_store_explicit(&q->slot, (int)i, memory_order_release);
             pthread_mutex_unlock(&q->mu);
             return 0;
@@ -443,10 +458,8 @@ int fq_lane_get(fq_queue *q)
 {
     for (;;) {
         uint32_t f = atomic_load_explicit(&q->lanes_free, memory_order_relaxed);
-        if (!f) {
-            sched_yield();
-            continue;
-        }
+        if (!f)
+            return -1; /* the caller waits without holding the GIL */
         int b = __builtin_ctz(f);
         if (atomic_compare_exchange_weak_explicit(&q->lanes_free, &f, f & ~(1u << b),
                                                   memory_order_acquire, memory_order_relaxed))

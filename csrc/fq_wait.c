@@ -66,21 +66,28 @@ static void fq_futex_wake(_Atomic uint32_t *word)
 static int fq_ready(fq_queue *q, int what, uint64_t need)
 {
     fq_ctrl *c = q->ctrl;
-    if (atomic_load_explicit(&c->state, memory_order_seq_cst) & FQ_STATE_SHUTDOWN)
-        return 1;
+    int shut = (atomic_load_explicit(&c->state, memory_order_seq_cst) & FQ_STATE_SHUTDOWN) != 0;
     if (what == FQ_WAIT_DATA) {
-        if (atomic_load_explicit(&c->requeued, memory_order_seq_cst))
+        /* a non-zero hint may be stale: look for an actual record */
+        if (atomic_load_explicit(&c->requeued, memory_order_seq_cst) && fq_has_requeued(q))
             return 1;
         uint64_t h = atomic_load_explicit(&c->head, memory_order_seq_cst);
         fq_rec *r = fq_rec_at(q, h);
         uint64_t w = atomic_load_explicit(&r->word, memory_order_seq_cst);
-        if ((w & ~(uint64_t)7) != fq_tag_of(q, h))
-            return 0;
-        unsigned st = w & 7;
-        return st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED;
+        if ((w & ~(uint64_t)7) == fq_tag_of(q, h)) {
+            unsigned st = w & 7;
+            if (st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED)
+                return 1;
+        }
+        /* shut down and drained: gets raise ShutDown (while a put is still
+         * being copied, they wait for it) */
+        return shut && atomic_load_explicit(&c->tail, memory_order_seq_cst) == h;
     }
+    if (shut)
+        return 1;
     uint64_t rel = atomic_load_explicit(&c->release, memory_order_seq_cst);
     uint64_t t = atomic_load_explicit(&c->tail, memory_order_seq_cst);
+    need = fq_rec_size(need); /* need: the payload bytes of the put */
     if (need > q->cap / 2)
         need = q->cap / 2;
     /* a claim may need padding up to the end of the ring */
@@ -110,7 +117,7 @@ void fq_wake(fq_queue *q, int what)
     }
 }
 
-void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns)
+void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
 {
     if (fq_attach(q) != 0) {
         /* no slot: no bit to set; poll gently */
@@ -120,7 +127,7 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns)
     }
     uint64_t start = fq_now_ns();
     /* spin: only when there is a core to spare for the other side */
-    if (fq_ncpu() > 1) {
+    if (spin && fq_ncpu() > 1) {
         for (unsigned i = 0;; i++) {
             if (fq_ready(q, what, need))
                 return;
@@ -130,7 +137,7 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns)
         }
     }
     /* yield: hand the core to whoever we are waiting for */
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; spin && i < 8; i++) {
         sched_yield();
         if (fq_ready(q, what, need))
             return;

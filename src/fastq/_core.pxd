@@ -11,6 +11,7 @@ cdef extern from "fastq.h" nogil:
         FQ_ECORRUPT
         FQ_ENOSLOT
         FQ_EBADSEG
+        FQ_EBUSY
         FQ_WAIT_DATA
         FQ_WAIT_SPACE
 
@@ -39,7 +40,8 @@ cdef extern from "fastq.h" nogil:
     int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
     void fq_get_end(fq_queue *q, fq_claim *c)
     void fq_get_abort(fq_queue *q, fq_claim *c)
-    void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns)
+    void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
+    void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
     uint64_t fq_qsize(fq_queue *q)
     int fq_full(fq_queue *q)
     uint64_t fq_capacity(fq_queue *q)

@@ -13,6 +13,9 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 from time import monotonic as _monotonic
 
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
@@ -34,6 +37,7 @@ cdef class _Waiter:
     """State of one blocking call: its deadline and when it last recovered."""
     cdef double deadline, last_recover
     cdef bint forever
+    cdef bint spun
 
     def __cinit__(self, timeout):
         now = _monotonic()
@@ -48,6 +52,13 @@ cdef class Segment:
     cdef int inflight
     cdef bint closing
     cdef readonly str path
+    cdef object _dumps   # obj -> bytes-like or list of them; None: raw
+    cdef object _loads   # memoryview -> obj; None: return bytes
+
+    def set_serializer(self, dumps, loads):
+        """Functions applied by put*/get* (None, None: raw bytes)."""
+        self._dumps = dumps
+        self._loads = loads
 
     def __dealloc__(self):
         if self.q != NULL:
@@ -132,15 +143,23 @@ cdef class Segment:
             with nogil:
                 fq_recover(q)
         cdef uint64_t ns = <uint64_t>(left * 1e9)
+        cdef int spin = not w.spun  # spin only before the first sleep
+        w.spun = True
         with nogil:
-            fq_wait(q, what, need, ns)
+            fq_wait(q, what, need, ns, spin)
         PyErr_CheckSignals()
+        if self.closing:
+            raise ValueError("the queue was closed while this call waited")
         return 0
 
     # ---- producer ---------------------------------------------------------
 
-    def put(self, data, bint block=True, timeout=None):
-        """Put one message: a bytes-like object, or a list of them (gathered)."""
+    def put(self, obj, bint block=True, timeout=None):
+        """Put one message (serialized by dumps: a bytes-like object, or a
+        list of them, gathered into one message)."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        data = obj if self._dumps is None else self._dumps(obj)
         cdef fq_queue *q = self._enter()
         try:
             if isinstance(data, list):
@@ -164,11 +183,15 @@ cdef class Segment:
                 rc = fq_put_begin(q, &n, 1, &c)
                 if rc == FQ_OK:
                     break
+                if rc == FQ_EBUSY:  # all lanes busy: let their threads run
+                    with nogil:
+                        sched_yield()
+                    continue
                 if rc != FQ_FULL or not block:
                     _raise_rc(rc, q, n)
                 if w is None:
                     w = _Waiter(timeout)
-                self._wait(q, FQ_WAIT_SPACE, n + 16, w)
+                self._wait(q, FQ_WAIT_SPACE, n, w)
             dst = fq_claim_buf(q, &c)
             if n >= NOGIL_COPY:
                 with nogil:
@@ -201,11 +224,15 @@ cdef class Segment:
                 rc = fq_put_begin(q, &n, 1, &c)
                 if rc == FQ_OK:
                     break
+                if rc == FQ_EBUSY:  # all lanes busy: let their threads run
+                    with nogil:
+                        sched_yield()
+                    continue
                 if rc != FQ_FULL or not block:
                     _raise_rc(rc, q, n)
                 if w is None:
                     w = _Waiter(timeout)
-                self._wait(q, FQ_WAIT_SPACE, n + 16, w)
+                self._wait(q, FQ_WAIT_SPACE, n, w)
             dst = <char *>fq_claim_buf(q, &c)
             with nogil:
                 for i in range(k):
@@ -218,9 +245,28 @@ cdef class Segment:
             free(views)
         return 0
 
-    def put_many(self, list items, bint block=True, timeout=None):
-        """Put every item (bytes-like objects) in order, in as few claims as
-        fit.  Returns the number put (all of them, or an exception)."""
+    def put_nowait(self, obj):
+        """put(obj, block=False)."""
+        return self.put(obj, False)
+
+    def get_nowait(self):
+        """get(block=False)."""
+        return self.get(False)
+
+    def put_many(self, objs, bint block=True, timeout=None):
+        """Put every item in order, in as few claims as fit.  Returns the
+        number put (all of them, or an exception)."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        cdef list items
+        if self._dumps is None:
+            items = objs if type(objs) is list else list(objs)
+        else:
+            dumps = self._dumps
+            items = []
+            for x in objs:
+                d = dumps(x)
+                items.append(b"".join(d) if type(d) is list else d)
         cdef fq_queue *q = self._enter()
         cdef Py_ssize_t total = len(items), start = 0, k, i, got = 0
         cdef Py_buffer *views = NULL
@@ -249,7 +295,7 @@ cdef class Segment:
                 k = 0
                 used = 0
                 while start + k < total and k < <Py_ssize_t>BATCH_MAX:
-                    used += (lens[start + k] + 23) & ~(<uint64_t>7)
+                    used += (lens[start + k] + 31) & ~(<uint64_t>15)
                     if k and used > budget:
                         break
                     k += 1
@@ -257,11 +303,19 @@ cdef class Segment:
                     rc = fq_put_begin(q, &lens[start], <size_t>k, &c)
                     if rc == FQ_OK:
                         break
+                    if rc == FQ_EBUSY:
+                        with nogil:
+                            sched_yield()
+                        continue
                     if rc == FQ_ETOOBIG and k > 1:
                         k = k // 2
                         continue
                     if rc != FQ_FULL or not block:
-                        _raise_rc(rc, q, lens[start])
+                        try:
+                            _raise_rc(rc, q, lens[start])
+                        except (Full, ShutDown) as e:
+                            e.count = start  # items put before this one
+                            raise
                     if w is None:
                         w = _Waiter(timeout)
                     self._wait(q, FQ_WAIT_SPACE, used if used < fq_capacity(q) // 2 else fq_capacity(q) // 2, w)
@@ -289,71 +343,92 @@ cdef class Segment:
             rc = fq_get_begin(q, max_n, max_bytes, c)
             if rc == FQ_OK:
                 return 0
+            if rc == FQ_EBUSY:
+                with nogil:
+                    sched_yield()
+                continue
             if rc != FQ_EMPTY or not block:
                 _raise_rc(rc, q, 0)
             if w is None:
                 w = _Waiter(timeout)
             self._wait(q, FQ_WAIT_DATA, 0, w)
 
-    def get(self, bint block=True, timeout=None, loads=None):
-        """Take one message: bytes, or loads(memoryview) if loads is given
-        (the memoryview points into the ring and is released right after)."""
+    def get(self, bint block=True, timeout=None):
+        """Take one message: bytes, or loads(memoryview) if a serializer is
+        set (the memoryview points into the ring and is released right after).
+
+        If loads() raises, the message has left the queue (a message that
+        cannot be deserialized would otherwise come back forever) and the
+        error propagates."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        loads = self._loads
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
         cdef const void *data
         cdef uint64_t n
         cdef char *dst
-        cdef bint ended = False
         try:
             self._claim(q, 1, <uint64_t>-1, &c, block, timeout)
-            try:
-                fq_claim_next(q, &c, &data, &n)
-                if loads is None:
+            if not fq_claim_next(q, &c, &data, &n):
+                fq_get_abort(q, &c)
+                raise SegmentError("a claimed record vanished (corrupt segment?)")
+            if loads is None:
+                try:
                     out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-                    dst = PyBytes_AS_STRING(out)
-                    if n >= NOGIL_COPY:
-                        with nogil:
-                            _copy(dst, data, n)
-                    else:
-                        _copy(dst, data, n)
-                else:
-                    mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
-                    try:
-                        out = loads(mv)
-                    finally:
-                        mv.release()
-                        # the message was delivered to the deserializer:
-                        # it leaves the queue even if loads() raised
-                        fq_get_end(q, &c)
-                        ended = True
-                    return out
-            except BaseException:
-                if not ended:
+                except BaseException:
                     fq_get_abort(q, &c)  # nothing was returned: put it back
-                    ended = True
+                    raise
+                dst = PyBytes_AS_STRING(out)
+                if n >= NOGIL_COPY:
+                    with nogil:
+                        _copy(dst, data, n)
+                        fq_get_end(q, &c)
+                else:
+                    _copy(dst, data, n)
+                    fq_get_end(q, &c)
+                return out
+            mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
+            try:
+                out = loads(mv)
+            except Exception:
+                mv.release()
+                fq_get_end(q, &c)  # undeserializable: consumed, error raised
                 raise
+            except BaseException:
+                mv.release()
+                fq_get_abort(q, &c)  # interrupted (Ctrl-C): put it back
+                raise
+            mv.release()
             fq_get_end(q, &c)
-            ended = True
             return out
         finally:
             self._exit()
 
-    def get_many(self, size_t max_messages=1024, bint block=True, timeout=None,
-                 loads=None, uint64_t max_bytes=64 << 20):
+    def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
+                 uint64_t max_bytes=64 << 20):
         """Take 1..max_messages messages (at most max_bytes of payload, unless
-        the first alone is larger) as a list."""
+        the first alone is larger) as a list.
+
+        If loads() raises for a message, the messages before it are returned
+        and it and the ones after it stay in the queue; if it is the first,
+        it leaves the queue and the error propagates (as in get())."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        loads = self._loads
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
         cdef const void *data
-        cdef uint64_t n
+        cdef uint64_t n, k = 0
         cdef list out = []
         cdef char *dst
-        cdef bint ended = False
         try:
-            self._claim(q, max_messages, max_bytes, &c, block, timeout)
+            self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
             try:
-                if loads is None:
-                    while fq_claim_next(q, &c, &data, &n):
+                while fq_claim_next(q, &c, &data, &n):
+                    if loads is None:
                         b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
                         dst = PyBytes_AS_STRING(b)
                         if n >= NOGIL_COPY:
@@ -362,29 +437,27 @@ cdef class Segment:
                         else:
                             _copy(dst, data, n)
                         out.append(b)
-                else:
-                    err = None
-                    while fq_claim_next(q, &c, &data, &n):
+                    else:
                         mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
                         try:
                             out.append(loads(mv))
-                        except Exception as e:
-                            if err is None:
-                                err = e
                         finally:
                             mv.release()
-                    fq_get_end(q, &c)
-                    ended = True
-                    if err is not None:
-                        raise err
-                    return out
+                    k += 1
+            except Exception:
+                # keep what was delivered; give the rest back.  A first
+                # message that cannot be deserialized is consumed.
+                if k == 0 and loads is not None:
+                    fq_get_end_partial(q, &c, 1)
+                    raise
+                fq_get_end_partial(q, &c, k)
+                if k == 0:
+                    raise
+                return out
             except BaseException:
-                if not ended:
-                    fq_get_abort(q, &c)
-                    ended = True
+                fq_get_abort(q, &c)  # interrupted: nothing was returned
                 raise
             fq_get_end(q, &c)
-            ended = True
             return out
         finally:
             self._exit()

@@ -120,12 +120,14 @@ def _make_serializer(spec: Any):
 
 # ---- anonymous queues: removed when their creator exits ---------------------
 
-_anon_paths: "set[str]" = set()
+_anon_paths: "dict[str, int]" = {}  # path -> pid of the creator
 
 
 def _unlink_anon(path: str, pid: int) -> None:
-    if os.getpid() == pid and path in _anon_paths:
-        _anon_paths.discard(path)
+    """Remove an anonymous queue's file, in its creator process only (a
+    forked child inherits this module's state but must not remove it)."""
+    if os.getpid() == pid and _anon_paths.get(path) == pid:
+        del _anon_paths[path]
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -134,13 +136,8 @@ def _unlink_anon(path: str, pid: int) -> None:
 
 @atexit.register
 def _unlink_all_anon() -> None:
-    for path in list(_anon_paths):
-        _unlink_anon(path, os.getpid())
-
-
-def _check_timeout(block: bool, timeout: Optional[float]) -> None:
-    if block and timeout is not None and timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
+    for path, pid in list(_anon_paths.items()):
+        _unlink_anon(path, pid)
 
 
 class Queue:
@@ -211,8 +208,16 @@ class Queue:
                 except FileExistsError:  # lost a creation race: the winner's is complete
                     self._seg = _core.Segment.open(path)
         self._path = path
+        self._seg.set_serializer(
+            None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads)
+        # The hot calls go straight to the compiled segment: a Python-level
+        # wrapper would double their cost.  The methods below document them.
+        seg = self._seg
+        self.put, self.put_nowait, self.get, self.get_nowait = (
+            seg.put, seg.put_nowait, seg.get, seg.get_nowait)
+        self.put_many, self.get_many = seg.put_many, seg.get_many
         if anonymous:
-            _anon_paths.add(path)
+            _anon_paths[path] = os.getpid()
             self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
 
     # ---- constructors -------------------------------------------------------
@@ -244,12 +249,11 @@ class Queue:
         ``MessageTooLarge`` if the serialized message exceeds ``max_message``
         and ``ShutDown`` after :meth:`shutdown`.
         """
-        _check_timeout(block, timeout)
-        self._seg.put(self._ser.dumps(obj), block, timeout)
+        self._seg.put(obj, block, timeout)
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, block=False)``."""
-        self._seg.put(self._ser.dumps(obj), False, None)
+        self._seg.put(obj, False, None)
 
     def put_many(self, items: Iterable[Any], block: bool = True,
                  timeout: Optional[float] = None) -> int:
@@ -259,13 +263,7 @@ class Queue:
         timeout, raises ``Full``; the items before the one that did not fit
         have been put, in order.
         """
-        _check_timeout(block, timeout)
-        dumps = self._ser.dumps
-        out = []
-        for x in items:
-            d = dumps(x)
-            out.append(b"".join(d) if isinstance(d, list) else d)
-        return self._seg.put_many(out, block, timeout)
+        return self._seg.put_many(items, block, timeout)
 
     # ---- consumer -----------------------------------------------------------
 
@@ -276,12 +274,11 @@ class Queue:
         ``queue.Empty``).  After :meth:`shutdown` it drains what is left, then
         raises ``ShutDown``.
         """
-        _check_timeout(block, timeout)
-        return self._seg.get(block, timeout, self._ser.loads)
+        return self._seg.get(block, timeout)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
-        return self._seg.get(False, None, self._ser.loads)
+        return self._seg.get(False, None)
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
                  timeout: Optional[float] = None) -> List[Any]:
@@ -290,10 +287,7 @@ class Queue:
         Waits like :meth:`get` for the first; returns whatever else is
         already there, without waiting for more.
         """
-        _check_timeout(block, timeout)
-        if max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
-        return self._seg.get_many(max_messages, block, timeout, self._ser.loads)
+        return self._seg.get_many(max_messages, block, timeout)
 
     # ---- status and lifecycle -----------------------------------------------
 
@@ -359,7 +353,7 @@ class Queue:
 
     def unlink(self) -> None:
         """Remove the segment file; processes attached keep using it."""
-        _anon_paths.discard(self._path)
+        _anon_paths.pop(self._path, None)
         try:
             os.unlink(self._path)
         except FileNotFoundError:

@@ -1,0 +1,90 @@
+"""Type stubs: if the package ships .pyi stubs, mypy must accept ordinary use
+of the public API against them (and reject an obvious misuse)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import fastq
+
+PKG = Path(fastq.__file__).resolve().parent
+STUBS = [p for p in (PKG / "__init__.pyi", PKG / "_queue.pyi") if p.exists()]
+
+pytestmark = [
+    pytest.mark.skipif(not STUBS, reason=f"no type stubs (__init__.pyi / _queue.pyi) in {PKG}"),
+]
+
+GOOD = """
+import queue
+from typing import Any, List
+import fastq
+
+q: fastq.Queue = fastq.Queue("jobs", capacity=1 << 20, serializer="raw")
+q2 = fastq.Queue.create("x", capacity=4096, max_message=100, mode=0o600)
+q3 = fastq.Queue.open("x")
+q.put(b"x")
+q.put(b"x", block=False, timeout=None)
+q.put_nowait(b"y")
+n: int = q.put_many([b"a", b"b"], timeout=1.0)
+m: Any = q.get(timeout=0.5)
+m2: Any = q.get_nowait()
+ms: List[Any] = q.get_many(10, block=True, timeout=1)
+size: int = q.qsize()
+e: bool = q.empty()
+f: bool = q.full()
+cap: int = q.capacity
+mx: int = q.max_message
+name: str = q.name
+path: str = q.path
+closed: bool = q.closed
+q.shutdown(immediate=True)
+sd: bool = q.is_shutdown()
+with fastq.Queue() as anon:
+    anon.put(1)
+try:
+    q.get_nowait()
+except fastq.Empty:
+    pass
+except (fastq.ShutDown, fastq.SegmentError, fastq.MessageTooLarge, fastq.Full):
+    pass
+assert fastq.Empty is queue.Empty
+p: str = fastq.segment_path("jobs")
+q.close()
+"""
+
+BAD = """
+import fastq
+q = fastq.Queue("jobs")
+n: str = q.qsize()
+q.get_many("ten")
+"""
+
+
+def _mypy(tmp_path, code):
+    pytest.importorskip("mypy", reason="mypy is not installed (not installed at test time)")
+    src = tmp_path / "snippet.py"
+    src.write_text(textwrap.dedent(code))
+    env = dict(os.environ)
+    env["MYPYPATH"] = str(PKG.parent)
+    cp = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--strict-optional",
+                         "--cache-dir", str(tmp_path / ".mypy_cache"), "--follow-imports=silent",
+                         "--no-error-summary", str(src)],
+                        capture_output=True, text=True, timeout=300, env=env,
+                        cwd=str(tmp_path))
+    return cp
+
+
+def test_stubs_accept_public_api_usage(tmp_path):
+    cp = _mypy(tmp_path, GOOD)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+
+
+def test_stubs_reject_misuse(tmp_path):
+    cp = _mypy(tmp_path, BAD)
+    assert cp.returncode != 0
+    assert "snippet.py:4" in cp.stdout and "snippet.py:5" in cp.stdout, cp.stdout
