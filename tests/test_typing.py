@@ -1,5 +1,6 @@
-"""Type stubs: if the package ships .pyi stubs, mypy must accept ordinary use
-of the public API against them (and reject an obvious misuse)."""
+"""Typing: the package is typed (py.typed, inline annotations, a .pyi stub for
+the compiled module); mypy must accept ordinary use of the public API and
+reject an obvious misuse."""
 from __future__ import annotations
 
 import os
@@ -13,11 +14,12 @@ import pytest
 import fastq
 
 PKG = Path(fastq.__file__).resolve().parent
-STUBS = [p for p in (PKG / "__init__.pyi", PKG / "_queue.pyi") if p.exists()]
+STUBS = [p for p in (PKG / "py.typed", PKG / "_core.pyi") if p.exists()]
 
-pytestmark = [
-    pytest.mark.skipif(not STUBS, reason=f"no type stubs (__init__.pyi / _queue.pyi) in {PKG}"),
-]
+
+def test_package_ships_typing_files():
+    assert len(STUBS) == 2, f"py.typed and _core.pyi must ship in {PKG}"
+
 
 GOOD = """
 import queue
