@@ -72,7 +72,8 @@ def _mypy(tmp_path, code):
     src = tmp_path / "snippet.py"
     src.write_text(textwrap.dedent(code))
     env = dict(os.environ)
-    env["MYPYPATH"] = str(PKG.parent)
+    if "site-packages" not in PKG.parts:  # running from the source tree
+        env["MYPYPATH"] = str(PKG.parent)
     cp = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--strict-optional",
                          "--cache-dir", str(tmp_path / ".mypy_cache"), "--follow-imports=silent",
                          "--no-error-summary", str(src)],
