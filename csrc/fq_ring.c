@@ -492,7 +492,7 @@ void fq_get_end(fq_queue *q, fq_claim *c)
                 fq_sweep(q);
         } else {
             fq_mark_done(q, first, p, c->n);
-            atomic_thread_fence(SEQ);
+            fq_fence();
             fq_sweep(q);
         }
     }
@@ -527,7 +527,7 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
     }
     if (keep)
         fq_mark_done(q, c->pos + c->first_off, c->end, keep);
-    atomic_thread_fence(SEQ);
+    fq_fence();
     fq_sweep(q);
     fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
     atomic_store_explicit(&in->state, (c->count + keep) << 2 | FQ_PH_IDLE, REL);

@@ -100,7 +100,7 @@ void fq_wake(fq_queue *q, int what)
 {
     fq_ctrl *c = q->ctrl;
     /* pairs with the waiter's RMW on the mask before its re-check */
-    atomic_thread_fence(memory_order_seq_cst);
+    fq_fence();
     unsigned words = (q->nslots + 63) / 64;
     for (int side = 0; side < 2; side++) {
         if (what >= 0 && side != what)

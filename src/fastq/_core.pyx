@@ -6,7 +6,7 @@ released, check for signals between slices, run crash recovery when no
 progress is made for a while) and maps return codes to exceptions.
 """
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport uint32_t, uint64_t
@@ -175,10 +175,18 @@ cdef class Segment:
         cdef uint64_t n
         cdef int rc
         cdef void *dst
+        cdef const char *src
+        cdef bint has_view = False
         cdef _Waiter w = None
-        PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
-        try:
+        if type(data) is bytes:  # fast path: no buffer protocol
+            src = PyBytes_AS_STRING(data)
+            n = <uint64_t>PyBytes_GET_SIZE(data)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
+            has_view = True
+            src = <const char *>view.buf
             n = <uint64_t>view.len
+        try:
             while True:
                 rc = fq_put_begin(q, &n, 1, &c)
                 if rc == FQ_OK:
@@ -195,13 +203,14 @@ cdef class Segment:
             dst = fq_claim_buf(q, &c)
             if n >= NOGIL_COPY:
                 with nogil:
-                    _copy(dst, view.buf, n)
+                    _copy(dst, src, n)
                     fq_put_commit(q, &c)
             else:
-                _copy(dst, view.buf, n)
+                _copy(dst, src, n)
                 fq_put_commit(q, &c)
         finally:
-            PyBuffer_Release(&view)
+            if has_view:
+                PyBuffer_Release(&view)
         return 0
 
     cdef int _put_parts(self, fq_queue *q, list parts, bint block, object timeout) except -1:
@@ -270,6 +279,8 @@ cdef class Segment:
         cdef fq_queue *q = self._enter()
         cdef Py_ssize_t total = len(items), start = 0, k, i, got = 0
         cdef Py_buffer *views = NULL
+        cdef const char **srcs = NULL
+        cdef char *isview = NULL
         cdef uint64_t *lens = NULL
         cdef uint64_t budget, used
         cdef fq_claim c
@@ -280,13 +291,23 @@ cdef class Segment:
             if total == 0:
                 return 0
             views = <Py_buffer *>malloc(sizeof(Py_buffer) * total)
+            srcs = <const char **>malloc(sizeof(char *) * total)
+            isview = <char *>malloc(total)
             lens = <uint64_t *>malloc(sizeof(uint64_t) * total)
-            if views == NULL or lens == NULL:
+            if views == NULL or lens == NULL or srcs == NULL or isview == NULL:
                 raise MemoryError()
             for i in range(total):
-                PyObject_GetBuffer(items[i], &views[i], PyBUF_ANY_CONTIGUOUS)
+                item = items[i]
+                isview[i] = 0
                 got += 1
-                lens[i] = <uint64_t>views[i].len
+                if type(item) is bytes:  # fast path: no buffer protocol
+                    srcs[i] = PyBytes_AS_STRING(item)
+                    lens[i] = <uint64_t>PyBytes_GET_SIZE(item)
+                else:
+                    PyObject_GetBuffer(item, &views[i], PyBUF_ANY_CONTIGUOUS)
+                    isview[i] = 1
+                    srcs[i] = <const char *>views[i].buf
+                    lens[i] = <uint64_t>views[i].len
                 if lens[i] > fq_max_message(q):
                     _raise_rc(FQ_ETOOBIG, q, lens[i])
             budget = fq_capacity(q) // 4
@@ -322,14 +343,17 @@ cdef class Segment:
                 with nogil:
                     for i in range(start, start + k):
                         dst = <char *>fq_claim_buf(q, &c)
-                        _copy(dst, views[i].buf, <size_t>lens[i])
+                        _copy(dst, srcs[i], <size_t>lens[i])
                     fq_put_commit(q, &c)
                 start += k
             return total
         finally:
             for i in range(got):
-                PyBuffer_Release(&views[i])
+                if isview[i]:
+                    PyBuffer_Release(&views[i])
             free(views)
+            free(srcs)
+            free(isview)
             free(lens)
             self._exit()
 
