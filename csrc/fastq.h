@@ -82,6 +82,10 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep);
  * spin: spin and yield briefly before sleeping (the first wait of a call;
  * later slices of a long wait go straight to sleep). */
 void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin);
+/* Spin (no syscall) for up to ns while the condition does not hold; 1 if it
+ * may hold now.  For a caller that cannot cheaply release a lock (the GIL)
+ * before a short wait. */
+int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns);
 
 /* Status */
 uint64_t fq_qsize(fq_queue *q);

@@ -117,6 +117,20 @@ void fq_wake(fq_queue *q, int what)
     }
 }
 
+int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
+{
+    if (fq_ncpu() < 2)
+        return fq_ready(q, what, need);
+    uint64_t start = fq_now_ns();
+    for (unsigned i = 0;; i++) {
+        if (fq_ready(q, what, need))
+            return 1;
+        fq_cpu_relax();
+        if ((i & 15) == 15 && fq_now_ns() - start > ns)
+            return 0;
+    }
+}
+
 void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
 {
     if (fq_attach(q) != 0) {

@@ -42,6 +42,7 @@ cdef extern from "fastq.h" nogil:
     void fq_get_abort(fq_queue *q, fq_claim *c)
     void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
+    int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
     uint64_t fq_qsize(fq_queue *q)
     int fq_full(fq_queue *q)
     uint64_t fq_capacity(fq_queue *q)

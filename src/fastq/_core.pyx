@@ -16,6 +16,7 @@ from libc.string cimport memcpy
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
+from pickle import dumps as _pdumps, loads as _ploads
 from time import monotonic as _monotonic
 
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
@@ -26,11 +27,32 @@ cdef extern from "Python.h":
 cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
 cdef double WAIT_SLICE = 0.05          # seconds: Ctrl-C is seen within this
 cdef double RECOVER_AFTER = 0.2        # seconds without progress before recovery
+cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
 cdef size_t BATCH_MAX = 4096           # records per claim in put_many
 
 
 cdef inline void _copy(void *dst, const void *src, size_t n) noexcept nogil:
     memcpy(dst, src, n)
+
+
+cdef inline bint _scalar(object x):
+    t = type(x)
+    return t is int or t is float or t is str or t is bytes or t is bool or x is None
+
+
+cdef bint _plain(object obj):
+    """Can pickle protocol 5 produce no out-of-band buffer for obj?  True
+    for scalars and short tuples/lists of scalars: the common small message,
+    which then skips the buffer_callback machinery."""
+    if _scalar(obj):
+        return True
+    t = type(obj)
+    if (t is tuple or t is list) and len(obj) <= 32:
+        for x in obj:
+            if not _scalar(x):
+                return False
+        return True
+    return False
 
 
 cdef class _Waiter:
@@ -54,11 +76,15 @@ cdef class Segment:
     cdef readonly str path
     cdef object _dumps   # obj -> bytes-like or list of them; None: raw
     cdef object _loads   # memoryview -> obj; None: return bytes
+    cdef bint _pickle    # the serializer is fastq's pickle: fast paths apply
 
-    def set_serializer(self, dumps, loads):
-        """Functions applied by put*/get* (None, None: raw bytes)."""
+    def set_serializer(self, dumps, loads, bint is_pickle=False):
+        """Functions applied by put*/get* (None, None: raw bytes).  With
+        is_pickle, plain objects are pickled (and plain pickle streams
+        unpickled) directly, skipping the serializer's framing logic."""
         self._dumps = dumps
         self._loads = loads
+        self._pickle = is_pickle
 
     def __dealloc__(self):
         if self.q != NULL:
@@ -159,10 +185,15 @@ cdef class Segment:
         list of them, gathered into one message)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        data = obj if self._dumps is None else self._dumps(obj)
+        if self._dumps is None:
+            data = obj
+        elif self._pickle and _plain(obj):
+            data = _pdumps(obj, 5)
+        else:
+            data = self._dumps(obj)
         cdef fq_queue *q = self._enter()
         try:
-            if isinstance(data, list):
+            if type(data) is list:
                 self._put_parts(q, data, block, timeout)
             else:
                 self._put_one(q, data, block, timeout)
@@ -361,7 +392,7 @@ cdef class Segment:
 
     cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
                     bint block, object timeout) except -1:
-        cdef int rc
+        cdef int rc, spun = 0
         cdef _Waiter w = None
         while True:
             rc = fq_get_begin(q, max_n, max_bytes, c)
@@ -374,6 +405,11 @@ cdef class Segment:
             if rc != FQ_EMPTY or not block:
                 _raise_rc(rc, q, 0)
             if w is None:
+                # a short spin first, with the GIL held: releasing it and
+                # setting up a timed wait cost more than a typical hand-off
+                if spun < 1 and fq_spin(q, FQ_WAIT_DATA, 0, SPIN_GIL_NS):
+                    spun += 1
+                    continue
                 w = _Waiter(timeout)
             self._wait(q, FQ_WAIT_DATA, 0, w)
 
@@ -414,7 +450,10 @@ cdef class Segment:
                 return out
             mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
             try:
-                out = loads(mv)
+                if self._pickle and n and (<const unsigned char *>data)[0] == 0x80:
+                    out = _ploads(mv)  # a plain pickle stream: no frame
+                else:
+                    out = loads(mv)
             except Exception:
                 mv.release()
                 fq_get_end(q, &c)  # undeserializable: consumed, error raised

@@ -209,7 +209,8 @@ class Queue:
                     self._seg = _core.Segment.open(path)
         self._path = path
         self._seg.set_serializer(
-            None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads)
+            None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads,
+            isinstance(self._ser, PickleSerializer))
         # The hot calls go straight to the compiled segment: a Python-level
         # wrapper would double their cost.  The methods below document them.
         seg = self._seg

@@ -1,0 +1,334 @@
+"""Build the fastq C core with cffi for white-box tests; ``load()`` returns (ffi, lib).
+
+The sources ``csrc/fq_segment.c csrc/fq_ring.c csrc/fq_wait.c csrc/fq_recover.c`` are
+compiled (API mode) into ``build/cffi-<hash>/`` under the repository, where the hash
+covers the C sources and headers, this file's declarations and the compiler flags.
+A build whose hash matches is reused.
+
+Extra compiler flags come from the environment variable ``FASTQ_CFFI_CFLAGS`` (for
+example ``-fsanitize=address,undefined``); they are also passed to the linker, so a
+sanitizer variant builds into its own cache directory.  (An ASan build loaded into a
+plain python needs ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``.)
+
+Besides the public API of ``fastq.h`` the module exposes a few ``fqt_*`` helpers that
+read and poke the segment's internals (record words, intents, slots), for tests only.
+"""
+
+import hashlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import sys
+import threading
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(REPO, "csrc")
+SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c"]
+HEADERS = ["csrc/fastq.h", "csrc/fq_layout.h", "csrc/fq_internal.h"]
+BASE_CFLAGS = ["-std=gnu11", "-O1", "-g"]
+
+CDEF = r"""
+/* the public API comes from csrc/fastq.h itself (see public_cdef()) */
+
+#define FQ_LANES ...
+#define FQ_MAX_SLOTS ...
+#define FQ_REC_HDR ...
+#define FQ_MIN_CAPACITY ...
+#define FQ_MAX_CAPACITY ...
+#define FQ_REC_WRITING ...
+#define FQ_REC_COMMITTED ...
+#define FQ_REC_DONE ...
+#define FQ_REC_REQUEUED ...
+#define FQ_REC_TAKEN ...
+#define FQ_REC_ABANDONED ...
+#define FQ_REC_SKIP ...
+#define FQ_PH_IDLE ...
+#define FQ_PH_CLAIMING ...
+#define FQ_PH_WON ...
+#define FQ_PH_RECOVERED ...
+#define FQ_SLOT_FREE ...
+#define FQ_SLOT_CLAIMING ...
+#define FQ_SLOT_ACTIVE ...
+
+/* white-box helpers (tests only) */
+uint64_t fqt_tag(fq_queue *q, uint64_t pos);
+uint64_t fqt_rec_size(uint64_t len);
+uint64_t fqt_rec_word(fq_queue *q, uint64_t pos);
+uint32_t fqt_rec_len(fq_queue *q, uint64_t pos);
+int fqt_rec_state(fq_queue *q, uint64_t pos);
+void *fqt_rec_data(fq_queue *q, uint64_t pos);
+uint64_t fqt_data_offset(fq_queue *q);
+int fqt_my_slot(fq_queue *q);
+uint64_t fqt_slot_word(fq_queue *q, uint32_t s);
+int fqt_slot_of_pid(fq_queue *q, int pid);
+uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field);
+void fqt_set_intent_state(fq_queue *q, uint32_t s, uint32_t lane, int cons, uint64_t st);
+uint64_t fqt_cons_total(fq_queue *q);
+int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_t min16,
+                     uint32_t max16, uint64_t deadline_ns);
+int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int64_t *gotall,
+                     int64_t *putall, uint64_t deadline_ns, uint64_t diag[4]);
+"""
+
+PREAMBLE = r"""
+#include <sched.h>
+#include <string.h>
+#include "fastq.h"
+#include "fq_internal.h"
+
+uint64_t fqt_tag(fq_queue *q, uint64_t pos) { return fq_tag_of(q, pos); }
+uint64_t fqt_rec_size(uint64_t len) { return fq_rec_size(len); }
+uint64_t fqt_rec_word(fq_queue *q, uint64_t pos) { return atomic_load(&fq_rec_at(q, pos)->word); }
+uint32_t fqt_rec_len(fq_queue *q, uint64_t pos) { return fq_rec_at(q, pos)->len; }
+/* the record state at pos, or -1 if the word does not carry pos's tag */
+int fqt_rec_state(fq_queue *q, uint64_t pos)
+{
+    uint64_t w = atomic_load(&fq_rec_at(q, pos)->word);
+    if ((w & ~(uint64_t)7) != fq_tag_of(q, pos))
+        return -1;
+    return (int)(w & 7);
+}
+void *fqt_rec_data(fq_queue *q, uint64_t pos) { return fq_rec_at(q, pos) + 1; }
+uint64_t fqt_data_offset(fq_queue *q) { return (uint64_t)(q->data - q->base); }
+int fqt_my_slot(fq_queue *q) { return atomic_load(&q->slot); }
+uint64_t fqt_slot_word(fq_queue *q, uint32_t s) { return atomic_load(&q->slots[s].word); }
+int fqt_slot_of_pid(fq_queue *q, int pid)
+{
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        uint64_t w = atomic_load(&q->slots[s].word);
+        if (FQ_SLOT_KIND(w) != FQ_SLOT_FREE && FQ_SLOT_PID(w) == pid)
+            return (int)s;
+    }
+    return -1;
+}
+static fq_intent *fqt_in(fq_queue *q, uint32_t s, uint32_t lane, int cons)
+{
+    fq_lane *l = &q->slots[s].lane[lane];
+    return cons ? &l->cons : &l->prod;
+}
+/* field: 0 pos, 1 end, 2 n, 3 state */
+uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field)
+{
+    fq_intent *in = fqt_in(q, s, lane, cons);
+    switch (field) {
+    case 0: return atomic_load(&in->pos);
+    case 1: return atomic_load(&in->end);
+    case 2: return atomic_load(&in->n);
+    default: return atomic_load(&in->state);
+    }
+}
+void fqt_set_intent_state(fq_queue *q, uint32_t s, uint32_t lane, int cons, uint64_t st)
+{
+    atomic_store(&fqt_in(q, s, lane, cons)->state, st);
+}
+/* messages got, summed over every consumer lane of every slot */
+uint64_t fqt_cons_total(fq_queue *q)
+{
+    uint64_t got = 0;
+    for (uint32_t s = 0; s < q->nslots; s++)
+        for (unsigned l = 0; l < FQ_LANES; l++)
+            got += atomic_load(&q->slots[s].lane[l].cons.state) >> 2;
+    return got;
+}
+
+#include <time.h>
+static uint64_t fqt_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+/* C-speed loops for threaded stress (the GIL is released for the whole call).
+ * Producer: n messages [id u32][seq u32][seq & 0xff ...], 16*[min16, max16] bytes
+ * (whole multiples of 16: the tail never sits 8 bytes before the end).  Returns
+ * the number put; fewer if the deadline passed. */
+int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_t min16,
+                     uint32_t max16, uint64_t deadline_ns)
+{
+    unsigned char buf[1 << 16];
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t len = 16u * (min16 + (seed >> 8) % (max16 - min16 + 1));
+        if (len > sizeof buf)
+            return -1;
+        memcpy(buf, &id, 4);
+        uint32_t s32 = (uint32_t)i;
+        memcpy(buf + 4, &s32, 4);
+        memset(buf + 8, (int)(i & 0xff), len - 8);
+        for (unsigned spins = 0;; spins++) {
+            int rc = fq_put(q, buf, len);
+            if (rc == FQ_OK)
+                break;
+            if (rc != FQ_FULL)
+                return -2 - rc;
+            if ((spins & 255) == 255 && fqt_now() > deadline_ns)
+                return i;
+            sched_yield();
+        }
+    }
+    return n;
+}
+/* Consumer: records id << 32 | seq of every message into out[]; checks payloads
+ * and that each producer's messages come in order.  Stops once
+ * every message put is got (*putall >= 0 is the number put, set once the producers
+ * finished; *gotall counts the messages of every consumer), or at the deadline.  Returns the number of messages, or a
+ * negative error: -1 out full, -2 claim count mismatch, -3 torn payload, -4 order,
+ * -5 deadline, -6 unexpected return code.  On -2 and -3, diag holds the claim's pos,
+ * end, first_off and the release cursor seen then. */
+int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int64_t *gotall,
+                     int64_t *putall, uint64_t deadline_ns, uint64_t diag[4])
+{
+    int64_t k = 0;
+    int64_t last[256];
+    for (int i = 0; i < 256; i++)
+        last[i] = -1;
+    for (unsigned iter = 0;; iter++) {
+        fq_claim c;
+        int rc = fq_get_begin(q, max_n, (uint64_t)1 << 40, &c);
+        if (rc == FQ_EMPTY) {
+            int64_t want = __atomic_load_n(putall, __ATOMIC_ACQUIRE);
+            if (want >= 0 && __atomic_load_n(gotall, __ATOMIC_ACQUIRE) >= want)
+                return k;
+            if ((iter & 255) == 255 && fqt_now() > deadline_ns)
+                return -5;
+            sched_yield();
+            continue;
+        }
+        if (rc != FQ_OK)
+            return -6;
+        const void *d;
+        uint64_t len, m = 0;
+        while (fq_claim_next(q, &c, &d, &len)) {
+            const unsigned char *b = d;
+            uint32_t id, seq;
+            diag[0] = c.pos;
+            diag[1] = c.end;
+            diag[2] = c.first_off;
+            diag[3] = atomic_load(&q->ctrl->release);
+            if (len < 16 || ++m > c.n)
+                return -2;
+            memcpy(&id, b, 4);
+            memcpy(&seq, b + 4, 4);
+            if (b[len - 1] != (seq & 0xff) || b[8] != (seq & 0xff) || id > 255)
+                return -3;
+            if ((int64_t)seq <= last[id])
+                return -4;
+            last[id] = seq;
+            if (k == cap)
+                return -1;
+            out[k++] = (uint64_t)id << 32 | seq;
+        }
+        __atomic_fetch_add(gotall, (int64_t)m, __ATOMIC_ACQ_REL);
+        if (m != c.n) {
+            diag[0] = c.pos;
+            diag[1] = c.end;
+            diag[2] = c.first_off;
+            diag[3] = atomic_load(&q->ctrl->release);
+            return -2;
+        }
+        fq_get_end(q, &c);
+    }
+}
+"""
+
+def public_cdef():
+    """csrc/fastq.h without its preprocessor lines: the declarations cffi needs, kept
+    in step with the header (its enums, structs and prototypes are plain C)"""
+    with open(os.path.join(CSRC, "fastq.h")) as f:
+        text = f.read()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    return "\n".join(lines)
+
+
+_lock = threading.Lock()
+_cache = {}
+
+
+def _extra_flags():
+    return shlex.split(os.environ.get("FASTQ_CFFI_CFLAGS", ""))
+
+
+def _digest(extra):
+    h = hashlib.sha256()
+    for rel in SOURCES + HEADERS:
+        with open(os.path.join(REPO, rel), "rb") as f:
+            h.update(rel.encode() + b"\0" + f.read() + b"\0")
+    h.update(public_cdef().encode() + CDEF.encode() + PREAMBLE.encode())
+    h.update("\0".join(BASE_CFLAGS + extra).encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()[:16]
+
+
+def _find_so(directory, modname):
+    for name in sorted(os.listdir(directory)):
+        if name.startswith(modname + ".") and name.endswith(".so"):
+            return os.path.join(directory, name)
+    return None
+
+
+def _import(path, modname):
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(verbose=False):
+    """Compile (or reuse) the cffi module; returns the path of the .so."""
+    import cffi
+
+    extra = _extra_flags()
+    digest = _digest(extra)
+    modname = "_fastq_cffi_" + digest
+    outdir = os.path.join(REPO, "build", "cffi-" + digest)
+    if os.path.isdir(outdir):
+        so = _find_so(outdir, modname)
+        if so:
+            return so, modname
+    tmpdir = "%s.tmp-%d" % (outdir, os.getpid())
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    os.makedirs(tmpdir)
+    ffi = cffi.FFI()
+    ffi.cdef(public_cdef())
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        modname,
+        PREAMBLE,
+        sources=[os.path.join(REPO, s) for s in SOURCES],
+        include_dirs=[CSRC],
+        extra_compile_args=BASE_CFLAGS + extra,
+        extra_link_args=extra,
+    )
+    try:
+        ffi.compile(tmpdir=tmpdir, verbose=verbose)
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    try:
+        os.rename(tmpdir, outdir)  # atomic publish; loses to a concurrent builder
+    except OSError:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    so = _find_so(outdir, modname)
+    if not so:
+        raise RuntimeError("cffi build of the fastq core produced no module in " + outdir)
+    return so, modname
+
+
+def load(verbose=False):
+    """Return (ffi, lib) of the fastq C core, building it if needed."""
+    with _lock:
+        key = tuple(_extra_flags())
+        if key not in _cache:
+            so, modname = build(verbose)
+            mod = sys.modules.get(modname) or _import(so, modname)
+            _cache[key] = (mod.ffi, mod.lib)
+        return _cache[key]
+
+
+if __name__ == "__main__":
+    ffi, lib = load(verbose=True)
+    print("built:", build()[0])
