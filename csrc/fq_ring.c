@@ -52,6 +52,27 @@ static inline fq_intent *fq_my_intent(fq_queue *q, int lane, int cons)
     return cons ? &l->cons : &l->prod;
 }
 
+/* Attach if needed and borrow a lane: the lane, or -FQ_E* */
+static int fq_enter(fq_queue *q)
+{
+    int rc = fq_attach(q);
+    if (rc)
+        return -rc;
+    int lane = fq_lane_get(q);
+    return lane < 0 ? -FQ_EBUSY : lane;
+}
+
+/* Announce a claim of [pos, end) holding n messages.  Release: a survivor
+ * that sees CLAIMING (or the claim's CAS) sees pos, end and n. */
+static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, uint64_t n,
+                                   uint64_t count)
+{
+    atomic_store_explicit(&in->pos, pos, RLX);
+    atomic_store_explicit(&in->end, end, RLX);
+    atomic_store_explicit(&in->n, n, RLX);
+    atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+}
+
 /* ---- producer ---------------------------------------------------------- */
 
 int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
@@ -68,12 +89,9 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
         return FQ_ETOOBIG; /* the caller splits batches */
     if (atomic_load_explicit(&q->ctrl->state, RLX) & FQ_STATE_SHUTDOWN)
         return FQ_SHUTDOWN;
-    int rc = fq_attach(q);
-    if (rc)
-        return rc;
-    int lane = fq_lane_get(q);
+    int lane = fq_enter(q);
     if (lane < 0)
-        return FQ_EBUSY;
+        return -lane;
     int slot = atomic_load_explicit(&q->slot, RLX);
     fq_intent *in = fq_my_intent(q, lane, 0);
     uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
@@ -109,11 +127,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
                 return FQ_FULL;
             }
         }
-        atomic_store_explicit(&in->pos, t, RLX);
-        atomic_store_explicit(&in->end, t + span, RLX);
-        atomic_store_explicit(&in->n, n, RLX);
-        /* release: a survivor that sees CLAIMING sees pos/end/n */
-        atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+        fq_intent_claim(in, t, t + span, n, count);
         FQ_CRASH_POINT("put_after_intent");
         /* seq_cst: pairs with fq_recover's load of tail before it looks for
          * the intents of a region without a header */
@@ -283,10 +297,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
         if (!span)
             return FQ_ECORRUPT;
         if ((w & 7) == FQ_REC_REQUEUED) {
-            atomic_store_explicit(&in->pos, p, RLX);
-            atomic_store_explicit(&in->end, p + span, RLX);
-            atomic_store_explicit(&in->n, 1, RLX);
-            atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, SEQ);
+            fq_intent_claim(in, p, p + span, 1, count);
             /* seq_cst: recovery reads this word, then the intents */
             if (atomic_compare_exchange_strong_explicit(
                     &r->word, &w, fq_tag_of(q, p) | FQ_REC_TAKEN, SEQ, RLX)) {
@@ -320,12 +331,9 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return FQ_SHUTDOWN;
     if (max_n == 0)
         max_n = 1;
-    int rc = fq_attach(q);
-    if (rc)
-        return rc;
-    int lane = fq_lane_get(q);
+    int rc, lane = fq_enter(q);
     if (lane < 0)
-        return FQ_EBUSY;
+        return -lane;
     if (atomic_load_explicit(&ctl->requeued, RLX)) {
         rc = fq_take_requeued(q, lane, c);
         if (rc != FQ_EMPTY) {
@@ -375,10 +383,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 return FQ_SHUTDOWN;
             return FQ_EMPTY;
         }
-        atomic_store_explicit(&in->pos, h, RLX);
-        atomic_store_explicit(&in->end, p, RLX);
-        atomic_store_explicit(&in->n, n, RLX);
-        atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+        fq_intent_claim(in, h, p, n, count);
         FQ_CRASH_POINT("get_after_intent");
         /* seq_cst: recovery loads head first, then the intents */
         if (!atomic_compare_exchange_strong_explicit(&ctl->head, &h, p, SEQ, RLX))

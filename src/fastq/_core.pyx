@@ -180,6 +180,34 @@ cdef class Segment:
 
     # ---- producer ---------------------------------------------------------
 
+    cdef int _begin_put(self, fq_queue *q, uint64_t *lens, size_t *k, fq_claim *c,
+                        bint block, object timeout) except -1:
+        """Claim ring space for k records (k may be halved if the batch is
+        too big for one claim), waiting while the ring is full."""
+        cdef int rc
+        cdef uint64_t need = 0
+        cdef size_t i
+        cdef _Waiter w = None
+        while True:
+            rc = fq_put_begin(q, lens, k[0], c)
+            if rc == FQ_OK:
+                return 0
+            if rc == FQ_EBUSY:  # all lanes busy: let their threads run
+                with nogil:
+                    sched_yield()
+                continue
+            if rc == FQ_ETOOBIG and k[0] > 1:
+                k[0] = k[0] // 2
+                continue
+            if rc != FQ_FULL or not block:
+                _raise_rc(rc, q, lens[0])
+            if w is None:
+                w = _Waiter(timeout)
+            need = 0
+            for i in range(k[0]):
+                need += (lens[i] + 31) & ~(<uint64_t>15)
+            self._wait(q, FQ_WAIT_SPACE, need - 16, w)
+
     def put(self, obj, bint block=True, timeout=None):
         """Put one message (serialized by dumps: a bytes-like object, or a
         list of them, gathered into one message)."""
@@ -204,11 +232,9 @@ cdef class Segment:
         cdef Py_buffer view
         cdef fq_claim c
         cdef uint64_t n
-        cdef int rc
         cdef void *dst
         cdef const char *src
         cdef bint has_view = False
-        cdef _Waiter w = None
         if type(data) is bytes:  # fast path: no buffer protocol
             src = PyBytes_AS_STRING(data)
             n = <uint64_t>PyBytes_GET_SIZE(data)
@@ -217,20 +243,9 @@ cdef class Segment:
             has_view = True
             src = <const char *>view.buf
             n = <uint64_t>view.len
+        cdef size_t one = 1
         try:
-            while True:
-                rc = fq_put_begin(q, &n, 1, &c)
-                if rc == FQ_OK:
-                    break
-                if rc == FQ_EBUSY:  # all lanes busy: let their threads run
-                    with nogil:
-                        sched_yield()
-                    continue
-                if rc != FQ_FULL or not block:
-                    _raise_rc(rc, q, n)
-                if w is None:
-                    w = _Waiter(timeout)
-                self._wait(q, FQ_WAIT_SPACE, n, w)
+            self._begin_put(q, &n, &one, &c, block, timeout)
             dst = fq_claim_buf(q, &c)
             if n >= NOGIL_COPY:
                 with nogil:
@@ -249,10 +264,9 @@ cdef class Segment:
         cdef Py_buffer *views = <Py_buffer *>malloc(sizeof(Py_buffer) * (k if k else 1))
         cdef Py_ssize_t got = 0
         cdef uint64_t n = 0
+        cdef size_t one = 1
         cdef fq_claim c
-        cdef int rc
         cdef char *dst
-        cdef _Waiter w = None
         if views == NULL:
             raise MemoryError()
         try:
@@ -260,19 +274,7 @@ cdef class Segment:
                 PyObject_GetBuffer(parts[i], &views[i], PyBUF_ANY_CONTIGUOUS)
                 got += 1
                 n += <uint64_t>views[i].len
-            while True:
-                rc = fq_put_begin(q, &n, 1, &c)
-                if rc == FQ_OK:
-                    break
-                if rc == FQ_EBUSY:  # all lanes busy: let their threads run
-                    with nogil:
-                        sched_yield()
-                    continue
-                if rc != FQ_FULL or not block:
-                    _raise_rc(rc, q, n)
-                if w is None:
-                    w = _Waiter(timeout)
-                self._wait(q, FQ_WAIT_SPACE, n, w)
+            self._begin_put(q, &n, &one, &c, block, timeout)
             dst = <char *>fq_claim_buf(q, &c)
             with nogil:
                 for i in range(k):
@@ -314,10 +316,9 @@ cdef class Segment:
         cdef char *isview = NULL
         cdef uint64_t *lens = NULL
         cdef uint64_t budget, used
+        cdef size_t kk
         cdef fq_claim c
-        cdef int rc
         cdef char *dst
-        cdef _Waiter w = None
         try:
             if total == 0:
                 return 0
@@ -351,26 +352,13 @@ cdef class Segment:
                     if k and used > budget:
                         break
                     k += 1
-                while True:
-                    rc = fq_put_begin(q, &lens[start], <size_t>k, &c)
-                    if rc == FQ_OK:
-                        break
-                    if rc == FQ_EBUSY:
-                        with nogil:
-                            sched_yield()
-                        continue
-                    if rc == FQ_ETOOBIG and k > 1:
-                        k = k // 2
-                        continue
-                    if rc != FQ_FULL or not block:
-                        try:
-                            _raise_rc(rc, q, lens[start])
-                        except (Full, ShutDown) as e:
-                            e.count = start  # items put before this one
-                            raise
-                    if w is None:
-                        w = _Waiter(timeout)
-                    self._wait(q, FQ_WAIT_SPACE, used if used < fq_capacity(q) // 2 else fq_capacity(q) // 2, w)
+                kk = <size_t>k
+                try:
+                    self._begin_put(q, &lens[start], &kk, &c, block, timeout)
+                except (Full, ShutDown) as e:
+                    e.count = start  # items put before this one, in order
+                    raise
+                k = <Py_ssize_t>kk
                 with nogil:
                     for i in range(start, start + k):
                         dst = <char *>fq_claim_buf(q, &c)

@@ -49,6 +49,7 @@ class PickleSerializer:
     name = "pickle"
 
     def dumps(self, obj: Any):
+        """The message for obj: the pickle stream, or a list of frame parts."""
         bufs: list = []
         data = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
         if not bufs:
@@ -62,6 +63,7 @@ class PickleSerializer:
         return [head, data, *raws]
 
     def loads(self, mv: memoryview) -> Any:
+        """The object in a message (out-of-band buffers are copied out)."""
         if not mv or mv[0] != 0:
             return pickle.loads(mv)
         _, nbuf, plen = _OOB.unpack_from(mv, 0)
@@ -86,6 +88,7 @@ class RawSerializer:
     name = "raw"
 
     def dumps(self, obj: Any):
+        """obj itself: it must be bytes-like."""
         return obj
 
     loads = None  # the binding returns bytes
