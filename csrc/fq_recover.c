@@ -262,6 +262,21 @@ static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
     atomic_store(&in->state, count << 2 | FQ_PH_RECOVERED);
 }
 
+/*
+ * Does a dead lane's intent still cover a record it took (TAKEN)?  Then the
+ * lane is kept (and its slot not freed) until a later pass puts the record
+ * back: a TAKEN record is only put back under a dead cover, and a pass may
+ * miss it (its walk stopped where release moved on, or a transient live
+ * intent of a consumer that lost the take covered it).
+ */
+static int fq_holds_taken(fq_queue *q, fq_intent *in)
+{
+    uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), w;
+    if (end <= p || end - p > q->cap || !fq_header_at(q, p, &w) || (w & 7) != FQ_REC_TAKEN)
+        return 0;
+    return p + fq_span(q, p, w, fq_rec_at(q, p)->len) == end;
+}
+
 /* Put back every claimed, unfinished record that no live consumer covers. */
 static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
 {
@@ -393,7 +408,7 @@ int fq_recover(fq_queue *q)
             idle &= fq_fix_prod(q, v, s, l);
             fq_intent *ci = &q->slots[s].lane[l].cons;
             uint64_t st = atomic_load(&ci->state);
-            if ((st & 3) == FQ_PH_RECOVERED)
+            if ((st & 3) == FQ_PH_RECOVERED && !fq_holds_taken(q, ci))
                 atomic_store(&ci->state, st & ~(uint64_t)3);
             else if ((st & 3) != FQ_PH_IDLE)
                 idle = 0;

@@ -509,32 +509,47 @@ void fq_get_end(fq_queue *q, fq_claim *c)
 
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
 {
-    fq_ctrl *ctl = q->ctrl;
     if (keep >= c->n) {
         fq_get_end(q, c);
         return;
     }
-    /* give back messages keep.. first: nothing is DONE yet, so every record
-     * from the first message on is still in place */
-    uint64_t x = c->taken ? c->pos : c->pos + c->first_off, j = 0;
-    while ((x = fq_next_msg(q, x, c->end)) < c->end) {
+    fq_ctrl *ctl = q->ctrl;
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    uint64_t first = c->taken ? c->pos : c->pos + c->first_off, end = c->end;
+    /* find the first message given back (nothing is DONE yet: every record
+     * from the first message on is still in place) */
+    uint64_t x = fq_next_msg(q, first, end);
+    for (uint64_t j = 0; j < keep && x < end; j++) {
+        fq_rec *r = fq_rec_at(q, x);
+        x = fq_next_msg(q, x + fq_span(q, x, atomic_load_explicit(&r->word, RLX), r->len), end);
+    }
+    /* Shrink our intent to the kept messages, n first, then end: records we
+     * give back must not stay covered by our live intent (recovery would
+     * skip them if their taker died), and if we die from here on, recovery
+     * must not count them as ours. */
+    uint64_t keep_end = keep ? x : c->pos;
+    atomic_store_explicit(&in->n, keep, REL);
+    atomic_store_explicit(&in->end, keep_end, REL);
+    /* give back, locating each next message before releasing the current
+     * one (once REQUEUED it may be taken, freed and swept, and the padding
+     * after it reused) */
+    while (x < end) {
         fq_rec *r = fq_rec_at(q, x);
         uint64_t w = atomic_load_explicit(&r->word, RLX);
-        uint64_t span = fq_span(q, x, w, r->len);
-        if (j++ >= keep) {
-            /* the hint goes up first: a hint too high costs a scan, one
-             * too low would hide the record */
-            atomic_fetch_add(&ctl->requeued, 1);
-            if (!atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, x) | FQ_REC_REQUEUED))
-                atomic_fetch_sub(&ctl->requeued, 1);
-        }
-        x += span;
+        uint64_t y = fq_next_msg(q, x + fq_span(q, x, w, r->len), end);
+        /* the hint goes up first: a hint too high costs a scan, one too
+         * low would hide the record */
+        atomic_fetch_add(&ctl->requeued, 1);
+        if ((w & 7) != FQ_REC_COMMITTED && (w & 7) != FQ_REC_TAKEN)
+            atomic_fetch_sub(&ctl->requeued, 1);
+        else if (!atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, x) | FQ_REC_REQUEUED))
+            atomic_fetch_sub(&ctl->requeued, 1); /* recovery put it back first */
+        x = y;
     }
     if (keep)
-        fq_mark_done(q, c->pos + c->first_off, c->end, keep);
+        fq_mark_done(q, first, keep_end, keep);
     fq_fence();
     fq_sweep(q);
-    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
     atomic_store_explicit(&in->state, (c->count + keep) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
     fq_wake(q, -1);

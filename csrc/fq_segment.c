@@ -347,8 +347,10 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
             (long long)st.st_size, (unsigned long long)h.file_size);
     if (h.salt & 7)
         BAD("%s: salt is invalid", path);
-    uint8_t *base =
-        mmap(NULL, h.file_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    /* prefault only a fully allocated file: populating a sparse (or
+     * hostile) one would allocate all of it */
+    int populate = (uint64_t)st.st_blocks * 512 >= h.file_size ? MAP_POPULATE : 0;
+    uint8_t *base = mmap(NULL, h.file_size, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd, 0);
     if (base == MAP_FAILED) {
         rc = fq_err(err, errlen, -errno, "mmap %s: %s", path, strerror(errno));
         goto fail;

@@ -1,7 +1,7 @@
 """Shared fixtures and helpers for the fastq test-suite.
 
-* ``fastq`` is imported from the source tree (``src/``, extension built in
-  place) when it is not importable otherwise.
+* ``fastq`` is imported from the source tree (``src/``) when its extension
+  is built in place there, otherwise from the installed package.
 * ``fastq_dir``: a per-test ``FASTQ_DIR`` (nothing is ever left in /dev/shm).
 * ``procs``: register every process a test starts; leftovers are SIGKILLed.
 * ``run_py`` / ``child_env`` (fixtures returning functions): run a Python snippet in a fresh interpreter that
@@ -21,11 +21,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
-try:  # prefer an importable fastq; fall back to the in-place build in src/
-    import fastq  # noqa: F401
-except ImportError:
+# A checkout whose extension is built in place (python setup.py build_ext
+# --inplace) tests that build; otherwise the installed fastq is tested (CI).
+# Preferring an installed copy would silently test a stale build.
+if any((SRC / "fastq").glob("_core*.so")):
     sys.path.insert(0, str(SRC))
-    import fastq  # noqa: F401
+import fastq  # noqa: E402,F401
 
 #: the directory that holds the fastq package used by this test run
 FASTQ_PARENT = str(Path(fastq.__file__).resolve().parents[1])
