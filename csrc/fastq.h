@@ -97,6 +97,11 @@ int fq_is_shutdown(fq_queue *q);
 void fq_shutdown(fq_queue *q, int immediate);
 void fq_stats(fq_queue *q, uint64_t out[8]); /* tail, head, release, ... */
 
+/* The segment's file descriptor (for fstat). */
+int fq_fd(fq_queue *q);
+/* Write the whole segment to stable storage (msync); 0 or -errno. */
+int fq_flush(fq_queue *q);
+
 /* Recovery: repair what dead processes left; returns the number of slots
  * repaired, or 0.  Safe to call at any time from any process. */
 int fq_recover(fq_queue *q);

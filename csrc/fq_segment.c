@@ -499,6 +499,13 @@ void fq_close(fq_queue *q)
     free(q);
 }
 
+int fq_fd(fq_queue *q) { return q->fd; }
+
+int fq_flush(fq_queue *q)
+{
+    return msync(q->base, q->map_size, MS_SYNC) == 0 ? 0 : -errno;
+}
+
 uint64_t fq_capacity(fq_queue *q) { return q->cap; }
 uint64_t fq_max_message(fq_queue *q) { return q->max_msg; }
 uint32_t fq_max_slots(fq_queue *q) { return q->nslots; }

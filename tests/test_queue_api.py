@@ -991,3 +991,41 @@ sys.exit(3)
         if p.poll() is None:
             p.kill()
             p.wait(5)
+
+
+# ---- durability and trust ---------------------------------------------------------
+
+
+def test_flush_then_reopen_keeps_messages(tmp_path):
+    path = str(tmp_path / "durable")
+    with fastq.Queue(path, capacity=SMALL) as q:
+        q.put_many([1, "two", (3,)])
+        q.flush()
+    with fastq.Queue.open(path) as q:
+        assert q.get_many(10, timeout=1) == [1, "two", (3,)]
+
+
+def test_open_refuses_segment_other_users_can_write(tmp_path):
+    path = str(tmp_path / "shared")
+    with fastq.Queue(path, capacity=SMALL, mode=0o666) as q:
+        q.put("secret")
+        assert os.stat(path).st_mode & 0o777 == 0o666
+        with pytest.raises(PermissionError, match="trusted=True"):
+            fastq.Queue.open(path)
+        with pytest.raises(PermissionError, match="other users write"):
+            fastq.Queue(path)  # open-or-create opens it: the same check
+        with fastq.Queue.open(path, trusted=True) as t:
+            assert t.get(timeout=1) == "secret"
+            # the trust travels with the handle into a child
+            assert pickle.loads(pickle.dumps(t))._trusted is True
+
+
+def test_open_refuses_segment_owned_by_another_user(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    path = str(tmp_path / "foreign")
+    with fastq.Queue(path, capacity=SMALL):
+        os.chown(path, 12345, -1)
+        with pytest.raises(PermissionError, match="owned by uid 12345"):
+            fastq.Queue.open(path)
+        fastq.Queue.open(path, trusted=True).close()

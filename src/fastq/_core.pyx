@@ -563,6 +563,23 @@ cdef class Segment:
         finally:
             self._exit()
 
+    def fileno(self):
+        """The segment file's descriptor (owned by the segment: do not close)."""
+        return fq_fd(self._enter_quick())
+
+    def flush(self):
+        """msync the segment: committed messages reach stable storage."""
+        cdef fq_queue *q = self._enter()
+        cdef int rc
+        try:
+            with nogil:
+                rc = fq_flush(q)
+            if rc:
+                import os
+                raise OSError(-rc, os.strerror(-rc))
+        finally:
+            self._exit()
+
     def stats(self):
         """Cursors and internals, for debugging and tests."""
         cdef uint64_t out[8]

@@ -170,6 +170,10 @@ class Queue:
         File mode of a created segment (default ``0o600``: owner only).
     max_processes : int
         Process slots in a created segment (default 64, at most 1024).
+    trusted : bool
+        Open a segment even if another user owns it or can write it.  By
+        default that is refused (``PermissionError``): whoever can write a
+        segment can make its readers unpickle anything, that is, run code.
 
     Examples
     --------
@@ -180,9 +184,11 @@ class Queue:
 
     def __init__(self, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
-                 mode: int = 0o600, max_processes: int = 64, _how: str = "open_or_create"):
+                 mode: int = 0o600, max_processes: int = 64, trusted: bool = False,
+                 _how: str = "open_or_create"):
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
+        self._trusted = trusted
         self._finalizer = None
         if _how != "open":
             if not isinstance(capacity, int) or capacity <= 0:
@@ -198,8 +204,9 @@ class Queue:
         self._name = name
         path = segment_path(name)
         args = (path, capacity, max_message or 0, max_processes, mode)
+        opened = True
         if _how == "create":
-            self._seg = _core.Segment.create(*args)
+            self._seg, opened = _core.Segment.create(*args), False
         elif _how == "open":
             self._seg = _core.Segment.open(path)
         else:
@@ -207,10 +214,12 @@ class Queue:
                 self._seg = _core.Segment.open(path)
             except FileNotFoundError:
                 try:
-                    self._seg = _core.Segment.create(*args)
+                    self._seg, opened = _core.Segment.create(*args), False
                 except FileExistsError:  # lost a creation race: the winner's is complete
                     self._seg = _core.Segment.open(path)
         self._path = path
+        if opened and not trusted:
+            self._check_trust()
         self._seg.set_serializer(
             None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads,
             isinstance(self._ser, PickleSerializer))
@@ -223,6 +232,20 @@ class Queue:
         if anonymous:
             _anon_paths[path] = os.getpid()
             self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
+
+    def _check_trust(self) -> None:
+        st = os.fstat(self._seg.fileno())
+        why = None
+        if st.st_uid != os.geteuid():
+            why = f"it is owned by uid {st.st_uid}"
+        elif st.st_mode & 0o022:
+            why = f"its mode {st.st_mode & 0o777:#o} lets other users write it"
+        if why:
+            self._seg.close()
+            raise PermissionError(
+                f"refusing to open queue {self._path}: {why}, and whoever can write a "
+                "segment can make its readers run code (unpickling); pass trusted=True "
+                "if you trust every user who can write it")
 
     # ---- constructors -------------------------------------------------------
 
@@ -241,7 +264,7 @@ class Queue:
 
     def __reduce__(self):
         spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_reopen, (self._path, spec))
+        return (_reopen, (self._path, spec, self._trusted))
 
     # ---- producer -----------------------------------------------------------
 
@@ -344,6 +367,15 @@ class Queue:
         """True once any process shut the queue down."""
         return self._seg.is_shutdown()
 
+    def flush(self) -> None:
+        """Write the segment to stable storage (``msync``).
+
+        Without it, messages on a disk path survive the exit or kill of every
+        process (the file is the queue) but not a power loss or OS crash.
+        Useless (and cheap) for queues in ``/dev/shm``.
+        """
+        self._seg.flush()
+
     def recover(self) -> bool:
         """Repair now what processes killed mid-call left behind (waiting
         callers do this by themselves); True if anything was repaired."""
@@ -374,5 +406,5 @@ class Queue:
         return f"<fastq.Queue {self._name!r} {state}>"
 
 
-def _reopen(path: str, serializer: Any) -> Queue:
-    return Queue.open(path, serializer=serializer)
+def _reopen(path: str, serializer: Any, trusted: bool = False) -> Queue:
+    return Queue.open(path, serializer=serializer, trusted=trusted)
