@@ -6,12 +6,14 @@
 {'job': 1}
 """
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
+from ._core import Delivery
 from ._queue import PickleSerializer, Queue, RawSerializer, segment_path
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Queue",
+    "Delivery",
     "Empty",
     "Full",
     "ShutDown",

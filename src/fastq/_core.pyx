@@ -28,6 +28,7 @@ cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
 cdef double WAIT_SLICE = 0.05          # seconds: Ctrl-C is seen within this
 cdef double RECOVER_AFTER = 0.2        # seconds without progress before recovery
 cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
+MAX_PREFETCH = 7                       # a delivery holds one of a handle's 8 lanes
 cdef size_t BATCH_MAX = 4096           # records per claim in put_many
 
 
@@ -77,6 +78,9 @@ cdef class Segment:
     cdef object _dumps   # obj -> bytes-like or list of them; None: raw
     cdef object _loads   # memoryview -> obj; None: return bytes
     cdef bint _pickle    # the serializer is fastq's pickle: fast paths apply
+    cdef public int prefetch   # most unacknowledged deliveries at once
+    cdef int unacked
+    cdef object _deliveries    # WeakSet of unsettled Delivery objects
 
     def set_serializer(self, dumps, loads, bint is_pickle=False):
         """Functions applied by put*/get* (None, None: raw bytes).  With
@@ -85,6 +89,9 @@ cdef class Segment:
         self._dumps = dumps
         self._loads = loads
         self._pickle = is_pickle
+
+    def __cinit__(self):
+        self.prefetch = 4
 
     def __dealloc__(self):
         if self.q != NULL:
@@ -142,9 +149,14 @@ cdef class Segment:
             self.q = NULL
 
     def close(self):
-        """Release this process's slot and unmap (once no call is in flight)."""
+        """Release this process's slot and unmap (once no call is in flight).
+        Unacknowledged deliveries are given back first."""
         if self.q == NULL or self.closing:
             return
+        if self._deliveries:
+            for d in list(self._deliveries):
+                if not (<Delivery>d).settled:
+                    (<Delivery>d).nack(True)
         self.closing = True
         if self.inflight == 0:
             fq_close(self.q)
@@ -513,6 +525,61 @@ cdef class Segment:
         finally:
             self._exit()
 
+    # ---- acknowledged delivery --------------------------------------------
+
+    def receive(self, bint block=True, timeout=None):
+        """Take one message, leaving it in the queue until the returned
+        Delivery is acked (see Delivery).  Raises RuntimeError if `prefetch`
+        deliveries of this handle are unacknowledged."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if self.unacked >= self.prefetch:
+            raise RuntimeError(
+                f"{self.unacked} deliveries are unacknowledged, the prefetch bound of this "
+                "handle: ack or nack one first")
+        loads = self._loads
+        cdef fq_queue *q = self._enter()  # held by the delivery until it is settled
+        cdef Delivery d = Delivery.__new__(Delivery)
+        cdef const void *data
+        cdef uint64_t n
+        cdef bint ok = False
+        try:
+            self._claim(q, 1, <uint64_t>-1, &d.c, block, timeout)
+            if not fq_claim_next(q, &d.c, &data, &n):
+                fq_get_abort(q, &d.c)
+                raise SegmentError("a claimed record vanished (corrupt segment?)")
+            try:
+                if loads is None:
+                    value = PyBytes_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
+                else:
+                    mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
+                    try:
+                        value = loads(mv)
+                    finally:
+                        mv.release()
+            except Exception:
+                if loads is None:
+                    fq_get_abort(q, &d.c)
+                else:
+                    fq_get_end(q, &d.c)  # undeserializable: consumed, as in get()
+                raise
+            except BaseException:
+                fq_get_abort(q, &d.c)
+                raise
+            d.seg = self
+            d.value = value
+            d.redelivered = d.c.redelivered != 0
+            self.unacked += 1
+            if self._deliveries is None:
+                import weakref
+                self._deliveries = weakref.WeakSet()
+            self._deliveries.add(d)
+            ok = True
+            return d
+        finally:
+            if not ok:
+                self._exit()
+
     # ---- status -----------------------------------------------------------
 
     def qsize(self):
@@ -587,6 +654,70 @@ cdef class Segment:
         return {"tail": out[0], "head": out[1], "release": out[2], "requeued": out[3],
                 "state": out[4], "slot": <long long>out[5], "creator_pid": out[6],
                 "created_ns": out[7]}
+
+
+cdef class Delivery:
+    """A message received with acknowledgement (Queue.receive()).
+
+    The message stays in the queue, invisible to other consumers, until
+    ack(); nack() gives it back (or drops it); if this process dies first,
+    recovery gives it to another consumer, with ``redelivered`` true.  Used
+    as a context manager it acks on success and gives the message back on
+    an exception.
+    """
+    cdef Segment seg
+    cdef fq_claim c
+    cdef readonly object value
+    cdef readonly bint redelivered
+    cdef readonly bint settled
+    cdef object __weakref__
+
+    def ack(self):
+        """The message was processed: remove it from the queue."""
+        self._settle(True)
+
+    def nack(self, bint requeue=True):
+        """Give the message back to the queue (requeue=True: a later receive
+        or get takes it, flagged redelivered) or drop it (requeue=False)."""
+        self._settle(not requeue)
+
+    cdef int _settle(self, bint consume) except -1:
+        if self.settled:
+            raise ValueError("this delivery was already acknowledged")
+        if self.seg is None:
+            raise ValueError("not a received delivery")
+        self.settled = True
+        cdef Segment seg = self.seg
+        if consume:
+            fq_get_end(seg.q, &self.c)
+        else:
+            fq_get_abort(seg.q, &self.c)
+        seg.unacked -= 1
+        seg._exit()
+        return 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.settled:
+            if exc_type is None:
+                self.ack()
+            else:
+                self.nack(True)
+        return False
+
+    def __del__(self):
+        # dropped without an answer: give the message back
+        if not self.settled and self.seg is not None:
+            try:
+                self.nack(True)
+            except Exception:
+                pass
+
+    def __repr__(self):
+        state = "settled" if self.settled else "unacked"
+        return f"<fastq.Delivery {state} redelivered={self.redelivered} value={self.value!r:.60}>"
 
 
 def pid_alive(int pid, uint64_t start_time=0):

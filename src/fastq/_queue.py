@@ -170,6 +170,9 @@ class Queue:
         File mode of a created segment (default ``0o600``: owner only).
     max_processes : int
         Process slots in a created segment (default 64, at most 1024).
+    prefetch : int
+        Most deliveries from :meth:`receive` this handle may hold
+        unacknowledged at once (1 to 7, default 4).
     trusted : bool
         Open a segment even if another user owns it or can write it.  By
         default that is refused (``PermissionError``): whoever can write a
@@ -184,11 +187,14 @@ class Queue:
 
     def __init__(self, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
-                 mode: int = 0o600, max_processes: int = 64, trusted: bool = False,
-                 _how: str = "open_or_create"):
+                 mode: int = 0o600, max_processes: int = 64, prefetch: int = 4,
+                 trusted: bool = False, _how: str = "open_or_create"):
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
+        if not isinstance(prefetch, int) or not 1 <= prefetch <= _core.MAX_PREFETCH:
+            raise ValueError(f"prefetch must be in 1..{_core.MAX_PREFETCH}, not {prefetch!r}")
+        self._prefetch = prefetch
         self._finalizer = None
         if _how != "open":
             if not isinstance(capacity, int) or capacity <= 0:
@@ -226,9 +232,10 @@ class Queue:
         # The hot calls go straight to the compiled segment: a Python-level
         # wrapper would double their cost.  The methods below document them.
         seg = self._seg
+        seg.prefetch = prefetch
         self.put, self.put_nowait, self.get, self.get_nowait = (
             seg.put, seg.put_nowait, seg.get, seg.get_nowait)
-        self.put_many, self.get_many = seg.put_many, seg.get_many
+        self.put_many, self.get_many, self.receive = seg.put_many, seg.get_many, seg.receive
         if anonymous:
             _anon_paths[path] = os.getpid()
             self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
@@ -264,7 +271,7 @@ class Queue:
 
     def __reduce__(self):
         spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_reopen, (self._path, spec, self._trusted))
+        return (_reopen, (self._path, spec, self._trusted, self._prefetch))
 
     # ---- producer -----------------------------------------------------------
 
@@ -315,6 +322,21 @@ class Queue:
         already there, without waiting for more.
         """
         return self._seg.get_many(max_messages, block, timeout)
+
+    def receive(self, block: bool = True, timeout: Optional[float] = None) -> "_core.Delivery":
+        """Take a message with acknowledged (at-least-once) delivery.
+
+        Returns a :class:`fastq.Delivery` whose ``value`` is the message.  It
+        stays in the queue, invisible to other consumers, until ``ack()``;
+        ``nack(requeue=True)`` gives it back.  If this process dies before
+        acking, the message goes to another consumer within the recovery
+        bound, with ``redelivered`` true.  ``with q.receive() as d:`` acks on
+        success and gives the message back on an exception.  Raises
+        ``RuntimeError`` if ``prefetch`` deliveries are already unacknowledged.
+        An unacknowledged delivery pins its place in the ring: producers cannot
+        reuse space past it, so a queue fills if one is held for too long.
+        """
+        return self._seg.receive(block, timeout)
 
     # ---- status and lifecycle -----------------------------------------------
 
@@ -406,5 +428,5 @@ class Queue:
         return f"<fastq.Queue {self._name!r} {state}>"
 
 
-def _reopen(path: str, serializer: Any, trusted: bool = False) -> Queue:
-    return Queue.open(path, serializer=serializer, trusted=trusted)
+def _reopen(path: str, serializer: Any, trusted: bool = False, prefetch: int = 4) -> Queue:
+    return Queue.open(path, serializer=serializer, trusted=trusted, prefetch=prefetch)

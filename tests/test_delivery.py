@@ -1,0 +1,154 @@
+"""Acknowledged delivery: Queue.receive() / Delivery.ack() / nack().
+
+A received message stays in the queue, invisible to others, until it is
+acked; nack gives it back; a consumer that dies before acking has it
+redelivered to another consumer, flagged ``redelivered``.
+"""
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+import fastq
+
+SMALL = 1 << 16
+
+
+@pytest.fixture
+def q(fastq_dir):
+    with fastq.Queue("dq", capacity=SMALL) as q:
+        yield q
+
+
+def test_ack_removes_and_qsize_counts_unacked(q):
+    q.put_many(["a", "b"])
+    d = q.receive(timeout=1)
+    assert d.value == "a" and not d.redelivered and not d.settled
+    assert q.qsize() == 2, "an unacked message is still in the queue"
+    d.ack()
+    assert d.settled and q.qsize() == 1
+    with pytest.raises(ValueError, match="already"):
+        d.ack()
+    assert q.get(timeout=1) == "b"
+    assert q.empty()
+
+
+def test_nack_requeues_flagged_redelivered_and_drop(q):
+    q.put_many([1, 2])
+    d = q.receive(timeout=1)
+    d.nack()
+    assert q.qsize() == 2
+    again = q.receive(timeout=1)
+    assert again.value == 1 and again.redelivered
+    again.nack(requeue=False)  # dropped
+    assert q.qsize() == 1
+    assert q.get(timeout=1) == 2
+    with pytest.raises(fastq.Empty):
+        q.get_nowait()
+
+
+def test_context_manager_acks_on_success_requeues_on_error(q):
+    q.put_many(["ok", "boom"])
+    with q.receive(timeout=1) as d:
+        assert d.value == "ok"
+    assert d.settled and q.qsize() == 1
+    with pytest.raises(KeyError):
+        with q.receive(timeout=1) as d2:
+            raise KeyError(d2.value)
+    assert q.qsize() == 1
+    d3 = q.receive(timeout=1)
+    assert d3.value == "boom" and d3.redelivered
+    d3.ack()
+    assert q.empty()
+
+
+def test_prefetch_bound_raises_and_is_settable(fastq_dir):
+    with fastq.Queue("pf", capacity=SMALL, prefetch=2) as q:
+        q.put_many(range(5))
+        held = [q.receive(timeout=1), q.receive(timeout=1)]
+        with pytest.raises(RuntimeError, match="prefetch"):
+            q.receive(timeout=1)
+        held[0].ack()
+        third = q.receive(timeout=1)
+        assert third.value == 2
+    with pytest.raises(ValueError):
+        fastq.Queue("pf2", capacity=SMALL, prefetch=0)
+    with pytest.raises(ValueError):
+        fastq.Queue("pf3", capacity=SMALL, prefetch=8)
+
+
+def test_dropped_delivery_and_close_give_messages_back(fastq_dir):
+    q = fastq.Queue("gc", capacity=SMALL)
+    q.put_many(["x", "y", "z"])
+    d = q.receive(timeout=1)
+    del d
+    gc.collect()
+    assert q.receive(timeout=1).value == "x"  # redelivered (and dropped again)
+    gc.collect()
+    held = q.receive(timeout=1)
+    assert held.value in ("x", "y")
+    q.close()  # gives the unacked deliveries back
+    with fastq.Queue.open("gc") as q2:
+        assert sorted(q2.get(timeout=1) for _ in range(3)) == ["x", "y", "z"]
+        assert q2.empty()
+
+
+def _receive_and_hang(q, ready):
+    d = q.receive(timeout=5)
+    ready.put(d.value)
+    time.sleep(60)  # killed before acking
+
+
+def test_consumer_killed_before_ack_message_redelivered(fastq_dir, procs):
+    ctx = mp.get_context("fork")
+    with fastq.Queue("kill", capacity=SMALL) as q:
+        q.put_many(["job-1", "job-2"])
+        ready = ctx.Queue()
+        p = procs.add(ctx.Process(target=_receive_and_hang, args=(q, ready)))
+        p.start()
+        assert ready.get(timeout=10) == "job-1"
+        assert q.get(timeout=5) == "job-2"  # the other message is available
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(5)
+        t = time.monotonic()
+        d = q.receive(timeout=5)  # waits, runs recovery, gets it back
+        waited = time.monotonic() - t
+        assert d.value == "job-1" and d.redelivered
+        assert waited < 2.0, f"redelivery took {waited:.2f} s"
+        d.ack()
+        assert q.empty() and q.qsize() == 0
+
+
+def test_many_receivers_each_message_acked_once(fastq_dir):
+    """Two threads receive/ack concurrently through one handle: each message
+    is acked exactly once."""
+    import threading
+
+    with fastq.Queue("thr", capacity=SMALL, serializer="raw") as q:
+        n = 2000
+        got, lock = [], threading.Lock()
+
+        def worker():
+            while True:
+                try:
+                    d = q.receive(timeout=0.5)
+                except fastq.Empty:
+                    return
+                with lock:
+                    got.append(d.value)
+                d.ack()
+
+        ts = [threading.Thread(target=worker) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for i in range(n):
+            q.put(i.to_bytes(4, "little"))
+        for t in ts:
+            t.join(30)
+        assert sorted(int.from_bytes(b, "little") for b in got) == list(range(n))
+        assert q.empty()
