@@ -28,7 +28,11 @@ struct fq_queue {
     _Atomic uint64_t cached_release; /* producers' cache of ctrl->release */
     pthread_mutex_t mu;        /* attach and sleeper bookkeeping */
     int sleepers[2];           /* threads of ours asleep on data/space */
+    _Atomic uint32_t spin_ns;  /* adaptive spin budget before sleeping */
 };
+
+#define FQ_SPIN_MAX_NS 20000u
+#define FQ_SPIN_MIN_NS 1000u
 
 /* segment.c */
 int fq_attach(fq_queue *q);

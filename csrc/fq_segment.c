@@ -190,6 +190,7 @@ static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
     atomic_init(&q->lanes_free, (1u << FQ_LANES) - 1);
     atomic_init(&q->cached_release, atomic_load(&c->release));
     pthread_mutex_init(&q->mu, NULL);
+    atomic_init(&q->spin_ns, FQ_SPIN_MAX_NS);
     return q;
 }
 

@@ -17,10 +17,14 @@
  * not a count, because a waiter killed in its sleep must not leave the
  * count raised forever: recovery clears a dead slot's bit.
  *
- * Before sleeping, a waiter spins briefly (cheap hand-off when the other
- * side is running on another core) and then yields (so that on a machine
- * with fewer cores than busy processes it hands its core to the side it
- * waits for).
+ * Before sleeping, a waiter spins briefly: a hand-off to a side running on
+ * another core then costs ~0.1 us instead of a ~50 us futex round trip.
+ * The spin adapts, per handle: it doubles (up to FQ_SPIN_MAX_NS) each time
+ * spinning was enough and halves (down to FQ_SPIN_MIN_NS) each time the
+ * waiter had to sleep anyway.  On a machine with fewer cores than busy
+ * processes the other side is often not running, spinning only burns the
+ * core it needs, and the spin shrinks to almost nothing within a few waits.
+ * There is no spinning at all on a single-core machine.
  */
 #define _GNU_SOURCE
 #include <limits.h>
@@ -117,18 +121,32 @@ void fq_wake(fq_queue *q, int what)
     }
 }
 
-int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
+/* Spin up to ns (and the handle's adaptive budget); 1 if the condition holds. */
+static int fq_spin_for(fq_queue *q, int what, uint64_t need, uint64_t ns)
 {
-    if (fq_ncpu() < 2)
-        return fq_ready(q, what, need);
+    uint32_t budget = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
+    if (ns > budget)
+        ns = budget;
     uint64_t start = fq_now_ns();
     for (unsigned i = 0;; i++) {
-        if (fq_ready(q, what, need))
+        if (fq_ready(q, what, need)) {
+            if (budget < FQ_SPIN_MAX_NS) /* spinning pays: allow more */
+                atomic_store_explicit(&q->spin_ns, budget * 2 > FQ_SPIN_MAX_NS ? FQ_SPIN_MAX_NS
+                                                                               : budget * 2,
+                                      memory_order_relaxed);
             return 1;
+        }
         fq_cpu_relax();
         if ((i & 15) == 15 && fq_now_ns() - start > ns)
             return 0;
     }
+}
+
+int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
+{
+    if (fq_ncpu() < 2)
+        return fq_ready(q, what, need);
+    return fq_spin_for(q, what, need, ns);
 }
 
 void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
@@ -140,23 +158,13 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin
         return;
     }
     uint64_t start = fq_now_ns();
-    /* spin: only when there is a core to spare for the other side */
     if (spin && fq_ncpu() > 1) {
-        for (unsigned i = 0;; i++) {
-            if (fq_ready(q, what, need))
-                return;
-            fq_cpu_relax();
-            if ((i & 63) == 63 && fq_now_ns() - start > 20000)
-                break;
-        }
-    }
-    /* yield: hand the core to whoever we are waiting for */
-    for (int i = 0; spin && i < 8; i++) {
-        sched_yield();
-        if (fq_ready(q, what, need))
+        if (fq_spin_for(q, what, need, FQ_SPIN_MAX_NS))
             return;
-        if (fq_now_ns() - start > 100000)
-            break;
+        /* spinning did not pay: spin less next time */
+        uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
+        atomic_store_explicit(&q->spin_ns, b / 2 < FQ_SPIN_MIN_NS ? FQ_SPIN_MIN_NS : b / 2,
+                              memory_order_relaxed);
     }
     uint64_t spent = fq_now_ns() - start;
     if (spent >= timeout_ns)

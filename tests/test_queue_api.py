@@ -747,10 +747,14 @@ def test_numpy_one_mebibyte():
         q.put(arr)
         q.put_many([arr, arr[::-1].copy()])
         a = q.get(timeout=2)
-        b, c = q.get_many(2, timeout=2)
+        b, c = q.get_many(2, timeout=2, max_bytes=4 << 20)
         for x, y in ((a, arr), (b, arr), (c, arr[::-1])):
             assert x.dtype == np.int64 and x.shape == arr.shape
             assert np.array_equal(x, y)
+        # the byte bound: the first message comes whatever its size, then stop
+        q.put_many([arr, arr])
+        (d,) = q.get_many(2, timeout=2, max_bytes=1)
+        assert np.array_equal(d, arr) and q.qsize() == 1
 
 
 def test_numpy_array_not_aliased_to_ring():

@@ -7,7 +7,7 @@ progress is made for a while) and maps return codes to exceptions.
 """
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.exc cimport PyErr_CheckSignals
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetInterrupt
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -30,6 +30,10 @@ cdef double RECOVER_AFTER = 0.2        # seconds without progress before recover
 cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
 MAX_PREFETCH = 7                       # a delivery holds one of a handle's 8 lanes
 cdef size_t BATCH_MAX = 4096           # records per claim in put_many
+# Bytes per batch claim (put_many, get_many): a claim is published or freed
+# only as a whole, so a huge one stops the other side from overlapping with
+# it; 1 MiB keeps both sides streaming (one 1 MiB message is one claim).
+cdef uint64_t BATCH_BYTES = 1 << 20
 
 
 cdef inline void _copy(void *dst, const void *src, size_t n) noexcept nogil:
@@ -354,7 +358,7 @@ cdef class Segment:
                     lens[i] = <uint64_t>views[i].len
                 if lens[i] > fq_max_message(q):
                     _raise_rc(FQ_ETOOBIG, q, lens[i])
-            budget = fq_capacity(q) // 4
+            budget = min(fq_capacity(q) // 4, BATCH_BYTES)
             while start < total:
                 # a chunk: as many records as fit a quarter of the ring
                 k = 0
@@ -469,9 +473,10 @@ cdef class Segment:
             self._exit()
 
     def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
-                 uint64_t max_bytes=64 << 20):
-        """Take 1..max_messages messages (at most max_bytes of payload, unless
-        the first alone is larger) as a list.
+                 uint64_t max_bytes=BATCH_BYTES):
+        """Take 1..max_messages messages as a list: waits for the first, then
+        takes whatever else is already there, up to max_bytes of payload in
+        all (the first message is returned whatever its size).
 
         If loads() raises for a message, the messages before it are returned
         and it and the ones after it stay in the queue; if it is the first,
@@ -484,44 +489,62 @@ cdef class Segment:
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
         cdef const void *data
-        cdef uint64_t n, k = 0
+        cdef uint64_t n, k, nbytes = 0
         cdef list out = []
         cdef char *dst
+        cdef bint first = True
         try:
-            self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
-            try:
-                while fq_claim_next(q, &c, &data, &n):
-                    if loads is None:
-                        b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-                        dst = PyBytes_AS_STRING(b)
-                        if n >= NOGIL_COPY:
-                            with nogil:
+            while True:
+                if first:
+                    self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
+                elif nbytes >= max_bytes or fq_get_begin(
+                        q, <size_t>(max_messages - len(out)), max_bytes - nbytes, &c) != FQ_OK:
+                    return out  # drained (or busy, or shut down): what we have
+                k = 0
+                try:
+                    while fq_claim_next(q, &c, &data, &n):
+                        if loads is None:
+                            b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+                            dst = PyBytes_AS_STRING(b)
+                            if n >= NOGIL_COPY:
+                                with nogil:
+                                    _copy(dst, data, n)
+                            else:
                                 _copy(dst, data, n)
+                            out.append(b)
                         else:
-                            _copy(dst, data, n)
-                        out.append(b)
-                    else:
-                        mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
-                        try:
-                            out.append(loads(mv))
-                        finally:
-                            mv.release()
-                    k += 1
-            except Exception:
-                # keep what was delivered; give the rest back.  A first
-                # message that cannot be deserialized is consumed.
-                if k == 0 and loads is not None:
-                    fq_get_end_partial(q, &c, 1)
-                    raise
-                fq_get_end_partial(q, &c, k)
-                if k == 0:
-                    raise
-                return out
-            except BaseException:
-                fq_get_abort(q, &c)  # interrupted: nothing was returned
-                raise
-            fq_get_end(q, &c)
-            return out
+                            mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
+                            try:
+                                out.append(loads(mv))
+                            finally:
+                                mv.release()
+                        k += 1
+                        nbytes += n
+                except Exception:
+                    # keep what was delivered; give the rest back.  A first
+                    # message that cannot be deserialized is consumed.
+                    if first and k == 0 and loads is not None:
+                        fq_get_end_partial(q, &c, 1)
+                        raise
+                    fq_get_end_partial(q, &c, k)
+                    if first and k == 0:
+                        raise
+                    return out
+                except BaseException as e:
+                    if first:
+                        fq_get_abort(q, &c)  # interrupted: nothing was returned
+                        raise
+                    # later claims: earlier ones are consumed and in `out`;
+                    # return them and let the interrupt fire right after
+                    fq_get_end_partial(q, &c, k)
+                    if not isinstance(e, KeyboardInterrupt):
+                        raise
+                    PyErr_SetInterrupt()
+                    return out
+                fq_get_end(q, &c)
+                first = False
+                if len(out) >= max_messages:
+                    return out
         finally:
             self._exit()
 

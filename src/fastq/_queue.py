@@ -315,13 +315,15 @@ class Queue:
         return self._seg.get(False, None)
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
-                 timeout: Optional[float] = None) -> List[Any]:
+                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]:
         """Remove and return a list of 1 to ``max_messages`` messages.
 
         Waits like :meth:`get` for the first; returns whatever else is
-        already there, without waiting for more.
+        already there, without waiting for more, up to ``max_bytes`` of
+        serialized payload in all (the first message is returned whatever its
+        size: for large messages, each call returns one).
         """
-        return self._seg.get_many(max_messages, block, timeout)
+        return self._seg.get_many(max_messages, block, timeout, max_bytes)
 
     def receive(self, block: bool = True, timeout: Optional[float] = None) -> "_core.Delivery":
         """Take a message with acknowledged (at-least-once) delivery.
