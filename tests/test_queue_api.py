@@ -1033,3 +1033,22 @@ def test_open_refuses_segment_owned_by_another_user(tmp_path):
         with pytest.raises(PermissionError, match="owned by uid 12345"):
             fastq.Queue.open(path)
         fastq.Queue.open(path, trusted=True).close()
+
+
+def test_creation_fails_cleanly_when_space_cannot_be_reserved(fastq_dir, run_py):
+    """All pages are reserved at creation: a filesystem without room (here a
+    file-size limit) fails Queue.create with a clear error, not SIGBUS later,
+    and leaves no file behind."""
+    cp = run_py(f"""
+        import os, resource, signal, fastq
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            fastq.Queue.create("big", capacity=8 << 20)
+        except OSError as e:
+            print("ERR", e)
+        print("LEFT", sorted(os.listdir({str(fastq_dir)!r})))
+    """, timeout=30)
+    out = cp.stdout
+    assert "ERR" in out and "cannot reserve" in out and "full" in out, out
+    assert "LEFT []" in out, out
