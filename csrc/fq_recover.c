@@ -211,6 +211,7 @@ static int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned 
         count += (uint64_t)k;
         atomic_store(&in->state, count << 2 | FQ_PH_RECOVERED);
         ph = FQ_PH_RECOVERED;
+        FQ_CRASH_POINT("recover_after_count");
     }
     /* RECOVERED: count fixed; now make the region passable */
     uint64_t rel = atomic_load(&c->release);
@@ -342,10 +343,12 @@ static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
             continue;
         atomic_fetch_add(&c->requeued, 1);
         if (atomic_compare_exchange_strong(&fq_rec_at(q, x)->word, &w,
-                                           fq_tag_of(q, x) | FQ_REC_REQUEUED))
+                                           fq_tag_of(q, x) | FQ_REC_REQUEUED)) {
             changed = 1;
-        else
+            FQ_CRASH_POINT("recover_mid_requeue");
+        } else {
             atomic_fetch_sub(&c->requeued, 1);
+        }
     }
     if (nreq) { /* heal a hint lost by a process killed mid-update */
         uint64_t zero = 0;
@@ -375,6 +378,7 @@ int fq_recover(fq_queue *q)
             return 0;
         }
     }
+    FQ_CRASH_POINT("recover_after_lock");
     fq_slot_view *v = calloc(q->nslots, sizeof *v);
     int repaired = 0;
     if (!v)
@@ -414,6 +418,7 @@ int fq_recover(fq_queue *q)
                 idle = 0;
         }
         repaired = 1;
+        FQ_CRASH_POINT("recover_before_free");
         if (idle) {
             uint64_t w = atomic_load(&q->slots[s].word);
             if (FQ_SLOT_KIND(w) == FQ_SLOT_ACTIVE)
