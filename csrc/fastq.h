@@ -97,6 +97,9 @@ int fq_is_shutdown(fq_queue *q);
 void fq_shutdown(fq_queue *q, int immediate);
 void fq_stats(fq_queue *q, uint64_t out[8]); /* tail, head, release, ... */
 
+/* 1 if nothing is claimed, being written or held: release == head == tail
+ * and no record was put back (nothing recovery could repair). */
+int fq_idle(fq_queue *q);
 /* The segment's file descriptor (for fstat). */
 int fq_fd(fq_queue *q);
 /* Write the whole segment to stable storage (msync); 0 or -errno. */

@@ -574,6 +574,13 @@ uint64_t fq_qsize(fq_queue *q)
     return put > got ? (uint64_t)(put - got) : 0;
 }
 
+int fq_idle(fq_queue *q)
+{
+    fq_ctrl *c = q->ctrl;
+    uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head);
+    return rel == hd && hd == atomic_load(&c->tail) && !atomic_load(&c->requeued);
+}
+
 int fq_full(fq_queue *q)
 {
     uint64_t rel = atomic_load(&q->ctrl->release);

@@ -1986,3 +1986,31 @@ def test_recoverer_killed_mid_recovery(tmp_path, point):
     assert q.qsize() == 0 and q.stats()["requeued"] == 0
     workout(q, random.Random(zlib.crc32(point.encode())))
     q.close()
+
+
+# ---- a consumer that only polls (get_nowait) still gets past a dead producer -------
+
+def test_polling_consumer_gets_past_dead_producer(tmp_path):
+    """fastq.Queue.get_nowait never waits, so never runs recovery in a wait;
+    it must still run it (every 0.2 s while the queue is not idle), or a
+    producer killed mid-put would hide every later message forever."""
+    import fastq  # the package under test (see conftest.py)
+
+    p = str(tmp_path / "poll.seg")
+    q = fastq.Queue.create(p, capacity=1 << 16, serializer="raw")
+    with children() as pids:
+        pid = fork(_crash_producer_child, p)  # 100 committed, 101-102 claimed, dead
+        pids.append(pid)
+        assert reap(pid) == 9
+    cq = Q.open(p)
+    assert cq.put(mk(7, 100)) == 0  # a live producer's message after the dead claim
+    got, deadline = [], time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        try:
+            got.append(seq_of(q.get_nowait()))
+        except fastq.Empty:
+            time.sleep(0.001)
+    assert got == [100, 7], f"polling consumer got {got} in 5 s"
+    assert q.qsize() == 0
+    cq.close()
+    q.close()

@@ -53,5 +53,6 @@ cdef extern from "fastq.h" nogil:
     void fq_stats(fq_queue *q, uint64_t out[8])
     int fq_recover(fq_queue *q)
     int fq_flush(fq_queue *q)
+    int fq_idle(fq_queue *q)
     int fq_fd(fq_queue *q)
     int fq_pid_alive(int pid, uint64_t start_time)

@@ -85,6 +85,7 @@ cdef class Segment:
     cdef public int prefetch   # most unacknowledged deliveries at once
     cdef int unacked
     cdef object _deliveries    # WeakSet of unsettled Delivery objects
+    cdef double _last_poll_recover
 
     def set_serializer(self, dumps, loads, bint is_pickle=False):
         """Functions applied by put*/get* (None, None: raw bytes).  With
@@ -215,6 +216,8 @@ cdef class Segment:
             if rc == FQ_ETOOBIG and k[0] > 1:
                 k[0] = k[0] // 2
                 continue
+            if rc == FQ_FULL and not block:
+                self._poll_recover(q)
             if rc != FQ_FULL or not block:
                 _raise_rc(rc, q, lens[0])
             if w is None:
@@ -394,6 +397,21 @@ cdef class Segment:
 
     # ---- consumer ---------------------------------------------------------
 
+    cdef int _poll_recover(self, fq_queue *q) except -1:
+        """A caller that only polls (get_nowait, put_nowait) never waits, so
+        never runs recovery: when it finds nothing it can use while the queue
+        is not idle (something is claimed or being written), run recovery at
+        most every RECOVER_AFTER seconds, or a dead process could stall it
+        forever."""
+        if fq_idle(q):
+            return 0
+        now = _monotonic()
+        if now - self._last_poll_recover >= RECOVER_AFTER:
+            self._last_poll_recover = now
+            with nogil:
+                fq_recover(q)
+        return 0
+
     cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
                     bint block, object timeout) except -1:
         cdef int rc, spun = 0
@@ -406,6 +424,8 @@ cdef class Segment:
                 with nogil:
                     sched_yield()
                 continue
+            if rc == FQ_EMPTY and not block:
+                self._poll_recover(q)
             if rc != FQ_EMPTY or not block:
                 _raise_rc(rc, q, 0)
             if w is None:
