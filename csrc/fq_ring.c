@@ -331,10 +331,14 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return FQ_SHUTDOWN;
     if (max_n == 0)
         max_n = 1;
+    int strict = (max_bytes & FQ_BYTES_STRICT) != 0;
+    max_bytes &= ~FQ_BYTES_STRICT;
     int rc, lane = fq_enter(q);
     if (lane < 0)
         return -lane;
-    if (atomic_load_explicit(&ctl->requeued, RLX)) {
+    /* requeued records first (a strict byte bound skips them: one may be
+     * larger than what is left of the bound) */
+    if (!strict && atomic_load_explicit(&ctl->requeued, RLX)) {
         rc = fq_take_requeued(q, lane, c);
         if (rc != FQ_EMPTY) {
             if (rc != FQ_OK)
@@ -367,7 +371,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 return FQ_ECORRUPT;
             }
             if (st == FQ_REC_COMMITTED) {
-                if (n && bytes + len > max_bytes)
+                if ((n || strict) && bytes + len > max_bytes)
                     break;
                 if (!n)
                     first_off = p - h;

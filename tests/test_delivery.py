@@ -152,3 +152,36 @@ def test_many_receivers_each_message_acked_once(fastq_dir):
             t.join(30)
         assert sorted(int.from_bytes(b, "little") for b in got) == list(range(n))
         assert q.empty()
+
+
+def test_prefetch_bound_holds_across_threads(fastq_dir):
+    """The bound is reserved before the claim: 8 threads racing into
+    receive() on a handle with prefetch=3 get exactly 3 deliveries."""
+    import threading
+
+    with fastq.Queue("pft", capacity=SMALL, prefetch=3) as q:
+        q.put_many(range(10))
+        held, refused, lock = [], [], threading.Lock()
+        barrier = threading.Barrier(8)
+
+        def worker():
+            barrier.wait()
+            try:
+                d = q.receive(timeout=2)
+            except RuntimeError:
+                with lock:
+                    refused.append(1)
+                return
+            with lock:
+                held.append(d)
+
+        ts = [threading.Thread(target=worker) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(10)
+        assert len(held) == 3 and len(refused) == 5
+        q.put_nowait("still usable")  # a lane is left for other calls
+        for d in held:
+            d.ack()
+        assert q.qsize() == 8

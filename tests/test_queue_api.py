@@ -1052,3 +1052,32 @@ def test_creation_fails_cleanly_when_space_cannot_be_reserved(fastq_dir, run_py)
     out = cp.stdout
     assert "ERR" in out and "cannot reserve" in out and "full" in out, out
     assert "LEFT []" in out, out
+
+
+def test_get_many_byte_bound_beyond_the_first_message():
+    with fastq.Queue("gmb", capacity=4 << 20, serializer="raw") as q:
+        q.put_many([b"a" * 600_000] * 3)
+        assert len(q.get_many(10, timeout=1, max_bytes=1 << 20)) == 1
+        assert len(q.get_many(10, timeout=1, max_bytes=1_200_000)) == 2
+        q.put_many([b"b" * 100_000] * 12)
+        got = q.get_many(100, timeout=1, max_bytes=1_000_000)
+        assert len(got) == 10 and sum(map(len, got)) == 1_000_000
+
+
+def test_get_many_with_a_failing_loads_keeps_the_rest():
+    class Picky:
+        def dumps(self, obj):
+            return obj
+
+        def loads(self, b):
+            if b == b"bad":
+                raise ValueError("bad message")
+            return b
+
+    with fastq.Queue("gml", capacity=1 << 16, serializer=Picky()) as q:
+        q.put_many([b"a", b"b", b"bad", b"c"])
+        assert q.get_many(10, timeout=1) == [b"a", b"b"]  # stops before the bad one
+        with pytest.raises(ValueError):
+            q.get_many(10, timeout=1)  # the bad one is consumed, with its error
+        assert q.get_many(10, timeout=1) == [b"c"]  # nothing else lost
+        assert q.empty()

@@ -2014,3 +2014,28 @@ def test_polling_consumer_gets_past_dead_producer(tmp_path):
     assert q.qsize() == 0
     cq.close()
     q.close()
+
+
+def test_short_timeouts_still_get_past_dead_producer(tmp_path):
+    """A consumer looping on get(timeout=0.1) never waits 0.2 s in one call;
+    it must still run recovery (on timing out), or it would never get past a
+    producer killed mid-put."""
+    import fastq  # the package under test (see conftest.py)
+
+    p = str(tmp_path / "short.seg")
+    q = fastq.Queue.create(p, capacity=1 << 16, serializer="raw")
+    with children() as pids:
+        pid = fork(_crash_producer_child, p)  # 100 committed, 101-102 claimed, dead
+        pids.append(pid)
+        assert reap(pid) == 9
+    cq = Q.open(p)
+    assert cq.put(mk(7, 100)) == 0
+    got, deadline = [], time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        try:
+            got.append(seq_of(q.get(timeout=0.1)))
+        except fastq.Empty:
+            pass
+    assert got == [100, 7], f"consumer with short timeouts got {got} in 5 s"
+    cq.close()
+    q.close()

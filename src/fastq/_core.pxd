@@ -14,6 +14,7 @@ cdef extern from "fastq.h" nogil:
         FQ_EBUSY
         FQ_WAIT_DATA
         FQ_WAIT_SPACE
+    uint64_t FQ_BYTES_STRICT
 
     ctypedef struct fq_queue:
         pass

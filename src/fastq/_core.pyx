@@ -7,7 +7,7 @@ progress is made for a while) and maps return codes to exceptions.
 """
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.exc cimport PyErr_CheckSignals, PyErr_SetInterrupt
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -34,6 +34,7 @@ cdef size_t BATCH_MAX = 4096           # records per claim in put_many
 # only as a whole, so a huge one stops the other side from overlapping with
 # it; 1 MiB keeps both sides streaming (one 1 MiB message is one claim).
 cdef uint64_t BATCH_BYTES = 1 << 20
+cdef uint64_t NO_BYTE_LIMIT = (1ULL << 63) - 1  # below FQ_BYTES_STRICT
 
 
 cdef inline void _copy(void *dst, const void *src, size_t n) noexcept nogil:
@@ -178,6 +179,9 @@ cdef class Segment:
         if not w.forever:
             left = w.deadline - now
             if left <= 0:
+                # a caller looping on short timeouts never waits 0.2 s in one
+                # call: recover (rate-limited per handle) before giving up
+                self._poll_recover(q)
                 raise Empty if what == FQ_WAIT_DATA else Full
             if left > WAIT_SLICE:
                 left = WAIT_SLICE
@@ -212,6 +216,7 @@ cdef class Segment:
             if rc == FQ_EBUSY:  # all lanes busy: let their threads run
                 with nogil:
                     sched_yield()
+                PyErr_CheckSignals()
                 continue
             if rc == FQ_ETOOBIG and k[0] > 1:
                 k[0] = k[0] // 2
@@ -423,6 +428,7 @@ cdef class Segment:
             if rc == FQ_EBUSY:
                 with nogil:
                     sched_yield()
+                PyErr_CheckSignals()
                 continue
             if rc == FQ_EMPTY and not block:
                 self._poll_recover(q)
@@ -453,7 +459,7 @@ cdef class Segment:
         cdef uint64_t n
         cdef char *dst
         try:
-            self._claim(q, 1, <uint64_t>-1, &c, block, timeout)
+            self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout)
             if not fq_claim_next(q, &c, &data, &n):
                 fq_get_abort(q, &c)
                 raise SegmentError("a claimed record vanished (corrupt segment?)")
@@ -517,8 +523,12 @@ cdef class Segment:
             while True:
                 if first:
                     self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
-                elif nbytes >= max_bytes or fq_get_begin(
-                        q, <size_t>(max_messages - len(out)), max_bytes - nbytes, &c) != FQ_OK:
+                elif loads is not None or nbytes >= max_bytes or fq_get_begin(
+                        q, <size_t>(max_messages - len(out)),
+                        (max_bytes - nbytes) | FQ_BYTES_STRICT, &c) != FQ_OK:
+                    # One claim only with a serializer: loads() runs Python code
+                    # that may be interrupted, and the messages of a claim
+                    # already freed could then not be given back.
                     return out  # drained (or busy, or shut down): what we have
                 k = 0
                 try:
@@ -550,17 +560,12 @@ cdef class Segment:
                     if first and k == 0:
                         raise
                     return out
-                except BaseException as e:
-                    if first:
-                        fq_get_abort(q, &c)  # interrupted: nothing was returned
-                        raise
-                    # later claims: earlier ones are consumed and in `out`;
-                    # return them and let the interrupt fire right after
-                    fq_get_end_partial(q, &c, k)
-                    if not isinstance(e, KeyboardInterrupt):
-                        raise
-                    PyErr_SetInterrupt()
-                    return out
+                except BaseException:
+                    # interrupted: nothing of this claim was returned.  (Only
+                    # raw copies take later claims, and they run no Python
+                    # code that an interrupt could stop.)
+                    fq_get_abort(q, &c)
+                    raise
                 fq_get_end(q, &c)
                 first = False
                 if len(out) >= max_messages:
@@ -586,8 +591,9 @@ cdef class Segment:
         cdef const void *data
         cdef uint64_t n
         cdef bint ok = False
+        self.unacked += 1  # reserved now: other threads may be receiving too
         try:
-            self._claim(q, 1, <uint64_t>-1, &d.c, block, timeout)
+            self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
             if not fq_claim_next(q, &d.c, &data, &n):
                 fq_get_abort(q, &d.c)
                 raise SegmentError("a claimed record vanished (corrupt segment?)")
@@ -612,7 +618,6 @@ cdef class Segment:
             d.seg = self
             d.value = value
             d.redelivered = d.c.redelivered != 0
-            self.unacked += 1
             if self._deliveries is None:
                 import weakref
                 self._deliveries = weakref.WeakSet()
@@ -621,6 +626,7 @@ cdef class Segment:
             return d
         finally:
             if not ok:
+                self.unacked -= 1
                 self._exit()
 
     # ---- status -----------------------------------------------------------
