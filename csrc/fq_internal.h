@@ -61,6 +61,12 @@ static inline uint64_t fq_tag_of(const fq_queue *q, uint64_t pos)
     return fq_tag(q->salt, pos);
 }
 
+/* Is w a record word of position pos (in any state)? */
+static inline int fq_match(const fq_queue *q, uint64_t pos, uint64_t w)
+{
+    return fq_word_matches(q->salt, pos, w);
+}
+
 /*
  * The span of the record at pos whose word is w, validated: 0 if the header
  * holds an impossible value (a corrupt or hostile segment).

@@ -69,7 +69,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 2u
+#define FQ_VERSION 3u
 #define FQ_KIND_QUEUE 1u
 #define FQ_LANES 8u
 #define FQ_MAX_SLOTS 1024u
@@ -83,7 +83,8 @@ enum {
     FQ_REC_COMMITTED = 2, /* payload complete: may be claimed by a consumer */
     FQ_REC_DONE = 3,      /* consumed; waits for release to pass it */
     FQ_REC_REQUEUED = 4,  /* its consumer died before finishing: take again */
-    FQ_REC_TAKEN = 5,     /* a requeued record taken by a consumer */
+    FQ_REC_TAKEN = 5,     /* a requeued record taken by a consumer (named in
+                           * the word: see fq_taken_word) */
     FQ_REC_ABANDONED = 6, /* its producer died before commit: no message */
     FQ_REC_SKIP = 7,      /* padding or an abandoned region; len = span */
 };
@@ -201,6 +202,34 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 static inline uint64_t fq_tag(uint64_t salt, uint64_t pos)
 {
     return (pos * 0x9E3779B97F4A7C15ULL) ^ salt; /* salt has low 3 bits clear */
+}
+
+/*
+ * A TAKEN word names its taker, slot << 3 | lane, in bits 3..15 (the tag keeps
+ * its other 48 bits), so that a record given back and taken again by another
+ * consumer (TAKEN -> REQUEUED -> TAKEN) never looks the same to a CAS.
+ */
+#define FQ_TAKER_BITS 13
+#define FQ_TAKER_MASK ((((uint64_t)1 << FQ_TAKER_BITS) - 1) << 3)
+_Static_assert(FQ_MAX_SLOTS * FQ_LANES <= (1u << FQ_TAKER_BITS), "taker ids fit the word");
+
+static inline uint64_t fq_taken_word(uint64_t salt, uint64_t pos, uint32_t taker)
+{
+    return (fq_tag(salt, pos) & ~FQ_TAKER_MASK) | ((uint64_t)taker << 3) | FQ_REC_TAKEN;
+}
+
+static inline uint32_t fq_word_taker(uint64_t w)
+{
+    return (uint32_t)((w & FQ_TAKER_MASK) >> 3);
+}
+
+/* Does word w carry the tag of position pos (any state)? */
+static inline int fq_word_matches(uint64_t salt, uint64_t pos, uint64_t w)
+{
+    uint64_t d = (w ^ fq_tag(salt, pos)) & ~(uint64_t)7;
+    if ((w & 7) == FQ_REC_TAKEN)
+        d &= ~FQ_TAKER_MASK;
+    return d == 0;
 }
 
 static inline uint64_t fq_rec_size(uint64_t len)

@@ -26,10 +26,11 @@
  *  - A consumer lane CLAIMING or WON: the records it claimed and did not
  *    free.  Every COMMITTED record between release and head that no
  *    consumer's intent covers (except intents of slots seen dead) is put back
- *    (REQUEUED), whoever its owner was.  A TAKEN record is put back only if
- *    a dead slot's intent covers it too: its taker may otherwise have given
- *    it back and another taken it since (TAKEN -> REQUEUED -> TAKEN, an ABA
- *    the word cannot show); a dead taker cannot do that.  Read order
+ *    (REQUEUED), whoever its owner was.  A TAKEN record names its taker in
+ *    its word: it is put back if that taker's slot is dead, by a CAS on the
+ *    exact word (a record given back and taken again by someone else has
+ *    another word).  A dead lane is kept until its TAKEN record is back.
+ *    Read order
  *    matters: head first (a claim of a record below it happened before, so
  *    its intent is visible), then the records' words (a TAKEN word was CAS'd
  *    after its taker's intent), then the intents, then release (a claim
@@ -72,7 +73,7 @@ typedef struct {
 static int fq_header_at(fq_queue *q, uint64_t p, uint64_t *w)
 {
     *w = atomic_load_explicit(&fq_rec_at(q, p)->word, memory_order_acquire);
-    return (*w & ~(uint64_t)7) == fq_tag_of(q, p);
+    return fq_match(q, p, *w);
 }
 
 /* Replace the header-less region [p, p + span) by one SKIP record. */
@@ -270,10 +271,11 @@ static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
  * miss it (its walk stopped where release moved on, or a transient live
  * intent of a consumer that lost the take covered it).
  */
-static int fq_holds_taken(fq_queue *q, fq_intent *in)
+static int fq_holds_taken(fq_queue *q, fq_intent *in, uint32_t me)
 {
     uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), w;
-    if (end <= p || end - p > q->cap || !fq_header_at(q, p, &w) || (w & 7) != FQ_REC_TAKEN)
+    if (end <= p || end - p > q->cap || !fq_header_at(q, p, &w) || (w & 7) != FQ_REC_TAKEN ||
+        fq_word_taker(w) != me)
         return 0;
     return p + fq_span(q, p, w, fq_rec_at(q, p)->len) == end;
 }
@@ -317,30 +319,35 @@ static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
         x += span;
     }
     for (size_t i = 0; i < nrec; i++) {
-        uint64_t x = pos[i];
-        int covered = 0, dead_cover = 0;
-        for (uint32_t s = 0; s < q->nslots && !covered; s++) {
-            for (unsigned l = 0; l < FQ_LANES && !covered; l++) {
-                fq_intent *in = &q->slots[s].lane[l].cons;
-                if ((atomic_load(&in->state) & 3) == FQ_PH_IDLE)
-                    continue;
-                if (!(atomic_load(&in->pos) <= x && x < atomic_load(&in->end)))
-                    continue;
+        uint64_t x = pos[i], w = words[i];
+        if ((w & 7) == FQ_REC_TAKEN) {
+            /* the word names its taker: put it back only if that taker is
+             * dead (a live one may be copying it; the exact word in the CAS
+             * rules out a record given back and taken again meanwhile) */
+            uint32_t s = fq_word_taker(w) >> 3;
+            if (s >= q->nslots || !v[s].dead)
+                continue;
+        } else {
+            int covered = 0;
+            for (uint32_t s = 0; s < q->nslots && !covered; s++) {
                 /* only a slot seen dead stops protecting its claims: a slot
                  * that was free when we looked may belong to a new process */
                 if (v[s].dead)
-                    dead_cover = 1;
-                else
-                    covered = 1;
+                    continue;
+                for (unsigned l = 0; l < FQ_LANES && !covered; l++) {
+                    fq_intent *in = &q->slots[s].lane[l].cons;
+                    if ((atomic_load(&in->state) & 3) == FQ_PH_IDLE)
+                        continue;
+                    covered = atomic_load(&in->pos) <= x && x < atomic_load(&in->end);
+                }
             }
+            if (covered)
+                continue;
+            /* after the intents: a claim freed by the direct release CAS,
+             * whose owner went idle since, is below release */
+            if (x < atomic_load(&c->release))
+                continue;
         }
-        uint64_t w = words[i];
-        if (covered || ((w & 7) == FQ_REC_TAKEN && !dead_cover))
-            continue;
-        /* after the intents: a claim freed by the direct release CAS, whose
-         * owner went idle since, is below release */
-        if (x < atomic_load(&c->release))
-            continue;
         atomic_fetch_add(&c->requeued, 1);
         if (atomic_compare_exchange_strong(&fq_rec_at(q, x)->word, &w,
                                            fq_tag_of(q, x) | FQ_REC_REQUEUED)) {
@@ -412,7 +419,7 @@ int fq_recover(fq_queue *q)
             idle &= fq_fix_prod(q, v, s, l);
             fq_intent *ci = &q->slots[s].lane[l].cons;
             uint64_t st = atomic_load(&ci->state);
-            if ((st & 3) == FQ_PH_RECOVERED && !fq_holds_taken(q, ci))
+            if ((st & 3) == FQ_PH_RECOVERED && !fq_holds_taken(q, ci, s << 3 | l))
                 atomic_store(&ci->state, st & ~(uint64_t)3);
             else if ((st & 3) != FQ_PH_IDLE)
                 idle = 0;

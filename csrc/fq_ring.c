@@ -230,7 +230,7 @@ void fq_sweep(fq_queue *q)
             fq_rec *r = fq_rec_at(q, p);
             /* seq_cst: pairs with the DONE store + fence in fq_get_end */
             uint64_t w = atomic_load_explicit(&r->word, SEQ);
-            if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+            if (!fq_match(q, p, w))
                 break;
             unsigned st = w & 7;
             if (st != FQ_REC_DONE && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED)
@@ -259,7 +259,7 @@ int fq_has_requeued(fq_queue *q)
     for (int i = 0; i < 4096 && p < hd && p - rel < q->cap; i++) {
         fq_rec *r = fq_rec_at(q, p);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
-        if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+        if (!fq_match(q, p, w))
             return 1; /* moved under us: let the caller look */
         if ((w & 7) == FQ_REC_REQUEUED)
             return 1;
@@ -291,7 +291,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
     while (p < hd && p - rel < q->cap) {
         fq_rec *r = fq_rec_at(q, p);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
-        if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+        if (!fq_match(q, p, w))
             return FQ_EMPTY; /* released under us: try again later */
         uint64_t span = fq_span(q, p, w, r->len);
         if (!span)
@@ -299,8 +299,9 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
         if ((w & 7) == FQ_REC_REQUEUED) {
             fq_intent_claim(in, p, p + span, 1, count);
             /* seq_cst: recovery reads this word, then the intents */
+            uint32_t me = (uint32_t)atomic_load_explicit(&q->slot, RLX) << 3 | (uint32_t)lane;
             if (atomic_compare_exchange_strong_explicit(
-                    &r->word, &w, fq_tag_of(q, p) | FQ_REC_TAKEN, SEQ, RLX)) {
+                    &r->word, &w, fq_taken_word(q->salt, p, me), SEQ, RLX)) {
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
                 uint64_t h = atomic_load(&ctl->requeued);
                 while (h && !atomic_compare_exchange_weak(&ctl->requeued, &h, h - 1))
@@ -355,7 +356,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
             fq_rec *r = fq_rec_at(q, p);
             /* acquire: pairs with the producer's release of COMMITTED */
             uint64_t w = atomic_load_explicit(&r->word, ACQ);
-            if ((w & ~(uint64_t)7) != fq_tag_of(q, p))
+            if (!fq_match(q, p, w))
                 break; /* not yet written (or an older lap) */
             unsigned st = w & 7;
             if (st != FQ_REC_COMMITTED && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED)
@@ -426,7 +427,7 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
         uint64_t w = atomic_load_explicit(&r->word, RLX);
         uint32_t l = r->len;
         uint64_t span = fq_span(q, c->cursor, w, l);
-        if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, c->cursor))
+        if (!span || !fq_match(q, c->cursor, w))
             return 0; /* validated when claimed; cannot happen */
         c->cursor += span;
         unsigned st = w & 7;
@@ -447,7 +448,7 @@ static uint64_t fq_next_msg(fq_queue *q, uint64_t x, uint64_t end)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         unsigned st = w & 7;
         uint64_t span = fq_span(q, x, w, r->len);
-        if (!span || (w & ~(uint64_t)7) != fq_tag_of(q, x))
+        if (!span || !fq_match(q, x, w))
             return end;
         if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN)
             return x;
@@ -519,6 +520,7 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
     }
     fq_ctrl *ctl = q->ctrl;
     fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    uint32_t me = (uint32_t)atomic_load_explicit(&q->slot, RLX) << 3 | c->lane;
     uint64_t first = c->taken ? c->pos : c->pos + c->first_off, end = c->end;
     /* find the first message given back (nothing is DONE yet: every record
      * from the first message on is still in place) */
@@ -544,8 +546,8 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
         /* the hint goes up first: a hint too high costs a scan, one too
          * low would hide the record */
         atomic_fetch_add(&ctl->requeued, 1);
-        if ((w & 7) != FQ_REC_COMMITTED && (w & 7) != FQ_REC_TAKEN)
-            atomic_fetch_sub(&ctl->requeued, 1);
+        if ((w & 7) != FQ_REC_COMMITTED && !((w & 7) == FQ_REC_TAKEN && fq_word_taker(w) == me))
+            atomic_fetch_sub(&ctl->requeued, 1); /* not ours (any more) */
         else if (!atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, x) | FQ_REC_REQUEUED))
             atomic_fetch_sub(&ctl->requeued, 1); /* recovery put it back first */
         x = y;

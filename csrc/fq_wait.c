@@ -78,7 +78,7 @@ static int fq_ready(fq_queue *q, int what, uint64_t need)
         uint64_t h = atomic_load_explicit(&c->head, memory_order_seq_cst);
         fq_rec *r = fq_rec_at(q, h);
         uint64_t w = atomic_load_explicit(&r->word, memory_order_seq_cst);
-        if ((w & ~(uint64_t)7) == fq_tag_of(q, h)) {
+        if (fq_match(q, h, w)) {
             unsigned st = w & 7;
             if (st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED)
                 return 1;
