@@ -443,6 +443,49 @@ cdef class Segment:
                 w = _Waiter(timeout)
             self._wait(q, FQ_WAIT_DATA, 0, w)
 
+    cdef object _load(self, object loads, const void *data, uint64_t n):
+        """A message as an object: bytes (raw: copied, without the GIL when
+        large) or loads() of a view of the ring, released right after."""
+        cdef char *dst
+        if loads is None:
+            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+            dst = PyBytes_AS_STRING(out)
+            if n >= NOGIL_COPY:
+                with nogil:
+                    _copy(dst, data, n)
+            else:
+                _copy(dst, data, n)
+            return out
+        mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
+        try:
+            if self._pickle and n and (<const unsigned char *>data)[0] == 0x80:
+                return _ploads(mv)  # a plain pickle stream: no frame
+            return loads(mv)
+        finally:
+            mv.release()
+
+    cdef object _load_one(self, fq_queue *q, fq_claim *c, object loads):
+        """The one message of claim c.  If that fails, the claim is settled
+        before the error propagates: a message that cannot be deserialized
+        is consumed (it would otherwise come back forever); after anything
+        else (no memory, an interrupt) nothing was returned: it is put back."""
+        cdef const void *data
+        cdef uint64_t n
+        if not fq_claim_next(q, c, &data, &n):
+            fq_get_abort(q, c)
+            raise SegmentError("a claimed record vanished (corrupt segment?)")
+        try:
+            return self._load(loads, data, n)
+        except Exception:
+            if loads is None:
+                fq_get_abort(q, c)
+            else:
+                fq_get_end(q, c)
+            raise
+        except BaseException:
+            fq_get_abort(q, c)
+            raise
+
     def get(self, bint block=True, timeout=None):
         """Take one message: bytes, or loads(memoryview) if a serializer is
         set (the memoryview points into the ring and is released right after).
@@ -455,44 +498,9 @@ cdef class Segment:
         loads = self._loads
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
-        cdef const void *data
-        cdef uint64_t n
-        cdef char *dst
         try:
             self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout)
-            if not fq_claim_next(q, &c, &data, &n):
-                fq_get_abort(q, &c)
-                raise SegmentError("a claimed record vanished (corrupt segment?)")
-            if loads is None:
-                try:
-                    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-                except BaseException:
-                    fq_get_abort(q, &c)  # nothing was returned: put it back
-                    raise
-                dst = PyBytes_AS_STRING(out)
-                if n >= NOGIL_COPY:
-                    with nogil:
-                        _copy(dst, data, n)
-                        fq_get_end(q, &c)
-                else:
-                    _copy(dst, data, n)
-                    fq_get_end(q, &c)
-                return out
-            mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
-            try:
-                if self._pickle and n and (<const unsigned char *>data)[0] == 0x80:
-                    out = _ploads(mv)  # a plain pickle stream: no frame
-                else:
-                    out = loads(mv)
-            except Exception:
-                mv.release()
-                fq_get_end(q, &c)  # undeserializable: consumed, error raised
-                raise
-            except BaseException:
-                mv.release()
-                fq_get_abort(q, &c)  # interrupted (Ctrl-C): put it back
-                raise
-            mv.release()
+            out = self._load_one(q, &c, loads)
             fq_get_end(q, &c)
             return out
         finally:
@@ -517,7 +525,6 @@ cdef class Segment:
         cdef const void *data
         cdef uint64_t n, k, nbytes = 0
         cdef list out = []
-        cdef char *dst
         cdef bint first = True
         try:
             while True:
@@ -533,21 +540,7 @@ cdef class Segment:
                 k = 0
                 try:
                     while fq_claim_next(q, &c, &data, &n):
-                        if loads is None:
-                            b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-                            dst = PyBytes_AS_STRING(b)
-                            if n >= NOGIL_COPY:
-                                with nogil:
-                                    _copy(dst, data, n)
-                            else:
-                                _copy(dst, data, n)
-                            out.append(b)
-                        else:
-                            mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
-                            try:
-                                out.append(loads(mv))
-                            finally:
-                                mv.release()
+                        out.append(self._load(loads, data, n))
                         k += 1
                         nbytes += n
                 except Exception:
@@ -588,35 +581,12 @@ cdef class Segment:
         loads = self._loads
         cdef fq_queue *q = self._enter()  # held by the delivery until it is settled
         cdef Delivery d = Delivery.__new__(Delivery)
-        cdef const void *data
-        cdef uint64_t n
         cdef bint ok = False
         self.unacked += 1  # reserved now: other threads may be receiving too
         try:
             self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
-            if not fq_claim_next(q, &d.c, &data, &n):
-                fq_get_abort(q, &d.c)
-                raise SegmentError("a claimed record vanished (corrupt segment?)")
-            try:
-                if loads is None:
-                    value = PyBytes_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
-                else:
-                    mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
-                    try:
-                        value = loads(mv)
-                    finally:
-                        mv.release()
-            except Exception:
-                if loads is None:
-                    fq_get_abort(q, &d.c)
-                else:
-                    fq_get_end(q, &d.c)  # undeserializable: consumed, as in get()
-                raise
-            except BaseException:
-                fq_get_abort(q, &d.c)
-                raise
+            d.value = self._load_one(q, &d.c, loads)
             d.seg = self
-            d.value = value
             d.redelivered = d.c.redelivered != 0
             if self._deliveries is None:
                 import weakref
