@@ -1,15 +1,19 @@
 """Build of the fastq C core and its Cython binding (metadata: pyproject.toml)."""
 import os
+import platform
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
           "-fvisibility=hidden"]
+if platform.machine() in ("x86_64", "AMD64"):
+    CFLAGS.append("-mcx16")  # topics: tail and message count move in one cmpxchg16b
 if os.environ.get("FASTQ_SANITIZE"):  # e.g. "address,undefined"
     CFLAGS += ["-fsanitize=" + os.environ["FASTQ_SANITIZE"], "-fno-omit-frame-pointer", "-g"]
 
-SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c"]
+SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c",
+           "csrc/fq_topic.c"]
 
 ext = Extension(
     "fastq._core",

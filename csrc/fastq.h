@@ -31,6 +31,8 @@ enum {
     FQ_ENOSLOT = 6,   /* every slot is taken by a live process */
     FQ_EBADSEG = 7,   /* the file is not a valid segment (see message) */
     FQ_EBUSY = 8,     /* every lane of this handle is in use: retry */
+    FQ_ENOSUB = 9,    /* topic: every subscriber entry is taken */
+    FQ_EINUSE = 10,   /* topic: a drop topic's durable name is attached */
 };
 
 enum { FQ_WAIT_DATA = 0, FQ_WAIT_SPACE = 1 };
@@ -47,6 +49,11 @@ typedef struct fq_claim {
     uint32_t first_off; /* offset of the first message record from pos */
     uint32_t redelivered;
     uint64_t count;    /* the lane's message count before this operation */
+    /* topics (subscriber claims) */
+    uint64_t idx;      /* index of the last message found intact */
+    uint64_t msg_pos;  /* position of the message fq_sub_next returned */
+    uint64_t msg_idx;  /* its index, as read before the copy */
+    uint64_t kept;     /* messages found intact so far */
 } fq_claim;
 
 typedef struct fq_create_opts {
@@ -54,6 +61,9 @@ typedef struct fq_create_opts {
     uint64_t max_message; /* 0: the largest that always fits (capacity/2-16) */
     uint32_t max_slots;   /* attached processes; 0: 64 */
     uint32_t mode;        /* file mode, e.g. 0600 */
+    uint32_t topic;       /* 0: a queue; 1: a topic */
+    uint32_t drop;        /* topic: publishers overwrite (overflow="drop") */
+    uint32_t max_subs;    /* topic: subscriber entries; 0: 64 */
 } fq_create_opts;
 
 /* Create a new segment at path; exclusive: fail with -EEXIST if present. */
@@ -113,6 +123,59 @@ int fq_flush(fq_queue *q);
 int fq_recover(fq_queue *q);
 /* Is the process pid (with /proc start time, 0 = unknown) alive? */
 int fq_pid_alive(int pid, uint64_t start_time);
+
+/*
+ * Topics (fq_topic.c).  The publish side is the producer API above (a
+ * topic segment's records carry their message index).  A subscription
+ * (fq_sub) is a member of a group: its own anonymous one, a named group
+ * (members split the messages) or a durable one (kept in the segment).
+ */
+typedef struct fq_sub fq_sub;
+enum { FQ_SUB_ANON = 0, FQ_SUB_GROUP = 1, FQ_SUB_DURABLE = 2 };
+#define FQ_SUB_MUST_EXIST 16 /* or-ed into kind: join an existing group only */
+enum { FQ_START_LATEST = 0, FQ_START_EARLIEST = 1 };
+
+int fq_is_topic(fq_queue *q);
+int fq_is_drop(fq_queue *q);
+uint32_t fq_max_subs(fq_queue *q);
+int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **out, char *err,
+                 size_t errlen);
+/* Leave: a claim still held is left for another member (redelivered). */
+void fq_unsubscribe(fq_sub *s);
+/* Claim up to max_n messages (max_bytes as fq_get_begin); FQ_EMPTY,
+ * FQ_SHUTDOWN (shut down and drained) or FQ_OK. */
+int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c);
+/* The next message of the claim; sets c->msg_pos and c->msg_idx. */
+int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len);
+/* After copying the message fq_sub_next returned: 1 if it is intact (a
+ * drop topic's publisher may have overwritten it during the copy). */
+int fq_sub_intact(fq_sub *s, fq_claim *c);
+/* Finish the claim (its messages are consumed); accounts drops. */
+void fq_sub_end(fq_sub *s, fq_claim *c);
+/* Keep the claim from position from (a message's c->msg_pos; 0: all of it):
+ * the next fq_sub_begin returns it again, flagged redelivered if asked.
+ * The messages before from count as returned (c->kept, c->idx). */
+void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered);
+/* Wait up to timeout_ns for data at the subscription's group head. */
+void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin);
+int fq_sub_spin(fq_sub *s, uint64_t ns);
+/* Messages published that the group has not finished; drops (drop topics). */
+uint64_t fq_sub_lag(fq_sub *s);
+uint64_t fq_sub_dropped(fq_sub *s);
+uint32_t fq_sub_index(fq_sub *s);
+
+typedef struct fq_sub_info {
+    char name[64];
+    uint32_t flags;    /* FQ_GRP_* flags of its group */
+    int32_t pid;       /* 0: nobody attached (a durable group) */
+    uint32_t kind;     /* FQ_MEM_* (FQ_MEM_FREE for a durable group alone) */
+    int alive;
+    uint64_t position; /* the group's head */
+    uint64_t lag;
+    uint64_t got;
+} fq_sub_info;
+/* Entry i of the subscriber listing (i < 2 * max_subs): 1 if filled. */
+int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
 
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);

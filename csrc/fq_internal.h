@@ -21,7 +21,13 @@ struct fq_queue {
     uint8_t *data;
     fq_slot *slots;
     uint64_t cap, mask, salt, max_msg;
+    uint64_t rec_max;          /* largest record len: max_msg + prefix */
     uint32_t nslots;
+    int topic, drop;           /* a topic segment; overflow="drop" */
+    uint32_t prefix;           /* bytes before the payload: 16 in a topic */
+    uint32_t nsubs;            /* entries in each topic table */
+    fq_member *members;
+    fq_group *groups;
     _Atomic int slot;          /* our slot, or -1 until first use */
     _Atomic unsigned epoch;    /* fork epoch the slot was taken in */
     _Atomic uint32_t lanes_free; /* bit l set: lane l is free */
@@ -80,7 +86,7 @@ static inline uint64_t fq_span(const fq_queue *q, uint64_t pos, uint64_t w, uint
             return 0;
         return span;
     }
-    if (len > q->max_msg)
+    if (len > q->rec_max)
         return 0;
     span = fq_rec_size(len);
     if (idx + span > q->cap)
@@ -107,6 +113,20 @@ static inline void fq_fence(void)
     atomic_thread_fence(memory_order_seq_cst);
 #endif
 }
+
+/* recover.c: the segment-wide lock (ctrl->recover_lock), also guarding the
+ * topic tables; taken from a dead holder */
+int fq_lock_try(fq_queue *q);
+void fq_lock_wait(fq_queue *q);
+void fq_lock_drop(fq_queue *q);
+
+/* topic.c */
+uint64_t fq_topic_release(fq_queue *q);
+int fq_topic_evict(fq_queue *q, uint64_t target);
+int fq_topic_data_ready(fq_queue *q, uint64_t pos);
+int fq_topic_space_ready(fq_queue *q, uint64_t need);
+int fq_topic_reap(fq_queue *q);
+int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n);
 
 int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
 void fq_lane_put(fq_queue *q, int lane);

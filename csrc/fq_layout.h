@@ -8,13 +8,15 @@
  *   offset       size        what
  *   0            1024        fq_ctrl: identity (line 0), cursors, wait words
  *   1024         S*1152      fq_slot[max_slots]: one per attached process
+ *   sub_offset   M*128       topics only: fq_member[max_subs] (fq_topic.c)
+ *   group_offset M*128       topics only: fq_group[max_subs]
  *   data_offset  capacity    the ring: variable-length records
  *
  *   fq_ctrl (each group on its own 128-byte line, so that producers,
  *   consumers and sleepers do not false-share):
  *     0    magic u64          "FASTQSG1"
  *     8    version u32        FQ_VERSION
- *     12   kind u32           FQ_KIND_QUEUE (topics will add kinds)
+ *     12   kind u32           FQ_KIND_QUEUE or FQ_KIND_TOPIC
  *     16   capacity u64       ring bytes, a power of two, 4 KiB .. 2 GiB
  *     24   max_message u64    largest payload accepted
  *     32   file_size u64      must equal the file's size
@@ -25,14 +27,20 @@
  *     64   salt u64           random, mixed into every record tag
  *     72   created_ns u64     CLOCK_REALTIME at creation
  *     80   creator_pid u32
- *     84   flags u32          0
+ *     84   flags u32          FQ_FLAG_DROP: a topic whose publishers overwrite
+ *     88   sub_offset u64     topics: the member table (0 for a queue)
+ *     96   group_offset u64   topics: the group table (0 for a queue)
+ *     104  max_subs u32       topics: entries in each table (0 for a queue)
  *     128  tail u64           producers' claim cursor (CAS)
+ *     136  published u64      topics: messages ever claimed; tail and
+ *                             published move together in one 16-byte CAS,
+ *                             so every topic record knows its message index
  *     256  head u64           consumers' claim cursor (CAS)
  *     384  release u64        oldest position still in use (CAS)
  *     512  data_seq u32       futex word: bumped when data appears
  *     516  space_seq u32      futex word: bumped when space appears
  *     520  state u32          FQ_STATE_* bits (shutdown)
- *     524  (unused)
+ *     524  subs_hwm u32       topics: table entries ever used (scan bound)
  *     528  recover_lock u64   pid << 32 | start time (low 32 bits) of the
  *                             process running recovery, or 0
  *     536  requeued u64       hint: at least this many records were put back
@@ -57,6 +65,10 @@
  *   12 owner u32   producer slot << 8 | lane, for recovery
  *   16 payload, then padding to a multiple of 16
  *
+ * In a topic, a message record's payload starts with a 16-byte prefix: the
+ * message's index (u64: its rank among all messages ever published) and a
+ * reserved u64; len counts the prefix.
+ *
  * A reader trusts the record at p only if word's tag equals fq_tag(p):
  * bytes from an earlier lap carry an older position's tag, and the salt
  * makes the tag of a position unpredictable to a payload.
@@ -69,8 +81,12 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 3u
+#define FQ_VERSION 4u
 #define FQ_KIND_QUEUE 1u
+#define FQ_KIND_TOPIC 2u
+#define FQ_FLAG_DROP 1u
+#define FQ_TOPIC_PREFIX 16u
+#define FQ_MAX_SUBS 4096u
 #define FQ_LANES 8u
 #define FQ_MAX_SLOTS 1024u
 #define FQ_REC_HDR 16u
@@ -109,10 +125,15 @@ typedef struct fq_ctrl {
     uint64_t created_ns;
     uint32_t creator_pid;
     uint32_t flags;
-    uint8_t pad0[128 - 88];
+    uint64_t sub_offset;
+    uint64_t group_offset;
+    uint32_t max_subs;
+    uint32_t reserved0;
+    uint8_t pad0[128 - 112];
     /* lines 1-3: the three cursors */
     _Atomic uint64_t tail;
-    uint8_t pad1[120];
+    _Atomic uint64_t published; /* 16-byte aligned pair with tail */
+    uint8_t pad1[112];
     _Atomic uint64_t head;
     uint8_t pad2[120];
     _Atomic uint64_t release;
@@ -121,7 +142,7 @@ typedef struct fq_ctrl {
     _Atomic uint32_t data_seq;
     _Atomic uint32_t space_seq;
     _Atomic uint32_t state;
-    uint32_t unused0;
+    _Atomic uint32_t subs_hwm;
     _Atomic uint64_t recover_lock;
     _Atomic uint64_t requeued;
     uint8_t pad4[128 - 32];
@@ -177,6 +198,63 @@ typedef struct fq_slot {
     fq_lane lane[FQ_LANES];
 } fq_slot;
 
+/*
+ * Topics (fq_topic.c).  A group is a cursor shared by its members; every
+ * subscription is a member of one group (a plain subscription: of its own
+ * anonymous group).  Both tables are changed only under ctrl->recover_lock;
+ * the cursors and claims in them are read lock-free by publishers.
+ *
+ * fq_group (128 bytes):
+ *   word      kind (FQ_GRP_FREE / FQ_GRP_ACTIVE) | flags << 8
+ *   head      the group's claim cursor, packed with the member that moved
+ *             it last: (pos >> 4) mod 2^48 << 16 | (member index + 1).
+ *             The full position is rebuilt next to tail (fq_head_pos).
+ *   next_idx  index of the first message the group has not yet finished
+ *             (moves up only; UINT64_MAX: not known yet)
+ *   dropped   overflow="drop": messages the group lost to lapping
+ *   orphans   hint: claims left by dead members, waiting for a member
+ *   name      NUL-terminated
+ *
+ * fq_member (128 bytes): one subscription.
+ *   word        FQ_SLOT_WORD(kind, gen, pid): FREE, ACTIVE (owned by pid,
+ *               start time in start_time) or ORPHAN (its owner died or left
+ *               holding a claim: the claim waits for another member)
+ *   group       index of its group
+ *   pos,end,n   its claim [pos, end) of n messages, and
+ *   state       seq << 2 | phase (FQ_PH_IDLE, CLAIMING, WON); seq counts
+ *               claims, so that a CAS on state never succeeds on a newer one
+ */
+enum { FQ_GRP_FREE = 0, FQ_GRP_ACTIVE = 1 };
+enum { FQ_GRP_DURABLE = 1, FQ_GRP_GROUP = 2, FQ_GRP_ANON = 4 }; /* flags */
+enum { FQ_MEM_FREE = 0, FQ_MEM_ACTIVE = 2, FQ_MEM_ORPHAN = 3 };
+#define FQ_GROUP_NAME 64
+
+typedef struct fq_group {
+    _Atomic uint64_t word;
+    _Atomic uint64_t head;
+    _Atomic uint64_t next_idx;
+    _Atomic uint64_t dropped;
+    _Atomic uint64_t orphans;
+    uint8_t pad[24];
+    char name[FQ_GROUP_NAME];
+} fq_group;
+
+typedef struct fq_member {
+    _Atomic uint64_t word;
+    _Atomic uint64_t start_time;
+    _Atomic uint32_t group;
+    uint32_t pad0;
+    _Atomic uint64_t pos;
+    _Atomic uint64_t end;
+    _Atomic uint64_t n;
+    _Atomic uint64_t state;
+    _Atomic uint64_t got; /* messages returned (statistics) */
+    uint8_t pad[128 - 64];
+} fq_member;
+
+_Static_assert(sizeof(fq_group) == 128, "a group is 128 bytes");
+_Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
+
 typedef struct fq_rec {
     _Atomic uint64_t word;
     uint32_t len;
@@ -185,6 +263,7 @@ typedef struct fq_rec {
 
 _Static_assert(sizeof(fq_ctrl) == 1024, "fq_ctrl is 1024 bytes");
 _Static_assert(offsetof(fq_ctrl, tail) == 128, "tail on line 1");
+_Static_assert(offsetof(fq_ctrl, published) == 136, "published pairs with tail");
 _Static_assert(offsetof(fq_ctrl, head) == 256, "head on line 2");
 _Static_assert(offsetof(fq_ctrl, release) == 384, "release on line 3");
 _Static_assert(offsetof(fq_ctrl, data_seq) == 512, "wait words on line 4");

@@ -43,6 +43,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fq_internal.h"
@@ -368,7 +369,10 @@ out:
     return changed;
 }
 
-int fq_recover(fq_queue *q)
+/* Take ctrl->recover_lock if it is free or its holder died: 1 if taken.
+ * The process-wide mutex keeps this process's threads out of each other's
+ * way (the lock word names a process, not a thread). */
+int fq_lock_try(fq_queue *q)
 {
     fq_ctrl *c = q->ctrl;
     if (pthread_mutex_trylock(&fq_recover_mu) != 0)
@@ -385,6 +389,29 @@ int fq_recover(fq_queue *q)
             return 0;
         }
     }
+    return 1;
+}
+
+/* Take the lock, waiting for a live holder (bounded: holders do short work) */
+void fq_lock_wait(fq_queue *q)
+{
+    while (!fq_lock_try(q)) {
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+void fq_lock_drop(fq_queue *q)
+{
+    atomic_store(&q->ctrl->recover_lock, 0);
+    pthread_mutex_unlock(&fq_recover_mu);
+}
+
+int fq_recover(fq_queue *q)
+{
+    fq_ctrl *c = q->ctrl;
+    if (!fq_lock_try(q))
+        return 0;
     FQ_CRASH_POINT("recover_after_lock");
     fq_slot_view *v = calloc(q->nslots, sizeof *v);
     int repaired = 0;
@@ -407,10 +434,14 @@ int fq_recover(fq_queue *q)
         uint64_t bit = 1ull << (s & 63);
         atomic_fetch_and(&c->data_mask[s / 64], ~bit);
         atomic_fetch_and(&c->space_mask[s / 64], ~bit);
-        for (unsigned l = 0; l < FQ_LANES; l++)
-            fq_fix_cons_count(q, s, l);
+        if (!q->topic)
+            for (unsigned l = 0; l < FQ_LANES; l++)
+                fq_fix_cons_count(q, s, l);
     }
-    repaired |= fq_requeue_orphans(q, v);
+    if (q->topic)
+        repaired |= fq_topic_reap(q); /* a topic's readers are its members */
+    else
+        repaired |= fq_requeue_orphans(q, v);
     for (uint32_t s = 0; s < q->nslots; s++) {
         if (!v[s].dead)
             continue;
@@ -435,10 +466,10 @@ int fq_recover(fq_queue *q)
     }
     free(v);
 out:
-    atomic_store(&c->recover_lock, 0);
-    pthread_mutex_unlock(&fq_recover_mu);
+    fq_lock_drop(q);
     if (repaired) {
-        fq_sweep(q);
+        if (!q->topic)
+            fq_sweep(q);
         atomic_fetch_add(&c->data_seq, 1);
         atomic_fetch_add(&c->space_seq, 1);
         fq_wake(q, -1);

@@ -83,7 +83,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     for (size_t i = 0; i < n; i++) {
         if (lens[i] > q->max_msg)
             return FQ_ETOOBIG;
-        total += fq_rec_size(lens[i]);
+        total += fq_rec_size(lens[i] + q->prefix);
     }
     if (total > q->cap / 2)
         return FQ_ETOOBIG; /* the caller splits batches */
@@ -96,9 +96,11 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     fq_intent *in = fq_my_intent(q, lane, 0);
     uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
     fq_ctrl *ctl = q->ctrl;
-    uint64_t t, span, pad;
+    uint64_t t, span, pad, cnt = 0;
     int stale = 0;
     t = atomic_load_explicit(&ctl->tail, ACQ);
+    if (q->topic)
+        cnt = atomic_load_explicit(&ctl->published, ACQ);
     for (;;) {
         uint64_t idx = t & q->mask;
         pad = idx + total > q->cap ? q->cap - idx : 0;
@@ -106,8 +108,21 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
         uint64_t rel = atomic_load_explicit(&q->cached_release, ACQ);
         if (t + span - rel > q->cap) {
             /* acquire: pairs with the consumers' release CAS; the space
-             * they freed is no longer read by them */
-            rel = atomic_load_explicit(&ctl->release, ACQ);
+             * they freed is no longer read by them.  A topic computes it
+             * from its subscribers, or (drop) evicts the oldest records. */
+            if (!q->topic) {
+                rel = atomic_load_explicit(&ctl->release, ACQ);
+            } else if (!q->drop) {
+                rel = fq_topic_release(q);
+            } else {
+                int erc = fq_topic_evict(q, t + span - q->cap);
+                if (erc == FQ_ECORRUPT) {
+                    atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+                    fq_lane_put(q, lane);
+                    return FQ_ECORRUPT;
+                }
+                rel = atomic_load_explicit(&ctl->release, ACQ);
+            }
             atomic_store_explicit(&q->cached_release, rel, REL);
             if (t + span - rel > q->cap || rel > t) {
                 if (rel > t) {
@@ -131,26 +146,39 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
         FQ_CRASH_POINT("put_after_intent");
         /* seq_cst: pairs with fq_recover's load of tail before it looks for
          * the intents of a region without a header */
-        if (atomic_compare_exchange_weak_explicit(&ctl->tail, &t, t + span, SEQ, ACQ))
+        if (q->topic) {
+            if (fq_topic_claim(q, &t, &cnt, span, n))
+                break;
+        } else if (atomic_compare_exchange_weak_explicit(&ctl->tail, &t, t + span, SEQ, ACQ)) {
             break;
+        }
     }
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
     FQ_CRASH_POINT("put_after_claim");
     uint32_t owner = (uint32_t)slot << 8 | (uint32_t)lane;
     uint64_t first = t + pad;
+    uint32_t pre = q->prefix;
     /* headers, last record first; the one at t last (release each) */
     if (n == 1) {
         fq_rec *r = fq_rec_at(q, first);
-        r->len = (uint32_t)lens[0];
+        r->len = (uint32_t)lens[0] + pre;
         r->owner = owner;
+        if (pre) {
+            ((uint64_t *)(r + 1))[0] = cnt;
+            ((uint64_t *)(r + 1))[1] = 0;
+        }
         atomic_store_explicit(&r->word, fq_tag_of(q, first) | FQ_REC_WRITING, REL);
     } else {
         uint64_t p = first + total;
         for (size_t i = n; i-- > 0;) {
-            p -= fq_rec_size(lens[i]);
+            p -= fq_rec_size(lens[i] + pre);
             fq_rec *r = fq_rec_at(q, p);
-            r->len = (uint32_t)lens[i];
+            r->len = (uint32_t)lens[i] + pre;
             r->owner = owner;
+            if (pre) {
+                ((uint64_t *)(r + 1))[0] = cnt + i;
+                ((uint64_t *)(r + 1))[1] = 0;
+            }
             atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_WRITING, REL);
         }
     }
@@ -177,7 +205,7 @@ void *fq_claim_buf(fq_queue *q, fq_claim *c)
 {
     fq_rec *r = fq_rec_at(q, c->cursor);
     c->cursor += fq_rec_size(r->len); /* our own header */
-    return r + 1;
+    return (uint8_t *)(r + 1) + q->prefix;
 }
 
 void fq_put_commit(fq_queue *q, fq_claim *c)
@@ -198,7 +226,8 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
     fq_intent *in = fq_my_intent(q, (int)c->lane, 0);
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
-    fq_wake(q, FQ_WAIT_DATA);
+    /* a drop topic's publisher may wait for this record to evict it */
+    fq_wake(q, q->drop ? -1 : FQ_WAIT_DATA);
 }
 
 int fq_put(fq_queue *q, const void *data, size_t len)

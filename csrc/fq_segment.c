@@ -156,15 +156,21 @@ void fq_crash_check(const char *name)
 
 /* ---- create / open ----------------------------------------------------- */
 
-static uint64_t fq_layout_data_offset(uint32_t slots)
+static uint64_t fq_layout_sub_offset(uint32_t slots)
 {
-    uint64_t end = sizeof(fq_ctrl) + (uint64_t)slots * sizeof(fq_slot);
+    return sizeof(fq_ctrl) + (uint64_t)slots * sizeof(fq_slot); /* a multiple of 128 */
+}
+
+static uint64_t fq_layout_data_offset(uint32_t slots, uint32_t subs)
+{
+    uint64_t end = fq_layout_sub_offset(slots) + (uint64_t)subs * (sizeof(fq_member) + sizeof(fq_group));
     return (end + 4095) & ~(uint64_t)4095;
 }
 
-static uint64_t fq_max_msg_for(uint64_t cap)
+/* the largest payload that always fits (a topic's records carry a prefix) */
+static uint64_t fq_max_msg_for(uint64_t cap, int topic)
 {
-    return cap / 2 - FQ_REC_HDR;
+    return cap / 2 - FQ_REC_HDR - (topic ? FQ_TOPIC_PREFIX : 0);
 }
 
 static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
@@ -184,6 +190,13 @@ static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
     q->nslots = c->max_slots;
     q->slots = (fq_slot *)(base + c->slot_offset);
     q->data = base + c->data_offset;
+    q->topic = c->kind == FQ_KIND_TOPIC;
+    q->drop = q->topic && (c->flags & FQ_FLAG_DROP);
+    q->prefix = q->topic ? FQ_TOPIC_PREFIX : 0;
+    q->rec_max = q->max_msg + q->prefix;
+    q->nsubs = q->topic ? c->max_subs : 0;
+    q->members = q->topic ? (fq_member *)(base + c->sub_offset) : NULL;
+    q->groups = q->topic ? (fq_group *)(base + c->group_offset) : NULL;
     atomic_init(&q->slot, -1);
     /* only a fork changes the epoch: see fq_attach */
     atomic_init(&q->epoch, atomic_load(&fq_fork_epoch));
@@ -204,16 +217,20 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
                       (unsigned long long)o->capacity, (unsigned long long)FQ_MAX_CAPACITY);
     while (cap < o->capacity)
         cap <<= 1;
-    uint64_t max_msg = o->max_message ? o->max_message : fq_max_msg_for(cap);
-    if (max_msg > fq_max_msg_for(cap))
+    int topic = o->topic != 0;
+    uint64_t max_msg = o->max_message ? o->max_message : fq_max_msg_for(cap, topic);
+    if (max_msg > fq_max_msg_for(cap, topic))
         return fq_err(err, errlen, -EINVAL,
                       "max_message %llu does not fit a ring of %llu bytes (at most %llu)",
                       (unsigned long long)max_msg, (unsigned long long)cap,
-                      (unsigned long long)fq_max_msg_for(cap));
+                      (unsigned long long)fq_max_msg_for(cap, topic));
     uint32_t slots = o->max_slots ? o->max_slots : 64;
     if (slots > FQ_MAX_SLOTS)
         return fq_err(err, errlen, -EINVAL, "max_processes %u exceeds %u", slots, FQ_MAX_SLOTS);
-    uint64_t data_off = fq_layout_data_offset(slots);
+    uint32_t subs = topic ? (o->max_subs ? o->max_subs : 64) : 0;
+    if (subs > FQ_MAX_SUBS)
+        return fq_err(err, errlen, -EINVAL, "max_subscribers %u exceeds %u", subs, FQ_MAX_SUBS);
+    uint64_t data_off = fq_layout_data_offset(slots, subs);
     uint64_t size = data_off + cap;
 
     char tmp[PATH_MAX];
@@ -254,7 +271,11 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     c->version = FQ_VERSION;
-    c->kind = FQ_KIND_QUEUE;
+    c->kind = topic ? FQ_KIND_TOPIC : FQ_KIND_QUEUE;
+    c->flags = topic && o->drop ? FQ_FLAG_DROP : 0;
+    c->max_subs = subs;
+    c->sub_offset = topic ? fq_layout_sub_offset(slots) : 0;
+    c->group_offset = topic ? c->sub_offset + (uint64_t)subs * sizeof(fq_member) : 0;
     c->capacity = cap;
     c->max_message = max_msg;
     c->file_size = size;
@@ -324,19 +345,28 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
             (unsigned long long)h.magic);
     if (h.version != FQ_VERSION)
         BAD("%s has layout version %u; this fastq reads version %u", path, h.version, FQ_VERSION);
-    if (h.kind != FQ_KIND_QUEUE)
-        BAD("%s has kind %u, not a queue", path, h.kind);
+    if (h.kind != FQ_KIND_QUEUE && h.kind != FQ_KIND_TOPIC)
+        BAD("%s has kind %u, neither a queue nor a topic", path, h.kind);
+    int topic = h.kind == FQ_KIND_TOPIC;
+    uint32_t subs = topic ? h.max_subs : 0;
+    if (topic ? (h.max_subs == 0 || h.max_subs > FQ_MAX_SUBS || (h.flags & ~FQ_FLAG_DROP))
+              : (h.max_subs || h.flags || h.sub_offset || h.group_offset))
+        BAD("%s: topic fields (max_subs %u, flags %u) are invalid", path, h.max_subs, h.flags);
     if (h.capacity < FQ_MIN_CAPACITY || h.capacity > FQ_MAX_CAPACITY ||
         (h.capacity & (h.capacity - 1)))
         BAD("%s: capacity %llu is not a power of two in [%u, %llu]", path,
             (unsigned long long)h.capacity, FQ_MIN_CAPACITY,
             (unsigned long long)FQ_MAX_CAPACITY);
-    if (h.max_message == 0 || h.max_message > fq_max_msg_for(h.capacity))
+    if (h.max_message == 0 || h.max_message > fq_max_msg_for(h.capacity, topic))
         BAD("%s: max_message %llu is invalid for capacity %llu", path,
             (unsigned long long)h.max_message, (unsigned long long)h.capacity);
     if (h.max_slots == 0 || h.max_slots > FQ_MAX_SLOTS || h.lanes != FQ_LANES)
         BAD("%s: slot table (%u slots, %u lanes) is invalid", path, h.max_slots, h.lanes);
-    if (h.slot_offset != sizeof(fq_ctrl) || h.data_offset != fq_layout_data_offset(h.max_slots))
+    if (topic && (h.sub_offset != fq_layout_sub_offset(h.max_slots) ||
+                  h.group_offset != h.sub_offset + (uint64_t)subs * sizeof(fq_member)))
+        BAD("%s: topic table offsets (%llu, %llu) are inconsistent", path,
+            (unsigned long long)h.sub_offset, (unsigned long long)h.group_offset);
+    if (h.slot_offset != sizeof(fq_ctrl) || h.data_offset != fq_layout_data_offset(h.max_slots, subs))
         BAD("%s: slot/data offsets (%llu, %llu) are inconsistent", path,
             (unsigned long long)h.slot_offset, (unsigned long long)h.data_offset);
     if (h.file_size != h.data_offset + h.capacity)
@@ -361,6 +391,8 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
      * Loaded in this order, a live queue cannot fail the check. */
     uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head),
              tl = atomic_load(&c->tail);
+    if (topic)
+        hd = rel; /* a topic has no shared head: its groups have theirs */
     if ((rel | hd | tl) & 15 || rel > hd || hd > tl || tl - rel > h.capacity) {
         munmap(base, h.file_size);
         BAD("%s: cursors are inconsistent (release %llu, head %llu, tail %llu)", path,
@@ -382,6 +414,13 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
     q->nslots = h.max_slots;
     q->slots = (fq_slot *)(base + h.slot_offset);
     q->data = base + h.data_offset;
+    q->topic = topic;
+    q->drop = topic && (h.flags & FQ_FLAG_DROP);
+    q->prefix = topic ? FQ_TOPIC_PREFIX : 0;
+    q->rec_max = q->max_msg + q->prefix;
+    q->nsubs = subs;
+    q->members = topic ? (fq_member *)(base + h.sub_offset) : NULL;
+    q->groups = topic ? (fq_group *)(base + h.group_offset) : NULL;
     *out = q;
     return 0;
 fail:

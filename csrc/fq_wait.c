@@ -71,6 +71,9 @@ static int fq_ready(fq_queue *q, int what, uint64_t need)
 {
     fq_ctrl *c = q->ctrl;
     int shut = (atomic_load_explicit(&c->state, memory_order_seq_cst) & FQ_STATE_SHUTDOWN) != 0;
+    if (q->topic) /* need: the subscriber's position, or the put's bytes */
+        return what == FQ_WAIT_DATA ? fq_topic_data_ready(q, need) || shut
+                                    : shut || fq_topic_space_ready(q, need);
     if (what == FQ_WAIT_DATA) {
         /* a non-zero hint may be stale: look for an actual record */
         if (atomic_load_explicit(&c->requeued, memory_order_seq_cst) && fq_has_requeued(q))

@@ -17,6 +17,7 @@ read and poke the segment's internals (record words, intents, slots), for tests 
 import hashlib
 import importlib.util
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -25,9 +26,11 @@ import threading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(REPO, "csrc")
-SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c"]
+SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c",
+           "csrc/fq_topic.c"]
 HEADERS = ["csrc/fastq.h", "csrc/fq_layout.h", "csrc/fq_internal.h"]
-BASE_CFLAGS = ["-std=gnu11", "-O1", "-g"]
+BASE_CFLAGS = ["-std=gnu11", "-O1", "-g"] + (
+    ["-mcx16"] if platform.machine() == "x86_64" else [])
 
 CDEF = r"""
 /* the public API comes from csrc/fastq.h itself (see public_cdef()) */

@@ -537,7 +537,11 @@ BAD_SEGMENTS = {
     "short": (("truncate", 1000), "smaller than a segment header"),
     "magic": (_ctrl_patch("<Q", 0, 0x1234), "not a fastq segment"),
     "version": (("version",), "version"),
-    "kind": (_ctrl_patch("<I", 12, 2), "kind"),
+    "kind": (_ctrl_patch("<I", 12, 3), "kind"),
+    # a queue relabelled as a topic has no topic tables
+    "kind_topic": (_ctrl_patch("<I", 12, 2), "topic fields"),
+    "queue_with_subs": (_ctrl_patch("<I", 104, 4), "topic fields"),
+    "flags": (_ctrl_patch("<I", 84, 1), "topic fields"),
     "capacity_not_pow2": (_ctrl_patch("<Q", 16, 4096 + 8), "capacity"),
     "capacity_small": (_ctrl_patch("<Q", 16, 2048), "capacity"),
     "max_message_zero": (_ctrl_patch("<Q", 24, 0), "max_message"),

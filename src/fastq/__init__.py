@@ -1,24 +1,29 @@
-"""fastq: lock-free multi-process message queues in a shared-memory segment.
+"""fastq: lock-free multi-process message queues and topics in a shared-memory segment.
 
 >>> import fastq
 >>> q = fastq.Queue()            # anonymous; or fastq.Queue("jobs")
 >>> q.put({"job": 1}); q.get()
 {'job': 1}
 """
-from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
+from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown, SubscriberLimit
 from ._core import Delivery
 from ._queue import PickleSerializer, Queue, RawSerializer, segment_path
+from ._topic import SubscriberInfo, Subscription, Topic
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Queue",
+    "Topic",
+    "Subscription",
+    "SubscriberInfo",
     "Delivery",
     "Empty",
     "Full",
     "ShutDown",
     "MessageTooLarge",
     "SegmentError",
+    "SubscriberLimit",
     "PickleSerializer",
     "RawSerializer",
     "segment_path",

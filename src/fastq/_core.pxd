@@ -12,6 +12,8 @@ cdef extern from "fastq.h" nogil:
         FQ_ENOSLOT
         FQ_EBADSEG
         FQ_EBUSY
+        FQ_ENOSUB
+        FQ_EINUSE
         FQ_WAIT_DATA
         FQ_WAIT_SPACE
     uint64_t FQ_BYTES_STRICT
@@ -23,12 +25,16 @@ cdef extern from "fastq.h" nogil:
         uint64_t pos, end, n, cursor
         uint32_t lane, taken, first_off, redelivered
         uint64_t count
+        uint64_t idx, msg_pos, msg_idx, kept
 
     ctypedef struct fq_create_opts:
         uint64_t capacity
         uint64_t max_message
         uint32_t max_slots
         uint32_t mode
+        uint32_t topic
+        uint32_t drop
+        uint32_t max_subs
 
     int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
                   char *err, size_t errlen)
@@ -57,3 +63,32 @@ cdef extern from "fastq.h" nogil:
     int fq_idle(fq_queue *q)
     int fq_fd(fq_queue *q)
     int fq_pid_alive(int pid, uint64_t start_time)
+
+    ctypedef struct fq_sub:
+        pass
+    ctypedef struct fq_sub_info:
+        char name[64]
+        uint32_t flags
+        int pid
+        uint32_t kind
+        int alive
+        uint64_t position
+        uint64_t lag
+        uint64_t got
+    int fq_is_topic(fq_queue *q)
+    int fq_is_drop(fq_queue *q)
+    uint32_t fq_max_subs(fq_queue *q)
+    int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **out,
+                     char *err, size_t errlen)
+    void fq_unsubscribe(fq_sub *s)
+    int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
+    int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
+    int fq_sub_intact(fq_sub *s, fq_claim *c)
+    void fq_sub_end(fq_sub *s, fq_claim *c)
+    void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t frm, int redelivered)
+    void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
+    int fq_sub_spin(fq_sub *s, uint64_t ns)
+    uint64_t fq_sub_lag(fq_sub *s)
+    uint64_t fq_sub_dropped(fq_sub *s)
+    uint32_t fq_sub_index(fq_sub *s)
+    int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)

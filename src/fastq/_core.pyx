@@ -11,7 +11,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -74,6 +74,9 @@ cdef class _Waiter:
         self.last_recover = now
 
 
+cdef class Subscriber
+
+
 cdef class Segment:
     """A mapped fastq segment (one queue).  Thread-safe; one per process."""
     cdef fq_queue *q
@@ -87,6 +90,7 @@ cdef class Segment:
     cdef int unacked
     cdef object _deliveries    # WeakSet of unsettled Delivery objects
     cdef double _last_poll_recover
+    cdef object _subs          # WeakSet of open Subscribers (closed first)
 
     def set_serializer(self, dumps, loads, bint is_pickle=False):
         """Functions applied by put*/get* (None, None: raw bytes).  With
@@ -106,10 +110,14 @@ cdef class Segment:
 
     @staticmethod
     def create(str path, uint64_t capacity, uint64_t max_message, uint32_t max_slots,
-               uint32_t mode):
+               uint32_t mode, uint32_t topic=0, uint32_t drop=0, uint32_t max_subs=0):
         cdef fq_create_opts o
         cdef char err[512]
         cdef fq_queue *q = NULL
+        memset(&o, 0, sizeof(o))
+        o.topic = topic
+        o.drop = drop
+        o.max_subs = max_subs
         o.capacity = capacity
         o.max_message = max_message
         o.max_slots = max_slots
@@ -163,6 +171,9 @@ cdef class Segment:
             for d in list(self._deliveries):
                 if not (<Delivery>d).settled:
                     (<Delivery>d).nack(True)
+        if self._subs:
+            for sub in list(self._subs):
+                (<Subscriber>sub).close()
         self.closing = True
         if self.inflight == 0:
             fq_close(self.q)
@@ -666,6 +677,76 @@ cdef class Segment:
         finally:
             self._exit()
 
+    # ---- topics -------------------------------------------------------------
+
+    @property
+    def is_topic(self):
+        return bool(fq_is_topic(self._enter_quick()))
+
+    @property
+    def is_drop(self):
+        return bool(fq_is_drop(self._enter_quick()))
+
+    @property
+    def max_subscribers(self):
+        return fq_max_subs(self._enter_quick())
+
+    def subscribe(self, str name, int kind, int start):
+        """A new Subscriber (a member of the group `name`, see fastq.h)."""
+        cdef fq_queue *q = self._enter()
+        cdef fq_sub *sp = NULL
+        cdef char err[512]
+        cdef int rc
+        b = name.encode()
+        cdef const char *cp = b
+        err[0] = 0
+        try:
+            with nogil:
+                rc = fq_subscribe(q, cp, kind, start, &sp, err, sizeof(err))
+            if rc != 0:
+                msg = err.decode(errors="replace")
+                if rc == FQ_ENOSUB:
+                    from ._errors import SubscriberLimit
+                    raise SubscriberLimit(msg)
+                if rc == FQ_EINUSE:
+                    raise RuntimeError(msg)
+                if rc == FQ_ENOSLOT:
+                    raise OSError(msg)
+                import errno
+                if rc == -errno.ENOENT:
+                    raise FileNotFoundError(errno.ENOENT, msg)
+                if rc == -errno.EINVAL:
+                    raise ValueError(msg)
+                _raise_rc(rc, q, 0)
+            sub = Subscriber.__new__(Subscriber)
+            (<Subscriber>sub).s = sp
+            (<Subscriber>sub).seg = self
+            (<Subscriber>sub).drop = fq_is_drop(q)
+            if self._subs is None:
+                import weakref
+                self._subs = weakref.WeakSet()
+            self._subs.add(sub)
+            return sub
+        finally:
+            self._exit()
+
+    def subscribers(self):
+        """Raw rows of the subscriber tables: (name, flags, pid, kind, alive,
+        position, lag, got)."""
+        cdef fq_queue *q = self._enter()
+        cdef fq_sub_info info
+        cdef uint32_t i
+        rows = []
+        try:
+            for i in range(2 * fq_max_subs(q)):
+                if fq_topic_info(q, i, &info):
+                    rows.append((info.name.decode(errors="replace"), info.flags, info.pid,
+                                 info.kind, bool(info.alive), info.position, info.lag,
+                                 info.got))
+            return rows
+        finally:
+            self._exit()
+
     def stats(self):
         """Cursors and internals, for debugging and tests."""
         cdef uint64_t out[8]
@@ -685,6 +766,7 @@ cdef class Delivery:
     an exception.
     """
     cdef Segment seg
+    cdef Subscriber sub      # set for a topic subscription's delivery
     cdef fq_claim c
     cdef readonly object value
     cdef readonly bint redelivered
@@ -703,6 +785,10 @@ cdef class Delivery:
     cdef int _settle(self, bint consume) except -1:
         if self.settled:
             raise ValueError("this delivery was already acknowledged")
+        if self.sub is not None:
+            self.settled = True
+            self.sub._settle(&self.c, consume)
+            return 0
         if self.seg is None:
             raise ValueError("not a received delivery")
         self.settled = True
@@ -728,7 +814,7 @@ cdef class Delivery:
 
     def __del__(self):
         # dropped without an answer: give the message back
-        if not self.settled and self.seg is not None:
+        if not self.settled and (self.seg is not None or self.sub is not None):
             try:
                 self.nack(True)
             except Exception:
@@ -737,6 +823,260 @@ cdef class Delivery:
     def __repr__(self):
         state = "settled" if self.settled else "unacked"
         return f"<fastq.Delivery {state} redelivered={self.redelivered} value={self.value!r:.60}>"
+
+
+cdef class Subscriber:
+    """One topic subscription: a member of a group (see fastq.Subscription).
+
+    Used by one thread at a time (a second thread gets RuntimeError)."""
+    cdef fq_sub *s
+    cdef Segment seg
+    cdef bint drop
+    cdef bint busy
+    cdef bint unacked
+    cdef Delivery delivery
+    cdef object __weakref__
+
+    def __dealloc__(self):
+        # the segment closes its subscribers first; a subscriber dropped
+        # without close() while its segment lives is closed here
+        if self.s != NULL and self.seg is not None and self.seg.q != NULL:
+            fq_unsubscribe(self.s)
+            self.s = NULL
+
+    cdef fq_queue *_enter(self) except NULL:
+        if self.s == NULL:
+            raise ValueError("operation on a closed subscription")
+        if self.busy:
+            raise RuntimeError("this subscription is in use by another thread: a "
+                               "Subscription is for one thread at a time")
+        cdef fq_queue *q = self.seg._enter()
+        self.busy = True
+        return q
+
+    cdef void _exit(self):
+        self.busy = False
+        self.seg._exit()
+
+    def close(self):
+        """Leave the group.  An unacknowledged delivery goes back to the
+        group (redelivered to another member, or to the next subscriber of a
+        durable name)."""
+        if self.s == NULL:
+            return
+        if self.busy:
+            raise RuntimeError("close() while another thread uses this subscription")
+        if self.delivery is not None and not self.delivery.settled:
+            self.delivery.settled = True  # its claim is left as an orphan
+        self.delivery = None
+        self.unacked = False
+        fq_unsubscribe(self.s)
+        self.s = NULL
+
+    @property
+    def closed(self):
+        return self.s == NULL
+
+    @property
+    def lag(self):
+        if self.s == NULL:
+            raise ValueError("operation on a closed subscription")
+        return fq_sub_lag(self.s)
+
+    @property
+    def dropped(self):
+        if self.s == NULL:
+            raise ValueError("operation on a closed subscription")
+        return fq_sub_dropped(self.s)
+
+    cdef int _wait(self, fq_queue *q, _Waiter w) except -1:
+        now = _monotonic()
+        cdef double left = WAIT_SLICE
+        if not w.forever:
+            left = w.deadline - now
+            if left <= 0:
+                self.seg._poll_recover(q)
+                raise Empty
+            if left > WAIT_SLICE:
+                left = WAIT_SLICE
+        if now - w.last_recover >= RECOVER_AFTER:
+            w.last_recover = now
+            with nogil:
+                fq_recover(q)
+        cdef uint64_t ns = <uint64_t>(left * 1e9)
+        cdef int spin = not w.spun
+        w.spun = True
+        with nogil:
+            fq_sub_wait(self.s, ns, spin)
+        PyErr_CheckSignals()
+        if self.seg.closing:
+            raise ValueError("the topic was closed while this call waited")
+        return 0
+
+    cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
+                    bint block, object timeout) except -1:
+        cdef int rc, spun = 0
+        cdef _Waiter w = None
+        while True:
+            rc = fq_sub_begin(self.s, max_n, max_bytes, c)
+            if rc == FQ_OK:
+                return 0
+            if rc == -16:  # -EBUSY: a claim is open
+                raise RuntimeError("a delivery of this subscription is unacknowledged: "
+                                   "ack or nack it first (one at a time per subscription)")
+            if rc == FQ_EMPTY and not block:
+                self.seg._poll_recover(q)
+            if rc != FQ_EMPTY or not block:
+                _raise_rc(rc, q, 0)
+            if w is None:
+                if spun < 1 and fq_sub_spin(self.s, SPIN_GIL_NS):
+                    spun += 1
+                    continue
+                w = _Waiter(timeout)
+            self._wait(q, w)
+
+    cdef object _next(self, fq_claim *c, object loads, bint *done):
+        """The next intact message of claim c as an object (done[0] set when
+        the claim has no more).  A drop topic's message is copied out and
+        checked before it is deserialized: a publisher may overwrite it."""
+        cdef const void *data
+        cdef uint64_t n
+        while True:
+            if not fq_sub_next(self.s, c, &data, &n):
+                done[0] = True
+                return None
+            if not self.drop:
+                out = self.seg._load(loads, data, n)
+                fq_sub_intact(self.s, c)
+                return out
+            raw = self.seg._load(None, data, n)
+            if not fq_sub_intact(self.s, c):
+                continue  # overwritten while we copied it: lost, counted
+            if loads is None:
+                return raw
+            return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
+
+    cdef object _one(self, fq_claim *c, object loads):
+        """The one message of claim c (then the claim is ended), or None with
+        the claim ended when it was overwritten (drop topics)."""
+        cdef bint done = False
+        try:
+            out = self._next(c, loads, &done)
+        except Exception:
+            # a message that cannot be deserialized is consumed (it would
+            # otherwise come back forever); the error propagates
+            if c.kept == 0:
+                c.kept = 1
+                c.idx = c.msg_idx
+            fq_sub_end(self.s, c)
+            raise
+        except BaseException:
+            fq_sub_hold(self.s, c, 0, 0)  # interrupted: returned again next
+            raise
+        return out, done
+
+    def get(self, bint block=True, timeout=None):
+        """Take the next message (see fastq.Subscription.get)."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        loads = self.seg._loads
+        cdef fq_queue *q = self._enter()
+        cdef fq_claim c
+        try:
+            while True:
+                self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout)
+                out, done = self._one(&c, loads)
+                fq_sub_end(self.s, &c)
+                if not done:
+                    return out
+        finally:
+            self._exit()
+
+    def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
+                 uint64_t max_bytes=BATCH_BYTES):
+        """Take 1..max_messages messages (see fastq.Subscription.get_many)."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        loads = self.seg._loads
+        cdef fq_queue *q = self._enter()
+        cdef fq_claim c
+        cdef bint done
+        cdef uint64_t pos, idx, kept
+        cdef list out = []
+        try:
+            while not out:
+                self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
+                done = False
+                while True:
+                    idx = c.idx
+                    kept = c.kept
+                    try:
+                        v = self._next(&c, loads, &done)
+                    except Exception:
+                        if not out:  # the first one is consumed, the rest kept
+                            c.kept = kept + 1
+                            c.idx = c.msg_idx
+                            fq_sub_hold(self.s, &c, c.cursor, 0)
+                            raise
+                        # keep what was delivered; this one and the rest stay
+                        c.kept = kept
+                        c.idx = idx
+                        fq_sub_hold(self.s, &c, c.msg_pos, 0)
+                        return out
+                    except BaseException:
+                        fq_sub_hold(self.s, &c, 0, 0)
+                        raise
+                    if done:
+                        break
+                    out.append(v)
+                fq_sub_end(self.s, &c)
+            return out
+        finally:
+            self._exit()
+
+    def receive(self, bint block=True, timeout=None):
+        """Take the next message, kept until the Delivery is acked."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if self.unacked:
+            raise RuntimeError("a delivery of this subscription is unacknowledged: ack or "
+                               "nack it first (one at a time per subscription)")
+        loads = self.seg._loads
+        cdef fq_queue *q = self._enter()
+        cdef Delivery d = Delivery.__new__(Delivery)
+        try:
+            while True:
+                self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
+                out, done = self._one(&d.c, loads)
+                if done:  # overwritten (drop topic): lost, counted
+                    fq_sub_end(self.s, &d.c)
+                    continue
+                d.value = out
+                d.sub = self
+                d.redelivered = d.c.redelivered != 0
+                self.unacked = True
+                self.delivery = d
+                return d
+        finally:
+            self._exit()
+
+    cdef int _settle(self, fq_claim *c, bint consume) except -1:
+        self.unacked = False
+        self.delivery = None
+        if self.s == NULL:
+            return 0  # closed: the claim was left to the group
+        if self.busy:
+            raise RuntimeError("this subscription is in use by another thread")
+        if consume:
+            fq_sub_end(self.s, c)
+        else:
+            fq_sub_hold(self.s, c, 0, 1)
+        return 0
+
+    def index(self):
+        return fq_sub_index(self.s)
 
 
 def pid_alive(int pid, uint64_t start_time=0):

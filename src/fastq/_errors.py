@@ -25,4 +25,9 @@ class SegmentError(OSError):
     """A segment file is not a valid fastq segment, or holds impossible values."""
 
 
-__all__ = ["Empty", "Full", "ShutDown", "MessageTooLarge", "SegmentError"]
+class SubscriberLimit(RuntimeError):
+    """Every subscriber entry of a topic is taken (set ``max_subscribers`` when
+    creating it); entries of dead subscribers are reclaimed first."""
+
+
+__all__ = ["Empty", "Full", "ShutDown", "MessageTooLarge", "SegmentError", "SubscriberLimit"]

@@ -126,6 +126,22 @@ def _make_serializer(spec: Any):
 _anon_paths: "dict[str, int]" = {}  # path -> pid of the creator
 
 
+def _check_trust(seg: Any, path: str, what: str) -> None:
+    """Refuse (PermissionError, closing seg) a segment another user can write."""
+    st = os.fstat(seg.fileno())
+    why = None
+    if st.st_uid != os.geteuid():
+        why = f"it is owned by uid {st.st_uid}"
+    elif st.st_mode & 0o022:
+        why = f"its mode {st.st_mode & 0o777:#o} lets other users write it"
+    if why:
+        seg.close()
+        raise PermissionError(
+            f"refusing to open {what} {path}: {why}, and whoever can write a "
+            "segment can make its readers run code (unpickling); pass trusted=True "
+            "if you trust every user who can write it")
+
+
 def _unlink_anon(path: str, pid: int) -> None:
     """Remove an anonymous queue's file, in its creator process only (a
     forked child inherits this module's state but must not remove it)."""
@@ -224,6 +240,9 @@ class Queue:
                 except FileExistsError:  # lost a creation race: the winner's is complete
                     self._seg = _core.Segment.open(path)
         self._path = path
+        if opened and self._seg.is_topic:
+            self._seg.close()
+            raise ValueError(f"{path} is a topic, not a queue: open it with fastq.Topic")
         if opened and not trusted:
             self._check_trust()
         self._seg.set_serializer(
@@ -241,18 +260,7 @@ class Queue:
             self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
 
     def _check_trust(self) -> None:
-        st = os.fstat(self._seg.fileno())
-        why = None
-        if st.st_uid != os.geteuid():
-            why = f"it is owned by uid {st.st_uid}"
-        elif st.st_mode & 0o022:
-            why = f"its mode {st.st_mode & 0o777:#o} lets other users write it"
-        if why:
-            self._seg.close()
-            raise PermissionError(
-                f"refusing to open queue {self._path}: {why}, and whoever can write a "
-                "segment can make its readers run code (unpickling); pass trusted=True "
-                "if you trust every user who can write it")
+        _check_trust(self._seg, self._path, "queue")
 
     # ---- constructors -------------------------------------------------------
 

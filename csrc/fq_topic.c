@@ -1,0 +1,857 @@
+/*
+ * fq_topic.c - topics: one ring, many readers, each group at its own pace.
+ *
+ * A topic segment is a queue segment whose ring is read by groups instead
+ * of by one shared head (fq_layout.h: fq_group, fq_member).  Publishers use
+ * the producer path of fq_ring.c unchanged, except two things:
+ *
+ *   - tail and ctrl->published move together in one 16-byte CAS, so each
+ *     record carries its message index in a 16-byte payload prefix: a
+ *     subscriber counts exactly what it skipped, and its lag, by subtraction;
+ *   - the space check: release is not moved by readers.  In overflow="block"
+ *     a publisher that runs out of cached space computes it as the minimum
+ *     of every group's head and every member's claim (fq_topic_release);
+ *     in overflow="drop" it evicts the oldest committed records itself by
+ *     moving release over them (fq_topic_evict), whoever still reads them.
+ *
+ * Readers never write to records, so one record serves every group.
+ *
+ * A member reads by claiming from its group's head, like a queue consumer:
+ *   1. H = head (pos h, last claimer); walk the committed records from h.
+ *   2. Intent in its entry: pos h, end p, n, state seq|CLAIMING (seq_cst).
+ *   3. CAS head H -> (p, me) (seq_cst).  Then state WON.
+ *   4. Copy; in a drop topic, check each copy afterwards: release still at
+ *      or below the message's position (fq_sub_intact).
+ *   5. State IDLE (release): the records may be reused from now on.
+ * A publisher's scan loads tail, then every group head, then every claim
+ * (all seq_cst): a claim whose CAS it saw is visible to it, and a claim it
+ * did not see is at or above the head it loaded.
+ *
+ * Crash windows.  A member that dies with a claim WON leaves an ORPHAN:
+ * recovery keeps the entry, claim and all, and the next member of the group
+ * takes it (redelivered).  One that dies CLAIMING may or may not have won its
+ * CAS: the head names the member that moved it last, and a member that
+ * claims after another one still CLAIMING first helps it to WON (CAS on its
+ * state); so a dead CLAIMING member won exactly when the head still names it
+ * with its end (fq_topic_reap reads the head first, then the state).
+ *
+ * Joining.  A new group's head starts at release (which no publisher can
+ * pass while the group is visible), then moves to where it starts: a
+ * publisher that did not see the group loaded tail before the group was
+ * published, so it cannot release past a "latest" start (tail, read after).
+ * An "earliest" start may lose that race; the reader then finds its records
+ * released (drop-topic style) and moves on to release.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fq_internal.h"
+
+#define ACQ memory_order_acquire
+#define REL memory_order_release
+#define RLX memory_order_relaxed
+#define SEQ memory_order_seq_cst
+
+struct fq_sub {
+    fq_queue *q;
+    uint32_t m, g;  /* our member entry and its group */
+    uint64_t word;  /* our member word: still ours? */
+    int held;       /* a claim kept by fq_sub_hold, returned again next */
+    fq_claim hold;
+};
+
+/* ---- packed group heads ---------------------------------------------- */
+
+#define FQ_HEAD_LOW 0xffffffffffffull /* 48 bits of pos >> 4 */
+
+static inline uint64_t fq_head_pack(uint64_t pos, uint32_t id)
+{
+    return ((pos >> 4) & FQ_HEAD_LOW) << 16 | (id & 0xffff);
+}
+
+static inline uint32_t fq_head_id(uint64_t h)
+{
+    return (uint32_t)(h & 0xffff);
+}
+
+/* The position whose packed form is h, nearest to ref (a recent tail):
+ * heads are within 2^51 bytes of tail, so the difference fits 48 bits. */
+static inline uint64_t fq_head_pos(uint64_t h, uint64_t ref)
+{
+    uint64_t d = ((h >> 16) - (ref >> 4)) & FQ_HEAD_LOW;
+    int64_t sd = (int64_t)(d << 16) >> 16; /* sign-extend 48 bits */
+    return (ref & ~(uint64_t)15) + (uint64_t)(sd * 16);
+}
+
+static inline uint64_t fq_rec_index(fq_rec *r)
+{
+    return ((const volatile uint64_t *)(r + 1))[0];
+}
+
+/* ---- publishers ------------------------------------------------------ */
+
+/* tail and published move together: one 16-byte CAS.  On failure, *t and
+ * *cnt are the current values. */
+int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n)
+{
+    unsigned __int128 *pair = (unsigned __int128 *)&q->ctrl->tail;
+    unsigned __int128 old = (unsigned __int128)*cnt << 64 | *t;
+    unsigned __int128 nw = (unsigned __int128)(*cnt + n) << 64 | (*t + span);
+    /* a full barrier (lock cmpxchg16b): seq_cst like the queue's tail CAS */
+    unsigned __int128 got = __sync_val_compare_and_swap(pair, old, nw);
+    if (got == old)
+        return 1;
+    *t = (uint64_t)got;
+    *cnt = (uint64_t)(got >> 64);
+    return 0;
+}
+
+static inline uint32_t fq_hwm(fq_queue *q)
+{
+    uint32_t h = atomic_load_explicit(&q->ctrl->subs_hwm, SEQ);
+    return h < q->nsubs ? h : q->nsubs;
+}
+
+/*
+ * overflow="block": the oldest position any group still needs; moves
+ * release up to it and returns release.  Loads tail first, then the group
+ * heads, then the claims (see the top of this file).
+ */
+uint64_t fq_topic_release(fq_queue *q)
+{
+    fq_ctrl *c = q->ctrl;
+    uint64_t t0 = atomic_load_explicit(&c->tail, SEQ);
+    uint64_t m = t0;
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_group *g = &q->groups[i];
+        if ((atomic_load_explicit(&g->word, SEQ) & 0xff) != FQ_GRP_ACTIVE)
+            continue;
+        uint64_t h = fq_head_pos(atomic_load_explicit(&g->head, SEQ), t0);
+        if (h < m)
+            m = h;
+    }
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        unsigned kind = FQ_SLOT_KIND(atomic_load_explicit(&e->word, SEQ));
+        if (kind != FQ_MEM_ACTIVE && kind != FQ_MEM_ORPHAN)
+            continue;
+        if ((atomic_load_explicit(&e->state, SEQ) & 3) == FQ_PH_IDLE)
+            continue;
+        uint64_t p = atomic_load_explicit(&e->pos, SEQ);
+        if (p < m)
+            m = p;
+    }
+    uint64_t rel = atomic_load_explicit(&c->release, SEQ);
+    if (m + q->cap < t0) /* impossible (a corrupt head): hold at the ring's size */
+        m = t0 - q->cap;
+    while (m > rel && !atomic_compare_exchange_weak_explicit(&c->release, &rel, m, SEQ, SEQ))
+        ;
+    return rel > m ? rel : m;
+}
+
+/*
+ * overflow="drop": move release to at least target by dropping the oldest
+ * records, whoever reads them.  A record still being written cannot be
+ * dropped: FQ_FULL (its publisher is copying, or recovery will abandon it).
+ */
+int fq_topic_evict(fq_queue *q, uint64_t target)
+{
+    fq_ctrl *c = q->ctrl;
+    for (;;) {
+        uint64_t rel = atomic_load_explicit(&c->release, SEQ);
+        if (rel >= target)
+            break;
+        fq_rec *r = fq_rec_at(q, rel);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        if (!fq_match(q, rel, w)) {
+            if (atomic_load_explicit(&c->release, SEQ) != rel)
+                continue;
+            return rel < atomic_load_explicit(&c->tail, SEQ) ? FQ_FULL : FQ_ECORRUPT;
+        }
+        unsigned st = w & 7;
+        if (st == FQ_REC_WRITING)
+            return FQ_FULL;
+        uint64_t span = fq_span(q, rel, w, r->len);
+        if (!span)
+            return atomic_load_explicit(&c->release, SEQ) != rel ? FQ_FULL : FQ_ECORRUPT;
+        /* seq_cst: a reader that copied bytes we overwrite afterwards sees
+         * the new release in its check (fq_sub_intact) */
+        atomic_compare_exchange_strong_explicit(&c->release, &rel, rel + span, SEQ, RLX);
+    }
+    /* order the eviction before our writes into the evicted bytes */
+    atomic_thread_fence(memory_order_release);
+    return FQ_OK;
+}
+
+/* fq_wait's condition for a publisher (need: payload bytes of the put) */
+int fq_topic_space_ready(fq_queue *q, uint64_t need)
+{
+    fq_ctrl *c = q->ctrl;
+    uint64_t t = atomic_load_explicit(&c->tail, SEQ);
+    if (q->drop) {
+        uint64_t rel = atomic_load_explicit(&c->release, SEQ);
+        fq_rec *r = fq_rec_at(q, rel);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        return rel == t || !fq_match(q, rel, w) || (w & 7) != FQ_REC_WRITING;
+    }
+    need = fq_rec_size(need + q->prefix);
+    if (need > q->cap / 2)
+        need = q->cap / 2;
+    uint64_t idx = t & q->mask;
+    uint64_t span = idx + need > q->cap ? q->cap - idx + need : need;
+    return t + span - fq_topic_release(q) <= q->cap;
+}
+
+/* fq_wait's condition for a subscriber waiting at pos */
+int fq_topic_data_ready(fq_queue *q, uint64_t pos)
+{
+    fq_ctrl *c = q->ctrl;
+    if (q->drop && pos < atomic_load_explicit(&c->release, SEQ))
+        return 1; /* lapped: move on */
+    uint64_t w = atomic_load_explicit(&fq_rec_at(q, pos)->word, SEQ);
+    if (!fq_match(q, pos, w))
+        return 0;
+    unsigned st = w & 7;
+    return st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED;
+}
+
+/* ---- the tables (under the segment lock) ------------------------------ */
+
+static int fq_member_dead(fq_member *e, uint64_t w)
+{
+    return !fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&e->start_time));
+}
+
+static int fq_group_has_members(fq_queue *q, uint32_t gi)
+{
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        if (FQ_SLOT_KIND(atomic_load(&e->word)) == FQ_MEM_ACTIVE && atomic_load(&e->group) == gi)
+            return 1;
+    }
+    return 0;
+}
+
+/* Free a non-durable group nobody belongs to, with its orphans. */
+static int fq_group_gc(fq_queue *q, uint32_t gi)
+{
+    fq_group *g = &q->groups[gi];
+    uint64_t gw = atomic_load(&g->word);
+    if ((gw & 0xff) != FQ_GRP_ACTIVE || ((gw >> 8) & FQ_GRP_DURABLE) ||
+        fq_group_has_members(q, gi))
+        return 0;
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        uint64_t w = atomic_load(&e->word);
+        if (FQ_SLOT_KIND(w) == FQ_MEM_ORPHAN && atomic_load(&e->group) == gi)
+            atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_FREE, FQ_SLOT_GEN(w), 0));
+    }
+    atomic_store(&g->word, FQ_GRP_FREE);
+    return 1;
+}
+
+/* Leave member entry i (dead or closing): its claim, if it holds one, stays
+ * as an orphan for the group. */
+static void fq_member_leave(fq_queue *q, uint32_t i, int dead)
+{
+    fq_member *e = &q->members[i];
+    uint64_t w = atomic_load(&e->word);
+    uint32_t gi = atomic_load(&e->group);
+    if (gi >= q->nsubs) {
+        atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_FREE, FQ_SLOT_GEN(w), 0));
+        return;
+    }
+    fq_group *g = &q->groups[gi];
+    /* the head before the state: see the top of this file */
+    uint64_t H = atomic_load(&g->head);
+    uint64_t st = atomic_load(&e->state);
+    if (dead && (st & 3) == FQ_PH_CLAIMING) {
+        uint64_t t = atomic_load(&q->ctrl->tail);
+        if (fq_head_id(H) == i + 1 && fq_head_pos(H, t) == atomic_load(&e->end))
+            atomic_compare_exchange_strong(&e->state, &st, (st & ~(uint64_t)3) | FQ_PH_WON);
+        st = atomic_load(&e->state);
+        if ((st & 3) == FQ_PH_CLAIMING) /* it lost its CAS: nothing claimed */
+            atomic_store(&e->state, st & ~(uint64_t)3);
+        FQ_CRASH_POINT("topic_reap_claiming");
+    }
+    if ((atomic_load(&e->state) & 3) == FQ_PH_WON) {
+        atomic_fetch_add(&g->orphans, 1); /* the hint first: too high costs a look */
+        atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_ORPHAN, FQ_SLOT_GEN(w), 0));
+    } else {
+        atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_FREE, FQ_SLOT_GEN(w), 0));
+    }
+    fq_group_gc(q, gi);
+}
+
+/* Under the lock: members whose process died leave; empty groups go. */
+int fq_topic_reap(fq_queue *q)
+{
+    int changed = 0;
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        uint64_t w = atomic_load(&e->word);
+        if (FQ_SLOT_KIND(w) == FQ_MEM_ACTIVE && fq_member_dead(e, w)) {
+            fq_member_leave(q, i, 1);
+            changed = 1;
+        }
+    }
+    for (uint32_t gi = 0; gi < hwm; gi++)
+        changed |= fq_group_gc(q, gi); /* e.g. a subscriber killed mid-subscribe */
+    if (changed) {
+        atomic_fetch_add(&q->ctrl->space_seq, 1);
+        atomic_fetch_add(&q->ctrl->data_seq, 1);
+        fq_wake(q, -1);
+    }
+    return changed;
+}
+
+static int fq_serr(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fq_serr(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* The index of the first message at or after pos (walking padding), or
+ * UINT64_MAX when it cannot be known (nothing there, or overwritten). */
+/* tail and published, consistent: both move in one CAS and published only
+ * grows, so an unchanged published brackets the load of tail */
+static uint64_t fq_tail_pair(fq_queue *q, uint64_t *cnt)
+{
+    uint64_t c1, c2, t;
+    do {
+        c1 = atomic_load(&q->ctrl->published);
+        t = atomic_load(&q->ctrl->tail);
+        c2 = atomic_load(&q->ctrl->published);
+    } while (c1 != c2);
+    *cnt = c1;
+    return t;
+}
+
+static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
+{
+    fq_ctrl *c = q->ctrl;
+    for (int i = 0; i < 1024; i++) {
+        uint64_t cnt, t = fq_tail_pair(q, &cnt);
+        if (pos >= t)
+            return pos == t ? cnt : UINT64_MAX;
+        fq_rec *r = fq_rec_at(q, pos);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        if (!fq_match(q, pos, w))
+            return UINT64_MAX;
+        uint64_t span = fq_span(q, pos, w, r->len);
+        if (!span)
+            return UINT64_MAX;
+        unsigned st = w & 7;
+        if (st == FQ_REC_WRITING || st == FQ_REC_COMMITTED) {
+            uint64_t idx = fq_rec_index(r);
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load(&c->release) > pos)
+                return UINT64_MAX; /* overwritten meanwhile */
+            return idx;
+        }
+        pos += span;
+    }
+    return UINT64_MAX;
+}
+
+int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **out, char *err,
+                 size_t errlen)
+{
+    if (!q->topic)
+        return fq_serr(err, errlen, -EINVAL, "not a topic");
+    int must_exist = (kind & FQ_SUB_MUST_EXIST) != 0;
+    kind &= ~FQ_SUB_MUST_EXIST;
+    uint32_t flags = kind == FQ_SUB_DURABLE ? FQ_GRP_DURABLE
+                     : kind == FQ_SUB_GROUP ? FQ_GRP_GROUP
+                                            : FQ_GRP_ANON;
+    size_t nlen = strlen(name);
+    if (nlen == 0 || nlen >= FQ_GROUP_NAME)
+        return fq_serr(err, errlen, -EINVAL, "a subscription name is 1 to %d bytes, not %zu",
+                       FQ_GROUP_NAME - 1, nlen);
+    int rc = fq_attach(q); /* a slot: we sleep on the segment's futex words */
+    if (rc)
+        return rc == FQ_ENOSLOT
+                   ? fq_serr(err, errlen, FQ_ENOSLOT,
+                             "every one of the topic's %u process slots is taken by a live "
+                             "process (create it with a larger max_processes)", q->nslots)
+                   : rc;
+    fq_sub *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    fq_ctrl *c = q->ctrl;
+    fq_lock_wait(q);
+    FQ_CRASH_POINT("subscribe_after_lock");
+    fq_topic_reap(q);
+    uint32_t hwm = fq_hwm(q), gi = UINT32_MAX, mi = UINT32_MAX;
+    for (uint32_t i = 0; i < hwm && gi == UINT32_MAX; i++) {
+        fq_group *g = &q->groups[i];
+        uint64_t gw = atomic_load(&g->word);
+        if ((gw & 0xff) == FQ_GRP_ACTIVE && ((gw >> 8) & 0xff) == flags &&
+            strncmp(g->name, name, FQ_GROUP_NAME) == 0)
+            gi = i;
+    }
+    if (gi == UINT32_MAX && must_exist) {
+        rc = fq_serr(err, errlen, -ENOENT, "subscription group %s no longer exists", name);
+        goto fail;
+    }
+    if (gi != UINT32_MAX && q->drop) {
+        for (uint32_t i = 0; i < hwm; i++) {
+            fq_member *e = &q->members[i];
+            uint64_t w = atomic_load(&e->word);
+            if (FQ_SLOT_KIND(w) == FQ_MEM_ACTIVE && atomic_load(&e->group) == gi) {
+                rc = fq_serr(err, errlen, FQ_EINUSE,
+                             "subscription %s is attached (pid %d); a topic with "
+                             "overflow=\"drop\" has one subscriber per name",
+                             name, FQ_SLOT_PID(w));
+                goto fail;
+            }
+        }
+    }
+    for (uint32_t i = 0; i < q->nsubs && mi == UINT32_MAX; i++)
+        if (FQ_SLOT_KIND(atomic_load(&q->members[i].word)) == FQ_MEM_FREE)
+            mi = i;
+    uint32_t ng = gi;
+    for (uint32_t i = 0; i < q->nsubs && ng == UINT32_MAX; i++)
+        if ((atomic_load(&q->groups[i].word) & 0xff) == FQ_GRP_FREE)
+            ng = i;
+    if (mi == UINT32_MAX || ng == UINT32_MAX) {
+        rc = fq_serr(err, errlen, FQ_ENOSUB,
+                     "the topic's %u subscriber entries are all taken (by live subscribers, "
+                     "durable subscriptions or their unfinished messages); create the topic "
+                     "with a larger max_subscribers", q->nsubs);
+        goto fail;
+    }
+    uint32_t top = (mi > ng ? mi : ng) + 1;
+    if (top > hwm) /* before either entry is used: scans must reach them */
+        atomic_store(&c->subs_hwm, top);
+    if (gi == UINT32_MAX) {
+        gi = ng;
+        fq_group *g = &q->groups[gi];
+        memset(g->name, 0, sizeof g->name);
+        memcpy(g->name, name, nlen);
+        atomic_store(&g->next_idx, UINT64_MAX);
+        atomic_store(&g->dropped, 0);
+        atomic_store(&g->orphans, 0);
+        /* visible at release first: no publisher passes it while we look
+         * for where to start (see the top of this file) */
+        atomic_store(&g->head, fq_head_pack(atomic_load(&c->release), 0));
+        atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)flags << 8);
+        FQ_CRASH_POINT("subscribe_group_visible");
+        uint64_t pos, idx;
+        if (start == FQ_START_EARLIEST) {
+            pos = atomic_load(&c->release);
+            idx = fq_first_index(q, pos);
+        } else {
+            pos = fq_tail_pair(q, &idx);
+        }
+        atomic_store(&g->next_idx, idx);
+        atomic_store(&g->head, fq_head_pack(pos, 0));
+    }
+    fq_member *e = &q->members[mi];
+    uint64_t ow = atomic_load(&e->word);
+    atomic_store(&e->start_time, fq_self_start_time());
+    atomic_store(&e->group, gi);
+    atomic_store(&e->pos, 0);
+    atomic_store(&e->end, 0);
+    atomic_store(&e->n, 0);
+    atomic_store(&e->state, atomic_load(&e->state) & ~(uint64_t)3);
+    atomic_store(&e->got, 0);
+    uint64_t w = FQ_SLOT_WORD(FQ_MEM_ACTIVE, FQ_SLOT_GEN(ow) + 1, getpid());
+    atomic_store(&e->word, w);
+    FQ_CRASH_POINT("subscribe_before_unlock");
+    fq_lock_drop(q);
+    s->q = q;
+    s->m = mi;
+    s->g = gi;
+    s->word = w;
+    *out = s;
+    return FQ_OK;
+fail:
+    fq_lock_drop(q);
+    free(s);
+    return rc;
+}
+
+void fq_unsubscribe(fq_sub *s)
+{
+    if (!s)
+        return;
+    fq_queue *q = s->q;
+    fq_lock_wait(q);
+    if (atomic_load(&q->members[s->m].word) == s->word)
+        fq_member_leave(q, s->m, 0);
+    fq_lock_drop(q);
+    atomic_fetch_add(&q->ctrl->space_seq, 1);
+    fq_wake(q, -1);
+    free(s);
+}
+
+/* ---- reading --------------------------------------------------------- */
+
+/* A member CLAIMING a claim that ends at end (the head names it): help it
+ * to WON before moving the head past it (see the top of this file). */
+static void fq_help(fq_queue *q, uint32_t mi, uint64_t end)
+{
+    if (mi >= q->nsubs)
+        return;
+    fq_member *o = &q->members[mi];
+    uint64_t st = atomic_load_explicit(&o->state, SEQ);
+    if ((st & 3) != FQ_PH_CLAIMING || atomic_load_explicit(&o->end, SEQ) != end)
+        return;
+    atomic_compare_exchange_strong_explicit(&o->state, &st, (st & ~(uint64_t)3) | FQ_PH_WON, SEQ,
+                                            RLX);
+}
+
+static void fq_fill_claim(fq_queue *q, fq_claim *c, uint64_t pos, uint64_t end, uint64_t n,
+                          uint64_t first_off, int redelivered)
+{
+    c->pos = pos;
+    c->end = end;
+    c->n = n;
+    c->cursor = pos + first_off;
+    c->first_off = (uint32_t)first_off;
+    c->lane = 0;
+    c->taken = 0;
+    c->redelivered = (uint32_t)redelivered;
+    c->count = 0;
+    c->idx = 0;
+    c->msg_pos = 0;
+    c->msg_idx = 0;
+    c->kept = 0;
+}
+
+/* Take over a claim a dead (or departed) member of our group left. */
+static int fq_take_orphan(fq_sub *s, fq_claim *c)
+{
+    fq_queue *q = s->q;
+    fq_group *g = &q->groups[s->g];
+    fq_member *me = &q->members[s->m];
+    if (!fq_lock_try(q))
+        return FQ_EMPTY; /* busy: look again next time */
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        uint64_t w = atomic_load(&e->word);
+        if (FQ_SLOT_KIND(w) != FQ_MEM_ORPHAN || atomic_load(&e->group) != s->g)
+            continue;
+        uint64_t pos = atomic_load(&e->pos), end = atomic_load(&e->end), n = atomic_load(&e->n);
+        /* cover the claim with ours before the orphan stops covering it */
+        uint64_t seq = (atomic_load(&me->state) >> 2) + 1;
+        atomic_store(&me->pos, pos);
+        atomic_store(&me->end, end);
+        atomic_store(&me->n, n);
+        atomic_store(&me->state, seq << 2 | FQ_PH_WON);
+        FQ_CRASH_POINT("take_orphan_covered");
+        atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_FREE, FQ_SLOT_GEN(w), 0));
+        uint64_t h = atomic_load(&g->orphans);
+        while (h && !atomic_compare_exchange_weak(&g->orphans, &h, h - 1))
+            ;
+        fq_lock_drop(q);
+        fq_fill_claim(q, c, pos, end, n, 0, 1);
+        return FQ_OK;
+    }
+    atomic_store(&g->orphans, 0); /* a stale hint: nothing is left */
+    fq_lock_drop(q);
+    return FQ_EMPTY;
+}
+
+int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
+{
+    fq_queue *q = s->q;
+    fq_ctrl *ctl = q->ctrl;
+    uint32_t state = atomic_load_explicit(&ctl->state, ACQ);
+    if (state & FQ_STATE_IMMEDIATE)
+        return FQ_SHUTDOWN;
+    fq_member *me = &q->members[s->m];
+    fq_group *g = &q->groups[s->g];
+    if (atomic_load_explicit(&me->word, RLX) != s->word)
+        return FQ_ECORRUPT; /* our entry was taken from us: impossible alive */
+    if (s->held) {
+        *c = s->hold;
+        c->cursor = c->pos + c->first_off;
+        c->redelivered = s->held == 2 || c->redelivered;
+        c->kept = 0;
+        s->held = 0;
+        return FQ_OK;
+    }
+    if ((atomic_load_explicit(&me->state, RLX) & 3) != FQ_PH_IDLE)
+        return -EBUSY; /* a claim is open: one at a time */
+    if (max_n == 0)
+        max_n = 1;
+    int strict = (max_bytes & FQ_BYTES_STRICT) != 0;
+    max_bytes &= ~FQ_BYTES_STRICT;
+    if (atomic_load_explicit(&g->orphans, RLX) && fq_take_orphan(s, c) == FQ_OK)
+        return FQ_OK;
+    uint32_t myid = s->m + 1;
+    for (;;) {
+        uint64_t H = atomic_load_explicit(&g->head, ACQ);
+        uint64_t t = atomic_load_explicit(&ctl->tail, ACQ);
+        uint64_t h = fq_head_pos(H, t);
+        uint64_t rel = atomic_load_explicit(&ctl->release, ACQ);
+        if (h < rel) {
+            /* released before we read it: a drop topic lapped us (or an
+             * "earliest" start lost its race): go on from release */
+            atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(rel, myid), SEQ,
+                                                    RLX);
+            continue;
+        }
+        uint32_t prev = fq_head_id(H);
+        if (prev && prev != myid)
+            fq_help(q, prev - 1, h);
+        uint64_t p = h, n = 0, bytes = 0, first_off = 0;
+        int lapped = 0;
+        while (n < max_n && p - h < q->cap && p < t) {
+            fq_rec *r = fq_rec_at(q, p);
+            uint64_t w = atomic_load_explicit(&r->word, ACQ);
+            if (!fq_match(q, p, w)) {
+                lapped = q->drop && p < atomic_load_explicit(&ctl->release, SEQ);
+                break;
+            }
+            unsigned st = w & 7;
+            if (st != FQ_REC_COMMITTED && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED)
+                break;
+            uint32_t len = r->len;
+            uint64_t span = fq_span(q, p, w, len);
+            if (!span || (st == FQ_REC_COMMITTED && len < q->prefix)) {
+                if (atomic_load_explicit(&g->head, ACQ) != H ||
+                    p < atomic_load_explicit(&ctl->release, SEQ)) {
+                    lapped = 1;
+                    break;
+                }
+                return FQ_ECORRUPT;
+            }
+            if (st == FQ_REC_COMMITTED) {
+                uint64_t plen = len - q->prefix;
+                if ((n || strict) && bytes + plen > max_bytes)
+                    break;
+                if (!n)
+                    first_off = p - h;
+                n++;
+                bytes += plen;
+            }
+            p += span;
+        }
+        if (lapped && p == h)
+            continue;
+        if (p == h) {
+            if ((state & FQ_STATE_SHUTDOWN) && atomic_load(&ctl->tail) == h)
+                return FQ_SHUTDOWN;
+            return FQ_EMPTY;
+        }
+        uint64_t seq = (atomic_load_explicit(&me->state, RLX) >> 2) + 1;
+        atomic_store_explicit(&me->pos, h, RLX);
+        atomic_store_explicit(&me->end, p, RLX);
+        atomic_store_explicit(&me->n, n, RLX);
+        /* seq_cst: a publisher that sees our head CAS sees this claim */
+        atomic_store_explicit(&me->state, seq << 2 | FQ_PH_CLAIMING, SEQ);
+        FQ_CRASH_POINT("sub_after_intent");
+        if (!atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(p, myid), SEQ,
+                                                     RLX)) {
+            atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
+            continue;
+        }
+        FQ_CRASH_POINT("sub_after_claim");
+        /* a helper may have stored WON already: the same value */
+        atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, SEQ);
+        if (n == 0) { /* padding only: done with it */
+            atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
+            continue;
+        }
+        fq_fill_claim(q, c, h, p, n, first_off, 0);
+        return FQ_OK;
+    }
+}
+
+int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
+{
+    fq_queue *q = s->q;
+    while (c->cursor < c->end) {
+        uint64_t p = c->cursor;
+        fq_rec *r = fq_rec_at(q, p);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        uint32_t l = r->len;
+        uint64_t span = fq_span(q, p, w, l);
+        if (!span || !fq_match(q, p, w))
+            return 0; /* overwritten (drop topic): the rest is lost */
+        c->cursor += span;
+        if ((w & 7) == FQ_REC_COMMITTED && l >= q->prefix) {
+            c->msg_pos = p;
+            c->msg_idx = fq_rec_index(r);
+            *data = (const uint8_t *)(r + 1) + q->prefix;
+            *len = l - q->prefix;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int fq_sub_intact(fq_sub *s, fq_claim *c)
+{
+    fq_queue *q = s->q;
+    if (q->drop) {
+        /* pairs with the release fence after eviction: if our copy saw
+         * any byte written after the eviction, we see the eviction */
+        atomic_thread_fence(memory_order_acquire);
+        if (c->msg_pos < atomic_load_explicit(&q->ctrl->release, SEQ))
+            return 0;
+    }
+    c->kept++;
+    c->idx = c->msg_idx;
+    return 1;
+}
+
+/* Account the messages of c returned so far (c->kept, the last c->idx). */
+static void fq_sub_account(fq_sub *s, fq_claim *c)
+{
+    fq_queue *q = s->q;
+    fq_group *g = &q->groups[s->g];
+    if (!c->kept)
+        return;
+    uint64_t next = c->idx + 1;
+    uint64_t cur = atomic_load_explicit(&g->next_idx, RLX);
+    if (q->drop && cur != UINT64_MAX && next > cur) {
+        /* what lies between our previous message and our last one, and was
+         * not returned, was lost (a drop topic's group has one member) */
+        uint64_t lost = next - cur;
+        lost = lost > c->kept ? lost - c->kept : 0;
+        if (lost)
+            atomic_fetch_add_explicit(&g->dropped, lost, RLX);
+    }
+    while ((cur == UINT64_MAX || next > cur) &&
+           !atomic_compare_exchange_weak_explicit(&g->next_idx, &cur, next, RLX, RLX))
+        ;
+    atomic_fetch_add_explicit(&q->members[s->m].got, c->kept, RLX);
+    c->kept = 0;
+}
+
+void fq_sub_end(fq_sub *s, fq_claim *c)
+{
+    fq_queue *q = s->q;
+    fq_member *me = &q->members[s->m];
+    FQ_CRASH_POINT("sub_before_end");
+    fq_sub_account(s, c);
+    uint64_t st = atomic_load_explicit(&me->state, RLX);
+    /* release: our copies are done before a publisher may reuse the bytes */
+    atomic_store_explicit(&me->state, st & ~(uint64_t)3, REL);
+    fq_wake(q, FQ_WAIT_SPACE);
+}
+
+void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
+{
+    fq_queue *q = s->q;
+    fq_sub_account(s, c);
+    if (from > c->pos && from <= c->end) {
+        /* the messages before from are done: stop covering them */
+        atomic_store_explicit(&q->members[s->m].pos, from, REL);
+        c->pos = from;
+        c->first_off = 0;
+        fq_wake(q, FQ_WAIT_SPACE);
+    }
+    s->held = 1 + (redelivered != 0);
+    s->hold = *c;
+}
+
+void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
+{
+    fq_queue *q = s->q;
+    uint64_t t = atomic_load(&q->ctrl->tail);
+    uint64_t h = fq_head_pos(atomic_load(&q->groups[s->g].head), t);
+    if (atomic_load(&q->groups[s->g].orphans))
+        return;
+    fq_wait(q, FQ_WAIT_DATA, h, timeout_ns, spin);
+}
+
+int fq_sub_spin(fq_sub *s, uint64_t ns)
+{
+    fq_queue *q = s->q;
+    uint64_t t = atomic_load(&q->ctrl->tail);
+    uint64_t h = fq_head_pos(atomic_load(&q->groups[s->g].head), t);
+    return fq_spin(q, FQ_WAIT_DATA, h, ns);
+}
+
+/* ---- status ---------------------------------------------------------- */
+
+static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
+{
+    uint64_t pub = atomic_load(&q->ctrl->published);
+    uint64_t next = atomic_load(&g->next_idx);
+    if (next == UINT64_MAX) { /* nothing finished yet: count from the head */
+        uint64_t t = atomic_load(&q->ctrl->tail);
+        uint64_t h = fq_head_pos(atomic_load(&g->head), t);
+        next = h >= t ? pub : fq_first_index(q, h);
+        if (next == UINT64_MAX)
+            return 0;
+    }
+    return pub > next ? pub - next : 0;
+}
+
+uint64_t fq_sub_lag(fq_sub *s)
+{
+    return fq_group_lag(s->q, &s->q->groups[s->g]);
+}
+
+uint64_t fq_sub_dropped(fq_sub *s)
+{
+    return atomic_load(&s->q->groups[s->g].dropped);
+}
+
+uint32_t fq_sub_index(fq_sub *s)
+{
+    return s->m;
+}
+
+int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
+{
+    if (!q->topic || i >= 2 * q->nsubs)
+        return 0;
+    memset(out, 0, sizeof *out);
+    uint32_t gi;
+    if (i < q->nsubs) { /* a member */
+        fq_member *e = &q->members[i];
+        uint64_t w = atomic_load(&e->word);
+        unsigned kind = FQ_SLOT_KIND(w);
+        if (kind != FQ_MEM_ACTIVE && kind != FQ_MEM_ORPHAN)
+            return 0;
+        gi = atomic_load(&e->group);
+        if (gi >= q->nsubs)
+            return 0;
+        out->kind = kind;
+        out->pid = kind == FQ_MEM_ACTIVE ? FQ_SLOT_PID(w) : 0;
+        out->alive = kind == FQ_MEM_ACTIVE && !fq_member_dead(e, w);
+        out->got = atomic_load(&e->got);
+    } else { /* a durable group nobody is attached to */
+        gi = i - q->nsubs;
+        uint64_t gw = atomic_load(&q->groups[gi].word);
+        if ((gw & 0xff) != FQ_GRP_ACTIVE || !((gw >> 8) & FQ_GRP_DURABLE) ||
+            fq_group_has_members(q, gi))
+            return 0;
+        out->kind = FQ_MEM_FREE;
+    }
+    fq_group *g = &q->groups[gi];
+    out->flags = (uint32_t)((atomic_load(&g->word) >> 8) & 0xff);
+    memcpy(out->name, g->name, sizeof out->name);
+    out->name[sizeof out->name - 1] = 0;
+    out->position = fq_head_pos(atomic_load(&g->head), atomic_load(&q->ctrl->tail));
+    out->lag = fq_group_lag(q, g);
+    return 1;
+}
+
+int fq_is_topic(fq_queue *q) { return q->topic; }
+int fq_is_drop(fq_queue *q) { return q->drop; }
+uint32_t fq_max_subs(fq_queue *q) { return q->nsubs; }
