@@ -41,6 +41,9 @@ struct fq_queue {
 #define FQ_SPIN_MIN_NS 1000u
 
 /* segment.c */
+/* Format a message into err (if given); returns rc. */
+int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 int fq_attach(fq_queue *q);
 uint64_t fq_self_start_time(void);
 uint64_t fq_pid_start_time(int pid); /* 0: dead, zombie or unknown */

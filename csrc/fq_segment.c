@@ -48,11 +48,8 @@ static void fq_init_once(void)
     pthread_atfork(NULL, NULL, fq_atfork_child);
 }
 
-static int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
 #include <stdarg.h>
-static int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
+int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
     if (err && errlen) {
         va_list ap;

@@ -44,7 +44,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -304,6 +303,29 @@ int fq_topic_reap(fq_queue *q)
             changed = 1;
         }
     }
+    /* A taker killed in fq_take_orphan between covering an orphan's claim
+     * and freeing it leaves two entries with the same claim: keep one.
+     * (Claims of one group never overlap otherwise: each range of the head
+     * is claimed once.) */
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        uint64_t w = atomic_load(&e->word);
+        if (FQ_SLOT_KIND(w) != FQ_MEM_ORPHAN)
+            continue;
+        uint32_t gi = atomic_load(&e->group);
+        uint64_t pos = atomic_load(&e->pos), end = atomic_load(&e->end);
+        for (uint32_t j = 0; j < hwm; j++) {
+            fq_member *o = &q->members[j];
+            unsigned k = FQ_SLOT_KIND(atomic_load(&o->word));
+            if (j == i || (k != FQ_MEM_ACTIVE && k != FQ_MEM_ORPHAN) ||
+                atomic_load(&o->group) != gi || (atomic_load(&o->state) & 3) == FQ_PH_IDLE ||
+                atomic_load(&o->pos) != pos || atomic_load(&o->end) != end)
+                continue;
+            atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_FREE, FQ_SLOT_GEN(w), 0));
+            changed = 1;
+            break;
+        }
+    }
     for (uint32_t gi = 0; gi < hwm; gi++)
         changed |= fq_group_gc(q, gi); /* e.g. a subscriber killed mid-subscribe */
     if (changed) {
@@ -314,21 +336,6 @@ int fq_topic_reap(fq_queue *q)
     return changed;
 }
 
-static int fq_serr(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fq_serr(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
-/* The index of the first message at or after pos (walking padding), or
- * UINT64_MAX when it cannot be known (nothing there, or overwritten). */
 /* tail and published, consistent: both move in one CAS and published only
  * grows, so an unchanged published brackets the load of tail */
 static uint64_t fq_tail_pair(fq_queue *q, uint64_t *cnt)
@@ -374,7 +381,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
                  size_t errlen)
 {
     if (!q->topic)
-        return fq_serr(err, errlen, -EINVAL, "not a topic");
+        return fq_err(err, errlen, -EINVAL, "not a topic");
     int must_exist = (kind & FQ_SUB_MUST_EXIST) != 0;
     kind &= ~FQ_SUB_MUST_EXIST;
     uint32_t flags = kind == FQ_SUB_DURABLE ? FQ_GRP_DURABLE
@@ -382,12 +389,12 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
                                             : FQ_GRP_ANON;
     size_t nlen = strlen(name);
     if (nlen == 0 || nlen >= FQ_GROUP_NAME)
-        return fq_serr(err, errlen, -EINVAL, "a subscription name is 1 to %d bytes, not %zu",
+        return fq_err(err, errlen, -EINVAL, "a subscription name is 1 to %d bytes, not %zu",
                        FQ_GROUP_NAME - 1, nlen);
     int rc = fq_attach(q); /* a slot: we sleep on the segment's futex words */
     if (rc)
         return rc == FQ_ENOSLOT
-                   ? fq_serr(err, errlen, FQ_ENOSLOT,
+                   ? fq_err(err, errlen, FQ_ENOSLOT,
                              "every one of the topic's %u process slots is taken by a live "
                              "process (create it with a larger max_processes)", q->nslots)
                    : rc;
@@ -407,7 +414,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
             gi = i;
     }
     if (gi == UINT32_MAX && must_exist) {
-        rc = fq_serr(err, errlen, -ENOENT, "subscription group %s no longer exists", name);
+        rc = fq_err(err, errlen, -ENOENT, "subscription group %s no longer exists", name);
         goto fail;
     }
     if (gi != UINT32_MAX && q->drop) {
@@ -415,7 +422,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
             fq_member *e = &q->members[i];
             uint64_t w = atomic_load(&e->word);
             if (FQ_SLOT_KIND(w) == FQ_MEM_ACTIVE && atomic_load(&e->group) == gi) {
-                rc = fq_serr(err, errlen, FQ_EINUSE,
+                rc = fq_err(err, errlen, FQ_EINUSE,
                              "subscription %s is attached (pid %d); a topic with "
                              "overflow=\"drop\" has one subscriber per name",
                              name, FQ_SLOT_PID(w));
@@ -431,7 +438,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         if ((atomic_load(&q->groups[i].word) & 0xff) == FQ_GRP_FREE)
             ng = i;
     if (mi == UINT32_MAX || ng == UINT32_MAX) {
-        rc = fq_serr(err, errlen, FQ_ENOSUB,
+        rc = fq_err(err, errlen, FQ_ENOSUB,
                      "the topic's %u subscriber entries are all taken (by live subscribers, "
                      "durable subscriptions or their unfinished messages); create the topic "
                      "with a larger max_subscribers", q->nsubs);

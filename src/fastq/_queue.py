@@ -7,7 +7,7 @@ import pickle
 import struct
 import uuid
 import weakref
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, TypeVar
 
 from . import _core
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
@@ -159,7 +159,91 @@ def _unlink_all_anon() -> None:
         _unlink_anon(path, pid)
 
 
-class Queue:
+_H = TypeVar("_H", bound="_Handle")
+
+
+class _Handle:
+    """What a Queue and a Topic share: a mapped segment and its lifecycle."""
+
+    _seg: Any
+    _name: str
+    _path: str
+    _finalizer: Any
+
+    @property
+    def capacity(self) -> int:
+        """Ring size in bytes."""
+        return self._seg.capacity
+
+    @property
+    def max_message(self) -> int:
+        """Largest message accepted, in bytes (after serialization)."""
+        return self._seg.max_message
+
+    @property
+    def name(self) -> str:
+        """The queue's or topic's name."""
+        return self._name
+
+    @property
+    def path(self) -> str:
+        """The segment file."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._seg.closed
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shut the segment down for every process, as ``queue.Queue.shutdown``.
+
+        Later puts raise ``ShutDown``; gets return what is left, then raise
+        ``ShutDown`` (at once if ``immediate``); blocked callers wake.
+        """
+        self._seg.shutdown(immediate)
+
+    def is_shutdown(self) -> bool:
+        """True once any process shut the segment down."""
+        return self._seg.is_shutdown()
+
+    def flush(self) -> None:
+        """Write the segment to stable storage (``msync``).
+
+        Without it, messages on a disk path survive the exit or kill of every
+        process (the file is the segment) but not a power loss or OS crash.
+        Useless (and cheap) for queues in ``/dev/shm``.
+        """
+        self._seg.flush()
+
+    def recover(self) -> bool:
+        """Repair now what processes killed mid-call left behind (waiting
+        callers do this by themselves); True if anything was repaired."""
+        return self._seg.recover()
+
+    def close(self) -> None:
+        """Detach this handle.  An anonymous queue's creator also removes it."""
+        self._seg.close()
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def unlink(self) -> None:
+        """Remove the segment file; processes attached keep using it."""
+        _anon_paths.pop(self._path, None)
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self: _H) -> _H:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+
+class Queue(_Handle):
     """A multi-producer, multi-consumer FIFO queue shared by processes.
 
     Messages live in a memory-mapped segment file; any process that knows the
@@ -361,77 +445,6 @@ class Queue:
     def full(self) -> bool:
         """True if not even the smallest message would fit now."""
         return self._seg.full()
-
-    @property
-    def capacity(self) -> int:
-        """Ring size in bytes."""
-        return self._seg.capacity
-
-    @property
-    def max_message(self) -> int:
-        """Largest message accepted, in bytes (after serialization)."""
-        return self._seg.max_message
-
-    @property
-    def name(self) -> str:
-        """The queue's name."""
-        return self._name
-
-    @property
-    def path(self) -> str:
-        """The segment file."""
-        return self._path
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._seg.closed
-
-    def shutdown(self, immediate: bool = False) -> None:
-        """Shut the queue down for every process, as ``queue.Queue.shutdown``.
-
-        Later puts raise ``ShutDown``; gets return what is left, then raise
-        ``ShutDown`` (at once if ``immediate``); blocked callers wake.
-        """
-        self._seg.shutdown(immediate)
-
-    def is_shutdown(self) -> bool:
-        """True once any process shut the queue down."""
-        return self._seg.is_shutdown()
-
-    def flush(self) -> None:
-        """Write the segment to stable storage (``msync``).
-
-        Without it, messages on a disk path survive the exit or kill of every
-        process (the file is the queue) but not a power loss or OS crash.
-        Useless (and cheap) for queues in ``/dev/shm``.
-        """
-        self._seg.flush()
-
-    def recover(self) -> bool:
-        """Repair now what processes killed mid-call left behind (waiting
-        callers do this by themselves); True if anything was repaired."""
-        return self._seg.recover()
-
-    def close(self) -> None:
-        """Detach this handle.  An anonymous queue's creator also removes it."""
-        self._seg.close()
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def unlink(self) -> None:
-        """Remove the segment file; processes attached keep using it."""
-        _anon_paths.pop(self._path, None)
-        try:
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> "Queue":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"capacity={self.capacity}"

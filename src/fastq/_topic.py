@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 from . import _core
 from ._errors import ShutDown
 from ._queue import (DEFAULT_CAPACITY, PickleSerializer, RawSerializer, _anon_paths,
-                     _check_trust, _make_serializer, _unlink_anon, segment_path)
+                     _check_trust, _Handle, _make_serializer, _unlink_anon, segment_path)
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
@@ -36,7 +36,7 @@ class SubscriberInfo(NamedTuple):
     """Messages published that its group has not received yet."""
 
 
-class Topic:
+class Topic(_Handle):
     """Publish/subscribe in a shared-memory segment: every subscription
     receives every message published after it subscribed.
 
@@ -223,70 +223,11 @@ class Topic:
         """Subscriber entries the topic holds."""
         return self._seg.max_subscribers
 
-    @property
-    def capacity(self) -> int:
-        """Ring size in bytes."""
-        return self._seg.capacity
-
-    @property
-    def max_message(self) -> int:
-        """Largest message accepted, in bytes (after serialization)."""
-        return self._seg.max_message
-
-    @property
-    def name(self) -> str:
-        """The topic's name."""
-        return self._name
-
-    @property
-    def path(self) -> str:
-        """The segment file."""
-        return self._path
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._seg.closed
-
     def shutdown(self, immediate: bool = False) -> None:
         """Shut the topic down for every process: publishes raise ``ShutDown``;
         subscriptions receive what is left, then raise ``ShutDown`` (at once
         if ``immediate``); iteration over a subscription ends."""
         self._seg.shutdown(immediate)
-
-    def is_shutdown(self) -> bool:
-        """True once any process shut the topic down."""
-        return self._seg.is_shutdown()
-
-    def flush(self) -> None:
-        """``msync`` the segment (see :meth:`fastq.Queue.flush`)."""
-        self._seg.flush()
-
-    def recover(self) -> bool:
-        """Repair now what killed processes left (dead subscribers stop
-        holding publishers back; their claims go to their groups)."""
-        return self._seg.recover()
-
-    def close(self) -> None:
-        """Detach: close this handle's subscriptions, then unmap.  An
-        anonymous topic's creator also removes it."""
-        self._seg.close()
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def unlink(self) -> None:
-        """Remove the segment file; processes attached keep using it."""
-        _anon_paths.pop(self._path, None)
-        try:
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> "Topic":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"capacity={self.capacity} overflow={self.overflow}"
