@@ -33,6 +33,8 @@ enum {
     FQ_EBUSY = 8,     /* every lane of this handle is in use: retry */
     FQ_ENOSUB = 9,    /* topic: every subscriber entry is taken */
     FQ_EINUSE = 10,   /* topic: a drop topic's durable name is attached */
+    FQ_EFORKED = 11,  /* topic: a subscription used in a forked child */
+    FQ_ELOST = 12,    /* topic: the subscription's entry was reclaimed */
 };
 
 enum { FQ_WAIT_DATA = 0, FQ_WAIT_SPACE = 1 };

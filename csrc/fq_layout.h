@@ -37,6 +37,10 @@
  *                             so every topic record knows its message index
  *     256  head u64           consumers' claim cursor (CAS)
  *     384  release u64        oldest position still in use (CAS)
+ *     392  release_epoch u64  topics (block): bumped by each new group; a
+ *                             publisher moves release with a 16-byte CAS of
+ *                             (release, epoch), so one whose scan may have
+ *                             missed a new group fails and scans again
  *     512  data_seq u32       futex word: bumped when data appears
  *     516  space_seq u32      futex word: bumped when space appears
  *     520  state u32          FQ_STATE_* bits (shutdown)
@@ -137,7 +141,8 @@ typedef struct fq_ctrl {
     _Atomic uint64_t head;
     uint8_t pad2[120];
     _Atomic uint64_t release;
-    uint8_t pad3[120];
+    _Atomic uint64_t release_epoch; /* 16-byte aligned pair with release */
+    uint8_t pad3[112];
     /* line 4: futex words, shutdown, recovery */
     _Atomic uint32_t data_seq;
     _Atomic uint32_t space_seq;
@@ -266,6 +271,7 @@ _Static_assert(offsetof(fq_ctrl, tail) == 128, "tail on line 1");
 _Static_assert(offsetof(fq_ctrl, published) == 136, "published pairs with tail");
 _Static_assert(offsetof(fq_ctrl, head) == 256, "head on line 2");
 _Static_assert(offsetof(fq_ctrl, release) == 384, "release on line 3");
+_Static_assert(offsetof(fq_ctrl, release_epoch) == 392, "epoch pairs with release");
 _Static_assert(offsetof(fq_ctrl, data_seq) == 512, "wait words on line 4");
 _Static_assert(offsetof(fq_ctrl, recover_lock) == 528, "recover_lock at 528");
 _Static_assert(offsetof(fq_ctrl, requeued) == 536, "requeued at 536");

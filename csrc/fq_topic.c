@@ -59,6 +59,8 @@
 struct fq_sub {
     fq_queue *q;
     uint32_t m, g;  /* our member entry and its group */
+    uint64_t ref;   /* a recent position, to rebuild the packed head */
+    unsigned epoch; /* fork epoch at subscribe: a forked child's copy is not ours */
     uint64_t word;  /* our member word: still ours? */
     int held;       /* a claim kept by fq_sub_hold, returned again next */
     fq_claim hold;
@@ -94,20 +96,28 @@ static inline uint64_t fq_rec_index(fq_rec *r)
 
 /* ---- publishers ------------------------------------------------------ */
 
-/* tail and published move together: one 16-byte CAS.  On failure, *t and
- * *cnt are the current values. */
-int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n)
+/* CAS of a 16-byte aligned pair of words (lo at p[0]): 1 if it was
+ * (*lo, *hi) and is now (nlo, nhi); otherwise *lo, *hi get the current
+ * values.  A full barrier (lock cmpxchg16b on x86-64), seq_cst like the
+ * 8-byte CASes around it. */
+static int fq_cas2(_Atomic uint64_t *p, uint64_t *lo, uint64_t *hi, uint64_t nlo, uint64_t nhi)
 {
-    unsigned __int128 *pair = (unsigned __int128 *)&q->ctrl->tail;
-    unsigned __int128 old = (unsigned __int128)*cnt << 64 | *t;
-    unsigned __int128 nw = (unsigned __int128)(*cnt + n) << 64 | (*t + span);
-    /* a full barrier (lock cmpxchg16b): seq_cst like the queue's tail CAS */
+    unsigned __int128 *pair = (unsigned __int128 *)p;
+    unsigned __int128 old = (unsigned __int128)*hi << 64 | *lo;
+    unsigned __int128 nw = (unsigned __int128)nhi << 64 | nlo;
     unsigned __int128 got = __sync_val_compare_and_swap(pair, old, nw);
     if (got == old)
         return 1;
-    *t = (uint64_t)got;
-    *cnt = (uint64_t)(got >> 64);
+    *lo = (uint64_t)got;
+    *hi = (uint64_t)(got >> 64);
     return 0;
+}
+
+/* tail and published move together.  On failure, *t and *cnt are the
+ * current values. */
+int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n)
+{
+    return fq_cas2(&q->ctrl->tail, t, cnt, *t + span, *cnt + n);
 }
 
 static inline uint32_t fq_hwm(fq_queue *q)
@@ -124,34 +134,42 @@ static inline uint32_t fq_hwm(fq_queue *q)
 uint64_t fq_topic_release(fq_queue *q)
 {
     fq_ctrl *c = q->ctrl;
-    uint64_t t0 = atomic_load_explicit(&c->tail, SEQ);
-    uint64_t m = t0;
-    uint32_t hwm = fq_hwm(q);
-    for (uint32_t i = 0; i < hwm; i++) {
-        fq_group *g = &q->groups[i];
-        if ((atomic_load_explicit(&g->word, SEQ) & 0xff) != FQ_GRP_ACTIVE)
-            continue;
-        uint64_t h = fq_head_pos(atomic_load_explicit(&g->head, SEQ), t0);
-        if (h < m)
-            m = h;
-    }
-    for (uint32_t i = 0; i < hwm; i++) {
-        fq_member *e = &q->members[i];
-        unsigned kind = FQ_SLOT_KIND(atomic_load_explicit(&e->word, SEQ));
-        if (kind != FQ_MEM_ACTIVE && kind != FQ_MEM_ORPHAN)
-            continue;
-        if ((atomic_load_explicit(&e->state, SEQ) & 3) == FQ_PH_IDLE)
-            continue;
-        uint64_t p = atomic_load_explicit(&e->pos, SEQ);
-        if (p < m)
-            m = p;
-    }
+    /* the epoch before the scan: a group published after our scan began
+     * bumps it (fq_subscribe), and our CAS below then fails */
+    uint64_t ep = atomic_load_explicit(&c->release_epoch, SEQ);
     uint64_t rel = atomic_load_explicit(&c->release, SEQ);
-    if (m + q->cap < t0) /* impossible (a corrupt head): hold at the ring's size */
-        m = t0 - q->cap;
-    while (m > rel && !atomic_compare_exchange_weak_explicit(&c->release, &rel, m, SEQ, SEQ))
-        ;
-    return rel > m ? rel : m;
+    for (;;) {
+        uint64_t t0 = atomic_load_explicit(&c->tail, SEQ);
+        uint64_t m = t0;
+        uint32_t hwm = fq_hwm(q);
+        for (uint32_t i = 0; i < hwm; i++) {
+            fq_group *g = &q->groups[i];
+            if ((atomic_load_explicit(&g->word, SEQ) & 0xff) != FQ_GRP_ACTIVE)
+                continue;
+            uint64_t h = fq_head_pos(atomic_load_explicit(&g->head, SEQ), t0);
+            if (h < m)
+                m = h;
+        }
+        for (uint32_t i = 0; i < hwm; i++) {
+            fq_member *e = &q->members[i];
+            unsigned kind = FQ_SLOT_KIND(atomic_load_explicit(&e->word, SEQ));
+            if (kind != FQ_MEM_ACTIVE && kind != FQ_MEM_ORPHAN)
+                continue;
+            if ((atomic_load_explicit(&e->state, SEQ) & 3) == FQ_PH_IDLE)
+                continue;
+            uint64_t p = atomic_load_explicit(&e->pos, SEQ);
+            if (p < m)
+                m = p;
+        }
+        if (m + q->cap < t0) /* impossible (a corrupt head): hold at the ring's size */
+            m = t0 - q->cap;
+        if (m <= rel)
+            return rel;
+        /* a torn (rel, ep) read fails here too, and we look again */
+        if (fq_cas2(&c->release, &rel, &ep, m, ep))
+            return m;
+        FQ_CRASH_POINT("topic_release_retry");
+    }
 }
 
 /*
@@ -460,6 +478,12 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         atomic_store(&g->head, fq_head_pack(atomic_load(&c->release), 0));
         atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)flags << 8);
         FQ_CRASH_POINT("subscribe_group_visible");
+        /* bump the epoch (block): a publisher whose scan missed the group
+         * either moved release before this (we see it below) or fails its
+         * CAS and scans again (it then sees the group at its first head) */
+        uint64_t rel = atomic_load(&c->release), ep = atomic_load(&c->release_epoch);
+        while (!q->drop && !fq_cas2(&c->release, &rel, &ep, rel, ep + 1))
+            ;
         uint64_t pos, idx;
         if (start == FQ_START_EARLIEST) {
             pos = atomic_load(&c->release);
@@ -486,6 +510,8 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     s->q = q;
     s->m = mi;
     s->g = gi;
+    s->ref = atomic_load(&c->tail);
+    s->epoch = atomic_load(&fq_fork_epoch);
     s->word = w;
     *out = s;
     return FQ_OK;
@@ -500,6 +526,10 @@ void fq_unsubscribe(fq_sub *s)
     if (!s)
         return;
     fq_queue *q = s->q;
+    if (atomic_load(&fq_fork_epoch) != s->epoch) { /* a forked child's copy */
+        free(s);
+        return;
+    }
     fq_lock_wait(q);
     if (atomic_load(&q->members[s->m].word) == s->word)
         fq_member_leave(q, s->m, 0);
@@ -587,8 +617,10 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return FQ_SHUTDOWN;
     fq_member *me = &q->members[s->m];
     fq_group *g = &q->groups[s->g];
+    if (atomic_load_explicit(&fq_fork_epoch, RLX) != s->epoch)
+        return FQ_EFORKED; /* the entry belongs to the process we were forked from */
     if (atomic_load_explicit(&me->word, RLX) != s->word)
-        return FQ_ECORRUPT; /* our entry was taken from us: impossible alive */
+        return FQ_ELOST;
     if (s->held) {
         *c = s->hold;
         c->cursor = c->pos + c->first_off;
@@ -608,40 +640,38 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
     uint32_t myid = s->m + 1;
     for (;;) {
         uint64_t H = atomic_load_explicit(&g->head, ACQ);
-        uint64_t t = atomic_load_explicit(&ctl->tail, ACQ);
-        uint64_t h = fq_head_pos(H, t);
-        uint64_t rel = atomic_load_explicit(&ctl->release, ACQ);
-        if (h < rel) {
-            /* released before we read it: a drop topic lapped us (or an
-             * "earliest" start lost its race): go on from release */
-            atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(rel, myid), SEQ,
-                                                    RLX);
-            continue;
+        /* rebuilt next to the last head we saw: no load of the publishers'
+         * busy tail line on this path */
+        uint64_t h = fq_head_pos(H, s->ref);
+        if (q->drop) {
+            uint64_t rel = atomic_load_explicit(&ctl->release, ACQ);
+            if (h < rel) {
+                /* lapped: go on from the oldest record retained (drops are
+                 * counted from the message indices in fq_sub_end) */
+                atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(rel, myid),
+                                                        SEQ, RLX);
+                s->ref = rel;
+                continue;
+            }
         }
         uint32_t prev = fq_head_id(H);
         if (prev && prev != myid)
             fq_help(q, prev - 1, h);
         uint64_t p = h, n = 0, bytes = 0, first_off = 0;
         int lapped = 0;
-        while (n < max_n && p - h < q->cap && p < t) {
+        while (n < max_n && p - h < q->cap) {
             fq_rec *r = fq_rec_at(q, p);
             uint64_t w = atomic_load_explicit(&r->word, ACQ);
-            if (!fq_match(q, p, w)) {
-                lapped = q->drop && p < atomic_load_explicit(&ctl->release, SEQ);
-                break;
-            }
+            if (!fq_match(q, p, w))
+                break; /* not written yet (or, if lapped, overwritten) */
             unsigned st = w & 7;
             if (st != FQ_REC_COMMITTED && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED)
                 break;
             uint32_t len = r->len;
             uint64_t span = fq_span(q, p, w, len);
             if (!span || (st == FQ_REC_COMMITTED && len < q->prefix)) {
-                if (atomic_load_explicit(&g->head, ACQ) != H ||
-                    p < atomic_load_explicit(&ctl->release, SEQ)) {
-                    lapped = 1;
-                    break;
-                }
-                return FQ_ECORRUPT;
+                lapped = 1; /* overwritten under us, or a corrupt record */
+                break;
             }
             if (st == FQ_REC_COMMITTED) {
                 uint64_t plen = len - q->prefix;
@@ -654,10 +684,19 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             }
             p += span;
         }
-        if (lapped && p == h)
-            continue;
         if (p == h) {
-            if ((state & FQ_STATE_SHUTDOWN) && atomic_load(&ctl->tail) == h)
+            /* nothing: caught up, or h is no longer in the ring (lapped in a
+             * drop topic; only a corrupt segment in a block topic) */
+            uint64_t t = atomic_load_explicit(&ctl->tail, SEQ);
+            uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
+            s->ref = t;
+            if (atomic_load_explicit(&g->head, SEQ) != H)
+                continue; /* another member moved it */
+            if (h < rel && q->drop)
+                continue; /* lapped: the drop check above moves us on */
+            if (h < rel || h > t || lapped)
+                return FQ_ECORRUPT; /* an impossible head or record */
+            if ((state & FQ_STATE_SHUTDOWN) && t == h)
                 return FQ_SHUTDOWN;
             return FQ_EMPTY;
         }
@@ -665,8 +704,10 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         atomic_store_explicit(&me->pos, h, RLX);
         atomic_store_explicit(&me->end, p, RLX);
         atomic_store_explicit(&me->n, n, RLX);
-        /* seq_cst: a publisher that sees our head CAS sees this claim */
-        atomic_store_explicit(&me->state, seq << 2 | FQ_PH_CLAIMING, SEQ);
+        /* release, then the head CAS (seq_cst, so a release too): a
+         * publisher or helper whose acquire load sees the new head sees
+         * this claim */
+        atomic_store_explicit(&me->state, seq << 2 | FQ_PH_CLAIMING, REL);
         FQ_CRASH_POINT("sub_after_intent");
         if (!atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(p, myid), SEQ,
                                                      RLX)) {
@@ -675,11 +716,12 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         }
         FQ_CRASH_POINT("sub_after_claim");
         /* a helper may have stored WON already: the same value */
-        atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, SEQ);
+        atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, REL);
         if (n == 0) { /* padding only: done with it */
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
+        s->ref = p;
         fq_fill_claim(q, c, h, p, n, first_off, 0);
         return FQ_OK;
     }
@@ -730,20 +772,21 @@ static void fq_sub_account(fq_sub *s, fq_claim *c)
     fq_group *g = &q->groups[s->g];
     if (!c->kept)
         return;
-    uint64_t next = c->idx + 1;
-    uint64_t cur = atomic_load_explicit(&g->next_idx, RLX);
-    if (q->drop && cur != UINT64_MAX && next > cur) {
-        /* what lies between our previous message and our last one, and was
-         * not returned, was lost (a drop topic's group has one member) */
-        uint64_t lost = next - cur;
-        lost = lost > c->kept ? lost - c->kept : 0;
-        if (lost)
-            atomic_fetch_add_explicit(&g->dropped, lost, RLX);
+    fq_member *me = &q->members[s->m];
+    /* only we write our count */
+    atomic_store_explicit(&me->got, atomic_load_explicit(&me->got, RLX) + c->kept, RLX);
+    if (q->drop) {
+        /* a drop topic's group has one member: what lies between our
+         * previous message and our last one, and was not returned, was lost */
+        uint64_t next = c->idx + 1;
+        uint64_t cur = atomic_load_explicit(&g->next_idx, RLX);
+        if (cur != UINT64_MAX && next > cur && next - cur > c->kept)
+            atomic_store_explicit(&g->dropped,
+                                  atomic_load_explicit(&g->dropped, RLX) + next - cur - c->kept,
+                                  RLX);
+        if (cur == UINT64_MAX || next > cur)
+            atomic_store_explicit(&g->next_idx, next, RLX);
     }
-    while ((cur == UINT64_MAX || next > cur) &&
-           !atomic_compare_exchange_weak_explicit(&g->next_idx, &cur, next, RLX, RLX))
-        ;
-    atomic_fetch_add_explicit(&q->members[s->m].got, c->kept, RLX);
     c->kept = 0;
 }
 
@@ -796,10 +839,13 @@ int fq_sub_spin(fq_sub *s, uint64_t ns)
 
 static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
-    uint64_t pub = atomic_load(&q->ctrl->published);
-    uint64_t next = atomic_load(&g->next_idx);
-    if (next == UINT64_MAX) { /* nothing finished yet: count from the head */
-        uint64_t t = atomic_load(&q->ctrl->tail);
+    uint64_t pub, t = fq_tail_pair(q, &pub);
+    uint64_t next = UINT64_MAX;
+    if (q->drop)
+        next = atomic_load(&g->next_idx); /* its head may be lapped */
+    if (next == UINT64_MAX) {
+        /* the index of the first message at the head (retained in a block
+         * topic: release is at or below every head) */
         uint64_t h = fq_head_pos(atomic_load(&g->head), t);
         next = h >= t ? pub : fq_first_index(q, h);
         if (next == UINT64_MAX)

@@ -14,6 +14,8 @@ cdef extern from "fastq.h" nogil:
         FQ_EBUSY
         FQ_ENOSUB
         FQ_EINUSE
+        FQ_EFORKED
+        FQ_ELOST
         FQ_WAIT_DATA
         FQ_WAIT_SPACE
     uint64_t FQ_BYTES_STRICT

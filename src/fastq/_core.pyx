@@ -947,7 +947,8 @@ cdef class Subscriber:
                 return None
             if not self.drop:
                 out = self.seg._load(loads, data, n)
-                fq_sub_intact(self.s, c)
+                c.kept += 1  # fq_sub_intact, inline: nothing overwrites a block topic
+                c.idx = c.msg_idx
                 return out
             raw = self.seg._load(None, data, n)
             if not fq_sub_intact(self.s, c):
@@ -956,24 +957,22 @@ cdef class Subscriber:
                 return raw
             return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
 
-    cdef object _one(self, fq_claim *c, object loads):
-        """The one message of claim c (then the claim is ended), or None with
-        the claim ended when it was overwritten (drop topics)."""
-        cdef bint done = False
+    cdef object _one(self, fq_claim *c, object loads, bint *done):
+        """The one message of claim c, or done[0] set when it was overwritten
+        (drop topics).  If deserializing fails the message is consumed (it
+        would come back forever) and the error propagates; if interrupted,
+        it is returned again next time."""
         try:
-            out = self._next(c, loads, &done)
+            return self._next(c, loads, done)
         except Exception:
-            # a message that cannot be deserialized is consumed (it would
-            # otherwise come back forever); the error propagates
             if c.kept == 0:
                 c.kept = 1
                 c.idx = c.msg_idx
             fq_sub_end(self.s, c)
             raise
         except BaseException:
-            fq_sub_hold(self.s, c, 0, 0)  # interrupted: returned again next
+            fq_sub_hold(self.s, c, 0, 0)
             raise
-        return out, done
 
     def get(self, bint block=True, timeout=None):
         """Take the next message (see fastq.Subscription.get)."""
@@ -982,10 +981,12 @@ cdef class Subscriber:
         loads = self.seg._loads
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
+        cdef bint done
         try:
             while True:
                 self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout)
-                out, done = self._one(&c, loads)
+                done = False
+                out = self._one(&c, loads, &done)
                 fq_sub_end(self.s, &c)
                 if not done:
                     return out
@@ -1046,10 +1047,12 @@ cdef class Subscriber:
         loads = self.seg._loads
         cdef fq_queue *q = self._enter()
         cdef Delivery d = Delivery.__new__(Delivery)
+        cdef bint done
         try:
             while True:
                 self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
-                out, done = self._one(&d.c, loads)
+                done = False
+                out = self._one(&d.c, loads, &done)
                 if done:  # overwritten (drop topic): lost, counted
                     fq_sub_end(self.s, &d.c)
                     continue
@@ -1096,6 +1099,13 @@ cdef int _raise_rc(int rc, fq_queue *q, uint64_t n) except -1:
             f"message of {n} bytes exceeds max_message ({fq_max_message(q)} bytes)")
     if rc == FQ_ECORRUPT:
         raise SegmentError("the segment holds an impossible record header (corrupted?)")
+    if rc == FQ_EFORKED:
+        raise RuntimeError("this subscription belongs to the process that subscribed; a "
+                           "forked child cannot use it (pass it pickled: the child then "
+                           "joins its group) or subscribe in the child")
+    if rc == FQ_ELOST:
+        raise RuntimeError("this subscription's entry was reclaimed by recovery (its "
+                           "process was taken for dead); subscribe again")
     if rc == FQ_ENOSLOT:
         raise OSError(f"every one of the queue's {fq_max_slots(q)} process slots is taken "
                       "by a live process (create it with a larger max_processes)")
