@@ -142,6 +142,9 @@ int fq_is_drop(fq_queue *q);
 uint32_t fq_max_subs(fq_queue *q);
 int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **out, char *err,
                  size_t errlen);
+/* Remove the durable subscription name (its position and unfinished
+ * messages): FQ_OK, -ENOENT, or FQ_EINUSE while a subscriber is attached. */
+int fq_topic_forget(fq_queue *q, const char *name);
 /* Leave: a claim still held is left for another member (redelivered). */
 void fq_unsubscribe(fq_sub *s);
 /* Claim up to max_n messages (max_bytes as fq_get_begin); FQ_EMPTY,

@@ -539,6 +539,38 @@ void fq_unsubscribe(fq_sub *s)
     free(s);
 }
 
+int fq_topic_forget(fq_queue *q, const char *name)
+{
+    if (!q->topic)
+        return -EINVAL;
+    fq_lock_wait(q);
+    fq_topic_reap(q);
+    int rc = -ENOENT;
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t gi = 0; gi < hwm; gi++) {
+        fq_group *g = &q->groups[gi];
+        uint64_t gw = atomic_load(&g->word);
+        if ((gw & 0xff) != FQ_GRP_ACTIVE || ((gw >> 8) & 0xff) != FQ_GRP_DURABLE ||
+            strncmp(g->name, name, FQ_GROUP_NAME) != 0)
+            continue;
+        if (fq_group_has_members(q, gi)) {
+            rc = FQ_EINUSE;
+            break;
+        }
+        /* as a non-durable group without members: it goes, orphans too */
+        atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)FQ_GRP_GROUP << 8);
+        fq_group_gc(q, gi);
+        rc = FQ_OK;
+        break;
+    }
+    fq_lock_drop(q);
+    if (rc == FQ_OK) {
+        atomic_fetch_add(&q->ctrl->space_seq, 1);
+        fq_wake(q, FQ_WAIT_SPACE);
+    }
+    return rc;
+}
+
 /* ---- reading --------------------------------------------------------- */
 
 /* A member CLAIMING a claim that ends at end (the head names it): help it

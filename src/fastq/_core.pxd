@@ -93,4 +93,5 @@ cdef extern from "fastq.h" nogil:
     uint64_t fq_sub_lag(fq_sub *s)
     uint64_t fq_sub_dropped(fq_sub *s)
     uint32_t fq_sub_index(fq_sub *s)
+    int fq_topic_forget(fq_queue *q, const char *name)
     int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)

@@ -730,6 +730,22 @@ cdef class Segment:
         finally:
             self._exit()
 
+    def forget(self, str name):
+        """Remove a durable subscription: True if it existed."""
+        cdef fq_queue *q = self._enter()
+        cdef int rc
+        b = name.encode()
+        cdef const char *cp = b
+        try:
+            with nogil:
+                rc = fq_topic_forget(q, cp)
+            if rc == FQ_EINUSE:
+                raise RuntimeError(f"durable subscription {name!r} has a live subscriber: "
+                                   "close it first")
+            return rc == FQ_OK
+        finally:
+            self._exit()
+
     def subscribers(self):
         """Raw rows of the subscriber tables: (name, flags, pid, kind, alive,
         position, lag, got)."""

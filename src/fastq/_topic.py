@@ -201,6 +201,13 @@ class Topic(_Handle):
             key, kind = f"~{os.getpid()}-{uuid.uuid4().hex[:20]}", _KIND_ANON
         return Subscription(self, key, kind, _STARTS[start])
 
+    def forget(self, name: str) -> bool:
+        """Remove the durable subscription ``name``, its position and the
+        messages it had not finished, so that it stops holding messages (and
+        publishers).  True if it existed; ``RuntimeError`` while a subscriber
+        of that name is attached."""
+        return self._seg.forget(name)
+
     def subscribers(self) -> List[SubscriberInfo]:
         """One row per subscriber (and per durable name nobody is attached to)."""
         rows = []
