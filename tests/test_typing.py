@@ -23,7 +23,7 @@ def test_package_ships_typing_files():
 
 GOOD = """
 import queue
-from typing import Any, List
+from typing import Any, List, Optional
 import fastq
 
 q: fastq.Queue = fastq.Queue("jobs", capacity=1 << 20, serializer="raw")
@@ -57,6 +57,26 @@ except (fastq.ShutDown, fastq.SegmentError, fastq.MessageTooLarge, fastq.Full):
 assert fastq.Empty is queue.Empty
 p: str = fastq.segment_path("jobs")
 q.close()
+
+t: fastq.Topic = fastq.Topic("ticks", capacity=1 << 20, overflow="drop", max_subscribers=8)
+t.publish({"px": 1}); t.publish_nowait(2); k: int = t.publish_many([3, 4], timeout=1.0)
+s: fastq.Subscription = t.subscribe(start="earliest")
+g = t.subscribe(group="workers"); d = t.subscribe(name="billing")
+v: Any = s.get(timeout=0.5); vs: List[Any] = s.get_many(10); v2: Any = s.get_nowait()
+dl: fastq.Delivery = s.receive(timeout=1.0); dl.ack()
+lag: int = s.lag; dropped: int = s.dropped; sn: Optional[str] = s.name
+rows: List[fastq.SubscriberInfo] = t.subscribers()
+pid: Optional[int] = rows[0].pid
+for item in s:
+    break
+with t.subscribe() as s2:
+    s2.get_nowait()
+ov: str = t.overflow; forgot: bool = t.forget("billing")
+try:
+    t.subscribe()
+except fastq.SubscriberLimit:
+    pass
+t.close()
 """
 
 BAD = """
@@ -64,6 +84,8 @@ import fastq
 q = fastq.Queue("jobs")
 n: str = q.qsize()
 q.get_many("ten")
+t = fastq.Topic("ticks")
+lag: str = t.subscribe().lag
 """
 
 
@@ -91,3 +113,4 @@ def test_stubs_reject_misuse(tmp_path):
     cp = _mypy(tmp_path, BAD)
     assert cp.returncode != 0
     assert "snippet.py:4" in cp.stdout and "snippet.py:5" in cp.stdout, cp.stdout
+    assert "snippet.py:7" in cp.stdout, cp.stdout
