@@ -1263,3 +1263,46 @@ def test_pickled_subscription_makes_the_child_a_member(kind, method, procs):
             f"parent {len(a)} + child {len(b)}: each message to exactly one member")
         assert a == sorted(a) and b == sorted(b)
         assert [seq_of(m) for m in drain_to_shutdown(independent)] == list(range(N))
+
+
+# ---- forget() and kinds of segment -------------------------------------------
+
+
+def test_forget_removes_a_durable_name_and_frees_publishers(fastq_dir):
+    """A durable name nobody reads holds the ring (block topic); forget()
+    removes it, its position and its unfinished messages."""
+    with fastq.Topic("fg", capacity=1 << 12, serializer="raw") as t:
+        d = t.subscribe(name="billing")
+        with pytest.raises(RuntimeError, match="live subscriber"):
+            t.forget("billing")
+        d.close()
+        n = 0
+        with pytest.raises(fastq.Full):
+            while True:
+                t.publish_nowait(b"x" * 100)
+                n += 1
+        assert n > 0
+        rows = t.subscribers()
+        assert [(r.name, r.pid, r.alive) for r in rows] == [("billing", None, False)]
+        assert rows[0].lag == n
+        assert t.forget("billing") is True
+        assert t.forget("billing") is False
+        assert t.subscribers() == []
+        t.publish_nowait(b"fits again")
+        # a new subscriber of the name starts afresh (latest), not at the old position
+        d = t.subscribe(name="billing")
+        t.publish(b"after")
+        assert d.get_nowait() == b"after"
+        with pytest.raises(fastq.Empty):
+            d.get_nowait()
+
+
+def test_queue_and_topic_refuse_each_others_segments(fastq_dir):
+    with fastq.Topic("tk", capacity=1 << 12):
+        with pytest.raises(ValueError, match="is a topic, not a queue"):
+            fastq.Queue.open("tk")
+        with pytest.raises(ValueError, match="is a topic, not a queue"):
+            fastq.Queue("tk")
+    with fastq.Queue("qk", capacity=1 << 12):
+        with pytest.raises(ValueError, match="is a queue, not a topic"):
+            fastq.Topic.open("qk")
