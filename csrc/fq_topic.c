@@ -10,7 +10,10 @@
  *     subscriber counts exactly what it skipped, and its lag, by subtraction;
  *   - the space check: release is not moved by readers.  In overflow="block"
  *     a publisher that runs out of cached space computes it as the minimum
- *     of every group's head and every member's claim (fq_topic_release);
+ *     of every group's head, every member's claim and every put in progress
+ *     (fq_topic_release), and moves it with a 16-byte CAS of (release,
+ *     epoch): a change a scan may have missed (a new group, an orphan taken
+ *     over) bumps the epoch, and the stale scan's CAS fails;
  *     in overflow="drop" it evicts the oldest committed records itself by
  *     moving release over them (fq_topic_evict), whoever still reads them.
  *
@@ -36,11 +39,14 @@
  * with its end (fq_topic_reap reads the head first, then the state).
  *
  * Joining.  A new group's head starts at release (which no publisher can
- * pass while the group is visible), then moves to where it starts: a
- * publisher that did not see the group loaded tail before the group was
- * published, so it cannot release past a "latest" start (tail, read after).
- * An "earliest" start may lose that race; the reader then finds its records
- * released (drop-topic style) and moves on to release.
+ * pass while the group is visible), the group is published, the epoch is
+ * bumped, and only then does the head move to where it starts (tail, or
+ * release read after the bump).  A publisher whose scan missed the group
+ * began it before the bump: its CAS fails and it scans again.
+ *
+ * Orphans.  fq_take_orphan covers the orphan's claim with the taker's own
+ * entry, bumps the epoch (a scan could otherwise read the taker's entry
+ * before the cover and the orphan's after the free), then frees the orphan.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -113,6 +119,16 @@ static int fq_cas2(_Atomic uint64_t *p, uint64_t *lo, uint64_t *hi, uint64_t nlo
     return 0;
 }
 
+/* block topics: make every publisher's scan in progress fail its release
+ * CAS (fq_topic_release), after a change it may have missed */
+static void fq_bump_epoch(fq_queue *q)
+{
+    fq_ctrl *c = q->ctrl;
+    uint64_t rel = atomic_load(&c->release), ep = atomic_load(&c->release_epoch);
+    while (!q->drop && !fq_cas2(&c->release, &rel, &ep, rel, ep + 1))
+        ;
+}
+
 /* tail and published move together.  On failure, *t and *cnt are the
  * current values. */
 int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n)
@@ -161,6 +177,22 @@ uint64_t fq_topic_release(fq_queue *q)
             if (p < m)
                 m = p;
         }
+        /* nor past a record still being written: a group may start at tail
+         * ("latest"), beyond puts in progress, and there may be no group at
+         * all.  A put's intent is stored before its tail CAS, and stays until
+         * it committed (or recovery repaired it). */
+        for (uint32_t sl = 0; sl < q->nslots; sl++) {
+            if (FQ_SLOT_KIND(atomic_load_explicit(&q->slots[sl].word, SEQ)) == FQ_SLOT_FREE)
+                continue;
+            for (unsigned l = 0; l < FQ_LANES; l++) {
+                fq_intent *in = &q->slots[sl].lane[l].prod;
+                if ((atomic_load_explicit(&in->state, SEQ) & 3) == FQ_PH_IDLE)
+                    continue;
+                uint64_t p = atomic_load_explicit(&in->pos, SEQ);
+                if (p < m)
+                    m = p;
+            }
+        }
         if (m + q->cap < t0) /* impossible (a corrupt head): hold at the ring's size */
             m = t0 - q->cap;
         if (m <= rel)
@@ -184,6 +216,8 @@ int fq_topic_evict(fq_queue *q, uint64_t target)
         uint64_t rel = atomic_load_explicit(&c->release, SEQ);
         if (rel >= target)
             break;
+        if (rel & 15)
+            return FQ_ECORRUPT;
         fq_rec *r = fq_rec_at(q, rel);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, rel, w)) {
@@ -212,10 +246,14 @@ int fq_topic_space_ready(fq_queue *q, uint64_t need)
     fq_ctrl *c = q->ctrl;
     uint64_t t = atomic_load_explicit(&c->tail, SEQ);
     if (q->drop) {
+        /* evictable: the oldest record is finished (a claim without its
+         * headers yet, or WRITING, is woken for by its commit or recovery) */
         uint64_t rel = atomic_load_explicit(&c->release, SEQ);
         fq_rec *r = fq_rec_at(q, rel);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
-        return rel == t || !fq_match(q, rel, w) || (w & 7) != FQ_REC_WRITING;
+        if (rel == t || (rel & 15) || rel > t)
+            return 1; /* empty, or corrupt: the put reports it */
+        return fq_match(q, rel, w) && (w & 7) != FQ_REC_WRITING;
     }
     need = fq_rec_size(need + q->prefix);
     if (need > q->cap / 2)
@@ -335,8 +373,10 @@ int fq_topic_reap(fq_queue *q)
         for (uint32_t j = 0; j < hwm; j++) {
             fq_member *o = &q->members[j];
             unsigned k = FQ_SLOT_KIND(atomic_load(&o->word));
-            if (j == i || (k != FQ_MEM_ACTIVE && k != FQ_MEM_ORPHAN) ||
-                atomic_load(&o->group) != gi || (atomic_load(&o->state) & 3) == FQ_PH_IDLE ||
+            /* only against another orphan: a live member's CLAIMING intent
+             * for the same range may be about to lose its CAS */
+            if (j == i || k != FQ_MEM_ORPHAN ||
+                atomic_load(&o->group) != gi || (atomic_load(&o->state) & 3) != FQ_PH_WON ||
                 atomic_load(&o->pos) != pos || atomic_load(&o->end) != end)
                 continue;
             atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_FREE, FQ_SLOT_GEN(w), 0));
@@ -481,9 +521,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         /* bump the epoch (block): a publisher whose scan missed the group
          * either moved release before this (we see it below) or fails its
          * CAS and scans again (it then sees the group at its first head) */
-        uint64_t rel = atomic_load(&c->release), ep = atomic_load(&c->release_epoch);
-        while (!q->drop && !fq_cas2(&c->release, &rel, &ep, rel, ep + 1))
-            ;
+        fq_bump_epoch(q);
         uint64_t pos, idx;
         if (start == FQ_START_EARLIEST) {
             pos = atomic_load(&c->release);
@@ -575,13 +613,21 @@ int fq_topic_forget(fq_queue *q, const char *name)
 
 /* A member CLAIMING a claim that ends at end (the head names it): help it
  * to WON before moving the head past it (see the top of this file). */
-static void fq_help(fq_queue *q, uint32_t mi, uint64_t end)
+static void fq_help(fq_queue *q, uint32_t mi, uint32_t gi, uint64_t end)
 {
     if (mi >= q->nsubs)
         return;
     fq_member *o = &q->members[mi];
     uint64_t st = atomic_load_explicit(&o->state, SEQ);
     if ((st & 3) != FQ_PH_CLAIMING || atomic_load_explicit(&o->end, SEQ) != end)
+        return;
+    /* the entry may have been reused by a member of another group whose
+     * claim happens to end there: only a member of our group claims from
+     * our head (and a newcomer of our group claims past the head it names) */
+    if (FQ_SLOT_KIND(atomic_load_explicit(&o->word, SEQ)) != FQ_MEM_ACTIVE ||
+        atomic_load_explicit(&o->group, SEQ) != gi)
+        return;
+    if (atomic_load_explicit(&o->state, SEQ) != st)
         return;
     atomic_compare_exchange_strong_explicit(&o->state, &st, (st & ~(uint64_t)3) | FQ_PH_WON, SEQ,
                                             RLX);
@@ -627,6 +673,10 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
         atomic_store(&me->n, n);
         atomic_store(&me->state, seq << 2 | FQ_PH_WON);
         FQ_CRASH_POINT("take_orphan_covered");
+        /* a publisher scanning the members in index order could see neither
+         * entry cover the claim (ours before we covered, the orphan's after
+         * it is freed): its scan began before this bump, so its CAS fails */
+        fq_bump_epoch(q);
         atomic_store(&e->word, FQ_SLOT_WORD(FQ_MEM_FREE, FQ_SLOT_GEN(w), 0));
         uint64_t h = atomic_load(&g->orphans);
         while (h && !atomic_compare_exchange_weak(&g->orphans, &h, h - 1))
@@ -677,6 +727,8 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         uint64_t h = fq_head_pos(H, s->ref);
         if (q->drop) {
             uint64_t rel = atomic_load_explicit(&ctl->release, ACQ);
+            if (rel & 15)
+                return FQ_ECORRUPT;
             if (h < rel) {
                 /* lapped: go on from the oldest record retained (drops are
                  * counted from the message indices in fq_sub_end) */
@@ -688,7 +740,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         }
         uint32_t prev = fq_head_id(H);
         if (prev && prev != myid)
-            fq_help(q, prev - 1, h);
+            fq_help(q, prev - 1, s->g, h);
         uint64_t p = h, n = 0, bytes = 0, first_off = 0;
         int lapped = 0;
         while (n < max_n && p - h < q->cap) {
