@@ -973,6 +973,14 @@ cdef class Subscriber:
                 return raw
             return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
 
+    cdef void _finish(self, fq_claim *c):
+        """End claim c, or, if messages of it were not returned (a claim taken
+        over from a dead member holds several), keep those for the next call."""
+        if c.cursor < c.end:
+            fq_sub_hold(self.s, c, c.cursor, c.redelivered)
+        else:
+            fq_sub_end(self.s, c)
+
     cdef object _one(self, fq_claim *c, object loads, bint *done):
         """The one message of claim c, or done[0] set when it was overwritten
         (drop topics).  If deserializing fails the message is consumed (it
@@ -984,7 +992,7 @@ cdef class Subscriber:
             if c.kept == 0:
                 c.kept = 1
                 c.idx = c.msg_idx
-            fq_sub_end(self.s, c)
+            self._finish(c)
             raise
         except BaseException:
             fq_sub_hold(self.s, c, 0, 0)
@@ -1003,7 +1011,7 @@ cdef class Subscriber:
                 self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout)
                 done = False
                 out = self._one(&c, loads, &done)
-                fq_sub_end(self.s, &c)
+                self._finish(&c)
                 if not done:
                     return out
         finally:
@@ -1035,12 +1043,12 @@ cdef class Subscriber:
                         if not out:  # the first one is consumed, the rest kept
                             c.kept = kept + 1
                             c.idx = c.msg_idx
-                            fq_sub_hold(self.s, &c, c.cursor, 0)
+                            fq_sub_hold(self.s, &c, c.cursor, c.redelivered)
                             raise
                         # keep what was delivered; this one and the rest stay
                         c.kept = kept
                         c.idx = idx
-                        fq_sub_hold(self.s, &c, c.msg_pos, 0)
+                        fq_sub_hold(self.s, &c, c.msg_pos, c.redelivered)
                         return out
                     except BaseException:
                         fq_sub_hold(self.s, &c, 0, 0)
@@ -1048,7 +1056,9 @@ cdef class Subscriber:
                     if done:
                         break
                     out.append(v)
-                fq_sub_end(self.s, &c)
+                    if len(out) >= max_messages:
+                        break
+                self._finish(&c)
             return out
         finally:
             self._exit()
@@ -1089,7 +1099,7 @@ cdef class Subscriber:
         if self.busy:
             raise RuntimeError("this subscription is in use by another thread")
         if consume:
-            fq_sub_end(self.s, c)
+            self._finish(c)
         else:
             fq_sub_hold(self.s, c, 0, 1)
         return 0
