@@ -973,10 +973,11 @@ cdef class Subscriber:
                 return raw
             return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
 
-    cdef void _finish(self, fq_claim *c):
+    cdef void _finish(self, fq_claim *c, bint done):
         """End claim c, or, if messages of it were not returned (a claim taken
-        over from a dead member holds several), keep those for the next call."""
-        if c.cursor < c.end:
+        over from a dead member holds several), keep those for the next call.
+        done: the claim has nothing more (or, in a drop topic, was overwritten)."""
+        if not done and c.cursor < c.end:
             fq_sub_hold(self.s, c, c.cursor, c.redelivered)
         else:
             fq_sub_end(self.s, c)
@@ -992,7 +993,7 @@ cdef class Subscriber:
             if c.kept == 0:
                 c.kept = 1
                 c.idx = c.msg_idx
-            self._finish(c)
+            self._finish(c, False)
             raise
         except BaseException:
             fq_sub_hold(self.s, c, 0, 0)
@@ -1011,7 +1012,7 @@ cdef class Subscriber:
                 self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout)
                 done = False
                 out = self._one(&c, loads, &done)
-                self._finish(&c)
+                self._finish(&c, done)
                 if not done:
                     return out
         finally:
@@ -1058,7 +1059,7 @@ cdef class Subscriber:
                     out.append(v)
                     if len(out) >= max_messages:
                         break
-                self._finish(&c)
+                self._finish(&c, done)
             return out
         finally:
             self._exit()
@@ -1099,7 +1100,7 @@ cdef class Subscriber:
         if self.busy:
             raise RuntimeError("this subscription is in use by another thread")
         if consume:
-            self._finish(c)
+            self._finish(c, False)
         else:
             fq_sub_hold(self.s, c, 0, 1)
         return 0
