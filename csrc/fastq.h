@@ -148,7 +148,10 @@ int fq_topic_forget(fq_queue *q, const char *name);
 /* Leave: a claim still held is left for another member (redelivered). */
 void fq_unsubscribe(fq_sub *s);
 /* Claim up to max_n messages (max_bytes as fq_get_begin); FQ_EMPTY,
- * FQ_SHUTDOWN (shut down and drained) or FQ_OK. */
+ * FQ_SHUTDOWN (shut down and drained) or FQ_OK.  A claim returned again
+ * (c->redelivered: taken over from a dead member, or kept by fq_sub_hold)
+ * is returned whole, whatever max_n: take what you need, fq_sub_hold the
+ * rest from the next message's position (c->cursor). */
 int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c);
 /* The next message of the claim; sets c->msg_pos and c->msg_idx. */
 int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len);

@@ -230,7 +230,9 @@ typedef struct fq_slot {
  *               claims, so that a CAS on state never succeeds on a newer one
  */
 enum { FQ_GRP_FREE = 0, FQ_GRP_ACTIVE = 1 };
-enum { FQ_GRP_DURABLE = 1, FQ_GRP_GROUP = 2, FQ_GRP_ANON = 4 }; /* flags */
+/* flags; FQ_GRP_INIT: being made by fq_subscribe (its start not chosen yet):
+ * only a subscriber killed inside fq_subscribe leaves one, and it is freed */
+enum { FQ_GRP_DURABLE = 1, FQ_GRP_GROUP = 2, FQ_GRP_ANON = 4, FQ_GRP_INIT = 8 };
 enum { FQ_MEM_FREE = 0, FQ_MEM_ACTIVE = 2, FQ_MEM_ORPHAN = 3 };
 #define FQ_GROUP_NAME 64
 

@@ -77,13 +77,18 @@ static int fq_header_at(fq_queue *q, uint64_t p, uint64_t *w)
     return fq_match(q, p, *w);
 }
 
-/* Replace the header-less region [p, p + span) by one SKIP record. */
-static void fq_abandon_region(fq_queue *q, uint64_t p, uint64_t span)
+/* Replace the header-less region [p, p + span) by one SKIP record.  n: the
+ * messages the dead claim held; a topic's SKIP keeps it after its header
+ * (owner UINT32_MAX says so), so that readers do not count those messages,
+ * which were never published, as lost to lapping. */
+static void fq_abandon_region(fq_queue *q, uint64_t p, uint64_t span, uint64_t n)
 {
     uint64_t w;
     if (fq_header_at(q, p, &w))
         return;
     fq_rec *r = fq_rec_at(q, p);
+    if (q->topic && span >= 2 * FQ_REC_HDR)
+        ((uint64_t *)(r + 1))[0] = n;
     r->len = (uint32_t)span;
     r->owner = UINT32_MAX;
     atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, p) | FQ_REC_SKIP);
@@ -108,10 +113,11 @@ static int fq_witnessed(fq_queue *q, uint64_t e)
  * Returns 1 when p has a header afterwards. */
 static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
 {
-    uint64_t *ends = malloc(sizeof *ends * q->nslots * FQ_LANES), w;
+    uint64_t *ends = malloc(2 * sizeof *ends * q->nslots * FQ_LANES), w;
     int ne = 0, ok = 0;
     if (!ends)
         return 0;
+    uint64_t *ns = ends + q->nslots * FQ_LANES; /* the messages of each end's claim */
     for (uint32_t s = 0; s < q->nslots; s++)
         for (unsigned l = 0; l < FQ_LANES; l++) {
             fq_intent *in = &q->slots[s].lane[l].prod;
@@ -124,10 +130,11 @@ static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
             if (e <= p || e - p > q->cap || ((e - p) & 15))
                 continue; /* impossible: ignore */
             if (ph != FQ_PH_CLAIMING) { /* it won: its end is the truth */
-                fq_abandon_region(q, p, e - p);
+                fq_abandon_region(q, p, e - p, atomic_load(&in->n));
                 ok = fq_header_at(q, p, &w);
                 goto out;
             }
+            ns[ne] = atomic_load(&in->n);
             ends[ne++] = e;
         }
     for (;;) {
@@ -138,7 +145,7 @@ static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
         if (best < 0)
             break;
         if (fq_witnessed(q, ends[best])) {
-            fq_abandon_region(q, p, ends[best] - p);
+            fq_abandon_region(q, p, ends[best] - p, ns[best]);
             break;
         }
         ends[best] = 0;
@@ -218,7 +225,7 @@ static int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned 
     /* RECOVERED: count fixed; now make the region passable */
     uint64_t rel = atomic_load(&c->release);
     if (rel <= p && !fq_header_at(q, p, &w)) {
-        fq_abandon_region(q, p, end - p);
+        fq_abandon_region(q, p, end - p, n);
     } else {
         for (uint64_t x = rel > p ? rel : p; x < end;) {
             if (!fq_header_at(q, x, &w))

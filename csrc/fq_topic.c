@@ -72,6 +72,8 @@ struct fq_sub {
     fq_claim hold;
 };
 
+static void fq_sub_account(fq_sub *s, fq_claim *c);
+
 /* ---- packed group heads ---------------------------------------------- */
 
 #define FQ_HEAD_LOW 0xffffffffffffull /* 48 bits of pos >> 4 */
@@ -299,8 +301,12 @@ static int fq_group_gc(fq_queue *q, uint32_t gi)
 {
     fq_group *g = &q->groups[gi];
     uint64_t gw = atomic_load(&g->word);
-    if ((gw & 0xff) != FQ_GRP_ACTIVE || ((gw >> 8) & FQ_GRP_DURABLE) ||
-        fq_group_has_members(q, gi))
+    if ((gw & 0xff) != FQ_GRP_ACTIVE)
+        return 0;
+    /* a group left half-made by a subscriber killed inside fq_subscribe
+     * (under the lock, so whoever sees it now holds the lock after it) */
+    int half_made = ((gw >> 8) & FQ_GRP_INIT) != 0;
+    if (!half_made && (((gw >> 8) & FQ_GRP_DURABLE) || fq_group_has_members(q, gi)))
         return 0;
     uint32_t hwm = fq_hwm(q);
     for (uint32_t i = 0; i < hwm; i++) {
@@ -516,7 +522,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         /* visible at release first: no publisher passes it while we look
          * for where to start (see the top of this file) */
         atomic_store(&g->head, fq_head_pack(atomic_load(&c->release), 0));
-        atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)flags << 8);
+        atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)(flags | FQ_GRP_INIT) << 8);
         FQ_CRASH_POINT("subscribe_group_visible");
         /* bump the epoch (block): a publisher whose scan missed the group
          * either moved release before this (we see it below) or fails its
@@ -531,6 +537,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         }
         atomic_store(&g->next_idx, idx);
         atomic_store(&g->head, fq_head_pack(pos, 0));
+        atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)flags << 8); /* made */
     }
     fq_member *e = &q->members[mi];
     uint64_t ow = atomic_load(&e->word);
@@ -569,6 +576,7 @@ void fq_unsubscribe(fq_sub *s)
         return;
     }
     fq_lock_wait(q);
+    fq_topic_reap(q); /* as everywhere the lock is taken: repair first */
     if (atomic_load(&q->members[s->m].word) == s->word)
         fq_member_leave(q, s->m, 0);
     fq_lock_drop(q);
@@ -649,6 +657,7 @@ static void fq_fill_claim(fq_queue *q, fq_claim *c, uint64_t pos, uint64_t end, 
     c->msg_pos = 0;
     c->msg_idx = 0;
     c->kept = 0;
+    c->count = 0;
 }
 
 /* Take over a claim a dead (or departed) member of our group left. */
@@ -659,6 +668,9 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
     fq_member *me = &q->members[s->m];
     if (!fq_lock_try(q))
         return FQ_EMPTY; /* busy: look again next time */
+    /* the lock may have been taken from a holder killed mid-change (a taker
+     * killed between covering an orphan and freeing it): repair first */
+    fq_topic_reap(q);
     uint32_t hwm = fq_hwm(q);
     for (uint32_t i = 0; i < hwm; i++) {
         fq_member *e = &q->members[i];
@@ -801,7 +813,15 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         FQ_CRASH_POINT("sub_after_claim");
         /* a helper may have stored WON already: the same value */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, REL);
-        if (n == 0) { /* padding only: done with it */
+        if (n == 0) { /* padding or abandoned records only: done with it */
+            if (q->drop) {
+                fq_fill_claim(q, c, h, p, 0, 0, 0);
+                const void *d;
+                uint64_t l;
+                while (fq_sub_next(s, c, &d, &l))
+                    ;
+                fq_sub_account(s, c);
+            }
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
@@ -809,6 +829,35 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         fq_fill_claim(q, c, h, p, n, first_off, 0);
         return FQ_OK;
     }
+}
+
+/* A drop topic counts as dropped only what lapping lost: a message whose
+ * publisher was killed (ABANDONED, its index still in its prefix) is noted
+ * as seen, if it was not overwritten meanwhile.  (c->count: such records.) */
+static void fq_sub_seen_abandoned(fq_sub *s, fq_claim *c, uint64_t p, fq_rec *r, int region)
+{
+    fq_queue *q = s->q;
+    /* a record: its index; a region recovery replaced (SKIP): how many
+     * messages the dead claim held, whose indices follow the previous ones */
+    uint64_t v = region ? ((const volatile uint64_t *)(r + 1))[0] : fq_rec_index(r);
+    atomic_thread_fence(memory_order_acquire);
+    if (p < atomic_load_explicit(&q->ctrl->release, SEQ))
+        return; /* overwritten meanwhile: counted as lost with the rest */
+    if (!region) {
+        c->count++;
+        c->idx = v; /* records come in index order */
+        return;
+    }
+    if (v == 0 || v > r->len / (2 * FQ_REC_HDR))
+        return; /* nothing, or an impossible count */
+    if (!c->kept && !c->count) { /* the first of this claim: after the group's last */
+        uint64_t next = atomic_load_explicit(&q->groups[s->g].next_idx, RLX);
+        if (next == UINT64_MAX)
+            return;
+        c->idx = next - 1;
+    }
+    c->count += v;
+    c->idx += v;
 }
 
 int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
@@ -820,9 +869,21 @@ int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         uint32_t l = r->len;
         uint64_t span = fq_span(q, p, w, l);
-        if (!span || !fq_match(q, p, w))
-            return 0; /* overwritten (drop topic): the rest is lost */
+        if (!span || !fq_match(q, p, w)) {
+            /* overwritten (drop topic): what is still retained of the claim
+             * starts at release, a record boundary; the rest was lost */
+            uint64_t rel = atomic_load_explicit(&q->ctrl->release, SEQ);
+            if (q->drop && p < rel && rel < c->end && !(rel & 15)) {
+                c->cursor = rel;
+                continue;
+            }
+            return 0;
+        }
         c->cursor += span;
+        if (q->drop && (w & 7) == FQ_REC_ABANDONED && l >= q->prefix)
+            fq_sub_seen_abandoned(s, c, p, r, 0);
+        if (q->drop && (w & 7) == FQ_REC_SKIP && r->owner == UINT32_MAX && l >= 2 * FQ_REC_HDR)
+            fq_sub_seen_abandoned(s, c, p, r, 1);
         if ((w & 7) == FQ_REC_COMMITTED && l >= q->prefix) {
             c->msg_pos = p;
             c->msg_idx = fq_rec_index(r);
@@ -854,7 +915,7 @@ static void fq_sub_account(fq_sub *s, fq_claim *c)
 {
     fq_queue *q = s->q;
     fq_group *g = &q->groups[s->g];
-    if (!c->kept)
+    if (!c->kept && !c->count)
         return;
     fq_member *me = &q->members[s->m];
     /* only we write our count */
@@ -864,9 +925,10 @@ static void fq_sub_account(fq_sub *s, fq_claim *c)
          * previous message and our last one, and was not returned, was lost */
         uint64_t next = c->idx + 1;
         uint64_t cur = atomic_load_explicit(&g->next_idx, RLX);
-        if (cur != UINT64_MAX && next > cur && next - cur > c->kept)
+        uint64_t seen = c->kept + c->count; /* returned, or abandoned by a dead publisher */
+        if (cur != UINT64_MAX && next > cur && next - cur > seen)
             atomic_store_explicit(&g->dropped,
-                                  atomic_load_explicit(&g->dropped, RLX) + next - cur - c->kept,
+                                  atomic_load_explicit(&g->dropped, RLX) + next - cur - seen,
                                   RLX);
         if (cur == UINT64_MAX || next > cur)
             atomic_store_explicit(&g->next_idx, next, RLX);
@@ -892,8 +954,21 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
     fq_sub_account(s, c);
     if (from > c->pos && from <= c->end) {
         /* the messages before from are done: stop covering them */
-        atomic_store_explicit(&q->members[s->m].pos, from, REL);
+        fq_member *me = &q->members[s->m];
+        uint64_t n = 0;
+        for (uint64_t x = from; x < c->end;) { /* what is left (for recovery's n) */
+            fq_rec *r = fq_rec_at(q, x);
+            uint64_t w = atomic_load_explicit(&r->word, ACQ);
+            uint64_t span = fq_span(q, x, w, r->len);
+            if (!span || !fq_match(q, x, w))
+                break;
+            n += (w & 7) == FQ_REC_COMMITTED;
+            x += span;
+        }
+        atomic_store_explicit(&me->n, n, RLX);
+        atomic_store_explicit(&me->pos, from, REL);
         c->pos = from;
+        c->n = n;
         c->first_off = 0;
         fq_wake(q, FQ_WAIT_SPACE);
     }
@@ -925,6 +1000,8 @@ static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
     uint64_t pub, t = fq_tail_pair(q, &pub);
     uint64_t next = UINT64_MAX;
+    if (fq_head_pos(atomic_load(&g->head), t) >= t)
+        return 0; /* caught up (what is left was abandoned by dead publishers) */
     if (q->drop)
         next = atomic_load(&g->next_idx); /* its head may be lapped */
     if (next == UINT64_MAX) {
@@ -976,7 +1053,7 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
         gi = i - q->nsubs;
         uint64_t gw = atomic_load(&q->groups[gi].word);
         if ((gw & 0xff) != FQ_GRP_ACTIVE || !((gw >> 8) & FQ_GRP_DURABLE) ||
-            fq_group_has_members(q, gi))
+            ((gw >> 8) & FQ_GRP_INIT) || fq_group_has_members(q, gi))
             return 0;
         out->kind = FQ_MEM_FREE;
     }

@@ -73,6 +73,17 @@ int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_
                      uint32_t max16, uint64_t deadline_ns);
 int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int64_t *gotall,
                      int64_t *putall, uint64_t deadline_ns, uint64_t diag[4]);
+/* topics (white-box helpers for tests/test_topic_c.py) */
+uint64_t fqt_member_field(fq_queue *q, uint32_t i, int field);
+uint64_t fqt_group_field(fq_queue *q, uint32_t i, int field);
+uint64_t fqt_published(fq_queue *q);
+uint64_t fqt_recover_lock(fq_queue *q);
+int64_t fqt_pub_loop(fq_queue *q, int64_t n, uint32_t seed, uint32_t min16, uint32_t max16,
+                     uint32_t delay, const int64_t *progress, int64_t lead,
+                     uint64_t deadline_ns);
+int64_t fqt_sub_loop(fq_queue *q, fq_sub *s, size_t max_n, uint32_t flags, uint32_t delay,
+                     uint32_t seed, uint64_t *out, int64_t cap, int64_t *gotall, int64_t total,
+                     int64_t *progress, uint64_t deadline_ns, uint64_t diag[8]);
 """
 
 PREAMBLE = r"""
@@ -233,6 +244,222 @@ int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int6
         }
         fq_get_end(q, &c);
     }
+}
+
+/* ---- topics (tests/test_topic_c.py) ---------------------------------- */
+/* member fields: 0 word, 1 start_time, 2 group, 3 pos, 4 end, 5 n, 6 state, 7 got */
+uint64_t fqt_member_field(fq_queue *q, uint32_t i, int field)
+{
+    fq_member *e = &q->members[i];
+    switch (field) {
+    case 0: return atomic_load(&e->word);
+    case 1: return atomic_load(&e->start_time);
+    case 2: return atomic_load(&e->group);
+    case 3: return atomic_load(&e->pos);
+    case 4: return atomic_load(&e->end);
+    case 5: return atomic_load(&e->n);
+    case 6: return atomic_load(&e->state);
+    default: return atomic_load(&e->got);
+    }
+}
+/* group fields: 0 word, 1 head (packed), 2 next_idx, 3 dropped, 4 orphans */
+uint64_t fqt_group_field(fq_queue *q, uint32_t i, int field)
+{
+    fq_group *g = &q->groups[i];
+    switch (field) {
+    case 0: return atomic_load(&g->word);
+    case 1: return atomic_load(&g->head);
+    case 2: return atomic_load(&g->next_idx);
+    case 3: return atomic_load(&g->dropped);
+    default: return atomic_load(&g->orphans);
+    }
+}
+uint64_t fqt_published(fq_queue *q) { return atomic_load(&q->ctrl->published); }
+uint64_t fqt_recover_lock(fq_queue *q) { return atomic_load(&q->ctrl->recover_lock); }
+
+/* Publisher loop for topics: like fqt_put_loop (id 0), with a random pause of up to
+ * `delay` spins after each message, and (progress non-NULL) never more than `lead`
+ * messages ahead of *progress (a reader's next index): paced against a slow reader
+ * that it still laps. */
+int64_t fqt_pub_loop(fq_queue *q, int64_t n, uint32_t seed, uint32_t min16, uint32_t max16,
+                     uint32_t delay, const int64_t *progress, int64_t lead,
+                     uint64_t deadline_ns)
+{
+    static __thread unsigned char buf[1 << 16];
+    uint32_t id = 0;
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t len = 16u * (min16 + (seed >> 8) % (max16 - min16 + 1));
+        if (len > sizeof buf)
+            return -1;
+        memcpy(buf, &id, 4);
+        uint32_t s32 = (uint32_t)i;
+        memcpy(buf + 4, &s32, 4);
+        memset(buf + 8, (int)(i & 0xff), len - 8);
+        for (unsigned spins = 0;; spins++) {
+            int rc = fq_put(q, buf, len);
+            if (rc == FQ_OK)
+                break;
+            if (rc != FQ_FULL)
+                return -2 - rc;
+            if ((spins & 255) == 255 && fqt_now() > deadline_ns)
+                return i;
+            sched_yield();
+        }
+        if (delay) {
+            seed = seed * 1103515245u + 12345u;
+            uint32_t k = (seed >> 8) % (delay + 1);
+            for (volatile uint32_t j = 0; j < k; j++)
+                ;
+        }
+        for (unsigned spins = 0;
+             progress && i + 1 - __atomic_load_n(progress, __ATOMIC_ACQUIRE) > lead; spins++) {
+            if ((spins & 255) == 255 && fqt_now() > deadline_ns)
+                return i + 1;
+            sched_yield();
+        }
+    }
+    return n;
+}
+
+/* Subscriber loop at C speed (the GIL is released for the whole call), reading
+ * messages made by fqt_put_loop ([id u32][seq u32][seq & 0xff ...]).  Each message
+ * is copied in two halves with a random pause of up to `delay` spins between them
+ * (a drop topic's publisher may overwrite it meanwhile), then checked with
+ * fq_sub_intact; an intact copy must be whole: its bytes all seq & 0xff and, with
+ * flags & 2 (one publisher of id 0), seq == its message index.  Indices must grow.
+ * flags & 1 (the only member of its group): after every fq_sub_end, received +
+ * fq_sub_dropped == the last index received + 1 (the subscription started at
+ * index 0).  flags & 4: after each claim of new messages (not redelivered), its end
+ * (the group's new head, q being the subscription's handle) must be a record boundary:
+ * a record of that position, or at or past tail, or released (-9 otherwise, after
+ * waiting 200 ms for a header being written).  The indices received go to out[].  *gotall counts the messages of every
+ * member of the group; the loop returns once *gotall + dropped >= total, or at the
+ * deadline.  Returns the number received, or: -1 out full, -3 torn intact payload,
+ * -4 index order, -5 deadline, -6 unexpected return code, -7 seq != index,
+ * -8 drop accounting off, -9 a head inside a record.  progress (if not NULL): the
+ * next index after the last one received, for fqt_pub_loop.  diag: last index, dropped, received, not intact,
+ * claims, rc, 0, 0. */
+int64_t fqt_sub_loop(fq_queue *q, fq_sub *s, size_t max_n, uint32_t flags, uint32_t delay,
+                     uint32_t seed, uint64_t *out, int64_t cap, int64_t *gotall, int64_t total,
+                     int64_t *progress, uint64_t deadline_ns, uint64_t diag[8])
+{
+    static __thread unsigned char buf[1 << 17];
+    int64_t k = 0, bad = 0, claims = 0;
+    uint64_t last = UINT64_MAX;
+    for (int i = 0; i < 8; i++)
+        diag[i] = 0;
+#define FQT_DIAG(rcv)                                              \
+    do {                                                           \
+        diag[0] = last;                                            \
+        diag[1] = fq_sub_dropped(s);                               \
+        diag[2] = (uint64_t)k;                                     \
+        diag[3] = (uint64_t)bad;                                   \
+        diag[4] = (uint64_t)claims;                                \
+        diag[5] = (uint64_t)(int64_t)(rcv);                        \
+    } while (0)
+    for (unsigned iter = 0;; iter++) {
+        int64_t all = __atomic_load_n(gotall, __ATOMIC_ACQUIRE);
+        if (all + (int64_t)fq_sub_dropped(s) >= total) {
+            FQT_DIAG(0);
+            return k;
+        }
+        fq_claim c;
+        int rc = fq_sub_begin(s, max_n, (uint64_t)1 << 40, &c);
+        if (rc == FQ_EMPTY) {
+            if ((iter & 63) == 63 && fqt_now() > deadline_ns) {
+                FQT_DIAG(rc);
+                return -5;
+            }
+            sched_yield();
+            continue;
+        }
+        if (rc != FQ_OK) {
+            FQT_DIAG(rc);
+            return -6;
+        }
+        claims++;
+        if ((flags & 4) && !c.redelivered) {
+            uint64_t e = c.end, t0 = fqt_now();
+            for (;;) {
+                uint64_t tl = atomic_load(&q->ctrl->tail);
+                uint64_t w = atomic_load(&fq_rec_at(q, e)->word);
+                uint64_t rl = atomic_load(&q->ctrl->release);
+                if (e >= tl || e < rl || fq_match(q, e, w))
+                    break;
+                if (fqt_now() - t0 > 200000000ull) {
+                    FQT_DIAG(0);
+                    diag[6] = e;
+                    diag[7] = rl;
+                    return -9;
+                }
+                sched_yield();
+            }
+        }
+        const void *d;
+        uint64_t len;
+        int64_t m = 0;
+        while (fq_sub_next(s, &c, &d, &len)) {
+            if (len > sizeof buf) {
+                FQT_DIAG(0);
+                return -3;
+            }
+            uint64_t half = len / 2;
+            memcpy(buf, d, half);
+            seed = seed * 1103515245u + 12345u;
+            if (delay) {
+                uint32_t spins = (seed >> 8) % (delay + 1);
+                for (volatile uint32_t j = 0; j < spins; j++)
+                    ;
+            }
+            memcpy(buf + half, (const unsigned char *)d + half, len - half);
+            if (!fq_sub_intact(s, &c)) {
+                bad++;
+                continue;
+            }
+            uint32_t id, seq;
+            if (len < 16) {
+                FQT_DIAG(0);
+                return -3;
+            }
+            memcpy(&id, buf, 4);
+            memcpy(&seq, buf + 4, 4);
+            for (uint64_t j = 8; j < len; j++)
+                if (buf[j] != (unsigned char)(seq & 0xff)) {
+                    FQT_DIAG(0);
+                    diag[6] = c.msg_idx;
+                    diag[7] = j;
+                    return -3;
+                }
+            if ((flags & 2) && (id != 0 || seq != (uint32_t)c.msg_idx)) {
+                FQT_DIAG(0);
+                diag[6] = c.msg_idx;
+                diag[7] = seq;
+                return -7;
+            }
+            if (last != UINT64_MAX && c.msg_idx <= last) {
+                FQT_DIAG(0);
+                diag[6] = c.msg_idx;
+                return -4;
+            }
+            last = c.msg_idx;
+            if (k == cap) {
+                FQT_DIAG(0);
+                return -1;
+            }
+            out[k++] = c.msg_idx;
+            m++;
+        }
+        fq_sub_end(s, &c);
+        __atomic_fetch_add(gotall, m, __ATOMIC_ACQ_REL);
+        if (progress && last != UINT64_MAX)
+            __atomic_store_n(progress, (int64_t)last + 1, __ATOMIC_RELEASE);
+        if ((flags & 1) && last != UINT64_MAX && (uint64_t)k + fq_sub_dropped(s) != last + 1) {
+            FQT_DIAG(0);
+            return -8;
+        }
+    }
+#undef FQT_DIAG
 }
 """
 
