@@ -87,7 +87,8 @@ static void fq_abandon_region(fq_queue *q, uint64_t p, uint64_t span, uint64_t n
     if (fq_header_at(q, p, &w))
         return;
     fq_rec *r = fq_rec_at(q, p);
-    if (q->topic && span >= 2 * FQ_REC_HDR)
+    /* (a SKIP may cross the end of the ring: then the count has no room) */
+    if (q->topic && span >= 2 * FQ_REC_HDR && (p & q->mask) + 2 * FQ_REC_HDR <= q->cap)
         ((uint64_t *)(r + 1))[0] = n;
     r->len = (uint32_t)span;
     r->owner = UINT32_MAX;

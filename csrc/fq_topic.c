@@ -720,6 +720,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         c->cursor = c->pos + c->first_off;
         c->redelivered = s->held == 2 || c->redelivered;
         c->kept = 0;
+        c->count = 0;
         s->held = 0;
         return FQ_OK;
     }
@@ -779,6 +780,14 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 bytes += plen;
             }
             p += span;
+        }
+        if (q->drop && p != h) {
+            /* a record overwritten while we walked could have given us a
+             * garbage length, and a head off the record boundaries: trust
+             * the walk only if release is still at or below where it began */
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&ctl->release, SEQ) > h)
+                continue;
         }
         if (p == h) {
             /* nothing: caught up, or h is no longer in the ring (lapped in a
@@ -882,7 +891,8 @@ int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
         c->cursor += span;
         if (q->drop && (w & 7) == FQ_REC_ABANDONED && l >= q->prefix)
             fq_sub_seen_abandoned(s, c, p, r, 0);
-        if (q->drop && (w & 7) == FQ_REC_SKIP && r->owner == UINT32_MAX && l >= 2 * FQ_REC_HDR)
+        if (q->drop && (w & 7) == FQ_REC_SKIP && r->owner == UINT32_MAX &&
+            l >= 2 * FQ_REC_HDR && (p & q->mask) + 2 * FQ_REC_HDR <= q->cap)
             fq_sub_seen_abandoned(s, c, p, r, 1);
         if ((w & 7) == FQ_REC_COMMITTED && l >= q->prefix) {
             c->msg_pos = p;
@@ -934,6 +944,7 @@ static void fq_sub_account(fq_sub *s, fq_claim *c)
             atomic_store_explicit(&g->next_idx, next, RLX);
     }
     c->kept = 0;
+    c->count = 0;
 }
 
 void fq_sub_end(fq_sub *s, fq_claim *c)
@@ -951,7 +962,12 @@ void fq_sub_end(fq_sub *s, fq_claim *c)
 void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
 {
     fq_queue *q = s->q;
-    fq_sub_account(s, c);
+    if (from > c->pos) {
+        fq_sub_account(s, c); /* what lies before from was returned */
+    } else { /* all of it given back: nothing was returned */
+        c->kept = 0;
+        c->count = 0;
+    }
     if (from > c->pos && from <= c->end) {
         /* the messages before from are done: stop covering them */
         fq_member *me = &q->members[s->m];

@@ -1915,8 +1915,9 @@ FUZZ_CASES = int(os.environ.get("FASTQ_FUZZ_CASES", "10000"))
 
 
 def test_fuzz_corrupted_segments_open_and_get(tmp_path):
+    # the budget only bounds a run on a machine far slower than expected
     counts, failures, took = _run_fuzz(tmp_path, FUZZ_CASES, False, 1234,
-                                       budget=max(45, FUZZ_CASES / 50))
+                                       budget=max(120, FUZZ_CASES / 25))
     assert not failures, "children crashed or hung (case, exit, mutations, image): %r" % failures
     ran = sum(counts.values())
     print("fuzz: %d cases in %.1fs, outcomes %r" % (ran, took, counts))
@@ -1927,7 +1928,7 @@ def test_fuzz_corrupted_segments_open_and_get(tmp_path):
 
 
 def test_fuzz_corrupted_segments_then_put(tmp_path):
-    counts, failures, took = _run_fuzz(tmp_path, 600, True, 4321, budget=20)
+    counts, failures, took = _run_fuzz(tmp_path, 600, True, 4321, budget=60)
     assert not failures, "children crashed or hung (case, exit, mutations, image): %r" % failures
     assert sum(counts.values()) >= 500
 

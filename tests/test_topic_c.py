@@ -2262,7 +2262,7 @@ TOPIC_FUZZ_CASES = int(os.environ.get("FASTQ_FUZZ_CASES", "4000"))
 
 def test_fuzz_hostile_topic_segments(tmp_path):
     counts, failures, took = _run_fuzz(tmp_path, TOPIC_FUZZ_CASES, 2024,
-                                       budget=max(55, TOPIC_FUZZ_CASES / 30))
+                                       budget=max(150, TOPIC_FUZZ_CASES / 15))
     assert not failures, "children crashed or hung (case, exit, mutations, image): %r" % (
         failures,)
     ran = sum(counts.values())

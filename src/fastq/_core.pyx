@@ -1029,15 +1029,17 @@ cdef class Subscriber:
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
         cdef bint done
-        cdef uint64_t pos, idx, kept
+        cdef uint64_t cursor, idx, kept, seen
         cdef list out = []
         try:
             while not out:
                 self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
                 done = False
                 while True:
+                    cursor = c.cursor
                     idx = c.idx
                     kept = c.kept
+                    seen = c.count
                     try:
                         v = self._next(&c, loads, &done)
                     except Exception:
@@ -1047,9 +1049,11 @@ cdef class Subscriber:
                             fq_sub_hold(self.s, &c, c.cursor, c.redelivered)
                             raise
                         # keep what was delivered; this one and the rest stay
+                        # (walked again from where this call to _next began)
                         c.kept = kept
                         c.idx = idx
-                        fq_sub_hold(self.s, &c, c.msg_pos, c.redelivered)
+                        c.count = seen
+                        fq_sub_hold(self.s, &c, cursor, c.redelivered)
                         return out
                     except BaseException:
                         fq_sub_hold(self.s, &c, 0, 0)
