@@ -271,6 +271,10 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos)
     fq_ctrl *c = q->ctrl;
     if (q->drop && pos < atomic_load_explicit(&c->release, SEQ))
         return 1; /* lapped: move on */
+    /* nothing claimed at pos yet: poll tail (one store per publish), not
+     * the record the publisher is about to write (several stores) */
+    if (atomic_load_explicit(&c->tail, SEQ) <= pos)
+        return 0;
     uint64_t w = atomic_load_explicit(&fq_rec_at(q, pos)->word, SEQ);
     if (!fq_match(q, pos, w))
         return 0;

@@ -5,10 +5,13 @@
  * Each side has a futex word in the segment (data_seq, space_seq) and a
  * bitmask of slots that have a thread asleep on it.
  *
- *   waiter: set our bit (seq_cst RMW); v = load(word); re-check the
- *           condition; futex_wait(word, v, slice); clear the bit.
- *   writer: publish (release); seq_cst fence; if any bit is set,
- *           bump the word and FUTEX_WAKE everyone.
+ *   waiter: set our bit (seq_cst RMW; before every sleep); v = load(word);
+ *           re-check the condition; futex_wait(word, v, slice); clear the
+ *           bit when the process's last sleeper on it leaves.
+ *   writer: publish (release); seq_cst fence; if any bit is set, take the
+ *           bits (exchange with 0), bump the word and FUTEX_WAKE everyone.
+ *           Taking them makes one syscall per sleep, not one per write
+ *           until the woken sleepers run again.
  *
  * Either the writer's fence-then-load sees the waiter's bit, or the
  * waiter's RMW-then-re-check sees the published data: a wake-up is never
@@ -114,12 +117,17 @@ void fq_wake(fq_queue *q, int what)
             continue;
         _Atomic uint64_t *mask = side == FQ_WAIT_DATA ? c->data_mask : c->space_mask;
         _Atomic uint32_t *seq = side == FQ_WAIT_DATA ? &c->data_seq : &c->space_seq;
-        for (unsigned i = 0; i < words; i++) {
-            if (atomic_load_explicit(&mask[i], memory_order_relaxed)) {
-                atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
-                fq_futex_wake(seq);
-                break;
-            }
+        /* Take the bits: one wake-up per sleep, not one per call until the
+         * sleepers run again (with more processes than cores that can take
+         * long).  A sleeper sets its bit again before every re-check. */
+        int wake = 0;
+        for (unsigned i = 0; i < words; i++)
+            if (atomic_load_explicit(&mask[i], memory_order_relaxed) &&
+                atomic_exchange_explicit(&mask[i], 0, memory_order_seq_cst))
+                wake = 1;
+        if (wake) {
+            atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
+            fq_futex_wake(seq);
         }
     }
 }
@@ -178,8 +186,9 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin
     _Atomic uint32_t *seq = what == FQ_WAIT_DATA ? &c->data_seq : &c->space_seq;
     uint64_t bit = 1ull << (s & 63);
     pthread_mutex_lock(&q->mu);
-    if (q->sleepers[what]++ == 0)
-        atomic_fetch_or_explicit(mask, bit, memory_order_seq_cst);
+    q->sleepers[what]++;
+    /* every time, not only for the first sleeper: a waker takes the bits */
+    atomic_fetch_or_explicit(mask, bit, memory_order_seq_cst);
     pthread_mutex_unlock(&q->mu);
     uint32_t v = atomic_load_explicit(seq, memory_order_seq_cst);
     if (!fq_ready(q, what, need))
