@@ -13,6 +13,13 @@ cell.  With several producers or consumers, messages are counted per producer
 in C and the samples must arrive exactly once, in order per producer.  A cell
 whose check fails is reported as FAILED and never shows a figure.
 
+Publish/subscribe cells (``topic-*`` workloads) run one publisher and 1, 2 or
+4 subscriber processes: every subscriber receives and verifies the whole
+stream on its own (count, positions of the samples, CRC32), the subscribers
+time their own streams (messages/s delivered per subscriber) and the
+publisher times its sends (the publisher's own rate).  ``topic_summary``
+relates the figures to fastq's own Queue in the same run.
+
 Libraries are reached through one small adapter class each (see ``ADAPTERS``);
 a library that is not installed is skipped with a note.
 """
@@ -167,7 +174,7 @@ class Workload:
     """One row group of the table: what is sent, how, and by how many processes."""
 
     name: str
-    kind: str                 # "stream", "pingpong" or "idle"
+    kind: str                 # "stream", "pingpong", "idle" or "topic" (1 publisher, ``consumers`` subscribers)
     payload: str = "raw"      # key of PAYLOADS
     size: int = 64
     batch: bool = False
@@ -184,6 +191,9 @@ class Workload:
             return [(f"ping-pong RTT {p} (us) ↓", p, False) for p in ("p50", "p99", "p99.9")]
         if self.kind == "idle":
             return [("idle get() CPU (% core) ↓", "cpu_pct", False)]
+        if self.kind == "topic":
+            return [(f"{self.name}: each sub (msg/s) ↑", "msgs_per_s", True),
+                    (f"{self.name}: publisher (msg/s) ↑", "pub_msgs_per_s", True)]
         if self.size >= 64 * KiB:
             return [(f"{self.name} (MB/s) ↑", "mb_per_s", True)]
         return [(f"{self.name} (msg/s) ↑", "msgs_per_s", True)]
@@ -194,6 +204,14 @@ def _size_name(n: int) -> str:
 
 
 SIZES = (8, 64, KiB, 64 * KiB, MiB)
+TOPIC_SIZES = (64, KiB)
+TOPIC_FANOUT = (1, 2, 4)          # subscriber processes per publisher
+
+
+def topic_name(size: int, subscribers: int) -> str:
+    return f"topic-{_size_name(size)}-{subscribers}sub"
+
+
 WORKLOADS = (
     [Workload(f"raw-{_size_name(s)}", "stream", "raw", s) for s in SIZES]
     + [Workload(f"batch-{_size_name(s)}", "stream", "raw", s, batch=True) for s in SIZES]
@@ -202,6 +220,7 @@ WORKLOADS = (
        Workload("pingpong", "pingpong", "raw", 8),
        Workload("idle-cpu", "idle", "raw", 8),
        Workload("mpmc-64B", "stream", "raw", 64, producers=2, consumers=2)]
+    + [Workload(topic_name(s, n), "topic", "raw", s, consumers=n) for s in TOPIC_SIZES for n in TOPIC_FANOUT]
 )
 
 
@@ -286,6 +305,7 @@ class Adapter:
     batch = False       # has put_many/get_many
     mpmc = False        # several producers and consumers may share one queue
     views = False       # raw get returns (unhashable, possibly reused) memoryviews
+    topic = False       # publish/subscribe: runs the "topic" workloads (and only those)
 
     def __init__(self, poll: bool = False):
         self.poll = poll
@@ -308,10 +328,12 @@ class Adapter:
 
     def supports(self, wl: Workload) -> bool:
         """Whether this library can run ``wl`` the way the workload demands."""
+        if (wl.kind == "topic") != self.topic:
+            return False
         ok = self.raw if wl.raw else self.objects
         if wl.batch:
             ok = ok and self.batch and not self.poll
-        if wl.producers > 1 or wl.consumers > 1:
+        if wl.kind != "topic" and (wl.producers > 1 or wl.consumers > 1):
             ok = ok and self.mpmc
         return ok
 
@@ -508,9 +530,207 @@ class ZeroqAdapter(Adapter):
         _PARENT_HANDLES.pop(name).close()
 
 
+# --------------------------------------------------------------------------- publish/subscribe adapters
+#
+# A topic adapter's sender is the publisher and each receiver one subscriber;
+# receiver() returns only once the subscriber is attached (so that it receives
+# everything published after the cell's start barrier) and sender() only once
+# every subscriber of the cell is attached where the library lets a late
+# subscriber miss messages.  Back-pressure is lossless everywhere: a publisher
+# waits for its slowest subscriber instead of dropping.
+
+JOIN_TIMEOUT = 10.0       # seconds a publisher waits for its subscribers to attach
+
+
+def _fanout_depth(wl: Workload, capacity: int) -> int:
+    """Messages a peer may buffer per subscriber (fastq's topic shares one ring of ``capacity`` bytes)."""
+    return max(16, min(capacity // wl.size, 16384))
+
+
+class FastqTopicAdapter(Adapter):
+    key, module, topic, batch = "fastq", "fastq", True, True
+
+    def missing(self):
+        why = super().missing()
+        if why is None and not hasattr(__import__("fastq"), "Topic"):
+            why = "fastq.Topic is not built yet"
+        return why
+
+    def open(self, ctx, wl, capacity):
+        import fastq
+        return fastq.Topic(None, capacity, serializer="raw")
+
+    def sender(self, t, wl):
+        import fastq
+        put = _poll_exc(t.publish_nowait, fastq.Full) if self.poll else t.publish
+        return Endpoint(put=put, put_many=t.publish_many, close=t.close)
+
+    def receiver(self, t, wl):
+        import fastq
+        s = t.subscribe()                      # start="latest": everything published from now on
+
+        def close():
+            s.close()
+            t.close()
+        get = _poll_exc(s.get_nowait, fastq.Empty) if self.poll else s.get
+        return Endpoint(get=get, get_many=s.get_many, close=close)
+
+    def close(self, t):
+        t.close()
+
+
+class ZmqPubSubAdapter(ZmqAdapter):
+    """pyzmq over ``ipc://``: one XPUB (a PUB that reports subscriptions) and one SUB per subscriber.
+
+    A plain PUB drops what a subscriber's pipe cannot take (at the high-water
+    mark) and everything sent before a subscription reaches it; so the
+    publisher sets ``XPUB_NODROP`` (send blocks at the high-water mark instead)
+    and waits until every subscriber's subscription has arrived.
+    """
+
+    key, module, objects, topic = "zmq", "zmq", False, True
+
+    def open(self, ctx, wl, capacity):
+        return super().open(ctx, wl, capacity)[0], _fanout_depth(wl, capacity)
+
+    def sender(self, spec, wl):
+        import zmq
+        zctx = zmq.Context()
+        sock = zctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, spec[1])
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)   # one subscription message per SUB, not per distinct topic
+        sock.bind(spec[0])
+        joined = 0
+        while joined < wl.consumers:
+            if not sock.poll(JOIN_TIMEOUT * 1000):
+                sock.close(linger=0)
+                zctx.term()
+                raise TimeoutError(f"{joined} of {wl.consumers} subscribers joined within {JOIN_TIMEOUT:.0f} s")
+            if sock.recv()[:1] == b"\x01":
+                joined += 1
+
+        def close():
+            sock.close()                        # the default linger: term() waits until all is delivered
+            zctx.term()
+        return Endpoint(put=sock.send, close=close)
+
+    def receiver(self, spec, wl):
+        import zmq
+        zctx = zmq.Context()
+        sock = zctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, spec[1])
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(spec[0])
+
+        def close():
+            sock.close()
+            zctx.term()
+        return Endpoint(get=sock.recv, close=close)
+
+
+class Iceoryx2Adapter(Adapter):
+    """iceoryx2's Python publish/subscribe with ``Slice[c_uint8]`` payloads of the message's length.
+
+    The publisher loans a sample, copies the message in (``ctypes.memmove``) and
+    sends it with ``RetryUntilDelivered`` back-pressure (safe overflow off, so
+    nothing is dropped); a subscriber copies each sample out into ``bytes``
+    (``ctypes.string_at``) and releases it.  Its Python subscriber has no
+    blocking receive (that takes a separate event service and a WaitSet), so
+    subscribers poll: hence the label "(poll)".
+    """
+
+    key, module, topic = "iceoryx2", "iceoryx2", True
+
+    def missing(self):
+        why = super().missing()
+        if why is not None:
+            return f"iceoryx2 is not installed ({why}); `pip install iceoryx2` to measure it"
+        iox = __import__("iceoryx2")
+        lacking = [n for n in ("Slice", "NodeBuilder", "BackpressureStrategy") if not hasattr(iox, n)]
+        if lacking:
+            return f"this iceoryx2 has no {', '.join(lacking)}: it cannot carry raw byte payloads"
+        return None
+
+    def open(self, ctx, wl, capacity):
+        return f"fastq-bench/{os.getpid()}/{next(_names)}", _fanout_depth(wl, capacity), wl.consumers
+
+    @staticmethod
+    def _service(spec):
+        """(iceoryx2, node, service) of ``spec``, opened or created (all ends ask for the same settings)."""
+        import ctypes
+        import iceoryx2 as iox
+        iox.set_log_level(iox.LogLevel.Error)   # not "No config file was loaded" in every child
+        name, depth, n_subs = spec
+        node = iox.NodeBuilder.new().create(iox.ServiceType.Ipc)
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while True:
+            try:
+                svc = (node.service_builder(iox.ServiceName.new(name))
+                       .publish_subscribe(iox.Slice[ctypes.c_uint8])
+                       .max_publishers(1).max_subscribers(n_subs).subscriber_max_buffer_size(depth)
+                       .history_size(0).enable_safe_overflow(False).open_or_create())
+                return iox, node, svc
+            except Exception:  # noqa: BLE001 - e.g. being created by another process right now
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+
+    def sender(self, spec, wl):
+        import ctypes
+        iox, node, svc = self._service(spec)
+        pub = (svc.publisher_builder().initial_max_slice_len(wl.size)
+               .backpressure_strategy(iox.BackpressureStrategy.RetryUntilDelivered).create())
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while svc.dynamic_config.number_of_subscribers < wl.consumers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{svc.dynamic_config.number_of_subscribers} of {wl.consumers} "
+                                   f"subscribers joined within {JOIN_TIMEOUT:.0f} s")
+            time.sleep(0.001)
+        pub.update_connections()
+        loan, memmove = pub.loan_slice_uninit, ctypes.memmove
+        keep = [node, svc, pub]
+
+        def put(m):
+            n = len(m)
+            sample = loan(n)
+            memmove(sample.payload_ptr, m, n)
+            sample.assume_init().send()
+
+        def close():
+            pub.delete()
+            keep.clear()
+        return Endpoint(put=put, close=close)
+
+    def receiver(self, spec, wl):
+        import ctypes
+        iox, node, svc = self._service(spec)
+        sub = svc.subscriber_builder().buffer_size(spec[1]).create()
+        recv, string_at = sub.receive, ctypes.string_at
+        keep = [node, svc, sub]
+
+        def get():
+            while True:
+                sample = recv()
+                if sample is not None:
+                    return string_at(sample.payload_ptr, sample.header.number_of_elements)
+
+        def close():
+            sub.delete()
+            keep.clear()
+        return Endpoint(get=get, close=close)
+
+
 ADAPTERS = [FastqAdapter(), FastqAdapter(poll=True), MpQueueAdapter(), MpPipeAdapter(),
             FasterFifoAdapter(), ZmqAdapter(), CloudtoidAdapter(), CloudtoidAdapter(poll=True),
-            ZeroqAdapter(), ZeroqAdapter(poll=True)]
+            ZeroqAdapter(), ZeroqAdapter(poll=True),
+            FastqTopicAdapter(), FastqTopicAdapter(poll=True), ZmqPubSubAdapter(), Iceoryx2Adapter(poll=True)]
+
+
+def labels_of(adapters) -> list:
+    """Table columns: one per label (a library's queue and topic adapters share its column)."""
+    return list(dict.fromkeys(a.label for a in adapters))
 
 
 def select_adapters(only=None) -> list:
@@ -581,22 +801,28 @@ def _produce(adapter, spec, wl, cfg, pid, n_stops, barrier):
         batch.append(last_msg)
         put_many(batch)
 
+    warm = cfg.warmup(wl)
+    clock = time.perf_counter
     barrier.wait(cfg.grace)
-    end = time.perf_counter() + cfg.duration
-    seq, chunks = 0, 0
+    end = clock() + cfg.duration
+    seq, chunks, t0, s0 = 0, 0, None, 0
     while True:
         chunks += 1
+        if t0 is None and seq >= warm:             # the producer's own rate: from the first chunk after
+            t0, s0 = clock(), seq                  # the warm-up to the end of the last data chunk
         last = chunks >= min_chunks and time.perf_counter() >= end
         send_chunk(seq, make(base | (LAST if last else 0) | (seq + K - 1)))
         seq += K
         if last:
             break
+    t1, s1 = clock(), seq
     send_chunk(seq, stop)
     seq += K - 1                                   # the stop's position: data messages sent
     for _ in range(n_stops - 1):
         put(stop)
     ep.close()
-    return {"role": "producer", "pid": pid, "sent": seq, "chunks": chunks}
+    return {"role": "producer", "pid": pid, "sent": seq, "chunks": chunks,
+            "timed": s1 - s0, "t0": t0, "t1": t1}
 
 
 def _consume(adapter, spec, wl, cfg, pid, n_stops, barrier):
@@ -814,12 +1040,15 @@ def _plan(wl: Workload):
         return [("_pong", 0, 0, "both"), ("_ping", 0, 0, "both")]
     if wl.kind == "idle":
         return [("_idle_wait", 0, 0, 0), ("_idle_send", 0, 0, 0)]
+    if wl.kind == "topic":   # every subscriber gets the whole stream, and its one stop
+        return [("_consume", c, 1, 0) for c in range(wl.consumers)] + [("_produce", 0, 1, 0)]
     return ([("_consume", c, wl.producers, 0) for c in range(wl.consumers)]
             + [("_produce", p, wl.consumers, 0) for p in range(wl.producers)])
 
 
 def _budget(wl: Workload, cfg: Settings) -> float:
-    run = {"stream": cfg.duration * 3, "pingpong": cfg.pingpong_budget * 2, "idle": cfg.idle}[wl.kind]
+    run = {"stream": cfg.duration * 3, "topic": cfg.duration * 3 + JOIN_TIMEOUT,
+           "pingpong": cfg.pingpong_budget * 2, "idle": cfg.idle}[wl.kind]
     return run + cfg.grace
 
 
@@ -908,7 +1137,51 @@ def evaluate(wl: Workload, label: str, outs: list, cfg: Settings) -> Cell:
         cons = next(o for o in outs if o["role"] == "consumer")
         return Cell(wl.name, label, "ok", {"cpu_pct": cons["cpu_pct"]},
                     f"woken after {cons['waited']:.2f} s with the right message")
+    if wl.kind == "topic":
+        return _evaluate_topic(wl, label, outs, cfg)
     return _evaluate_stream(wl, label, outs, cfg)
+
+
+def _evaluate_topic(wl, label, outs, cfg):
+    """One publisher, ``wl.consumers`` subscribers: each subscriber must have received the whole stream."""
+    fail = functools.partial(Cell, wl.name, label, "FAILED")
+    pubs = [o for o in outs if o["role"] == "producer"]
+    subs = [o for o in outs if o["role"] == "consumer"]
+    if len(pubs) != 1 or len(subs) != wl.consumers:
+        return fail(detail=f"{len(pubs)} publisher and {len(subs)} subscriber reports, "
+                           f"expected 1 and {wl.consumers}")
+    pub = pubs[0]
+    sent, K = pub["sent"], chunk_len(wl)
+    if sent != pub["chunks"] * K + K - 1:
+        return fail(detail=f"publisher reports {sent} messages in {pub['chunks']} chunks")
+    want = list(range(K - 1, pub["chunks"] * K, K))
+    want[-1] |= LAST
+    pl = PAYLOADS[wl.payload](wl.size, 0)
+    rates, n_samples = [], 0
+    for sub in sorted(subs, key=lambda o: o["pid"]):
+        who = f"subscriber {sub['pid']}"
+        got = sum(sub["counts"].values())
+        if got != sent:
+            return fail(detail=f"publisher sent {sent}, {who} got {got}")
+        if [t for t, _ in sub["samples"]] != want:
+            return fail(detail=f"{who}: samples missing, duplicated or misplaced")
+        for tag, crc in sub["samples"]:
+            if pl.digest(pl.make(tag)) != crc:
+                return fail(detail=f"{who}: payload of tag {tag:#x} has a wrong CRC32")
+            n_samples += 1
+        if sub["t0"] is None or sub["t1"] <= sub["t0"]:
+            return fail(detail=f"{who}: too few messages to time (raise --duration)")
+        rates.append(sub["timed"] / (sub["t1"] - sub["t0"]))
+    if pub["t0"] is None or pub["t1"] <= pub["t0"] or pub["timed"] <= 0:
+        return fail(detail="publisher: too few messages to time (raise --duration)")
+    pub_rate = pub["timed"] / (pub["t1"] - pub["t0"])
+    mean = sum(rates) / len(rates)
+    figs = {"msgs_per_s": mean, "mb_per_s": mean * wl.size / 1e6, "sub_min_msgs_per_s": min(rates),
+            "delivered_msgs_per_s": sum(rates), "pub_msgs_per_s": pub_rate, "subscribers": wl.consumers,
+            "messages": sent}
+    return Cell(wl.name, label, "ok", figs,
+                f"each of {wl.consumers} subscribers got all {sent} msgs in order (checked every {K}th), "
+                f"{n_samples} CRC32 samples match")
 
 
 def _evaluate_stream(wl, label, outs, cfg):
@@ -963,7 +1236,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for dist in ("fastq-ipc", "pyzmq", "faster-fifo", "cloudtoid-interprocess", "zeroq", "numpy"):
+    for dist in ("fastq-ipc", "pyzmq", "faster-fifo", "cloudtoid-interprocess", "zeroq", "iceoryx2", "numpy"):
         try:
             from importlib.metadata import version
             versions[dist] = version(dist)
@@ -979,16 +1252,18 @@ def machine_info() -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def run(adapters, workloads, cfg: Settings, progress=None) -> list:
+def run(adapters, workloads, cfg: Settings, progress=None, extra=()) -> list:
     """Run every supported (workload, adapter) cell; returns the list of Cells.
 
-    ``progress(i, n, cell)`` is called after each cell.  Ctrl-C stops the run and
-    returns what was measured so far (children are always reaped).
+    ``extra`` is a list of further (workload, adapter) cells, run first (see
+    ``reference_jobs``).  ``progress(i, n, cell)`` is called after each cell.
+    Ctrl-C stops the run and returns what was measured so far (children are
+    always reaped).
     """
     import multiprocessing as mp
 
     ctx = mp.get_context(cfg.start_method)
-    jobs = [(wl, a) for wl in workloads for a in adapters if a.supports(wl)]
+    jobs = _pair_reference(list(extra) + [(wl, a) for wl in workloads for a in adapters if a.supports(wl)])
     cells = []
     try:
         for i, (wl, a) in enumerate(jobs, 1):
@@ -999,6 +1274,73 @@ def run(adapters, workloads, cfg: Settings, progress=None) -> list:
     except KeyboardInterrupt:
         print("interrupted: reporting the cells measured so far", file=sys.stderr)
     return cells
+
+
+TOPIC_REFERENCE = "raw-64B"    # the Queue cell a 1-to-1 topic is compared with
+
+
+def reference_jobs(adapters, workloads) -> list:
+    """fastq Queue cells the topic summary needs and ``workloads`` lacks: raw-64B for each fastq
+    variant whose 1-to-1 64B topic cell runs (the topic / Queue SPSC ratio is taken in the same run)."""
+    names = {w.name for w in workloads}
+    if topic_name(64, 1) not in names or TOPIC_REFERENCE in names:
+        return []
+    ref = next(w for w in WORKLOADS if w.name == TOPIC_REFERENCE)
+    topic_labels = {a.label for a in adapters if a.topic and a.key == "fastq"}
+    return [(ref, a) for a in adapters
+            if a.key == "fastq" and not a.topic and a.label in topic_labels and a.supports(ref)]
+
+
+def _pair_reference(jobs) -> list:
+    """``jobs`` with each 1-to-1 64B topic cell moved right after the raw-64B cell of the same label,
+    so that the two figures of the topic / Queue ratio are measured back to back."""
+    one = topic_name(64, 1)
+    moved = [j for j in jobs if j[0].name == one
+             and any(w.name == TOPIC_REFERENCE and a.label == j[1].label for w, a in jobs)]
+    out = []
+    for j in jobs:
+        if j in moved:
+            continue
+        out.append(j)
+        if j[0].name == TOPIC_REFERENCE:
+            out += [m for m in moved if m[1].label == j[1].label]
+    return out
+
+
+def topic_summary(cells) -> list:
+    """Lines relating the topic cells to their targets (and, for the peers, the same figures).
+
+    - the 1-to-1 topic rate per subscriber as a share of the same library's Queue
+      raw-64B (SPSC) rate measured in the same run (fastq target: >= 90%);
+    - the publisher's rate with 4 subscribers as a share of its rate with 1
+      (fastq target: within 10%, i.e. >= 90%).
+    """
+    by = {(c.workload, c.library): c for c in cells if c.status == "ok"}
+    labels = list(dict.fromkeys(c.library for c in cells if c.workload.startswith("topic-")))
+    lines = []
+    for lab in labels:
+        target = lab.startswith("fastq")
+        one, ref = by.get((topic_name(64, 1), lab)), by.get((TOPIC_REFERENCE, lab))
+        if one and ref:
+            pct = 100.0 * one.figures["msgs_per_s"] / ref.figures["msgs_per_s"]
+            verdict = (" (target >= 90%: " + ("met" if pct >= 90 else "NOT met") + ")") if target else ""
+            lines.append(f"{lab}: topic 1->1 64B {_fmt(one.figures['msgs_per_s'])} msg/s per subscriber = "
+                         f"{pct:.0f}% of its Queue {TOPIC_REFERENCE} {_fmt(ref.figures['msgs_per_s'])} msg/s "
+                         f"in this run{verdict}")
+        elif one and target:
+            lines.append(f"{lab}: topic 1->1 64B vs Queue {TOPIC_REFERENCE}: no verified {TOPIC_REFERENCE} "
+                         f"cell of {lab} in this run")
+        for size in TOPIC_SIZES:
+            a, b = by.get((topic_name(size, 1), lab)), by.get((topic_name(size, max(TOPIC_FANOUT)), lab))
+            if not (a and b):
+                continue
+            n = max(TOPIC_FANOUT)
+            pct = 100.0 * b.figures["pub_msgs_per_s"] / a.figures["pub_msgs_per_s"]
+            verdict = (" (target within 10%: " + ("met" if pct >= 90 else "NOT met") + ")") if target else ""
+            lines.append(f"{lab}: topic {_size_name(size)} publisher with {n} subscribers "
+                         f"{_fmt(b.figures['pub_msgs_per_s'])} msg/s vs with 1 {_fmt(a.figures['pub_msgs_per_s'])}"
+                         f" = {pct:.0f}%{verdict}")
+    return lines
 
 
 def _fmt(v: float) -> str:
@@ -1116,8 +1458,8 @@ def _progress(i, n, cell):
     fig = ""
     if cell.status == "ok":
         fig = ", ".join(f"{k}={_fmt(v)}" for k, v in cell.figures.items()
-                        if k in ("msgs_per_s", "mb_per_s", "p50", "p99", "cpu_pct"))
-    print(f"[{i}/{n}] {cell.workload:<13} {cell.library:<17} {cell.status:<7} {fig} "
+                        if k in ("msgs_per_s", "mb_per_s", "pub_msgs_per_s", "p50", "p99", "cpu_pct"))
+    print(f"[{i}/{n}] {cell.workload:<15} {cell.library:<17} {cell.status:<7} {fig} "
           f"({cell.seconds:.1f} s){'  ' + cell.detail if cell.status != 'ok' else ''}",
           file=sys.stderr, flush=True)
 
@@ -1125,7 +1467,7 @@ def _progress(i, n, cell):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``bench`` subcommand's options."""
     p.add_argument("--quick", action="store_true", help="short cells: the whole run takes under a minute")
-    p.add_argument("--only", help="comma-separated libraries: " + ",".join(a.name for a in ADAPTERS))
+    p.add_argument("--only", help="comma-separated libraries: " + ",".join(dict.fromkeys(a.name for a in ADAPTERS)))
     p.add_argument("--workloads", help="comma-separated workload names or prefixes: "
                    + ",".join(w.name for w in WORKLOADS))
     p.add_argument("--json", metavar="FILE", help="write all results to FILE")
@@ -1149,13 +1491,18 @@ def main(args: argparse.Namespace) -> int:
             print(notes[-1], file=sys.stderr)
         else:
             adapters.append(a)
-    cells = run(adapters, workloads, cfg, progress=_progress)
-    interrupted = len(cells) < sum(a.supports(wl) for wl in workloads for a in adapters)
+    extra = reference_jobs(adapters, workloads)
+    cells = run(adapters, workloads, cfg, progress=_progress, extra=extra)
+    interrupted = len(cells) < len(extra) + sum(a.supports(wl) for wl in workloads for a in adapters)
     if interrupted:
         notes.append("interrupted: the table shows only the cells measured before Ctrl-C")
-    labels = [a.label for a in adapters]
+    if extra:
+        workloads = [extra[0][0]] + workloads
+        notes.append(f"{extra[0][0].name} measured for fastq only: the reference of the topic 1->1 ratio")
+    labels = labels_of(adapters)
     bad = [c for c in cells if c.status in ("FAILED", "ERROR", "TIMEOUT")]
     notes += [f"{c.status} {c.workload} / {c.library}: {c.detail}" for c in bad]
+    notes += topic_summary(cells)
     print_table(cells, workloads, labels, notes)
     if args.json:
         write_json(args.json, cells, cfg, notes)
