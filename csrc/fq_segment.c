@@ -387,10 +387,14 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
     /* cursors: release <= head <= tail <= release + capacity, all aligned.
      * Loaded in this order, a live queue cannot fail the check. */
     uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head),
-             tl = atomic_load(&c->tail);
+             tl = atomic_load(&c->tail), rel2 = atomic_load(&c->release);
     if (topic)
         hd = rel; /* a topic has no shared head: its groups have theirs */
-    if ((rel | hd | tl) & 15 || rel > hd || hd > tl || tl - rel > h.capacity) {
+    /* tail is checked against release loaded after it: between the first
+     * load of release and the load of tail, release may have moved and tail
+     * passed the old release + capacity (a busy, full ring) */
+    if ((rel | hd | tl) & 15 || rel > hd || hd > tl || rel2 < rel ||
+        (rel2 <= tl && tl - rel2 > h.capacity)) {
         munmap(base, h.file_size);
         BAD("%s: cursors are inconsistent (release %llu, head %llu, tail %llu)", path,
             (unsigned long long)rel, (unsigned long long)hd, (unsigned long long)tl);
@@ -461,7 +465,7 @@ int fq_attach(fq_queue *q)
     }
     int pid = (int)getpid();
     uint64_t start = fq_self_start_time();
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0; attempt < 2000; attempt++) {
         for (uint32_t i = 0; i < q->nslots; i++) {
             fq_slot *s = &q->slots[i];
             uint64_t w = atomic_load(&s->word);
@@ -488,7 +492,21 @@ int fq_attach(fq_queue *q)
             return 0;
         }
         pthread_mutex_unlock(&q->mu);
-        fq_recover(q); /* free the slots of dead processes, then retry */
+        /* every slot taken: by live processes (no slot), or some dead, which
+         * recovery frees; it may be busy in another process: wait for it
+         * (bounded: about 2 s) */
+        int dead = 0;
+        for (uint32_t i = 0; i < q->nslots && !dead; i++) {
+            uint64_t w = atomic_load(&q->slots[i].word);
+            dead = FQ_SLOT_KIND(w) == FQ_SLOT_ACTIVE &&
+                   !fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&q->slots[i].start_time));
+        }
+        if (!dead)
+            return FQ_ENOSLOT;
+        if (!fq_recover(q)) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
         pthread_mutex_lock(&q->mu);
     }
     pthread_mutex_unlock(&q->mu);

@@ -1020,14 +1020,23 @@ static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
     uint64_t pub, t = fq_tail_pair(q, &pub);
     uint64_t next = UINT64_MAX;
-    if (fq_head_pos(atomic_load(&g->head), t) >= t)
+    if (fq_head_pos(atomic_load(&g->head), t) >= t && !atomic_load(&g->orphans))
         return 0; /* caught up (what is left was abandoned by dead publishers) */
     if (q->drop)
         next = atomic_load(&g->next_idx); /* its head may be lapped */
     if (next == UINT64_MAX) {
         /* the index of the first message at the head (retained in a block
-         * topic: release is at or below every head) */
+         * topic: release is at or below every head), or at the oldest claim a
+         * dead member left to the group */
         uint64_t h = fq_head_pos(atomic_load(&g->head), t);
+        uint32_t gi = (uint32_t)(g - q->groups), hwm = fq_hwm(q);
+        for (uint32_t i = 0; i < hwm; i++) {
+            fq_member *e = &q->members[i];
+            if (FQ_SLOT_KIND(atomic_load(&e->word)) == FQ_MEM_ORPHAN &&
+                atomic_load(&e->group) == gi && (atomic_load(&e->state) & 3) != FQ_PH_IDLE &&
+                atomic_load(&e->pos) < h)
+                h = atomic_load(&e->pos);
+        }
         next = h >= t ? pub : fq_first_index(q, h);
         if (next == UINT64_MAX)
             return 0;
@@ -1060,8 +1069,8 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
         fq_member *e = &q->members[i];
         uint64_t w = atomic_load(&e->word);
         unsigned kind = FQ_SLOT_KIND(w);
-        if (kind != FQ_MEM_ACTIVE && kind != FQ_MEM_ORPHAN)
-            return 0;
+        if (kind != FQ_MEM_ACTIVE)
+            return 0; /* an orphan is a claim waiting for a member, not a subscriber */
         gi = atomic_load(&e->group);
         if (gi >= q->nsubs)
             return 0;

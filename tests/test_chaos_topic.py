@@ -1,0 +1,1167 @@
+"""Chaos for topics: publishers, group members and a durable subscriber are
+SIGKILLed at random moments (inside get()/get_many()/receive(), in the middle
+of copying 2-4 MiB messages) while their replacements keep working; then the
+outcome is checked message by message, for every group.
+
+Set-up (test_topic_chaos_sigkill_random_workers):
+  * one topic (32 MiB ring, overflow="block"); a supervisor (this test) keeps
+    alive 2 publishers, 3 members of the group "workers", 1 subscriber of the
+    durable name "billing" and 1 plain subscriber (7 processes, never more: a
+    victim is SIGKILLed and reaped before its replacement is forked).  Every
+    reader subscribes before the first publish, so every group must receive
+    every committed message.  The plain subscriber is never killed: it is the
+    exact reference.  The supervisor kills a random publisher (15 %), group
+    member (50 %) or durable subscriber (35 %) every 2 ms .. 120 ms, until
+    FASTQ_CHAOS_KILLS kills (default 250; e.g. FASTQ_CHAOS_KILLS=3000 for a
+    long run); FASTQ_CHAOS_SEED replays a seed (the timing never replays
+    exactly).  A killed durable subscriber is restarted with the same name; a
+    killed member is replaced by a new member of the group (a member is
+    killed only while another one has subscribed: a group goes away with its
+    last member).  About a third of the reader kills are aimed: the
+    supervisor watches the victim's log and kills it as soon as it is inside
+    a call holding a claimed message (after 0-3 ms if that message is a
+    2-4 MiB one, so the kill lands while it is being copied out of the
+    ring); likewise a publisher is preferably killed while publishing a
+    2-4 MiB message.
+  * messages as in test_chaos.py: ``<magic><crc><pub><seq><size>`` + payload,
+    sizes mixed: 0-64 B, ~1 KiB, and 0.5 % of 2-4 MiB.  Each publisher
+    process has a new publisher id and counts seq from 0.  It publishes one
+    message (publish) or 2-8 small ones (publish_many), writing an "I" record
+    (first seq, count) before and a "P" record after the call returned.
+  * readers: each call is chosen at random: get(), get_many(k) or
+    receive()+ack() for "workers"; mostly receive()+ack() for "billing";
+    get()/get_many() for the plain subscriber.  The reader's serializer
+    loads() runs inside the call while the message is claimed: it writes "B"
+    (message, size), copies the message out of the ring and checks its crc
+    (a corrupt message fails the test at once), writes "L".  After the call
+    returns: "G" per message for get()/get_many() (one write), or for
+    receive(): "R" (with the redelivered flag), "Q" (about to ack), ack(),
+    "K".  Every record is a fixed 32-byte O_APPEND write (a write cut short
+    by SIGKILL loses whole records only), written before the next step, so it
+    survives the reader's death.
+
+What is allowed (anything else fails the test):
+  * publishers: "P" records cover seqs 0..n-1 in order; a killed publisher
+    may have committed (part of) the call it had announced with "I" but not
+    finished.  The committed messages are those logged "P", plus those of an
+    unfinished call that the plain subscriber (never killed, so exact)
+    received; no group may receive any other message.
+  * plain subscriber: every committed message exactly once, each
+    publisher's in order.
+  * "workers" and "billing", message by message, ordering each message's
+    deliveries by the time loads() began:
+      - every delivery but the last is an incomplete one of a killed reader,
+        and the next one began after that reader was killed; if the next one
+        is a receive() it is flagged redelivered;
+      - a reader killed in a get()/get_many() after its loads() returned but
+        before "G" cannot tell whether the call had returned (message gone
+        with it) or not (the claim goes to another member): all or none of
+        that call's messages come back, and if none, they count as lost with
+        the reader (at most one call per killed reader); a "G" written for
+        some of the call's messages proves it returned: none come back;
+      - one with "B" but no "L" in its call was killed holding the claim:
+        the message MUST come back;
+      - receive(): reported "R" before ack, so a received message is always
+        reported.  Killed after "R" before "Q": it MUST come back (flagged);
+        after "Q" before "K": it may; after "K": it must not.  A message
+        flagged redelivered that nobody reported before is allowed only
+        after a kill of a reader of that group (killed after claiming,
+        before loads()).  So receive()+ack() is exact.
+      - a committed message with no delivery at all is lost: a failure;
+      - per-publisher order: within each reader, a message that was not
+        redelivered comes after the earlier ones of its publisher, except
+        the messages of a dead reader's claim taken over by another reader
+        (redelivered, maybe without a trace when the victim died before
+        loads()): at most one late run per kill of that group's readers.
+  * get_many(k) never returns more than k messages.
+  * nobody blocked for long: while the publishers ran, for each group the
+    longest stretch in which none of its readers reported a message although
+    one was pending for it (committed before, delivered after), the longest
+    such stretch for each live reader, and the longest time between two
+    successive publish returns of a live publisher are all < 2.0 s.
+  * at the end: the durable subscriber is killed a last time while the
+    publishers still run (holding a claim, if it takes one within 80 ms);
+    after recover(), subscribers() lists every live reader's process once,
+    "billing" once (nobody attached) and no dead entry (no row left by a
+    killed reader); the publishers stop (cleanly: those waiting for
+    "billing" finish once it is read again); this process subscribes as
+    "billing" and receives exactly the remainder (checked with the rest),
+    then its lag is 0 and get_nowait() raises Empty; the group and plain
+    readers drain and exit cleanly; after recover() the only row of
+    subscribers() is "billing" with nobody attached and lag 0; a new
+    start="earliest" subscription gets an intact suffix of the publication
+    order (the plain subscriber's order).
+
+The summary line ("topic chaos summary: ...") is printed (see it with -s)
+and included in every assertion message.
+
+test_member_killed_inside_get_many_whole_claim_comes_back: deterministic:
+a group member (or durable subscriber) killed inside get_many() holding a
+claim of 10 messages; the next reader takes its claim with get(), receive()
+or get_many(2): all 10 messages come back exactly once, at most 2 per
+get_many(2).
+
+test_durable_killed_copying_4mib_message_at_random: a durable subscriber
+reading 4 MiB messages with the raw serializer (the copy out of the ring is
+a memcpy without the GIL) or with a slow checking serializer is killed at
+random moments; the next subscriber of the name gets every message exactly
+once, intact, within the recovery bound, except what a killed raw reader
+had been returned but not reported (at most one per kill inside get()).
+"""
+from __future__ import annotations
+
+import heapq
+import mmap
+import multiprocessing as mp
+import os
+import random
+import signal
+import struct
+import time
+import traceback
+import zlib
+
+import pytest
+
+import fastq
+
+pytestmark = pytest.mark.usefixtures("fastq_dir")
+
+CTX = mp.get_context("fork")
+CAPACITY = 32 << 20
+MAGIC = 0xFA57C4A1
+HDR = struct.Struct("<IIQQQ")      # magic, crc, pub, seq, size
+KEY = struct.Struct("<QQQ")        # pub, seq, size (what the crc covers, with the payload)
+BIG_MIN, BIG_MAX = 2 << 20, 4 << 20
+GAP_BOUND = 2.0
+PUB_TIMEOUT = 30.0
+GET_TIMEOUT = 0.5
+
+# one record of a worker's log: kind, flag, pad, pub, seq, t, arg (32 bytes)
+REC = struct.Struct("<BBHIQdQ")
+assert REC.size == 32
+(K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED, K_EXIT,
+ K_INTENT, K_PUBLISHED) = b"SABLGRQKEIP"
+M_GET, M_MANY, M_RECV = 1, 2, 3
+MODE_NAME = {M_GET: "get", M_MANY: "get_many", M_RECV: "receive"}
+GROUP = {"g": "workers", "d": "billing", "n": "plain"}
+
+_BASE = None  # random bytes payloads are cut from; made before forking, inherited
+
+
+def base():
+    global _BASE
+    if _BASE is None:
+        _BASE = random.Random(4321).randbytes(BIG_MAX + (1 << 20))
+    return _BASE
+
+
+def pick_size(rng):
+    r = rng.random()
+    if r < 0.005:
+        return rng.randint(BIG_MIN, BIG_MAX)
+    if r < 0.3:
+        return rng.randint(0, 64)
+    if r < 0.8:
+        return rng.randint(512, 1536)
+    return rng.randint(8 << 10, 96 << 10)
+
+
+def make_msg(pub, seq, size):
+    off = (pub * 7919 + seq * 104729) % (1 << 20)
+    payload = base()[off:off + size]
+    key = KEY.pack(pub, seq, size)
+    crc = zlib.crc32(payload, zlib.crc32(key))
+    return HDR.pack(MAGIC, crc, pub, seq, size) + payload
+
+
+def check_msg(data):
+    """(pub, seq, size) if the message is intact, else None."""
+    if len(data) < HDR.size:
+        return None
+    magic, crc, pub, seq, size = HDR.unpack_from(data)
+    mv = memoryview(data)
+    if magic != MAGIC or size != len(data) - HDR.size:
+        return None
+    if zlib.crc32(mv[HDR.size:], zlib.crc32(mv[8:HDR.size])) != crc:
+        return None
+    return pub, seq, size
+
+
+def rec(fd, kind, flag=0, pub=0, seq=0, arg=0):
+    os.write(fd, REC.pack(kind, flag, 0, pub, seq, time.monotonic(), arg))
+
+
+def read_recs(path):
+    try:
+        data = open(path, "rb").read()
+    except FileNotFoundError:
+        return []
+    n = len(data) // REC.size * REC.size  # a record cut short by a kill is dropped
+    return list(REC.iter_unpack(memoryview(data)[:n]))
+
+
+def _fail_marker(fail_path, text):
+    with open(fail_path, "a") as f:
+        f.write(text + "\n")
+    os._exit(3)
+
+
+# ---- worker processes (forked) -----------------------------------------------------
+
+
+def publisher_main(path, pub, seed, log_path, flags, fail_path):
+    try:
+        t = fastq.Topic.open(path, serializer="raw")
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        rec(fd, K_START, arg=os.getpid())
+        rng = random.Random(seed * 1_000_003 + pub)
+        seq = 0
+        while not flags[0]:
+            if rng.random() < 0.2:
+                k = rng.randint(2, 8)
+                msgs = [make_msg(pub, seq + i, rng.randint(0, 1500)) for i in range(k)]
+                rec(fd, K_INTENT, pub=pub, seq=seq, arg=k)
+                t.publish_many(msgs, timeout=PUB_TIMEOUT)
+            else:
+                size = pick_size(rng)
+                k = 1
+                msg = make_msg(pub, seq, size)
+                rec(fd, K_INTENT, flag=size >= BIG_MIN, pub=pub, seq=seq, arg=1)
+                t.publish(msg, timeout=PUB_TIMEOUT)
+            rec(fd, K_PUBLISHED, pub=pub, seq=seq, arg=k)
+            seq += k
+        os.close(fd)
+        t.close()
+    except fastq.Full:
+        _fail_marker(fail_path, f"publisher {pub} (pid {os.getpid()}): publish blocked "
+                                f"{PUB_TIMEOUT} s (nobody freed space)")
+    except BaseException:
+        _fail_marker(fail_path, f"publisher {pub} (pid {os.getpid()}):\n"
+                                + traceback.format_exc())
+
+
+class CheckingSerializer:
+    """loads() runs inside the call, the message claimed: "B", copy out of
+    the ring and check, "L"."""
+
+    def __init__(self, fd, fail_path):
+        self.fd = fd
+        self.fail_path = fail_path
+
+    def dumps(self, obj):
+        return obj
+
+    def loads(self, data):
+        pub = seq = size = 0
+        if len(data) >= HDR.size:
+            _, _, pub, seq, size = HDR.unpack_from(data)
+        rec(self.fd, K_BEGIN, pub=pub & 0xFFFFFFFF, seq=seq, arg=len(data))
+        buf = bytes(data)  # the copy out of the ring (a few ms for 4 MiB)
+        if check_msg(buf) is None:
+            _fail_marker(self.fail_path,
+                         f"reader pid {os.getpid()}: corrupt message: len={len(data)} "
+                         f"header={HDR.unpack_from(buf) if len(buf) >= HDR.size else buf!r}")
+        rec(self.fd, K_LOADED, pub=pub, seq=seq)
+        return pub, seq
+
+
+def pick_mode(role, rng):
+    r = rng.random()
+    if role == "n":
+        return M_GET if r < 0.5 else M_MANY
+    if role == "d":
+        return M_RECV if r < 0.6 else (M_GET if r < 0.8 else M_MANY)
+    return M_RECV if r < 0.4 else (M_GET if r < 0.7 else M_MANY)
+
+
+def reader_loop(s, role, fd, rng, flags):
+    """Read until flags[1] (drain) and then 1 s without a message."""
+    idle = 0
+    while True:
+        mode = pick_mode(role, rng)
+        k = rng.randint(2, 16) if mode == M_MANY else 1
+        rec(fd, K_CALL, flag=mode, arg=k)
+        try:
+            if mode == M_GET:
+                pub, seq = s.get(timeout=GET_TIMEOUT)
+                rec(fd, K_GOT, flag=mode, pub=pub, seq=seq)
+            elif mode == M_MANY:
+                got = s.get_many(k, timeout=GET_TIMEOUT)
+                os.write(fd, b"".join(REC.pack(K_GOT, mode, 0, p, q, time.monotonic(), 0)
+                                      for p, q in got))
+            else:
+                d = s.receive(timeout=GET_TIMEOUT)
+                pub, seq = d.value
+                rec(fd, K_RECV, flag=bool(d.redelivered), pub=pub, seq=seq)
+                rec(fd, K_ACKING, pub=pub, seq=seq)
+                d.ack()
+                rec(fd, K_ACKED, pub=pub, seq=seq)
+        except fastq.Empty:
+            if flags[1]:
+                idle += 1
+                if idle >= 2:
+                    return
+            continue
+        idle = 0
+
+
+def reader_main(path, role, log_path, seed, flags, fail_path):
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        t = fastq.Topic.open(path, serializer=CheckingSerializer(fd, fail_path))
+        if role == "g":
+            s = t.subscribe(group=GROUP[role])
+        elif role == "d":
+            s = t.subscribe(name=GROUP[role])
+        else:
+            s = t.subscribe()
+        rec(fd, K_START, arg=os.getpid())
+        reader_loop(s, role, fd, random.Random(seed), flags)
+        s.close()
+        t.close()
+        rec(fd, K_EXIT)
+        os.close(fd)
+    except BaseException:
+        _fail_marker(fail_path, f"reader {role} (pid {os.getpid()}):\n"
+                                + traceback.format_exc())
+
+
+# ---- log analysis ---------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, role, wid, proc, log, t_start):
+        self.role, self.id, self.proc, self.log = role, wid, proc, log
+        self.t_start, self.t_end, self.killed = t_start, None, False
+        self.group = GROUP.get(role)
+
+    def __repr__(self):
+        return f"{self.role}{self.id}{'(killed)' if self.killed else ''}"
+
+
+class Call:
+    __slots__ = ("mode", "k", "t", "msgs", "ngot", "returned")
+
+    def __init__(self, mode, k, t):
+        self.mode, self.k, self.t = mode, k, t
+        self.msgs = []     # [Dl]
+        self.ngot = 0
+        self.returned = False
+
+
+class Dl:
+    """One delivery of a message to a reader (from its log)."""
+    __slots__ = ("m", "tb", "size", "stage", "redelivered", "t_report", "w", "call", "status")
+
+    def __init__(self, m, tb, size, w, call):
+        self.m, self.tb, self.size, self.w, self.call = m, tb, size, w, call
+        self.stage = "B"          # B, L, G (get/get_many), R, Q, K (receive)
+        self.redelivered = False
+        self.t_report = None
+        self.status = None        # see classify()
+
+    def __repr__(self):
+        return (f"{self.w}:{MODE_NAME[self.call.mode]}:{self.stage}"
+                f"{'(redelivered)' if self.redelivered else ''}@{self.tb:.4f}")
+
+
+def parse_reader(w):
+    """(start time, [Call], clean exit, problems)"""
+    start, calls, problems, exited = None, [], [], False
+    cur = None
+    for kind, flag, _, pub, seq, t, arg in read_recs(w.log):
+        m = (pub, seq)
+        if kind == K_START:
+            start = t
+        elif kind == K_CALL:
+            cur = Call(flag, arg, t)
+            calls.append(cur)
+        elif kind == K_BEGIN:
+            if cur is None or (cur.msgs and cur.msgs[-1].stage != "L"):
+                problems.append(f"B {m} out of place")
+                continue
+            if cur.mode != M_MANY and cur.msgs:
+                problems.append(f"{MODE_NAME[cur.mode]}() loaded two messages")
+            cur.msgs.append(Dl(m, t, arg, w, cur))
+        elif kind == K_LOADED:
+            if cur is None or not cur.msgs or cur.msgs[-1].stage != "B" or cur.msgs[-1].m != m:
+                problems.append(f"L {m} out of place")
+            else:
+                cur.msgs[-1].stage = "L"
+        elif kind == K_GOT:
+            if cur is None or cur.ngot >= len(cur.msgs) or cur.msgs[cur.ngot].m != m \
+                    or cur.msgs[cur.ngot].stage != "L" or cur.mode == M_RECV:
+                problems.append(f"G {m} out of place")
+                continue
+            d = cur.msgs[cur.ngot]
+            d.stage, d.t_report = "G", t
+            cur.ngot += 1
+            cur.returned = True
+        elif kind in (K_RECV, K_ACKING, K_ACKED):
+            want = {K_RECV: "L", K_ACKING: "R", K_ACKED: "Q"}[kind]
+            if cur is None or cur.mode != M_RECV or len(cur.msgs) != 1 \
+                    or cur.msgs[0].m != m or cur.msgs[0].stage != want:
+                problems.append(f"{chr(kind)} {m} out of place")
+                continue
+            d = cur.msgs[0]
+            d.stage = {K_RECV: "R", K_ACKING: "Q", K_ACKED: "K"}[kind]
+            if kind == K_RECV:
+                d.redelivered, d.t_report = bool(flag), t
+                cur.returned = True
+        elif kind == K_EXIT:
+            exited = True
+    return start, calls, exited, problems
+
+
+def call_complete(c):
+    if c.mode == M_RECV:
+        return not c.msgs or c.msgs[0].stage == "K"
+    return all(d.stage == "G" for d in c.msgs)
+
+
+def classify(w, calls):
+    """Set each delivery's status:
+      done      - complete (G, or K for receive)
+      must      - the reader died holding the claim: must come back
+      may       - receive() killed between "Q" and "K" (acked or not)
+      ambiguous - get/get_many killed after loads(), no "G": all of the
+                  call's messages come back, or none (returned, lost)
+      lost_ret  - get/get_many returned (some "G" written): lost with the reader
+    Returns a description of the last call of a killed reader ("between
+    calls", "waiting", "in claim", ...) for the statistics."""
+    for c in calls:
+        for d in c.msgs:
+            d.status = "done" if d.stage in ("G", "K") else None
+    if not calls:
+        return "before its first call"
+    last = calls[-1]
+    if call_complete(last):
+        return "between calls" if last.msgs or last is not calls[-1] else "waiting"
+    if last.mode == M_RECV:
+        d = last.msgs[0]
+        d.status = {"B": "must", "L": "must", "R": "must", "Q": "may"}[d.stage]
+        return {"B": "in claim (loads)", "L": "in claim (loaded)", "R": "received, not acked",
+                "Q": "inside ack()"}[d.stage]
+    pending = [d for d in last.msgs if d.stage != "G"]
+    if last.returned:
+        for d in pending:
+            d.status = "lost_ret"
+        return "returned, reporting"
+    if any(d.stage == "B" for d in pending):
+        for d in pending:
+            d.status = "must"
+        return "in claim (loads)"
+    for d in pending:
+        d.status = "ambiguous"
+    return "loaded, returned or not"
+
+
+def blocked_time(intervals, msgs):
+    """Longest time, over the intervals (a, b, who) without a delivery, during
+    which a message was pending: committed at tp < b and delivered at tg >= b.
+    msgs: [(tp, tg)].  Returns (worst, (who, a, b, since))."""
+    msgs = sorted(msgs)
+    heap, i, worst, where = [], 0, 0.0, None
+    for a, b, who in sorted(intervals, key=lambda x: x[1]):
+        while i < len(msgs) and msgs[i][0] < b:
+            heapq.heappush(heap, msgs[i])
+            i += 1
+        # the oldest pending one matters: drop those delivered before b (b only
+        # grows: they are never pending again)
+        while heap and heap[0][1] < b:
+            heapq.heappop(heap)
+        if heap:
+            d = b - max(a, heap[0][0])
+            if d > worst:
+                worst, where = d, (who, round(a, 4), round(b, 4), round(heap[0][0], 4))
+    return worst, where
+
+
+# ---- the supervisor -------------------------------------------------------------------
+
+
+def tail_record(fd):
+    """The last complete record of a log (None if empty)."""
+    size = os.fstat(fd).st_size // REC.size * REC.size
+    if size == 0:
+        return None
+    return REC.unpack(os.pread(fd, REC.size, size - REC.size))
+
+
+def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
+    kills_target = int(os.environ.get("FASTQ_CHAOS_KILLS", "250"))
+    seed = int(os.environ.get("FASTQ_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
+    max_chaos = max(45.0, kills_target * 0.25)
+    rng = random.Random(seed)
+    base()
+    flags = mmap.mmap(-1, 16)  # [0]: publishers stop, [1]: readers drain; shared
+    fail_path = str(tmp_path / "FAILED")
+    T0 = time.monotonic()
+    t = fastq.Topic.create("tchaos", capacity=CAPACITY, serializer="raw")
+    path = t.path
+    workers = []
+    live = {"p": [], "g": [], "d": [], "n": []}
+    next_id = {"p": 0, "g": 0, "d": 0, "n": 0}
+    tail_fds = {}
+    stats = {"seed": seed, "kills": 0, "kp": 0, "kg": 0, "kd": 0}
+
+    def summary():
+        s = stats
+        return ("topic chaos summary: seed={seed} kills={kills} (publishers {kp}, group "
+                "members {kg}, durable {kd}) ".format(**s)
+                + " ".join(f"{k}={v}" for k, v in s.items()
+                           if k not in ("seed", "kills", "kp", "kg", "kd"))
+                + f" runtime={time.monotonic() - T0:.1f}s")
+
+    def fail(msg):
+        raise AssertionError(f"{msg}\n{summary()}")
+
+    def check_marker():
+        if os.path.exists(fail_path):
+            fail("a worker failed: " + open(fail_path).read())
+
+    def start(role):
+        wid = next_id[role]
+        next_id[role] += 1
+        log = str(tmp_path / f"{role}{wid}.log")
+        open(log, "wb").close()
+        if role == "p":
+            args = (path, wid, seed, log, flags, fail_path)
+            target = publisher_main
+        else:
+            args = (path, role, log, seed * 1009 + wid * 7 + ord(role), flags, fail_path)
+            target = reader_main
+        p = procs.add(CTX.Process(target=target, args=args, daemon=True))
+        w = Worker(role, wid, p, log, time.monotonic())
+        tail_fds[w] = os.open(log, os.O_RDONLY)
+        p.start()
+        workers.append(w)
+        live[role].append(w)
+        return w
+
+    def kill(w):
+        w.t_end = time.monotonic()
+        os.kill(w.proc.pid, signal.SIGKILL)
+        w.proc.join(10)
+        if w.proc.exitcode != -signal.SIGKILL:
+            check_marker()
+            fail(f"{w} exited with {w.proc.exitcode}, not by our SIGKILL")
+        w.killed = True
+        live[w.role].remove(w)
+        stats["kills"] += 1
+        stats["k" + w.role] += 1
+
+    def wait_started(w):
+        """Until w wrote its first record (a reader: after subscribe())."""
+        deadline = time.monotonic() + 30
+        while tail_record(tail_fds[w]) is None:
+            check_marker()
+            if time.monotonic() > deadline:
+                fail(f"{w} did not start")
+            time.sleep(0.002)
+
+    def aimed_wait(w):
+        """Wait (up to 80 ms) until w is inside a call holding a message (a
+        reader: last record "B"), or publishing a big one (a publisher: last
+        record a big "I"); then a moment more if the message is big."""
+        fd = tail_fds[w]
+        deadline = time.monotonic() + 0.08
+        while time.monotonic() < deadline:
+            r = tail_record(fd)
+            if r is not None:
+                if w.role == "p" and r[0] == K_INTENT and r[1]:
+                    time.sleep(rng.uniform(0, 0.0015))
+                    return True
+                if w.role != "p" and r[0] == K_BEGIN:
+                    if r[6] >= BIG_MIN:
+                        time.sleep(rng.uniform(0, 0.003))
+                    return True
+            time.sleep(0.0002)
+        return False
+
+    final_reader = None
+    try:
+        for role in "ngggd":
+            start(role)
+        # every reader subscribed before the first publish
+        for w in workers:
+            wait_started(w)
+        for _ in range(2):
+            start("p")
+        t_begin = time.monotonic()
+        stats["aimed_hits"] = 0
+        while stats["kills"] < kills_target:
+            if time.monotonic() - t_begin > max_chaos:
+                break
+            time.sleep(rng.uniform(0.002, 0.02) if rng.random() < 0.5
+                       else rng.uniform(0.02, 0.12))
+            check_marker()
+            for ws in live.values():
+                for w in ws:
+                    if w.proc.exitcode is not None:
+                        check_marker()
+                        fail(f"{w} exited on its own with {w.proc.exitcode}")
+            r = rng.random()
+            role = "p" if r < 0.15 else ("g" if r < 0.65 else "d")
+            w = rng.choice(live[role])
+            if role == "g" and not any(tail_record(tail_fds[x]) is not None
+                                       for x in live["g"] if x is not w):
+                # a group whose last member leaves goes away (and a new member
+                # would start a new group at "latest"): keep one subscribed
+                role = "d"
+                w = live["d"][0]
+                stats["group_kills_deferred"] = stats.get("group_kills_deferred", 0) + 1
+            if rng.random() < (0.5 if role == "p" else 0.35):
+                stats["aimed_hits"] += aimed_wait(w)
+            kill(w)
+            start(role)
+        t_stop = time.monotonic()
+        stats["chaos_s"] = round(t_stop - t_begin, 1)
+
+        # ---- the durable reader is killed a last time, while publishers still run (so
+        # that it has a backlog): aimed at a moment it holds a claim, so that
+        # recover() has a dead entry to clear
+        stats["last_kill_in_claim"] = aimed_wait(live["d"][0])
+        kill(live["d"][0])
+        check_marker()
+        for w in live["g"] + live["n"]:  # a replacement just forked has subscribed
+            wait_started(w)
+        t.recover()
+        rows = t.subscribers()
+        late_errors = []  # reported with the message-by-message verdicts
+        live_pids = sorted(w.proc.pid for r in "gn" for w in live[r])
+        row_pids = sorted(r.pid for r in rows if r.pid is not None)
+        nobody = [r for r in rows if r.pid is None]
+        if row_pids != live_pids or any(r.pid is not None and not r.alive for r in rows) \
+                or len(nobody) != 1 or nobody[0].name != "billing":
+            late_errors.append(
+                f"after the durable reader's last kill and recover(), subscribers() should "
+                f"list each live reader {live_pids} once, 'billing' once with nobody attached, "
+                f"and no dead entry: {rows}")
+        stats["rows_after_recover"] = len(rows)
+
+        # ---- publishers stop (they may wait for "billing"); this process resumes
+        # "billing" and must get exactly the remainder ----------------------------------
+        flags[0] = 1
+        flog = str(tmp_path / "final.log")
+        final_reader = Worker("d", "final", None, flog, time.monotonic())
+        ffd = os.open(flog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        ft = fastq.Topic.open(path, serializer=CheckingSerializer(ffd, fail_path))
+        fs = ft.subscribe(name="billing")
+        rec(ffd, K_START, arg=os.getpid())
+        t_final = time.monotonic()
+        frng = random.Random(seed)
+        while any(w.proc.exitcode is None for w in live["p"]):
+            reader_loop(fs, "d", ffd, frng, (0, 1))  # returns after 1 s without a message
+            if time.monotonic() - t_final > PUB_TIMEOUT + 10:
+                break
+        reader_loop(fs, "d", ffd, frng, (0, 1))
+        stats["final_drain_s"] = round(time.monotonic() - t_final, 1)
+        for w in list(live["p"]):
+            w.proc.join(10)
+            w.t_end = time.monotonic()
+            if w.proc.exitcode != 0:
+                check_marker()
+                fail(f"publisher {w} did not stop cleanly: exit code {w.proc.exitcode}")
+        final_lag = fs.lag
+        try:
+            fs.get_nowait()
+            extra = "a message"
+        except fastq.Empty:
+            extra = None
+        fs.close()
+        ft.close()
+        rec(ffd, K_EXIT)
+        os.close(ffd)
+        final_reader.t_end = time.monotonic()
+        workers.append(final_reader)
+        check_marker()
+        # ---- the group and plain readers drain and exit --------------------------------
+        flags[1] = 1
+        for w in live["g"] + live["n"]:
+            w.proc.join(120)
+            w.t_end = time.monotonic()
+            if w.proc.exitcode != 0:
+                check_marker()
+                fail(f"{w} did not drain cleanly: exit code {w.proc.exitcode}")
+        check_marker()
+        if final_lag != 0 or extra:
+            late_errors.append(f"billing drained: lag={final_lag}, get_nowait() returned "
+                               f"{extra}")
+        t.recover()
+        rows = t.subscribers()
+        if len(rows) != 1 or rows[0].name != "billing" or rows[0].pid is not None \
+                or rows[0].alive or rows[0].lag != 0 or rows[0].group is not None:
+            late_errors.append(f"after everything stopped, subscribers() should be just "
+                               f"'billing', nobody attached, lag 0: {rows}")
+        # a new "earliest" subscription: an intact suffix of the publication order
+        es = t.subscribe(start="earliest")
+        earliest = []
+        while True:
+            try:
+                earliest += es.get_many(256, block=False)
+            except fastq.Empty:
+                break
+        es.close()
+        stats["drain_s"] = round(time.monotonic() - t_stop, 1)
+
+        # ---- collect the publishers' logs ---------------------------------------------
+        t_analysis = time.monotonic()
+        logged, inflight, pub_t, pub_gap = set(), {}, {}, 0.0
+        pub_killed_big = 0
+        for w in workers:
+            if w.role != "p":
+                continue
+            recs = read_recs(w.log)
+            start_t = recs[0][5] if recs and recs[0][0] == K_START else None
+            nxt, intent, ts = 0, None, []
+            for kind, flag, _, pub, seq, tt, arg in recs[1:]:
+                if pub != w.id or seq != nxt:
+                    fail(f"publisher {w} log out of order at {chr(kind)} {pub} {seq}")
+                if kind == K_INTENT:
+                    if intent is not None:
+                        fail(f"publisher {w}: two I records")
+                    intent = (seq, arg, flag)
+                elif kind == K_PUBLISHED:
+                    if intent is None or intent[:2] != (seq, arg):
+                        fail(f"publisher {w}: P without its I")
+                    for s in range(seq, seq + arg):
+                        logged.add((pub, s))
+                        pub_t[pub, s] = tt
+                    ts.append(tt)
+                    nxt, intent = seq + arg, None
+            if intent is not None:
+                if not w.killed:
+                    fail(f"publisher {w} stopped cleanly inside a publish")
+                inflight[w.id] = intent
+                pub_killed_big += intent[2]
+            ts = [tt for tt in ts if tt <= t_stop]
+            if start_t is not None:
+                ts = [start_t + 0.2] + ts  # fork and attach excluded
+            ts.append(min(w.t_end, t_stop))
+            for a, b in zip(ts, ts[1:]):
+                pub_gap = max(pub_gap, b - a)
+        stats["publisher_kills_publishing"] = len(inflight)
+        stats["publisher_kills_with_big_msg"] = pub_killed_big
+
+        def possible(m):
+            p, s = m
+            return m in logged or (p in inflight and inflight[p][0] <= s
+                                   < inflight[p][0] + inflight[p][1])
+
+        # ---- collect the readers' logs --------------------------------------------------
+        per_group = {g: [] for g in GROUP.values()}  # group -> [(Worker, calls)]
+        problems, over_k, kill_where = [], [], {}
+        big_kills = 0
+        for w in workers:
+            if w.role == "p":
+                continue
+            start_t, calls, exited, probs = parse_reader(w)
+            problems += [f"{w}: {p}" for p in probs]
+            if not w.killed and not exited:
+                problems.append(f"{w} survived but did not exit cleanly")
+            for c in calls[:-1] if w.killed else calls:
+                if not call_complete(c):
+                    problems.append(f"{w} has an incomplete call {c.msgs} before its last")
+            for c in calls:
+                if c.mode == M_MANY and len(c.msgs) > c.k:
+                    over_k.append((str(w), c.k, len(c.msgs)))
+            where = classify(w, calls)
+            if w.killed:
+                kill_where[where] = kill_where.get(where, 0) + 1
+                lastc = calls[-1] if calls else None
+                if lastc and not call_complete(lastc) and any(
+                        d.size >= BIG_MIN and d.status != "done" for d in lastc.msgs):
+                    big_kills += 1
+            w.t_start = start_t
+            per_group[w.group].append((w, calls))
+        if problems:
+            fail(f"{len(problems)} malformed reader logs: {problems[:10]}")
+        stats["reader_kills_by_moment"] = kill_where
+        stats["reader_kills_with_big_msg_in_hand"] = big_kills
+
+        # ---- the plain subscriber: exact -----------------------------------------------
+        plain_order = [d.m for w, calls in per_group["plain"] for c in calls for d in c.msgs]
+        committed = logged | set(plain_order)
+        phantom = sorted(m for m in committed if not possible(m))
+        if phantom:
+            fail(f"{len(phantom)} messages nobody published: {phantom[:10]}")
+        stats["messages"] = len(committed)
+        stats["big_messages"] = sum(
+            1 for w, calls in per_group["plain"] for c in calls for d in c.msgs
+            if d.size >= BIG_MIN)
+        dup = len(plain_order) - len(set(plain_order))
+        missing = logged - set(plain_order)
+        if dup or missing:
+            fail(f"plain subscriber (never killed): {dup} duplicates, "
+                 f"{len(missing)} committed messages missing: {sorted(missing)[:10]}")
+        last = {}
+        for p, s in plain_order:
+            if s < last.get(p, -1):
+                fail(f"plain subscriber: publisher {p}'s {s} after {last[p]}")
+            last[p] = s
+
+        # ---- every group, message by message -------------------------------------------
+        verdicts = {}
+        checked = 0
+        for gname in ("workers", "billing", "plain"):
+            members = per_group[gname]
+            kills_g = sorted(w.t_end for w, _ in members if w.killed)
+            deliveries = {}
+            for w, calls in members:
+                for c in calls:
+                    for d in c.msgs:
+                        deliveries.setdefault(d.m, []).append(d)
+            checked += sum(len(v) for v in deliveries.values())
+            v = {"lost": [], "dups": [], "bad_redelivery": [], "not_committed": [],
+                 "mixed_call": [], "unexplained_flag": [], "came_back": 0,
+                 "lost_with_reader": 0, "flagged": 0}
+            calls_back = {}  # ambiguous call -> [came back?]
+            v["not_committed"] = [(m, ds) for m, ds in deliveries.items()
+                                  if m not in committed]
+            for m in committed:
+                ds = deliveries.get(m)
+                if not ds:
+                    v["lost"].append((m, "never delivered"))
+                    continue
+                if len(ds) == 1:  # the common case, quickly
+                    d = ds[0]
+                    if d.redelivered:
+                        v["flagged"] += 1
+                        if not any(k < d.tb for k in kills_g):
+                            v["unexplained_flag"].append((m, ds))
+                    if d.status == "must":
+                        v["lost"].append((m, f"{d} held it when killed; it never came back"))
+                    elif d.status in ("lost_ret", "ambiguous"):
+                        v["lost_with_reader"] += 1
+                        if d.status == "ambiguous":
+                            calls_back.setdefault(id(d.call), []).append(False)
+                    continue
+                ds.sort(key=lambda d: d.tb)
+                v["came_back"] += 1
+                for d, nxt in zip(ds, ds[1:]):
+                    if d.status in ("done", "lost_ret") or not d.w.killed:
+                        v["dups"].append((m, ds))
+                        break
+                    if not nxt.tb > d.w.t_end or (nxt.stage in ("R", "Q", "K")
+                                                  and not nxt.redelivered):
+                        v["bad_redelivery"].append((m, ds, round(d.w.t_end, 4)))
+                        break
+                for d in ds:
+                    if d.redelivered:
+                        v["flagged"] += 1
+                        if d is ds[0] and not any(k < d.tb for k in kills_g):
+                            v["unexplained_flag"].append((m, ds))
+                    if d.status == "ambiguous":
+                        calls_back.setdefault(id(d.call), []).append(d is not ds[-1])
+                lastd = ds[-1]
+                if lastd.status == "must":
+                    v["lost"].append((m, f"{lastd} held it when killed; it never came back"))
+                elif lastd.status in ("lost_ret", "ambiguous"):
+                    v["lost_with_reader"] += 1
+            for backs in calls_back.values():
+                if any(backs) and not all(backs):
+                    v["mixed_call"].append(backs)
+            # killed get()/get_many() calls that had loaded everything: claim held
+            # (came back) or returned (gone with the reader)
+            v["loaded_calls"] = (f"{sum(all(b) for b in calls_back.values())}back/"
+                                 f"{sum(not any(b) for b in calls_back.values())}gone")
+            # per-publisher order within each reader: late runs
+            redelivered = {m for m, ds in deliveries.items()
+                           if len(ds) > 1 or any(d.redelivered for d in ds)}
+            runs = 0
+            for w, calls in members:
+                lastseq, in_run = {}, False
+                for c in calls:
+                    for d in c.msgs:
+                        if d.m in redelivered:
+                            continue
+                        p, s = d.m
+                        if s < lastseq.get(p, -1):
+                            runs += not in_run
+                            in_run = True
+                        else:
+                            lastseq[p] = s
+                            in_run = False
+            v["late_runs"] = runs
+            v["kills"] = len(kills_g)
+            # blocking: stretches without a report by any reader of the group
+            reports = {}
+            for m, ds in deliveries.items():
+                for d in ds:
+                    if d.t_report is not None and m in pub_t:
+                        reports.setdefault(m, []).append(d.t_report)
+            pend = [(pub_t[m], max(ts)) for m, ts in reports.items()]
+            allr = sorted(tt for ts in reports.values() for tt in ts if t_begin <= tt <= t_stop)
+            allr = [t_begin] + allr + [t_stop]
+            v["worst_gap"], v["worst_gap_at"] = blocked_time(
+                [(a, b, gname) for a, b in zip(allr, allr[1:])], pend)
+            iv = []  # each live reader's stretches without a report
+            for w, calls in members:
+                if w.t_start is None or w.t_start > t_stop:
+                    continue
+                ts = [w.t_start] + [d.t_report for c in calls for d in c.msgs
+                                    if d.t_report is not None and d.t_report <= t_stop]
+                ts.append(min(w.t_end, t_stop))
+                iv += [(a, b, str(w)) for a, b in zip(ts, ts[1:])]
+            v["worst_reader_gap"], v["worst_reader_gap_at"] = blocked_time(iv, pend)
+            verdicts[gname] = v
+        stats["deliveries_checked"] = checked
+        for gname, v in verdicts.items():
+            stats[gname] = (f"kills:{v['kills']},came_back:{v['came_back']},"
+                            f"flagged:{v['flagged']},lost_with_reader:{v['lost_with_reader']},"
+                            f"killed_loaded_calls:{v['loaded_calls']},"
+                            f"late_runs:{v['late_runs']},gap:{v['worst_gap']:.3f},"
+                            f"reader_gap:{v['worst_reader_gap']:.3f}")
+        stats["worst_gap"] = round(max(v["worst_gap"] for v in verdicts.values()), 3)
+        stats["worst_reader_gap"] = round(max(v["worst_reader_gap"]
+                                              for v in verdicts.values()), 3)
+        stats["worst_publish_gap"] = round(pub_gap, 3)
+        stats["earliest_suffix"] = len(earliest)
+        stats["analysis_s"] = round(time.monotonic() - t_analysis, 1)
+        print("\n" + summary())
+
+        # ---- verdicts -----------------------------------------------------------------
+        assert stats["kills"] >= min(kills_target, 200), summary()
+        errors = late_errors
+        for gname, v in verdicts.items():
+            for what in ("not_committed", "lost", "dups", "bad_redelivery", "mixed_call",
+                         "unexplained_flag"):
+                if v[what]:
+                    errors.append(f"{gname}: {len(v[what])} {what}: {v[what][:4]}")
+            if v["late_runs"] > v["kills"]:
+                errors.append(f"{gname}: {v['late_runs']} runs out of per-publisher order, "
+                              f"only {v['kills']} kills of its readers")
+            if v["worst_gap"] >= GAP_BOUND:
+                errors.append(f"{gname}: no reader of the group got a message for "
+                              f"{v['worst_gap']:.2f} s while one was pending (interval, "
+                              f"pending since): {v['worst_gap_at']}")
+            if v["worst_reader_gap"] >= GAP_BOUND:
+                errors.append(f"{gname}: a live reader got nothing for "
+                              f"{v['worst_reader_gap']:.2f} s while a message was pending: "
+                              f"{v['worst_reader_gap_at']}")
+        if over_k:
+            errors.append(f"get_many(k) returned more than k messages: {over_k[:5]}")
+        if pub_gap >= GAP_BOUND:
+            errors.append(f"a publisher was blocked {pub_gap:.2f} s between two publishes")
+        bad_earliest = [x for x in earliest if check_msg(x) is None]
+        keys = [check_msg(x)[:2] for x in earliest if check_msg(x) is not None]
+        if bad_earliest or (keys and keys != plain_order[len(plain_order) - len(keys):]):
+            errors.append(f"start='earliest' after the run: {len(bad_earliest)} corrupt, "
+                          f"not a suffix of the publication order: {keys[:5]}")
+        if errors:
+            fail("\n".join(errors))
+        assert stats["messages"] > 1000, summary()
+    finally:
+        flags[0] = flags[1] = 1
+        for ws in live.values():
+            for w in ws:
+                w.proc.join(5)
+        for fd in tail_fds.values():
+            os.close(fd)
+        t.close()
+
+
+# ---- focused: a reader killed inside get_many() holding a claim of 10 -----------------
+
+
+class StallOn3:
+    """loads() (inside get_many(), the claim held) stalls on message b"3"."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def dumps(self, obj):
+        return obj
+
+    def loads(self, b):
+        b = bytes(b)
+        if b == b"3":
+            open(self.flag, "w").close()
+            time.sleep(60)  # killed here
+        return b
+
+
+def stalling_member(path, kw, flag):
+    t = fastq.Topic.open(path, serializer=StallOn3(flag))
+    s = t.subscribe(**kw)
+    open(flag + ".ready", "w").close()
+    s.get_many(100, timeout=30)
+    os._exit(0)
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("kind,how", [("group", "get"), ("group", "receive"),
+                                      ("group", "get_many"), ("durable", "receive")])
+def test_member_killed_inside_get_many_whole_claim_comes_back(kind, how, tmp_path, procs):
+    kw = {"group": "g"} if kind == "group" else {"name": "d"}
+    flag = str(tmp_path / "claimed")
+    with fastq.Topic("gm", capacity=1 << 16, serializer="raw") as t:
+        keep = t.subscribe(**kw)  # the other member (or the next subscriber of the name)
+        p = procs.add(CTX.Process(target=stalling_member, args=(t.path, kw, flag)))
+        p.start()
+        wait_for(lambda: os.path.exists(flag + ".ready"), 20, "the member to subscribe")
+        t.publish_many([b"%d" % i for i in range(10)])
+        wait_for(lambda: os.path.exists(flag), 20, "the member to claim the batch")
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        assert p.exitcode == -signal.SIGKILL
+        t0 = time.monotonic()
+        got, calls = [], []
+        while len(got) < 10 and time.monotonic() - t0 < 5:
+            try:
+                if how == "get":
+                    got.append(keep.get(timeout=0.5))
+                elif how == "receive":
+                    d = keep.receive(timeout=0.5)
+                    got.append(d.value)
+                    calls.append(d.redelivered)
+                    d.ack()
+                else:
+                    batch = keep.get_many(2, timeout=0.5)
+                    calls.append(len(batch))
+                    got += batch
+            except fastq.Empty:
+                pass
+        dt = time.monotonic() - t0
+        with pytest.raises(fastq.Empty):
+            keep.get(timeout=0.3)
+        want = [b"%d" % i for i in range(10)]
+        assert sorted(got) == want, (
+            f"{kind} reader killed in get_many() holding 10 messages; the next one "
+            f"used {how}() and got {got} ({calls})")
+        assert got == want, f"a claim taken over comes back in its order: {got}"
+        if how == "get_many":
+            assert max(calls) <= 2, f"get_many(2) returned batches of {calls}"
+        if how == "receive":
+            assert all(calls), f"every message of the dead reader's claim is redelivered: {calls}"
+        assert dt < GAP_BOUND, f"taking the claim over took {dt:.2f} s"
+        assert keep.lag == 0
+
+
+# ---- focused: a durable reader killed copying 4 MiB messages ----------------------------
+
+
+class SlowCheck:
+    """Copies the message out of the ring and checks it 256 KiB at a time
+    (a few ms per message): inside get(), the claim held."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def dumps(self, obj):
+        return obj
+
+    def loads(self, data):
+        os.write(self.fd, b"B %d\n" % HDR.unpack_from(data)[3])
+        buf = bytearray()
+        for i in range(0, len(data), 256 << 10):
+            buf += data[i:i + (256 << 10)]
+            time.sleep(0.0005)
+        r = check_msg(buf)
+        os.write(self.fd, b"L %d\n" % HDR.unpack_from(data)[3])
+        return -1 if r is None else r[1]
+
+
+def durable_big_reader(path, log_path, slow):
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    t = fastq.Topic.open(path, serializer=SlowCheck(fd) if slow else "raw")
+    s = t.subscribe(name="big")
+    while True:
+        os.write(fd, b"A\n")
+        m = s.get(timeout=30)
+        if not slow:
+            os.write(fd, b"R %d\n" % HDR.unpack_from(m)[3])  # returned
+            r = check_msg(m)
+            m = -1 if r is None else r[1]
+        os.write(fd, b"G %d\n" % m)
+
+
+def test_durable_killed_copying_4mib_message_at_random(tmp_path, procs):
+    base()
+    rng = random.Random()
+    KILLS = 24
+    big = 4 << 20
+    with fastq.Topic("tbig", capacity=CAPACITY, serializer="raw") as t:
+        t.subscribe(name="big").close()  # the durable name exists from here on
+        n = 0
+        while n < 5:  # 5 x 4 MiB: fits, nobody waits
+            t.publish(make_msg(5, n, big - n), timeout=5)
+            n += 1
+        logs, in_get_raw, maybe_lost, must_back = [], 0, set(), set()
+        for k in range(KILLS):
+            slow = k % 2 == 1
+            log = str(tmp_path / f"b{k}.log")
+            p = procs.add(CTX.Process(target=durable_big_reader, args=(t.path, log, slow)))
+            p.start()
+            wait_for(lambda: os.path.exists(log) and b"A" in open(log, "rb").read(), 20,
+                     "the reader to call get()")
+            time.sleep(rng.uniform(0.0, 0.012))
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(10)
+            assert p.exitcode == -signal.SIGKILL
+            lines = open(log, "rb").read().splitlines()
+            logs.append((log, slow))
+            # raw: killed after "A": inside get() (maybe in its memcpy), or just
+            # after it returned (then the message is lost with it); after "R s":
+            # s was returned, lost with it.  slow: killed after "L s" (loads()
+            # had returned: inside get() or after); after "B": inside loads(),
+            # the claim held: it must come back
+            in_get_raw += (not slow) and lines[-1] == b"A"
+            if lines[-1].startswith((b"L", b"R")):
+                maybe_lost.add(int(lines[-1].split()[1]))
+            elif lines[-1].startswith(b"B"):
+                must_back.add(int(lines[-1].split()[1]))
+            # keep up to 5 queued; a message held by the dead reader takes its place
+            while True:
+                try:
+                    t.publish(make_msg(5, n, big - n % 7), timeout=0.05)
+                except fastq.Full:
+                    break
+                n += 1
+                if n % 5 == 0:
+                    break
+        t0 = time.monotonic()
+        rest = []
+        with fastq.Topic.open(t.path, serializer="raw") as t2:
+            s = t2.subscribe(name="big")
+            while True:
+                try:
+                    m = s.get(timeout=1.0 if not rest else 0.5)
+                except fastq.Empty:
+                    break
+                if not rest:
+                    first_dt = time.monotonic() - t0
+                r = check_msg(m)
+                assert r is not None, "a corrupt message"
+                rest.append(r[1])
+            assert s.lag == 0
+            s.close()
+        got = []
+        for log, slow in logs:
+            for ln in open(log, "rb").read().splitlines():
+                if ln.startswith(b"G"):
+                    got.append(int(ln.split()[1]))
+        assert -1 not in got, "a reader received a corrupt message"
+        got += rest
+        dups = sorted({s for s in got if got.count(s) > 1})
+        missing = sorted(set(range(n)) - set(got))
+        unexplained = sorted(set(missing) - maybe_lost)
+        info = (f"4 MiB: {KILLS} kills ({in_get_raw} of raw readers inside get(), "
+                f"{len(must_back)} of slow readers inside loads(), {len(maybe_lost)} "
+                f"after the message was (maybe) returned), {n} messages, "
+                f"{len(got)} delivered, missing {missing}")
+        print("\n" + info)
+        assert not dups, f"delivered twice: {dups}; {info}"
+        assert set(got) <= set(range(n)), info
+        # a message held by a killed reader (must_back) comes back, but the next
+        # reader may be killed too: lost only in a way one of them can explain
+        assert len(unexplained) <= in_get_raw, f"lost {unexplained}; {info}"
+        assert first_dt < GAP_BOUND + 0.5, f"the first message took {first_dt:.2f} s"
