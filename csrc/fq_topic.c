@@ -1019,29 +1019,41 @@ int fq_sub_spin(fq_sub *s, uint64_t ns)
 static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
     uint64_t pub, t = fq_tail_pair(q, &pub);
-    uint64_t next = UINT64_MAX;
-    if (fq_head_pos(atomic_load(&g->head), t) >= t && !atomic_load(&g->orphans))
-        return 0; /* caught up (what is left was abandoned by dead publishers) */
-    if (q->drop)
-        next = atomic_load(&g->next_idx); /* its head may be lapped */
-    if (next == UINT64_MAX) {
-        /* the index of the first message at the head (retained in a block
-         * topic: release is at or below every head), or at the oldest claim a
-         * dead member left to the group */
-        uint64_t h = fq_head_pos(atomic_load(&g->head), t);
-        uint32_t gi = (uint32_t)(g - q->groups), hwm = fq_hwm(q);
-        for (uint32_t i = 0; i < hwm; i++) {
-            fq_member *e = &q->members[i];
-            if (FQ_SLOT_KIND(atomic_load(&e->word)) == FQ_MEM_ORPHAN &&
-                atomic_load(&e->group) == gi && (atomic_load(&e->state) & 3) != FQ_PH_IDLE &&
-                atomic_load(&e->pos) < h)
-                h = atomic_load(&e->pos);
-        }
-        next = h >= t ? pub : fq_first_index(q, h);
-        if (next == UINT64_MAX)
-            return 0;
+    /* from the group's head, or the oldest claim a dead member left to it */
+    uint64_t h = fq_head_pos(atomic_load(&g->head), t);
+    uint32_t gi = (uint32_t)(g - q->groups), hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        if (FQ_SLOT_KIND(atomic_load(&e->word)) == FQ_MEM_ORPHAN &&
+            atomic_load(&e->group) == gi && (atomic_load(&e->state) & 3) != FQ_PH_IDLE &&
+            atomic_load(&e->pos) < h)
+            h = atomic_load(&e->pos);
     }
-    return pub > next ? pub - next : 0;
+    uint64_t rel = atomic_load(&q->ctrl->release);
+    if (q->drop && h < rel)
+        h = rel; /* lapped: what it lost is not to come */
+    if (h >= t || t - h > q->cap)
+        return 0;
+    /* count the messages still to come (a killed publisher's abandoned ones
+     * are not), walking the records; a region without headers yet (a put
+     * between its claim and its headers) is counted by message index */
+    uint64_t n = 0, x = h;
+    while (x < t) {
+        fq_rec *r = fq_rec_at(q, x);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        uint64_t span = fq_span(q, x, w, r->len);
+        if (!span || !fq_match(q, x, w))
+            break;
+        unsigned st = w & 7;
+        n += st == FQ_REC_COMMITTED || st == FQ_REC_WRITING;
+        x += span;
+    }
+    if (x < t) {
+        uint64_t idx = fq_first_index(q, x);
+        if (idx != UINT64_MAX && pub > idx)
+            n += pub - idx;
+    }
+    return n;
 }
 
 uint64_t fq_sub_lag(fq_sub *s)
