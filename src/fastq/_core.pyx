@@ -183,8 +183,10 @@ cdef class Segment:
     def closed(self):
         return self.q == NULL or self.closing
 
-    cdef int _wait(self, fq_queue *q, int what, uint64_t need, _Waiter w) except -1:
-        """Wait one slice; raise Empty/Full on timeout.  Returns 0."""
+    cdef int _wait(self, fq_queue *q, int what, uint64_t need, _Waiter w,
+                   fq_sub *sub=NULL) except -1:
+        """Wait one slice (for a subscription: at its group's head); raise
+        Empty/Full on timeout.  Returns 0."""
         now = _monotonic()
         cdef double left = WAIT_SLICE
         if not w.forever:
@@ -204,10 +206,13 @@ cdef class Segment:
         cdef int spin = not w.spun  # spin only before the first sleep
         w.spun = True
         with nogil:
-            fq_wait(q, what, need, ns, spin)
+            if sub != NULL:
+                fq_sub_wait(sub, ns, spin)
+            else:
+                fq_wait(q, what, need, ns, spin)
         PyErr_CheckSignals()
         if self.closing:
-            raise ValueError("the queue was closed while this call waited")
+            raise ValueError("the queue or topic was closed while this call waited")
         return 0
 
     # ---- producer ---------------------------------------------------------
@@ -905,30 +910,6 @@ cdef class Subscriber:
             raise ValueError("operation on a closed subscription")
         return fq_sub_dropped(self.s)
 
-    cdef int _wait(self, fq_queue *q, _Waiter w) except -1:
-        now = _monotonic()
-        cdef double left = WAIT_SLICE
-        if not w.forever:
-            left = w.deadline - now
-            if left <= 0:
-                self.seg._poll_recover(q)
-                raise Empty
-            if left > WAIT_SLICE:
-                left = WAIT_SLICE
-        if now - w.last_recover >= RECOVER_AFTER:
-            w.last_recover = now
-            with nogil:
-                fq_recover(q)
-        cdef uint64_t ns = <uint64_t>(left * 1e9)
-        cdef int spin = not w.spun
-        w.spun = True
-        with nogil:
-            fq_sub_wait(self.s, ns, spin)
-        PyErr_CheckSignals()
-        if self.seg.closing:
-            raise ValueError("the topic was closed while this call waited")
-        return 0
-
     cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
                     bint block, object timeout) except -1:
         cdef int rc, spun = 0
@@ -949,7 +930,7 @@ cdef class Subscriber:
                     spun += 1
                     continue
                 w = _Waiter(timeout)
-            self._wait(q, w)
+            self.seg._wait(q, FQ_WAIT_DATA, 0, w, self.s)
 
     cdef object _next(self, fq_claim *c, object loads, bint *done):
         """The next intact message of claim c as an object (done[0] set when

@@ -169,6 +169,58 @@ class _Handle:
     _name: str
     _path: str
     _finalizer: Any
+    _ser: Any
+
+    def _attach(self, name: Optional[str], how: str, sizes: tuple, topic: tuple,
+                trusted: bool) -> None:
+        """Open or create the segment (how: "open", "create", "open_or_create"),
+        check its kind and owner, set the serializer; sizes: (capacity,
+        max_message, max_processes, mode); topic: (is_topic, drop, max_subs)."""
+        capacity, max_message, max_processes, mode = sizes
+        what = "topic" if topic[0] else "queue"
+        self._finalizer = None
+        if how != "open":
+            if not isinstance(capacity, int) or capacity <= 0:
+                raise ValueError(f"capacity must be a positive int, not {capacity!r}")
+            if max_message is not None and (not isinstance(max_message, int) or max_message <= 0):
+                raise ValueError(f"max_message must be a positive int, not {max_message!r}")
+            if not isinstance(max_processes, int) or not 1 <= max_processes <= 1024:
+                raise ValueError(f"max_processes must be in 1..1024, not {max_processes!r}")
+        anonymous = name is None
+        if anonymous:
+            prefix = "fastq-topic" if topic[0] else "fastq"
+            name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+            how = "create"
+        assert name is not None
+        self._name = name
+        path = self._path = segment_path(name)
+        args = (path, capacity, max_message or 0, max_processes, mode) + topic
+        opened = True
+        if how == "create":
+            self._seg, opened = _core.Segment.create(*args), False
+        elif how == "open":
+            self._seg = _core.Segment.open(path)
+        else:
+            try:
+                self._seg = _core.Segment.open(path)
+            except FileNotFoundError:
+                try:
+                    self._seg, opened = _core.Segment.create(*args), False
+                except FileExistsError:  # lost a creation race: the winner's is complete
+                    self._seg = _core.Segment.open(path)
+        if opened and self._seg.is_topic != bool(topic[0]):
+            self._seg.close()
+            other = "Queue" if topic[0] else "Topic"
+            raise ValueError(f"{path} is a {'queue' if topic[0] else 'topic'}, not a {what}: "
+                             f"open it with fastq.{other}")
+        if opened and not trusted:
+            _check_trust(self._seg, path, what)
+        self._seg.set_serializer(
+            None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads,
+            isinstance(self._ser, PickleSerializer))
+        if anonymous:
+            _anon_paths[path] = os.getpid()
+            self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
 
     @property
     def capacity(self) -> int:
@@ -295,43 +347,8 @@ class Queue(_Handle):
         if not isinstance(prefetch, int) or not 1 <= prefetch <= _core.MAX_PREFETCH:
             raise ValueError(f"prefetch must be in 1..{_core.MAX_PREFETCH}, not {prefetch!r}")
         self._prefetch = prefetch
-        self._finalizer = None
-        if _how != "open":
-            if not isinstance(capacity, int) or capacity <= 0:
-                raise ValueError(f"capacity must be a positive int, not {capacity!r}")
-            if max_message is not None and (not isinstance(max_message, int) or max_message <= 0):
-                raise ValueError(f"max_message must be a positive int, not {max_message!r}")
-            if not isinstance(max_processes, int) or not 1 <= max_processes <= 1024:
-                raise ValueError(f"max_processes must be in 1..1024, not {max_processes!r}")
-        anonymous = name is None
-        if anonymous:
-            name = f"fastq-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-            _how = "create"
-        self._name = name
-        path = segment_path(name)
-        args = (path, capacity, max_message or 0, max_processes, mode)
-        opened = True
-        if _how == "create":
-            self._seg, opened = _core.Segment.create(*args), False
-        elif _how == "open":
-            self._seg = _core.Segment.open(path)
-        else:
-            try:
-                self._seg = _core.Segment.open(path)
-            except FileNotFoundError:
-                try:
-                    self._seg, opened = _core.Segment.create(*args), False
-                except FileExistsError:  # lost a creation race: the winner's is complete
-                    self._seg = _core.Segment.open(path)
-        self._path = path
-        if opened and self._seg.is_topic:
-            self._seg.close()
-            raise ValueError(f"{path} is a topic, not a queue: open it with fastq.Topic")
-        if opened and not trusted:
-            self._check_trust()
-        self._seg.set_serializer(
-            None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads,
-            isinstance(self._ser, PickleSerializer))
+        self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, 0, 0),
+                     trusted)
         # The hot calls go straight to the compiled segment: a Python-level
         # wrapper would double their cost.  The methods below document them.
         seg = self._seg
@@ -339,12 +356,6 @@ class Queue(_Handle):
         self.put, self.put_nowait, self.get, self.get_nowait = (
             seg.put, seg.put_nowait, seg.get, seg.get_nowait)
         self.put_many, self.get_many, self.receive = seg.put_many, seg.get_many, seg.receive
-        if anonymous:
-            _anon_paths[path] = os.getpid()
-            self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
-
-    def _check_trust(self) -> None:
-        _check_trust(self._seg, self._path, "queue")
 
     # ---- constructors -------------------------------------------------------
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
-import weakref
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 
 from . import _core
 from ._errors import ShutDown
-from ._queue import (DEFAULT_CAPACITY, PickleSerializer, RawSerializer, _anon_paths,
-                     _check_trust, _Handle, _make_serializer, _unlink_anon, segment_path)
+from ._queue import DEFAULT_CAPACITY, _Handle, _make_serializer
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
@@ -81,53 +79,15 @@ class Topic(_Handle):
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
-        self._finalizer = None
         if overflow not in ("block", "drop"):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
-        if _how != "open":
-            if not isinstance(capacity, int) or capacity <= 0:
-                raise ValueError(f"capacity must be a positive int, not {capacity!r}")
-            if max_message is not None and (not isinstance(max_message, int) or max_message <= 0):
-                raise ValueError(f"max_message must be a positive int, not {max_message!r}")
-            if not isinstance(max_processes, int) or not 1 <= max_processes <= 1024:
-                raise ValueError(f"max_processes must be in 1..1024, not {max_processes!r}")
-            if not isinstance(max_subscribers, int) or not 1 <= max_subscribers <= 4096:
-                raise ValueError(f"max_subscribers must be in 1..4096, not {max_subscribers!r}")
-        anonymous = name is None
-        if anonymous:
-            name = f"fastq-topic-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-            _how = "create"
-        self._name = name
-        path = segment_path(name)
-        args = (path, capacity, max_message or 0, max_processes, mode, 1,
-                1 if overflow == "drop" else 0, max_subscribers)
-        opened = True
-        if _how == "create":
-            self._seg, opened = _core.Segment.create(*args), False
-        elif _how == "open":
-            self._seg = _core.Segment.open(path)
-        else:
-            try:
-                self._seg = _core.Segment.open(path)
-            except FileNotFoundError:
-                try:
-                    self._seg, opened = _core.Segment.create(*args), False
-                except FileExistsError:
-                    self._seg = _core.Segment.open(path)
-        self._path = path
-        if opened and not self._seg.is_topic:
-            self._seg.close()
-            raise ValueError(f"{path} is a queue, not a topic: open it with fastq.Queue")
-        if opened and not trusted:
-            _check_trust(self._seg, path, "topic")
-        self._seg.set_serializer(
-            None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads,
-            isinstance(self._ser, PickleSerializer))
+        if _how != "open" and (not isinstance(max_subscribers, int)
+                               or not 1 <= max_subscribers <= 4096):
+            raise ValueError(f"max_subscribers must be in 1..4096, not {max_subscribers!r}")
+        self._attach(name, _how, (capacity, max_message, max_processes, mode),
+                     (1, 1 if overflow == "drop" else 0, max_subscribers), trusted)
         seg = self._seg
         self.publish, self.publish_many = seg.put, seg.put_many
-        if anonymous:
-            _anon_paths[path] = os.getpid()
-            self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
 
     @classmethod
     def create(cls, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY,
