@@ -1019,25 +1019,41 @@ int fq_sub_spin(fq_sub *s, uint64_t ns)
 static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
     uint64_t pub, t = fq_tail_pair(q, &pub);
-    /* from the group's head, or the oldest claim a dead member left to it */
     uint64_t h = fq_head_pos(atomic_load(&g->head), t);
-    uint32_t gi = (uint32_t)(g - q->groups), hwm = fq_hwm(q);
-    for (uint32_t i = 0; i < hwm; i++) {
-        fq_member *e = &q->members[i];
-        if (FQ_SLOT_KIND(atomic_load(&e->word)) == FQ_MEM_ORPHAN &&
-            atomic_load(&e->group) == gi && (atomic_load(&e->state) & 3) != FQ_PH_IDLE &&
-            atomic_load(&e->pos) < h)
-            h = atomic_load(&e->pos);
-    }
     uint64_t rel = atomic_load(&q->ctrl->release);
     if (q->drop && h < rel)
         h = rel; /* lapped: what it lost is not to come */
+    /* the claims dead members left to the group come again: each orphan's
+     * messages once (a taker killed mid-take leaves two entries with one
+     * claim until the next reap), unless a drop topic overwrote them */
+    uint64_t n = 0;
+    uint32_t gi = (uint32_t)(g - q->groups), hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        if (FQ_SLOT_KIND(atomic_load(&e->word)) != FQ_MEM_ORPHAN ||
+            atomic_load(&e->group) != gi || (atomic_load(&e->state) & 3) != FQ_PH_WON)
+            continue;
+        uint64_t pos = atomic_load(&e->pos), end = atomic_load(&e->end);
+        if (pos >= h || (q->drop && pos < rel))
+            continue;
+        int seen = 0;
+        for (uint32_t j = 0; j < i && !seen; j++) {
+            fq_member *o = &q->members[j];
+            seen = FQ_SLOT_KIND(atomic_load(&o->word)) == FQ_MEM_ORPHAN &&
+                   atomic_load(&o->group) == gi &&
+                   (atomic_load(&o->state) & 3) == FQ_PH_WON && atomic_load(&o->pos) == pos &&
+                   atomic_load(&o->end) == end;
+        }
+        uint64_t k = atomic_load(&e->n);
+        if (!seen && k <= q->cap)
+            n += k;
+    }
     if (h >= t || t - h > q->cap)
-        return 0;
-    /* count the messages still to come (a killed publisher's abandoned ones
-     * are not), walking the records; a region without headers yet (a put
-     * between its claim and its headers) is counted by message index */
-    uint64_t n = 0, x = h;
+        return n;
+    /* then the messages from the head on (a killed publisher's abandoned
+     * ones are not to come), walking the records; a region without headers
+     * yet (a put between its claim and its headers) is counted by index */
+    uint64_t x = h;
     while (x < t) {
         fq_rec *r = fq_rec_at(q, x);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
