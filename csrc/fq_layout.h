@@ -162,13 +162,16 @@ typedef struct fq_ctrl {
  * survivor can finish or undo it if the process dies.
  *   pos, end  the claimed range [pos, end) (producer: of tail; consumer: of
  *             head, or the one requeued record being taken)
- *   n         messages in the range
+ *   n         messages in the range; a consumer that has begun marking its
+ *             claim DONE one record at a time adds FQ_N_FREEING (recovery
+ *             then finishes the marking: the claim is consumed whole)
  *   state     count << 2 | phase.  count is the lane's running total of
  *             messages put (prod) or got (cons); phase is FQ_PH_*.  Both
  *             change in one store, so a survivor knows whether the last
  *             operation was counted.
  */
 enum { FQ_PH_IDLE = 0, FQ_PH_CLAIMING = 1, FQ_PH_WON = 2, FQ_PH_RECOVERED = 3 };
+#define FQ_N_FREEING (1ull << 62)
 
 typedef struct fq_intent {
     _Atomic uint64_t pos;

@@ -23,6 +23,9 @@
  *        at pos: wait for it.
  *    Its message count is fixed first (count + messages it committed) with
  *    phase RECOVERED, so the fix is applied once.
+ *  - A consumer lane WON whose n says FQ_N_FREEING: it died marking its
+ *    claim DONE (fq_get_end); the marking is finished, in order, so the
+ *    claim is consumed whole, never in part.
  *  - A consumer lane CLAIMING or WON: the records it claimed and did not
  *    free.  Every COMMITTED record between release and head that no
  *    consumer's intent covers (except intents of slots seen dead) is put back
@@ -245,6 +248,34 @@ static int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned 
     return 1;
 }
 
+/*
+ * Finish marking DONE the claim [p, end) of a consumer killed while marking
+ * it (fq_mark_done): each COMMITTED record by a CAS on its exact word, in
+ * order.  Records below release may be reused meanwhile (a live sweep
+ * passes our marks): a header that no longer matches means release moved,
+ * so start again from it.  A COMMITTED record is never passed by a sweep,
+ * so no mark can land on bytes that were reused.
+ */
+static void fq_finish_done(fq_queue *q, uint64_t p, uint64_t end)
+{
+    for (int tries = 0; tries < 1000; tries++) {
+        uint64_t rel = atomic_load(&q->ctrl->release), x = rel > p ? rel : p, w;
+        while (x < end && fq_header_at(q, x, &w)) {
+            fq_rec *r = fq_rec_at(q, x);
+            uint64_t span = fq_span(q, x, w, r->len);
+            if (!span || span > end - x)
+                return; /* corrupt: leave it to the requeue pass */
+            if ((w & 7) == FQ_REC_COMMITTED) {
+                atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, x) | FQ_REC_DONE);
+                FQ_CRASH_POINT("recover_mid_done");
+            }
+            x += span;
+        }
+        if (x >= end)
+            return;
+    }
+}
+
 /* Fix the message count of a dead consumer lane (phase RECOVERED after). */
 static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
 {
@@ -254,7 +285,11 @@ static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
     if (ph != FQ_PH_WON && ph != FQ_PH_CLAIMING)
         return;
     uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), n = atomic_load(&in->n);
+    int freeing = (n & FQ_N_FREEING) != 0;
+    n &= ~FQ_N_FREEING;
     if (ph == FQ_PH_WON && end > p && end - p <= q->cap) {
+        if (freeing)
+            fq_finish_done(q, p, end);
         for (int tries = 0; tries < 1000; tries++) {
             uint64_t rel = atomic_load(&q->ctrl->release);
             if (rel >= end) {

@@ -26,7 +26,11 @@
  *      and sweep, so that whichever of us finishes last moves release over
  *      both (the DONE store and the CAS of release are both seq_cst, and each
  *      side re-reads the other's word after its own write, so at least one
- *      sees the other).  Then count + n, IDLE; then the wake rule.
+ *      sees the other).  The DONE marks are all-or-nothing: the intent's n
+ *      is flagged FQ_N_FREEING before the first one, and recovery finishes
+ *      the marking for a consumer killed midway (a prefix DONE and the rest
+ *      put back would return part of a batch the caller never got).
+ *      Then count + n, IDLE; then the wake rule.
  *
  * A message leaves the queue at step 4 of the consumer, after it was
  * copied: a consumer that dies before then leaves its records claimed,
@@ -491,9 +495,13 @@ static uint64_t fq_next_msg(fq_queue *q, uint64_t x, uint64_t end)
  * message is located before the current one is marked: once a record is
  * DONE, a sweep may pass it (and the padding after it) and a producer may
  * reuse those bytes; records from the first unmarked message on stay put.
+ * The flag goes first: from the first mark on, the claim is consumed.
  */
-static void fq_mark_done(fq_queue *q, uint64_t x, uint64_t end, uint64_t limit)
+static void fq_mark_done(fq_queue *q, fq_intent *in, uint64_t x, uint64_t end, uint64_t limit)
 {
+    /* seq_cst, before any DONE: a survivor that sees a DONE mark of ours
+     * sees the flag, and finishes instead of putting the rest back */
+    atomic_store_explicit(&in->n, limit | FQ_N_FREEING, SEQ);
     x = fq_next_msg(q, x, end);
     for (uint64_t j = 0; j < limit && x < end; j++) {
         fq_rec *r = fq_rec_at(q, x);
@@ -502,6 +510,7 @@ static void fq_mark_done(fq_queue *q, uint64_t x, uint64_t end, uint64_t limit)
         uint64_t y = j + 1 < limit ? fq_next_msg(q, x + span, end) : end;
         /* seq_cst: pairs with the sweeper's load (see fq_get_end) */
         atomic_store_explicit(&r->word, fq_tag_of(q, x) | FQ_REC_DONE, SEQ);
+        FQ_CRASH_POINT("get_mid_done");
         x = y;
     }
 }
@@ -530,7 +539,7 @@ void fq_get_end(fq_queue *q, fq_claim *c)
             if (atomic_load_explicit(&ctl->head, SEQ) != p)
                 fq_sweep(q);
         } else {
-            fq_mark_done(q, first, p, c->n);
+            fq_mark_done(q, in, first, p, c->n);
             fq_fence();
             fq_sweep(q);
         }
@@ -582,7 +591,7 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
         x = y;
     }
     if (keep)
-        fq_mark_done(q, first, keep_end, keep);
+        fq_mark_done(q, in, first, keep_end, keep);
     fq_fence();
     fq_sweep(q);
     atomic_store_explicit(&in->state, (c->count + keep) << 2 | FQ_PH_IDLE, REL);

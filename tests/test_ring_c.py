@@ -1226,6 +1226,64 @@ def test_consumer_killed_at_crash_point(tmp_path, point, n, wrap, zombie):
     q.close()
 
 
+def _marking_child(path, marks, keep):
+    """claim messages 1-4 behind the parent's older claim (so fq_get_end marks them
+    DONE one by one) and die after `marks` DONE marks; keep < 4: end partially"""
+    rc, qp, err = open_seg(path)
+    assert rc == 0, err
+    q = Q(qp, path)
+    rc, c = q.begin(4)
+    assert rc == 0 and c.n == 4, (rc, c.n)
+    assert [seq_of(x) for x in q.read(c)] == [1, 2, 3, 4]
+    lib.fq_test_set_crash_point(b"get_mid_done", marks)
+    if keep == 4:
+        q.end(c)
+    else:
+        lib.fq_get_end_partial(q.q, c, keep)
+    return 1  # not reached
+
+
+@pytest.mark.parametrize("keep", [4, 3], ids=["end", "partial"])
+@pytest.mark.parametrize("marks", [1, 2])
+@pytest.mark.parametrize("recoverer", [False, True], ids=["", "recoverer_killed"])
+def test_consumer_killed_marking_its_claim_done(tmp_path, marks, keep, recoverer):
+    """A get_many() whose claim is not the oldest is freed by DONE marks, one record
+    at a time.  Killed after `marks` of them, its batch is consumed whole (recovery
+    finishes the marks), never split into a consumed prefix and a requeued rest.
+    With keep=3 (fq_get_end_partial: the 4th given back) the 4th comes back alone.
+    Optionally the first recoverer is itself killed in the middle of finishing."""
+    p = tmp_path / "q.seg"
+    q = Q.create(p, capacity=CAP, max_slots=6)
+    for i in range(10):
+        assert q.put(mk(i, 100)) == 0
+    base = q.stats()["head"]
+    rc, older = q.begin(1)  # message 0, held: release stays at its start
+    assert rc == 0 and older.n == 1
+    with children() as pids:
+        pid = fork(_marking_child, p, marks, keep)
+        pids.append(pid)
+        assert reap(pid) == 9, "the consumer did not die at get_mid_done"
+        states = [lib.fqt_rec_state(q.q, base + i * rec_size(100)) for i in range(1, 5)]
+        DONE, COMMITTED, REQ = lib.FQ_REC_DONE, lib.FQ_REC_COMMITTED, lib.FQ_REC_REQUEUED
+        gave_back = [REQ] if keep == 3 else []
+        assert states == [DONE] * marks + [COMMITTED] * (keep - marks) + gave_back, states
+        assert [seq_of(x) for x in q.read(older)] == [0]
+        q.end(older)  # release moves over 0 and the DONE prefix, stops at the rest
+        if recoverer:
+            rpid = fork(_crash_recoverer_child, p, "recover_mid_done")
+            pids.append(rpid)
+            assert reap(rpid) == 9, "the recoverer did not die at recover_mid_done"
+        recover_fully(q)
+    want = ([(4, 1)] if keep == 3 else []) + [(i, 0) for i in range(5, 10)]
+    assert q.qsize() == len(want), (q.qsize(), want)
+    got = [(seq_of(x), red) for x, red in q.drain(max_n=3)]
+    assert got == want, "a batch whose freeing was interrupted came back in part: %r" % got
+    q.assert_settled()
+    assert q.stats()["requeued"] == 0
+    workout(q, random.Random(marks * 10 + keep))
+    q.close()
+
+
 def test_consumer_crash_then_live_consumer_before_recovery(tmp_path):
     """A live consumer goes on past the dead consumer's claim; recovery then gives the
     dead claim's messages back, and nothing else."""
