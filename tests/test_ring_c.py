@@ -7,7 +7,6 @@ threaded stress and a fuzz of corrupted segments.  Every child process is bounde
 in time and killed in a finally clause.
 """
 
-import faulthandler
 import os
 import random
 import signal
@@ -16,12 +15,12 @@ import sys
 import threading
 import time
 import zlib
-from contextlib import contextmanager
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import c_core  # noqa: E402
+from _procs import children, fork, reap, wait_dead, wait_zombie  # noqa: E402
 
 ffi, lib = c_core.load()
 
@@ -261,75 +260,6 @@ def safe_len(q, n, rng):
 
 # ---------------------------------------------------------------------------
 # child processes
-
-
-@contextmanager
-def children():
-    """a list to append child pids to; every child still there is killed and reaped"""
-    pids = []
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-
-
-def fork(fn, *args):
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 71
-        faulthandler.disable()  # a crash is reported by the parent, not dumped
-        try:
-            code = fn(*args) or 0
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 70
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid, timeout=10.0):
-    """wait for the child and reap it; its exit code (negative: killed by that signal)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        p, status = os.waitpid(pid, os.WNOHANG)
-        if p:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("child %d did not finish in %.1fs" % (pid, timeout))
-        time.sleep(0.0005)
-
-
-def wait_zombie(pid, timeout=10.0):
-    """wait for the child to die but leave it a zombie; its exit code"""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if info is not None:
-            with open("/proc/%d/stat" % pid) as f:
-                assert f.read().rsplit(")", 1)[1].split()[0] == "Z"
-            if info.si_code == os.CLD_EXITED:
-                return info.si_status
-            return -info.si_status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            raise AssertionError("child %d did not finish in %.1fs" % (pid, timeout))
-        time.sleep(0.0005)
-
-
-def wait_dead(pid, zombie, timeout=10.0):
-    return wait_zombie(pid, timeout) if zombie else reap(pid, timeout)
 
 
 def recover_fully(q, expect_repair=True):
