@@ -264,14 +264,17 @@ static void fq_finish_done(fq_queue *q, uint64_t p, uint64_t end)
             fq_rec *r = fq_rec_at(q, x);
             uint64_t span = fq_span(q, x, w, r->len);
             if (!span || span > end - x)
-                return; /* corrupt: leave it to the requeue pass */
+                break;
             if ((w & 7) == FQ_REC_COMMITTED) {
                 atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, x) | FQ_REC_DONE);
                 FQ_CRASH_POINT("recover_mid_done");
             }
             x += span;
         }
-        if (x >= end)
+        /* a header that does not match (or a length that does not fit):
+         * reused under us if release passed it meanwhile (start again from
+         * there), else a corrupt segment (the requeue pass has the rest) */
+        if (x >= end || atomic_load(&q->ctrl->release) <= x)
             return;
     }
 }
@@ -287,6 +290,12 @@ static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
     uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), n = atomic_load(&in->n);
     int freeing = (n & FQ_N_FREEING) != 0;
     n &= ~FQ_N_FREEING;
+    /* a claim ends at or below head: a (hostile) end past it would have us
+     * count, or mark DONE, records nobody claimed (a DONE record at head is
+     * never passed again) */
+    uint64_t hd = atomic_load(&q->ctrl->head);
+    if (end > hd)
+        end = hd;
     if (ph == FQ_PH_WON && end > p && end - p <= q->cap) {
         if (freeing)
             fq_finish_done(q, p, end);

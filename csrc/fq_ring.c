@@ -499,9 +499,11 @@ static uint64_t fq_next_msg(fq_queue *q, uint64_t x, uint64_t end)
  */
 static void fq_mark_done(fq_queue *q, fq_intent *in, uint64_t x, uint64_t end, uint64_t limit)
 {
-    /* seq_cst, before any DONE: a survivor that sees a DONE mark of ours
-     * sees the flag, and finishes instead of putting the rest back */
-    atomic_store_explicit(&in->n, limit | FQ_N_FREEING, SEQ);
+    /* before any DONE (in program order is enough: only recovery reads a
+     * consumer's n, once this process is dead): recovery then finishes the
+     * marks instead of putting the rest back */
+    atomic_store_explicit(&in->n, limit | FQ_N_FREEING, RLX);
+    FQ_CRASH_POINT("get_after_flag");
     x = fq_next_msg(q, x, end);
     for (uint64_t j = 0; j < limit && x < end; j++) {
         fq_rec *r = fq_rec_at(q, x);

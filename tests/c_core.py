@@ -68,6 +68,7 @@ uint64_t fqt_slot_word(fq_queue *q, uint32_t s);
 int fqt_slot_of_pid(fq_queue *q, int pid);
 uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field);
 void fqt_set_intent_state(fq_queue *q, uint32_t s, uint32_t lane, int cons, uint64_t st);
+void fqt_set_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field, uint64_t v);
 uint64_t fqt_cons_total(fq_queue *q);
 int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_t min16,
                      uint32_t max16, uint64_t deadline_ns);
@@ -136,6 +137,13 @@ uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field)
 void fqt_set_intent_state(fq_queue *q, uint32_t s, uint32_t lane, int cons, uint64_t st)
 {
     atomic_store(&fqt_in(q, s, lane, cons)->state, st);
+}
+/* field as in fqt_intent: 0 pos, 1 end, 2 n, 3 state */
+void fqt_set_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field, uint64_t v)
+{
+    fq_intent *in = fqt_in(q, s, lane, cons);
+    _Atomic uint64_t *f[] = {&in->pos, &in->end, &in->n, &in->state};
+    atomic_store(f[field & 3], v);
 }
 /* messages got, summed over every consumer lane of every slot */
 uint64_t fqt_cons_total(fq_queue *q)

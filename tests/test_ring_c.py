@@ -1165,7 +1165,10 @@ def _marking_child(path, marks, keep):
     rc, c = q.begin(4)
     assert rc == 0 and c.n == 4, (rc, c.n)
     assert [seq_of(x) for x in q.read(c)] == [1, 2, 3, 4]
-    lib.fq_test_set_crash_point(b"get_mid_done", marks)
+    if marks:
+        lib.fq_test_set_crash_point(b"get_mid_done", marks)
+    else:  # flagged, nothing marked yet
+        lib.fq_test_set_crash_point(b"get_after_flag", 1)
     if keep == 4:
         q.end(c)
     else:
@@ -1174,11 +1177,11 @@ def _marking_child(path, marks, keep):
 
 
 @pytest.mark.parametrize("keep", [4, 3], ids=["end", "partial"])
-@pytest.mark.parametrize("marks", [1, 2])
+@pytest.mark.parametrize("marks", [0, 1, 2])
 @pytest.mark.parametrize("recoverer", [False, True], ids=["", "recoverer_killed"])
 def test_consumer_killed_marking_its_claim_done(tmp_path, marks, keep, recoverer):
     """A get_many() whose claim is not the oldest is freed by DONE marks, one record
-    at a time.  Killed after `marks` of them, its batch is consumed whole (recovery
+    at a time.  Killed after `marks` of them (0: right after flagging), its batch is consumed whole (recovery
     finishes the marks), never split into a consumed prefix and a requeued rest.
     With keep=3 (fq_get_end_partial: the 4th given back) the 4th comes back alone.
     Optionally the first recoverer is itself killed in the middle of finishing."""
@@ -1192,7 +1195,7 @@ def test_consumer_killed_marking_its_claim_done(tmp_path, marks, keep, recoverer
     with children() as pids:
         pid = fork(_marking_child, p, marks, keep)
         pids.append(pid)
-        assert reap(pid) == 9, "the consumer did not die at get_mid_done"
+        assert reap(pid) == 9, "the consumer did not die at its crash point"
         states = [lib.fqt_rec_state(q.q, base + i * rec_size(100)) for i in range(1, 5)]
         DONE, COMMITTED, REQ = lib.FQ_REC_DONE, lib.FQ_REC_COMMITTED, lib.FQ_REC_REQUEUED
         gave_back = [REQ] if keep == 3 else []
@@ -1211,6 +1214,37 @@ def test_consumer_killed_marking_its_claim_done(tmp_path, marks, keep, recoverer
     q.assert_settled()
     assert q.stats()["requeued"] == 0
     workout(q, random.Random(marks * 10 + keep))
+    q.close()
+
+
+def test_hostile_freeing_intent_cannot_wedge_the_queue(tmp_path):
+    """A dead consumer's intent read from the segment says it was freeing (the
+    FQ_N_FREEING flag) a claim that ends past head.  Recovery finishes the marks
+    only up to head: the records after it, which nobody claimed, stay COMMITTED and
+    are delivered (marking them DONE would leave them at head forever: consumers
+    wait on a record that is not COMMITTED, and no sweep passes head)."""
+    p = tmp_path / "q.seg"
+    q = Q.create(p, capacity=CAP, max_slots=4)
+    for i in range(6):
+        assert q.put(mk(i, 100)) == 0
+    with children() as pids:
+        pid = fork(_crash_consumer_child, p)  # dies holding 0, 1, 2
+        pids.append(pid)
+        assert reap(pid) == 9
+        s = lib.fqt_slot_of_pid(q.q, pid)
+        lane = [ln for ln in range(lib.FQ_LANES)
+                if lib.fqt_intent(q.q, s, ln, 1, 3) & 3 == lib.FQ_PH_WON]
+        assert len(lane) == 1
+        lane = lane[0]
+        end = lib.fqt_intent(q.q, s, lane, 1, 1)
+        assert end == q.stats()["head"]
+        lib.fqt_set_intent(q.q, s, lane, 1, 2, 3 | (1 << 62))
+        lib.fqt_set_intent(q.q, s, lane, 1, 1, end + 3 * rec_size(100))
+        recover_fully(q)
+    got = [(seq_of(x), red) for x, red in q.drain(max_n=3)]
+    assert got == [(i, 0) for i in range(3, 6)], got  # 0-2: consumed, as the flag says
+    q.assert_settled()
+    workout(q, random.Random(5))
     q.close()
 
 

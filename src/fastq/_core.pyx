@@ -539,46 +539,33 @@ cdef class Segment:
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
         cdef const void *data
-        cdef uint64_t n, k, nbytes = 0
+        cdef uint64_t n, k = 0
         cdef list out = []
-        cdef bint first = True
         try:
-            while True:
-                if first:
-                    self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
-                elif loads is not None or nbytes >= max_bytes or fq_get_begin(
-                        q, <size_t>(max_messages - len(out)),
-                        (max_bytes - nbytes) | FQ_BYTES_STRICT, &c) != FQ_OK:
-                    # One claim only with a serializer: loads() runs Python code
-                    # that may be interrupted, and the messages of a claim
-                    # already freed could then not be given back.
-                    return out  # drained (or busy, or shut down): what we have
-                k = 0
-                try:
-                    while fq_claim_next(q, &c, &data, &n):
-                        out.append(self._load(loads, data, n))
-                        k += 1
-                        nbytes += n
-                except Exception:
-                    # keep what was delivered; give the rest back.  A first
-                    # message that cannot be deserialized is consumed.
-                    if first and k == 0 and loads is not None:
-                        fq_get_end_partial(q, &c, 1)
-                        raise
-                    fq_get_end_partial(q, &c, k)
-                    if first and k == 0:
-                        raise
-                    return out
-                except BaseException:
-                    # interrupted: nothing of this claim was returned.  (Only
-                    # raw copies take later claims, and they run no Python
-                    # code that an interrupt could stop.)
-                    fq_get_abort(q, &c)
+            # One claim: it is freed whole (fq_get_end), so the batch leaves
+            # the queue whole or not at all, even if this process is killed
+            # while it is freed; and an interrupted loads() can give back
+            # what was not returned.
+            self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
+            try:
+                while fq_claim_next(q, &c, &data, &n):
+                    out.append(self._load(loads, data, n))
+                    k += 1
+            except Exception:
+                # keep what was delivered; give the rest back.  A first
+                # message that cannot be deserialized is consumed.
+                if k == 0 and loads is not None:
+                    fq_get_end_partial(q, &c, 1)
                     raise
-                fq_get_end(q, &c)
-                first = False
-                if len(out) >= max_messages:
-                    return out
+                fq_get_end_partial(q, &c, k)
+                if k == 0:
+                    raise
+                return out
+            except BaseException:
+                fq_get_abort(q, &c)  # interrupted: nothing was returned
+                raise
+            fq_get_end(q, &c)
+            return out
         finally:
             self._exit()
 
