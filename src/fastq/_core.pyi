@@ -59,6 +59,12 @@ class Subscriber:
                  max_bytes: int = ...) -> List[Any]: ...
     def receive(self, block: bool = ..., timeout: Optional[float] = ...) -> Delivery: ...
     def index(self) -> int: ...
+    @property
+    def unacked(self) -> bool: ...  # a delivery of this member is unacknowledged
+    @property
+    def held(self) -> bool: ...  # it keeps a claim given back: its next call returns it
+    @property
+    def pending(self) -> bool: ...  # its unacked delivery's claim holds the group's next messages
 
 class Delivery:
     value: Any
@@ -70,5 +76,6 @@ class Delivery:
     def __exit__(self, *exc: Any) -> bool: ...
 
 MAX_PREFETCH: int
+_UNACKED_ONE: str
 
 def pid_alive(pid: int, start_time: int = ...) -> bool: ...

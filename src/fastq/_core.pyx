@@ -846,15 +846,25 @@ cdef class Delivery:
         return f"<fastq.Delivery {state} redelivered={self.redelivered} value={self.value!r:.60}>"
 
 
+_UNACKED_ONE = ("1 delivery is unacknowledged, the prefetch bound of this subscription: "
+                "ack or nack it first (or subscribe with a larger prefetch)")
+
+
 cdef class Subscriber:
-    """One topic subscription: a member of a group (see fastq.Subscription).
+    """One member entry of a topic group (fastq.Subscription keeps one, or a
+    pool of up to its prefetch bound).  A member holds at most one claim, so
+    at most one unacknowledged delivery.
 
     Used by one thread at a time (a second thread gets RuntimeError)."""
     cdef fq_sub *s
     cdef Segment seg
     cdef bint drop
     cdef bint busy
-    cdef bint unacked
+    cdef readonly bint unacked  # a delivery of this member is unacknowledged
+    cdef readonly bint held     # a claim kept by fq_sub_hold: the next call returns it
+    # the unacknowledged delivery's claim holds further messages, not
+    # redelivered, that come after it (the group's next ones, in order)
+    cdef readonly bint pending
     cdef Delivery delivery
     cdef object __weakref__
 
@@ -890,7 +900,7 @@ cdef class Subscriber:
         if self.delivery is not None and not self.delivery.settled:
             self.delivery.settled = True  # its claim is left as an orphan
         self.delivery = None
-        self.unacked = False
+        self.unacked = self.held = self.pending = False
         fq_unsubscribe(self.s)
         self.s = NULL
 
@@ -917,10 +927,10 @@ cdef class Subscriber:
         while True:
             rc = fq_sub_begin(self.s, max_n, max_bytes, c)
             if rc == FQ_OK:
+                self.held = False  # a kept claim is returned first
                 return 0
             if rc == -16:  # -EBUSY: a claim is open
-                raise RuntimeError("a delivery of this subscription is unacknowledged: "
-                                   "ack or nack it first (one at a time per subscription)")
+                raise RuntimeError(_UNACKED_ONE)
             if rc == FQ_EMPTY and not block:
                 self.seg._poll_recover(q)
             if rc != FQ_EMPTY or not block:
@@ -954,12 +964,17 @@ cdef class Subscriber:
                 return raw
             return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
 
+    cdef void _hold(self, fq_claim *c, uint64_t frm, int redelivered):
+        """fq_sub_hold, noted: the next call of this member returns the claim."""
+        fq_sub_hold(self.s, c, frm, redelivered)
+        self.held = True
+
     cdef void _finish(self, fq_claim *c, bint done):
         """End claim c, or, if messages of it were not returned (a claim taken
         over from a dead member holds several), keep those for the next call.
         done: the claim has nothing more (or, in a drop topic, was overwritten)."""
         if not done and c.cursor < c.end:
-            fq_sub_hold(self.s, c, c.cursor, c.redelivered)
+            self._hold(c, c.cursor, c.redelivered)
         else:
             fq_sub_end(self.s, c)
 
@@ -977,7 +992,7 @@ cdef class Subscriber:
             self._finish(c, False)
             raise
         except BaseException:
-            fq_sub_hold(self.s, c, 0, 0)
+            self._hold(c, 0, 0)
             raise
 
     def get(self, bint block=True, timeout=None):
@@ -1027,17 +1042,17 @@ cdef class Subscriber:
                         if not out:  # the first one is consumed, the rest kept
                             c.kept = kept + 1
                             c.idx = c.msg_idx
-                            fq_sub_hold(self.s, &c, c.cursor, c.redelivered)
+                            self._hold(&c, c.cursor, c.redelivered)
                             raise
                         # keep what was delivered; this one and the rest stay
                         # (walked again from where this call to _next began)
                         c.kept = kept
                         c.idx = idx
                         c.count = seen
-                        fq_sub_hold(self.s, &c, cursor, c.redelivered)
+                        self._hold(&c, cursor, c.redelivered)
                         return out
                     except BaseException:
-                        fq_sub_hold(self.s, &c, 0, 0)
+                        self._hold(&c, 0, 0)
                         raise
                     if done:
                         break
@@ -1054,8 +1069,7 @@ cdef class Subscriber:
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self.unacked:
-            raise RuntimeError("a delivery of this subscription is unacknowledged: ack or "
-                               "nack it first (one at a time per subscription)")
+            raise RuntimeError(_UNACKED_ONE)
         loads = self.seg._loads
         cdef fq_queue *q = self._enter()
         cdef Delivery d = Delivery.__new__(Delivery)
@@ -1072,13 +1086,14 @@ cdef class Subscriber:
                 d.sub = self
                 d.redelivered = d.c.redelivered != 0
                 self.unacked = True
+                self.pending = d.c.kept < d.c.n and not d.c.redelivered
                 self.delivery = d
                 return d
         finally:
             self._exit()
 
     cdef int _settle(self, fq_claim *c, bint consume) except -1:
-        self.unacked = False
+        self.unacked = self.pending = False
         self.delivery = None
         if self.s == NULL:
             return 0  # closed: the claim was left to the group
@@ -1087,7 +1102,7 @@ cdef class Subscriber:
         if consume:
             self._finish(c, False)
         else:
-            fq_sub_hold(self.s, c, 0, 1)
+            self._hold(c, 0, 1)
         return 0
 
     def index(self):
