@@ -778,7 +778,8 @@ cdef class Segment:
 
 
 cdef class Delivery:
-    """A message received with acknowledgement (Queue.receive()).
+    """A message received with acknowledgement (Queue.receive(),
+    Subscription.receive()).
 
     The message stays in the queue, invisible to other consumers, until
     ack(); nack() gives it back (or drops it); if this process dies first,
