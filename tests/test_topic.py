@@ -1646,3 +1646,27 @@ def test_pickled_subscription_keeps_prefetch(method, procs):
         assert s.get(timeout=1) == 3
         with pytest.raises(fastq.Empty):
             s.get_nowait()
+
+
+def test_prefetch_forked_child_cannot_use_the_parents_subscription(run_py):
+    """A forked child whose inherited prefetch subscription would need a new
+    member must not join one (it would take the parent's messages)."""
+    cp = run_py("""
+        import os, sys, fastq
+        t = fastq.Topic(capacity=1 << 16)
+        s = t.subscribe(prefetch=2)
+        t.publish_many(range(3))
+        d = s.receive(timeout=5)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                s.receive(block=False)
+                print("child received", flush=True)
+            except RuntimeError as e:
+                print("child:", "forked child cannot use it" in str(e), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        d.ack()
+        print(len(t.subscribers()), [s.get_nowait() for _ in range(2)], flush=True)
+    """, timeout=30)
+    assert cp.stdout.split("\n")[:2] == ["child: True", "1 [1, 2]"], cp.stdout + cp.stderr

@@ -1110,6 +1110,95 @@ cdef class Subscriber:
         return fq_sub_index(self.s)
 
 
+cdef class SubscriberPool:
+    """The members of one Subscription with prefetch > 1 (fastq.Subscription
+    composes it; its hot calls are bound here).  Each call uses a member
+    without an unacknowledged delivery, one that keeps a claim given back
+    first; while every member holds one and fewer than prefetch exist,
+    join(n) (Python: subscribes to the same group) adds one, kept for reuse.
+
+    Used by one thread at a time (a second thread gets RuntimeError)."""
+    cdef list _members
+    cdef int prefetch
+    cdef bint busy
+    cdef object join
+
+    def __cinit__(self, Subscriber first, int prefetch, join):
+        self._members = [first]
+        self.prefetch = prefetch
+        self.join = join
+
+    @property
+    def members(self):
+        return list(self._members)
+
+    cdef Subscriber _enter(self):
+        if self.busy:
+            raise RuntimeError("this subscription is in use by another thread: a "
+                               "Subscription is for one thread at a time")
+        self.busy = True
+        try:
+            return self._pick()
+        except BaseException:
+            self.busy = False
+            raise
+
+    cdef Subscriber _pick(self):
+        cdef Subscriber m, free = None
+        for m in self._members:
+            if not m.unacked:
+                if m.held:  # a claim given back (nack, a partial batch): it comes first
+                    return m
+                if free is None:
+                    free = m
+        cdef Py_ssize_t n = len(self._members)
+        if free is None and n >= self.prefetch:
+            raise RuntimeError(_UNACKED_ONE if n == 1 else
+                               f"{n} deliveries are unacknowledged, the prefetch bound of "
+                               "this subscription: ack or nack one first")
+        for m in self._members:
+            # its claim still holds the group's next messages (not redelivered):
+            # a claim of another member would return later ones before them
+            if m.pending:
+                raise RuntimeError(
+                    "the messages after an unacknowledged delivery (given back earlier by "
+                    "get_many()) come next, in order: ack or nack that delivery first")
+        if free is not None:
+            return free
+        m = <Subscriber?>self.join(n)  # may raise SubscriberLimit
+        self._members.append(m)
+        return m
+
+    def get(self, bint block=True, timeout=None):
+        cdef Subscriber m = self._enter()
+        try:
+            return m.get(block, timeout)
+        finally:
+            self.busy = False
+
+    def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
+                 uint64_t max_bytes=BATCH_BYTES):
+        cdef Subscriber m = self._enter()
+        try:
+            return m.get_many(max_messages, block, timeout, max_bytes)
+        finally:
+            self.busy = False
+
+    def receive(self, bint block=True, timeout=None):
+        cdef Subscriber m = self._enter()
+        try:
+            return m.receive(block, timeout)
+        finally:
+            self.busy = False
+
+    def close(self):
+        """Every member leaves (their unacknowledged deliveries go back to the group)."""
+        if self.busy:
+            raise RuntimeError("close() while another thread uses this subscription")
+        for m in self._members:
+            (<Subscriber>m).close()
+
+
 def pid_alive(int pid, uint64_t start_time=0):
     """Whether process pid (with /proc start time, 0 = any) is alive."""
     return bool(fq_pid_alive(pid, start_time))

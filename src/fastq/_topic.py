@@ -2,8 +2,8 @@
 over fastq._core; the design is in csrc/fq_topic.c and the README)."""
 from __future__ import annotations
 
+import functools
 import os
-import threading
 import uuid
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 
@@ -239,71 +239,19 @@ class Subscription:
         self._topic = topic
         self._key, self._kind = key, kind & ~_MUST_EXIST
         self._prefetch = prefetch
+        # a member of the group: a C entry that holds one claim at a time
         self._sub = _core_subscribe(topic, key, kind, start)
-        # Members of the group (C entries holding one claim each): the first,
-        # and with prefetch > 1 those joined when every one held an
-        # unacknowledged delivery, kept for reuse (subscribing costs ~35 us).
-        self._pool = [self._sub]
-        self._lock = threading.Lock()  # one thread at a time (prefetch > 1)
-        self._pid = os.getpid()
         if prefetch == 1:
-            # one member: the hot calls go straight to it (as Queue's do)
-            sub = self._sub
-            self.get, self.get_many, self.receive = sub.get, sub.get_many, sub.receive
-
-    # ---- the member for the next call (prefetch > 1) --------------------------
-
-    def _enter(self) -> Any:
-        """Take the subscription for this thread and pick the member for one
-        call; the caller releases ``_lock`` when the call returns."""
-        if not self._lock.acquire(False):
-            raise RuntimeError("this subscription is in use by another thread: a "
-                               "Subscription is for one thread at a time")
-        try:
-            return self._pick()
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def _pick(self) -> Any:
-        pool, free = self._pool, None
-        for m in pool:
-            if not m.unacked:
-                if m.held:  # a claim given back (nack, a partial batch): it comes first
-                    return m
-                if free is None:
-                    free = m
-        if free is None and len(pool) >= self._prefetch:
-            n = len(pool)
-            raise RuntimeError(_core._UNACKED_ONE if n == 1 else
-                               f"{n} deliveries are unacknowledged, the prefetch bound of "
-                               "this subscription: ack or nack one first")
-        for m in pool:
-            # its claim still holds the group's next messages (not redelivered):
-            # another member's claim would return later ones before them
-            if m.pending:
-                raise RuntimeError(
-                    "the messages after an unacknowledged delivery (given back earlier by "
-                    "get_many()) come next, in order: ack or nack that delivery first")
-        return free if free is not None else self._join()
-
-    def _join(self) -> Any:
-        """One more member of our group, kept in the pool."""
-        if os.getpid() != self._pid:
-            raise RuntimeError("this subscription belongs to the process that subscribed; a "
-                               "forked child cannot use it (pass it pickled: the child then "
-                               "joins its group) or subscribe in the child")
-        try:
-            m = _core_subscribe(self._topic, self._key, self._kind | _MUST_EXIST, 0)
-        except SubscriberLimit as e:
-            n = len(self._pool)
-            raise SubscriberLimit(
-                f"{e}.  This subscription holds {n} unacknowledged "
-                f"deliver{'y' if n == 1 else 'ies'}, one entry each, and needs one more "
-                f"entry for another (prefetch={self._prefetch}): ack or nack one first"
-            ) from None
-        self._pool.append(m)
-        return m
+            self._via = self._sub
+        else:
+            # a pool of members, joined as deliveries are held (no reference
+            # to self: a dropped subscription leaves at once, not at a GC)
+            self._via = _core.SubscriberPool(self._sub, prefetch, functools.partial(
+                _join_member, topic, self._key, self._kind, prefetch, os.getpid()))
+        # The hot calls go straight to the compiled object: a Python-level
+        # wrapper would double their cost.  The methods below document them.
+        via = self._via
+        self.get, self.get_many, self.receive = via.get, via.get_many, via.receive
 
     # ---- receiving --------------------------------------------------------------
 
@@ -313,11 +261,7 @@ class Subscription:
         subscription has received everything, raises ``ShutDown``.  While
         ``prefetch`` deliveries are unacknowledged, raises ``RuntimeError``
         (see :meth:`receive`)."""
-        m = self._enter()
-        try:
-            return m.get(block, timeout)
-        finally:
-            self._lock.release()
+        return self._via.get(block, timeout)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
@@ -327,11 +271,7 @@ class Subscription:
                  timeout: Optional[float] = None) -> List[Any]:
         """1 to ``max_messages`` messages: waits like :meth:`get` for the
         first, then takes what is already there (up to 1 MiB in all)."""
-        m = self._enter()
-        try:
-            return m.get_many(max_messages, block, timeout)
-        finally:
-            self._lock.release()
+        return self._via.get_many(max_messages, block, timeout)
 
     def receive(self, block: bool = True, timeout: Optional[float] = None) -> "_core.Delivery":
         """The next message with acknowledged delivery (a :class:`fastq.Delivery`).
@@ -357,11 +297,7 @@ class Subscription:
         could not deserialize or an interrupt, come one delivery at a time:
         until it is settled the next call raises ``RuntimeError``.)
         """
-        m = self._enter()
-        try:
-            return m.receive(block, timeout)
-        finally:
-            self._lock.release()
+        return self._via.receive(block, timeout)
 
     def __iter__(self) -> Iterator[Any]:
         """Messages until the topic is shut down (and drained)."""
@@ -416,13 +352,7 @@ class Subscription:
         back to the group (redelivered to another member, or to the next
         subscriber of a durable name); every entry of the subscriber table
         the subscription held is freed."""
-        if not self._lock.acquire(False):
-            raise RuntimeError("close() while another thread uses this subscription")
-        try:
-            for m in self._pool:
-                m.close()
-        finally:
-            self._lock.release()
+        self._via.close()
 
     def __enter__(self) -> "Subscription":
         return self
@@ -444,6 +374,21 @@ class Subscription:
 
 def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
     return topic._seg.subscribe(key, kind, start)
+
+
+def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: int) -> Any:
+    """One more member of a subscription's group, for its pool of n members."""
+    if os.getpid() != pid:
+        raise RuntimeError("this subscription belongs to the process that subscribed; a "
+                           "forked child cannot use it (pass it pickled: the child then "
+                           "joins its group) or subscribe in the child")
+    try:
+        return _core_subscribe(topic, key, kind | _MUST_EXIST, 0)
+    except SubscriberLimit as e:
+        raise SubscriberLimit(
+            f"{e}.  This subscription holds {n} unacknowledged "
+            f"deliver{'y' if n == 1 else 'ies'}, one entry each, and needs one more entry "
+            f"for another (prefetch={prefetch}): ack or nack one first") from None
 
 
 def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1) -> Subscription:
