@@ -13,7 +13,8 @@ Contract under test (the Topic spec):
   * overflow="block": publishers wait for the slowest live subscriber;
     overflow="drop": they never wait, a lapped subscriber skips ahead and
     ``dropped`` counts exactly what it lost;
-  * receive(): one unacknowledged Delivery at a time per Subscription.
+  * receive(): at most ``prefetch`` (default 1) unacknowledged Deliveries per
+    Subscription, in order; a nacked one comes back to the same subscription.
 """
 from __future__ import annotations
 
@@ -1306,3 +1307,366 @@ def test_queue_and_topic_refuse_each_others_segments(fastq_dir):
     with fastq.Queue("qk", capacity=1 << 12):
         with pytest.raises(ValueError, match="is a queue, not a topic"):
             fastq.Topic.open("qk")
+
+
+# ---- prefetch: several unacknowledged deliveries per subscription ----------------------
+
+
+def receive_now(s):
+    """s.receive() when a message is there: the value (raises RuntimeError at once
+    at the prefetch bound, whatever the timeout)."""
+    t0 = time.monotonic()
+    try:
+        return s.receive(timeout=5)
+    finally:
+        assert time.monotonic() - t0 < 2.5, "receive() waited instead of raising"
+
+
+def test_prefetch_three_in_order_then_the_bound():
+    with fastq.Topic("pf3", capacity=MID) as t:
+        s = t.subscribe(prefetch=3)
+        assert s.prefetch == 3
+        t.publish_many(range(10))
+        ds = [s.receive(timeout=1) for _ in range(3)]
+        assert [d.value for d in ds] == [0, 1, 2]
+        assert not any(d.redelivered for d in ds)
+        for fn in (lambda: receive_now(s), lambda: s.receive(block=False)):
+            with pytest.raises(RuntimeError, match=r"3 deliveries are unacknowledged, the "
+                                                   r"prefetch bound"):
+                fn()
+        assert len(t.subscribers()) == 3, "one subscriber entry per delivery in flight"
+        ds[1].ack()  # out of order
+        d3 = s.receive(timeout=1)
+        assert d3.value == 3 and not d3.redelivered
+        with pytest.raises(RuntimeError, match="prefetch bound"):
+            s.receive(block=False)
+        ds[2].ack()
+        ds[0].ack()
+        d4, d5 = s.receive(timeout=1), s.receive(timeout=1)
+        assert (d4.value, d5.value) == (4, 5)
+        assert len(t.subscribers()) == 3, "the entries are reused, not added"
+        for d in (d5, d3, d4):
+            d.ack()
+        assert drain(s) == [6, 7, 8, 9]
+        assert s.lag == 0
+        with pytest.raises(fastq.Empty):
+            s.receive(block=False)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_prefetch_random_acks_and_nacks_lose_and_duplicate_nothing(seed):
+    """Thousands of messages, deliveries settled in random order, some nacked:
+    the fresh ones come in publish order, a nacked one comes back at the next
+    receive() flagged redelivered, every message is acked exactly once."""
+    rng = random.Random(seed)
+    N, k = 3000, rng.choice([2, 4, 7])
+    with fastq.Topic("pfr", capacity=1 << 20, serializer="raw") as t:
+        s = t.subscribe(prefetch=k)
+        t.publish_many([msg(i, 16) for i in range(N)])
+        held, acked, nacked = [], [], set()
+        next_fresh = 0
+        bound_hits = 0
+        while len(acked) < N:
+            if len(held) < k and (not held or rng.random() < 0.55):
+                try:
+                    d = s.receive(block=False)
+                except fastq.Empty:
+                    assert held, "nothing held and nothing to receive before the end"
+                    continue
+                i = seq_of(d.value)
+                if nacked:
+                    assert d.redelivered and i in nacked, \
+                        f"the next receive() after a nack returns a nacked message, not {i}"
+                    nacked.discard(i)
+                else:
+                    assert not d.redelivered
+                    assert i == next_fresh, f"expected {next_fresh} in order, got {i}"
+                    next_fresh += 1
+                held.append((i, d))
+                continue
+            if len(held) == k:
+                with pytest.raises(RuntimeError, match=f"{k} deliveries are unacknowledged"):
+                    s.receive(block=False)
+                bound_hits += 1
+            i, d = held.pop(rng.randrange(len(held)))
+            if rng.random() < 0.25:
+                d.nack()
+                nacked.add(i)
+            else:
+                d.ack()
+                acked.append(i)
+        assert sorted(acked) == list(range(N)), "every message acked exactly once"
+        assert next_fresh == N and not held and not nacked
+        assert bound_hits > 0
+        with pytest.raises(fastq.Empty):
+            s.get_nowait()
+        assert s.lag == 0
+
+
+def test_prefetch_get_and_get_many_while_deliveries_are_unacked():
+    with fastq.Topic("pfg", capacity=MID) as t:
+        s = t.subscribe(prefetch=2)
+        t.publish_many(range(12))
+        d0 = s.receive(timeout=1)
+        assert d0.value == 0
+        assert s.get(timeout=1) == 1
+        assert s.get_many(3, timeout=1) == [2, 3, 4]
+        d5 = s.receive(timeout=1)
+        assert d5.value == 5
+        # both members hold a delivery: get() needs one that does not
+        for fn in (s.get_nowait, lambda: s.get(timeout=5), lambda: s.get_many(3),
+                   lambda: list(zip(range(1), s))):
+            with pytest.raises(RuntimeError, match="2 deliveries are unacknowledged"):
+                fn()
+        d0.ack()
+        assert s.get_nowait() == 6
+        d5.nack()
+        assert s.get(timeout=1) == 5, "a nacked message comes back to the next call"
+        d7 = s.receive(timeout=1)
+        assert d7.value == 7 and not d7.redelivered
+        assert s.get_many(10, timeout=1) == [8, 9, 10, 11]
+        d7.ack()
+        with pytest.raises(fastq.Empty):
+            s.get_nowait()
+
+
+def test_prefetch_one_keeps_todays_behaviour():
+    with fastq.Topic("pf1", capacity=MID) as t:
+        s = t.subscribe()
+        assert s.prefetch == 1
+        t.publish_many(range(3))
+        d = s.receive(timeout=1)
+        for fn in (lambda: s.receive(block=False), s.get_nowait, lambda: s.get_many(2)):
+            with pytest.raises(RuntimeError, match="1 delivery is unacknowledged, the "
+                                                   "prefetch bound"):
+                fn()
+        d.ack()
+        assert s.get_nowait() == 1
+        assert len(t.subscribers()) == 1
+
+
+def test_prefetch_two_subscriptions_of_a_group_split_exactly():
+    N = 2000
+    rng = random.Random(7)
+    with fastq.Topic("pfgrp", capacity=1 << 20) as t:
+        a, b = t.subscribe(group="g", prefetch=4), t.subscribe(group="g", prefetch=4)
+        other = t.subscribe(group="other", prefetch=4)
+        t.publish_many(range(N))
+        got = {a: [], b: []}
+        held = {a: [], b: []}
+        while sum(len(v) for v in got.values()) + sum(len(v) for v in held.values()) < N \
+                or any(held.values()):
+            s = rng.choice([a, b])
+            if len(held[s]) < 4 and rng.random() < 0.6:
+                try:
+                    d = s.receive(block=False)
+                except fastq.Empty:
+                    continue
+                assert not d.redelivered
+                held[s].append(d)
+            elif held[s]:
+                d = held[s].pop(rng.randrange(len(held[s])))
+                d.ack()
+                got[s].append(d.value)
+        assert got[a] and got[b], "both members got messages"
+        assert sorted(got[a] + got[b]) == list(range(N)), "each message to exactly one"
+        assert len(t.subscribers()) <= 4 + 4 + 1 + 0 and a.lag == b.lag == 0
+        assert drain(other) == list(range(N)), "another group gets all, in order"
+
+
+def test_prefetch_close_gives_every_unacked_delivery_to_the_group():
+    with fastq.Topic("pfcl", capacity=MID) as t:
+        a, b = t.subscribe(group="g", prefetch=3), t.subscribe(group="g")
+        t.publish_many(range(5))
+        ds = [a.receive(timeout=1) for _ in range(3)]
+        assert [d.value for d in ds] == [0, 1, 2]
+        rows = t.subscribers()
+        assert len(rows) == 4 and {(r.group, r.pid) for r in rows} == {("g", os.getpid())}
+        a.close()
+        assert a.closed and len(t.subscribers()) == 1, "close() frees every entry"
+        with pytest.raises(ValueError):
+            a.receive(block=False)
+        got = []
+        for _ in range(5):
+            d = b.receive(timeout=5)
+            got.append((d.value, d.redelivered))
+            d.ack()
+        assert sorted(got) == [(0, True), (1, True), (2, True), (3, False), (4, False)]
+        with pytest.raises(ValueError):
+            ds[0].ack()  # left to the group on close: settled
+
+
+def test_prefetch_drop_topic_and_bad_values_are_value_errors():
+    with fastq.Topic("pfbad", capacity=SMALL, max_subscribers=8) as t:
+        for bad in (0, -1, 1.5, "2", None, True, 65, 9):
+            with pytest.raises(ValueError, match="prefetch"):
+                t.subscribe(prefetch=bad)
+        assert t.subscribers() == [], "a refused subscribe takes no entry"
+        assert t.subscribe(prefetch=8).prefetch == 8  # up to max_subscribers
+    with fastq.Topic("pfbig", capacity=SMALL, max_subscribers=100) as t:
+        assert t.subscribe(prefetch=64).prefetch == 64
+        with pytest.raises(ValueError, match=r"1\.\.64"):
+            t.subscribe(prefetch=65)
+    with fastq.Topic("pfdrop", capacity=SMALL, overflow="drop") as t:
+        for kw in ({}, {"name": "d"}):
+            with pytest.raises(ValueError, match='overflow="drop"'):
+                t.subscribe(prefetch=2, **kw)
+        assert t.subscribers() == []
+        s = t.subscribe(prefetch=1)
+        t.publish(1)
+        d = s.receive(timeout=1)
+        assert d.value == 1
+        d.ack()
+
+
+def test_prefetch_table_full_when_adding_a_member_then_usable():
+    with fastq.Topic("pffull", capacity=MID, max_subscribers=4) as t:
+        s = t.subscribe(prefetch=4)
+        others = [t.subscribe(), t.subscribe()]
+        t.publish_many(range(10))
+        d0, d1 = s.receive(timeout=1), s.receive(timeout=1)  # the 2nd takes the 4th entry
+        with pytest.raises(fastq.SubscriberLimit) as ei:
+            s.receive(timeout=5)
+        assert isinstance(ei.value, RuntimeError)
+        text = str(ei.value)
+        assert "max_subscribers" in text and "2 unacknowledged deliveries" in text, text
+        with pytest.raises(fastq.SubscriberLimit):
+            s.get_nowait()  # get() too needs a member without a delivery
+        d0.ack()  # usable: a member is free again
+        d2 = s.receive(timeout=1)
+        assert d2.value == 2 and not d2.redelivered, "the refused call took no message"
+        others.pop().close()  # an entry is free: the pool grows
+        d3 = s.receive(timeout=1)
+        assert d3.value == 3
+        assert len([r for r in t.subscribers() if r.group is None]) == 4
+        for d in (d1, d2, d3):
+            d.ack()
+        assert drain(s) == list(range(4, 10))
+        assert drain(others[0]) == list(range(10))
+
+
+def test_prefetch_rest_of_a_batch_given_back_comes_first():
+    """get_many() that cannot deserialize a message returns those before it and
+    keeps the rest of its claim (not redelivered: still in order).  receive()
+    then takes them one by one: while one is unacknowledged, a fresh claim by
+    another member would overtake the rest, so the next call is refused."""
+    with fastq.Topic("pfrest", capacity=MID) as t:
+        s = t.subscribe(prefetch=3)
+        t.publish_many([0, 1, BadPickle(), 3, 4])
+        assert s.get_many(10, timeout=1) == [0, 1]
+        with pytest.raises(ValueError):
+            s.receive(timeout=1)  # the bad one: consumed, the error propagates
+        d3 = s.receive(timeout=1)
+        assert d3.value == 3 and not d3.redelivered
+        t.publish_many([5, 6])
+        with pytest.raises(RuntimeError, match="come next, in order"):
+            s.receive(timeout=1)
+        d3.ack()
+        d4 = s.receive(timeout=1)
+        assert d4.value == 4 and not d4.redelivered
+        d5 = s.receive(timeout=1)  # the rest is done: other members claim again
+        d6 = s.receive(timeout=1)
+        assert (d5.value, d6.value) == (5, 6)
+        for d in (d6, d4, d5):
+            d.ack()
+        with pytest.raises(fastq.Empty):
+            s.get_nowait()
+
+
+class BadPickle:
+    """Pickles; unpickling it raises ValueError (int("not a number"))."""
+
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+
+def test_prefetch_subscription_one_thread_at_a_time_acks_from_any():
+    with fastq.Topic("pfthr", capacity=MID) as t:
+        s = t.subscribe(prefetch=3)
+        t.publish("first")
+        d = s.receive(timeout=1)
+        res = {}
+
+        def blocked():
+            try:
+                res["v"] = s.receive(timeout=10)
+            except BaseException as e:  # noqa: BLE001
+                res["v"] = e
+
+        th = threading.Thread(target=blocked, daemon=True)
+        th.start()
+        time.sleep(0.3)  # the thread is inside s.receive()
+        assert th.is_alive()
+        for fn in (s.get_nowait, lambda: s.get_many(3, block=False),
+                   lambda: s.receive(block=False), s.close):
+            with pytest.raises(RuntimeError, match="another thread"):
+                fn()
+        d.ack()  # a delivery may be settled from another thread meanwhile
+        t.publish("second")
+        th.join(10)
+        d2 = res.get("v")
+        assert isinstance(d2, fastq.Delivery) and d2.value == "second", d2
+        d2.ack()
+        with pytest.raises(fastq.Empty):
+            s.get_nowait()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pickled_subscription_keeps_prefetch(method, procs):
+    ctx = mp.get_context(method)
+    with fastq.Topic("pfpk", capacity=1 << 16) as t, \
+            fastq.Queue("pfpk_back", capacity=1 << 16) as back:
+        s = t.subscribe(group="g", prefetch=3)
+        same = pickle.loads(pickle.dumps(s))
+        assert same.prefetch == 3 and same.group == "g"
+        same.close()
+        p = procs.add(exec_process(ctx, """
+            import pickle
+            sub = pickle.loads(blob)
+            back.put(("ready", sub.prefetch))
+            ds = [sub.receive(timeout=30) for _ in range(3)]
+            try:
+                sub.receive(timeout=5)
+                err = None
+            except RuntimeError as e:
+                err = str(e)
+            back.put(("got", [d.value for d in ds], err))
+            for d in ds:
+                d.ack()
+            sub.close()
+        """, blob=pickle.dumps(s), back=back))
+        p.start()
+        assert back.get(timeout=60) == ("ready", 3)
+        t.publish_many(range(3))
+        tag, values, err = back.get(timeout=30)
+        assert tag == "got" and values == [0, 1, 2]
+        assert err is not None and "3 deliveries are unacknowledged" in err, err
+        join_ok(p, 30)
+        t.publish(3)
+        assert s.get(timeout=1) == 3
+        with pytest.raises(fastq.Empty):
+            s.get_nowait()
+
+
+def test_prefetch_forked_child_cannot_use_the_parents_subscription(run_py):
+    """A forked child whose inherited prefetch subscription would need a new
+    member must not join one (it would take the parent's messages)."""
+    cp = run_py("""
+        import os, sys, fastq
+        t = fastq.Topic(capacity=1 << 16)
+        s = t.subscribe(prefetch=2)
+        t.publish_many(range(3))
+        d = s.receive(timeout=5)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                s.receive(block=False)
+                print("child received", flush=True)
+            except RuntimeError as e:
+                print("child:", "forked child cannot use it" in str(e), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        d.ack()
+        print(len(t.subscribers()), [s.get_nowait() for _ in range(2)], flush=True)
+    """, timeout=30)
+    assert cp.stdout.split("\n")[:2] == ["child: True", "1 [1, 2]"], cp.stdout + cp.stderr

@@ -1,8 +1,8 @@
 """fastq.Topic across real processes: fan-out to subscriber processes,
 several publishers, late joiners, consumer groups, durable subscriptions
-resumed after SIGKILL, a group member killed holding a delivery,
-overflow="drop" exactness under lapping, dead subscribers and the
-subscriber table.
+resumed after SIGKILL, a group member killed holding a delivery (or, with
+prefetch, several), overflow="drop" exactness under lapping, dead subscribers
+and the subscriber table.
 
 Every check is message by message: publisher id + sequence number in each
 message (and for raw self-checking payloads, a body derived from both), so
@@ -24,6 +24,7 @@ call (then the claim must go to the next subscriber).
 from __future__ import annotations
 
 import multiprocessing as mp
+import ast
 import os
 import pickle
 import random
@@ -667,6 +668,71 @@ def until_shutdown_or_empty(s):
             out += s.get_many(64, block=False)
         except fastq.Empty:
             return out
+
+
+# ---- 6b. a prefetch subscription killed holding several deliveries ----------------------
+
+
+def prefetch_holder(path, kw, k, flag, ready):
+    """Subscribes with prefetch k, receives k deliveries, records their values
+    in flag, and waits to be killed without acking any."""
+    t = fastq.Topic.open(path)
+    s = t.subscribe(prefetch=k, **kw)
+    ready.set()
+    ds = [s.receive(timeout=30) for _ in range(k)]
+    with open(flag + ".tmp", "w") as f:
+        f.write(repr([(d.value, d.redelivered) for d in ds]))
+    os.rename(flag + ".tmp", flag)
+    time.sleep(60)  # killed holding all k
+
+
+def read_flag(flag):
+    with open(flag) as f:
+        return ast.literal_eval(f.read())
+
+
+@pytest.mark.parametrize("kw", [{"group": "w"}, {"name": "dn"}], ids=["group", "durable"])
+def test_prefetch_subscription_killed_with_k_unacked_all_come_back(kw, tmp_path, procs):
+    """A child with prefetch k (group member, or subscriber of a durable name)
+    receives k deliveries and is SIGKILLed before acking: after recovery,
+    every one of them goes to the survivor (the group's other member, or the
+    next subscriber of the name), flagged redelivered; the other messages come
+    once each, in order, not flagged."""
+    k = 4 if "group" in kw else 2
+    N = 40
+    flag = str(tmp_path / "held")
+    with fastq.Topic("pfkill", capacity=1 << 16) as t:
+        me = t.subscribe(**kw) if "group" in kw else None  # idle until the kill
+        ready = CTX.Event()
+        p = start(procs, tmp_path, "holder", prefetch_holder, t.path, kw, k, flag, ready)
+        wait_event(ready, "the holder")
+        t.publish_many(range(N))
+        wait_for(lambda: os.path.exists(flag), "the holder to receive its deliveries")
+        held = read_flag(flag)
+        assert [v for v, _ in held] == list(range(k)), "k deliveries, in order"
+        assert not any(r for _, r in held)
+        if me is not None:  # the survivor sees nothing of them meanwhile
+            d = me.receive(timeout=5)
+            assert d.value == k and not d.redelivered
+            d.ack()
+        kill(p)
+        t.recover()
+        if me is None:  # the next subscriber of the durable name
+            me = t.subscribe(**kw)
+        got = []
+        while True:
+            try:
+                d = me.receive(block=False)
+            except fastq.Empty:
+                break
+            got.append((d.value, d.redelivered))
+            d.ack()
+        back = sorted(v for v, r in got if r)
+        assert back == list(range(k)), f"the killed holder's deliveries come back: {got}"
+        rest = [v for v, r in got if not r]
+        first = k + 1 if "group" in kw else k
+        assert rest == list(range(first, N)), "the others once each, in order, unflagged"
+        assert me.lag == 0
 
 
 # ---- 7. overflow="drop": exact dropped count, no torn message ----------------------------

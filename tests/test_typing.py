@@ -64,6 +64,7 @@ s: fastq.Subscription = t.subscribe(start="earliest")
 g = t.subscribe(group="workers"); d = t.subscribe(name="billing")
 v: Any = s.get(timeout=0.5); vs: List[Any] = s.get_many(10); v2: Any = s.get_nowait()
 dl: fastq.Delivery = s.receive(timeout=1.0); dl.ack()
+sp = t.subscribe(group="w", prefetch=4); pf: int = sp.prefetch
 lag: int = s.lag; dropped: int = s.dropped; sn: Optional[str] = s.name
 rows: List[fastq.SubscriberInfo] = t.subscribers()
 pid: Optional[int] = rows[0].pid

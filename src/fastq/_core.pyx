@@ -765,7 +765,8 @@ cdef class Segment:
 
 
 cdef class Delivery:
-    """A message received with acknowledgement (Queue.receive()).
+    """A message received with acknowledgement (Queue.receive(),
+    Subscription.receive()).
 
     The message stays in the queue, invisible to other consumers, until
     ack(); nack() gives it back (or drops it); if this process dies first,
@@ -833,15 +834,25 @@ cdef class Delivery:
         return f"<fastq.Delivery {state} redelivered={self.redelivered} value={self.value!r:.60}>"
 
 
+_UNACKED_ONE = ("1 delivery is unacknowledged, the prefetch bound of this subscription: "
+                "ack or nack it first (or subscribe with a larger prefetch)")
+
+
 cdef class Subscriber:
-    """One topic subscription: a member of a group (see fastq.Subscription).
+    """One member entry of a topic group (fastq.Subscription keeps one, or a
+    pool of up to its prefetch bound).  A member holds at most one claim, so
+    at most one unacknowledged delivery.
 
     Used by one thread at a time (a second thread gets RuntimeError)."""
     cdef fq_sub *s
     cdef Segment seg
     cdef bint drop
     cdef bint busy
-    cdef bint unacked
+    cdef readonly bint unacked  # a delivery of this member is unacknowledged
+    cdef readonly bint held     # a claim kept by fq_sub_hold: the next call returns it
+    # the unacknowledged delivery's claim holds further messages, not
+    # redelivered, that come after it (the group's next ones, in order)
+    cdef readonly bint pending
     cdef Delivery delivery
     cdef object __weakref__
 
@@ -877,7 +888,7 @@ cdef class Subscriber:
         if self.delivery is not None and not self.delivery.settled:
             self.delivery.settled = True  # its claim is left as an orphan
         self.delivery = None
-        self.unacked = False
+        self.unacked = self.held = self.pending = False
         fq_unsubscribe(self.s)
         self.s = NULL
 
@@ -904,10 +915,10 @@ cdef class Subscriber:
         while True:
             rc = fq_sub_begin(self.s, max_n, max_bytes, c)
             if rc == FQ_OK:
+                self.held = False  # a kept claim is returned first
                 return 0
             if rc == -16:  # -EBUSY: a claim is open
-                raise RuntimeError("a delivery of this subscription is unacknowledged: "
-                                   "ack or nack it first (one at a time per subscription)")
+                raise RuntimeError(_UNACKED_ONE)
             if rc == FQ_EMPTY and not block:
                 self.seg._poll_recover(q)
             if rc != FQ_EMPTY or not block:
@@ -941,12 +952,17 @@ cdef class Subscriber:
                 return raw
             return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
 
+    cdef void _hold(self, fq_claim *c, uint64_t frm, int redelivered):
+        """fq_sub_hold, noted: the next call of this member returns the claim."""
+        fq_sub_hold(self.s, c, frm, redelivered)
+        self.held = True
+
     cdef void _finish(self, fq_claim *c, bint done):
         """End claim c, or, if messages of it were not returned (a claim taken
         over from a dead member holds several), keep those for the next call.
         done: the claim has nothing more (or, in a drop topic, was overwritten)."""
         if not done and c.cursor < c.end:
-            fq_sub_hold(self.s, c, c.cursor, c.redelivered)
+            self._hold(c, c.cursor, c.redelivered)
         else:
             fq_sub_end(self.s, c)
 
@@ -964,7 +980,7 @@ cdef class Subscriber:
             self._finish(c, False)
             raise
         except BaseException:
-            fq_sub_hold(self.s, c, 0, 0)
+            self._hold(c, 0, 0)
             raise
 
     def get(self, bint block=True, timeout=None):
@@ -1014,17 +1030,17 @@ cdef class Subscriber:
                         if not out:  # the first one is consumed, the rest kept
                             c.kept = kept + 1
                             c.idx = c.msg_idx
-                            fq_sub_hold(self.s, &c, c.cursor, c.redelivered)
+                            self._hold(&c, c.cursor, c.redelivered)
                             raise
                         # keep what was delivered; this one and the rest stay
                         # (walked again from where this call to _next began)
                         c.kept = kept
                         c.idx = idx
                         c.count = seen
-                        fq_sub_hold(self.s, &c, cursor, c.redelivered)
+                        self._hold(&c, cursor, c.redelivered)
                         return out
                     except BaseException:
-                        fq_sub_hold(self.s, &c, 0, 0)
+                        self._hold(&c, 0, 0)
                         raise
                     if done:
                         break
@@ -1041,8 +1057,7 @@ cdef class Subscriber:
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self.unacked:
-            raise RuntimeError("a delivery of this subscription is unacknowledged: ack or "
-                               "nack it first (one at a time per subscription)")
+            raise RuntimeError(_UNACKED_ONE)
         loads = self.seg._loads
         cdef fq_queue *q = self._enter()
         cdef Delivery d = Delivery.__new__(Delivery)
@@ -1059,13 +1074,14 @@ cdef class Subscriber:
                 d.sub = self
                 d.redelivered = d.c.redelivered != 0
                 self.unacked = True
+                self.pending = d.c.kept < d.c.n and not d.c.redelivered
                 self.delivery = d
                 return d
         finally:
             self._exit()
 
     cdef int _settle(self, fq_claim *c, bint consume) except -1:
-        self.unacked = False
+        self.unacked = self.pending = False
         self.delivery = None
         if self.s == NULL:
             return 0  # closed: the claim was left to the group
@@ -1074,11 +1090,100 @@ cdef class Subscriber:
         if consume:
             self._finish(c, False)
         else:
-            fq_sub_hold(self.s, c, 0, 1)
+            self._hold(c, 0, 1)
         return 0
 
     def index(self):
         return fq_sub_index(self.s)
+
+
+cdef class SubscriberPool:
+    """The members of one Subscription with prefetch > 1 (fastq.Subscription
+    composes it; its hot calls are bound here).  Each call uses a member
+    without an unacknowledged delivery, one that keeps a claim given back
+    first; while every member holds one and fewer than prefetch exist,
+    join(n) (Python: subscribes to the same group) adds one, kept for reuse.
+
+    Used by one thread at a time (a second thread gets RuntimeError)."""
+    cdef list _members
+    cdef int prefetch
+    cdef bint busy
+    cdef object join
+
+    def __cinit__(self, Subscriber first, int prefetch, join):
+        self._members = [first]
+        self.prefetch = prefetch
+        self.join = join
+
+    @property
+    def members(self):
+        return list(self._members)
+
+    cdef Subscriber _enter(self):
+        if self.busy:
+            raise RuntimeError("this subscription is in use by another thread: a "
+                               "Subscription is for one thread at a time")
+        self.busy = True
+        try:
+            return self._pick()
+        except BaseException:
+            self.busy = False
+            raise
+
+    cdef Subscriber _pick(self):
+        cdef Subscriber m, free = None
+        for m in self._members:
+            if not m.unacked:
+                if m.held:  # a claim given back (nack, a partial batch): it comes first
+                    return m
+                if free is None:
+                    free = m
+        cdef Py_ssize_t n = len(self._members)
+        if free is None and n >= self.prefetch:
+            raise RuntimeError(_UNACKED_ONE if n == 1 else
+                               f"{n} deliveries are unacknowledged, the prefetch bound of "
+                               "this subscription: ack or nack one first")
+        for m in self._members:
+            # its claim still holds the group's next messages (not redelivered):
+            # a claim of another member would return later ones before them
+            if m.pending:
+                raise RuntimeError(
+                    "the messages after an unacknowledged delivery (given back earlier by "
+                    "get_many()) come next, in order: ack or nack that delivery first")
+        if free is not None:
+            return free
+        m = <Subscriber?>self.join(n)  # may raise SubscriberLimit
+        self._members.append(m)
+        return m
+
+    def get(self, bint block=True, timeout=None):
+        cdef Subscriber m = self._enter()
+        try:
+            return m.get(block, timeout)
+        finally:
+            self.busy = False
+
+    def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
+                 uint64_t max_bytes=BATCH_BYTES):
+        cdef Subscriber m = self._enter()
+        try:
+            return m.get_many(max_messages, block, timeout, max_bytes)
+        finally:
+            self.busy = False
+
+    def receive(self, bint block=True, timeout=None):
+        cdef Subscriber m = self._enter()
+        try:
+            return m.receive(block, timeout)
+        finally:
+            self.busy = False
+
+    def close(self):
+        """Every member leaves (their unacknowledged deliveries go back to the group)."""
+        if self.busy:
+            raise RuntimeError("close() while another thread uses this subscription")
+        for m in self._members:
+            (<Subscriber>m).close()
 
 
 def pid_alive(int pid, uint64_t start_time=0):

@@ -2,12 +2,13 @@
 over fastq._core; the design is in csrc/fq_topic.c and the README)."""
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 
 from . import _core
-from ._errors import ShutDown
+from ._errors import ShutDown, SubscriberLimit
 from ._queue import DEFAULT_CAPACITY, _Handle, _make_serializer
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
@@ -15,6 +16,8 @@ __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 _KIND_ANON, _KIND_GROUP, _KIND_DURABLE, _MUST_EXIST = 0, 1, 2, 16
 _FLAG_DURABLE, _FLAG_GROUP, _FLAG_ANON = 1, 2, 4
 _STARTS = {"latest": 0, "earliest": 1}
+#: most unacknowledged deliveries per Subscription (each holds a subscriber entry)
+MAX_PREFETCH = 64
 
 
 class SubscriberInfo(NamedTuple):
@@ -130,7 +133,7 @@ class Topic(_Handle):
     # ---- subscribing --------------------------------------------------------
 
     def subscribe(self, start: str = "latest", *, group: Optional[str] = None,
-                  name: Optional[str] = None) -> "Subscription":
+                  name: Optional[str] = None, prefetch: int = 1) -> "Subscription":
         """A new subscription.
 
         ``start="latest"``: messages published after this call returns;
@@ -141,7 +144,25 @@ class Topic(_Handle):
         is ignored); several live subscribers of one name share it like a
         group (not in a drop topic).  Raises ``SubscriberLimit`` when every
         entry is taken.
+
+        ``prefetch``: the most deliveries from :meth:`Subscription.receive`
+        the subscription may hold unacknowledged at once (1 to 64, and at
+        most ``max_subscribers``; default 1).  Each one in flight holds an
+        entry of the topic's subscriber table: the subscription takes one
+        more entry (in its own group) the first time it needs it and keeps
+        it until :meth:`Subscription.close`.  A drop topic allows only 1.
         """
+        if not isinstance(prefetch, int) or isinstance(prefetch, bool):
+            raise ValueError(f"prefetch must be an int, not {prefetch!r}")
+        top = min(MAX_PREFETCH, self._seg.max_subscribers)
+        if not 1 <= prefetch <= top:
+            raise ValueError(f"prefetch must be in 1..{top} (at most {MAX_PREFETCH}, and at "
+                             f"most the topic's max_subscribers), not {prefetch!r}")
+        if prefetch > 1 and self._seg.is_drop:
+            raise ValueError('a topic with overflow="drop" allows prefetch=1 only: each '
+                             "unacknowledged delivery needs a group member of its own, and "
+                             "a drop topic's subscription is one member (it counts its "
+                             "losses)")
         if start not in _STARTS:
             raise ValueError(f'start must be "latest" or "earliest", not {start!r}')
         if group is not None and name is not None:
@@ -159,7 +180,7 @@ class Topic(_Handle):
             key, kind = group, _KIND_GROUP
         else:
             key, kind = f"~{os.getpid()}-{uuid.uuid4().hex[:20]}", _KIND_ANON
-        return Subscription(self, key, kind, _STARTS[start])
+        return Subscription(self, key, kind, _STARTS[start], prefetch)
 
     def forget(self, name: str) -> bool:
         """Remove the durable subscription ``name``, its position and the
@@ -169,7 +190,10 @@ class Topic(_Handle):
         return self._seg.forget(name)
 
     def subscribers(self) -> List[SubscriberInfo]:
-        """One row per subscriber (and per durable name nobody is attached to)."""
+        """One row per subscriber entry (and per durable name nobody is
+        attached to).  A subscription with ``prefetch`` > 1 shows one row for
+        each entry it holds (up to ``prefetch``), identical but for their
+        number: the rows count the entries that ``max_subscribers`` bounds."""
         rows = []
         for key, flags, pid, kind, alive, pos, lag, _got in self._seg.subscribers():
             rows.append(SubscriberInfo(
@@ -204,34 +228,50 @@ class Topic(_Handle):
 class Subscription:
     """A subscription to a :class:`Topic` (from :meth:`Topic.subscribe`).
 
-    A subscription is for one thread at a time.  Pickled into another
-    process, it becomes another member of the same group there (for a plain
+    A subscription is for one thread at a time (its deliveries may be acked
+    from any thread).  Pickled into another process, it becomes another
+    member of the same group there, with the same ``prefetch`` (for a plain
     subscription: of its anonymous group, so both processes split its
     messages; for a durable name: a subscriber of that name).
     """
 
-    def __init__(self, topic: Topic, key: str, kind: int, start: int):
+    def __init__(self, topic: Topic, key: str, kind: int, start: int, prefetch: int = 1):
         self._topic = topic
         self._key, self._kind = key, kind & ~_MUST_EXIST
+        self._prefetch = prefetch
+        # a member of the group: a C entry that holds one claim at a time
         self._sub = _core_subscribe(topic, key, kind, start)
-        sub = self._sub
-        self.get, self.get_many, self.receive = sub.get, sub.get_many, sub.receive
+        if prefetch == 1:
+            self._via = self._sub
+        else:
+            # a pool of members, joined as deliveries are held (no reference
+            # to self: a dropped subscription leaves at once, not at a GC)
+            self._via = _core.SubscriberPool(self._sub, prefetch, functools.partial(
+                _join_member, topic, self._key, self._kind, prefetch, os.getpid()))
+        # The hot calls go straight to the compiled object: a Python-level
+        # wrapper would double their cost.  The methods below document them.
+        via = self._via
+        self.get, self.get_many, self.receive = via.get, via.get_many, via.receive
+
+    # ---- receiving --------------------------------------------------------------
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """The next message.  Blocks while there is none (up to ``timeout``,
         then ``queue.Empty``); once the topic is shut down and this
-        subscription has received everything, raises ``ShutDown``."""
-        return self._sub.get(block, timeout)
+        subscription has received everything, raises ``ShutDown``.  While
+        ``prefetch`` deliveries are unacknowledged, raises ``RuntimeError``
+        (see :meth:`receive`)."""
+        return self._via.get(block, timeout)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
-        return self._sub.get(False, None)
+        return self.get(False, None)
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
                  timeout: Optional[float] = None) -> List[Any]:
         """1 to ``max_messages`` messages: waits like :meth:`get` for the
         first, then takes what is already there (up to 1 MiB in all)."""
-        return self._sub.get_many(max_messages, block, timeout)
+        return self._via.get_many(max_messages, block, timeout)
 
     def receive(self, block: bool = True, timeout: Optional[float] = None) -> "_core.Delivery":
         """The next message with acknowledged delivery (a :class:`fastq.Delivery`).
@@ -239,23 +279,41 @@ class Subscription:
         Until ``ack()`` the message stays claimed by this subscription; if its
         process dies, it goes to another member of the group (or the next
         subscriber of a durable name) with ``redelivered`` true.
-        ``nack(requeue=True)`` makes the next ``receive()`` of this
-        subscription return it again (``redelivered``); closing the
-        subscription leaves it to the group.  One delivery at a time: calling
-        ``receive()`` or ``get()`` while one is unacknowledged raises
-        ``RuntimeError``.  In an ``overflow="block"`` topic an unacknowledged
-        delivery holds publishers back once the ring fills.
+        ``nack(requeue=True)`` makes the next ``receive()`` (or ``get()``) of
+        this subscription return it again (``redelivered``); closing the
+        subscription leaves it to the group.  In an ``overflow="block"``
+        topic an unacknowledged delivery holds publishers back once the ring
+        fills.
+
+        Up to ``prefetch`` deliveries (see :meth:`Topic.subscribe`) may be
+        unacknowledged at once; they come in order and may be settled in any
+        order, from any thread.  With ``prefetch`` of them unacknowledged,
+        ``receive()``, ``get()`` and ``get_many()`` raise ``RuntimeError``
+        (naming the bound) at once, without waiting: ack or nack one first.
+        Each delivery in flight holds an entry of the topic's subscriber
+        table: if the subscription needs one more entry and every one is
+        taken, it raises ``SubscriberLimit`` (a ``RuntimeError``) and stays
+        usable.  (Messages that ``get_many()`` gave back, after a message it
+        could not deserialize or an interrupt, come one delivery at a time:
+        until it is settled the next call raises ``RuntimeError``.)
         """
-        return self._sub.receive(block, timeout)
+        return self._via.receive(block, timeout)
 
     def __iter__(self) -> Iterator[Any]:
         """Messages until the topic is shut down (and drained)."""
-        get = self._sub.get
+        get = self.get
         while True:
             try:
                 yield get()
             except ShutDown:
                 return
+
+    # ---- status and lifecycle -----------------------------------------------------
+
+    @property
+    def prefetch(self) -> int:
+        """The most unacknowledged deliveries this subscription may hold."""
+        return self._prefetch
 
     @property
     def lag(self) -> int:
@@ -290,8 +348,11 @@ class Subscription:
 
     def close(self) -> None:
         """Leave: a durable name keeps its position; a plain subscription's
-        group goes away with its last member."""
-        self._sub.close()
+        group goes away with its last member.  Unacknowledged deliveries go
+        back to the group (redelivered to another member, or to the next
+        subscriber of a durable name); every entry of the subscriber table
+        the subscription held is freed."""
+        self._via.close()
 
     def __enter__(self) -> "Subscription":
         return self
@@ -300,11 +361,13 @@ class Subscription:
         self.close()
 
     def __reduce__(self):
-        return (_rejoin, (self._topic, self._key, self._kind))
+        return (_rejoin, (self._topic, self._key, self._kind, self._prefetch))
 
     def __repr__(self) -> str:
         what = {_KIND_ANON: "plain", _KIND_GROUP: f"group={self._key!r}",
                 _KIND_DURABLE: f"name={self._key!r}"}[self._kind]
+        if self._prefetch > 1:
+            what += f" prefetch={self._prefetch}"
         state = "closed" if self.closed else f"lag={self.lag}"
         return f"<fastq.Subscription {what} of {self._topic.name!r} {state}>"
 
@@ -313,9 +376,25 @@ def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
     return topic._seg.subscribe(key, kind, start)
 
 
-def _rejoin(topic: Topic, key: str, kind: int) -> Subscription:
+def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: int) -> Any:
+    """One more member of a subscription's group, for its pool of n members."""
+    if os.getpid() != pid:
+        raise RuntimeError("this subscription belongs to the process that subscribed; a "
+                           "forked child cannot use it (pass it pickled: the child then "
+                           "joins its group) or subscribe in the child")
+    try:
+        return _core_subscribe(topic, key, kind | _MUST_EXIST, 0)
+    except SubscriberLimit as e:
+        raise SubscriberLimit(
+            f"{e}.  This subscription holds {n} unacknowledged "
+            f"deliver{'y' if n == 1 else 'ies'}, one entry each, and needs one more entry "
+            f"for another (prefetch={prefetch}): ack or nack one first") from None
+
+
+def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1) -> Subscription:
     # a plain subscription's anonymous group must still exist
-    return Subscription(topic, key, kind | (_MUST_EXIST if kind == _KIND_ANON else 0), 0)
+    return Subscription(topic, key, kind | (_MUST_EXIST if kind == _KIND_ANON else 0), 0,
+                        prefetch)
 
 
 def _reopen(path: str, serializer: Any, trusted: bool = False) -> Topic:
