@@ -125,6 +125,9 @@ int fq_flush(fq_queue *q);
 int fq_recover(fq_queue *q);
 /* Is the process pid (with /proc start time, 0 = unknown) alive? */
 int fq_pid_alive(int pid, uint64_t start_time);
+/* This process's fork epoch: it changes in a child at fork(), so a value
+ * kept with a claim tells whether the claim is this process's own. */
+unsigned fq_epoch(void);
 
 /*
  * Topics (fq_topic.c).  The publish side is the producer API above (a

@@ -160,6 +160,21 @@ out:
     return ok;
 }
 
+/*
+ * The span of the record at x whose word w was just loaded (acquire), or 0
+ * if the record may have been reused meanwhile: a live sweep can pass a
+ * finished record below the walk, and a producer then write a new length
+ * before its new word; so once the length is read, release must still be
+ * at or below x (acquire fence: pairs with the sweep's CAS and the
+ * producer's acquire of release before it writes).
+ */
+static uint64_t fq_stable_span(fq_queue *q, uint64_t x, uint64_t w)
+{
+    uint64_t span = fq_span(q, x, w, fq_rec_at(q, x)->len);
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load(&q->ctrl->release) > x ? 0 : span;
+}
+
 /* Count the records in [from, end) in the given states, owned by owner
  * (UINT32_MAX: any).  Returns -1 if the walk ran into an overwritten record. */
 static int64_t fq_count_states(fq_queue *q, uint64_t from, uint64_t end, unsigned states,
@@ -171,7 +186,7 @@ static int64_t fq_count_states(fq_queue *q, uint64_t from, uint64_t end, unsigne
         if (!fq_header_at(q, x, &w))
             return -1;
         fq_rec *r = fq_rec_at(q, x);
-        uint64_t span = fq_span(q, x, w, r->len);
+        uint64_t span = fq_stable_span(q, x, w);
         if (!span)
             return -1;
         if ((states >> (w & 7) & 1) && (owner == UINT32_MAX || r->owner == owner))
@@ -258,11 +273,14 @@ static int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned 
  */
 static void fq_finish_done(fq_queue *q, uint64_t p, uint64_t end)
 {
-    for (int tries = 0; tries < 1000; tries++) {
+    for (uint64_t last = UINT64_MAX;;) {
         uint64_t rel = atomic_load(&q->ctrl->release), x = rel > p ? rel : p, w;
+        if (rel == last)
+            return; /* no progress since the last try: a corrupt segment */
+        last = rel;
         while (x < end && fq_header_at(q, x, &w)) {
             fq_rec *r = fq_rec_at(q, x);
-            uint64_t span = fq_span(q, x, w, r->len);
+            uint64_t span = fq_stable_span(q, x, w);
             if (!span || span > end - x)
                 break;
             if ((w & 7) == FQ_REC_COMMITTED) {
@@ -274,6 +292,7 @@ static void fq_finish_done(fq_queue *q, uint64_t p, uint64_t end)
         /* a header that does not match (or a length that does not fit):
          * reused under us if release passed it meanwhile (start again from
          * there), else a corrupt segment (the requeue pass has the rest) */
+        atomic_thread_fence(memory_order_acquire);
         if (x >= end || atomic_load(&q->ctrl->release) <= x)
             return;
     }
@@ -299,12 +318,18 @@ static void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
     if (ph == FQ_PH_WON && end > p && end - p <= q->cap) {
         if (freeing)
             fq_finish_done(q, p, end);
-        for (int tries = 0; tries < 1000; tries++) {
+        /* again while release moves under the walk (it only moves forward,
+         * and at end we are done); a walk failing where release stood
+         * still is a corrupt segment: nothing counted */
+        for (uint64_t last = UINT64_MAX;;) {
             uint64_t rel = atomic_load(&q->ctrl->release);
             if (rel >= end) {
                 count += n;
                 break;
             }
+            if (rel == last)
+                break;
+            last = rel;
             unsigned notdone = 1u << FQ_REC_COMMITTED | 1u << FQ_REC_TAKEN |
                                1u << FQ_REC_REQUEUED;
             int64_t nd = fq_count_states(q, rel > p ? rel : p, end, notdone, UINT32_MAX);

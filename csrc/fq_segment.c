@@ -34,6 +34,11 @@ static pthread_once_t fq_once = PTHREAD_ONCE_INIT;
 
 void fq_recover_atfork_child(void);
 
+unsigned fq_epoch(void)
+{
+    return atomic_load_explicit(&fq_fork_epoch, memory_order_relaxed);
+}
+
 static void fq_atfork_child(void)
 {
     /* The child owns no slot: it must take its own on first use, and must

@@ -1573,6 +1573,85 @@ def test_prefetch_rest_of_a_batch_given_back_comes_first():
             s.get_nowait()
 
 
+def test_prefetch_nack_of_a_batch_rest_keeps_the_order_and_the_flags():
+    """A message of a claim given back by get_many() is received and nacked: it
+    comes back flagged redelivered, and the messages after it in that claim still
+    come next, in order and not flagged (they were never delivered); a nack must
+    not let another member's fresh claim overtake them."""
+    with fastq.Topic("pfnack", capacity=MID) as t:
+        s = t.subscribe(prefetch=3)
+        t.publish_many([0, 1, BadPickle(), 3, 4, 5])
+        assert s.get_many(10, timeout=1) == [0, 1]
+        with pytest.raises(ValueError):
+            s.receive(timeout=1)
+        d3 = s.receive(timeout=1)
+        assert d3.value == 3 and not d3.redelivered
+        d3.nack()
+        t.publish_many([6, 7])
+        d3 = s.receive(timeout=1)
+        assert d3.value == 3 and d3.redelivered
+        d3.ack()
+        got = []
+        for _ in range(4):
+            d = s.receive(timeout=1)
+            got.append((d.value, d.redelivered))
+            d.ack()
+        assert got == [(4, False), (5, False), (6, False), (7, False)], got
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_a_dropped_subscription_delivery_is_given_back(prefetch):
+    """A Delivery dropped without an answer is given back at once (its __del__
+    nacks it), as for a Queue: no reference cycle keeps it, and the subscription
+    does not stay at its prefetch bound."""
+    with fastq.Topic("pfdrop%d" % prefetch, capacity=MID) as t:
+        s = t.subscribe(prefetch=prefetch)
+        t.publish_many(range(5))
+        for _ in range(prefetch):
+            d = s.receive(timeout=1)
+        del d
+        got = []
+        for _ in range(5):
+            d = s.receive(timeout=1)
+            got.append(d.value)
+            d.ack()
+            del d
+        assert sorted(got) == [0, 1, 2, 3, 4], got
+        with pytest.raises(fastq.Empty):
+            s.get_nowait()
+
+
+@pytest.mark.parametrize("kind", ["queue", "topic"])
+def test_forked_child_cannot_settle_the_parents_delivery(run_py, kind):
+    """A Delivery inherited by a forked child is the parent's claim: ack() or
+    nack() there raises RuntimeError and changes nothing (the child's garbage
+    collection does not give it back either); the parent settles it."""
+    make = ("q = fastq.Queue(capacity=1 << 16); q.put_many(range(3)); src = q"
+            if kind == "queue" else
+            "t = fastq.Topic(capacity=1 << 16); src = t.subscribe(); t.publish_many(range(3))")
+    cp = run_py("""
+        import os, fastq
+        %s
+        d = src.receive(timeout=5)
+        pid = os.fork()
+        if pid == 0:
+            for how in ("ack", "nack"):
+                try:
+                    getattr(d, how)()
+                    print("child", how, "worked", flush=True)
+                except RuntimeError as e:
+                    print("child", how, "refused" if "forked" in str(e) else e, flush=True)
+            del d
+            os._exit(0)
+        os.waitpid(pid, 0)
+        d.nack()
+        print([src.receive(timeout=5).value for _ in range(1)], d.value, flush=True)
+    """ % make, timeout=30)
+    lines = cp.stdout.split("\n")
+    assert lines[:3] == ["child ack refused", "child nack refused", "[0] 0"], \
+        cp.stdout + cp.stderr
+
+
 class BadPickle:
     """Pickles; unpickling it raises ValueError (int("not a number"))."""
 

@@ -65,6 +65,7 @@ cdef extern from "fastq.h" nogil:
     int fq_idle(fq_queue *q)
     int fq_fd(fq_queue *q)
     int fq_pid_alive(int pid, uint64_t start_time)
+    unsigned fq_epoch()
 
     ctypedef struct fq_sub:
         pass

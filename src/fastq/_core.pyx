@@ -18,6 +18,7 @@ cdef extern from "<sched.h>" nogil:
 
 from pickle import dumps as _pdumps, loads as _ploads
 from time import monotonic as _monotonic
+from weakref import ref as _weakref
 
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
 
@@ -590,6 +591,7 @@ cdef class Segment:
             self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
             d.value = self._load_one(q, &d.c, loads)
             d.seg = self
+            d.epoch = fq_epoch()
             d.redelivered = d.c.redelivered != 0
             if self._deliveries is None:
                 import weakref
@@ -772,7 +774,8 @@ cdef class Delivery:
     ack(); nack() gives it back (or drops it); if this process dies first,
     recovery gives it to another consumer, with ``redelivered`` true.  Used
     as a context manager it acks on success and gives the message back on
-    an exception.
+    an exception.  Dropped unanswered, it is given back.  Only the process
+    that received it can settle it (RuntimeError in a forked child).
     """
     cdef Segment seg
     cdef Subscriber sub      # set for a topic subscription's delivery
@@ -780,6 +783,7 @@ cdef class Delivery:
     cdef readonly object value
     cdef readonly bint redelivered
     cdef readonly bint settled
+    cdef unsigned epoch      # fq_epoch() when received: a forked child's copy is not its own
     cdef object __weakref__
 
     def ack(self):
@@ -793,10 +797,15 @@ cdef class Delivery:
 
     cdef int _settle(self, bint consume) except -1:
         if self.settled:
-            raise ValueError("this delivery was already acknowledged")
+            raise ValueError("this delivery was already settled (acked, nacked, or given "
+                             "back when its subscription closed)")
+        if self.epoch != fq_epoch():
+            raise RuntimeError("this delivery was received by the process this one was forked "
+                               "from: only that process can ack or nack it (if it dies, the "
+                               "message goes to another consumer)")
         if self.sub is not None:
+            self.sub._settle(&self.c, consume)  # raises with nothing changed
             self.settled = True
-            self.sub._settle(&self.c, consume)
             return 0
         if self.seg is None:
             raise ValueError("not a received delivery")
@@ -853,7 +862,9 @@ cdef class Subscriber:
     # the unacknowledged delivery's claim holds further messages, not
     # redelivered, that come after it (the group's next ones, in order)
     cdef readonly bint pending
-    cdef Delivery delivery
+    cdef bint nacked      # the held claim starts with a nacked message
+    cdef bint again       # the claim just begun starts with a nacked message
+    cdef object delivery  # a weak reference to the unacknowledged Delivery
     cdef object __weakref__
 
     def __dealloc__(self):
@@ -885,10 +896,11 @@ cdef class Subscriber:
             return
         if self.busy:
             raise RuntimeError("close() while another thread uses this subscription")
-        if self.delivery is not None and not self.delivery.settled:
-            self.delivery.settled = True  # its claim is left as an orphan
+        cdef Delivery d = self.delivery() if self.delivery is not None else None
+        if d is not None and not d.settled:
+            d.settled = True  # its claim is left as an orphan
         self.delivery = None
-        self.unacked = self.held = self.pending = False
+        self.unacked = self.held = self.pending = self.nacked = False
         fq_unsubscribe(self.s)
         self.s = NULL
 
@@ -916,6 +928,7 @@ cdef class Subscriber:
             rc = fq_sub_begin(self.s, max_n, max_bytes, c)
             if rc == FQ_OK:
                 self.held = False  # a kept claim is returned first
+                self.again, self.nacked = self.nacked, False
                 return 0
             if rc == -16:  # -EBUSY: a claim is open
                 raise RuntimeError(_UNACKED_ONE)
@@ -1072,25 +1085,35 @@ cdef class Subscriber:
                     continue
                 d.value = out
                 d.sub = self
-                d.redelivered = d.c.redelivered != 0
+                d.epoch = fq_epoch()
+                # c.redelivered: taken over from a dead member (the whole claim)
+                d.redelivered = d.c.redelivered != 0 or self.again
                 self.unacked = True
+                # the claim holds messages after this one, not redelivered
+                # (given back by get_many()): no other member's claim may
+                # overtake them
                 self.pending = d.c.kept < d.c.n and not d.c.redelivered
-                self.delivery = d
+                # weakly: a delivery dropped unanswered is given back by its
+                # __del__, which a reference cycle would put off until a GC
+                self.delivery = _weakref(d)
                 return d
         finally:
             self._exit()
 
     cdef int _settle(self, fq_claim *c, bint consume) except -1:
+        if self.s != NULL and self.busy:  # before any change: it can be retried
+            raise RuntimeError("this subscription is in use by another thread")
         self.unacked = self.pending = False
         self.delivery = None
         if self.s == NULL:
             return 0  # closed: the claim was left to the group
-        if self.busy:
-            raise RuntimeError("this subscription is in use by another thread")
         if consume:
             self._finish(c, False)
         else:
-            self._hold(c, 0, 1)
+            # returned next, flagged redelivered; the messages after it in the
+            # claim (if any) keep their own flag
+            self._hold(c, 0, c.redelivered)
+            self.nacked = True
         return 0
 
     def index(self):

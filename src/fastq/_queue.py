@@ -424,7 +424,8 @@ class Queue(_Handle):
         Waits like :meth:`get` for the first; returns whatever else is
         already there, without waiting for more, up to ``max_bytes`` of
         serialized payload in all (the first message is returned whatever its
-        size: for large messages, each call returns one).  The batch leaves
+        size: for large messages, each call returns one; a message given back
+        by ``nack()`` or by recovery comes alone).  The batch leaves
         the queue whole or not at all, even if this process is killed inside
         the call; if ``loads()`` fails on a message, the ones before it are
         returned and the rest stay in the queue.
