@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import re
 import struct
 import uuid
 import weakref
@@ -159,6 +160,39 @@ def _unlink_all_anon() -> None:
         _unlink_anon(path, pid)
 
 
+_ANON_NAME = re.compile(r"fastq(?:-topic)?-([0-9]+)-[0-9a-f]{16}")
+_HEAD = struct.Struct("<Q72xI")  # magic at 0, creator_pid at 80 (csrc/fq_layout.h)
+_MAGIC = 0x3147535154534146  # "FASTQSG1"
+
+
+def _sweep_dead_anon(directory: str) -> None:
+    """Remove the anonymous segments in directory whose creator died without
+    removing them (killed by SIGKILL, say: no atexit ran).  Run when an
+    anonymous queue or topic is created.  A file is removed only if its name
+    is an anonymous one, its header is a fastq segment's made by the pid in
+    its name, and that process is gone; processes that still map it keep
+    working (only new attaches by path fail, as after a normal exit)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for n in names:
+        m = _ANON_NAME.fullmatch(n)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _core.pid_alive(pid):
+            continue
+        path = os.path.join(directory, n)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_HEAD.size)
+            if len(head) == _HEAD.size and _HEAD.unpack(head) == (_MAGIC, pid):
+                os.unlink(path)
+        except OSError:
+            pass  # gone meanwhile, or another user's
+
+
 _H = TypeVar("_H", bound="_Handle")
 
 
@@ -194,6 +228,8 @@ class _Handle:
         assert name is not None
         self._name = name
         path = self._path = segment_path(name)
+        if anonymous:
+            _sweep_dead_anon(os.path.dirname(path))
         args = (path, capacity, max_message or 0, max_processes, mode) + topic
         opened = True
         if how == "create":
