@@ -1803,17 +1803,30 @@ def _fuzz_child(path, seed, do_put):
     return 12 if corrupt else 11
 
 
+def _mark_and_die_child(path, n):
+    """claim n messages behind an older claim and die after the first DONE mark"""
+    rc, qp, err = open_seg(path)
+    assert rc == 0, err
+    q = Q(qp, path)
+    rc, c = q.begin(n)
+    assert rc == 0 and c.n == n and len(q.read(c)) == n
+    lib.fq_test_set_crash_point(b"get_mid_done", 1)
+    q.end(c)
+    return 1
+
+
 def _fuzz_bases(tmp_path):
     """Segments in interesting states: data, a wrap SKIP, requeued records, dead
-    producers and consumers left unrecovered; with the positions of their records."""
+    producers and consumers left unrecovered (one killed while freeing its claim by
+    DONE marks); with the positions of their records."""
     bases = []
-    for k in range(3):
+    for k in range(4):
         p = tmp_path / ("base%d.seg" % k)
         q = Q.create(p, capacity=CAP, max_slots=3)
         advance_to(q, CAP - 608 * k - 304)
         for i in range(8):
             assert q.put(mk(i, 40 + 60 * i)) == 0
-        if k >= 1:
+        if k in (1, 2):
             rc, c = q.begin(2)
             q.read(c)
             q.abort(c)  # requeued records
@@ -1830,6 +1843,11 @@ def _fuzz_bases(tmp_path):
                 pid = fork(_producer_child, p, "put_mid_commit", 1, [[mk(51, 30)] * 3])
                 pids.append(pid)
                 assert reap(pid) == 9
+            if k == 3:  # a dead consumer flagged FQ_N_FREEING, one DONE mark made
+                for fn, args in ((_crash_consumer_child, (p,)), (_mark_and_die_child, (p, 3))):
+                    pid = fork(fn, *args)
+                    pids.append(pid)
+                    assert reap(pid) == 9
         s = q.stats()
         recs, x = [], s["release"]
         while x < s["tail"] and lib.fqt_rec_state(q.q, x) > 0:
