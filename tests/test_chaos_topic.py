@@ -39,6 +39,16 @@ Set-up (test_topic_chaos_sigkill_random_workers):
     "K".  Every record is a fixed 32-byte O_APPEND write (a write cut short
     by SIGKILL loses whole records only), written before the next step, so it
     survives the reader's death.
+  * prefetch readers: each group member and durable subscriber is, with
+    probability 1/2 (the seeded RNG), subscribed with prefetch k in 2..4.
+    Mostly it reads in batches: receive() up to k deliveries, holding them
+    (each receive() a call: "A", "B"/"L", "R" with the flag and the number
+    now held), sometimes waiting a moment; at the bound it sometimes checks
+    that receive()/get()/get_many() raise RuntimeError at once (a call
+    record: it must claim nothing); then it settles them in random order:
+    "Q", ack(), "K", or (6 %) "N", nack(), "V".  Between batches it uses
+    get()/get_many() too.  "M" logs the pool's size as it grows.  Aimed
+    kills of a prefetch reader also land while it holds 2 or more.
 
 What is allowed (anything else fails the test):
   * publishers: "P" records cover seqs 0..n-1 in order; a killed publisher
@@ -67,6 +77,13 @@ What is allowed (anything else fails the test):
         flagged redelivered that nobody reported before is allowed only
         after a kill of a reader of that group (killed after claiming,
         before loads()).  So receive()+ack() is exact.
+      - receive() with prefetch: the same rules for each delivery held, in
+        whatever order they are settled (killed holding several: each one
+        "R" but not "Q" MUST come back, flagged; "Q" may; "K" must not);
+        a reader never holds more than k ("R" not settled); a call at the
+        bound claims nothing.  nack() ("N" .. "V"): the message MUST come
+        back, flagged, as the very next delivery of that subscription, or,
+        if it died before taking another one, after its death.
       - a committed message with no delivery at all is lost: a failure;
       - per-publisher order: within each reader, a message that was not
         redelivered comes after the earlier ones of its publisher, except
@@ -83,7 +100,8 @@ What is allowed (anything else fails the test):
     publishers still run (holding a claim, if it takes one within 80 ms);
     after recover(), subscribers() lists every live reader's process once,
     "billing" once (nobody attached) and no dead entry (no row left by a
-    killed reader); the publishers stop (cleanly: those waiting for
+    killed reader); a live prefetch reader has one row per member of its
+    pool (between the size it logged before and its final size); the publishers stop (cleanly: those waiting for
     "billing" finish once it is read again); this process subscribes as
     "billing" and receives exactly the remainder (checked with the rest),
     then its lag is 0 and get_nowait() raises Empty; the group and plain
@@ -110,6 +128,7 @@ had been returned but not reported (at most one per kill inside get()).
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 import mmap
 import multiprocessing as mp
@@ -141,9 +160,11 @@ GET_TIMEOUT = 0.5
 REC = struct.Struct("<BBHIQdQ")
 assert REC.size == 32
 (K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED, K_EXIT,
- K_INTENT, K_PUBLISHED) = b"SABLGRQKEIP"
-M_GET, M_MANY, M_RECV = 1, 2, 3
-MODE_NAME = {M_GET: "get", M_MANY: "get_many", M_RECV: "receive"}
+ K_INTENT, K_PUBLISHED, K_NACKING, K_NACKED, K_MEMBERS) = b"SABLGRQKEIPNVM"
+M_GET, M_MANY, M_RECV, M_PRECV, M_BOUND = 1, 2, 3, 4, 5
+MODE_NAME = {M_GET: "get", M_MANY: "get_many", M_RECV: "receive", M_PRECV: "receive(prefetch)",
+             M_BOUND: "call at the prefetch bound"}
+RECV_STAGES = ("R", "Q", "K", "N", "V")  # a receive() that returned: its flag is known
 GROUP = {"g": "workers", "d": "billing", "n": "plain"}
 
 _BASE = None  # random bytes payloads are cut from; made before forking, inherited
@@ -266,20 +287,106 @@ class CheckingSerializer:
         return pub, seq
 
 
-def pick_mode(role, rng):
+def pick_mode(role, rng, prefetch=1):
     r = rng.random()
     if role == "n":
         return M_GET if r < 0.5 else M_MANY
+    if prefetch > 1:  # mostly batches of receive(), some get()/get_many() between them
+        return M_PRECV if r < 0.85 else (M_GET if r < 0.93 else M_MANY)
     if role == "d":
         return M_RECV if r < 0.6 else (M_GET if r < 0.8 else M_MANY)
     return M_RECV if r < 0.4 else (M_GET if r < 0.7 else M_MANY)
 
 
-def reader_loop(s, role, fd, rng, flags):
+def prefetch_batch(s, fd, rng, k, fail_path):
+    """A reader with prefetch k: receive() up to n (1..k) deliveries, holding
+    them (each: "A" call record, "B"/"L" inside, then "R" with the
+    redelivered flag and the number now held); at the bound, sometimes check
+    that receive()/get()/get_many() raise RuntimeError at once; then settle
+    them in random order: "Q", ack(), "K", or now and then "N", nack(), "V"
+    (Q and N carry how many were held, this one included).  "M" records the
+    pool's member count each time it grows.  Raises Empty if it got nothing."""
+    n = rng.randint(1, k) if rng.random() < 0.3 else k
+    held = []
+    members = len(s._via.members)
+    try:
+        while len(held) < n:
+            rec(fd, K_CALL, flag=M_PRECV, arg=k)
+            try:
+                if not held:
+                    d = s.receive(timeout=GET_TIMEOUT)
+                else:  # holding some: wait a little for more, or not at all
+                    tmo = rng.choice((0.0, 0.0, 0.005, 0.03))
+                    d = s.receive(block=tmo > 0, timeout=tmo or None)
+            except fastq.Empty:
+                if not held:
+                    raise
+                break
+            finally:
+                nm = len(s._via.members)
+                if nm != members:
+                    rec(fd, K_MEMBERS, arg=nm)
+                    members = nm
+            pub, seq = d.value
+            held.append(d)
+            rec(fd, K_RECV, flag=bool(d.redelivered), pub=pub, seq=seq, arg=len(held))
+            if rng.random() < 0.3:
+                time.sleep(rng.uniform(0, 0.002))
+        if len(held) == k and rng.random() < 0.2:
+            how = rng.randrange(3)
+            rec(fd, K_CALL, flag=M_BOUND, arg=how)
+            t0 = time.monotonic()
+            try:
+                if how == 0:
+                    got = s.receive(timeout=GET_TIMEOUT)
+                elif how == 1:
+                    got = s.get(timeout=GET_TIMEOUT)
+                else:
+                    got = s.get_many(4, timeout=GET_TIMEOUT)
+            except RuntimeError:
+                got = None
+            except fastq.Empty:
+                got = "Empty"
+            dt = time.monotonic() - t0
+            if got is not None or dt > 0.25:
+                _fail_marker(fail_path, f"reader pid {os.getpid()} holding {k} deliveries "
+                                        f"(prefetch={k}): call {how} returned {got!r} after "
+                                        f"{dt:.3f} s, not RuntimeError at once")
+        if len(held) > 1 and rng.random() < 0.3:
+            time.sleep(rng.uniform(0, 0.003))
+    finally:
+        # settle in random order (also when interrupted by Empty)
+        rng.shuffle(held)
+        left = len(held)
+        for d in held:
+            pub, seq = d.value
+            if rng.random() < 0.06:
+                rec(fd, K_NACKING, pub=pub, seq=seq, arg=left)
+                d.nack()
+                rec(fd, K_NACKED, pub=pub, seq=seq)
+            else:
+                rec(fd, K_ACKING, pub=pub, seq=seq, arg=left)
+                d.ack()
+                rec(fd, K_ACKED, pub=pub, seq=seq)
+            left -= 1
+
+
+def reader_loop(s, role, fd, rng, flags, prefetch=1, fail_path=None):
     """Read until flags[1] (drain) and then 1 s without a message."""
     idle = 0
     while True:
-        mode = pick_mode(role, rng)
+        mode = pick_mode(role, rng, prefetch)
+        if mode == M_PRECV:
+            try:
+                prefetch_batch(s, fd, rng, prefetch, fail_path)
+            except fastq.Empty:
+                if flags[1]:
+                    idle += 1
+                    if idle >= 2:
+                        return
+                continue
+            idle = 0
+            continue
         k = rng.randint(2, 16) if mode == M_MANY else 1
         rec(fd, K_CALL, flag=mode, arg=k)
         try:
@@ -306,18 +413,18 @@ def reader_loop(s, role, fd, rng, flags):
         idle = 0
 
 
-def reader_main(path, role, log_path, seed, flags, fail_path):
+def reader_main(path, role, log_path, seed, flags, fail_path, prefetch=1):
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         t = fastq.Topic.open(path, serializer=CheckingSerializer(fd, fail_path))
         if role == "g":
-            s = t.subscribe(group=GROUP[role])
+            s = t.subscribe(group=GROUP[role], prefetch=prefetch)
         elif role == "d":
-            s = t.subscribe(name=GROUP[role])
+            s = t.subscribe(name=GROUP[role], prefetch=prefetch)
         else:
             s = t.subscribe()
-        rec(fd, K_START, arg=os.getpid())
-        reader_loop(s, role, fd, random.Random(seed), flags)
+        rec(fd, K_START, flag=prefetch, arg=os.getpid())
+        reader_loop(s, role, fd, random.Random(seed), flags, prefetch, fail_path)
         s.close()
         t.close()
         rec(fd, K_EXIT)
@@ -331,13 +438,17 @@ def reader_main(path, role, log_path, seed, flags, fail_path):
 
 
 class Worker:
-    def __init__(self, role, wid, proc, log, t_start):
+    def __init__(self, role, wid, proc, log, t_start, prefetch=1):
         self.role, self.id, self.proc, self.log = role, wid, proc, log
         self.t_start, self.t_end, self.killed = t_start, None, False
         self.group = GROUP.get(role)
+        self.prefetch = prefetch
+        self.members = [(0.0, 1)]  # prefetch: (time logged, pool members) as it grew
+        self.dls = []              # every delivery, in log order (by "B" time)
 
     def __repr__(self):
-        return f"{self.role}{self.id}{'(killed)' if self.killed else ''}"
+        pf = f"[prefetch {self.prefetch}]" if self.prefetch > 1 else ""
+        return f"{self.role}{self.id}{pf}{'(killed)' if self.killed else ''}"
 
 
 class Call:
@@ -352,14 +463,16 @@ class Call:
 
 class Dl:
     """One delivery of a message to a reader (from its log)."""
-    __slots__ = ("m", "tb", "size", "stage", "redelivered", "t_report", "w", "call", "status")
+    __slots__ = ("m", "tb", "size", "stage", "redelivered", "t_report", "w", "call", "status",
+                 "t_settle")
 
     def __init__(self, m, tb, size, w, call):
         self.m, self.tb, self.size, self.w, self.call = m, tb, size, w, call
-        self.stage = "B"          # B, L, G (get/get_many), R, Q, K (receive)
+        self.stage = "B"          # B, L, G (get/get_many), R, Q, K (receive), N, V (nack)
         self.redelivered = False
         self.t_report = None
         self.status = None        # see classify()
+        self.t_settle = None      # "V": when nack() had returned
 
     def __repr__(self):
         return (f"{self.w}:{MODE_NAME[self.call.mode]}:{self.stage}"
@@ -370,10 +483,44 @@ def parse_reader(w):
     """(start time, [Call], clean exit, problems)"""
     start, calls, problems, exited = None, [], [], False
     cur = None
+    held = {}  # prefetch: message -> its delivery, received and not yet settled
     for kind, flag, _, pub, seq, t, arg in read_recs(w.log):
         m = (pub, seq)
         if kind == K_START:
             start = t
+            if flag != w.prefetch:
+                problems.append(f"started with prefetch {flag}, not {w.prefetch}")
+        elif kind == K_MEMBERS:
+            if w.prefetch < 2 or not w.members[-1][1] < arg <= w.prefetch:
+                problems.append(f"pool of {arg} members after {w.members[-1][1]} "
+                                f"(prefetch {w.prefetch})")
+            w.members.append((t, arg))
+        elif w.prefetch > 1 and kind in (K_RECV, K_ACKING, K_ACKED, K_NACKING, K_NACKED):
+            # deliveries held k at a time: each settled by message, in any order
+            if kind == K_RECV:
+                if cur is None or cur.mode != M_PRECV or len(cur.msgs) != 1 \
+                        or cur.msgs[0].m != m or cur.msgs[0].stage != "L" or m in held:
+                    problems.append(f"R {m} out of place (held: {sorted(held)})")
+                    continue
+                d = cur.msgs[0]
+                d.stage, d.redelivered, d.t_report = "R", bool(flag), t
+                cur.returned = True
+                held[m] = d
+                if len(held) > w.prefetch or arg != len(held):
+                    problems.append(f"{len(held)} unacknowledged deliveries, the reader "
+                                    f"counted {arg} (prefetch {w.prefetch})")
+                continue
+            want, new = {K_ACKING: ("R", "Q"), K_ACKED: ("Q", "K"),
+                         K_NACKING: ("R", "N"), K_NACKED: ("N", "V")}[kind]
+            d = held.get(m)
+            if d is None or d.stage != want or (kind in (K_ACKING, K_NACKING)
+                                                and arg != len(held)):
+                problems.append(f"{chr(kind)} {m} out of place (held: {sorted(held)})")
+                continue
+            d.stage = new
+            if new in ("K", "V"):
+                del held[m]
+                d.t_settle = t
         elif kind == K_CALL:
             cur = Call(flag, arg, t)
             calls.append(cur)
@@ -383,7 +530,11 @@ def parse_reader(w):
                 continue
             if cur.mode != M_MANY and cur.msgs:
                 problems.append(f"{MODE_NAME[cur.mode]}() loaded two messages")
+            if cur.mode == M_BOUND:
+                problems.append(f"a call with {w.prefetch} deliveries unacknowledged (the "
+                                f"prefetch bound) claimed {m}")
             cur.msgs.append(Dl(m, t, arg, w, cur))
+            w.dls.append(cur.msgs[-1])
         elif kind == K_LOADED:
             if cur is None or not cur.msgs or cur.msgs[-1].stage != "B" or cur.msgs[-1].m != m:
                 problems.append(f"L {m} out of place")
@@ -391,7 +542,8 @@ def parse_reader(w):
                 cur.msgs[-1].stage = "L"
         elif kind == K_GOT:
             if cur is None or cur.ngot >= len(cur.msgs) or cur.msgs[cur.ngot].m != m \
-                    or cur.msgs[cur.ngot].stage != "L" or cur.mode == M_RECV:
+                    or cur.msgs[cur.ngot].stage != "L" or cur.mode in (M_RECV, M_PRECV,
+                                                                       M_BOUND):
                 problems.append(f"G {m} out of place")
                 continue
             d = cur.msgs[cur.ngot]
@@ -409,14 +561,21 @@ def parse_reader(w):
             if kind == K_RECV:
                 d.redelivered, d.t_report = bool(flag), t
                 cur.returned = True
+        elif kind in (K_NACKING, K_NACKED):
+            problems.append(f"{chr(kind)} {m} from a reader without prefetch")
         elif kind == K_EXIT:
             exited = True
+            if held:
+                problems.append(f"exited holding {sorted(held)}")
     return start, calls, exited, problems
 
 
 def call_complete(c):
+    """For a receive(prefetch): its delivery was settled (acked or nacked)."""
     if c.mode == M_RECV:
         return not c.msgs or c.msgs[0].stage == "K"
+    if c.mode == M_PRECV:
+        return not c.msgs or c.msgs[0].stage in ("K", "V")
     return all(d.stage == "G" for d in c.msgs)
 
 
@@ -428,14 +587,29 @@ def classify(w, calls):
       ambiguous - get/get_many killed after loads(), no "G": all of the
                   call's messages come back, or none (returned, lost)
       lost_ret  - get/get_many returned (some "G" written): lost with the reader
+      nacked    - receive(prefetch) nacked ("V"): must come back, flagged, the
+                  subscription's next delivery (or after its death)
+    A prefetch reader's deliveries, held several at a time, each as one
+    receive(): "K" done, "V" nacked, "Q" may, "B"/"L"/"R"/"N" must (its claim
+    was held when the reader died).
     Returns a description of the last call of a killed reader ("between
     calls", "waiting", "in claim", ...) for the statistics."""
     for c in calls:
         for d in c.msgs:
-            d.status = "done" if d.stage in ("G", "K") else None
+            if c.mode == M_PRECV:
+                d.status = {"K": "done", "V": "nacked", "Q": "may"}.get(d.stage, "must")
+            else:
+                d.status = "done" if d.stage in ("G", "K") else None
     if not calls:
         return "before its first call"
     last = calls[-1]
+    if last.mode in (M_PRECV, M_BOUND):
+        unacked = sum(d.stage in ("R", "Q", "N") for c in calls if c.mode == M_PRECV
+                      for d in c.msgs)
+        claim = any(d.stage in ("B", "L") for d in last.msgs)
+        if unacked or claim:
+            return f"prefetch: {unacked} unacked{' + in claim' if claim else ''}"
+        return "between calls" if last.msgs else "waiting"
     if call_complete(last):
         return "between calls" if last.msgs or last is not calls[-1] else "waiting"
     if last.mode == M_RECV:
@@ -526,14 +700,17 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
         next_id[role] += 1
         log = str(tmp_path / f"{role}{wid}.log")
         open(log, "wb").close()
+        pf = 1
         if role == "p":
             args = (path, wid, seed, log, flags, fail_path)
             target = publisher_main
         else:
-            args = (path, role, log, seed * 1009 + wid * 7 + ord(role), flags, fail_path)
+            if role in "gd" and rng.random() < 0.5:
+                pf = rng.randint(2, 4)  # holds up to pf deliveries unacknowledged
+            args = (path, role, log, seed * 1009 + wid * 7 + ord(role), flags, fail_path, pf)
             target = reader_main
         p = procs.add(CTX.Process(target=target, args=args, daemon=True))
-        w = Worker(role, wid, p, log, time.monotonic())
+        w = Worker(role, wid, p, log, time.monotonic(), pf)
         tail_fds[w] = os.open(log, os.O_RDONLY)
         p.start()
         workers.append(w)
@@ -563,8 +740,10 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
 
     def aimed_wait(w):
         """Wait (up to 80 ms) until w is inside a call holding a message (a
-        reader: last record "B"), or publishing a big one (a publisher: last
-        record a big "I"); then a moment more if the message is big."""
+        reader: last record "B"; a prefetch reader also: holding 2 or more
+        unacknowledged deliveries, last record "R", "Q" or "N"), or publishing
+        a big one (a publisher: last record a big "I"); then a moment more if
+        the message is big."""
         fd = tail_fds[w]
         deadline = time.monotonic() + 0.08
         while time.monotonic() < deadline:
@@ -576,6 +755,8 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                 if w.role != "p" and r[0] == K_BEGIN:
                     if r[6] >= BIG_MIN:
                         time.sleep(rng.uniform(0, 0.003))
+                    return True
+                if w.prefetch > 1 and r[0] in (K_RECV, K_ACKING, K_NACKING) and r[6] >= 2:
                     return True
             time.sleep(0.0002)
         return False
@@ -628,16 +809,23 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
         for w in live["g"] + live["n"]:  # a replacement just forked has subscribed
             wait_started(w)
         t.recover()
+        t_rows = time.monotonic()
         rows = t.subscribers()
         late_errors = []  # reported with the message-by-message verdicts
-        live_pids = sorted(w.proc.pid for r in "gn" for w in live[r])
-        row_pids = sorted(r.pid for r in rows if r.pid is not None)
+        # a prefetch reader has one row per member of its pool: checked against
+        # its log (members logged before t_rows .. its final pool) with the rest
+        live_pids = sorted(w.proc.pid for r in "gn" for w in live[r] if w.prefetch == 1)
+        pf_live = [w for r in "gn" for w in live[r] if w.prefetch > 1]
+        pf_pids = {w.proc.pid for w in pf_live}
+        row_pids = sorted(r.pid for r in rows if r.pid is not None and r.pid not in pf_pids)
+        pf_rows = {w: sum(r.pid == w.proc.pid for r in rows) for w in pf_live}
         nobody = [r for r in rows if r.pid is None]
         if row_pids != live_pids or any(r.pid is not None and not r.alive for r in rows) \
                 or len(nobody) != 1 or nobody[0].name != "billing":
             late_errors.append(
                 f"after the durable reader's last kill and recover(), subscribers() should "
-                f"list each live reader {live_pids} once, 'billing' once with nobody attached, "
+                f"list each live reader {live_pids} once (prefetch readers "
+                f"{sorted(pf_pids)}: once per member), 'billing' once with nobody attached, "
                 f"and no dead entry: {rows}")
         stats["rows_after_recover"] = len(rows)
 
@@ -649,7 +837,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
         ffd = os.open(flog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         ft = fastq.Topic.open(path, serializer=CheckingSerializer(ffd, fail_path))
         fs = ft.subscribe(name="billing")
-        rec(ffd, K_START, arg=os.getpid())
+        rec(ffd, K_START, flag=1, arg=os.getpid())
         t_final = time.monotonic()
         frng = random.Random(seed)
         while any(w.proc.exitcode is None for w in live["p"]):
@@ -754,6 +942,8 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
         per_group = {g: [] for g in GROUP.values()}  # group -> [(Worker, calls)]
         problems, over_k, kill_where = [], [], {}
         big_kills = 0
+        pf = {"readers": 0, "kills": 0, "kills_unacked>1": 0, "max_unacked_at_kill": 0,
+              "deliveries_checked": 0, "nacked": 0, "bound_checks": 0}
         for w in workers:
             if w.role == "p":
                 continue
@@ -762,8 +952,29 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
             if not w.killed and not exited:
                 problems.append(f"{w} survived but did not exit cleanly")
             for c in calls[:-1] if w.killed else calls:
-                if not call_complete(c):
+                # a killed prefetch reader held up to prefetch (parse_reader checks)
+                if not call_complete(c) and not (w.killed and c.mode == M_PRECV):
                     problems.append(f"{w} has an incomplete call {c.msgs} before its last")
+            if w.prefetch > 1:
+                pf["readers"] += 1
+                pf["deliveries_checked"] += sum(len(c.msgs) for c in calls if c.mode == M_PRECV)
+                pf["nacked"] += sum(d.stage == "V" for c in calls if c.mode == M_PRECV
+                                    for d in c.msgs)
+                pf["bound_checks"] += sum(c.mode == M_BOUND for c in calls)
+                if w in pf_rows:  # live at the subscribers() check: one row per member
+                    lo = max(n for tt, n in w.members if tt < t_rows)
+                    hi = w.members[-1][1]
+                    if not lo <= pf_rows[w] <= hi:
+                        late_errors.append(
+                            f"after recover(), subscribers() listed {pf_rows[w]} rows of "
+                            f"{w} (pid {w.proc.pid}): its pool had {lo} members then (at "
+                            f"most {hi} later)")
+            if w.killed and w.prefetch > 1:
+                unacked = sum(d.stage in ("R", "Q", "N") for c in calls if c.mode == M_PRECV
+                              for d in c.msgs)
+                pf["kills"] += 1
+                pf["kills_unacked>1"] += unacked > 1
+                pf["max_unacked_at_kill"] = max(pf["max_unacked_at_kill"], unacked)
             for c in calls:
                 if c.mode == M_MANY and len(c.msgs) > c.k:
                     over_k.append((str(w), c.k, len(c.msgs)))
@@ -780,6 +991,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
             fail(f"{len(problems)} malformed reader logs: {problems[:10]}")
         stats["reader_kills_by_moment"] = kill_where
         stats["reader_kills_with_big_msg_in_hand"] = big_kills
+        stats["prefetch"] = ",".join(f"{k}:{v}" for k, v in pf.items())
 
         # ---- the plain subscriber: exact -----------------------------------------------
         plain_order = [d.m for w, calls in per_group["plain"] for c in calls for d in c.msgs]
@@ -803,6 +1015,15 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
             last[p] = s
 
         # ---- every group, message by message -------------------------------------------
+        tbs = {}
+
+        def next_delivery(w, t):
+            """w's first delivery that began after t (None if none)."""
+            if w not in tbs:
+                tbs[w] = [x.tb for x in w.dls]
+            i = bisect.bisect_right(tbs[w], t)
+            return w.dls[i] if i < len(w.dls) else None
+
         verdicts = {}
         checked = 0
         for gname in ("workers", "billing", "plain"):
@@ -814,6 +1035,9 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                     for d in c.msgs:
                         deliveries.setdefault(d.m, []).append(d)
             checked += sum(len(v) for v in deliveries.values())
+            for ds in deliveries.values():
+                if len(ds) > 1:
+                    ds.sort(key=lambda d: d.tb)
             v = {"lost": [], "dups": [], "bad_redelivery": [], "not_committed": [],
                  "mixed_call": [], "unexplained_flag": [], "came_back": 0,
                  "lost_with_reader": 0, "flagged": 0}
@@ -833,6 +1057,8 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                             v["unexplained_flag"].append((m, ds))
                     if d.status == "must":
                         v["lost"].append((m, f"{d} held it when killed; it never came back"))
+                    elif d.status == "nacked":
+                        v["lost"].append((m, f"{d} nacked it (requeue); it never came back"))
                     elif d.status in ("lost_ret", "ambiguous"):
                         v["lost_with_reader"] += 1
                         if d.status == "ambiguous":
@@ -841,10 +1067,37 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                 ds.sort(key=lambda d: d.tb)
                 v["came_back"] += 1
                 for d, nxt in zip(ds, ds[1:]):
+                    if d.status == "nacked":
+                        # nack(requeue=True): it comes back to the subscription
+                        # before any message that was not redelivered: its next
+                        # deliveries are redelivered ones (its pool's held claims:
+                        # messages it nacked, the rest of a claim taken over from
+                        # a dead reader, in some order) until this one; or, if it
+                        # died first, a later delivery to another reader
+                        own = next_delivery(d.w, d.t_settle)
+                        if own is not None:
+                            i = bisect.bisect_left(tbs[d.w], own.tb)
+                            ok = False
+                            for x in d.w.dls[i:]:
+                                if x is nxt:
+                                    ok = True
+                                    break
+                                if not (x.stage in RECV_STAGES and x.redelivered) \
+                                        and deliveries[x.m][0] is x \
+                                        and not (x.stage not in RECV_STAGES and any(
+                                            k < x.tb for k in kills_g)):
+                                    break  # a fresh message overtook the nacked one
+                        else:
+                            ok = d.w.killed and nxt.tb > d.w.t_end
+                        if not ok or (nxt.stage in RECV_STAGES and not nxt.redelivered):
+                            v["bad_redelivery"].append((m, ds, "nacked", round(d.t_settle, 4),
+                                                        own))
+                            break
+                        continue
                     if d.status in ("done", "lost_ret") or not d.w.killed:
                         v["dups"].append((m, ds))
                         break
-                    if not nxt.tb > d.w.t_end or (nxt.stage in ("R", "Q", "K")
+                    if not nxt.tb > d.w.t_end or (nxt.stage in RECV_STAGES
                                                   and not nxt.redelivered):
                         v["bad_redelivery"].append((m, ds, round(d.w.t_end, 4)))
                         break
@@ -858,6 +1111,8 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                 lastd = ds[-1]
                 if lastd.status == "must":
                     v["lost"].append((m, f"{lastd} held it when killed; it never came back"))
+                elif lastd.status == "nacked":
+                    v["lost"].append((m, f"{lastd} nacked it (requeue); it never came back"))
                 elif lastd.status in ("lost_ret", "ambiguous"):
                     v["lost_with_reader"] += 1
             for backs in calls_back.values():
