@@ -974,3 +974,62 @@ def test_publisher_killed_mid_stream_others_unaffected(seed, tmp_path, procs):
     assert all(ok for p, _, ok in got if p == 1)
     assert vs == list(range(len(vs))), "the killed publisher's messages: a prefix, in order"
     assert vs, "the victim published nothing before it was killed"
+
+
+class _StallOnZero:
+    """A serializer whose loads() of b"0" marks a file and sleeps (the victim is
+    killed there, inside get_many(), holding its claim)."""
+
+    def __init__(self, mark):
+        self.mark = mark
+
+    def dumps(self, o):
+        return o
+
+    def loads(self, b):
+        b = bytes(b)
+        if b == b"0":
+            open(self.mark, "w").close()
+            time.sleep(60)
+        return b
+
+
+def _stalled_group_member(path, mark, ready):
+    t = fastq.Topic.open(path, serializer=_StallOnZero(mark))
+    s = t.subscribe(group="g")
+    ready.set()
+    s.get_many(5, timeout=30)  # claims 0..4; killed inside loads() of b"0"
+
+
+def test_prefetch_nacked_message_comes_back_before_a_taken_over_claim(tmp_path, procs):
+    """A prefetch subscription holds the rest of a claim taken over from a dead group
+    member in one pool member, and nacks a fresh message held by another: the next
+    receive() returns the nacked message (flagged), then the taken-over rest."""
+    mark = str(tmp_path / "claimed")
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    with fastq.Topic(str(tmp_path / "nackfirst"), capacity=1 << 16, serializer="raw") as t:
+        s = t.subscribe(group="g", prefetch=2)
+        p = procs.add(ctx.Process(target=_stalled_group_member, args=(t.path, mark, ready)))
+        p.start()
+        wait_event(ready, "the victim subscribed")
+        t.publish_many([b"%d" % i for i in range(5)])
+        wait_for(lambda: os.path.exists(mark), "the victim claimed 0..4")
+        t.publish(b"5")
+        kill(p)
+        t.recover()
+        a, b = s.receive(timeout=5), s.receive(timeout=5)
+        got = sorted([(a.value, a.redelivered), (b.value, b.redelivered)])
+        assert got == [(b"0", True), (b"5", False)], got
+        d0, d5 = (a, b) if a.redelivered else (b, a)
+        d5.nack()
+        d0.ack()
+        rest = []
+        while True:
+            try:
+                d = s.receive(timeout=0.5)
+            except fastq.Empty:
+                break
+            rest.append((d.value, d.redelivered))
+            d.ack()
+        assert rest == [(b"5", True)] + [(b"%d" % i, True) for i in range(1, 5)], rest

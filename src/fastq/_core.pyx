@@ -1154,13 +1154,17 @@ cdef class SubscriberPool:
             raise
 
     cdef Subscriber _pick(self):
-        cdef Subscriber m, free = None
+        cdef Subscriber m, free = None, held = None
         for m in self._members:
             if not m.unacked:
-                if m.held:  # a claim given back (nack, a partial batch): it comes first
+                if m.held and m.nacked:  # a nacked message comes back first
                     return m
+                if m.held and held is None:  # then other claims given back
+                    held = m
                 if free is None:
                     free = m
+        if held is not None:
+            return held
         cdef Py_ssize_t n = len(self._members)
         if free is None and n >= self.prefetch:
             raise RuntimeError(_UNACKED_ONE if n == 1 else
