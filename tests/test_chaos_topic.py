@@ -587,8 +587,10 @@ def classify(w, calls):
       ambiguous - get/get_many killed after loads(), no "G": all of the
                   call's messages come back, or none (returned, lost)
       lost_ret  - get/get_many returned (some "G" written): lost with the reader
-      nacked    - receive(prefetch) nacked ("V"): must come back, flagged, the
-                  subscription's next delivery (or after its death)
+      nacked    - receive(prefetch) nacked ("V"): must come back, flagged, to
+                  the same subscription before any fresh message (only other
+                  redelivered ones may come first), or, if it died before
+                  that, to another reader after its death
     A prefetch reader's deliveries, held several at a time, each as one
     receive(): "K" done, "V" nacked, "Q" may, "B"/"L"/"R"/"N" must (its claim
     was held when the reader died).
@@ -1075,6 +1077,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                         # a dead reader, in some order) until this one; or, if it
                         # died first, a later delivery to another reader
                         own = next_delivery(d.w, d.t_settle)
+                        died_first = d.w.killed and nxt.tb > d.w.t_end
                         if own is not None:
                             i = bisect.bisect_left(tbs[d.w], own.tb)
                             ok = False
@@ -1087,8 +1090,12 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                                         and not (x.stage not in RECV_STAGES and any(
                                             k < x.tb for k in kills_g)):
                                     break  # a fresh message overtook the nacked one
+                            else:
+                                # only redelivered ones came before it, then the
+                                # reader died: it goes to another one after that
+                                ok = died_first
                         else:
-                            ok = d.w.killed and nxt.tb > d.w.t_end
+                            ok = died_first
                         if not ok or (nxt.stage in RECV_STAGES and not nxt.redelivered):
                             v["bad_redelivery"].append((m, ds, "nacked", round(d.t_settle, 4),
                                                         own))
