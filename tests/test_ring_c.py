@@ -19,51 +19,20 @@ import zlib
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import c_core  # noqa: E402
+from _cseg import (BIG, CAP, HDR, Handle, create, ffi, lib, mk, open_seg,  # noqa: E402,F401
+                   rec_size, seq_of)
 from _procs import children, fork, reap, wait_dead, wait_zombie  # noqa: E402
 
-ffi, lib = c_core.load()
-
-CAP = 4096
-BIG = 1 << 62
-HDR = 16
-
-
-def rec_size(n):
-    """bytes a record of n payload bytes takes in the ring (the core's fq_rec_size)"""
-    return lib.fqt_rec_size(n)
-
-
 ALIGN = rec_size(1) - HDR  # record alignment of the core: 8 (or 16)
-
-
-# ---------------------------------------------------------------------------
-# payloads: seq + crc32 of a body derived from seq
-
-
-def mk(seq, n=64):
-    assert n >= 8
-    body = random.Random(seq * 7919 + n).randbytes(n - 8)
-    return struct.pack("<II", seq, zlib.crc32(body)) + body
-
-
-def seq_of(b):
-    assert len(b) >= 8, "payload too short: %r" % (b,)
-    seq, crc = struct.unpack_from("<II", b)
-    assert zlib.crc32(b[8:]) == crc, "payload checksum mismatch for seq %d" % seq
-    assert b == mk(seq, len(b)), "payload body differs for seq %d" % seq
-    return seq
 
 
 # ---------------------------------------------------------------------------
 # a thin wrapper of the C API
 
 
-class Q:
+class Q(Handle):
     def __init__(self, ptr, path):
-        self.q = ptr
-        self.path = path
-        self._st = ffi.new("uint64_t[8]")
+        super().__init__(ptr, path)
         self._d = ffi.new("const void **")
         self._l = ffi.new("uint64_t *")
 
@@ -72,33 +41,6 @@ class Q:
         rc, q, err = create(path, capacity, max_message, max_slots, mode)
         assert rc == 0, (rc, err)
         return cls(q, path)
-
-    @classmethod
-    def open(cls, path):
-        rc, q, err = open_seg(path)
-        assert rc == 0, (rc, err)
-        return cls(q, path)
-
-    def close(self):
-        if self.q is not None:
-            lib.fq_close(self.q)
-            self.q = None
-
-    # producer
-    def put(self, data):
-        return lib.fq_put(self.q, data, len(data))
-
-    def put_batch(self, datas):
-        lens = ffi.new("uint64_t[]", [len(d) for d in datas])
-        c = ffi.new("fq_claim *")
-        rc = lib.fq_put_begin(self.q, lens, len(datas), c)
-        if rc:
-            return rc, c
-        for d in datas:
-            buf = lib.fq_claim_buf(self.q, c)
-            ffi.memmove(buf, d, len(d))
-        lib.fq_put_commit(self.q, c)
-        return rc, c
 
     # consumer
     def begin(self, max_n=1, max_bytes=BIG):
@@ -182,22 +124,6 @@ def wait(q, what, need, timeout_ns):
         lib.fq_wait(q.q, what, need, timeout_ns, 1)
     else:
         lib.fq_wait(q.q, what, need, timeout_ns)
-
-
-def create(path, capacity=CAP, max_message=0, max_slots=8, mode=0o600):
-    o = ffi.new("fq_create_opts *", {"capacity": capacity, "max_message": max_message,
-                                     "max_slots": max_slots, "mode": mode})
-    qq = ffi.new("fq_queue **")
-    err = ffi.new("char[512]")
-    rc = lib.fq_create(str(path).encode(), o, qq, err, 512)
-    return rc, qq[0], ffi.string(err).decode()
-
-
-def open_seg(path):
-    qq = ffi.new("fq_queue **")
-    err = ffi.new("char[512]")
-    rc = lib.fq_open(str(path).encode(), qq, err, 512)
-    return rc, qq[0], ffi.string(err).decode()
 
 
 def _chunks(d):

@@ -31,14 +31,10 @@ from contextlib import contextmanager
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import c_core  # noqa: E402
+import _cseg  # noqa: E402
+from _cseg import BIG, CAP, HDR, Handle, ffi, lib, mk, open_seg, rec_size, seq_of  # noqa: E402,F401
 from _procs import children, fork, reap, wait_dead  # noqa: E402
 
-ffi, lib = c_core.load()
-
-CAP = 4096
-BIG = 1 << 62
-HDR = 16
 PREFIX = 16  # a topic record's payload starts with its message index
 NO_IDX = (1 << 64) - 1
 
@@ -50,62 +46,22 @@ PH_IDLE, PH_CLAIMING, PH_WON = 0, 1, 2
 EBUSY = -16
 
 
-def rec_size(n):
-    return lib.fqt_rec_size(n)
-
-
 def trec(n):
     """ring bytes of a topic message of n payload bytes"""
     return rec_size(n + PREFIX)
 
 
 # ---------------------------------------------------------------------------
-# payloads: seq + crc32 of a body derived from seq
-
-
-def mk(seq, n=64):
-    assert n >= 8
-    body = random.Random(seq * 7919 + n).randbytes(n - 8)
-    return struct.pack("<II", seq, zlib.crc32(body)) + body
-
-
-def seq_of(b):
-    assert len(b) >= 8, "payload too short: %r" % (b,)
-    seq, crc = struct.unpack_from("<II", b)
-    assert zlib.crc32(b[8:]) == crc, "payload checksum mismatch for seq %d" % seq
-    assert b == mk(seq, len(b)), "payload body differs for seq %d" % seq
-    return seq
-
-
-# ---------------------------------------------------------------------------
 # thin wrappers of the C API
 
 
-def create(path, capacity=CAP, drop=False, max_subs=16, max_slots=16, max_message=0,
-           topic=1):
-    o = ffi.new("fq_create_opts *", {"capacity": capacity, "max_message": max_message,
-                                     "max_slots": max_slots, "mode": 0o600, "topic": topic,
-                                     "drop": int(drop), "max_subs": max_subs})
-    qq = ffi.new("fq_queue **")
-    err = ffi.new("char[512]")
-    rc = lib.fq_create(str(path).encode(), o, qq, err, 512)
-    return rc, qq[0], ffi.string(err).decode()
+def create(path, **kw):
+    """a topic segment (topic=0: a queue), as _cseg.create"""
+    return _cseg.create(path, **{"topic": 1, "max_slots": 16, **kw})
 
 
-def open_seg(path):
-    qq = ffi.new("fq_queue **")
-    err = ffi.new("char[512]")
-    rc = lib.fq_open(str(path).encode(), qq, err, 512)
-    return rc, qq[0], ffi.string(err).decode()
-
-
-class T:
+class T(Handle):
     """a topic handle"""
-
-    def __init__(self, ptr, path):
-        self.q = ptr
-        self.path = path
-        self._st = ffi.new("uint64_t[8]")
 
     @classmethod
     def create(cls, path, **kw):
@@ -113,33 +69,6 @@ class T:
         assert rc == 0, (rc, err)
         assert lib.fq_is_topic(q) == 1
         return cls(q, path)
-
-    @classmethod
-    def open(cls, path):
-        rc, q, err = open_seg(path)
-        assert rc == 0, (rc, err)
-        return cls(q, path)
-
-    def close(self):
-        if self.q is not None:
-            lib.fq_close(self.q)
-            self.q = None
-
-    # publisher
-    def put(self, data):
-        return lib.fq_put(self.q, data, len(data))
-
-    def put_batch(self, datas):
-        lens = ffi.new("uint64_t[]", [len(d) for d in datas])
-        c = ffi.new("fq_claim *")
-        rc = lib.fq_put_begin(self.q, lens, len(datas), c)
-        if rc:
-            return rc, c
-        for d in datas:
-            buf = lib.fq_claim_buf(self.q, c)
-            ffi.memmove(buf, d, len(d))
-        lib.fq_put_commit(self.q, c)
-        return rc, c
 
     # subscriptions
     def subscribe_rc(self, name, kind=ANON, start=LATEST):
