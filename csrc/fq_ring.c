@@ -304,6 +304,57 @@ int fq_has_requeued(fq_queue *q)
     return 0;
 }
 
+/*
+ * After shutdown, with head h at tail: is nothing left that a get could
+ * still receive?  A record between release and head that is not finished
+ * may still come back: given back by its consumer (abort), or by recovery
+ * if its consumer died; a requeued one waits to be taken.  Records claimed
+ * by this handle's own slot do not count: the caller holds them itself (and
+ * would otherwise wait for itself).  1: drained, report ShutDown; 0: wait
+ * (recovery runs while waiting).
+ */
+int fq_drained(fq_queue *q, uint64_t h)
+{
+    fq_ctrl *ctl = q->ctrl;
+    int me = atomic_load_explicit(&q->slot, RLX);
+    /* seq_cst: pairs with the consumers' release CAS and DONE stores, and
+     * recovery's requeue CAS (each is seq_cst) */
+    if (atomic_load(&ctl->tail) != h)
+        return 0; /* head moved on, or a put is in progress */
+    for (int tries = 0; tries < 64; tries++) {
+        uint64_t rel = atomic_load(&ctl->release), p = rel;
+        while (p < h && p - rel < q->cap) {
+            fq_rec *r = fq_rec_at(q, p);
+            uint64_t w = atomic_load(&r->word);
+            if (!fq_match(q, p, w))
+                break; /* released meanwhile: look again */
+            uint64_t span = fq_span(q, p, w, r->len);
+            if (!span)
+                return 0; /* corrupt: the next get reports it */
+            unsigned st = w & 7;
+            if (st == FQ_REC_TAKEN) {
+                if (me < 0 || fq_word_taker(w) >> 3 != (uint32_t)me)
+                    return 0;
+            } else if (st == FQ_REC_COMMITTED) {
+                int mine = 0; /* claimed (it is below head): by one of our lanes? */
+                for (unsigned l = 0; me >= 0 && l < FQ_LANES && !mine; l++) {
+                    fq_intent *in = &q->slots[me].lane[l].cons;
+                    mine = (atomic_load(&in->state) & 3) != FQ_PH_IDLE &&
+                           atomic_load(&in->pos) <= p && p < atomic_load(&in->end);
+                }
+                if (!mine)
+                    return 0;
+            } else if (st != FQ_REC_DONE && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED) {
+                return 0; /* requeued (or impossible) */
+            }
+            p += span;
+        }
+        if (p >= h)
+            return atomic_load(&ctl->tail) == h;
+    }
+    return 0;
+}
+
 /* Take one requeued record, if any lies between release and head. */
 static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
 {
@@ -417,7 +468,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         if (p == h) {
             atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
             fq_lane_put(q, lane);
-            if ((state & FQ_STATE_SHUTDOWN) && atomic_load(&ctl->tail) == h)
+            if ((state & FQ_STATE_SHUTDOWN) && fq_drained(q, h))
                 return FQ_SHUTDOWN;
             return FQ_EMPTY;
         }
@@ -549,7 +600,8 @@ void fq_get_end(fq_queue *q, fq_claim *c)
     FQ_CRASH_POINT("get_before_count");
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
-    fq_wake(q, FQ_WAIT_SPACE);
+    /* after shutdown, a drain may be waiting for this claim to settle */
+    fq_wake(q, atomic_load_explicit(&ctl->state, RLX) & FQ_STATE_SHUTDOWN ? -1 : FQ_WAIT_SPACE);
 }
 
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)

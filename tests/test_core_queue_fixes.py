@@ -161,3 +161,97 @@ def test_recovery_counts_a_committed_put_consumed_and_lapped_meanwhile(tmp_path)
     assert rc == 0 and msgs == [x]
     q.assert_settled()
     q.close()
+
+
+# ---------------------------------------------------------------------------
+# shutdown: ShutDown only when nothing is left to give back
+
+
+def _die_holding_child(path, point):
+    """claim one message and die at point (holding it)"""
+    q = Q.open(path)
+    lib.fq_test_set_crash_point(point.encode(), 1)
+    rc, c = q.begin(1)
+    assert rc == 0
+    q.end(c)
+    return 0  # the crash point was not reached
+
+
+@pytest.mark.parametrize("point", ["get_after_claim", "get_before_free"])
+def test_shutdown_not_reported_while_a_dead_consumer_holds_a_message(tmp_path, point):
+    """A consumer killed holding a message, then shutdown: a get must not report
+    ShutDown before recovery gave the message back (it was lost to the drain)."""
+    p = tmp_path / "q.seg"
+    q = Q.create(p, max_slots=4)
+    m = mk(7, 100)
+    assert q.put(m) == 0
+    pid = fork(_die_holding_child, p, point)
+    assert reap(pid) == 9
+    lib.fq_shutdown(q.q, 0)
+    rc, msgs, _ = q.get()
+    assert rc == lib.FQ_EMPTY, "ShutDown reported while a dead consumer's claim is held"
+    recover_fully(q)
+    rc, msgs, red = q.get()
+    assert rc == 0 and msgs == [m] and red
+    rc, _, _ = q.get()
+    assert rc == lib.FQ_SHUTDOWN
+    q.close()
+
+
+def test_shutdown_waits_for_a_live_claim_of_another_handle_not_for_its_own(tmp_path):
+    """A claim held by another handle may still be given back (abort): no ShutDown
+    until it is settled.  A handle's own claims do not hold its gets back."""
+    p = tmp_path / "q.seg"
+    q = Q.create(p, max_slots=4)
+    other = Q.open(p)
+    m = [mk(i, 60) for i in range(2)]
+    for d in m:
+        assert q.put(d) == 0
+    rc, c_own = q.begin(1)
+    assert rc == 0
+    rc, c_other = other.begin(1)
+    assert rc == 0
+    lib.fq_shutdown(q.q, 0)
+    assert q.begin(1)[0] == lib.FQ_EMPTY  # other's claim may come back
+    assert other.begin(1)[0] == lib.FQ_EMPTY  # and so may q's
+    other.abort(c_other)
+    rc, c2 = q.begin(1)
+    assert rc == 0 and q.read(c2) == [m[1]] and c2.redelivered
+    q.end(c2)
+    assert q.begin(1)[0] == lib.FQ_SHUTDOWN  # only its own claim is left
+    assert other.begin(1)[0] == lib.FQ_EMPTY
+    q.end(c_own)
+    assert other.begin(1)[0] == lib.FQ_SHUTDOWN
+    other.close()
+    q.close()
+
+
+def _receive_and_die(name):
+    import fastq
+    q = fastq.Queue.open(name)
+    d = q.receive(timeout=5)
+    assert d.value == "last"
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_drain_after_shutdown_gets_a_dead_consumers_message(tmp_path):
+    """Public API: a consumer killed holding a receive()d message, then shutdown();
+    the documented drain loop (get until ShutDown) must return the message."""
+    import fastq
+    name = str(tmp_path / "q")
+    with fastq.Queue.create(name, capacity=1 << 16) as q:
+        q.put("last")
+        with children() as pids:
+            pid = fork(_receive_and_die, name)
+            pids.append(pid)
+            assert reap(pid) == -signal.SIGKILL
+            pids.remove(pid)
+        q.shutdown()
+        out = []
+        while True:
+            try:
+                out.append(q.get(timeout=10))
+            except fastq.ShutDown:
+                break
+        assert out == ["last"]
+        assert q.qsize() == 0
