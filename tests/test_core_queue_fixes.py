@@ -255,3 +255,62 @@ def test_drain_after_shutdown_gets_a_dead_consumers_message(tmp_path):
                 break
         assert out == ["last"]
         assert q.qsize() == 0
+
+
+def _member_receive_and_die(name, ready_w):
+    import fastq
+    t = fastq.Topic.open(name)
+    s = t.subscribe(group="g")
+    os.write(ready_w, b"s")
+    d = s.receive(timeout=10)
+    assert d.value == "last"
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_group_drain_after_shutdown_gets_a_dead_members_message(tmp_path):
+    """Public API: a group member killed holding a receive()d delivery, then
+    shutdown(); another member's `for m in sub` must return the message (it ended
+    at once, and the message came back only through recover())."""
+    import threading
+
+    import fastq
+    name = str(tmp_path / "t")
+    with fastq.Topic.create(name, capacity=1 << 16) as t:
+        s = t.subscribe(group="g")
+        r, w = os.pipe()
+        try:
+            with children() as pids:
+                pid = fork(_member_receive_and_die, name, w)
+                pids.append(pid)
+                assert os.read(r, 1) == b"s"
+                t.publish("last")
+                assert reap(pid) == -signal.SIGKILL
+                pids.remove(pid)
+        finally:
+            os.close(r)
+            os.close(w)
+        t.shutdown()
+        out = []
+        th = threading.Thread(target=lambda: out.extend(s), daemon=True)
+        th.start()
+        th.join(20)
+        if th.is_alive():
+            t.shutdown(immediate=True)
+            th.join(5)
+            raise AssertionError("`for m in sub` did not end after the message came back")
+        assert out == ["last"]
+        assert s.lag == 0
+
+
+def test_group_shutdown_not_reported_for_own_delivery(tmp_path):
+    """A member's own unacknowledged delivery does not hold back its gets."""
+    import fastq
+    name = str(tmp_path / "t2")
+    with fastq.Topic.create(name, capacity=1 << 16) as t:
+        s = t.subscribe(group="g", prefetch=2)
+        t.publish("a")
+        d = s.receive(timeout=5)
+        t.shutdown()
+        with pytest.raises(fastq.ShutDown):
+            s.get(timeout=5)
+        d.ack()
