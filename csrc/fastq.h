@@ -51,6 +51,10 @@ typedef struct fq_claim {
     uint32_t first_off; /* offset of the first message record from pos */
     uint32_t redelivered;
     uint64_t count;    /* the lane's message count before this operation */
+    /* producer: fq_put_begin's lens (the caller keeps them valid until
+     * fq_put_commit) and the buffers fq_claim_buf has handed out */
+    const uint64_t *lens;
+    uint64_t given;
     /* topics (subscriber claims) */
     uint64_t idx;      /* index of the last message found intact */
     uint64_t msg_pos;  /* position of the message fq_sub_next returned */
@@ -77,6 +81,8 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
 void fq_close(fq_queue *q);
 
 /* Producer */
+/* lens[0..n-1]: payload bytes of each record; the claim keeps the pointer,
+ * so lens must stay valid until fq_put_commit. */
 int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c);
 void *fq_claim_buf(fq_queue *q, fq_claim *c); /* next record's payload */
 void fq_put_commit(fq_queue *q, fq_claim *c);

@@ -202,13 +202,21 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     c->first_off = (uint32_t)pad;
     c->redelivered = 0;
     c->count = count;
+    c->lens = lens;
+    c->given = 0;
     return FQ_OK;
 }
 
+/* The next record's payload buffer.  The records are found from the
+ * caller's own lengths, never from the headers in the shared segment: a len
+ * rewritten there could steer the buffer, and the caller's copy, past the
+ * ring's end. */
 void *fq_claim_buf(fq_queue *q, fq_claim *c)
 {
+    if (c->given >= c->n)
+        return NULL; /* more buffers than records: a caller's bug */
     fq_rec *r = fq_rec_at(q, c->cursor);
-    c->cursor += fq_rec_size(r->len); /* our own header */
+    c->cursor += fq_rec_size(c->lens[c->given++] + q->prefix);
     return (uint8_t *)(r + 1) + q->prefix;
 }
 
@@ -218,11 +226,10 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
     uint64_t p = c->pos + c->first_off;
     for (uint64_t i = 0; i < c->n; i++) {
         fq_rec *r = fq_rec_at(q, p);
-        uint32_t len = r->len;
         /* release: pairs with the consumer's acquire load of the word; the
          * payload copied above is visible to whoever sees COMMITTED */
         atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);
-        p += fq_rec_size(len);
+        p += fq_rec_size(c->lens[i] + q->prefix); /* our lengths, as fq_claim_buf */
         if (i == 0)
             FQ_CRASH_POINT("put_mid_commit");
     }

@@ -17,7 +17,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cseg import lib, mk, rec_size, seq_of  # noqa: E402
+from _cseg import HDR, ffi, lib, mk, rec_size, seq_of  # noqa: E402
 from _procs import children, fork, reap  # noqa: E402
 from test_ring_c import Q, advance_to, recover_fully  # noqa: E402
 
@@ -314,3 +314,40 @@ def test_group_shutdown_not_reported_for_own_delivery(tmp_path):
         with pytest.raises(fastq.ShutDown):
             s.get(timeout=5)
         d.ack()
+
+
+# ---------------------------------------------------------------------------
+# values read from the segment: the producer's own lengths
+
+
+def _addr(ptr):
+    return int(ffi.cast("uintptr_t", ptr))
+
+
+def test_claim_buf_follows_the_callers_lengths_not_the_segments(tmp_path):
+    """fq_claim_buf found the next record of a batch from the len in the shared
+    header: a hostile writer could move the second buffer to the ring's end, and the
+    caller's copy past the mapping.  The buffers follow the caller's own lengths."""
+    p = tmp_path / "q.seg"
+    q = Q.create(p, max_slots=4)
+    lens = ffi.new("uint64_t[]", [64, 64])
+    c = ffi.new("fq_claim *")
+    assert lib.fq_put_begin(q.q, lens, 2, c) == 0
+    first = c.pos + c.first_off
+    assert first == 0
+    # rewrite the first header's len so that its "next record" is the ring's last 16
+    # bytes (a length the header check would accept)
+    hostile = q.cap - HDR - HDR
+    ffi.cast("uint32_t *", _addr(lib.fqt_rec_data(q.q, first)) - 8)[0] = hostile
+    b0 = lib.fq_claim_buf(q.q, c)
+    b1 = lib.fq_claim_buf(q.q, c)
+    assert _addr(b0) == _addr(lib.fqt_rec_data(q.q, first))
+    assert _addr(b1) == _addr(lib.fqt_rec_data(q.q, first + rec_size(64))), (
+        "the second buffer was placed by the len read from the segment")
+    ffi.cast("uint32_t *", _addr(lib.fqt_rec_data(q.q, first)) - 8)[0] = 64
+    ffi.memmove(b0, mk(1, 64), 64)
+    ffi.memmove(b1, mk(2, 64), 64)
+    lib.fq_put_commit(q.q, c)
+    got = q.drain()
+    assert [seq_of(m) for m, _ in got] == [1, 2]
+    q.close()
