@@ -96,6 +96,10 @@
 #define FQ_REC_HDR 16u
 #define FQ_MIN_CAPACITY 4096u
 #define FQ_MAX_CAPACITY (1ULL << 31) /* spans fit the 32-bit len field */
+/* positions never reach 2^63 (at 10 GB/s that takes 29 years), so that
+ * position arithmetic (p + span, p + capacity) never wraps: a segment whose
+ * cursors are above it is refused at open */
+#define FQ_POS_MAX (1ULL << 63)
 
 /* record states (low 3 bits of the record word) */
 enum {

@@ -407,7 +407,8 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
         goto fail;
     }
     fq_ctrl *c = (fq_ctrl *)base;
-    /* cursors: release <= head <= tail <= release + capacity, all aligned.
+    /* cursors: release <= head <= tail <= release + capacity, all aligned,
+     * tail at most FQ_POS_MAX.
      * Loaded in this order, a live queue cannot fail the check. */
     uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head),
              tl = atomic_load(&c->tail), rel2 = atomic_load(&c->release);
@@ -416,7 +417,7 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
     /* tail is checked against release loaded after it: between the first
      * load of release and the load of tail, release may have moved and tail
      * passed the old release + capacity (a busy, full ring) */
-    if ((rel | hd | tl) & 15 || rel > hd || hd > tl || rel2 < rel ||
+    if ((rel | hd | tl) & 15 || rel > hd || hd > tl || rel2 < rel || tl > FQ_POS_MAX ||
         (rel2 <= tl && tl - rel2 > h.capacity)) {
         munmap(base, h.file_size);
         BAD("%s: cursors are inconsistent (release %llu, head %llu, tail %llu)", path,

@@ -351,3 +351,26 @@ def test_claim_buf_follows_the_callers_lengths_not_the_segments(tmp_path):
     got = q.drain()
     assert [seq_of(m) for m, _ in got] == [1, 2]
     q.close()
+
+
+@pytest.mark.parametrize("topic", [0, 1], ids=["queue", "topic"])
+def test_open_rejects_cursors_near_the_wrap_of_64_bits(tmp_path, topic):
+    """Positions only grow; one above 2^63 is never reached by a real segment (at
+    10 GB/s it takes 29 years) and would wrap position arithmetic (p + span): a file
+    whose cursors sit there is rejected at open."""
+    import struct
+
+    from _cseg import create, open_seg
+    p = tmp_path / "q.seg"
+    rc, qp, err = create(p, topic=topic)
+    assert rc == 0, err
+    lib.fq_close(qp)
+    pos = (1 << 64) - 4096  # consistent cursors, a page before the wrap
+    with open(p, "r+b") as f:
+        for off in (128, 256, 384):  # tail, head, release
+            f.seek(off)
+            f.write(struct.pack("<Q", pos))
+    rc, qp, err = open_seg(p)
+    if rc == 0:
+        lib.fq_close(qp)
+    assert rc == lib.FQ_EBADSEG, "a segment with cursors at 2^64 - 4096 was opened"
