@@ -374,3 +374,29 @@ def test_open_rejects_cursors_near_the_wrap_of_64_bits(tmp_path, topic):
     if rc == 0:
         lib.fq_close(qp)
     assert rc == lib.FQ_EBADSEG, "a segment with cursors at 2^64 - 4096 was opened"
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64",
+                    reason="x86-64 has a 16-byte CAS only with -mcx16")
+def test_build_fails_without_a_native_16_byte_cas(tmp_path):
+    """Topics move (tail, published) and (release, epoch) with a 16-byte CAS shared
+    between processes; without a native one (x86-64 without -mcx16) the compiler may
+    fall back to a lock local to one process.  The build must fail there instead."""
+    import shutil
+    import subprocess
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip("no gcc")
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    src = os.path.join(csrc, "fq_topic.c")
+
+    def compiles(*flags):
+        r = subprocess.run([gcc, "-std=gnu11", "-fsyntax-only", "-I", csrc, *flags, src],
+                           capture_output=True, text=True)
+        return r.returncode == 0, r.stderr
+
+    ok, err = compiles("-mcx16")
+    assert ok, err
+    ok, err = compiles("-mno-cx16")
+    assert not ok, "built without a native 16-byte CAS"
+    assert "16-byte compare-and-swap" in err
