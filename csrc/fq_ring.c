@@ -288,7 +288,10 @@ void fq_sweep(fq_queue *q)
 
 /*
  * Is there a REQUEUED record between release and head?  Only looked at
- * when the requeued hint is non-zero; bounded.
+ * when the requeued hint is non-zero.  The whole range, as
+ * fq_take_requeued walks it: a bound here (it was 4096 records) hid a
+ * record given back behind a larger claim, and its waiters slept their
+ * whole slice each time.
  */
 int fq_has_requeued(fq_queue *q)
 {
@@ -296,7 +299,7 @@ int fq_has_requeued(fq_queue *q)
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     uint64_t p = rel;
-    for (int i = 0; i < 4096 && p < hd && p - rel < q->cap; i++) {
+    while (p < hd && p - rel < q->cap) {
         fq_rec *r = fq_rec_at(q, p);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, p, w))

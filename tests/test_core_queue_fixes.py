@@ -400,3 +400,35 @@ def test_build_fails_without_a_native_16_byte_cas(tmp_path):
     ok, err = compiles("-mno-cx16")
     assert not ok, "built without a native 16-byte CAS"
     assert "16-byte compare-and-swap" in err
+
+
+# ---------------------------------------------------------------------------
+# wake-ups
+
+
+def test_data_wait_sees_a_requeued_record_behind_many_claimed_ones(tmp_path):
+    """The data waiter's check for requeued records gave up after 4096 records: a
+    record given back behind a claim of more than 4096 messages was not seen, and a
+    waiter slept its whole slice (each time) although there was a message to take."""
+    p = tmp_path / "q.seg"
+    q = Q.create(p, capacity=1 << 17, max_slots=4)
+    other = Q.open(p)
+    n = 4100
+    for _ in range(n):
+        assert q.put(b"") == 0
+    rc, big = other.begin(n)
+    assert rc == 0 and big.n == n
+    m = mk(1, 32)
+    assert q.put(m) == 0
+    rc, c = other.begin(1)
+    assert rc == 0
+    other.abort(c)  # REQUEUED, after n claimed records
+    assert q.stats()["requeued"] == 1
+    assert lib.fq_spin(q.q, lib.FQ_WAIT_DATA, 0, 1000000) == 1, (
+        "a waiter would sleep although a requeued message is there")
+    rc, msgs, red = q.get()
+    assert rc == 0 and msgs == [m] and red
+    other.end(big)
+    q.assert_settled()
+    other.close()
+    q.close()
