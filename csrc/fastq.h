@@ -51,6 +51,10 @@ typedef struct fq_claim {
     uint32_t first_off; /* offset of the first message record from pos */
     uint32_t redelivered;
     uint64_t count;    /* the lane's message count before this operation */
+    /* producer: fq_put_begin's lens (the caller keeps them valid until
+     * fq_put_commit) and the buffers fq_claim_buf has handed out */
+    const uint64_t *lens;
+    uint64_t given;
     /* topics (subscriber claims) */
     uint64_t idx;      /* index of the last message found intact */
     uint64_t msg_pos;  /* position of the message fq_sub_next returned */
@@ -77,6 +81,8 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
 void fq_close(fq_queue *q);
 
 /* Producer */
+/* lens[0..n-1]: payload bytes of each record; the claim keeps the pointer,
+ * so lens must stay valid until fq_put_commit. */
 int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c);
 void *fq_claim_buf(fq_queue *q, fq_claim *c); /* next record's payload */
 void fq_put_commit(fq_queue *q, fq_claim *c);
@@ -84,7 +90,10 @@ int fq_put(fq_queue *q, const void *data, size_t len); /* begin+copy+commit */
 
 /* Consumer */
 /* max_bytes bounds the claim's payload, except that its first message is
- * taken whatever its size, unless FQ_BYTES_STRICT is or-ed into max_bytes. */
+ * taken whatever its size, unless FQ_BYTES_STRICT is or-ed into max_bytes.
+ * After fq_shutdown: FQ_SHUTDOWN once nothing is left that could still come
+ * back (claims of other handles, live or dead, may be given back; FQ_EMPTY
+ * meanwhile: wait, and let recovery run). */
 #define FQ_BYTES_STRICT (1ULL << 63)
 int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c);
 int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len);
@@ -190,5 +199,9 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
 
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);
+/* Test hook for races: when set, the calling process stops itself
+ * (SIGSTOP) at the named crash point, once, on its countdown-th pass; the
+ * test sees it stopped (waitpid with WUNTRACED), acts, then sends SIGCONT. */
+void fq_test_set_pause_point(const char *name, int countdown);
 
 #endif

@@ -136,5 +136,6 @@ void fq_lane_put(fq_queue *q, int lane);
 void fq_wake(fq_queue *q, int what);
 void fq_sweep(fq_queue *q);
 int fq_has_requeued(fq_queue *q);
+int fq_drained(fq_queue *q, uint64_t h);
 
 #endif

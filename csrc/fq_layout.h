@@ -96,6 +96,10 @@
 #define FQ_REC_HDR 16u
 #define FQ_MIN_CAPACITY 4096u
 #define FQ_MAX_CAPACITY (1ULL << 31) /* spans fit the 32-bit len field */
+/* positions never reach 2^63 (at 10 GB/s that takes 29 years), so that
+ * position arithmetic (p + span, p + capacity) never wraps: a segment whose
+ * cursors are above it is refused at open */
+#define FQ_POS_MAX (1ULL << 63)
 
 /* record states (low 3 bits of the record word) */
 enum {
@@ -287,6 +291,12 @@ _Static_assert(sizeof(fq_slot) == 128 + FQ_LANES * 128, "slot size");
 _Static_assert(sizeof(fq_rec) == FQ_REC_HDR, "record header is 16 bytes");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
+/* tail/published and release/release_epoch move as 16-byte pairs (topics):
+ * the CAS must be native, lock-free across processes, never a fallback
+ * lock local to one process */
+#ifndef __GCC_HAVE_SYNC_COMPARE_AND_SWAP_16
+#error "fastq needs a native 16-byte compare-and-swap (on x86-64: build with -mcx16)"
+#endif
 
 /* the tag of position p: a bijection of p (p is a multiple of 16) */
 static inline uint64_t fq_tag(uint64_t salt, uint64_t pos)

@@ -80,14 +80,32 @@ static int fq_header_at(fq_queue *q, uint64_t p, uint64_t *w)
     return fq_match(q, p, *w);
 }
 
+/*
+ * Is position p still retained (release at or below it)?  Asked after the
+ * caller loaded the word at p (acquire), before it writes at p or decides
+ * from that word: a lap can happen between any two loads.  Once the record
+ * at p is consumed and release passes it, a producer of the next lap may
+ * write p + capacity at the same index; that producer loaded release past p
+ * (acquire) before its release store of the word, so a caller that read
+ * that word reads release past p here too.  The caller's acquire load of
+ * the word orders this load after it.
+ */
+static int fq_retained(fq_queue *q, uint64_t p)
+{
+    return atomic_load(&q->ctrl->release) <= p;
+}
+
 /* Replace the header-less region [p, p + span) by one SKIP record.  n: the
  * messages the dead claim held; a topic's SKIP keeps it after its header
  * (owner UINT32_MAX says so), so that readers do not count those messages,
- * which were never published, as lost to lapping. */
+ * which were never published, as lost to lapping.  Writes nothing if p has
+ * a header, or is no longer retained (its bytes may be the next lap's);
+ * while p is retained and has no header, nobody else writes there (release
+ * cannot pass a position without a header, and tail is past it). */
 static void fq_abandon_region(fq_queue *q, uint64_t p, uint64_t span, uint64_t n)
 {
     uint64_t w;
-    if (fq_header_at(q, p, &w))
+    if (fq_header_at(q, p, &w) || !fq_retained(q, p))
         return;
     fq_rec *r = fq_rec_at(q, p);
     /* (a SKIP may cross the end of the ring: then the count has no room) */
@@ -96,6 +114,13 @@ static void fq_abandon_region(fq_queue *q, uint64_t p, uint64_t span, uint64_t n
     r->len = (uint32_t)span;
     r->owner = UINT32_MAX;
     atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, p) | FQ_REC_SKIP);
+}
+
+/* Is the region at p passable now: a header at p, or p released? */
+static int fq_region_done(fq_queue *q, uint64_t p)
+{
+    uint64_t w;
+    return fq_header_at(q, p, &w) || !fq_retained(q, p);
 }
 
 /* Is end e witnessed as a record boundary? (see the comment at the top) */
@@ -114,10 +139,10 @@ static int fq_witnessed(fq_queue *q, uint64_t e)
 }
 
 /* A region at p without a header: resolve it from the intents at p.
- * Returns 1 when p has a header afterwards. */
+ * Returns 1 when p has a header afterwards (or was released meanwhile). */
 static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
 {
-    uint64_t *ends = malloc(2 * sizeof *ends * q->nslots * FQ_LANES), w;
+    uint64_t *ends = malloc(2 * sizeof *ends * q->nslots * FQ_LANES);
     int ne = 0, ok = 0;
     if (!ends)
         return 0;
@@ -135,7 +160,7 @@ static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
                 continue; /* impossible: ignore */
             if (ph != FQ_PH_CLAIMING) { /* it won: its end is the truth */
                 fq_abandon_region(q, p, e - p, atomic_load(&in->n));
-                ok = fq_header_at(q, p, &w);
+                ok = fq_region_done(q, p);
                 goto out;
             }
             ns[ne] = atomic_load(&in->n);
@@ -154,7 +179,7 @@ static int fq_resolve_region(fq_queue *q, const fq_slot_view *v, uint64_t p)
         }
         ends[best] = 0;
     }
-    ok = fq_header_at(q, p, &w);
+    ok = fq_region_done(q, p);
 out:
     free(ends);
     return ok;
@@ -214,20 +239,28 @@ static int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned 
     if (ph == FQ_PH_CLAIMING) {
         /* CLAIMING never wrote a header (WON is stored first): it committed
          * nothing, and if it won, its region has no header */
-        if (atomic_load(&c->tail) != p && atomic_load(&c->release) <= p &&
-            !fq_header_at(q, p, &w) && !fq_resolve_region(q, v, p))
-            return 0;
+        if (atomic_load(&c->tail) != p && atomic_load(&c->release) <= p) {
+            FQ_CRASH_POINT("recover_region_checked");
+            if (!fq_header_at(q, p, &w) && !fq_resolve_region(q, v, p))
+                return 0;
+        }
         atomic_store(&in->state, count << 2 | FQ_PH_IDLE);
         return 1;
     }
     for (int tries = 0; ph == FQ_PH_WON; tries++) {
         uint64_t rel = atomic_load(&c->release);
+        FQ_CRASH_POINT("recover_count_checked");
         int64_t k;
-        if (rel <= p && !fq_header_at(q, p, &w))
-            k = 0; /* no header written: nothing committed */
-        else if (rel >= end)
+        if (rel <= p && !fq_header_at(q, p, &w)) {
+            /* no header written: nothing committed, if p is still retained
+             * after the word was read (else it was consumed meanwhile, and
+             * the word is another lap's: look again) */
+            if (!fq_retained(q, p))
+                continue;
+            k = 0;
+        } else if (rel >= end) {
             k = (int64_t)n;
-        else {
+        } else {
             int64_t wr = fq_count_states(q, rel > p ? rel : p, end, 1u << FQ_REC_WRITING, owner);
             if (wr < 0) {
                 if (tries > 1000)
@@ -241,23 +274,39 @@ static int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned 
         ph = FQ_PH_RECOVERED;
         FQ_CRASH_POINT("recover_after_count");
     }
-    /* RECOVERED: count fixed; now make the region passable */
-    uint64_t rel = atomic_load(&c->release);
-    if (rel <= p && !fq_header_at(q, p, &w)) {
-        fq_abandon_region(q, p, end - p, n);
-    } else {
-        for (uint64_t x = rel > p ? rel : p; x < end;) {
-            if (!fq_header_at(q, x, &w))
-                break; /* released meanwhile */
-            fq_rec *r = fq_rec_at(q, x);
-            uint64_t span = fq_span(q, x, w, r->len);
-            if (!span)
+    /* RECOVERED: count fixed; now make the region passable: a SKIP over it
+     * if it has no header, else its WRITING records ABANDONED.  Again while
+     * release moves under the walk (a record passed by release was not ours
+     * to change any more; the ones after it still are). */
+    for (uint64_t last = UINT64_MAX;;) {
+        uint64_t rel = atomic_load(&c->release), x = rel > p ? rel : p;
+        FQ_CRASH_POINT("recover_region_checked");
+        if (rel >= end || rel == last)
+            break; /* all released; or no progress: a corrupt segment */
+        last = rel;
+        if (rel <= p && !fq_header_at(q, p, &w)) {
+            fq_abandon_region(q, p, end - p, n);
+            if (fq_retained(q, p))
                 break;
-            if ((w & 7) == FQ_REC_WRITING && r->owner == owner)
+            continue; /* it had headers, and was consumed meanwhile */
+        }
+        while (x < end && fq_header_at(q, x, &w)) {
+            fq_rec *r = fq_rec_at(q, x);
+            uint32_t own = r->owner;
+            uint64_t span = fq_stable_span(q, x, w); /* 0: released meanwhile */
+            if (!span || span > end - x)
+                break;
+            /* the CAS on the exact word re-validates: a WRITING record is
+             * never released, so one still WRITING was not reused */
+            if ((w & 7) == FQ_REC_WRITING && own == owner)
                 atomic_compare_exchange_strong(&r->word, &w,
                                                fq_tag_of(q, x) | FQ_REC_ABANDONED);
             x += span;
         }
+        /* a header that does not match: released meanwhile (again from the
+         * new release), or a corrupt segment (stop) */
+        if (x >= end || fq_retained(q, x))
+            break;
     }
     atomic_store(&in->state, count << 2 | FQ_PH_IDLE);
     return 1;

@@ -202,13 +202,21 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     c->first_off = (uint32_t)pad;
     c->redelivered = 0;
     c->count = count;
+    c->lens = lens;
+    c->given = 0;
     return FQ_OK;
 }
 
+/* The next record's payload buffer.  The records are found from the
+ * caller's own lengths, never from the headers in the shared segment: a len
+ * rewritten there could steer the buffer, and the caller's copy, past the
+ * ring's end. */
 void *fq_claim_buf(fq_queue *q, fq_claim *c)
 {
+    if (c->given >= c->n)
+        return NULL; /* more buffers than records: a caller's bug */
     fq_rec *r = fq_rec_at(q, c->cursor);
-    c->cursor += fq_rec_size(r->len); /* our own header */
+    c->cursor += fq_rec_size(c->lens[c->given++] + q->prefix);
     return (uint8_t *)(r + 1) + q->prefix;
 }
 
@@ -218,11 +226,10 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
     uint64_t p = c->pos + c->first_off;
     for (uint64_t i = 0; i < c->n; i++) {
         fq_rec *r = fq_rec_at(q, p);
-        uint32_t len = r->len;
         /* release: pairs with the consumer's acquire load of the word; the
          * payload copied above is visible to whoever sees COMMITTED */
         atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);
-        p += fq_rec_size(len);
+        p += fq_rec_size(c->lens[i] + q->prefix); /* our lengths, as fq_claim_buf */
         if (i == 0)
             FQ_CRASH_POINT("put_mid_commit");
     }
@@ -281,7 +288,10 @@ void fq_sweep(fq_queue *q)
 
 /*
  * Is there a REQUEUED record between release and head?  Only looked at
- * when the requeued hint is non-zero; bounded.
+ * when the requeued hint is non-zero.  The whole range, as
+ * fq_take_requeued walks it: a bound here (it was 4096 records) hid a
+ * record given back behind a larger claim, and its waiters slept their
+ * whole slice each time.
  */
 int fq_has_requeued(fq_queue *q)
 {
@@ -289,7 +299,7 @@ int fq_has_requeued(fq_queue *q)
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     uint64_t p = rel;
-    for (int i = 0; i < 4096 && p < hd && p - rel < q->cap; i++) {
+    while (p < hd && p - rel < q->cap) {
         fq_rec *r = fq_rec_at(q, p);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, p, w))
@@ -300,6 +310,57 @@ int fq_has_requeued(fq_queue *q)
         if (!span)
             return 0;
         p += span;
+    }
+    return 0;
+}
+
+/*
+ * After shutdown, with head h at tail: is nothing left that a get could
+ * still receive?  A record between release and head that is not finished
+ * may still come back: given back by its consumer (abort), or by recovery
+ * if its consumer died; a requeued one waits to be taken.  Records claimed
+ * by this handle's own slot do not count: the caller holds them itself (and
+ * would otherwise wait for itself).  1: drained, report ShutDown; 0: wait
+ * (recovery runs while waiting).
+ */
+int fq_drained(fq_queue *q, uint64_t h)
+{
+    fq_ctrl *ctl = q->ctrl;
+    int me = atomic_load_explicit(&q->slot, RLX);
+    /* seq_cst: pairs with the consumers' release CAS and DONE stores, and
+     * recovery's requeue CAS (each is seq_cst) */
+    if (atomic_load(&ctl->tail) != h)
+        return 0; /* head moved on, or a put is in progress */
+    for (int tries = 0; tries < 64; tries++) {
+        uint64_t rel = atomic_load(&ctl->release), p = rel;
+        while (p < h && p - rel < q->cap) {
+            fq_rec *r = fq_rec_at(q, p);
+            uint64_t w = atomic_load(&r->word);
+            if (!fq_match(q, p, w))
+                break; /* released meanwhile: look again */
+            uint64_t span = fq_span(q, p, w, r->len);
+            if (!span)
+                return 0; /* corrupt: the next get reports it */
+            unsigned st = w & 7;
+            if (st == FQ_REC_TAKEN) {
+                if (me < 0 || fq_word_taker(w) >> 3 != (uint32_t)me)
+                    return 0;
+            } else if (st == FQ_REC_COMMITTED) {
+                int mine = 0; /* claimed (it is below head): by one of our lanes? */
+                for (unsigned l = 0; me >= 0 && l < FQ_LANES && !mine; l++) {
+                    fq_intent *in = &q->slots[me].lane[l].cons;
+                    mine = (atomic_load(&in->state) & 3) != FQ_PH_IDLE &&
+                           atomic_load(&in->pos) <= p && p < atomic_load(&in->end);
+                }
+                if (!mine)
+                    return 0;
+            } else if (st != FQ_REC_DONE && st != FQ_REC_SKIP && st != FQ_REC_ABANDONED) {
+                return 0; /* requeued (or impossible) */
+            }
+            p += span;
+        }
+        if (p >= h)
+            return atomic_load(&ctl->tail) == h;
     }
     return 0;
 }
@@ -417,7 +478,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         if (p == h) {
             atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
             fq_lane_put(q, lane);
-            if ((state & FQ_STATE_SHUTDOWN) && atomic_load(&ctl->tail) == h)
+            if ((state & FQ_STATE_SHUTDOWN) && fq_drained(q, h))
                 return FQ_SHUTDOWN;
             return FQ_EMPTY;
         }
@@ -549,7 +610,8 @@ void fq_get_end(fq_queue *q, fq_claim *c)
     FQ_CRASH_POINT("get_before_count");
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
-    fq_wake(q, FQ_WAIT_SPACE);
+    /* after shutdown, a drain may be waiting for this claim to settle */
+    fq_wake(q, atomic_load_explicit(&ctl->state, RLX) & FQ_STATE_SHUTDOWN ? -1 : FQ_WAIT_SPACE);
 }
 
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)

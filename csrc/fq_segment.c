@@ -131,16 +131,19 @@ int fq_pid_alive(int pid, uint64_t start_time)
     return 1;
 }
 
-/* ---- crash points (tests only) ----------------------------------------- */
+/* ---- crash and pause points (tests only) -------------------------------- */
 
-_Atomic int fq_crash_armed = 0;
+_Atomic int fq_crash_armed = 0; /* a crash or a pause point is set */
 static char fq_crash_name[64];
 static _Atomic int fq_crash_countdown;
+static char fq_pause_name[64];
+static _Atomic int fq_pause_countdown;
 
 void fq_test_set_crash_point(const char *name, int countdown)
 {
     if (!name || !*name) {
-        atomic_store(&fq_crash_armed, 0);
+        fq_crash_name[0] = 0;
+        atomic_store(&fq_crash_armed, fq_pause_name[0] != 0);
         return;
     }
     snprintf(fq_crash_name, sizeof fq_crash_name, "%s", name);
@@ -148,9 +151,24 @@ void fq_test_set_crash_point(const char *name, int countdown)
     atomic_store(&fq_crash_armed, 1);
 }
 
+void fq_test_set_pause_point(const char *name, int countdown)
+{
+    if (!name || !*name) {
+        fq_pause_name[0] = 0;
+        atomic_store(&fq_crash_armed, fq_crash_name[0] != 0);
+        return;
+    }
+    snprintf(fq_pause_name, sizeof fq_pause_name, "%s", name);
+    atomic_store(&fq_pause_countdown, countdown);
+    atomic_store(&fq_crash_armed, 1);
+}
+
 void fq_crash_check(const char *name)
 {
-    if (strcmp(name, fq_crash_name) != 0)
+    if (fq_pause_name[0] && strcmp(name, fq_pause_name) == 0 &&
+        atomic_fetch_sub(&fq_pause_countdown, 1) == 1)
+        raise(SIGSTOP); /* once: the countdown goes on below zero */
+    if (!fq_crash_name[0] || strcmp(name, fq_crash_name) != 0)
         return;
     if (atomic_fetch_sub(&fq_crash_countdown, 1) <= 1)
         _exit(9);
@@ -389,7 +407,8 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
         goto fail;
     }
     fq_ctrl *c = (fq_ctrl *)base;
-    /* cursors: release <= head <= tail <= release + capacity, all aligned.
+    /* cursors: release <= head <= tail <= release + capacity, all aligned,
+     * tail at most FQ_POS_MAX.
      * Loaded in this order, a live queue cannot fail the check. */
     uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head),
              tl = atomic_load(&c->tail), rel2 = atomic_load(&c->release);
@@ -398,7 +417,7 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
     /* tail is checked against release loaded after it: between the first
      * load of release and the load of tail, release may have moved and tail
      * passed the old release + capacity (a busy, full ring) */
-    if ((rel | hd | tl) & 15 || rel > hd || hd > tl || rel2 < rel ||
+    if ((rel | hd | tl) & 15 || rel > hd || hd > tl || rel2 < rel || tl > FQ_POS_MAX ||
         (rel2 <= tl && tl - rel2 > h.capacity)) {
         munmap(base, h.file_size);
         BAD("%s: cursors are inconsistent (release %llu, head %llu, tail %llu)", path,

@@ -53,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fq_internal.h"
@@ -664,6 +665,33 @@ static void fq_fill_claim(fq_queue *q, fq_claim *c, uint64_t pos, uint64_t end, 
     c->count = 0;
 }
 
+/*
+ * After shutdown, with the group's head at tail: is nothing left for the
+ * group that could still come back?  A claim held by another member goes
+ * back to the group if that member dies or closes (an orphan, taken by the
+ * next member); claims of the caller's own process do not count (it holds
+ * them itself).  0: report Empty and wait (recovery runs meanwhile).
+ */
+static int fq_group_drained(fq_sub *s)
+{
+    fq_queue *q = s->q;
+    if (atomic_load(&q->groups[s->g].orphans))
+        return 0;
+    int32_t pid = (int32_t)getpid();
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        uint64_t w = atomic_load(&e->word);
+        unsigned kind = FQ_SLOT_KIND(w);
+        if ((kind != FQ_MEM_ACTIVE && kind != FQ_MEM_ORPHAN) || atomic_load(&e->group) != s->g)
+            continue;
+        if (kind == FQ_MEM_ORPHAN ||
+            ((atomic_load(&e->state) & 3) != FQ_PH_IDLE && FQ_SLOT_PID(w) != pid))
+            return 0;
+    }
+    return 1;
+}
+
 /* Take over a claim a dead (or departed) member of our group left. */
 static int fq_take_orphan(fq_sub *s, fq_claim *c)
 {
@@ -805,7 +833,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 continue; /* lapped: the drop check above moves us on */
             if (h < rel || h > t || lapped)
                 return FQ_ECORRUPT; /* an impossible head or record */
-            if ((state & FQ_STATE_SHUTDOWN) && t == h)
+            if ((state & FQ_STATE_SHUTDOWN) && t == h && fq_group_drained(s))
                 return FQ_SHUTDOWN;
             return FQ_EMPTY;
         }
@@ -1003,6 +1031,13 @@ void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
     uint64_t h = fq_head_pos(atomic_load(&q->groups[s->g].head), t);
     if (atomic_load(&q->groups[s->g].orphans))
         return;
+    if ((atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN) && h == t && !fq_group_drained(s)) {
+        /* shut down, and a claim of another member may still come back:
+         * fq_wait would return at once (shut down); poll gently instead */
+        struct timespec ts = {0, timeout_ns < 2000000 ? (long)timeout_ns : 2000000};
+        nanosleep(&ts, NULL);
+        return;
+    }
     fq_wait(q, FQ_WAIT_DATA, h, timeout_ns, spin);
 }
 

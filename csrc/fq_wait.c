@@ -90,8 +90,8 @@ static int fq_ready(fq_queue *q, int what, uint64_t need)
                 return 1;
         }
         /* shut down and drained: gets raise ShutDown (while a put is still
-         * being copied, they wait for it) */
-        return shut && atomic_load_explicit(&c->tail, memory_order_seq_cst) == h;
+         * being copied, or a claim may still be given back, they wait) */
+        return shut && fq_drained(q, h);
     }
     if (shut)
         return 1;

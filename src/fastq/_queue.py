@@ -287,7 +287,10 @@ class _Handle:
         """Shut the segment down for every process, as ``queue.Queue.shutdown``.
 
         Later puts raise ``ShutDown``; gets return what is left, then raise
-        ``ShutDown`` (at once if ``immediate``); blocked callers wake.
+        ``ShutDown`` (at once if ``immediate``); blocked callers wake.  What
+        is left includes messages that may still come back: held by a killed
+        consumer (gets wait for recovery) or unacknowledged in another
+        process; this handle's own unsettled deliveries do not count.
         """
         self._seg.shutdown(immediate)
 
