@@ -190,5 +190,9 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
 
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);
+/* Test hook for races: when set, the calling process stops itself
+ * (SIGSTOP) at the named crash point, once, on its countdown-th pass; the
+ * test sees it stopped (waitpid with WUNTRACED), acts, then sends SIGCONT. */
+void fq_test_set_pause_point(const char *name, int countdown);
 
 #endif

@@ -131,16 +131,19 @@ int fq_pid_alive(int pid, uint64_t start_time)
     return 1;
 }
 
-/* ---- crash points (tests only) ----------------------------------------- */
+/* ---- crash and pause points (tests only) -------------------------------- */
 
-_Atomic int fq_crash_armed = 0;
+_Atomic int fq_crash_armed = 0; /* a crash or a pause point is set */
 static char fq_crash_name[64];
 static _Atomic int fq_crash_countdown;
+static char fq_pause_name[64];
+static _Atomic int fq_pause_countdown;
 
 void fq_test_set_crash_point(const char *name, int countdown)
 {
     if (!name || !*name) {
-        atomic_store(&fq_crash_armed, 0);
+        fq_crash_name[0] = 0;
+        atomic_store(&fq_crash_armed, fq_pause_name[0] != 0);
         return;
     }
     snprintf(fq_crash_name, sizeof fq_crash_name, "%s", name);
@@ -148,9 +151,24 @@ void fq_test_set_crash_point(const char *name, int countdown)
     atomic_store(&fq_crash_armed, 1);
 }
 
+void fq_test_set_pause_point(const char *name, int countdown)
+{
+    if (!name || !*name) {
+        fq_pause_name[0] = 0;
+        atomic_store(&fq_crash_armed, fq_crash_name[0] != 0);
+        return;
+    }
+    snprintf(fq_pause_name, sizeof fq_pause_name, "%s", name);
+    atomic_store(&fq_pause_countdown, countdown);
+    atomic_store(&fq_crash_armed, 1);
+}
+
 void fq_crash_check(const char *name)
 {
-    if (strcmp(name, fq_crash_name) != 0)
+    if (fq_pause_name[0] && strcmp(name, fq_pause_name) == 0 &&
+        atomic_fetch_sub(&fq_pause_countdown, 1) == 1)
+        raise(SIGSTOP); /* once: the countdown goes on below zero */
+    if (!fq_crash_name[0] || strcmp(name, fq_crash_name) != 0)
         return;
     if (atomic_fetch_sub(&fq_crash_countdown, 1) <= 1)
         _exit(9);
