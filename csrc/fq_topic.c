@@ -418,9 +418,18 @@ static uint64_t fq_tail_pair(fq_queue *q, uint64_t *cnt)
     return t;
 }
 
+/*
+ * The index of the first message at or after pos (the count at tail if no
+ * message is there yet), or UINT64_MAX if it cannot be known: release passed
+ * pos meanwhile (the caller may look again from the new release), a region
+ * whose headers are not written yet, or an impossible record.  A WRITING or
+ * COMMITTED record must hold its whole index prefix, as the read path
+ * requires (fq_sub_begin): fq_span then keeps the prefix inside the ring.
+ */
 static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
 {
     fq_ctrl *c = q->ctrl;
+    uint64_t start = pos;
     for (int i = 0; i < 1024; i++) {
         uint64_t cnt, t = fq_tail_pair(q, &cnt);
         if (pos >= t)
@@ -429,14 +438,20 @@ static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, pos, w))
             return UINT64_MAX;
-        uint64_t span = fq_span(q, pos, w, r->len);
+        uint32_t len = r->len;
+        uint64_t span = fq_span(q, pos, w, len);
         if (!span)
             return UINT64_MAX;
         unsigned st = w & 7;
         if (st == FQ_REC_WRITING || st == FQ_REC_COMMITTED) {
+            if (len < q->prefix)
+                return UINT64_MAX; /* no room for its index: a corrupt record */
             uint64_t idx = fq_rec_index(r);
+            /* pairs with the release fence after eviction (fq_topic_evict):
+             * if what we read from start on was rewritten, we see release
+             * past start */
             atomic_thread_fence(memory_order_acquire);
-            if (atomic_load(&c->release) > pos)
+            if (atomic_load(&c->release) > start)
                 return UINT64_MAX; /* overwritten meanwhile */
             return idx;
         }

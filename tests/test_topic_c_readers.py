@@ -1,0 +1,165 @@
+"""White-box tests of the topic readers and of the wake-ups around them
+(csrc/fq_topic.c: fq_first_index, fq_take_orphan, fq_sub_begin, fq_sub_wait; the
+wake rule of csrc/fq_wait.c as publishers and subscribers use it), through cffi.
+
+One regression test per item of issue 9 in this area: the out-of-bounds read of
+fq_first_index (bug 5), the lost wake-up of a block topic's publisher (bug 7), the
+orphan skipped when the segment lock is busy (bug 9), the uncounted loss of an
+"earliest" subscription on a busy drop topic (bug 10), and the padding-only claim
+that woke nobody (suspected).
+
+No timing assertion: a wake-up is checked with a thread that is seen asleep in
+FUTEX_WAIT on the segment's wait word (/proc/self/task/<tid>/syscall) with a slice
+far longer than the test's bound on it, and a busy lock with a child process that
+is stopped (SIGSTOP) while it holds it.
+"""
+
+import os
+import platform
+import signal
+import struct
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cseg import CAP, HDR, ffi, lib, mk, seq_of  # noqa: E402
+from _procs import children, fork, reap  # noqa: E402
+from test_topic_c import (  # noqa: E402
+    ANON, DURABLE, EARLIEST, GROUP, NO_IDX, PREFIX, CTRL_RELEASE, T, _open_guarded,
+    _poke_ctrl_u64, _publisher_child, advance_to, publish_all, recover_fully, run_child,
+    seqs, trec)
+
+#: fq_ctrl offsets of the futex words (csrc/fq_layout.h, static-asserted there)
+CTRL_DATA_SEQ, CTRL_SPACE_SEQ = 512, 516
+WAIT_DATA, WAIT_SPACE = 0, 1
+SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
+SYS_SLEEPS = {"x86_64": (35, 230), "aarch64": (101, 115)}.get(platform.machine(), ())
+LONG_NS = 600 * 10**9  # a wait slice no test waits out
+BOUND = 60.0           # how long a woken thread may take to be seen back
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "t.seg"
+
+
+def _base(t):
+    """the address the segment is mapped at (its control block)"""
+    return int(ffi.cast("uintptr_t", lib.fqt_rec_data(t.q, 0))) - HDR - lib.fqt_data_offset(t.q)
+
+
+def _syscall(tid):
+    """(number, first argument) of the syscall thread tid is blocked in, or None"""
+    try:
+        with open("/proc/self/task/%d/syscall" % tid) as f:
+            fields = f.read().split()
+    except FileNotFoundError:
+        return None
+    if not fields or fields[0] in ("running", "-1"):
+        return None
+    return int(fields[0]), (int(fields[1], 16) if len(fields) > 1 else 0)
+
+
+class Waiter(threading.Thread):
+    """a thread that runs fn (a C call that releases the GIL) once"""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.tid = None
+        self.result = None
+        self.error = None
+        self.started_evt = threading.Event()
+
+    def run(self):
+        self.tid = threading.get_native_id()
+        self.started_evt.set()
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # reported by the test
+            self.error = e
+
+    def blocked_in(self, pred, limit=BOUND):
+        """wait until the thread is blocked in a syscall pred(nr, arg0) accepts (True)
+        or has finished (False)"""
+        self.start()
+        self.started_evt.wait(limit)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if not self.is_alive():
+                return False
+            sc = _syscall(self.tid)
+            if sc is not None and pred(*sc):
+                return True
+            time.sleep(0.001)
+        raise AssertionError("the thread neither blocked nor finished")
+
+
+def _asleep_on(addr):
+    return lambda nr, a0: nr == SYS_FUTEX and a0 == addr
+
+
+need_futex_nr = pytest.mark.skipif(SYS_FUTEX is None, reason="syscall numbers of this arch")
+
+
+def _wake_all(t):
+    """fq_unsubscribe wakes every sleeper: frees a test's thread if its check failed"""
+    s = t.subscribe("wake-all")
+    s.unsubscribe()
+
+
+# ---------------------------------------------------------------------------
+# bug 5: fq_first_index read past the ring
+
+
+def _guarded_earliest_child(path, expect_rc):
+    t = _open_guarded(path)
+    rc, s, err = t.subscribe_rc("b", ANON, EARLIEST)  # fq_first_index at release
+    if rc:
+        return 3
+    g = lib.fqt_member_field(t.q, s.index(), 2)
+    if lib.fqt_group_field(t.q, g, 2) != NO_IDX:  # no index is known from that record
+        return 4
+    rc, _ = s.begin(4)
+    s.lag()
+    t.info()
+    return 0 if rc == expect_rc else 10 + rc
+
+
+@pytest.mark.parametrize("mode", ["block", "drop"])
+def test_first_index_never_reads_past_the_ring(path, mode):
+    """Issue 9, bug 5: fq_first_index accepted a WRITING or COMMITTED record with
+    len < 16 (no room for its index) in the last 16 bytes of the ring and loaded
+    the index 8 bytes past the ring and its mapping (a crafted file: the value read
+    was whatever mapping followed, stored into the group's next_idx; a SIGSEGV if
+    nothing was mapped).  Correct: a subscriber starting "earliest" at such a
+    record, in a child whose ring is followed by a PROT_NONE page, does not fault;
+    the index stays unknown, and reading there reports FQ_ECORRUPT (a committed
+    record) or FQ_EMPTY (one being written)."""
+    t = T.create(path, capacity=CAP, drop=mode == "drop")
+    try:
+        s = t.subscribe("a")
+        advance_to(t, [s], CAP - 16)
+        assert t.put(mk(1, 64)) == lib.FQ_OK  # a SKIP at cap-16, the record from 0
+        p = t.stats()["tail"] - trec(64) - 16
+        assert p % CAP == CAP - 16 and lib.fqt_rec_state(t.q, p) == lib.FQ_REC_SKIP
+        for st in (lib.FQ_REC_COMMITTED, lib.FQ_REC_WRITING):
+            for ln in (0, 8):
+                hdr = ffi.cast("char *", lib.fqt_rec_data(t.q, p)) - HDR
+                ffi.cast("uint32_t *", hdr)[2] = ln  # its index would be at data + cap
+                ffi.cast("uint64_t *", hdr)[0] = lib.fqt_tag(t.q, p) | st
+                _poke_ctrl_u64(path, CTRL_RELEASE, p)
+                assert t.stats()["release"] == p
+                with children() as pids:
+                    # a message being written is not there yet; a committed one
+                    # without its index is corrupt
+                    run_child(pids, _guarded_earliest_child, path,
+                              lib.FQ_ECORRUPT if st == lib.FQ_REC_COMMITTED else lib.FQ_EMPTY,
+                              expect=0)
+    finally:
+        t.close()
+
+
