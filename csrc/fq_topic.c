@@ -851,6 +851,8 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 fq_sub_account(s, c);
             }
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
+            if (!q->drop) /* the head moved: release may move with it */
+                fq_wake(q, FQ_WAIT_SPACE);
             continue;
         }
         s->ref = p;

@@ -163,3 +163,93 @@ def test_first_index_never_reads_past_the_ring(path, mode):
         t.close()
 
 
+# ---------------------------------------------------------------------------
+# bug 7 and the padding-only claim: wake-ups of a block topic's publishers
+
+
+@need_futex_nr
+def test_commit_wakes_publisher_waiting_for_space(path):
+    """Issue 9, bug 7: in a block topic, a put in progress holds release (no
+    publisher may pass it); when it commits, fq_put_commit woke only the data
+    waiters, so a publisher asleep for space slept its whole slice (2 s through the
+    C API, 50 ms per event through Python).  Correct: a thread seen asleep in
+    fq_wait(SPACE) with a 600 s slice returns once the put commits, and its put
+    then succeeds."""
+    t = T.create(path, capacity=CAP)  # block, no subscriber: only the put holds release
+    p = T.open(path)  # the slow publisher's own handle
+    w = None
+    try:
+        lens = ffi.new("uint64_t[1]", [200])
+        c = ffi.new("fq_claim *")
+        assert lib.fq_put_begin(p.q, lens, 1, c) == 0
+        k = 0
+        while t.put(mk(k, 60)) == lib.FQ_OK:
+            k += 1
+            assert k < 200
+        assert t.put(mk(k, 60)) == lib.FQ_FULL and t.stats()["release"] <= c.pos
+        w = Waiter(lambda: lib.fq_wait(t.q, WAIT_SPACE, 60, LONG_NS, 0))
+        assert w.blocked_in(_asleep_on(_base(t) + CTRL_SPACE_SEQ)), \
+            "fq_wait(SPACE) returned although the ring is full"
+        ffi.memmove(lib.fq_claim_buf(p.q, c), mk(999, 200), 200)
+        lib.fq_put_commit(p.q, c)
+        w.join(BOUND)
+        assert not w.is_alive(), "the commit did not wake the publisher waiting for space"
+        assert t.put(mk(k, 60)) == lib.FQ_OK
+    finally:
+        if w is not None and w.is_alive():
+            _wake_all(t)
+            w.join(BOUND)
+        p.close()
+        t.close()
+
+
+@need_futex_nr
+def test_padding_only_claim_wakes_publisher_waiting_for_space(path):
+    """Issue 9 (suspected): a subscriber claim that holds no message (padding, or
+    the records of a killed publisher) moves its group's head, which may let
+    release move, but it woke nobody: a block topic's publisher asleep for space
+    slept its whole slice.  Setup: a publisher killed while writing a 1.5 KiB
+    message (recovery makes it ABANDONED), then a put in progress, then the ring
+    filled; the only subscriber's head is at the dead message.  A thread seen
+    asleep in fq_wait(SPACE) with a 600 s slice must return when the subscriber's
+    fq_sub_begin steps over the dead message (it finds nothing to return: EMPTY),
+    and every message then arrives."""
+    t = T.create(path, capacity=CAP)  # block
+    p = T.open(path)
+    w = None
+    try:
+        s = t.subscribe("a")
+        with children() as pids:
+            run_child(pids, _publisher_child, path, "put_before_commit", 1, [[mk(0, 1500)]])
+        lens = ffi.new("uint64_t[1]", [40])
+        c = ffi.new("fq_claim *")
+        assert lib.fq_put_begin(p.q, lens, 1, c) == 0
+        assert c.pos == trec(1500)
+        k = 0
+        while t.put(mk(100 + k, 60)) == lib.FQ_OK:
+            k += 1
+            assert k < 200
+        recover_fully(t)
+        assert lib.fqt_rec_state(t.q, 0) == lib.FQ_REC_ABANDONED
+        assert t.put(mk(100 + k, 60)) == lib.FQ_FULL  # the head holds release at 0
+        w = Waiter(lambda: lib.fq_wait(t.q, WAIT_SPACE, 60, LONG_NS, 0))
+        assert w.blocked_in(_asleep_on(_base(t) + CTRL_SPACE_SEQ)), \
+            "fq_wait(SPACE) returned although the ring is full"
+        rc, msgs, _ = s.get(16)  # steps over the dead message only: the put holds it
+        assert rc == lib.FQ_EMPTY and msgs == []
+        w.join(BOUND)
+        assert not w.is_alive(), \
+            "a claim of no message moved the head but did not wake the publisher"
+        ffi.memmove(lib.fq_claim_buf(p.q, c), mk(50, 40), 40)
+        lib.fq_put_commit(p.q, c)
+        assert t.put(mk(100 + k, 60)) == lib.FQ_OK
+        got = seqs(s.drain(16))
+        assert got == [(50, 0)] + [(100 + i, 0) for i in range(k + 1)], got
+    finally:
+        if w is not None and w.is_alive():
+            _wake_all(t)
+            w.join(BOUND)
+        p.close()
+        t.close()
+
+
