@@ -685,8 +685,10 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
     fq_queue *q = s->q;
     fq_group *g = &q->groups[s->g];
     fq_member *me = &q->members[s->m];
-    if (!fq_lock_try(q))
-        return FQ_EMPTY; /* busy: look again next time */
+    /* wait for the lock (its holders do short work): giving up would let
+     * the caller claim past the orphan from the head, and count the
+     * orphan's messages as lost (drop) or report ShutDown without them */
+    fq_lock_wait(q);
     /* the lock may have been taken from a holder killed mid-change (a taker
      * killed between covering an orphan and freeing it): repair first */
     fq_topic_reap(q);

@@ -253,3 +253,109 @@ def test_padding_only_claim_wakes_publisher_waiting_for_space(path):
         t.close()
 
 
+# ---------------------------------------------------------------------------
+# bug 9: an orphan is never skipped because the segment lock is busy
+
+
+def _lock_cycler_child(path):
+    """take and drop the segment lock in a loop (fq_topic_forget of no name)"""
+    t = T.open(path)
+    while True:
+        lib.fq_topic_forget(t.q, b"nobody")
+
+
+class LockHolder:
+    """a child process stopped (SIGSTOP) while it holds the segment lock: the lock
+    stays busy, with a live holder, until resume()"""
+
+    def __init__(self, t, pids):
+        self.pid = fork(_lock_cycler_child, t.path)
+        pids.append(self.pid)
+        for _ in range(100000):
+            os.kill(self.pid, signal.SIGSTOP)
+            os.waitpid(self.pid, os.WUNTRACED)
+            if lib.fqt_recover_lock(t.q) >> 32 == self.pid:
+                return
+            os.kill(self.pid, signal.SIGCONT)
+            time.sleep(0.0002)
+        raise AssertionError("never caught the child holding the lock")
+
+    def resume(self):
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def _in_lock_wait(nr, a0):
+    return nr in SYS_SLEEPS  # fq_lock_wait naps between tries
+
+
+need_sleep_nr = pytest.mark.skipif(not SYS_SLEEPS, reason="syscall numbers of this arch")
+
+
+@need_sleep_nr
+def test_orphan_taken_while_lock_busy_drop_not_counted_dropped(path):
+    """Issue 9, bug 9 (drop topic): fq_take_orphan only tried the segment lock;
+    when another process held it (any subscribe, close, forget or recovery),
+    fq_sub_begin claimed from the head instead, and the group's accounting counted
+    the orphan's messages as dropped although they were delivered right after.
+    Setup: a durable subscriber claims 0..4 and closes without finishing (an
+    orphan); its successor begins while a stopped process holds the lock.
+    Correct: the successor waits for the lock (it is seen napping in the wait),
+    then receives 0..4 redelivered, then 5..9, and dropped stays 0."""
+    t = T.create(path, capacity=CAP, drop=True)
+    try:
+        s1 = t.subscribe("d", DURABLE)
+        publish_all(t, [mk(i, 100) for i in range(10)])
+        rc, c = s1.begin(5)
+        assert rc == 0 and c.n == 5
+        s1.unsubscribe()  # the claim stays for the group: an orphan
+        s2 = t.subscribe("d", DURABLE)
+        assert t.group(0)["orphans"] == 1
+        with children() as pids:
+            holder = LockHolder(t, pids)
+            w = Waiter(lambda: s2.get(16))
+            waited = w.blocked_in(_in_lock_wait)
+            holder.resume()
+            w.join(BOUND)
+            assert not w.is_alive() and w.error is None, w.error
+        rc, msgs, red = w.result
+        assert rc == 0 and [seq_of(m) for _, m in msgs] == [0, 1, 2, 3, 4] and red, \
+            "with the lock busy the member got %r (redelivered %d)" % (
+                [seq_of(m) for _, m in msgs], red)
+        assert waited
+        assert seqs(s2.drain(16)) == [(i, 0) for i in range(5, 10)]
+        assert s2.dropped() == 0 and s2.lag() == 0
+    finally:
+        t.close()
+
+
+@need_sleep_nr
+def test_orphan_taken_while_lock_busy_block_after_shutdown(path):
+    """Issue 9, bug 9 (block topic): after shutdown(), a member whose orphan take
+    failed on the busy lock found head == tail and reported ShutDown, so a
+    `for msg in sub` loop ended without the message another member gave back on
+    close().  Correct: the member waits for the lock and receives the message
+    (redelivered); only then is the topic drained (ShutDown)."""
+    t = T.create(path, capacity=CAP)
+    try:
+        m1 = t.subscribe("g", GROUP)
+        m2 = t.subscribe("g", GROUP)
+        publish_all(t, [mk(7, 100)])
+        rc, c = m1.begin(1)
+        assert rc == 0 and c.n == 1
+        lib.fq_shutdown(t.q, 0)
+        m1.unsubscribe()  # gives the message back to the group
+        with children() as pids:
+            holder = LockHolder(t, pids)
+            w = Waiter(lambda: m2.get(16))
+            w.blocked_in(_in_lock_wait)
+            holder.resume()
+            w.join(BOUND)
+            assert not w.is_alive() and w.error is None, w.error
+        rc, msgs, red = w.result
+        assert rc == 0 and [seq_of(m) for _, m in msgs] == [7] and red, \
+            "with the lock busy the member got rc %d, %r" % (rc, msgs)
+        assert m2.get(16)[0] == lib.FQ_SHUTDOWN
+    finally:
+        t.close()
+
+
