@@ -549,8 +549,15 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         fq_bump_epoch(q);
         uint64_t pos, idx;
         if (start == FQ_START_EARLIEST) {
-            pos = atomic_load(&c->release);
-            idx = fq_first_index(q, pos);
+            /* a drop topic's publishers may evict what we look at: look
+             * again from the new release, or the first read could not
+             * count what was lost before it (an unknown start counts
+             * nothing).  Only a moving release makes us look again. */
+            do {
+                pos = atomic_load(&c->release);
+                FQ_CRASH_POINT("subscribe_earliest_look");
+                idx = fq_first_index(q, pos);
+            } while (idx == UINT64_MAX && atomic_load(&c->release) != pos);
         } else {
             pos = fq_tail_pair(q, &idx);
         }
