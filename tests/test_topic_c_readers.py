@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cseg import CAP, HDR, ffi, lib, mk, seq_of  # noqa: E402
 from _procs import children, fork, reap  # noqa: E402
 from test_topic_c import (  # noqa: E402
-    ANON, DURABLE, EARLIEST, GROUP, NO_IDX, PREFIX, CTRL_RELEASE, T, _open_guarded,
+    ANON, DURABLE, EARLIEST, GROUP, NO_IDX, CTRL_RELEASE, T, _open_guarded,
     _poke_ctrl_u64, _publisher_child, advance_to, publish_all, recover_fully, run_child,
     seqs, trec)
 
