@@ -237,8 +237,10 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
     fq_intent *in = fq_my_intent(q, (int)c->lane, 0);
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
-    /* a drop topic's publisher may wait for this record to evict it */
-    fq_wake(q, q->drop ? -1 : FQ_WAIT_DATA);
+    /* a topic's publishers may wait for this put too: a block topic's
+     * release cannot pass a put in progress, a drop topic's eviction cannot
+     * pass a record being written */
+    fq_wake(q, q->topic ? -1 : FQ_WAIT_DATA);
 }
 
 int fq_put(fq_queue *q, const void *data, size_t len)

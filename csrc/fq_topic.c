@@ -419,9 +419,18 @@ static uint64_t fq_tail_pair(fq_queue *q, uint64_t *cnt)
     return t;
 }
 
+/*
+ * The index of the first message at or after pos (the count at tail if no
+ * message is there yet), or UINT64_MAX if it cannot be known: release passed
+ * pos meanwhile (the caller may look again from the new release), a region
+ * whose headers are not written yet, or an impossible record.  A WRITING or
+ * COMMITTED record must hold its whole index prefix, as the read path
+ * requires (fq_sub_begin): fq_span then keeps the prefix inside the ring.
+ */
 static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
 {
     fq_ctrl *c = q->ctrl;
+    uint64_t start = pos;
     for (int i = 0; i < 1024; i++) {
         uint64_t cnt, t = fq_tail_pair(q, &cnt);
         if (pos >= t)
@@ -430,14 +439,20 @@ static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, pos, w))
             return UINT64_MAX;
-        uint64_t span = fq_span(q, pos, w, r->len);
+        uint32_t len = r->len;
+        uint64_t span = fq_span(q, pos, w, len);
         if (!span)
             return UINT64_MAX;
         unsigned st = w & 7;
         if (st == FQ_REC_WRITING || st == FQ_REC_COMMITTED) {
+            if (len < q->prefix)
+                return UINT64_MAX; /* no room for its index: a corrupt record */
             uint64_t idx = fq_rec_index(r);
+            /* pairs with the release fence after eviction (fq_topic_evict):
+             * if what we read from start on was rewritten, we see release
+             * past start */
             atomic_thread_fence(memory_order_acquire);
-            if (atomic_load(&c->release) > pos)
+            if (atomic_load(&c->release) > start)
                 return UINT64_MAX; /* overwritten meanwhile */
             return idx;
         }
@@ -535,8 +550,15 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         fq_bump_epoch(q);
         uint64_t pos, idx;
         if (start == FQ_START_EARLIEST) {
-            pos = atomic_load(&c->release);
-            idx = fq_first_index(q, pos);
+            /* a drop topic's publishers may evict what we look at: look
+             * again from the new release, or the first read could not
+             * count what was lost before it (an unknown start counts
+             * nothing).  Only a moving release makes us look again. */
+            do {
+                pos = atomic_load(&c->release);
+                FQ_CRASH_POINT("subscribe_earliest_look");
+                idx = fq_first_index(q, pos);
+            } while (idx == UINT64_MAX && atomic_load(&c->release) != pos);
         } else {
             pos = fq_tail_pair(q, &idx);
         }
@@ -698,8 +720,10 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
     fq_queue *q = s->q;
     fq_group *g = &q->groups[s->g];
     fq_member *me = &q->members[s->m];
-    if (!fq_lock_try(q))
-        return FQ_EMPTY; /* busy: look again next time */
+    /* wait for the lock (its holders do short work): giving up would let
+     * the caller claim past the orphan from the head, and count the
+     * orphan's messages as lost (drop) or report ShutDown without them */
+    fq_lock_wait(q);
     /* the lock may have been taken from a holder killed mid-change (a taker
      * killed between covering an orphan and freeing it): repair first */
     fq_topic_reap(q);
@@ -864,6 +888,8 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 fq_sub_account(s, c);
             }
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
+            if (!q->drop) /* the head moved: release may move with it */
+                fq_wake(q, FQ_WAIT_SPACE);
             continue;
         }
         s->ref = p;

@@ -5,6 +5,7 @@ It converts arguments, runs the blocking loop (wait in slices with the GIL
 released, check for signals between slices, run crash recovery when no
 progress is made for a while) and maps return codes to exceptions.
 """
+cimport cython
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
@@ -847,6 +848,12 @@ _UNACKED_ONE = ("1 delivery is unacknowledged, the prefetch bound of this subscr
                 "ack or nack it first (or subscribe with a larger prefetch)")
 
 
+# no_gc_clear: the cycle collector must not set `seg` to None before
+# __dealloc__ runs, or the member would never leave its group (its entry
+# ACTIVE under a live pid, holding a block topic's publishers); `seg` also
+# keeps the segment mapped until then.  Cycles through a Subscriber still
+# break at the other objects in them (Segment, lists, instances).
+@cython.no_gc_clear
 cdef class Subscriber:
     """One member entry of a topic group (fastq.Subscription keeps one, or a
     pool of up to its prefetch bound).  A member holds at most one claim, so
