@@ -343,7 +343,10 @@ cdef class Segment:
             raise ValueError("'timeout' must be a non-negative number")
         cdef list items
         if self._dumps is None:
-            items = objs if type(objs) is list else list(objs)
+            # a private copy, even of a list: the copy below runs without the
+            # GIL from pointers into these objects, which must stay alive
+            # whatever another thread does to the caller's sequence
+            items = list(objs)
         else:
             dumps = self._dumps
             items = []
