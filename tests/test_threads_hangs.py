@@ -88,3 +88,88 @@ def test_raw_put_many_keeps_its_items_while_another_thread_clears_the_list(run_p
     """, timeout=120, check=False)
     assert cp.returncode == 0 and cp.stdout.strip() == "ok", (cp.returncode, cp.stdout,
                                                               cp.stderr[-2000:])
+
+
+# ---- 2: sparse segment files --------------------------------------------------------
+
+
+def sparse_copy(src, dst):
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+
+
+def test_sparse_segment_is_reserved_when_opened(fastq_dir):
+    """A copy with holes (cp --sparse=always) is opened with every page reserved,
+    and puts over the whole ring work."""
+    cap = 1 << 20
+    with fastq.Queue("orig", capacity=cap, serializer="raw") as q:
+        path = q.path
+    copy = fastq_dir / "copy"
+    sparse_copy(path, copy)
+    st = os.stat(copy)
+    if st.st_blocks * 512 >= st.st_size:
+        pytest.skip("this filesystem made no holes in the copy")
+    with fastq.Queue.open(str(copy), serializer="raw") as q:
+        st = os.stat(copy)
+        assert st.st_blocks * 512 >= st.st_size, "the holes were not reserved at open"
+        for _ in range(3):  # three laps of the ring
+            q.put_many([b"x" * 4000] * (cap // 4096 // 2))
+            assert len(q.get_many(1 << 20, timeout=1, max_bytes=cap)) == cap // 4096 // 2
+
+
+def test_truncated_up_segment_is_reserved_when_opened(fastq_dir):
+    """A segment whose tail was cut and grown back (a hole, the same size)."""
+    with fastq.Queue("cut", capacity=1 << 20, serializer="raw") as q:
+        path = q.path
+        size = os.stat(path).st_size
+    os.truncate(path, size // 2)
+    os.truncate(path, size)
+    with fastq.Queue.open(path, serializer="raw") as q:
+        st = os.stat(path)
+        assert st.st_blocks * 512 >= st.st_size
+        q.put_many([b"y" * 4000] * 200)
+        assert len(q.get_many(1000, timeout=1, max_bytes=1 << 20)) == 200
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MiB tmpfs (needs the right to mount: skipped without it)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(d)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot mount a tmpfs here: {e}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_sparse_segment_on_a_full_filesystem_is_refused_not_a_sigbus(fastq_dir, small_tmpfs,
+                                                                     run_py):
+    """The issue's case: a 4 MiB segment copied sparse onto a 3 MiB tmpfs fits
+    (its holes take no room); a put into it used to die with SIGBUS.  Opening
+    it must raise OSError(ENOSPC) instead.  In a child: a SIGBUS must fail
+    this test, not kill pytest."""
+    with fastq.Queue("big", capacity=4 << 20, serializer="raw") as q:
+        path = q.path
+    dst = small_tmpfs / "big"
+    sparse_copy(path, dst)
+    assert os.stat(dst).st_blocks * 512 < 3 << 20
+    cp = run_py(f"""
+        import errno, fastq
+        try:
+            q = fastq.Queue.open({str(dst)!r}, serializer="raw")
+        except OSError as e:
+            print("refused", e.errno == errno.ENOSPC, "full" in str(e))
+        else:
+            for i in range(200):
+                q.put(b"z" * 60000)
+                q.get()
+            print("opened and used")
+    """, timeout=60, check=False)
+    assert cp.returncode == 0, (cp.returncode, cp.stderr[-2000:])
+    assert cp.stdout.strip() == "refused True True", cp.stdout
+    # nothing of the file's room was kept by the refused open: the copy is still sparse
+    assert os.stat(dst).st_blocks * 512 < 3 << 20
