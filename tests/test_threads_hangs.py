@@ -173,3 +173,67 @@ def test_sparse_segment_on_a_full_filesystem_is_refused_not_a_sigbus(fastq_dir, 
     assert cp.stdout.strip() == "refused True True", cp.stdout
     # nothing of the file's room was kept by the refused open: the copy is still sparse
     assert os.stat(dst).st_blocks * 512 < 3 << 20
+
+
+# ---- 16: Queue.receive() with more threads than prefetch ------------------------------
+
+
+def test_eight_threads_share_a_queue_with_prefetch_two():
+    N, THREADS = 400, 8
+    with fastq.Queue("pool", capacity=1 << 20, prefetch=2) as q:
+        got, lock = [], threading.Lock()
+
+        def work():
+            while True:
+                d = q.receive(timeout=JOIN)
+                if d.value is None:
+                    d.ack()
+                    return
+                with lock:
+                    got.append(d.value)
+                time.sleep(0)  # hold the delivery across a thread switch
+                d.ack()
+
+        ths = [start(work) for _ in range(THREADS)]
+        q.put_many(range(N))
+        q.put_many([None] * THREADS)
+        for th, res in ths:
+            assert joined(th)
+            assert "error" not in res, res["error"]
+        assert sorted(got) == list(range(N)), "every message received exactly once"
+        assert q.empty()
+
+
+def test_receive_at_the_bound_waits_for_a_settlement():
+    with fastq.Queue("bound", capacity=MID, prefetch=2) as q:
+        q.put_many(range(4))
+        d0, d1 = q.receive(timeout=1), q.receive(timeout=1)
+        with pytest.raises(RuntimeError, match="2 deliveries are unacknowledged"):
+            q.receive(block=False)  # cannot wait: the caller may hold them all
+        with pytest.raises(fastq.Empty):
+            q.receive(timeout=0.1)  # waited; nothing was settled
+        th, res = start(q.receive, True, None)
+        time.sleep(0.3)
+        assert th.is_alive(), res
+        d1.nack()
+        assert joined(th)
+        d2 = res["value"]
+        assert d2.value == 1 and d2.redelivered
+        for d in (d0, d2):
+            d.ack()
+        assert [q.get(timeout=1), q.get(timeout=1)] == [2, 3]
+
+
+def test_close_while_a_receive_waits_at_the_bound():
+    q = fastq.Queue("boundclose", capacity=MID, prefetch=1)
+    q.put_many([1, 2])
+    d = q.receive(timeout=1)
+    th, res = start(q.receive, True, None)
+    time.sleep(0.3)
+    assert th.is_alive(), res
+    q.close()
+    assert joined(th)
+    assert isinstance(res.get("error"), ValueError), res
+    assert d.settled
+    with fastq.Queue.open("boundclose") as q2:
+        assert q2.get(timeout=1) == 1  # given back by close()

@@ -89,6 +89,8 @@ cdef class Segment:
     cdef bint _pickle    # the serializer is fastq's pickle: fast paths apply
     cdef public int prefetch   # most unacknowledged deliveries at once
     cdef int unacked
+    cdef object _settled       # Condition: a delivery was settled (receive() waits at the bound)
+    cdef int _bound_waiters    # threads waiting on it
     cdef object _deliveries    # WeakSet of unsettled Delivery objects
     cdef double _last_poll_recover
     cdef object _subs          # WeakSet of open Subscribers (closed first)
@@ -176,6 +178,9 @@ cdef class Segment:
             for sub in list(self._subs):
                 (<Subscriber>sub).close()
         self.closing = True
+        if self._bound_waiters:  # a receive() at the prefetch bound: raise now
+            with self._settled:
+                self._settled.notify_all()
         if self.inflight == 0:
             fq_close(self.q)
             self.q = NULL
@@ -577,19 +582,23 @@ cdef class Segment:
 
     def receive(self, bint block=True, timeout=None):
         """Take one message, leaving it in the queue until the returned
-        Delivery is acked (see Delivery).  Raises RuntimeError if `prefetch`
-        deliveries of this handle are unacknowledged."""
+        Delivery is acked (see Delivery).  With `prefetch` deliveries of this
+        handle unacknowledged, waits (within timeout) for another thread to
+        settle one; RuntimeError if block is false."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        if self.unacked >= self.prefetch:
-            raise RuntimeError(
-                f"{self.unacked} deliveries are unacknowledged, the prefetch bound of this "
-                "handle: ack or nack one first")
+        cdef _Waiter w = self._reserve(block, timeout)  # other threads may be receiving too
+        if w is not None and not w.forever:  # the rest of the time is for the message
+            timeout = max(0.0, w.deadline - _monotonic())
         loads = self._loads
-        cdef fq_queue *q = self._enter()  # held by the delivery until it is settled
+        cdef fq_queue *q
+        try:
+            q = self._enter()  # held by the delivery until it is settled
+        except BaseException:
+            self._unreserve()
+            raise
         cdef Delivery d = Delivery.__new__(Delivery)
         cdef bint ok = False
-        self.unacked += 1  # reserved now: other threads may be receiving too
         try:
             self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
             d.value = self._load_one(q, &d.c, loads)
@@ -604,8 +613,56 @@ cdef class Segment:
             return d
         finally:
             if not ok:
-                self.unacked -= 1
+                self._unreserve()
                 self._exit()
+
+    cdef _Waiter _reserve(self, bint block, object timeout):
+        """Count one more unacknowledged delivery (returns None), or, at the
+        prefetch bound, wait until another thread settles one (returns the
+        _Waiter whose deadline the rest of the call keeps): Empty at the
+        deadline, ValueError if the handle is closed meanwhile, RuntimeError
+        at once if not block (the caller may hold them all)."""
+        if self.unacked < self.prefetch:
+            self.unacked += 1
+            return None
+        if not block:
+            raise RuntimeError(
+                f"{self.unacked} deliveries are unacknowledged, the prefetch bound of this "
+                "handle: ack or nack one first (a blocking receive() waits for another "
+                "thread to)")
+        cdef _Waiter w = _Waiter(timeout)
+        cdef double left
+        if self._settled is None:
+            import threading
+            self._settled = threading.Condition()  # an RLock: a __del__ may settle inside
+        cond = self._settled
+        self._bound_waiters += 1  # before the check below: _unreserve notifies
+        try:
+            with cond:
+                while True:
+                    # check and count in one step: no Python code runs (and no
+                    # other thread) between them
+                    if self.unacked < self.prefetch:
+                        self.unacked += 1
+                        return w
+                    if self.q == NULL or self.closing:
+                        raise ValueError("the queue or topic was closed while this call waited")
+                    left = WAIT_SLICE  # a prefetch changed meanwhile is seen within it
+                    if not w.forever:
+                        left = min(w.deadline - _monotonic(), WAIT_SLICE)
+                        if left <= 0:
+                            raise Empty
+                    cond.wait(left)
+        finally:
+            self._bound_waiters -= 1
+
+    cdef int _unreserve(self) except -1:
+        """One unacknowledged delivery less: wake a receive() waiting at the bound."""
+        self.unacked -= 1
+        if self._bound_waiters:
+            with self._settled:
+                self._settled.notify()
+        return 0
 
     # ---- status -----------------------------------------------------------
 
@@ -818,7 +875,7 @@ cdef class Delivery:
             fq_get_end(seg.q, &self.c)
         else:
             fq_get_abort(seg.q, &self.c)
-        seg.unacked -= 1
+        seg._unreserve()
         seg._exit()
         return 0
 
