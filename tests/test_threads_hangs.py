@@ -175,6 +175,144 @@ def test_sparse_segment_on_a_full_filesystem_is_refused_not_a_sigbus(fastq_dir, 
     assert os.stat(dst).st_blocks * 512 < 3 << 20
 
 
+# ---- 3: a nack from another thread wakes a blocked receive() -------------------------
+
+
+@pytest.mark.parametrize("timeout", [None, 60])
+def test_nack_from_another_thread_wakes_a_blocked_receive(timeout):
+    with fastq.Topic("nackwake", capacity=MID) as t:
+        s = t.subscribe(prefetch=2)
+        t.publish("m")
+        d = s.receive(timeout=1)
+        th, res = start(s.receive, True, timeout)
+        time.sleep(0.3)  # the thread waits inside receive(): the topic is empty
+        assert th.is_alive()
+        d.nack()
+        assert joined(th), "receive() was not woken by the nack"
+        d2 = res.get("value")
+        assert isinstance(d2, fastq.Delivery), res
+        assert d2.value == "m" and d2.redelivered
+        d2.ack()
+        with pytest.raises(fastq.Empty):
+            s.get_nowait()
+
+
+def test_many_nacks_from_worker_threads_lose_nothing():
+    """A receiver thread hands deliveries to workers that nack some and ack the
+    rest: every message is acked exactly once, and the receiver, which waits
+    with timeout=None, is never left asleep (the last ack publishes None to
+    end it)."""
+    N = 300
+    with fastq.Topic("nackmany", capacity=1 << 20) as t:
+        s = t.subscribe(prefetch=4)
+        acked, lock = [], threading.Lock()
+        nacked_once = set()
+
+        def worker(d):
+            with lock:
+                again = d.value not in nacked_once and d.value % 3 == 0
+                if again:
+                    nacked_once.add(d.value)
+                else:
+                    acked.append(d.value)
+                last = len(acked) == N and not again
+            if again:
+                d.nack()
+            else:
+                d.ack()
+            if last:
+                t.publish(None)
+
+        def receiver():
+            workers = []
+            while True:
+                try:
+                    d = s.receive(timeout=None)
+                except RuntimeError:  # prefetch deliveries in flight: a worker settles one
+                    time.sleep(0.001)
+                    continue
+                if d.value is None:
+                    d.ack()
+                    for w in workers:
+                        w.join()
+                    return
+                w = threading.Thread(target=worker, args=(d,))
+                w.start()
+                workers.append(w)
+
+        th, res = start(receiver)
+        t.publish_many(range(N))
+        assert joined(th), f"the receiver hung with {len(acked)} of {N} acked"
+        assert "error" not in res, res
+        assert sorted(acked) == list(range(N))
+        assert len(nacked_once) == N // 3
+
+
+# ---- 4: close while another thread waits ---------------------------------------------
+
+
+def iterate(s):
+    return list(s)
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+@pytest.mark.parametrize("how", ["topic", "subscription", "with"])
+def test_close_while_another_thread_iterates(how, prefetch):
+    t = fastq.Topic(capacity=MID)
+    s = t.subscribe(prefetch=prefetch)
+    t.publish_many([1, 2])
+    got = []
+
+    def loop():
+        for x in s:
+            got.append(x)
+
+    th, res = start(loop)
+    time.sleep(0.3)  # the thread waits inside get() for a third message
+    assert th.is_alive() and got == [1, 2]
+    if how == "topic":
+        t.close()
+    elif how == "subscription":
+        s.close()
+    else:
+        with t:
+            pass
+    assert joined(th), "the iterating thread stayed blocked"
+    assert isinstance(res.get("error"), ValueError), res
+    assert "closed" in str(res["error"])
+    assert s.closed
+    s.close()  # again: nothing to do
+    with pytest.raises(ValueError, match="closed"):
+        s.get_nowait()
+    if how == "subscription":
+        s2 = t.subscribe()
+        t.publish(3)  # the topic still works
+        assert s2.get(timeout=1) == 3
+    t.close()
+    assert t.closed
+
+
+def test_close_while_a_receive_waits_gives_unacked_deliveries_back():
+    """prefetch=2: one delivery held, a second receive() waiting in another
+    thread; closing the subscription frees both entries, the held message
+    goes back to the group."""
+    with fastq.Topic("closewait", capacity=MID) as t:
+        s = t.subscribe(group="g", prefetch=2)
+        other = t.subscribe(group="g")
+        t.publish("held")
+        d = s.receive(timeout=1)
+        th, res = start(s.receive, True, None)
+        time.sleep(0.3)
+        s.close()
+        assert joined(th)
+        assert isinstance(res.get("error"), ValueError), res
+        assert d.settled
+        back = other.receive(timeout=5)
+        assert back.value == "held" and back.redelivered
+        back.ack()
+        assert len(t.subscribers()) == 1
+
+
 # ---- 16: Queue.receive() with more threads than prefetch ------------------------------
 
 
