@@ -398,9 +398,31 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
             (long long)st.st_size, (unsigned long long)h.file_size);
     if (h.salt & 7)
         BAD("%s: salt is invalid", path);
-    /* prefault only a fully allocated file: populating a sparse (or
-     * hostile) one would allocate all of it */
-    int populate = (uint64_t)st.st_blocks * 512 >= h.file_size ? MAP_POPULATE : 0;
+    /* A file with holes (copied with cp --sparse, truncated and grown back)
+     * would allocate its missing pages in the middle of a put, and a full
+     * filesystem answers that with SIGBUS: reserve them now, as fq_create
+     * does.  fallocate mode 0 only allocates the holes, never touches the
+     * bytes that attached processes write.  Not posix_fallocate: where the
+     * filesystem cannot fallocate, glibc emulates it by rewriting a byte
+     * per block, which would race with those writers; such a filesystem
+     * keeps the file as it is (and it is not prefaulted: populating a
+     * sparse file would allocate all of it anyway, without a clean error). */
+    int populate = MAP_POPULATE;
+    if ((uint64_t)st.st_blocks * 512 < h.file_size) {
+        int r;
+        do
+            r = fallocate(fd, 0, 0, (off_t)h.file_size);
+        while (r != 0 && errno == EINTR);
+        if (r != 0 && (errno == ENOSPC || errno == EDQUOT)) {
+            rc = fq_err(err, errlen, -errno,
+                        "cannot reserve the %llu bytes of %s, a sparse file: %s (is the "
+                        "filesystem full? /dev/shm is small in containers)",
+                        (unsigned long long)h.file_size, path, strerror(errno));
+            goto fail;
+        }
+        if (r != 0)
+            populate = 0;
+    }
     uint8_t *base = mmap(NULL, h.file_size, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd, 0);
     if (base == MAP_FAILED) {
         rc = fq_err(err, errlen, -errno, "mmap %s: %s", path, strerror(errno));

@@ -72,7 +72,9 @@ def test_prefetch_bound_raises_and_is_settable(fastq_dir):
         q.put_many(range(5))
         held = [q.receive(timeout=1), q.receive(timeout=1)]
         with pytest.raises(RuntimeError, match="prefetch"):
-            q.receive(timeout=1)
+            q.receive(block=False)
+        with pytest.raises(fastq.Empty):  # waited for a settlement (another thread's)
+            q.receive(timeout=0.1)
         held[0].ack()
         third = q.receive(timeout=1)
         assert third.value == 2
@@ -156,7 +158,8 @@ def test_many_receivers_each_message_acked_once(fastq_dir):
 
 def test_prefetch_bound_holds_across_threads(fastq_dir):
     """The bound is reserved before the claim: 8 threads racing into
-    receive() on a handle with prefetch=3 get exactly 3 deliveries."""
+    receive(block=False) on a handle with prefetch=3 get exactly 3 deliveries
+    (a blocking one would wait for a settlement: test_threads_hangs.py)."""
     import threading
 
     with fastq.Queue("pft", capacity=SMALL, prefetch=3) as q:
@@ -167,7 +170,7 @@ def test_prefetch_bound_holds_across_threads(fastq_dir):
         def worker():
             barrier.wait()
             try:
-                d = q.receive(timeout=2)
+                d = q.receive(block=False)
             except RuntimeError:
                 with lock:
                     refused.append(1)

@@ -17,6 +17,11 @@ from libc.string cimport memcpy, memset
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
+cdef extern from "fq_internal.h" nogil:
+    # wake this segment's sleepers on one side (FQ_WAIT_DATA: every process's
+    # readers): Subscriber._wake uses it to wake a thread of this process
+    void fq_wake(fq_queue *q, int what)
+
 from pickle import dumps as _pdumps, loads as _ploads
 from time import monotonic as _monotonic
 from weakref import ref as _weakref
@@ -29,6 +34,7 @@ cdef extern from "Python.h":
 cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
 cdef double WAIT_SLICE = 0.05          # seconds: Ctrl-C is seen within this
 cdef double RECOVER_AFTER = 0.2        # seconds without progress before recovery
+cdef int WAKE_TRIES = 1000             # Subscriber._wake: yields before leaving it to the slice
 cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
 MAX_PREFETCH = 7                       # a delivery holds one of a handle's 8 lanes
 cdef size_t BATCH_MAX = 4096           # records per claim in put_many
@@ -77,6 +83,7 @@ cdef class _Waiter:
 
 
 cdef class Subscriber
+cdef class SubscriberPool
 
 
 cdef class Segment:
@@ -90,6 +97,8 @@ cdef class Segment:
     cdef bint _pickle    # the serializer is fastq's pickle: fast paths apply
     cdef public int prefetch   # most unacknowledged deliveries at once
     cdef int unacked
+    cdef object _settled       # Condition: a delivery was settled (receive() waits at the bound)
+    cdef int _bound_waiters    # threads waiting on it
     cdef object _deliveries    # WeakSet of unsettled Delivery objects
     cdef double _last_poll_recover
     cdef object _subs          # WeakSet of open Subscribers (closed first)
@@ -177,6 +186,9 @@ cdef class Segment:
             for sub in list(self._subs):
                 (<Subscriber>sub).close()
         self.closing = True
+        if self._bound_waiters:  # a receive() at the prefetch bound: raise now
+            with self._settled:
+                self._settled.notify_all()
         if self.inflight == 0:
             fq_close(self.q)
             self.q = NULL
@@ -186,9 +198,10 @@ cdef class Segment:
         return self.q == NULL or self.closing
 
     cdef int _wait(self, fq_queue *q, int what, uint64_t need, _Waiter w,
-                   fq_sub *sub=NULL) except -1:
+                   fq_sub *sub=NULL, Subscriber owner=None) except -1:
         """Wait one slice (for a subscription: at its group's head); raise
-        Empty/Full on timeout.  Returns 0."""
+        Empty/Full on timeout.  Returns 0, or 1 without waiting if owner (the
+        subscriber waiting) must return to its pool (see Subscriber._wake)."""
         now = _monotonic()
         cdef double left = WAIT_SLICE
         if not w.forever:
@@ -207,11 +220,19 @@ cdef class Segment:
         cdef uint64_t ns = <uint64_t>(left * 1e9)
         cdef int spin = not w.spun  # spin only before the first sleep
         w.spun = True
+        if owner is not None:
+            # checked, then flagged, with no Python code (no other thread)
+            # between them and the sleep: a _wake after the check sees the flag
+            if owner._interrupted():
+                return 1
+            owner.waiting = True
         with nogil:
             if sub != NULL:
                 fq_sub_wait(sub, ns, spin)
             else:
                 fq_wait(q, what, need, ns, spin)
+        if owner is not None:
+            owner.waiting = False
         PyErr_CheckSignals()
         if self.closing:
             raise ValueError("the queue or topic was closed while this call waited")
@@ -344,7 +365,10 @@ cdef class Segment:
             raise ValueError("'timeout' must be a non-negative number")
         cdef list items
         if self._dumps is None:
-            items = objs if type(objs) is list else list(objs)
+            # a private copy, even of a list: the copy below runs without the
+            # GIL from pointers into these objects, which must stay alive
+            # whatever another thread does to the caller's sequence
+            items = list(objs)
         else:
             dumps = self._dumps
             items = []
@@ -575,19 +599,23 @@ cdef class Segment:
 
     def receive(self, bint block=True, timeout=None):
         """Take one message, leaving it in the queue until the returned
-        Delivery is acked (see Delivery).  Raises RuntimeError if `prefetch`
-        deliveries of this handle are unacknowledged."""
+        Delivery is acked (see Delivery).  With `prefetch` deliveries of this
+        handle unacknowledged, waits (within timeout) for another thread to
+        settle one; RuntimeError if block is false."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        if self.unacked >= self.prefetch:
-            raise RuntimeError(
-                f"{self.unacked} deliveries are unacknowledged, the prefetch bound of this "
-                "handle: ack or nack one first")
+        cdef _Waiter w = self._reserve(block, timeout)  # other threads may be receiving too
+        if w is not None and not w.forever:  # the rest of the time is for the message
+            timeout = max(0.0, w.deadline - _monotonic())
         loads = self._loads
-        cdef fq_queue *q = self._enter()  # held by the delivery until it is settled
+        cdef fq_queue *q
+        try:
+            q = self._enter()  # held by the delivery until it is settled
+        except BaseException:
+            self._unreserve()
+            raise
         cdef Delivery d = Delivery.__new__(Delivery)
         cdef bint ok = False
-        self.unacked += 1  # reserved now: other threads may be receiving too
         try:
             self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
             d.value = self._load_one(q, &d.c, loads)
@@ -602,8 +630,56 @@ cdef class Segment:
             return d
         finally:
             if not ok:
-                self.unacked -= 1
+                self._unreserve()
                 self._exit()
+
+    cdef _Waiter _reserve(self, bint block, object timeout):
+        """Count one more unacknowledged delivery (returns None), or, at the
+        prefetch bound, wait until another thread settles one (returns the
+        _Waiter whose deadline the rest of the call keeps): Empty at the
+        deadline, ValueError if the handle is closed meanwhile, RuntimeError
+        at once if not block (the caller may hold them all)."""
+        if self.unacked < self.prefetch:
+            self.unacked += 1
+            return None
+        if not block:
+            raise RuntimeError(
+                f"{self.unacked} deliveries are unacknowledged, the prefetch bound of this "
+                "handle: ack or nack one first (a blocking receive() waits for another "
+                "thread to)")
+        cdef _Waiter w = _Waiter(timeout)
+        cdef double left
+        if self._settled is None:
+            import threading
+            self._settled = threading.Condition()  # an RLock: a __del__ may settle inside
+        cond = self._settled
+        self._bound_waiters += 1  # before the check below: _unreserve notifies
+        try:
+            with cond:
+                while True:
+                    # check and count in one step: no Python code runs (and no
+                    # other thread) between them
+                    if self.unacked < self.prefetch:
+                        self.unacked += 1
+                        return w
+                    if self.q == NULL or self.closing:
+                        raise ValueError("the queue or topic was closed while this call waited")
+                    left = WAIT_SLICE  # a prefetch changed meanwhile is seen within it
+                    if not w.forever:
+                        left = min(w.deadline - _monotonic(), WAIT_SLICE)
+                        if left <= 0:
+                            raise Empty
+                    cond.wait(left)
+        finally:
+            self._bound_waiters -= 1
+
+    cdef int _unreserve(self) except -1:
+        """One unacknowledged delivery less: wake a receive() waiting at the bound."""
+        self.unacked -= 1
+        if self._bound_waiters:
+            with self._settled:
+                self._settled.notify()
+        return 0
 
     # ---- status -----------------------------------------------------------
 
@@ -816,7 +892,7 @@ cdef class Delivery:
             fq_get_end(seg.q, &self.c)
         else:
             fq_get_abort(seg.q, &self.c)
-        seg.unacked -= 1
+        seg._unreserve()
         seg._exit()
         return 0
 
@@ -844,6 +920,8 @@ cdef class Delivery:
         return f"<fastq.Delivery {state} redelivered={self.redelivered} value={self.value!r:.60}>"
 
 
+_REPICK = object()  # a Subscriber call's answer: its pool must pick a member again
+
 _UNACKED_ONE = ("1 delivery is unacknowledged, the prefetch bound of this subscription: "
                 "ack or nack it first (or subscribe with a larger prefetch)")
 
@@ -859,11 +937,16 @@ cdef class Subscriber:
     pool of up to its prefetch bound).  A member holds at most one claim, so
     at most one unacknowledged delivery.
 
-    Used by one thread at a time (a second thread gets RuntimeError)."""
+    Used by one thread at a time (a second thread gets RuntimeError); closed
+    from any thread (a call in progress raises ValueError, at once if it
+    waits, and closes it on its way out)."""
     cdef fq_sub *s
     cdef Segment seg
     cdef bint drop
     cdef bint busy
+    cdef bint closing     # close() came while a call was in progress
+    cdef bint waiting     # the call in progress sleeps in fq_sub_wait
+    cdef object pool      # a weak reference to the SubscriberPool it belongs to
     cdef readonly bint unacked  # a delivery of this member is unacknowledged
     cdef readonly bint held     # a claim kept by fq_sub_hold: the next call returns it
     # the unacknowledged delivery's claim holds further messages, not
@@ -882,7 +965,7 @@ cdef class Subscriber:
             self.s = NULL
 
     cdef fq_queue *_enter(self) except NULL:
-        if self.s == NULL:
+        if self.s == NULL or self.closing:
             raise ValueError("operation on a closed subscription")
         if self.busy:
             raise RuntimeError("this subscription is in use by another thread: a "
@@ -893,16 +976,52 @@ cdef class Subscriber:
 
     cdef void _exit(self):
         self.busy = False
+        if self.closing:
+            self._leave()
         self.seg._exit()
+
+    cdef bint _interrupted(self) except -1:
+        """Must the call in progress stop waiting?  ValueError if this member
+        was closed meanwhile; True if its pool must pick a member again."""
+        if self.closing:
+            raise ValueError("the subscription was closed while this call waited")
+        if self.pool is not None:
+            p = self.pool()
+            return p is not None and (<SubscriberPool>p).again
+        return False
+
+    cdef void _wake(self):
+        """Wake the call in progress (in another thread) if it sleeps: it
+        then sees why (_interrupted).  fq_wake wakes the sleepers whose bit is
+        set, and the sleeper sets its bit only once inside fq_sub_wait: the
+        wake is repeated (yielding, the GIL released) until the call leaves
+        its sleep, WAKE_TRIES times at most; a wake that still misses it (it
+        set its bit and read the futex word between our first wake's taking
+        the bits and its bump) is seen at the end of its slice (WAIT_SLICE)."""
+        cdef fq_queue *q
+        cdef int i
+        for i in range(WAKE_TRIES):
+            if not self.waiting:
+                return
+            q = self.seg.q  # not closed: the waiting call holds the segment
+            with nogil:
+                fq_wake(q, FQ_WAIT_DATA)
+                sched_yield()
 
     def close(self):
         """Leave the group.  An unacknowledged delivery goes back to the
         group (redelivered to another member, or to the next subscriber of a
-        durable name)."""
-        if self.s == NULL:
+        durable name).  If another thread is in a call of this member, that
+        call raises ValueError (at once if it waits) and leaves then."""
+        if self.s == NULL or self.closing:
             return
         if self.busy:
-            raise RuntimeError("close() while another thread uses this subscription")
+            self.closing = True
+            self._wake()
+            return
+        self._leave()
+
+    cdef int _leave(self) except -1:
         cdef Delivery d = self.delivery() if self.delivery is not None else None
         if d is not None and not d.settled:
             d.settled = True  # its claim is left as an orphan
@@ -910,10 +1029,11 @@ cdef class Subscriber:
         self.unacked = self.held = self.pending = self.nacked = False
         fq_unsubscribe(self.s)
         self.s = NULL
+        return 0
 
     @property
     def closed(self):
-        return self.s == NULL
+        return self.s == NULL or self.closing
 
     @property
     def lag(self):
@@ -929,6 +1049,8 @@ cdef class Subscriber:
 
     cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
                     bint block, object timeout) except -1:
+        """Claim (0), or 1 if the pool must pick a member again (the caller
+        returns _REPICK)."""
         cdef int rc, spun = 0
         cdef _Waiter w = None
         while True:
@@ -948,7 +1070,10 @@ cdef class Subscriber:
                     spun += 1
                     continue
                 w = _Waiter(timeout)
-            self.seg._wait(q, FQ_WAIT_DATA, 0, w, self.s)
+            if self.seg._wait(q, FQ_WAIT_DATA, 0, w, self.s, self):
+                return 1  # back to the pool: a member keeps a claim given back
+            if self.closing:  # woken by close(): take nothing more
+                raise ValueError("the subscription was closed while this call waited")
 
     cdef object _next(self, fq_claim *c, object loads, bint *done):
         """The next intact message of claim c as an object (done[0] set when
@@ -1013,7 +1138,8 @@ cdef class Subscriber:
         cdef bint done
         try:
             while True:
-                self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout)
+                if self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout):
+                    return _REPICK
                 done = False
                 out = self._one(&c, loads, &done)
                 self._finish(&c, done)
@@ -1037,7 +1163,8 @@ cdef class Subscriber:
         cdef list out = []
         try:
             while not out:
-                self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout)
+                if self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout):
+                    return _REPICK
                 done = False
                 while True:
                     cursor = c.cursor
@@ -1084,7 +1211,8 @@ cdef class Subscriber:
         cdef bint done
         try:
             while True:
-                self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
+                if self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout):
+                    return _REPICK
                 done = False
                 out = self._one(&d.c, loads, &done)
                 if done:  # overwritten (drop topic): lost, counted
@@ -1121,6 +1249,11 @@ cdef class Subscriber:
             # claim (if any) keep their own flag
             self._hold(c, 0, c.redelivered)
             self.nacked = True
+        if self.held and self.pool is not None:
+            # a call of the pool waiting in another thread must take this first
+            p = self.pool()
+            if p is not None:
+                (<SubscriberPool>p)._kick()
         return 0
 
     def index(self):
@@ -1134,26 +1267,37 @@ cdef class SubscriberPool:
     first; while every member holds one and fewer than prefetch exist,
     join(n) (Python: subscribes to the same group) adds one, kept for reuse.
 
-    Used by one thread at a time (a second thread gets RuntimeError)."""
+    Used by one thread at a time (a second thread gets RuntimeError), while
+    deliveries are settled from any thread: a call waiting for a message
+    picks again, at once, when another thread's nack (or ack) leaves a
+    member with a claim to return first.  Closed from any thread, as a
+    Subscriber."""
     cdef list _members
     cdef int prefetch
     cdef bint busy
+    cdef bint again   # a member got a claim to return first: the call in progress picks again
+    cdef bint shut    # closed
     cdef object join
+    cdef object __weakref__
 
     def __cinit__(self, Subscriber first, int prefetch, join):
         self._members = [first]
         self.prefetch = prefetch
         self.join = join
+        first.pool = _weakref(self)
 
     @property
     def members(self):
         return list(self._members)
 
     cdef Subscriber _enter(self):
+        if self.shut:
+            raise ValueError("operation on a closed subscription")
         if self.busy:
             raise RuntimeError("this subscription is in use by another thread: a "
                                "Subscription is for one thread at a time")
         self.busy = True
+        self.again = False  # what _pick sees now is taken into account
         try:
             return self._pick()
         except BaseException:
@@ -1187,37 +1331,85 @@ cdef class SubscriberPool:
         if free is not None:
             return free
         m = <Subscriber?>self.join(n)  # may raise SubscriberLimit
+        m.pool = _weakref(self)
         self._members.append(m)
         return m
 
+    cdef Subscriber _repick(self):
+        """The member for a call whose member returned _REPICK."""
+        self.again = False
+        return self._pick()
+
+    cdef void _kick(self):
+        """A member now keeps a claim to return first (another thread's nack
+        or ack): the call in progress, if it waits, picks again."""
+        if not self.busy:
+            return
+        self.again = True
+        for m in self._members:
+            (<Subscriber>m)._wake()
+
     def get(self, bint block=True, timeout=None):
         cdef Subscriber m = self._enter()
+        cdef double deadline = _deadline(block, timeout)
         try:
-            return m.get(block, timeout)
+            while True:
+                out = m.get(block, timeout)
+                if out is not _REPICK:
+                    return out
+                timeout = _left(timeout, deadline)
+                m = self._repick()
         finally:
             self.busy = False
 
     def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
                  uint64_t max_bytes=BATCH_BYTES):
         cdef Subscriber m = self._enter()
+        cdef double deadline = _deadline(block, timeout)
         try:
-            return m.get_many(max_messages, block, timeout, max_bytes)
+            while True:
+                out = m.get_many(max_messages, block, timeout, max_bytes)
+                if out is not _REPICK:
+                    return out
+                timeout = _left(timeout, deadline)
+                m = self._repick()
         finally:
             self.busy = False
 
     def receive(self, bint block=True, timeout=None):
         cdef Subscriber m = self._enter()
+        cdef double deadline = _deadline(block, timeout)
         try:
-            return m.receive(block, timeout)
+            while True:
+                out = m.receive(block, timeout)
+                if out is not _REPICK:
+                    return out
+                timeout = _left(timeout, deadline)
+                m = self._repick()
         finally:
             self.busy = False
 
     def close(self):
-        """Every member leaves (their unacknowledged deliveries go back to the group)."""
-        if self.busy:
-            raise RuntimeError("close() while another thread uses this subscription")
+        """Every member leaves (their unacknowledged deliveries go back to the
+        group).  A call in progress in another thread raises ValueError (at
+        once if it waits)."""
+        self.shut = True
         for m in self._members:
             (<Subscriber>m).close()
+
+
+cdef double _deadline(bint block, object timeout) except? -1:
+    """When a blocking call with this timeout ends (0: never or not blocking)."""
+    if not block or timeout is None or timeout < 0:
+        return 0.0  # (a negative timeout is refused by the member)
+    return _monotonic() + float(timeout)
+
+
+cdef object _left(object timeout, double deadline):
+    """The rest of a call's timeout when its pool picks a member again."""
+    if deadline == 0.0:
+        return timeout
+    return max(0.0, deadline - _monotonic())
 
 
 def pid_alive(int pid, uint64_t start_time=0):

@@ -479,8 +479,13 @@ class Queue(_Handle):
         ``nack(requeue=True)`` gives it back.  If this process dies before
         acking, the message goes to another consumer within the recovery
         bound, with ``redelivered`` true.  ``with q.receive() as d:`` acks on
-        success and gives the message back on an exception.  Raises
-        ``RuntimeError`` if ``prefetch`` deliveries are already unacknowledged.
+        success and gives the message back on an exception.
+
+        If ``prefetch`` deliveries of this handle are already unacknowledged,
+        waits until another thread acks or nacks one (threads may share a
+        handle), within ``timeout`` (then ``queue.Empty``); with
+        ``block=False`` raises ``RuntimeError`` (the caller may hold them
+        all).  ``close()`` from another thread makes it raise ``ValueError``.
         An unacknowledged delivery pins its place in the ring: producers cannot
         reuse space past it, so a queue fills if one is held for too long.
         """

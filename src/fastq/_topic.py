@@ -229,7 +229,10 @@ class Subscription:
     """A subscription to a :class:`Topic` (from :meth:`Topic.subscribe`).
 
     A subscription is for one thread at a time (its deliveries may be acked
-    from any thread).  Pickled into another process, it becomes another
+    or nacked from any thread; a nacked one comes back at once to a
+    :meth:`receive` waiting in another thread).  :meth:`close` (or closing the
+    topic) from another thread succeeds: a call waiting in the subscription
+    raises ``ValueError`` at once.  Pickled into another process, it becomes another
     member of the same group there, with the same ``prefetch`` (for a plain
     subscription: of its anonymous group, so both processes split its
     messages; for a durable name: a subscriber of that name).
@@ -351,7 +354,9 @@ class Subscription:
         group goes away with its last member.  Unacknowledged deliveries go
         back to the group (redelivered to another member, or to the next
         subscriber of a durable name); every entry of the subscriber table
-        the subscription held is freed."""
+        the subscription held is freed.  May be called from any thread: a
+        call waiting in the subscription raises ``ValueError`` at once (one
+        in progress finishes, then the entry it used is freed)."""
         self._via.close()
 
     def __enter__(self) -> "Subscription":
