@@ -255,6 +255,9 @@ cdef class Segment:
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self._dumps is None:
+            if type(obj) is list:  # a list is how dumps() returns parts: not raw data
+                raise TypeError("serializer='raw' takes one bytes-like object per message, "
+                                "not list")
             data = obj
         elif self._pickle and _plain(obj):
             data = _pdumps(obj, 5)
@@ -837,6 +840,10 @@ cdef class Delivery:
                 self.nack(True)
             except Exception:
                 pass
+
+    def __reduce__(self):
+        raise TypeError("a fastq.Delivery cannot be pickled: it is a claim of the process "
+                        "that received it (send its value instead; ack or nack it here)")
 
     def __repr__(self):
         state = "settled" if self.settled else "unacked"
