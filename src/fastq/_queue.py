@@ -8,7 +8,7 @@ import re
 import struct
 import uuid
 import weakref
-from typing import Any, Iterable, List, Optional, TypeVar
+from typing import Any, Generic, Iterable, Iterator, List, Optional, TypeVar
 
 from . import _core
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
@@ -263,6 +263,7 @@ def _sweep_dead_anon(directory: str) -> None:
 
 
 _H = TypeVar("_H", bound="_Handle")
+_T = TypeVar("_T")
 
 # defaults of the size options: told apart from the same values given explicitly
 _CAPACITY: Any = _Default(DEFAULT_CAPACITY)
@@ -435,8 +436,12 @@ class _Handle:
 
 
 
-class Queue(_Handle):
+class Queue(_Handle, Generic[_T]):
     """A multi-producer, multi-consumer FIFO queue shared by processes.
+
+    ``fastq.Queue[int]`` is its type for messages of type int (generic for
+    type checkers; at run time the same class).  ``for item in q`` gets
+    messages until the queue is shut down and drained.
 
     Messages live in a memory-mapped segment file; any process that knows the
     name can attach.  Order is FIFO per producer; nothing is lost or
@@ -477,7 +482,7 @@ class Queue(_Handle):
     {'id': 1}
     """
 
-    def __init__(self, name: "Optional[str | os.PathLike[str]]" = None,
+    def __init__(self: "Queue[Any]", name: "Optional[str | os.PathLike[str]]" = None,
                  capacity: int = _CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, prefetch: int = 4,
@@ -501,12 +506,12 @@ class Queue(_Handle):
 
     @classmethod
     def create(cls, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY,
-               **kwargs: Any) -> "Queue":
+               **kwargs: Any) -> "Queue[Any]":
         """Create a new queue; ``FileExistsError`` if the name exists."""
         return cls(name, capacity, _how="create", **kwargs)
 
     @classmethod
-    def open(cls, name: str, **kwargs: Any) -> "Queue":
+    def open(cls, name: str, **kwargs: Any) -> "Queue[Any]":
         """Attach to an existing queue; ``FileNotFoundError`` if it is missing,
         ``SegmentError`` if the file is not a valid segment.  Options given
         must agree with the queue's (``ValueError``)."""
@@ -518,7 +523,7 @@ class Queue(_Handle):
 
     # ---- producer -----------------------------------------------------------
 
-    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Put obj at the tail of the queue.
 
         Blocks while the queue is full (up to ``timeout`` seconds, then
@@ -528,11 +533,11 @@ class Queue(_Handle):
         """
         self._seg.put(obj, block, timeout)
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         """``put(obj, block=False)``."""
         self._seg.put(obj, False, None)
 
-    def put_many(self, items: Iterable[Any], block: bool = True,
+    def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: Optional[float] = None) -> int:
         """Put every item, in order, claiming ring space for many at once.
 
@@ -544,7 +549,7 @@ class Queue(_Handle):
 
     # ---- consumer -----------------------------------------------------------
 
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> _T:
         """Remove and return the message at the head of the queue.
 
         Blocks while the queue is empty (up to ``timeout`` seconds, then
@@ -553,12 +558,12 @@ class Queue(_Handle):
         """
         return self._seg.get(block, timeout)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         """``get(block=False)``."""
         return self._seg.get(False, None)
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
-                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]:
+                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[_T]:
         """Remove and return a list of 1 to ``max_messages`` messages.
 
         Waits like :meth:`get` for the first; returns whatever else is
@@ -587,6 +592,15 @@ class Queue(_Handle):
         """
         return self._seg.receive(block, timeout)
 
+    def __iter__(self) -> Iterator[_T]:
+        """Messages (as :meth:`get`) until the queue is shut down and drained."""
+        get = self.get
+        while True:
+            try:
+                yield get()
+            except ShutDown:
+                return
+
     # ---- status and lifecycle -----------------------------------------------
 
     def qsize(self) -> int:
@@ -606,5 +620,6 @@ class Queue(_Handle):
         return f"<fastq.Queue {self._name!r} {state}>"
 
 
-def _reopen(path: str, serializer: Any, trusted: bool = False, prefetch: int = 4) -> Queue:
+def _reopen(path: str, serializer: Any, trusted: bool = False,
+            prefetch: int = 4) -> "Queue[Any]":
     return Queue.open(path, serializer=serializer, trusted=trusted, prefetch=prefetch)
