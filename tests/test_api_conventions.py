@@ -357,6 +357,7 @@ def test_join_survives_a_consumer_killed_mid_task(fastq_dir, tmp_path, procs):
 def test_queue_is_generic_at_runtime():
     alias = fastq.Queue[int]
     assert alias.__origin__ is fastq.Queue and alias.__args__ == (int,)
+    assert fastq.JoinableQueue[str].__origin__ is fastq.JoinableQueue
 
 
 TYPED = """
@@ -369,6 +370,9 @@ x: int = q.get()
 xs: List[int] = q.get_many(10)
 for item in q:
     y: int = item
+n: int = q.unacked()
+jq: fastq.JoinableQueue[str] = fastq.JoinableQueue("jq")
+jq.put("a"); s: str = jq.get(); jq.task_done(); jq.join(); ok: bool = jq.join(timeout=1.0)
 t = fastq.Topic("ticks")
 sub = t.subscribe()
 vs = sub.get_many(10, max_bytes=1 << 16)

@@ -610,9 +610,31 @@ cdef class Segment:
     # ---- status -----------------------------------------------------------
 
     def qsize(self):
+        """Messages a get can take now (fq_available)."""
         cdef fq_queue *q = self._enter()
         try:
+            return fq_available(q)
+        finally:
+            self._exit()
+
+    def unfinished(self):
+        """Messages put and not yet freed (fq_qsize); after an immediate
+        shutdown, only those taken (fq_unacked): the rest were dropped."""
+        cdef fq_queue *q = self._enter()
+        try:
+            # shut down with nothing to get (drained, or immediate): what is
+            # left to finish is what was taken
+            if fq_is_shutdown(q) and fq_available(q) == 0:
+                return fq_unacked(q)
             return fq_qsize(q)
+        finally:
+            self._exit()
+
+    def unacked_count(self):
+        """Messages taken and not yet freed or given back (fq_unacked)."""
+        cdef fq_queue *q = self._enter()
+        try:
+            return fq_unacked(q)
         finally:
             self._exit()
 

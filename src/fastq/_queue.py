@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import atexit
+import collections
+import time
 import os
 import pickle
 import re
@@ -16,7 +18,7 @@ from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
 DEFAULT_CAPACITY = 64 << 20
 DEFAULT_DIR = "/dev/shm"
 
-__all__ = ["Queue", "segment_path", "PickleSerializer", "RawSerializer"]
+__all__ = ["Queue", "JoinableQueue", "segment_path", "PickleSerializer", "RawSerializer"]
 
 
 def segment_path(name: "str | os.PathLike[str]") -> str:
@@ -604,12 +606,22 @@ class Queue(_Handle, Generic[_T]):
     # ---- status and lifecycle -----------------------------------------------
 
     def qsize(self) -> int:
-        """Number of messages in the queue (exact when no call is in flight)."""
+        """Number of messages :meth:`get` can take now (exact when no call is
+        in flight).  Messages held by unacknowledged deliveries are not
+        counted (see :meth:`unacked`); after ``shutdown(immediate=True)``
+        it is 0, as for ``queue.Queue``."""
         return self._seg.qsize()
 
     def empty(self) -> bool:
-        """True if the queue holds no message."""
+        """True if :meth:`get` has nothing to take now (``qsize() == 0``)."""
         return self._seg.qsize() == 0
+
+    def unacked(self) -> int:
+        """Messages taken from the queue and not settled yet, in every
+        process: deliveries of :meth:`receive` not yet acked or nacked, gets
+        in progress, and those held by a killed consumer until recovery gives
+        them back (they then count in :meth:`qsize` again)."""
+        return self._seg.unacked_count()
 
     def full(self) -> bool:
         """True if not even the smallest message would fit now."""
@@ -618,6 +630,90 @@ class Queue(_Handle, Generic[_T]):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"capacity={self.capacity}"
         return f"<fastq.Queue {self._name!r} {state}>"
+
+
+class JoinableQueue(Queue[_T]):
+    """A :class:`Queue` with ``task_done()`` and ``join()``, as
+    ``multiprocessing.JoinableQueue``.
+
+    A task is a message: it is finished when the consumer that got it calls
+    :meth:`task_done` (or when it is taken by a plain ``get()`` of a
+    ``Queue`` handle, or acked).  :meth:`get` takes the message as an
+    unacknowledged delivery (see :meth:`Queue.receive`) that
+    :meth:`task_done` acks, oldest first: so a consumer killed between
+    ``get()`` and ``task_done()`` does not leave ``join()`` hanging, nor is
+    its task lost: recovery gives the message back, another consumer gets it
+    (``redelivered``), and ``join()`` returns once that one is done.  The
+    count of unfinished tasks lives in the segment, for every process.
+
+    Each handle may hold at most ``prefetch`` tasks not yet done (1 to 7,
+    default 4: ``RuntimeError`` beyond); until done, a task pins its place
+    in the ring.  ``get_many()`` is not available (``NotImplementedError``).
+    """
+
+    def __init__(self: "JoinableQueue[Any]", *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._tasks: "collections.deque[Any]" = collections.deque()
+        # get() takes a delivery: the bound method of Queue is replaced
+        self.get = self._get_task  # type: ignore[method-assign]
+        self.get_nowait = self._get_task_nowait  # type: ignore[method-assign]
+        self.get_many = self._no_get_many  # type: ignore[method-assign]
+
+    def _get_task(self, block: bool = True, timeout: Optional[float] = None) -> _T:
+        d = self._seg.receive(block, timeout)
+        self._tasks.append(d)
+        return d.value
+
+    def _get_task_nowait(self) -> _T:
+        return self._get_task(False)
+
+    def _no_get_many(self, *args: Any, **kwargs: Any) -> List[_T]:
+        raise NotImplementedError("JoinableQueue.get_many(): get tasks one at a time "
+                                  "(each is done by its own task_done())")
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> _T:
+        """Take a task (as :meth:`Queue.get`); call :meth:`task_done` when it
+        is done."""
+        return self._get_task(block, timeout)
+
+    def get_nowait(self) -> _T:
+        """``get(block=False)``."""
+        return self._get_task(False)
+
+    def task_done(self) -> None:
+        """The oldest task this handle got is done: it leaves the queue.
+        ``ValueError`` if no task got by this handle is left."""
+        if not self._tasks:
+            raise ValueError("task_done() called too many times")
+        self._tasks.popleft().ack()
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every task put (by any process) is done; True then,
+        False if ``timeout`` seconds passed first.  While it waits it runs
+        recovery, so that tasks of killed consumers go back to the queue.
+        After ``shutdown(immediate=True)`` only the tasks already got count,
+        as for ``queue.Queue``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        nap, last_recover = 0.001, time.monotonic()
+        while self._seg.unfinished():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if now - last_recover >= 0.2:
+                self._seg.recover()
+                last_recover = now
+            nap = min(nap * 2, 0.05)
+            time.sleep(nap if deadline is None else max(0.0, min(nap, deadline - now)))
+        return True
+
+    def __reduce__(self):
+        spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
+        return (_reopen_joinable, (self._path, spec, self._trusted, self._prefetch))
+
+
+def _reopen_joinable(path: str, serializer: Any, trusted: bool = False,
+                     prefetch: int = 4) -> "JoinableQueue[Any]":
+    return JoinableQueue.open(path, serializer=serializer, trusted=trusted, prefetch=prefetch)
 
 
 def _reopen(path: str, serializer: Any, trusted: bool = False,
