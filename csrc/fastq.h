@@ -112,7 +112,15 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin
 int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns);
 
 /* Status */
+/* Messages put and not yet freed: what gets can take plus fq_unacked(). */
 uint64_t fq_qsize(fq_queue *q);
+/* Messages claimed by consumers and neither freed nor given back yet:
+ * unacknowledged deliveries, gets in progress, and the claims of dead
+ * consumers until recovery puts them back. */
+uint64_t fq_unacked(fq_queue *q);
+/* What gets can take now: fq_qsize() - fq_unacked(); 0 after an immediate
+ * shutdown (gets raise ShutDown at once). */
+uint64_t fq_available(fq_queue *q);
 int fq_full(fq_queue *q);
 uint64_t fq_capacity(fq_queue *q);
 uint64_t fq_max_message(fq_queue *q);

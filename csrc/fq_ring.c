@@ -684,6 +684,33 @@ uint64_t fq_qsize(fq_queue *q)
     return put > got ? (uint64_t)(put - got) : 0;
 }
 
+/* A snapshot, lane by lane, with no ordering between the loads (like
+ * fq_qsize: exact when no call is in flight); every n read from the segment
+ * is bounded, and the sum by fq_qsize. */
+uint64_t fq_unacked(fq_queue *q)
+{
+    uint64_t held = 0;
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[s].lane[l].cons;
+            if ((atomic_load_explicit(&in->state, RLX) & 3) != FQ_PH_WON)
+                continue;
+            uint64_t n = atomic_load_explicit(&in->n, RLX) & ~FQ_N_FREEING;
+            held += n < q->cap ? n : q->cap;
+        }
+    }
+    uint64_t all = fq_qsize(q);
+    return held < all ? held : all;
+}
+
+uint64_t fq_available(fq_queue *q)
+{
+    if (atomic_load(&q->ctrl->state) & FQ_STATE_IMMEDIATE)
+        return 0; /* gets raise ShutDown at once: nothing can be taken */
+    uint64_t all = fq_qsize(q), held = fq_unacked(q);
+    return all - held; /* held <= all */
+}
+
 int fq_idle(fq_queue *q)
 {
     fq_ctrl *c = q->ctrl;

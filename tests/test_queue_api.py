@@ -269,17 +269,25 @@ def test_capacity_and_max_message():
         assert q.get_nowait() == b"x" * 1000
     with pytest.raises(ValueError):
         fastq.Queue("c4", capacity=SMALL, max_message=SMALL)  # cannot fit the ring
-    for bad in (0, -1, 1.5, "big"):
+    for bad in (0, -1):
         with pytest.raises(ValueError):
+            fastq.Queue("c5", capacity=bad)
+    for bad in (1.5, "big"):  # a wrong type (issue 10, item 13)
+        with pytest.raises(TypeError):
             fastq.Queue("c5", capacity=bad)
 
 
-def test_open_ignores_capacity_and_reports_the_real_one():
+def test_open_reports_the_real_capacity_and_refuses_a_conflicting_one():
     with fastq.Queue.create("c6", capacity=1 << 14) as q:
-        with fastq.Queue.open("c6", capacity=1 << 20) as q2:
+        with fastq.Queue.open("c6") as q2:
             assert q2.capacity == q.capacity == 1 << 14
-        with fastq.Queue("c6", capacity=1 << 20) as q3:  # open_or_create opens
+        with fastq.Queue("c6", capacity=1 << 14) as q3:  # open_or_create opens
             assert q3.capacity == 1 << 14
+        # an explicit capacity the queue does not have is refused (issue 10, item 12)
+        with pytest.raises(ValueError, match="capacity"):
+            fastq.Queue.open("c6", capacity=1 << 20)
+        with pytest.raises(ValueError, match="capacity"):
+            fastq.Queue("c6", capacity=1 << 20)
 
 
 # ---- timeouts -----------------------------------------------------------------
@@ -684,9 +692,13 @@ def test_anonymous_queue_removed_when_creator_exits(fastq_dir, run_py):
 def test_names_and_paths(fastq_dir, tmp_path):
     assert fastq.segment_path("jobs") == os.path.join(str(fastq_dir), "jobs")
     assert fastq.segment_path(str(tmp_path / "x.seg")) == str(tmp_path / "x.seg")
-    assert fastq.segment_path("./rel") == "./rel"
-    for bad in ("", ".", "..", None, 3):
+    # resolved at open, so that a pickled handle survives chdir (issue 10, item 13)
+    assert fastq.segment_path("./rel") == os.path.abspath("rel")
+    for bad in ("", ".", ".."):
         with pytest.raises(ValueError):
+            fastq.segment_path(bad)
+    for bad in (None, 3):  # a wrong type (issue 10, item 13)
+        with pytest.raises(TypeError):
             fastq.segment_path(bad)
     with fastq.Queue("inside", capacity=SMALL) as q:
         assert q.path == str(fastq_dir / "inside")

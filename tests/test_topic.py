@@ -390,12 +390,12 @@ def test_create_and_open(fastq_dir):
     with fastq.Topic.create("co", capacity=1 << 14) as t:
         with pytest.raises(FileExistsError):
             fastq.Topic.create("co", capacity=1 << 14)
-        with fastq.Topic.open("co", capacity=1 << 20) as t2:  # capacity ignored on open
+        with fastq.Topic.open("co", capacity=1 << 14) as t2:  # an agreeing capacity
             assert t2.capacity == t.capacity and t2.path == t.path
             s = t2.subscribe()
             t.publish("via t")
             assert s.get(timeout=1) == "via t"
-        with fastq.Topic("co", capacity=1 << 20) as t3:  # open-or-create opens
+        with fastq.Topic("co") as t3:  # open-or-create opens
             assert t3.capacity == t.capacity
     with pytest.raises(FileNotFoundError):
         fastq.Topic.open("missing")
@@ -1039,8 +1039,11 @@ def test_iteration_in_a_thread_while_publishing():
 def test_bad_arguments_are_value_errors():
     with pytest.raises(ValueError):
         fastq.Topic("b1", capacity=SMALL, overflow="ring")
-    for bad in (0, -1, 1.5, "big"):
+    for bad in (0, -1):
         with pytest.raises(ValueError):
+            fastq.Topic("b3", capacity=bad)
+    for bad in (1.5, "big"):  # a wrong type (issue 10, item 13)
+        with pytest.raises(TypeError):
             fastq.Topic("b3", capacity=bad)
     with fastq.Topic("b4", capacity=SMALL) as t:
         with pytest.raises(ValueError):

@@ -7,13 +7,14 @@
 """
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown, SubscriberLimit
 from ._core import Delivery
-from ._queue import PickleSerializer, Queue, RawSerializer, segment_path
+from ._queue import JoinableQueue, PickleSerializer, Queue, RawSerializer, segment_path
 from ._topic import SubscriberInfo, Subscription, Topic
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Queue",
+    "JoinableQueue",
     "Topic",
     "Subscription",
     "SubscriberInfo",

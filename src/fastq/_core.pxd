@@ -53,6 +53,8 @@ cdef extern from "fastq.h" nogil:
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
     int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
     uint64_t fq_qsize(fq_queue *q)
+    uint64_t fq_unacked(fq_queue *q)
+    uint64_t fq_available(fq_queue *q)
     int fq_full(fq_queue *q)
     uint64_t fq_capacity(fq_queue *q)
     uint64_t fq_max_message(fq_queue *q)

@@ -277,6 +277,9 @@ cdef class Segment:
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self._dumps is None:
+            if type(obj) is list:  # a list is how dumps() returns parts: not raw data
+                raise TypeError("serializer='raw' takes one bytes-like object per message, "
+                                "not list")
             data = obj
         elif self._pickle and _plain(obj):
             data = _pdumps(obj, 5)
@@ -684,9 +687,31 @@ cdef class Segment:
     # ---- status -----------------------------------------------------------
 
     def qsize(self):
+        """Messages a get can take now (fq_available)."""
         cdef fq_queue *q = self._enter()
         try:
+            return fq_available(q)
+        finally:
+            self._exit()
+
+    def unfinished(self):
+        """Messages put and not yet freed (fq_qsize); after an immediate
+        shutdown, only those taken (fq_unacked): the rest were dropped."""
+        cdef fq_queue *q = self._enter()
+        try:
+            # shut down with nothing to get (drained, or immediate): what is
+            # left to finish is what was taken
+            if fq_is_shutdown(q) and fq_available(q) == 0:
+                return fq_unacked(q)
             return fq_qsize(q)
+        finally:
+            self._exit()
+
+    def unacked_count(self):
+        """Messages taken and not yet freed or given back (fq_unacked)."""
+        cdef fq_queue *q = self._enter()
+        try:
+            return fq_unacked(q)
         finally:
             self._exit()
 
@@ -914,6 +939,10 @@ cdef class Delivery:
                 self.nack(True)
             except Exception:
                 pass
+
+    def __reduce__(self):
+        raise TypeError("a fastq.Delivery cannot be pickled: it is a claim of the process "
+                        "that received it (send its value instead; ack or nack it here)")
 
     def __repr__(self):
         state = "settled" if self.settled else "unacked"

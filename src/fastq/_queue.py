@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import atexit
+import collections
+import time
 import os
 import pickle
 import re
 import struct
 import uuid
 import weakref
-from typing import Any, Iterable, List, Optional, TypeVar
+from typing import Any, Generic, Iterable, Iterator, List, Optional, TypeVar
 
 from . import _core
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
@@ -16,20 +18,89 @@ from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
 DEFAULT_CAPACITY = 64 << 20
 DEFAULT_DIR = "/dev/shm"
 
-__all__ = ["Queue", "segment_path", "PickleSerializer", "RawSerializer"]
+__all__ = ["Queue", "JoinableQueue", "segment_path", "PickleSerializer", "RawSerializer"]
 
 
-def segment_path(name: str) -> str:
-    """The file a queue name refers to.
+def segment_path(name: "str | os.PathLike[str]") -> str:
+    """The file a queue name refers to, as an absolute path.
 
-    A name without ``/`` lives in ``$FASTQ_DIR`` (default ``/dev/shm``); a
-    name with ``/`` is a path, on any filesystem.
+    A ``str`` name without ``/`` lives in ``$FASTQ_DIR`` (default
+    ``/dev/shm``); a name with ``/``, or an ``os.PathLike`` (a
+    ``pathlib.Path``), is a path, on any filesystem.  A relative path is
+    resolved against the current directory now, so that a handle pickled
+    into another process (or used after ``os.chdir``) names the same file.
     """
-    if not isinstance(name, str) or not name or name in (".", ".."):
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str or an os.PathLike of str, not {name!r}")
+        is_path = True
+    elif isinstance(name, str):
+        is_path = "/" in name
+    else:
+        raise TypeError(f"name must be a str or an os.PathLike of str, not "
+                        f"{type(name).__name__}")
+    if "\0" in name:
+        raise ValueError(f"name must not contain a NUL byte: {name!r}")
+    base = os.path.basename(name)
+    if not base or base in (".", ".."):
         raise ValueError(f"invalid queue name: {name!r}")
-    if "/" in name:
-        return name
-    return os.path.join(os.environ.get("FASTQ_DIR", DEFAULT_DIR), name)
+    nbytes = len(os.fsencode(base))
+    if nbytes > _NAME_MAX:
+        raise ValueError(f"name too long: its file name {base[:40]!r}... has {nbytes} bytes, "
+                         f"at most {_NAME_MAX} are allowed (a segment is created under a "
+                         "temporary name that adds to it)")
+    path = name if is_path else os.path.join(os.environ.get("FASTQ_DIR", DEFAULT_DIR), name)
+    return os.path.abspath(path)
+
+
+#: longest file name of a segment: NAME_MAX (255) less the suffix of the
+#: temporary file it is created as (".tmp-<pid up to 7 digits>-<16 hex>")
+_NAME_MAX = 255 - len(".tmp-4194304-0123456789abcdef")
+
+
+class _Default:
+    """A keyword's default value, told apart from the same value given
+    explicitly: an explicit option must agree with an existing segment, a
+    default need not."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _given(v: Any) -> Any:
+    """v, or the value of a _Default."""
+    return v.value if isinstance(v, _Default) else v
+
+
+def _check_int(what: str, v: Any, lo: int, hi: int) -> int:
+    """v as an int in lo..hi: TypeError for another type (bool too), ValueError
+    out of range."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__} ({v!r})")
+    if not lo <= v <= hi:
+        raise ValueError(f"{what} must be in {lo}..{hi}, not {v!r}")
+    return v
+
+
+def _check_mode(mode: Any) -> int:
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        raise TypeError(f"mode must be an int of permission bits such as 0o600, not "
+                        f"{type(mode).__name__} ({mode!r})")
+    if mode & ~0o777 or mode < 0:
+        raise ValueError(f"mode must hold permission bits only (0o000..0o777): {mode!r} "
+                         "(setuid, setgid and sticky bits are refused)")
+    return mode
+
+
+#: an int option above this cannot reach the C core (uint64); the core
+#: itself refuses values above its real bounds, with a message naming them
+_U63 = (1 << 63) - 1
 
 
 # ---- serializers ------------------------------------------------------------
@@ -194,6 +265,12 @@ def _sweep_dead_anon(directory: str) -> None:
 
 
 _H = TypeVar("_H", bound="_Handle")
+_T = TypeVar("_T")
+
+# defaults of the size options: told apart from the same values given explicitly
+_CAPACITY: Any = _Default(DEFAULT_CAPACITY)
+_MODE: Any = _Default(0o600)
+_MAX_PROCESSES: Any = _Default(64)
 
 
 class _Handle:
@@ -205,32 +282,33 @@ class _Handle:
     _finalizer: Any
     _ser: Any
 
-    def _attach(self, name: Optional[str], how: str, sizes: tuple, topic: tuple,
+    def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple,
                 trusted: bool) -> None:
         """Open or create the segment (how: "open", "create", "open_or_create"),
-        check its kind and owner, set the serializer; sizes: (capacity,
-        max_message, max_processes, mode); topic: (is_topic, drop, max_subs)."""
-        capacity, max_message, max_processes, mode = sizes
+        check its kind, owner and the options given explicitly, set the
+        serializer; sizes: (capacity, max_message, max_processes, mode), each
+        possibly a _Default; topic: (is_topic, overflow, max_subs)."""
+        capacity, max_message, max_processes, mode = (_given(v) for v in sizes)
+        overflow, max_subs = _given(topic[1]), _given(topic[2])
         what = "topic" if topic[0] else "queue"
         self._finalizer = None
-        if how != "open":
-            if not isinstance(capacity, int) or capacity <= 0:
-                raise ValueError(f"capacity must be a positive int, not {capacity!r}")
-            if max_message is not None and (not isinstance(max_message, int) or max_message <= 0):
-                raise ValueError(f"max_message must be a positive int, not {max_message!r}")
-            if not isinstance(max_processes, int) or not 1 <= max_processes <= 1024:
-                raise ValueError(f"max_processes must be in 1..1024, not {max_processes!r}")
+        # types and bounds first: a bad argument creates nothing
+        _check_int("capacity", capacity, 1, _U63)
+        if max_message is not None:
+            _check_int("max_message", max_message, 1, _U63)
+        _check_int("max_processes", max_processes, 1, 1024)
+        _check_mode(mode)
         anonymous = name is None
         if anonymous:
             prefix = "fastq-topic" if topic[0] else "fastq"
             name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:16]}"
             how = "create"
-        assert name is not None
-        self._name = name
         path = self._path = segment_path(name)
+        self._name = name if isinstance(name, str) else path
         if anonymous:
             _sweep_dead_anon(os.path.dirname(path))
-        args = (path, capacity, max_message or 0, max_processes, mode) + topic
+        args = (path, capacity, max_message or 0, max_processes, mode,
+                topic[0], 1 if overflow == "drop" else 0, max_subs)
         opened = True
         if how == "create":
             self._seg, opened = _core.Segment.create(*args), False
@@ -251,12 +329,41 @@ class _Handle:
                              f"open it with fastq.{other}")
         if opened and not trusted:
             _check_trust(self._seg, path, what)
+        if opened:
+            self._check_agrees(what, sizes, topic)
         self._seg.set_serializer(
             None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads,
             isinstance(self._ser, PickleSerializer))
         if anonymous:
             _anon_paths[path] = os.getpid()
             self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
+
+    def _check_agrees(self, what: str, sizes: tuple, topic: tuple) -> None:
+        """Refuse (ValueError, closing the segment) an option given explicitly
+        that the existing segment contradicts: it would be ignored."""
+        seg = self._seg
+        capacity, max_message, max_processes, mode = sizes
+        have = [("capacity", capacity, seg.capacity),
+                ("max_message", max_message, seg.max_message),
+                ("max_processes", max_processes, seg.max_processes),
+                ("mode", mode, os.fstat(seg.fileno()).st_mode & 0o777)]
+        if topic[0]:
+            have += [("overflow", topic[1], "drop" if seg.is_drop else "block"),
+                     ("max_subscribers", topic[2], seg.max_subscribers)]
+        for opt, given, existing in have:
+            if isinstance(given, _Default) or given is None:
+                continue
+            if opt == "capacity":  # the ring is the capacity rounded up (fq_create)
+                same = existing >= given and (existing // 2 < given or existing == 4096)
+            else:
+                same = given == existing
+            if not same:
+                seg.close()
+                shown = (oct(given), oct(existing)) if opt == "mode" else (given, existing)
+                raise ValueError(
+                    f"{opt}={shown[0]!r} was given, but the existing {what} {self._path} has "
+                    f"{opt}={shown[1]!r}: pass the same value, or leave {opt} out to use "
+                    "the existing one")
 
     @property
     def capacity(self) -> int:
@@ -334,8 +441,12 @@ class _Handle:
 
 
 
-class Queue(_Handle):
+class Queue(_Handle, Generic[_T]):
     """A multi-producer, multi-consumer FIFO queue shared by processes.
+
+    ``fastq.Queue[int]`` is its type for messages of type int (generic for
+    type checkers; at run time the same class).  ``for item in q`` gets
+    messages until the queue is shut down and drained.
 
     Messages live in a memory-mapped segment file; any process that knows the
     name can attach.  Order is FIFO per producer; nothing is lost or
@@ -376,17 +487,17 @@ class Queue(_Handle):
     {'id': 1}
     """
 
-    def __init__(self, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY, *,
+    def __init__(self: "Queue[Any]", name: "Optional[str | os.PathLike[str]]" = None,
+                 capacity: int = _CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
-                 mode: int = 0o600, max_processes: int = 64, prefetch: int = 4,
+                 mode: int = _MODE, max_processes: int = _MAX_PROCESSES, prefetch: int = 4,
                  trusted: bool = False, _how: str = "open_or_create"):
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
-        if not isinstance(prefetch, int) or not 1 <= prefetch <= _core.MAX_PREFETCH:
-            raise ValueError(f"prefetch must be in 1..{_core.MAX_PREFETCH}, not {prefetch!r}")
+        _check_int("prefetch", prefetch, 1, _core.MAX_PREFETCH)
         self._prefetch = prefetch
-        self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, 0, 0),
+        self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, "", 0),
                      trusted)
         # The hot calls go straight to the compiled segment: a Python-level
         # wrapper would double their cost.  The methods below document them.
@@ -400,15 +511,15 @@ class Queue(_Handle):
 
     @classmethod
     def create(cls, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY,
-               **kwargs: Any) -> "Queue":
+               **kwargs: Any) -> "Queue[Any]":
         """Create a new queue; ``FileExistsError`` if the name exists."""
         return cls(name, capacity, _how="create", **kwargs)
 
     @classmethod
-    def open(cls, name: str, **kwargs: Any) -> "Queue":
+    def open(cls, name: str, **kwargs: Any) -> "Queue[Any]":
         """Attach to an existing queue; ``FileNotFoundError`` if it is missing,
-        ``SegmentError`` if the file is not a valid segment."""
-        kwargs.pop("capacity", None)
+        ``SegmentError`` if the file is not a valid segment.  Options given
+        must agree with the queue's (``ValueError``)."""
         return cls(name, _how="open", **kwargs)
 
     def __reduce__(self):
@@ -417,7 +528,7 @@ class Queue(_Handle):
 
     # ---- producer -----------------------------------------------------------
 
-    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Put obj at the tail of the queue.
 
         Blocks while the queue is full (up to ``timeout`` seconds, then
@@ -427,11 +538,11 @@ class Queue(_Handle):
         """
         self._seg.put(obj, block, timeout)
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         """``put(obj, block=False)``."""
         self._seg.put(obj, False, None)
 
-    def put_many(self, items: Iterable[Any], block: bool = True,
+    def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: Optional[float] = None) -> int:
         """Put every item, in order, claiming ring space for many at once.
 
@@ -443,7 +554,7 @@ class Queue(_Handle):
 
     # ---- consumer -----------------------------------------------------------
 
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> _T:
         """Remove and return the message at the head of the queue.
 
         Blocks while the queue is empty (up to ``timeout`` seconds, then
@@ -452,12 +563,12 @@ class Queue(_Handle):
         """
         return self._seg.get(block, timeout)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         """``get(block=False)``."""
         return self._seg.get(False, None)
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
-                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]:
+                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[_T]:
         """Remove and return a list of 1 to ``max_messages`` messages.
 
         Waits like :meth:`get` for the first; returns whatever else is
@@ -491,15 +602,34 @@ class Queue(_Handle):
         """
         return self._seg.receive(block, timeout)
 
+    def __iter__(self) -> Iterator[_T]:
+        """Messages (as :meth:`get`) until the queue is shut down and drained."""
+        get = self.get
+        while True:
+            try:
+                yield get()
+            except ShutDown:
+                return
+
     # ---- status and lifecycle -----------------------------------------------
 
     def qsize(self) -> int:
-        """Number of messages in the queue (exact when no call is in flight)."""
+        """Number of messages :meth:`get` can take now (exact when no call is
+        in flight).  Messages held by unacknowledged deliveries are not
+        counted (see :meth:`unacked`); after ``shutdown(immediate=True)``
+        it is 0, as for ``queue.Queue``."""
         return self._seg.qsize()
 
     def empty(self) -> bool:
-        """True if the queue holds no message."""
+        """True if :meth:`get` has nothing to take now (``qsize() == 0``)."""
         return self._seg.qsize() == 0
+
+    def unacked(self) -> int:
+        """Messages taken from the queue and not settled yet, in every
+        process: deliveries of :meth:`receive` not yet acked or nacked, gets
+        in progress, and those held by a killed consumer until recovery gives
+        them back (they then count in :meth:`qsize` again)."""
+        return self._seg.unacked_count()
 
     def full(self) -> bool:
         """True if not even the smallest message would fit now."""
@@ -510,5 +640,90 @@ class Queue(_Handle):
         return f"<fastq.Queue {self._name!r} {state}>"
 
 
-def _reopen(path: str, serializer: Any, trusted: bool = False, prefetch: int = 4) -> Queue:
+class JoinableQueue(Queue[_T]):
+    """A :class:`Queue` with ``task_done()`` and ``join()``, as
+    ``multiprocessing.JoinableQueue``.
+
+    A task is a message: it is finished when the consumer that got it calls
+    :meth:`task_done` (or when it is taken by a plain ``get()`` of a
+    ``Queue`` handle, or acked).  :meth:`get` takes the message as an
+    unacknowledged delivery (see :meth:`Queue.receive`) that
+    :meth:`task_done` acks, oldest first: so a consumer killed between
+    ``get()`` and ``task_done()`` does not leave ``join()`` hanging, nor is
+    its task lost: recovery gives the message back, another consumer gets it
+    (``redelivered``), and ``join()`` returns once that one is done.  The
+    count of unfinished tasks lives in the segment, for every process.
+
+    Each handle may hold at most ``prefetch`` tasks not yet done (1 to 7,
+    default 4: ``RuntimeError`` beyond); until done, a task pins its place
+    in the ring.  ``get_many()`` is not available (``NotImplementedError``).
+    """
+
+    def __init__(self: "JoinableQueue[Any]", *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._tasks: "collections.deque[Any]" = collections.deque()
+        # get() takes a delivery: the bound method of Queue is replaced
+        self.get = self._get_task  # type: ignore[method-assign]
+        self.get_nowait = self._get_task_nowait  # type: ignore[method-assign]
+        self.get_many = self._no_get_many  # type: ignore[method-assign]
+
+    def _get_task(self, block: bool = True, timeout: Optional[float] = None) -> _T:
+        d = self._seg.receive(block, timeout)
+        self._tasks.append(d)
+        return d.value
+
+    def _get_task_nowait(self) -> _T:
+        return self._get_task(False)
+
+    def _no_get_many(self, *args: Any, **kwargs: Any) -> List[_T]:
+        raise NotImplementedError("JoinableQueue.get_many(): get tasks one at a time "
+                                  "(each is done by its own task_done())")
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> _T:
+        """Take a task (as :meth:`Queue.get`); call :meth:`task_done` when it
+        is done."""
+        return self._get_task(block, timeout)
+
+    def get_nowait(self) -> _T:
+        """``get(block=False)``."""
+        return self._get_task(False)
+
+    def task_done(self) -> None:
+        """The oldest task this handle got is done: it leaves the queue.
+        ``ValueError`` if no task got by this handle is left."""
+        if not self._tasks:
+            raise ValueError("task_done() called too many times")
+        self._tasks.popleft().ack()
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every task put (by any process) is done; True then,
+        False if ``timeout`` seconds passed first.  While it waits it runs
+        recovery, so that tasks of killed consumers go back to the queue.
+        After ``shutdown(immediate=True)`` only the tasks already got count,
+        as for ``queue.Queue``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        nap, last_recover = 0.001, time.monotonic()
+        while self._seg.unfinished():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if now - last_recover >= 0.2:
+                self._seg.recover()
+                last_recover = now
+            nap = min(nap * 2, 0.05)
+            time.sleep(nap if deadline is None else max(0.0, min(nap, deadline - now)))
+        return True
+
+    def __reduce__(self):
+        spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
+        return (_reopen_joinable, (self._path, spec, self._trusted, self._prefetch))
+
+
+def _reopen_joinable(path: str, serializer: Any, trusted: bool = False,
+                     prefetch: int = 4) -> "JoinableQueue[Any]":
+    return JoinableQueue.open(path, serializer=serializer, trusted=trusted, prefetch=prefetch)
+
+
+def _reopen(path: str, serializer: Any, trusted: bool = False,
+            prefetch: int = 4) -> "Queue[Any]":
     return Queue.open(path, serializer=serializer, trusted=trusted, prefetch=prefetch)

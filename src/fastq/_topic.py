@@ -9,7 +9,8 @@ from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 
 from . import _core
 from ._errors import ShutDown, SubscriberLimit
-from ._queue import DEFAULT_CAPACITY, _Handle, _make_serializer
+from ._queue import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, _check_int, _Default, _given, _Handle,
+                     _make_serializer)
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
@@ -18,6 +19,9 @@ _FLAG_DURABLE, _FLAG_GROUP, _FLAG_ANON = 1, 2, 4
 _STARTS = {"latest": 0, "earliest": 1}
 #: most unacknowledged deliveries per Subscription (each holds a subscriber entry)
 MAX_PREFETCH = 64
+# defaults, told apart from the same values given explicitly (see _queue._Default)
+_OVERFLOW: Any = _Default("block")
+_MAX_SUBSCRIBERS: Any = _Default(64)
 
 
 class SubscriberInfo(NamedTuple):
@@ -74,21 +78,20 @@ class Topic(_Handle):
     {'px': 1.5}
     """
 
-    def __init__(self, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY, *,
-                 max_message: Optional[int] = None, overflow: str = "block",
-                 max_subscribers: int = 64, serializer: Any = "pickle", mode: int = 0o600,
-                 max_processes: int = 64, trusted: bool = False,
+    def __init__(self, name: "Optional[str | os.PathLike[str]]" = None,
+                 capacity: int = _CAPACITY, *,
+                 max_message: Optional[int] = None, overflow: str = _OVERFLOW,
+                 max_subscribers: int = _MAX_SUBSCRIBERS, serializer: Any = "pickle",
+                 mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
                  _how: str = "open_or_create"):
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
-        if overflow not in ("block", "drop"):
+        if _given(overflow) not in ("block", "drop"):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
-        if _how != "open" and (not isinstance(max_subscribers, int)
-                               or not 1 <= max_subscribers <= 4096):
-            raise ValueError(f"max_subscribers must be in 1..4096, not {max_subscribers!r}")
+        _check_int("max_subscribers", _given(max_subscribers), 1, 4096)
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
-                     (1, 1 if overflow == "drop" else 0, max_subscribers), trusted)
+                     (1, overflow, max_subscribers), trusted)
         seg = self._seg
         self.publish, self.publish_many = seg.put, seg.put_many
 
@@ -100,9 +103,8 @@ class Topic(_Handle):
 
     @classmethod
     def open(cls, name: str, **kwargs: Any) -> "Topic":
-        """Attach to an existing topic (``overflow`` and sizes come from it)."""
-        kwargs.pop("capacity", None)
-        kwargs.pop("overflow", None)
+        """Attach to an existing topic (``overflow`` and sizes come from it;
+        options given must agree with it: ``ValueError``)."""
         return cls(name, _how="open", **kwargs)
 
     def __reduce__(self):
@@ -187,6 +189,10 @@ class Topic(_Handle):
         messages it had not finished, so that it stops holding messages (and
         publishers).  True if it existed; ``RuntimeError`` while a subscriber
         of that name is attached."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if "\0" in name:
+            raise ValueError(f"name must not contain a NUL byte: {name!r}")
         return self._seg.forget(name)
 
     def subscribers(self) -> List[SubscriberInfo]:
@@ -271,10 +277,11 @@ class Subscription:
         return self.get(False, None)
 
     def get_many(self, max_messages: int = 1024, block: bool = True,
-                 timeout: Optional[float] = None) -> List[Any]:
+                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]:
         """1 to ``max_messages`` messages: waits like :meth:`get` for the
-        first, then takes what is already there (up to 1 MiB in all)."""
-        return self._via.get_many(max_messages, block, timeout)
+        first, then takes what is already there (up to ``max_bytes`` of
+        payload in all; the first is returned whatever its size)."""
+        return self._via.get_many(max_messages, block, timeout, max_bytes)
 
     def receive(self, block: bool = True, timeout: Optional[float] = None) -> "_core.Delivery":
         """The next message with acknowledged delivery (a :class:`fastq.Delivery`).

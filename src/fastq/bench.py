@@ -733,15 +733,22 @@ def labels_of(adapters) -> list:
     return list(dict.fromkeys(a.label for a in adapters))
 
 
+def library_names() -> list:
+    """Each library name once (a library may have several adapters)."""
+    return list(dict.fromkeys(a.name for a in ADAPTERS))
+
+
 def select_adapters(only=None) -> list:
     """Adapters named in ``only`` (keys like ``zeroq_poll``; a bare family name selects all its variants)."""
     if not only:
         return list(ADAPTERS)
     wanted = {w.strip().replace(" (poll)", "_poll").replace("-", "_") for w in only if w.strip()}
+    if not wanted:
+        raise SystemExit("no library named (known: " + ", ".join(library_names()) + ")")
     unknown = wanted - {a.name for a in ADAPTERS} - {a.key for a in ADAPTERS}
     if unknown:
         raise SystemExit(f"unknown libraries: {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(a.name for a in ADAPTERS)}")
+                         f"known: {', '.join(library_names())}")
     return [a for a in ADAPTERS if a.name in wanted or a.key in wanted]
 
 
@@ -1467,24 +1474,54 @@ def _progress(i, n, cell):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``bench`` subcommand's options."""
     p.add_argument("--quick", action="store_true", help="short cells: the whole run takes under a minute")
-    p.add_argument("--only", help="comma-separated libraries: " + ",".join(dict.fromkeys(a.name for a in ADAPTERS)))
-    p.add_argument("--workloads", help="comma-separated workload names or prefixes: "
+    p.add_argument("--only", type=_checked(select_adapters),
+                   help="comma-separated libraries: " + ",".join(library_names()))
+    p.add_argument("--workloads", type=_checked(select_workloads),
+                   help="comma-separated workload names or prefixes: "
                    + ",".join(w.name for w in WORKLOADS))
     p.add_argument("--json", metavar="FILE", help="write all results to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
-    p.add_argument("--duration", type=float, help="seconds each stream cell sends for")
-    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork")
+    p.add_argument("--duration", type=_positive_seconds, help="seconds each stream cell sends for")
+    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork",
+                   help="how the benchmark's producer and consumer processes are started "
+                   "(multiprocessing start method; default: fork)")
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type of --duration: a finite number of seconds above 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return v
+
+
+def _checked(select):
+    """argparse type of a comma-separated list checked by select(names) (which
+    raises SystemExit with its message): the list, or an argparse error."""
+    def parse(text: str) -> list:
+        names = [n for n in text.split(",") if n.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"names nothing: {text!r}")
+        try:
+            select(names)
+        except SystemExit as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return names
+    return parse
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed ``args``; returns the exit code."""
     cfg = Settings.quick() if args.quick else Settings()
     cfg.start_method = args.start_method
-    if args.duration:
+    if args.duration is not None:
         cfg.duration = args.duration
-    workloads = select_workloads(args.workloads.split(",") if args.workloads else None)
+    workloads = select_workloads(args.workloads)
     notes, adapters = [], []
-    for a in select_adapters(args.only.split(",") if args.only else None):
+    for a in select_adapters(args.only):
         why = a.missing()
         if why:
             notes.append(f"skipped {a.label}: not importable ({why})")
