@@ -375,6 +375,7 @@ class _Engine:
         self.deaths: Dict[tuple, int] = {}       # (job, stage, position) -> deaths
         self.unknown: Dict[tuple, int] = {}      # (job, stage, chunk) -> deaths, item unknown
         self.closing = self.stopping = False
+        self.feeding = 0                         # feeders still putting their input
         self.fatal: Optional[BaseException] = None
         self.on_progress = on_progress
         self._wake_r, self._wake_w = os.pipe()
@@ -518,6 +519,8 @@ class _Engine:
              chunksize: Optional[int] = None, background: bool = True) -> None:
         """Put the iterable's items on the first queue in chunks, within the job's
         window; in a thread of its own unless background is False."""
+        with self.lock:
+            self.feeding += 1
         if background:
             t = threading.Thread(target=self._feed, args=(job, iterable, call, chunksize),
                                  name="fastq-feeder", daemon=True)
@@ -527,6 +530,17 @@ class _Engine:
 
     def _feed(self, job: _Job, iterable: Any, call: Optional[bytes],
               chunksize: Optional[int]) -> None:
+        try:
+            self._feed_chunks(job, iterable, call, chunksize)
+        finally:
+            with self.lock:
+                self.feeding -= 1
+                last = self.feeding == 0 and self.closing
+            if last and not self.stopping:
+                self.queues[0].shutdown()
+
+    def _feed_chunks(self, job: _Job, iterable: Any, call: Optional[bytes],
+                     chunksize: Optional[int]) -> None:
         q = self.queues[0]
         try:
             remaining = len(iterable)
@@ -571,8 +585,11 @@ class _Engine:
     # -- ending
     def close(self) -> None:
         """No new work: workers exit once the first queue is drained."""
-        self.closing = True
-        self.queues[0].shutdown()
+        with self.lock:
+            self.closing = True
+            idle = self.feeding == 0
+        if idle:  # else the last feeder shuts it down when its input is in
+            self.queues[0].shutdown()
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """After close(): wait until every stage drained and exited."""
