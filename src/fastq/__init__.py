@@ -9,6 +9,9 @@ from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown, Subsc
 from ._core import Delivery
 from ._queue import JoinableQueue, PickleSerializer, Queue, RawSerializer, segment_path
 from ._topic import SubscriberInfo, Subscription, Topic
+from ._workers import RemoteTraceback, WorkerLost
+from ._pool import AsyncResult, Executor, Pool
+from ._pipeline import Pipeline, Stage, pipeline
 
 __version__ = "0.1.0"
 
@@ -28,4 +31,12 @@ __all__ = [
     "PickleSerializer",
     "RawSerializer",
     "segment_path",
+    "Pool",
+    "AsyncResult",
+    "Executor",
+    "pipeline",
+    "Pipeline",
+    "Stage",
+    "WorkerLost",
+    "RemoteTraceback",
 ]

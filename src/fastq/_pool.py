@@ -1,0 +1,339 @@
+"""fastq.Pool and fastq.Executor: the multiprocessing.Pool and concurrent.futures
+APIs over worker processes fed by fastq queues (see fastq._workers)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import pickle
+import threading
+from typing import Any, Callable, Iterable, Iterator, List, Optional
+
+from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job
+
+__all__ = ["Pool", "AsyncResult", "Executor"]
+
+DEFAULT_CAPACITY = 16 << 20
+
+
+def _context(context: Any):
+    if context is None:
+        return mp.get_context()
+    if isinstance(context, str):
+        return mp.get_context(context)
+    return context
+
+
+def _call(func: Callable, mode: int) -> bytes:
+    return pickle.dumps((func, mode), protocol=5)
+
+
+class AsyncResult:
+    """The result of :meth:`Pool.apply_async` or :meth:`Pool.map_async`, as in
+    :mod:`multiprocessing.pool`: ``get(timeout)``, ``wait(timeout)``, ``ready()``,
+    ``successful()``."""
+
+    def __init__(self, job: _Job, single: bool, callback: Optional[Callable],
+                 error_callback: Optional[Callable]):
+        self._job, self._single = job, single
+        self._callback, self._error_callback = callback, error_callback
+        self._event = threading.Event()
+        self._value: Any = None
+        self._exc: Optional[BaseException] = None
+        job.on_done = self._done
+
+    def _done(self, job: _Job) -> None:
+        if job.error is not None:
+            self._exc = job.error
+        else:
+            out: List[Any] = []
+            for c in range(job.total or 0):
+                items, nfailed = job.buf.pop(c)
+                if nfailed:
+                    bad = next(x for x in items if type(x) is _Failed)
+                    self._exc = bad.rebuild()
+                    break
+                out.extend(items)
+            else:
+                self._value = out[0] if self._single else out
+        self._event.set()
+        try:
+            if self._exc is None and self._callback is not None:
+                self._callback(self._value)
+            elif self._exc is not None and self._error_callback is not None:
+                self._error_callback(self._exc)
+        except Exception:  # as multiprocessing: a failing callback must not kill the collector
+            import traceback
+            traceback.print_exc()
+
+    def ready(self) -> bool:
+        """True once the call completed (with a value or an exception)."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """True if it completed without raising; ``ValueError`` if not ready."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._exc is None
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Wait until the result is ready or ``timeout`` seconds passed."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """The value; re-raises the worker's exception (its traceback as
+        ``__cause__``); ``multiprocessing.TimeoutError`` if not ready in time."""
+        if not self._event.wait(timeout):
+            raise mp.TimeoutError("result not ready in time")
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+def _results(job: _Job) -> Iterator[Any]:
+    """Flatten a job's chunks; the first failure is raised and ends the iteration."""
+    try:
+        for items, nfailed in job.chunks():
+            if not nfailed:
+                yield from items
+                continue
+            for x in items:
+                if type(x) is _Failed:
+                    raise x.rebuild()
+                yield x
+    finally:
+        if not job.finished:
+            job.fail(GeneratorExit("iteration abandoned"))
+
+
+class Pool:
+    """A pool of worker processes with the :class:`multiprocessing.pool.Pool` API,
+    fed by fastq queues.
+
+    Differences that matter: ``chunksize`` may be left out (work is batched
+    adaptively: single items while there is little, large batches while the
+    stream is long); a worker that dies mid-task (a signal, the OOM killer) is
+    replaced and its task run again on another worker, up to ``max_retries``
+    times, then :class:`fastq.WorkerLost` is raised for that item instead of a
+    hang; ``imap`` reads its input lazily, at most a bounded window ahead of the
+    consumer (an endless iterable is fine); an exception in ``imap`` ends the
+    iteration (as ``concurrent.futures``); leaving the ``with`` block calls
+    :meth:`terminate` (as ``multiprocessing``), and pending results then raise
+    instead of waiting forever.
+
+    Parameters
+    ----------
+    processes : int, optional
+        Worker processes (default ``os.cpu_count()``).
+    initializer, initargs
+        ``initializer(*initargs)`` runs in every worker when it starts.
+    maxtasksperchild : int, optional
+        A worker exits and is replaced after this many batches.
+    context : multiprocessing context or str, optional
+        ``"fork"``, ``"spawn"``, ``"forkserver"`` or a context object.
+    max_retries : int
+        Re-runs of an item whose worker died, before :class:`WorkerLost`.
+    capacity : int
+        Bytes of each of the pool's two queues (tasks and results).
+    """
+
+    def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable] = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
+                 context: Any = None, *, max_retries: int = 3,
+                 capacity: int = DEFAULT_CAPACITY):
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if not isinstance(processes, int) or processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int)
+                                             or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be an int >= 0")
+        self._processes = processes
+        self._engine = _Engine([(None, processes, False, max_retries)], _context(context),
+                               capacity, initializer, tuple(initargs), maxtasksperchild)
+        self._state = "RUN"
+
+    # ---- one call
+    def apply_async(self, func: Callable, args: Iterable[Any] = (), kwds: Optional[dict] = None,
+                    callback: Optional[Callable] = None,
+                    error_callback: Optional[Callable] = None) -> AsyncResult:
+        """Run ``func(*args, **kwds)`` in a worker; returns an :class:`AsyncResult`."""
+        self._check_running()
+        job = self._engine.new_job(True, release_on_receive=True)
+        res = AsyncResult(job, True, callback, error_callback)
+        job.window.acquire()
+        self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
+                                    [(tuple(args), dict(kwds or {}))], 0, 0.0))
+        job.set_total(1, 1)
+        return res
+
+    def apply(self, func: Callable, args: Iterable[Any] = (), kwds: Optional[dict] = None) -> Any:
+        """``func(*args, **kwds)`` run in a worker."""
+        return self.apply_async(func, args, kwds).get()
+
+    # ---- many calls
+    def _map_async(self, func, iterable, mode, chunksize, callback, error_callback):
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        job = self._engine.new_job(True, release_on_receive=True)
+        res = AsyncResult(job, False, callback, error_callback)
+        self._engine.feed(job, iterable, _call(func, mode), chunksize)
+        return res
+
+    def map_async(self, func: Callable, iterable: Iterable[Any], chunksize: Optional[int] = None,
+                  callback: Optional[Callable] = None,
+                  error_callback: Optional[Callable] = None) -> AsyncResult:
+        """``[func(x) for x in iterable]`` in the workers; returns an AsyncResult."""
+        return self._map_async(func, iterable, MODE_MAP, chunksize, callback, error_callback)
+
+    def map(self, func: Callable, iterable: Iterable[Any], chunksize: Optional[int] = None) -> list:
+        """``[func(x) for x in iterable]``, computed by the workers, in order."""
+        return self._map_async(func, iterable, MODE_MAP, chunksize, None, None).get()
+
+    def starmap_async(self, func: Callable, iterable: Iterable[Iterable[Any]],
+                      chunksize: Optional[int] = None, callback: Optional[Callable] = None,
+                      error_callback: Optional[Callable] = None) -> AsyncResult:
+        """``[func(*args) for args in iterable]``; returns an AsyncResult."""
+        return self._map_async(func, iterable, MODE_STAR, chunksize, callback, error_callback)
+
+    def starmap(self, func: Callable, iterable: Iterable[Iterable[Any]],
+                chunksize: Optional[int] = None) -> list:
+        """``[func(*args) for args in iterable]``, computed by the workers, in order."""
+        return self._map_async(func, iterable, MODE_STAR, chunksize, None, None).get()
+
+    def _imap(self, func, iterable, mode, chunksize, ordered):
+        self._check_running()
+        job = self._engine.new_job(ordered)
+        self._engine.feed(job, iterable, _call(func, mode), chunksize)
+        return _results(job)
+
+    def imap(self, func: Callable, iterable: Iterable[Any],
+             chunksize: Optional[int] = None) -> Iterator[Any]:
+        """``func(x)`` for each x, lazily, in input order.  The input is read at most a
+        bounded window of batches ahead of the consumer."""
+        return self._imap(func, iterable, MODE_MAP, chunksize, True)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable[Any],
+                       chunksize: Optional[int] = None) -> Iterator[Any]:
+        """As :meth:`imap`, yielding each batch of results as soon as it is ready."""
+        return self._imap(func, iterable, MODE_MAP, chunksize, False)
+
+    # ---- lifecycle
+    @property
+    def reruns(self) -> int:
+        """Batches run again because their worker died."""
+        return self._engine.reruns
+
+    def pids(self) -> List[int]:
+        """The worker processes' pids."""
+        return self._engine.pids()
+
+    def _check_running(self) -> None:
+        if self._state != "RUN":
+            raise ValueError("Pool not running")
+
+    def close(self) -> None:
+        """Accept no more work; workers exit once the submitted work is done."""
+        if self._state == "RUN":
+            self._state = "CLOSE"
+            self._engine.close()
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after :meth:`close` or :meth:`terminate`)."""
+        if self._state == "RUN":
+            raise ValueError("Pool is still running")
+        if self._state == "CLOSE":
+            self._engine.join()
+        self._engine.terminate()  # nothing left to stop: removes the queues
+
+    def terminate(self) -> None:
+        """Stop the workers now; results not yet computed raise ``RuntimeError``."""
+        self._state = "TERMINATE"
+        self._engine.terminate()
+
+    def __enter__(self) -> "Pool":
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.terminate()
+
+    def __repr__(self) -> str:
+        return f"<fastq.Pool state={self._state} processes={self._processes}>"
+
+
+class Executor(cf.Executor):
+    """A :class:`concurrent.futures.Executor` over a :class:`fastq.Pool`'s workers, so
+    that ``loop.run_in_executor`` and code written for ``ProcessPoolExecutor`` work.
+
+    A submitted call starts running at once (it is in the pool's queue), so
+    ``Future.cancel()`` returns False and ``shutdown(cancel_futures=True)`` cancels
+    nothing; a worker's death is retried as in :class:`Pool`.
+    """
+
+    def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
+                 initializer: Optional[Callable] = None, initargs: tuple = (), *,
+                 max_tasks_per_child: Optional[int] = None, max_retries: int = 3):
+        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context,
+                          max_retries=max_retries)
+        self._shutdown = False
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> "cf.Future[Any]":
+        """Schedule ``fn(*args, **kwargs)``; returns a Future."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        fut: "cf.Future[Any]" = cf.Future()
+        fut.set_running_or_notify_cancel()
+        self._pool.apply_async(fn, args, kwargs, callback=fut.set_result,
+                               error_callback=fut.set_exception)
+        return fut
+
+    def map(self, fn: Callable, *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """``fn(*args)`` for each tuple of the iterables, in order; batched adaptively
+        (``chunksize`` is accepted for compatibility and ignored)."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        pool = self._pool
+        pool._check_running()
+        job = pool._engine.new_job(True)
+        pool._engine.feed(job, zip(*iterables), _call(fn, MODE_STAR), None)
+        if timeout is None:
+            return _results(job)
+        return _timed(job, timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more calls; with ``wait``, return when all of them are done and the
+        workers exited."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._pool.close()
+        if wait:
+            self._pool.join()
+
+
+def _timed(job: _Job, timeout: float) -> Iterator[Any]:
+    import time
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                chunks = job.chunks(max(0.0, deadline - time.monotonic()))
+                items, nfailed = next(chunks)
+            except StopIteration:
+                return
+            except TimeoutError:
+                raise cf.TimeoutError() from None
+            for x in items:
+                if type(x) is _Failed:
+                    raise x.rebuild()
+                yield x
+    finally:
+        if not job.finished:
+            job.fail(GeneratorExit("iteration abandoned"))

@@ -1,0 +1,668 @@
+"""Worker processes fed by fastq queues, and the supervisor that keeps them alive.
+
+Shared by :class:`fastq.Pool` and :func:`fastq.pipeline`.  The unit of work is a
+*chunk*: one message ``(job, chunk, origin, call, items, nfailed, cost)`` holding a
+list of items.  ``origin`` is the input position of the first item (an int, the
+items being consecutive) or a list with one position per item (after a ``flat``
+stage).  A stage's worker takes a chunk with acknowledged delivery
+(``receive()``), computes the chunk of outputs, puts it on the next queue as one
+message and only then acks: a worker killed anywhere in between leaves its chunk
+in the queue, and fastq's recovery gives it to another worker (at-least-once).
+The parent keeps the first copy of each chunk it receives (exactly-once results).
+
+The supervisor (a thread of the parent) waits on the workers' sentinels.  When one
+dies, it reads what the worker was doing from a small shared table (job, chunk,
+and, when the chunk is a redelivered one, the item's input position), counts the
+death against that item, repairs the queues (``recover()``: the chunk is given
+back at once) and starts a replacement.  An item that killed its worker more than
+``max_retries`` times is *poisoned*: the next worker to take its chunk emits a
+:class:`WorkerLost` in its place instead of running it again.  A chunk is run
+item by item with the item's position published only when it was redelivered
+(the rare case), so the common case costs one table write per chunk.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import queue as _stdqueue
+import signal
+import threading
+import time
+import traceback
+import weakref
+from multiprocessing import connection
+from typing import Any, Callable, Dict, List, Optional
+
+from ._errors import Empty, MessageTooLarge, ShutDown
+from ._queue import Queue
+
+__all__ = ["WorkerLost", "RemoteTraceback"]
+
+# items per chunk: a chunk should keep one worker busy about TARGET_S seconds
+TARGET_S = 0.004
+MAX_CHUNK = 1 << 14
+MAX_CHUNK_BYTES = 1 << 20           # estimated (sys.getsizeof of the first item)
+NSLOT = 5                           # per worker: busy, job, chunk, position (-1: unknown), items done
+NPOISON = 64                        # poisoned items remembered: job, stage, position, runs
+MODE_MAP, MODE_STAR, MODE_APPLY = 0, 1, 2
+
+
+class WorkerLost(Exception):
+    """A worker process died (a signal, the OOM killer, ``os._exit``) while it ran
+    an item, and the item was re-run on a new worker ``max_retries`` times and
+    killed it every time.
+
+    Attributes
+    ----------
+    position : int
+        The item's position in the input (0-based).
+    stage : int
+        The pipeline stage whose worker died (0 for a Pool).
+    runs : int
+        How many times the item was started and killed its worker.
+    """
+
+    def __init__(self, position: int, stage: int = 0, runs: int = 1):
+        super().__init__(f"worker process died {runs} time(s) running the item at input "
+                         f"position {position} (stage {stage}); gave up")
+        self.position, self.stage, self.runs = position, stage, runs
+
+    def __reduce__(self):
+        return (type(self), (self.position, self.stage, self.runs))
+
+
+class RemoteTraceback(Exception):
+    """The ``__cause__`` of an exception re-raised from a worker: its traceback text
+    as the worker formatted it (as ``concurrent.futures`` does)."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class _Failed:
+    """Stands for an item whose function raised: travels in place of its output."""
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException, tb: str):
+        self.exc, self.tb = exc, tb
+
+    @classmethod
+    def current(cls, exc: BaseException) -> "_Failed":
+        tb = traceback.format_exc()
+        try:
+            pickle.dumps(exc)
+        except Exception as e:  # the exception itself cannot travel: say what it was
+            exc = RuntimeError(f"unpicklable exception {exc!r} ({e})")
+        return cls(exc, f'\n"""\n{tb}"""')
+
+    def __reduce__(self):
+        return (_Failed, (self.exc, self.tb))
+
+    def rebuild(self) -> BaseException:
+        exc = self.exc
+        if self.tb:
+            exc.__cause__ = RemoteTraceback(self.tb)
+        return exc
+
+
+# ---- the worker process ------------------------------------------------------------
+
+class _StageSpec:
+    """What a worker of one stage needs (pickled into spawn/forkserver children)."""
+
+    def __init__(self, stage: int, fn: Optional[Callable], flat: bool, workers: int,
+                 max_retries: int, in_q: Queue, out_q: Queue):
+        self.stage, self.fn, self.flat, self.workers = stage, fn, flat, workers
+        self.max_retries = max_retries
+        # queues travel pickled so that every worker, forked or not, attaches its own handle
+        self.in_ref, self.out_ref = pickle.dumps(in_q), pickle.dumps(out_q)
+        self.initializer: Optional[Callable] = None
+        self.initargs: tuple = ()
+        self.maxtasks: Optional[int] = None
+
+
+def _poisoned(poison: Any, job: int, stage: int) -> Dict[int, int]:
+    n = min(poison[0], NPOISON)
+    got = {}
+    for i in range(n):
+        j = 1 + 4 * i
+        if poison[j] == job and poison[j + 1] == stage:
+            got[poison[j + 2]] = poison[j + 3]
+    return got
+
+
+def _run_chunk(fn: Callable, mode: int, flat: bool, items: list, origin: Any, nfailed: int,
+               careful: bool, slots: Any, k: int, poison: Any, job: int, stage: int):
+    """The outputs of one chunk: (items, origin, nfailed)."""
+    if not (careful or nfailed or flat):  # the fast path: whole chunk in C loops
+        out: list = []
+        it = map(fn, items) if mode == MODE_MAP else itertools.starmap(fn, items)
+        nf = 0
+        while True:
+            try:
+                out.extend(it)
+                break
+            except Exception as e:  # out holds the items before the failing one
+                out.append(_Failed.current(e))
+                nf += 1
+        return out, origin, nf
+    bad = _poisoned(poison, job, stage) if careful else {}
+    out, outo, nf = [], ([] if flat else origin), 0
+    for i, x in enumerate(items):
+        o = origin + i if type(origin) is int else origin[i]
+        if careful:
+            slots[k + 3] = o
+        if type(x) is _Failed or o in bad:
+            out.append(x if type(x) is _Failed else _Failed(WorkerLost(o, stage, bad[o]), ""))
+            nf += 1
+            if flat:
+                outo.append(o)
+            continue
+        try:
+            if flat:
+                for y in fn(x):
+                    out.append(y)
+                    outo.append(o)
+            elif mode == MODE_MAP:
+                out.append(fn(x))
+            else:
+                out.append(fn(*x))
+        except Exception as e:
+            out.append(_Failed.current(e))
+            nf += 1
+            if flat:
+                outo.append(o)
+    if careful:
+        slots[k + 3] = -1
+    return out, outo, nf
+
+
+def _apply(fa: Any) -> Any:
+    fn, args, kwargs = fa
+    return fn(*args, **kwargs)
+
+
+def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
+    """A worker: take chunks, compute, pass them on, ack; until the queue is shut down."""
+    import multiprocessing as mp
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and stops us
+    in_q, out_q = pickle.loads(spec.in_ref), pickle.loads(spec.out_ref)
+    if spec.initializer is not None:
+        spec.initializer(*spec.initargs)
+    parent = mp.parent_process()
+    k = wid * NSLOT
+    calls: Dict[bytes, tuple] = {}
+    tasks = 0
+    while True:
+        try:
+            d = in_q.receive(timeout=0.5)
+        except Empty:
+            if parent is not None and not parent.is_alive():
+                return  # orphaned: nobody will read what we compute
+            continue
+        except ShutDown:
+            return
+        job, chunk, origin, call, items, nfailed, cost = d.value
+        slots[k + 1], slots[k + 2], slots[k + 3], slots[k] = job, chunk, -1, 1
+        if call is None:
+            fn, mode = spec.fn, MODE_MAP
+        else:
+            got = calls.get(call)
+            if got is None:
+                if len(calls) > 64:
+                    calls.clear()
+                got = calls[call] = pickle.loads(call)
+            fn, mode = got
+            if mode == MODE_APPLY:
+                fn, mode, items = _apply, MODE_MAP, [(fn, a, kw) for a, kw in items]
+        t0 = time.perf_counter()
+        out, outo, nf = _run_chunk(fn, mode, spec.flat, items, origin, nfailed, d.redelivered,
+                                   slots, k, poison, job, spec.stage)
+        cost = max(cost, (time.perf_counter() - t0) / max(1, len(items)))
+        try:
+            try:
+                out_q.put((job, chunk, outo, None, out, nf, cost))
+            except MessageTooLarge as e:  # one message per chunk: say so for each item
+                err = _Failed(MessageTooLarge(f"the outputs of a chunk do not fit in one "
+                                              f"message of the queue: {e}"), "")
+                out_q.put((job, chunk, outo, None, [err] * len(out), len(out), cost))
+            d.ack()
+        except ShutDown:
+            return
+        slots[k] = 0
+        slots[k + 4] += len(items)
+        tasks += 1
+        if spec.maxtasks and tasks >= spec.maxtasks:
+            return
+
+
+# ---- the parent: jobs, collector, supervisor ----------------------------------------
+
+class _Job:
+    """One stream of chunks in the parent: the ordered/unordered reassembly of its
+    results, the in-flight window that bounds it, and its completion."""
+
+    def __init__(self, engine: "_Engine", jid: int, ordered: bool, window: int,
+                 release_on_receive: bool):
+        self.engine, self.jid, self.ordered = engine, jid, ordered
+        self.cond = threading.Condition()
+        self.window = threading.BoundedSemaphore(window)
+        self.release_on_receive = release_on_receive
+        self.buf: Dict[int, tuple] = {}      # ordered: chunk -> (outputs, failures)
+        self.arrived: List[tuple] = []       # unordered: (outputs, failures) as they come
+        self.low = 0                         # every chunk below was received
+        self.seen: set = set()               # chunks >= low received
+        self.received = 0
+        self.total: Optional[int] = None     # chunks, once the input is exhausted
+        self.items_total: Optional[int] = None
+        self.error: Optional[BaseException] = None  # the input or the engine failed
+        self.next = 0                        # ordered: next chunk to yield
+        self.on_done: Optional[Callable[["_Job"], None]] = None
+        self.finished = False
+
+    def deliver(self, chunk: int, items: list, nfailed: int) -> None:
+        with self.cond:
+            if chunk < self.low or chunk in self.seen:
+                return  # a copy computed again after its worker died: drop it
+            self.seen.add(chunk)
+            while self.low in self.seen:
+                self.seen.discard(self.low)
+                self.low += 1
+            self.received += 1
+            if self.ordered:
+                self.buf[chunk] = (items, nfailed)
+            else:
+                self.arrived.append((items, nfailed))
+            if self.release_on_receive:
+                self.window.release()
+            self.cond.notify_all()
+        self._check_done()
+
+    def set_total(self, chunks: int, items: int) -> None:
+        with self.cond:
+            self.total, self.items_total = chunks, items
+            self.cond.notify_all()
+        self._check_done()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = exc
+            self.cond.notify_all()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        with self.cond:
+            if self.finished or not (self.error is not None
+                                     or (self.total is not None and self.received >= self.total)):
+                return
+            self.finished = True
+        self.engine._job_finished(self)
+        if self.on_done is not None:
+            self.on_done(self)
+
+    def chunks(self, timeout: Optional[float] = None):
+        """Yield (outputs, failures) per chunk as they become available (in input order if
+        ordered); raises the job's error, or TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self.cond:
+                while True:
+                    if self.ordered and self.next in self.buf:
+                        items = self.buf.pop(self.next)
+                        self.next += 1
+                        break
+                    if not self.ordered and self.arrived:
+                        items = self.arrived.pop(0)
+                        break
+                    done = self.next if self.ordered else self.received
+                    if self.total is not None and done >= self.total and not self.arrived:
+                        return
+                    if self.error is not None:
+                        raise self.error
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("no result in time")
+                    self.cond.wait(0.2 if left is None else min(left, 0.2))
+                    if left is None:
+                        self.engine._check_alive()
+            if not self.release_on_receive:
+                self.window.release()
+            yield items
+
+
+def _sizeof(x: Any) -> int:
+    try:
+        import sys
+        return sys.getsizeof(x)
+    except Exception:
+        return 64
+
+
+class _Engine:
+    """Stages of worker processes joined by fastq queues, a supervisor thread that
+    replaces dead workers, and a collector thread that routes the last queue's
+    chunks to their jobs."""
+
+    def __init__(self, stages: List[tuple], ctx: Any, capacity: int,
+                 initializer: Optional[Callable] = None, initargs: tuple = (),
+                 maxtasks: Optional[int] = None, on_progress: Optional[Callable] = None):
+        self.ctx = ctx
+        self.queues = [Queue(None, capacity=capacity) for _ in range(len(stages) + 1)]
+        self.specs: List[_StageSpec] = []
+        for s, (fn, workers, flat, retries) in enumerate(stages):
+            sp = _StageSpec(s, fn, flat, workers, retries, self.queues[s], self.queues[s + 1])
+            sp.initializer, sp.initargs, sp.maxtasks = initializer, initargs, maxtasks
+            self.specs.append(sp)
+        self.nworkers = sum(sp.workers for sp in self.specs)
+        self.slots = ctx.RawArray("q", NSLOT * self.nworkers)
+        self.poison = ctx.RawArray("q", 1 + 4 * NPOISON)
+        self.procs: Dict[int, Any] = {}          # worker id -> Process
+        self.stage_of: List[int] = []
+        for sp in self.specs:
+            self.stage_of += [sp.stage] * sp.workers
+        self.jobs: Dict[int, _Job] = {}
+        self.lock = threading.Lock()
+        self.jids = itertools.count()
+        self.cost: Optional[float] = None        # seconds per item at the slowest stage
+        self.reruns = 0                          # chunks given back by a dead worker
+        self.deaths: Dict[tuple, int] = {}       # (job, stage, position) -> deaths
+        self.unknown: Dict[tuple, int] = {}      # (job, stage, chunk) -> deaths, item unknown
+        self.closing = self.stopping = False
+        self.feeding = 0                         # feeders still putting their input
+        self.fatal: Optional[BaseException] = None
+        self.on_progress = on_progress
+        self._wake_r, self._wake_w = os.pipe()
+        try:
+            for wid in range(self.nworkers):
+                self._start(wid)
+        except BaseException:
+            self.terminate()
+            raise
+        self.supervisor = threading.Thread(target=self._supervise, name="fastq-supervisor",
+                                           daemon=True)
+        self.collector = threading.Thread(target=self._collect, name="fastq-collector",
+                                          daemon=True)
+        self.supervisor.start()
+        self.collector.start()
+        _live.add(self)
+
+    # -- workers
+    def _start(self, wid: int) -> None:
+        p = self.ctx.Process(target=_worker_main, name=f"fastq-worker-{wid}",
+                             args=(self.specs[self.stage_of[wid]], wid, self.slots, self.poison),
+                             daemon=True)
+        p.start()
+        self.procs[wid] = p
+
+    def stage_done(self) -> List[int]:
+        """Items each stage's workers have finished, now."""
+        done = [0] * len(self.specs)
+        for wid, s in enumerate(self.stage_of):
+            done[s] += self.slots[wid * NSLOT + 4]
+        return done
+
+    def pids(self) -> List[int]:
+        """The worker processes' pids, now."""
+        return [p.pid for p in list(self.procs.values())]
+
+    def _supervise(self) -> None:
+        while not self.stopping:
+            procs = dict(self.procs)
+            if not procs:
+                return  # closed and every worker exited
+            by = {p.sentinel: wid for wid, p in procs.items()}
+            ready = connection.wait(list(by) + [self._wake_r], timeout=1.0)
+            for s in ready:
+                if s == self._wake_r:
+                    os.read(self._wake_r, 512)
+                    continue
+                if self.stopping:
+                    return
+                try:
+                    self._on_exit(by[s])
+                except BaseException as e:  # cannot start a worker: fail every job
+                    self.fatal = e
+                    for job in list(self.jobs.values()):
+                        job.fail(e)
+                    return
+
+    def _on_exit(self, wid: int) -> None:
+        p = self.procs[wid]
+        p.join(0)
+        k = wid * NSLOT
+        stage = self.stage_of[wid]
+        spec = self.specs[stage]
+        busy = self.slots[k] == 1
+        if busy:
+            job, chunk, pos = self.slots[k + 1], self.slots[k + 2], self.slots[k + 3]
+            self.slots[k] = 0
+            self.reruns += 1
+            if pos < 0:
+                key = (job, stage, chunk)
+                self.unknown[key] = self.unknown.get(key, 0) + 1
+            else:
+                key = (job, stage, pos)
+                n = self.deaths[key] = (self.deaths.get(key, 0) + 1
+                                        + self.unknown.pop((job, stage, chunk), 0))
+                if n > spec.max_retries:
+                    i = self.poison[0] % NPOISON
+                    self.poison[1 + 4 * i:5 + 4 * i] = [job, stage, pos, n]
+                    self.poison[0] += 1
+            for q in (self.queues[stage], self.queues[stage + 1]):
+                try:
+                    q.recover()  # give its chunk back now, not within the recovery bound
+                except Exception:
+                    pass
+        if self.closing and not busy and p.exitcode == 0:
+            del self.procs[wid]  # drained and exited: not replaced
+            return
+        self._start(wid)
+
+    # -- results
+    def _collect(self) -> None:
+        q = self.queues[-1]
+        while True:
+            try:
+                msgs = q.get_many(256, timeout=0.2)
+            except Empty:
+                if self.stopping:
+                    return
+                continue
+            except (ShutDown, ValueError, OSError):
+                return
+            for job_id, chunk, origin, _, items, nfailed, cost in msgs:
+                c = self.cost
+                self.cost = cost if c is None else 0.7 * c + 0.3 * cost
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    job.deliver(chunk, items, nfailed)
+                if self.on_progress is not None:
+                    self.on_progress(len(items))
+
+    def _job_finished(self, job: _Job) -> None:
+        with self.lock:
+            self.jobs.pop(job.jid, None)
+
+    def _check_alive(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+
+    # -- feeding
+    def new_job(self, ordered: bool, window: Optional[int] = None,
+                release_on_receive: bool = False) -> _Job:
+        if self.closing or self.stopping:
+            raise ValueError("the pool is not running")
+        with self.lock:
+            jid = next(self.jids)
+            job = self.jobs[jid] = _Job(self, jid, ordered,
+                                        window or 2 * self.nworkers + 2, release_on_receive)
+        return job
+
+    def chunk_size(self, first: Any, remaining: Optional[int]) -> int:
+        """Items for the next chunk: about TARGET_S of work for one worker, at most
+        MAX_CHUNK_BYTES (estimated), and a share of what is left when that is known."""
+        c = self.cost
+        n = 1 if c is None else int(TARGET_S / max(c, 1e-9))
+        n = min(n, MAX_CHUNK, max(1, MAX_CHUNK_BYTES // max(1, _sizeof(first))))
+        if remaining is not None:
+            n = min(n, -(-remaining // (2 * self.specs[0].workers)))
+        return max(1, n)
+
+    def feed(self, job: _Job, iterable: Any, call: Optional[bytes],
+             chunksize: Optional[int] = None, background: bool = True) -> None:
+        """Put the iterable's items on the first queue in chunks, within the job's
+        window; in a thread of its own unless background is False."""
+        with self.lock:
+            self.feeding += 1
+        if background:
+            t = threading.Thread(target=self._feed, args=(job, iterable, call, chunksize),
+                                 name="fastq-feeder", daemon=True)
+            t.start()
+        else:
+            self._feed(job, iterable, call, chunksize)
+
+    def _feed(self, job: _Job, iterable: Any, call: Optional[bytes],
+              chunksize: Optional[int]) -> None:
+        try:
+            self._feed_chunks(job, iterable, call, chunksize)
+        finally:
+            with self.lock:
+                self.feeding -= 1
+                last = self.feeding == 0 and self.closing
+            if last and not self.stopping:
+                self.queues[0].shutdown()
+
+    def _feed_chunks(self, job: _Job, iterable: Any, call: Optional[bytes],
+                     chunksize: Optional[int]) -> None:
+        q = self.queues[0]
+        try:
+            remaining = len(iterable)
+        except Exception:
+            remaining = None
+        chunk = pos = 0
+        try:
+            it = iter(iterable)
+            while True:
+                try:
+                    first = next(it)
+                except StopIteration:
+                    break
+                n = chunksize or self.chunk_size(first, remaining)
+                items = [first]
+                items.extend(itertools.islice(it, n - 1))
+                while not job.window.acquire(timeout=0.2):
+                    if self.stopping or job.finished:
+                        return
+                try:
+                    q.put((job.jid, chunk, pos, call, items, 0, 0.0))
+                except MessageTooLarge:
+                    if len(items) == 1:
+                        raise
+                    for i, x in enumerate(items):  # one item per message
+                        if i:
+                            while not job.window.acquire(timeout=0.2):
+                                if self.stopping or job.finished:
+                                    return
+                        q.put((job.jid, chunk + i, pos + i, call, [x], 0, 0.0))
+                    chunk += len(items) - 1
+                chunk += 1
+                pos += len(items)
+                if remaining is not None:
+                    remaining -= len(items)
+            job.set_total(chunk, pos)
+        except ShutDown:
+            job.fail(RuntimeError("the pool was terminated"))
+        except BaseException as e:
+            job.fail(e)
+
+    # -- ending
+    def close(self) -> None:
+        """No new work: workers exit once the first queue is drained."""
+        with self.lock:
+            self.closing = True
+            idle = self.feeding == 0
+        if idle:  # else the last feeder shuts it down when its input is in
+            self.queues[0].shutdown()
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """After close(): wait until every stage drained and exited."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for s, sp in enumerate(self.specs):
+            wids = [w for w in range(self.nworkers) if self.stage_of[w] == s]
+            for w in wids:
+                while True:
+                    p = self.procs.get(w)
+                    if p is None:
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    p.join(0.1 if left is None else min(0.1, left))
+            self.queues[s + 1].shutdown()  # the next stage drains it, then exits
+        self.collector.join(None if deadline is None else max(0, deadline - time.monotonic()))
+        return not self.collector.is_alive()
+
+    def terminate(self) -> None:
+        """Stop every worker now; pending jobs fail; the queues are removed."""
+        if self.stopping:
+            return
+        self.stopping = self.closing = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        sup = getattr(self, "supervisor", None)
+        if sup is not None and sup is not threading.current_thread():
+            sup.join(5)
+        for q in self.queues:
+            try:
+                q.shutdown(immediate=True)
+            except Exception:
+                pass
+        procs = list(self.procs.values())
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + 2
+        for p in procs:
+            p.join(max(0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        col = getattr(self, "collector", None)
+        if col is not None and col is not threading.current_thread():
+            col.join(5)
+        err = RuntimeError("the pool was terminated")
+        for job in list(self.jobs.values()):
+            job.fail(err)
+        for q in self.queues:
+            try:
+                q.close()
+            except Exception:
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _live.discard(self)
+
+
+_live: "weakref.WeakSet[_Engine]" = weakref.WeakSet()
+
+
+def _terminate_all() -> None:
+    for e in list(_live):
+        e.terminate()
+
+
+import atexit  # noqa: E402
+
+atexit.register(_terminate_all)
