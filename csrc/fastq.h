@@ -72,11 +72,16 @@ typedef struct fq_create_opts {
     uint32_t max_subs;    /* topic: subscriber entries; 0: 64 */
 } fq_create_opts;
 
-/* Create a new segment at path; exclusive: fail with -EEXIST if present. */
+/* Create a new segment at path; exclusive: fail with -EEXIST if present.
+ * path NULL: an anonymous segment (a memfd, no name anywhere; fq_fd gives
+ * its descriptor, to hand to other processes). */
 int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
               char *err, size_t errlen);
 /* Open an existing segment; validates it (FQ_EBADSEG with a message). */
 int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
+/* The same from a descriptor of the segment (the handle keeps a copy of
+ * it; the caller keeps fd); path only names it in messages (may be NULL). */
+int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);
 /* Release the slot (if any) and unmap. */
 void fq_close(fq_queue *q);
 
@@ -124,9 +129,14 @@ uint64_t fq_available(fq_queue *q);
 int fq_full(fq_queue *q);
 uint64_t fq_capacity(fq_queue *q);
 uint64_t fq_max_message(fq_queue *q);
+/* The smallest capacity whose default max_message takes a message of len
+ * bytes (in a topic if topic), or 0 if none does. */
+uint64_t fq_capacity_for(uint64_t len, int topic);
 uint32_t fq_max_slots(fq_queue *q);
 int fq_is_shutdown(fq_queue *q);
 void fq_shutdown(fq_queue *q, int immediate);
+/* Undo fq_shutdown for every process (a named segment keeps its state). */
+void fq_reset_shutdown(fq_queue *q);
 void fq_stats(fq_queue *q, uint64_t out[8]); /* tail, head, release, ... */
 
 /* 1 if nothing is claimed, being written or held: release == head == tail

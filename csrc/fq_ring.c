@@ -739,6 +739,16 @@ void fq_shutdown(fq_queue *q, int immediate)
     fq_wake(q, -1);
 }
 
+void fq_reset_shutdown(fq_queue *q)
+{
+    atomic_fetch_and(&q->ctrl->state, ~(FQ_STATE_SHUTDOWN | FQ_STATE_IMMEDIATE));
+    /* waiters re-check the state: producers that saw the shutdown already
+     * returned, nobody waits on the reset itself */
+    atomic_fetch_add(&q->ctrl->data_seq, 1);
+    atomic_fetch_add(&q->ctrl->space_seq, 1);
+    fq_wake(q, -1);
+}
+
 void fq_stats(fq_queue *q, uint64_t out[8])
 {
     fq_ctrl *c = q->ctrl;

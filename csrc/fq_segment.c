@@ -3,10 +3,15 @@
  * (one per attached process) and how a survivor tells that a slot's owner
  * died.
  *
- * Creation is race-free: the creator builds the whole file under a unique
- * temporary name in the same directory, then link()s it into place.
- * link() fails with EEXIST if the name exists, so exactly one creator wins
- * and nobody ever sees a half-initialized segment.
+ * Creation is race-free: the creator builds the whole file as an unnamed
+ * O_TMPFILE in the same directory, then links it into place.  The link
+ * fails with EEXIST if the name exists, so exactly one creator wins and
+ * nobody ever sees a half-initialized segment; a creator killed before the
+ * link leaves nothing (the kernel frees an unnamed file with its last fd).
+ * Filesystems without O_TMPFILE get a uniquely named temporary file instead.
+ * An anonymous segment (path NULL) is a memfd: it has no name anywhere, so
+ * it goes away with the last process that maps it or holds its fd, however
+ * that process ends; children receive the fd.
  *
  * Liveness: a slot records its owner's pid and the process start time from
  * /proc/<pid>/stat (field 22).  The owner is dead if the pid is gone, is a
@@ -193,6 +198,14 @@ static uint64_t fq_max_msg_for(uint64_t cap, int topic)
     return cap / 2 - FQ_REC_HDR - (topic ? FQ_TOPIC_PREFIX : 0);
 }
 
+uint64_t fq_capacity_for(uint64_t len, int topic)
+{
+    uint64_t cap = FQ_MIN_CAPACITY;
+    while (cap <= FQ_MAX_CAPACITY && fq_max_msg_for(cap, topic) < len)
+        cap <<= 1;
+    return cap <= FQ_MAX_CAPACITY ? cap : 0;
+}
+
 static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
 {
     fq_queue *q = calloc(1, sizeof *q);
@@ -227,6 +240,60 @@ static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
     return q;
 }
 
+/* An unnamed file in path's directory (O_TMPFILE), or, where the filesystem
+ * has none, a uniquely named one whose name is left in tmp (else tmp is "");
+ * the fd, or a negative errno with err set. */
+static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tmplen,
+                           uint64_t rnd, char *err, size_t errlen)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) : 1;
+    if (dlen >= sizeof dir)
+        return fq_err(err, errlen, -ENAMETOOLONG, "path too long: %s", path);
+    if (!slash)
+        memcpy(dir, ".", 2);
+    else if (dlen == 0)
+        memcpy(dir, "/", 2);
+    else {
+        memcpy(dir, path, dlen);
+        dir[dlen] = 0;
+    }
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
+    if (fd >= 0)
+        return fd;
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+        return fq_err(err, errlen, -errno, "cannot create %s: %s", path, strerror(errno));
+    if (snprintf(tmp, tmplen, "%s.tmp-%d-%016llx", path, (int)getpid(),
+                 (unsigned long long)rnd) >= (int)tmplen) {
+        tmp[0] = 0;
+        return fq_err(err, errlen, -ENAMETOOLONG, "path too long: %s", path);
+    }
+    fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0) {
+        int e = errno;
+        tmp[0] = 0;
+        return fq_err(err, errlen, -e, "cannot create %s: %s", path, strerror(e));
+    }
+    return fd;
+}
+
+/* Give the complete file fd (named tmp, or unnamed if tmp is "") the name
+ * path; fails with errno EEXIST if path exists.  0 or -1 with errno. */
+static int fq_link_into_place(int fd, const char *tmp, const char *path)
+{
+    if (tmp[0])
+        return link(tmp, path);
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    if (linkat(AT_FDCWD, self, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
+        return 0;
+    if (errno != ENOENT || access("/proc/self/fd", F_OK) == 0)
+        return -1;
+    /* no /proc: AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH) */
+    return linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
+}
+
 int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *err,
               size_t errlen)
 {
@@ -253,19 +320,26 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     uint64_t data_off = fq_layout_data_offset(slots, subs);
     uint64_t size = data_off + cap;
 
-    char tmp[PATH_MAX];
     uint64_t rnd;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
         rnd = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (snprintf(tmp, sizeof tmp, "%s.tmp-%d-%016llx", path, (int)getpid(),
-                 (unsigned long long)rnd) >= (int)sizeof tmp)
-        return fq_err(err, errlen, -ENAMETOOLONG, "path too long: %s", path);
-    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, o->mode & 07777);
-    if (fd < 0)
-        return fq_err(err, errlen, -errno, "cannot create %s: %s", tmp, strerror(errno));
-    int rc;
+    const char *what = path ? path : "an anonymous segment";
+    char tmp[PATH_MAX];
+    tmp[0] = 0; /* set: the file has a temporary name to unlink on failure */
+    int fd, rc;
+    if (!path) {
+        /* sealable: its size is sealed below, so nobody can truncate it
+         * under the processes that map it (SIGBUS) */
+        fd = memfd_create("fastq", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+            return fq_err(err, errlen, -errno, "memfd_create: %s", strerror(errno));
+    } else {
+        fd = fq_open_tmpfile(path, o->mode & 07777, tmp, sizeof tmp, rnd, err, errlen);
+        if (fd < 0)
+            return fd;
+    }
     if (fchmod(fd, o->mode & 07777) != 0) {
-        rc = fq_err(err, errlen, -errno, "fchmod %s: %s", tmp, strerror(errno));
+        rc = fq_err(err, errlen, -errno, "fchmod %s: %s", what, strerror(errno));
         goto fail;
     }
     /* Reserve every page now: a full /dev/shm fails here, not with SIGBUS
@@ -275,13 +349,18 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
         rc = fq_err(err, errlen, -rc,
                     "cannot reserve %llu bytes for %s: %s (is the filesystem full? "
                     "/dev/shm is small in containers)",
-                    (unsigned long long)size, path, strerror(rc));
+                    (unsigned long long)size, what, strerror(rc));
+        goto fail;
+    }
+    FQ_CRASH_POINT("create_reserved");
+    if (!path && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        rc = fq_err(err, errlen, -errno, "sealing %s: %s", what, strerror(errno));
         goto fail;
     }
     /* MAP_POPULATE: no page faults on the first lap of the ring */
     uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (base == MAP_FAILED) {
-        rc = fq_err(err, errlen, -errno, "mmap %s: %s", path, strerror(errno));
+        rc = fq_err(err, errlen, -errno, "mmap %s: %s", what, strerror(errno));
         goto fail;
     }
     fq_ctrl *c = (fq_ctrl *)base;
@@ -310,15 +389,16 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
      * fq_tag(salt, p) == 0 only for one p, and that one is checked: */
     if (fq_tag(c->salt, 0) == 0)
         c->salt ^= 8;
-    c->magic = FQ_MAGIC; /* link() below publishes the whole file */
-    /* link() publishes the complete file under its name, or fails */
-    if (link(tmp, path) != 0) {
+    c->magic = FQ_MAGIC; /* the link below publishes the whole file */
+    /* the link publishes the complete file under its name, or fails */
+    if (path && fq_link_into_place(fd, tmp, path) != 0) {
         rc = -errno;
         fq_err(err, errlen, rc, "cannot create %s: %s", path, strerror(errno));
         munmap(base, size);
         goto fail;
     }
-    unlink(tmp);
+    if (tmp[0])
+        unlink(tmp);
     fq_queue *q = fq_handle_new(fd, base, size);
     if (!q) {
         munmap(base, size);
@@ -329,16 +409,31 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     return 0;
 fail:
     close(fd);
-    unlink(tmp);
+    if (tmp[0])
+        unlink(tmp);
     return rc;
 }
 
 int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
 {
-    pthread_once(&fq_once, fq_init_once);
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0)
         return fq_err(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+    int rc = fq_open_fd(fd, path, out, err, errlen);
+    close(fd);
+    return rc;
+}
+
+int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t errlen)
+{
+    pthread_once(&fq_once, fq_init_once);
+    if (!path)
+        path = "an anonymous segment";
+    /* the handle owns a copy: the caller keeps fd_in */
+    int fd = fcntl(fd_in, F_DUPFD_CLOEXEC, 3);
+    if (fd < 0)
+        return fq_err(err, errlen, -errno, "cannot use the descriptor of %s: %s", path,
+                      strerror(errno));
     struct stat st;
     int rc;
     fq_ctrl h;

@@ -8,7 +8,6 @@ import os
 import pickle
 import queue
 import random
-import shutil
 import signal
 import stat
 import threading
@@ -599,28 +598,17 @@ def test_create_exists_and_open_missing(fastq_dir):
     assert sorted(os.listdir(fastq_dir)) == ["ex"]
 
 
-def test_anonymous_queues_are_unique_and_removed_on_close(fastq_dir):
+def test_anonymous_queues_are_unique_and_leave_no_file(fastq_dir):
     a, b = fastq.Queue(capacity=SMALL), fastq.Queue(capacity=SMALL)
     try:
-        assert a.name != b.name and a.path != b.path
-        assert os.path.exists(a.path) and os.path.exists(b.path)
-        assert os.path.dirname(a.path) == str(fastq_dir)
+        assert a.name != b.name
+        assert a.path is None and b.path is None  # a memfd: no file anywhere
         a.put(1)
         assert b.empty()
     finally:
         a.close()
         b.close()
-    assert not os.path.exists(a.path) and not os.path.exists(b.path)
     assert os.listdir(fastq_dir) == []
-
-
-def test_anonymous_queue_removed_when_garbage_collected(fastq_dir):
-    q = fastq.Queue(capacity=SMALL)
-    path = q.path
-    del q
-    import gc
-    gc.collect()
-    assert not os.path.exists(path)
 
 
 def test_anonymous_queue_kept_when_forked_child_exits(fastq_dir, run_py):
@@ -631,61 +619,26 @@ def test_anonymous_queue_kept_when_forked_child_exits(fastq_dir, run_py):
         pid = os.fork()
         if pid == 0:
             q.put("from child")
+            q.close()
             sys.exit(0)  # a normal interpreter exit (atexit handlers run)
         os.waitpid(pid, 0)
-        print(os.path.exists(q.path), q.qsize(), flush=True)
+        print(q.qsize(), flush=True)
+        # exit without close(): nothing to remove
     """, timeout=30)
-    assert cp.stdout.strip() == "True 2"
+    assert cp.stdout.strip() == "2"
+    assert os.listdir(fastq_dir) == []
 
 
-def test_anonymous_segments_of_killed_creators_swept_at_next_creation(fastq_dir, run_py):
-    """A creator killed with SIGKILL runs no atexit: its anonymous queue and topic
-    stay, until an anonymous segment is next created in that directory.  What is
-    not provably such a leftover stays: the file of a live creator, a file whose
-    header names another pid, a file that is not a segment, a named queue."""
+def test_anonymous_queue_of_killed_creator_leaves_nothing(fastq_dir, run_py):
+    """A creator killed with SIGKILL runs no atexit: its anonymous queue and
+    topic go with it all the same (nothing to sweep later)."""
     cp = run_py("""
         import os, signal, fastq
         q, t = fastq.Queue(capacity=4096), fastq.Topic(capacity=4096)
-        print(q.path, t.path, flush=True)
+        q.put(1)
         os.kill(os.getpid(), signal.SIGKILL)
     """, timeout=30, check=False)
     assert cp.returncode == -signal.SIGKILL, cp.stderr
-    dead_q, dead_t = cp.stdout.split()
-    assert os.path.exists(dead_q) and os.path.exists(dead_t)
-    dead_pid = os.path.basename(dead_q).split("-")[1]
-    live = fastq.Queue(capacity=4096)  # ours: its creator is alive
-    named = fastq.Queue("fastq-named", capacity=4096)
-    forged = fastq_dir / f"fastq-{dead_pid}-{'0' * 16}"  # a segment of another pid
-    shutil.copyfile(live.path, forged)
-    not_seg = fastq_dir / f"fastq-{dead_pid}-{'1' * 16}"
-    not_seg.write_bytes(b"not a segment" * 10)
-    with fastq.Topic(capacity=4096) as again:  # an anonymous creation sweeps
-        assert not os.path.exists(dead_q) and not os.path.exists(dead_t)
-        assert os.path.exists(live.path) and os.path.exists(named.path)
-        assert forged.exists() and not_seg.exists() and os.path.exists(again.path)
-    live.close()
-    named.unlink()
-    named.close()
-
-
-def test_anonymous_queue_removed_when_creator_exits(fastq_dir, run_py):
-    cp = run_py("""
-        import os, sys, fastq
-        q = fastq.Queue(capacity=4096)
-        q.put("x")
-        print(q.path, flush=True)
-        pid = os.fork()
-        if pid == 0:
-            q.put("from child")
-            os._exit(0)
-        os.waitpid(pid, 0)
-        print(os.path.exists(q.path), q.qsize(), flush=True)
-        # exit without close(): atexit removes it
-    """, timeout=30)
-    path, after_child = cp.stdout.split("\n")[:2]
-    assert path.startswith(str(fastq_dir))
-    assert after_child == "True 2"
-    assert not os.path.exists(path), "anonymous queue left behind by its creator"
     assert os.listdir(fastq_dir) == []
 
 

@@ -86,9 +86,73 @@ cdef class Subscriber
 cdef class SubscriberPool
 
 
-cdef class Segment:
-    """A mapped fastq segment (one queue).  Thread-safe; one per process."""
+cdef class _Attachment:
+    """This process's attachment to one segment: its mapping and its slot,
+    shared by every handle (Segment) of that segment in the process, so
+    that a process takes one slot of max_processes however many handles it
+    opens.  The last handle released detaches.  Only touched with the GIL
+    held."""
     cdef fq_queue *q
+    cdef int users
+    cdef int unacked   # deliveries of all its handles: each holds one of the slot's lanes
+    cdef unsigned epoch  # fq_epoch() that unacked counts for
+    cdef object key
+
+
+# (st_dev, st_ino) -> the _Attachment of that segment in this process (a
+# forked child inherits both, consistently: its handles are copies too)
+_attachments = {}
+
+
+cdef _Attachment _share(fq_queue *q):
+    """The attachment for the segment that q (just opened) maps: a new one
+    that owns q, or this process's existing one (and q is closed: it has
+    taken no slot yet, slots are taken on first use)."""
+    import os
+    cdef _Attachment a
+    try:
+        st = os.fstat(fq_fd(q))
+    except BaseException:
+        fq_close(q)
+        raise
+    key = (st.st_dev, st.st_ino)
+    a = _attachments.get(key)
+    if a is not None and a.q != NULL:
+        fq_close(q)
+        a.users += 1
+        return a
+    a = _Attachment.__new__(_Attachment)
+    a.q = q
+    a.users = 1
+    a.key = key
+    a.epoch = fq_epoch()
+    _attachments[key] = a
+    return a
+
+
+cdef void _release(_Attachment a):
+    a.users -= 1
+    if a.users > 0 or a.q == NULL:
+        return
+    if _attachments.get(a.key) is a:
+        del _attachments[a.key]
+    fq_close(a.q)
+    a.q = NULL
+
+
+cdef Segment _new_segment(fq_queue *q, str path):
+    cdef Segment s = Segment.__new__(Segment)
+    s.att = _share(q)
+    s.q = s.att.q
+    s.path = path
+    return s
+
+
+cdef class Segment:
+    """A handle of a mapped fastq segment (one queue).  Thread-safe; the
+    handles of one segment in one process share one attachment."""
+    cdef fq_queue *q
+    cdef _Attachment att
     cdef int inflight
     cdef bint closing
     cdef readonly str path
@@ -116,12 +180,14 @@ cdef class Segment:
 
     def __dealloc__(self):
         if self.q != NULL:
-            fq_close(self.q)
             self.q = NULL
+            _release(self.att)
 
     @staticmethod
     def create(str path, uint64_t capacity, uint64_t max_message, uint32_t max_slots,
                uint32_t mode, uint32_t topic=0, uint32_t drop=0, uint32_t max_subs=0):
+        """Create a segment at path; path None: an anonymous one (a memfd:
+        hand it to another process by its fileno(), see open_fd)."""
         cdef fq_create_opts o
         cdef char err[512]
         cdef fq_queue *q = NULL
@@ -133,17 +199,16 @@ cdef class Segment:
         o.max_message = max_message
         o.max_slots = max_slots
         o.mode = mode
-        b = path.encode()
-        cdef const char *cp = b
+        b = path.encode() if path is not None else b""
+        cdef const char *cp = NULL
+        if path is not None:
+            cp = b
         err[0] = 0
         with nogil:
             rc = fq_create(cp, &o, &q, err, sizeof(err))
         if rc != 0:
             _raise_open(rc, err, path)
-        s = Segment.__new__(Segment)
-        (<Segment>s).q = q
-        (<Segment>s).path = path
-        return s
+        return _new_segment(q, path)
 
     @staticmethod
     def open(str path):
@@ -156,10 +221,22 @@ cdef class Segment:
             rc = fq_open(cp, &q, err, sizeof(err))
         if rc != 0:
             _raise_open(rc, err, path)
-        s = Segment.__new__(Segment)
-        (<Segment>s).q = q
-        (<Segment>s).path = path
-        return s
+        return _new_segment(q, path)
+
+    @staticmethod
+    def open_fd(int fd, str name):
+        """Open the segment fd refers to (the caller keeps fd; the handle
+        holds its own copy); name only names it in error messages."""
+        cdef char err[512]
+        cdef fq_queue *q = NULL
+        b = name.encode()
+        cdef const char *cp = b
+        err[0] = 0
+        with nogil:
+            rc = fq_open_fd(fd, cp, &q, err, sizeof(err))
+        if rc != 0:
+            _raise_open(rc, err, name)
+        return _new_segment(q, None)
 
     cdef inline fq_queue *_enter(self) except NULL:
         if self.q == NULL or self.closing:
@@ -170,8 +247,8 @@ cdef class Segment:
     cdef inline void _exit(self):
         self.inflight -= 1
         if self.closing and self.inflight == 0 and self.q != NULL:
-            fq_close(self.q)
             self.q = NULL
+            _release(self.att)
 
     def close(self):
         """Release this process's slot and unmap (once no call is in flight).
@@ -180,7 +257,9 @@ cdef class Segment:
             return
         if self._deliveries:
             for d in list(self._deliveries):
-                if not (<Delivery>d).settled:
+                # a forked child's copies of its parent's deliveries are the
+                # parent's to settle (their lanes are the parent's)
+                if not (<Delivery>d).settled and (<Delivery>d).epoch == fq_epoch():
                     (<Delivery>d).nack(True)
         if self._subs:
             for sub in list(self._subs):
@@ -190,8 +269,8 @@ cdef class Segment:
             with self._settled:
                 self._settled.notify_all()
         if self.inflight == 0:
-            fq_close(self.q)
             self.q = NULL
+            _release(self.att)
 
     @property
     def closed(self):
@@ -607,6 +686,14 @@ cdef class Segment:
         settle one; RuntimeError if block is false."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
+        if self.att.epoch != fq_epoch():  # forked: the parent's deliveries are not ours
+            self.att.epoch = fq_epoch()
+            self.att.unacked = 0
+        if self.att.unacked >= MAX_PREFETCH:
+            raise RuntimeError(
+                f"{self.att.unacked} deliveries of this process's handles of this queue are "
+                f"unacknowledged, the most one process may hold ({MAX_PREFETCH}): ack or "
+                "nack one first")
         cdef _Waiter w = self._reserve(block, timeout)  # other threads may be receiving too
         if w is not None and not w.forever:  # the rest of the time is for the message
             timeout = max(0.0, w.deadline - _monotonic())
@@ -619,6 +706,7 @@ cdef class Segment:
             raise
         cdef Delivery d = Delivery.__new__(Delivery)
         cdef bint ok = False
+        self.att.unacked += 1
         try:
             self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
             d.value = self._load_one(q, &d.c, loads)
@@ -634,6 +722,7 @@ cdef class Segment:
         finally:
             if not ok:
                 self._unreserve()
+                self.att.unacked -= 1
                 self._exit()
 
     cdef _Waiter _reserve(self, bint block, object timeout):
@@ -744,6 +833,9 @@ cdef class Segment:
 
     def shutdown(self, bint immediate=False):
         fq_shutdown(self._enter_quick(), immediate)
+
+    def reset_shutdown(self):
+        fq_reset_shutdown(self._enter_quick())
 
     def recover(self):
         """Repair what dead processes left behind now; returns True if any."""
@@ -918,6 +1010,7 @@ cdef class Delivery:
         else:
             fq_get_abort(seg.q, &self.c)
         seg._unreserve()
+        seg.att.unacked -= 1
         seg._exit()
         return 0
 
@@ -1454,8 +1547,11 @@ cdef int _raise_rc(int rc, fq_queue *q, uint64_t n) except -1:
     if rc == FQ_SHUTDOWN:
         raise ShutDown
     if rc == FQ_ETOOBIG:
+        fit = fq_capacity_for(n, fq_is_topic(q))
         raise MessageTooLarge(
-            f"message of {n} bytes exceeds max_message ({fq_max_message(q)} bytes)")
+            f"message of {n} bytes exceeds max_message ({fq_max_message(q)} bytes); " + (
+                f"a {'topic' if fq_is_topic(q) else 'queue'} created with capacity={fit} "
+                "(or more) would take it" if fit else "no capacity is large enough for it"))
     if rc == FQ_ECORRUPT:
         raise SegmentError("the segment holds an impossible record header (corrupted?)")
     if rc == FQ_EFORKED:

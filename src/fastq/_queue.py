@@ -1,21 +1,23 @@
 """fastq.Queue: the public API over the C core (fastq._core.Segment)."""
 from __future__ import annotations
 
-import atexit
 import collections
 import time
 import os
 import pickle
-import re
 import struct
 import uuid
-import weakref
+from multiprocessing import context, reduction
 from typing import Any, Generic, Iterable, Iterator, List, Optional, TypeVar
 
 from . import _core
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
 
-DEFAULT_CAPACITY = 64 << 20
+#: 1 MiB: a container's default /dev/shm (64 MB) holds dozens of such queues,
+#: a ring this size stays in the CPU's caches, and it holds messages of up to
+#: 512 KiB; a larger message raises MessageTooLarge naming the capacity that
+#: would take it.
+DEFAULT_CAPACITY = 1 << 20
 DEFAULT_DIR = "/dev/shm"
 
 __all__ = ["Queue", "JoinableQueue", "segment_path", "PickleSerializer", "RawSerializer"]
@@ -193,14 +195,17 @@ def _make_serializer(spec: Any):
     return _CustomSerializer(spec)
 
 
-# ---- anonymous queues: removed when their creator exits ---------------------
-
-_anon_paths: "dict[str, int]" = {}  # path -> pid of the creator
+# ---- trust and inheritance ----------------------------------------------------
 
 
-def _check_trust(seg: Any, path: str, what: str) -> None:
-    """Refuse (PermissionError, closing seg) a segment another user can write."""
+def _check_trust(seg: Any, path: str, what: str, vetted: Optional[tuple] = None) -> None:
+    """Refuse (PermissionError, closing seg) a segment another user can write,
+    unless it is the very file (vetted: its (st_dev, st_ino)) that the
+    process which handed this handle over had accepted: a creator's own
+    children take the queue it made, whatever mode it chose."""
     st = os.fstat(seg.fileno())
+    if vetted is not None and (st.st_dev, st.st_ino) == tuple(vetted):
+        return
     why = None
     if st.st_uid != os.geteuid():
         why = f"it is owned by uid {st.st_uid}"
@@ -214,54 +219,25 @@ def _check_trust(seg: Any, path: str, what: str) -> None:
             "if you trust every user who can write it")
 
 
-def _unlink_anon(path: str, pid: int) -> None:
-    """Remove an anonymous queue's file, in its creator process only (a
-    forked child inherits this module's state but must not remove it)."""
-    if os.getpid() == pid and _anon_paths.get(path) == pid:
-        del _anon_paths[path]
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+def _where(handle: "_Handle", what: str) -> Any:
+    """What a pickled handle reopens: the path of a named segment, or, for an
+    anonymous one (which has no name anywhere), its file descriptor, duplicated
+    into the child being started the way multiprocessing hands over its own
+    pipes.  Outside of starting a child process that is impossible: an
+    anonymous queue has no name to find it by."""
+    if handle._path is not None:
+        return handle._path
+    if context.get_spawning_popen() is None:
+        raise RuntimeError(
+            f"an anonymous {what} can be passed to a child process only as it starts "
+            "(Process(args=...), Pool(initializer=..., initargs=...)), like "
+            f"multiprocessing.Queue; to pass it any other way give the {what} a name")
+    return reduction.DupFd(handle._seg.fileno())
 
 
-@atexit.register
-def _unlink_all_anon() -> None:
-    for path, pid in list(_anon_paths.items()):
-        _unlink_anon(path, pid)
-
-
-_ANON_NAME = re.compile(r"fastq(?:-topic)?-([0-9]+)-[0-9a-f]{16}")
-_HEAD = struct.Struct("<Q72xI")  # magic at 0, creator_pid at 80 (csrc/fq_layout.h)
-_MAGIC = 0x3147535154534146  # "FASTQSG1"
-
-
-def _sweep_dead_anon(directory: str) -> None:
-    """Remove the anonymous segments in directory whose creator died without
-    removing them (killed by SIGKILL, say: no atexit ran).  Run when an
-    anonymous queue or topic is created.  A file is removed only if its name
-    is an anonymous one, its header is a fastq segment's made by the pid in
-    its name, and that process is gone; processes that still map it keep
-    working (only new attaches by path fail, as after a normal exit)."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for n in names:
-        m = _ANON_NAME.fullmatch(n)
-        if m is None:
-            continue
-        pid = int(m.group(1))
-        if pid == os.getpid() or _core.pid_alive(pid):
-            continue
-        path = os.path.join(directory, n)
-        try:
-            with open(path, "rb") as f:
-                head = f.read(_HEAD.size)
-            if len(head) == _HEAD.size and _HEAD.unpack(head) == (_MAGIC, pid):
-                os.unlink(path)
-        except OSError:
-            pass  # gone meanwhile, or another user's
+def _vetted(handle: "_Handle") -> tuple:
+    st = os.fstat(handle._seg.fileno())
+    return (st.st_dev, st.st_ino)
 
 
 _H = TypeVar("_H", bound="_Handle")
@@ -278,65 +254,73 @@ class _Handle:
 
     _seg: Any
     _name: str
-    _path: str
-    _finalizer: Any
+    _path: Optional[str]
     _ser: Any
 
-    def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple,
-                trusted: bool) -> None:
+    def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple, trusted: bool,
+                vetted: Optional[tuple] = None) -> None:
         """Open or create the segment (how: "open", "create", "open_or_create"),
         check its kind, owner and the options given explicitly, set the
         serializer; sizes: (capacity, max_message, max_processes, mode), each
-        possibly a _Default; topic: (is_topic, overflow, max_subs)."""
+        possibly a _Default; topic: (is_topic, overflow, max_subs).  name: a
+        name, None (a new anonymous segment), or, when a pickled anonymous
+        handle is rebuilt, its (DupFd, name)."""
         capacity, max_message, max_processes, mode = (_given(v) for v in sizes)
         overflow, max_subs = _given(topic[1]), _given(topic[2])
         what = "topic" if topic[0] else "queue"
-        self._finalizer = None
         # types and bounds first: a bad argument creates nothing
         _check_int("capacity", capacity, 1, _U63)
         if max_message is not None:
             _check_int("max_message", max_message, 1, _U63)
         _check_int("max_processes", max_processes, 1, 1024)
         _check_mode(mode)
-        anonymous = name is None
-        if anonymous:
-            prefix = "fastq-topic" if topic[0] else "fastq"
-            name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-            how = "create"
-        path = self._path = segment_path(name)
-        self._name = name if isinstance(name, str) else path
-        if anonymous:
-            _sweep_dead_anon(os.path.dirname(path))
-        args = (path, capacity, max_message or 0, max_processes, mode,
+        args = (capacity, max_message or 0, max_processes, mode,
                 topic[0], 1 if overflow == "drop" else 0, max_subs)
         opened = True
-        if how == "create":
-            self._seg, opened = _core.Segment.create(*args), False
-        elif how == "open":
-            self._seg = _core.Segment.open(path)
-        else:
+        if isinstance(name, tuple):  # an anonymous segment handed down by our parent
+            dupfd, name = name
+            fd = dupfd.detach()
             try:
+                self._seg = _core.Segment.open_fd(fd, name)
+            finally:
+                os.close(fd)
+            path = None
+            trusted = True  # the descriptor came from the process that started us
+        elif name is None:
+            # anonymous: a memfd, with no name anywhere, gone with the last
+            # process that holds it however they all end (nothing to sweep)
+            prefix = "fastq-topic" if topic[0] else "fastq"
+            name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+            path = None
+            self._seg, opened = _core.Segment.create(None, *args), False
+        else:
+            path = segment_path(name)
+            if how == "create":
+                self._seg, opened = _core.Segment.create(path, *args), False
+            elif how == "open":
                 self._seg = _core.Segment.open(path)
-            except FileNotFoundError:
+            else:
                 try:
-                    self._seg, opened = _core.Segment.create(*args), False
-                except FileExistsError:  # lost a creation race: the winner's is complete
                     self._seg = _core.Segment.open(path)
+                except FileNotFoundError:
+                    try:
+                        self._seg, opened = _core.Segment.create(path, *args), False
+                    except FileExistsError:  # lost a creation race: the winner's is complete
+                        self._seg = _core.Segment.open(path)
+        self._name = name
+        self._path = path
         if opened and self._seg.is_topic != bool(topic[0]):
             self._seg.close()
             other = "Queue" if topic[0] else "Topic"
-            raise ValueError(f"{path} is a {'queue' if topic[0] else 'topic'}, not a {what}: "
-                             f"open it with fastq.{other}")
+            raise ValueError(f"{path or name} is a {'queue' if topic[0] else 'topic'}, not a "
+                             f"{what}: open it with fastq.{other}")
         if opened and not trusted:
-            _check_trust(self._seg, path, what)
+            _check_trust(self._seg, path, what, vetted)
         if opened:
             self._check_agrees(what, sizes, topic)
         self._seg.set_serializer(
             None if isinstance(self._ser, RawSerializer) else self._ser.dumps, self._ser.loads,
             isinstance(self._ser, PickleSerializer))
-        if anonymous:
-            _anon_paths[path] = os.getpid()
-            self._finalizer = weakref.finalize(self, _unlink_anon, path, os.getpid())
 
     def _check_agrees(self, what: str, sizes: tuple, topic: tuple) -> None:
         """Refuse (ValueError, closing the segment) an option given explicitly
@@ -381,8 +365,8 @@ class _Handle:
         return self._name
 
     @property
-    def path(self) -> str:
-        """The segment file."""
+    def path(self) -> Optional[str]:
+        """The segment file; None for an anonymous queue (it has none)."""
         return self._path
 
     @property
@@ -405,6 +389,17 @@ class _Handle:
         """True once any process shut the segment down."""
         return self._seg.is_shutdown()
 
+    def reset_shutdown(self) -> None:
+        """Undo :meth:`shutdown`, for every process: puts are accepted again
+        and gets wait for messages again (what the queue still holds stays).
+
+        A shutdown lives in the segment, so a named queue stays shut down for
+        every later run until one resets it.  Call it when no process relies
+        on the queue staying shut down (before starting a new run's
+        producers and consumers, say).
+        """
+        self._seg.reset_shutdown()
+
     def flush(self) -> None:
         """Write the segment to stable storage (``msync``).
 
@@ -420,14 +415,16 @@ class _Handle:
         return self._seg.recover()
 
     def close(self) -> None:
-        """Detach this handle.  An anonymous queue's creator also removes it."""
+        """Detach this handle.  Other processes (and other handles of this
+        process) keep the segment: an anonymous one goes away with the last
+        process that holds it, a named one stays until :meth:`unlink`."""
         self._seg.close()
-        if self._finalizer is not None:
-            self._finalizer()
 
     def unlink(self) -> None:
-        """Remove the segment file; processes attached keep using it."""
-        _anon_paths.pop(self._path, None)
+        """Remove the segment file; processes attached keep using it.  An
+        anonymous segment has no file: nothing to do."""
+        if self._path is None:
+            return
         try:
             os.unlink(self._path)
         except FileNotFoundError:
@@ -457,11 +454,14 @@ class Queue(_Handle, Generic[_T]):
     ----------
     name : str, optional
         Queue name (a file in ``$FASTQ_DIR``, default ``/dev/shm``) or a path
-        containing ``/``.  ``None`` creates an anonymous queue with a unique
-        name, removed when its creator closes it or exits.
+        containing ``/``.  ``None`` creates an anonymous queue: it has no
+        file (a memfd), goes away with the last process that holds it however
+        processes end, and reaches child processes when they start
+        (``Process(args=...)``, ``Pool(initargs=...)``, or fork).
     capacity : int
         Ring size in bytes when the queue is created (rounded up to a power
-        of two, at least 4096).  Ignored when an existing queue is opened.
+        of two, at least 4096; default 1 MiB, for messages of up to 512 KiB).
+        Ignored when an existing queue is opened.
     max_message : int, optional
         Largest message in bytes (after serialization); default and maximum
         ``capacity // 2 - 16``.
@@ -491,14 +491,15 @@ class Queue(_Handle, Generic[_T]):
                  capacity: int = _CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, prefetch: int = 4,
-                 trusted: bool = False, _how: str = "open_or_create"):
+                 trusted: bool = False, _how: str = "open_or_create",
+                 _vetted: Optional[tuple] = None):
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
         _check_int("prefetch", prefetch, 1, _core.MAX_PREFETCH)
         self._prefetch = prefetch
         self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, "", 0),
-                     trusted)
+                     trusted, _vetted)
         # The hot calls go straight to the compiled segment: a Python-level
         # wrapper would double their cost.  The methods below document them.
         seg = self._seg
@@ -524,7 +525,8 @@ class Queue(_Handle, Generic[_T]):
 
     def __reduce__(self):
         spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_reopen, (self._path, spec, self._trusted, self._prefetch))
+        return (_reopen, (_where(self, "queue"), self._name, spec, self._trusted,
+                          self._prefetch, _vetted(self)))
 
     # ---- producer -----------------------------------------------------------
 
@@ -715,15 +717,15 @@ class JoinableQueue(Queue[_T]):
         return True
 
     def __reduce__(self):
-        spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_reopen_joinable, (self._path, spec, self._trusted, self._prefetch))
+        fn, args = super().__reduce__()
+        return fn, args + (JoinableQueue,)
 
 
-def _reopen_joinable(path: str, serializer: Any, trusted: bool = False,
-                     prefetch: int = 4) -> "JoinableQueue[Any]":
-    return JoinableQueue.open(path, serializer=serializer, trusted=trusted, prefetch=prefetch)
-
-
-def _reopen(path: str, serializer: Any, trusted: bool = False,
-            prefetch: int = 4) -> "Queue[Any]":
-    return Queue.open(path, serializer=serializer, trusted=trusted, prefetch=prefetch)
+def _reopen(where: Any, name: str, serializer: Any, trusted: bool = False,
+            prefetch: int = 4, vetted: Optional[tuple] = None,
+            cls: Any = None) -> "Queue[Any]":
+    cls = Queue if cls is None else cls
+    if isinstance(where, str):
+        return cls.open(where, serializer=serializer, trusted=trusted, prefetch=prefetch,
+                        _vetted=vetted)
+    return cls((where, name), serializer=serializer, prefetch=prefetch, _how="open")

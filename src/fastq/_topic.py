@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+import weakref
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 
 from . import _core
 from ._errors import ShutDown, SubscriberLimit
 from ._queue import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, _check_int, _Default, _given, _Handle,
-                     _make_serializer)
+                     _make_serializer, _vetted, _where)
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
@@ -53,10 +54,10 @@ class Topic(_Handle):
     Parameters
     ----------
     name : str, optional
-        As for :class:`fastq.Queue` (``None``: anonymous, removed when its
-        creator closes it or exits).
+        As for :class:`fastq.Queue` (``None``: anonymous, gone with the last
+        process that holds it).
     capacity : int
-        Ring bytes when created (power of two, at least 4096).
+        Ring bytes when created (power of two, at least 4096; default 1 MiB).
     max_message : int, optional
         Largest serialized message; default and maximum ``capacity // 2 - 32``.
     overflow : {"block", "drop"}
@@ -83,7 +84,7 @@ class Topic(_Handle):
                  max_message: Optional[int] = None, overflow: str = _OVERFLOW,
                  max_subscribers: int = _MAX_SUBSCRIBERS, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
-                 _how: str = "open_or_create"):
+                 _how: str = "open_or_create", _vetted: Optional[tuple] = None):
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
@@ -91,7 +92,7 @@ class Topic(_Handle):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
         _check_int("max_subscribers", _given(max_subscribers), 1, 4096)
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
-                     (1, overflow, max_subscribers), trusted)
+                     (1, overflow, max_subscribers), trusted, _vetted)
         seg = self._seg
         self.publish, self.publish_many = seg.put, seg.put_many
 
@@ -109,7 +110,8 @@ class Topic(_Handle):
 
     def __reduce__(self):
         spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_reopen, (self._path, spec, self._trusted))
+        return (_reopen, (_where(self, "topic"), self._name, spec, self._trusted,
+                          _vetted(self)))
 
     # ---- publishing ---------------------------------------------------------
 
@@ -238,7 +240,8 @@ class Subscription:
     or nacked from any thread; a nacked one comes back at once to a
     :meth:`receive` waiting in another thread).  :meth:`close` (or closing the
     topic) from another thread succeeds: a call waiting in the subscription
-    raises ``ValueError`` at once.  Pickled into another process, it becomes another
+    raises ``ValueError`` at once.  Pickled into another process, or inherited
+    by a forked child (which joins at its first call), it becomes another
     member of the same group there, with the same ``prefetch`` (for a plain
     subscription: of its anonymous group, so both processes split its
     messages; for a durable name: a subscriber of that name).
@@ -248,19 +251,51 @@ class Subscription:
         self._topic = topic
         self._key, self._kind = key, kind & ~_MUST_EXIST
         self._prefetch = prefetch
-        # a member of the group: a C entry that holds one claim at a time
-        self._sub = _core_subscribe(topic, key, kind, start)
-        if prefetch == 1:
+        self._member(_core_subscribe(topic, key, kind, start))
+        _live.add(self)
+
+    def _member(self, sub: Any) -> None:
+        """Use sub, a member of the group (a C entry that holds one claim at
+        a time), and the pool grown from it."""
+        self._sub = sub
+        if self._prefetch == 1:
             self._via = self._sub
         else:
             # a pool of members, joined as deliveries are held (no reference
             # to self: a dropped subscription leaves at once, not at a GC)
-            self._via = _core.SubscriberPool(self._sub, prefetch, functools.partial(
-                _join_member, topic, self._key, self._kind, prefetch, os.getpid()))
+            self._via = _core.SubscriberPool(self._sub, self._prefetch, functools.partial(
+                _join_member, self._topic, self._key, self._kind, self._prefetch,
+                os.getpid()))
         # The hot calls go straight to the compiled object: a Python-level
         # wrapper would double their cost.  The methods below document them.
         via = self._via
         self.get, self.get_many, self.receive = via.get, via.get_many, via.receive
+
+    def _forked(self) -> None:
+        """In a forked child: the members are the parent's.  The first call
+        joins the group with a member of this process, as a pickled
+        subscription does (so a subscription passed to a fork child in
+        Process(args=...) works as under spawn); until then nothing is done."""
+        if self._sub.closed:
+            return
+        self.get, self.get_many, self.receive = self._join_get, self._join_get_many, \
+            self._join_receive
+
+    def _join(self) -> None:
+        kind = self._kind | (_MUST_EXIST if self._kind == _KIND_ANON else 0)
+        self._member(_core_subscribe(self._topic, self._key, kind, 0))
+
+    def _join_get(self, *args: Any, **kwargs: Any) -> Any:
+        self._join()
+        return self.get(*args, **kwargs)
+
+    def _join_get_many(self, *args: Any, **kwargs: Any) -> Any:
+        self._join()
+        return self.get_many(*args, **kwargs)
+
+    def _join_receive(self, *args: Any, **kwargs: Any) -> Any:
+        self._join()
+        return self.receive(*args, **kwargs)
 
     # ---- receiving --------------------------------------------------------------
 
@@ -384,6 +419,18 @@ class Subscription:
         return f"<fastq.Subscription {what} of {self._topic.name!r} {state}>"
 
 
+#: open subscriptions of this process, told when it forks (see Subscription._forked)
+_live: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sub in list(_live):
+        sub._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
     return topic._seg.subscribe(key, kind, start)
 
@@ -409,5 +456,8 @@ def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1) -> Subscriptio
                         prefetch)
 
 
-def _reopen(path: str, serializer: Any, trusted: bool = False) -> Topic:
-    return Topic.open(path, serializer=serializer, trusted=trusted)
+def _reopen(where: Any, name: str, serializer: Any, trusted: bool = False,
+            vetted: Optional[tuple] = None) -> Topic:
+    if isinstance(where, str):
+        return Topic.open(where, serializer=serializer, trusted=trusted, _vetted=vetted)
+    return Topic((where, name), serializer=serializer, _how="open")
