@@ -190,5 +190,9 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
 
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);
+/* Test hook: the countdown-th time the calling process reaches the named
+ * point (a crash point's name), it writes one byte to notify_fd and blocks
+ * until it can read one byte from resume_fd (or resume_fd reaches EOF). */
+void fq_test_set_pause_point(const char *name, int countdown, int notify_fd, int resume_fd);
 
 #endif

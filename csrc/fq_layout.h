@@ -37,10 +37,11 @@
  *                             so every topic record knows its message index
  *     256  head u64           consumers' claim cursor (CAS)
  *     384  release u64        oldest position still in use (CAS)
- *     392  release_epoch u64  topics (block): bumped by each new group; a
- *                             publisher moves release with a 16-byte CAS of
- *                             (release, epoch), so one whose scan may have
- *                             missed a new group fails and scans again
+ *     392  release_epoch u64  topics (block): bumped by each change of the
+ *                             member and group tables; a publisher moves
+ *                             release with a 16-byte CAS of (release, epoch),
+ *                             so one whose scan may have missed a change
+ *                             fails and scans again
  *     512  data_seq u32       futex word: bumped when data appears
  *     516  space_seq u32      futex word: bumped when space appears
  *     520  state u32          FQ_STATE_* bits (shutdown)

@@ -26,9 +26,12 @@
  *   4. Copy; in a drop topic, check each copy afterwards: release still at
  *      or below the message's position (fq_sub_intact).
  *   5. State IDLE (release): the records may be reused from now on.
- * A publisher's scan loads tail, then every group head, then every claim
- * (all seq_cst): a claim whose CAS it saw is visible to it, and a claim it
- * did not see is at or above the head it loaded.
+ * A publisher's scan loads tail, then every group head, then the table's
+ * bound (subs_hwm) again, then every claim (all seq_cst): a claim whose CAS
+ * it saw is visible to it, and a claim it did not see is at or above the
+ * head it loaded.  Besides, every change of the tables made under the
+ * segment lock bumps the epoch when the lock is dropped
+ * (fq_topic_tables_changed), so a scan that began before it fails its CAS.
  *
  * Crash windows.  A member that dies with a claim WON leaves an ORPHAN:
  * recovery keeps the entry, claim and all, and the next member of the group
@@ -131,6 +134,18 @@ static void fq_bump_epoch(fq_queue *q)
         ;
 }
 
+/* The segment lock is being dropped (fq_lock_drop): whatever changed in the
+ * member and group tables while it was held (a member joined or left, a
+ * group was made or forgotten, an orphan taken, a dead member reaped), a
+ * publisher's scan that began before may have missed it, and now fails its
+ * release CAS.  One rule at one place, instead of a bump at each change site
+ * (the sites that need one before they finish still bump there). */
+void fq_topic_tables_changed(fq_queue *q)
+{
+    if (q->topic)
+        fq_bump_epoch(q);
+}
+
 /* tail and published move together.  On failure, *t and *cnt are the
  * current values. */
 int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n)
@@ -160,6 +175,7 @@ uint64_t fq_topic_release(fq_queue *q)
         uint64_t t0 = atomic_load_explicit(&c->tail, SEQ);
         uint64_t m = t0;
         uint32_t hwm = fq_hwm(q);
+        FQ_CRASH_POINT("topic_release_after_hwm");
         for (uint32_t i = 0; i < hwm; i++) {
             fq_group *g = &q->groups[i];
             if ((atomic_load_explicit(&g->word, SEQ) & 0xff) != FQ_GRP_ACTIVE)
@@ -168,6 +184,10 @@ uint64_t fq_topic_release(fq_queue *q)
             if (h < m)
                 m = h;
         }
+        /* the bound again, after the heads: a member that joined a group
+         * (subs_hwm stored before its entry, under the lock) and claimed by a
+         * head CAS we saw above is below the bound we load now */
+        hwm = fq_hwm(q);
         for (uint32_t i = 0; i < hwm; i++) {
             fq_member *e = &q->members[i];
             unsigned kind = FQ_SLOT_KIND(atomic_load_explicit(&e->word, SEQ));

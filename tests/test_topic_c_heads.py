@@ -1,0 +1,127 @@
+"""White-box tests of a topic's group heads and of a block topic's release scan
+(csrc/fq_topic.c: fq_topic_release, the group head pair, fq_group_lag), through
+cffi (tests/c_core.py, tests/_cseg.py; the wrappers are test_topic_c.py's).
+
+Regressions of issue 9: a member joining an existing group while a publisher's
+release scan is in progress (bug 8, with the pause point
+"topic_release_after_hwm"); every table change made under the segment lock bumps
+the release epoch.
+"""
+
+import os
+import select
+import struct
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cseg import CAP, lib, mk, seq_of  # noqa: E402
+from _procs import children, fork, reap  # noqa: E402
+from test_topic_c import GROUP, DURABLE, T, trec  # noqa: E402
+
+import pytest  # noqa: E402
+
+CTRL_RELEASE, CTRL_EPOCH = 384, 392
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "t.seg"
+
+
+def _ctrl_u64(path, off):
+    with open(path, "rb") as f:
+        return struct.unpack("<Q", os.pread(f.fileno(), 8, off))[0]
+
+
+def _wait_byte(fd, timeout=10.0):
+    r, _, _ = select.select([fd], [], [], timeout)
+    assert r, "the child did not reach its pause point in %.0fs" % timeout
+    return os.read(fd, 1)
+
+
+def _paused_publisher_child(path, point, notify_w, resume_r, n):
+    """put one message of n bytes, pausing at point (first time); exit 10: put,
+    11: FULL, 12: anything else"""
+    t = T.open(path)
+    lib.fq_test_set_pause_point(point.encode(), 1, notify_w, resume_r)
+    rc = t.put(mk(9999, n))
+    return {0: 10, lib.FQ_FULL: 11}.get(rc, 12)
+
+
+def _fill(t):
+    """publish until the ring is full; the number of messages"""
+    n = 0
+    while t.put(mk(n, 1000 if n == 0 else 64)) == 0:
+        n += 1
+    assert n > 2
+    return n
+
+
+def test_regression_member_joining_a_group_during_a_release_scan(path):
+    """Issue 9, bug 8: fq_topic_release loaded subs_hwm once, before the group
+    heads.  A member joining an existing group lands at index hwm (the table is
+    full up to it) and did not bump the epoch; if it claimed [h, p) between the
+    publisher's hwm load and its head load, the publisher saw head p, never
+    scanned the new entry, moved release to p and overwrote the claim being
+    read (a torn message; or, copied later, a message skipped).  Here the
+    publisher is paused right after its hwm load while member B joins group g
+    (index 1 = hwm) and claims message 0.  Correct: the publisher's put is FULL
+    (release stays at 0) and B reads message 0 whole."""
+    t = T.create(path, capacity=CAP)
+    try:
+        a = t.subscribe("g", GROUP)
+        assert a.index() == 0
+        n = _fill(t)
+        assert t.stats()["release"] == 0
+        notify_r, notify_w = os.pipe()
+        resume_r, resume_w = os.pipe()
+        with children() as pids:
+            pid = fork(_paused_publisher_child, path, "topic_release_after_hwm", notify_w,
+                       resume_r, 64)
+            pids.append(pid)
+            assert _wait_byte(notify_r) == b"P"
+            b = t.subscribe("g", GROUP)  # joins g at index hwm
+            assert b.index() == 1
+            rc, c = b.begin(1)
+            assert rc == 0 and c.pos == 0 and c.end == trec(1000), (rc, c.pos, c.end)
+            os.write(resume_w, b"G")
+            code = reap(pid)
+            pids.remove(pid)
+            msgs = b.read(c)
+            assert [(i, seq_of(m)) for i, m in msgs] == [(0, 0)], \
+                "B's claim of message 0 was overwritten (publisher exit %s)" % code
+            assert code == 11, "the publisher's put passed B's claim (exit %s)" % code
+            assert t.stats()["release"] == 0
+            b.end(c)
+            # the rest comes whole to the group, and the publisher has room again
+            got = [seq_of(m) for _, m, _ in a.drain()]
+            assert got == list(range(1, n))
+            assert t.put(mk(n, 64)) == 0
+        for fd in (notify_r, notify_w, resume_r, resume_w):
+            os.close(fd)
+    finally:
+        t.close()
+
+
+def test_every_table_change_under_the_lock_bumps_the_epoch(path):
+    """Issue 9, bug 8 (the rule made structural): a publisher's scan that began
+    before any change of the member or group tables fails its (release, epoch)
+    CAS.  Each change made under the segment lock (a member joining an existing
+    group, leaving, a group forgotten, a dead member reaped) bumps the epoch."""
+    t = T.create(path, capacity=CAP)
+    try:
+        def bumped(fn):
+            e0 = _ctrl_u64(path, CTRL_EPOCH)
+            r = fn()
+            assert _ctrl_u64(path, CTRL_EPOCH) > e0, fn
+            return r
+
+        a = bumped(lambda: t.subscribe("g", GROUP))  # a new group
+        b = bumped(lambda: t.subscribe("g", GROUP))  # joins it
+        d = bumped(lambda: t.subscribe("d", DURABLE))
+        bumped(b.unsubscribe)
+        bumped(d.unsubscribe)
+        assert bumped(lambda: lib.fq_topic_forget(t.q, b"d")) == 0
+        a.unsubscribe()
+    finally:
+        t.close()
