@@ -22,7 +22,7 @@
  * A member reads by claiming from its group's head, like a queue consumer:
  *   1. H = head (pos h, last claimer); walk the committed records from h.
  *   2. Intent in its entry: pos h, end p, n, state seq|CLAIMING (seq_cst).
- *   3. CAS head H -> (p, me) (seq_cst).  Then state WON.
+ *   3. CAS the head pair H -> (p, me) (16 bytes, seq_cst).  Then state WON.
  *   4. Copy; in a drop topic, check each copy afterwards: release still at
  *      or below the message's position (fq_sub_intact).
  *   5. State IDLE (release): the records may be reused from now on.
@@ -68,7 +68,6 @@
 struct fq_sub {
     fq_queue *q;
     uint32_t m, g;  /* our member entry and its group */
-    uint64_t ref;   /* a recent position, to rebuild the packed head */
     unsigned epoch; /* fork epoch at subscribe: a forked child's copy is not ours */
     uint64_t word;  /* our member word: still ours? */
     int held;       /* a claim kept by fq_sub_hold, returned again next */
@@ -76,29 +75,6 @@ struct fq_sub {
 };
 
 static void fq_sub_account(fq_sub *s, fq_claim *c);
-
-/* ---- packed group heads ---------------------------------------------- */
-
-#define FQ_HEAD_LOW 0xffffffffffffull /* 48 bits of pos >> 4 */
-
-static inline uint64_t fq_head_pack(uint64_t pos, uint32_t id)
-{
-    return ((pos >> 4) & FQ_HEAD_LOW) << 16 | (id & 0xffff);
-}
-
-static inline uint32_t fq_head_id(uint64_t h)
-{
-    return (uint32_t)(h & 0xffff);
-}
-
-/* The position whose packed form is h, nearest to ref (a recent tail):
- * heads are within 2^51 bytes of tail, so the difference fits 48 bits. */
-static inline uint64_t fq_head_pos(uint64_t h, uint64_t ref)
-{
-    uint64_t d = ((h >> 16) - (ref >> 4)) & FQ_HEAD_LOW;
-    int64_t sd = (int64_t)(d << 16) >> 16; /* sign-extend 48 bits */
-    return (ref & ~(uint64_t)15) + (uint64_t)(sd * 16);
-}
 
 static inline uint64_t fq_rec_index(fq_rec *r)
 {
@@ -122,6 +98,47 @@ static int fq_cas2(_Atomic uint64_t *p, uint64_t *lo, uint64_t *hi, uint64_t nlo
     *lo = (uint64_t)got;
     *hi = (uint64_t)(got >> 64);
     return 0;
+}
+
+/* ---- group heads ----------------------------------------------------- */
+
+/*
+ * A group's head is a pair (pos, by): the position its next claim starts at
+ * and the member that moved it there (index + 1; 0: none), a 16-byte aligned
+ * pair moved whole by fq_cas2, by a claim or a lapped member, always to a
+ * position beyond the one it replaces (fq_subscribe stores a new group's
+ * under the lock, before any member can read it).  Positions are full 64-bit
+ * values: nothing is rebuilt, however far a group lags.
+ */
+typedef struct fq_head {
+    uint64_t pos, by;
+} fq_head;
+
+/* The pair as one value the head held: pos, by, then pos again (seq_cst,
+ * the order of fq_cas2's single store): since every move changes pos, an
+ * unchanged pos brackets the load of by. */
+static fq_head fq_head_read(fq_group *g)
+{
+    fq_head H;
+    do {
+        H.pos = atomic_load_explicit(&g->head, SEQ);
+        H.by = atomic_load_explicit(&g->head_by, SEQ);
+    } while (atomic_load_explicit(&g->head, SEQ) != H.pos);
+    return H;
+}
+
+/* Move the head from *H to (pos, by); on failure *H is the current pair. */
+static int fq_head_cas(fq_group *g, fq_head *H, uint64_t pos, uint64_t by)
+{
+    return fq_cas2(&g->head, &H->pos, &H->by, pos, by);
+}
+
+/* Under the lock, a group being made: set its head whatever it was. */
+static void fq_head_store(fq_group *g, uint64_t pos)
+{
+    fq_head H = fq_head_read(g);
+    while (!fq_head_cas(g, &H, pos, 0))
+        ;
 }
 
 /* block topics: make every publisher's scan in progress fail its release
@@ -180,7 +197,7 @@ uint64_t fq_topic_release(fq_queue *q)
             fq_group *g = &q->groups[i];
             if ((atomic_load_explicit(&g->word, SEQ) & 0xff) != FQ_GRP_ACTIVE)
                 continue;
-            uint64_t h = fq_head_pos(atomic_load_explicit(&g->head, SEQ), t0);
+            uint64_t h = atomic_load_explicit(&g->head, SEQ);
             if (h < m)
                 m = h;
         }
@@ -356,11 +373,10 @@ static void fq_member_leave(fq_queue *q, uint32_t i, int dead)
     }
     fq_group *g = &q->groups[gi];
     /* the head before the state: see the top of this file */
-    uint64_t H = atomic_load(&g->head);
+    fq_head H = fq_head_read(g);
     uint64_t st = atomic_load(&e->state);
     if (dead && (st & 3) == FQ_PH_CLAIMING) {
-        uint64_t t = atomic_load(&q->ctrl->tail);
-        if (fq_head_id(H) == i + 1 && fq_head_pos(H, t) == atomic_load(&e->end))
+        if (H.by == i + 1 && H.pos == atomic_load(&e->end))
             atomic_compare_exchange_strong(&e->state, &st, (st & ~(uint64_t)3) | FQ_PH_WON);
         st = atomic_load(&e->state);
         if ((st & 3) == FQ_PH_CLAIMING) /* it lost its CAS: nothing claimed */
@@ -545,7 +561,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         atomic_store(&g->orphans, 0);
         /* visible at release first: no publisher passes it while we look
          * for where to start (see the top of this file) */
-        atomic_store(&g->head, fq_head_pack(atomic_load(&c->release), 0));
+        fq_head_store(g, atomic_load(&c->release));
         atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)(flags | FQ_GRP_INIT) << 8);
         FQ_CRASH_POINT("subscribe_group_visible");
         /* bump the epoch (block): a publisher whose scan missed the group
@@ -560,7 +576,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
             pos = fq_tail_pair(q, &idx);
         }
         atomic_store(&g->next_idx, idx);
-        atomic_store(&g->head, fq_head_pack(pos, 0));
+        fq_head_store(g, pos);
         atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)flags << 8); /* made */
     }
     fq_member *e = &q->members[mi];
@@ -579,7 +595,6 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     s->q = q;
     s->m = mi;
     s->g = gi;
-    s->ref = atomic_load(&c->tail);
     s->epoch = atomic_load(&fq_fork_epoch);
     s->word = w;
     *out = s;
@@ -758,10 +773,8 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return FQ_OK;
     uint32_t myid = s->m + 1;
     for (;;) {
-        uint64_t H = atomic_load_explicit(&g->head, ACQ);
-        /* rebuilt next to the last head we saw: no load of the publishers'
-         * busy tail line on this path */
-        uint64_t h = fq_head_pos(H, s->ref);
+        fq_head H = fq_head_read(g);
+        uint64_t h = H.pos;
         if (q->drop) {
             uint64_t rel = atomic_load_explicit(&ctl->release, ACQ);
             if (rel & 15)
@@ -769,15 +782,12 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             if (h < rel) {
                 /* lapped: go on from the oldest record retained (drops are
                  * counted from the message indices in fq_sub_end) */
-                atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(rel, myid),
-                                                        SEQ, RLX);
-                s->ref = rel;
+                fq_head_cas(g, &H, rel, myid);
                 continue;
             }
         }
-        uint32_t prev = fq_head_id(H);
-        if (prev && prev != myid)
-            fq_help(q, prev - 1, s->g, h);
+        if (H.by && H.by != myid && H.by <= q->nsubs)
+            fq_help(q, (uint32_t)(H.by - 1), s->g, h);
         uint64_t p = h, n = 0, bytes = 0, first_off = 0;
         int lapped = 0;
         while (n < max_n && p - h < q->cap) {
@@ -818,8 +828,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
              * drop topic; only a corrupt segment in a block topic) */
             uint64_t t = atomic_load_explicit(&ctl->tail, SEQ);
             uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
-            s->ref = t;
-            if (atomic_load_explicit(&g->head, SEQ) != H)
+            if (atomic_load_explicit(&g->head, SEQ) != h)
                 continue; /* another member moved it */
             if (h < rel && q->drop)
                 continue; /* lapped: the drop check above moves us on */
@@ -838,8 +847,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
          * this claim */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_CLAIMING, REL);
         FQ_CRASH_POINT("sub_after_intent");
-        if (!atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(p, myid), SEQ,
-                                                     RLX)) {
+        if (!fq_head_cas(g, &H, p, myid)) {
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
@@ -858,7 +866,6 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
-        s->ref = p;
         fq_fill_claim(q, c, h, p, n, first_off, 0);
         return FQ_OK;
     }
@@ -1019,8 +1026,7 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
 {
     fq_queue *q = s->q;
-    uint64_t t = atomic_load(&q->ctrl->tail);
-    uint64_t h = fq_head_pos(atomic_load(&q->groups[s->g].head), t);
+    uint64_t h = atomic_load(&q->groups[s->g].head);
     if (atomic_load(&q->groups[s->g].orphans))
         return;
     fq_wait(q, FQ_WAIT_DATA, h, timeout_ns, spin);
@@ -1029,8 +1035,7 @@ void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
 int fq_sub_spin(fq_sub *s, uint64_t ns)
 {
     fq_queue *q = s->q;
-    uint64_t t = atomic_load(&q->ctrl->tail);
-    uint64_t h = fq_head_pos(atomic_load(&q->groups[s->g].head), t);
+    uint64_t h = atomic_load(&q->groups[s->g].head);
     return fq_spin(q, FQ_WAIT_DATA, h, ns);
 }
 
@@ -1039,7 +1044,7 @@ int fq_sub_spin(fq_sub *s, uint64_t ns)
 static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
     uint64_t pub, t = fq_tail_pair(q, &pub);
-    uint64_t h = fq_head_pos(atomic_load(&g->head), t);
+    uint64_t h = atomic_load(&g->head);
     uint64_t rel = atomic_load(&q->ctrl->release);
     if (q->drop && h < rel)
         h = rel; /* lapped: what it lost is not to come */
@@ -1138,7 +1143,7 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
     out->flags = (uint32_t)((atomic_load(&g->word) >> 8) & 0xff);
     memcpy(out->name, g->name, sizeof out->name);
     out->name[sizeof out->name - 1] = 0;
-    out->position = fq_head_pos(atomic_load(&g->head), atomic_load(&q->ctrl->tail));
+    out->position = atomic_load(&g->head);
     out->lag = fq_group_lag(q, g);
     return 1;
 }

@@ -5,32 +5,28 @@ cffi (tests/c_core.py, tests/_cseg.py; the wrappers are test_topic_c.py's).
 Regressions of issue 9: a member joining an existing group while a publisher's
 release scan is in progress (bug 8, with the pause point
 "topic_release_after_hwm"); every table change made under the segment lock bumps
-the release epoch.
+the release epoch; a durable subscriber of a drop topic that lags more than 2^51
+bytes (bug 6: group heads were packed into 48 bits and rebuilt next to tail).
 """
 
 import os
 import select
-import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cseg import CAP, lib, mk, seq_of  # noqa: E402
 from _procs import children, fork, reap  # noqa: E402
-from test_topic_c import GROUP, DURABLE, T, trec  # noqa: E402
+from test_topic_c import (CTRL_EPOCH, CTRL_RELEASE, DURABLE, EARLIEST, GROUP, T,  # noqa: E402
+                          _ctrl_u64, _poke_ctrl_u64, trec)
 
 import pytest  # noqa: E402
 
-CTRL_RELEASE, CTRL_EPOCH = 384, 392
+CTRL_TAIL, CTRL_PUBLISHED = 128, 136
 
 
 @pytest.fixture
 def path(tmp_path):
     return tmp_path / "t.seg"
-
-
-def _ctrl_u64(path, off):
-    with open(path, "rb") as f:
-        return struct.unpack("<Q", os.pread(f.fileno(), 8, off))[0]
 
 
 def _wait_byte(fd, timeout=10.0):
@@ -123,5 +119,43 @@ def test_every_table_change_under_the_lock_bumps_the_epoch(path):
         bumped(d.unsubscribe)
         assert bumped(lambda: lib.fq_topic_forget(t.q, b"d")) == 0
         a.unsubscribe()
+    finally:
+        t.close()
+
+
+def _group_info(t, name):
+    rows = [r for _, r in t.info() if r["name"] == name]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+@pytest.mark.parametrize("lag_bytes", [3 << 50, 1 << 52, (1 << 62) + (5 << 12)])
+def test_regression_durable_subscriber_lagging_past_2_51_bytes(path, lag_bytes):
+    """Issue 9, bug 6: group heads were packed into 48 bits of pos >> 4 and
+    rebuilt next to tail, so a durable subscriber of a drop topic that lagged
+    more than 2^51 bytes had its head rebuilt ahead of tail: fq_sub_begin
+    returned FQ_ECORRUPT forever, its position and lag were wrong.  A hand-made
+    segment: "d" subscribes at 0 and leaves; tail and release are set lag_bytes
+    on (published 1000 on: every message in between was lost), 5 messages are
+    published.  Correct: its position is still 0 and its lag 5; subscribed
+    again it gets the 5 (indices 1000..1004) and counts 1000 dropped."""
+    t = T.create(path, capacity=CAP, drop=True)
+    try:
+        t.subscribe("d", DURABLE, EARLIEST).unsubscribe()
+        for off, v in ((CTRL_TAIL, lag_bytes), (CTRL_PUBLISHED, 1000),
+                       (CTRL_RELEASE, lag_bytes)):
+            _poke_ctrl_u64(path, off, v)
+        for i in range(5):
+            assert t.put(mk(1000 + i, 64)) == 0
+        st = t.stats()
+        assert st["tail"] == lag_bytes + 5 * trec(64) and st["published"] == 1005
+        info = _group_info(t, "d")
+        assert (info["position"], info["lag"]) == (0, 5), info
+        d = t.subscribe("d", DURABLE)
+        got = d.drain()
+        assert [(i, seq_of(m)) for i, m, _ in got] == [(1000 + k,) * 2 for k in range(5)]
+        assert (d.dropped(), d.lag()) == (1000, 0)
+        assert _group_info(t, "d")["position"] == st["tail"]
+        d.unsubscribe()
     finally:
         t.close()
