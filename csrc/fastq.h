@@ -170,7 +170,9 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered);
 /* Wait up to timeout_ns for data at the subscription's group head. */
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin);
 int fq_sub_spin(fq_sub *s, uint64_t ns);
-/* Messages published that the group has not finished; drops (drop topics). */
+/* Messages published that the group is still to deliver (not taken yet, or
+ * given back: an orphan's claim, a claim kept by fq_sub_hold; not a claim
+ * open); drops (drop topics). */
 uint64_t fq_sub_lag(fq_sub *s);
 uint64_t fq_sub_dropped(fq_sub *s);
 uint32_t fq_sub_index(fq_sub *s);

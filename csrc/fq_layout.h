@@ -229,6 +229,8 @@ typedef struct fq_slot {
  *               start time in start_time) or ORPHAN (its owner died or left
  *               holding a claim: the claim waits for another member)
  *   group       index of its group
+ *   held        1: its claim was given back (nack) and waits for the
+ *               member's next read (only the member writes it; for lag)
  *   pos,end,n   its claim [pos, end) of n messages, and
  *   state       seq << 2 | phase (FQ_PH_IDLE, CLAIMING, WON); seq counts
  *               claims, so that a CAS on state never succeeds on a newer one
@@ -255,7 +257,7 @@ typedef struct fq_member {
     _Atomic uint64_t word;
     _Atomic uint64_t start_time;
     _Atomic uint32_t group;
-    uint32_t pad0;
+    _Atomic uint32_t held;
     _Atomic uint64_t pos;
     _Atomic uint64_t end;
     _Atomic uint64_t n;
@@ -272,6 +274,9 @@ _Static_assert(offsetof(fq_group, dropped) == 32, "dropped at 32");
 _Static_assert(offsetof(fq_group, orphans) == 40, "orphans at 40");
 _Static_assert(offsetof(fq_group, name) == 64, "name at 64");
 _Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
+_Static_assert(offsetof(fq_member, group) == 16 && offsetof(fq_member, held) == 20 &&
+                   offsetof(fq_member, pos) == 24 && offsetof(fq_member, state) == 48,
+               "member offsets");
 
 typedef struct fq_rec {
     _Atomic uint64_t word;

@@ -583,6 +583,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     uint64_t ow = atomic_load(&e->word);
     atomic_store(&e->start_time, fq_self_start_time());
     atomic_store(&e->group, gi);
+    atomic_store(&e->held, 0);
     atomic_store(&e->pos, 0);
     atomic_store(&e->end, 0);
     atomic_store(&e->n, 0);
@@ -761,6 +762,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         c->kept = 0;
         c->count = 0;
         s->held = 0;
+        atomic_store_explicit(&me->held, 0, RLX); /* in flight again */
         return FQ_OK;
     }
     if ((atomic_load_explicit(&me->state, RLX) & 3) != FQ_PH_IDLE)
@@ -1021,6 +1023,8 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
     }
     s->held = 1 + (redelivered != 0);
     s->hold = *c;
+    /* for lag: given back, to come again (relaxed: statistics only) */
+    atomic_store_explicit(&q->members[s->m].held, 1, RLX);
 }
 
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
@@ -1041,28 +1045,70 @@ int fq_sub_spin(fq_sub *s, uint64_t ns)
 
 /* ---- status ---------------------------------------------------------- */
 
+/* The put that claimed the region at x and has no header there yet (its
+ * header at x is written last), in progress or killed before recovery
+ * repaired it: the end of the range its intent names, *k its messages; 0 if
+ * no intent names [x, end <= t).  A won intent is preferred to one still in
+ * its tail CAS (which may have lost it). */
+static uint64_t fq_region_put(fq_queue *q, uint64_t x, uint64_t t, uint64_t *k)
+{
+    uint64_t found = 0;
+    for (uint32_t sl = 0; sl < q->nslots; sl++) {
+        if (FQ_SLOT_KIND(atomic_load(&q->slots[sl].word)) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[sl].lane[l].prod;
+            uint64_t st = atomic_load(&in->state);
+            if ((st & 3) == FQ_PH_IDLE)
+                continue;
+            uint64_t pos = atomic_load(&in->pos), end = atomic_load(&in->end);
+            uint64_t n = atomic_load(&in->n);
+            /* a message takes at least 32 bytes (header and index prefix) */
+            if (pos != x || end <= x || end > t || end - x > q->cap ||
+                n > (end - x) / (FQ_REC_HDR + q->prefix) || atomic_load(&in->state) != st)
+                continue;
+            if (!found || (st & 3) == FQ_PH_WON) {
+                found = end;
+                *k = n;
+            }
+            if ((st & 3) == FQ_PH_WON)
+                return found;
+        }
+    }
+    return found;
+}
+
+/*
+ * Messages the group is still to deliver: those from its head on (a put in
+ * progress counts, a killed publisher's abandoned ones do not), and those of
+ * claims given back to it: by a member that died or closed holding them (an
+ * orphan, for another member) or by nack (held for the member's next read).
+ * Not those delivered and not yet acknowledged.
+ */
 static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
-    uint64_t pub, t = fq_tail_pair(q, &pub);
+    uint64_t t = atomic_load(&q->ctrl->tail);
     uint64_t h = atomic_load(&g->head);
     uint64_t rel = atomic_load(&q->ctrl->release);
     if (q->drop && h < rel)
         h = rel; /* lapped: what it lost is not to come */
-    /* the claims dead members left to the group come again: each orphan's
-     * messages once (a taker killed mid-take leaves two entries with one
-     * claim until the next reap), unless a drop topic overwrote them */
+    /* the claims given back come again: each orphan's messages once (a taker
+     * killed mid-take leaves two entries with one claim until the next
+     * reap), and each nacked one, unless a drop topic overwrote them */
     uint64_t n = 0;
     uint32_t gi = (uint32_t)(g - q->groups), hwm = fq_hwm(q);
     for (uint32_t i = 0; i < hwm; i++) {
         fq_member *e = &q->members[i];
-        if (FQ_SLOT_KIND(atomic_load(&e->word)) != FQ_MEM_ORPHAN ||
-            atomic_load(&e->group) != gi || (atomic_load(&e->state) & 3) != FQ_PH_WON)
+        unsigned kind = FQ_SLOT_KIND(atomic_load(&e->word));
+        if (atomic_load(&e->group) != gi || (atomic_load(&e->state) & 3) != FQ_PH_WON)
+            continue;
+        if (kind != FQ_MEM_ORPHAN && !(kind == FQ_MEM_ACTIVE && atomic_load(&e->held)))
             continue;
         uint64_t pos = atomic_load(&e->pos), end = atomic_load(&e->end);
         if (pos >= h || (q->drop && pos < rel))
             continue;
         int seen = 0;
-        for (uint32_t j = 0; j < i && !seen; j++) {
+        for (uint32_t j = 0; j < i && !seen && kind == FQ_MEM_ORPHAN; j++) {
             fq_member *o = &q->members[j];
             seen = FQ_SLOT_KIND(atomic_load(&o->word)) == FQ_MEM_ORPHAN &&
                    atomic_load(&o->group) == gi &&
@@ -1075,24 +1121,36 @@ static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
     }
     if (h >= t || t - h > q->cap)
         return n;
-    /* then the messages from the head on (a killed publisher's abandoned
-     * ones are not to come), walking the records; a region without headers
-     * yet (a put between its claim and its headers) is counted by index */
+    /* then the messages from the head on, walking the records; a region
+     * without headers yet is a put's, counted by the intent that names it */
     uint64_t x = h;
+    int tries = 0;
     while (x < t) {
         fq_rec *r = fq_rec_at(q, x);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
-        uint64_t span = fq_span(q, x, w, r->len);
-        if (!span || !fq_match(q, x, w))
-            break;
+        uint64_t span = fq_match(q, x, w) ? fq_span(q, x, w, r->len) : 0;
+        if (!span) {
+            uint64_t k = 0, end = fq_region_put(q, x, t, &k);
+            if (end) {
+                n += k;
+                x = end;
+                continue;
+            }
+            if (q->drop) { /* lapped while we walked: the rest starts at release */
+                uint64_t rel2 = atomic_load(&q->ctrl->release);
+                if (rel2 > x && rel2 <= t && !(rel2 & 15)) {
+                    x = rel2;
+                    continue;
+                }
+            }
+            /* its headers appeared meanwhile (look again), or corrupt */
+            if (++tries > 3)
+                break;
+            continue;
+        }
         unsigned st = w & 7;
         n += st == FQ_REC_COMMITTED || st == FQ_REC_WRITING;
         x += span;
-    }
-    if (x < t) {
-        uint64_t idx = fq_first_index(q, x);
-        if (idx != UINT64_MAX && pub > idx)
-            n += pub - idx;
     }
     return n;
 }

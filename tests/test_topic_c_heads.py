@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cseg import CAP, lib, mk, seq_of  # noqa: E402
 from _procs import children, fork, reap  # noqa: E402
 from test_topic_c import (CTRL_EPOCH, CTRL_RELEASE, DURABLE, EARLIEST, GROUP, T,  # noqa: E402
-                          _ctrl_u64, _poke_ctrl_u64, trec)
+                          _ctrl_u64, _poke_ctrl_u64, _publisher_child, recover_fully, trec)
 
 import pytest  # noqa: E402
 
@@ -157,5 +157,114 @@ def test_regression_durable_subscriber_lagging_past_2_51_bytes(path, lag_bytes):
         assert (d.dropped(), d.lag()) == (1000, 0)
         assert _group_info(t, "d")["position"] == st["tail"]
         d.unsubscribe()
+    finally:
+        t.close()
+
+
+# ---------------------------------------------------------------------------
+# lag: what it counts (issue 9, suspected item on lag)
+
+
+def test_lag_counts_a_nacked_claim_like_one_given_back_on_close(path):
+    """Issue 9: lag counted a message given back by close() (an orphan) but not
+    one given back by nack() (fq_sub_hold).  lag counts what the group is still
+    to deliver: both, but not a delivery in flight (received, not settled)."""
+    t = T.create(path, capacity=CAP)
+    try:
+        a = t.subscribe("g", GROUP)
+        b = t.subscribe("g", GROUP)
+        for i in range(3):
+            assert t.put(mk(i, 64)) == 0
+        assert a.lag() == 3
+        rc, c = a.begin(1)
+        assert rc == 0 and c.n == 1
+        assert a.lag() == 2, "a delivery in flight is not to come"
+        a.hold(c, 0, 1)  # nack: comes again
+        assert a.lag() == b.lag() == 3
+        assert [r["lag"] for _, r in t.info() if r["name"] == "g"] == [3, 3]
+        rc, c = a.begin(1)
+        assert rc == 0 and c.redelivered and [seq_of(m) for _, m in a.read(c)] == [0]
+        assert a.lag() == 2
+        a.end(c)
+        assert a.lag() == 2
+        rc, c = b.begin(1)  # message 1, then b closes holding it: an orphan
+        assert rc == 0 and c.n == 1 and a.lag() == 1
+        b.unsubscribe()
+        assert a.lag() == 2
+        assert [(seq_of(m), red) for _, m, red in a.drain()] == [(1, 1), (2, 0)]
+        assert a.lag() == 0
+    finally:
+        t.close()
+
+
+def test_lag_counts_a_nacked_remainder_of_a_claim(path):
+    """A claim kept from a message on (the rest of a claim taken over, or a
+    nack from the middle): lag counts what is left of it."""
+    t = T.create(path, capacity=CAP)
+    try:
+        a = t.subscribe("g", GROUP)
+        for i in range(4):
+            assert t.put(mk(i, 64)) == 0
+        rc, c = a.begin(3)
+        assert rc == 0 and c.n == 3
+        assert a.next(c)[0] == mk(0, 64)
+        _, _, pos1 = a.next(c)  # message 1: given back from here
+        a.hold(c, pos1, 1)
+        assert a.lag() == 3  # 1, 2 held; 3 after the head
+        got = a.drain()
+        assert [(seq_of(m), red) for _, m, red in got] == [(1, 1), (2, 1), (3, 0)]
+        assert a.lag() == 0
+    finally:
+        t.close()
+
+
+def test_lag_counts_past_a_put_killed_before_its_headers(path):
+    """Issue 9: fq_group_lag stopped at a region without headers (a put killed
+    between its tail CAS and its headers, until recovery) and ignored every
+    message after it; its count-by-index fallback never fired there.  Correct:
+    the killed put's message counts like a put in progress (its intent names
+    the region) until recovery abandons it, and the messages after it count."""
+    t = T.create(path, capacity=CAP)
+    try:
+        s = t.subscribe("x")
+        with children() as pids:
+            pid = fork(_publisher_child, path, "put_after_claim", 1, [[mk(0, 64)]])
+            pids.append(pid)
+            assert reap(pid) == 9
+            pids.remove(pid)
+        for i in range(1, 4):
+            assert t.put(mk(i, 64)) == 0
+        assert s.lag() == 4
+        assert _group_info(t, "x")["lag"] == 4
+        recover_fully(t)
+        assert s.lag() == 3
+        assert [seq_of(m) for _, m, _ in s.drain()] == [1, 2, 3]
+        assert s.lag() == 0
+    finally:
+        t.close()
+
+
+def test_lag_counts_past_a_put_in_progress(path):
+    """A put paused between its tail CAS and its headers: lag counts it and
+    every message after it; all of them then come."""
+    t = T.create(path, capacity=CAP)
+    try:
+        s = t.subscribe("x")
+        notify_r, notify_w = os.pipe()
+        resume_r, resume_w = os.pipe()
+        with children() as pids:
+            pid = fork(_paused_publisher_child, path, "put_after_claim", notify_w, resume_r, 64)
+            pids.append(pid)
+            assert _wait_byte(notify_r) == b"P"
+            for i in range(2):
+                assert t.put(mk(i, 64)) == 0
+            assert s.lag() == 3
+            os.write(resume_w, b"G")
+            assert reap(pid) == 10
+            pids.remove(pid)
+        assert s.lag() == 3
+        assert [seq_of(m) for _, m, _ in s.drain()] == [9999, 0, 1]
+        for fd in (notify_r, notify_w, resume_r, resume_w):
+            os.close(fd)
     finally:
         t.close()
