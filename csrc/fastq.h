@@ -197,7 +197,9 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered);
 /* Wait up to timeout_ns for data at the subscription's group head. */
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin);
 int fq_sub_spin(fq_sub *s, uint64_t ns);
-/* Messages published that the group has not finished; drops (drop topics). */
+/* Messages published that the group is still to deliver (not taken yet, or
+ * given back: an orphan's claim, a claim kept by fq_sub_hold; not a claim
+ * open); drops (drop topics). */
 uint64_t fq_sub_lag(fq_sub *s);
 uint64_t fq_sub_dropped(fq_sub *s);
 uint32_t fq_sub_index(fq_sub *s);
@@ -217,9 +219,12 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
 
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);
-/* Test hook for races: when set, the calling process stops itself
- * (SIGSTOP) at the named crash point, once, on its countdown-th pass; the
- * test sees it stopped (waitpid with WUNTRACED), acts, then sends SIGCONT. */
-void fq_test_set_pause_point(const char *name, int countdown);
+/* Test hook for races: the countdown-th time the calling process reaches the
+ * named point (a crash point's name), it pauses, once: with notify_fd >= 0 it
+ * writes one byte to notify_fd and blocks until it can read one byte from
+ * resume_fd (or resume_fd reaches EOF); with notify_fd < 0 it stops itself
+ * (SIGSTOP), the test sees it stopped (waitpid WUNTRACED), acts, then sends
+ * SIGCONT.  An empty name disarms it. */
+void fq_test_set_pause_point(const char *name, int countdown, int notify_fd, int resume_fd);
 
 #endif

@@ -130,6 +130,7 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos);
 int fq_topic_space_ready(fq_queue *q, uint64_t need);
 int fq_topic_reap(fq_queue *q);
 int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n);
+void fq_topic_tables_changed(fq_queue *q); /* before the lock is dropped */
 
 int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
 void fq_lane_put(fq_queue *q, int lane);

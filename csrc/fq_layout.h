@@ -37,10 +37,11 @@
  *                             so every topic record knows its message index
  *     256  head u64           consumers' claim cursor (CAS)
  *     384  release u64        oldest position still in use (CAS)
- *     392  release_epoch u64  topics (block): bumped by each new group; a
- *                             publisher moves release with a 16-byte CAS of
- *                             (release, epoch), so one whose scan may have
- *                             missed a new group fails and scans again
+ *     392  release_epoch u64  topics (block): bumped by each change of the
+ *                             member and group tables; a publisher moves
+ *                             release with a 16-byte CAS of (release, epoch),
+ *                             so one whose scan may have missed a change
+ *                             fails and scans again
  *     512  data_seq u32       futex word: bumped when data appears
  *     516  space_seq u32      futex word: bumped when space appears
  *     520  state u32          FQ_STATE_* bits (shutdown)
@@ -85,7 +86,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 4u
+#define FQ_VERSION 5u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
@@ -217,21 +218,23 @@ typedef struct fq_slot {
  * the cursors and claims in them are read lock-free by publishers.
  *
  * fq_group (128 bytes):
- *   word      kind (FQ_GRP_FREE / FQ_GRP_ACTIVE) | flags << 8
- *   head      the group's claim cursor, packed with the member that moved
- *             it last: (pos >> 4) mod 2^48 << 16 | (member index + 1).
- *             The full position is rebuilt next to tail (fq_head_pos).
- *   next_idx  index of the first message the group has not yet finished
- *             (moves up only; UINT64_MAX: not known yet)
- *   dropped   overflow="drop": messages the group lost to lapping
- *   orphans   hint: claims left by dead members, waiting for a member
- *   name      NUL-terminated
+ *   0   word      kind (FQ_GRP_FREE / FQ_GRP_ACTIVE) | flags << 8
+ *   8   next_idx  index of the first message the group has not yet finished
+ *                 (moves up only; UINT64_MAX: not known yet)
+ *   16  head      the group's claim cursor (a position), and
+ *   24  head_by   the member that moved it last (index + 1; 0: none): a
+ *                 16-byte aligned pair, moved together by one 16-byte CAS
+ *   32  dropped   overflow="drop": messages the group lost to lapping
+ *   40  orphans   hint: claims left by dead members, waiting for a member
+ *   64  name      NUL-terminated
  *
  * fq_member (128 bytes): one subscription.
  *   word        FQ_SLOT_WORD(kind, gen, pid): FREE, ACTIVE (owned by pid,
  *               start time in start_time) or ORPHAN (its owner died or left
  *               holding a claim: the claim waits for another member)
  *   group       index of its group
+ *   held        1: its claim was given back (nack) and waits for the
+ *               member's next read (only the member writes it; for lag)
  *   pos,end,n   its claim [pos, end) of n messages, and
  *   state       seq << 2 | phase (FQ_PH_IDLE, CLAIMING, WON); seq counts
  *               claims, so that a CAS on state never succeeds on a newer one
@@ -245,11 +248,12 @@ enum { FQ_MEM_FREE = 0, FQ_MEM_ACTIVE = 2, FQ_MEM_ORPHAN = 3 };
 
 typedef struct fq_group {
     _Atomic uint64_t word;
-    _Atomic uint64_t head;
     _Atomic uint64_t next_idx;
+    _Atomic uint64_t head;
+    _Atomic uint64_t head_by; /* 16-byte aligned pair with head */
     _Atomic uint64_t dropped;
     _Atomic uint64_t orphans;
-    uint8_t pad[24];
+    uint8_t pad[16];
     char name[FQ_GROUP_NAME];
 } fq_group;
 
@@ -257,7 +261,7 @@ typedef struct fq_member {
     _Atomic uint64_t word;
     _Atomic uint64_t start_time;
     _Atomic uint32_t group;
-    uint32_t pad0;
+    _Atomic uint32_t held;
     _Atomic uint64_t pos;
     _Atomic uint64_t end;
     _Atomic uint64_t n;
@@ -267,7 +271,16 @@ typedef struct fq_member {
 } fq_member;
 
 _Static_assert(sizeof(fq_group) == 128, "a group is 128 bytes");
+_Static_assert(offsetof(fq_group, next_idx) == 8, "next_idx at 8");
+_Static_assert(offsetof(fq_group, head) == 16, "head at 16, 16-byte aligned");
+_Static_assert(offsetof(fq_group, head_by) == 24, "head_by pairs with head");
+_Static_assert(offsetof(fq_group, dropped) == 32, "dropped at 32");
+_Static_assert(offsetof(fq_group, orphans) == 40, "orphans at 40");
+_Static_assert(offsetof(fq_group, name) == 64, "name at 64");
 _Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
+_Static_assert(offsetof(fq_member, group) == 16 && offsetof(fq_member, held) == 20 &&
+                   offsetof(fq_member, pos) == 24 && offsetof(fq_member, state) == 48,
+               "member offsets");
 
 typedef struct fq_rec {
     _Atomic uint64_t word;

@@ -529,6 +529,9 @@ void fq_lock_wait(fq_queue *q)
 
 void fq_lock_drop(fq_queue *q)
 {
+    /* a topic's tables may have changed under the lock: publishers' release
+     * scans in progress must look again (seq_cst CAS, before the unlock) */
+    fq_topic_tables_changed(q);
     atomic_store(&q->ctrl->recover_lock, 0);
     pthread_mutex_unlock(&fq_recover_mu);
 }

@@ -143,40 +143,44 @@ static char fq_crash_name[64];
 static _Atomic int fq_crash_countdown;
 static char fq_pause_name[64];
 static _Atomic int fq_pause_countdown;
+static int fq_pause_fd[2] = {-1, -1}; /* notify, resume */
+
+static void fq_test_arm(void)
+{
+    atomic_store(&fq_crash_armed, fq_crash_name[0] != 0 || fq_pause_name[0] != 0);
+}
 
 void fq_test_set_crash_point(const char *name, int countdown)
 {
-    if (!name || !*name) {
-        fq_crash_name[0] = 0;
-        atomic_store(&fq_crash_armed, fq_pause_name[0] != 0);
-        return;
-    }
-    snprintf(fq_crash_name, sizeof fq_crash_name, "%s", name);
+    snprintf(fq_crash_name, sizeof fq_crash_name, "%s", name ? name : "");
     atomic_store(&fq_crash_countdown, countdown);
-    atomic_store(&fq_crash_armed, 1);
+    fq_test_arm();
 }
 
-void fq_test_set_pause_point(const char *name, int countdown)
+void fq_test_set_pause_point(const char *name, int countdown, int notify_fd, int resume_fd)
 {
-    if (!name || !*name) {
-        fq_pause_name[0] = 0;
-        atomic_store(&fq_crash_armed, fq_crash_name[0] != 0);
-        return;
-    }
-    snprintf(fq_pause_name, sizeof fq_pause_name, "%s", name);
+    snprintf(fq_pause_name, sizeof fq_pause_name, "%s", name ? name : "");
     atomic_store(&fq_pause_countdown, countdown);
-    atomic_store(&fq_crash_armed, 1);
+    fq_pause_fd[0] = notify_fd;
+    fq_pause_fd[1] = resume_fd;
+    fq_test_arm();
 }
 
 void fq_crash_check(const char *name)
 {
-    if (fq_pause_name[0] && strcmp(name, fq_pause_name) == 0 &&
-        atomic_fetch_sub(&fq_pause_countdown, 1) == 1)
-        raise(SIGSTOP); /* once: the countdown goes on below zero */
-    if (!fq_crash_name[0] || strcmp(name, fq_crash_name) != 0)
-        return;
-    if (atomic_fetch_sub(&fq_crash_countdown, 1) <= 1)
+    if (fq_crash_name[0] && strcmp(name, fq_crash_name) == 0 &&
+        atomic_fetch_sub(&fq_crash_countdown, 1) <= 1)
         _exit(9);
+    if (fq_pause_name[0] && strcmp(name, fq_pause_name) == 0 &&
+        atomic_fetch_sub(&fq_pause_countdown, 1) == 1) {
+        /* once: tell the test, then wait for its go (or for it to close) */
+        char b = 'P';
+        if (fq_pause_fd[0] < 0)
+            raise(SIGSTOP);
+        else if (write(fq_pause_fd[0], &b, 1) == 1)
+            while (read(fq_pause_fd[1], &b, 1) < 0 && errno == EINTR)
+                ;
+    }
 }
 
 /* ---- create / open ----------------------------------------------------- */

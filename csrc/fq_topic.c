@@ -22,13 +22,16 @@
  * A member reads by claiming from its group's head, like a queue consumer:
  *   1. H = head (pos h, last claimer); walk the committed records from h.
  *   2. Intent in its entry: pos h, end p, n, state seq|CLAIMING (seq_cst).
- *   3. CAS head H -> (p, me) (seq_cst).  Then state WON.
+ *   3. CAS the head pair H -> (p, me) (16 bytes, seq_cst).  Then state WON.
  *   4. Copy; in a drop topic, check each copy afterwards: release still at
  *      or below the message's position (fq_sub_intact).
  *   5. State IDLE (release): the records may be reused from now on.
- * A publisher's scan loads tail, then every group head, then every claim
- * (all seq_cst): a claim whose CAS it saw is visible to it, and a claim it
- * did not see is at or above the head it loaded.
+ * A publisher's scan loads tail, then every group head, then the table's
+ * bound (subs_hwm) again, then every claim (all seq_cst): a claim whose CAS
+ * it saw is visible to it, and a claim it did not see is at or above the
+ * head it loaded.  Besides, every change of the tables made under the
+ * segment lock bumps the epoch when the lock is dropped
+ * (fq_topic_tables_changed), so a scan that began before it fails its CAS.
  *
  * Crash windows.  A member that dies with a claim WON leaves an ORPHAN:
  * recovery keeps the entry, claim and all, and the next member of the group
@@ -66,7 +69,6 @@
 struct fq_sub {
     fq_queue *q;
     uint32_t m, g;  /* our member entry and its group */
-    uint64_t ref;   /* a recent position, to rebuild the packed head */
     unsigned epoch; /* fork epoch at subscribe: a forked child's copy is not ours */
     uint64_t word;  /* our member word: still ours? */
     int held;       /* a claim kept by fq_sub_hold, returned again next */
@@ -74,29 +76,6 @@ struct fq_sub {
 };
 
 static void fq_sub_account(fq_sub *s, fq_claim *c);
-
-/* ---- packed group heads ---------------------------------------------- */
-
-#define FQ_HEAD_LOW 0xffffffffffffull /* 48 bits of pos >> 4 */
-
-static inline uint64_t fq_head_pack(uint64_t pos, uint32_t id)
-{
-    return ((pos >> 4) & FQ_HEAD_LOW) << 16 | (id & 0xffff);
-}
-
-static inline uint32_t fq_head_id(uint64_t h)
-{
-    return (uint32_t)(h & 0xffff);
-}
-
-/* The position whose packed form is h, nearest to ref (a recent tail):
- * heads are within 2^51 bytes of tail, so the difference fits 48 bits. */
-static inline uint64_t fq_head_pos(uint64_t h, uint64_t ref)
-{
-    uint64_t d = ((h >> 16) - (ref >> 4)) & FQ_HEAD_LOW;
-    int64_t sd = (int64_t)(d << 16) >> 16; /* sign-extend 48 bits */
-    return (ref & ~(uint64_t)15) + (uint64_t)(sd * 16);
-}
 
 static inline uint64_t fq_rec_index(fq_rec *r)
 {
@@ -122,6 +101,47 @@ static int fq_cas2(_Atomic uint64_t *p, uint64_t *lo, uint64_t *hi, uint64_t nlo
     return 0;
 }
 
+/* ---- group heads ----------------------------------------------------- */
+
+/*
+ * A group's head is a pair (pos, by): the position its next claim starts at
+ * and the member that moved it there (index + 1; 0: none), a 16-byte aligned
+ * pair moved whole by fq_cas2, by a claim or a lapped member, always to a
+ * position beyond the one it replaces (fq_subscribe stores a new group's
+ * under the lock, before any member can read it).  Positions are full 64-bit
+ * values: nothing is rebuilt, however far a group lags.
+ */
+typedef struct fq_head {
+    uint64_t pos, by;
+} fq_head;
+
+/* The pair as one value the head held: pos, by, then pos again (seq_cst,
+ * the order of fq_cas2's single store): since every move changes pos, an
+ * unchanged pos brackets the load of by. */
+static fq_head fq_head_read(fq_group *g)
+{
+    fq_head H;
+    do {
+        H.pos = atomic_load_explicit(&g->head, SEQ);
+        H.by = atomic_load_explicit(&g->head_by, SEQ);
+    } while (atomic_load_explicit(&g->head, SEQ) != H.pos);
+    return H;
+}
+
+/* Move the head from *H to (pos, by); on failure *H is the current pair. */
+static int fq_head_cas(fq_group *g, fq_head *H, uint64_t pos, uint64_t by)
+{
+    return fq_cas2(&g->head, &H->pos, &H->by, pos, by);
+}
+
+/* Under the lock, a group being made: set its head whatever it was. */
+static void fq_head_store(fq_group *g, uint64_t pos)
+{
+    fq_head H = fq_head_read(g);
+    while (!fq_head_cas(g, &H, pos, 0))
+        ;
+}
+
 /* block topics: make every publisher's scan in progress fail its release
  * CAS (fq_topic_release), after a change it may have missed */
 static void fq_bump_epoch(fq_queue *q)
@@ -130,6 +150,18 @@ static void fq_bump_epoch(fq_queue *q)
     uint64_t rel = atomic_load(&c->release), ep = atomic_load(&c->release_epoch);
     while (!q->drop && !fq_cas2(&c->release, &rel, &ep, rel, ep + 1))
         ;
+}
+
+/* The segment lock is being dropped (fq_lock_drop): whatever changed in the
+ * member and group tables while it was held (a member joined or left, a
+ * group was made or forgotten, an orphan taken, a dead member reaped), a
+ * publisher's scan that began before may have missed it, and now fails its
+ * release CAS.  One rule at one place, instead of a bump at each change site
+ * (the sites that need one before they finish still bump there). */
+void fq_topic_tables_changed(fq_queue *q)
+{
+    if (q->topic)
+        fq_bump_epoch(q);
 }
 
 /* tail and published move together.  On failure, *t and *cnt are the
@@ -161,14 +193,19 @@ uint64_t fq_topic_release(fq_queue *q)
         uint64_t t0 = atomic_load_explicit(&c->tail, SEQ);
         uint64_t m = t0;
         uint32_t hwm = fq_hwm(q);
+        FQ_CRASH_POINT("topic_release_after_hwm");
         for (uint32_t i = 0; i < hwm; i++) {
             fq_group *g = &q->groups[i];
             if ((atomic_load_explicit(&g->word, SEQ) & 0xff) != FQ_GRP_ACTIVE)
                 continue;
-            uint64_t h = fq_head_pos(atomic_load_explicit(&g->head, SEQ), t0);
+            uint64_t h = atomic_load_explicit(&g->head, SEQ);
             if (h < m)
                 m = h;
         }
+        /* the bound again, after the heads: a member that joined a group
+         * (subs_hwm stored before its entry, under the lock) and claimed by a
+         * head CAS we saw above is below the bound we load now */
+        hwm = fq_hwm(q);
         for (uint32_t i = 0; i < hwm; i++) {
             fq_member *e = &q->members[i];
             unsigned kind = FQ_SLOT_KIND(atomic_load_explicit(&e->word, SEQ));
@@ -337,11 +374,10 @@ static void fq_member_leave(fq_queue *q, uint32_t i, int dead)
     }
     fq_group *g = &q->groups[gi];
     /* the head before the state: see the top of this file */
-    uint64_t H = atomic_load(&g->head);
+    fq_head H = fq_head_read(g);
     uint64_t st = atomic_load(&e->state);
     if (dead && (st & 3) == FQ_PH_CLAIMING) {
-        uint64_t t = atomic_load(&q->ctrl->tail);
-        if (fq_head_id(H) == i + 1 && fq_head_pos(H, t) == atomic_load(&e->end))
+        if (H.by == i + 1 && H.pos == atomic_load(&e->end))
             atomic_compare_exchange_strong(&e->state, &st, (st & ~(uint64_t)3) | FQ_PH_WON);
         st = atomic_load(&e->state);
         if ((st & 3) == FQ_PH_CLAIMING) /* it lost its CAS: nothing claimed */
@@ -541,7 +577,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         atomic_store(&g->orphans, 0);
         /* visible at release first: no publisher passes it while we look
          * for where to start (see the top of this file) */
-        atomic_store(&g->head, fq_head_pack(atomic_load(&c->release), 0));
+        fq_head_store(g, atomic_load(&c->release));
         atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)(flags | FQ_GRP_INIT) << 8);
         FQ_CRASH_POINT("subscribe_group_visible");
         /* bump the epoch (block): a publisher whose scan missed the group
@@ -563,13 +599,14 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
             pos = fq_tail_pair(q, &idx);
         }
         atomic_store(&g->next_idx, idx);
-        atomic_store(&g->head, fq_head_pack(pos, 0));
+        fq_head_store(g, pos);
         atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)flags << 8); /* made */
     }
     fq_member *e = &q->members[mi];
     uint64_t ow = atomic_load(&e->word);
     atomic_store(&e->start_time, fq_self_start_time());
     atomic_store(&e->group, gi);
+    atomic_store(&e->held, 0);
     atomic_store(&e->pos, 0);
     atomic_store(&e->end, 0);
     atomic_store(&e->n, 0);
@@ -582,7 +619,6 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     s->q = q;
     s->m = mi;
     s->g = gi;
-    s->ref = atomic_load(&c->tail);
     s->epoch = atomic_load(&fq_fork_epoch);
     s->word = w;
     *out = s;
@@ -778,6 +814,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         c->kept = 0;
         c->count = 0;
         s->held = 0;
+        atomic_store_explicit(&me->held, 0, RLX); /* in flight again */
         return FQ_OK;
     }
     if ((atomic_load_explicit(&me->state, RLX) & 3) != FQ_PH_IDLE)
@@ -790,10 +827,8 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return FQ_OK;
     uint32_t myid = s->m + 1;
     for (;;) {
-        uint64_t H = atomic_load_explicit(&g->head, ACQ);
-        /* rebuilt next to the last head we saw: no load of the publishers'
-         * busy tail line on this path */
-        uint64_t h = fq_head_pos(H, s->ref);
+        fq_head H = fq_head_read(g);
+        uint64_t h = H.pos;
         if (q->drop) {
             uint64_t rel = atomic_load_explicit(&ctl->release, ACQ);
             if (rel & 15)
@@ -801,15 +836,12 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             if (h < rel) {
                 /* lapped: go on from the oldest record retained (drops are
                  * counted from the message indices in fq_sub_end) */
-                atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(rel, myid),
-                                                        SEQ, RLX);
-                s->ref = rel;
+                fq_head_cas(g, &H, rel, myid);
                 continue;
             }
         }
-        uint32_t prev = fq_head_id(H);
-        if (prev && prev != myid)
-            fq_help(q, prev - 1, s->g, h);
+        if (H.by && H.by != myid && H.by <= q->nsubs)
+            fq_help(q, (uint32_t)(H.by - 1), s->g, h);
         uint64_t p = h, n = 0, bytes = 0, first_off = 0;
         int lapped = 0;
         while (n < max_n && p - h < q->cap) {
@@ -850,8 +882,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
              * drop topic; only a corrupt segment in a block topic) */
             uint64_t t = atomic_load_explicit(&ctl->tail, SEQ);
             uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
-            s->ref = t;
-            if (atomic_load_explicit(&g->head, SEQ) != H)
+            if (atomic_load_explicit(&g->head, SEQ) != h)
                 continue; /* another member moved it */
             if (h < rel && q->drop)
                 continue; /* lapped: the drop check above moves us on */
@@ -870,8 +901,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
          * this claim */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_CLAIMING, REL);
         FQ_CRASH_POINT("sub_after_intent");
-        if (!atomic_compare_exchange_strong_explicit(&g->head, &H, fq_head_pack(p, myid), SEQ,
-                                                     RLX)) {
+        if (!fq_head_cas(g, &H, p, myid)) {
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
@@ -892,7 +922,6 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 fq_wake(q, FQ_WAIT_SPACE);
             continue;
         }
-        s->ref = p;
         fq_fill_claim(q, c, h, p, n, first_off, 0);
         return FQ_OK;
     }
@@ -1048,13 +1077,15 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
     }
     s->held = 1 + (redelivered != 0);
     s->hold = *c;
+    /* for lag: given back, to come again (relaxed: statistics only) */
+    atomic_store_explicit(&q->members[s->m].held, 1, RLX);
 }
 
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
 {
     fq_queue *q = s->q;
     uint64_t t = atomic_load(&q->ctrl->tail);
-    uint64_t h = fq_head_pos(atomic_load(&q->groups[s->g].head), t);
+    uint64_t h = atomic_load(&q->groups[s->g].head);
     if (atomic_load(&q->groups[s->g].orphans))
         return;
     if ((atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN) && h == t && !fq_group_drained(s)) {
@@ -1070,35 +1101,76 @@ void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
 int fq_sub_spin(fq_sub *s, uint64_t ns)
 {
     fq_queue *q = s->q;
-    uint64_t t = atomic_load(&q->ctrl->tail);
-    uint64_t h = fq_head_pos(atomic_load(&q->groups[s->g].head), t);
+    uint64_t h = atomic_load(&q->groups[s->g].head);
     return fq_spin(q, FQ_WAIT_DATA, h, ns);
 }
 
 /* ---- status ---------------------------------------------------------- */
 
+/* The put that claimed the region at x and has no header there yet (its
+ * header at x is written last), in progress or killed before recovery
+ * repaired it: the end of the range its intent names, *k its messages; 0 if
+ * no intent names [x, end <= t).  A won intent is preferred to one still in
+ * its tail CAS (which may have lost it). */
+static uint64_t fq_region_put(fq_queue *q, uint64_t x, uint64_t t, uint64_t *k)
+{
+    uint64_t found = 0;
+    for (uint32_t sl = 0; sl < q->nslots; sl++) {
+        if (FQ_SLOT_KIND(atomic_load(&q->slots[sl].word)) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[sl].lane[l].prod;
+            uint64_t st = atomic_load(&in->state);
+            if ((st & 3) == FQ_PH_IDLE)
+                continue;
+            uint64_t pos = atomic_load(&in->pos), end = atomic_load(&in->end);
+            uint64_t n = atomic_load(&in->n);
+            /* a message takes at least 32 bytes (header and index prefix) */
+            if (pos != x || end <= x || end > t || end - x > q->cap ||
+                n > (end - x) / (FQ_REC_HDR + q->prefix) || atomic_load(&in->state) != st)
+                continue;
+            if (!found || (st & 3) == FQ_PH_WON) {
+                found = end;
+                *k = n;
+            }
+            if ((st & 3) == FQ_PH_WON)
+                return found;
+        }
+    }
+    return found;
+}
+
+/*
+ * Messages the group is still to deliver: those from its head on (a put in
+ * progress counts, a killed publisher's abandoned ones do not), and those of
+ * claims given back to it: by a member that died or closed holding them (an
+ * orphan, for another member) or by nack (held for the member's next read).
+ * Not those delivered and not yet acknowledged.
+ */
 static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
 {
-    uint64_t pub, t = fq_tail_pair(q, &pub);
-    uint64_t h = fq_head_pos(atomic_load(&g->head), t);
+    uint64_t t = atomic_load(&q->ctrl->tail);
+    uint64_t h = atomic_load(&g->head);
     uint64_t rel = atomic_load(&q->ctrl->release);
     if (q->drop && h < rel)
         h = rel; /* lapped: what it lost is not to come */
-    /* the claims dead members left to the group come again: each orphan's
-     * messages once (a taker killed mid-take leaves two entries with one
-     * claim until the next reap), unless a drop topic overwrote them */
+    /* the claims given back come again: each orphan's messages once (a taker
+     * killed mid-take leaves two entries with one claim until the next
+     * reap), and each nacked one, unless a drop topic overwrote them */
     uint64_t n = 0;
     uint32_t gi = (uint32_t)(g - q->groups), hwm = fq_hwm(q);
     for (uint32_t i = 0; i < hwm; i++) {
         fq_member *e = &q->members[i];
-        if (FQ_SLOT_KIND(atomic_load(&e->word)) != FQ_MEM_ORPHAN ||
-            atomic_load(&e->group) != gi || (atomic_load(&e->state) & 3) != FQ_PH_WON)
+        unsigned kind = FQ_SLOT_KIND(atomic_load(&e->word));
+        if (atomic_load(&e->group) != gi || (atomic_load(&e->state) & 3) != FQ_PH_WON)
+            continue;
+        if (kind != FQ_MEM_ORPHAN && !(kind == FQ_MEM_ACTIVE && atomic_load(&e->held)))
             continue;
         uint64_t pos = atomic_load(&e->pos), end = atomic_load(&e->end);
         if (pos >= h || (q->drop && pos < rel))
             continue;
         int seen = 0;
-        for (uint32_t j = 0; j < i && !seen; j++) {
+        for (uint32_t j = 0; j < i && !seen && kind == FQ_MEM_ORPHAN; j++) {
             fq_member *o = &q->members[j];
             seen = FQ_SLOT_KIND(atomic_load(&o->word)) == FQ_MEM_ORPHAN &&
                    atomic_load(&o->group) == gi &&
@@ -1111,24 +1183,36 @@ static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
     }
     if (h >= t || t - h > q->cap)
         return n;
-    /* then the messages from the head on (a killed publisher's abandoned
-     * ones are not to come), walking the records; a region without headers
-     * yet (a put between its claim and its headers) is counted by index */
+    /* then the messages from the head on, walking the records; a region
+     * without headers yet is a put's, counted by the intent that names it */
     uint64_t x = h;
+    int tries = 0;
     while (x < t) {
         fq_rec *r = fq_rec_at(q, x);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
-        uint64_t span = fq_span(q, x, w, r->len);
-        if (!span || !fq_match(q, x, w))
-            break;
+        uint64_t span = fq_match(q, x, w) ? fq_span(q, x, w, r->len) : 0;
+        if (!span) {
+            uint64_t k = 0, end = fq_region_put(q, x, t, &k);
+            if (end) {
+                n += k;
+                x = end;
+                continue;
+            }
+            if (q->drop) { /* lapped while we walked: the rest starts at release */
+                uint64_t rel2 = atomic_load(&q->ctrl->release);
+                if (rel2 > x && rel2 <= t && !(rel2 & 15)) {
+                    x = rel2;
+                    continue;
+                }
+            }
+            /* its headers appeared meanwhile (look again), or corrupt */
+            if (++tries > 3)
+                break;
+            continue;
+        }
         unsigned st = w & 7;
         n += st == FQ_REC_COMMITTED || st == FQ_REC_WRITING;
         x += span;
-    }
-    if (x < t) {
-        uint64_t idx = fq_first_index(q, x);
-        if (idx != UINT64_MAX && pub > idx)
-            n += pub - idx;
     }
     return n;
 }
@@ -1179,7 +1263,7 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
     out->flags = (uint32_t)((atomic_load(&g->word) >> 8) & 0xff);
     memcpy(out->name, g->name, sizeof out->name);
     out->name[sizeof out->name - 1] = 0;
-    out->position = fq_head_pos(atomic_load(&g->head), atomic_load(&q->ctrl->tail));
+    out->position = atomic_load(&g->head);
     out->lag = fq_group_lag(q, g);
     return 1;
 }

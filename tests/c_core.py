@@ -270,7 +270,8 @@ uint64_t fqt_member_field(fq_queue *q, uint32_t i, int field)
     default: return atomic_load(&e->got);
     }
 }
-/* group fields: 0 word, 1 head (packed), 2 next_idx, 3 dropped, 4 orphans */
+/* group fields: 0 word, 1 head (a position), 2 next_idx, 3 dropped, 4 orphans,
+ * 5 head_by (the member that moved the head: index + 1) */
 uint64_t fqt_group_field(fq_queue *q, uint32_t i, int field)
 {
     fq_group *g = &q->groups[i];
@@ -279,7 +280,8 @@ uint64_t fqt_group_field(fq_queue *q, uint32_t i, int field)
     case 1: return atomic_load(&g->head);
     case 2: return atomic_load(&g->next_idx);
     case 3: return atomic_load(&g->dropped);
-    default: return atomic_load(&g->orphans);
+    case 4: return atomic_load(&g->orphans);
+    default: return atomic_load(&g->head_by);
     }
 }
 uint64_t fqt_published(fq_queue *q) { return atomic_load(&q->ctrl->published); }

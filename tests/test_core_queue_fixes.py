@@ -48,7 +48,7 @@ def _put_child(path, point, datas):
 
 def _recover_child(path, point):
     q = Q.open(path)
-    lib.fq_test_set_pause_point(point.encode(), 1)
+    lib.fq_test_set_pause_point(point.encode(), 1, -1, -1)
     lib.fq_recover(q.q)
     return 0
 

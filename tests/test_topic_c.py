@@ -110,10 +110,9 @@ class T(Handle):
                 "state": f[6], "phase": f[6] & 3, "got": f[7]}
 
     def group(self, i):
-        f = [lib.fqt_group_field(self.q, i, k) for k in range(5)]
-        return {"kind": f[0] & 0xFF, "flags": (f[0] >> 8) & 0xFF, "head": f[1],
-                "head_pos": head_pos(f[1], self.stats()["tail"]), "head_id": f[1] & 0xFFFF,
-                "next_idx": f[2], "dropped": f[3], "orphans": f[4]}
+        f = [lib.fqt_group_field(self.q, i, k) for k in range(6)]
+        return {"kind": f[0] & 0xFF, "flags": (f[0] >> 8) & 0xFF, "head_pos": f[1],
+                "head_id": f[5], "next_idx": f[2], "dropped": f[3], "orphans": f[4]}
 
     def members_of_pid(self, pid):
         return [i for i in range(self.nsubs)
@@ -132,15 +131,6 @@ class T(Handle):
                                 "pid": inf.pid, "kind": inf.kind, "alive": inf.alive,
                                 "position": inf.position, "lag": inf.lag, "got": inf.got}))
         return out
-
-
-def head_pos(h, ref):
-    """fq_head_pos: the position packed in group head h, nearest to ref (tail)"""
-    low = (1 << 48) - 1
-    d = ((h >> 16) - (ref >> 4)) & low
-    if d >> 47:
-        d -= 1 << 48
-    return (ref & ~15) + d * 16
 
 
 class S:
@@ -1978,8 +1968,8 @@ def tag(salt, pos):
 INTERESTING = [0, 1, 2, 3, 7, 8, 15, 16, 24, 4095, 4096, 4104, 0xFFFF, 0x10000, 0xFFFFFFFF,
                0x7FFFFFFF, 1 << 32, 1 << 47, 1 << 48, 1 << 63, (1 << 64) - 1, (1 << 64) - 16]
 
-MEMBER_FIELDS = [(0, 8), (8, 8), (16, 4), (24, 8), (32, 8), (40, 8), (48, 8), (56, 8)]
-GROUP_FIELDS = [(0, 8), (8, 8), (16, 8), (24, 8), (32, 8)]
+MEMBER_FIELDS = [(0, 8), (8, 8), (16, 4), (20, 4), (24, 8), (32, 8), (40, 8), (48, 8), (56, 8)]
+GROUP_FIELDS = [(0, 8), (8, 8), (16, 8), (24, 8), (32, 8), (40, 8)]
 
 
 def _pack(b, off, size, v):
@@ -2027,14 +2017,15 @@ def _mutate(img, h, rng):
         elif r < 0.5:  # group index out of range
             put(mem(i, 16), 4, rng.choice([nsubs, nsubs + 1, 4096, 0xFFFFFFFF,
                                            rng.randrange(1 << 32)]), "member.group")
-        elif r < 0.56:  # garbage heads: any u64, or a position near tail with any id
+        elif r < 0.56:  # garbage heads: any u64, or a position near tail; any member
             if rng.random() < 0.5:
                 v = rng.randrange(1 << 64)
             else:
-                pos = tail + rng.choice([-2 * cap, -cap - 16, -16, 0, 16, 8, cap, 1 << 40])
-                v = (((pos % (1 << 64)) >> 4) & ((1 << 48) - 1)) << 16 | rng.choice(
-                    [0, 1, nsubs, nsubs + 1, 0xFFFF, i + 1])
-            put(grp(i, 8), 8, v, "group.head")
+                v = (tail + rng.choice([-2 * cap, -cap - 16, -16, 0, 16, 8, cap, 1 << 40,
+                                        1 << 63])) % (1 << 64)
+            put(grp(i, 16), 8, v, "group.head")
+            put(grp(i, 24), 8, rng.choice([0, 1, nsubs, nsubs + 1, 0xFFFF, i + 1, 1 << 32,
+                                           (1 << 64) - 1]), "group.head_by")
         elif r < 0.6:  # subs_hwm beyond the tables
             put(524, 4, rng.choice([nsubs + 1, nsubs + 7, 4097, 0xFFFFFFFF]), "subs_hwm")
         elif r < 0.64:  # a name without its NUL
@@ -2052,7 +2043,7 @@ def _mutate(img, h, rng):
             put(mem(i, 40), 8, rng.choice([0, 1, 3, 1 << 40]), "member.n")
             put(mem(i, 16), 4, rng.choice([0, 1, i]), "member.group")
             if rng.random() < 0.5:
-                put(grp(0, 32), 8, rng.choice([1, 5, 1 << 63]), "group.orphans")
+                put(grp(0, 40), 8, rng.choice([1, 5, 1 << 63]), "group.orphans")
         elif r < 0.74:  # a group made active with any flags
             put(grp(i, 0), 8, 1 | rng.randrange(256) << 8, "group.word")
         elif r < 0.9 and h["recs"]:  # a record: its len (even < 16), state, owner, index

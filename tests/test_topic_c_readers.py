@@ -368,9 +368,9 @@ def _earliest_paused_child(path, out_w):
     then report the group's start index and read one message: (start, first index,
     dropped) as three u64 on out_w"""
     t = T.open(path)
-    lib.fq_test_set_pause_point(b"subscribe_earliest_look", 1)
+    lib.fq_test_set_pause_point(b"subscribe_earliest_look", 1, -1, -1)
     s = t.subscribe("e", ANON, EARLIEST)
-    lib.fq_test_set_pause_point(b"", 0)
+    lib.fq_test_set_pause_point(b"", 0, -1, -1)
     start = lib.fqt_group_field(t.q, lib.fqt_member_field(t.q, s.index(), 2), 2)
     rc, c = s.begin(1)
     if rc:

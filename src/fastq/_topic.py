@@ -39,7 +39,8 @@ class SubscriberInfo(NamedTuple):
     position: int
     """Byte position of its group's cursor in the topic's log."""
     lag: int
-    """Messages published that its group has not received yet."""
+    """Messages published that its group is still to deliver (see
+    ``Subscription.lag``)."""
 
 
 class Topic(_Handle):
@@ -362,7 +363,9 @@ class Subscription:
 
     @property
     def lag(self) -> int:
-        """Messages published that this subscription's group has not received."""
+        """Messages published that this subscription's group is still to deliver:
+        not taken yet, or given back (``nack()``, a member's ``close()`` or death);
+        not a delivery received and not yet settled."""
         return self._sub.lag
 
     @property
