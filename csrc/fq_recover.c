@@ -2,10 +2,9 @@
  * fq_recover.c - repairing what a process killed mid-operation left behind.
  *
  * Called by waiters that made no progress for a while (and when no slot is
- * free), by any process, at any time.  One process recovers at a time:
- * ctrl->recover_lock (pid and start time) is taken by CAS and stolen from a
- * dead holder.  Every
- * step is a CAS from a state that says what comes next, so a recoverer
+ * free), by any process, at any time.  One process recovers at a time: it
+ * holds the segment lock (the file lock FQ_LOCK_SEGMENT, which the kernel
+ * drops when its holder dies or execs).  Every step is a CAS from a state that says what comes next, so a recoverer
  * killed midway is finished by the next one.
  *
  * What a dead process can leave, and what recovery does:
@@ -59,19 +58,9 @@ void fq_recover_atfork_child(void)
     pthread_mutex_init(&fq_recover_mu, NULL);
 }
 
-/* Is the holder of a recover_lock word (pid << 32 | start time low 32) alive? */
-static int fq_lock_holder_alive(uint64_t word)
-{
-    int pid = (int)(word >> 32);
-    uint64_t start = fq_pid_start_time(pid);
-    if (!start)
-        return fq_pid_alive(pid, 0); /* no /proc: the pid alone */
-    return (start & 0xffffffffu) == (word & 0xffffffffu);
-}
-
 typedef struct {
-    char alive;  /* owner alive (or slot being claimed by a live process) */
-    char dead;   /* ACTIVE slot whose owner died */
+    char dead;     /* a slot whose owner is gone (fq_slot_alive) */
+    uint64_t word; /* its word then: it stays so until recovery frees it */
 } fq_slot_view;
 
 static int fq_header_at(fq_queue *q, uint64_t p, uint64_t *w)
@@ -446,26 +435,21 @@ out:
     return changed;
 }
 
-/* Take ctrl->recover_lock if it is free or its holder died: 1 if taken.
- * The process-wide mutex keeps this process's threads out of each other's
- * way (the lock word names a process, not a thread). */
+/* Take the segment lock if it is free (a dead or exec'd holder's is): 1 if
+ * taken.  The process-wide mutex keeps this process's threads out of each
+ * other's way (one process's handles of a segment are one holder to it).
+ * Taking and dropping the file lock are system calls that order memory
+ * like a mutex (the kernel's lock on the file's lock list): the tables one
+ * holder changed are seen by the next. */
 int fq_lock_try(fq_queue *q)
 {
-    fq_ctrl *c = q->ctrl;
     if (pthread_mutex_trylock(&fq_recover_mu) != 0)
         return 0;
-    uint64_t me = (uint64_t)(uint32_t)getpid() << 32 | (fq_self_start_time() & 0xffffffffu);
-    uint64_t cur = atomic_load(&c->recover_lock);
-    if (cur != me) {
-        if (cur != 0 && fq_lock_holder_alive(cur)) {
-            pthread_mutex_unlock(&fq_recover_mu);
-            return 0;
-        }
-        if (!atomic_compare_exchange_strong(&c->recover_lock, &cur, me)) {
-            pthread_mutex_unlock(&fq_recover_mu);
-            return 0;
-        }
+    if (fq_file_lock(q, FQ_LOCK_SEGMENT, 1) != 0) {
+        pthread_mutex_unlock(&fq_recover_mu);
+        return 0;
     }
+    atomic_store(&q->ctrl->recover_lock, (uint64_t)(uint32_t)getpid() << 32);
     return 1;
 }
 
@@ -481,6 +465,7 @@ void fq_lock_wait(fq_queue *q)
 void fq_lock_drop(fq_queue *q)
 {
     atomic_store(&q->ctrl->recover_lock, 0);
+    fq_file_lock(q, FQ_LOCK_SEGMENT, 0);
     pthread_mutex_unlock(&fq_recover_mu);
 }
 
@@ -496,14 +481,8 @@ int fq_recover(fq_queue *q)
         goto out;
     for (uint32_t s = 0; s < q->nslots; s++) {
         uint64_t w = atomic_load_explicit(&q->slots[s].word, memory_order_acquire);
-        unsigned kind = FQ_SLOT_KIND(w);
-        if (kind == FQ_SLOT_ACTIVE) {
-            int alive = fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&q->slots[s].start_time));
-            v[s].alive = (char)alive;
-            v[s].dead = (char)!alive;
-        } else if (kind == FQ_SLOT_CLAIMING) {
-            v[s].alive = (char)fq_pid_alive(FQ_SLOT_PID(w), 0);
-        }
+        v[s].word = w;
+        v[s].dead = FQ_SLOT_KIND(w) != FQ_SLOT_FREE && !fq_slot_alive(q, s, w, NULL);
     }
     for (uint32_t s = 0; s < q->nslots; s++) {
         if (!v[s].dead)
@@ -535,10 +514,9 @@ int fq_recover(fq_queue *q)
         repaired = 1;
         FQ_CRASH_POINT("recover_before_free");
         if (idle) {
-            uint64_t w = atomic_load(&q->slots[s].word);
-            if (FQ_SLOT_KIND(w) == FQ_SLOT_ACTIVE)
-                atomic_compare_exchange_strong(
-                    &q->slots[s].word, &w, FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
+            uint64_t w = v[s].word;
+            atomic_compare_exchange_strong(&q->slots[s].word, &w,
+                                           FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
         }
     }
     free(v);

@@ -284,9 +284,15 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos)
 
 /* ---- the tables (under the segment lock) ------------------------------ */
 
-static int fq_member_dead(fq_member *e, uint64_t w)
+/* Has the owner of an ACTIVE member left (fq_layout.h: owner, slot)?  seen:
+ * as in fq_slot_alive (a table operation probes each process once). */
+static int fq_member_dead(fq_queue *q, fq_member *e, signed char *seen)
 {
-    return !fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&e->start_time));
+    uint32_t s = atomic_load(&e->slot);
+    uint64_t owner = atomic_load(&e->owner);
+    if (s >= q->nslots || atomic_load(&q->slots[s].word) != owner)
+        return 1; /* its handle closed, or recovery freed its slot */
+    return !fq_slot_alive(q, s, owner, seen);
 }
 
 static int fq_group_has_members(fq_queue *q, uint32_t gi)
@@ -361,10 +367,12 @@ int fq_topic_reap(fq_queue *q)
 {
     int changed = 0;
     uint32_t hwm = fq_hwm(q);
+    signed char seen[FQ_MAX_SLOTS];
+    memset(seen, 0, q->nslots);
     for (uint32_t i = 0; i < hwm; i++) {
         fq_member *e = &q->members[i];
         uint64_t w = atomic_load(&e->word);
-        if (FQ_SLOT_KIND(w) == FQ_MEM_ACTIVE && fq_member_dead(e, w)) {
+        if (FQ_SLOT_KIND(w) == FQ_MEM_ACTIVE && fq_member_dead(q, e, seen)) {
             fq_member_leave(q, i, 1);
             changed = 1;
         }
@@ -545,7 +553,9 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     }
     fq_member *e = &q->members[mi];
     uint64_t ow = atomic_load(&e->word);
-    atomic_store(&e->start_time, fq_self_start_time());
+    int me = atomic_load(&q->slot); /* taken by fq_attach above */
+    atomic_store(&e->owner, atomic_load(&q->slots[me].word));
+    atomic_store(&e->slot, (uint32_t)me);
     atomic_store(&e->group, gi);
     atomic_store(&e->pos, 0);
     atomic_store(&e->end, 0);
@@ -1104,7 +1114,7 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
             return 0;
         out->kind = kind;
         out->pid = kind == FQ_MEM_ACTIVE ? FQ_SLOT_PID(w) : 0;
-        out->alive = kind == FQ_MEM_ACTIVE && !fq_member_dead(e, w);
+        out->alive = kind == FQ_MEM_ACTIVE && !fq_member_dead(q, e, NULL);
         out->got = atomic_load(&e->got);
     } else { /* a durable group nobody is attached to */
         gi = i - q->nsubs;
