@@ -373,3 +373,43 @@ def test_liveness_reads_no_proc(tmp_path):
         assert lib.fq_recover(q) == 1  # dead
         assert lib.fq_test_probe_count(0) == before, "liveness read /proc or called kill()"
     lib.fq_close(q)
+
+
+# ---- fork ------------------------------------------------------------------------
+
+
+def _receive_fork_then_wait(path, w):
+    q = fastq.Queue(path, prefetch=1)
+    d = q.receive(timeout=10)
+    assert d.value == "m"
+    child = os.fork()
+    if child == 0:  # inherits the handle (and, unless closed at fork, its locks)
+        time.sleep(120)
+        os._exit(0)
+    os.write(w, child.to_bytes(4, "little"))
+    time.sleep(120)
+
+
+def test_forked_child_does_not_keep_its_parent_alive(tmp_path):
+    """a child forked by a consumer holding a delivery inherits its handle; when
+    the consumer is killed, the child (still running) does not keep the consumer's
+    slot held: the message comes back"""
+    path = str(tmp_path / "q")
+    q = fastq.Queue(path, capacity=1 << 16)
+    q.put("m")
+    r, w = os.pipe()
+    with children() as pids:
+        pid = fork(_receive_fork_then_wait, path, w)
+        pids.append(pid)
+        grandchild = int.from_bytes(os.read(r, 4), "little")
+        try:
+            assert not q.recover()  # the consumer is alive
+            os.kill(pid, 9)
+            reap(pid)
+            pids.remove(pid)
+            assert os.kill(grandchild, 0) is None  # still running
+            assert q.recover(), "the forked child kept its parent's slot"
+            assert q.get(timeout=10) == "m"
+        finally:
+            os.kill(grandchild, 9)
+    q.close()
