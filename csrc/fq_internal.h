@@ -133,7 +133,7 @@ static inline void fq_fence(void)
 /* recover.c: the segment-wide lock (ctrl->recover_lock), also guarding the
  * topic tables; taken from a dead holder */
 int fq_lock_try(fq_queue *q);
-void fq_lock_wait(fq_queue *q);
+int fq_lock_wait(fq_queue *q); /* 0, or -errno: this handle cannot lock */
 void fq_lock_drop(fq_queue *q);
 
 /* topic.c */

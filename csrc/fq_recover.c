@@ -43,6 +43,7 @@
  *  - The slot: freed once all its lanes are idle.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
@@ -441,25 +442,35 @@ out:
  * Taking and dropping the file lock are system calls that order memory
  * like a mutex (the kernel's lock on the file's lock list): the tables one
  * holder changed are seen by the next. */
-int fq_lock_try(fq_queue *q)
+static int fq_lock_take(fq_queue *q) /* 1 taken, 0 busy, or -errno */
 {
     if (pthread_mutex_trylock(&fq_recover_mu) != 0)
         return 0;
-    if (fq_file_lock(q, FQ_LOCK_SEGMENT, 1) != 0) {
+    int rc = fq_file_lock(q, FQ_LOCK_SEGMENT, 1);
+    if (rc != 0) {
         pthread_mutex_unlock(&fq_recover_mu);
-        return 0;
+        return rc == -EAGAIN ? 0 : rc;
     }
     atomic_store(&q->ctrl->recover_lock, (uint64_t)(uint32_t)getpid() << 32);
     return 1;
 }
 
-/* Take the lock, waiting for a live holder (bounded: holders do short work) */
-void fq_lock_wait(fq_queue *q)
+int fq_lock_try(fq_queue *q)
 {
-    while (!fq_lock_try(q)) {
+    return fq_lock_take(q) > 0;
+}
+
+/* Take the lock, waiting for a live holder (bounded: holders do short work).
+ * 0, or -errno if this handle cannot lock (a forked child that could not
+ * open the file again: no /proc, or out of descriptors). */
+int fq_lock_wait(fq_queue *q)
+{
+    int rc;
+    while ((rc = fq_lock_take(q)) == 0) {
         struct timespec ts = {0, 50000};
         nanosleep(&ts, NULL);
     }
+    return rc > 0 ? 0 : rc;
 }
 
 void fq_lock_drop(fq_queue *q)

@@ -478,7 +478,11 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     if (!s)
         return -ENOMEM;
     fq_ctrl *c = q->ctrl;
-    fq_lock_wait(q);
+    rc = fq_lock_wait(q);
+    if (rc) {
+        free(s);
+        return fq_err(err, errlen, rc, "cannot lock the topic: %s", strerror(-rc));
+    }
     FQ_CRASH_POINT("subscribe_after_lock");
     fq_topic_reap(q);
     uint32_t hwm = fq_hwm(q), gi = UINT32_MAX, mi = UINT32_MAX;
@@ -589,11 +593,12 @@ void fq_unsubscribe(fq_sub *s)
         free(s);
         return;
     }
-    fq_lock_wait(q);
-    fq_topic_reap(q); /* as everywhere the lock is taken: repair first */
-    if (atomic_load(&q->members[s->m].word) == s->word)
-        fq_member_leave(q, s->m, 0);
-    fq_lock_drop(q);
+    if (fq_lock_wait(q) == 0) { /* else (cannot lock) left to recovery */
+        fq_topic_reap(q); /* as everywhere the lock is taken: repair first */
+        if (atomic_load(&q->members[s->m].word) == s->word)
+            fq_member_leave(q, s->m, 0);
+        fq_lock_drop(q);
+    }
     atomic_fetch_add(&q->ctrl->space_seq, 1);
     fq_wake(q, -1);
     free(s);
@@ -603,9 +608,11 @@ int fq_topic_forget(fq_queue *q, const char *name)
 {
     if (!q->topic)
         return -EINVAL;
-    fq_lock_wait(q);
+    int rc = fq_lock_wait(q);
+    if (rc)
+        return rc;
     fq_topic_reap(q);
-    int rc = -ENOENT;
+    rc = -ENOENT;
     uint32_t hwm = fq_hwm(q);
     for (uint32_t gi = 0; gi < hwm; gi++) {
         fq_group *g = &q->groups[gi];
