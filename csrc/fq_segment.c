@@ -93,6 +93,7 @@ int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
 /* ---- liveness ---------------------------------------------------------- */
 
 static _Atomic uint64_t fq_probes[2]; /* see fq_test_probe_count */
+_Static_assert(sizeof(off_t) == 8, "the lock offsets (fq_layout.h) need a 64-bit off_t");
 
 uint64_t fq_test_probe_count(int kind)
 {
