@@ -150,7 +150,9 @@ int fq_flush(fq_queue *q);
 /* Recovery: repair what dead processes left; returns the number of slots
  * repaired, or 0.  Safe to call at any time from any process. */
 int fq_recover(fq_queue *q);
-/* Is the process pid (with /proc start time, 0 = unknown) alive? */
+/* Is the process pid (with /proc start time, 0 = unknown) alive?  A process
+ * whose main thread exited while others run is.  By pid: slots and members
+ * are not judged with it (fq_layout.h, "File locks"). */
 int fq_pid_alive(int pid, uint64_t start_time);
 /* This process's fork epoch: it changes in a child at fork(), so a value
  * kept with a claim tells whether the claim is this process's own. */
@@ -226,5 +228,8 @@ void fq_test_set_crash_point(const char *name, int countdown);
  * (SIGSTOP), the test sees it stopped (waitpid WUNTRACED), acts, then sends
  * SIGCONT.  An empty name disarms it. */
 void fq_test_set_pause_point(const char *name, int countdown, int notify_fd, int resume_fd);
+/* Test hook: liveness probes made so far by this process; kind 0: reads of
+ * /proc and kill() calls, kind 1: lock probes of the segment file. */
+uint64_t fq_test_probe_count(int kind);
 
 #endif

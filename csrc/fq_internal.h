@@ -14,7 +14,11 @@
 #include "fq_layout.h"
 
 struct fq_queue {
-    int fd;
+    int fd;                    /* the mapping's file; never holds a file lock,
+                                * so its probes see every handle's locks */
+    _Atomic int lock_fd;       /* the same file, opened again: holds this
+                                * handle's locks; -1 after a fork, until needed */
+    struct fq_queue *next, *prev; /* every open handle (closed in a forked child) */
     uint8_t *base;
     size_t map_size;
     fq_ctrl *ctrl;
@@ -45,9 +49,18 @@ struct fq_queue {
 int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 int fq_attach(fq_queue *q);
-uint64_t fq_self_start_time(void);
-uint64_t fq_pid_start_time(int pid); /* 0: dead, zombie or unknown */
 extern _Atomic unsigned fq_fork_epoch;
+
+/* Liveness (see "File locks" in fq_layout.h).  Take (lock = 1) or drop the
+ * file lock at offset off on this handle's lock descriptor: 0, -EAGAIN if
+ * another description holds it, or -errno. */
+int fq_file_lock(fq_queue *q, uint64_t off, int lock);
+/* Is the owner of slot s, whose word the caller loaded as w, still there?
+ * 0 only if the slot's lock is free and its word is still w afterwards: then
+ * the verdict stands until recovery frees the slot.  seen (NULL, or one
+ * entry per slot, zeroed) keeps verdicts for one operation, so that each
+ * slot is probed at most once however many entries name it. */
+int fq_slot_alive(fq_queue *q, uint32_t s, uint64_t w, signed char *seen);
 
 /* crash points for fault-injection tests */
 extern _Atomic int fq_crash_armed;
@@ -120,7 +133,7 @@ static inline void fq_fence(void)
 /* recover.c: the segment-wide lock (ctrl->recover_lock), also guarding the
  * topic tables; taken from a dead holder */
 int fq_lock_try(fq_queue *q);
-void fq_lock_wait(fq_queue *q);
+int fq_lock_wait(fq_queue *q); /* 0, or -errno: this handle cannot lock */
 void fq_lock_drop(fq_queue *q);
 
 /* topic.c */

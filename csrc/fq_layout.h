@@ -46,19 +46,36 @@
  *     516  space_seq u32      futex word: bumped when space appears
  *     520  state u32          FQ_STATE_* bits (shutdown)
  *     524  subs_hwm u32       topics: table entries ever used (scan bound)
- *     528  recover_lock u64   pid << 32 | start time (low 32 bits) of the
- *                             process running recovery, or 0
+ *     528  recover_lock u64   pid << 32 of the process holding the segment
+ *                             lock, or 0 (only says who: the lock itself is
+ *                             the file lock FQ_LOCK_SEGMENT, below)
  *     536  requeued u64       hint: at least this many records were put back
  *                             (consumers look for them when non-zero)
  *     640  data_mask[16]      bit s set: slot s has a thread asleep on data
  *     768  space_mask[16]     bit s set: slot s has a thread asleep on space
+ *
+ * File locks.  Liveness is not a record in the file: it is a byte-range
+ * lock of an open file description (fcntl F_OFD_SETLK) on the segment
+ * file, far past its end (no byte of the file is locked):
+ *   FQ_LOCK_SEGMENT      held by the process running recovery or changing
+ *                        the topic tables (the segment lock)
+ *   FQ_LOCK_SLOT(s)      held while slot s is owned: taken before the slot
+ *                        word says ACTIVE, released after it says FREE
+ * The kernel drops these locks when the description is closed: when its
+ * process exits or is killed, and at exec (the descriptor is O_CLOEXEC),
+ * but not when only its main thread exits (the threads share it).  A
+ * forked child closes its copy at once (fq_segment.c), so a child never
+ * keeps its parent's locks.  So an owner is alive exactly while it can still
+ * reach the segment; no pid, /proc entry or boot-relative time is trusted
+ * (a file from before a reboot holds no lock), and another user's process,
+ * or one hidden by hidepid, is judged like any other.
  *
  * Who writes what: the creator writes line 0 once, before the file is
  * linked into place (nobody can see a half-built header).  tail is moved
  * only by producers' CAS; head only by consumers' CAS; release by the
  * consumer that finishes the oldest claim, by sweeps and by recovery.  A
  * slot is written by the process that owns it, except that recovery,
- * holding recover_pid, may repair and free the slot of a dead process.
+ * holding the segment lock, may repair and free the slot of a dead process.
  *
  * Records.  Positions are 64-bit byte offsets that only grow; a record at
  * position p lives at data[p & (capacity-1)], starts 16-byte aligned (so a
@@ -101,6 +118,9 @@
  * position arithmetic (p + span, p + capacity) never wraps: a segment whose
  * cursors are above it is refused at open */
 #define FQ_POS_MAX (1ULL << 63)
+/* file lock offsets (see "File locks" above): past any segment's end */
+#define FQ_LOCK_SEGMENT (1ULL << 62)
+#define FQ_LOCK_SLOT(s) (FQ_LOCK_SEGMENT + 1 + (uint64_t)(s))
 
 /* record states (low 3 bits of the record word) */
 enum {
@@ -192,12 +212,14 @@ typedef struct fq_lane {
 } fq_lane;
 
 /*
- * A slot: one attached process.  word = pid (low 32) | gen (24) | kind (8):
- * FREE, CLAIMING (being taken by pid) or ACTIVE (owned by pid, whose
- * process start time is in start_time).  Taken by CAS; freed by its owner
- * on close or by recovery after the owner died.
+ * A slot: one attached handle.  word = pid (low 32) | gen (24) | kind (8):
+ * FREE or ACTIVE (owned by a handle of pid, which holds the file lock
+ * FQ_LOCK_SLOT(s); the pid is for people, not for liveness).  Taken by a
+ * CAS from FREE after taking the lock; freed by its owner on close or by
+ * recovery after the lock was dropped (the owner died or exec'd).  gen
+ * grows with every owner, so an old owner's word never matches a new one.
  */
-enum { FQ_SLOT_FREE = 0, FQ_SLOT_CLAIMING = 1, FQ_SLOT_ACTIVE = 2 };
+enum { FQ_SLOT_FREE = 0, FQ_SLOT_ACTIVE = 2 };
 #define FQ_SLOT_WORD(kind, gen, pid) \
     (((uint64_t)(kind) << 56) | (((uint64_t)(gen) & 0xffffff) << 32) | (uint32_t)(pid))
 #define FQ_SLOT_KIND(w) ((unsigned)((w) >> 56))
@@ -206,15 +228,14 @@ enum { FQ_SLOT_FREE = 0, FQ_SLOT_CLAIMING = 1, FQ_SLOT_ACTIVE = 2 };
 
 typedef struct fq_slot {
     _Atomic uint64_t word;
-    _Atomic uint64_t start_time;
-    uint8_t pad[112];
+    uint8_t pad[120];
     fq_lane lane[FQ_LANES];
 } fq_slot;
 
 /*
  * Topics (fq_topic.c).  A group is a cursor shared by its members; every
  * subscription is a member of one group (a plain subscription: of its own
- * anonymous group).  Both tables are changed only under ctrl->recover_lock;
+ * anonymous group).  Both tables are changed only under the segment lock;
  * the cursors and claims in them are read lock-free by publishers.
  *
  * fq_group (128 bytes):
@@ -229,15 +250,18 @@ typedef struct fq_slot {
  *   64  name      NUL-terminated
  *
  * fq_member (128 bytes): one subscription.
- *   word        FQ_SLOT_WORD(kind, gen, pid): FREE, ACTIVE (owned by pid,
- *               start time in start_time) or ORPHAN (its owner died or left
- *               holding a claim: the claim waits for another member)
+ *   word        FQ_SLOT_WORD(kind, gen, pid): FREE, ACTIVE (owned by a
+ *               handle of pid) or ORPHAN (its owner died or left holding a
+ *               claim: the claim waits for another member)
+ *   owner, slot the slot word and index of the owner's handle when it
+ *               subscribed: the owner is alive while that slot still has
+ *               that word and its lock is held
  *   group       index of its group
- *   held        1: its claim was given back (nack) and waits for the
- *               member's next read (only the member writes it; for lag)
  *   pos,end,n   its claim [pos, end) of n messages, and
  *   state       seq << 2 | phase (FQ_PH_IDLE, CLAIMING, WON); seq counts
- *               claims, so that a CAS on state never succeeds on a newer one
+ *               claims, so that a CAS on state never succeeds on a newer one *   got         messages returned (statistics)
+ *   held        (64) 1: its claim was given back (nack) and waits for the
+ *               member's next read (only the member writes it; for lag)
  */
 enum { FQ_GRP_FREE = 0, FQ_GRP_ACTIVE = 1 };
 /* flags; FQ_GRP_INIT: being made by fq_subscribe (its start not chosen yet):
@@ -259,15 +283,16 @@ typedef struct fq_group {
 
 typedef struct fq_member {
     _Atomic uint64_t word;
-    _Atomic uint64_t start_time;
+    _Atomic uint64_t owner;
     _Atomic uint32_t group;
-    _Atomic uint32_t held;
+    _Atomic uint32_t slot;
     _Atomic uint64_t pos;
     _Atomic uint64_t end;
     _Atomic uint64_t n;
     _Atomic uint64_t state;
     _Atomic uint64_t got; /* messages returned (statistics) */
-    uint8_t pad[128 - 64];
+    _Atomic uint32_t held;
+    uint8_t pad[128 - 68];
 } fq_member;
 
 _Static_assert(sizeof(fq_group) == 128, "a group is 128 bytes");
@@ -278,8 +303,9 @@ _Static_assert(offsetof(fq_group, dropped) == 32, "dropped at 32");
 _Static_assert(offsetof(fq_group, orphans) == 40, "orphans at 40");
 _Static_assert(offsetof(fq_group, name) == 64, "name at 64");
 _Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
-_Static_assert(offsetof(fq_member, group) == 16 && offsetof(fq_member, held) == 20 &&
-                   offsetof(fq_member, pos) == 24 && offsetof(fq_member, state) == 48,
+_Static_assert(offsetof(fq_member, owner) == 8 && offsetof(fq_member, group) == 16 &&
+                   offsetof(fq_member, slot) == 20 && offsetof(fq_member, pos) == 24 &&
+                   offsetof(fq_member, state) == 48 && offsetof(fq_member, held) == 64,
                "member offsets");
 
 typedef struct fq_rec {

@@ -2,10 +2,9 @@
  * fq_recover.c - repairing what a process killed mid-operation left behind.
  *
  * Called by waiters that made no progress for a while (and when no slot is
- * free), by any process, at any time.  One process recovers at a time:
- * ctrl->recover_lock (pid and start time) is taken by CAS and stolen from a
- * dead holder.  Every
- * step is a CAS from a state that says what comes next, so a recoverer
+ * free), by any process, at any time.  One process recovers at a time: it
+ * holds the segment lock (the file lock FQ_LOCK_SEGMENT, which the kernel
+ * drops when its holder dies or execs).  Every step is a CAS from a state that says what comes next, so a recoverer
  * killed midway is finished by the next one.
  *
  * What a dead process can leave, and what recovery does:
@@ -44,6 +43,7 @@
  *  - The slot: freed once all its lanes are idle.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
@@ -59,19 +59,9 @@ void fq_recover_atfork_child(void)
     pthread_mutex_init(&fq_recover_mu, NULL);
 }
 
-/* Is the holder of a recover_lock word (pid << 32 | start time low 32) alive? */
-static int fq_lock_holder_alive(uint64_t word)
-{
-    int pid = (int)(word >> 32);
-    uint64_t start = fq_pid_start_time(pid);
-    if (!start)
-        return fq_pid_alive(pid, 0); /* no /proc: the pid alone */
-    return (start & 0xffffffffu) == (word & 0xffffffffu);
-}
-
 typedef struct {
-    char alive;  /* owner alive (or slot being claimed by a live process) */
-    char dead;   /* ACTIVE slot whose owner died */
+    char dead;     /* a slot whose owner is gone (fq_slot_alive) */
+    uint64_t word; /* its word then: it stays so until recovery frees it */
 } fq_slot_view;
 
 static int fq_header_at(fq_queue *q, uint64_t p, uint64_t *w)
@@ -495,36 +485,41 @@ out:
     return changed;
 }
 
-/* Take ctrl->recover_lock if it is free or its holder died: 1 if taken.
- * The process-wide mutex keeps this process's threads out of each other's
- * way (the lock word names a process, not a thread). */
-int fq_lock_try(fq_queue *q)
+/* Take the segment lock if it is free (a dead or exec'd holder's is): 1 if
+ * taken.  The process-wide mutex keeps this process's threads out of each
+ * other's way (one process's handles of a segment are one holder to it).
+ * Taking and dropping the file lock are system calls that order memory
+ * like a mutex (the kernel's lock on the file's lock list): the tables one
+ * holder changed are seen by the next. */
+static int fq_lock_take(fq_queue *q) /* 1 taken, 0 busy, or -errno */
 {
-    fq_ctrl *c = q->ctrl;
     if (pthread_mutex_trylock(&fq_recover_mu) != 0)
         return 0;
-    uint64_t me = (uint64_t)(uint32_t)getpid() << 32 | (fq_self_start_time() & 0xffffffffu);
-    uint64_t cur = atomic_load(&c->recover_lock);
-    if (cur != me) {
-        if (cur != 0 && fq_lock_holder_alive(cur)) {
-            pthread_mutex_unlock(&fq_recover_mu);
-            return 0;
-        }
-        if (!atomic_compare_exchange_strong(&c->recover_lock, &cur, me)) {
-            pthread_mutex_unlock(&fq_recover_mu);
-            return 0;
-        }
+    int rc = fq_file_lock(q, FQ_LOCK_SEGMENT, 1);
+    if (rc != 0) {
+        pthread_mutex_unlock(&fq_recover_mu);
+        return rc == -EAGAIN ? 0 : rc;
     }
+    atomic_store(&q->ctrl->recover_lock, (uint64_t)(uint32_t)getpid() << 32);
     return 1;
 }
 
-/* Take the lock, waiting for a live holder (bounded: holders do short work) */
-void fq_lock_wait(fq_queue *q)
+int fq_lock_try(fq_queue *q)
 {
-    while (!fq_lock_try(q)) {
+    return fq_lock_take(q) > 0;
+}
+
+/* Take the lock, waiting for a live holder (bounded: holders do short work).
+ * 0, or -errno if this handle cannot lock (a forked child that could not
+ * open the file again: no /proc, or out of descriptors). */
+int fq_lock_wait(fq_queue *q)
+{
+    int rc;
+    while ((rc = fq_lock_take(q)) == 0) {
         struct timespec ts = {0, 50000};
         nanosleep(&ts, NULL);
     }
+    return rc > 0 ? 0 : rc;
 }
 
 void fq_lock_drop(fq_queue *q)
@@ -533,6 +528,7 @@ void fq_lock_drop(fq_queue *q)
      * scans in progress must look again (seq_cst CAS, before the unlock) */
     fq_topic_tables_changed(q);
     atomic_store(&q->ctrl->recover_lock, 0);
+    fq_file_lock(q, FQ_LOCK_SEGMENT, 0);
     pthread_mutex_unlock(&fq_recover_mu);
 }
 
@@ -548,14 +544,8 @@ int fq_recover(fq_queue *q)
         goto out;
     for (uint32_t s = 0; s < q->nslots; s++) {
         uint64_t w = atomic_load_explicit(&q->slots[s].word, memory_order_acquire);
-        unsigned kind = FQ_SLOT_KIND(w);
-        if (kind == FQ_SLOT_ACTIVE) {
-            int alive = fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&q->slots[s].start_time));
-            v[s].alive = (char)alive;
-            v[s].dead = (char)!alive;
-        } else if (kind == FQ_SLOT_CLAIMING) {
-            v[s].alive = (char)fq_pid_alive(FQ_SLOT_PID(w), 0);
-        }
+        v[s].word = w;
+        v[s].dead = FQ_SLOT_KIND(w) != FQ_SLOT_FREE && !fq_slot_alive(q, s, w, NULL);
     }
     for (uint32_t s = 0; s < q->nslots; s++) {
         if (!v[s].dead)
@@ -587,10 +577,9 @@ int fq_recover(fq_queue *q)
         repaired = 1;
         FQ_CRASH_POINT("recover_before_free");
         if (idle) {
-            uint64_t w = atomic_load(&q->slots[s].word);
-            if (FQ_SLOT_KIND(w) == FQ_SLOT_ACTIVE)
-                atomic_compare_exchange_strong(
-                    &q->slots[s].word, &w, FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
+            uint64_t w = v[s].word;
+            atomic_compare_exchange_strong(&q->slots[s].word, &w,
+                                           FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
         }
     }
     free(v);

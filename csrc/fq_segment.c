@@ -13,9 +13,13 @@
  * it goes away with the last process that maps it or holds its fd, however
  * that process ends; children receive the fd.
  *
- * Liveness: a slot records its owner's pid and the process start time from
- * /proc/<pid>/stat (field 22).  The owner is dead if the pid is gone, is a
- * zombie, or now belongs to a process with another start time (pid reuse).
+ * Liveness: a slot's owner holds a file lock on the segment file through a
+ * description of its own (fq_layout.h, "File locks"); the owner is gone once
+ * the kernel dropped that lock: at exit, kill or exec.  A probe is one
+ * fcntl(F_OFD_GETLK) through the handle's mapping descriptor, which holds
+ * no lock and so sees everyone's, ours included.  Every open handle is in a
+ * list, so that a forked child closes its copies of the lock descriptors
+ * (a copy would keep the parent's locks, and so the parent, alive).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,6 +40,8 @@
 
 _Atomic unsigned fq_fork_epoch = 1;
 static pthread_once_t fq_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t fq_handles_mu = PTHREAD_MUTEX_INITIALIZER;
+static fq_queue *fq_handles; /* every open handle, under fq_handles_mu */
 
 void fq_recover_atfork_child(void);
 
@@ -44,18 +50,37 @@ unsigned fq_epoch(void)
     return atomic_load_explicit(&fq_fork_epoch, memory_order_relaxed);
 }
 
+static void fq_atfork_prepare(void)
+{
+    pthread_mutex_lock(&fq_handles_mu);
+}
+
+static void fq_atfork_parent(void)
+{
+    pthread_mutex_unlock(&fq_handles_mu);
+}
+
 static void fq_atfork_child(void)
 {
     /* The child owns no slot: it must take its own on first use, and must
      * not touch the parent's lanes (the parent may still be using them).
-     * Handles notice the new epoch in fq_attach. */
+     * Handles notice the new epoch in fq_attach.  Its copies of the lock
+     * descriptors share the parent's descriptions, and so their locks:
+     * closed here (the parent's locks stay: it still has them open), and
+     * reopened on first use (fq_lock_fd). */
+    for (fq_queue *q = fq_handles; q; q = q->next) {
+        int fd = atomic_exchange(&q->lock_fd, -1);
+        if (fd >= 0)
+            close(fd);
+    }
+    pthread_mutex_unlock(&fq_handles_mu); /* locked by this thread in prepare */
     atomic_fetch_add_explicit(&fq_fork_epoch, 1, memory_order_relaxed);
     fq_recover_atfork_child();
 }
 
 static void fq_init_once(void)
 {
-    pthread_atfork(NULL, NULL, fq_atfork_child);
+    pthread_atfork(fq_atfork_prepare, fq_atfork_parent, fq_atfork_child);
 }
 
 #include <stdarg.h>
@@ -72,9 +97,101 @@ int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
 
 /* ---- liveness ---------------------------------------------------------- */
 
-/* Read state and start time of pid from /proc; 0 on success. */
+static _Atomic uint64_t fq_probes[2]; /* see fq_test_probe_count */
+_Static_assert(sizeof(off_t) == 8, "the lock offsets (fq_layout.h) need a 64-bit off_t");
+
+uint64_t fq_test_probe_count(int kind)
+{
+    return atomic_load(&fq_probes[kind != 0]);
+}
+
+/* Open the segment file of fd again: a description of our own, whose
+ * locks are ours alone.  Through /proc/self/fd (works for an unlinked
+ * file), else through path if it still names the same file. */
+static int fq_reopen(int fd, const char *path)
+{
+    char p[32] = "/proc/self/fd/", d[12];
+    int n = 0, len = (int)strlen(p);
+    unsigned v = (unsigned)fd;
+    do
+        d[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (n)
+        p[len++] = d[--n];
+    p[len] = 0;
+    int lfd = open(p, O_RDWR | O_CLOEXEC);
+    if (lfd >= 0 || !path)
+        return lfd >= 0 ? lfd : -errno;
+    lfd = open(path, O_RDWR | O_CLOEXEC);
+    if (lfd < 0)
+        return -errno;
+    struct stat a, b;
+    if (fstat(fd, &a) != 0 || fstat(lfd, &b) != 0 || a.st_dev != b.st_dev ||
+        a.st_ino != b.st_ino) {
+        close(lfd);
+        return -ESTALE;
+    }
+    return lfd;
+}
+
+/* The handle's lock descriptor, opened again after a fork: fd or -errno. */
+static int fq_lock_fd(fq_queue *q)
+{
+    int fd = atomic_load(&q->lock_fd);
+    if (fd >= 0)
+        return fd;
+    pthread_mutex_lock(&fq_handles_mu); /* against a concurrent fork */
+    fd = atomic_load(&q->lock_fd);
+    if (fd < 0) {
+        fd = fq_reopen(q->fd, NULL);
+        if (fd >= 0)
+            atomic_store(&q->lock_fd, fd);
+    }
+    pthread_mutex_unlock(&fq_handles_mu);
+    return fd;
+}
+
+int fq_file_lock(fq_queue *q, uint64_t off, int lock)
+{
+    int fd = fq_lock_fd(q);
+    if (fd < 0)
+        return fd;
+    struct flock fl = {.l_type = lock ? F_WRLCK : F_UNLCK, .l_whence = SEEK_SET,
+                       .l_start = (off_t)off, .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+        return 0;
+    return errno == EACCES ? -EAGAIN : -errno;
+}
+
+int fq_slot_alive(fq_queue *q, uint32_t s, uint64_t w, signed char *seen)
+{
+    if (s >= q->nslots)
+        return 0;
+    if (seen && seen[s])
+        return seen[s] > 0;
+    int alive = 1;
+    if ((int)s != atomic_load(&q->slot) || atomic_load(&q->epoch) != fq_epoch()) {
+        /* (our own slot is alive: we hold its lock) */
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                           .l_start = (off_t)FQ_LOCK_SLOT(s), .l_len = 1};
+        atomic_fetch_add_explicit(&fq_probes[1], 1, memory_order_relaxed);
+        /* The lock before the word: an owner takes the lock before its
+         * word says ACTIVE and frees the word before it drops the lock, and
+         * the kernel orders lock operations on the file (its lock context's
+         * spinlock), so a free lock followed by an unchanged word means the
+         * owner left without freeing it.  An error: cannot tell, never steal. */
+        if (fcntl(q->fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_UNLCK)
+            alive = atomic_load(&q->slots[s].word) != w;
+    }
+    if (seen)
+        seen[s] = alive ? 1 : -1;
+    return alive;
+}
+
+/* Read the state of pid from /proc; 0 on success. */
 static int fq_proc_stat(int pid, char *state, uint64_t *start)
 {
+    atomic_fetch_add_explicit(&fq_probes[0], 1, memory_order_relaxed);
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -101,35 +218,42 @@ static int fq_proc_stat(int pid, char *state, uint64_t *start)
     return 0;
 }
 
-uint64_t fq_pid_start_time(int pid)
+/* Threads of pid's thread group from /proc/<pid>/status; -1 if unknown. */
+static long fq_proc_threads(int pid)
 {
-    char st;
-    uint64_t start = 0;
-    if (pid <= 0 || fq_proc_stat(pid, &st, &start) != 0 || st == 'Z' || st == 'X')
-        return 0;
-    return start;
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *p = strstr(buf, "\nThreads:");
+    return p ? strtol(p + 9, NULL, 10) : -1;
 }
 
-uint64_t fq_self_start_time(void)
-{
-    char st;
-    uint64_t start = 0;
-    if (fq_proc_stat((int)getpid(), &st, &start) != 0)
-        return 0;
-    return start;
-}
-
+/* A pid-level check, for what has no slot (the files of anonymous queues):
+ * not used to judge slots or members. */
 int fq_pid_alive(int pid, uint64_t start_time)
 {
     if (pid <= 0)
         return 0;
+    atomic_fetch_add_explicit(&fq_probes[0], 1, memory_order_relaxed);
     if (kill(pid, 0) != 0 && errno == ESRCH)
         return 0;
     char st;
     uint64_t start;
     if (fq_proc_stat(pid, &st, &start) != 0)
         return kill(pid, 0) == 0 || errno == EPERM; /* no /proc: trust kill */
-    if (st == 'Z' || st == 'X' || st == 'x')
+    if (st == 'X' || st == 'x')
+        return 0;
+    /* Z is the thread group leader's state: a leader whose thread exited
+     * while others run is a zombie too; the group is dead only when it is
+     * the last one */
+    if (st == 'Z' && fq_proc_threads(pid) <= 1)
         return 0;
     if (start_time && start != start_time)
         return 0;
@@ -210,13 +334,14 @@ uint64_t fq_capacity_for(uint64_t len, int topic)
     return cap <= FQ_MAX_CAPACITY ? cap : 0;
 }
 
-static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
+static fq_queue *fq_handle_new(int fd, int lock_fd, uint8_t *base, size_t size)
 {
     fq_queue *q = calloc(1, sizeof *q);
     if (!q)
         return NULL;
     fq_ctrl *c = (fq_ctrl *)base;
     q->fd = fd;
+    atomic_init(&q->lock_fd, lock_fd);
     q->base = base;
     q->map_size = size;
     q->ctrl = c;
@@ -296,6 +421,30 @@ static int fq_link_into_place(int fd, const char *tmp, const char *path)
         return -1;
     /* no /proc: AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH) */
     return linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
+}
+
+/* Into the list of open handles (see fq_atfork_child). */
+static void fq_handle_add(fq_queue *q)
+{
+    pthread_mutex_lock(&fq_handles_mu);
+    q->prev = NULL;
+    q->next = fq_handles;
+    if (fq_handles)
+        fq_handles->prev = q;
+    fq_handles = q;
+    pthread_mutex_unlock(&fq_handles_mu);
+}
+
+static void fq_handle_remove(fq_queue *q)
+{
+    pthread_mutex_lock(&fq_handles_mu);
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        fq_handles = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    pthread_mutex_unlock(&fq_handles_mu);
 }
 
 int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *err,
@@ -403,12 +552,21 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     }
     if (tmp[0])
         unlink(tmp);
-    fq_queue *q = fq_handle_new(fd, base, size);
+    int lfd = fq_reopen(fd, path);
+    if (lfd < 0) {
+        munmap(base, size);
+        close(fd);
+        return fq_err(err, errlen, lfd, "cannot open %s again for its locks: %s",
+                      path ? path : "an anonymous segment", strerror(-lfd));
+    }
+    fq_queue *q = fq_handle_new(fd, lfd, base, size);
     if (!q) {
         munmap(base, size);
+        close(lfd);
         close(fd);
         return fq_err(err, errlen, -ENOMEM, "out of memory");
     }
+    fq_handle_add(q);
     *out = q;
     return 0;
 fail:
@@ -545,9 +703,17 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
             (unsigned long long)rel, (unsigned long long)hd, (unsigned long long)tl);
     }
 #undef BAD
-    fq_queue *q = fq_handle_new(fd, base, h.file_size);
+    int lfd = fq_reopen(fd, path);
+    if (lfd < 0) {
+        munmap(base, h.file_size);
+        rc = fq_err(err, errlen, lfd, "cannot open %s again for its locks: %s", path,
+                    strerror(-lfd));
+        goto fail;
+    }
+    fq_queue *q = fq_handle_new(fd, lfd, base, h.file_size);
     if (!q) {
         munmap(base, h.file_size);
+        close(lfd);
         rc = fq_err(err, errlen, -ENOMEM, "out of memory");
         goto fail;
     }
@@ -567,6 +733,7 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
     q->nsubs = subs;
     q->members = topic ? (fq_member *)(base + h.sub_offset) : NULL;
     q->groups = topic ? (fq_group *)(base + h.group_offset) : NULL;
+    fq_handle_add(q);
     *out = q;
     return 0;
 fail:
@@ -609,29 +776,32 @@ int fq_attach(fq_queue *q)
         return 0;
     }
     int pid = (int)getpid();
-    uint64_t start = fq_self_start_time();
     for (int attempt = 0; attempt < 2000; attempt++) {
         for (uint32_t i = 0; i < q->nslots; i++) {
             fq_slot *s = &q->slots[i];
             uint64_t w = atomic_load(&s->word);
-            unsigned kind = FQ_SLOT_KIND(w);
-            int take = kind == FQ_SLOT_FREE ||
-                       (kind == FQ_SLOT_CLAIMING && !fq_pid_alive(FQ_SLOT_PID(w), 0));
-            if (!take)
+            if (FQ_SLOT_KIND(w) != FQ_SLOT_FREE)
                 continue;
+            /* the lock first: whoever sees the slot ACTIVE sees it held */
+            int rc = fq_file_lock(q, FQ_LOCK_SLOT(i), 1);
+            if (rc == -EAGAIN)
+                continue; /* being taken by another handle, or just freed */
+            if (rc) {
+                pthread_mutex_unlock(&q->mu);
+                return rc;
+            }
             uint32_t gen = FQ_SLOT_GEN(w) + 1;
             if (!atomic_compare_exchange_strong(&s->word, &w,
-                                                FQ_SLOT_WORD(FQ_SLOT_CLAIMING, gen, pid)))
-                continue;
-            if (!fq_lanes_idle(s)) {
-                /* a CLAIMING slot never has busy lanes; be safe anyway */
-                atomic_store(&s->word, FQ_SLOT_WORD(FQ_SLOT_FREE, gen, 0));
+                                                FQ_SLOT_WORD(FQ_SLOT_ACTIVE, gen, pid))) {
+                fq_file_lock(q, FQ_LOCK_SLOT(i), 0);
                 continue;
             }
-            atomic_store(&s->start_time, start);
-            /* release: the start time is visible with ACTIVE */
-            atomic_store_explicit(&s->word, FQ_SLOT_WORD(FQ_SLOT_ACTIVE, gen, pid),
-                                  memory_order_release);
+            if (!fq_lanes_idle(s)) {
+                /* a FREE slot never has busy lanes (a corrupt segment): left
+                 * ACTIVE without its lock, it is a dead one's to recovery */
+                fq_file_lock(q, FQ_LOCK_SLOT(i), 0);
+                continue;
+            }
             atomic_store_explicit(&q->slot, (int)i, memory_order_release);
             pthread_mutex_unlock(&q->mu);
             return 0;
@@ -643,8 +813,7 @@ int fq_attach(fq_queue *q)
         int dead = 0;
         for (uint32_t i = 0; i < q->nslots && !dead; i++) {
             uint64_t w = atomic_load(&q->slots[i].word);
-            dead = FQ_SLOT_KIND(w) == FQ_SLOT_ACTIVE &&
-                   !fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&q->slots[i].start_time));
+            dead = FQ_SLOT_KIND(w) != FQ_SLOT_FREE && !fq_slot_alive(q, i, w, NULL);
         }
         if (!dead)
             return FQ_ENOSLOT;
@@ -680,6 +849,7 @@ void fq_close(fq_queue *q)
 {
     if (!q)
         return;
+    fq_handle_remove(q);
     unsigned ep = atomic_load(&fq_fork_epoch);
     int s = atomic_load(&q->slot);
     if (s >= 0 && atomic_load(&q->epoch) == ep) {
@@ -694,6 +864,10 @@ void fq_close(fq_queue *q)
                                            FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
         }
     }
+    /* after the slot is FREE: closing drops its lock (see fq_slot_alive) */
+    int lfd = atomic_exchange(&q->lock_fd, -1);
+    if (lfd >= 0)
+        close(lfd);
     munmap(q->base, q->map_size);
     close(q->fd);
     free(q);

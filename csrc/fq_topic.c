@@ -322,9 +322,15 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos)
 
 /* ---- the tables (under the segment lock) ------------------------------ */
 
-static int fq_member_dead(fq_member *e, uint64_t w)
+/* Has the owner of an ACTIVE member left (fq_layout.h: owner, slot)?  seen:
+ * as in fq_slot_alive (a table operation probes each process once). */
+static int fq_member_dead(fq_queue *q, fq_member *e, signed char *seen)
 {
-    return !fq_pid_alive(FQ_SLOT_PID(w), atomic_load(&e->start_time));
+    uint32_t s = atomic_load(&e->slot);
+    uint64_t owner = atomic_load(&e->owner);
+    if (s >= q->nslots || atomic_load(&q->slots[s].word) != owner)
+        return 1; /* its handle closed, or recovery freed its slot */
+    return !fq_slot_alive(q, s, owner, seen);
 }
 
 static int fq_group_has_members(fq_queue *q, uint32_t gi)
@@ -398,10 +404,12 @@ int fq_topic_reap(fq_queue *q)
 {
     int changed = 0;
     uint32_t hwm = fq_hwm(q);
+    signed char seen[FQ_MAX_SLOTS];
+    memset(seen, 0, q->nslots);
     for (uint32_t i = 0; i < hwm; i++) {
         fq_member *e = &q->members[i];
         uint64_t w = atomic_load(&e->word);
-        if (FQ_SLOT_KIND(w) == FQ_MEM_ACTIVE && fq_member_dead(e, w)) {
+        if (FQ_SLOT_KIND(w) == FQ_MEM_ACTIVE && fq_member_dead(q, e, seen)) {
             fq_member_leave(q, i, 1);
             changed = 1;
         }
@@ -522,7 +530,11 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     if (!s)
         return -ENOMEM;
     fq_ctrl *c = q->ctrl;
-    fq_lock_wait(q);
+    rc = fq_lock_wait(q);
+    if (rc) {
+        free(s);
+        return fq_err(err, errlen, rc, "cannot lock the topic: %s", strerror(-rc));
+    }
     FQ_CRASH_POINT("subscribe_after_lock");
     fq_topic_reap(q);
     uint32_t hwm = fq_hwm(q), gi = UINT32_MAX, mi = UINT32_MAX;
@@ -604,7 +616,9 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     }
     fq_member *e = &q->members[mi];
     uint64_t ow = atomic_load(&e->word);
-    atomic_store(&e->start_time, fq_self_start_time());
+    int me = atomic_load(&q->slot); /* taken by fq_attach above */
+    atomic_store(&e->owner, atomic_load(&q->slots[me].word));
+    atomic_store(&e->slot, (uint32_t)me);
     atomic_store(&e->group, gi);
     atomic_store(&e->held, 0);
     atomic_store(&e->pos, 0);
@@ -638,11 +652,12 @@ void fq_unsubscribe(fq_sub *s)
         free(s);
         return;
     }
-    fq_lock_wait(q);
-    fq_topic_reap(q); /* as everywhere the lock is taken: repair first */
-    if (atomic_load(&q->members[s->m].word) == s->word)
-        fq_member_leave(q, s->m, 0);
-    fq_lock_drop(q);
+    if (fq_lock_wait(q) == 0) { /* else (cannot lock) left to recovery */
+        fq_topic_reap(q); /* as everywhere the lock is taken: repair first */
+        if (atomic_load(&q->members[s->m].word) == s->word)
+            fq_member_leave(q, s->m, 0);
+        fq_lock_drop(q);
+    }
     atomic_fetch_add(&q->ctrl->space_seq, 1);
     fq_wake(q, -1);
     free(s);
@@ -652,9 +667,11 @@ int fq_topic_forget(fq_queue *q, const char *name)
 {
     if (!q->topic)
         return -EINVAL;
-    fq_lock_wait(q);
+    int rc = fq_lock_wait(q);
+    if (rc)
+        return rc;
     fq_topic_reap(q);
-    int rc = -ENOENT;
+    rc = -ENOENT;
     uint32_t hwm = fq_hwm(q);
     for (uint32_t gi = 0; gi < hwm; gi++) {
         fq_group *g = &q->groups[gi];
@@ -1249,7 +1266,7 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
             return 0;
         out->kind = kind;
         out->pid = kind == FQ_MEM_ACTIVE ? FQ_SLOT_PID(w) : 0;
-        out->alive = kind == FQ_MEM_ACTIVE && !fq_member_dead(e, w);
+        out->alive = kind == FQ_MEM_ACTIVE && !fq_member_dead(q, e, NULL);
         out->got = atomic_load(&e->got);
     } else { /* a durable group nobody is attached to */
         gi = i - q->nsubs;

@@ -52,7 +52,6 @@ CDEF = r"""
 #define FQ_PH_WON ...
 #define FQ_PH_RECOVERED ...
 #define FQ_SLOT_FREE ...
-#define FQ_SLOT_CLAIMING ...
 #define FQ_SLOT_ACTIVE ...
 
 /* white-box helpers (tests only) */
@@ -255,13 +254,13 @@ int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int6
 }
 
 /* ---- topics (tests/test_topic_c.py) ---------------------------------- */
-/* member fields: 0 word, 1 start_time, 2 group, 3 pos, 4 end, 5 n, 6 state, 7 got */
+/* member fields: 0 word, 1 owner (slot word), 2 group, 3 pos, 4 end, 5 n, 6 state, 7 got */
 uint64_t fqt_member_field(fq_queue *q, uint32_t i, int field)
 {
     fq_member *e = &q->members[i];
     switch (field) {
     case 0: return atomic_load(&e->word);
-    case 1: return atomic_load(&e->start_time);
+    case 1: return atomic_load(&e->owner);
     case 2: return atomic_load(&e->group);
     case 3: return atomic_load(&e->pos);
     case 4: return atomic_load(&e->end);

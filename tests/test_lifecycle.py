@@ -44,12 +44,15 @@ def join_ok(p, timeout=120):
 
 
 def memfds():
-    """This process's descriptors that are fastq memfds."""
+    """The fastq memfds this process holds descriptors of, as (st_dev, st_ino):
+    one per segment, however many descriptors (a handle holds two, one for
+    its file locks)."""
     out = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:fastq"):
-                out.append(int(fd))
+                st = os.stat(f"/proc/self/fd/{fd}")
+                out.append((st.st_dev, st.st_ino))
         except OSError:
             pass
     return out

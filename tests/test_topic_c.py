@@ -106,7 +106,7 @@ class T(Handle):
         f = [lib.fqt_member_field(self.q, i, k) for k in range(8)]
         w = f[0]
         return {"kind": w >> 56, "gen": (w >> 32) & 0xFFFFFF, "pid": w & 0xFFFFFFFF,
-                "start_time": f[1], "group": f[2], "pos": f[3], "end": f[4], "n": f[5],
+                "owner": f[1], "group": f[2], "pos": f[3], "end": f[4], "n": f[5],
                 "state": f[6], "phase": f[6] & 3, "got": f[7]}
 
     def group(self, i):
