@@ -75,3 +75,18 @@ def wait_zombie(pid, timeout=10.0):
 
 def wait_dead(pid, zombie, timeout=10.0):
     return wait_zombie(pid, timeout) if zombie else reap(pid, timeout)
+
+
+def memfd_segments(pid):
+    """The anonymous fastq segments (memfds) process pid holds, as a set of
+    (st_dev, st_ino): one per segment however many descriptors it has of it."""
+    out = set()
+    fds = f"/proc/{pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(f"{fds}/{fd}").startswith("/memfd:fastq"):
+                st = os.stat(f"{fds}/{fd}")
+                out.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    return out

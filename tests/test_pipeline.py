@@ -15,6 +15,9 @@ import pytest
 
 import fastq
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _procs import memfd_segments  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _poolfuncs as F  # noqa: E402
@@ -150,7 +153,9 @@ def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, me
                                        stderr=subprocess.PIPE, text=True,
                                        env=child_env({"FASTQ_DIR": str(fastq_dir)})))
     pids = [int(x) for x in child.stdout.readline().split()]
-    assert len(pids) == 3 and len(list(fastq_dir.iterdir())) == 3
+    # the pool's queues are anonymous: memfds held by the processes, no file
+    assert len(pids) == 3 and len(memfd_segments(child.pid)) == 3
+    assert list(fastq_dir.iterdir()) == []
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=30)
     assert "KeyboardInterrupt" in err

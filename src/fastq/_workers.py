@@ -120,8 +120,10 @@ class _StageSpec:
                  max_retries: int, in_q: Queue, out_q: Queue):
         self.stage, self.fn, self.flat, self.workers = stage, fn, flat, workers
         self.max_retries = max_retries
-        # queues travel pickled so that every worker, forked or not, attaches its own handle
-        self.in_ref, self.out_ref = pickle.dumps(in_q), pickle.dumps(out_q)
+        # anonymous queues: inherited by a forked worker, handed to a spawned
+        # one as a file descriptor while it starts (pickling them at any other
+        # time is refused, as for multiprocessing.Queue)
+        self.in_q, self.out_q = in_q, out_q
         self.initializer: Optional[Callable] = None
         self.initargs: tuple = ()
         self.maxtasks: Optional[int] = None
@@ -192,7 +194,7 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
     """A worker: take chunks, compute, pass them on, ack; until the queue is shut down."""
     import multiprocessing as mp
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and stops us
-    in_q, out_q = pickle.loads(spec.in_ref), pickle.loads(spec.out_ref)
+    in_q, out_q = spec.in_q, spec.out_q
     if spec.initializer is not None:
         spec.initializer(*spec.initargs)
     parent = mp.parent_process()
