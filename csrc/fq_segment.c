@@ -188,20 +188,29 @@ int fq_slot_alive(fq_queue *q, uint32_t s, uint64_t w, signed char *seen)
     return alive;
 }
 
-/* Read the state of pid from /proc; 0 on success. */
-static int fq_proc_stat(int pid, char *state, uint64_t *start)
+/* The start of /proc/<pid>/<file>, NUL-terminated, in buf; 0 on success. */
+static int fq_proc_read(int pid, const char *file, char *buf, size_t len)
 {
-    atomic_fetch_add_explicit(&fq_probes[0], 1, memory_order_relaxed);
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", pid, file);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, len - 1);
     close(fd);
     if (n <= 0)
         return -1;
     buf[n] = 0;
+    return 0;
+}
+
+/* Read the state of pid from /proc; 0 on success. */
+static int fq_proc_stat(int pid, char *state, uint64_t *start)
+{
+    atomic_fetch_add_explicit(&fq_probes[0], 1, memory_order_relaxed);
+    char buf[1024];
+    if (fq_proc_read(pid, "stat", buf, sizeof buf) != 0)
+        return -1;
     char *p = strrchr(buf, ')'); /* comm may contain spaces and ')' */
     if (!p || p[1] != ' ')
         return -1;
@@ -221,16 +230,9 @@ static int fq_proc_stat(int pid, char *state, uint64_t *start)
 /* Threads of pid's thread group from /proc/<pid>/status; -1 if unknown. */
 static long fq_proc_threads(int pid)
 {
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char buf[4096];
+    if (fq_proc_read(pid, "status", buf, sizeof buf) != 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = 0;
     char *p = strstr(buf, "\nThreads:");
     return p ? strtol(p + 9, NULL, 10) : -1;
 }
