@@ -457,15 +457,18 @@ class _Engine:
                     i = self.poison[0] % NPOISON
                     self.poison[1 + 4 * i:5 + 4 * i] = [job, stage, pos, n]
                     self.poison[0] += 1
+        if self.closing and not busy and p.exitcode == 0:
+            del self.procs[wid]  # drained and exited: not replaced
+            return
+        # The replacement starts before the chunk is given back, so whoever sees
+        # the re-run's result also sees the new worker in pids().
+        self._start(wid)
+        if busy:
             for q in (self.queues[stage], self.queues[stage + 1]):
                 try:
                     q.recover()  # give its chunk back now, not within the recovery bound
                 except Exception:
                     pass
-        if self.closing and not busy and p.exitcode == 0:
-            del self.procs[wid]  # drained and exited: not replaced
-            return
-        self._start(wid)
 
     # -- results
     def _collect(self) -> None:
