@@ -9,17 +9,15 @@
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+# the shared toolkit (tests/support) is imported as ``support``
+sys.path.insert(0, str(TESTS))
 
 # A checkout whose extension is built in place (python setup.py build_ext
 # --inplace) tests that build; otherwise the installed fastq is tested (CI).
@@ -28,30 +26,7 @@ if any((SRC / "fastq").glob("_core*.so")):
     sys.path.insert(0, str(SRC))
 import fastq  # noqa: E402,F401
 
-#: the directory that holds the fastq package used by this test run
-FASTQ_PARENT = str(Path(fastq.__file__).resolve().parents[1])
-
-
-def _child_env(extra: dict | None = None) -> dict:
-    """os.environ plus a PYTHONPATH that imports the same fastq."""
-    env = dict(os.environ)
-    pp = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = FASTQ_PARENT + (os.pathsep + pp if pp else "")
-    if extra:
-        env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def _run_py(code: str, timeout: float = 30.0, env: dict | None = None,
-           check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter; the child is killed after
-    ``timeout`` seconds (subprocess.run kills it and raises TimeoutExpired)."""
-    cp = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                        text=True, timeout=timeout, env=_child_env(env))
-    if check and cp.returncode != 0:
-        raise AssertionError(f"child failed (rc={cp.returncode}):\nstdout:\n{cp.stdout}\n"
-                             f"stderr:\n{cp.stderr}")
-    return cp
+from support.procs import Procs, child_env as _child_env, run_py as _run_py  # noqa: E402
 
 
 @pytest.fixture
@@ -63,43 +38,9 @@ def fastq_dir(tmp_path, monkeypatch):
     yield d
 
 
-class _Procs:
-    """Processes started by a test; kill() whatever is still alive."""
-
-    def __init__(self):
-        self.items = []
-
-    def add(self, p):
-        self.items.append(p)
-        return p
-
-    def kill_all(self):
-        for p in self.items:
-            try:
-                if isinstance(p, subprocess.Popen):
-                    if p.poll() is None:
-                        p.kill()
-                    p.wait(timeout=5)
-                elif isinstance(p, int):  # a bare pid (os.fork)
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    try:
-                        os.waitpid(p, 0)
-                    except ChildProcessError:
-                        pass
-                else:  # multiprocessing.Process
-                    if p.is_alive():
-                        p.kill()
-                    p.join(timeout=5)
-            except Exception:  # pragma: no cover - best effort cleanup
-                pass
-
-
 @pytest.fixture
 def procs():
-    pr = _Procs()
+    pr = Procs()
     try:
         yield pr
     finally:

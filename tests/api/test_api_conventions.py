@@ -20,8 +20,7 @@ import pytest
 
 import fastq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_typing import _mypy  # noqa: E402
+from support.typecheck import mypy
 
 SMALL = 1 << 14
 
@@ -391,9 +390,9 @@ q.put("not an int")
 
 
 def test_stubs_accept_generics_max_bytes_and_full_count(tmp_path):
-    cp = _mypy(tmp_path, TYPED)
+    cp = mypy(tmp_path, TYPED)
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    cp = _mypy(tmp_path, TYPED_BAD)
+    cp = mypy(tmp_path, TYPED_BAD)
     assert "snippet.py:4" in cp.stdout and "snippet.py:5" in cp.stdout, cp.stdout
 
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+from support import REPO
+
+EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 SMALL = {"two_stage_pipeline.py": "20", "pool_instead_of_multiprocessing.py": "20000",
          "numpy_image_pipeline.py": "16"}
 

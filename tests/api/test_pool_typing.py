@@ -1,12 +1,8 @@
 """Typing of fastq.Pool, Executor and pipeline (inline annotations, checked by mypy
-as tests/test_typing.py does for the queue API)."""
+as tests/api/test_typing.py does for the queue API)."""
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_typing import _mypy  # noqa: E402
+from support.typecheck import mypy
 
 GOOD = """
 import concurrent.futures
@@ -48,12 +44,12 @@ n: str = p.reruns
 
 
 def test_pool_api_types_accepted(tmp_path):
-    cp = _mypy(tmp_path, GOOD)
+    cp = mypy(tmp_path, GOOD)
     assert cp.returncode == 0, cp.stdout + cp.stderr
 
 
 def test_pool_api_misuse_rejected(tmp_path):
-    cp = _mypy(tmp_path, BAD)
+    cp = mypy(tmp_path, BAD)
     assert cp.returncode != 0
     for line in (3, 4, 5):
         assert f"snippet.py:{line}" in cp.stdout, cp.stdout

@@ -2,7 +2,7 @@
 messages its group is still to deliver, including those given back by nack(),
 close() or a subscriber's death, but not a delivery received and not settled.
 The C-level regressions of the group heads and the release scan are in
-tests/test_topic_c_heads.py."""
+tests/c/test_topic_c_heads.py."""
 
 import pytest
 

@@ -1,5 +1,5 @@
 """Topic readers through the Python binding: what the C-level tests of
-tests/test_topic_c_readers.py cannot see (the binding's object lifetime)."""
+tests/c/test_topic_c_readers.py cannot see (the binding's object lifetime)."""
 
 import gc
 

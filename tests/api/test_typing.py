@@ -3,17 +3,8 @@ the compiled module); mypy must accept ordinary use of the public API and
 reject an obvious misuse."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+from support.typecheck import PKG, mypy
 
-import pytest
-
-import fastq
-
-PKG = Path(fastq.__file__).resolve().parent
 STUBS = [p for p in (PKG / "py.typed", PKG / "_core.pyi") if p.exists()]
 
 
@@ -90,28 +81,13 @@ lag: str = t.subscribe().lag
 """
 
 
-def _mypy(tmp_path, code):
-    pytest.importorskip("mypy", reason="mypy is not installed (not installed at test time)")
-    src = tmp_path / "snippet.py"
-    src.write_text(textwrap.dedent(code))
-    env = dict(os.environ)
-    if "site-packages" not in PKG.parts:  # running from the source tree
-        env["MYPYPATH"] = str(PKG.parent)
-    cp = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--strict-optional",
-                         "--cache-dir", str(tmp_path / ".mypy_cache"), "--follow-imports=silent",
-                         "--no-error-summary", str(src)],
-                        capture_output=True, text=True, timeout=300, env=env,
-                        cwd=str(tmp_path))
-    return cp
-
-
 def test_stubs_accept_public_api_usage(tmp_path):
-    cp = _mypy(tmp_path, GOOD)
+    cp = mypy(tmp_path, GOOD)
     assert cp.returncode == 0, cp.stdout + cp.stderr
 
 
 def test_stubs_reject_misuse(tmp_path):
-    cp = _mypy(tmp_path, BAD)
+    cp = mypy(tmp_path, BAD)
     assert cp.returncode != 0
     assert "snippet.py:4" in cp.stdout and "snippet.py:5" in cp.stdout, cp.stdout
     assert "snippet.py:7" in cp.stdout, cp.stdout

@@ -6,20 +6,19 @@
   4 KiB ring, so that the ring index holds a live record of the next lap);
 - ShutDown is reported only when nothing is left to give back.
 
-White-box, through the cffi build of csrc/ (tests/c_core.py).
+White-box, through the cffi build of csrc/ (tests/support/cbuild.py).
 """
 
 import os
 import signal
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cseg import HDR, ffi, lib, mk, rec_size, seq_of  # noqa: E402
-from _procs import children, fork, reap  # noqa: E402
-from test_ring_c import Q, advance_to, recover_fully  # noqa: E402
+from support import REPO
+from support.cseg import HDR, ffi, lib, mk, rec_size, seq_of
+from support.procs import children, fork, reap
+from support.cring import Q, advance_to, recover_fully
 
 
 def wait_stopped(pid, timeout=10.0):
@@ -360,7 +359,7 @@ def test_open_rejects_cursors_near_the_wrap_of_64_bits(tmp_path, topic):
     whose cursors sit there is rejected at open."""
     import struct
 
-    from _cseg import create, open_seg
+    from support.cseg import create, open_seg
     p = tmp_path / "q.seg"
     rc, qp, err = create(p, topic=topic)
     assert rc == 0, err
@@ -387,7 +386,7 @@ def test_build_fails_without_a_native_16_byte_cas(tmp_path):
     gcc = shutil.which("gcc")
     if not gcc:
         pytest.skip("no gcc")
-    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    csrc = str(REPO / "csrc")
     src = os.path.join(csrc, "fq_topic.c")
 
     def compiles(*flags):

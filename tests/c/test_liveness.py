@@ -21,9 +21,8 @@ import pytest
 
 import fastq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cseg import Handle, create, ffi, lib, open_seg  # noqa: E402
-from _procs import children, fork, reap  # noqa: E402
+from support.cseg import Handle, create, ffi, lib, open_seg
+from support.procs import children, fork, reap, wait_zombie
 
 #: the image a child exec()s: it reports on the inherited fd argv[1], then sleeps
 SLEEPER = "import os, sys, time; os.write(int(sys.argv[1]), b'E'); time.sleep(120)"
@@ -423,3 +422,43 @@ def test_forked_child_does_not_keep_its_parent_alive(tmp_path):
         finally:
             os.kill(grandchild, 9)
     q.close()
+
+
+# ---------------------------------------------------------------------------
+# fq_pid_alive (from the former test_ring_c.py)
+
+
+def _start_time(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def _sleep_child(r):
+    os.read(r, 1)
+    return 0
+
+
+def test_pid_alive():
+    me = os.getpid()
+    assert lib.fq_pid_alive(me, 0) == 1
+    assert lib.fq_pid_alive(me, _start_time(me)) == 1
+    assert lib.fq_pid_alive(me, _start_time(me) + 1) == 0  # pid reused by another process
+    assert lib.fq_pid_alive(0, 0) == 0
+    assert lib.fq_pid_alive(-1, 0) == 0
+    assert lib.fq_pid_alive(-(2 ** 31), 0) == 0
+    r, w = os.pipe()
+    try:
+        with children() as pids:
+            pid = fork(_sleep_child, r)
+            pids.append(pid)
+            assert lib.fq_pid_alive(pid, 0) == 1
+            assert lib.fq_pid_alive(pid, _start_time(pid)) == 1
+            os.write(w, b"x")
+            assert wait_zombie(pid) == 0  # a zombie is dead
+            assert lib.fq_pid_alive(pid, 0) == 0
+            assert reap(pid) == 0  # reaped: gone
+            pids.remove(pid)
+            assert lib.fq_pid_alive(pid, 0) == 0
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,6 +1,6 @@
 """White-box tests of a topic's group heads and of a block topic's release scan
 (csrc/fq_topic.c: fq_topic_release, the group head pair, fq_group_lag), through
-cffi (tests/c_core.py, tests/_cseg.py; the wrappers are test_topic_c.py's).
+cffi (tests/support/cbuild.py, cseg.py; the wrappers are tests/support/ctopic.py's).
 
 Regressions of issue 9: a member joining an existing group while a publisher's
 release scan is in progress (bug 8, with the pause point
@@ -11,22 +11,15 @@ bytes (bug 6: group heads were packed into 48 bits and rebuilt next to tail).
 
 import os
 import select
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cseg import CAP, lib, mk, seq_of  # noqa: E402
-from _procs import children, fork, reap  # noqa: E402
-from test_topic_c import (CTRL_EPOCH, CTRL_RELEASE, DURABLE, EARLIEST, GROUP, T,  # noqa: E402
-                          _ctrl_u64, _poke_ctrl_u64, _publisher_child, recover_fully, trec)
+from support.cseg import CAP, lib, mk, seq_of
+from support.procs import children, fork, reap
+from support.ctopic import (CTRL_EPOCH, CTRL_RELEASE, DURABLE, EARLIEST, GROUP, T,
+                          ctrl_u64, poke_ctrl_u64, publisher_child, recover_fully, trec)
 
-import pytest  # noqa: E402
+import pytest
 
 CTRL_TAIL, CTRL_PUBLISHED = 128, 136
-
-
-@pytest.fixture
-def path(tmp_path):
-    return tmp_path / "t.seg"
 
 
 def _wait_byte(fd, timeout=10.0):
@@ -107,9 +100,9 @@ def test_every_table_change_under_the_lock_bumps_the_epoch(path):
     t = T.create(path, capacity=CAP)
     try:
         def bumped(fn):
-            e0 = _ctrl_u64(path, CTRL_EPOCH)
+            e0 = ctrl_u64(path, CTRL_EPOCH)
             r = fn()
-            assert _ctrl_u64(path, CTRL_EPOCH) > e0, fn
+            assert ctrl_u64(path, CTRL_EPOCH) > e0, fn
             return r
 
         a = bumped(lambda: t.subscribe("g", GROUP))  # a new group
@@ -144,7 +137,7 @@ def test_regression_durable_subscriber_lagging_past_2_51_bytes(path, lag_bytes):
         t.subscribe("d", DURABLE, EARLIEST).unsubscribe()
         for off, v in ((CTRL_TAIL, lag_bytes), (CTRL_PUBLISHED, 1000),
                        (CTRL_RELEASE, lag_bytes)):
-            _poke_ctrl_u64(path, off, v)
+            poke_ctrl_u64(path, off, v)
         for i in range(5):
             assert t.put(mk(1000 + i, 64)) == 0
         st = t.stats()
@@ -228,7 +221,7 @@ def test_lag_counts_past_a_put_killed_before_its_headers(path):
     try:
         s = t.subscribe("x")
         with children() as pids:
-            pid = fork(_publisher_child, path, "put_after_claim", 1, [[mk(0, 64)]])
+            pid = fork(publisher_child, path, "put_after_claim", 1, [[mk(0, 64)]])
             pids.append(pid)
             assert reap(pid) == 9
             pids.remove(pid)

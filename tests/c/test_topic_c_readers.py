@@ -18,18 +18,16 @@ import os
 import platform
 import signal
 import struct
-import sys
 import threading
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cseg import CAP, HDR, ffi, lib, mk, seq_of  # noqa: E402
-from _procs import children, fork, reap  # noqa: E402
-from test_topic_c import (  # noqa: E402
-    ANON, DURABLE, EARLIEST, GROUP, NO_IDX, CTRL_RELEASE, T, _open_guarded,
-    _poke_ctrl_u64, _publisher_child, advance_to, publish_all, recover_fully, run_child,
+from support.cseg import CAP, HDR, ffi, lib, mk, seq_of
+from support.procs import children, fork, reap
+from support.ctopic import (
+    ANON, DURABLE, EARLIEST, GROUP, NO_IDX, CTRL_RELEASE, T, open_guarded,
+    poke_ctrl_u64, publisher_child, advance_to, publish_all, recover_fully, run_child,
     seqs, trec)
 
 #: fq_ctrl offsets of the futex words (csrc/fq_layout.h, static-asserted there)
@@ -39,11 +37,6 @@ SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
 SYS_SLEEPS = {"x86_64": (35, 230), "aarch64": (101, 115)}.get(platform.machine(), ())
 LONG_NS = 600 * 10**9  # a wait slice no test waits out
 BOUND = 60.0           # how long a woken thread may take to be seen back
-
-
-@pytest.fixture
-def path(tmp_path):
-    return tmp_path / "t.seg"
 
 
 def _base(t):
@@ -116,7 +109,7 @@ def _wake_all(t):
 
 
 def _guarded_earliest_child(path, expect_rc):
-    t = _open_guarded(path)
+    t = open_guarded(path)
     rc, s, err = t.subscribe_rc("b", ANON, EARLIEST)  # fq_first_index at release
     if rc:
         return 3
@@ -151,7 +144,7 @@ def test_first_index_never_reads_past_the_ring(path, mode):
                 hdr = ffi.cast("char *", lib.fqt_rec_data(t.q, p)) - HDR
                 ffi.cast("uint32_t *", hdr)[2] = ln  # its index would be at data + cap
                 ffi.cast("uint64_t *", hdr)[0] = lib.fqt_tag(t.q, p) | st
-                _poke_ctrl_u64(path, CTRL_RELEASE, p)
+                poke_ctrl_u64(path, CTRL_RELEASE, p)
                 assert t.stats()["release"] == p
                 with children() as pids:
                     # a message being written is not there yet; a committed one
@@ -220,7 +213,7 @@ def test_padding_only_claim_wakes_publisher_waiting_for_space(path):
     try:
         s = t.subscribe("a")
         with children() as pids:
-            run_child(pids, _publisher_child, path, "put_before_commit", 1, [[mk(0, 1500)]])
+            run_child(pids, publisher_child, path, "put_before_commit", 1, [[mk(0, 1500)]])
         lens = ffi.new("uint64_t[1]", [40])
         c = ffi.new("fq_claim *")
         assert lib.fq_put_begin(p.q, lens, 1, c) == 0

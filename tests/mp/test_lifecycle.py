@@ -15,15 +15,14 @@ import os
 import pickle
 import re
 import signal
-import sys
 import textwrap
 
 import pytest
 
 import fastq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _procs import fork, reap  # noqa: E402
+from support import REPO
+from support.procs import fork, reap
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
@@ -148,7 +147,7 @@ def test_anonymous_queue_released_when_closed_or_collected():
 def test_killed_mid_create_leaves_no_file(fastq_dir):
     """A creator killed after reserving the whole file but before linking it
     into place leaves nothing (before: a full-size *.tmp-<pid>-* file, forever)."""
-    from _cseg import create, lib
+    from support.cseg import create, lib
     path = fastq_dir / "big"
 
     def creator():
@@ -232,7 +231,7 @@ def test_anonymous_segment_cannot_be_truncated():
 
 
 def test_readme_warns_that_truncating_a_segment_kills_with_sigbus():
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    readme = open(REPO / "README.md").read()
     assert re.search(r"truncat[^.]*SIGBUS", readme, re.S), \
         "README must say that truncating a mapped segment kills attached processes"
 

@@ -13,7 +13,6 @@ import os
 import pickle
 import random
 import struct
-import sys
 import textwrap
 import time
 

@@ -15,12 +15,10 @@ import pytest
 
 import fastq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _procs import memfd_segments  # noqa: E402
+from support import TESTS
+from support import poolfuncs as F
+from support.procs import memfd_segments
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import _poolfuncs as F  # noqa: E402
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
@@ -135,7 +133,8 @@ def _gone(pid):
 CTRL_C = r"""
 import sys, time
 sys.path.insert(0, {tests!r})
-import fastq, _poolfuncs as F
+import fastq
+from support import poolfuncs as F
 if __name__ == "__main__":
     p = fastq.pipeline(iter(int, 1), fastq.Stage(F.tick, workers=2), F.inc_first,
                        context={method!r})
@@ -148,7 +147,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, method):
-    code = CTRL_C.format(tests=HERE, method=method)
+    code = CTRL_C.format(tests=str(TESTS), method=method)
     child = procs.add(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True,
                                        env=child_env({"FASTQ_DIR": str(fastq_dir)})))
@@ -168,8 +167,9 @@ def test_progress_bars_per_stage(fastq_dir, run_py):
     pytest.importorskip("tqdm")
     cp = run_py(f"""
         import sys
-        sys.path.insert(0, {HERE!r})
-        import fastq, _poolfuncs as F
+        sys.path.insert(0, {str(TESTS)!r})
+        import fastq
+        from support import poolfuncs as F
         if __name__ == "__main__":
             with fastq.pipeline(range(300), fastq.Stage(F.inc, workers=2), F.sq,
                                 progress=True) as p:

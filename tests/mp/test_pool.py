@@ -15,11 +15,9 @@ import pytest
 
 import fastq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _procs import memfd_segments  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _poolfuncs as F  # noqa: E402
+from support import TESTS
+from support import poolfuncs as F
+from support.procs import memfd_segments
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -59,7 +57,7 @@ def test_exception_has_worker_traceback_and_pool_goes_on(fastq_dir):
             p.map(F.boom, range(20))
         cause = ei.value.__cause__
         assert isinstance(cause, fastq.RemoteTraceback)
-        assert "_poolfuncs.py" in str(cause) and "in boom" in str(cause)
+        assert "support/poolfuncs.py" in str(cause) and "in boom" in str(cause)
         it = p.imap(F.boom, range(20))
         assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
         with pytest.raises(ValueError):
@@ -208,7 +206,8 @@ def test_executor_submit_map_and_asyncio(fastq_dir):
 CTRL_C = r"""
 import os, sys, time
 sys.path.insert(0, {tests!r})
-import fastq, _poolfuncs as F
+import fastq
+from support import poolfuncs as F
 if __name__ == "__main__":
     p = fastq.Pool(2, context={method!r})
     print(" ".join(map(str, p.pids())), flush=True)
@@ -219,7 +218,7 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, method):
     import subprocess
-    code = CTRL_C.format(tests=os.path.dirname(os.path.abspath(__file__)), method=method)
+    code = CTRL_C.format(tests=str(TESTS), method=method)
     child = procs.add(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True,
                                        env=child_env({"FASTQ_DIR": str(fastq_dir)})))

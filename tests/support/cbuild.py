@@ -24,7 +24,7 @@ import shutil
 import sys
 import threading
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(REPO, "csrc")
 SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c",
            "csrc/fq_topic.c"]
@@ -73,7 +73,7 @@ int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_
                      uint32_t max16, uint64_t deadline_ns);
 int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int64_t *gotall,
                      int64_t *putall, uint64_t deadline_ns, uint64_t diag[4]);
-/* topics (white-box helpers for tests/test_topic_c.py) */
+/* topics (white-box helpers for tests/c/test_topic_*.py) */
 uint64_t fqt_member_field(fq_queue *q, uint32_t i, int field);
 uint64_t fqt_group_field(fq_queue *q, uint32_t i, int field);
 uint64_t fqt_published(fq_queue *q);
@@ -253,7 +253,7 @@ int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int6
     }
 }
 
-/* ---- topics (tests/test_topic_c.py) ---------------------------------- */
+/* ---- topics (tests/c/test_topic_*.py) --------------------------------- */
 /* member fields: 0 word, 1 owner (slot word), 2 group, 3 pos, 4 end, 5 n, 6 state, 7 got */
 uint64_t fqt_member_field(fq_queue *q, uint32_t i, int field)
 {

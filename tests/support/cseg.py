@@ -1,4 +1,4 @@
-"""What the white-box tests of the C core (test_ring_c.py, test_topic_c.py) share:
+"""What the white-box tests of the C core (tests/c/test_ring_*.py, test_topic_*.py) share:
 the cffi module, payloads that check themselves, segment creation and the handle
 methods a queue and a topic have in common."""
 
@@ -6,9 +6,9 @@ import random
 import struct
 import zlib
 
-import c_core
+from support import cbuild
 
-ffi, lib = c_core.load()
+ffi, lib = cbuild.load()
 
 CAP = 4096
 BIG = 1 << 62

@@ -1,11 +1,27 @@
-"""Child processes for the white-box tests: fork a function, kill, reap, or leave a
-zombie (a dead process whose pid still exists: its slot must be judged dead too)."""
+"""Child processes: fork a function, kill, reap, or leave a zombie (a dead process
+whose pid still exists: its slot must be judged dead too); a fresh interpreter that
+imports the same fastq (``run_py``); the ``procs`` fixture's killer (``Procs``)."""
 
 import faulthandler
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from contextlib import contextmanager
+
+
+def kill_and_reap(pid):
+    """SIGKILL a child pid (if still there) and reap it"""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 @contextmanager
@@ -16,14 +32,59 @@ def children():
         yield pids
     finally:
         for pid in pids:
+            kill_and_reap(pid)
+
+
+class Procs:
+    """Processes started by a test (Popen, a bare pid from os.fork, or a
+    multiprocessing.Process); kill_all() kills and reaps whatever is still alive."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, p):
+        self.items.append(p)
+        return p
+
+    def kill_all(self):
+        for p in self.items:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                if isinstance(p, subprocess.Popen):
+                    if p.poll() is None:
+                        p.kill()
+                    p.wait(timeout=5)
+                elif isinstance(p, int):  # a bare pid (os.fork)
+                    kill_and_reap(p)
+                else:  # multiprocessing.Process
+                    if p.is_alive():
+                        p.kill()
+                    p.join(timeout=5)
+            except Exception:  # pragma: no cover - best effort cleanup
                 pass
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+
+
+def child_env(extra=None):
+    """os.environ plus a PYTHONPATH that imports the same fastq (the one this test run
+    imported: the in-place build or the installed package)."""
+    import fastq
+    parent = os.path.dirname(os.path.dirname(os.path.realpath(fastq.__file__)))
+    env = dict(os.environ)
+    pp = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = parent + (os.pathsep + pp if pp else "")
+    if extra:
+        env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_py(code, timeout=30.0, env=None, check=True):
+    """Run ``code`` in a fresh interpreter; the child is killed after ``timeout``
+    seconds (subprocess.run kills it and raises TimeoutExpired)."""
+    cp = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                        text=True, timeout=timeout, env=child_env(env))
+    if check and cp.returncode != 0:
+        raise AssertionError(f"child failed (rc={cp.returncode}):\nstdout:\n{cp.stdout}\n"
+                             f"stderr:\n{cp.stderr}")
+    return cp
 
 
 def fork(fn, *args):
