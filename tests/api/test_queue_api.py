@@ -18,30 +18,13 @@ import pytest
 
 import fastq
 
+from support.waiting import call_bounded
+
 np = pytest.importorskip("numpy")
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
 SMALL = 4096  # the minimum ring: max_message = 2032
-
-
-def call_bounded(fn, timeout=5.0):
-    """Run fn() in a daemon thread; return ("ok", value) or ("exc", exc), or
-    ("hung", None) if it did not return within timeout."""
-    box = {}
-
-    def run():
-        try:
-            box["r"] = ("ok", fn())
-        except BaseException as e:  # noqa: BLE001
-            box["r"] = ("exc", e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        return ("hung", None)
-    return box["r"]
 
 
 def fill_raw(q, size=0):

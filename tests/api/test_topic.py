@@ -33,6 +33,8 @@ import pytest
 
 import fastq
 
+from support.waiting import call_bounded
+
 np = pytest.importorskip("numpy")
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
@@ -47,24 +49,6 @@ def is_shutdown(t):
     Queue.is_shutdown) a method."""
     v = t.is_shutdown
     return v() if callable(v) else v
-
-
-def call_bounded(fn, timeout=5.0):
-    """Run fn() in a daemon thread; ("ok", value), ("exc", exc) or ("hung", None)."""
-    box = {}
-
-    def run():
-        try:
-            box["r"] = ("ok", fn())
-        except BaseException as e:  # noqa: BLE001
-            box["r"] = ("exc", e)
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    th.join(timeout)
-    if th.is_alive():
-        return ("hung", None)
-    return box["r"]
 
 
 def drain(s, max_messages=64):

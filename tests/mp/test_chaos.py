@@ -68,7 +68,6 @@ import mmap
 import os
 import random
 import signal
-import struct
 import time
 import zlib
 
@@ -76,25 +75,19 @@ import pytest
 
 import fastq
 
+from support.chaos import K_BEGIN, CheckingSerializer, fail
+from support.messages import Framed
+from support.waiting import wait_for
+
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
 CTX = mp.get_context("fork")
 CAPACITY = 32 << 20
-MAGIC = 0xFA57C4A0
-HDR = struct.Struct("<IIQQQ")      # magic, crc, prod, seq, size
-KEY = struct.Struct("<QQQ")        # prod, seq, size (what the crc covers, with the payload)
 BIG_MIN, BIG_MAX = 2 << 20, 8 << 20
 GAP_BOUND = 2.0
 PUT_TIMEOUT = 30.0
-
-_BASE = None  # random bytes payloads are cut from; made before forking, inherited
-
-
-def base():
-    global _BASE
-    if _BASE is None:
-        _BASE = random.Random(12345).randbytes(BIG_MAX + (1 << 20))
-    return _BASE
+#: payloads are cut from random bytes made before forking (inherited)
+MSGS = Framed(0xFA57C4A0, 12345, BIG_MAX + (1 << 20))
 
 
 def pick_size(rng):
@@ -110,33 +103,6 @@ def producer_rng(seed, prod):
     return random.Random(seed * 1_000_003 + prod)
 
 
-def make_msg(prod, seq, size):
-    off = (prod * 7919 + seq * 104729) % (1 << 20)
-    payload = base()[off:off + size]
-    key = KEY.pack(prod, seq, size)
-    crc = zlib.crc32(payload, zlib.crc32(key))
-    return HDR.pack(MAGIC, crc, prod, seq, size) + payload
-
-
-def check_msg(data):
-    """(prod, seq, size) if the message is intact, else None."""
-    if len(data) < HDR.size:
-        return None
-    magic, crc, prod, seq, size = HDR.unpack_from(data)
-    mv = memoryview(data)
-    if magic != MAGIC or size != len(data) - HDR.size:
-        return None
-    if zlib.crc32(mv[HDR.size:], zlib.crc32(mv[8:HDR.size])) != crc:
-        return None
-    return prod, seq, size
-
-
-def _fail_marker(fail_path, text):
-    with open(fail_path, "a") as f:
-        f.write(text + "\n")
-    os._exit(3)
-
-
 # ---- worker processes (forked) -----------------------------------------------
 
 
@@ -147,11 +113,11 @@ def producer_main(path, prod, seed, log_path, flags, fail_path):
     rng = producer_rng(seed, prod)
     seq = 0
     while not flags[0]:
-        msg = make_msg(prod, seq, pick_size(rng))
+        msg = MSGS.make(prod, seq, pick_size(rng))
         try:
             q.put(msg, timeout=PUT_TIMEOUT)
         except fastq.Full:
-            _fail_marker(fail_path, f"producer {prod} (pid {os.getpid()}): put() blocked "
+            fail(fail_path, f"producer {prod} (pid {os.getpid()}): put() blocked "
                                     f"{PUT_TIMEOUT} s (queue full, nobody freed space)")
         os.write(fd, b"%d %.6f\n" % (seq, time.monotonic()))
         seq += 1
@@ -159,34 +125,20 @@ def producer_main(path, prod, seed, log_path, flags, fail_path):
     q.close()
 
 
-class CheckingSerializer:
-    """loads() runs inside get(), while the message is still claimed: it
-    logs B, verifies the crc (a few ms for a big message), logs L."""
-
-    def __init__(self, fd, fail_path):
-        self.fd = fd
-        self.fail_path = fail_path
-
-    def dumps(self, obj):
-        return obj
-
-    def loads(self, data):
-        prod = seq = -1
-        if len(data) >= HDR.size:
-            _, _, prod, seq, _ = HDR.unpack_from(data)
-        os.write(self.fd, b"B %d %d %.6f\n" % (prod, seq, time.monotonic()))
-        r = check_msg(data)
-        if r is None:
-            _fail_marker(self.fail_path,
-                         f"consumer pid {os.getpid()}: corrupt message: len={len(data)} "
-                         f"header={HDR.unpack_from(data) if len(data) >= HDR.size else data!r}")
-        os.write(self.fd, b"L %d %d\n" % (prod, seq))
-        return prod, seq
+def _text_log(fd):
+    """the consumer's log lines of CheckingSerializer: B (began, with the time), L (checked)"""
+    def log(kind, prod, seq, nbytes):
+        if kind == K_BEGIN:
+            os.write(fd, b"B %d %d %.6f\n" % (prod, seq, time.monotonic()))
+        else:
+            os.write(fd, b"L %d %d\n" % (prod, seq))
+    return log
 
 
 def consumer_main(path, log_path, flags, fail_path):
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    q = fastq.Queue.open(path, serializer=CheckingSerializer(fd, fail_path))
+    q = fastq.Queue.open(path, serializer=CheckingSerializer(fd, fail_path, MSGS,
+                                                             log=_text_log(fd)))
     pid = os.getpid()
     os.write(fd, b"S %d %.6f\n" % (pid, time.monotonic()))
     idle = 0
@@ -290,7 +242,7 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
     seed = int(os.environ.get("FASTQ_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
     max_chaos = max(45.0, kills_target * 0.25)
     rng = random.Random(seed)
-    base()
+    MSGS.base()
     flags = mmap.mmap(-1, 16)  # [0]: producers stop, [1]: consumers drain; shared
     fail_path = str(tmp_path / "FAILED")
     T0 = time.monotonic()
@@ -387,7 +339,7 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
                 leftover.append(q.get_nowait())
             except fastq.Empty:
                 break
-        leftover = [check_msg(m) for m in leftover]
+        leftover = [MSGS.check(m) for m in leftover]
 
         # ---- collect ----------------------------------------------------------------
         n_put, put_t, prod_killed, prod_gap = {}, {}, {}, 0.0
@@ -570,10 +522,10 @@ class SlowCheckingSerializer:
 
     def loads(self, data):
         with open(self.flag, "w") as f:
-            f.write("%d %d" % HDR.unpack_from(data)[2:4])
+            f.write("%d %d" % MSGS.HDR.unpack_from(data)[2:4])
         mv = memoryview(data)
-        crc = zlib.crc32(mv[8:HDR.size])
-        for i in range(HDR.size, len(data), 64 << 10):
+        crc = zlib.crc32(mv[8:MSGS.HDR.size])
+        for i in range(MSGS.HDR.size, len(data), 64 << 10):
             crc = zlib.crc32(mv[i:i + (64 << 10)], crc)
             time.sleep(0.002)
         return data
@@ -596,7 +548,7 @@ class MarkingSerializer:
         return obj
 
     def loads(self, data):
-        os.write(self.fd, b"R %d\n" % HDR.unpack_from(data)[3])
+        os.write(self.fd, b"R %d\n" % MSGS.HDR.unpack_from(data)[3])
         return data
 
 
@@ -609,25 +561,18 @@ def raw_consumer(path, log_path, marking=False):
     while True:
         os.write(fd, b"A\n")
         m = q.get(timeout=20)
-        r = check_msg(m)
+        r = MSGS.check(m)
         os.write(fd, b"G %d\n" % (-1 if r is None else r[1]))
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 def test_consumer_killed_mid_get_of_8mib_message_redelivered(tmp_path, procs):
     """Deterministic: the consumer is killed while its get() holds an 8 MiB
     message (inside the serializer's slow crc); another process gets it back,
     intact, within the recovery bound."""
-    base()
+    MSGS.base()
     big = 8 << 20
     with fastq.Queue("big", capacity=CAPACITY, serializer="raw") as q:
-        msgs = [make_msg(7, s, big - s) for s in range(3)]
+        msgs = [MSGS.make(7, s, big - s) for s in range(3)]
         for m in msgs:
             q.put(m)
         rng = random.Random()
@@ -635,8 +580,8 @@ def test_consumer_killed_mid_get_of_8mib_message_redelivered(tmp_path, procs):
             flag = str(tmp_path / f"claimed{rnd}")
             p = procs.add(CTX.Process(target=slow_consumer, args=(q.path, flag)))
             p.start()
-            wait_for(lambda: os.path.exists(flag) and os.path.getsize(flag), 20,
-                     "the consumer to claim")
+            wait_for(lambda: os.path.exists(flag) and os.path.getsize(flag),
+                     "the consumer to claim", timeout=20)
             time.sleep(rng.uniform(0.0, 0.1))  # the slow crc takes ~0.3 s
             os.kill(p.pid, signal.SIGKILL)
             p.join(10)
@@ -651,7 +596,7 @@ def test_consumer_killed_mid_get_of_8mib_message_redelivered(tmp_path, procs):
         cp = procs.add(CTX.Process(target=raw_consumer, args=(q.path, log)))
         cp.start()
         wait_for(lambda: open(log, "rb").read().count(b"G") >= 3 if os.path.exists(log)
-                 else False, 20, "another consumer to get all three")
+                 else False, "another consumer to get all three", timeout=20)
         dt = time.monotonic() - t0
         os.kill(cp.pid, signal.SIGKILL)
         cp.join(10)
@@ -674,7 +619,7 @@ def test_consumers_killed_at_random_while_copying_8mib_messages(tmp_path, procs)
         it frees the message: a message lost with one must be its last 'R';
       * raw consumers (even rounds; the copy is a memcpy without the GIL)
         cannot tell: at most one lost per raw consumer killed after its 'A'."""
-    base()
+    MSGS.base()
     rng = random.Random()
     KILLS = 30
     with fastq.Queue("bigr", capacity=CAPACITY, serializer="raw") as q:
@@ -687,7 +632,7 @@ def test_consumers_killed_at_random_while_copying_8mib_messages(tmp_path, procs)
             q.recover()  # give back what the last victim had claimed: the next one copies
             while q.qsize() < 3:
                 if nxt is None:
-                    nxt = make_msg(9, seq, rng.randint(BIG_MIN, BIG_MAX))
+                    nxt = MSGS.make(9, seq, rng.randint(BIG_MIN, BIG_MAX))
                 try:
                     q.put(nxt, timeout=0.3)
                 except fastq.Full:
@@ -701,8 +646,8 @@ def test_consumers_killed_at_random_while_copying_8mib_messages(tmp_path, procs)
             p.start()
             # its first get() begins: then kill it 0-15 ms later (copying an
             # 8 MiB message out of the ring takes a few ms)
-            wait_for(lambda: os.path.exists(log) and os.path.getsize(log), 20,
-                     "the consumer to start")
+            wait_for(lambda: os.path.exists(log) and os.path.getsize(log),
+                     "the consumer to start", timeout=20)
             time.sleep(rng.uniform(0.0, 0.015))
             os.kill(p.pid, signal.SIGKILL)
             p.join(10)
@@ -712,7 +657,7 @@ def test_consumers_killed_at_random_while_copying_8mib_messages(tmp_path, procs)
         rest = []
         while True:
             try:
-                rest.append(check_msg(q.get(timeout=1.0)))
+                rest.append(MSGS.check(q.get(timeout=1.0)))
             except fastq.Empty:
                 break
         assert all(r is not None for r in rest), "a corrupt message"

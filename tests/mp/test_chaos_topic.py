@@ -135,30 +135,28 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import struct
 import time
 import traceback
-import zlib
 
 import pytest
 
 import fastq
 
+from support.chaos import REC, CheckingSerializer, fail, read_recs, rec
+from support.messages import Framed
+from support.waiting import wait_for
+
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
 CTX = mp.get_context("fork")
 CAPACITY = 32 << 20
-MAGIC = 0xFA57C4A1
-HDR = struct.Struct("<IIQQQ")      # magic, crc, pub, seq, size
-KEY = struct.Struct("<QQQ")        # pub, seq, size (what the crc covers, with the payload)
 BIG_MIN, BIG_MAX = 2 << 20, 4 << 20
 GAP_BOUND = 2.0
 PUB_TIMEOUT = 30.0
 GET_TIMEOUT = 0.5
+#: payloads are cut from random bytes made before forking (inherited)
+MSGS = Framed(0xFA57C4A1, 4321, BIG_MAX + (1 << 20))
 
-# one record of a worker's log: kind, flag, pad, pub, seq, t, arg (32 bytes)
-REC = struct.Struct("<BBHIQdQ")
-assert REC.size == 32
 (K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED, K_EXIT,
  K_INTENT, K_PUBLISHED, K_NACKING, K_NACKED, K_MEMBERS) = b"SABLGRQKEIPNVM"
 M_GET, M_MANY, M_RECV, M_PRECV, M_BOUND = 1, 2, 3, 4, 5
@@ -166,15 +164,6 @@ MODE_NAME = {M_GET: "get", M_MANY: "get_many", M_RECV: "receive", M_PRECV: "rece
              M_BOUND: "call at the prefetch bound"}
 RECV_STAGES = ("R", "Q", "K", "N", "V")  # a receive() that returned: its flag is known
 GROUP = {"g": "workers", "d": "billing", "n": "plain"}
-
-_BASE = None  # random bytes payloads are cut from; made before forking, inherited
-
-
-def base():
-    global _BASE
-    if _BASE is None:
-        _BASE = random.Random(4321).randbytes(BIG_MAX + (1 << 20))
-    return _BASE
 
 
 def pick_size(rng):
@@ -186,46 +175,6 @@ def pick_size(rng):
     if r < 0.8:
         return rng.randint(512, 1536)
     return rng.randint(8 << 10, 96 << 10)
-
-
-def make_msg(pub, seq, size):
-    off = (pub * 7919 + seq * 104729) % (1 << 20)
-    payload = base()[off:off + size]
-    key = KEY.pack(pub, seq, size)
-    crc = zlib.crc32(payload, zlib.crc32(key))
-    return HDR.pack(MAGIC, crc, pub, seq, size) + payload
-
-
-def check_msg(data):
-    """(pub, seq, size) if the message is intact, else None."""
-    if len(data) < HDR.size:
-        return None
-    magic, crc, pub, seq, size = HDR.unpack_from(data)
-    mv = memoryview(data)
-    if magic != MAGIC or size != len(data) - HDR.size:
-        return None
-    if zlib.crc32(mv[HDR.size:], zlib.crc32(mv[8:HDR.size])) != crc:
-        return None
-    return pub, seq, size
-
-
-def rec(fd, kind, flag=0, pub=0, seq=0, arg=0):
-    os.write(fd, REC.pack(kind, flag, 0, pub, seq, time.monotonic(), arg))
-
-
-def read_recs(path):
-    try:
-        data = open(path, "rb").read()
-    except FileNotFoundError:
-        return []
-    n = len(data) // REC.size * REC.size  # a record cut short by a kill is dropped
-    return list(REC.iter_unpack(memoryview(data)[:n]))
-
-
-def _fail_marker(fail_path, text):
-    with open(fail_path, "a") as f:
-        f.write(text + "\n")
-    os._exit(3)
 
 
 # ---- worker processes (forked) -----------------------------------------------------
@@ -241,50 +190,25 @@ def publisher_main(path, pub, seed, log_path, flags, fail_path):
         while not flags[0]:
             if rng.random() < 0.2:
                 k = rng.randint(2, 8)
-                msgs = [make_msg(pub, seq + i, rng.randint(0, 1500)) for i in range(k)]
-                rec(fd, K_INTENT, pub=pub, seq=seq, arg=k)
+                msgs = [MSGS.make(pub, seq + i, rng.randint(0, 1500)) for i in range(k)]
+                rec(fd, K_INTENT, who=pub, seq=seq, arg=k)
                 t.publish_many(msgs, timeout=PUB_TIMEOUT)
             else:
                 size = pick_size(rng)
                 k = 1
-                msg = make_msg(pub, seq, size)
-                rec(fd, K_INTENT, flag=size >= BIG_MIN, pub=pub, seq=seq, arg=1)
+                msg = MSGS.make(pub, seq, size)
+                rec(fd, K_INTENT, flag=size >= BIG_MIN, who=pub, seq=seq, arg=1)
                 t.publish(msg, timeout=PUB_TIMEOUT)
-            rec(fd, K_PUBLISHED, pub=pub, seq=seq, arg=k)
+            rec(fd, K_PUBLISHED, who=pub, seq=seq, arg=k)
             seq += k
         os.close(fd)
         t.close()
     except fastq.Full:
-        _fail_marker(fail_path, f"publisher {pub} (pid {os.getpid()}): publish blocked "
+        fail(fail_path, f"publisher {pub} (pid {os.getpid()}): publish blocked "
                                 f"{PUB_TIMEOUT} s (nobody freed space)")
     except BaseException:
-        _fail_marker(fail_path, f"publisher {pub} (pid {os.getpid()}):\n"
+        fail(fail_path, f"publisher {pub} (pid {os.getpid()}):\n"
                                 + traceback.format_exc())
-
-
-class CheckingSerializer:
-    """loads() runs inside the call, the message claimed: "B", copy out of
-    the ring and check, "L"."""
-
-    def __init__(self, fd, fail_path):
-        self.fd = fd
-        self.fail_path = fail_path
-
-    def dumps(self, obj):
-        return obj
-
-    def loads(self, data):
-        pub = seq = size = 0
-        if len(data) >= HDR.size:
-            _, _, pub, seq, size = HDR.unpack_from(data)
-        rec(self.fd, K_BEGIN, pub=pub & 0xFFFFFFFF, seq=seq, arg=len(data))
-        buf = bytes(data)  # the copy out of the ring (a few ms for 4 MiB)
-        if check_msg(buf) is None:
-            _fail_marker(self.fail_path,
-                         f"reader pid {os.getpid()}: corrupt message: len={len(data)} "
-                         f"header={HDR.unpack_from(buf) if len(buf) >= HDR.size else buf!r}")
-        rec(self.fd, K_LOADED, pub=pub, seq=seq)
-        return pub, seq
 
 
 def pick_mode(role, rng, prefetch=1):
@@ -329,7 +253,7 @@ def prefetch_batch(s, fd, rng, k, fail_path):
                     members = nm
             pub, seq = d.value
             held.append(d)
-            rec(fd, K_RECV, flag=bool(d.redelivered), pub=pub, seq=seq, arg=len(held))
+            rec(fd, K_RECV, flag=bool(d.redelivered), who=pub, seq=seq, arg=len(held))
             if rng.random() < 0.3:
                 time.sleep(rng.uniform(0, 0.002))
         if len(held) == k and rng.random() < 0.2:
@@ -349,7 +273,7 @@ def prefetch_batch(s, fd, rng, k, fail_path):
                 got = "Empty"
             dt = time.monotonic() - t0
             if got is not None or dt > 0.25:
-                _fail_marker(fail_path, f"reader pid {os.getpid()} holding {k} deliveries "
+                fail(fail_path, f"reader pid {os.getpid()} holding {k} deliveries "
                                         f"(prefetch={k}): call {how} returned {got!r} after "
                                         f"{dt:.3f} s, not RuntimeError at once")
         if len(held) > 1 and rng.random() < 0.3:
@@ -361,13 +285,13 @@ def prefetch_batch(s, fd, rng, k, fail_path):
         for d in held:
             pub, seq = d.value
             if rng.random() < 0.06:
-                rec(fd, K_NACKING, pub=pub, seq=seq, arg=left)
+                rec(fd, K_NACKING, who=pub, seq=seq, arg=left)
                 d.nack()
-                rec(fd, K_NACKED, pub=pub, seq=seq)
+                rec(fd, K_NACKED, who=pub, seq=seq)
             else:
-                rec(fd, K_ACKING, pub=pub, seq=seq, arg=left)
+                rec(fd, K_ACKING, who=pub, seq=seq, arg=left)
                 d.ack()
-                rec(fd, K_ACKED, pub=pub, seq=seq)
+                rec(fd, K_ACKED, who=pub, seq=seq)
             left -= 1
 
 
@@ -392,7 +316,7 @@ def reader_loop(s, role, fd, rng, flags, prefetch=1, fail_path=None):
         try:
             if mode == M_GET:
                 pub, seq = s.get(timeout=GET_TIMEOUT)
-                rec(fd, K_GOT, flag=mode, pub=pub, seq=seq)
+                rec(fd, K_GOT, flag=mode, who=pub, seq=seq)
             elif mode == M_MANY:
                 got = s.get_many(k, timeout=GET_TIMEOUT)
                 os.write(fd, b"".join(REC.pack(K_GOT, mode, 0, p, q, time.monotonic(), 0)
@@ -400,10 +324,10 @@ def reader_loop(s, role, fd, rng, flags, prefetch=1, fail_path=None):
             else:
                 d = s.receive(timeout=GET_TIMEOUT)
                 pub, seq = d.value
-                rec(fd, K_RECV, flag=bool(d.redelivered), pub=pub, seq=seq)
-                rec(fd, K_ACKING, pub=pub, seq=seq)
+                rec(fd, K_RECV, flag=bool(d.redelivered), who=pub, seq=seq)
+                rec(fd, K_ACKING, who=pub, seq=seq)
                 d.ack()
-                rec(fd, K_ACKED, pub=pub, seq=seq)
+                rec(fd, K_ACKED, who=pub, seq=seq)
         except fastq.Empty:
             if flags[1]:
                 idle += 1
@@ -416,7 +340,7 @@ def reader_loop(s, role, fd, rng, flags, prefetch=1, fail_path=None):
 def reader_main(path, role, log_path, seed, flags, fail_path, prefetch=1):
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        t = fastq.Topic.open(path, serializer=CheckingSerializer(fd, fail_path))
+        t = fastq.Topic.open(path, serializer=CheckingSerializer(fd, fail_path, MSGS))
         if role == "g":
             s = t.subscribe(group=GROUP[role], prefetch=prefetch)
         elif role == "d":
@@ -430,7 +354,7 @@ def reader_main(path, role, log_path, seed, flags, fail_path, prefetch=1):
         rec(fd, K_EXIT)
         os.close(fd)
     except BaseException:
-        _fail_marker(fail_path, f"reader {role} (pid {os.getpid()}):\n"
+        fail(fail_path, f"reader {role} (pid {os.getpid()}):\n"
                                 + traceback.format_exc())
 
 
@@ -665,12 +589,296 @@ def tail_record(fd):
     return REC.unpack(os.pread(fd, REC.size, size - REC.size))
 
 
+def reader_logs(workers, t_rows, pf_rows, late_errors, stats, fail):
+    """Parse and check every reader's log (well formed, complete calls but a killed
+    reader's last, a prefetch reader's pool rows against subscribers() at t_rows);
+    count kills by moment into stats.  (per_group: group -> [(Worker, calls)], the
+    get_many calls that returned more than k)."""
+    per_group = {g: [] for g in GROUP.values()}  # group -> [(Worker, calls)]
+    problems, over_k, kill_where = [], [], {}
+    big_kills = 0
+    pf = {"readers": 0, "kills": 0, "kills_unacked>1": 0, "max_unacked_at_kill": 0,
+          "deliveries_checked": 0, "nacked": 0, "bound_checks": 0}
+    for w in workers:
+        if w.role == "p":
+            continue
+        start_t, calls, exited, probs = parse_reader(w)
+        problems += [f"{w}: {p}" for p in probs]
+        if not w.killed and not exited:
+            problems.append(f"{w} survived but did not exit cleanly")
+        for c in calls[:-1] if w.killed else calls:
+            # a killed prefetch reader held up to prefetch (parse_reader checks)
+            if not call_complete(c) and not (w.killed and c.mode == M_PRECV):
+                problems.append(f"{w} has an incomplete call {c.msgs} before its last")
+        if w.prefetch > 1:
+            pf["readers"] += 1
+            pf["deliveries_checked"] += sum(len(c.msgs) for c in calls if c.mode == M_PRECV)
+            pf["nacked"] += sum(d.stage == "V" for c in calls if c.mode == M_PRECV
+                                for d in c.msgs)
+            pf["bound_checks"] += sum(c.mode == M_BOUND for c in calls)
+            if w in pf_rows:  # live at the subscribers() check: one row per member
+                lo = max(n for tt, n in w.members if tt < t_rows)
+                hi = w.members[-1][1]
+                if not lo <= pf_rows[w] <= hi:
+                    late_errors.append(
+                        f"after recover(), subscribers() listed {pf_rows[w]} rows of "
+                        f"{w} (pid {w.proc.pid}): its pool had {lo} members then (at "
+                        f"most {hi} later)")
+        if w.killed and w.prefetch > 1:
+            unacked = sum(d.stage in ("R", "Q", "N") for c in calls if c.mode == M_PRECV
+                          for d in c.msgs)
+            pf["kills"] += 1
+            pf["kills_unacked>1"] += unacked > 1
+            pf["max_unacked_at_kill"] = max(pf["max_unacked_at_kill"], unacked)
+        for c in calls:
+            if c.mode == M_MANY and len(c.msgs) > c.k:
+                over_k.append((str(w), c.k, len(c.msgs)))
+        where = classify(w, calls)
+        if w.killed:
+            kill_where[where] = kill_where.get(where, 0) + 1
+            lastc = calls[-1] if calls else None
+            if lastc and not call_complete(lastc) and any(
+                    d.size >= BIG_MIN and d.status != "done" for d in lastc.msgs):
+                big_kills += 1
+        w.t_start = start_t
+        per_group[w.group].append((w, calls))
+    if problems:
+        fail(f"{len(problems)} malformed reader logs: {problems[:10]}")
+    stats["reader_kills_by_moment"] = kill_where
+    stats["reader_kills_with_big_msg_in_hand"] = big_kills
+    stats["prefetch"] = ",".join(f"{k}:{v}" for k, v in pf.items())
+    return per_group, over_k
+
+
+def group_errors(verdicts, over_k, pub_gap, errors):
+    """append to errors what the verdicts of the groups, the get_many calls and the
+    publishers' gaps break; the same list"""
+    for gname, v in verdicts.items():
+        for what in ("not_committed", "lost", "dups", "bad_redelivery", "mixed_call",
+                     "unexplained_flag"):
+            if v[what]:
+                errors.append(f"{gname}: {len(v[what])} {what}: {v[what][:4]}")
+        if v["late_runs"] > v["kills"]:
+            errors.append(f"{gname}: {v['late_runs']} runs out of per-publisher order, "
+                          f"only {v['kills']} kills of its readers")
+        if v["worst_gap"] >= GAP_BOUND:
+            errors.append(f"{gname}: no reader of the group got a message for "
+                          f"{v['worst_gap']:.2f} s while one was pending (interval, "
+                          f"pending since): {v['worst_gap_at']}")
+        if v["worst_reader_gap"] >= GAP_BOUND:
+            errors.append(f"{gname}: a live reader got nothing for "
+                          f"{v['worst_reader_gap']:.2f} s while a message was pending: "
+                          f"{v['worst_reader_gap_at']}")
+    if over_k:
+        errors.append(f"get_many(k) returned more than k messages: {over_k[:5]}")
+    if pub_gap >= GAP_BOUND:
+        errors.append(f"a publisher was blocked {pub_gap:.2f} s between two publishes")
+    return errors
+
+
+def publisher_logs(workers, t_stop, fail):
+    """Check the publishers' logs (in order, each P after its I, an unfinished I only
+    in a killed one); (logged messages, {killed publisher: its unfinished intent},
+    {message: time published}, longest time between two publish returns, killed
+    publishers that were publishing a big message)."""
+    logged, inflight, pub_t, pub_gap = set(), {}, {}, 0.0
+    pub_killed_big = 0
+    for w in workers:
+        if w.role != "p":
+            continue
+        recs = read_recs(w.log)
+        start_t = recs[0][5] if recs and recs[0][0] == K_START else None
+        nxt, intent, ts = 0, None, []
+        for kind, flag, _, pub, seq, tt, arg in recs[1:]:
+            if pub != w.id or seq != nxt:
+                fail(f"publisher {w} log out of order at {chr(kind)} {pub} {seq}")
+            if kind == K_INTENT:
+                if intent is not None:
+                    fail(f"publisher {w}: two I records")
+                intent = (seq, arg, flag)
+            elif kind == K_PUBLISHED:
+                if intent is None or intent[:2] != (seq, arg):
+                    fail(f"publisher {w}: P without its I")
+                for s in range(seq, seq + arg):
+                    logged.add((pub, s))
+                    pub_t[pub, s] = tt
+                ts.append(tt)
+                nxt, intent = seq + arg, None
+        if intent is not None:
+            if not w.killed:
+                fail(f"publisher {w} stopped cleanly inside a publish")
+            inflight[w.id] = intent
+            pub_killed_big += intent[2]
+        ts = [tt for tt in ts if tt <= t_stop]
+        if start_t is not None:
+            ts = [start_t + 0.2] + ts  # fork and attach excluded
+        ts.append(min(w.t_end, t_stop))
+        for a, b in zip(ts, ts[1:]):
+            pub_gap = max(pub_gap, b - a)
+    return logged, inflight, pub_t, pub_gap, pub_killed_big
+
+
+def group_verdict(gname, members, committed, pub_t, t_begin, t_stop):
+    """One group (its members: [(Worker, calls)]), message by message: every committed
+    message delivered, once or again only after a kill or a nack (and then flagged
+    redelivered, in the allowed order), nothing lost but with a killed reader, late runs,
+    and the longest stretches without a delivery while one was pending.  (verdict,
+    deliveries checked)."""
+    tbs = {}
+
+    def next_delivery(w, t):
+        """w's first delivery that began after t (None if none)."""
+        if w not in tbs:
+            tbs[w] = [x.tb for x in w.dls]
+        i = bisect.bisect_right(tbs[w], t)
+        return w.dls[i] if i < len(w.dls) else None
+    kills_g = sorted(w.t_end for w, _ in members if w.killed)
+    deliveries = {}
+    for w, calls in members:
+        for c in calls:
+            for d in c.msgs:
+                deliveries.setdefault(d.m, []).append(d)
+    checked = sum(len(v) for v in deliveries.values())
+    for ds in deliveries.values():
+        if len(ds) > 1:
+            ds.sort(key=lambda d: d.tb)
+    v = {"lost": [], "dups": [], "bad_redelivery": [], "not_committed": [],
+         "mixed_call": [], "unexplained_flag": [], "came_back": 0,
+         "lost_with_reader": 0, "flagged": 0}
+    calls_back = {}  # ambiguous call -> [came back?]
+    v["not_committed"] = [(m, ds) for m, ds in deliveries.items()
+                          if m not in committed]
+    for m in committed:
+        ds = deliveries.get(m)
+        if not ds:
+            v["lost"].append((m, "never delivered"))
+            continue
+        if len(ds) == 1:  # the common case, quickly
+            d = ds[0]
+            if d.redelivered:
+                v["flagged"] += 1
+                if not any(k < d.tb for k in kills_g):
+                    v["unexplained_flag"].append((m, ds))
+            if d.status == "must":
+                v["lost"].append((m, f"{d} held it when killed; it never came back"))
+            elif d.status == "nacked":
+                v["lost"].append((m, f"{d} nacked it (requeue); it never came back"))
+            elif d.status in ("lost_ret", "ambiguous"):
+                v["lost_with_reader"] += 1
+                if d.status == "ambiguous":
+                    calls_back.setdefault(id(d.call), []).append(False)
+            continue
+        ds.sort(key=lambda d: d.tb)
+        v["came_back"] += 1
+        for d, nxt in zip(ds, ds[1:]):
+            if d.status == "nacked":
+                # nack(requeue=True): it comes back to the subscription
+                # before any message that was not redelivered: its next
+                # deliveries are redelivered ones (its pool's held claims:
+                # messages it nacked, the rest of a claim taken over from
+                # a dead reader, in some order) until this one; or, if it
+                # died first, a later delivery to another reader
+                own = next_delivery(d.w, d.t_settle)
+                died_first = d.w.killed and nxt.tb > d.w.t_end
+                if own is not None:
+                    i = bisect.bisect_left(tbs[d.w], own.tb)
+                    ok = False
+                    for x in d.w.dls[i:]:
+                        if x is nxt:
+                            ok = True
+                            break
+                        if not (x.stage in RECV_STAGES and x.redelivered) \
+                                and deliveries[x.m][0] is x \
+                                and not (x.stage not in RECV_STAGES and any(
+                                    k < x.tb for k in kills_g)):
+                            break  # a fresh message overtook the nacked one
+                    else:
+                        # only redelivered ones came before it, then the
+                        # reader died: it goes to another one after that
+                        ok = died_first
+                else:
+                    ok = died_first
+                if not ok or (nxt.stage in RECV_STAGES and not nxt.redelivered):
+                    v["bad_redelivery"].append((m, ds, "nacked", round(d.t_settle, 4),
+                                                own))
+                    break
+                continue
+            if d.status in ("done", "lost_ret") or not d.w.killed:
+                v["dups"].append((m, ds))
+                break
+            if not nxt.tb > d.w.t_end or (nxt.stage in RECV_STAGES
+                                          and not nxt.redelivered):
+                v["bad_redelivery"].append((m, ds, round(d.w.t_end, 4)))
+                break
+        for d in ds:
+            if d.redelivered:
+                v["flagged"] += 1
+                if d is ds[0] and not any(k < d.tb for k in kills_g):
+                    v["unexplained_flag"].append((m, ds))
+            if d.status == "ambiguous":
+                calls_back.setdefault(id(d.call), []).append(d is not ds[-1])
+        lastd = ds[-1]
+        if lastd.status == "must":
+            v["lost"].append((m, f"{lastd} held it when killed; it never came back"))
+        elif lastd.status == "nacked":
+            v["lost"].append((m, f"{lastd} nacked it (requeue); it never came back"))
+        elif lastd.status in ("lost_ret", "ambiguous"):
+            v["lost_with_reader"] += 1
+    for backs in calls_back.values():
+        if any(backs) and not all(backs):
+            v["mixed_call"].append(backs)
+    # killed get()/get_many() calls that had loaded everything: claim held
+    # (came back) or returned (gone with the reader)
+    v["loaded_calls"] = (f"{sum(all(b) for b in calls_back.values())}back/"
+                         f"{sum(not any(b) for b in calls_back.values())}gone")
+    # per-publisher order within each reader: late runs
+    redelivered = {m for m, ds in deliveries.items()
+                   if len(ds) > 1 or any(d.redelivered for d in ds)}
+    runs = 0
+    for w, calls in members:
+        lastseq, in_run = {}, False
+        for c in calls:
+            for d in c.msgs:
+                if d.m in redelivered:
+                    continue
+                p, s = d.m
+                if s < lastseq.get(p, -1):
+                    runs += not in_run
+                    in_run = True
+                else:
+                    lastseq[p] = s
+                    in_run = False
+    v["late_runs"] = runs
+    v["kills"] = len(kills_g)
+    # blocking: stretches without a report by any reader of the group
+    reports = {}
+    for m, ds in deliveries.items():
+        for d in ds:
+            if d.t_report is not None and m in pub_t:
+                reports.setdefault(m, []).append(d.t_report)
+    pend = [(pub_t[m], max(ts)) for m, ts in reports.items()]
+    allr = sorted(tt for ts in reports.values() for tt in ts if t_begin <= tt <= t_stop)
+    allr = [t_begin] + allr + [t_stop]
+    v["worst_gap"], v["worst_gap_at"] = blocked_time(
+        [(a, b, gname) for a, b in zip(allr, allr[1:])], pend)
+    iv = []  # each live reader's stretches without a report
+    for w, calls in members:
+        if w.t_start is None or w.t_start > t_stop:
+            continue
+        ts = [w.t_start] + [d.t_report for c in calls for d in c.msgs
+                            if d.t_report is not None and d.t_report <= t_stop]
+        ts.append(min(w.t_end, t_stop))
+        iv += [(a, b, str(w)) for a, b in zip(ts, ts[1:])]
+    v["worst_reader_gap"], v["worst_reader_gap_at"] = blocked_time(iv, pend)
+    return v, checked
+
+
 def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
     kills_target = int(os.environ.get("FASTQ_CHAOS_KILLS", "250"))
     seed = int(os.environ.get("FASTQ_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
     max_chaos = max(45.0, kills_target * 0.25)
     rng = random.Random(seed)
-    base()
+    MSGS.base()
     flags = mmap.mmap(-1, 16)  # [0]: publishers stop, [1]: readers drain; shared
     fail_path = str(tmp_path / "FAILED")
     T0 = time.monotonic()
@@ -837,7 +1045,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
         flog = str(tmp_path / "final.log")
         final_reader = Worker("d", "final", None, flog, time.monotonic())
         ffd = os.open(flog, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        ft = fastq.Topic.open(path, serializer=CheckingSerializer(ffd, fail_path))
+        ft = fastq.Topic.open(path, serializer=CheckingSerializer(ffd, fail_path, MSGS))
         fs = ft.subscribe(name="billing")
         rec(ffd, K_START, flag=1, arg=os.getpid())
         t_final = time.monotonic()
@@ -898,40 +1106,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
 
         # ---- collect the publishers' logs ---------------------------------------------
         t_analysis = time.monotonic()
-        logged, inflight, pub_t, pub_gap = set(), {}, {}, 0.0
-        pub_killed_big = 0
-        for w in workers:
-            if w.role != "p":
-                continue
-            recs = read_recs(w.log)
-            start_t = recs[0][5] if recs and recs[0][0] == K_START else None
-            nxt, intent, ts = 0, None, []
-            for kind, flag, _, pub, seq, tt, arg in recs[1:]:
-                if pub != w.id or seq != nxt:
-                    fail(f"publisher {w} log out of order at {chr(kind)} {pub} {seq}")
-                if kind == K_INTENT:
-                    if intent is not None:
-                        fail(f"publisher {w}: two I records")
-                    intent = (seq, arg, flag)
-                elif kind == K_PUBLISHED:
-                    if intent is None or intent[:2] != (seq, arg):
-                        fail(f"publisher {w}: P without its I")
-                    for s in range(seq, seq + arg):
-                        logged.add((pub, s))
-                        pub_t[pub, s] = tt
-                    ts.append(tt)
-                    nxt, intent = seq + arg, None
-            if intent is not None:
-                if not w.killed:
-                    fail(f"publisher {w} stopped cleanly inside a publish")
-                inflight[w.id] = intent
-                pub_killed_big += intent[2]
-            ts = [tt for tt in ts if tt <= t_stop]
-            if start_t is not None:
-                ts = [start_t + 0.2] + ts  # fork and attach excluded
-            ts.append(min(w.t_end, t_stop))
-            for a, b in zip(ts, ts[1:]):
-                pub_gap = max(pub_gap, b - a)
+        logged, inflight, pub_t, pub_gap, pub_killed_big = publisher_logs(workers, t_stop, fail)
         stats["publisher_kills_publishing"] = len(inflight)
         stats["publisher_kills_with_big_msg"] = pub_killed_big
 
@@ -941,59 +1116,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                                    < inflight[p][0] + inflight[p][1])
 
         # ---- collect the readers' logs --------------------------------------------------
-        per_group = {g: [] for g in GROUP.values()}  # group -> [(Worker, calls)]
-        problems, over_k, kill_where = [], [], {}
-        big_kills = 0
-        pf = {"readers": 0, "kills": 0, "kills_unacked>1": 0, "max_unacked_at_kill": 0,
-              "deliveries_checked": 0, "nacked": 0, "bound_checks": 0}
-        for w in workers:
-            if w.role == "p":
-                continue
-            start_t, calls, exited, probs = parse_reader(w)
-            problems += [f"{w}: {p}" for p in probs]
-            if not w.killed and not exited:
-                problems.append(f"{w} survived but did not exit cleanly")
-            for c in calls[:-1] if w.killed else calls:
-                # a killed prefetch reader held up to prefetch (parse_reader checks)
-                if not call_complete(c) and not (w.killed and c.mode == M_PRECV):
-                    problems.append(f"{w} has an incomplete call {c.msgs} before its last")
-            if w.prefetch > 1:
-                pf["readers"] += 1
-                pf["deliveries_checked"] += sum(len(c.msgs) for c in calls if c.mode == M_PRECV)
-                pf["nacked"] += sum(d.stage == "V" for c in calls if c.mode == M_PRECV
-                                    for d in c.msgs)
-                pf["bound_checks"] += sum(c.mode == M_BOUND for c in calls)
-                if w in pf_rows:  # live at the subscribers() check: one row per member
-                    lo = max(n for tt, n in w.members if tt < t_rows)
-                    hi = w.members[-1][1]
-                    if not lo <= pf_rows[w] <= hi:
-                        late_errors.append(
-                            f"after recover(), subscribers() listed {pf_rows[w]} rows of "
-                            f"{w} (pid {w.proc.pid}): its pool had {lo} members then (at "
-                            f"most {hi} later)")
-            if w.killed and w.prefetch > 1:
-                unacked = sum(d.stage in ("R", "Q", "N") for c in calls if c.mode == M_PRECV
-                              for d in c.msgs)
-                pf["kills"] += 1
-                pf["kills_unacked>1"] += unacked > 1
-                pf["max_unacked_at_kill"] = max(pf["max_unacked_at_kill"], unacked)
-            for c in calls:
-                if c.mode == M_MANY and len(c.msgs) > c.k:
-                    over_k.append((str(w), c.k, len(c.msgs)))
-            where = classify(w, calls)
-            if w.killed:
-                kill_where[where] = kill_where.get(where, 0) + 1
-                lastc = calls[-1] if calls else None
-                if lastc and not call_complete(lastc) and any(
-                        d.size >= BIG_MIN and d.status != "done" for d in lastc.msgs):
-                    big_kills += 1
-            w.t_start = start_t
-            per_group[w.group].append((w, calls))
-        if problems:
-            fail(f"{len(problems)} malformed reader logs: {problems[:10]}")
-        stats["reader_kills_by_moment"] = kill_where
-        stats["reader_kills_with_big_msg_in_hand"] = big_kills
-        stats["prefetch"] = ",".join(f"{k}:{v}" for k, v in pf.items())
+        per_group, over_k = reader_logs(workers, t_rows, pf_rows, late_errors, stats, fail)
 
         # ---- the plain subscriber: exact -----------------------------------------------
         plain_order = [d.m for w, calls in per_group["plain"] for c in calls for d in c.msgs]
@@ -1017,158 +1140,12 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
             last[p] = s
 
         # ---- every group, message by message -------------------------------------------
-        tbs = {}
-
-        def next_delivery(w, t):
-            """w's first delivery that began after t (None if none)."""
-            if w not in tbs:
-                tbs[w] = [x.tb for x in w.dls]
-            i = bisect.bisect_right(tbs[w], t)
-            return w.dls[i] if i < len(w.dls) else None
-
         verdicts = {}
         checked = 0
         for gname in ("workers", "billing", "plain"):
-            members = per_group[gname]
-            kills_g = sorted(w.t_end for w, _ in members if w.killed)
-            deliveries = {}
-            for w, calls in members:
-                for c in calls:
-                    for d in c.msgs:
-                        deliveries.setdefault(d.m, []).append(d)
-            checked += sum(len(v) for v in deliveries.values())
-            for ds in deliveries.values():
-                if len(ds) > 1:
-                    ds.sort(key=lambda d: d.tb)
-            v = {"lost": [], "dups": [], "bad_redelivery": [], "not_committed": [],
-                 "mixed_call": [], "unexplained_flag": [], "came_back": 0,
-                 "lost_with_reader": 0, "flagged": 0}
-            calls_back = {}  # ambiguous call -> [came back?]
-            v["not_committed"] = [(m, ds) for m, ds in deliveries.items()
-                                  if m not in committed]
-            for m in committed:
-                ds = deliveries.get(m)
-                if not ds:
-                    v["lost"].append((m, "never delivered"))
-                    continue
-                if len(ds) == 1:  # the common case, quickly
-                    d = ds[0]
-                    if d.redelivered:
-                        v["flagged"] += 1
-                        if not any(k < d.tb for k in kills_g):
-                            v["unexplained_flag"].append((m, ds))
-                    if d.status == "must":
-                        v["lost"].append((m, f"{d} held it when killed; it never came back"))
-                    elif d.status == "nacked":
-                        v["lost"].append((m, f"{d} nacked it (requeue); it never came back"))
-                    elif d.status in ("lost_ret", "ambiguous"):
-                        v["lost_with_reader"] += 1
-                        if d.status == "ambiguous":
-                            calls_back.setdefault(id(d.call), []).append(False)
-                    continue
-                ds.sort(key=lambda d: d.tb)
-                v["came_back"] += 1
-                for d, nxt in zip(ds, ds[1:]):
-                    if d.status == "nacked":
-                        # nack(requeue=True): it comes back to the subscription
-                        # before any message that was not redelivered: its next
-                        # deliveries are redelivered ones (its pool's held claims:
-                        # messages it nacked, the rest of a claim taken over from
-                        # a dead reader, in some order) until this one; or, if it
-                        # died first, a later delivery to another reader
-                        own = next_delivery(d.w, d.t_settle)
-                        died_first = d.w.killed and nxt.tb > d.w.t_end
-                        if own is not None:
-                            i = bisect.bisect_left(tbs[d.w], own.tb)
-                            ok = False
-                            for x in d.w.dls[i:]:
-                                if x is nxt:
-                                    ok = True
-                                    break
-                                if not (x.stage in RECV_STAGES and x.redelivered) \
-                                        and deliveries[x.m][0] is x \
-                                        and not (x.stage not in RECV_STAGES and any(
-                                            k < x.tb for k in kills_g)):
-                                    break  # a fresh message overtook the nacked one
-                            else:
-                                # only redelivered ones came before it, then the
-                                # reader died: it goes to another one after that
-                                ok = died_first
-                        else:
-                            ok = died_first
-                        if not ok or (nxt.stage in RECV_STAGES and not nxt.redelivered):
-                            v["bad_redelivery"].append((m, ds, "nacked", round(d.t_settle, 4),
-                                                        own))
-                            break
-                        continue
-                    if d.status in ("done", "lost_ret") or not d.w.killed:
-                        v["dups"].append((m, ds))
-                        break
-                    if not nxt.tb > d.w.t_end or (nxt.stage in RECV_STAGES
-                                                  and not nxt.redelivered):
-                        v["bad_redelivery"].append((m, ds, round(d.w.t_end, 4)))
-                        break
-                for d in ds:
-                    if d.redelivered:
-                        v["flagged"] += 1
-                        if d is ds[0] and not any(k < d.tb for k in kills_g):
-                            v["unexplained_flag"].append((m, ds))
-                    if d.status == "ambiguous":
-                        calls_back.setdefault(id(d.call), []).append(d is not ds[-1])
-                lastd = ds[-1]
-                if lastd.status == "must":
-                    v["lost"].append((m, f"{lastd} held it when killed; it never came back"))
-                elif lastd.status == "nacked":
-                    v["lost"].append((m, f"{lastd} nacked it (requeue); it never came back"))
-                elif lastd.status in ("lost_ret", "ambiguous"):
-                    v["lost_with_reader"] += 1
-            for backs in calls_back.values():
-                if any(backs) and not all(backs):
-                    v["mixed_call"].append(backs)
-            # killed get()/get_many() calls that had loaded everything: claim held
-            # (came back) or returned (gone with the reader)
-            v["loaded_calls"] = (f"{sum(all(b) for b in calls_back.values())}back/"
-                                 f"{sum(not any(b) for b in calls_back.values())}gone")
-            # per-publisher order within each reader: late runs
-            redelivered = {m for m, ds in deliveries.items()
-                           if len(ds) > 1 or any(d.redelivered for d in ds)}
-            runs = 0
-            for w, calls in members:
-                lastseq, in_run = {}, False
-                for c in calls:
-                    for d in c.msgs:
-                        if d.m in redelivered:
-                            continue
-                        p, s = d.m
-                        if s < lastseq.get(p, -1):
-                            runs += not in_run
-                            in_run = True
-                        else:
-                            lastseq[p] = s
-                            in_run = False
-            v["late_runs"] = runs
-            v["kills"] = len(kills_g)
-            # blocking: stretches without a report by any reader of the group
-            reports = {}
-            for m, ds in deliveries.items():
-                for d in ds:
-                    if d.t_report is not None and m in pub_t:
-                        reports.setdefault(m, []).append(d.t_report)
-            pend = [(pub_t[m], max(ts)) for m, ts in reports.items()]
-            allr = sorted(tt for ts in reports.values() for tt in ts if t_begin <= tt <= t_stop)
-            allr = [t_begin] + allr + [t_stop]
-            v["worst_gap"], v["worst_gap_at"] = blocked_time(
-                [(a, b, gname) for a, b in zip(allr, allr[1:])], pend)
-            iv = []  # each live reader's stretches without a report
-            for w, calls in members:
-                if w.t_start is None or w.t_start > t_stop:
-                    continue
-                ts = [w.t_start] + [d.t_report for c in calls for d in c.msgs
-                                    if d.t_report is not None and d.t_report <= t_stop]
-                ts.append(min(w.t_end, t_stop))
-                iv += [(a, b, str(w)) for a, b in zip(ts, ts[1:])]
-            v["worst_reader_gap"], v["worst_reader_gap_at"] = blocked_time(iv, pend)
-            verdicts[gname] = v
+            verdicts[gname], n = group_verdict(gname, per_group[gname], committed, pub_t,
+                                               t_begin, t_stop)
+            checked += n
         stats["deliveries_checked"] = checked
         for gname, v in verdicts.items():
             stats[gname] = (f"kills:{v['kills']},came_back:{v['came_back']},"
@@ -1186,29 +1163,9 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
 
         # ---- verdicts -----------------------------------------------------------------
         assert stats["kills"] >= min(kills_target, 200), summary()
-        errors = late_errors
-        for gname, v in verdicts.items():
-            for what in ("not_committed", "lost", "dups", "bad_redelivery", "mixed_call",
-                         "unexplained_flag"):
-                if v[what]:
-                    errors.append(f"{gname}: {len(v[what])} {what}: {v[what][:4]}")
-            if v["late_runs"] > v["kills"]:
-                errors.append(f"{gname}: {v['late_runs']} runs out of per-publisher order, "
-                              f"only {v['kills']} kills of its readers")
-            if v["worst_gap"] >= GAP_BOUND:
-                errors.append(f"{gname}: no reader of the group got a message for "
-                              f"{v['worst_gap']:.2f} s while one was pending (interval, "
-                              f"pending since): {v['worst_gap_at']}")
-            if v["worst_reader_gap"] >= GAP_BOUND:
-                errors.append(f"{gname}: a live reader got nothing for "
-                              f"{v['worst_reader_gap']:.2f} s while a message was pending: "
-                              f"{v['worst_reader_gap_at']}")
-        if over_k:
-            errors.append(f"get_many(k) returned more than k messages: {over_k[:5]}")
-        if pub_gap >= GAP_BOUND:
-            errors.append(f"a publisher was blocked {pub_gap:.2f} s between two publishes")
-        bad_earliest = [x for x in earliest if check_msg(x) is None]
-        keys = [check_msg(x)[:2] for x in earliest if check_msg(x) is not None]
+        errors = group_errors(verdicts, over_k, pub_gap, late_errors)
+        bad_earliest = [x for x in earliest if MSGS.check(x) is None]
+        keys = [MSGS.check(x)[:2] for x in earliest if MSGS.check(x) is not None]
         if bad_earliest or (keys and keys != plain_order[len(plain_order) - len(keys):]):
             errors.append(f"start='earliest' after the run: {len(bad_earliest)} corrupt, "
                           f"not a suffix of the publication order: {keys[:5]}")
@@ -1253,13 +1210,6 @@ def stalling_member(path, kw, flag):
     os._exit(0)
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
-
-
 @pytest.mark.parametrize("kind,how", [("group", "get"), ("group", "receive"),
                                       ("group", "get_many"), ("durable", "receive")])
 def test_member_killed_inside_get_many_whole_claim_comes_back(kind, how, tmp_path, procs):
@@ -1269,9 +1219,9 @@ def test_member_killed_inside_get_many_whole_claim_comes_back(kind, how, tmp_pat
         keep = t.subscribe(**kw)  # the other member (or the next subscriber of the name)
         p = procs.add(CTX.Process(target=stalling_member, args=(t.path, kw, flag)))
         p.start()
-        wait_for(lambda: os.path.exists(flag + ".ready"), 20, "the member to subscribe")
+        wait_for(lambda: os.path.exists(flag + ".ready"), "the member to subscribe", timeout=20)
         t.publish_many([b"%d" % i for i in range(10)])
-        wait_for(lambda: os.path.exists(flag), 20, "the member to claim the batch")
+        wait_for(lambda: os.path.exists(flag), "the member to claim the batch", timeout=20)
         os.kill(p.pid, signal.SIGKILL)
         p.join(10)
         assert p.exitcode == -signal.SIGKILL
@@ -1322,13 +1272,13 @@ class SlowCheck:
         return obj
 
     def loads(self, data):
-        os.write(self.fd, b"B %d\n" % HDR.unpack_from(data)[3])
+        os.write(self.fd, b"B %d\n" % MSGS.HDR.unpack_from(data)[3])
         buf = bytearray()
         for i in range(0, len(data), 256 << 10):
             buf += data[i:i + (256 << 10)]
             time.sleep(0.0005)
-        r = check_msg(buf)
-        os.write(self.fd, b"L %d\n" % HDR.unpack_from(data)[3])
+        r = MSGS.check(buf)
+        os.write(self.fd, b"L %d\n" % MSGS.HDR.unpack_from(data)[3])
         return -1 if r is None else r[1]
 
 
@@ -1340,14 +1290,14 @@ def durable_big_reader(path, log_path, slow):
         os.write(fd, b"A\n")
         m = s.get(timeout=30)
         if not slow:
-            os.write(fd, b"R %d\n" % HDR.unpack_from(m)[3])  # returned
-            r = check_msg(m)
+            os.write(fd, b"R %d\n" % MSGS.HDR.unpack_from(m)[3])  # returned
+            r = MSGS.check(m)
             m = -1 if r is None else r[1]
         os.write(fd, b"G %d\n" % m)
 
 
 def test_durable_killed_copying_4mib_message_at_random(tmp_path, procs):
-    base()
+    MSGS.base()
     rng = random.Random()
     KILLS = 24
     big = 4 << 20
@@ -1355,7 +1305,7 @@ def test_durable_killed_copying_4mib_message_at_random(tmp_path, procs):
         t.subscribe(name="big").close()  # the durable name exists from here on
         n = 0
         while n < 5:  # 5 x 4 MiB: fits, nobody waits
-            t.publish(make_msg(5, n, big - n), timeout=5)
+            t.publish(MSGS.make(5, n, big - n), timeout=5)
             n += 1
         logs, in_get_raw, maybe_lost, must_back = [], 0, set(), set()
         for k in range(KILLS):
@@ -1363,8 +1313,8 @@ def test_durable_killed_copying_4mib_message_at_random(tmp_path, procs):
             log = str(tmp_path / f"b{k}.log")
             p = procs.add(CTX.Process(target=durable_big_reader, args=(t.path, log, slow)))
             p.start()
-            wait_for(lambda: os.path.exists(log) and b"A" in open(log, "rb").read(), 20,
-                     "the reader to call get()")
+            wait_for(lambda: os.path.exists(log) and b"A" in open(log, "rb").read(),
+                     "the reader to call get()", timeout=20)
             time.sleep(rng.uniform(0.0, 0.012))
             os.kill(p.pid, signal.SIGKILL)
             p.join(10)
@@ -1384,7 +1334,7 @@ def test_durable_killed_copying_4mib_message_at_random(tmp_path, procs):
             # keep up to 5 queued; a message held by the dead reader takes its place
             while True:
                 try:
-                    t.publish(make_msg(5, n, big - n % 7), timeout=0.05)
+                    t.publish(MSGS.make(5, n, big - n % 7), timeout=0.05)
                 except fastq.Full:
                     break
                 n += 1
@@ -1401,7 +1351,7 @@ def test_durable_killed_copying_4mib_message_at_random(tmp_path, procs):
                     break
                 if not rest:
                     first_dt = time.monotonic() - t0
-                r = check_msg(m)
+                r = MSGS.check(m)
                 assert r is not None, "a corrupt message"
                 rest.append(r[1])
             assert s.lag == 0

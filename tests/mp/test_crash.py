@@ -27,27 +27,18 @@ import pytest
 
 import fastq
 
+from support.chaos import read_recs
+from support.messages import CheckOnLoad, Patterned
+from support.waiting import wait_for
+
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
 CTX = mp.get_context("fork")
 HDR = struct.Struct("<QQ")        # producer id, seq
+MSGS = Patterned(HDR)
 PREC = struct.Struct("<qd")       # producer record: seq, t_returned
 CREC = struct.Struct("<qqqd")     # consumer record: prod, seq, ok, t_returned
 START = -2                        # consumer record kind: process started
-
-
-def make_msg(prod, seq, size):
-    head = HDR.pack(prod, seq)
-    body = (HDR.pack(prod ^ 0xA5A5, seq * 3 + 1) * (size // 16 + 1))[:size - 16]
-    return head + body
-
-
-def check_msg(m):
-    """(prod, seq, intact)"""
-    if len(m) < 16:
-        return -1, -1, 0
-    prod, seq = HDR.unpack_from(m)
-    return prod, seq, int(m == make_msg(prod, seq, len(m)))
 
 
 def msg_size(rng):
@@ -62,26 +53,15 @@ def producer_main(q, prod, rec_path, stop_path):
     fd = os.open(rec_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     seq = 0
     while not os.path.exists(stop_path):
-        q.put(make_msg(prod, seq, msg_size(rng)), timeout=20)
+        q.put(MSGS.make(prod, seq, msg_size(rng)), timeout=20)
         os.write(fd, PREC.pack(seq, time.monotonic()))
         seq += 1
     os.close(fd)
     q.close()
 
 
-class CheckingSerializer:
-    """Consumers validate inside loads(), i.e. while the message is still
-    claimed: a good share of the random kills then land inside get()."""
-
-    def dumps(self, obj):
-        return obj
-
-    def loads(self, data):
-        return check_msg(data)
-
-
 def consumer_main(q, rec_path, stop_path):
-    q = fastq.Queue.open(q.path, serializer=CheckingSerializer())  # own handle
+    q = fastq.Queue.open(q.path, serializer=CheckOnLoad(MSGS.check))  # own handle
     fd = os.open(rec_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.write(fd, CREC.pack(START, 0, 0, time.monotonic()))
     while True:
@@ -94,15 +74,6 @@ def consumer_main(q, rec_path, stop_path):
         os.write(fd, CREC.pack(prod, seq, ok, time.monotonic()))
     os.close(fd)
     q.close()
-
-
-def read_recs(path, st):
-    try:
-        data = open(path, "rb").read()
-    except FileNotFoundError:
-        return []
-    n = len(data) // st.size  # a torn last record (never seen in practice) is ignored
-    return [st.unpack_from(data, i * st.size) for i in range(n)]
 
 
 def max_gap(times, lo, hi):
@@ -183,7 +154,7 @@ def test_sigkill_producers_and_consumers_survivors_carry_on(seed, tmp_path, proc
         leftover = []
         while True:
             try:
-                leftover.append(check_msg(q.get(timeout=1.0)))
+                leftover.append(MSGS.check(q.get(timeout=1.0)))
             except fastq.Empty:
                 break
         assert q.qsize() == 0, f"qsize() says {q.qsize()} after a full drain"
@@ -302,13 +273,6 @@ def stalled_consumer(path, flag, many):
         q.get(timeout=20)
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize("many", [False, True], ids=["get", "get_many"])
 def test_consumer_killed_with_claimed_message_redelivered(many, tmp_path, procs):
     with fastq.Queue("claim", capacity=1 << 16, serializer="raw") as q:
@@ -317,7 +281,7 @@ def test_consumer_killed_with_claimed_message_redelivered(many, tmp_path, procs)
         flag = str(tmp_path / "claimed")
         p = procs.add(CTX.Process(target=stalled_consumer, args=(q.path, flag, many)))
         p.start()
-        wait_for(lambda: os.path.exists(flag), 20, "the consumer to claim")
+        wait_for(lambda: os.path.exists(flag), "the consumer to claim", timeout=20)
         kill(p)
         # the claimed message(s) come back to a live consumer, recovery included,
         # within the recovery bound
@@ -345,7 +309,7 @@ def test_killed_consumers_claims_redelivered_to_other_process(tmp_path, procs, r
         flag = str(tmp_path / "claimed")
         p = procs.add(CTX.Process(target=stalled_consumer, args=(q.path, flag, False)))
         p.start()
-        wait_for(lambda: os.path.exists(flag), 20, "the consumer to claim")
+        wait_for(lambda: os.path.exists(flag), "the consumer to claim", timeout=20)
         kill(p)
         cp = run_py("""
             import fastq, time
@@ -383,7 +347,7 @@ def test_kill_blocked_getter_others_still_wake(tmp_path, procs):
         ps = [procs.add(CTX.Process(target=blocked_getter, args=(q.path, o))) for o in outs]
         for p in ps:
             p.start()
-        wait_for(lambda: all(os.path.exists(o + ".ready") for o in outs), 20, "getters")
+        wait_for(lambda: all(os.path.exists(o + ".ready") for o in outs), "getters", timeout=20)
         time.sleep(0.3)  # all asleep in get()
         kill(ps[0])
         kill(ps[1])
@@ -409,7 +373,7 @@ def test_kill_blocked_putter_others_still_wake(tmp_path, procs):
               for i, o in enumerate(outs)]
         for p in ps:
             p.start()
-        wait_for(lambda: all(os.path.exists(o + ".ready") for o in outs), 20, "putters")
+        wait_for(lambda: all(os.path.exists(o + ".ready") for o in outs), "putters", timeout=20)
         time.sleep(0.3)  # both asleep in put(): the ring is full
         kill(ps[0])
         t0 = time.monotonic()
@@ -449,7 +413,7 @@ def test_random_kills_of_many_consumers_no_loss(tmp_path, procs):
         next_kill = time.monotonic() + rng.uniform(0.02, 0.1)
         while kills < KILLS or seq < 1000:
             assert seq < 10_000_000
-            q.put(make_msg(0, seq, msg_size(size_rng)), timeout=10)
+            q.put(MSGS.make(0, seq, msg_size(size_rng)), timeout=10)
             seq += 1
             if time.monotonic() >= next_kill:
                 victim = rng.choice(sorted(live))
@@ -464,7 +428,7 @@ def test_random_kills_of_many_consumers_no_loss(tmp_path, procs):
         leftover = []
         while True:
             try:
-                leftover.append(check_msg(q.get(timeout=1.0)))
+                leftover.append(MSGS.check(q.get(timeout=1.0)))
             except fastq.Empty:
                 break
         recs = [(p, s, ok) for i in range(next(ids))

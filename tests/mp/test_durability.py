@@ -67,30 +67,22 @@ import sys
 import textwrap
 import time
 import traceback
-import zlib
 
 import pytest
 
 import fastq
 
+from support import TESTS
+from support.chaos import REC, CheckingSerializer, fail, read_recs, rec
+from support.messages import Framed
+
 CTX = mp.get_context("fork")
 CAPACITY = 8 << 20
-MAGIC = 0xFA57D15C
-HDR = struct.Struct("<IIQQQ")      # magic, crc, prod, seq, size
-KEY = struct.Struct("<QQQ")
-REC = struct.Struct("<BBHIQdQ")    # kind, flag, pad, prod, seq, t, arg: 32 bytes
 (K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED,
  K_INTENT, K_PUBLISHED) = b"SABLGRQKIP"
 M_GET, M_MANY, M_RECV = 1, 2, 3
-
-_BASE = None
-
-
-def base():
-    global _BASE
-    if _BASE is None:
-        _BASE = random.Random(777).randbytes(2 << 20)
-    return _BASE
+#: payloads are cut from random bytes made before forking (inherited)
+MSGS = Framed(0xFA57D15C, 777, 2 << 20)
 
 
 def pick_size(rng):
@@ -100,44 +92,6 @@ def pick_size(rng):
     if r < 0.5:
         return rng.randint(0, 64)
     return rng.randint(256, 4096)
-
-
-def make_msg(prod, seq, size):
-    off = (prod * 7919 + seq * 104729) % (1 << 20)
-    payload = base()[off:off + size]
-    key = KEY.pack(prod, seq, size)
-    return HDR.pack(MAGIC, zlib.crc32(payload, zlib.crc32(key)), prod, seq, size) + payload
-
-
-def check_msg(data):
-    if len(data) < HDR.size:
-        return None
-    magic, crc, prod, seq, size = HDR.unpack_from(data)
-    mv = memoryview(data)
-    if magic != MAGIC or size != len(data) - HDR.size:
-        return None
-    if zlib.crc32(mv[HDR.size:], zlib.crc32(mv[8:HDR.size])) != crc:
-        return None
-    return prod, seq, size
-
-
-def rec(fd, kind, flag=0, prod=0, seq=0, arg=0):
-    os.write(fd, REC.pack(kind, flag, 0, prod, seq, time.monotonic(), arg))
-
-
-def read_recs(path):
-    try:
-        data = open(path, "rb").read()
-    except FileNotFoundError:
-        return []
-    n = len(data) // REC.size * REC.size
-    return list(REC.iter_unpack(memoryview(data)[:n]))
-
-
-def fail_marker(path, text):
-    with open(path, "a") as f:
-        f.write(text + "\n")
-    os._exit(3)
 
 
 def fs_type(path):
@@ -175,45 +129,26 @@ def producer_main(kind, path, prod, log, fail_path):
         while True:
             if rng.random() < 0.25:
                 k = rng.randint(2, 8)
-                msgs = [make_msg(prod, seq + i, rng.randint(0, 2048)) for i in range(k)]
-                rec(fd, K_INTENT, prod=prod, seq=seq, arg=k)
+                msgs = [MSGS.make(prod, seq + i, rng.randint(0, 2048)) for i in range(k)]
+                rec(fd, K_INTENT, who=prod, seq=seq, arg=k)
                 put_many(msgs, timeout=60)
             else:
                 k = 1
-                msg = make_msg(prod, seq, pick_size(rng))
-                rec(fd, K_INTENT, prod=prod, seq=seq, arg=1)
+                msg = MSGS.make(prod, seq, pick_size(rng))
+                rec(fd, K_INTENT, who=prod, seq=seq, arg=1)
                 put(msg, timeout=60)
-            rec(fd, K_PUBLISHED, prod=prod, seq=seq, arg=k)
+            rec(fd, K_PUBLISHED, who=prod, seq=seq, arg=k)
             seq += k
             if rng.random() < 0.01:
                 h.flush()
     except BaseException:
-        fail_marker(fail_path, f"producer {prod}:\n{traceback.format_exc()}")
-
-
-class Checking:
-    def __init__(self, fd, fail_path):
-        self.fd, self.fail_path = fd, fail_path
-
-    def dumps(self, obj):
-        return obj
-
-    def loads(self, data):
-        prod = seq = 0
-        if len(data) >= HDR.size:
-            _, _, prod, seq, _ = HDR.unpack_from(data)
-        rec(self.fd, K_BEGIN, prod=prod & 0xFFFFFFFF, seq=seq, arg=len(data))
-        if check_msg(bytes(data)) is None:
-            fail_marker(self.fail_path, f"consumer {os.getpid()}: corrupt message, "
-                                        f"len {len(data)}")
-        rec(self.fd, K_LOADED, prod=prod, seq=seq)
-        return prod, seq
+        fail(fail_path, f"producer {prod}:\n{traceback.format_exc()}")
 
 
 def consumer_main(kind, path, log, seed, fail_path):
     try:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        h = open_seg(kind, path, Checking(fd, fail_path))
+        h = open_seg(kind, path, CheckingSerializer(fd, fail_path, MSGS))
         s = h if kind == "queue" else h.subscribe(name="d")
         rec(fd, K_START, arg=os.getpid())
         rng = random.Random(seed)
@@ -225,7 +160,7 @@ def consumer_main(kind, path, log, seed, fail_path):
             try:
                 if mode == M_GET:
                     prod, seq = s.get(timeout=0.5)
-                    rec(fd, K_GOT, prod=prod, seq=seq)
+                    rec(fd, K_GOT, who=prod, seq=seq)
                 elif mode == M_MANY:
                     got = s.get_many(k, timeout=0.5)
                     os.write(fd, b"".join(REC.pack(K_GOT, 0, 0, p, q, time.monotonic(), 0)
@@ -233,30 +168,28 @@ def consumer_main(kind, path, log, seed, fail_path):
                 else:
                     d = s.receive(timeout=0.5)
                     prod, seq = d.value
-                    rec(fd, K_RECV, flag=bool(d.redelivered), prod=prod, seq=seq)
-                    rec(fd, K_ACKING, prod=prod, seq=seq)
+                    rec(fd, K_RECV, flag=bool(d.redelivered), who=prod, seq=seq)
+                    rec(fd, K_ACKING, who=prod, seq=seq)
                     d.ack()
-                    rec(fd, K_ACKED, prod=prod, seq=seq)
+                    rec(fd, K_ACKED, who=prod, seq=seq)
             except fastq.Empty:
                 pass
     except BaseException:
-        fail_marker(fail_path, f"consumer {os.getpid()}:\n{traceback.format_exc()}")
+        fail(fail_path, f"consumer {os.getpid()}:\n{traceback.format_exc()}")
 
 
 # ---- the final drain, in a fresh interpreter --------------------------------------------
 
 FINAL = r"""
-import os, struct, sys, time, zlib
+import os, sys, time
+sys.path.insert(0, %r)  # tests/: the toolkit
 import fastq
+from support.messages import Framed
 kind, path = sys.argv[1], sys.argv[2]
-MAGIC = %d
-HDR = struct.Struct("<IIQQQ")
-KEY = struct.Struct("<QQQ")
+MSGS = Framed(%d, 0, 0)
 def check(b):
-    magic, crc, prod, seq, size = HDR.unpack_from(b)
-    ok = magic == MAGIC and size == len(b) - HDR.size and \
-        zlib.crc32(b[HDR.size:], zlib.crc32(b[8:HDR.size])) == crc
-    return prod, seq, ok
+    prod, seq = MSGS.header(b)
+    return prod, seq, MSGS.check(b) is not None
 out = []
 if kind == "queue":
     q = fastq.Queue.open(path, serializer="raw")
@@ -321,7 +254,7 @@ else:
     t.flush()
     t.close()
 print("DONE")
-""" % MAGIC
+""" % (str(TESTS), MSGS.magic)
 
 
 # ---- log analysis (as in test_chaos_topic.py) ---------------------------------------------
@@ -592,7 +525,7 @@ def test_disk_segment_survives_everyone_killed(kind, tmp_path, procs, child_env)
                  max(16, int(os.environ.get("FASTQ_CHAOS_KILLS", "0")) // 8))
     seed = int(os.environ.get("FASTQ_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
     rng = random.Random(seed)
-    base()
+    MSGS.base()
     d = tmp_path / "disk"
     d.mkdir()
     path = str(d / f"dur-{kind}")
@@ -637,7 +570,6 @@ def test_disk_segment_survives_everyone_killed(kind, tmp_path, procs, child_env)
                 f"subscribers() after the drain and recover(): {rows}; {summary}")
 
 
-
 # ---- flush() on a disk path ---------------------------------------------------------------
 
 
@@ -658,14 +590,14 @@ def steady_writer(path, log):
     q = fastq.Queue.open(path, serializer="raw")
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     for seq in range(2000):  # ~3 MiB in all: never full
-        q.put(make_msg(1, seq, 100 + seq % 3000), timeout=30)
+        q.put(MSGS.make(1, seq, 100 + seq % 3000), timeout=30)
         os.write(fd, b"%d\n" % seq)
         time.sleep(0.0001)
     time.sleep(60)
 
 
 def test_flush_on_disk_while_others_write_and_after_they_die(tmp_path, procs, child_env):
-    base()
+    MSGS.base()
     path = str(tmp_path / "flushed")
     log = str(tmp_path / "writer.log")
     q = fastq.Queue.create(path, capacity=8 << 20, serializer="raw")
@@ -681,7 +613,7 @@ def test_flush_on_disk_while_others_write_and_after_they_die(tmp_path, procs, ch
     assert p.exitcode == -signal.SIGKILL
     n = len(open(log, "rb").read().splitlines())
     assert n > 100, f"the writer put only {n}"
-    q.put_many([make_msg(2, i, 5000) for i in range(50)], timeout=5)  # fresh dirty pages
+    q.put_many([MSGS.make(2, i, 5000) for i in range(50)], timeout=5)  # fresh dirty pages
     before = cachestat(q._seg.fileno())
     q.flush()  # after the writer's death too
     after = cachestat(q._seg.fileno())

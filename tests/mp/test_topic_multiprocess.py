@@ -38,12 +38,17 @@ import pytest
 
 import fastq
 
+from support.chaos import read_recs
+from support.messages import Patterned
+from support.waiting import wait_for
+
 np = pytest.importorskip("numpy")
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
 CTX = mp.get_context("fork")
 HDR = struct.Struct("<II")          # publisher id, seq
+MSGS = Patterned(HDR)
 U64 = struct.Struct("<Q")
 REC = struct.Struct("<qq")          # child record: kind, seq
 INTENT, GOT, ACKED = 1, 2, 3
@@ -51,20 +56,6 @@ SIZES = (8, 9, 16, 24, 40, 100, 250, 700)
 
 
 # ---- messages -------------------------------------------------------------------
-
-
-def make_msg(pub, seq, size):
-    head = HDR.pack(pub, seq)
-    pat = HDR.pack(pub ^ 0x5A5A5A5A, (seq * 2654435761) & 0xFFFFFFFF)
-    return head + (pat * (size // 8 + 1))[:max(size, 8) - 8]
-
-
-def check_msg(m):
-    """(pub, seq, intact)"""
-    if len(m) < 8:
-        return -1, -1, False
-    pub, seq = HDR.unpack_from(m)
-    return pub, seq, m == make_msg(pub, seq, len(m))
 
 
 class Nap:
@@ -141,24 +132,8 @@ def wait_event(ev, what, timeout=30):
     assert ev.wait(timeout), f"timed out waiting for {what}"
 
 
-def wait_for(pred, what, timeout=30, step=0.002):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
-
-
-def read_recs(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    return [REC.unpack_from(data, i * REC.size) for i in range(len(data) // REC.size)]
-
-
 def n_recs(path, kind):
-    return sum(1 for k, _ in read_recs(path) if k == kind)
+    return sum(1 for k, _ in read_recs(path, REC) if k == kind)
 
 
 def late_ones(seqs):
@@ -202,13 +177,13 @@ def sub_reader(path, kw, how, ready):
     got = until_shutdown(s, how)
     s.close()
     t.close()
-    return [check_msg(m) for m in got]
+    return [MSGS.check(m) for m in got]
 
 
 def publisher(path, pub, n, batch):
     t = fastq.Topic.open(path, serializer="raw")
     rng = random.Random(pub)
-    msgs = [make_msg(pub, i, rng.choice(SIZES)) for i in range(n)]
+    msgs = [MSGS.make(pub, i, rng.choice(SIZES)) for i in range(n)]
     if batch:
         for i in range(0, n, batch):
             t.publish_many(msgs[i:i + batch], timeout=60)
@@ -302,13 +277,13 @@ def test_three_publishers_several_subscribers_and_a_group(tmp_path, procs):
 def paused_publisher(path, K, M, counter, paused, go):
     t = fastq.Topic.open(path, serializer="raw")
     for i in range(K):
-        t.publish(make_msg(0, i, 16), timeout=30)
+        t.publish(MSGS.make(0, i, 16), timeout=30)
         counter.value = i + 1
     paused.set()
     if not go.wait(30):
         raise RuntimeError("no go")
     for i in range(K, K + M):
-        t.publish(make_msg(0, i, 16), timeout=30)
+        t.publish(MSGS.make(0, i, 16), timeout=30)
         counter.value = i + 1  # after publish() returned
         if i % 20 == 0:
             time.sleep(0.001)  # a stream that lasts a while, for the mid-stream joiner
@@ -330,7 +305,7 @@ def late_joiner(path, start, paused, ready, counter, join_at):
     c1 = counter.value  # publish() of c1+1.. starts after subscribe() returned
     if ready is not None:
         ready.set()
-    got = [check_msg(m) for m in until_shutdown(s)]
+    got = [MSGS.check(m) for m in until_shutdown(s)]
     return c0, c1, got
 
 
@@ -355,7 +330,7 @@ def test_late_joiners_latest_and_earliest(tmp_path, procs):
         result(pub, 60)
         t.shutdown()
         ra, rb, rc = result(a, 60), result(b, 60), result(c, 60)
-        held = [check_msg(m) for m in until_shutdown(holder)]
+        held = [MSGS.check(m) for m in until_shutdown(holder)]
 
     c0, c1, got = ra
     assert (c0, c1) == (K, K)
@@ -505,7 +480,7 @@ def run_durable_kill(tmp_path, procs, *, how, N, msgs, kill_when, hang_at=None,
         t.publish((N, None))  # END
         r = start(procs, tmp_path, "resumer", durable_resumer, t.path, "d", how, N, stall_seq)
         out, end_index = result(r, 60)
-    return read_recs(rec), out, end_index
+    return read_recs(rec, REC), out, end_index
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -742,7 +717,7 @@ def drop_publisher(path, M, seed):
     t = fastq.Topic.open(path, serializer="raw")
     rng = random.Random(seed)
     for i in range(M):
-        t.publish(make_msg(0, i, rng.randint(8, 1500)))  # never waits on a drop topic
+        t.publish(MSGS.make(0, i, rng.randint(8, 1500)))  # never waits on a drop topic
     t.close()
 
 
@@ -755,7 +730,7 @@ def slow_drop_subscriber(path, how, ready, done):
     def take(batch):
         nonlocal bad
         for m in batch:
-            _, seq, ok = check_msg(m)
+            _, seq, ok = MSGS.check(m)
             bad += not ok
             seqs.append(seq)
         checks.append((len(seqs), seqs[-1], s.dropped))
@@ -819,7 +794,7 @@ def fill(t, size=100):
     n = 0
     while True:
         try:
-            t.publish_nowait(make_msg(0, n, size))
+            t.publish_nowait(MSGS.make(0, n, size))
         except fastq.Full:
             return n
         n += 1
@@ -834,14 +809,14 @@ def test_killed_subscriber_stops_blocking_publishers(tmp_path, procs):
         n = fill(t)
         assert n > 0
         with pytest.raises(fastq.Full):  # alive: recovery (after 0.2 s) must not free it
-            t.publish(make_msg(0, n, 100), timeout=0.5)
+            t.publish(MSGS.make(0, n, 100), timeout=0.5)
         kill(p)
         deadline = time.monotonic() + 10
         total = 50 * n  # far more than the ring holds
         for i in range(n, n + total):
             left = deadline - time.monotonic()
             assert left > 0, f"published only {i - n} of {total} in 10 s after the kill"
-            t.publish(make_msg(0, i, 100), timeout=left)
+            t.publish(MSGS.make(0, i, 100), timeout=left)
         t.recover()
         assert not [r for r in t.subscribers() if r.pid == p.pid and r.alive]
 
@@ -854,7 +829,7 @@ def test_killed_durable_subscriber_keeps_its_position_and_holds_publishers(tmp_p
         n = fill(t)
         kill(p)
         with pytest.raises(fastq.Full):  # by design: a durable position holds them back
-            t.publish(make_msg(0, n, 100), timeout=1.0)
+            t.publish(MSGS.make(0, n, 100), timeout=1.0)
         t.recover()
         rows = [r for r in t.subscribers() if r.name == "keep"]
         assert len(rows) == 1, t.subscribers()
@@ -866,9 +841,9 @@ def test_killed_durable_subscriber_keeps_its_position_and_holds_publishers(tmp_p
                 got += s.get_many(100, block=False)
             except fastq.Empty:
                 break
-        assert [check_msg(m)[1] for m in got] == list(range(n))
-        t.publish_nowait(make_msg(0, n, 100))
-        assert check_msg(s.get(timeout=1))[1] == n
+        assert [MSGS.check(m)[1] for m in got] == list(range(n))
+        t.publish_nowait(MSGS.make(0, n, 100))
+        assert MSGS.check(s.get(timeout=1))[1] == n
 
 
 # ---- 9. the subscriber table ---------------------------------------------------------
@@ -922,7 +897,7 @@ def durable_drop_reader(path, name, n, rec_path, ready):
     ready.set()
     fd = os.open(rec_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     for _ in range(n):
-        os.write(fd, REC.pack(GOT, check_msg(s.get(timeout=30))[1]))
+        os.write(fd, REC.pack(GOT, MSGS.check(s.get(timeout=30))[1]))
     time.sleep(120)
 
 
@@ -934,12 +909,12 @@ def test_drop_topic_durable_name_reattachable_after_its_holder_is_killed(tmp_pat
         wait_event(ready, "the holder")
         with pytest.raises(RuntimeError):
             t.subscribe(name="x")  # attached (alive) elsewhere
-        t.publish_many([make_msg(0, i, 32) for i in range(10)])
+        t.publish_many([MSGS.make(0, i, 32) for i in range(10)])
         wait_for(lambda: n_recs(rec, GOT) == 3, "the holder to read 3")
         kill(p)
         t.recover()
         s = t.subscribe(name="x")  # the dead holder's name is free again
-        assert [check_msg(m)[1] for m in s.get_many(100, timeout=5)] == list(range(3, 10))
+        assert [MSGS.check(m)[1] for m in s.get_many(100, timeout=5)] == list(range(3, 10))
         assert s.dropped == 0
 
 
@@ -948,7 +923,7 @@ def endless_publisher(path, pub):
     rng = random.Random(pub)
     i = 0
     while True:
-        t.publish(make_msg(pub, i, rng.choice(SIZES)), timeout=30)
+        t.publish(MSGS.make(pub, i, rng.choice(SIZES)), timeout=30)
         i += 1
 
 

@@ -1,0 +1,31 @@
+"""Bounded waits: for a condition another process makes true, and for a call that
+might hang (a test reports the hang instead of hanging itself)."""
+import threading
+import time
+
+
+def wait_for(pred, what, timeout=30.0, step=0.002):
+    """poll pred() until it is true; fail naming ``what`` after ``timeout`` seconds"""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+
+
+def call_bounded(fn, timeout=5.0):
+    """Run fn() in a daemon thread; ("ok", value), ("exc", exc), or ("hung", None) if
+    it did not return within timeout."""
+    box = {}
+
+    def run():
+        try:
+            box["r"] = ("ok", fn())
+        except BaseException as e:  # noqa: BLE001
+            box["r"] = ("exc", e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        return ("hung", None)
+    return box["r"]
