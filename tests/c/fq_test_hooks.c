@@ -76,6 +76,41 @@ static uint64_t fqt_now(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+/* One message of the put and publish loops below: [id u32][seq u32][seq & 0xff ...]
+ * of 16*[min16, max16] bytes (drawn from *seed), written into buf (cap bytes) and put,
+ * spinning (sched_yield) while the ring is full.  1 when it is in; 0 when the loop
+ * must return *ret: -1 (too big for buf), -2 - rc (fq_put failed with rc), or i (the
+ * deadline passed). */
+static int fqt_put_one(fq_queue *q, unsigned char *buf, size_t cap, uint32_t id, int64_t i,
+                       uint32_t *seed, uint32_t min16, uint32_t max16, uint64_t deadline_ns,
+                       int64_t *ret)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    size_t len = 16u * (min16 + (*seed >> 8) % (max16 - min16 + 1));
+    if (len > cap) {
+        *ret = -1;
+        return 0;
+    }
+    memcpy(buf, &id, 4);
+    uint32_t s32 = (uint32_t)i;
+    memcpy(buf + 4, &s32, 4);
+    memset(buf + 8, (int)(i & 0xff), len - 8);
+    for (unsigned spins = 0;; spins++) {
+        int rc = fq_put(q, buf, len);
+        if (rc == FQ_OK)
+            return 1;
+        if (rc != FQ_FULL) {
+            *ret = -2 - rc;
+            return 0;
+        }
+        if ((spins & 255) == 255 && fqt_now() > deadline_ns) {
+            *ret = i;
+            return 0;
+        }
+        sched_yield();
+    }
+}
+
 /* C-speed loops for threaded stress (the GIL is released for the whole call).
  * Producer: n messages [id u32][seq u32][seq & 0xff ...], 16*[min16, max16] bytes
  * (whole multiples of 16: the tail never sits 8 bytes before the end).  Returns
@@ -85,24 +120,9 @@ int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_
 {
     unsigned char buf[1 << 16];
     for (int64_t i = 0; i < n; i++) {
-        seed = seed * 1103515245u + 12345u;
-        size_t len = 16u * (min16 + (seed >> 8) % (max16 - min16 + 1));
-        if (len > sizeof buf)
-            return -1;
-        memcpy(buf, &id, 4);
-        uint32_t s32 = (uint32_t)i;
-        memcpy(buf + 4, &s32, 4);
-        memset(buf + 8, (int)(i & 0xff), len - 8);
-        for (unsigned spins = 0;; spins++) {
-            int rc = fq_put(q, buf, len);
-            if (rc == FQ_OK)
-                break;
-            if (rc != FQ_FULL)
-                return -2 - rc;
-            if ((spins & 255) == 255 && fqt_now() > deadline_ns)
-                return i;
-            sched_yield();
-        }
+        int64_t ret;
+        if (!fqt_put_one(q, buf, sizeof buf, id, i, &seed, min16, max16, deadline_ns, &ret))
+            return ret;
     }
     return n;
 }
@@ -212,24 +232,9 @@ int64_t fqt_pub_loop(fq_queue *q, int64_t n, uint32_t seed, uint32_t min16, uint
     static __thread unsigned char buf[1 << 16];
     uint32_t id = 0;
     for (int64_t i = 0; i < n; i++) {
-        seed = seed * 1103515245u + 12345u;
-        size_t len = 16u * (min16 + (seed >> 8) % (max16 - min16 + 1));
-        if (len > sizeof buf)
-            return -1;
-        memcpy(buf, &id, 4);
-        uint32_t s32 = (uint32_t)i;
-        memcpy(buf + 4, &s32, 4);
-        memset(buf + 8, (int)(i & 0xff), len - 8);
-        for (unsigned spins = 0;; spins++) {
-            int rc = fq_put(q, buf, len);
-            if (rc == FQ_OK)
-                break;
-            if (rc != FQ_FULL)
-                return -2 - rc;
-            if ((spins & 255) == 255 && fqt_now() > deadline_ns)
-                return i;
-            sched_yield();
-        }
+        int64_t ret;
+        if (!fqt_put_one(q, buf, sizeof buf, id, i, &seed, min16, max16, deadline_ns, &ret))
+            return ret;
         if (delay) {
             seed = seed * 1103515245u + 12345u;
             uint32_t k = (seed >> 8) % (delay + 1);

@@ -16,9 +16,9 @@ import time
 import pytest
 
 from support import REPO
-from support.cseg import HDR, ffi, lib, mk, rec_size, seq_of
+from support.cring import advance_to, Q
+from support.cseg import ffi, HDR, lib, mk, rec_size, recover_fully, seq_of
 from support.procs import children, fork, reap
-from support.cring import Q, advance_to, recover_fully
 
 
 def wait_stopped(pid, timeout=10.0):

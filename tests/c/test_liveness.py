@@ -21,7 +21,7 @@ import pytest
 
 import fastq
 
-from support.cseg import Handle, create, ffi, lib, open_seg
+from support.cseg import create, ffi, Handle, lib, open_seg
 from support.procs import children, fork, reap, wait_zombie
 
 #: the image a child exec()s: it reports on the inherited fd argv[1], then sleeps

@@ -5,9 +5,9 @@ leading skip record was released.
 import random
 import signal
 
-from support.cseg import CAP, HDR, ffi, lib, mk, open_seg, rec_size
+from support.cring import advance_to, next_idx, Q, safe_len8, workout
+from support.cseg import CAP, ffi, HDR, lib, mk, open_seg, rec_size
 from support.procs import children, fork, reap
-from support.cring import Q, advance_to, next_idx, safe_len8, workout
 
 
 # ---------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import zlib
 
 import pytest
 
-from support.cseg import CAP, ffi, lib, mk, open_seg, rec_size, seq_of
+from support.cring import (advance_to, consumer_child, crash_consumer_child, crash_recoverer_child,
+                           producer_child, Q, workout)
+from support.cseg import CAP, ffi, lib, mk, open_seg, rec_size, recover_fully, seq_of
 from support.procs import children, fork, reap, wait_dead
-from support.cring import (Q, advance_to, recover_fully, workout, producer_child, consumer_child,
-    crash_consumer_child, crash_recoverer_child)
 
 
 # ---------------------------------------------------------------------------

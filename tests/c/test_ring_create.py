@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from support.cseg import CAP, HDR, create, ffi, lib, open_seg, rec_size
 from support.cring import Q
+from support.cseg import CAP, create, ffi, HDR, lib, open_seg, rec_size
 
 
 # ---------------------------------------------------------------------------

@@ -3,13 +3,12 @@
 
 import os
 import random
-import signal
 import struct
-import time
 
+from support.cring import advance_to, consumer_child, crash_consumer_child, producer_child, Q
 from support.cseg import BIG, CAP, ffi, lib, mk, open_seg, rec_size
+from support.fuzz import run_fuzz
 from support.procs import children, fork, reap
-from support.cring import Q, advance_to, producer_child, consumer_child, crash_consumer_child
 
 
 # ---------------------------------------------------------------------------
@@ -170,45 +169,13 @@ def _run_fuzz(tmp_path, cases, do_put, seed, budget, par=2):
     """run the cases, `par` children at a time; (outcome counts, failures, seconds)"""
     bases = _fuzz_bases(tmp_path)
     rng = random.Random(seed)
-    t0 = time.monotonic()
-    failures = []
-    counts = {10: 0, 11: 0, 12: 0}
-    running = {}  # pid -> (case, started, image, mutations)
-    case = 0
-    with children() as pids:
-        while (case < cases or running) and len(failures) < 5:
-            while case < cases and len(running) < par and time.monotonic() - t0 < budget:
-                img, ds, recs = bases[case % len(bases)]
-                mimg, muts = _mutate(img, ds, recs, rng)
-                path = tmp_path / ("fuzz%d.seg" % case)
-                with open(path, "wb") as f:
-                    f.write(mimg)
-                pid = fork(_fuzz_child, path, case, do_put)
-                pids.append(pid)
-                running[pid] = (case, time.monotonic(), mimg, muts, path)
-                case += 1
-            if not running:
-                break
-            for pid in list(running):
-                kase, started, mimg, muts, path = running[pid]
-                p, status = os.waitpid(pid, os.WNOHANG)
-                if p:
-                    code = os.waitstatus_to_exitcode(status)
-                elif time.monotonic() - started > 5.0:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    code = "hang"
-                else:
-                    continue
-                pids.remove(pid)
-                del running[pid]
-                if code in counts:
-                    counts[code] += 1
-                    os.unlink(path)
-                else:
-                    failures.append((kase, code, muts, str(path)))
-            time.sleep(0.0003)
-    return counts, failures, time.monotonic() - t0
+
+    def make_case(case):
+        img, ds, recs = bases[case % len(bases)]
+        return _mutate(img, ds, recs, rng)
+
+    return run_fuzz(tmp_path, cases, budget, make_case,
+                    lambda path, case: _fuzz_child(path, case, do_put), par=par)
 
 
 #: fuzz cases of the open-and-get test (CI: 10,000; the sanitizer run sets fewer)

@@ -4,8 +4,8 @@ ETOOBIG, FULL exactly, wrap-around padding at every alignment, batches.
 
 import random
 
-from support.cseg import BIG, CAP, HDR, ffi, lib, mk, rec_size
-from support.cring import ALIGN, advance_to, next_idx, safe_len
+from support.cring import advance_to, ALIGN, next_idx, safe_len
+from support.cseg import BIG, CAP, ffi, HDR, lib, mk, rec_size
 
 
 # ---------------------------------------------------------------------------

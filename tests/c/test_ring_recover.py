@@ -8,10 +8,10 @@ import zlib
 
 import pytest
 
-from support.cseg import CAP, mk, seq_of
+from support.cring import (crash_consumer_child, crash_producer_child, crash_recoverer_child, Q,
+                           workout)
+from support.cseg import CAP, mk, recover_fully, seq_of
 from support.procs import children, fork, reap
-from support.cring import (Q, recover_fully, workout, crash_consumer_child, crash_producer_child,
-    crash_recoverer_child)
 
 
 # ---- a recoverer killed in the middle of recovery ---------------------------------

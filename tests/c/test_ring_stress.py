@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from support.cseg import BIG, CAP, ffi, lib, rec_size
 from support.cring import Q, wait, workout
+from support.cseg import BIG, CAP, ffi, lib, rec_size
 
 
 # ---------------------------------------------------------------------------

@@ -12,10 +12,10 @@ bytes (bug 6: group heads were packed into 48 bits and rebuilt next to tail).
 import os
 import select
 
-from support.cseg import CAP, lib, mk, seq_of
+from support.cseg import CAP, lib, mk, recover_fully, seq_of
+from support.ctopic import (CTRL_EPOCH, CTRL_RELEASE, ctrl_u64, DURABLE, EARLIEST, GROUP,
+                            poke_ctrl_u64, publisher_child, T, trec)
 from support.procs import children, fork, reap
-from support.ctopic import (CTRL_EPOCH, CTRL_RELEASE, DURABLE, EARLIEST, GROUP, T,
-                          ctrl_u64, poke_ctrl_u64, publisher_child, recover_fully, trec)
 
 import pytest
 

@@ -23,12 +23,11 @@ import time
 
 import pytest
 
-from support.cseg import CAP, HDR, ffi, lib, mk, seq_of
+from support.cseg import CAP, ffi, HDR, lib, mk, recover_fully, seq_of
+from support.ctopic import (advance_to, ANON, CTRL_RELEASE, DURABLE, EARLIEST, GROUP, NO_IDX,
+                            open_guarded, poke_ctrl_u64, publish_all, publisher_child, run_child,
+                            seqs, T, trec)
 from support.procs import children, fork, reap
-from support.ctopic import (
-    ANON, DURABLE, EARLIEST, GROUP, NO_IDX, CTRL_RELEASE, T, open_guarded,
-    poke_ctrl_u64, publisher_child, advance_to, publish_all, recover_fully, run_child,
-    seqs, trec)
 
 #: fq_ctrl offsets of the futex words (csrc/fq_layout.h, static-asserted there)
 CTRL_DATA_SEQ, CTRL_SPACE_SEQ = 512, 516

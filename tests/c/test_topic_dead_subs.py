@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from support.cseg import CAP, lib, mk, seq_of
+from support.cseg import CAP, lib, mk, recover_fully, seq_of
+from support.ctopic import (ANON, DURABLE, fill, fits, GROUP, GRP_DURABLE, MEM_FREE, MEM_ORPHAN,
+                            publish_all, T, trec, workout)
 from support.procs import children, fork, reap
-from support.ctopic import (ANON, GROUP, DURABLE, GRP_DURABLE, MEM_FREE, MEM_ORPHAN, trec, T,
-    recover_fully, publish_all, workout, fill, fits)
 
 
 # ---------------------------------------------------------------------------

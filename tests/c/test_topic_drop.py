@@ -7,7 +7,7 @@ import random
 import pytest
 
 from support.cseg import CAP, ffi, lib, mk, seq_of
-from support.ctopic import trec, T, publish_all, c_sub_threads
+from support.ctopic import c_sub_threads, publish_all, T, trec
 
 
 # ---------------------------------------------------------------------------

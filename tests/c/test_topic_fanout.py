@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from support.cseg import BIG, CAP, HDR, ffi, lib, mk
-from support.ctopic import PREFIX, ANON, GROUP, EARLIEST, trec, create, T
+from support.cseg import BIG, CAP, ffi, HDR, lib, mk
+from support.ctopic import ANON, create, EARLIEST, GROUP, PREFIX, T, trec
 
 
 # ---------------------------------------------------------------------------

@@ -10,10 +10,11 @@ import struct
 import time
 
 from support.cseg import BIG, CAP, ffi, lib, mk, open_seg, rec_size
+from support.ctopic import (advance_to, ANON, DURABLE, EARLIEST, GROUP, LATEST, Log, MEM_ACTIVE,
+                            MEM_ORPHAN, member_child, MUST_EXIST, PH_CLAIMING, PH_WON,
+                            publisher_child, run_child, subscribe_child, T)
+from support.fuzz import run_fuzz
 from support.procs import children, fork, reap
-from support.ctopic import (ANON, GROUP, DURABLE, MUST_EXIST, LATEST, EARLIEST, MEM_ACTIVE,
-    MEM_ORPHAN, PH_CLAIMING, PH_WON, T, run_child, Log, member_child, publisher_child,
-    subscribe_child, advance_to)
 
 
 # ---------------------------------------------------------------------------
@@ -372,54 +373,26 @@ def _mutate(img, h, rng):
     return bytes(b), muts
 
 
+def _keep(path, case, code):
+    """a failing case's image, kept in /tmp/topic-c-bugs (or where it is)"""
+    keep = "/tmp/topic-c-bugs/fuzz-case%d-%s.seg" % (case, code)
+    try:
+        os.makedirs("/tmp/topic-c-bugs", exist_ok=True)
+        os.replace(path, keep)
+    except OSError:
+        keep = str(path)
+    return keep
+
+
 def _run_fuzz(tmp_path, cases, seed, budget, par=2):
     bases = _fuzz_bases(tmp_path)
     rng = random.Random(seed)
-    t0 = time.monotonic()
-    failures = []
-    counts = {10: 0, 11: 0, 12: 0}
-    running = {}
-    case = 0
-    with children() as pids:
-        while (case < cases or running) and len(failures) < 5:
-            while case < cases and len(running) < par and time.monotonic() - t0 < budget:
-                img, h = bases[case % len(bases)]
-                mimg, muts = _mutate(img, h, rng)
-                path = tmp_path / ("fuzz%d.seg" % case)
-                with open(path, "wb") as f:
-                    f.write(mimg)
-                pid = fork(_fuzz_child, path, case)
-                pids.append(pid)
-                running[pid] = (case, time.monotonic(), muts, path)
-                case += 1
-            if not running:
-                break
-            for pid in list(running):
-                kase, started, muts, path = running[pid]
-                p, status = os.waitpid(pid, os.WNOHANG)
-                if p:
-                    code = os.waitstatus_to_exitcode(status)
-                elif time.monotonic() - started > 5.0:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    code = "hang"
-                else:
-                    continue
-                pids.remove(pid)
-                del running[pid]
-                if code in counts:
-                    counts[code] += 1
-                    os.unlink(path)
-                else:
-                    keep = "/tmp/topic-c-bugs/fuzz-case%d-%s.seg" % (kase, code)
-                    try:
-                        os.makedirs("/tmp/topic-c-bugs", exist_ok=True)
-                        os.replace(path, keep)
-                    except OSError:
-                        keep = str(path)
-                    failures.append((kase, code, muts, keep))
-            time.sleep(0.0003)
-    return counts, failures, time.monotonic() - t0
+
+    def make_case(case):
+        img, h = bases[case % len(bases)]
+        return _mutate(img, h, rng)
+
+    return run_fuzz(tmp_path, cases, budget, make_case, _fuzz_child, keep=_keep, par=par)
 
 
 #: cases of the hostile-topic fuzz (default: well under a minute on 2 cores)

@@ -5,7 +5,7 @@
 import random
 
 from support.cseg import CAP, lib, mk, seq_of
-from support.ctopic import GROUP, MUST_EXIST, T, c_sub_threads
+from support.ctopic import c_sub_threads, GROUP, MUST_EXIST, T
 
 
 # ---------------------------------------------------------------------------

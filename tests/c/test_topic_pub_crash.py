@@ -11,10 +11,9 @@ import zlib
 
 import pytest
 
-from support.cseg import CAP, ffi, lib, mk, seq_of
+from support.cseg import CAP, ffi, lib, mk, recover_fully, seq_of
+from support.ctopic import fits, GROUP, publish_all, publisher_child, run_child, T, trec, workout
 from support.procs import children, fork, reap
-from support.ctopic import (GROUP, trec, T, run_child, recover_fully, publisher_child, publish_all,
-    workout, fits)
 
 
 # ---------------------------------------------------------------------------

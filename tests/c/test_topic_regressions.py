@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from support.cseg import CAP, HDR, ffi, lib, mk, seq_of
+from support.cseg import CAP, ffi, HDR, lib, mk, recover_fully, seq_of
+from support.ctopic import (advance_to, ANON, CTRL_EPOCH, CTRL_RELEASE, ctrl_u64, EARLIEST, GROUP,
+                            Log, member_child, open_guarded, poke_ctrl_u64, PREFIX, publish_all,
+                            publisher_child, run_child, seqs, T, trec)
 from support.procs import children, fork, reap
-from support.ctopic import (PREFIX, ANON, GROUP, EARLIEST, trec, T, seqs, run_child, recover_fully,
-    Log, member_child, publisher_child, publish_all, advance_to, CTRL_RELEASE, CTRL_EPOCH,
-    ctrl_u64, poke_ctrl_u64, open_guarded)
 
 
 # ---------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import zlib
 
 import pytest
 
-from support.cseg import CAP, lib, mk, seq_of
+from support.cseg import CAP, lib, mk, recover_fully, seq_of
+from support.ctopic import (acked_and_open, GROUP, Log, MEM_ACTIVE, MEM_FREE, MEM_ORPHAN,
+                            member_child, PH_CLAIMING, PH_IDLE, PH_WON, publish_all,
+                            recoverer_child, run_child, T, workout)
 from support.procs import children, fork, reap
-from support.ctopic import (GROUP, MEM_FREE, MEM_ACTIVE, MEM_ORPHAN, PH_IDLE, PH_CLAIMING, PH_WON,
-    T, run_child, recover_fully, Log, acked_and_open, member_child, recoverer_child, publish_all,
-    workout)
 
 
 # ---------------------------------------------------------------------------

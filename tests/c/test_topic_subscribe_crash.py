@@ -9,9 +9,9 @@ import select
 import pytest
 
 from support.cseg import CAP, lib, mk, seq_of
+from support.ctopic import (ANON, DURABLE, fill, GROUP, publish_all, run_child,
+                            subscribe_and_read_child, subscribe_child, T, trec, workout)
 from support.procs import children, fork, reap
-from support.ctopic import (ANON, GROUP, DURABLE, trec, T, run_child, subscribe_child,
-    subscribe_and_read_child, publish_all, workout, fill)
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@ record lengths that stay clear of the ring's end, full recovery and a random wor
 import os
 import struct
 
-from support.cseg import BIG, CAP, HDR, Handle, create, ffi, lib, mk, open_seg, rec_size, seq_of
+from support.cseg import (BIG, CAP, Claims, create, ffi, Handle, HDR, lib, mk, open_seg, rec_size,
+                          seq_of)
 
 
 ALIGN = rec_size(1) - HDR  # record alignment of the core: 8 (or 16)
@@ -16,7 +17,7 @@ ALIGN = rec_size(1) - HDR  # record alignment of the core: 8 (or 16)
 # a thin wrapper of the C API
 
 
-class Q(Handle):
+class Q(Claims, Handle):
     def __init__(self, ptr, path):
         super().__init__(ptr, path)
         self._d = ffi.new("const void **")
@@ -46,28 +47,6 @@ class Q(Handle):
 
     def abort(self, c):
         lib.fq_get_abort(self.q, c)
-
-    def get(self, max_n=1, max_bytes=BIG):
-        """(rc, [payloads], redelivered)"""
-        rc, c = self.begin(max_n, max_bytes)
-        if rc:
-            return rc, [], 0
-        msgs = self.read(c)
-        assert len(msgs) == c.n, "claim says %d messages, iteration gave %d" % (c.n, len(msgs))
-        red = c.redelivered
-        self.end(c)
-        return rc, msgs, red
-
-    def drain(self, max_n=4, limit=100000):
-        """Every message until EMPTY: [(payload, redelivered)]"""
-        out = []
-        for _ in range(limit):
-            rc, msgs, red = self.get(max_n)
-            if rc == lib.FQ_EMPTY:
-                return out
-            assert rc == lib.FQ_OK, rc
-            out.extend((m, red) for m in msgs)
-        raise AssertionError("drain did not end")
 
     # status
     def stats(self):
@@ -172,17 +151,6 @@ def safe_len(q, n, rng):
 
 # ---------------------------------------------------------------------------
 # child processes
-
-
-def recover_fully(q, expect_repair=True):
-    """recover until nothing is left to repair; the first call must repair"""
-    r = q.recover()
-    if expect_repair:
-        assert r > 0, "fq_recover found nothing to repair"
-    for _ in range(5):
-        if q.recover() == 0:
-            return
-    raise AssertionError("fq_recover keeps repairing")
 
 
 def workout(q, rng, rounds=400, maxlen=700):

@@ -93,3 +93,42 @@ class Handle:
             ffi.memmove(buf, d, len(d))
         lib.fq_put_commit(self.q, c)
         return rc, c
+
+
+class Claims:
+    """get() and drain() over a consumer's begin/read/end (a queue handle or a topic
+    subscription): read(c) lists a claim's messages."""
+
+    def get(self, max_n=1, max_bytes=BIG):
+        """(rc, [messages], redelivered)"""
+        rc, c = self.begin(max_n, max_bytes)
+        if rc:
+            return rc, [], 0
+        msgs = self.read(c)
+        assert len(msgs) == c.n, "claim says %d messages, iteration gave %d" % (c.n, len(msgs))
+        red = c.redelivered
+        self.end(c)
+        return rc, msgs, red
+
+    def drain(self, max_n=4, limit=100000):
+        """every message until EMPTY, with its redelivered flag: [(payload, redelivered)]
+        of a queue, [(idx, payload, redelivered)] of a subscription"""
+        out = []
+        for _ in range(limit):
+            rc, msgs, red = self.get(max_n)
+            if rc == lib.FQ_EMPTY:
+                return out
+            assert rc == lib.FQ_OK, rc
+            out.extend((*m, red) if isinstance(m, tuple) else (m, red) for m in msgs)
+        raise AssertionError("drain did not end")
+
+
+def recover_fully(h, expect_repair=True):
+    """recover until nothing is left to repair; the first call must repair"""
+    r = h.recover()
+    if expect_repair:
+        assert r > 0, "fq_recover found nothing to repair"
+    for _ in range(5):
+        if h.recover() == 0:
+            return
+    raise AssertionError("fq_recover keeps repairing")

@@ -10,7 +10,7 @@ import threading
 import time
 
 from support import cseg
-from support.cseg import BIG, HDR, Handle, ffi, lib, mk, rec_size, seq_of
+from support.cseg import BIG, Claims, ffi, Handle, HDR, lib, mk, rec_size, seq_of
 from support.procs import fork, wait_dead
 
 
@@ -112,7 +112,7 @@ class T(Handle):
         return out
 
 
-class S:
+class S(Claims):
     """a subscription"""
 
     def __init__(self, t, ptr):
@@ -151,28 +151,6 @@ class S:
     def hold(self, c, frm=0, redelivered=0):
         lib.fq_sub_hold(self.s, c, frm, redelivered)
 
-    def get(self, max_n=1, max_bytes=BIG):
-        """(rc, [(idx, payload)], redelivered)"""
-        rc, c = self.begin(max_n, max_bytes)
-        if rc:
-            return rc, [], 0
-        msgs = self.read(c)
-        assert len(msgs) == c.n, "claim says %d messages, iteration gave %d" % (c.n, len(msgs))
-        red = c.redelivered
-        self.end(c)
-        return rc, msgs, red
-
-    def drain(self, max_n=4, limit=100000):
-        """every message until EMPTY: [(idx, payload, redelivered)]"""
-        out = []
-        for _ in range(limit):
-            rc, msgs, red = self.get(max_n)
-            if rc == lib.FQ_EMPTY:
-                return out
-            assert rc == lib.FQ_OK, rc
-            out.extend((i, m, red) for i, m in msgs)
-        raise AssertionError("drain did not end")
-
     def lag(self):
         return lib.fq_sub_lag(self.s)
 
@@ -206,17 +184,6 @@ def run_child(pids, fn, *args, expect=9, timeout=10.0, zombie=False):
     if not zombie:
         pids.remove(pid)
     return pid
-
-
-def recover_fully(t, expect_repair=True):
-    """recover until nothing is left to repair; the first call must repair"""
-    r = t.recover()
-    if expect_repair:
-        assert r > 0, "fq_recover found nothing to repair"
-    for _ in range(5):
-        if t.recover() == 0:
-            return
-    raise AssertionError("fq_recover keeps repairing")
 
 
 class Log:
