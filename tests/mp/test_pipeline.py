@@ -3,21 +3,17 @@ with tracebacks, killed workers (every result exactly once), bounded memory on a
 endless input, every start method, Ctrl-C, progress bars."""
 from __future__ import annotations
 
-import os
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 import fastq
 
-from support import TESTS
-from support import poolfuncs as F
-from support.procs import memfd_segments
+from support import poolfuncs as F, TESTS
+from support.procs import memfd_segments, random_sigkills, zombie_or_gone
 
 
 
@@ -51,7 +47,7 @@ def test_exception_in_a_stage_is_raised_in_order_and_stops_everything(fastq_dir)
     assert isinstance(ei.value.__cause__, fastq.RemoteTraceback)
     assert "in boom" in str(ei.value.__cause__)
     for pid in pids:
-        assert _gone(pid)
+        assert zombie_or_gone(pid)
     assert list(fastq_dir.iterdir()) == []
 
 
@@ -76,26 +72,10 @@ def test_random_sigkills_every_result_exactly_once(fastq_dir):
     """Workers of both stages are SIGKILLed at random moments; each item's result
     arrives exactly once and in order, message by message."""
     n = 1200
-    stop = threading.Event()
     p = fastq.pipeline(range(n), fastq.Stage(F.tick, workers=2, max_retries=50),
                        fastq.Stage(F.sq_first, workers=1, max_retries=50))
-
-    def killer():
-        rnd = random.Random(2)
-        while not stop.wait(rnd.uniform(0.05, 0.25)):
-            pids = p.pids()
-            try:
-                os.kill(rnd.choice(pids), signal.SIGKILL)
-            except (ProcessLookupError, IndexError):
-                pass
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
-        with p:
-            got = list(p)
-    finally:
-        stop.set()
-        t.join()
+    with random_sigkills(p.pids, 2), p:
+        got = list(p)
     assert got == [x * x for x in range(n)]
     assert p.reruns >= 1
     assert list(fastq_dir.iterdir()) == []
@@ -103,16 +83,8 @@ def test_random_sigkills_every_result_exactly_once(fastq_dir):
 
 def test_endless_input_bounded_read_ahead(fastq_dir):
     pulled = [0]
-
-    def endless():
-        i = 0
-        while True:
-            pulled[0] += 1
-            yield i
-            i += 1
-
     from fastq._workers import MAX_CHUNK
-    with fastq.pipeline(endless(), fastq.Stage(F.inc, workers=2), F.inc) as p:
+    with fastq.pipeline(F.endless(pulled), fastq.Stage(F.inc, workers=2), F.inc) as p:
         for i in range(3000):
             assert next(p) == i + 2
         time.sleep(0.5)
@@ -120,14 +92,6 @@ def test_endless_input_bounded_read_ahead(fastq_dir):
         for i in range(3000, 6000):
             assert next(p) == i + 2
         assert pulled[0] <= 6000 + (2 * 3 + 2) * MAX_CHUNK
-
-
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 CTRL_C = r"""
@@ -159,7 +123,7 @@ def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, me
     _, err = child.communicate(timeout=30)
     assert "KeyboardInterrupt" in err
     for pid in pids:
-        assert _gone(pid), f"worker {pid} survived"
+        assert zombie_or_gone(pid), f"worker {pid} survived"
     assert list(fastq_dir.iterdir()) == []
 
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import sys
-import threading
 import time
 
 import pytest
 
 import fastq
 
-from support import TESTS
-from support import poolfuncs as F
-from support.procs import memfd_segments
+from support import poolfuncs as F, TESTS
+from support.procs import memfd_segments, random_sigkills, zombie_or_gone
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -102,24 +99,9 @@ def test_random_sigkills_every_result_exactly_once(fastq_dir, procs):
     """Workers are SIGKILLed at random moments while they run 0.2 s of items;
     every item's result comes back exactly once, in order, message by message."""
     n = 1500
-    stop = threading.Event()
     with fastq.Pool(2, max_retries=50) as p:
-        def killer():
-            rnd = random.Random(1)
-            while not stop.wait(rnd.uniform(0.05, 0.25)):
-                pids = p.pids()
-                if pids:
-                    try:
-                        os.kill(rnd.choice(pids), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-        t = threading.Thread(target=killer)
-        t.start()
-        try:
+        with random_sigkills(p.pids, 1):
             got = list(p.imap(F.tick, range(n), chunksize=None))
-        finally:
-            stop.set()
-            t.join()
         assert [x for x, _ in got] == list(range(n))
         assert p.reruns >= 1
     assert list(fastq_dir.iterdir()) == []
@@ -127,17 +109,9 @@ def test_random_sigkills_every_result_exactly_once(fastq_dir, procs):
 
 def test_endless_input_is_read_a_bounded_window_ahead(fastq_dir):
     pulled = [0]
-
-    def endless():
-        i = 0
-        while True:
-            pulled[0] += 1
-            yield i
-            i += 1
-
     from fastq._workers import MAX_CHUNK
     with fastq.Pool(2) as p:
-        it = p.imap(F.inc, endless())
+        it = p.imap(F.inc, F.endless(pulled))
         for i in range(5000):
             assert next(it) == i + 1
         time.sleep(0.5)  # the feeder runs as far ahead as it may
@@ -172,16 +146,8 @@ def test_close_join_and_terminate(fastq_dir):
     with pytest.raises(RuntimeError):
         r.get(10)
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
+        assert not os.path.exists(f"/proc/{pid}") or zombie_or_gone(pid)
     assert list(fastq_dir.iterdir()) == []
-
-
-def _zombie_or_gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_executor_submit_map_and_asyncio(fastq_dir):
@@ -231,5 +197,5 @@ def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, me
     _, err = child.communicate(timeout=30)
     assert "KeyboardInterrupt" in err
     for pid in pids:
-        assert _zombie_or_gone(pid), f"worker {pid} survived"
+        assert zombie_or_gone(pid), f"worker {pid} survived"
     assert list(fastq_dir.iterdir()) == []

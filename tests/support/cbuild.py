@@ -1,8 +1,9 @@
 """Build the fastq C core with cffi for white-box tests; ``load()`` returns (ffi, lib).
 
 The C core (``csrc/*.c`` as listed in SOURCES) and the test hooks
-(``tests/c/fq_test_hooks.c``) are compiled (API mode) into ``build/cffi-<hash>/`` under the repository, where the hash
-covers the C sources and headers, the hooks, this file's declarations and the compiler flags.
+(``tests/c/fq_test_hooks.c``) are compiled (API mode) into ``build/cffi-<hash>/``
+under the repository, where the hash covers the C sources and headers, the hooks,
+this file's declarations and the compiler flags.
 A build whose hash matches is reused.
 
 Extra compiler flags come from the environment variable ``FASTQ_CFFI_CFLAGS`` (for

@@ -60,19 +60,9 @@ class Q(Claims, Handle):
     def full(self):
         return lib.fq_full(self.q)
 
-    def recover(self):
-        return lib.fq_recover(self.q)
-
-    @property
-    def cap(self):
-        return lib.fq_capacity(self.q)
-
     @property
     def max_msg(self):
         return lib.fq_max_message(self.q)
-
-    def tail_idx(self):
-        return self.stats()["tail"] & (self.cap - 1)
 
     def assert_settled(self):
         s = self.stats()

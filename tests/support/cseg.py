@@ -79,6 +79,17 @@ class Handle:
             lib.fq_close(self.q)
             self.q = None
 
+    def recover(self):
+        return lib.fq_recover(self.q)
+
+    @property
+    def cap(self):
+        return lib.fq_capacity(self.q)
+
+    def tail_idx(self):
+        """the tail's index in the ring (stats() of a queue or a topic has "tail")"""
+        return self.stats()["tail"] & (self.cap - 1)
+
     def put(self, data):
         return lib.fq_put(self.q, data, len(data))
 

@@ -67,19 +67,9 @@ class T(Handle):
         return {"tail": self._st[0], "release": self._st[2], "state": self._st[4],
                 "published": lib.fqt_published(self.q)}
 
-    def recover(self):
-        return lib.fq_recover(self.q)
-
-    @property
-    def cap(self):
-        return lib.fq_capacity(self.q)
-
     @property
     def nsubs(self):
         return lib.fq_max_subs(self.q)
-
-    def tail_idx(self):
-        return self.stats()["tail"] & (self.cap - 1)
 
     def member(self, i):
         f = [lib.fqt_member_field(self.q, i, k) for k in range(8)]

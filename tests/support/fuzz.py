@@ -3,10 +3,22 @@ import os
 import signal
 import time
 
+from support.cseg import lib, open_seg
 from support.procs import children, fork
 
 #: exit codes of a fuzz child that are outcomes (what each means is the child's to say)
 OUTCOMES = (10, 11, 12)
+
+
+def open_fuzzed(path):
+    """fq_open of a fuzzed segment: its fq_queue *, or None if it was refused (as it
+    must be, if at all: FQ_EBADSEG or an errno, with a message)"""
+    rc, qp, err = open_seg(path)
+    if rc != 0:
+        assert rc == lib.FQ_EBADSEG or rc < 0, rc
+        assert err
+        return None
+    return qp
 
 
 def run_fuzz(tmp_path, cases, budget, make_case, child, keep=str, par=2):

@@ -66,3 +66,12 @@ def sq_first(pair):
 
 def inc_first(pair):
     return pair[0] + 1
+
+
+def endless(pulled):
+    """0, 1, 2, ... for ever, counting in pulled[0] how many were taken"""
+    i = 0
+    while True:
+        pulled[0] += 1
+        yield i
+        i += 1

@@ -4,10 +4,12 @@ imports the same fastq (``run_py``); the ``procs`` fixture's killer (``Procs``).
 
 import faulthandler
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from contextlib import contextmanager
 
@@ -151,3 +153,37 @@ def memfd_segments(pid):
         except OSError:
             pass
     return out
+
+
+def zombie_or_gone(pid):
+    """pid has exited (a zombie not yet reaped by its parent, or gone)"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@contextmanager
+def random_sigkills(pids, seed):
+    """While the block runs, a thread SIGKILLs one of pids() (a pool's or a pipeline's
+    workers) at random every 0.05 to 0.25 s."""
+    stop = threading.Event()
+
+    def killer():
+        rnd = random.Random(seed)
+        while not stop.wait(rnd.uniform(0.05, 0.25)):
+            ps = pids()
+            if ps:
+                try:
+                    os.kill(rnd.choice(ps), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
