@@ -156,10 +156,9 @@ def _exit_main_thread():
     libc.syscall(SYS_EXIT, 0)
 
 
-def _receive_then_exit_main(path, r_go, w):
-    q = fastq.Queue(path, prefetch=1)
-    d = q.receive(timeout=10)
-
+def _ack_in_a_thread_then_exit_main(d, r_go, w):
+    """a worker thread says R, acks d once told to (G), says A and ends the process;
+    the main thread exits at once"""
     def worker():
         os.write(w, b"R")
         assert os.read(r_go, 1) == b"G"
@@ -169,6 +168,19 @@ def _receive_then_exit_main(path, r_go, w):
 
     threading.Thread(target=worker).start()
     _exit_main_thread()
+
+
+def _let_it_ack_and_end(pid, pids, r, w_go):
+    """tell the child's worker thread to ack (G); it says A and the child exits 0"""
+    os.write(w_go, b"G")
+    assert _read1(r) == b"A"
+    assert reap(pid) == 0
+    pids.remove(pid)
+
+
+def _receive_then_exit_main(path, r_go, w):
+    q = fastq.Queue(path, prefetch=1)
+    _ack_in_a_thread_then_exit_main(q.receive(timeout=10), r_go, w)
 
 
 def test_main_thread_exit_keeps_claims(tmp_path):
@@ -187,10 +199,7 @@ def test_main_thread_exit_keeps_claims(tmp_path):
         assert not q.recover(), "recovery took the claims of a live process"
         with pytest.raises(queue.Empty):
             q.get(block=False)
-        os.write(w_go, b"G")
-        assert _read1(r) == b"A"
-        assert reap(pid) == 0
-        pids.remove(pid)
+        _let_it_ack_and_end(pid, pids, r, w_go)
     q.recover()  # frees the exited child's slot; its message was acknowledged
     assert q.qsize() == 0
     with pytest.raises(queue.Empty):
@@ -202,17 +211,7 @@ def _subscribe_then_exit_main(path, r_go, w):
     t = fastq.Topic(path)
     s = t.subscribe(group="g")
     os.write(w, b"S")
-    m = s.receive(timeout=10)
-
-    def worker():
-        os.write(w, b"R")
-        assert os.read(r_go, 1) == b"G"
-        m.ack()
-        os.write(w, b"A")
-        os._exit(0)
-
-    threading.Thread(target=worker).start()
-    _exit_main_thread()
+    _ack_in_a_thread_then_exit_main(s.receive(timeout=10), r_go, w)
 
 
 def test_main_thread_exit_keeps_topic_claims(tmp_path):
@@ -234,10 +233,7 @@ def test_main_thread_exit_keeps_topic_claims(tmp_path):
         assert [s.alive for s in t.subscribers() if s.pid == pid] == [True]
         with pytest.raises(queue.Empty):
             mine.get(block=False)
-        os.write(w_go, b"G")
-        assert _read1(r) == b"A"
-        assert reap(pid) == 0
-        pids.remove(pid)
+        _let_it_ack_and_end(pid, pids, r, w_go)
     with pytest.raises(queue.Empty):
         mine.get(block=False)
     mine.close()
