@@ -2,7 +2,7 @@
 as tests/api/test_typing.py does for the queue API)."""
 from __future__ import annotations
 
-from support.typecheck import mypy
+from support.typecheck import assert_mypy_accepts, assert_mypy_rejects
 
 GOOD = """
 import concurrent.futures
@@ -44,12 +44,8 @@ n: str = p.reruns
 
 
 def test_pool_api_types_accepted(tmp_path):
-    cp = mypy(tmp_path, GOOD)
-    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert_mypy_accepts(tmp_path, GOOD)
 
 
 def test_pool_api_misuse_rejected(tmp_path):
-    cp = mypy(tmp_path, BAD)
-    assert cp.returncode != 0
-    for line in (3, 4, 5):
-        assert f"snippet.py:{line}" in cp.stdout, cp.stdout
+    assert_mypy_rejects(tmp_path, BAD, (3, 4, 5))

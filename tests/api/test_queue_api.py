@@ -18,6 +18,7 @@ import pytest
 
 import fastq
 
+from support.messages import Passthrough
 from support.waiting import call_bounded
 
 np = pytest.importorskip("numpy")
@@ -818,10 +819,7 @@ def test_unpicklable_object_raises_and_queue_stays_usable():
         assert q.get_many(10, timeout=1) == ["before", "after"]
 
 
-class BadLoads:
-    def dumps(self, obj):
-        return obj
-
+class BadLoads(Passthrough):
     def loads(self, data):
         if data == b"bad":
             raise RuntimeError("cannot decode")
@@ -1045,10 +1043,7 @@ def test_get_many_byte_bound_beyond_the_first_message():
 
 
 def test_get_many_with_a_failing_loads_keeps_the_rest():
-    class Picky:
-        def dumps(self, obj):
-            return obj
-
+    class Picky(Passthrough):
         def loads(self, b):
             if b == b"bad":
                 raise ValueError("bad message")

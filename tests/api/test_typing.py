@@ -3,7 +3,7 @@ the compiled module); mypy must accept ordinary use of the public API and
 reject an obvious misuse."""
 from __future__ import annotations
 
-from support.typecheck import PKG, mypy
+from support.typecheck import PKG, assert_mypy_accepts, assert_mypy_rejects
 
 STUBS = [p for p in (PKG / "py.typed", PKG / "_core.pyi") if p.exists()]
 
@@ -82,12 +82,8 @@ lag: str = t.subscribe().lag
 
 
 def test_stubs_accept_public_api_usage(tmp_path):
-    cp = mypy(tmp_path, GOOD)
-    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert_mypy_accepts(tmp_path, GOOD)
 
 
 def test_stubs_reject_misuse(tmp_path):
-    cp = mypy(tmp_path, BAD)
-    assert cp.returncode != 0
-    assert "snippet.py:4" in cp.stdout and "snippet.py:5" in cp.stdout, cp.stdout
-    assert "snippet.py:7" in cp.stdout, cp.stdout
+    assert_mypy_rejects(tmp_path, BAD, (4, 5, 7))

@@ -81,6 +81,17 @@ def _paused_recovery(p, point, while_paused):
         pids.remove(pid)
 
 
+def _assert_next_lap_record_kept(q, x):
+    """after the paused recovery: nothing left to repair, and the live record x of the
+    next lap is the one message in the queue; then close q"""
+    recover_fully(q, expect_repair=False)
+    assert q.qsize() == 1
+    rc, msgs, _ = q.get()
+    assert rc == 0 and msgs == [x], "the live record of the next lap was overwritten"
+    q.assert_settled()
+    q.close()
+
+
 @pytest.mark.parametrize("point", ["put_before_count", "put_mid_commit"])
 def test_recovery_does_not_skip_over_a_live_next_lap_record(tmp_path, point):
     """A dead producer's region: recovery read release <= p, then (paused) the record
@@ -100,12 +111,7 @@ def test_recovery_does_not_skip_over_a_live_next_lap_record(tmp_path, point):
 
     _paused_recovery(p, "recover_region_checked", consume_and_refill)
     assert [seq_of(m) for m, _ in got] == [1]
-    recover_fully(q, expect_repair=False)
-    assert q.qsize() == 1
-    rc, msgs, _ = q.get()
-    assert rc == 0 and msgs == [x], "the live record of the next lap was overwritten"
-    q.assert_settled()
-    q.close()
+    _assert_next_lap_record_kept(q, x)
 
 
 def test_recovery_of_a_stale_intent_does_not_skip_over_a_live_next_lap_record(tmp_path):
@@ -132,12 +138,7 @@ def test_recovery_of_a_stale_intent_does_not_skip_over_a_live_next_lap_record(tm
 
     _paused_recovery(p, "recover_region_checked", consume_and_refill)
     assert [seq_of(d) for d, _ in got] == [10, 11]
-    recover_fully(q, expect_repair=False)
-    assert q.qsize() == 1
-    rc, msgs, _ = q.get()
-    assert rc == 0 and msgs == [x], "the live record of the next lap was overwritten"
-    q.assert_settled()
-    q.close()
+    _assert_next_lap_record_kept(q, x)
 
 
 def test_recovery_counts_a_committed_put_consumed_and_lapped_meanwhile(tmp_path):

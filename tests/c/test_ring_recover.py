@@ -49,19 +49,26 @@ def test_recoverer_killed_mid_recovery(tmp_path, point):
 
 # ---- a consumer that only polls (get_nowait) still gets past a dead producer -------
 
+def _queue_after_a_dead_producer(path):
+    """a fastq.Queue at path whose producer died mid-put (100 committed, 101-102
+    claimed), and a white-box handle of it"""
+    import fastq  # the package under test (see conftest.py)
+
+    q = fastq.Queue.create(str(path), capacity=1 << 16, serializer="raw")
+    with children() as pids:
+        pid = fork(crash_producer_child, str(path))
+        pids.append(pid)
+        assert reap(pid) == 9
+    return q, Q.open(str(path))
+
+
 def test_polling_consumer_gets_past_dead_producer(tmp_path):
     """fastq.Queue.get_nowait never waits, so never runs recovery in a wait;
     it must still run it (every 0.2 s while the queue is not idle), or a
     producer killed mid-put would hide every later message forever."""
     import fastq  # the package under test (see conftest.py)
 
-    p = str(tmp_path / "poll.seg")
-    q = fastq.Queue.create(p, capacity=1 << 16, serializer="raw")
-    with children() as pids:
-        pid = fork(crash_producer_child, p)  # 100 committed, 101-102 claimed, dead
-        pids.append(pid)
-        assert reap(pid) == 9
-    cq = Q.open(p)
+    q, cq = _queue_after_a_dead_producer(tmp_path / "poll.seg")
     assert cq.put(mk(7, 100)) == 0  # a live producer's message after the dead claim
     got, deadline = [], time.monotonic() + 5
     while len(got) < 2 and time.monotonic() < deadline:
@@ -81,13 +88,7 @@ def test_short_timeouts_still_get_past_dead_producer(tmp_path):
     producer killed mid-put."""
     import fastq  # the package under test (see conftest.py)
 
-    p = str(tmp_path / "short.seg")
-    q = fastq.Queue.create(p, capacity=1 << 16, serializer="raw")
-    with children() as pids:
-        pid = fork(crash_producer_child, p)  # 100 committed, 101-102 claimed, dead
-        pids.append(pid)
-        assert reap(pid) == 9
-    cq = Q.open(p)
+    q, cq = _queue_after_a_dead_producer(tmp_path / "short.seg")
     assert cq.put(mk(7, 100)) == 0
     got, deadline = [], time.monotonic() + 5
     while len(got) < 2 and time.monotonic() < deadline:

@@ -76,6 +76,21 @@ def gated(fn, *args):
                 os.close(fd)
 
 
+def _publish_10_and_let_it_die(t, a, pid, go, pids, at_crash_point):
+    """publish 10 messages (subscriber a gets them all); the gated reader dies at its
+    crash point (exit 9) or is SIGKILLed after its acks"""
+    publish_all(t, [mk(i, 100) for i in range(10)])
+    if at_crash_point:
+        go(False)
+        assert reap(pid) == 9
+    else:
+        go()
+        os.kill(pid, signal.SIGKILL)
+        assert reap(pid) == -signal.SIGKILL
+    pids.remove(pid)
+    assert len(a.drain()) == 10
+
+
 @pytest.mark.parametrize("then", ["idle", "claim", "sub_after_claim"])
 @pytest.mark.parametrize("kind", [ANON, GROUP], ids=["anon", "group"])
 def test_dead_nondurable_subscriber_stops_holding_publishers(path, kind, then):
@@ -86,16 +101,7 @@ def test_dead_nondurable_subscriber_stops_holding_publishers(path, kind, then):
     a = t.subscribe("a")
     try:
         with gated(_reader_child, path, "x", kind, 4, then) as (pid, go, pids):
-            publish_all(t, [mk(i, 100) for i in range(10)])
-            if then == "sub_after_claim":
-                go(False)
-                assert reap(pid) == 9
-            else:
-                go()
-                os.kill(pid, signal.SIGKILL)
-                assert reap(pid) == -signal.SIGKILL
-            pids.remove(pid)
-            assert len(a.drain()) == 10
+            _publish_10_and_let_it_die(t, a, pid, go, pids, then == "sub_after_claim")
             n = fill(t, [a], 100)
             assert t.put(mk(99, 100)) == lib.FQ_FULL, "the dead subscriber held nothing"
             assert [seq_of(x) for _, x, _ in a.drain()] == list(range(100, 100 + n))
@@ -120,16 +126,7 @@ def test_dead_durable_subscriber_keeps_its_position(path, mode, then):
     a = t.subscribe("a")
     try:
         with gated(_reader_child, path, "d", DURABLE, 4, then) as (pid, go, pids):
-            publish_all(t, [mk(i, 100) for i in range(10)])
-            if then == "sub_before_end":
-                go(False)
-                assert reap(pid) == 9
-            else:
-                go()
-                os.kill(pid, signal.SIGKILL)
-                assert reap(pid) == -signal.SIGKILL
-            pids.remove(pid)
-            assert len(a.drain()) == 10
+            _publish_10_and_let_it_die(t, a, pid, go, pids, then == "sub_before_end")
             n = 0
             if not drop:
                 n = fill(t, [a], 100)

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import heapq
 import multiprocessing as mp
-import mmap
 import os
 import random
 import signal
@@ -75,8 +74,8 @@ import pytest
 
 import fastq
 
-from support.chaos import K_BEGIN, CheckingSerializer, fail
-from support.messages import Framed
+from support.chaos import Chaos, CheckingSerializer, fail, K_BEGIN, Worker
+from support.messages import Framed, Passthrough
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
@@ -231,42 +230,15 @@ def blocked_time(intervals, msgs):
 # ---- the supervisor -------------------------------------------------------------
 
 
-class Worker:
-    def __init__(self, role, wid, proc, log, t_start):
-        self.role, self.id, self.proc, self.log = role, wid, proc, log
-        self.t_start, self.t_end, self.killed = t_start, None, False
-
-
 def test_chaos_sigkill_random_workers(tmp_path, procs):
-    kills_target = int(os.environ.get("FASTQ_CHAOS_KILLS", "250"))
-    seed = int(os.environ.get("FASTQ_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
-    max_chaos = max(45.0, kills_target * 0.25)
-    rng = random.Random(seed)
+    ch = Chaos(tmp_path, "chaos", "pc", {"p": "producers", "c": "consumers"})
+    kills_target, seed, max_chaos, rng = ch.kills_target, ch.seed, ch.max_chaos, ch.rng
+    flags, fail_path = ch.flags, ch.fail_path  # flags[0]: producers stop, [1]: consumers drain
+    workers, live, next_id, stats = ch.workers, ch.live, ch.next_id, ch.stats
+    summary, fail, check_marker = ch.summary, ch.fail, ch.check_marker
     MSGS.base()
-    flags = mmap.mmap(-1, 16)  # [0]: producers stop, [1]: consumers drain; shared
-    fail_path = str(tmp_path / "FAILED")
-    T0 = time.monotonic()
     q = fastq.Queue.create("chaos", capacity=CAPACITY, serializer="raw")
     path = q.path
-    workers = []          # every worker ever started
-    live = {"p": [], "c": []}
-    next_id = {"p": 0, "c": 0}
-    stats = {"seed": seed, "kills": 0, "kp": 0, "kc": 0}
-
-    def summary():
-        s = stats
-        return ("chaos summary: seed={seed} kills={kills} (producers {kp}, consumers {kc}) "
-                .format(**s) +
-                " ".join(f"{k}={v}" for k, v in s.items()
-                         if k not in ("seed", "kills", "kp", "kc")) +
-                f" runtime={time.monotonic() - T0:.1f}s")
-
-    def fail(msg):
-        raise AssertionError(f"{msg}\n{summary()}")
-
-    def check_marker():
-        if os.path.exists(fail_path):
-            fail("a worker failed: " + open(fail_path).read())
 
     def start(role):
         wid = next_id[role]
@@ -510,15 +482,12 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
 # ---- focused: a consumer killed while copying/verifying an 8 MiB message ------
 
 
-class SlowCheckingSerializer:
+class SlowCheckingSerializer(Passthrough):
     """loads() (inside get(), the message claimed) announces the message, then
     verifies its crc slowly, 64 KiB at a time: a kill lands in the middle."""
 
     def __init__(self, flag):
         self.flag = flag
-
-    def dumps(self, obj):
-        return obj
 
     def loads(self, data):
         with open(self.flag, "w") as f:
@@ -537,15 +506,12 @@ def slow_consumer(path, flag):
     os._exit(0)  # never reached in the test: it is killed first
 
 
-class MarkingSerializer:
+class MarkingSerializer(Passthrough):
     """loads() (inside get(), before the message is freed) logs 'R seq' as its
     last act: a consumer killed before that line never had get() return."""
 
     def __init__(self, fd):
         self.fd = fd
-
-    def dumps(self, obj):
-        return obj
 
     def loads(self, data):
         os.write(self.fd, b"R %d\n" % MSGS.HDR.unpack_from(data)[3])

@@ -130,7 +130,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import mmap
 import multiprocessing as mp
 import os
 import random
@@ -142,8 +141,11 @@ import pytest
 
 import fastq
 
-from support.chaos import REC, CheckingSerializer, fail, read_recs, rec
-from support.messages import Framed
+from support import chaos
+from support.chaos import (Chaos, CheckingSerializer, fail, K_ACKED, K_ACKING, K_BEGIN, K_CALL,
+                           K_GOT, K_INTENT, K_LOADED, K_PUBLISHED, K_RECV, K_START, log_got,
+                           read_recs, REC, rec, receive_and_ack)
+from support.messages import Framed, Passthrough
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
@@ -157,8 +159,7 @@ GET_TIMEOUT = 0.5
 #: payloads are cut from random bytes made before forking (inherited)
 MSGS = Framed(0xFA57C4A1, 4321, BIG_MAX + (1 << 20))
 
-(K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED, K_EXIT,
- K_INTENT, K_PUBLISHED, K_NACKING, K_NACKED, K_MEMBERS) = b"SABLGRQKEIPNVM"
+K_EXIT, K_NACKING, K_NACKED, K_MEMBERS = b"ENVM"  # and support.chaos's kinds
 M_GET, M_MANY, M_RECV, M_PRECV, M_BOUND = 1, 2, 3, 4, 5
 MODE_NAME = {M_GET: "get", M_MANY: "get_many", M_RECV: "receive", M_PRECV: "receive(prefetch)",
              M_BOUND: "call at the prefetch bound"}
@@ -319,15 +320,9 @@ def reader_loop(s, role, fd, rng, flags, prefetch=1, fail_path=None):
                 rec(fd, K_GOT, flag=mode, who=pub, seq=seq)
             elif mode == M_MANY:
                 got = s.get_many(k, timeout=GET_TIMEOUT)
-                os.write(fd, b"".join(REC.pack(K_GOT, mode, 0, p, q, time.monotonic(), 0)
-                                      for p, q in got))
+                log_got(fd, got, mode)
             else:
-                d = s.receive(timeout=GET_TIMEOUT)
-                pub, seq = d.value
-                rec(fd, K_RECV, flag=bool(d.redelivered), who=pub, seq=seq)
-                rec(fd, K_ACKING, who=pub, seq=seq)
-                d.ack()
-                rec(fd, K_ACKED, who=pub, seq=seq)
+                receive_and_ack(fd, s, GET_TIMEOUT)
         except fastq.Empty:
             if flags[1]:
                 idle += 1
@@ -361,10 +356,9 @@ def reader_main(path, role, log_path, seed, flags, fail_path, prefetch=1):
 # ---- log analysis ---------------------------------------------------------------------
 
 
-class Worker:
+class Worker(chaos.Worker):
     def __init__(self, role, wid, proc, log, t_start, prefetch=1):
-        self.role, self.id, self.proc, self.log = role, wid, proc, log
-        self.t_start, self.t_end, self.killed = t_start, None, False
+        super().__init__(role, wid, proc, log, t_start)
         self.group = GROUP.get(role)
         self.prefetch = prefetch
         self.members = [(0.0, 1)]  # prefetch: (time logged, pool members) as it grew
@@ -874,36 +868,16 @@ def group_verdict(gname, members, committed, pub_t, t_begin, t_stop):
 
 
 def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
-    kills_target = int(os.environ.get("FASTQ_CHAOS_KILLS", "250"))
-    seed = int(os.environ.get("FASTQ_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
-    max_chaos = max(45.0, kills_target * 0.25)
-    rng = random.Random(seed)
+    ch = Chaos(tmp_path, "topic chaos", "pgdn",
+               {"p": "publishers", "g": "group members", "d": "durable"})
+    kills_target, seed, max_chaos, rng = ch.kills_target, ch.seed, ch.max_chaos, ch.rng
+    flags, fail_path = ch.flags, ch.fail_path  # flags[0]: publishers stop, [1]: readers drain
+    workers, live, next_id, stats = ch.workers, ch.live, ch.next_id, ch.stats
+    summary, fail, check_marker = ch.summary, ch.fail, ch.check_marker
     MSGS.base()
-    flags = mmap.mmap(-1, 16)  # [0]: publishers stop, [1]: readers drain; shared
-    fail_path = str(tmp_path / "FAILED")
-    T0 = time.monotonic()
     t = fastq.Topic.create("tchaos", capacity=CAPACITY, serializer="raw")
     path = t.path
-    workers = []
-    live = {"p": [], "g": [], "d": [], "n": []}
-    next_id = {"p": 0, "g": 0, "d": 0, "n": 0}
     tail_fds = {}
-    stats = {"seed": seed, "kills": 0, "kp": 0, "kg": 0, "kd": 0}
-
-    def summary():
-        s = stats
-        return ("topic chaos summary: seed={seed} kills={kills} (publishers {kp}, group "
-                "members {kg}, durable {kd}) ".format(**s)
-                + " ".join(f"{k}={v}" for k, v in s.items()
-                           if k not in ("seed", "kills", "kp", "kg", "kd"))
-                + f" runtime={time.monotonic() - T0:.1f}s")
-
-    def fail(msg):
-        raise AssertionError(f"{msg}\n{summary()}")
-
-    def check_marker():
-        if os.path.exists(fail_path):
-            fail("a worker failed: " + open(fail_path).read())
 
     def start(role):
         wid = next_id[role]
@@ -1185,14 +1159,11 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
 # ---- focused: a reader killed inside get_many() holding a claim of 10 -----------------
 
 
-class StallOn3:
+class StallOn3(Passthrough):
     """loads() (inside get_many(), the claim held) stalls on message b"3"."""
 
     def __init__(self, flag):
         self.flag = flag
-
-    def dumps(self, obj):
-        return obj
 
     def loads(self, b):
         b = bytes(b)
@@ -1261,15 +1232,12 @@ def test_member_killed_inside_get_many_whole_claim_comes_back(kind, how, tmp_pat
 # ---- focused: a durable reader killed copying 4 MiB messages ----------------------------
 
 
-class SlowCheck:
+class SlowCheck(Passthrough):
     """Copies the message out of the ring and checks it 256 KiB at a time
     (a few ms per message): inside get(), the claim held."""
 
     def __init__(self, fd):
         self.fd = fd
-
-    def dumps(self, obj):
-        return obj
 
     def loads(self, data):
         os.write(self.fd, b"B %d\n" % MSGS.HDR.unpack_from(data)[3])

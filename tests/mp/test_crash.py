@@ -28,7 +28,7 @@ import pytest
 import fastq
 
 from support.chaos import read_recs
-from support.messages import CheckOnLoad, Patterned
+from support.messages import CheckOnLoad, Passthrough, Patterned
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
@@ -249,15 +249,12 @@ def test_sigkill_producers_and_consumers_survivors_carry_on(seed, tmp_path, proc
 # ---- a consumer killed while it holds a claim ------------------------------------
 
 
-class StallingLoads:
+class StallingLoads(Passthrough):
     """A serializer whose loads() announces itself and then sleeps: the
     consumer is killed while the message is claimed (inside get())."""
 
     def __init__(self, flag):
         self.flag = flag
-
-    def dumps(self, obj):
-        return obj
 
     def loads(self, data):
         open(self.flag, "w").close()
@@ -458,10 +455,7 @@ time.sleep(120)
 """
 
 
-class SlowLoads:
-    def dumps(self, obj):
-        return obj
-
+class SlowLoads(Passthrough):
     def loads(self, data):
         time.sleep(0.002)  # keep the message claimed for a while
         return data

@@ -73,13 +73,13 @@ import pytest
 import fastq
 
 from support import TESTS
-from support.chaos import REC, CheckingSerializer, fail, read_recs, rec
+from support.chaos import (CheckingSerializer, fail, K_ACKED, K_ACKING, K_BEGIN, K_CALL, K_GOT,
+                           K_INTENT, K_LOADED, K_PUBLISHED, K_RECV, K_START, log_got, read_recs,
+                           REC, rec, receive_and_ack)
 from support.messages import Framed
 
 CTX = mp.get_context("fork")
 CAPACITY = 8 << 20
-(K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED,
- K_INTENT, K_PUBLISHED) = b"SABLGRQKIP"
 M_GET, M_MANY, M_RECV = 1, 2, 3
 #: payloads are cut from random bytes made before forking (inherited)
 MSGS = Framed(0xFA57D15C, 777, 2 << 20)
@@ -163,15 +163,9 @@ def consumer_main(kind, path, log, seed, fail_path):
                     rec(fd, K_GOT, who=prod, seq=seq)
                 elif mode == M_MANY:
                     got = s.get_many(k, timeout=0.5)
-                    os.write(fd, b"".join(REC.pack(K_GOT, 0, 0, p, q, time.monotonic(), 0)
-                                          for p, q in got))
+                    log_got(fd, got)
                 else:
-                    d = s.receive(timeout=0.5)
-                    prod, seq = d.value
-                    rec(fd, K_RECV, flag=bool(d.redelivered), who=prod, seq=seq)
-                    rec(fd, K_ACKING, who=prod, seq=seq)
-                    d.ack()
-                    rec(fd, K_ACKED, who=prod, seq=seq)
+                    receive_and_ack(fd, s, 0.5)
             except fastq.Empty:
                 pass
     except BaseException:

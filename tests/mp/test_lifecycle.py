@@ -22,7 +22,7 @@ import pytest
 import fastq
 
 from support import REPO
-from support.procs import fork, reap
+from support.procs import fork, memfd_segments, reap
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
@@ -40,21 +40,6 @@ def join_ok(p, timeout=120):
     p.join(timeout)
     assert not p.is_alive(), f"{p} still running after {timeout} s"
     assert p.exitcode == 0, f"{p} exited with {p.exitcode}"
-
-
-def memfds():
-    """The fastq memfds this process holds descriptors of, as (st_dev, st_ino):
-    one per segment, however many descriptors (a handle holds two, one for
-    its file locks)."""
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:fastq"):
-                st = os.stat(f"/proc/self/fd/{fd}")
-                out.append((st.st_dev, st.st_ino))
-        except OSError:
-            pass
-    return out
 
 
 def shm_fastq_files():
@@ -133,15 +118,15 @@ def test_anonymous_queue_has_no_file(fastq_dir):
 
 
 def test_anonymous_queue_released_when_closed_or_collected():
-    held = set(memfds())
+    held = memfd_segments(os.getpid())
     a, b = fastq.Queue(capacity=SMALL), fastq.Queue(capacity=SMALL)
-    assert len(set(memfds()) - held) == 2
+    assert len(memfd_segments(os.getpid()) - held) == 2
     a.put(1)
     assert b.empty()
     a.close()
     del b
     gc.collect()
-    assert set(memfds()) - held == set()
+    assert memfd_segments(os.getpid()) - held == set()
 
 
 def test_killed_mid_create_leaves_no_file(fastq_dir):

@@ -20,6 +20,8 @@ import pytest
 
 import fastq
 
+from support.messages import Patterned, send_all
+
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
 CONTEXTS = ["fork", "spawn", "forkserver"]
@@ -212,18 +214,7 @@ def test_shutdown_wakes_blocked_child(procs):
 # ---- MPMC stress ------------------------------------------------------------------
 
 NPROD, NCONS = 4, 2
-
-
-def _payload(p, i, size):
-    head = struct.pack("<II", p, i)
-    body = bytes(((p * 131 + i * 7 + k) & 0xFF) for k in range(min(size - 8, 64)))
-    body = (body * ((size - 8) // max(len(body), 1) + 1))[: size - 8]
-    return head + body
-
-
-def _check_payload(b):
-    p, i = struct.unpack_from("<II", b)
-    return (p, i) if b == _payload(p, i, len(b)) else None
+MSGS = Patterned(struct.Struct("<II"))  # producer, seq
 
 
 def _sizes(mode, p, n):
@@ -245,13 +236,7 @@ def _producer(q, p, n, mode, batch):
                 q.put((p, i), timeout=60)
     else:
         sizes = _sizes(mode, p, n)
-        msgs = [_payload(p, i, sizes[i]) for i in range(n)]
-        if batch:
-            for i in range(0, n, batch):
-                q.put_many(msgs[i:i + batch], timeout=60)
-        else:
-            for m in msgs:
-                q.put(m, timeout=60)
+        send_all(q.put, q.put_many, [MSGS.make(p, i, sizes[i]) for i in range(n)], batch)
     q.close()
 
 
@@ -276,11 +261,11 @@ def _consumer(q, out, mode, batch):
             if mode == "pickle":
                 got.append(m)
             else:
-                pi = _check_payload(m)
-                if pi is None:
+                p, i, intact = MSGS.check(m)
+                if not intact:
                     bad += 1
                 else:
-                    got.append(pi)
+                    got.append((p, i))
     with open(out, "wb") as f:
         pickle.dump((got, bad), f)
     q.close()

@@ -3,9 +3,6 @@ with tracebacks, killed workers (every result exactly once), bounded memory on a
 endless input, every start method, Ctrl-C, progress bars."""
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +10,7 @@ import pytest
 import fastq
 
 from support import poolfuncs as F, TESTS
-from support.procs import memfd_segments, random_sigkills, zombie_or_gone
+from support.procs import check_ctrl_c, random_sigkills, zombie_or_gone
 
 
 
@@ -110,21 +107,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
-def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, method):
+def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, procs, method):
     code = CTRL_C.format(tests=str(TESTS), method=method)
-    child = procs.add(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True,
-                                       env=child_env({"FASTQ_DIR": str(fastq_dir)})))
-    pids = [int(x) for x in child.stdout.readline().split()]
-    # the pool's queues are anonymous: memfds held by the processes, no file
-    assert len(pids) == 3 and len(memfd_segments(child.pid)) == 3
-    assert list(fastq_dir.iterdir()) == []
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
-    assert "KeyboardInterrupt" in err
-    for pid in pids:
-        assert zombie_or_gone(pid), f"worker {pid} survived"
-    assert list(fastq_dir.iterdir()) == []
+    check_ctrl_c(procs, code, fastq_dir, 3)
 
 
 def test_progress_bars_per_stage(fastq_dir, run_py):

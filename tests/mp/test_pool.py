@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 import time
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 import fastq
 
 from support import poolfuncs as F, TESTS
-from support.procs import memfd_segments, random_sigkills, zombie_or_gone
+from support.procs import check_ctrl_c, random_sigkills, zombie_or_gone
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -182,20 +180,6 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, method):
-    import subprocess
+def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, procs, method):
     code = CTRL_C.format(tests=str(TESTS), method=method)
-    child = procs.add(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True,
-                                       env=child_env({"FASTQ_DIR": str(fastq_dir)})))
-    pids = [int(x) for x in child.stdout.readline().split()]
-    # the pool's queues are anonymous: memfds held by the processes, no file
-    assert len(pids) == 2 and len(memfd_segments(child.pid)) == 2
-    assert list(fastq_dir.iterdir()) == []
-    time.sleep(0.3)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
-    assert "KeyboardInterrupt" in err
-    for pid in pids:
-        assert zombie_or_gone(pid), f"worker {pid} survived"
-    assert list(fastq_dir.iterdir()) == []
+    check_ctrl_c(procs, code, fastq_dir, 2, settle=0.3)

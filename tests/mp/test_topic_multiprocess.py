@@ -39,7 +39,7 @@ import pytest
 import fastq
 
 from support.chaos import read_recs
-from support.messages import Patterned
+from support.messages import Patterned, send_all
 from support.waiting import wait_for
 
 np = pytest.importorskip("numpy")
@@ -183,13 +183,8 @@ def sub_reader(path, kw, how, ready):
 def publisher(path, pub, n, batch):
     t = fastq.Topic.open(path, serializer="raw")
     rng = random.Random(pub)
-    msgs = [MSGS.make(pub, i, rng.choice(SIZES)) for i in range(n)]
-    if batch:
-        for i in range(0, n, batch):
-            t.publish_many(msgs[i:i + batch], timeout=60)
-    else:
-        for m in msgs:
-            t.publish(m, timeout=60)
+    send_all(t.publish, t.publish_many, [MSGS.make(pub, i, rng.choice(SIZES)) for i in range(n)],
+             batch)
     t.close()
 
 

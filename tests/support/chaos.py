@@ -2,15 +2,22 @@
 marker a worker leaves before it exits, the workers' binary logs (fixed-size records
 appended with one write(2) each, so a kill never tears one in the middle of the file),
 and the serializer that checks a message while it is still claimed."""
+import mmap
 import os
+import random
 import struct
 import time
+
+from support.messages import Passthrough
 
 #: a worker's log record: kind, flag, pad, sender, seq, t (monotonic), arg (32 bytes)
 REC = struct.Struct("<BBHIQdQ")
 assert REC.size == 32
-#: record kinds of a consumer's loads(): it began copying a message, it checked it
-K_BEGIN, K_LOADED = b"BL"
+#: record kinds: a worker started, a consumer called (flag: how), began copying a message
+#: (in loads()), checked it, got it, received it (a delivery), acks it, acked it; a
+#: producer is about to put (arg: how many), has put
+(K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED,
+ K_INTENT, K_PUBLISHED) = b"SABLGRQKIP"
 
 
 def fail(fail_path, text):
@@ -36,7 +43,7 @@ def read_recs(path, st=REC):
     return list(st.iter_unpack(memoryview(data)[:n]))
 
 
-class CheckingSerializer:
+class CheckingSerializer(Passthrough):
     """loads() runs inside the call, the message claimed: log "B", copy the message out
     of the ring and check it (a few ms for MiBs), log "L"; a damaged message writes
     the failure marker and exits.  ``log(kind, who, seq, nbytes)`` writes the log;
@@ -49,9 +56,6 @@ class CheckingSerializer:
     def _rec(self, kind, who, seq, nbytes):
         rec(self.fd, kind, who=who & 0xFFFFFFFF, seq=seq, arg=nbytes if kind == K_BEGIN else 0)
 
-    def dumps(self, obj):
-        return obj
-
     def loads(self, data):
         who, seq = self.messages.header(data)
         self.log(K_BEGIN, who, seq, len(data))
@@ -63,3 +67,65 @@ class CheckingSerializer:
                                  f"header={head!r}")
         self.log(K_LOADED, who, seq, len(data))
         return who, seq
+
+
+def log_got(fd, got, mode=0):
+    """a K_GOT record for each (sender, seq) of a get_many(), in one write"""
+    os.write(fd, b"".join(REC.pack(K_GOT, mode, 0, p, q, time.monotonic(), 0) for p, q in got))
+
+
+def receive_and_ack(fd, s, timeout):
+    """receive() one delivery of (sender, seq) and ack it, logging K_RECV (flag:
+    redelivered), K_ACKING and K_ACKED"""
+    d = s.receive(timeout=timeout)
+    who, seq = d.value
+    rec(fd, K_RECV, flag=bool(d.redelivered), who=who, seq=seq)
+    rec(fd, K_ACKING, who=who, seq=seq)
+    d.ack()
+    rec(fd, K_ACKED, who=who, seq=seq)
+
+
+class Worker:
+    """a worker process of a chaos run: its role, id, process, log, and when it ran"""
+
+    def __init__(self, role, wid, proc, log, t_start):
+        self.role, self.id, self.proc, self.log = role, wid, proc, log
+        self.t_start, self.t_end, self.killed = t_start, None, False
+
+
+class Chaos:
+    """A chaos supervisor's state: FASTQ_CHAOS_KILLS kills (default 250) within at most
+    max(45 s, a quarter second per kill), every random choice seeded by FASTQ_CHAOS_SEED
+    (default: a random seed, reported in the summary).  ``roles``: the workers' roles;
+    ``killed``: {role: name} of the roles whose kills the summary counts."""
+
+    def __init__(self, tmp_path, title, roles, killed):
+        self.kills_target = int(os.environ.get("FASTQ_CHAOS_KILLS", "250"))
+        self.seed = int(os.environ.get("FASTQ_CHAOS_SEED")
+                        or random.SystemRandom().randrange(1 << 31))
+        self.max_chaos = max(45.0, self.kills_target * 0.25)
+        self.rng = random.Random(self.seed)
+        self.flags = mmap.mmap(-1, 16)  # [0]: producers stop, [1]: consumers drain; shared
+        self.fail_path = str(tmp_path / "FAILED")
+        self.T0 = time.monotonic()
+        self.title, self.killed = title, killed
+        self.workers = []  # every worker ever started
+        self.live = {r: [] for r in roles}
+        self.next_id = dict.fromkeys(roles, 0)
+        self.stats = {"seed": self.seed, "kills": 0, **{"k" + r: 0 for r in killed}}
+
+    def summary(self):
+        s = self.stats
+        counted = ("seed", "kills", *("k" + r for r in self.killed))
+        return (f"{self.title} summary: seed={s['seed']} kills={s['kills']} ("
+                + ", ".join(f"{name} {s['k' + r]}" for r, name in self.killed.items()) + ") "
+                + " ".join(f"{k}={v}" for k, v in s.items() if k not in counted)
+                + f" runtime={time.monotonic() - self.T0:.1f}s")
+
+    def fail(self, msg):
+        raise AssertionError(f"{msg}\n{self.summary()}")
+
+    def check_marker(self):
+        """fail if a worker left the failure marker"""
+        if os.path.exists(self.fail_path):
+            self.fail("a worker failed: " + open(self.fail_path).read())

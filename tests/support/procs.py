@@ -78,6 +78,13 @@ def child_env(extra=None):
     return env
 
 
+def start_py(procs, code, env=None):
+    """Start ``code`` in a fresh interpreter (stdout and stderr piped, as text),
+    registered with the ``procs`` fixture."""
+    return procs.add(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=child_env(env)))
+
+
 def run_py(code, timeout=30.0, env=None, check=True):
     """Run ``code`` in a fresh interpreter; the child is killed after ``timeout``
     seconds (subprocess.run kills it and raises TimeoutExpired)."""
@@ -187,3 +194,21 @@ def random_sigkills(pids, seed):
     finally:
         stop.set()
         t.join()
+
+
+def check_ctrl_c(procs, code, fastq_dir, nworkers, settle=0.0):
+    """Ctrl-C leaves no process and no segment: ``code`` (run in FASTQ_DIR=fastq_dir)
+    prints its workers' pids and works on; its queues are anonymous (the workers hold
+    ``nworkers`` memfds, no file); after ``settle`` seconds a SIGINT makes it raise
+    KeyboardInterrupt, and then every worker is gone and still no file exists."""
+    child = start_py(procs, code, {"FASTQ_DIR": str(fastq_dir)})
+    pids = [int(x) for x in child.stdout.readline().split()]
+    assert len(pids) == nworkers and len(memfd_segments(child.pid)) == nworkers
+    assert list(fastq_dir.iterdir()) == []
+    time.sleep(settle)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    for pid in pids:
+        assert zombie_or_gone(pid), f"worker {pid} survived"
+    assert list(fastq_dir.iterdir()) == []

@@ -27,3 +27,16 @@ def mypy(tmp_path, code):
                         capture_output=True, text=True, timeout=300, env=env,
                         cwd=str(tmp_path))
     return cp
+
+
+def assert_mypy_accepts(tmp_path, code):
+    cp = mypy(tmp_path, code)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+
+
+def assert_mypy_rejects(tmp_path, code, lines):
+    """mypy fails on code, with an error on each of the given lines of it"""
+    cp = mypy(tmp_path, code)
+    assert cp.returncode != 0
+    for line in lines:
+        assert f"snippet.py:{line}" in cp.stdout, cp.stdout
