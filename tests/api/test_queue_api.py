@@ -18,6 +18,7 @@ import pytest
 
 import fastq
 
+from support.api import get_all_nowait
 from support.messages import Passthrough
 from support.waiting import call_bounded
 
@@ -402,12 +403,7 @@ def test_message_too_large_raw(state):
             assert time.monotonic() - t0 < 0.5, f"{what} was not raised at once"
         # the queue stays usable, nothing lost, no partial batch
         assert q.qsize() == len(before)
-        got = []
-        while True:
-            try:
-                got.append(q.get_nowait())
-            except queue.Empty:
-                break
+        got = get_all_nowait(q)
         assert got == before
         q.put(b"x" * q.max_message)  # the largest message still fits
         assert q.get_nowait() == b"x" * q.max_message

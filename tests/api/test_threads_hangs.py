@@ -27,26 +27,12 @@ import pytest
 
 import fastq
 
+from support.waiting import in_thread
+
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
 MID = 1 << 16
 JOIN = 20.0  # seconds: only a hang takes this long
-
-
-def start(fn, *args):
-    """Run fn(*args) in a daemon thread; returns (thread, result dict): the
-    dict gets "value" or "error"."""
-    res = {}
-
-    def run():
-        try:
-            res["value"] = fn(*args)
-        except BaseException as e:  # noqa: BLE001
-            res["error"] = e
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    return th, res
 
 
 def joined(th):
@@ -184,7 +170,7 @@ def test_nack_from_another_thread_wakes_a_blocked_receive(timeout):
         s = t.subscribe(prefetch=2)
         t.publish("m")
         d = s.receive(timeout=1)
-        th, res = start(s.receive, True, timeout)
+        th, res = in_thread(s.receive, True, timeout)
         time.sleep(0.3)  # the thread waits inside receive(): the topic is empty
         assert th.is_alive()
         d.nack()
@@ -240,7 +226,7 @@ def test_many_nacks_from_worker_threads_lose_nothing():
                 w.start()
                 workers.append(w)
 
-        th, res = start(receiver)
+        th, res = in_thread(receiver)
         t.publish_many(range(N))
         assert joined(th), f"the receiver hung with {len(acked)} of {N} acked"
         assert "error" not in res, res
@@ -267,7 +253,7 @@ def test_close_while_another_thread_iterates(how, prefetch):
         for x in s:
             got.append(x)
 
-    th, res = start(loop)
+    th, res = in_thread(loop)
     time.sleep(0.3)  # the thread waits inside get() for a third message
     assert th.is_alive() and got == [1, 2]
     if how == "topic":
@@ -301,7 +287,7 @@ def test_close_while_a_receive_waits_gives_unacked_deliveries_back():
         other = t.subscribe(group="g")
         t.publish("held")
         d = s.receive(timeout=1)
-        th, res = start(s.receive, True, None)
+        th, res = in_thread(s.receive, True, None)
         time.sleep(0.3)
         s.close()
         assert joined(th)
@@ -332,7 +318,7 @@ def test_eight_threads_share_a_queue_with_prefetch_two():
                 time.sleep(0)  # hold the delivery across a thread switch
                 d.ack()
 
-        ths = [start(work) for _ in range(THREADS)]
+        ths = [in_thread(work) for _ in range(THREADS)]
         q.put_many(range(N))
         q.put_many([None] * THREADS)
         for th, res in ths:
@@ -350,7 +336,7 @@ def test_receive_at_the_bound_waits_for_a_settlement():
             q.receive(block=False)  # cannot wait: the caller may hold them all
         with pytest.raises(fastq.Empty):
             q.receive(timeout=0.1)  # waited; nothing was settled
-        th, res = start(q.receive, True, None)
+        th, res = in_thread(q.receive, True, None)
         time.sleep(0.3)
         assert th.is_alive(), res
         d1.nack()
@@ -366,7 +352,7 @@ def test_close_while_a_receive_waits_at_the_bound():
     q = fastq.Queue("boundclose", capacity=MID, prefetch=1)
     q.put_many([1, 2])
     d = q.receive(timeout=1)
-    th, res = start(q.receive, True, None)
+    th, res = in_thread(q.receive, True, None)
     time.sleep(0.3)
     assert th.is_alive(), res
     q.close()

@@ -57,6 +57,14 @@ def _wait_state(pid, want, timeout=20.0):
 # ---- exec ------------------------------------------------------------------------
 
 
+def _queue_of_one(tmp_path):
+    """(path, a queue there holding the message "m")"""
+    path = str(tmp_path / "q")
+    q = fastq.Queue(path, capacity=1 << 16)
+    q.put("m")
+    return path, q
+
+
 def _receive_then_exec(path, w):
     q = fastq.Queue(path, prefetch=1)
     d = q.receive(timeout=10)
@@ -67,9 +75,7 @@ def _receive_then_exec(path, w):
 def test_exec_gives_back_a_delivery(tmp_path):
     """issue 9 bug 3: a consumer that exec()s while holding a delivery has lost the
     segment; its message comes back to the others"""
-    path = str(tmp_path / "q")
-    q = fastq.Queue(path, capacity=1 << 16)
-    q.put("m")
+    path, q = _queue_of_one(tmp_path)
     r, w = os.pipe()
     with children() as pids:
         pids.append(fork(_receive_then_exec, path, w))
@@ -186,9 +192,7 @@ def _receive_then_exit_main(path, r_go, w):
 def test_main_thread_exit_keeps_claims(tmp_path):
     """issue 9 bug 4: a consumer whose main thread exited (its /proc stat says Z)
     while a worker thread holds its delivery is alive: nothing is stolen"""
-    path = str(tmp_path / "q")
-    q = fastq.Queue(path, capacity=1 << 16)
-    q.put("m")
+    path, q = _queue_of_one(tmp_path)
     r, w = os.pipe()
     r_go, w_go = os.pipe()
     with children() as pids:
@@ -284,9 +288,7 @@ def test_disk_segment_after_reboot(tmp_path):
     times in it may then name live processes (start times count from boot).  The
     copy made here is such a file: its consumer's pid and start time name a live
     process, but no process of this boot uses the copy; its claim comes back."""
-    path = str(tmp_path / "q")
-    q = fastq.Queue(path, capacity=1 << 16)
-    q.put("m")
+    path, q = _queue_of_one(tmp_path)
     r, w = os.pipe()
     with children() as pids:
         pids.append(fork(_receive_and_wait, path, w))
@@ -399,9 +401,7 @@ def test_forked_child_does_not_keep_its_parent_alive(tmp_path):
     """a child forked by a consumer holding a delivery inherits its handle; when
     the consumer is killed, the child (still running) does not keep the consumer's
     slot held: the message comes back"""
-    path = str(tmp_path / "q")
-    q = fastq.Queue(path, capacity=1 << 16)
-    q.put("m")
+    path, q = _queue_of_one(tmp_path)
     r, w = os.pipe()
     with children() as pids:
         pid = fork(_receive_fork_then_wait, path, w)

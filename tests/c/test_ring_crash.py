@@ -26,6 +26,19 @@ PUT_POINTS = ["put_after_intent", "put_after_claim", "put_after_headers", "put_b
 GET_POINTS = ["get_after_intent", "get_after_claim", "get_before_free", "get_before_count"]
 
 
+def _killed_at(points):
+    """a crash-point test's matrix: each point, a single put/get or a batch of 3, flat or
+    across the ring's end, the dead child reaped or left a zombie"""
+    def mark(fn):
+        for m in (pytest.mark.parametrize("point", points),
+                  pytest.mark.parametrize("n", [1, 3], ids=["single", "batch3"]),
+                  pytest.mark.parametrize("wrap", [False, True], ids=["flat", "wrap"]),
+                  pytest.mark.parametrize("zombie", [False, True], ids=["reaped", "zombie"])):
+            fn = m(fn)
+        return fn
+    return mark
+
+
 def _committed_before(point, batch):
     """messages of the crashing put that are committed when the child dies there"""
     if point == "put_mid_commit":
@@ -35,10 +48,7 @@ def _committed_before(point, batch):
     return []
 
 
-@pytest.mark.parametrize("zombie", [False, True], ids=["reaped", "zombie"])
-@pytest.mark.parametrize("wrap", [False, True], ids=["flat", "wrap"])
-@pytest.mark.parametrize("n", [1, 3], ids=["single", "batch3"])
-@pytest.mark.parametrize("point", PUT_POINTS)
+@_killed_at(PUT_POINTS)
 def test_producer_killed_at_crash_point(tmp_path, point, n, wrap, zombie):
     p = tmp_path / "q.seg"
     q = Q.create(p, capacity=CAP, max_slots=4)
@@ -90,10 +100,7 @@ def test_producer_killed_at_crash_point(tmp_path, point, n, wrap, zombie):
     q.close()
 
 
-@pytest.mark.parametrize("zombie", [False, True], ids=["reaped", "zombie"])
-@pytest.mark.parametrize("wrap", [False, True], ids=["flat", "wrap"])
-@pytest.mark.parametrize("n", [1, 3], ids=["single", "batch3"])
-@pytest.mark.parametrize("point", GET_POINTS)
+@_killed_at(GET_POINTS)
 def test_consumer_killed_at_crash_point(tmp_path, point, n, wrap, zombie):
     p = tmp_path / "q.seg"
     q = Q.create(p, capacity=CAP, max_slots=4)

@@ -159,6 +159,16 @@ def test_first_index_never_reads_past_the_ring(path, mode):
 # bug 7 and the padding-only claim: wake-ups of a block topic's publishers
 
 
+def _release(w, t, p):
+    """wake the waiter thread w if it still sleeps (a failed test), and close the topic
+    handles t and p"""
+    if w is not None and w.is_alive():
+        _wake_all(t)
+        w.join(BOUND)
+    p.close()
+    t.close()
+
+
 @need_futex_nr
 def test_commit_wakes_publisher_waiting_for_space(path):
     """Issue 9, bug 7: in a block topic, a put in progress holds release (no
@@ -188,11 +198,7 @@ def test_commit_wakes_publisher_waiting_for_space(path):
         assert not w.is_alive(), "the commit did not wake the publisher waiting for space"
         assert t.put(mk(k, 60)) == lib.FQ_OK
     finally:
-        if w is not None and w.is_alive():
-            _wake_all(t)
-            w.join(BOUND)
-        p.close()
-        t.close()
+        _release(w, t, p)
 
 
 @need_futex_nr
@@ -238,11 +244,7 @@ def test_padding_only_claim_wakes_publisher_waiting_for_space(path):
         got = seqs(s.drain(16))
         assert got == [(50, 0)] + [(100 + i, 0) for i in range(k + 1)], got
     finally:
-        if w is not None and w.is_alive():
-            _wake_all(t)
-            w.join(BOUND)
-        p.close()
-        t.close()
+        _release(w, t, p)
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from support.cseg import BIG, CAP, ffi, HDR, lib, mk
-from support.ctopic import ANON, create, EARLIEST, GROUP, PREFIX, T, trec
+from support.ctopic import ANON, create, EARLIEST, GROUP, PREFIX, publish_all, T, trec
 
 
 # ---------------------------------------------------------------------------
@@ -116,8 +116,7 @@ def test_lag_counts_down_to_zero(path):
     t = T.create(path)
     try:
         a = t.subscribe("a")
-        for i in range(10):
-            assert t.put(mk(i)) == 0
+        publish_all(t, [mk(i) for i in range(10)])
         b = t.subscribe("b")  # latest: sees nothing published before
         assert a.lag() == 10 and b.lag() == 0
         lags = []
@@ -145,8 +144,7 @@ def test_earliest_start_gets_the_retained_messages(path):
     t = T.create(path)
     try:
         a = t.subscribe("a")
-        for i in range(5):
-            assert t.put(mk(i)) == 0
+        publish_all(t, [mk(i) for i in range(5)])
         assert len(a.drain()) == 5
         e = t.subscribe("e", ANON, EARLIEST)
         assert e.lag() == 5

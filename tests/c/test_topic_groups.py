@@ -5,7 +5,7 @@
 import random
 
 from support.cseg import CAP, lib, mk, seq_of
-from support.ctopic import c_sub_threads, GROUP, MUST_EXIST, T
+from support.ctopic import c_sub_threads, GROUP, MUST_EXIST, publish_all, T
 
 
 # ---------------------------------------------------------------------------
@@ -52,8 +52,7 @@ def test_group_members_split_and_other_group_gets_all(path):
         assert all(s.lag() == 0 for s in readers.values())
         # a member leaving: the other one gets everything after
         g2.unsubscribe()
-        for i in range(n, n + 20):
-            assert t.put(mk(i)) == 0
+        publish_all(t, [mk(i) for i in range(n, n + 20)])
         assert [seq_of(m) for _, m, _ in g1.drain()] == list(range(n, n + 20))
         # joining later: shares the group's position
         g3 = t.subscribe("g", GROUP)

@@ -63,7 +63,6 @@ included in every assertion message.
 from __future__ import annotations
 
 import heapq
-import multiprocessing as mp
 import os
 import random
 import signal
@@ -74,28 +73,21 @@ import pytest
 
 import fastq
 
-from support.chaos import Chaos, CheckingSerializer, fail, K_BEGIN, Worker
-from support.messages import Framed, Passthrough
+from support.api import get_all_nowait
+from support.chaos import (Chaos, check_delivered, CheckingSerializer, CTX, fail, GAP_BOUND,
+                           K_BEGIN, Worker)
+from support.messages import Framed, Passthrough, pick_size
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
-CTX = mp.get_context("fork")
 CAPACITY = 32 << 20
 BIG_MIN, BIG_MAX = 2 << 20, 8 << 20
-GAP_BOUND = 2.0
 PUT_TIMEOUT = 30.0
 #: payloads are cut from random bytes made before forking (inherited)
 MSGS = Framed(0xFA57C4A0, 12345, BIG_MAX + (1 << 20))
-
-
-def pick_size(rng):
-    r = rng.random()
-    if r < 0.005:
-        return rng.randint(BIG_MIN, BIG_MAX)
-    if r < 0.5:
-        return rng.randint(0, 64)
-    return rng.randint(512, 1536)
+#: message sizes: [(cumulative probability, smallest, largest)]
+SIZES = [(0.005, BIG_MIN, BIG_MAX), (0.5, 0, 64), (1.0, 512, 1536)]
 
 
 def producer_rng(seed, prod):
@@ -112,7 +104,7 @@ def producer_main(path, prod, seed, log_path, flags, fail_path):
     rng = producer_rng(seed, prod)
     seq = 0
     while not flags[0]:
-        msg = MSGS.make(prod, seq, pick_size(rng))
+        msg = MSGS.make(prod, seq, pick_size(rng, SIZES))
         try:
             q.put(msg, timeout=PUT_TIMEOUT)
         except fastq.Full:
@@ -192,19 +184,15 @@ def read_consumer_log(path):
             if dl and dl[-1][2] != "G":
                 problems.append(f"B after an incomplete delivery {dl[-1]}")
             dl.append([(int(f[1]), int(f[2])), float(f[3]), "B", None])
-        elif k == b"L":
-            m = (int(f[1]), int(f[2]))
-            if not dl or dl[-1][2] != "B" or dl[-1][0] != m:
-                problems.append(f"L {m} out of place")
+        elif k in (b"L", b"G"):  # checked, then got: each after the stage before it
+            stage, prev = k.decode(), "B" if k == b"L" else "L"
+            m = (int(f[1]), int(f[2])) if k == b"L" else (int(f[2]), int(f[3]))
+            if not dl or dl[-1][2] != prev or dl[-1][0] != m:
+                problems.append(f"{stage} {m} out of place")
             else:
-                dl[-1][2] = "L"
-        elif k == b"G":
-            m = (int(f[2]), int(f[3]))
-            if not dl or dl[-1][2] != "L" or dl[-1][0] != m:
-                problems.append(f"G {m} out of place")
-            else:
-                dl[-1][2] = "G"
-                dl[-1][3] = float(f[4])
+                dl[-1][2] = stage
+                if k == b"G":
+                    dl[-1][3] = float(f[4])
     return start, dl, problems
 
 
@@ -232,96 +220,68 @@ def blocked_time(intervals, msgs):
 
 def test_chaos_sigkill_random_workers(tmp_path, procs):
     ch = Chaos(tmp_path, "chaos", "pc", {"p": "producers", "c": "consumers"})
-    kills_target, seed, max_chaos, rng = ch.kills_target, ch.seed, ch.max_chaos, ch.rng
-    flags, fail_path = ch.flags, ch.fail_path  # flags[0]: producers stop, [1]: consumers drain
-    workers, live, next_id, stats = ch.workers, ch.live, ch.next_id, ch.stats
-    summary, fail, check_marker = ch.summary, ch.fail, ch.check_marker
     MSGS.base()
     q = fastq.Queue.create("chaos", capacity=CAPACITY, serializer="raw")
     path = q.path
 
     def start(role):
-        wid = next_id[role]
-        next_id[role] += 1
+        wid = ch.next_id[role]
+        ch.next_id[role] += 1
         log = str(tmp_path / f"{role}{wid}.log")
         if role == "p":
-            args = (path, wid, seed, log, flags, fail_path)
+            args = (path, wid, ch.seed, log, ch.flags, ch.fail_path)
             target = producer_main
         else:
-            args = (path, log, flags, fail_path)
+            args = (path, log, ch.flags, ch.fail_path)
             target = consumer_main
         p = procs.add(CTX.Process(target=target, args=args, daemon=True))
         w = Worker(role, wid, p, log, time.monotonic())
         p.start()
-        workers.append(w)
-        live[role].append(w)
+        ch.workers.append(w)
+        ch.live[role].append(w)
 
     try:
         for _ in range(2):
             start("p")
             start("c")
         t_begin = time.monotonic()
-        while stats["kills"] < kills_target:
-            if time.monotonic() - t_begin > max_chaos:
-                break
-            time.sleep(rng.uniform(0.002, 0.02) if rng.random() < 0.5
-                       else rng.uniform(0.02, 0.12))
-            check_marker()
-            for w in live["p"] + live["c"]:
-                if w.proc.exitcode is not None:
-                    check_marker()
-                    fail(f"{w.role}{w.id} exited on its own with {w.proc.exitcode}")
-            role = rng.choice("pc")
-            w = rng.choice(live[role])
-            w.t_end = time.monotonic()
-            os.kill(w.proc.pid, signal.SIGKILL)
-            w.proc.join(10)
-            if w.proc.exitcode != -signal.SIGKILL:
-                check_marker()
-                fail(f"{w.role}{w.id} exited with {w.proc.exitcode}, not by our SIGKILL")
-            w.killed = True
-            live[role].remove(w)
-            stats["kills"] += 1
-            stats["kp" if role == "p" else "kc"] += 1
+        while ch.next_kill(t_begin):
+            role = ch.rng.choice("pc")
+            w = ch.rng.choice(ch.live[role])
+            ch.kill(w)
             start(role)
         t_stop = time.monotonic()
-        stats["chaos_s"] = round(t_stop - t_begin, 1)
+        ch.stats["chaos_s"] = round(t_stop - t_begin, 1)
 
         # ---- stop producers cleanly, drain with the surviving consumers ------------
-        flags[0] = 1
-        for w in live["p"]:
+        ch.flags[0] = 1
+        for w in ch.live["p"]:
             w.proc.join(PUT_TIMEOUT + 10)
             w.t_end = time.monotonic()
             if w.proc.exitcode != 0:
-                check_marker()
-                fail(f"producer {w.id} did not stop cleanly: exit code {w.proc.exitcode}")
-        flags[1] = 1
-        for w in live["c"]:
+                ch.check_marker()
+                ch.fail(f"producer {w.id} did not stop cleanly: exit code {w.proc.exitcode}")
+        ch.flags[1] = 1
+        for w in ch.live["c"]:
             w.proc.join(120)
             w.t_end = time.monotonic()
             if w.proc.exitcode != 0:
-                check_marker()
-                fail(f"consumer {w.id} did not drain cleanly: exit code {w.proc.exitcode}")
-        check_marker()
-        stats["drain_s"] = round(time.monotonic() - t_stop, 1)
+                ch.check_marker()
+                ch.fail(f"consumer {w.id} did not drain cleanly: exit code {w.proc.exitcode}")
+        ch.check_marker()
+        ch.stats["drain_s"] = round(time.monotonic() - t_stop, 1)
         qsize, empty = q.qsize(), q.empty()
-        leftover = []
-        while True:
-            try:
-                leftover.append(q.get_nowait())
-            except fastq.Empty:
-                break
-        leftover = [MSGS.check(m) for m in leftover]
+        leftover = [MSGS.check(m) for m in get_all_nowait(q)]
 
         # ---- collect ----------------------------------------------------------------
         n_put, put_t, prod_killed, prod_gap = {}, {}, {}, 0.0
-        for w in workers:
+        for w in ch.workers:
             if w.role != "p":
                 continue
             start_t, recs = read_producer_log(w.log)
             seqs = [s for s, _ in recs]
             if seqs != list(range(len(seqs))):
-                fail(f"producer {w.id} log is not 0..n-1: {seqs[:20]}")
+                ch.fail(f"producer {w.id} log is not 0..n-1: {seqs[:20]}")
             n_put[w.id] = len(recs)
             prod_killed[w.id] = w.killed
             for s, t in recs:
@@ -338,7 +298,7 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
         cons_dl = {}  # consumer Worker -> its deliveries, in log order
         problems = []
         cons_gap_iv = []  # per-consumer intervals without a delivery
-        for w in workers:
+        for w in ch.workers:
             if w.role != "c":
                 continue
             start_t, dl, probs = read_consumer_log(w.log)
@@ -354,11 +314,11 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
                 ts.append(min(w.t_end, t_stop))
                 cons_gap_iv += list(zip(ts, ts[1:]))
         if problems:
-            fail(f"{len(problems)} malformed consumer logs: {problems[:10]}")
+            ch.fail(f"{len(problems)} malformed consumer logs: {problems[:10]}")
 
         expected = {(p, s) for p, n in n_put.items() for s in range(n)}
-        stats["messages"] = len(expected)
-        stats["delivered"] = sum(1 for d in deliveries.values() for x in d if x[1] == "G")
+        ch.stats["messages"] = len(expected)
+        ch.stats["delivered"] = sum(1 for d in deliveries.values() for x in d if x[1] == "G")
 
         # ---- check message by message --------------------------------------------
         dups, lost, phantom, bad_redelivery = [], [], [], []
@@ -394,24 +354,24 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
                                 "and the message never came back"))
             elif last[1] == "L":
                 lost_after_return += 1  # killed after loads(): maybe after get() returned
-        stats["redelivered"] = len(redelivered)
-        stats["lost_after_return"] = lost_after_return
-        stats["unlogged_committed"] = unlogged_delivered
+        ch.stats["redelivered"] = len(redelivered)
+        ch.stats["lost_after_return"] = lost_after_return
+        ch.stats["unlogged_committed"] = unlogged_delivered
         incomplete = {w: dl[-1] for w, dl in cons_dl.items() if dl and dl[-1][2] != "G"}
-        stats["consumer_kills_in_loads"] = sum(1 for x in incomplete.values() if x[2] == "B")
-        stats["consumer_kills_after_loads"] = sum(1 for x in incomplete.values() if x[2] == "L")
+        ch.stats["consumer_kills_in_loads"] = sum(1 for x in incomplete.values() if x[2] == "B")
+        ch.stats["consumer_kills_after_loads"] = sum(1 for x in incomplete.values() if x[2] == "L")
 
         # messages of 2-8 MiB (sizes recomputed from the producers' seeds), and
         # producers killed with one in hand (making it, in put(), or logging it)
         total_big = big_prod_kills = 0
-        for w in workers:
+        for w in ch.workers:
             if w.role == "p":
-                r = producer_rng(seed, w.id)
-                sizes = [pick_size(r) for _ in range(n_put[w.id] + 1)]
+                r = producer_rng(ch.seed, w.id)
+                sizes = [pick_size(r, SIZES) for _ in range(n_put[w.id] + 1)]
                 total_big += sum(1 for x in sizes[:-1] if x >= BIG_MIN)
                 big_prod_kills += w.killed and sizes[-1] >= BIG_MIN
-        stats["big_messages"] = total_big
-        stats["producer_kills_with_big_msg"] = big_prod_kills
+        ch.stats["big_messages"] = total_big
+        ch.stats["producer_kills_with_big_msg"] = big_prod_kills
 
         # per-producer order within each consumer (redelivered messages excluded)
         late = 0
@@ -425,7 +385,7 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
                 else:
                     last[p] = s
         traceless_kills = sum(1 for w in cons_dl if w.killed and w not in incomplete)
-        stats["late_unexplained"] = late
+        ch.stats["late_unexplained"] = late
 
         # blocking: intervals with no delivery by anyone while producers ran
         g_all = sorted([x[3] for d in deliveries.values() for x in d
@@ -436,45 +396,46 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
         worst, where = blocked_time(list(zip(g_all, g_all[1:])), pend)
         raw_gap = max(b - a for a, b in zip(g_all, g_all[1:]))
         cons_worst, _ = blocked_time(cons_gap_iv, pend)
-        stats["worst_gap"] = round(worst, 3)
-        stats["raw_gap"] = round(raw_gap, 3)
-        stats["worst_consumer_gap"] = round(cons_worst, 3)
-        stats["worst_put_gap"] = round(prod_gap, 3)
-        print("\n" + summary())
+        ch.stats["worst_gap"] = round(worst, 3)
+        ch.stats["raw_gap"] = round(raw_gap, 3)
+        ch.stats["worst_consumer_gap"] = round(cons_worst, 3)
+        ch.stats["worst_put_gap"] = round(prod_gap, 3)
+        print("\n" + ch.summary())
 
         # ---- verdicts ---------------------------------------------------------------
-        assert stats["kills"] >= min(kills_target, 200), summary()
+        assert ch.stats["kills"] >= min(ch.kills_target, 200), ch.summary()
         if phantom:
-            fail(f"{len(phantom)} messages nobody put (or beyond a killed producer's "
+            ch.fail(f"{len(phantom)} messages nobody put (or beyond a killed producer's "
                  f"next seq): {phantom[:10]}")
         if dups:
-            fail(f"{len(dups)} messages delivered twice: {dups[:5]}")
+            ch.fail(f"{len(dups)} messages delivered twice: {dups[:5]}")
         if bad_redelivery:
-            fail(f"{len(bad_redelivery)} messages delivered again although their "
+            ch.fail(f"{len(bad_redelivery)} messages delivered again although their "
                  f"receiver was alive (consumer, stage, killed, tB, t_kill): "
                  f"{bad_redelivery[:5]}")
         if lost:
-            fail(f"{len(lost)} messages lost: {lost[:10]}")
-        if lost_after_return > stats["kc"]:
-            fail(f"{lost_after_return} messages lost with consumers, only {stats['kc']} killed")
+            ch.fail(f"{len(lost)} messages lost: {lost[:10]}")
+        if lost_after_return > ch.stats["kc"]:
+            ch.fail(f"{lost_after_return} messages lost with consumers, "
+                    f"only {ch.stats['kc']} killed")
         if late > traceless_kills:
-            fail(f"{late} messages out of per-producer order (not explained by the "
+            ch.fail(f"{late} messages out of per-producer order (not explained by the "
                  f"{traceless_kills} consumers killed without a trace)")
         if leftover or qsize != 0 or not empty:
-            fail(f"after the drain: qsize()={qsize} empty()={empty}, "
+            ch.fail(f"after the drain: qsize()={qsize} empty()={empty}, "
                  f"left: {leftover[:10]}")
         if worst >= GAP_BOUND:
-            fail(f"no consumer got a message for {worst:.2f} s while one was pending "
+            ch.fail(f"no consumer got a message for {worst:.2f} s while one was pending "
                  f"(interval, pending since): {where}")
         if cons_worst >= GAP_BOUND:
-            fail(f"a live consumer got nothing for {cons_worst:.2f} s while a message "
+            ch.fail(f"a live consumer got nothing for {cons_worst:.2f} s while a message "
                  f"was pending")
         if prod_gap >= GAP_BOUND:
-            fail(f"a producer was blocked {prod_gap:.2f} s between two puts")
-        assert stats["messages"] > 1000, summary()
+            ch.fail(f"a producer was blocked {prod_gap:.2f} s between two puts")
+        assert ch.stats["messages"] > 1000, ch.summary()
     finally:
-        flags[0] = flags[1] = 1
-        for w in live["p"] + live["c"]:
+        ch.flags[0] = ch.flags[1] = 1
+        for w in ch.live["p"] + ch.live["c"]:
             w.proc.join(5)
         q.close()
 
@@ -638,7 +599,6 @@ def test_consumers_killed_at_random_while_copying_8mib_messages(tmp_path, procs)
                 raw_in_get += not marking
         assert -1 not in got, "a consumer received a corrupt message"
         got += [r[1] for r in rest]
-        dups = sorted({s for s in got if got.count(s) > 1})
         missing = set(range(seq)) - set(got)
         unexplained = missing - returned_lost
         late = sum(1 for a, b in zip(got, got[1:]) if b < a)
@@ -646,8 +606,5 @@ def test_consumers_killed_at_random_while_copying_8mib_messages(tmp_path, procs)
                 f"{len(returned_lost)}), messages {seq}, delivered {len(got)}, "
                 f"redelivered out of order {late}, missing {len(missing)} "
                 f"(not explained by an 'R' mark: {len(unexplained)})")
-        print("\n" + info)
-        assert not dups, f"delivered twice: {dups}; {info}"
-        assert set(got) <= set(range(seq)), info
-        assert len(unexplained) <= raw_in_get, f"lost: {sorted(unexplained)}; {info}"
+        check_delivered(got, seq, info, unexplained, may_lose=raw_in_get)
         assert q.qsize() == 0 and q.empty(), info

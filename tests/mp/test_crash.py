@@ -16,7 +16,6 @@ Bookkeeping rules (what the application can know):
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import random
 import signal
@@ -27,13 +26,12 @@ import pytest
 
 import fastq
 
-from support.chaos import read_recs
+from support.chaos import CTX, read_recs, start_worker
 from support.messages import CheckOnLoad, Passthrough, Patterned
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
-CTX = mp.get_context("fork")
 HDR = struct.Struct("<QQ")        # producer id, seq
 MSGS = Patterned(HDR)
 PREC = struct.Struct("<qd")       # producer record: seq, t_returned
@@ -102,40 +100,33 @@ def test_sigkill_producers_and_consumers_survivors_carry_on(seed, tmp_path, proc
     killed_prods, killed_cons = set(), set()
     lifetimes = {}  # ("p"|"c", id) -> [start, end]
 
-    def start_prod():
-        i = next(prod_ids)
-        p = procs.add(CTX.Process(target=producer_main,
-                                  args=(q, i, str(tmp_path / f"p{i}"), stop_prod)))
-        p.start()
-        prods[i] = p
-        lifetimes["p", i] = [time.monotonic(), None]
+    workers, killed = {"p": prods, "c": cons}, {"p": killed_prods, "c": killed_cons}
+    ids = {"p": prod_ids, "c": cons_ids}
 
-    def start_cons():
-        i = next(cons_ids)
-        p = procs.add(CTX.Process(target=consumer_main,
-                                  args=(q, str(tmp_path / f"c{i}"), stop_cons)))
-        p.start()
-        cons[i] = p
-        lifetimes["c", i] = [time.monotonic(), None]
+    def start(role):
+        i = next(ids[role])
+        log = str(tmp_path / f"{role}{i}")
+        workers[role][i] = (start_worker(procs, producer_main, q, i, log, stop_prod) if role == "p"
+                            else start_worker(procs, consumer_main, q, log, stop_cons))
+        lifetimes[role, i] = [time.monotonic(), None]
+
+    def kill_one(role):
+        victim = rng.choice(sorted(workers[role]))
+        kill(workers[role].pop(victim))
+        killed[role].add(victim)
+        lifetimes[role, victim][1] = time.monotonic()
+        start(role)
 
     try:
         for _ in range(2):
-            start_prod()
-            start_cons()
+            start("p")
+            start("c")
         t_begin = time.monotonic()
         for rnd in range(12):
             time.sleep(rng.uniform(0.1, 0.3))
-            victim = rng.choice(sorted(prods))
-            kill(prods.pop(victim))
-            killed_prods.add(victim)
-            lifetimes["p", victim][1] = time.monotonic()
-            start_prod()
+            kill_one("p")
             time.sleep(rng.uniform(0.05, 0.2))
-            victim = rng.choice(sorted(cons))
-            kill(cons.pop(victim))
-            killed_cons.add(victim)
-            lifetimes["c", victim][1] = time.monotonic()
-            start_cons()
+            kill_one("c")
             for w in list(prods.values()) + list(cons.values()):
                 assert w.is_alive(), f"a survivor died: exitcode {w.exitcode}"
         time.sleep(0.5)
@@ -276,8 +267,7 @@ def test_consumer_killed_with_claimed_message_redelivered(many, tmp_path, procs)
         msgs = [b"m%d" % i * 50 for i in range(5)]
         q.put_many(msgs)
         flag = str(tmp_path / "claimed")
-        p = procs.add(CTX.Process(target=stalled_consumer, args=(q.path, flag, many)))
-        p.start()
+        p = start_worker(procs, stalled_consumer, q.path, flag, many)
         wait_for(lambda: os.path.exists(flag), "the consumer to claim", timeout=20)
         kill(p)
         # the claimed message(s) come back to a live consumer, recovery included,
@@ -304,8 +294,7 @@ def test_killed_consumers_claims_redelivered_to_other_process(tmp_path, procs, r
     with fastq.Queue("claim2", capacity=1 << 16, serializer="raw") as q:
         q.put(b"precious")
         flag = str(tmp_path / "claimed")
-        p = procs.add(CTX.Process(target=stalled_consumer, args=(q.path, flag, False)))
-        p.start()
+        p = start_worker(procs, stalled_consumer, q.path, flag, False)
         wait_for(lambda: os.path.exists(flag), "the consumer to claim", timeout=20)
         kill(p)
         cp = run_py("""
@@ -397,10 +386,7 @@ def test_random_kills_of_many_consumers_no_loss(tmp_path, procs):
 
         def start():
             i = next(ids)
-            p = procs.add(CTX.Process(target=consumer_main,
-                                      args=(q, str(tmp_path / f"c{i}"), stop)))
-            p.start()
-            live[i] = p
+            live[i] = start_worker(procs, consumer_main, q, str(tmp_path / f"c{i}"), stop)
 
         start()
         start()

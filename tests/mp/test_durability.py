@@ -56,7 +56,6 @@ can be mounted.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import random
 import shutil
@@ -73,25 +72,17 @@ import pytest
 import fastq
 
 from support import TESTS
-from support.chaos import (CheckingSerializer, fail, K_ACKED, K_ACKING, K_BEGIN, K_CALL, K_GOT,
-                           K_INTENT, K_LOADED, K_PUBLISHED, K_RECV, K_START, log_got, read_recs,
-                           REC, rec, receive_and_ack)
-from support.messages import Framed
+from support.chaos import (CheckingSerializer, CTX, fail, K_ACKED, K_ACKING, K_BEGIN, K_CALL, K_GOT,
+                           K_INTENT, K_LOADED, K_PUBLISHED, K_RECV, K_START, late_runs, log_got,
+                           read_recs, REC, rec, receive_and_ack)
+from support.messages import Framed, pick_size
 
-CTX = mp.get_context("fork")
 CAPACITY = 8 << 20
 M_GET, M_MANY, M_RECV = 1, 2, 3
 #: payloads are cut from random bytes made before forking (inherited)
 MSGS = Framed(0xFA57D15C, 777, 2 << 20)
-
-
-def pick_size(rng):
-    r = rng.random()
-    if r < 0.02:
-        return rng.randint(256 << 10, 1 << 20)
-    if r < 0.5:
-        return rng.randint(0, 64)
-    return rng.randint(256, 4096)
+#: message sizes: [(cumulative probability, smallest, largest)]
+SIZES = [(0.02, 256 << 10, 1 << 20), (0.5, 0, 64), (1.0, 256, 4096)]
 
 
 def fs_type(path):
@@ -134,7 +125,7 @@ def producer_main(kind, path, prod, log, fail_path):
                 put_many(msgs, timeout=60)
             else:
                 k = 1
-                msg = MSGS.make(prod, seq, pick_size(rng))
+                msg = MSGS.make(prod, seq, pick_size(rng, SIZES))
                 rec(fd, K_INTENT, who=prod, seq=seq, arg=1)
                 put(msg, timeout=60)
             rec(fd, K_PUBLISHED, who=prod, seq=seq, arg=k)
@@ -184,35 +175,40 @@ MSGS = Framed(%d, 0, 0)
 def check(b):
     prod, seq = MSGS.header(b)
     return prod, seq, MSGS.check(b) is not None
+def drain(h, modes):  # read h until 1 s without a message, cycling through modes
+    i = 0
+    while True:
+        t0 = time.monotonic()
+        mode = modes[i %% len(modes)]
+        try:
+            if mode == "receive":
+                d = h.receive(timeout=1.0)
+                batch, red = [d.value], int(d.redelivered)
+                d.ack()
+            elif mode == "get":
+                batch, red = [h.get(timeout=1.0)], 0
+            else:
+                batch, red = h.get_many(7, timeout=1.0), 0
+        except fastq.Empty:
+            break
+        i += 1
+        for b in batch:
+            p, s_, ok = check(b)
+            print("M", p, s_, int(ok), red, mode, repr(t0))
+def no_extra(h):
+    try:
+        h.get_nowait()
+        print("EXTRA")
+    except fastq.Empty:
+        pass
 out = []
 if kind == "queue":
     q = fastq.Queue.open(path, serializer="raw")
     q.recover()
     print("QSIZE", q.qsize())
-    i = 0
-    while True:
-        t0 = time.monotonic()
-        try:
-            if i %% 3 == 0:
-                d = q.receive(timeout=1.0)
-                batch, red, mode = [d.value], int(d.redelivered), "receive"
-                d.ack()
-            elif i %% 3 == 1:
-                batch, red, mode = [q.get(timeout=1.0)], 0, "get"
-            else:
-                batch, red, mode = q.get_many(7, timeout=1.0), 0, "get_many"
-        except fastq.Empty:
-            break
-        i += 1
-        for b in batch:
-            p, s, ok = check(b)
-            print("M", p, s, int(ok), red, mode, repr(t0))
+    drain(q, ("receive", "get", "get_many"))
     print("AFTER", q.qsize(), int(q.empty()))
-    try:
-        q.get_nowait()
-        print("EXTRA")
-    except fastq.Empty:
-        pass
+    no_extra(q)
     q.flush()
     q.close()
 else:
@@ -220,28 +216,9 @@ else:
     t.recover()
     s = t.subscribe(name="d")
     print("LAG", s.lag)
-    i = 0
-    while True:
-        t0 = time.monotonic()
-        try:
-            if i %% 2 == 0:
-                d = s.receive(timeout=1.0)
-                batch, red, mode = [d.value], int(d.redelivered), "receive"
-                d.ack()
-            else:
-                batch, red, mode = s.get_many(7, timeout=1.0), 0, "get_many"
-        except fastq.Empty:
-            break
-        i += 1
-        for b in batch:
-            p, s_, ok = check(b)
-            print("M", p, s_, int(ok), red, mode, repr(t0))
+    drain(s, ("receive", "get_many"))
     print("AFTER", s.lag, 0)
-    try:
-        s.get_nowait()
-        print("EXTRA")
-    except fastq.Empty:
-        pass
+    no_extra(s)
     s.close()
     t.recover()
     print("ROWS", repr([tuple(r) for r in t.subscribers()]))
@@ -480,16 +457,7 @@ def analyse(kind, producers, consumers, final, stats):
             seqs_by_reader.setdefault(d.who, []).append((d.tb, m))
     for who, lst in seqs_by_reader.items():
         lst.sort()
-        last, in_run = {}, False
-        for _, (p, s) in lst:
-            if (p, s) in redelivered:
-                continue
-            if s < last.get(p, -1):
-                runs += not in_run
-                in_run = True
-            else:
-                last[p] = s
-                in_run = False
+        runs += late_runs([m for _, m in lst], redelivered)
     stats.update(messages=len(committed), drained_at_end=len(final), came_back=came_back,
                  lost_with_consumer=lost_with_reader, late_runs=runs,
                  producer_kills_publishing=len(inflight))

@@ -3,12 +3,19 @@ marker a worker leaves before it exits, the workers' binary logs (fixed-size rec
 appended with one write(2) each, so a kill never tears one in the middle of the file),
 and the serializer that checks a message while it is still claimed."""
 import mmap
+import multiprocessing
 import os
 import random
+import signal
 import struct
 import time
 
 from support.messages import Passthrough
+
+#: the start method of the workers (forked: they inherit the payloads' random bytes)
+CTX = multiprocessing.get_context("fork")
+#: how long a live worker may go without progress while there is work for it (s)
+GAP_BOUND = 2.0
 
 #: a worker's log record: kind, flag, pad, sender, seq, t (monotonic), arg (32 bytes)
 REC = struct.Struct("<BBHIQdQ")
@@ -18,6 +25,13 @@ assert REC.size == 32
 #: producer is about to put (arg: how many), has put
 (K_START, K_CALL, K_BEGIN, K_LOADED, K_GOT, K_RECV, K_ACKING, K_ACKED,
  K_INTENT, K_PUBLISHED) = b"SABLGRQKIP"
+
+
+def start_worker(procs, target, *args, **kw):
+    """target(*args) in a forked process, registered with the ``procs`` fixture, started"""
+    p = procs.add(CTX.Process(target=target, args=args, **kw))
+    p.start()
+    return p
 
 
 def fail(fail_path, text):
@@ -92,6 +106,9 @@ class Worker:
         self.role, self.id, self.proc, self.log = role, wid, proc, log
         self.t_start, self.t_end, self.killed = t_start, None, False
 
+    def __repr__(self):
+        return f"{self.role}{self.id}"
+
 
 class Chaos:
     """A chaos supervisor's state: FASTQ_CHAOS_KILLS kills (default 250) within at most
@@ -129,3 +146,58 @@ class Chaos:
         """fail if a worker left the failure marker"""
         if os.path.exists(self.fail_path):
             self.fail("a worker failed: " + open(self.fail_path).read())
+
+    def next_kill(self, t_begin):
+        """Until the kills are done or the time is up (from t_begin): wait a random moment
+        (2 to 20 ms or 20 to 120 ms), fail on the failure marker or a live worker that
+        exited on its own; True if a kill is due."""
+        if self.stats["kills"] >= self.kills_target or time.monotonic() - t_begin > self.max_chaos:
+            return False
+        time.sleep(self.rng.uniform(0.002, 0.02) if self.rng.random() < 0.5
+                   else self.rng.uniform(0.02, 0.12))
+        self.check_marker()
+        for ws in self.live.values():
+            for w in ws:
+                if w.proc.exitcode is not None:
+                    self.check_marker()
+                    self.fail(f"{w} exited on its own with {w.proc.exitcode}")
+        return True
+
+    def kill(self, w):
+        """SIGKILL the live worker w (it must die of that signal) and count the kill"""
+        w.t_end = time.monotonic()
+        os.kill(w.proc.pid, signal.SIGKILL)
+        w.proc.join(10)
+        if w.proc.exitcode != -signal.SIGKILL:
+            self.check_marker()
+            self.fail(f"{w} exited with {w.proc.exitcode}, not by our SIGKILL")
+        w.killed = True
+        self.live[w.role].remove(w)
+        self.stats["kills"] += 1
+        self.stats["k" + w.role] += 1
+
+
+def check_delivered(got, n, info, unexplained=(), may_lose=0):
+    """Print info (the run's numbers); got (the seqs delivered, 0 .. n-1 sent): none
+    twice, none that was not sent, and at most may_lose lost that nothing explains."""
+    print("\n" + info)
+    dups = sorted({s for s in got if got.count(s) > 1})
+    assert not dups, f"delivered twice: {dups}; {info}"
+    assert set(got) <= set(range(n)), info
+    assert len(unexplained) <= may_lose, f"lost: {sorted(unexplained)}; {info}"
+
+
+def late_runs(msgs, skip):
+    """how many runs of messages came after a later one of the same sender: msgs, one
+    reader's (sender, seq) in the order it got them; the messages in skip ignored"""
+    last, in_run, runs = {}, False, 0
+    for p, s in msgs:
+        if (p, s) in skip:
+            continue
+        if s < last.get(p, -1):
+            runs += not in_run
+            in_run = True
+        else:
+            last[p] = s
+            in_run = False
+    return runs

@@ -105,3 +105,13 @@ def send_all(put, put_many, msgs, batch, timeout=60):
     else:
         for m in msgs:
             put(m, timeout=timeout)
+
+
+def pick_size(rng, bands):
+    """a message size: bands [(p, lo, hi), ...], cumulative probabilities (the last 1.0),
+    one rng.random() to pick the band, then rng.randint(lo, hi)"""
+    r = rng.random()
+    for p, lo, hi in bands:
+        if r < p:
+            return rng.randint(lo, hi)
+    raise AssertionError("the last band's probability must be 1.0")

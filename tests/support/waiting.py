@@ -29,3 +29,19 @@ def call_bounded(fn, timeout=5.0):
     if t.is_alive():
         return ("hung", None)
     return box["r"]
+
+
+def in_thread(fn, *args):
+    """Run fn(*args) in a daemon thread; returns (thread, result dict): the dict gets
+    "value" or "error"."""
+    res = {}
+
+    def run():
+        try:
+            res["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001
+            res["error"] = e
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, res
