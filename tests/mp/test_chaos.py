@@ -73,7 +73,7 @@ import pytest
 
 import fastq
 
-from support.api import get_all_nowait
+from support.api import get_all, get_all_nowait
 from support.chaos import (Chaos, check_delivered, CheckingSerializer, CTX, fail, GAP_BOUND,
                            K_BEGIN, Worker)
 from support.messages import Framed, Passthrough, pick_size
@@ -255,19 +255,9 @@ def test_chaos_sigkill_random_workers(tmp_path, procs):
 
         # ---- stop producers cleanly, drain with the surviving consumers ------------
         ch.flags[0] = 1
-        for w in ch.live["p"]:
-            w.proc.join(PUT_TIMEOUT + 10)
-            w.t_end = time.monotonic()
-            if w.proc.exitcode != 0:
-                ch.check_marker()
-                ch.fail(f"producer {w.id} did not stop cleanly: exit code {w.proc.exitcode}")
+        ch.join_clean(ch.live["p"], PUT_TIMEOUT + 10, "(a producer) did not stop cleanly")
         ch.flags[1] = 1
-        for w in ch.live["c"]:
-            w.proc.join(120)
-            w.t_end = time.monotonic()
-            if w.proc.exitcode != 0:
-                ch.check_marker()
-                ch.fail(f"consumer {w.id} did not drain cleanly: exit code {w.proc.exitcode}")
+        ch.join_clean(ch.live["c"], 120, "(a consumer) did not drain cleanly")
         ch.check_marker()
         ch.stats["drain_s"] = round(time.monotonic() - t_stop, 1)
         qsize, empty = q.qsize(), q.empty()
@@ -581,12 +571,7 @@ def test_consumers_killed_at_random_while_copying_8mib_messages(tmp_path, procs)
             assert p.exitcode == -signal.SIGKILL, p.exitcode
             kills += 1
         # drain in the parent (it runs recovery while it waits)
-        rest = []
-        while True:
-            try:
-                rest.append(MSGS.check(q.get(timeout=1.0)))
-            except fastq.Empty:
-                break
+        rest = [MSGS.check(m) for m in get_all(q, 1.0)]
         assert all(r is not None for r in rest), "a corrupt message"
         got, returned_lost, raw_in_get, in_get = [], set(), 0, 0
         for log, marking in logs:

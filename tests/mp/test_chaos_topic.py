@@ -977,12 +977,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
                 break
         reader_loop(fs, "d", ffd, frng, (0, 1))
         ch.stats["final_drain_s"] = round(time.monotonic() - t_final, 1)
-        for w in list(ch.live["p"]):
-            w.proc.join(10)
-            w.t_end = time.monotonic()
-            if w.proc.exitcode != 0:
-                ch.check_marker()
-                ch.fail(f"publisher {w} did not stop cleanly: exit code {w.proc.exitcode}")
+        ch.join_clean(list(ch.live["p"]), 10, "(a publisher) did not stop cleanly")
         final_lag = fs.lag
         try:
             fs.get_nowait()
@@ -998,12 +993,7 @@ def test_topic_chaos_sigkill_random_workers(tmp_path, procs):
         ch.check_marker()
         # ---- the group and plain readers drain and exit --------------------------------
         ch.flags[1] = 1
-        for w in ch.live["g"] + ch.live["n"]:
-            w.proc.join(120)
-            w.t_end = time.monotonic()
-            if w.proc.exitcode != 0:
-                ch.check_marker()
-                ch.fail(f"{w} did not drain cleanly: exit code {w.proc.exitcode}")
+        ch.join_clean(ch.live["g"] + ch.live["n"], 120, "did not drain cleanly")
         ch.check_marker()
         if final_lag != 0 or extra:
             late_errors.append(f"billing drained: lag={final_lag}, get_nowait() returned "

@@ -26,6 +26,7 @@ import pytest
 
 import fastq
 
+from support.api import get_all
 from support.chaos import CTX, read_recs, start_worker
 from support.messages import CheckOnLoad, Passthrough, Patterned
 from support.waiting import wait_for
@@ -142,12 +143,7 @@ def test_sigkill_producers_and_consumers_survivors_carry_on(seed, tmp_path, proc
             assert p.exitcode == 0, f"consumer {i} exited with {p.exitcode}"
         # whatever is left (e.g. requeued and not yet taken) goes to us: a live consumer
         q.recover()
-        leftover = []
-        while True:
-            try:
-                leftover.append(MSGS.check(q.get(timeout=1.0)))
-            except fastq.Empty:
-                break
+        leftover = [MSGS.check(m) for m in get_all(q, 1.0)]
         assert q.qsize() == 0, f"qsize() says {q.qsize()} after a full drain"
 
         # ---- collect ---------------------------------------------------------
@@ -408,12 +404,7 @@ def test_random_kills_of_many_consumers_no_loss(tmp_path, procs):
         for p in live.values():
             p.join(60)
             assert p.exitcode == 0
-        leftover = []
-        while True:
-            try:
-                leftover.append(MSGS.check(q.get(timeout=1.0)))
-            except fastq.Empty:
-                break
+        leftover = [MSGS.check(m) for m in get_all(q, 1.0)]
         recs = [(p, s, ok) for i in range(next(ids))
                 for p, s, ok, _ in read_recs(str(tmp_path / f"c{i}"), CREC) if p != START]
         recs += leftover

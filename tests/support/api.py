@@ -16,10 +16,16 @@ def drain_nowait(s, max_messages=64):
 
 def get_all_nowait(q):
     """q.get_nowait() until it raises Empty: the list of what it returned"""
+    return get_all(q, None)
+
+
+def get_all(q, timeout):
+    """q.get(timeout=timeout) (timeout None: get_nowait()) until it raises Empty: the
+    list of what it returned"""
     out = []
     while True:
         try:
-            out.append(q.get_nowait())
+            out.append(q.get_nowait() if timeout is None else q.get(timeout=timeout))
         except fastq.Empty:
             return out
 

@@ -163,6 +163,16 @@ class Chaos:
                     self.fail(f"{w} exited on its own with {w.proc.exitcode}")
         return True
 
+    def join_clean(self, ws, timeout, what):
+        """join each worker of ws (up to timeout s each); each must have exited with 0,
+        or the run fails with "<worker> <what>" """
+        for w in ws:
+            w.proc.join(timeout)
+            w.t_end = time.monotonic()
+            if w.proc.exitcode != 0:
+                self.check_marker()
+                self.fail(f"{w} {what}: exit code {w.proc.exitcode}")
+
     def kill(self, w):
         """SIGKILL the live worker w (it must die of that signal) and count the kill"""
         w.t_end = time.monotonic()
