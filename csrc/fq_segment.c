@@ -472,6 +472,7 @@ static void fq_handle_remove(fq_queue *q)
         fq_handles = q->next;
     if (q->next)
         q->next->prev = q->prev;
+    FQ_CRASH_POINT("handle_removed");
     int lfd = atomic_exchange(&q->lock_fd, -1);
     if (lfd >= 0)
         close(lfd);

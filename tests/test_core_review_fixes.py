@@ -111,6 +111,78 @@ def test_fork_while_opening_keeps_no_copy_of_the_lock(tmp_path):
     h.close()
 
 
+def _slot_lock_free(path, slot):
+    """F_OFD_GETLK from a description of our own: is slot's file lock free?"""
+    import fcntl
+    off = (1 << 62) + 1 + slot  # FQ_LOCK_SLOT (csrc/fq_layout.h)
+    fd = os.open(str(path), os.O_RDWR)
+    try:
+        fl = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, off, 1, 0)
+        t = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, fl))[0]
+    finally:
+        os.close(fd)
+    return t == fcntl.F_UNLCK
+
+
+def _close_while_forking(path, resume_r, ev_w, gc_w, out_w):
+    """attach a handle (its slot's lock), then thread A closes it, pausing right
+    after the handle left the list; thread B forks meanwhile (a child that
+    reports on gc_w and sleeps).  Reports (grandchild pid, the slot), then waits
+    (alive) for the test to kill it."""
+    notify_r, notify_w = os.pipe()
+    rc, q, err = open_seg(path)
+    assert rc == 0, err
+    assert lib.fq_put(q, b"x" * 8, 8) == 0
+    slot = lib.fqt_my_slot(q)
+    lib.fq_test_set_pause_point(b"handle_removed", 1, notify_w, resume_r)
+    a = threading.Thread(target=lib.fq_close, args=(q,))
+    a.start()
+    _read1(notify_r)
+    box = {}
+
+    def forker():
+        pid = os.fork()
+        if pid == 0:
+            os.write(gc_w, b"C")
+            time.sleep(300)
+            os._exit(0)
+        box["child"] = pid
+
+    b = threading.Thread(target=forker)
+    os.write(ev_w, b"F")  # before: B may then hold the GIL, blocked in fork()
+    b.start()
+    a.join()
+    b.join()
+    _unpause()
+    os.write(out_w, struct.pack("<ii", box["child"], slot))
+    time.sleep(300)
+
+
+def test_fork_while_closing_keeps_no_copy_of_the_lock(tmp_path):
+    """F1, close: a child forked while fq_close had taken the handle off the list
+    but not yet closed its lock descriptor kept the slot's lock after the close"""
+    path = tmp_path / "q"
+    rc, q, err = create(path)
+    assert rc == 0, err
+    resume_r, resume_w = os.pipe()
+    ev_r, ev_w = os.pipe()
+    gc_r, gc_w = os.pipe()
+    out_r, out_w = os.pipe()
+    with children() as pids:
+        pids.append(fork(_close_while_forking, str(path), resume_r, ev_w, gc_w, out_w))
+        assert _read1(ev_r) == b"F"
+        select.select([gc_r], [], [], 1.0)  # as in the open test above
+        os.write(resume_w, b"g")
+        grandchild, slot = struct.unpack("<ii", _read1(out_r))
+        try:
+            assert slot >= 0
+            assert _slot_lock_free(path, slot), \
+                "the closed handle's slot lock is still held (by the forked child's copy)"
+        finally:
+            os.kill(grandchild, 9)
+    lib.fq_close(q)
+
+
 # ---------------------------------------------------------------------------
 # F2: an inherited anonymous queue after dropping privileges
 
