@@ -463,12 +463,32 @@ static uint64_t fq_tail_pair(fq_queue *q, uint64_t *cnt)
     return t;
 }
 
+/* Is a live publisher's put writing the region at x, below tail t (its
+ * header at x comes last)?  Its intent names x from before its tail CAS
+ * until it committed; a dead publisher's region waits for recovery. */
+static int fq_put_writing(fq_queue *q, uint64_t x, uint64_t t)
+{
+    for (uint32_t sl = 0; sl < q->nslots; sl++) {
+        uint64_t w = atomic_load(&q->slots[sl].word);
+        if (FQ_SLOT_KIND(w) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[sl].lane[l].prod;
+            unsigned ph = atomic_load(&in->state) & 3;
+            if ((ph == FQ_PH_CLAIMING || ph == FQ_PH_WON) && atomic_load(&in->pos) == x &&
+                atomic_load(&in->end) > x && atomic_load(&in->end) <= t)
+                return fq_slot_alive(q, sl, w, NULL);
+        }
+    }
+    return 0;
+}
+
 /*
  * The index of the first message at or after pos (the count at tail if no
  * message is there yet), or UINT64_MAX if it cannot be known: release passed
- * pos meanwhile (the caller may look again from the new release), a put
- * between its tail CAS and its header for longer than the wait below (a
- * publisher killed there: its region has no header until recovery), or an
+ * pos meanwhile (the caller may look again from the new release), a region
+ * without a header that no live publisher is writing (a killed one's, until
+ * recovery) or one still being written after the wait below, or an
  * impossible record.  A WRITING or COMMITTED record must hold its whole
  * index prefix, as the read path requires (fq_sub_begin): fq_span then keeps
  * the prefix inside the ring.  The walk is bounded by the ring, not by a
@@ -486,11 +506,13 @@ static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
         fq_rec *r = fq_rec_at(q, pos);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, pos, w)) {
-            /* below tail and no header: a put between its tail CAS and its
-             * header (its index is known only once the header is there), or
-             * the record was overwritten (release moved): wait for the one,
-             * give up on the other; bounded backoff (about 1 s in all) */
-            if (atomic_load(&c->release) > start || wait_ns >= 1000000000L)
+            /* below tail and no header: a live put between its tail CAS
+             * and its header (its index is known once the header is
+             * there): wait for it, with a bounded backoff (about 1 s in
+             * all: its publisher may be stopped); else give up (overwritten:
+             * release moved; a dead publisher's; a corrupt segment) */
+            if (atomic_load(&c->release) > start || wait_ns >= 1000000000L ||
+                !fq_put_writing(q, pos, t))
                 return UINT64_MAX;
             FQ_CRASH_POINT("first_index_unwritten");
             long step = wait_ns < 1000 ? 1000 : wait_ns < 1000000 ? wait_ns : 1000000;
