@@ -44,38 +44,64 @@ def _unpause():
 # F1: a fork while a handle opens (or closes) its lock descriptor
 
 
-def _open_while_forking(path, resume_r, ev_w, gc_w, out_w):
-    """thread A opens path and pauses right after the handle's second descriptor
-    is opened; thread B forks meanwhile (a child that reports on gc_w and sleeps,
-    holding what it inherited); once the test resumes A, this process attaches
-    (takes its slot's lock) and exits.  Reports (grandchild pid, our slot)."""
+def _fork_in_window(point, action, pipes):
+    """Run action() in thread A, paused at pause point `point`; while it is
+    paused, thread B forks a child that reports on pipes["gc_w"] and sleeps
+    (holding what it inherited).  The test resumes A (not this process: B may
+    hold the GIL while fork() waits for A to leave a critical section).
+    Returns (action's result, the grandchild's pid)."""
     notify_r, notify_w = os.pipe()
-    lib.fq_test_set_pause_point(b"handle_reopened", 1, notify_w, resume_r)
+    lib.fq_test_set_pause_point(point, 1, notify_w, pipes["resume_r"])
     box = {}
-    a = threading.Thread(target=lambda: box.update(h=open_seg(path)))
+    a = threading.Thread(target=lambda: box.update(r=action()))
     a.start()
     _read1(notify_r)  # A is paused in the window
 
     def forker():
         pid = os.fork()
         if pid == 0:
-            os.write(gc_w, b"C")
+            os.write(pipes["gc_w"], b"C")
             time.sleep(300)
             os._exit(0)
         box["child"] = pid
 
     b = threading.Thread(target=forker)
-    os.write(ev_w, b"F")  # before: B may then hold the GIL, blocked in fork()
+    os.write(pipes["ev_w"], b"F")  # before: B may then hold the GIL, blocked in fork()
     b.start()
-    # the test resumes A: not this process, whose thread B may hold the GIL
-    # while fork() waits for the open to leave its critical section
     a.join()
     b.join()
     _unpause()
-    rc, q, err = box["h"]
+    return box["r"], box["child"]
+
+
+def _run_fork_window(child, path):
+    """fork child(path, pipes) and drive _fork_in_window; returns (pid of child,
+    grandchild, slot) once child reported (grandchild pid, slot) on out_w"""
+    pipes = {}
+    for k in ("resume", "ev", "gc", "out"):
+        pipes[k + "_r"], pipes[k + "_w"] = os.pipe()
+    pid = fork(child, str(path), pipes)
+    try:
+        assert _read1(pipes["ev_r"]) == b"F"
+        # unfixed, the fork completes inside the window (the grandchild reports);
+        # fixed, it waits for A to leave its critical section: resume A either way
+        select.select([pipes["gc_r"]], [], [], 1.0)
+        os.write(pipes["resume_w"], b"g")
+        grandchild, slot = struct.unpack("<ii", _read1(pipes["out_r"]))
+    except BaseException:
+        os.kill(pid, 9)
+        reap(pid)
+        raise
+    return pid, grandchild, slot
+
+
+def _open_while_forking(path, pipes):
+    """open path, forking while the handle is between opening its second
+    descriptor and joining the handle list; then attach (lock a slot) and exit"""
+    (rc, q, err), child = _fork_in_window(b"handle_reopened", lambda: open_seg(path), pipes)
     assert rc == 0, err
     assert lib.fq_put(q, b"x" * 8, 8) == 0  # attaches: locks a slot
-    os.write(out_w, struct.pack("<ii", box["child"], lib.fqt_my_slot(q)))
+    os.write(pipes["out_w"], struct.pack("<ii", child, lib.fqt_my_slot(q)))
     return 0  # exits holding the slot: dead, its lock must go with it
 
 
@@ -87,20 +113,11 @@ def test_fork_while_opening_keeps_no_copy_of_the_lock(tmp_path):
     rc, q, err = create(path)
     assert rc == 0, err
     h = Handle(q, path)
-    resume_r, resume_w = os.pipe()
-    ev_r, ev_w = os.pipe()
-    gc_r, gc_w = os.pipe()
-    out_r, out_w = os.pipe()
     with children() as pids:
-        pids.append(fork(_open_while_forking, str(path), resume_r, ev_w, gc_w, out_w))
-        assert _read1(ev_r) == b"F"
-        # unfixed, the fork completes inside the window (the grandchild reports);
-        # fixed, it waits for the open: either way resume the opener now
-        select.select([gc_r], [], [], 1.0)
-        os.write(resume_w, b"g")
-        grandchild, slot = struct.unpack("<ii", _read1(out_r))
+        pid, grandchild, slot = _run_fork_window(_open_while_forking, path)
+        pids.append(pid)
         try:
-            assert reap(pids[0]) == 0
+            assert reap(pid) == 0
             assert slot >= 0
             lib.fq_recover(h.q)
             kind = lib.fqt_slot_word(h.q, slot) >> SLOT_KIND_SHIFT
@@ -124,37 +141,15 @@ def _slot_lock_free(path, slot):
     return t == fcntl.F_UNLCK
 
 
-def _close_while_forking(path, resume_r, ev_w, gc_w, out_w):
-    """attach a handle (its slot's lock), then thread A closes it, pausing right
-    after the handle left the list; thread B forks meanwhile (a child that
-    reports on gc_w and sleeps).  Reports (grandchild pid, the slot), then waits
-    (alive) for the test to kill it."""
-    notify_r, notify_w = os.pipe()
+def _close_while_forking(path, pipes):
+    """attach a handle (lock a slot), then close it, forking while the handle is
+    off the list but its lock descriptor not yet closed; report and stay alive"""
     rc, q, err = open_seg(path)
     assert rc == 0, err
     assert lib.fq_put(q, b"x" * 8, 8) == 0
     slot = lib.fqt_my_slot(q)
-    lib.fq_test_set_pause_point(b"handle_removed", 1, notify_w, resume_r)
-    a = threading.Thread(target=lib.fq_close, args=(q,))
-    a.start()
-    _read1(notify_r)
-    box = {}
-
-    def forker():
-        pid = os.fork()
-        if pid == 0:
-            os.write(gc_w, b"C")
-            time.sleep(300)
-            os._exit(0)
-        box["child"] = pid
-
-    b = threading.Thread(target=forker)
-    os.write(ev_w, b"F")  # before: B may then hold the GIL, blocked in fork()
-    b.start()
-    a.join()
-    b.join()
-    _unpause()
-    os.write(out_w, struct.pack("<ii", box["child"], slot))
+    _, child = _fork_in_window(b"handle_removed", lambda: lib.fq_close(q), pipes)
+    os.write(pipes["out_w"], struct.pack("<ii", child, slot))
     time.sleep(300)
 
 
@@ -164,16 +159,9 @@ def test_fork_while_closing_keeps_no_copy_of_the_lock(tmp_path):
     path = tmp_path / "q"
     rc, q, err = create(path)
     assert rc == 0, err
-    resume_r, resume_w = os.pipe()
-    ev_r, ev_w = os.pipe()
-    gc_r, gc_w = os.pipe()
-    out_r, out_w = os.pipe()
     with children() as pids:
-        pids.append(fork(_close_while_forking, str(path), resume_r, ev_w, gc_w, out_w))
-        assert _read1(ev_r) == b"F"
-        select.select([gc_r], [], [], 1.0)  # as in the open test above
-        os.write(resume_w, b"g")
-        grandchild, slot = struct.unpack("<ii", _read1(out_r))
+        pid, grandchild, slot = _run_fork_window(_close_while_forking, path)
+        pids.append(pid)
         try:
             assert slot >= 0
             assert _slot_lock_free(path, slot), \
