@@ -389,3 +389,47 @@ def test_close_leaves_no_descriptor_and_no_listed_handle(tmp_path, anonymous):
     with children() as pids:
         pids.append(fork(lambda: 0))
         assert reap(pids[0]) == 0
+
+
+# ---------------------------------------------------------------------------
+# found while checking F2: a failed attach became a lane number
+
+
+def _put_and_get_without_descriptors(q, out_w):
+    """a forked child (its lock descriptor is reopened on first use) that has no
+    descriptor left: the reopen fails with EMFILE"""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    held = []
+    try:
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    c = ffi.new("fq_claim *")
+    rcs = (lib.fq_put(q, b"x" * 8, 8), lib.fq_get_begin(q, 1, 1 << 62, c), lib.fqt_my_slot(q))
+    for fd in held:
+        os.close(fd)
+    os.write(out_w, struct.pack("<iii", *rcs))
+    return 0
+
+
+def test_attach_error_is_returned_not_used_as_a_lane(tmp_path):
+    """fq_enter returned -rc for fq_attach's rc, but rc is -errno there (a lock
+    descriptor that cannot be reopened): put and get then ran on lane errno of
+    slot -1, out of bounds.  They return -errno."""
+    rc, q, err = create(tmp_path / "q")
+    assert rc == 0, err
+    assert lib.fq_put(q, b"m" * 8, 8) == 0
+    r, w = os.pipe()
+    with children() as pids:
+        pids.append(fork(_put_and_get_without_descriptors, q, w))
+        put_rc, get_rc, slot = struct.unpack("<iii", _read1(r))
+        assert reap(pids[0]) == 0
+    assert (put_rc, get_rc, slot) == (-24, -24, -1), \
+        "put %d, get %d (EMFILE is -24), slot %d" % (put_rc, get_rc, slot)
+    c = ffi.new("fq_claim *")
+    assert lib.fq_get_begin(q, 4, 1 << 62, c) == 0 and c.n == 1  # only our message
+    lib.fq_get_end(q, c)
+    lib.fq_close(q)
