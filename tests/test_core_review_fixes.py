@@ -8,7 +8,8 @@
   and its header was in progress, nor after more than 1024 skipped records;
 - F4: fq_take_orphan went on (and dropped a lock it did not hold) when taking the
   segment lock failed;
-- F5: closing a handle while another thread uses it.
+- F5: closing a handle while another thread uses it;
+- and, found on the way, fq_enter taking an attach error for a lane number.
 
 Races are made deterministic with the pause points of fq_segment.c.
 """
