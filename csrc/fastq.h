@@ -82,7 +82,11 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
 /* The same from a descriptor of the segment (the handle keeps a copy of
  * it; the caller keeps fd); path only names it in messages (may be NULL). */
 int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);
-/* Release the slot (if any) and unmap. */
+/* Release the slot (if any) and unmap.  The caller's contract: no other
+ * call on q is in progress or starts (the handle, its two descriptors and
+ * its mapping are gone; a call racing it could use a descriptor number the
+ * process has reused).  The Python binding keeps it: it counts the calls in
+ * flight on a handle and closes after the last one returns. */
 void fq_close(fq_queue *q);
 
 /* Producer */
@@ -180,7 +184,9 @@ int fq_topic_forget(fq_queue *q, const char *name);
 /* Leave: a claim still held is left for another member (redelivered). */
 void fq_unsubscribe(fq_sub *s);
 /* Claim up to max_n messages (max_bytes as fq_get_begin); FQ_EMPTY,
- * FQ_SHUTDOWN (shut down and drained) or FQ_OK.  A claim returned again
+ * FQ_SHUTDOWN (shut down and drained), FQ_OK, or -errno (-EBUSY: a claim
+ * is open; else the handle cannot take the segment lock to take over a
+ * dead member's claim, and claims nothing past it).  A claim returned again
  * (c->redelivered: taken over from a dead member, or kept by fq_sub_hold)
  * is returned whole, whatever max_n: take what you need, fq_sub_hold the
  * rest from the next message's position (c->cursor). */

@@ -56,14 +56,15 @@ static inline fq_intent *fq_my_intent(fq_queue *q, int lane, int cons)
     return cons ? &l->cons : &l->prod;
 }
 
-/* Attach if needed and borrow a lane: the lane, or -FQ_E* */
-static int fq_enter(fq_queue *q)
+/* Attach if needed and borrow a lane (*lane): 0, or the code to return
+ * (FQ_ENOSLOT, FQ_EBUSY, or fq_attach's -errno: never a lane number). */
+static int fq_enter(fq_queue *q, int *lane)
 {
     int rc = fq_attach(q);
     if (rc)
-        return -rc;
-    int lane = fq_lane_get(q);
-    return lane < 0 ? -FQ_EBUSY : lane;
+        return rc;
+    *lane = fq_lane_get(q);
+    return *lane < 0 ? FQ_EBUSY : 0;
 }
 
 /* Announce a claim of [pos, end) holding n messages.  Release: a survivor
@@ -93,9 +94,9 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
         return FQ_ETOOBIG; /* the caller splits batches */
     if (atomic_load_explicit(&q->ctrl->state, RLX) & FQ_STATE_SHUTDOWN)
         return FQ_SHUTDOWN;
-    int lane = fq_enter(q);
-    if (lane < 0)
-        return -lane;
+    int lane, rc = fq_enter(q, &lane);
+    if (rc)
+        return rc;
     int slot = atomic_load_explicit(&q->slot, RLX);
     fq_intent *in = fq_my_intent(q, lane, 0);
     uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
@@ -430,9 +431,9 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         max_n = 1;
     int strict = (max_bytes & FQ_BYTES_STRICT) != 0;
     max_bytes &= ~FQ_BYTES_STRICT;
-    int rc, lane = fq_enter(q);
-    if (lane < 0)
-        return -lane;
+    int lane, rc = fq_enter(q, &lane);
+    if (rc)
+        return rc;
     /* requeued records first (a strict byte bound skips them: one may be
      * larger than what is left of the bound) */
     if (!strict && atomic_load_explicit(&ctl->requeued, RLX)) {

@@ -134,6 +134,16 @@ static int fq_reopen(int fd, const char *path)
     return lfd;
 }
 
+/* The error of fq_handle_add's reopen, for segment `what`. */
+static int fq_reopen_err(char *err, size_t errlen, int rc, const char *what)
+{
+    return fq_err(err, errlen, rc,
+                  "cannot open %s again for its locks: %s (a process must be able to "
+                  "open the segment file read-write itself: its owner and mode allow "
+                  "this process's uid, and /proc is mounted)",
+                  what, strerror(-rc));
+}
+
 /* The handle's lock descriptor, opened again after a fork: fd or -errno. */
 static int fq_lock_fd(fq_queue *q)
 {
@@ -336,14 +346,15 @@ uint64_t fq_capacity_for(uint64_t len, int topic)
     return cap <= FQ_MAX_CAPACITY ? cap : 0;
 }
 
-static fq_queue *fq_handle_new(int fd, int lock_fd, uint8_t *base, size_t size)
+/* A handle without its lock descriptor yet (fq_handle_add opens it). */
+static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
 {
     fq_queue *q = calloc(1, sizeof *q);
     if (!q)
         return NULL;
     fq_ctrl *c = (fq_ctrl *)base;
     q->fd = fd;
-    atomic_init(&q->lock_fd, lock_fd);
+    atomic_init(&q->lock_fd, -1);
     q->base = base;
     q->map_size = size;
     q->ctrl = c;
@@ -425,18 +436,33 @@ static int fq_link_into_place(int fd, const char *tmp, const char *path)
     return linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
 }
 
-/* Into the list of open handles (see fq_atfork_child). */
-static void fq_handle_add(fq_queue *q)
+/* Open the handle's lock descriptor and put the handle into the list of open
+ * handles (see fq_atfork_child), in one critical section against fork
+ * (fq_atfork_prepare takes the same mutex): a child forked between the two
+ * would keep a copy of the descriptor that no list names, and with it every
+ * lock the parent takes through it (the parent would never be judged dead).
+ * path as fq_reopen; 0 or -errno. */
+static int fq_handle_add(fq_queue *q, const char *path)
 {
     pthread_mutex_lock(&fq_handles_mu);
+    int lfd = fq_reopen(q->fd, path);
+    FQ_CRASH_POINT("handle_reopened");
+    if (lfd < 0) {
+        pthread_mutex_unlock(&fq_handles_mu);
+        return lfd;
+    }
+    atomic_store(&q->lock_fd, lfd);
     q->prev = NULL;
     q->next = fq_handles;
     if (fq_handles)
         fq_handles->prev = q;
     fq_handles = q;
     pthread_mutex_unlock(&fq_handles_mu);
+    return 0;
 }
 
+/* Out of the list, closing the lock descriptor in the same critical section
+ * (as fq_handle_add: a child forked between the two would keep the locks). */
 static void fq_handle_remove(fq_queue *q)
 {
     pthread_mutex_lock(&fq_handles_mu);
@@ -446,7 +472,18 @@ static void fq_handle_remove(fq_queue *q)
         fq_handles = q->next;
     if (q->next)
         q->next->prev = q->prev;
+    FQ_CRASH_POINT("handle_removed");
+    int lfd = atomic_exchange(&q->lock_fd, -1);
+    if (lfd >= 0)
+        close(lfd);
     pthread_mutex_unlock(&fq_handles_mu);
+}
+
+/* A handle that never joined the list (fq_handle_add failed). */
+static void fq_handle_free(fq_queue *q)
+{
+    pthread_mutex_destroy(&q->mu);
+    free(q);
 }
 
 int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *err,
@@ -493,7 +530,11 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
         if (fd < 0)
             return fd;
     }
-    if (fchmod(fd, o->mode & 07777) != 0) {
+    /* not a memfd: reachable only through its descriptors (a process's
+     * /proc/<pid>/fd needs ptrace access to it), it keeps its default mode,
+     * so that a process that inherits the fd under another uid, or after
+     * dropping privileges, can open it again for its locks (fq_reopen) */
+    if (path && fchmod(fd, o->mode & 07777) != 0) {
         rc = fq_err(err, errlen, -errno, "fchmod %s: %s", what, strerror(errno));
         goto fail;
     }
@@ -554,21 +595,19 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     }
     if (tmp[0])
         unlink(tmp);
-    int lfd = fq_reopen(fd, path);
-    if (lfd < 0) {
-        munmap(base, size);
-        close(fd);
-        return fq_err(err, errlen, lfd, "cannot open %s again for its locks: %s",
-                      path ? path : "an anonymous segment", strerror(-lfd));
-    }
-    fq_queue *q = fq_handle_new(fd, lfd, base, size);
+    fq_queue *q = fq_handle_new(fd, base, size);
     if (!q) {
         munmap(base, size);
-        close(lfd);
         close(fd);
         return fq_err(err, errlen, -ENOMEM, "out of memory");
     }
-    fq_handle_add(q);
+    rc = fq_handle_add(q, path);
+    if (rc < 0) {
+        fq_handle_free(q);
+        munmap(base, size);
+        close(fd);
+        return fq_reopen_err(err, errlen, rc, what);
+    }
     *out = q;
     return 0;
 fail:
@@ -591,6 +630,7 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
 int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t errlen)
 {
     pthread_once(&fq_once, fq_init_once);
+    const char *file = path; /* NULL: only the descriptor reaches the file */
     if (!path)
         path = "an anonymous segment";
     /* the handle owns a copy: the caller keeps fd_in */
@@ -705,17 +745,9 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
             (unsigned long long)rel, (unsigned long long)hd, (unsigned long long)tl);
     }
 #undef BAD
-    int lfd = fq_reopen(fd, path);
-    if (lfd < 0) {
-        munmap(base, h.file_size);
-        rc = fq_err(err, errlen, lfd, "cannot open %s again for its locks: %s", path,
-                    strerror(-lfd));
-        goto fail;
-    }
-    fq_queue *q = fq_handle_new(fd, lfd, base, h.file_size);
+    fq_queue *q = fq_handle_new(fd, base, h.file_size);
     if (!q) {
         munmap(base, h.file_size);
-        close(lfd);
         rc = fq_err(err, errlen, -ENOMEM, "out of memory");
         goto fail;
     }
@@ -735,7 +767,13 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
     q->nsubs = subs;
     q->members = topic ? (fq_member *)(base + h.sub_offset) : NULL;
     q->groups = topic ? (fq_group *)(base + h.group_offset) : NULL;
-    fq_handle_add(q);
+    rc = fq_handle_add(q, file);
+    if (rc < 0) {
+        fq_handle_free(q);
+        munmap(base, h.file_size);
+        rc = fq_reopen_err(err, errlen, rc, path);
+        goto fail;
+    }
     *out = q;
     return 0;
 fail:
@@ -851,7 +889,6 @@ void fq_close(fq_queue *q)
 {
     if (!q)
         return;
-    fq_handle_remove(q);
     unsigned ep = atomic_load(&fq_fork_epoch);
     int s = atomic_load(&q->slot);
     if (s >= 0 && atomic_load(&q->epoch) == ep) {
@@ -866,10 +903,9 @@ void fq_close(fq_queue *q)
                                            FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
         }
     }
-    /* after the slot is FREE: closing drops its lock (see fq_slot_alive) */
-    int lfd = atomic_exchange(&q->lock_fd, -1);
-    if (lfd >= 0)
-        close(lfd);
+    /* after the slot is FREE: closing the lock descriptor drops its lock
+     * (see fq_slot_alive) */
+    fq_handle_remove(q);
     munmap(q->base, q->map_size);
     close(q->fd);
     free(q);

@@ -463,26 +463,64 @@ static uint64_t fq_tail_pair(fq_queue *q, uint64_t *cnt)
     return t;
 }
 
+/* Is a live publisher's put writing the region at x, below tail t (its
+ * header at x comes last)?  Its intent names x from before its tail CAS
+ * until it committed; a dead publisher's region waits for recovery. */
+static int fq_put_writing(fq_queue *q, uint64_t x, uint64_t t)
+{
+    for (uint32_t sl = 0; sl < q->nslots; sl++) {
+        uint64_t w = atomic_load(&q->slots[sl].word);
+        if (FQ_SLOT_KIND(w) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[sl].lane[l].prod;
+            unsigned ph = atomic_load(&in->state) & 3;
+            if ((ph == FQ_PH_CLAIMING || ph == FQ_PH_WON) && atomic_load(&in->pos) == x &&
+                atomic_load(&in->end) > x && atomic_load(&in->end) <= t)
+                return fq_slot_alive(q, sl, w, NULL);
+        }
+    }
+    return 0;
+}
+
 /*
  * The index of the first message at or after pos (the count at tail if no
  * message is there yet), or UINT64_MAX if it cannot be known: release passed
  * pos meanwhile (the caller may look again from the new release), a region
- * whose headers are not written yet, or an impossible record.  A WRITING or
- * COMMITTED record must hold its whole index prefix, as the read path
- * requires (fq_sub_begin): fq_span then keeps the prefix inside the ring.
+ * without a header that no live publisher is writing (a killed one's, until
+ * recovery) or one still being written after the wait below, or an
+ * impossible record.  A WRITING or COMMITTED record must hold its whole
+ * index prefix, as the read path requires (fq_sub_begin): fq_span then keeps
+ * the prefix inside the ring.  The walk is bounded by the ring, not by a
+ * count of records: any number of SKIP or ABANDONED records may come first.
  */
 static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
 {
     fq_ctrl *c = q->ctrl;
     uint64_t start = pos;
-    for (int i = 0; i < 1024; i++) {
+    long wait_ns = 0;
+    while (pos - start < q->cap) {
         uint64_t cnt, t = fq_tail_pair(q, &cnt);
         if (pos >= t)
             return pos == t ? cnt : UINT64_MAX;
         fq_rec *r = fq_rec_at(q, pos);
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
-        if (!fq_match(q, pos, w))
-            return UINT64_MAX;
+        if (!fq_match(q, pos, w)) {
+            /* below tail and no header: a live put between its tail CAS
+             * and its header (its index is known once the header is
+             * there): wait for it, with a bounded backoff (about 1 s in
+             * all: its publisher may be stopped); else give up (overwritten:
+             * release moved; a dead publisher's; a corrupt segment) */
+            if (atomic_load(&c->release) > start || wait_ns >= 1000000000L ||
+                !fq_put_writing(q, pos, t))
+                return UINT64_MAX;
+            FQ_CRASH_POINT("first_index_unwritten");
+            long step = wait_ns < 1000 ? 1000 : wait_ns < 1000000 ? wait_ns : 1000000;
+            struct timespec ts = {0, step};
+            nanosleep(&ts, NULL);
+            wait_ns += step;
+            continue;
+        }
         uint32_t len = r->len;
         uint64_t span = fq_span(q, pos, w, len);
         if (!span)
@@ -502,7 +540,7 @@ static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
         }
         pos += span;
     }
-    return UINT64_MAX;
+    return UINT64_MAX; /* a lap from start: release moved past it */
 }
 
 int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **out, char *err,
@@ -767,7 +805,9 @@ static int fq_group_drained(fq_sub *s)
     return 1;
 }
 
-/* Take over a claim a dead (or departed) member of our group left. */
+/* Take over a claim a dead (or departed) member of our group left: FQ_OK,
+ * FQ_EMPTY (none left), or -errno if this handle cannot take the segment lock
+ * (then nothing is changed: the caller must not claim past the orphan). */
 static int fq_take_orphan(fq_sub *s, fq_claim *c)
 {
     fq_queue *q = s->q;
@@ -776,7 +816,9 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
     /* wait for the lock (its holders do short work): giving up would let
      * the caller claim past the orphan from the head, and count the
      * orphan's messages as lost (drop) or report ShutDown without them */
-    fq_lock_wait(q);
+    int rc = fq_lock_wait(q);
+    if (rc)
+        return rc; /* not held: nothing to drop */
     /* the lock may have been taken from a holder killed mid-change (a taker
      * killed between covering an orphan and freeing it): repair first */
     fq_topic_reap(q);
@@ -840,8 +882,11 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         max_n = 1;
     int strict = (max_bytes & FQ_BYTES_STRICT) != 0;
     max_bytes &= ~FQ_BYTES_STRICT;
-    if (atomic_load_explicit(&g->orphans, RLX) && fq_take_orphan(s, c) == FQ_OK)
-        return FQ_OK;
+    if (atomic_load_explicit(&g->orphans, RLX)) {
+        int rc = fq_take_orphan(s, c);
+        if (rc != FQ_EMPTY)
+            return rc; /* taken, or an error (never claim past an orphan) */
+    }
     uint32_t myid = s->m + 1;
     for (;;) {
         fq_head H = fq_head_read(g);
