@@ -17,7 +17,6 @@ Races are made deterministic with the pause points of fq_segment.c.
 import os
 import select
 import struct
-import sys
 import threading
 import time
 
