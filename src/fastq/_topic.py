@@ -1,25 +1,30 @@
-"""fastq.Topic: publish once, every subscription receives (the public API
-over fastq._core; the design is in csrc/fq_topic.c and the README)."""
+"""fastq.Topic and fastq.Subscription: publish once, every subscription
+receives (the design is in csrc/fq_topic.c and the README).  The hot
+methods are the compiled base classes' (fastq._core.TopicSegment for
+publish; the subscription's members for get and receive)."""
 from __future__ import annotations
 
 import functools
 import os
 import uuid
 import weakref
-from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
+from typing import Any, Iterator, List, NamedTuple, Optional
 
 from . import _core
-from ._errors import ShutDown, SubscriberLimit
-from ._queue import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, _check_int, _Default, _given, _Handle,
-                     _make_serializer, _vetted, _where)
+from ._errors import SubscriberLimit
+from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
+                       _check_int, _Default, _given, iterate)
+from ._serializers import make_serializer
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
-_KIND_ANON, _KIND_GROUP, _KIND_DURABLE, _MUST_EXIST = 0, 1, 2, 16
-_FLAG_DURABLE, _FLAG_GROUP, _FLAG_ANON = 1, 2, 4
-_STARTS = {"latest": 0, "earliest": 1}
-#: most unacknowledged deliveries per Subscription (each holds a subscriber entry)
-MAX_PREFETCH = 64
+_KIND_ANON, _KIND_GROUP, _KIND_DURABLE = _core.SUB_ANON, _core.SUB_GROUP, _core.SUB_DURABLE
+_MUST_EXIST = _core.SUB_MUST_EXIST
+_FLAG_DURABLE, _FLAG_GROUP = _core.GRP_DURABLE, _core.GRP_GROUP
+_STARTS = {"latest": _core.START_LATEST, "earliest": _core.START_EARLIEST}
+#: most unacknowledged deliveries per Subscription (each holds a subscriber
+#: entry); a Queue handle's bound is _core.MAX_PREFETCH, a process's lanes
+MAX_PREFETCH = _core.SUB_MAX_PREFETCH
 # defaults, told apart from the same values given explicitly (see _queue._Default)
 _OVERFLOW: Any = _Default("block")
 _MAX_SUBSCRIBERS: Any = _Default(64)
@@ -43,7 +48,7 @@ class SubscriberInfo(NamedTuple):
     ``Subscription.lag``)."""
 
 
-class Topic(_Handle):
+class Topic(_core.TopicSegment, SegmentHandle):
     """Publish/subscribe in a shared-memory segment: every subscription
     receives every message published after it subscribed.
 
@@ -87,15 +92,13 @@ class Topic(_Handle):
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
                  _how: str = "open_or_create", _vetted: Optional[tuple] = None):
         self._ser_spec = serializer
-        self._ser = _make_serializer(serializer)
+        self._ser = make_serializer(serializer)
         self._trusted = trusted
         if _given(overflow) not in ("block", "drop"):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
-        _check_int("max_subscribers", _given(max_subscribers), 1, 4096)
+        _check_int("max_subscribers", _given(max_subscribers), 1, _core.MAX_SUBS)
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
                      (1, overflow, max_subscribers), trusted, _vetted)
-        seg = self._seg
-        self.publish, self.publish_many = seg.put, seg.put_many
 
     @classmethod
     def create(cls, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY,
@@ -110,30 +113,7 @@ class Topic(_Handle):
         return cls(name, _how="open", **kwargs)
 
     def __reduce__(self):
-        spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_reopen, (_where(self, "topic"), self._name, spec, self._trusted,
-                          _vetted(self)))
-
-    # ---- publishing ---------------------------------------------------------
-
-    def publish(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        """Publish obj to every subscription.
-
-        In an ``overflow="block"`` topic, waits while the slowest live
-        subscriber's unread messages fill the ring (up to ``timeout``, then
-        ``queue.Full``).  A ``"drop"`` topic never waits for subscribers.
-        Raises ``MessageTooLarge`` and, after :meth:`shutdown`, ``ShutDown``.
-        """
-        self._seg.put(obj, block, timeout)
-
-    def publish_nowait(self, obj: Any) -> None:
-        """``publish(obj, block=False)``."""
-        self._seg.put(obj, False, None)
-
-    def publish_many(self, items: Iterable[Any], block: bool = True,
-                     timeout: Optional[float] = None) -> int:
-        """Publish every item in order (batched); returns how many."""
-        return self._seg.put_many(items, block, timeout)
+        return (_reopen, self._reduce_args("topic"))
 
     # ---- subscribing --------------------------------------------------------
 
@@ -159,11 +139,11 @@ class Topic(_Handle):
         """
         if not isinstance(prefetch, int) or isinstance(prefetch, bool):
             raise ValueError(f"prefetch must be an int, not {prefetch!r}")
-        top = min(MAX_PREFETCH, self._seg.max_subscribers)
+        top = min(MAX_PREFETCH, self.max_subscribers)
         if not 1 <= prefetch <= top:
             raise ValueError(f"prefetch must be in 1..{top} (at most {MAX_PREFETCH}, and at "
                              f"most the topic's max_subscribers), not {prefetch!r}")
-        if prefetch > 1 and self._seg.is_drop:
+        if prefetch > 1 and self.is_drop:
             raise ValueError('a topic with overflow="drop" allows prefetch=1 only: each '
                              "unacknowledged delivery needs a group member of its own, and "
                              "a drop topic's subscription is one member (it counts its "
@@ -174,9 +154,10 @@ class Topic(_Handle):
             raise ValueError("a subscription has a group or a durable name, not both")
         for what, v in (("group", group), ("name", name)):
             if v is not None and (not isinstance(v, str) or not v
-                                  or len(v.encode()) > 63 or "\0" in v):
-                raise ValueError(f"{what} must be a non-empty str of at most 63 bytes, not {v!r}")
-        if group is not None and self._seg.is_drop:
+                                  or len(v.encode()) > _core.GROUP_NAME_MAX or "\0" in v):
+                raise ValueError(f"{what} must be a non-empty str of at most "
+                                 f"{_core.GROUP_NAME_MAX} bytes, not {v!r}")
+        if group is not None and self.is_drop:
             raise ValueError('a topic with overflow="drop" has no consumer groups '
                              "(a lapped group could not count its losses per member)")
         if name is not None:
@@ -196,7 +177,7 @@ class Topic(_Handle):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if "\0" in name:
             raise ValueError(f"name must not contain a NUL byte: {name!r}")
-        return self._seg.forget(name)
+        return self._forget(name)
 
     def subscribers(self) -> List[SubscriberInfo]:
         """One row per subscriber entry (and per durable name nobody is
@@ -204,7 +185,7 @@ class Topic(_Handle):
         each entry it holds (up to ``prefetch``), identical but for their
         number: the rows count the entries that ``max_subscribers`` bounds."""
         rows = []
-        for key, flags, pid, kind, alive, pos, lag, _got in self._seg.subscribers():
+        for key, flags, pid, kind, alive, pos, lag, _got in self._subscribers():
             rows.append(SubscriberInfo(
                 name=key if flags & _FLAG_DURABLE else None,
                 group=key if flags & _FLAG_GROUP else None,
@@ -216,18 +197,7 @@ class Topic(_Handle):
     @property
     def overflow(self) -> str:
         """``"block"`` or ``"drop"``."""
-        return "drop" if self._seg.is_drop else "block"
-
-    @property
-    def max_subscribers(self) -> int:
-        """Subscriber entries the topic holds."""
-        return self._seg.max_subscribers
-
-    def shutdown(self, immediate: bool = False) -> None:
-        """Shut the topic down for every process: publishes raise ``ShutDown``;
-        subscriptions receive what is left, then raise ``ShutDown`` (at once
-        if ``immediate``); iteration over a subscription ends."""
-        self._seg.shutdown(immediate)
+        return "drop" if self.is_drop else "block"
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"capacity={self.capacity} overflow={self.overflow}"
@@ -347,12 +317,7 @@ class Subscription:
 
     def __iter__(self) -> Iterator[Any]:
         """Messages until the topic is shut down (and drained)."""
-        get = self.get
-        while True:
-            try:
-                yield get()
-            except ShutDown:
-                return
+        return iterate(self.get)
 
     # ---- status and lifecycle -----------------------------------------------------
 
@@ -435,7 +400,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
-    return topic._seg.subscribe(key, kind, start)
+    return topic._subscribe(key, kind, start)
 
 
 def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: int) -> Any:
