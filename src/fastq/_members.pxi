@@ -14,6 +14,7 @@ _UNACKED_ONE = ("1 delivery is unacknowledged, the prefetch bound of this subscr
 # keeps the segment mapped until then.  Cycles through a Subscriber still
 # break at the other objects in them (Segment, lists, instances).
 @cython.no_gc_clear
+@cython.final
 cdef class Subscriber:
     """One member entry of a topic group (fastq.Subscription keeps one, or a
     pool of up to its prefetch bound).  A member holds at most one claim, so
@@ -208,7 +209,7 @@ cdef class Subscriber:
             self._hold(c, 0, 0)
             raise
 
-    def get(self, bint block=True, timeout=None):
+    cdef object _get(self, bint block, object timeout):
         """Take the next message (see fastq.Subscription.get)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
@@ -228,8 +229,8 @@ cdef class Subscriber:
         finally:
             self._exit()
 
-    def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
-                 uint64_t max_bytes=BATCH_BYTES):
+    cdef object _get_many(self, Py_ssize_t max_messages, bint block, object timeout,
+                          uint64_t max_bytes):
         """Take 1..max_messages messages (see fastq.Subscription.get_many)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
@@ -279,7 +280,7 @@ cdef class Subscriber:
         finally:
             self._exit()
 
-    def receive(self, bint block=True, timeout=None):
+    cdef object _receive(self, bint block, object timeout):
         """Take the next message, kept until the Delivery is acked."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
@@ -429,39 +430,15 @@ cdef class SubscriberPool:
         for m in self._members:
             (<Subscriber>m)._wake()
 
-    def get(self, bint block=True, timeout=None):
+    cdef object _call(self, int op, Py_ssize_t max_messages, bint block, object timeout,
+                      uint64_t max_bytes):
+        """A call (op, see _member_call) of a member, made again with the
+        member picked next while it answers _REPICK."""
         cdef Subscriber m = self._enter()
         cdef double deadline = _deadline(block, timeout)
         try:
             while True:
-                out = m.get(block, timeout)
-                if out is not _REPICK:
-                    return out
-                timeout = _left(timeout, deadline)
-                m = self._repick()
-        finally:
-            self.busy = False
-
-    def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
-                 uint64_t max_bytes=BATCH_BYTES):
-        cdef Subscriber m = self._enter()
-        cdef double deadline = _deadline(block, timeout)
-        try:
-            while True:
-                out = m.get_many(max_messages, block, timeout, max_bytes)
-                if out is not _REPICK:
-                    return out
-                timeout = _left(timeout, deadline)
-                m = self._repick()
-        finally:
-            self.busy = False
-
-    def receive(self, bint block=True, timeout=None):
-        cdef Subscriber m = self._enter()
-        cdef double deadline = _deadline(block, timeout)
-        try:
-            while True:
-                out = m.receive(block, timeout)
+                out = _member_call(m, op, max_messages, block, timeout, max_bytes)
                 if out is not _REPICK:
                     return out
                 timeout = _left(timeout, deadline)
@@ -476,6 +453,122 @@ cdef class SubscriberPool:
         self.shut = True
         for m in self._members:
             (<Subscriber>m).close()
+
+
+cdef enum:
+    _GET, _GET_MANY, _RECEIVE
+
+
+cdef inline object _member_call(Subscriber m, int op, Py_ssize_t max_messages, bint block,
+                                object timeout, uint64_t max_bytes):
+    """Subscriber m's get, get_many or receive (op: _GET, _GET_MANY, _RECEIVE)."""
+    if op == _GET:
+        return m._get(block, timeout)
+    if op == _GET_MANY:
+        return m._get_many(max_messages, block, timeout, max_bytes)
+    return m._receive(block, timeout)
+
+
+cdef class SubscriptionBase:
+    """What fastq.Subscription subclasses: its calls go to its member
+    (prefetch 1) or to its pool of members.  A forked child's first call
+    joins the group with a member of its own (_join, in Python), as a
+    pickled subscription does: the members it inherited are its parent's."""
+    cdef Subscriber _sub        # its first member: lag, dropped, closed
+    cdef readonly SubscriberPool _pool   # prefetch > 1: the pool grown from _sub
+    cdef unsigned _epoch        # fq_epoch() when the members joined
+
+    def _use(self, Subscriber sub, SubscriberPool pool):
+        """Use sub (a new member) and, for prefetch > 1, the pool grown from it."""
+        self._sub = sub
+        self._pool = pool
+        self._epoch = fq_epoch()
+
+    cdef object _call(self, int op, Py_ssize_t max_messages, bint block, object timeout,
+                      uint64_t max_bytes):
+        if self._epoch != fq_epoch() and not self._sub.closed:
+            self._join()  # forked: the members are the parent's
+        if self._pool is None:
+            return _member_call(self._sub, op, max_messages, block, timeout, max_bytes)
+        return self._pool._call(op, max_messages, block, timeout, max_bytes)
+
+    def get(self, bint block=True, timeout=None):
+        """The next message.  Blocks while there is none (up to ``timeout``,
+        then ``queue.Empty``); once the topic is shut down and this
+        subscription has received everything, raises ``ShutDown``.  While
+        ``prefetch`` deliveries are unacknowledged, raises ``RuntimeError``
+        (see :meth:`receive`)."""
+        if self._pool is None and self._epoch == fq_epoch():  # the common case, direct
+            return self._sub._get(block, timeout)
+        return self._call(_GET, 1, block, timeout, 0)
+
+    def get_nowait(self):
+        """``get(block=False)``."""
+        return self._call(_GET, 1, False, None, 0)
+
+    def get_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
+                 uint64_t max_bytes=BATCH_BYTES):
+        """1 to ``max_messages`` messages: waits like :meth:`get` for the
+        first, then takes what is already there (up to ``max_bytes`` of
+        payload in all; the first is returned whatever its size)."""
+        return self._call(_GET_MANY, max_messages, block, timeout, max_bytes)
+
+    def receive(self, bint block=True, timeout=None):
+        """The next message with acknowledged delivery (a :class:`fastq.Delivery`).
+
+        Until ``ack()`` the message stays claimed by this subscription; if its
+        process dies, it goes to another member of the group (or the next
+        subscriber of a durable name) with ``redelivered`` true.
+        ``nack(requeue=True)`` makes the next ``receive()`` (or ``get()``) of
+        this subscription return it again (``redelivered``); closing the
+        subscription leaves it to the group.  In an ``overflow="block"``
+        topic an unacknowledged delivery holds publishers back once the ring
+        fills.
+
+        Up to ``prefetch`` deliveries (see :meth:`Topic.subscribe`) may be
+        unacknowledged at once; they come in order and may be settled in any
+        order, from any thread.  With ``prefetch`` of them unacknowledged,
+        ``receive()``, ``get()`` and ``get_many()`` raise ``RuntimeError``
+        (naming the bound) at once, without waiting: ack or nack one first.
+        Each delivery in flight holds an entry of the topic's subscriber
+        table: if the subscription needs one more entry and every one is
+        taken, it raises ``SubscriberLimit`` (a ``RuntimeError``) and stays
+        usable.  (Messages that ``get_many()`` gave back, after a message it
+        could not deserialize or an interrupt, come one delivery at a time:
+        until it is settled the next call raises ``RuntimeError``.)
+        """
+        return self._call(_RECEIVE, 1, block, timeout, 0)
+
+    @property
+    def lag(self):
+        """Messages published that this subscription's group is still to deliver:
+        not taken yet, or given back (``nack()``, a member's ``close()`` or death);
+        not a delivery received and not yet settled."""
+        return self._sub.lag
+
+    @property
+    def dropped(self):
+        """Messages this subscription lost to lapping (``overflow="drop"``;
+        a message whose publisher was killed mid-publish counts too)."""
+        return self._sub.dropped
+
+    @property
+    def closed(self):
+        """True once closed (or its topic handle was closed)."""
+        return self._sub.closed
+
+    def close(self):
+        """Leave: a durable name keeps its position; a plain subscription's
+        group goes away with its last member.  Unacknowledged deliveries go
+        back to the group (redelivered to another member, or to the next
+        subscriber of a durable name); every entry of the subscriber table
+        the subscription held is freed.  May be called from any thread: a
+        call waiting in the subscription raises ``ValueError`` at once (one
+        in progress finishes, then the entry it used is freed)."""
+        if self._pool is None:
+            self._sub.close()
+        else:
+            self._pool.close()
 
 
 cdef double _deadline(bint block, object timeout) except? -1:

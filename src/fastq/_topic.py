@@ -7,8 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-import weakref
-from typing import Any, Iterator, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional
 
 from . import _core
 from ._errors import SubscriberLimit
@@ -204,7 +203,7 @@ class Topic(_core.TopicSegment, SegmentHandle):
         return f"<fastq.Topic {self._name!r} {state}>"
 
 
-class Subscription:
+class Subscription(_core.SubscriptionBase):
     """A subscription to a :class:`Topic` (from :meth:`Topic.subscribe`).
 
     A subscription is for one thread at a time (its deliveries may be acked
@@ -223,97 +222,34 @@ class Subscription:
         self._key, self._kind = key, kind & ~_MUST_EXIST
         self._prefetch = prefetch
         self._member(_core_subscribe(topic, key, kind, start))
-        _live.add(self)
 
     def _member(self, sub: Any) -> None:
         """Use sub, a member of the group (a C entry that holds one claim at
-        a time), and the pool grown from it."""
-        self._sub = sub
-        if self._prefetch == 1:
-            self._via = self._sub
-        else:
+        a time), and, for prefetch > 1, the pool grown from it."""
+        pool = None
+        if self._prefetch > 1:
             # a pool of members, joined as deliveries are held (no reference
             # to self: a dropped subscription leaves at once, not at a GC)
-            self._via = _core.SubscriberPool(self._sub, self._prefetch, functools.partial(
+            pool = _core.SubscriberPool(sub, self._prefetch, functools.partial(
                 _join_member, self._topic, self._key, self._kind, self._prefetch,
                 os.getpid()))
-        # The hot calls go straight to the compiled object: a Python-level
-        # wrapper would double their cost.  The methods below document them.
-        via = self._via
-        self.get, self.get_many, self.receive = via.get, via.get_many, via.receive
-
-    def _forked(self) -> None:
-        """In a forked child: the members are the parent's.  The first call
-        joins the group with a member of this process, as a pickled
-        subscription does (so a subscription passed to a fork child in
-        Process(args=...) works as under spawn); until then nothing is done."""
-        if self._sub.closed:
-            return
-        self.get, self.get_many, self.receive = self._join_get, self._join_get_many, \
-            self._join_receive
+        self._use(sub, pool)
 
     def _join(self) -> None:
+        """In a forked child, at its first call (SubscriptionBase): join the
+        group with a member of this process, as a pickled subscription does
+        (so a subscription passed to a fork child in Process(args=...) works
+        as under spawn)."""
         kind = self._kind | (_MUST_EXIST if self._kind == _KIND_ANON else 0)
         self._member(_core_subscribe(self._topic, self._key, kind, 0))
 
-    def _join_get(self, *args: Any, **kwargs: Any) -> Any:
-        self._join()
-        return self.get(*args, **kwargs)
-
-    def _join_get_many(self, *args: Any, **kwargs: Any) -> Any:
-        self._join()
-        return self.get_many(*args, **kwargs)
-
-    def _join_receive(self, *args: Any, **kwargs: Any) -> Any:
-        self._join()
-        return self.receive(*args, **kwargs)
-
-    # ---- receiving --------------------------------------------------------------
-
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        """The next message.  Blocks while there is none (up to ``timeout``,
-        then ``queue.Empty``); once the topic is shut down and this
-        subscription has received everything, raises ``ShutDown``.  While
-        ``prefetch`` deliveries are unacknowledged, raises ``RuntimeError``
-        (see :meth:`receive`)."""
-        return self._via.get(block, timeout)
-
-    def get_nowait(self) -> Any:
-        """``get(block=False)``."""
-        return self.get(False, None)
-
-    def get_many(self, max_messages: int = 1024, block: bool = True,
-                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]:
-        """1 to ``max_messages`` messages: waits like :meth:`get` for the
-        first, then takes what is already there (up to ``max_bytes`` of
-        payload in all; the first is returned whatever its size)."""
-        return self._via.get_many(max_messages, block, timeout, max_bytes)
-
-    def receive(self, block: bool = True, timeout: Optional[float] = None) -> "_core.Delivery":
-        """The next message with acknowledged delivery (a :class:`fastq.Delivery`).
-
-        Until ``ack()`` the message stays claimed by this subscription; if its
-        process dies, it goes to another member of the group (or the next
-        subscriber of a durable name) with ``redelivered`` true.
-        ``nack(requeue=True)`` makes the next ``receive()`` (or ``get()``) of
-        this subscription return it again (``redelivered``); closing the
-        subscription leaves it to the group.  In an ``overflow="block"``
-        topic an unacknowledged delivery holds publishers back once the ring
-        fills.
-
-        Up to ``prefetch`` deliveries (see :meth:`Topic.subscribe`) may be
-        unacknowledged at once; they come in order and may be settled in any
-        order, from any thread.  With ``prefetch`` of them unacknowledged,
-        ``receive()``, ``get()`` and ``get_many()`` raise ``RuntimeError``
-        (naming the bound) at once, without waiting: ack or nack one first.
-        Each delivery in flight holds an entry of the topic's subscriber
-        table: if the subscription needs one more entry and every one is
-        taken, it raises ``SubscriberLimit`` (a ``RuntimeError``) and stays
-        usable.  (Messages that ``get_many()`` gave back, after a message it
-        could not deserialize or an interrupt, come one delivery at a time:
-        until it is settled the next call raises ``RuntimeError``.)
-        """
-        return self._via.receive(block, timeout)
+    if TYPE_CHECKING:  # the compiled methods, typed (docs: _core.SubscriptionBase)
+        def get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+        def get_nowait(self) -> Any: ...
+        def get_many(self, max_messages: int = 1024, block: bool = True,
+                     timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]: ...
+        def receive(self, block: bool = True,
+                    timeout: Optional[float] = None) -> "_core.Delivery": ...
 
     def __iter__(self) -> Iterator[Any]:
         """Messages until the topic is shut down (and drained)."""
@@ -325,19 +261,6 @@ class Subscription:
     def prefetch(self) -> int:
         """The most unacknowledged deliveries this subscription may hold."""
         return self._prefetch
-
-    @property
-    def lag(self) -> int:
-        """Messages published that this subscription's group is still to deliver:
-        not taken yet, or given back (``nack()``, a member's ``close()`` or death);
-        not a delivery received and not yet settled."""
-        return self._sub.lag
-
-    @property
-    def dropped(self) -> int:
-        """Messages this subscription lost to lapping (``overflow="drop"``;
-        a message whose publisher was killed mid-publish counts too)."""
-        return self._sub.dropped
 
     @property
     def name(self) -> Optional[str]:
@@ -353,21 +276,6 @@ class Subscription:
     def topic(self) -> Topic:
         """The topic."""
         return self._topic
-
-    @property
-    def closed(self) -> bool:
-        """True once closed (or its topic handle was closed)."""
-        return self._sub.closed
-
-    def close(self) -> None:
-        """Leave: a durable name keeps its position; a plain subscription's
-        group goes away with its last member.  Unacknowledged deliveries go
-        back to the group (redelivered to another member, or to the next
-        subscriber of a durable name); every entry of the subscriber table
-        the subscription held is freed.  May be called from any thread: a
-        call waiting in the subscription raises ``ValueError`` at once (one
-        in progress finishes, then the entry it used is freed)."""
-        self._via.close()
 
     def __enter__(self) -> "Subscription":
         return self
@@ -385,18 +293,6 @@ class Subscription:
             what += f" prefetch={self._prefetch}"
         state = "closed" if self.closed else f"lag={self.lag}"
         return f"<fastq.Subscription {what} of {self._topic.name!r} {state}>"
-
-
-#: open subscriptions of this process, told when it forks (see Subscription._forked)
-_live: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for sub in list(_live):
-        sub._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
