@@ -123,8 +123,8 @@ void fq_wake(fq_queue *q, int what);
  * and padding; a topic's records carry a prefix on top). */
 uint64_t fq_record_size(uint64_t len);
 /* The need to pass fq_wait(q, FQ_WAIT_SPACE, need, ...) for one claim of
- * the n records of these payload lengths (as fq_put_begin takes them): the
- * payload of one record as large as all of them. */
+ * the n >= 1 records of these payload lengths (as fq_put_begin takes them):
+ * the payload of one record as large as all of them. */
 uint64_t fq_put_need(const uint64_t *lens, size_t n);
 
 /* Status */
