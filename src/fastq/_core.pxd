@@ -120,6 +120,7 @@ cdef extern from "fq_layout.h":
     # limits and the flags of a topic group (fq_sub_info.flags)
     enum:
         FQ_MAX_HELD
+        FQ_MIN_CAPACITY
         FQ_MAX_SLOTS
         FQ_MAX_SUBS
         FQ_GROUP_NAME

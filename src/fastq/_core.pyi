@@ -113,6 +113,7 @@ class Delivery:
 
 MAX_PREFETCH: int
 SUB_MAX_PREFETCH: int
+MIN_CAPACITY: int
 MAX_SLOTS: int
 MAX_SUBS: int
 GROUP_NAME_MAX: int

@@ -45,6 +45,7 @@ MAX_PREFETCH = FQ_MAX_HELD
 SUB_MAX_PREFETCH = FQ_SUB_MAX_PREFETCH
 # limits of the options, and the kinds and flags of topic groups (fastq.h,
 # fq_layout.h): the Python API checks arguments against them
+MIN_CAPACITY = FQ_MIN_CAPACITY
 MAX_SLOTS = FQ_MAX_SLOTS
 MAX_SUBS = FQ_MAX_SUBS
 GROUP_NAME_MAX = FQ_GROUP_NAME - 1     # bytes, without the NUL

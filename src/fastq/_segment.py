@@ -219,7 +219,8 @@ class SegmentHandle:
             if isinstance(given, _Default) or given is None:
                 continue
             if opt == "capacity":  # the ring is the capacity rounded up (fq_create)
-                same = existing >= given and (existing // 2 < given or existing == 4096)
+                same = existing >= given and (existing // 2 < given
+                                               or existing == _core.MIN_CAPACITY)
             else:
                 same = given == existing
             if not same:
