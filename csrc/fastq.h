@@ -119,6 +119,17 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin
  * may hold now.  For a caller that cannot cheaply release a lock (the GIL)
  * before a short wait. */
 int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns);
+/* Wake this segment's sleepers on one side (FQ_WAIT_DATA, FQ_WAIT_SPACE;
+ * -1: both), in every process: e.g. to make a thread of this process that
+ * sleeps in fq_wait or fq_sub_wait look again at why it waits. */
+void fq_wake(fq_queue *q, int what);
+/* Ring bytes one record of len payload bytes takes in a queue (its header
+ * and padding; a topic's records carry a prefix on top). */
+uint64_t fq_record_size(uint64_t len);
+/* The need to pass fq_wait(q, FQ_WAIT_SPACE, need, ...) for one claim of
+ * the n >= 1 records of these payload lengths (as fq_put_begin takes them):
+ * the payload of one record as large as all of them. */
+uint64_t fq_put_need(const uint64_t *lens, size_t n);
 
 /* Status */
 /* Messages put and not yet freed: what gets can take plus fq_unacked(). */
@@ -171,6 +182,10 @@ unsigned fq_epoch(void);
 typedef struct fq_sub fq_sub;
 enum { FQ_SUB_ANON = 0, FQ_SUB_GROUP = 1, FQ_SUB_DURABLE = 2 };
 #define FQ_SUB_MUST_EXIST 16 /* or-ed into kind: join an existing group only */
+/* The most members one subscription of the binding may use at once (its
+ * prefetch: each unacknowledged delivery holds a member, which holds one
+ * claim); a topic's max_subs bounds it too. */
+#define FQ_SUB_MAX_PREFETCH 64
 enum { FQ_START_LATEST = 0, FQ_START_EARLIEST = 1 };
 
 int fq_is_topic(fq_queue *q);
@@ -193,6 +208,11 @@ void fq_unsubscribe(fq_sub *s);
 int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c);
 /* The next message of the claim; sets c->msg_pos and c->msg_idx. */
 int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len);
+/* Count the message fq_sub_next returned last as returned (c->kept,
+ * c->idx): what fq_sub_intact does to a message found intact.  For a
+ * caller that knows it is (nothing overwrites a block topic's messages), or
+ * that counts it consumed anyway (it could not be deserialized). */
+#define fq_claim_keep(c) ((c)->kept++, (c)->idx = (c)->msg_idx)
 /* After copying the message fq_sub_next returned: 1 if it is intact (a
  * drop topic's publisher may have overwritten it during the copy). */
 int fq_sub_intact(fq_sub *s, fq_claim *c);

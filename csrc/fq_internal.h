@@ -147,7 +147,6 @@ void fq_topic_tables_changed(fq_queue *q); /* before the lock is dropped */
 
 int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
 void fq_lane_put(fq_queue *q, int lane);
-void fq_wake(fq_queue *q, int what);
 void fq_sweep(fq_queue *q);
 int fq_has_requeued(fq_queue *q);
 int fq_drained(fq_queue *q, uint64_t h);

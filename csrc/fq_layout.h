@@ -110,6 +110,11 @@
 #define FQ_TOPIC_PREFIX 16u
 #define FQ_MAX_SUBS 4096u
 #define FQ_LANES 8u
+/* unacknowledged deliveries (queue claims kept open across calls) one
+ * process may hold: a lane each, and one lane left for its other calls
+ * (the binding enforces it: fq_put_begin/fq_get_begin would return
+ * FQ_EBUSY while every lane is held) */
+#define FQ_MAX_HELD (FQ_LANES - 1)
 #define FQ_MAX_SLOTS 1024u
 #define FQ_REC_HDR 16u
 #define FQ_MIN_CAPACITY 4096u

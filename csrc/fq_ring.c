@@ -762,3 +762,16 @@ void fq_stats(fq_queue *q, uint64_t out[8])
     out[6] = c->creator_pid;
     out[7] = c->created_ns;
 }
+
+uint64_t fq_record_size(uint64_t len)
+{
+    return fq_rec_size(len);
+}
+
+uint64_t fq_put_need(const uint64_t *lens, size_t n)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += fq_rec_size(lens[i]);
+    return total - FQ_REC_HDR; /* fq_wait adds one header back */
+}

@@ -7,7 +7,9 @@
 """
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown, SubscriberLimit
 from ._core import Delivery
-from ._queue import JoinableQueue, PickleSerializer, Queue, RawSerializer, segment_path
+from ._naming import segment_path
+from ._serializers import PickleSerializer, RawSerializer
+from ._queue import JoinableQueue, Queue
 from ._topic import SubscriberInfo, Subscription, Topic
 from ._workers import RemoteTraceback, WorkerLost
 from ._pool import AsyncResult, Executor, Pool

@@ -1,4 +1,6 @@
-# Declarations of the C core (csrc/fastq.h) for the Cython binding.
+# Declarations of the C core for the Cython binding: its API (csrc/fastq.h)
+# and the limits and table flags of its layout (csrc/fq_layout.h), never
+# its internals (fq_internal.h).
 from libc.stdint cimport uint32_t, uint64_t
 
 cdef extern from "fastq.h" nogil:
@@ -18,7 +20,14 @@ cdef extern from "fastq.h" nogil:
         FQ_ELOST
         FQ_WAIT_DATA
         FQ_WAIT_SPACE
-    uint64_t FQ_BYTES_STRICT
+    enum:
+        FQ_SUB_ANON
+        FQ_SUB_GROUP
+        FQ_SUB_DURABLE
+        FQ_SUB_MUST_EXIST
+        FQ_START_LATEST
+        FQ_START_EARLIEST
+        FQ_SUB_MAX_PREFETCH
 
     ctypedef struct fq_queue:
         pass
@@ -52,6 +61,9 @@ cdef extern from "fastq.h" nogil:
     void fq_get_abort(fq_queue *q, fq_claim *c)
     void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
+    void fq_wake(fq_queue *q, int what)
+    uint64_t fq_record_size(uint64_t len)
+    uint64_t fq_put_need(const uint64_t *lens, size_t n)
     int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
     uint64_t fq_qsize(fq_queue *q)
     uint64_t fq_unacked(fq_queue *q)
@@ -91,6 +103,7 @@ cdef extern from "fastq.h" nogil:
     void fq_unsubscribe(fq_sub *s)
     int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
     int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
+    void fq_claim_keep(fq_claim *c)
     int fq_sub_intact(fq_sub *s, fq_claim *c)
     void fq_sub_end(fq_sub *s, fq_claim *c)
     void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t frm, int redelivered)
@@ -101,3 +114,16 @@ cdef extern from "fastq.h" nogil:
     uint32_t fq_sub_index(fq_sub *s)
     int fq_topic_forget(fq_queue *q, const char *name)
     int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
+
+
+cdef extern from "fq_layout.h":
+    # limits and the flags of a topic group (fq_sub_info.flags)
+    enum:
+        FQ_MAX_HELD
+        FQ_MIN_CAPACITY
+        FQ_MAX_SLOTS
+        FQ_MAX_SUBS
+        FQ_GROUP_NAME
+        FQ_GRP_DURABLE
+        FQ_GRP_GROUP
+        FQ_GRP_ANON

@@ -1,25 +1,29 @@
-"""fastq.Topic: publish once, every subscription receives (the public API
-over fastq._core; the design is in csrc/fq_topic.c and the README)."""
+"""fastq.Topic and fastq.Subscription: publish once, every subscription
+receives (the design is in csrc/fq_topic.c and the README).  The hot
+methods are the compiled base classes' (fastq._core.TopicSegment for
+publish; the subscription's members for get and receive)."""
 from __future__ import annotations
 
 import functools
 import os
 import uuid
-import weakref
-from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional
 
 from . import _core
-from ._errors import ShutDown, SubscriberLimit
-from ._queue import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, _check_int, _Default, _given, _Handle,
-                     _make_serializer, _vetted, _where)
+from ._errors import SubscriberLimit
+from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
+                       _check_int, _Default, _given, iterate)
+from ._serializers import make_serializer
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
-_KIND_ANON, _KIND_GROUP, _KIND_DURABLE, _MUST_EXIST = 0, 1, 2, 16
-_FLAG_DURABLE, _FLAG_GROUP, _FLAG_ANON = 1, 2, 4
-_STARTS = {"latest": 0, "earliest": 1}
-#: most unacknowledged deliveries per Subscription (each holds a subscriber entry)
-MAX_PREFETCH = 64
+_KIND_ANON, _KIND_GROUP, _KIND_DURABLE = _core.SUB_ANON, _core.SUB_GROUP, _core.SUB_DURABLE
+_MUST_EXIST = _core.SUB_MUST_EXIST
+_FLAG_DURABLE, _FLAG_GROUP = _core.GRP_DURABLE, _core.GRP_GROUP
+_STARTS = {"latest": _core.START_LATEST, "earliest": _core.START_EARLIEST}
+#: most unacknowledged deliveries per Subscription (each holds a subscriber
+#: entry); a Queue handle's bound is _core.MAX_PREFETCH, a process's lanes
+MAX_PREFETCH = _core.SUB_MAX_PREFETCH
 # defaults, told apart from the same values given explicitly (see _queue._Default)
 _OVERFLOW: Any = _Default("block")
 _MAX_SUBSCRIBERS: Any = _Default(64)
@@ -43,7 +47,7 @@ class SubscriberInfo(NamedTuple):
     ``Subscription.lag``)."""
 
 
-class Topic(_Handle):
+class Topic(_core.TopicSegment, SegmentHandle):
     """Publish/subscribe in a shared-memory segment: every subscription
     receives every message published after it subscribed.
 
@@ -87,15 +91,13 @@ class Topic(_Handle):
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
                  _how: str = "open_or_create", _vetted: Optional[tuple] = None):
         self._ser_spec = serializer
-        self._ser = _make_serializer(serializer)
+        self._ser = make_serializer(serializer)
         self._trusted = trusted
         if _given(overflow) not in ("block", "drop"):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
-        _check_int("max_subscribers", _given(max_subscribers), 1, 4096)
+        _check_int("max_subscribers", _given(max_subscribers), 1, _core.MAX_SUBS)
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
                      (1, overflow, max_subscribers), trusted, _vetted)
-        seg = self._seg
-        self.publish, self.publish_many = seg.put, seg.put_many
 
     @classmethod
     def create(cls, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY,
@@ -110,30 +112,7 @@ class Topic(_Handle):
         return cls(name, _how="open", **kwargs)
 
     def __reduce__(self):
-        spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_reopen, (_where(self, "topic"), self._name, spec, self._trusted,
-                          _vetted(self)))
-
-    # ---- publishing ---------------------------------------------------------
-
-    def publish(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
-        """Publish obj to every subscription.
-
-        In an ``overflow="block"`` topic, waits while the slowest live
-        subscriber's unread messages fill the ring (up to ``timeout``, then
-        ``queue.Full``).  A ``"drop"`` topic never waits for subscribers.
-        Raises ``MessageTooLarge`` and, after :meth:`shutdown`, ``ShutDown``.
-        """
-        self._seg.put(obj, block, timeout)
-
-    def publish_nowait(self, obj: Any) -> None:
-        """``publish(obj, block=False)``."""
-        self._seg.put(obj, False, None)
-
-    def publish_many(self, items: Iterable[Any], block: bool = True,
-                     timeout: Optional[float] = None) -> int:
-        """Publish every item in order (batched); returns how many."""
-        return self._seg.put_many(items, block, timeout)
+        return (_reopen, self._reduce_args("topic"))
 
     # ---- subscribing --------------------------------------------------------
 
@@ -159,11 +138,11 @@ class Topic(_Handle):
         """
         if not isinstance(prefetch, int) or isinstance(prefetch, bool):
             raise ValueError(f"prefetch must be an int, not {prefetch!r}")
-        top = min(MAX_PREFETCH, self._seg.max_subscribers)
+        top = min(MAX_PREFETCH, self.max_subscribers)
         if not 1 <= prefetch <= top:
             raise ValueError(f"prefetch must be in 1..{top} (at most {MAX_PREFETCH}, and at "
                              f"most the topic's max_subscribers), not {prefetch!r}")
-        if prefetch > 1 and self._seg.is_drop:
+        if prefetch > 1 and self.is_drop:
             raise ValueError('a topic with overflow="drop" allows prefetch=1 only: each '
                              "unacknowledged delivery needs a group member of its own, and "
                              "a drop topic's subscription is one member (it counts its "
@@ -174,9 +153,10 @@ class Topic(_Handle):
             raise ValueError("a subscription has a group or a durable name, not both")
         for what, v in (("group", group), ("name", name)):
             if v is not None and (not isinstance(v, str) or not v
-                                  or len(v.encode()) > 63 or "\0" in v):
-                raise ValueError(f"{what} must be a non-empty str of at most 63 bytes, not {v!r}")
-        if group is not None and self._seg.is_drop:
+                                  or len(v.encode()) > _core.GROUP_NAME_MAX or "\0" in v):
+                raise ValueError(f"{what} must be a non-empty str of at most "
+                                 f"{_core.GROUP_NAME_MAX} bytes, not {v!r}")
+        if group is not None and self.is_drop:
             raise ValueError('a topic with overflow="drop" has no consumer groups '
                              "(a lapped group could not count its losses per member)")
         if name is not None:
@@ -196,7 +176,7 @@ class Topic(_Handle):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if "\0" in name:
             raise ValueError(f"name must not contain a NUL byte: {name!r}")
-        return self._seg.forget(name)
+        return self._forget(name)
 
     def subscribers(self) -> List[SubscriberInfo]:
         """One row per subscriber entry (and per durable name nobody is
@@ -204,7 +184,7 @@ class Topic(_Handle):
         each entry it holds (up to ``prefetch``), identical but for their
         number: the rows count the entries that ``max_subscribers`` bounds."""
         rows = []
-        for key, flags, pid, kind, alive, pos, lag, _got in self._seg.subscribers():
+        for key, flags, pid, kind, alive, pos, lag, _got in self._subscribers():
             rows.append(SubscriberInfo(
                 name=key if flags & _FLAG_DURABLE else None,
                 group=key if flags & _FLAG_GROUP else None,
@@ -216,25 +196,14 @@ class Topic(_Handle):
     @property
     def overflow(self) -> str:
         """``"block"`` or ``"drop"``."""
-        return "drop" if self._seg.is_drop else "block"
-
-    @property
-    def max_subscribers(self) -> int:
-        """Subscriber entries the topic holds."""
-        return self._seg.max_subscribers
-
-    def shutdown(self, immediate: bool = False) -> None:
-        """Shut the topic down for every process: publishes raise ``ShutDown``;
-        subscriptions receive what is left, then raise ``ShutDown`` (at once
-        if ``immediate``); iteration over a subscription ends."""
-        self._seg.shutdown(immediate)
+        return "drop" if self.is_drop else "block"
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"capacity={self.capacity} overflow={self.overflow}"
         return f"<fastq.Topic {self._name!r} {state}>"
 
 
-class Subscription:
+class Subscription(_core.SubscriptionBase):
     """A subscription to a :class:`Topic` (from :meth:`Topic.subscribe`).
 
     A subscription is for one thread at a time (its deliveries may be acked
@@ -253,106 +222,38 @@ class Subscription:
         self._key, self._kind = key, kind & ~_MUST_EXIST
         self._prefetch = prefetch
         self._member(_core_subscribe(topic, key, kind, start))
-        _live.add(self)
 
     def _member(self, sub: Any) -> None:
         """Use sub, a member of the group (a C entry that holds one claim at
-        a time), and the pool grown from it."""
-        self._sub = sub
-        if self._prefetch == 1:
-            self._via = self._sub
-        else:
+        a time), and, for prefetch > 1, the pool grown from it."""
+        pool = None
+        if self._prefetch > 1:
             # a pool of members, joined as deliveries are held (no reference
             # to self: a dropped subscription leaves at once, not at a GC)
-            self._via = _core.SubscriberPool(self._sub, self._prefetch, functools.partial(
+            pool = _core.SubscriberPool(sub, self._prefetch, functools.partial(
                 _join_member, self._topic, self._key, self._kind, self._prefetch,
                 os.getpid()))
-        # The hot calls go straight to the compiled object: a Python-level
-        # wrapper would double their cost.  The methods below document them.
-        via = self._via
-        self.get, self.get_many, self.receive = via.get, via.get_many, via.receive
-
-    def _forked(self) -> None:
-        """In a forked child: the members are the parent's.  The first call
-        joins the group with a member of this process, as a pickled
-        subscription does (so a subscription passed to a fork child in
-        Process(args=...) works as under spawn); until then nothing is done."""
-        if self._sub.closed:
-            return
-        self.get, self.get_many, self.receive = self._join_get, self._join_get_many, \
-            self._join_receive
+        self._use(sub, pool)
 
     def _join(self) -> None:
+        """In a forked child, at its first call (SubscriptionBase): join the
+        group with a member of this process, as a pickled subscription does
+        (so a subscription passed to a fork child in Process(args=...) works
+        as under spawn)."""
         kind = self._kind | (_MUST_EXIST if self._kind == _KIND_ANON else 0)
         self._member(_core_subscribe(self._topic, self._key, kind, 0))
 
-    def _join_get(self, *args: Any, **kwargs: Any) -> Any:
-        self._join()
-        return self.get(*args, **kwargs)
-
-    def _join_get_many(self, *args: Any, **kwargs: Any) -> Any:
-        self._join()
-        return self.get_many(*args, **kwargs)
-
-    def _join_receive(self, *args: Any, **kwargs: Any) -> Any:
-        self._join()
-        return self.receive(*args, **kwargs)
-
-    # ---- receiving --------------------------------------------------------------
-
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        """The next message.  Blocks while there is none (up to ``timeout``,
-        then ``queue.Empty``); once the topic is shut down and this
-        subscription has received everything, raises ``ShutDown``.  While
-        ``prefetch`` deliveries are unacknowledged, raises ``RuntimeError``
-        (see :meth:`receive`)."""
-        return self._via.get(block, timeout)
-
-    def get_nowait(self) -> Any:
-        """``get(block=False)``."""
-        return self.get(False, None)
-
-    def get_many(self, max_messages: int = 1024, block: bool = True,
-                 timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]:
-        """1 to ``max_messages`` messages: waits like :meth:`get` for the
-        first, then takes what is already there (up to ``max_bytes`` of
-        payload in all; the first is returned whatever its size)."""
-        return self._via.get_many(max_messages, block, timeout, max_bytes)
-
-    def receive(self, block: bool = True, timeout: Optional[float] = None) -> "_core.Delivery":
-        """The next message with acknowledged delivery (a :class:`fastq.Delivery`).
-
-        Until ``ack()`` the message stays claimed by this subscription; if its
-        process dies, it goes to another member of the group (or the next
-        subscriber of a durable name) with ``redelivered`` true.
-        ``nack(requeue=True)`` makes the next ``receive()`` (or ``get()``) of
-        this subscription return it again (``redelivered``); closing the
-        subscription leaves it to the group.  In an ``overflow="block"``
-        topic an unacknowledged delivery holds publishers back once the ring
-        fills.
-
-        Up to ``prefetch`` deliveries (see :meth:`Topic.subscribe`) may be
-        unacknowledged at once; they come in order and may be settled in any
-        order, from any thread.  With ``prefetch`` of them unacknowledged,
-        ``receive()``, ``get()`` and ``get_many()`` raise ``RuntimeError``
-        (naming the bound) at once, without waiting: ack or nack one first.
-        Each delivery in flight holds an entry of the topic's subscriber
-        table: if the subscription needs one more entry and every one is
-        taken, it raises ``SubscriberLimit`` (a ``RuntimeError``) and stays
-        usable.  (Messages that ``get_many()`` gave back, after a message it
-        could not deserialize or an interrupt, come one delivery at a time:
-        until it is settled the next call raises ``RuntimeError``.)
-        """
-        return self._via.receive(block, timeout)
+    if TYPE_CHECKING:  # the compiled methods, typed (docs: _core.SubscriptionBase)
+        def get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+        def get_nowait(self) -> Any: ...
+        def get_many(self, max_messages: int = 1024, block: bool = True,
+                     timeout: Optional[float] = None, max_bytes: int = 1 << 20) -> List[Any]: ...
+        def receive(self, block: bool = True,
+                    timeout: Optional[float] = None) -> "_core.Delivery": ...
 
     def __iter__(self) -> Iterator[Any]:
         """Messages until the topic is shut down (and drained)."""
-        get = self.get
-        while True:
-            try:
-                yield get()
-            except ShutDown:
-                return
+        return iterate(self.get)
 
     # ---- status and lifecycle -----------------------------------------------------
 
@@ -360,19 +261,6 @@ class Subscription:
     def prefetch(self) -> int:
         """The most unacknowledged deliveries this subscription may hold."""
         return self._prefetch
-
-    @property
-    def lag(self) -> int:
-        """Messages published that this subscription's group is still to deliver:
-        not taken yet, or given back (``nack()``, a member's ``close()`` or death);
-        not a delivery received and not yet settled."""
-        return self._sub.lag
-
-    @property
-    def dropped(self) -> int:
-        """Messages this subscription lost to lapping (``overflow="drop"``;
-        a message whose publisher was killed mid-publish counts too)."""
-        return self._sub.dropped
 
     @property
     def name(self) -> Optional[str]:
@@ -388,21 +276,6 @@ class Subscription:
     def topic(self) -> Topic:
         """The topic."""
         return self._topic
-
-    @property
-    def closed(self) -> bool:
-        """True once closed (or its topic handle was closed)."""
-        return self._sub.closed
-
-    def close(self) -> None:
-        """Leave: a durable name keeps its position; a plain subscription's
-        group goes away with its last member.  Unacknowledged deliveries go
-        back to the group (redelivered to another member, or to the next
-        subscriber of a durable name); every entry of the subscriber table
-        the subscription held is freed.  May be called from any thread: a
-        call waiting in the subscription raises ``ValueError`` at once (one
-        in progress finishes, then the entry it used is freed)."""
-        self._via.close()
 
     def __enter__(self) -> "Subscription":
         return self
@@ -422,20 +295,8 @@ class Subscription:
         return f"<fastq.Subscription {what} of {self._topic.name!r} {state}>"
 
 
-#: open subscriptions of this process, told when it forks (see Subscription._forked)
-_live: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for sub in list(_live):
-        sub._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
-    return topic._seg.subscribe(key, kind, start)
+    return topic._subscribe(key, kind, start)
 
 
 def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: int) -> Any:

@@ -19,7 +19,7 @@ def test_subscriber_collected_in_a_reference_cycle_leaves_its_group():
     without a cycle, and publishing past the ring's capacity does not block."""
     t = fastq.Topic(capacity=4096)  # overflow="block"
     try:
-        sub = t._seg.subscribe("x", 0, 0)  # the binding's member object
+        sub = t._subscribe("x", 0, 0)  # the binding's member object
         assert len(t.subscribers()) == 1
         box = [sub]  # newer than the Subscriber: gc clears the Subscriber first
         box.append(box)

@@ -224,7 +224,7 @@ def prefetch_batch(s, fd, rng, k, fail_path):
     pool's member count each time it grows.  Raises Empty if it got nothing."""
     n = rng.randint(1, k) if rng.random() < 0.3 else k
     held = []
-    members = len(s._via.members)
+    members = len(s._pool.members)
     try:
         while len(held) < n:
             rec(fd, K_CALL, flag=M_PRECV, arg=k)
@@ -239,7 +239,7 @@ def prefetch_batch(s, fd, rng, k, fail_path):
                     raise
                 break
             finally:
-                nm = len(s._via.members)
+                nm = len(s._pool.members)
                 if nm != members:
                     rec(fd, K_MEMBERS, arg=nm)
                     members = nm

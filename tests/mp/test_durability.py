@@ -576,9 +576,9 @@ def test_flush_on_disk_while_others_write_and_after_they_die(tmp_path, procs, ch
     n = len(open(log, "rb").read().splitlines())
     assert n > 100, f"the writer put only {n}"
     q.put_many([MSGS.make(2, i, 5000) for i in range(50)], timeout=5)  # fresh dirty pages
-    before = cachestat(q._seg.fileno())
+    before = cachestat(q.fileno())
     q.flush()  # after the writer's death too
-    after = cachestat(q._seg.fileno())
+    after = cachestat(q.fileno())
     q.close()
     with pytest.raises(ValueError):
         q.flush()  # closed
@@ -587,7 +587,7 @@ def test_flush_on_disk_while_others_write_and_after_they_die(tmp_path, procs, ch
         t.subscribe(name="d").close()
         t.publish_many([b"x" * 3000] * 100)
         t.flush()
-        tafter = cachestat(t._seg.fileno())
+        tafter = cachestat(t.fileno())
     # a fresh process finds every message put before, in order
     cp = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import sys, fastq

@@ -209,7 +209,7 @@ def test_anonymous_segment_cannot_be_truncated():
     truncate it under the processes that map it (SIGBUS, item 18)."""
     q = fastq.Queue(capacity=SMALL)
     with pytest.raises(PermissionError):
-        os.ftruncate(q._seg.fileno(), 0)
+        os.ftruncate(q.fileno(), 0)
     q.put(1)
     assert q.get() == 1
     q.close()

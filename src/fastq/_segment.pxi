@@ -1,0 +1,602 @@
+# Included by _core.pyx: the mapped segment (this process's attachment,
+# the handle's lifecycle and status) and the copies into and out of its
+# ring (the producer path, loading a message).  The queue consumer is in
+# _queue.pxi, the topic side in _topic.pxi.
+
+
+cdef inline void _copy(void *dst, const void *src, size_t n) noexcept nogil:
+    memcpy(dst, src, n)
+
+
+cdef inline bint _scalar(object x):
+    t = type(x)
+    return t is int or t is float or t is str or t is bytes or t is bool or x is None
+
+
+cdef bint _plain(object obj):
+    """Can pickle protocol 5 produce no out-of-band buffer for obj?  True
+    for scalars and short tuples/lists of scalars: the common small message,
+    which then skips the buffer_callback machinery."""
+    if _scalar(obj):
+        return True
+    t = type(obj)
+    if (t is tuple or t is list) and len(obj) <= 32:
+        for x in obj:
+            if not _scalar(x):
+                return False
+        return True
+    return False
+
+
+
+cdef class _Attachment:
+    """This process's attachment to one segment: its mapping and its slot,
+    shared by every handle (Segment) of that segment in the process, so
+    that a process takes one slot of max_processes however many handles it
+    opens.  The last handle released detaches.  Only touched with the GIL
+    held."""
+    cdef fq_queue *q
+    cdef int users
+    cdef int unacked   # deliveries of all its handles: each holds one of the slot's lanes
+    cdef unsigned epoch  # fq_epoch() that unacked counts for
+    cdef object key
+
+
+# (st_dev, st_ino) -> the _Attachment of that segment in this process (a
+# forked child inherits both, consistently: its handles are copies too)
+_attachments = {}
+
+
+cdef _Attachment _share(fq_queue *q):
+    """The attachment for the segment that q (just opened) maps: a new one
+    that owns q, or this process's existing one (and q is closed: it has
+    taken no slot yet, slots are taken on first use)."""
+    import os
+    cdef _Attachment a
+    try:
+        st = os.fstat(fq_fd(q))
+    except BaseException:
+        fq_close(q)
+        raise
+    key = (st.st_dev, st.st_ino)
+    a = _attachments.get(key)
+    if a is not None and a.q != NULL:
+        fq_close(q)
+        a.users += 1
+        return a
+    a = _Attachment.__new__(_Attachment)
+    a.q = q
+    a.users = 1
+    a.key = key
+    a.epoch = fq_epoch()
+    _attachments[key] = a
+    return a
+
+
+cdef void _release(_Attachment a):
+    a.users -= 1
+    if a.users > 0 or a.q == NULL:
+        return
+    if _attachments.get(a.key) is a:
+        del _attachments[a.key]
+    fq_close(a.q)
+    a.q = NULL
+
+
+
+
+cdef class Segment:
+    """A handle of a mapped fastq segment (a queue's or a topic's: fq_queue
+    in C).  Thread-safe; the handles of one segment in one process share one
+    attachment.  QueueSegment and TopicSegment are its two kinds; a handle
+    is attached by one of _create, _open, _open_fd."""
+    cdef fq_queue *q
+    cdef _Attachment att
+    cdef int inflight
+    cdef bint closing
+    cdef object _dumps   # obj -> bytes-like or list of them; None: raw
+    cdef object _loads   # memoryview -> obj; None: return bytes
+    cdef bint _pickle    # the serializer is fastq's pickle: fast paths apply
+    cdef readonly int prefetch  # most unacknowledged deliveries of receive() at once
+    cdef int unacked
+    cdef object _settled       # Condition: a delivery was settled (receive() waits at the bound)
+    cdef int _bound_waiters    # threads waiting on it
+    cdef object _deliveries    # WeakSet of unsettled Delivery objects
+    cdef double _last_poll_recover
+    cdef object _subs          # WeakSet of open Subscribers (closed first)
+
+    def _set_serializer(self, dumps, loads, bint is_pickle=False):
+        """Functions applied by put*/get* (None, None: raw bytes).  With
+        is_pickle, plain objects are pickled (and plain pickle streams
+        unpickled) directly, skipping the serializer's framing logic."""
+        self._dumps = dumps
+        self._loads = loads
+        self._pickle = is_pickle
+
+    def __cinit__(self):
+        self.prefetch = 4
+
+    def _set_prefetch(self, int n):
+        self.prefetch = n
+
+    def __dealloc__(self):
+        if self.q != NULL:
+            self.q = NULL
+            _release(self.att)
+
+    cdef int _adopt(self, fq_queue *q) except -1:
+        """Attach this handle to q, just opened (see _share)."""
+        if self.q != NULL or self.closing:
+            fq_close(q)
+            raise ValueError("this handle is attached already")
+        self.att = _share(q)
+        self.q = self.att.q
+        return 0
+
+    def _create(self, str path, uint64_t capacity, uint64_t max_message, uint32_t max_slots,
+                uint32_t mode, uint32_t topic=0, uint32_t drop=0, uint32_t max_subs=0):
+        """Create a segment at path and attach to it; path None: an anonymous
+        one (a memfd: hand it to another process by its fileno(), see
+        _open_fd)."""
+        cdef fq_create_opts o
+        cdef char err[512]
+        cdef fq_queue *q = NULL
+        memset(&o, 0, sizeof(o))
+        o.topic = topic
+        o.drop = drop
+        o.max_subs = max_subs
+        o.capacity = capacity
+        o.max_message = max_message
+        o.max_slots = max_slots
+        o.mode = mode
+        b = path.encode() if path is not None else b""
+        cdef const char *cp = NULL
+        if path is not None:
+            cp = b
+        err[0] = 0
+        with nogil:
+            rc = fq_create(cp, &o, &q, err, sizeof(err))
+        if rc != 0:
+            _raise_rc(rc, NULL, 0, err.decode(errors="replace") or path, path)
+        self._adopt(q)
+
+    def _open(self, str path):
+        """Attach to the existing segment at path."""
+        cdef char err[512]
+        cdef fq_queue *q = NULL
+        b = path.encode()
+        cdef const char *cp = b
+        err[0] = 0
+        with nogil:
+            rc = fq_open(cp, &q, err, sizeof(err))
+        if rc != 0:
+            _raise_rc(rc, NULL, 0, err.decode(errors="replace") or path, path)
+        self._adopt(q)
+
+    def _open_fd(self, int fd, str name):
+        """Attach to the segment fd refers to (the caller keeps fd; the
+        handle holds its own copy); name only names it in error messages."""
+        cdef char err[512]
+        cdef fq_queue *q = NULL
+        b = name.encode()
+        cdef const char *cp = b
+        err[0] = 0
+        with nogil:
+            rc = fq_open_fd(fd, cp, &q, err, sizeof(err))
+        if rc != 0:
+            _raise_rc(rc, NULL, 0, err.decode(errors="replace") or name, name)
+        self._adopt(q)
+
+    cdef inline fq_queue *_enter(self) except NULL:
+        if self.q == NULL or self.closing:
+            raise ValueError("operation on a closed queue")
+        self.inflight += 1
+        return self.q
+
+    cdef inline void _exit(self):
+        self.inflight -= 1
+        if self.closing and self.inflight == 0 and self.q != NULL:
+            self.q = NULL
+            _release(self.att)
+
+    def close(self):
+        """Detach this handle.  Other processes (and other handles of this
+        process) keep the segment: an anonymous one goes away with the last
+        process that holds it, a named one stays until ``unlink()``.  This
+        handle's unacknowledged deliveries are given back and its
+        subscriptions closed first; this process's slot is released (and the
+        segment unmapped) with its last handle, once no call is in flight."""
+        if self.q == NULL or self.closing:
+            return
+        if self._deliveries:
+            for d in list(self._deliveries):
+                # a forked child's copies of its parent's deliveries are the
+                # parent's to settle (their lanes are the parent's)
+                if not (<Delivery>d).settled and (<Delivery>d).epoch == fq_epoch():
+                    (<Delivery>d).nack(True)
+        if self._subs:
+            for sub in list(self._subs):
+                (<Subscriber>sub).close()
+        self.closing = True
+        if self._bound_waiters:  # a receive() at the prefetch bound: raise now
+            with self._settled:
+                self._settled.notify_all()
+        if self.inflight == 0:
+            self.q = NULL
+            _release(self.att)
+
+    @property
+    def closed(self):
+        """True once :meth:`close` was called."""
+        return self.q == NULL or self.closing
+
+    cdef int _wait(self, fq_queue *q, int what, uint64_t need, _Waiter w,
+                   fq_sub *sub=NULL, Subscriber owner=None) except -1:
+        """Wait one slice (for a subscription: at its group's head); raise
+        Empty/Full on timeout.  Returns 0, or 1 without waiting if owner (the
+        subscriber waiting) must return to its pool (see Subscriber._wake)."""
+        now = _monotonic()
+        cdef double left = WAIT_SLICE
+        if not w.forever:
+            left = w.deadline - now
+            if left <= 0:
+                # a caller looping on short timeouts never waits 0.2 s in one
+                # call: recover (rate-limited per handle) before giving up
+                self._poll_recover(q)
+                raise Empty if what == FQ_WAIT_DATA else Full
+            if left > WAIT_SLICE:
+                left = WAIT_SLICE
+        if now - w.last_recover >= RECOVER_AFTER:
+            w.last_recover = now
+            with nogil:
+                fq_recover(q)
+        cdef uint64_t ns = <uint64_t>(left * 1e9)
+        cdef int spin = not w.spun  # spin only before the first sleep
+        w.spun = True
+        if owner is not None:
+            # checked, then flagged, with no Python code (no other thread)
+            # between them and the sleep: a _wake after the check sees the flag
+            if owner._interrupted():
+                return 1
+            owner.waiting = True
+        with nogil:
+            if sub != NULL:
+                fq_sub_wait(sub, ns, spin)
+            else:
+                fq_wait(q, what, need, ns, spin)
+        if owner is not None:
+            owner.waiting = False
+        PyErr_CheckSignals()
+        if self.closing:
+            raise ValueError("the queue or topic was closed while this call waited")
+        return 0
+
+    # ---- producer ---------------------------------------------------------
+
+    cdef int _begin_put(self, fq_queue *q, uint64_t *lens, size_t *k, fq_claim *c,
+                        bint block, object timeout) except -1:
+        """Claim ring space for k records (k may be halved if the batch is
+        too big for one claim), waiting while the ring is full."""
+        cdef int rc
+        cdef uint64_t need = 0
+        cdef _Waiter w = None
+        while True:
+            rc = fq_put_begin(q, lens, k[0], c)
+            if rc == FQ_OK:
+                return 0
+            if rc == FQ_EBUSY:  # all lanes busy: let their threads run
+                with nogil:
+                    sched_yield()
+                PyErr_CheckSignals()
+                continue
+            if rc == FQ_ETOOBIG and k[0] > 1:
+                k[0] = k[0] // 2
+                continue
+            if rc == FQ_FULL and not block:
+                self._poll_recover(q)
+            if rc != FQ_FULL or not block:
+                _raise_rc(rc, q, lens[0])
+            if w is None:
+                w = _Waiter(timeout)
+            need = fq_put_need(lens, k[0])
+            self._wait(q, FQ_WAIT_SPACE, need, w)
+
+    cdef int _put(self, object obj, bint block, object timeout) except -1:
+        """Put one message (serialized by dumps: a bytes-like object, or a
+        list of them, gathered into one message): Queue.put, Topic.publish."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        if self._dumps is None:
+            if type(obj) is list:  # a list is how dumps() returns parts: not raw data
+                raise TypeError("serializer='raw' takes one bytes-like object per message, "
+                                "not list")
+            data = obj
+        elif self._pickle and _plain(obj):
+            data = _pdumps(obj, 5)
+        else:
+            data = self._dumps(obj)
+        cdef fq_queue *q = self._enter()
+        try:
+            if type(data) is list:
+                self._put_parts(q, data, block, timeout)
+            else:
+                self._put_one(q, data, block, timeout)
+        finally:
+            self._exit()
+        return 0
+
+    cdef int _put_one(self, fq_queue *q, object data, bint block, object timeout) except -1:
+        cdef Py_buffer view
+        cdef fq_claim c
+        cdef uint64_t n
+        cdef void *dst
+        cdef const char *src
+        cdef bint has_view = False
+        if type(data) is bytes:  # fast path: no buffer protocol
+            src = PyBytes_AS_STRING(data)
+            n = <uint64_t>PyBytes_GET_SIZE(data)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
+            has_view = True
+            src = <const char *>view.buf
+            n = <uint64_t>view.len
+        cdef size_t one = 1
+        try:
+            self._begin_put(q, &n, &one, &c, block, timeout)
+            dst = fq_claim_buf(q, &c)
+            if n >= NOGIL_COPY:
+                with nogil:
+                    _copy(dst, src, n)
+                    fq_put_commit(q, &c)
+            else:
+                _copy(dst, src, n)
+                fq_put_commit(q, &c)
+        finally:
+            if has_view:
+                PyBuffer_Release(&view)
+        return 0
+
+    cdef int _put_parts(self, fq_queue *q, list parts, bint block, object timeout) except -1:
+        cdef Py_ssize_t k = len(parts), i
+        cdef Py_buffer *views = <Py_buffer *>malloc(sizeof(Py_buffer) * (k if k else 1))
+        cdef Py_ssize_t got = 0
+        cdef uint64_t n = 0
+        cdef size_t one = 1
+        cdef fq_claim c
+        cdef char *dst
+        if views == NULL:
+            raise MemoryError()
+        try:
+            for i in range(k):
+                PyObject_GetBuffer(parts[i], &views[i], PyBUF_ANY_CONTIGUOUS)
+                got += 1
+                n += <uint64_t>views[i].len
+            self._begin_put(q, &n, &one, &c, block, timeout)
+            dst = <char *>fq_claim_buf(q, &c)
+            with nogil:
+                for i in range(k):
+                    _copy(dst, views[i].buf, <size_t>views[i].len)
+                    dst += views[i].len
+                fq_put_commit(q, &c)
+        finally:
+            for i in range(got):
+                PyBuffer_Release(&views[i])
+            free(views)
+        return 0
+
+    cdef object _put_many(self, object objs, bint block, object timeout):
+        """Put every item in order, in as few claims as fit.  Returns the
+        number put (all of them, or an exception): Queue.put_many,
+        Topic.publish_many."""
+        if block and timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        cdef list items
+        if self._dumps is None:
+            # a private copy, even of a list: the copy below runs without the
+            # GIL from pointers into these objects, which must stay alive
+            # whatever another thread does to the caller's sequence
+            items = list(objs)
+        else:
+            dumps = self._dumps
+            items = []
+            for x in objs:
+                d = dumps(x)
+                items.append(b"".join(d) if type(d) is list else d)
+        cdef fq_queue *q = self._enter()
+        cdef Py_ssize_t total = len(items), start = 0, k, i, got = 0
+        cdef Py_buffer *views = NULL
+        cdef const char **srcs = NULL
+        cdef char *isview = NULL
+        cdef uint64_t *lens = NULL
+        cdef uint64_t budget, used
+        cdef size_t kk
+        cdef fq_claim c
+        cdef char *dst
+        try:
+            if total == 0:
+                return 0
+            views = <Py_buffer *>malloc(sizeof(Py_buffer) * total)
+            srcs = <const char **>malloc(sizeof(char *) * total)
+            isview = <char *>malloc(total)
+            lens = <uint64_t *>malloc(sizeof(uint64_t) * total)
+            if views == NULL or lens == NULL or srcs == NULL or isview == NULL:
+                raise MemoryError()
+            for i in range(total):
+                item = items[i]
+                isview[i] = 0
+                got += 1
+                if type(item) is bytes:  # fast path: no buffer protocol
+                    srcs[i] = PyBytes_AS_STRING(item)
+                    lens[i] = <uint64_t>PyBytes_GET_SIZE(item)
+                else:
+                    PyObject_GetBuffer(item, &views[i], PyBUF_ANY_CONTIGUOUS)
+                    isview[i] = 1
+                    srcs[i] = <const char *>views[i].buf
+                    lens[i] = <uint64_t>views[i].len
+                if lens[i] > fq_max_message(q):
+                    _raise_rc(FQ_ETOOBIG, q, lens[i])
+            budget = min(fq_capacity(q) // 4, BATCH_BYTES)
+            while start < total:
+                # a chunk: as many records as fit a quarter of the ring
+                k = 0
+                used = 0
+                while start + k < total and k < <Py_ssize_t>BATCH_MAX:
+                    used += fq_record_size(lens[start + k])
+                    if k and used > budget:
+                        break
+                    k += 1
+                kk = <size_t>k
+                try:
+                    self._begin_put(q, &lens[start], &kk, &c, block, timeout)
+                except (Full, ShutDown) as e:
+                    e.count = start  # items put before this one, in order
+                    raise
+                k = <Py_ssize_t>kk
+                with nogil:
+                    for i in range(start, start + k):
+                        dst = <char *>fq_claim_buf(q, &c)
+                        _copy(dst, srcs[i], <size_t>lens[i])
+                    fq_put_commit(q, &c)
+                start += k
+            return total
+        finally:
+            for i in range(got):
+                if isview[i]:
+                    PyBuffer_Release(&views[i])
+            free(views)
+            free(srcs)
+            free(isview)
+            free(lens)
+            self._exit()
+
+    # ---- consumer ---------------------------------------------------------
+
+    cdef int _poll_recover(self, fq_queue *q) except -1:
+        """A caller that only polls (get_nowait, put_nowait) never waits, so
+        never runs recovery: when it finds nothing it can use while the queue
+        is not idle (something is claimed or being written), run recovery at
+        most every RECOVER_AFTER seconds, or a dead process could stall it
+        forever."""
+        if fq_idle(q):
+            return 0
+        now = _monotonic()
+        if now - self._last_poll_recover >= RECOVER_AFTER:
+            self._last_poll_recover = now
+            with nogil:
+                fq_recover(q)
+        return 0
+
+    cdef object _load(self, object loads, const void *data, uint64_t n):
+        """A message as an object: bytes (raw: copied, without the GIL when
+        large) or loads() of a view of the ring, released right after."""
+        cdef char *dst
+        if loads is None:
+            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+            dst = PyBytes_AS_STRING(out)
+            if n >= NOGIL_COPY:
+                with nogil:
+                    _copy(dst, data, n)
+            else:
+                _copy(dst, data, n)
+            return out
+        mv = PyMemoryView_FromMemory(<char *>data, <Py_ssize_t>n, PyBUF_READ)
+        try:
+            if self._pickle and n and (<const unsigned char *>data)[0] == 0x80:
+                return _ploads(mv)  # a plain pickle stream: no frame
+            return loads(mv)
+        finally:
+            mv.release()
+
+    @property
+    def capacity(self):
+        """Ring size in bytes."""
+        return fq_capacity(self._enter_quick())
+
+    @property
+    def max_message(self):
+        """Largest message accepted, in bytes (after serialization)."""
+        return fq_max_message(self._enter_quick())
+
+    @property
+    def max_processes(self):
+        """Process slots of the segment (processes attached at once)."""
+        return fq_max_slots(self._enter_quick())
+
+    cdef fq_queue *_enter_quick(self) except NULL:
+        if self.q == NULL:
+            raise ValueError("operation on a closed queue")
+        return self.q
+
+    def is_shutdown(self):
+        """True once any process shut the segment down."""
+        return bool(fq_is_shutdown(self._enter_quick()))
+
+    def shutdown(self, bint immediate=False):
+        """Shut the segment down for every process, as ``queue.Queue.shutdown``.
+
+        Later puts (publishes) raise ``ShutDown``; gets (a topic's
+        subscriptions) return what is left, then raise ``ShutDown`` (at once
+        if ``immediate``); blocked callers wake; iteration ends.  What is
+        left includes messages that may still come back: held by a killed
+        consumer (gets wait for recovery) or unacknowledged in another
+        process; this handle's own unsettled deliveries do not count.
+        """
+        fq_shutdown(self._enter_quick(), immediate)
+
+    def reset_shutdown(self):
+        """Undo :meth:`shutdown`, for every process: puts are accepted again
+        and gets wait for messages again (what the segment still holds stays).
+
+        A shutdown lives in the segment, so a named queue stays shut down for
+        every later run until one resets it.  Call it when no process relies
+        on the queue staying shut down (before starting a new run's
+        producers and consumers, say).
+        """
+        fq_reset_shutdown(self._enter_quick())
+
+    def recover(self):
+        """Repair now what processes killed mid-call left behind (waiting
+        callers do this by themselves); True if anything was repaired."""
+        cdef fq_queue *q = self._enter()
+        cdef int r
+        try:
+            with nogil:
+                r = fq_recover(q)
+            return bool(r)
+        finally:
+            self._exit()
+
+    def fileno(self):
+        """The segment file's descriptor (owned by the segment: do not close)."""
+        return fq_fd(self._enter_quick())
+
+    def flush(self):
+        """Write the segment to stable storage (``msync``).
+
+        Without it, messages on a disk path survive the exit or kill of every
+        process (the file is the segment) but not a power loss or OS crash.
+        Useless (and cheap) for queues in ``/dev/shm``.
+        """
+        cdef fq_queue *q = self._enter()
+        cdef int rc
+        try:
+            with nogil:
+                rc = fq_flush(q)
+            if rc:
+                _raise_rc(rc)
+        finally:
+            self._exit()
+
+    @property
+    def is_topic(self):
+        """True for a topic's segment."""
+        return bool(fq_is_topic(self._enter_quick()))
+
+    def stats(self):
+        """Cursors and internals, for debugging and tests."""
+        cdef uint64_t out[8]
+        fq_stats(self._enter_quick(), out)
+        return {"tail": out[0], "head": out[1], "release": out[2], "requeued": out[3],
+                "state": out[4], "slot": <long long>out[5], "creator_pid": out[6],
+                "created_ns": out[7]}
+
