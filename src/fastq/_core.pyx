@@ -32,10 +32,6 @@ cdef extern from "Python.h":
     int PyBUF_READ
 
 cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
-cdef double WAIT_SLICE = 0.05          # seconds: Ctrl-C is seen within this
-cdef double RECOVER_AFTER = 0.2        # seconds without progress before recovery
-cdef int WAKE_TRIES = 1000             # Subscriber._wake: yields before leaving it to the slice
-cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
 MAX_PREFETCH = 7                       # a delivery holds one of a handle's 8 lanes
 cdef size_t BATCH_MAX = 4096           # records per claim in put_many
 # Bytes per batch claim (put_many, get_many): a claim is published or freed
@@ -69,21 +65,11 @@ cdef bint _plain(object obj):
     return False
 
 
-cdef class _Waiter:
-    """State of one blocking call: its deadline and when it last recovered."""
-    cdef double deadline, last_recover
-    cdef bint forever
-    cdef bint spun
-
-    def __cinit__(self, timeout):
-        now = _monotonic()
-        self.forever = timeout is None
-        self.deadline = 0.0 if timeout is None else now + float(timeout)
-        self.last_recover = now
-
-
 cdef class Subscriber
 cdef class SubscriberPool
+cdef class Segment
+
+include "_wait.pxi"
 
 
 cdef class _Attachment:
@@ -278,77 +264,13 @@ cdef class Segment:
 
     cdef int _wait(self, fq_queue *q, int what, uint64_t need, _Waiter w,
                    fq_sub *sub=NULL, Subscriber owner=None) except -1:
-        """Wait one slice (for a subscription: at its group's head); raise
-        Empty/Full on timeout.  Returns 0, or 1 without waiting if owner (the
-        subscriber waiting) must return to its pool (see Subscriber._wake)."""
-        now = _monotonic()
-        cdef double left = WAIT_SLICE
-        if not w.forever:
-            left = w.deadline - now
-            if left <= 0:
-                # a caller looping on short timeouts never waits 0.2 s in one
-                # call: recover (rate-limited per handle) before giving up
-                self._poll_recover(q)
-                raise Empty if what == FQ_WAIT_DATA else Full
-            if left > WAIT_SLICE:
-                left = WAIT_SLICE
-        if now - w.last_recover >= RECOVER_AFTER:
-            w.last_recover = now
-            with nogil:
-                fq_recover(q)
-        cdef uint64_t ns = <uint64_t>(left * 1e9)
-        cdef int spin = not w.spun  # spin only before the first sleep
-        w.spun = True
-        if owner is not None:
-            # checked, then flagged, with no Python code (no other thread)
-            # between them and the sleep: a _wake after the check sees the flag
-            if owner._interrupted():
-                return 1
-            owner.waiting = True
-        with nogil:
-            if sub != NULL:
-                fq_sub_wait(sub, ns, spin)
-            else:
-                fq_wait(q, what, need, ns, spin)
-        if owner is not None:
-            owner.waiting = False
-        PyErr_CheckSignals()
-        if self.closing:
-            raise ValueError("the queue or topic was closed while this call waited")
-        return 0
+        return _seg_wait(self, q, what, need, w, sub, owner)
 
     # ---- producer ---------------------------------------------------------
 
     cdef int _begin_put(self, fq_queue *q, uint64_t *lens, size_t *k, fq_claim *c,
                         bint block, object timeout) except -1:
-        """Claim ring space for k records (k may be halved if the batch is
-        too big for one claim), waiting while the ring is full."""
-        cdef int rc
-        cdef uint64_t need = 0
-        cdef size_t i
-        cdef _Waiter w = None
-        while True:
-            rc = fq_put_begin(q, lens, k[0], c)
-            if rc == FQ_OK:
-                return 0
-            if rc == FQ_EBUSY:  # all lanes busy: let their threads run
-                with nogil:
-                    sched_yield()
-                PyErr_CheckSignals()
-                continue
-            if rc == FQ_ETOOBIG and k[0] > 1:
-                k[0] = k[0] // 2
-                continue
-            if rc == FQ_FULL and not block:
-                self._poll_recover(q)
-            if rc != FQ_FULL or not block:
-                _raise_rc(rc, q, lens[0])
-            if w is None:
-                w = _Waiter(timeout)
-            need = 0
-            for i in range(k[0]):
-                need += (lens[i] + 31) & ~(<uint64_t>15)
-            self._wait(q, FQ_WAIT_SPACE, need - 16, w)
+        return _seg_begin_put(self, q, lens, k, c, block, timeout)
 
     def put(self, obj, bint block=True, timeout=None):
         """Put one message (serialized by dumps: a bytes-like object, or a
@@ -527,45 +449,11 @@ cdef class Segment:
     # ---- consumer ---------------------------------------------------------
 
     cdef int _poll_recover(self, fq_queue *q) except -1:
-        """A caller that only polls (get_nowait, put_nowait) never waits, so
-        never runs recovery: when it finds nothing it can use while the queue
-        is not idle (something is claimed or being written), run recovery at
-        most every RECOVER_AFTER seconds, or a dead process could stall it
-        forever."""
-        if fq_idle(q):
-            return 0
-        now = _monotonic()
-        if now - self._last_poll_recover >= RECOVER_AFTER:
-            self._last_poll_recover = now
-            with nogil:
-                fq_recover(q)
-        return 0
+        return _seg_poll_recover(self, q)
 
     cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
                     bint block, object timeout) except -1:
-        cdef int rc, spun = 0
-        cdef _Waiter w = None
-        while True:
-            rc = fq_get_begin(q, max_n, max_bytes, c)
-            if rc == FQ_OK:
-                return 0
-            if rc == FQ_EBUSY:
-                with nogil:
-                    sched_yield()
-                PyErr_CheckSignals()
-                continue
-            if rc == FQ_EMPTY and not block:
-                self._poll_recover(q)
-            if rc != FQ_EMPTY or not block:
-                _raise_rc(rc, q, 0)
-            if w is None:
-                # a short spin first, with the GIL held: releasing it and
-                # setting up a timed wait cost more than a typical hand-off
-                if spun < 1 and fq_spin(q, FQ_WAIT_DATA, 0, SPIN_GIL_NS):
-                    spun += 1
-                    continue
-                w = _Waiter(timeout)
-            self._wait(q, FQ_WAIT_DATA, 0, w)
+        return _seg_claim(self, q, max_n, max_bytes, c, block, timeout)
 
     cdef object _load(self, object loads, const void *data, uint64_t n):
         """A message as an object: bytes (raw: copied, without the GIL when
@@ -726,52 +614,10 @@ cdef class Segment:
                 self._exit()
 
     cdef _Waiter _reserve(self, bint block, object timeout):
-        """Count one more unacknowledged delivery (returns None), or, at the
-        prefetch bound, wait until another thread settles one (returns the
-        _Waiter whose deadline the rest of the call keeps): Empty at the
-        deadline, ValueError if the handle is closed meanwhile, RuntimeError
-        at once if not block (the caller may hold them all)."""
-        if self.unacked < self.prefetch:
-            self.unacked += 1
-            return None
-        if not block:
-            raise RuntimeError(
-                f"{self.unacked} deliveries are unacknowledged, the prefetch bound of this "
-                "handle: ack or nack one first (a blocking receive() waits for another "
-                "thread to)")
-        cdef _Waiter w = _Waiter(timeout)
-        cdef double left
-        if self._settled is None:
-            import threading
-            self._settled = threading.Condition()  # an RLock: a __del__ may settle inside
-        cond = self._settled
-        self._bound_waiters += 1  # before the check below: _unreserve notifies
-        try:
-            with cond:
-                while True:
-                    # check and count in one step: no Python code runs (and no
-                    # other thread) between them
-                    if self.unacked < self.prefetch:
-                        self.unacked += 1
-                        return w
-                    if self.q == NULL or self.closing:
-                        raise ValueError("the queue or topic was closed while this call waited")
-                    left = WAIT_SLICE  # a prefetch changed meanwhile is seen within it
-                    if not w.forever:
-                        left = min(w.deadline - _monotonic(), WAIT_SLICE)
-                        if left <= 0:
-                            raise Empty
-                    cond.wait(left)
-        finally:
-            self._bound_waiters -= 1
+        return _seg_reserve(self, block, timeout)
 
     cdef int _unreserve(self) except -1:
-        """One unacknowledged delivery less: wake a receive() waiting at the bound."""
-        self.unacked -= 1
-        if self._bound_waiters:
-            with self._settled:
-                self._settled.notify()
-        return 0
+        return _seg_unreserve(self)
 
     # ---- status -----------------------------------------------------------
 
@@ -1113,22 +959,7 @@ cdef class Subscriber:
         return False
 
     cdef void _wake(self):
-        """Wake the call in progress (in another thread) if it sleeps: it
-        then sees why (_interrupted).  fq_wake wakes the sleepers whose bit is
-        set, and the sleeper sets its bit only once inside fq_sub_wait: the
-        wake is repeated (yielding, the GIL released) until the call leaves
-        its sleep, WAKE_TRIES times at most; a wake that still misses it (it
-        set its bit and read the futex word between our first wake's taking
-        the bits and its bump) is seen at the end of its slice (WAIT_SLICE)."""
-        cdef fq_queue *q
-        cdef int i
-        for i in range(WAKE_TRIES):
-            if not self.waiting:
-                return
-            q = self.seg.q  # not closed: the waiting call holds the segment
-            with nogil:
-                fq_wake(q, FQ_WAIT_DATA)
-                sched_yield()
+        _sub_wake(self)
 
     def close(self):
         """Leave the group.  An unacknowledged delivery goes back to the
@@ -1171,31 +1002,7 @@ cdef class Subscriber:
 
     cdef int _claim(self, fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c,
                     bint block, object timeout) except -1:
-        """Claim (0), or 1 if the pool must pick a member again (the caller
-        returns _REPICK)."""
-        cdef int rc, spun = 0
-        cdef _Waiter w = None
-        while True:
-            rc = fq_sub_begin(self.s, max_n, max_bytes, c)
-            if rc == FQ_OK:
-                self.held = False  # a kept claim is returned first
-                self.again, self.nacked = self.nacked, False
-                return 0
-            if rc == -16:  # -EBUSY: a claim is open
-                raise RuntimeError(_UNACKED_ONE)
-            if rc == FQ_EMPTY and not block:
-                self.seg._poll_recover(q)
-            if rc != FQ_EMPTY or not block:
-                _raise_rc(rc, q, 0)
-            if w is None:
-                if spun < 1 and fq_sub_spin(self.s, SPIN_GIL_NS):
-                    spun += 1
-                    continue
-                w = _Waiter(timeout)
-            if self.seg._wait(q, FQ_WAIT_DATA, 0, w, self.s, self):
-                return 1  # back to the pool: a member keeps a claim given back
-            if self.closing:  # woken by close(): take nothing more
-                raise ValueError("the subscription was closed while this call waited")
+        return _sub_claim(self, q, max_n, max_bytes, c, block, timeout)
 
     cdef object _next(self, fq_claim *c, object loads, bint *done):
         """The next intact message of claim c as an object (done[0] set when
