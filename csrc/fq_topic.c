@@ -1122,6 +1122,30 @@ int fq_sub_spin(fq_sub *s, uint64_t ns)
     return fq_spin(q, FQ_WAIT_DATA, h, ns);
 }
 
+int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strategy)
+{
+    fq_queue *q = s->q;
+    uint64_t h = atomic_load(&q->groups[s->g].head);
+    if (atomic_load(&q->groups[s->g].orphans) ||
+        ((atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN) && h == atomic_load(&q->ctrl->tail) &&
+         !fq_group_drained(s))) {
+        fq_sub_wait(s, slice_ns < timeout_ns ? slice_ns : timeout_ns, 0); /* its rules */
+        return 0;
+    }
+    return fq_wait_for(q, FQ_WAIT_DATA, h, slice_ns, timeout_ns, strategy);
+}
+
+int fq_sub_arm(fq_sub *s, int on)
+{
+    fq_queue *q = s->q;
+    if (!on)
+        return fq_arm(q, FQ_WAIT_DATA, 0, 0);
+    if (atomic_load(&q->groups[s->g].orphans))
+        return FQ_ARM_READY; /* a claim to take over: try */
+    uint64_t h = atomic_load(&q->groups[s->g].head);
+    return fq_arm(q, FQ_WAIT_DATA, h, 1);
+}
+
 /* ---- status ---------------------------------------------------------- */
 
 /* The put that claimed the region at x and has no header there yet (its

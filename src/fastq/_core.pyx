@@ -152,6 +152,8 @@ cdef class Segment:
     cdef object _deliveries    # WeakSet of unsettled Delivery objects
     cdef double _last_poll_recover
     cdef object _subs          # WeakSet of open Subscribers (closed first)
+    cdef public int strategy   # FQ_STRATEGY_*: how blocking calls wait (_wait.pxi)
+    cdef int _sleeping         # threads of this handle asleep in a wait (_seg_interrupt)
 
     def set_serializer(self, dumps, loads, bint is_pickle=False):
         """Functions applied by put*/get* (None, None: raw bytes).  With
@@ -251,6 +253,7 @@ cdef class Segment:
             for sub in list(self._subs):
                 (<Subscriber>sub).close()
         self.closing = True
+        _seg_interrupt(self)  # a call asleep in a wait: raise now
         if self._bound_waiters:  # a receive() at the prefetch bound: raise now
             with self._settled:
                 self._settled.notify_all()

@@ -1,12 +1,21 @@
-# Waiting: the blocking loops of the binding (included by _core.pyx).
-# Each call of a blocking method waits here: in slices with the GIL
-# released, checking for signals between slices, and running crash
-# recovery when no progress is made for a while.
+# Waiting: the blocking loops of the binding (included by _core.pyx), and
+# the calls the event-loop side (fastq._aio) needs.
+#
+# A blocking call that cannot proceed sleeps in the C core (fq_wait_for,
+# fq_sub_wait_for) with the GIL released.  While nothing is in flight that a
+# dead process could leave stalled (a queue with no claim open), it sleeps
+# without a timer: the next claim, a message, space, shutdown or a signal
+# (EINTR) wakes it.  Otherwise it sleeps in slices of RECOVER_AFTER and runs
+# crash recovery after each slice without progress.  close() from another
+# thread wakes it (_seg_interrupt).  Signals are checked after every sleep.
 
-cdef double WAIT_SLICE = 0.05          # seconds: Ctrl-C is seen within this
 cdef double RECOVER_AFTER = 0.2        # seconds without progress before recovery
-cdef int WAKE_TRIES = 1000             # Subscriber._wake: yields before leaving it to the slice
+cdef double SPIN_SLICE = 0.01          # seconds: a busy-spinning call checks signals this often
+cdef int WAKE_TRIES = 1000             # _seg_interrupt, _sub_wake: yields before giving up
 cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
+
+STRATEGIES = {"adaptive": FQ_STRATEGY_ADAPTIVE, "spin": FQ_STRATEGY_SPIN,
+              "sleep": FQ_STRATEGY_SLEEP}
 
 
 cdef class _Waiter:
@@ -24,11 +33,12 @@ cdef class _Waiter:
 
 cdef int _seg_wait(Segment self, fq_queue *q, int what, uint64_t need, _Waiter w,
                    fq_sub *sub=NULL, Subscriber owner=None) except -1:
-    """Wait one slice (for a subscription: at its group's head); raise
-    Empty/Full on timeout.  Returns 0, or 1 without waiting if owner (the
-    subscriber waiting) must return to its pool (see Subscriber._wake)."""
+    """Wait once (for a subscription: at its group's head); raise Empty/Full
+    on timeout.  Returns 0, or 1 without waiting if owner (the subscriber
+    waiting) must return to its pool (see Subscriber._wake)."""
     now = _monotonic()
-    cdef double left = WAIT_SLICE
+    cdef uint64_t timeout_ns = FQ_FOREVER
+    cdef double left
     if not w.forever:
         left = w.deadline - now
         if left <= 0:
@@ -36,31 +46,54 @@ cdef int _seg_wait(Segment self, fq_queue *q, int what, uint64_t need, _Waiter w
             # call: recover (rate-limited per handle) before giving up
             self._poll_recover(q)
             raise Empty if what == FQ_WAIT_DATA else Full
-        if left > WAIT_SLICE:
-            left = WAIT_SLICE
-    if now - w.last_recover >= RECOVER_AFTER:
+        timeout_ns = <uint64_t>(left * 1e9)
+    if sub == NULL and not fq_is_topic(q) and fq_idle(q):
+        w.last_recover = now  # nothing in flight: no stall can have begun
+    elif now - w.last_recover >= RECOVER_AFTER:
         w.last_recover = now
         with nogil:
             fq_recover(q)
-    cdef uint64_t ns = <uint64_t>(left * 1e9)
-    cdef int spin = not w.spun  # spin only before the first sleep
+    cdef int strategy = self.strategy
+    if strategy == FQ_STRATEGY_ADAPTIVE and w.spun:
+        strategy = FQ_STRATEGY_SLEEP  # spin only before the first sleep
     w.spun = True
+    cdef uint64_t slice_ns = <uint64_t>((SPIN_SLICE if strategy == FQ_STRATEGY_SPIN
+                                         else RECOVER_AFTER) * 1e9)
     if owner is not None:
         # checked, then flagged, with no Python code (no other thread)
         # between them and the sleep: a _wake after the check sees the flag
         if owner._interrupted():
             return 1
         owner.waiting = True
+    if self.closing:
+        raise ValueError("the queue or topic was closed while this call waited")
+    self._sleeping += 1  # before the sleep: _seg_interrupt wakes until it is 0
     with nogil:
         if sub != NULL:
-            fq_sub_wait(sub, ns, spin)
+            fq_sub_wait_for(sub, slice_ns, timeout_ns, strategy)
         else:
-            fq_wait(q, what, need, ns, spin)
+            fq_wait_for(q, what, need, slice_ns, timeout_ns, strategy)
+    self._sleeping -= 1
     if owner is not None:
         owner.waiting = False
     PyErr_CheckSignals()
     if self.closing:
         raise ValueError("the queue or topic was closed while this call waited")
+    return 0
+
+
+cdef int _seg_interrupt(Segment self) except -1:
+    """Wake this handle's calls asleep in a wait (close() from another
+    thread): they see self.closing.  Repeated, yielding with the GIL
+    released, until they have left their sleep, WAKE_TRIES times at most."""
+    cdef fq_queue *q = self.q
+    cdef int i
+    for i in range(WAKE_TRIES):
+        if self._sleeping <= 0 or q == NULL:
+            return 0
+        with nogil:
+            fq_interrupt(q)
+            sched_yield()
     return 0
 
 
@@ -132,7 +165,8 @@ cdef int _seg_claim(Segment self, fq_queue *q, size_t max_n, uint64_t max_bytes,
         if w is None:
             # a short spin first, with the GIL held: releasing it and
             # setting up a timed wait cost more than a typical hand-off
-            if spun < 1 and fq_spin(q, FQ_WAIT_DATA, 0, SPIN_GIL_NS):
+            if (spun < 1 and self.strategy != FQ_STRATEGY_SLEEP
+                    and fq_spin(q, FQ_WAIT_DATA, 0, SPIN_GIL_NS)):
                 spun += 1
                 continue
             w = _Waiter(timeout)
@@ -170,9 +204,9 @@ cdef _Waiter _seg_reserve(Segment self, bint block, object timeout):
                     return w
                 if self.q == NULL or self.closing:
                     raise ValueError("the queue or topic was closed while this call waited")
-                left = WAIT_SLICE  # a prefetch changed meanwhile is seen within it
+                left = RECOVER_AFTER  # a prefetch changed meanwhile is seen within it
                 if not w.forever:
-                    left = min(w.deadline - _monotonic(), WAIT_SLICE)
+                    left = min(w.deadline - _monotonic(), RECOVER_AFTER)
                     if left <= 0:
                         raise Empty
                 cond.wait(left)
@@ -191,12 +225,9 @@ cdef int _seg_unreserve(Segment self) except -1:
 
 cdef void _sub_wake(Subscriber self):
     """Wake the call in progress (in another thread) if it sleeps: it
-    then sees why (_interrupted).  fq_wake wakes the sleepers whose bit is
-    set, and the sleeper sets its bit only once inside fq_sub_wait: the
-    wake is repeated (yielding, the GIL released) until the call leaves
-    its sleep, WAKE_TRIES times at most; a wake that still misses it (it
-    set its bit and read the futex word between our first wake's taking
-    the bits and its bump) is seen at the end of its slice (WAIT_SLICE)."""
+    then sees why (_interrupted).  fq_interrupt bumps the futex words
+    whatever the sleeper bits say; it is repeated (yielding, the GIL
+    released) until the call leaves its sleep, WAKE_TRIES times at most."""
     cdef fq_queue *q
     cdef int i
     for i in range(WAKE_TRIES):
@@ -204,7 +235,7 @@ cdef void _sub_wake(Subscriber self):
             return
         q = self.seg.q  # not closed: the waiting call holds the segment
         with nogil:
-            fq_wake(q, FQ_WAIT_DATA)
+            fq_interrupt(q)
             sched_yield()
 
 
@@ -227,7 +258,8 @@ cdef int _sub_claim(Subscriber self, fq_queue *q, size_t max_n, uint64_t max_byt
         if rc != FQ_EMPTY or not block:
             _raise_rc(rc, q, 0)
         if w is None:
-            if spun < 1 and fq_sub_spin(self.s, SPIN_GIL_NS):
+            if (spun < 1 and self.seg.strategy != FQ_STRATEGY_SLEEP
+                    and fq_sub_spin(self.s, SPIN_GIL_NS)):
                 spun += 1
                 continue
             w = _Waiter(timeout)
@@ -235,3 +267,77 @@ cdef int _sub_claim(Subscriber self, fq_queue *q, size_t max_n, uint64_t max_byt
             return 1  # back to the pool: a member keeps a claim given back
         if self.closing:  # woken by close(): take nothing more
             raise ValueError("the subscription was closed while this call waited")
+
+
+# ---- the event-loop side (fastq._aio) -------------------------------------
+
+def _bell_set(uint64_t name):
+    """Name this process's bell (0: none): writers ring it (fq_bell_set)."""
+    fq_bell_set(name)
+
+
+def _wait_counts():
+    """(sleeps, futex wakes, bells rung) by this process so far."""
+    cdef uint64_t out[3]
+    fq_wait_counts(out)
+    return out[0], out[1], out[2]
+
+
+def _seg_key(Segment seg):
+    """The identity of the segment this handle maps, shared by every handle
+    of it in this process (they share one slot, so one bell_rung)."""
+    seg._enter_quick()
+    return seg.att.key
+
+
+def _seg_arm(Segment seg, int what, uint64_t need, bint on):
+    """fq_arm for this handle: FQ_ARM_READY, FQ_ARM_QUIET or 0."""
+    cdef fq_queue *q = seg._enter_quick()
+    cdef int rc
+    with nogil:
+        rc = fq_arm(q, what, need, on)
+    if rc < 0:
+        _raise_rc(rc, q, 0)
+    return rc
+
+
+def _sub_arm(Subscriber sub, bint on):
+    """fq_sub_arm for this member (the data side of its group)."""
+    if sub.s == NULL:
+        if on:
+            raise ValueError("operation on a closed subscription")
+        return 0
+    cdef fq_queue *q = sub.seg._enter_quick()
+    cdef int rc
+    with nogil:
+        rc = fq_sub_arm(sub.s, on)
+    if rc < 0:
+        _raise_rc(rc, q, 0)
+    return rc
+
+
+def _seg_bell_take(Segment seg):
+    """The sides (bit FQ_WAIT_*) rung for this segment since the last call."""
+    if seg.q == NULL:
+        return 0
+    return fq_bell_take(seg.q)
+
+
+def _seg_idle(Segment seg):
+    """Nothing in flight (fq_idle; a topic: never)."""
+    cdef fq_queue *q = seg._enter_quick()
+    return not fq_is_topic(q) and fq_idle(q)
+
+
+def _test_set_crash_point(str name, int countdown=1):
+    """Test hook: this process _exit(9)s at the countdown-th pass of the
+    named crash point of the C core (fq_test_set_crash_point)."""
+    b = name.encode()
+    fq_test_set_crash_point(b, countdown)
+
+
+def _test_sleepers(Segment seg):
+    """Test hook: (data, space, quiet) sleeper bits up, OR-ed over slots."""
+    cdef uint64_t out[3]
+    fq_test_sleepers(seg._enter_quick(), out)
+    return out[0], out[1], out[2]
