@@ -11,6 +11,7 @@ from multiprocessing import context, reduction
 from typing import Any, Generic, Iterable, Iterator, List, Optional, TypeVar
 
 from . import _core
+from ._aio import QueueAio
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown
 
 #: 1 MiB: a container's default /dev/shm (64 MB) holds dozens of such queues,
@@ -438,7 +439,7 @@ class _Handle:
 
 
 
-class Queue(_Handle, Generic[_T]):
+class Queue(_Handle, QueueAio, Generic[_T]):
     """A multi-producer, multi-consumer FIFO queue shared by processes.
 
     ``fastq.Queue[int]`` is its type for messages of type int (generic for

@@ -9,6 +9,7 @@ import weakref
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 
 from . import _core
+from ._aio import SubscriptionAio, TopicAio
 from ._errors import ShutDown, SubscriberLimit
 from ._queue import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, _check_int, _Default, _given, _Handle,
                      _make_serializer, _vetted, _where)
@@ -43,7 +44,7 @@ class SubscriberInfo(NamedTuple):
     ``Subscription.lag``)."""
 
 
-class Topic(_Handle):
+class Topic(_Handle, TopicAio):
     """Publish/subscribe in a shared-memory segment: every subscription
     receives every message published after it subscribed.
 
@@ -234,7 +235,7 @@ class Topic(_Handle):
         return f"<fastq.Topic {self._name!r} {state}>"
 
 
-class Subscription:
+class Subscription(SubscriptionAio):
     """A subscription to a :class:`Topic` (from :meth:`Topic.subscribe`).
 
     A subscription is for one thread at a time (its deliveries may be acked

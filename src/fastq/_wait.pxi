@@ -14,6 +14,8 @@ cdef double SPIN_SLICE = 0.01          # seconds: a busy-spinning call checks si
 cdef int WAKE_TRIES = 1000             # _seg_interrupt, _sub_wake: yields before giving up
 cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
 
+ARM_READY = FQ_ARM_READY    # fq_arm: the condition may hold already
+ARM_QUIET = FQ_ARM_QUIET    # fq_arm: nothing in flight (no recovery timer needed)
 STRATEGIES = {"adaptive": FQ_STRATEGY_ADAPTIVE, "spin": FQ_STRATEGY_SPIN,
               "sleep": FQ_STRATEGY_SLEEP}
 
