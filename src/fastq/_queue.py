@@ -81,6 +81,15 @@ def _given(v: Any) -> Any:
     return v.value if isinstance(v, _Default) else v
 
 
+def _strategy(wait: Any) -> int:
+    """The C core's FQ_STRATEGY_* for wait=: ValueError if unknown."""
+    try:
+        return _core.STRATEGIES[wait]
+    except (KeyError, TypeError):
+        raise ValueError(f"wait must be one of {sorted(_core.STRATEGIES)}, not {wait!r}") \
+            from None
+
+
 def _check_int(what: str, v: Any, lo: int, hi: int) -> int:
     """v as an int in lo..hi: TypeError for another type (bool too), ValueError
     out of range."""
@@ -480,6 +489,12 @@ class Queue(_Handle, QueueAio, Generic[_T]):
         Open a segment even if another user owns it or can write it.  By
         default that is refused (``PermissionError``): whoever can write a
         segment can make its readers unpickle anything, that is, run code.
+    wait : {"adaptive", "spin", "sleep"}
+        How this handle's blocking calls wait (see "Wait strategies" in the
+        README): ``"adaptive"`` spins briefly, as long as spinning has been
+        paying off, then sleeps; ``"spin"`` never sleeps (lowest latency, a
+        core busy while it waits); ``"sleep"`` sleeps at once (least CPU).
+        Awaitable calls never spin.
 
     Examples
     --------
@@ -492,8 +507,9 @@ class Queue(_Handle, QueueAio, Generic[_T]):
                  capacity: int = _CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, prefetch: int = 4,
-                 trusted: bool = False, _how: str = "open_or_create",
+                 trusted: bool = False, wait: str = "adaptive", _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
+        strategy = _strategy(wait)
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
@@ -505,6 +521,7 @@ class Queue(_Handle, QueueAio, Generic[_T]):
         # wrapper would double their cost.  The methods below document them.
         seg = self._seg
         seg.prefetch = prefetch
+        seg.strategy = strategy
         self.put, self.put_nowait, self.get, self.get_nowait = (
             seg.put, seg.put_nowait, seg.get, seg.get_nowait)
         self.put_many, self.get_many, self.receive = seg.put_many, seg.get_many, seg.receive

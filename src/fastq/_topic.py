@@ -12,7 +12,7 @@ from . import _core
 from ._aio import SubscriptionAio, TopicAio
 from ._errors import ShutDown, SubscriberLimit
 from ._queue import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, _check_int, _Default, _given, _Handle,
-                     _make_serializer, _vetted, _where)
+                     _make_serializer, _strategy, _vetted, _where)
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
@@ -70,8 +70,9 @@ class Topic(_Handle, TopicAio):
         and one subscriber per durable name.
     max_subscribers : int
         Subscriber entries (and groups) the topic can hold (default 64).
-    serializer, mode, max_processes, trusted
-        As for :class:`fastq.Queue`.
+    serializer, mode, max_processes, trusted, wait
+        As for :class:`fastq.Queue` (``wait``: for publishing, and for the
+        blocking calls of this handle's subscriptions).
 
     Examples
     --------
@@ -86,7 +87,9 @@ class Topic(_Handle, TopicAio):
                  max_message: Optional[int] = None, overflow: str = _OVERFLOW,
                  max_subscribers: int = _MAX_SUBSCRIBERS, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
-                 _how: str = "open_or_create", _vetted: Optional[tuple] = None):
+                 wait: str = "adaptive", _how: str = "open_or_create",
+                 _vetted: Optional[tuple] = None):
+        strategy = _strategy(wait)
         self._ser_spec = serializer
         self._ser = _make_serializer(serializer)
         self._trusted = trusted
@@ -96,6 +99,7 @@ class Topic(_Handle, TopicAio):
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
                      (1, overflow, max_subscribers), trusted, _vetted)
         seg = self._seg
+        seg.strategy = strategy
         self.publish, self.publish_many = seg.put, seg.put_many
 
     @classmethod
