@@ -233,7 +233,9 @@ enum { FQ_SLOT_FREE = 0, FQ_SLOT_ACTIVE = 2 };
  * The bell of a slot (fq_wait.c): how a writer wakes the owner's event loop.
  * bell names the owner's doorbell socket (an abstract Unix datagram socket,
  * "fastq-bell-%016llx"), valid while bell_owner equals word; bell_sides has
- * bit w set while an awaiting task of the owner waits on side w; a writer
+ * bit w set while an awaiting task of the owner waits on side w, and bit
+ * 2 + w while a thread of it sleeps on side w's futex word (a writer that
+ * took only slots with a bell and without that bit skips FUTEX_WAKE); a writer
  * that takes the slot's bit of side w sets bit w of bell_rung and sends one
  * datagram if it was clear.  The owner drains its socket, then takes
  * bell_rung: the datagram only wakes, the bits say what for (a full socket

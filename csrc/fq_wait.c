@@ -168,18 +168,28 @@ static void fq_bell_send(uint64_t name)
     (void)sendto(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&a, len);
 }
 
+/* bell_sides: bit w, a task of the slot's owner awaits side w (its bell);
+ * bit FQ_BELL_FUTEX << w, a thread of it sleeps on side w's futex word (a
+ * writer that took only bits of slots without it skips FUTEX_WAKE) */
+#define FQ_BELL_FUTEX 4u
+
 /* The writer took the bits `taken` (word i) of side: ring those slots'
- * bells that an awaiting task listens to. */
-static void fq_ring_bells(fq_queue *q, unsigned i, uint64_t taken, int side)
+ * bells that an awaiting task listens to.  1 if a slot taken may have a
+ * thread asleep on the futex (or says nothing: an older owner's). */
+static int fq_ring_bells(fq_queue *q, unsigned i, uint64_t taken, int side)
 {
+    int futex = 0;
     while (taken) {
         unsigned b = (unsigned)__builtin_ctzll(taken);
         taken &= taken - 1;
         uint32_t s = i * 64 + b;
         if (s >= q->nslots)
-            break;
+            return 1;
         fq_slot *sl = &q->slots[s];
-        if (!(atomic_load(&sl->bell_sides) & (1u << side)))
+        uint32_t sides = atomic_load(&sl->bell_sides);
+        if (!(sides & (1u << side)) || (sides & (FQ_BELL_FUTEX << side)))
+            futex = 1;
+        if (!(sides & (1u << side)))
             continue;
         uint64_t name = atomic_load(&sl->bell);
         /* a bell left by an earlier owner of the slot is not this one's */
@@ -190,6 +200,7 @@ static void fq_ring_bells(fq_queue *q, unsigned i, uint64_t taken, int side)
         if (!(atomic_fetch_or(&sl->bell_rung, 1u << side) & (1u << side)))
             fq_bell_send(name);
     }
+    return futex;
 }
 
 /* ---- waking ------------------------------------------------------------- */
@@ -212,10 +223,8 @@ void fq_wake(fq_queue *q, int what)
         for (unsigned i = 0; i < words; i++) {
             uint64_t taken;
             if (atomic_load_explicit(&mask[i], memory_order_relaxed) &&
-                (taken = atomic_exchange_explicit(&mask[i], 0, memory_order_seq_cst))) {
-                wake = 1;
-                fq_ring_bells(q, i, taken, side);
-            }
+                (taken = atomic_exchange_explicit(&mask[i], 0, memory_order_seq_cst)))
+                wake |= fq_ring_bells(q, i, taken, side);
         }
         if (wake) {
             atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
@@ -328,8 +337,10 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
         return 0;
     fq_ctrl *c = q->ctrl;
     _Atomic uint32_t *seq = what == FQ_WAIT_DATA ? &c->data_seq : &c->space_seq;
+    fq_slot *sl = &q->slots[atomic_load(&q->slot)];
     pthread_mutex_lock(&q->mu);
-    q->sleepers[what]++;
+    if (q->sleepers[what]++ == 0) /* before our bit goes up: see fq_ring_bells */
+        atomic_fetch_or(&sl->bell_sides, FQ_BELL_FUTEX << what);
     /* every time, not only for the first sleeper: a waker takes the bits */
     fq_bits_up(q, fq_side_mask(q, what));
     int deep = 0;
@@ -347,8 +358,11 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
         fq_futex_wait(seq, v, ns == FQ_FOREVER ? ns : ns - spent);
     }
     pthread_mutex_lock(&q->mu);
-    if (--q->sleepers[what] == 0 && !q->armed[what])
-        fq_bits_down(q, fq_side_mask(q, what));
+    if (--q->sleepers[what] == 0) {
+        if (!q->armed[what])
+            fq_bits_down(q, fq_side_mask(q, what));
+        atomic_fetch_and(&sl->bell_sides, ~(FQ_BELL_FUTEX << what));
+    }
     if (deep && --q->quiet_sleepers == 0 && !q->armed_quiet)
         fq_bits_down(q, c->quiet_mask);
     pthread_mutex_unlock(&q->mu);

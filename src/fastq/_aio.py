@@ -128,7 +128,6 @@ class _Bell:
     """This process's doorbell and its registry of waiters."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.setblocking(False)
         while True:
@@ -196,12 +195,22 @@ _bell_lock = threading.Lock()
 def _get_bell() -> _Bell:
     global _bell
     b = _bell
-    if b is None or b.pid != os.getpid():  # none yet, or forked: the parent's
+    if b is None:
         with _bell_lock:
             b = _bell
-            if b is None or b.pid != os.getpid():
+            if b is None:
                 b = _bell = _Bell()
     return b
+
+
+def _forget_bell() -> None:
+    """In a forked child: the parent's bell, waiters and loops are not ours."""
+    global _bell, _bell_lock
+    _bell, _bell_lock = None, threading.Lock()
+    _core._bell_set(0)
+
+
+os.register_at_fork(after_in_child=_forget_bell)
 
 
 async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[bool], int],
