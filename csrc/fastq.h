@@ -141,6 +141,8 @@ void fq_wait_counts(uint64_t out[3]);
  * may hold now.  For a caller that cannot cheaply release a lock (the GIL)
  * before a short wait. */
 int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns);
+/* A spin of the caller's did not pay: halve the handle's adaptive budget. */
+void fq_spin_missed(fq_queue *q);
 
 /* Status */
 /* Messages put and not yet freed: what gets can take plus fq_unacked(). */

@@ -290,6 +290,14 @@ int fq_spin_pred(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns)
     return fq_spin_for(q, ready, arg, ns, 1);
 }
 
+void fq_spin_missed(fq_queue *q)
+{
+    /* spinning did not pay: spin less next time (as fq_wait_pred does) */
+    uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
+    atomic_store_explicit(&q->spin_ns, b / 2 < FQ_SPIN_MIN_NS ? FQ_SPIN_MIN_NS : b / 2,
+                          memory_order_relaxed);
+}
+
 /* Our bit of a mask, and the process's bookkeeping of who needs it up:
  * the bit may be cleared when no thread and no task of ours waits there. */
 static void fq_bits_up(fq_queue *q, _Atomic uint64_t *masks)
@@ -327,10 +335,7 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
     if (mode == FQ_STRATEGY_ADAPTIVE && fq_ncpu() > 1) {
         if (fq_spin_for(q, ready, arg, FQ_SPIN_MAX_NS, 1))
             return 1;
-        /* spinning did not pay: spin less next time */
-        uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
-        atomic_store_explicit(&q->spin_ns, b / 2 < FQ_SPIN_MIN_NS ? FQ_SPIN_MIN_NS : b / 2,
-                              memory_order_relaxed);
+        fq_spin_missed(q);
     }
     uint64_t spent = fq_now_ns() - start;
     if (spent >= timeout_ns)

@@ -215,16 +215,23 @@ os.register_at_fork(after_in_child=_forget_bell)
 
 async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[bool], int],
                 timeout: Optional[float], broadcast: bool = False,
-                more: Optional[Callable[[], bool]] = None) -> Any:
+                more: Optional[Callable[[], bool]] = None,
+                spin: Optional[Callable[[], bool]] = None) -> Any:
     """Run attempt(), a non-blocking call that raises Empty (what=DATA) or
     Full (SPACE) when it cannot proceed, until it returns; between tries,
-    await a wake-up of that side of seg (arm(True) arms it)."""
+    await a wake-up of that side of seg (arm(True) arms it).  spin(), if
+    given, spins briefly first (the handle's wait strategy decides)."""
     exc = Empty if what == DATA else Full
     try:
         return attempt()
     except exc:
         if timeout is not None and timeout <= 0:
             raise
+    if spin is not None and spin():
+        try:
+            return attempt()
+        except exc:
+            pass
     if timeout is not None and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
     loop = asyncio.get_running_loop()
@@ -294,12 +301,16 @@ async def _aput(handle: Any, obj: Any, timeout: Optional[float],
     seg = handle._seg
     need: List[int] = []
 
-    def arm(on: bool) -> int:
-        if on and not need:  # serialized once more, only when it must wait
+    def size() -> int:
+        if not need:  # serialized once more, only when it must wait
             need.append(_need(handle._ser, obj))
-        return _core._seg_arm(seg, SPACE, need[0] if need else 0, on)
+        return need[0]
 
-    await _call(seg, SPACE, lambda: seg.put(obj, False, None), arm, timeout, more=more)
+    def arm(on: bool) -> int:
+        return _core._seg_arm(seg, SPACE, size() if on else 0, on)
+
+    await _call(seg, SPACE, lambda: seg.put(obj, False, None), arm, timeout, more=more,
+                spin=lambda: _core._seg_spin(seg, SPACE, size()))
 
 
 async def _aput_many(handle: Any, items: Iterable[Any], timeout: Optional[float],
@@ -317,12 +328,15 @@ async def _aput_many(handle: Any, items: Iterable[Any], timeout: Optional[float]
             raise
         return done[0]
 
+    def size() -> int:
+        return _need(handle._ser, items[done[0]]) if done[0] < len(items) else 0
+
     def arm(on: bool) -> int:
-        need = _need(handle._ser, items[done[0]]) if on and done[0] < len(items) else 0
-        return _core._seg_arm(seg, SPACE, need, on)
+        return _core._seg_arm(seg, SPACE, size() if on else 0, on)
 
     try:
-        return await _call(seg, SPACE, attempt, arm, timeout, more=more)
+        return await _call(seg, SPACE, attempt, arm, timeout, more=more,
+                           spin=lambda: _core._seg_spin(seg, SPACE, size()))
     except Full as e:
         e.count = done[0]
         raise
@@ -353,7 +367,7 @@ class QueueAio:
     def _aio_get(self, attempt: Callable[[], Any], timeout: Optional[float]) -> Any:
         seg = self._seg
         return _call(seg, DATA, attempt, lambda on: _core._seg_arm(seg, DATA, 0, on), timeout,
-                     more=lambda: seg.qsize() > 0)
+                     more=lambda: seg.qsize() > 0, spin=lambda: _core._seg_spin(seg, DATA, 0))
 
     async def aget(self, timeout: Optional[float] = None) -> Any:
         """The next message, awaiting one (up to ``timeout`` seconds, then
@@ -406,7 +420,8 @@ class SubscriptionAio:
         def arm(on: bool) -> int:
             return _core._sub_arm(self._sub, on)
 
-        return _call(seg, DATA, attempt, arm, timeout, broadcast=True)
+        return _call(seg, DATA, attempt, arm, timeout, broadcast=True,
+                     spin=lambda: _core._seg_spin(seg, DATA, 0, self._sub))
 
     async def aget(self, timeout: Optional[float] = None) -> Any:
         """The next message, awaiting one (as :meth:`get`).  Cancelled, it

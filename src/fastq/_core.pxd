@@ -58,6 +58,7 @@ cdef extern from "fastq.h" nogil:
     void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
     int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
+    void fq_spin_missed(fq_queue *q)
     uint64_t FQ_FOREVER
     int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
                     int strategy)

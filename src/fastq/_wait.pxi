@@ -318,6 +318,26 @@ def _sub_arm(Subscriber sub, bint on):
     return rc
 
 
+cdef uint64_t SPIN_LOOP_NS = 20000   # an event loop spins at most this long before it arms
+
+
+def _seg_spin(Segment seg, int what, uint64_t need, Subscriber sub=None):
+    """Before a task arms: spin (the GIL and the loop held) within the
+    handle's adaptive budget, at most SPIN_LOOP_NS, if its strategy spins.
+    True if the condition may hold now."""
+    cdef fq_queue *q = seg._enter_quick()
+    if seg.strategy == FQ_STRATEGY_SLEEP:
+        return False
+    cdef int ok
+    if sub is not None and sub.s != NULL:
+        ok = fq_sub_spin(sub.s, SPIN_LOOP_NS)
+    else:
+        ok = fq_spin(q, what, need, SPIN_LOOP_NS)
+    if not ok:
+        fq_spin_missed(q)
+    return ok
+
+
 def _seg_bell_take(Segment seg):
     """The sides (bit FQ_WAIT_*) rung for this segment since the last call."""
     if seg.q == NULL:
