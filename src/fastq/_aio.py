@@ -80,7 +80,7 @@ class _Side:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        for w in self.waiters:
+        for w in list(self.waiters):  # a snapshot: other threads' loops add and remove
             if w.woken or w.fut is None or w.fut.done():
                 continue  # already woken, or awake (it re-arms before sleeping)
             w.woken = True
@@ -98,7 +98,7 @@ class _Side:
     def rearm(self) -> None:
         """After a wake-up, for the waiters still asleep: the writer took this
         process's bit; put it up again (and wake one if it may proceed now)."""
-        for w in self.waiters:
+        for w in list(self.waiters):
             if w.fut is not None and not w.fut.done() and not w.woken:
                 try:
                     flags = w.arm(True)
@@ -109,11 +109,16 @@ class _Side:
                 return
 
     def remove(self, w: _Waiter) -> None:
-        try:
-            self.waiters.remove(w)
-        except ValueError:
-            pass
-        if not self.waiters:
+        """w leaves; the last one out disarms.  Under the bell's lock, as
+        _Bell.join: a waiter of another thread's loop that joins meanwhile
+        arms after this disarm, or is seen here and keeps it armed."""
+        with self.bell.lock:
+            try:
+                self.waiters.remove(w)
+            except ValueError:
+                pass
+            if self.waiters:
+                return
             try:
                 w.arm(False)
             except Exception:
@@ -132,13 +137,16 @@ class _Bell:
         self.sock.setblocking(False)
         while True:
             name = secrets.randbits(64)
+            if not name:  # 0 means "no bell"
+                continue
             try:
                 self.sock.bind(b"\0fastq-bell-%016x" % name)
                 break
             except OSError as e:  # taken (1 in 2**64): draw again
-                if e.errno != errno.EADDRINUSE or not name:
+                if e.errno != errno.EADDRINUSE:
                     raise
         self.name = name
+        self.lock = threading.Lock()  # joining and leaving a side (loops in threads)
         self.sides: dict = {}      # (key, what) -> _Side
         self.targets: dict = {}    # key -> the segment handle to take its rung bits with,
         #                            while a task waits there
@@ -159,12 +167,15 @@ class _Bell:
         loop.add_reader(fd, self.ring)
         self.loops[id(loop)] = (loop, fd)
 
-    def side(self, seg: Any, what: int, broadcast: bool) -> _Side:
+    def join(self, seg: Any, what: int, broadcast: bool, w: _Waiter) -> _Side:
+        """Register w as a waiter on side what of seg (it arms afterwards)."""
         key = _core._seg_key(seg)
-        self.targets[key] = seg
-        s = self.sides.get((key, what))
-        if s is None:
-            s = self.sides[(key, what)] = _Side(self, key, what, broadcast)
+        with self.lock:
+            self.targets[key] = seg
+            s = self.sides.get((key, what))
+            if s is None:
+                s = self.sides[(key, what)] = _Side(self, key, what, broadcast)
+            s.waiters.append(w)
         return s
 
     def ring(self) -> None:
@@ -238,9 +249,8 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[
     deadline = None if timeout is None else loop.time() + timeout
     bell = _get_bell()
     bell.watch(loop)
-    side = bell.side(seg, what, broadcast)
     w = _Waiter(loop, arm)
-    side.waiters.append(w)
+    side = bell.join(seg, what, broadcast, w)
     try:
         while True:
             flags = arm(True)

@@ -53,7 +53,7 @@ def _loop_runner(kind: str) -> Callable[[Any], Any]:
 
 def _fastq_echo(names, n, kind, ready):
     import fastq
-    a, b = fastq.Queue(names[0], serializer="raw"), fastq.Queue(names[1], serializer="raw")
+    a, b = fastq.Queue.open(names[0], serializer="raw"), fastq.Queue.open(names[1], serializer="raw")
 
     async def main():
         ready.set()
@@ -190,7 +190,7 @@ def async_pingpong(quick: bool) -> List[dict]:
 
 def _fastq_async_producer(name, n, many, kind):
     import fastq
-    q = fastq.Queue(name, serializer="raw")
+    q = fastq.Queue.open(name, serializer="raw")
     msg = b"x" * 64
 
     async def main():
@@ -308,15 +308,15 @@ def _cpu_and_wakeups(pid: int):
 
 def _idle_fastq_get(name, ready):
     import fastq
-    q = fastq.Queue(name)
+    q = fastq.Queue.open(name)
     ready.set()
     q.get()
 
 
 def _idle_fastq_aget(name, ready, tasks):
     import fastq
-    qs = [fastq.Queue(f"{name}-{i}") for i in range(max(1, tasks // 10))] if tasks > 1 \
-        else [fastq.Queue(name)]
+    qs = [fastq.Queue.open(f"{name}-{i}") for i in range(max(1, tasks // 10))] if tasks > 1 \
+        else [fastq.Queue.open(name)]
 
     async def main():
         ts = [asyncio.ensure_future(qs[i % len(qs)].aget()) for i in range(tasks)]
@@ -409,8 +409,8 @@ def _busy(stop):
 
 def _fq_sync_echo(names, n, wait, ready):
     import fastq
-    a = fastq.Queue(names[0], serializer="raw", wait=wait)
-    b = fastq.Queue(names[1], serializer="raw", wait=wait)
+    a = fastq.Queue.open(names[0], serializer="raw", wait=wait)
+    b = fastq.Queue.open(names[1], serializer="raw", wait=wait)
     ready.set()
     for _ in range(n):
         b.put(a.get())
@@ -523,7 +523,7 @@ def report(rows: List[dict], out=sys.stdout) -> None:
         if r["workload"] != work:
             work = r["workload"]
             print(f"\n{work}", file=out)
-        vals = "  ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
+        vals = "  ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in r.items() if k not in ("workload", "peer"))
         print(f"  {r['peer']:<36} {vals}", file=out)
 
@@ -534,12 +534,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--only", default=",".join(WORKLOADS),
                     help="comma-separated workloads: " + ",".join(WORKLOADS))
     args = ap.parse_args(argv)
-    os.environ.setdefault("FASTQ_DIR", "/dev/shm")
+    # a directory of its own: nothing else removes or reuses its segments
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    os.environ["FASTQ_DIR"] = tempfile.mkdtemp(prefix="fastq-bench-wait-", dir=base)
     rows: List[dict] = []
-    for w in args.only.split(","):
-        got = RUNNERS[w.strip()](args.quick)
-        report(got)
-        rows += got
+    try:
+        for w in args.only.split(","):
+            got = RUNNERS[w.strip()](args.quick)
+            report(got)
+            rows += got
+    finally:
+        import shutil
+        shutil.rmtree(os.environ["FASTQ_DIR"], ignore_errors=True)
     return 0
 
 
