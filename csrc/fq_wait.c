@@ -403,6 +403,13 @@ int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet
         pthread_mutex_unlock(&q->mu);
         return -ENOTCONN;
     }
+    if (!q->armed[what])
+        /* a rung bit left from our last arming (a writer that took our bit
+         * just before we disarmed): with it set, no writer would send us a
+         * datagram again.  Cleared before our bit goes up: a ring after
+         * that sends, and a ring before it is for a write that the ready()
+         * below sees. */
+        atomic_fetch_and(&sl->bell_rung, ~(1u << what));
     q->armed[what] = 1;
     if (atomic_load(&sl->bell) != name)
         atomic_store(&sl->bell, name);

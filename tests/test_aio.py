@@ -228,6 +228,31 @@ def test_each_message_wakes_one_more_waiter(kind):
     run(kind, main())
 
 
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_ring_nobody_took_does_not_silence_the_bell(kind):
+    """A task waits; a put rings the bell; the task is cancelled before its
+    loop reads the datagram, so nobody takes the slot's rung bit.  A writer
+    sends no datagram while that bit is up: the next waiter must clear it
+    when it arms, or the next message never wakes it."""
+    async def main():
+        q = fastq.Queue(None, capacity=1 << 16)
+        for i in range(3):
+            t = asyncio.ensure_future(q.aget())
+            await until_waiting()
+            q.put(("first", i))  # rings this process's bell...
+            t.cancel()           # ...and its only waiter leaves before the loop reads it
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            await asyncio.sleep(0.01)  # the datagram is read: nobody waits there any more
+            assert q.get_nowait() == ("first", i)
+            t2 = asyncio.ensure_future(q.aget())
+            await until_waiting()
+            q.put(("second", i))
+            assert await asyncio.wait_for(t2, 10) == ("second", i)
+        q.close()
+    run(kind, main())
+
+
 @pytest.mark.parametrize("call", ["aget", "aget_many", "areceive"])
 @pytest.mark.parametrize("how", ["cancel", "wait_for", "timeout"])
 def test_cancelled_get_calls_leave_the_queue_as_it_was(call, how):

@@ -339,10 +339,12 @@ def _seg_spin(Segment seg, int what, uint64_t need, Subscriber sub=None):
 
 
 def _seg_bell_take(Segment seg):
-    """The sides (bit FQ_WAIT_*) rung for this segment since the last call."""
-    if seg.q == NULL:
+    """The sides (bit FQ_WAIT_*) rung for this segment since the last call
+    (through the process's attachment: this handle may be closed while
+    another handle of the segment still waits)."""
+    if seg.att is None or seg.att.q == NULL:
         return 0
-    return fq_bell_take(seg.q)
+    return fq_bell_take(seg.att.q)
 
 
 def _seg_idle(Segment seg):

@@ -210,16 +210,19 @@ def _fastq_throughput(n, many, kind):
     p = CTX.Process(target=_fastq_async_producer, args=(name, n, many, kind))
 
     async def main():
-        got = 0
-        first = await q.aget()  # the clock starts at the first message
+        first = await q.aget(timeout=60)  # the clock starts at the first message
         t0 = time.perf_counter()
         got = 1
-        while got < n:
-            if many:
-                got += len(await q.aget_many(4096))
-            else:
-                await q.aget()
-                got += 1
+        try:
+            while got < n:
+                if many:
+                    got += len(await q.aget_many(4096, timeout=60))
+                else:
+                    await q.aget(timeout=60)
+                    got += 1
+        except Exception:
+            raise RuntimeError(f"got {got} of {n}; producer exit code {p.exitcode}, "
+                               f"queue {q._seg.stats()} qsize {q.qsize()}")
         return time.perf_counter() - t0, first
     p.start()
     dt, _ = _loop_runner(kind)(main())
