@@ -1,9 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Thin binding over the C core (csrc/).  Private: use fastq.Queue.
 
-It converts arguments, runs the blocking loop (wait in slices with the GIL
-released, check for signals between slices, run crash recovery when no
-progress is made for a while) and maps return codes to exceptions.
+It converts arguments, runs the blocking loops (_wait.pxi: sleep with the
+GIL released, check for signals after each sleep, run crash recovery when
+no progress is made while a claim is in flight) and maps return codes to
+exceptions.
 """
 cimport cython
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
