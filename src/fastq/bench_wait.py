@@ -49,6 +49,25 @@ def _loop_runner(kind: str) -> Callable[[Any], Any]:
     return asyncio.run
 
 
+def _start(target, *args):
+    """Start a child running target(*args, ready) and wait until it is ready."""
+    ready = CTX.Event()
+    p = CTX.Process(target=target, args=(*args, ready))
+    p.start()
+    ready.wait()
+    return p
+
+
+async def _atrips(n, trip):
+    """Round-trip times of n awaits of trip()."""
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await trip()
+        lat.append(time.perf_counter() - t0)
+    return lat
+
+
 # ---------------------------------------------------------------- async ping-pong
 
 def _fastq_echo(names, n, kind, ready):
@@ -67,20 +86,13 @@ def _fastq_pingpong(size, n, kind):
     names = [f"bw-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
     a = fastq.Queue(names[0], capacity=1 << 16, serializer="raw")
     b = fastq.Queue(names[1], capacity=1 << 16, serializer="raw")
-    ready = CTX.Event()
-    p = CTX.Process(target=_fastq_echo, args=(names, n, kind, ready))
-    p.start()
-    ready.wait()
+    p = _start(_fastq_echo, names, n, kind)
     msg = b"x" * size
-    lat = []
 
-    async def main():
-        for _ in range(n):
-            t0 = time.perf_counter()
-            await a.aput(msg)
-            await b.aget()
-            lat.append(time.perf_counter() - t0)
-    _loop_runner(kind)(main())
+    async def trip():
+        await a.aput(msg)
+        await b.aget()
+    lat = _loop_runner(kind)(_atrips(n, trip))
     p.join()
     for q in (a, b):
         q.unlink()
@@ -114,16 +126,13 @@ def _zmq_pingpong(size, n):
         ctx = zmq.asyncio.Context()
         s = ctx.socket(zmq.PAIR)
         s.bind(addr)
-        ready = CTX.Event()
-        p = CTX.Process(target=_zmq_echo, args=(addr, n, ready))
-        p.start()
-        ready.wait()
+        p = _start(_zmq_echo, addr, n)
         msg = b"x" * size
-        for _ in range(n):
-            t0 = time.perf_counter()
+
+        async def trip():
             await s.send(msg)
             await s.recv()
-            lat.append(time.perf_counter() - t0)
+        lat.extend(await _atrips(n, trip))
         p.join()
         s.close()
         ctx.term()
@@ -145,20 +154,13 @@ def _mpq_echo(a, b, n, ready):
 
 def _to_thread_pingpong(size, n):
     a, b = CTX.Queue(), CTX.Queue()
-    ready = CTX.Event()
-    p = CTX.Process(target=_mpq_echo, args=(a, b, n, ready))
-    p.start()
-    ready.wait()
+    p = _start(_mpq_echo, a, b, n)
     msg = b"x" * size
-    lat = []
 
-    async def main():
-        for _ in range(n):
-            t0 = time.perf_counter()
-            a.put(msg)
-            await asyncio.to_thread(b.get)
-            lat.append(time.perf_counter() - t0)
-    asyncio.run(main())
+    async def trip():
+        a.put(msg)
+        await asyncio.to_thread(b.get)
+    lat = asyncio.run(_atrips(n, trip))
     p.join()
     return lat
 
@@ -432,10 +434,7 @@ def _fq_sync_pingpong(n, wait):
     names = [f"bw-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
     a = fastq.Queue(names[0], capacity=1 << 16, serializer="raw", wait=wait)
     b = fastq.Queue(names[1], capacity=1 << 16, serializer="raw", wait=wait)
-    ready = CTX.Event()
-    p = CTX.Process(target=_fq_sync_echo, args=(names, n, wait, ready))
-    p.start()
-    ready.wait()
+    p = _start(_fq_sync_echo, names, n, wait)
     lat = []
     msg = b"x" * 8
     for _ in range(n):
@@ -458,10 +457,7 @@ def _pipe_echo(c, n, ready):
 
 def _pipe_pingpong(n):
     a, c = CTX.Pipe()
-    ready = CTX.Event()
-    p = CTX.Process(target=_pipe_echo, args=(c, n, ready))
-    p.start()
-    ready.wait()
+    p = _start(_pipe_echo, c, n)
     lat = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -483,10 +479,7 @@ def _spin_echo(v, n, ready):
 def _spin_pingpong(n):
     """The polling peer: a shared counter, both sides spinning (the floor)."""
     v = CTX.Value("q", 0, lock=False)
-    ready = CTX.Event()
-    p = CTX.Process(target=_spin_echo, args=(v, n, ready))
-    p.start()
-    ready.wait()
+    p = _start(_spin_echo, v, n)
     lat = []
     for i in range(n):
         t0 = time.perf_counter()
