@@ -115,6 +115,32 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep);
  * spin: spin and yield briefly before sleeping (the first wait of a call;
  * later slices of a long wait go straight to sleep). */
 void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin);
+/* Wait strategies: spin adaptively then sleep; spin and never sleep; sleep
+ * at once. */
+enum { FQ_STRATEGY_ADAPTIVE = 0, FQ_STRATEGY_SPIN = 1, FQ_STRATEGY_SLEEP = 2 };
+#define FQ_FOREVER UINT64_MAX
+/* As fq_wait, with a strategy: sleeps up to slice_ns while a claim is in
+ * flight (a dead process may have left it: the caller runs recovery between
+ * slices), and up to timeout_ns (FQ_FOREVER: no limit) while nothing is (a
+ * queue only; the next claim wakes it).  1 if the condition may hold. */
+int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
+                int strategy);
+/* Awaiting from an event loop.  fq_bell_set names this process's bell (an
+ * abstract Unix datagram socket "fastq-bell-%016llx" that its loops read;
+ * 0: none).  fq_arm(on = 1) puts this process's bit of side what up for
+ * it, as a sleeper's: writers ring the bell; FQ_ARM_READY if the condition
+ * may hold already (do not sleep), FQ_ARM_QUIET if nothing is in flight (no
+ * recovery timer needed), or -errno.  on = 0 when no task awaits there any
+ * more.  fq_bell_take: the sides (bit what) rung for this handle since the
+ * last call (after the socket was drained). */
+enum { FQ_ARM_READY = 1, FQ_ARM_QUIET = 2 };
+void fq_bell_set(uint64_t name);
+int fq_arm(fq_queue *q, int what, uint64_t need, int on);
+unsigned fq_bell_take(fq_queue *q);
+/* Wake every thread asleep on q (in any process): they re-check. */
+void fq_interrupt(fq_queue *q);
+/* This process's sleeps (FUTEX_WAIT calls), futex wakes and bells rung. */
+void fq_wait_counts(uint64_t out[3]);
 /* Spin (no syscall) for up to ns while the condition does not hold; 1 if it
  * may hold now.  For a caller that cannot cheaply release a lock (the GIL)
  * before a short wait. */
@@ -130,6 +156,8 @@ uint64_t fq_record_size(uint64_t len);
  * the n >= 1 records of these payload lengths (as fq_put_begin takes them):
  * the payload of one record as large as all of them. */
 uint64_t fq_put_need(const uint64_t *lens, size_t n);
+/* A spin of the caller's did not pay: halve the handle's adaptive budget. */
+void fq_spin_missed(fq_queue *q);
 
 /* Status */
 /* Messages put and not yet freed: what gets can take plus fq_unacked(). */
@@ -225,6 +253,9 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered);
 /* Wait up to timeout_ns for data at the subscription's group head. */
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin);
 int fq_sub_spin(fq_sub *s, uint64_t ns);
+/* fq_wait_for and fq_arm for data at the subscription's group head. */
+int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strategy);
+int fq_sub_arm(fq_sub *s, int on);
 /* Messages published that the group is still to deliver (not taken yet, or
  * given back: an orphan's claim, a claim kept by fq_sub_hold; not a claim
  * open); drops (drop topics). */
@@ -254,6 +285,8 @@ void fq_test_set_crash_point(const char *name, int countdown);
  * (SIGSTOP), the test sees it stopped (waitpid WUNTRACED), acts, then sends
  * SIGCONT.  An empty name disarms it. */
 void fq_test_set_pause_point(const char *name, int countdown, int notify_fd, int resume_fd);
+/* Test hook: the sleeper bits up (OR over slots) of data, space and quiet. */
+void fq_test_sleepers(fq_queue *q, uint64_t out[3]);
 /* Test hook: liveness probes made so far by this process; kind 0: reads of
  * /proc and kill() calls, kind 1: lock probes of the segment file. */
 uint64_t fq_test_probe_count(int kind);

@@ -38,6 +38,9 @@ struct fq_queue {
     _Atomic uint64_t cached_release; /* producers' cache of ctrl->release */
     pthread_mutex_t mu;        /* attach and sleeper bookkeeping */
     int sleepers[2];           /* threads of ours asleep on data/space */
+    int quiet_sleepers;        /* of them, asleep without a slice (quiet_mask) */
+    int armed[2];              /* an event loop of ours awaits data/space (fq_arm) */
+    int armed_quiet;           /* ... and its bit in quiet_mask is up */
     _Atomic uint32_t spin_ns;  /* adaptive spin budget before sleeping */
 };
 
@@ -147,6 +150,23 @@ void fq_topic_tables_changed(fq_queue *q); /* before the lock is dropped */
 
 int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
 void fq_lane_put(fq_queue *q, int lane);
+
+/* wait.c: the wait primitive takes the readiness rule as a predicate */
+typedef int (*fq_ready_fn)(fq_queue *q, uint64_t arg);
+/* nothing is in flight that a dead process could leave stalled */
+typedef int (*fq_quiet_fn)(fq_queue *q);
+/* Wait until ready(q, arg) may hold: spin (strategy), then sleep up to
+ * slice_ns, or up to timeout_ns while quiet(q) holds (NULL: never);
+ * FQ_FOREVER: no limit.  Returns 1 if it saw ready(q, arg) hold. */
+int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet,
+                 uint64_t slice_ns, uint64_t timeout_ns, int strategy);
+int fq_spin_pred(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns);
+/* Arm (on) or disarm side what of this process's slot for its bell: a
+ * writer then rings it.  FQ_ARM_READY if ready(q, arg) holds after arming,
+ * FQ_ARM_QUIET if quiet(q) holds (the caller needs no recovery slice). */
+int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet, int on);
+/* After a claim (a seq_cst CAS of tail or head): wake quiet sleepers. */
+void fq_wake_quiet(fq_queue *q);
 void fq_sweep(fq_queue *q);
 int fq_has_requeued(fq_queue *q);
 int fq_drained(fq_queue *q, uint64_t h);

@@ -53,6 +53,9 @@
  *                             (consumers look for them when non-zero)
  *     640  data_mask[16]      bit s set: slot s has a thread asleep on data
  *     768  space_mask[16]     bit s set: slot s has a thread asleep on space
+ *     896  quiet_mask[16]     bit s set: slot s has a waiter that sleeps without
+ *                             a recovery slice because nothing was in flight;
+ *                             the next claim of tail or head wakes it (fq_wait.c)
  *
  * File locks.  Liveness is not a record in the file: it is a byte-range
  * lock of an open file description (fcntl F_OFD_SETLK) on the segment
@@ -103,7 +106,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 5u
+#define FQ_VERSION 6u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
@@ -181,10 +184,10 @@ typedef struct fq_ctrl {
     _Atomic uint64_t recover_lock;
     _Atomic uint64_t requeued;
     uint8_t pad4[128 - 32];
-    /* lines 5-6: sleeper bitmasks, one bit per slot */
+    /* lines 5-7: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];
     _Atomic uint64_t space_mask[16];
-    uint8_t pad5[1024 - 896];
+    _Atomic uint64_t quiet_mask[16];
 } fq_ctrl;
 
 /*
@@ -231,9 +234,25 @@ enum { FQ_SLOT_FREE = 0, FQ_SLOT_ACTIVE = 2 };
 #define FQ_SLOT_GEN(w) ((uint32_t)(((w) >> 32) & 0xffffff))
 #define FQ_SLOT_PID(w) ((int32_t)(uint32_t)(w))
 
+/*
+ * The bell of a slot (fq_wait.c): how a writer wakes the owner's event loop.
+ * bell names the owner's doorbell socket (an abstract Unix datagram socket,
+ * "fastq-bell-%016llx"), valid while bell_owner equals word; bell_sides has
+ * bit w set while an awaiting task of the owner waits on side w, and bit
+ * 2 + w while a thread of it sleeps on side w's futex word (a writer that
+ * took only slots with a bell and without that bit skips FUTEX_WAKE); a writer
+ * that takes the slot's bit of side w sets bit w of bell_rung and sends one
+ * datagram if it was clear.  The owner drains its socket, then takes
+ * bell_rung: the datagram only wakes, the bits say what for (a full socket
+ * buffer loses a datagram, never a wake-up).
+ */
 typedef struct fq_slot {
     _Atomic uint64_t word;
-    uint8_t pad[120];
+    _Atomic uint64_t bell;
+    _Atomic uint64_t bell_owner;
+    _Atomic uint32_t bell_sides;
+    _Atomic uint32_t bell_rung;
+    uint8_t pad[128 - 32];
     fq_lane lane[FQ_LANES];
 } fq_slot;
 
@@ -330,6 +349,10 @@ _Static_assert(offsetof(fq_ctrl, recover_lock) == 528, "recover_lock at 528");
 _Static_assert(offsetof(fq_ctrl, requeued) == 536, "requeued at 536");
 _Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
 _Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
+_Static_assert(offsetof(fq_ctrl, quiet_mask) == 896, "quiet mask at 896");
+_Static_assert(offsetof(fq_slot, bell) == 8 && offsetof(fq_slot, bell_owner) == 16 &&
+                   offsetof(fq_slot, bell_sides) == 24 && offsetof(fq_slot, bell_rung) == 28,
+               "bell fields after the slot word");
 _Static_assert(sizeof(fq_intent) == 64, "an intent is one cache line");
 _Static_assert(sizeof(fq_slot) == 128 + FQ_LANES * 128, "slot size");
 _Static_assert(sizeof(fq_rec) == FQ_REC_HDR, "record header is 16 bytes");

@@ -553,6 +553,7 @@ int fq_recover(fq_queue *q)
         uint64_t bit = 1ull << (s & 63);
         atomic_fetch_and(&c->data_mask[s / 64], ~bit);
         atomic_fetch_and(&c->space_mask[s / 64], ~bit);
+        atomic_fetch_and(&c->quiet_mask[s / 64], ~bit);
         if (!q->topic)
             for (unsigned l = 0; l < FQ_LANES; l++)
                 fq_fix_cons_count(q, s, l);

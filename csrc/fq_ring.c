@@ -158,6 +158,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
             break;
         }
     }
+    fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
     FQ_CRASH_POINT("put_after_claim");
     uint32_t owner = (uint32_t)slot << 8 | (uint32_t)lane;
@@ -490,6 +491,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         /* seq_cst: recovery loads head first, then the intents */
         if (!atomic_compare_exchange_strong_explicit(&ctl->head, &h, p, SEQ, RLX))
             continue;
+        fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
         atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
         FQ_CRASH_POINT("get_after_claim");
         c->pos = h;
@@ -774,4 +776,95 @@ uint64_t fq_put_need(const uint64_t *lens, size_t n)
     for (size_t i = 0; i < n; i++)
         total += fq_rec_size(lens[i]);
     return total - FQ_REC_HDR; /* fq_wait adds one header back */
+}
+
+/* ---- readiness rules (the predicates of fq_wait.c) ----------------------- */
+
+static int fq_is_shut(fq_queue *q)
+{
+    return (atomic_load_explicit(&q->ctrl->state, memory_order_seq_cst) & FQ_STATE_SHUTDOWN) != 0;
+}
+
+/* A queue consumer's: a record to take, or shut down and drained. */
+static int fq_get_ready(fq_queue *q, uint64_t unused)
+{
+    (void)unused;
+    fq_ctrl *c = q->ctrl;
+    /* a non-zero hint may be stale: look for an actual record */
+    if (atomic_load_explicit(&c->requeued, memory_order_seq_cst) && fq_has_requeued(q))
+        return 1;
+    uint64_t h = atomic_load_explicit(&c->head, memory_order_seq_cst);
+    fq_rec *r = fq_rec_at(q, h);
+    uint64_t w = atomic_load_explicit(&r->word, memory_order_seq_cst);
+    if (fq_match(q, h, w)) {
+        unsigned st = w & 7;
+        if (st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED)
+            return 1;
+    }
+    /* shut down and drained: gets raise ShutDown (while a put is still
+     * being copied, or a claim may still be given back, they wait) */
+    return fq_is_shut(q) && fq_drained(q, h);
+}
+
+/* A producer's (need: the payload bytes of the put): room, or shut down. */
+static int fq_put_ready(fq_queue *q, uint64_t need)
+{
+    if (fq_is_shut(q))
+        return 1;
+    if (q->topic)
+        return fq_topic_space_ready(q, need);
+    fq_ctrl *c = q->ctrl;
+    uint64_t rel = atomic_load_explicit(&c->release, memory_order_seq_cst);
+    uint64_t t = atomic_load_explicit(&c->tail, memory_order_seq_cst);
+    need = fq_rec_size(need);
+    if (need > q->cap / 2)
+        need = q->cap / 2;
+    /* a claim may need padding up to the end of the ring */
+    uint64_t idx = t & q->mask;
+    uint64_t span = idx + need > q->cap ? q->cap - idx + need : need;
+    return t + span - rel <= q->cap;
+}
+
+/* A topic subscriber's (pos: its group's head): a message, or shut down. */
+static int fq_sub_ready(fq_queue *q, uint64_t pos)
+{
+    return fq_topic_data_ready(q, pos) || fq_is_shut(q);
+}
+
+/* The rule of side what of q (need: the put's bytes, or a group's head). */
+static fq_ready_fn fq_rule(fq_queue *q, int what)
+{
+    if (what == FQ_WAIT_SPACE)
+        return fq_put_ready;
+    return q->topic ? fq_sub_ready : fq_get_ready;
+}
+
+/* Nothing in flight that a dead process could leave stalled: no claim of
+ * tail or head open, nothing put back (queues; a topic is never quiet). */
+static int fq_quiet(fq_queue *q)
+{
+    return fq_idle(q);
+}
+
+void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
+{
+    fq_wait_pred(q, what, fq_rule(q, what), need, NULL, timeout_ns, timeout_ns,
+                 spin ? FQ_STRATEGY_ADAPTIVE : FQ_STRATEGY_SLEEP);
+}
+
+int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
+                int strategy)
+{
+    return fq_wait_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, slice_ns,
+                        timeout_ns, strategy);
+}
+
+int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
+{
+    return fq_spin_pred(q, fq_rule(q, what), need, ns);
+}
+
+int fq_arm(fq_queue *q, int what, uint64_t need, int on)
+{
+    return fq_arm_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, on);
 }

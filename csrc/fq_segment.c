@@ -899,6 +899,7 @@ void fq_close(fq_queue *q)
             uint64_t mbit = 1ull << (s & 63);
             atomic_fetch_and(&q->ctrl->data_mask[s / 64], ~mbit);
             atomic_fetch_and(&q->ctrl->space_mask[s / 64], ~mbit);
+            atomic_fetch_and(&q->ctrl->quiet_mask[s / 64], ~mbit);
             atomic_compare_exchange_strong(&sl->word, &w,
                                            FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
         }

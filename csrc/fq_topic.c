@@ -1143,6 +1143,14 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
     atomic_store_explicit(&q->members[s->m].held, 1, RLX);
 }
 
+/* A subscriber's readiness rule for fq_wait.c (pos: its group's head): a
+ * message there, or shut down.  Here, not in the wait layer: it knows no
+ * discipline. */
+static int fq_sub_ready(fq_queue *q, uint64_t pos)
+{
+    return fq_topic_data_ready(q, pos) || (atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN);
+}
+
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
 {
     fq_queue *q = s->q;
@@ -1157,14 +1165,39 @@ void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
         nanosleep(&ts, NULL);
         return;
     }
-    fq_wait(q, FQ_WAIT_DATA, h, timeout_ns, spin);
+    fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, h, NULL, timeout_ns, timeout_ns,
+                 spin ? FQ_STRATEGY_ADAPTIVE : FQ_STRATEGY_SLEEP);
 }
 
 int fq_sub_spin(fq_sub *s, uint64_t ns)
 {
     fq_queue *q = s->q;
     uint64_t h = atomic_load(&q->groups[s->g].head);
-    return fq_spin(q, FQ_WAIT_DATA, h, ns);
+    return fq_spin_pred(q, fq_sub_ready, h, ns);
+}
+
+int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strategy)
+{
+    fq_queue *q = s->q;
+    uint64_t h = atomic_load(&q->groups[s->g].head);
+    if (atomic_load(&q->groups[s->g].orphans) ||
+        ((atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN) && h == atomic_load(&q->ctrl->tail) &&
+         !fq_group_drained(s))) {
+        fq_sub_wait(s, slice_ns < timeout_ns ? slice_ns : timeout_ns, 0); /* its rules */
+        return 0;
+    }
+    return fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, h, NULL, slice_ns, timeout_ns, strategy);
+}
+
+int fq_sub_arm(fq_sub *s, int on)
+{
+    fq_queue *q = s->q;
+    if (!on)
+        return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, 0, NULL, 0);
+    if (atomic_load(&q->groups[s->g].orphans))
+        return FQ_ARM_READY; /* a claim to take over: try */
+    uint64_t h = atomic_load(&q->groups[s->g].head);
+    return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, h, NULL, 1);
 }
 
 /* ---- status ---------------------------------------------------------- */

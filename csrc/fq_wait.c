@@ -1,15 +1,19 @@
 /*
- * fq_wait.c - waiting for data or space without a lock and without a
- * syscall on the fast path.
+ * fq_wait.c - waiting for a condition without a lock and without a syscall
+ * on the fast path.  The wait layer knows no discipline: the caller passes
+ * the readiness rule as a predicate (ready(q, arg): may the condition hold
+ * now?), as ck's ck_ec_wait_pred does; the rules of the queue and the topic
+ * live with them (fq_ring.c, fq_topic.c).
  *
  * Each side has a futex word in the segment (data_seq, space_seq) and a
- * bitmask of slots that have a thread asleep on it.
+ * bitmask of slots that have a waiter asleep on it.
  *
  *   waiter: set our bit (seq_cst RMW; before every sleep); v = load(word);
  *           re-check the condition; futex_wait(word, v, slice); clear the
  *           bit when the process's last sleeper on it leaves.
  *   writer: publish (release); seq_cst fence; if any bit is set, take the
- *           bits (exchange with 0), bump the word and FUTEX_WAKE everyone.
+ *           bits (exchange with 0), bump the word and FUTEX_WAKE everyone;
+ *           ring the bell of each slot taken that has an awaiting task.
  *           Taking them makes one syscall per sleep, not one per write
  *           until the woken sleepers run again.
  *
@@ -20,20 +24,47 @@
  * not a count, because a waiter killed in its sleep must not leave the
  * count raised forever: recovery clears a dead slot's bit.
  *
+ * Sleeping without a timer.  A waiter must not sleep forever on a word that
+ * a dead process was to bump: while a claim is in flight, it sleeps in
+ * slices and the caller runs recovery between them.  When nothing is in
+ * flight (the caller's quiet(q)), it sleeps without a slice, after setting
+ * its bit in quiet_mask: a consumer or producer that claims (moves head or
+ * tail) calls fq_wake_quiet() after its seq_cst CAS, and either that load
+ * sees the bit, or the waiter's quiet(q), loaded after its seq_cst RMW,
+ * sees the claim.  The woken waiter finds a claim in flight and sleeps in
+ * slices until it is finished.
+ *
+ * Bells: an event loop cannot sleep in FUTEX_WAIT.  A process with awaiting
+ * tasks owns a doorbell, an abstract Unix datagram socket its loops watch
+ * (fq_layout.h, "The bell of a slot"); fq_arm() puts the slot's bits up for
+ * it as a sleeper would, and writers ring it instead of (besides) the futex.
+ *
  * Before sleeping, a waiter spins briefly: a hand-off to a side running on
- * another core then costs ~0.1 us instead of a ~50 us futex round trip.
- * The spin adapts, per handle: it doubles (up to FQ_SPIN_MAX_NS) each time
- * spinning was enough and halves (down to FQ_SPIN_MIN_NS) each time the
- * waiter had to sleep anyway.  On a machine with fewer cores than busy
- * processes the other side is often not running, spinning only burns the
- * core it needs, and the spin shrinks to almost nothing within a few waits.
- * There is no spinning at all on a single-core machine.
+ * another core then costs ~0.1 us instead of a futex round trip.  The spin
+ * adapts, per handle: it doubles (up to FQ_SPIN_MAX_NS) each time spinning
+ * was enough and halves (down to FQ_SPIN_MIN_NS) each time the waiter had
+ * to sleep anyway.  On a machine with fewer cores than busy processes the
+ * other side is often not running, spinning only burns the core it needs,
+ * and the spin shrinks to almost nothing within a few waits.  There is no
+ * spinning at all on a single-core machine.  The caller may choose another
+ * strategy per call (FQ_STRATEGY_SPIN: spin until ready, never sleep;
+ * FQ_STRATEGY_SLEEP: sleep at once).
+ *
+ * Memory order: seq_cst on the bits, the words and the predicates' loads
+ * (the Dekker pairs above need store-load order); relaxed on the process's
+ * own statistics.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,53 +89,121 @@ static int fq_ncpu(void)
     return v;
 }
 
+/* statistics of this process (fq_wait_counts) */
+static _Atomic uint64_t fq_nsleeps, fq_nwakes, fq_nbells;
+
+/* ns == FQ_FOREVER: no timeout */
 static void fq_futex_wait(_Atomic uint32_t *word, uint32_t v, uint64_t ns)
 {
     struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, v, &ts, NULL, 0);
+    atomic_fetch_add_explicit(&fq_nsleeps, 1, memory_order_relaxed);
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, v, ns == FQ_FOREVER ? NULL : &ts, NULL, 0);
 }
 
 static void fq_futex_wake(_Atomic uint32_t *word)
 {
+    atomic_fetch_add_explicit(&fq_nwakes, 1, memory_order_relaxed);
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Does the condition we wait for hold (or may it)? */
-static int fq_ready(fq_queue *q, int what, uint64_t need)
+void fq_wait_counts(uint64_t out[3])
+{
+    out[0] = atomic_load_explicit(&fq_nsleeps, memory_order_relaxed);
+    out[1] = atomic_load_explicit(&fq_nwakes, memory_order_relaxed);
+    out[2] = atomic_load_explicit(&fq_nbells, memory_order_relaxed);
+}
+
+/* Test hook: the OR of every word of data_mask, space_mask, quiet_mask. */
+void fq_test_sleepers(fq_queue *q, uint64_t out[3])
 {
     fq_ctrl *c = q->ctrl;
-    int shut = (atomic_load_explicit(&c->state, memory_order_seq_cst) & FQ_STATE_SHUTDOWN) != 0;
-    if (q->topic) /* need: the subscriber's position, or the put's bytes */
-        return what == FQ_WAIT_DATA ? fq_topic_data_ready(q, need) || shut
-                                    : shut || fq_topic_space_ready(q, need);
-    if (what == FQ_WAIT_DATA) {
-        /* a non-zero hint may be stale: look for an actual record */
-        if (atomic_load_explicit(&c->requeued, memory_order_seq_cst) && fq_has_requeued(q))
-            return 1;
-        uint64_t h = atomic_load_explicit(&c->head, memory_order_seq_cst);
-        fq_rec *r = fq_rec_at(q, h);
-        uint64_t w = atomic_load_explicit(&r->word, memory_order_seq_cst);
-        if (fq_match(q, h, w)) {
-            unsigned st = w & 7;
-            if (st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED)
-                return 1;
-        }
-        /* shut down and drained: gets raise ShutDown (while a put is still
-         * being copied, or a claim may still be given back, they wait) */
-        return shut && fq_drained(q, h);
+    out[0] = out[1] = out[2] = 0;
+    for (unsigned i = 0; i < (q->nslots + 63) / 64; i++) {
+        out[0] |= atomic_load(&c->data_mask[i]);
+        out[1] |= atomic_load(&c->space_mask[i]);
+        out[2] |= atomic_load(&c->quiet_mask[i]);
     }
-    if (shut)
-        return 1;
-    uint64_t rel = atomic_load_explicit(&c->release, memory_order_seq_cst);
-    uint64_t t = atomic_load_explicit(&c->tail, memory_order_seq_cst);
-    need = fq_rec_size(need); /* need: the payload bytes of the put */
-    if (need > q->cap / 2)
-        need = q->cap / 2;
-    /* a claim may need padding up to the end of the ring */
-    uint64_t idx = t & q->mask;
-    uint64_t span = idx + need > q->cap ? q->cap - idx + need : need;
-    return t + span - rel <= q->cap;
 }
+
+/* ---- bells --------------------------------------------------------------- */
+
+static _Atomic uint64_t fq_bell_name; /* this process's bell; 0: none */
+static _Atomic int fq_bell_fd = -1;   /* for sending; any process may share it */
+
+void fq_bell_set(uint64_t name)
+{
+    atomic_store(&fq_bell_name, name);
+}
+
+static int fq_bell_address(uint64_t name, struct sockaddr_un *a)
+{
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    /* abstract: sun_path[0] == 0, no file */
+    int n = snprintf(a->sun_path + 1, sizeof a->sun_path - 1, "fastq-bell-%016llx",
+                     (unsigned long long)name);
+    return (int)offsetof(struct sockaddr_un, sun_path) + 1 + n;
+}
+
+static void fq_bell_send(uint64_t name)
+{
+    int fd = atomic_load(&fq_bell_fd);
+    if (fd < 0) {
+        int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (nfd < 0)
+            return;
+        int expect = -1;
+        if (atomic_compare_exchange_strong(&fq_bell_fd, &expect, nfd))
+            fd = nfd;
+        else {
+            close(nfd);
+            fd = expect;
+        }
+    }
+    struct sockaddr_un a;
+    socklen_t len = (socklen_t)fq_bell_address(name, &a);
+    atomic_fetch_add_explicit(&fq_nbells, 1, memory_order_relaxed);
+    /* EAGAIN: its buffer is full, so it is woken anyway; ECONNREFUSED: the
+     * owner closed its bell (it waits no more) */
+    (void)sendto(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&a, len);
+}
+
+/* bell_sides: bit w, a task of the slot's owner awaits side w (its bell);
+ * bit FQ_BELL_FUTEX << w, a thread of it sleeps on side w's futex word (a
+ * writer that took only bits of slots without it skips FUTEX_WAKE) */
+#define FQ_BELL_FUTEX 4u
+
+/* The writer took the bits `taken` (word i) of side: ring those slots'
+ * bells that an awaiting task listens to.  1 if a slot taken may have a
+ * thread asleep on the futex (or says nothing: an older owner's). */
+static int fq_ring_bells(fq_queue *q, unsigned i, uint64_t taken, int side)
+{
+    int futex = 0;
+    while (taken) {
+        unsigned b = (unsigned)__builtin_ctzll(taken);
+        taken &= taken - 1;
+        uint32_t s = i * 64 + b;
+        if (s >= q->nslots)
+            return 1;
+        fq_slot *sl = &q->slots[s];
+        uint32_t sides = atomic_load(&sl->bell_sides);
+        if (!(sides & (1u << side)) || (sides & (FQ_BELL_FUTEX << side)))
+            futex = 1;
+        if (!(sides & (1u << side)))
+            continue;
+        uint64_t name = atomic_load(&sl->bell);
+        /* a bell left by an earlier owner of the slot is not this one's */
+        if (!name || atomic_load(&sl->bell_owner) != atomic_load(&sl->word))
+            continue;
+        /* one datagram until the owner takes the bits: it drains its socket
+         * before it takes them (fq_bell_take), so a ring after that sends */
+        if (!(atomic_fetch_or(&sl->bell_rung, 1u << side) & (1u << side)))
+            fq_bell_send(name);
+    }
+    return futex;
+}
+
+/* ---- waking ------------------------------------------------------------- */
 
 void fq_wake(fq_queue *q, int what)
 {
@@ -121,10 +220,12 @@ void fq_wake(fq_queue *q, int what)
          * sleepers run again (with more processes than cores that can take
          * long).  A sleeper sets its bit again before every re-check. */
         int wake = 0;
-        for (unsigned i = 0; i < words; i++)
+        for (unsigned i = 0; i < words; i++) {
+            uint64_t taken;
             if (atomic_load_explicit(&mask[i], memory_order_relaxed) &&
-                atomic_exchange_explicit(&mask[i], 0, memory_order_seq_cst))
-                wake = 1;
+                (taken = atomic_exchange_explicit(&mask[i], 0, memory_order_seq_cst)))
+                wake |= fq_ring_bells(q, i, taken, side);
+        }
         if (wake) {
             atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
             fq_futex_wake(seq);
@@ -132,16 +233,45 @@ void fq_wake(fq_queue *q, int what)
     }
 }
 
-/* Spin up to ns (and the handle's adaptive budget); 1 if the condition holds. */
-static int fq_spin_for(fq_queue *q, int what, uint64_t need, uint64_t ns)
+void fq_wake_quiet(fq_queue *q)
+{
+    fq_ctrl *c = q->ctrl;
+    unsigned words = (q->nslots + 63) / 64;
+    int wake = 0;
+    /* the caller's seq_cst CAS (its claim) comes before these loads: pairs
+     * with the waiter's RMW on quiet_mask before its quiet(q) */
+    for (unsigned i = 0; i < words; i++)
+        if (atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst) &&
+            atomic_exchange_explicit(&c->quiet_mask[i], 0, memory_order_seq_cst))
+            wake = 1;
+    if (wake)
+        fq_wake(q, -1);
+}
+
+void fq_interrupt(fq_queue *q)
+{
+    fq_ctrl *c = q->ctrl;
+    /* bump whatever the bits say: a sleeper that loaded its word before
+     * this sees FUTEX_WAIT return; one after it re-checks its caller's
+     * state (the caller repeats this until its sleepers have left) */
+    atomic_fetch_add_explicit(&c->data_seq, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&c->space_seq, 1, memory_order_seq_cst);
+    fq_futex_wake(&c->data_seq);
+    fq_futex_wake(&c->space_seq);
+}
+
+/* ---- waiting ------------------------------------------------------------- */
+
+/* Spin up to ns (and, adaptive, the handle's budget); 1 if ready. */
+static int fq_spin_for(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns, int adapt)
 {
     uint32_t budget = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
-    if (ns > budget)
+    if (adapt && ns > budget)
         ns = budget;
     uint64_t start = fq_now_ns();
     for (unsigned i = 0;; i++) {
-        if (fq_ready(q, what, need)) {
-            if (budget < FQ_SPIN_MAX_NS) /* spinning pays: allow more */
+        if (ready(q, arg)) {
+            if (adapt && budget < FQ_SPIN_MAX_NS) /* spinning pays: allow more */
                 atomic_store_explicit(&q->spin_ns, budget * 2 > FQ_SPIN_MAX_NS ? FQ_SPIN_MAX_NS
                                                                                : budget * 2,
                                       memory_order_relaxed);
@@ -153,48 +283,155 @@ static int fq_spin_for(fq_queue *q, int what, uint64_t need, uint64_t ns)
     }
 }
 
-int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
+int fq_spin_pred(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns)
 {
     if (fq_ncpu() < 2)
-        return fq_ready(q, what, need);
-    return fq_spin_for(q, what, need, ns);
+        return ready(q, arg);
+    return fq_spin_for(q, ready, arg, ns, 1);
 }
 
-void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
+void fq_spin_missed(fq_queue *q)
+{
+    /* spinning did not pay: spin less next time (as fq_wait_pred does) */
+    uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
+    atomic_store_explicit(&q->spin_ns, b / 2 < FQ_SPIN_MIN_NS ? FQ_SPIN_MIN_NS : b / 2,
+                          memory_order_relaxed);
+}
+
+/* Our bit of a mask, and the process's bookkeeping of who needs it up:
+ * the bit may be cleared when no thread and no task of ours waits there. */
+static void fq_bits_up(fq_queue *q, _Atomic uint64_t *masks)
+{
+    int s = atomic_load(&q->slot);
+    /* pairs with the writer's fence before it loads the mask */
+    atomic_fetch_or_explicit(&masks[s / 64], 1ull << (s & 63), memory_order_seq_cst);
+}
+
+static void fq_bits_down(fq_queue *q, _Atomic uint64_t *masks)
+{
+    int s = atomic_load(&q->slot);
+    atomic_fetch_and_explicit(&masks[s / 64], ~(1ull << (s & 63)), memory_order_seq_cst);
+}
+
+static _Atomic uint64_t *fq_side_mask(fq_queue *q, int what)
+{
+    return what == FQ_WAIT_DATA ? q->ctrl->data_mask : q->ctrl->space_mask;
+}
+
+int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet,
+                 uint64_t slice_ns, uint64_t timeout_ns, int mode)
 {
     if (fq_attach(q) != 0) {
         /* no slot: no bit to set; poll gently */
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
-        return;
+        return 0;
     }
     uint64_t start = fq_now_ns();
-    if (spin && fq_ncpu() > 1) {
-        if (fq_spin_for(q, what, need, FQ_SPIN_MAX_NS))
-            return;
-        /* spinning did not pay: spin less next time */
-        uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
-        atomic_store_explicit(&q->spin_ns, b / 2 < FQ_SPIN_MIN_NS ? FQ_SPIN_MIN_NS : b / 2,
-                              memory_order_relaxed);
+    if (slice_ns > timeout_ns)
+        slice_ns = timeout_ns;
+    if (mode == FQ_STRATEGY_SPIN) /* never sleep: spin through the slice */
+        return fq_spin_for(q, ready, arg, slice_ns, 0);
+    if (mode == FQ_STRATEGY_ADAPTIVE && fq_ncpu() > 1) {
+        if (fq_spin_for(q, ready, arg, FQ_SPIN_MAX_NS, 1))
+            return 1;
+        fq_spin_missed(q);
     }
     uint64_t spent = fq_now_ns() - start;
     if (spent >= timeout_ns)
-        return;
-    int s = atomic_load(&q->slot);
+        return 0;
     fq_ctrl *c = q->ctrl;
-    _Atomic uint64_t *mask = (what == FQ_WAIT_DATA ? c->data_mask : c->space_mask) + s / 64;
     _Atomic uint32_t *seq = what == FQ_WAIT_DATA ? &c->data_seq : &c->space_seq;
-    uint64_t bit = 1ull << (s & 63);
+    fq_slot *sl = &q->slots[atomic_load(&q->slot)];
     pthread_mutex_lock(&q->mu);
-    q->sleepers[what]++;
+    if (q->sleepers[what]++ == 0) /* before our bit goes up: see fq_ring_bells */
+        atomic_fetch_or(&sl->bell_sides, FQ_BELL_FUTEX << what);
     /* every time, not only for the first sleeper: a waker takes the bits */
-    atomic_fetch_or_explicit(mask, bit, memory_order_seq_cst);
+    fq_bits_up(q, fq_side_mask(q, what));
+    int deep = 0;
+    if (quiet && timeout_ns > slice_ns) {
+        q->quiet_sleepers++;
+        fq_bits_up(q, c->quiet_mask);
+        deep = 1;
+    }
     pthread_mutex_unlock(&q->mu);
     uint32_t v = atomic_load_explicit(seq, memory_order_seq_cst);
-    if (!fq_ready(q, what, need))
-        fq_futex_wait(seq, v, timeout_ns - spent);
+    int ok = ready(q, arg);
+    if (!ok) {
+        /* quiet: nothing in flight, and a claim from now on wakes us */
+        uint64_t ns = deep && quiet(q) ? timeout_ns : slice_ns;
+        fq_futex_wait(seq, v, ns == FQ_FOREVER ? ns : ns - spent);
+    }
     pthread_mutex_lock(&q->mu);
-    if (--q->sleepers[what] == 0)
-        atomic_fetch_and_explicit(mask, ~bit, memory_order_seq_cst);
+    if (--q->sleepers[what] == 0) {
+        if (!q->armed[what])
+            fq_bits_down(q, fq_side_mask(q, what));
+        atomic_fetch_and(&sl->bell_sides, ~(FQ_BELL_FUTEX << what));
+    }
+    if (deep && --q->quiet_sleepers == 0 && !q->armed_quiet)
+        fq_bits_down(q, c->quiet_mask);
     pthread_mutex_unlock(&q->mu);
+    return ok;
+}
+
+/* ---- awaiting (event loops) ---------------------------------------------- */
+
+int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet, int on)
+{
+    int rc = fq_attach(q);
+    if (rc)
+        return -rc;
+    int s = atomic_load(&q->slot);
+    fq_slot *sl = &q->slots[s];
+    fq_ctrl *c = q->ctrl;
+    uint64_t name = atomic_load(&fq_bell_name);
+    pthread_mutex_lock(&q->mu);
+    if (!on) {
+        q->armed[what] = 0;
+        atomic_fetch_and(&sl->bell_sides, ~(1u << what));
+        if (!q->sleepers[what])
+            fq_bits_down(q, fq_side_mask(q, what));
+        if (!q->armed[0] && !q->armed[1] && q->armed_quiet) {
+            q->armed_quiet = 0;
+            if (!q->quiet_sleepers)
+                fq_bits_down(q, c->quiet_mask);
+        }
+        pthread_mutex_unlock(&q->mu);
+        return 0;
+    }
+    if (!name) {
+        pthread_mutex_unlock(&q->mu);
+        return -ENOTCONN;
+    }
+    if (!q->armed[what])
+        /* a rung bit left from our last arming (a writer that took our bit
+         * just before we disarmed): with it set, no writer would send us a
+         * datagram again.  Cleared before our bit goes up: a ring after
+         * that sends, and a ring before it is for a write that the ready()
+         * below sees. */
+        atomic_fetch_and(&sl->bell_rung, ~(1u << what));
+    q->armed[what] = 1;
+    if (atomic_load(&sl->bell) != name)
+        atomic_store(&sl->bell, name);
+    /* the owner check of fq_ring_bells: our slot word, as we own it now */
+    atomic_store(&sl->bell_owner, atomic_load(&sl->word));
+    atomic_fetch_or(&sl->bell_sides, 1u << what);
+    fq_bits_up(q, fq_side_mask(q, what));
+    if (quiet) {
+        q->armed_quiet = 1;
+        fq_bits_up(q, c->quiet_mask);
+    }
+    pthread_mutex_unlock(&q->mu);
+    /* after the bits are up (seq_cst): pairs with the writer's fence */
+    if (ready(q, arg))
+        return FQ_ARM_READY;
+    return quiet && quiet(q) ? FQ_ARM_QUIET : 0;
+}
+
+unsigned fq_bell_take(fq_queue *q)
+{
+    int s = atomic_load(&q->slot);
+    if (s < 0)
+        return 0;
+    return atomic_exchange(&q->slots[s].bell_rung, 0);
 }

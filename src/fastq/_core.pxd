@@ -20,6 +20,12 @@ cdef extern from "fastq.h" nogil:
         FQ_ELOST
         FQ_WAIT_DATA
         FQ_WAIT_SPACE
+        FQ_STRATEGY_ADAPTIVE
+        FQ_STRATEGY_SPIN
+        FQ_STRATEGY_SLEEP
+        FQ_ARM_READY
+        FQ_ARM_QUIET
+    uint64_t FQ_BYTES_STRICT
     enum:
         FQ_SUB_ANON
         FQ_SUB_GROUP
@@ -65,6 +71,17 @@ cdef extern from "fastq.h" nogil:
     uint64_t fq_record_size(uint64_t len)
     uint64_t fq_put_need(const uint64_t *lens, size_t n)
     int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
+    void fq_spin_missed(fq_queue *q)
+    uint64_t FQ_FOREVER
+    int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
+                    int strategy)
+    void fq_bell_set(uint64_t name)
+    int fq_arm(fq_queue *q, int what, uint64_t need, int on)
+    unsigned fq_bell_take(fq_queue *q)
+    void fq_wait_counts(uint64_t out[3])
+    void fq_interrupt(fq_queue *q)
+    void fq_test_set_crash_point(const char *name, int countdown)
+    void fq_test_sleepers(fq_queue *q, uint64_t out[3])
     uint64_t fq_qsize(fq_queue *q)
     uint64_t fq_unacked(fq_queue *q)
     uint64_t fq_available(fq_queue *q)
@@ -109,6 +126,8 @@ cdef extern from "fastq.h" nogil:
     void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t frm, int redelivered)
     void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
     int fq_sub_spin(fq_sub *s, uint64_t ns)
+    int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strategy)
+    int fq_sub_arm(fq_sub *s, int on)
     uint64_t fq_sub_lag(fq_sub *s)
     uint64_t fq_sub_dropped(fq_sub *s)
     uint32_t fq_sub_index(fq_sub *s)

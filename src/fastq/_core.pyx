@@ -1,12 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Thin binding over the C core (csrc/).  Private: use fastq.Queue.
 
-It converts arguments, runs the blocking loop (wait in slices with the GIL
-released, check for signals between slices, run crash recovery when no
-progress is made for a while) and maps return codes to exceptions.
+It converts arguments, runs the blocking loops (sleep with the GIL
+released, check for signals after each sleep, run crash recovery when no
+progress is made while a claim is in flight) and maps return codes to
+exceptions.
 
 One extension module, files by concern (included below): the C
-declarations are in _core.pxd; _rc.pxi maps return codes to exceptions;
+declarations are in _core.pxd; _rc.pxi maps return codes to exceptions; _wait.pxi holds the waiting
+policy (slices, strategies, the event-loop side of fastq._aio);
 _segment.pxi is the mapped segment and the copies into and out of it;
 _queue.pxi the queue consumer and receive(); _delivery.pxi a received
 message; _topic.pxi publishing and the subscriber table; _members.pxi a
@@ -35,10 +37,6 @@ cdef extern from "Python.h":
     int PyBUF_READ
 
 cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
-cdef double WAIT_SLICE = 0.05          # seconds: Ctrl-C is seen within this
-cdef double RECOVER_AFTER = 0.2        # seconds without progress before recovery
-cdef int WAKE_TRIES = 1000             # Subscriber._wake: yields before leaving it to the slice
-cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before waiting
 # receive(): deliveries one process may hold (a lane each, fq_layout.h)
 MAX_PREFETCH = FQ_MAX_HELD
 # Topic.subscribe(prefetch=): members one subscription may use (fastq.h)
@@ -61,25 +59,14 @@ cdef uint64_t BATCH_BYTES = 1 << 20
 cdef uint64_t NO_BYTE_LIMIT = (1ULL << 63) - 1  # no bound on a claim's bytes
 
 
-cdef class _Waiter:
-    """State of one blocking call: its deadline and when it last recovered."""
-    cdef double deadline, last_recover
-    cdef bint forever
-    cdef bint spun
-
-    def __cinit__(self, timeout):
-        now = _monotonic()
-        self.forever = timeout is None
-        self.deadline = 0.0 if timeout is None else now + float(timeout)
-        self.last_recover = now
-
-
 cdef class Subscriber
 cdef class SubscriberPool
 cdef class QueueSegment
+cdef class Segment
 
 
 include "_rc.pxi"
+include "_wait.pxi"
 include "_segment.pxi"
 include "_queue.pxi"
 include "_delivery.pxi"

@@ -75,12 +75,9 @@ cdef class Subscriber:
 
     cdef void _wake(self):
         """Wake the call in progress (in another thread) if it sleeps: it
-        then sees why (_interrupted).  fq_wake wakes the sleepers whose bit is
-        set, and the sleeper sets its bit only once inside fq_sub_wait: the
-        wake is repeated (yielding, the GIL released) until the call leaves
-        its sleep, WAKE_TRIES times at most; a wake that still misses it (it
-        set its bit and read the futex word between our first wake's taking
-        the bits and its bump) is seen at the end of its slice (WAIT_SLICE)."""
+        then sees why (_interrupted).  fq_interrupt bumps the futex words
+        whatever the sleeper bits say; it is repeated (yielding, the GIL
+        released) until the call leaves its sleep, WAKE_TRIES times at most."""
         cdef fq_queue *q
         cdef int i
         for i in range(WAKE_TRIES):
@@ -88,7 +85,7 @@ cdef class Subscriber:
                 return
             q = self.seg.q  # not closed: the waiting call holds the segment
             with nogil:
-                fq_wake(q, FQ_WAIT_DATA)
+                fq_interrupt(q)
                 sched_yield()
 
     def close(self):
@@ -149,7 +146,8 @@ cdef class Subscriber:
             if rc != FQ_EMPTY or not block:
                 _raise_rc(rc, q, 0)
             if w is None:
-                if spun < 1 and fq_sub_spin(self.s, SPIN_GIL_NS):
+                if (spun < 1 and self.seg.strategy != FQ_STRATEGY_SLEEP
+                        and fq_sub_spin(self.s, SPIN_GIL_NS)):
                     spun += 1
                     continue
                 w = _Waiter(timeout)
@@ -474,7 +472,7 @@ cdef class SubscriptionBase:
     (prefetch 1) or to its pool of members.  A forked child's first call
     joins the group with a member of its own (_join, in Python), as a
     pickled subscription does: the members it inherited are its parent's."""
-    cdef Subscriber _sub        # its first member: lag, dropped, closed
+    cdef readonly Subscriber _sub  # its first member: lag, dropped, closed
     cdef readonly SubscriberPool _pool   # prefetch > 1: the pool grown from _sub
     cdef unsigned _epoch        # fq_epoch() when the members joined
 

@@ -58,7 +58,8 @@ cdef class QueueSegment(Segment):
             if w is None:
                 # a short spin first, with the GIL held: releasing it and
                 # setting up a timed wait cost more than a typical hand-off
-                if spun < 1 and fq_spin(q, FQ_WAIT_DATA, 0, SPIN_GIL_NS):
+                if (spun < 1 and self.strategy != FQ_STRATEGY_SLEEP
+                        and fq_spin(q, FQ_WAIT_DATA, 0, SPIN_GIL_NS)):
                     spun += 1
                     continue
                 w = _Waiter(timeout)
@@ -252,9 +253,9 @@ cdef class QueueSegment(Segment):
                         return w
                     if self.q == NULL or self.closing:
                         raise ValueError("the queue or topic was closed while this call waited")
-                    left = WAIT_SLICE  # a prefetch changed meanwhile is seen within it
+                    left = RECOVER_AFTER  # a prefetch changed meanwhile is seen within it
                     if not w.forever:
-                        left = min(w.deadline - _monotonic(), WAIT_SLICE)
+                        left = min(w.deadline - _monotonic(), RECOVER_AFTER)
                         if left <= 0:
                             raise Empty
                     cond.wait(left)

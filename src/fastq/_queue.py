@@ -9,9 +9,10 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, Iterable, Iterator, List, Optional, TypeVar
 
 from . import _core
+from ._aio import QueueAio
 from ._naming import segment_path
 from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
-                       _check_int, iterate)
+                       _check_int, _strategy, iterate)
 from ._serializers import PickleSerializer, RawSerializer, make_serializer
 
 __all__ = ["Queue", "JoinableQueue", "segment_path", "PickleSerializer", "RawSerializer"]
@@ -19,7 +20,7 @@ __all__ = ["Queue", "JoinableQueue", "segment_path", "PickleSerializer", "RawSer
 _T = TypeVar("_T")
 
 
-class Queue(_core.QueueSegment, SegmentHandle, Generic[_T]):
+class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
     """A multi-producer, multi-consumer FIFO queue shared by processes.
 
     ``fastq.Queue[int]`` is its type for messages of type int (generic for
@@ -61,6 +62,12 @@ class Queue(_core.QueueSegment, SegmentHandle, Generic[_T]):
         Open a segment even if another user owns it or can write it.  By
         default that is refused (``PermissionError``): whoever can write a
         segment can make its readers unpickle anything, that is, run code.
+    wait : {"adaptive", "spin", "sleep"}
+        How this handle's blocking calls wait (see "Wait strategies" in the
+        README): ``"adaptive"`` spins briefly, as long as spinning has been
+        paying off, then sleeps; ``"spin"`` never sleeps (lowest latency, a
+        core busy while it waits); ``"sleep"`` sleeps at once (least CPU).
+        Awaitable calls never spin.
 
     Examples
     --------
@@ -73,8 +80,9 @@ class Queue(_core.QueueSegment, SegmentHandle, Generic[_T]):
                  capacity: int = _CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, prefetch: int = 4,
-                 trusted: bool = False, _how: str = "open_or_create",
+                 trusted: bool = False, wait: str = "adaptive", _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
+        strategy = _strategy(wait)
         self._ser_spec = serializer
         self._ser = make_serializer(serializer)
         self._trusted = trusted
@@ -82,6 +90,7 @@ class Queue(_core.QueueSegment, SegmentHandle, Generic[_T]):
         self._set_prefetch(prefetch)
         self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, "", 0),
                      trusted, _vetted)
+        self.strategy = strategy
 
     if TYPE_CHECKING:  # the compiled methods, typed by message (docs: _core.QueueSegment)
         def put(self, obj: _T, block: bool = True, timeout: Optional[float] = None) -> None: ...

@@ -104,6 +104,8 @@ cdef class Segment:
     cdef object _deliveries    # WeakSet of unsettled Delivery objects
     cdef double _last_poll_recover
     cdef object _subs          # WeakSet of open Subscribers (closed first)
+    cdef public int strategy   # FQ_STRATEGY_*: how blocking calls wait (_wait.pxi)
+    cdef int _sleeping         # threads of this handle asleep in a wait (_seg_interrupt)
 
     def _set_serializer(self, dumps, loads, bint is_pickle=False):
         """Functions applied by put*/get* (None, None: raw bytes).  With
@@ -218,6 +220,7 @@ cdef class Segment:
             for sub in list(self._subs):
                 (<Subscriber>sub).close()
         self.closing = True
+        _seg_interrupt(self)  # a call asleep in a wait: raise now
         if self._bound_waiters:  # a receive() at the prefetch bound: raise now
             with self._settled:
                 self._settled.notify_all()
@@ -232,11 +235,12 @@ cdef class Segment:
 
     cdef int _wait(self, fq_queue *q, int what, uint64_t need, _Waiter w,
                    fq_sub *sub=NULL, Subscriber owner=None) except -1:
-        """Wait one slice (for a subscription: at its group's head); raise
-        Empty/Full on timeout.  Returns 0, or 1 without waiting if owner (the
-        subscriber waiting) must return to its pool (see Subscriber._wake)."""
+        """Wait once (for a subscription: at its group's head); raise Empty/Full
+        on timeout.  Returns 0, or 1 without waiting if owner (the subscriber
+        waiting) must return to its pool (see Subscriber._wake)."""
         now = _monotonic()
-        cdef double left = WAIT_SLICE
+        cdef uint64_t timeout_ns = FQ_FOREVER
+        cdef double left
         if not w.forever:
             left = w.deadline - now
             if left <= 0:
@@ -244,26 +248,34 @@ cdef class Segment:
                 # call: recover (rate-limited per handle) before giving up
                 self._poll_recover(q)
                 raise Empty if what == FQ_WAIT_DATA else Full
-            if left > WAIT_SLICE:
-                left = WAIT_SLICE
-        if now - w.last_recover >= RECOVER_AFTER:
+            timeout_ns = <uint64_t>(left * 1e9)
+        if sub == NULL and not fq_is_topic(q) and fq_idle(q):
+            w.last_recover = now  # nothing in flight: no stall can have begun
+        elif now - w.last_recover >= RECOVER_AFTER:
             w.last_recover = now
             with nogil:
                 fq_recover(q)
-        cdef uint64_t ns = <uint64_t>(left * 1e9)
-        cdef int spin = not w.spun  # spin only before the first sleep
+        cdef int strategy = self.strategy
+        if strategy == FQ_STRATEGY_ADAPTIVE and w.spun:
+            strategy = FQ_STRATEGY_SLEEP  # spin only before the first sleep
         w.spun = True
+        cdef uint64_t slice_ns = <uint64_t>((SPIN_SLICE if strategy == FQ_STRATEGY_SPIN
+                                             else RECOVER_AFTER) * 1e9)
         if owner is not None:
             # checked, then flagged, with no Python code (no other thread)
             # between them and the sleep: a _wake after the check sees the flag
             if owner._interrupted():
                 return 1
             owner.waiting = True
+        if self.closing:
+            raise ValueError("the queue or topic was closed while this call waited")
+        self._sleeping += 1  # before the sleep: _seg_interrupt wakes until it is 0
         with nogil:
             if sub != NULL:
-                fq_sub_wait(sub, ns, spin)
+                fq_sub_wait_for(sub, slice_ns, timeout_ns, strategy)
             else:
-                fq_wait(q, what, need, ns, spin)
+                fq_wait_for(q, what, need, slice_ns, timeout_ns, strategy)
+        self._sleeping -= 1
         if owner is not None:
             owner.waiting = False
         PyErr_CheckSignals()

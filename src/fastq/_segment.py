@@ -41,6 +41,15 @@ def _given(v: Any) -> Any:
     return v.value if isinstance(v, _Default) else v
 
 
+def _strategy(wait: Any) -> int:
+    """The C core's FQ_STRATEGY_* for wait=: ValueError if unknown."""
+    try:
+        return _core.STRATEGIES[wait]
+    except (KeyError, TypeError):
+        raise ValueError(f"wait must be one of {sorted(_core.STRATEGIES)}, not {wait!r}") \
+            from None
+
+
 def _check_int(what: str, v: Any, lo: int, hi: int) -> int:
     """v as an int in lo..hi: TypeError for another type (bool too), ValueError
     out of range."""

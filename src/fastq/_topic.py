@@ -10,9 +10,10 @@ import uuid
 from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional
 
 from . import _core
+from ._aio import SubscriptionAio, TopicAio
 from ._errors import SubscriberLimit
 from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
-                       _check_int, _Default, _given, iterate)
+                       _check_int, _Default, _given, _strategy, iterate)
 from ._serializers import make_serializer
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
@@ -47,7 +48,7 @@ class SubscriberInfo(NamedTuple):
     ``Subscription.lag``)."""
 
 
-class Topic(_core.TopicSegment, SegmentHandle):
+class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
     """Publish/subscribe in a shared-memory segment: every subscription
     receives every message published after it subscribed.
 
@@ -73,8 +74,9 @@ class Topic(_core.TopicSegment, SegmentHandle):
         and one subscriber per durable name.
     max_subscribers : int
         Subscriber entries (and groups) the topic can hold (default 64).
-    serializer, mode, max_processes, trusted
-        As for :class:`fastq.Queue`.
+    serializer, mode, max_processes, trusted, wait
+        As for :class:`fastq.Queue` (``wait``: for publishing, and for the
+        blocking calls of this handle's subscriptions).
 
     Examples
     --------
@@ -89,7 +91,9 @@ class Topic(_core.TopicSegment, SegmentHandle):
                  max_message: Optional[int] = None, overflow: str = _OVERFLOW,
                  max_subscribers: int = _MAX_SUBSCRIBERS, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
-                 _how: str = "open_or_create", _vetted: Optional[tuple] = None):
+                 wait: str = "adaptive", _how: str = "open_or_create",
+                 _vetted: Optional[tuple] = None):
+        strategy = _strategy(wait)
         self._ser_spec = serializer
         self._ser = make_serializer(serializer)
         self._trusted = trusted
@@ -98,6 +102,7 @@ class Topic(_core.TopicSegment, SegmentHandle):
         _check_int("max_subscribers", _given(max_subscribers), 1, _core.MAX_SUBS)
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
                      (1, overflow, max_subscribers), trusted, _vetted)
+        self.strategy = strategy
 
     @classmethod
     def create(cls, name: Optional[str] = None, capacity: int = DEFAULT_CAPACITY,
@@ -203,7 +208,7 @@ class Topic(_core.TopicSegment, SegmentHandle):
         return f"<fastq.Topic {self._name!r} {state}>"
 
 
-class Subscription(_core.SubscriptionBase):
+class Subscription(_core.SubscriptionBase, SubscriptionAio):
     """A subscription to a :class:`Topic` (from :meth:`Topic.subscribe`).
 
     A subscription is for one thread at a time (its deliveries may be acked

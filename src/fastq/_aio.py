@@ -1,0 +1,456 @@
+"""asyncio for fastq: awaitable gets and puts without polling and without a
+thread (issue #12).
+
+How a coroutine waits.  Every call first tries the non-blocking call
+(``get(block=False)``...).  If it cannot proceed, the task registers as a
+waiter of that segment and side (data or space) and arms this process's
+slot there (``fq_arm``): its bit goes up in the segment's sleeper mask, as a
+blocked thread's would, and the slot names this process's *bell*, an
+abstract Unix datagram socket that every event loop of the process with
+waiters watches (``loop.add_reader``).  A writer that finds the bit up rings
+the bell (one datagram, only while the bit is up: a busy queue with no
+sleeper costs its writers nothing).  The loop that reads the datagram takes
+the slot's rung bits and wakes one waiter of each side rung (every waiter,
+for a topic's subscriptions: each wants every message); the woken task
+tries again.  Idle waiters cost nothing: no timer runs while nothing is in
+flight that a dead process could leave stalled (``FQ_ARM_QUIET``);
+otherwise a waiter wakes every ``RECOVER_AFTER`` seconds to run recovery.
+
+Cancellation: a task only ever awaits its own future; the get or put itself
+is a non-blocking call that runs to completion between two awaits.  A
+cancelled call has therefore taken nothing and put nothing, and a wake-up it
+had received is passed on to the next waiter.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import os
+import secrets
+import socket
+import threading
+from typing import Any, AsyncIterator, Callable, Iterable, List, Optional
+
+from . import _core
+from ._errors import Empty, Full, ShutDown
+
+__all__ = ["QueueAio", "TopicAio", "SubscriptionAio"]
+
+DATA, SPACE = 0, 1
+READY, QUIET = _core.ARM_READY, _core.ARM_QUIET
+RECOVER_AFTER = 0.2  # seconds: a waiter with a claim in flight runs recovery this often
+
+# What this process's waiters did (tests count wake-ups, never time them):
+# rings: bell datagrams read; wakes: waiters woken by a bell; slices: timer
+# expiries (a recovery slice or a deadline).
+stats = {"rings": 0, "wakes": 0, "slices": 0}
+
+
+class _Waiter:
+    """One task waiting on one side of one segment."""
+    __slots__ = ("loop", "fut", "woken", "arm")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[[bool], int]):
+        self.loop = loop
+        self.fut: Optional[asyncio.Future] = None
+        self.woken = False  # a bell resolved fut (or will: another loop's thread)
+        self.arm = arm
+
+
+def _resolve(side: "_Side", w: _Waiter) -> None:
+    """In w's loop: wake w, or, if it is gone meanwhile, the next one."""
+    if w.fut is not None and not w.fut.done():
+        w.fut.set_result(None)
+    else:
+        side.wake()
+
+
+class _Side:
+    """The waiters of this process on one side of one segment."""
+
+    def __init__(self, bell: "_Bell", key: Any, what: int, broadcast: bool):
+        self.bell, self.key, self.what = bell, key, what
+        self.broadcast = broadcast  # a topic's data side: every subscription wants the message
+        self.waiters: collections.deque = collections.deque()
+
+    def wake(self) -> None:
+        """Wake the first waiter asleep (every one, if broadcast)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for w in list(self.waiters):  # a snapshot: other threads' loops add and remove
+            if w.woken or w.fut is None or w.fut.done():
+                continue  # already woken, or awake (it re-arms before sleeping)
+            w.woken = True
+            stats["wakes"] += 1
+            if w.loop is running:
+                w.fut.set_result(None)
+            else:
+                try:
+                    w.loop.call_soon_threadsafe(_resolve, self, w)
+                except RuntimeError:  # its loop is closed: it never runs again
+                    continue
+            if not self.broadcast:
+                return
+
+    def rearm(self) -> None:
+        """After a wake-up, for the waiters still asleep: the writer took this
+        process's bit; put it up again (and wake one if it may proceed now)."""
+        for w in list(self.waiters):
+            if w.fut is not None and not w.fut.done() and not w.woken:
+                try:
+                    flags = w.arm(True)
+                except Exception:
+                    flags = READY  # let it find out itself
+                if flags & READY:
+                    self.wake()
+                return
+
+    def remove(self, w: _Waiter) -> None:
+        """w leaves; the last one out disarms.  Under the bell's lock, as
+        _Bell.join: a waiter of another thread's loop that joins meanwhile
+        arms after this disarm, or is seen here and keeps it armed."""
+        with self.bell.lock:
+            try:
+                self.waiters.remove(w)
+            except ValueError:
+                pass
+            if self.waiters:
+                return
+            try:
+                w.arm(False)
+            except Exception:
+                pass  # closed meanwhile: nothing is armed any more
+            sides = self.bell.sides
+            sides.pop((self.key, self.what), None)
+            if (self.key, DATA) not in sides and (self.key, SPACE) not in sides:
+                self.bell.targets.pop(self.key, None)
+
+
+class _Bell:
+    """This process's doorbell and its registry of waiters."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.setblocking(False)
+        while True:
+            name = secrets.randbits(64)
+            if not name:  # 0 means "no bell"
+                continue
+            try:
+                self.sock.bind(b"\0fastq-bell-%016x" % name)
+                break
+            except OSError as e:  # taken (1 in 2**64): draw again
+                if e.errno != errno.EADDRINUSE:
+                    raise
+        self.name = name
+        self.lock = threading.Lock()  # joining and leaving a side (loops in threads)
+        self.sides: dict = {}      # (key, what) -> _Side
+        self.targets: dict = {}    # key -> the segment handle to take its rung bits with,
+        #                            while a task waits there
+        self.loops: dict = {}      # id(loop) -> (loop, fd): loops that watch the bell
+        _core._bell_set(name)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        ent = self.loops.get(id(loop))
+        if ent is not None and ent[0] is loop:
+            return
+        for k, (lp, fd) in list(self.loops.items()):  # forget closed loops
+            if lp.is_closed():
+                del self.loops[k]
+                os.close(fd)
+        # a descriptor of its own per loop: one loop's remove_reader, or its
+        # closing, never touches another's registration
+        fd = os.dup(self.sock.fileno())
+        loop.add_reader(fd, self.ring)
+        self.loops[id(loop)] = (loop, fd)
+
+    def join(self, seg: Any, what: int, broadcast: bool, w: _Waiter) -> _Side:
+        """Register w as a waiter on side what of seg (it arms afterwards)."""
+        key = _core._seg_key(seg)
+        with self.lock:
+            self.targets[key] = seg
+            s = self.sides.get((key, what))
+            if s is None:
+                s = self.sides[(key, what)] = _Side(self, key, what, broadcast)
+            s.waiters.append(w)
+        return s
+
+    def ring(self) -> None:
+        """The bell rang (in some loop of this process)."""
+        try:
+            self.sock.recv(16)  # one: the loop calls again while more are queued
+            stats["rings"] += 1
+        except (BlockingIOError, InterruptedError):
+            pass
+        # after the recv: a ring after this take sends another datagram
+        for key, seg in list(self.targets.items()):
+            try:
+                rung = _core._seg_bell_take(seg)
+            except Exception:
+                rung = 0
+            if not rung:
+                continue
+            for what in (DATA, SPACE):
+                s = self.sides.get((key, what))
+                if s is not None and rung & (1 << what):
+                    s.wake()
+
+
+_bell: Optional[_Bell] = None
+_bell_lock = threading.Lock()
+
+
+def _get_bell() -> _Bell:
+    global _bell
+    b = _bell
+    if b is None:
+        with _bell_lock:
+            b = _bell
+            if b is None:
+                b = _bell = _Bell()
+    return b
+
+
+def _forget_bell() -> None:
+    """In a forked child: the parent's bell, waiters and loops are not ours."""
+    global _bell, _bell_lock
+    _bell, _bell_lock = None, threading.Lock()
+    _core._bell_set(0)
+
+
+os.register_at_fork(after_in_child=_forget_bell)
+
+
+async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[bool], int],
+                timeout: Optional[float], broadcast: bool = False,
+                more: Optional[Callable[[], bool]] = None,
+                spin: Optional[Callable[[], bool]] = None) -> Any:
+    """Run attempt(), a non-blocking call that raises Empty (what=DATA) or
+    Full (SPACE) when it cannot proceed, until it returns; between tries,
+    await a wake-up of that side of seg (arm(True) arms it).  spin(), if
+    given, spins briefly first (the handle's wait strategy decides)."""
+    exc = Empty if what == DATA else Full
+    try:
+        return attempt()
+    except exc:
+        if timeout is not None and timeout <= 0:
+            raise
+    if spin is not None and spin():
+        try:
+            return attempt()
+        except exc:
+            pass
+    if timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    bell = _get_bell()
+    bell.watch(loop)
+    w = _Waiter(loop, arm)
+    side = bell.join(seg, what, broadcast, w)
+    try:
+        while True:
+            flags = arm(True)
+            if not flags & READY:
+                delay = None if deadline is None else deadline - loop.time()
+                if not flags & QUIET:  # a claim in flight: recover if it stalls
+                    delay = RECOVER_AFTER if delay is None else min(delay, RECOVER_AFTER)
+                if delay is None or delay > 0:
+                    w.woken = False
+                    fut = w.fut = loop.create_future()
+                    timer = None if delay is None else loop.call_later(
+                        delay, _expire, fut)
+                    try:
+                        await fut
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
+                    if not w.woken and not _core._seg_idle(seg):
+                        seg.recover()  # a slice without progress
+            try:
+                out = attempt()
+            except exc:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+                continue
+            if more is not None and more():
+                side.wake()
+            else:
+                side.rearm()
+            return out
+    except BaseException:
+        if w.woken:  # a wake-up we did not use: the next waiter's
+            w.woken = False
+            side.wake()
+        raise
+    finally:
+        w.fut = None
+        side.remove(w)
+
+
+def _expire(fut: asyncio.Future) -> None:
+    stats["slices"] += 1
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _need(ser: Any, obj: Any) -> int:
+    """Payload bytes of obj once serialized (what a put must wait room for)."""
+    data = obj if ser is None else ser.dumps(obj)
+    if isinstance(data, list):
+        return sum(memoryview(p).nbytes for p in data)
+    return memoryview(data).nbytes
+
+
+async def _aput(handle: Any, put: Callable[..., Any], obj: Any, timeout: Optional[float],
+                more: Optional[Callable[[], bool]]) -> None:
+    """Put obj through handle (a compiled segment), awaiting room."""
+    seg = handle
+    need: List[int] = []
+
+    def size() -> int:
+        if not need:  # serialized once more, only when it must wait
+            need.append(_need(handle._ser, obj))
+        return need[0]
+
+    def arm(on: bool) -> int:
+        return _core._seg_arm(seg, SPACE, size() if on else 0, on)
+
+    await _call(seg, SPACE, lambda: put(obj, False, None), arm, timeout, more=more,
+                spin=lambda: _core._seg_spin(seg, SPACE, size()))
+
+
+async def _aput_many(handle: Any, put_many: Callable[..., int], items: Iterable[Any],
+                     timeout: Optional[float], more: Optional[Callable[[], bool]]) -> int:
+    """Put every item in order through handle (a compiled segment), awaiting room."""
+    seg = handle
+    items = list(items)
+    done = [0]
+
+    def attempt() -> int:
+        try:
+            done[0] += put_many(items[done[0]:], False, None)
+        except Full as e:
+            done[0] += getattr(e, "count", 0)
+            raise
+        return done[0]
+
+    def size() -> int:
+        return _need(handle._ser, items[done[0]]) if done[0] < len(items) else 0
+
+    def arm(on: bool) -> int:
+        return _core._seg_arm(seg, SPACE, size() if on else 0, on)
+
+    try:
+        return await _call(seg, SPACE, attempt, arm, timeout, more=more,
+                           spin=lambda: _core._seg_spin(seg, SPACE, size()))
+    except Full as e:
+        e.count = done[0]
+        raise
+
+
+async def _until_shutdown(aget: Callable[[], Any]) -> AsyncIterator[Any]:
+    while True:
+        try:
+            yield await aget()
+        except ShutDown:
+            return
+
+
+class QueueAio:
+    """The awaitable calls of :class:`fastq.Queue` (a base class of it)."""
+
+    async def aput(self, obj: Any, timeout: Optional[float] = None) -> None:
+        """Put obj, awaiting room (up to ``timeout`` seconds, then
+        ``queue.Full``).  Cancelled, it has put nothing."""
+        await _aput(self, self.put, obj, timeout, lambda: not self.full())
+
+    async def aput_many(self, items: Iterable[Any], timeout: Optional[float] = None) -> int:
+        """Put every item in order, awaiting room; returns how many.  On
+        ``queue.Full`` its ``count`` says how many were put; cancelled, a
+        prefix of the items (whole messages, in order) may have been put."""
+        return await _aput_many(self, self.put_many, items, timeout, lambda: not self.full())
+
+    def _aio_get(self, attempt: Callable[[], Any], timeout: Optional[float]) -> Any:
+        seg = self
+        return _call(seg, DATA, attempt, lambda on: _core._seg_arm(seg, DATA, 0, on), timeout,
+                     more=lambda: seg.qsize() > 0, spin=lambda: _core._seg_spin(seg, DATA, 0))
+
+    async def aget(self, timeout: Optional[float] = None) -> Any:
+        """The next message, awaiting one (up to ``timeout`` seconds, then
+        ``queue.Empty``; ``ShutDown`` once shut down and drained).
+        Cancelled, it has taken nothing."""
+        seg = self
+        return await self._aio_get(lambda: seg.get(False, None), timeout)
+
+    async def aget_many(self, max_messages: int = 1024, timeout: Optional[float] = None,
+                        max_bytes: int = 1 << 20) -> List[Any]:
+        """1 to ``max_messages`` messages: awaits the first, then takes what
+        is already there (as :meth:`get_many`)."""
+        seg = self
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        return await self._aio_get(lambda: seg.get_many(max_messages, False, None, max_bytes),
+                                   timeout)
+
+    async def areceive(self, timeout: Optional[float] = None) -> "_core.Delivery":
+        """:meth:`receive`, awaiting a message.  At the ``prefetch`` bound it
+        raises ``RuntimeError`` at once (as ``receive(block=False)``)."""
+        seg = self
+        return await self._aio_get(lambda: seg.receive(False, None), timeout)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """Messages (as :meth:`aget`) until the queue is shut down and drained."""
+        return _until_shutdown(self.aget)
+
+
+class TopicAio:
+    """The awaitable calls of :class:`fastq.Topic` (a base class of it)."""
+
+    async def apublish(self, obj: Any, timeout: Optional[float] = None) -> None:
+        """:meth:`publish`, awaiting room in a ``"block"`` topic (up to
+        ``timeout``, then ``queue.Full``).  Cancelled, it has published nothing."""
+        await _aput(self, self.publish, obj, timeout, None)
+
+    async def apublish_many(self, items: Iterable[Any], timeout: Optional[float] = None) -> int:
+        """:meth:`publish_many`, awaiting room; returns how many (see
+        :meth:`fastq.Queue.aput_many` for ``Full.count`` and cancellation)."""
+        return await _aput_many(self, self.publish_many, items, timeout, None)
+
+
+class SubscriptionAio:
+    """The awaitable calls of :class:`fastq.Subscription` (a base class of it)."""
+
+    def _aio_call(self, attempt: Callable[[], Any], timeout: Optional[float]) -> Any:
+        seg = self._topic
+
+        def arm(on: bool) -> int:
+            return _core._sub_arm(self._sub, on)
+
+        return _call(seg, DATA, attempt, arm, timeout, broadcast=True,
+                     spin=lambda: _core._seg_spin(seg, DATA, 0, self._sub))
+
+    async def aget(self, timeout: Optional[float] = None) -> Any:
+        """The next message, awaiting one (as :meth:`get`).  Cancelled, it
+        has taken nothing."""
+        return await self._aio_call(lambda: self.get(False, None), timeout)
+
+    async def aget_many(self, max_messages: int = 1024, timeout: Optional[float] = None,
+                        max_bytes: int = 1 << 20) -> List[Any]:
+        """1 to ``max_messages`` messages, awaiting the first (as :meth:`get_many`)."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        return await self._aio_call(lambda: self.get_many(max_messages, False, None, max_bytes),
+                                    timeout)
+
+    async def areceive(self, timeout: Optional[float] = None) -> "_core.Delivery":
+        """:meth:`receive`, awaiting a message (``RuntimeError`` at once at the
+        ``prefetch`` bound)."""
+        return await self._aio_call(lambda: self.receive(False, None), timeout)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """Messages (as :meth:`aget`) until the topic is shut down and drained."""
+        return _until_shutdown(self.aget)
