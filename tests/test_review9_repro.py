@@ -1,0 +1,220 @@
+"""Reproductions of the findings of the third adversarial review of the C core
+(issue 9: the group-head pair of bug 6, the wake paths of bug 7, the creation and
+removal of segment files).  Each test asserts the correct behaviour and is marked
+xfail(strict=True): it fails today (so the suite passes) and turns into an XPASS,
+which fails the run, once the finding is fixed; then drop the mark.
+
+No timing assertion: a lost wake-up is shown with a thread seen asleep in
+FUTEX_WAIT on the segment's wait word with a 600 s slice that is not back within
+60 s of the event that should have woken it.  Races are made deterministic with
+the pause points of the C core (fq_test_set_pause_point) or, where the window has
+no named point, with the handle's own mutex held by the test (fq_wait takes it
+between the caller's last look and the sleeper bit).
+"""
+
+import ctypes
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cseg import CAP, ffi, lib, mk, seq_of  # noqa: E402
+from test_topic_c import GROUP, T, trec  # noqa: E402
+from test_topic_c_readers import (  # noqa: E402
+    BOUND, CTRL_DATA_SEQ, CTRL_SPACE_SEQ, LONG_NS, SYS_FUTEX, WAIT_SPACE, Waiter, _asleep_on,
+    _base, _wake_all, need_futex_nr)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "t.seg"
+
+
+class Paused:
+    """A put run in a thread of ours, paused at a named point of the C core until
+    resume() (the pause point writes to a pipe, then waits to read from another)."""
+
+    def __init__(self, point, fn):
+        self.nr, self.nw = os.pipe()
+        self.rr, self.rw = os.pipe()
+        lib.fq_test_set_pause_point(point.encode(), 1, self.nw, self.rr)
+        self.result = None
+        self.th = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.th.start()
+        assert os.read(self.nr, 1) == b"P", "the thread did not reach the pause point"
+
+    def _run(self, fn):
+        self.result = fn()
+
+    def resume(self):
+        os.write(self.rw, b"G")
+        self.th.join(BOUND)
+        assert not self.th.is_alive(), "the paused call did not finish"
+        return self.result
+
+    def close(self):
+        if self.th.is_alive():
+            os.write(self.rw, b"G")
+            self.th.join(BOUND)
+        lib.fq_test_set_pause_point(b"", 0, -1, -1)
+        for fd in (self.nr, self.nw, self.rr, self.rw):
+            os.close(fd)
+
+
+def _stale_intent_setup(path):
+    """A block topic whose only group has read everything, with a publisher A
+    paused between its intent at 1024 and its tail CAS while another put of 2 KiB
+    took [1024, 3072) and was read.  Returns (t, s, p, paused): A's put of 2 KiB
+    now needs [3072, 6144) (1 KiB of padding to the ring's end first); the ring is
+    empty, so it fits."""
+    t = T.create(path, capacity=CAP)
+    s = t.subscribe("a")
+    p = T.open(path)  # A's own handle
+    first = 1024 - trec(0)  # a message taking exactly 1024 ring bytes
+    assert trec(first) == 1024 and trec(2016) == 2048
+    assert t.put(mk(0, first)) == lib.FQ_OK
+    assert [seq_of(m) for _, m in s.get(4)[1]] == [0]
+    paused = Paused("put_after_intent", lambda: p.put(mk(1, 2016)))
+    assert lib.fqt_intent(p.q, lib.fqt_my_slot(p.q), 0, 0, 0) == 1024  # A's intent: pos
+    assert t.put(mk(2, 2016)) == lib.FQ_OK  # wins [1024, 3072): A's CAS will fail
+    assert [seq_of(m) for _, m in s.get(4)[1]] == [2]
+    assert t.stats()["tail"] == 3072
+    return t, s, p, paused
+
+
+# ---------------------------------------------------------------------------
+# R1: a publisher's stale CLAIMING intent pins the release it computes itself
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "review 9, R1: fq_put_begin (csrc/fq_ring.c) keeps its CLAIMING intent at the old "
+    "tail after a failed tail CAS, and fq_topic_release counts it: the publisher's own "
+    "stale intent holds release, and its put reports FULL on an empty ring"))
+def test_stale_own_intent_makes_put_full_on_empty_ring(path):
+    t, s, p, paused = _stale_intent_setup(path)
+    try:
+        rc = paused.resume()
+        if rc != lib.FQ_OK:  # the same put, once A's intent is IDLE, fits at once
+            assert p.put(mk(1, 2016)) == lib.FQ_OK
+        # the group read everything: the ring is empty and 3072 bytes fit
+        assert rc == lib.FQ_OK, "a put on an empty block topic reported %d (FULL)" % rc
+    finally:
+        paused.close()
+        p.close()
+        t.close()
+
+
+@need_futex_nr
+@pytest.mark.xfail(strict=True, reason=(
+    "review 9, R1: a publisher whose stale CLAIMING intent held release (another "
+    "publisher went to sleep on it) gives up with FULL and stores IDLE without a "
+    "wake-up (csrc/fq_ring.c, the FULL return of fq_put_begin): the sleeper sleeps "
+    "its whole slice"))
+def test_stale_intent_withdrawn_wakes_publisher_waiting_for_space(path):
+    t, s, p, paused = _stale_intent_setup(path)
+    w = None
+    try:
+        # B needs 3072 bytes from tail 3072 too; A's stale intent holds release at 1024
+        w = Waiter(lambda: lib.fq_wait(t.q, WAIT_SPACE, 2016, LONG_NS, 0))
+        assert w.blocked_in(_asleep_on(_base(t) + CTRL_SPACE_SEQ)), \
+            "fq_wait(SPACE) returned although A's intent holds release"
+        paused.resume()  # A's CAS fails; whatever it does next, B may go on now
+        w.join(BOUND)
+        assert not w.is_alive(), \
+            "the withdrawn intent held release, but its publisher woke nobody"
+    finally:
+        if w is not None and w.is_alive():
+            _wake_all(t)
+            w.join(BOUND)
+        paused.close()
+        p.close()
+        t.close()
+
+
+# ---------------------------------------------------------------------------
+# R2: an orphan appearing between fq_sub_wait's look and the sleeper bit
+
+
+def _mutex_offset(tmp_path):
+    """offsetof(struct fq_queue, mu), from the core's own header"""
+    src = tmp_path / "off.c"
+    src.write_text('#include <stddef.h>\n#include <stdio.h>\n#include "fq_internal.h"\n'
+                   'int main(void) { printf("%zu", offsetof(struct fq_queue, mu)); '
+                   'return 0; }\n')
+    exe = tmp_path / "off"
+    cc = os.environ.get("CC", "cc")
+    subprocess.run([cc, "-std=gnu11", "-mcx16", "-I", os.path.join(REPO, "csrc"), str(src),
+                    "-o", str(exe)], check=True)
+    return int(subprocess.run([str(exe)], check=True, capture_output=True).stdout)
+
+
+class MutexHolder(threading.Thread):
+    """holds a pthread mutex of ours (locked and unlocked by this one thread)"""
+
+    def __init__(self, addr):
+        super().__init__(daemon=True)
+        self.addr = addr
+        self.locked = threading.Event()
+        self.go = threading.Event()
+        self.libc = ctypes.CDLL(None)
+        self.libc.pthread_mutex_lock.argtypes = [ctypes.c_void_p]
+        self.libc.pthread_mutex_unlock.argtypes = [ctypes.c_void_p]
+        self.start()
+        assert self.locked.wait(BOUND)
+
+    def run(self):
+        self.libc.pthread_mutex_lock(self.addr)
+        self.locked.set()
+        self.go.wait()
+        self.libc.pthread_mutex_unlock(self.addr)
+
+    def release(self):
+        self.go.set()
+        self.join(BOUND)
+
+
+@need_futex_nr
+@pytest.mark.xfail(strict=True, reason=(
+    "review 9, R2: fq_sub_wait (csrc/fq_topic.c) looks at the group's orphans hint "
+    "before fq_wait sets the sleeper bit, and fq_wait's predicate (fq_topic_data_ready) "
+    "never looks at it: a member that leaves a claim (close or death) between the two "
+    "wakes nobody, and the waiter sleeps its whole slice with a message waiting"))
+def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
+    t = T.create(path, capacity=CAP)
+    p = T.open(path)
+    w = holder = None
+    try:
+        sw = t.subscribe("g", GROUP)   # the waiter, on handle t
+        m1 = p.subscribe("g", GROUP)   # the member that will leave a claim, on handle p
+        assert t.put(mk(7, 100)) == lib.FQ_OK
+        rc, c = m1.begin(4)
+        assert rc == lib.FQ_OK and c.n == 1  # the head is at tail: nothing left to read
+        g = t.group(lib.fqt_member_field(t.q, sw.index(), 2))
+        assert g["orphans"] == 0 and g["head_pos"] == t.stats()["tail"]
+        # hold t's handle mutex: the waiter stops inside fq_wait after fq_sub_wait
+        # looked at the orphans hint (0) and before it sets its sleeper bit
+        mu = int(ffi.cast("uintptr_t", t.q)) + _mutex_offset(tmp_path)
+        holder = MutexHolder(mu)
+        w = Waiter(lambda: lib.fq_sub_wait(sw.s, LONG_NS, 0))
+        assert w.blocked_in(lambda nr, a0: nr == SYS_FUTEX and a0 == mu), \
+            "fq_sub_wait returned before reaching fq_wait"
+        m1.unsubscribe()  # leaves its claim as an orphan and wakes the sleepers it sees
+        assert t.group(lib.fqt_member_field(t.q, sw.index(), 2))["orphans"] == 1
+        holder.release()
+        w.join(BOUND)
+        assert not w.is_alive(), "an orphan waits for the group, but its member sleeps on"
+        rc, msgs, red = sw.get(4)
+        assert rc == lib.FQ_OK and [seq_of(m) for _, m in msgs] == [7] and red
+    finally:
+        if holder is not None and holder.is_alive():
+            holder.release()
+        if w is not None and w.is_alive():
+            _wake_all(t)
+            w.join(BOUND)
+        p.close()
+        t.close()
