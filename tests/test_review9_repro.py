@@ -14,13 +14,16 @@ between the caller's last look and the sleeper bit).
 
 import ctypes
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _procs  # noqa: E402
 from _cseg import CAP, ffi, lib, mk, seq_of  # noqa: E402
 from test_topic_c import GROUP, T, trec  # noqa: E402
 from test_topic_c_readers import (  # noqa: E402
@@ -28,6 +31,7 @@ from test_topic_c_readers import (  # noqa: E402
     _base, _wake_all, need_futex_nr)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CTRL_DATA_MASK = 640  # fq_ctrl.data_mask (csrc/fq_layout.h, static-asserted there)
 
 
 @pytest.fixture
@@ -304,3 +308,86 @@ def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path):
         os.path.abspath(__file__)), str(d / "q")], env=env, timeout=120)
     assert r.returncode == 9, "the creator was not killed at create_reserved"
     assert sorted(os.listdir(d)) == [], "a killed creator left files behind"
+
+
+# ---------------------------------------------------------------------------
+# R5: a waker killed after taking the sleeper bits loses every later wake-up
+
+
+def _line_of(path, text):
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if text in line:
+                return i
+    raise AssertionError("%r not found in %s" % (text, path))
+
+
+def _proc_status(pid):
+    """(state letter, TracerPid) of pid"""
+    st = tracer = None
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("State:"):
+                st = line.split()[1]
+            elif line.startswith("TracerPid:"):
+                tracer = int(line.split()[1])
+    return st, tracer
+
+
+def _waker_child(path, go_r):
+    h = T.open(path)
+    os.read(go_r, 1)
+    h.put(mk(0, 100))  # its commit's fq_wake: the test's debugger kills us inside
+    return 0
+
+
+@need_futex_nr
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to stop a waker mid-wake")
+@pytest.mark.xfail(strict=True, reason=(
+    "review 9, R5: fq_wake (csrc/fq_wait.c) takes the sleeper bits (exchange with 0) "
+    "before it bumps the futex word and wakes: a waker killed (or stopped) in between "
+    "leaves the sleepers asleep with their bits cleared, so every later publish "
+    "finds no bit and wakes nobody (the sleepers wait out their slice)"))
+def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
+    t = T.create(path, capacity=CAP)
+    go_r, go_w = os.pipe()
+    w = None
+    pid = _procs.fork(_waker_child, path, go_r)
+    try:
+        w = Waiter(lambda: lib.fq_wait(t.q, 0, 0, LONG_NS, 0))  # a reader at 0: no data
+        assert w.blocked_in(_asleep_on(_base(t) + CTRL_DATA_SEQ))
+        line = _line_of(os.path.join(REPO, "csrc", "fq_wait.c"),
+                        "atomic_fetch_add_explicit(seq, 1")
+        gdb = subprocess.Popen(
+            ["gdb", "-nx", "-batch", "-p", str(pid), "-ex", "break fq_wait.c:%d" % line,
+             "-ex", "continue", "-ex", "kill"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + BOUND
+        while True:
+            st, tracer = _proc_status(pid)
+            if tracer and st == "S":
+                break  # attached, breakpoint set, continued: blocked in its read
+            assert time.monotonic() < deadline, "gdb did not attach"
+            time.sleep(0.01)
+        os.write(go_w, b"G")
+        gdb.wait(BOUND)
+        assert _procs.reap(pid) == -9, "the waker was not stopped inside fq_wake"
+        slot = lib.fqt_my_slot(t.q)
+        mask = ffi.cast("uint64_t *", _base(t) + CTRL_DATA_MASK)[slot // 64]
+        assert not mask & (1 << (slot % 64)), "the dead waker did not take the bit"
+        # the dead waker's message is there, and another publish wakes the data side
+        assert t.put(mk(1, 100)) == lib.FQ_OK
+        w.join(BOUND)
+        assert not w.is_alive(), "a publish after the dead waker woke nobody"
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        if w is not None and w.is_alive():
+            _wake_all(t)
+            w.join(BOUND)
+        os.close(go_r)
+        os.close(go_w)
+        t.close()
