@@ -15,10 +15,8 @@ is stopped (SIGSTOP) while it holds it.
 """
 
 import os
-import platform
 import signal
 import struct
-import threading
 import time
 
 import pytest
@@ -27,81 +25,9 @@ from support.cseg import CAP, ffi, HDR, lib, mk, recover_fully, seq_of
 from support.ctopic import (advance_to, ANON, CTRL_RELEASE, DURABLE, EARLIEST, GROUP, NO_IDX,
                             open_guarded, poke_ctrl_u64, publish_all, publisher_child, run_child,
                             seqs, T, trec)
+from support.futexwatch import (BOUND, CTRL_SPACE_SEQ, LONG_NS, SYS_SLEEPS, WAIT_SPACE, Waiter,
+                                asleep_on, need_futex_nr, seg_base, wake_all)
 from support.procs import children, fork, reap
-
-#: fq_ctrl offsets of the futex words (csrc/fq_layout.h, static-asserted there)
-CTRL_DATA_SEQ, CTRL_SPACE_SEQ = 512, 516
-WAIT_DATA, WAIT_SPACE = 0, 1
-SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
-SYS_SLEEPS = {"x86_64": (35, 230), "aarch64": (101, 115)}.get(platform.machine(), ())
-LONG_NS = 600 * 10**9  # a wait slice no test waits out
-BOUND = 60.0           # how long a woken thread may take to be seen back
-
-
-def _base(t):
-    """the address the segment is mapped at (its control block)"""
-    return int(ffi.cast("uintptr_t", lib.fqt_rec_data(t.q, 0))) - HDR - lib.fqt_data_offset(t.q)
-
-
-def _syscall(tid):
-    """(number, first argument) of the syscall thread tid is blocked in, or None"""
-    try:
-        with open("/proc/self/task/%d/syscall" % tid) as f:
-            fields = f.read().split()
-    except FileNotFoundError:
-        return None
-    if not fields or fields[0] in ("running", "-1"):
-        return None
-    return int(fields[0]), (int(fields[1], 16) if len(fields) > 1 else 0)
-
-
-class Waiter(threading.Thread):
-    """a thread that runs fn (a C call that releases the GIL) once"""
-
-    def __init__(self, fn):
-        super().__init__(daemon=True)
-        self.fn = fn
-        self.tid = None
-        self.result = None
-        self.error = None
-        self.started_evt = threading.Event()
-
-    def run(self):
-        self.tid = threading.get_native_id()
-        self.started_evt.set()
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # reported by the test
-            self.error = e
-
-    def blocked_in(self, pred, limit=BOUND):
-        """wait until the thread is blocked in a syscall pred(nr, arg0) accepts (True)
-        or has finished (False)"""
-        self.start()
-        self.started_evt.wait(limit)
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if not self.is_alive():
-                return False
-            sc = _syscall(self.tid)
-            if sc is not None and pred(*sc):
-                return True
-            time.sleep(0.001)
-        raise AssertionError("the thread neither blocked nor finished")
-
-
-def _asleep_on(addr):
-    return lambda nr, a0: nr == SYS_FUTEX and a0 == addr
-
-
-need_futex_nr = pytest.mark.skipif(SYS_FUTEX is None, reason="syscall numbers of this arch")
-
-
-def _wake_all(t):
-    """fq_unsubscribe wakes every sleeper: frees a test's thread if its check failed"""
-    s = t.subscribe("wake-all")
-    s.unsubscribe()
-
 
 # ---------------------------------------------------------------------------
 # bug 5: fq_first_index read past the ring
@@ -163,7 +89,7 @@ def _release(w, t, p):
     """wake the waiter thread w if it still sleeps (a failed test), and close the topic
     handles t and p"""
     if w is not None and w.is_alive():
-        _wake_all(t)
+        wake_all(t)
         w.join(BOUND)
     p.close()
     t.close()
@@ -190,7 +116,7 @@ def test_commit_wakes_publisher_waiting_for_space(path):
             assert k < 200
         assert t.put(mk(k, 60)) == lib.FQ_FULL and t.stats()["release"] <= c.pos
         w = Waiter(lambda: lib.fq_wait(t.q, WAIT_SPACE, 60, LONG_NS, 0))
-        assert w.blocked_in(_asleep_on(_base(t) + CTRL_SPACE_SEQ)), \
+        assert w.blocked_in(asleep_on(seg_base(t) + CTRL_SPACE_SEQ)), \
             "fq_wait(SPACE) returned although the ring is full"
         ffi.memmove(lib.fq_claim_buf(p.q, c), mk(999, 200), 200)
         lib.fq_put_commit(p.q, c)
@@ -231,7 +157,7 @@ def test_padding_only_claim_wakes_publisher_waiting_for_space(path):
         assert lib.fqt_rec_state(t.q, 0) == lib.FQ_REC_ABANDONED
         assert t.put(mk(100 + k, 60)) == lib.FQ_FULL  # the head holds release at 0
         w = Waiter(lambda: lib.fq_wait(t.q, WAIT_SPACE, 60, LONG_NS, 0))
-        assert w.blocked_in(_asleep_on(_base(t) + CTRL_SPACE_SEQ)), \
+        assert w.blocked_in(asleep_on(seg_base(t) + CTRL_SPACE_SEQ)), \
             "fq_wait(SPACE) returned although the ring is full"
         rc, msgs, _ = s.get(16)  # steps over the dead message only: the put holds it
         assert rc == lib.FQ_EMPTY and msgs == []

@@ -22,15 +22,13 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _procs  # noqa: E402
-from _cseg import CAP, ffi, lib, mk, seq_of  # noqa: E402
-from test_topic_c import GROUP, T, trec  # noqa: E402
-from test_topic_c_readers import (  # noqa: E402
-    BOUND, CTRL_DATA_SEQ, CTRL_SPACE_SEQ, LONG_NS, SYS_FUTEX, WAIT_SPACE, Waiter, _asleep_on,
-    _base, _wake_all, need_futex_nr)
+from support import procs as _procs
+from support.cseg import CAP, ffi, lib, mk, seq_of
+from support.ctopic import GROUP, T, trec
+from support.futexwatch import (BOUND, CTRL_DATA_SEQ, CTRL_SPACE_SEQ, LONG_NS, SYS_FUTEX, WAIT_SPACE,
+                                Waiter, asleep_on, need_futex_nr, seg_base, wake_all)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CTRL_DATA_MASK = 640  # fq_ctrl.data_mask (csrc/fq_layout.h, static-asserted there)
 
 
@@ -125,7 +123,7 @@ def test_stale_intent_withdrawn_wakes_publisher_waiting_for_space(path):
     try:
         # B needs 3072 bytes from tail 3072 too; A's stale intent holds release at 1024
         w = Waiter(lambda: lib.fq_wait(t.q, WAIT_SPACE, 2016, LONG_NS, 0))
-        assert w.blocked_in(_asleep_on(_base(t) + CTRL_SPACE_SEQ)), \
+        assert w.blocked_in(asleep_on(seg_base(t) + CTRL_SPACE_SEQ)), \
             "fq_wait(SPACE) returned although A's intent holds release"
         paused.resume()  # A's CAS fails; whatever it does next, B may go on now
         w.join(BOUND)
@@ -133,7 +131,7 @@ def test_stale_intent_withdrawn_wakes_publisher_waiting_for_space(path):
             "the withdrawn intent held release, but its publisher woke nobody"
     finally:
         if w is not None and w.is_alive():
-            _wake_all(t)
+            wake_all(t)
             w.join(BOUND)
         paused.close()
         p.close()
@@ -218,7 +216,7 @@ def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
         if holder is not None and holder.is_alive():
             holder.release()
         if w is not None and w.is_alive():
-            _wake_all(t)
+            wake_all(t)
             w.join(BOUND)
         p.close()
         t.close()
@@ -282,7 +280,7 @@ int open64(const char *p, int flags, ...)
 _CREATE_KILLED = r"""
 import sys
 sys.path.insert(0, %r)
-from _cseg import create, lib
+from support.cseg import create, lib
 lib.fq_test_set_crash_point(b"create_reserved", 1)
 create(sys.argv[1])
 sys.exit(3)  # not killed: the crash point was not reached
@@ -304,8 +302,8 @@ def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path):
     d = tmp_path / "dir"
     d.mkdir()
     env = dict(os.environ, LD_PRELOAD=str(shim))
-    r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % os.path.dirname(
-        os.path.abspath(__file__)), str(d / "q")], env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), str(d / "q")], env=env, timeout=120)
     assert r.returncode == 9, "the creator was not killed at create_reserved"
     assert sorted(os.listdir(d)) == [], "a killed creator left files behind"
 
@@ -355,7 +353,7 @@ def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
     pid = _procs.fork(_waker_child, path, go_r)
     try:
         w = Waiter(lambda: lib.fq_wait(t.q, 0, 0, LONG_NS, 0))  # a reader at 0: no data
-        assert w.blocked_in(_asleep_on(_base(t) + CTRL_DATA_SEQ))
+        assert w.blocked_in(asleep_on(seg_base(t) + CTRL_DATA_SEQ))
         line = _line_of(os.path.join(REPO, "csrc", "fq_wait.c"),
                         "atomic_fetch_add_explicit(seq, 1")
         gdb = subprocess.Popen(
@@ -373,7 +371,7 @@ def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
         gdb.wait(BOUND)
         assert _procs.reap(pid) == -9, "the waker was not stopped inside fq_wake"
         slot = lib.fqt_my_slot(t.q)
-        mask = ffi.cast("uint64_t *", _base(t) + CTRL_DATA_MASK)[slot // 64]
+        mask = ffi.cast("uint64_t *", seg_base(t) + CTRL_DATA_MASK)[slot // 64]
         assert not mask & (1 << (slot % 64)), "the dead waker did not take the bit"
         # the dead waker's message is there, and another publish wakes the data side
         assert t.put(mk(1, 100)) == lib.FQ_OK
@@ -386,7 +384,7 @@ def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
         except (ProcessLookupError, ChildProcessError):
             pass
         if w is not None and w.is_alive():
-            _wake_all(t)
+            wake_all(t)
             w.join(BOUND)
         os.close(go_r)
         os.close(go_w)
@@ -424,7 +422,7 @@ def _sleeps_blocked(tmp_path, tag, items):
             topic.publish(b"x" * n)
         base = _map_start(topic._seg.fileno())
         w = Waiter(lambda: topic.publish_many(items))
-        return w.blocked_in(_asleep_on(base + CTRL_SPACE_SEQ))
+        return w.blocked_in(asleep_on(base + CTRL_SPACE_SEQ))
     finally:
         while w is not None and w.is_alive():  # read what holds the ring: it goes through
             try:
