@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from . import programs
 from .runner import TOPIC_REFERENCE
 from .workloads import TOPIC_FANOUT, TOPIC_SIZES, _size_name, topic_name
 
@@ -113,6 +114,13 @@ def print_table(cells, workloads, labels, notes=(), file=None) -> None:
     header = ["workload"] + labels + ["fastq / best peer"]
     caption = ("↑ higher is better, ↓ lower is better (ratio < 1 is better for ↓ rows); "
                "fastq / best peer compares the best fastq column with the best peer column")
+    render_table("fastq vs peers: 1 producer -> 1 consumer process unless noted", header, rows, caption, file)
+    for n in notes:
+        print(n, file=file or sys.stdout)
+
+
+def render_table(title, header, rows, caption, file=None) -> None:
+    """Print rows of text under ``header`` (rich if installed, else aligned plain text)."""
     file = file or sys.stdout
     try:
         from rich.console import Console
@@ -124,22 +132,31 @@ def print_table(cells, workloads, labels, notes=(), file=None) -> None:
                             for i, (x, w) in enumerate(zip(r, widths))), file=file)
         print(caption, file=file)
     else:
-        table = Table(title="fastq vs peers: 1 producer -> 1 consumer process unless noted",
-                      caption=caption)
+        table = Table(title=title, caption=caption)
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
         for r in rows:
             table.add_row(*r)
         Console(file=file, width=400).print(table)
-    for n in notes:
-        print(n, file=file)
 
 
-def write_json(path, cells, cfg, notes) -> None:
-    """Write machine info, settings, notes and every cell (figures and verification) to ``path``."""
+def write_json(path, cells, cfg, notes, outcomes=()) -> None:
+    """Write machine info, settings, notes, every cell (figures and verification) and every program
+    run to ``path``."""
     with open(path, "w") as f:
         json.dump({"machine": machine_info(), "settings": asdict(cfg), "notes": list(notes),
-                   "cells": [asdict(c) for c in cells]}, f, indent=2)
+                   "cells": [asdict(c) for c in cells], "programs": [asdict(o) for o in outcomes]}, f, indent=2)
+
+
+def print_programs(progs, outcomes, notes=(), file=None) -> None:
+    """Print the program workloads' table: one row per peer run, beside fastq's run and the ratio."""
+    header = ["workload", "peer", "peer figure", "fastq", "fastq / peer"]
+    caption = ("↑ higher is better, ↓ lower is better (fastq / peer < 1 is better for ↓ rows); each row "
+               "sets one peer's run beside fastq's run of the same program in this run")
+    render_table("fastq vs peers: pools and pipelines, 2 worker processes", header,
+                 programs.table_rows(progs, outcomes, _fmt), caption, file)
+    for n in notes:
+        print(n, file=file or sys.stdout)
 
 
 def write_plot(path, cells, workloads, labels) -> None:
@@ -183,6 +200,12 @@ def write_plot(path, cells, workloads, labels) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _program_progress(i, n, o):
+    figs = ", ".join(f"{k}={_fmt(v)}" for k, v in o.figures.items() if isinstance(v, float))
+    print(f"[{i}/{n}] {o.program:<15} {o.label:<40} {o.status:<7} {figs} ({o.seconds:.1f} s)"
+          f"{'  ' + o.detail if o.status != 'ok' else ''}", file=sys.stderr, flush=True)
 
 
 def _progress(i, n, cell):

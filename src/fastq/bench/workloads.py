@@ -73,10 +73,17 @@ class Settings:
     capacity: int = 16 * MiB      # byte capacity given to every queue (or its equivalent)
     start_method: str = "fork"
     grace: float = 20.0           # seconds a cell may take beyond its own budget
+    # program workloads (``programs``, ``pool``)
+    items: int = 400_000          # small items through a pool or pipeline
+    arrays: int = 200             # 1 MiB arrays through a pipeline
+    calls: int = 2000             # apply() calls timed on a warm pool
+    kill_seconds: float = 3.0     # seconds of rounds while workers are killed
+    program_timeout: float = 60.0  # seconds a program run may take before it is killed
 
     @classmethod
     def quick(cls, **kw) -> "Settings":
-        return cls(**{**dict(duration=0.15, round_trips=2000, pingpong_budget=0.5, idle=1.0, grace=15.0), **kw})
+        return cls(**{**dict(duration=0.15, round_trips=2000, pingpong_budget=0.5, idle=1.0, grace=15.0,
+                             items=100_000, arrays=50, calls=500, kill_seconds=2.0, program_timeout=30.0), **kw})
 
     def warmup(self, wl: Workload) -> int:
         return max(8, min(2000, 8 * MiB // wl.size))
