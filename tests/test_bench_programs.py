@@ -117,3 +117,28 @@ def test_main_prints_the_program_table(capsys):
     assert rc == 0, out
     assert "fastq / peer" in out and "multiprocessing.Pool.apply" in out
     assert "fastq vs peers: 1 producer" not in out        # no queue cell was asked for
+
+
+def _o(program, label, status="ok", **figures):
+    return programs.Outcome(program, label, status, figures, "hung after 13 s (killed)" if status == "TIMEOUT" else "")
+
+
+def test_summary_states_the_targets():
+    outs = [_o("pool-small", "fastq.Pool.imap (default)", items_per_s=5e6),
+            _o("pool-small", "multiprocessing.Pool.imap chunksize=1", items_per_s=50e3),
+            _o("pool-small", "multiprocessing.Pool.imap chunksize=1024", items_per_s=4e6),
+            _o("pool-small", "multiprocessing.Pool.imap chunksize=8192", "TIMEOUT"),
+            _o("pipeline-small", "fastq.pipeline, 2 stages", items_per_s=3e6),
+            _o("pipeline-small", "2 chained Pool.imap chunksize=64", items_per_s=2e6),
+            _o("pool-latency", "fastq.Pool.apply", p50_us=5.0, p99_us=9.0),
+            _o("pool-latency", "multiprocessing.Pool.apply", p50_us=60.0, p99_us=900.0),
+            _o("pool-kill", "multiprocessing.Pool.imap chunksize=64", "TIMEOUT")]
+    text = "\n".join(pool.summary(outs))
+    assert "pool-small: fastq 5M vs the best multiprocessing.Pool.imap (chunksize=1024) 4M: 1.25x " \
+           "(target >= 1x: met)" in text
+    assert "pool-small: fastq vs multiprocessing.Pool.imap chunksize=1: 100.0x (target >= 20x: met)" in text
+    assert "pipeline-small: fastq 3M vs the best 2 chained Pool.imap (chunksize=64) 2M: 1.50x " \
+           "(target >= 2x: NOT met)" in text
+    assert "multiprocessing / fastq 12.00x (target >= 10x: met)" in text
+    assert "pool-kill: multiprocessing.Pool.imap chunksize=64: hung after 13 s" in text
+    assert "pipeline-numpy" not in text                 # no run, no line

@@ -37,6 +37,7 @@ import threading
 import time
 
 from .programs import Program, Run
+from .report import _fmt
 
 WORKERS = 2
 MP_CHUNKSIZES = (1, 64, 1024, 8192)
@@ -278,3 +279,49 @@ def programs(cfg) -> list:
                       "so imap waits for them forever (CPython issue 96062); its run is killed by the "
                       "benchmark's timeout.")),
     ]
+
+
+# --------------------------------------------------------------------------- the targets of issue #13
+
+def _best(outcomes, name, prefix, key):
+    """(label, figure) of the best ok run of program ``name`` whose label starts with ``prefix``."""
+    runs = [(o.figures[key], o.label) for o in outcomes
+            if o.program == name and o.status == "ok" and o.label.startswith(prefix)]
+    return max(runs)[::-1] if runs else (None, None)
+
+
+def _verdict(ratio, target):
+    return f"(target >= {target:g}x: {'met' if ratio >= target else 'NOT met'})"
+
+
+def summary(outcomes) -> list:
+    """Lines relating fastq's runs to the targets of issue #13, from the runs of this report."""
+    def ours(name):
+        return next((o for o in outcomes if o.program == name and o.label.startswith("fastq") and o.status == "ok"),
+                    None)
+    lines = []
+    rows = (("pool-small", "multiprocessing.Pool.imap", "items_per_s", 1.0, "the best multiprocessing.Pool.imap"),
+            ("pipeline-small", "2 chained Pool.imap", "items_per_s", 2.0, "the best 2 chained Pool.imap"),
+            ("pipeline-numpy", "2 chained Pool.imap", "mb_per_s", 5.0, "2 chained Pool.imap"))
+    for name, prefix, key, target, what in rows:
+        o, (label, best) = ours(name), _best(outcomes, name, prefix, key)
+        if o and best:
+            r = o.figures[key] / best
+            lines.append(f"{name}: fastq {_fmt(o.figures[key])} vs {what} ({label[len(prefix):].strip()}) "
+                         f"{_fmt(best)}: {r:.2f}x {_verdict(r, target)}")
+    o = ours("pool-small")
+    one = next((x for x in outcomes if x.program == "pool-small" and x.status == "ok"
+                and x.label == f"multiprocessing.Pool.imap chunksize={MP_CHUNKSIZES[0]}"), None)
+    if o and one:
+        r = o.figures["items_per_s"] / one.figures["items_per_s"]
+        lines.append(f"pool-small: fastq vs {one.label}: {r:.1f}x {_verdict(r, 20)}")
+    o, (label, mp_p50) = ours("pool-latency"), _best(outcomes, "pool-latency", "multiprocessing", "p50_us")
+    if o and mp_p50:
+        r = mp_p50 / o.figures["p50_us"]
+        lines.append(f"pool-latency: apply p50 fastq {_fmt(o.figures['p50_us'])} us vs multiprocessing "
+                     f"{_fmt(mp_p50)} us: multiprocessing / fastq {r:.2f}x {_verdict(r, 10)}")
+    for o in outcomes:
+        if o.program == "pool-kill":
+            what = o.figures.get("result") if o.status == "ok" else o.detail
+            lines.append(f"pool-kill: {o.label}: {what}")
+    return lines

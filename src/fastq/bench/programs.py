@@ -15,7 +15,8 @@ the same workload in the same run, and the ratio fastq / peer.
 
 Adding a family of program workloads (async, say): a module in this package that
 defines ``NAMES`` (workload names), ``programs(cfg)`` (the ``Program`` list for a
-run's settings) and the functions its ``Run`` entries name, listed in ``MODULES``.
+run's settings), the functions its ``Run`` entries name and, optionally,
+``summary(outcomes)`` (lines under the table), listed in ``MODULES``.
 """
 
 from __future__ import annotations
@@ -228,6 +229,8 @@ def notes(programs, outcomes) -> list:
     """Lines under the table: each program's note, and every run that did not give figures, with why."""
     ran = {o.program for o in outcomes}
     lines = [p.note for p in programs if p.name in ran and p.note]
+    for m in MODULES:                    # a module's own summary (its targets), if it has one
+        lines += getattr(_module(m), "summary", lambda outcomes: [])(outcomes)
     lines += [f"{o.program} / {o.label}: {o.status}: {o.detail}" for o in outcomes if o.status != "ok"]
     lines += [f"{o.program} / {o.label}: {o.detail}" for o in outcomes if o.status == "ok" and o.detail]
     return lines
