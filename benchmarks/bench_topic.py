@@ -11,65 +11,24 @@ bench`` says why in its notes).
 
 ``TopicFanout`` tracks the two figures of each cell (messages/s delivered per
 subscriber, the publisher's own rate), measured once for both tracks as in
-``bench_ipc``.  ``TopicTargets`` tracks the two ratios the topic is held to,
+``bench_ipc`` (``fastq.bench.cells.shared_figures``).  ``TopicTargets`` tracks the two ratios the topic is held to,
 each from cells measured in the same asv process: the 1-to-1 topic rate as a
 percentage of the Queue's SPSC raw-64B rate (target >= 90), and the
 publisher's rate with 4 subscribers as a percentage of its rate with 1
 (target >= 90).
 """
 
-import multiprocessing as mp
-import os
-import pickle
-import tempfile
-
 from fastq import bench
+from fastq.bench import cells
 
 LIBS = ["fastq", "fastq_poll", "zmq", "iceoryx2_poll"]   # topic adapter names in fastq.bench
 SUBSCRIBERS = [1, 2, 4]
 SIZES = ["64B", "1KiB"]
-DURATION = 0.3          # seconds the publisher sends in a cell
-
-
-def _adapter(lib, topic=True):
-    """The adapter named ``lib`` (its topic variant, or its Queue variant if not ``topic``)."""
-    return next(a for a in bench.ADAPTERS if a.name == lib and a.topic == topic)
-
-
-def _workload(name):
-    return next(w for w in bench.WORKLOADS if w.name == name)
 
 
 def _cell(lib, workload, topic=True):
-    """Figures of one verified cell; NotImplementedError (asv: skipped) if ``lib`` cannot run it,
-    RuntimeError (asv: failed) if the cell is not ok."""
-    adapter, wl = _adapter(lib, topic), _workload(workload)
-    why = adapter.missing()
-    if why or not adapter.supports(wl):
-        raise NotImplementedError(f"{lib} cannot run {workload} here: {why or 'unsupported'}")
-    cfg = bench.Settings.quick(duration=DURATION)
-    cell = bench.run_cell(adapter, wl, cfg, mp.get_context("fork"))
-    if cell.status != "ok":
-        raise RuntimeError(f"{lib} {workload}: {cell.status} {cell.detail}")
-    return cell.figures
-
-
-def _shared_cell(cells, readers, lib, workload):
-    """Figures of the topic cell (lib, workload) for one of ``readers`` tracks: measured by the first
-    reader, read from the directory ``cells`` by the others, forgotten once all have read it."""
-    path = os.path.join(cells, f"{lib}-{workload}.pickle")
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f)
-    except FileNotFoundError:
-        entry = {"figures": _cell(lib, workload), "left": readers}
-    entry["left"] -= 1
-    if entry["left"] > 0:
-        with open(path, "wb") as f:
-            pickle.dump(entry, f)
-    elif os.path.exists(path):
-        os.remove(path)
-    return entry["figures"]
+    """Figures of one verified cell (see ``fastq.bench.cells.figures``)."""
+    return cells.figures(lib, workload, topic)
 
 
 class TopicFanout:
@@ -80,17 +39,18 @@ class TopicFanout:
     timeout = 120
 
     def setup_cache(self):
-        return os.path.abspath(tempfile.mkdtemp(prefix="cells-", dir="."))
+        return cells.cell_dir()
 
-    def setup(self, cells, lib, n, size):
-        self.figures = _shared_cell(cells, 2, lib, bench.topic_name(bench.KiB if size == "1KiB" else 64, n))
+    def setup(self, cell_dir, lib, n, size):
+        name = bench.topic_name(bench.KiB if size == "1KiB" else 64, n)
+        self.figures = cells.shared_figures(cell_dir, 2, lib, name, topic=True)
 
-    def track_sub_msgs_per_s(self, cells, lib, n, size):
+    def track_sub_msgs_per_s(self, cell_dir, lib, n, size):
         return self.figures["msgs_per_s"]
 
     track_sub_msgs_per_s.unit = "msgs/s"
 
-    def track_pub_msgs_per_s(self, cells, lib, n, size):
+    def track_pub_msgs_per_s(self, cell_dir, lib, n, size):
         return self.figures["pub_msgs_per_s"]
 
     track_pub_msgs_per_s.unit = "msgs/s"

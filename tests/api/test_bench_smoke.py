@@ -278,7 +278,7 @@ class _AbsentSubscriber(bench.ZmqPubSubAdapter):
 def test_topic_runner_reports_broken_peers(adapter, workload, status, monkeypatch):
     """A loss, duplicate or corruption at the publisher or at one subscriber fails the cell; a peer that
     hangs or never subscribes ends it (TIMEOUT / ERROR) within its budget."""
-    monkeypatch.setattr(bench, "JOIN_TIMEOUT", 2.0)
+    monkeypatch.setattr(bench.adapters.base, "JOIN_TIMEOUT", 2.0)
     _CLAIM.value = 0
     wl = bench.select_workloads([workload])[0]
     cfg = bench.Settings.quick(duration=0.05, grace=2.0)
@@ -286,7 +286,7 @@ def test_topic_runner_reports_broken_peers(adapter, workload, status, monkeypatc
     cell = bench.run_cell(adapter, wl, cfg, mp.get_context("fork"))
     assert cell.status == status, cell
     assert not cell.figures
-    assert time.monotonic() - t0 < bench._budget(wl, cfg) + 15
+    assert time.monotonic() - t0 < bench.runner._budget(wl, cfg) + 15
     assert not mp.active_children()
 
 
@@ -368,7 +368,7 @@ def test_main_topic_table_and_summary(capsys):
 def test_topic_ratio_cells_run_back_to_back():
     adapters = bench.select_adapters(["fastq", "zmq"])
     workloads = bench.select_workloads(["raw-64B", "pickle", "topic"])
-    jobs = bench._pair_reference([(w, a) for w in workloads for a in adapters if a.supports(w)])
+    jobs = bench.runner._pair_reference([(w, a) for w in workloads for a in adapters if a.supports(w)])
     assert len(jobs) == sum(a.supports(w) for w in workloads for a in adapters)
     names = [(w.name, a.label) for w, a in jobs]
     for lab in ("fastq", "fastq (poll)", "zmq"):
