@@ -2,7 +2,7 @@
 of a blocked consumer, and ping-pong per wait strategy, each against peers
 measured in the same run (report ratios; absolute times drift).
 
-Run: ``python -m fastq.bench_wait [--quick] [--only async-pingpong,...]``.
+Run: ``python -m fastq.bench.wait [--quick] [--only async-pingpong,...]``.
 
 Workloads
 ---------
@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -533,7 +532,7 @@ def report(rows: List[dict], out=sys.stdout) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastq.bench_wait", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m fastq.bench.wait", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short cells")
     ap.add_argument("--only", default=",".join(WORKLOADS),
                     help="comma-separated workloads: " + ",".join(WORKLOADS))
