@@ -66,3 +66,8 @@ def sq_first(pair):
 
 def inc_first(pair):
     return pair[0] + 1
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds

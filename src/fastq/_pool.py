@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import pickle
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job
@@ -78,12 +79,19 @@ class AsyncResult:
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds passed."""
-        self._event.wait(timeout)
+        self._wait(timeout)
+
+    def _wait(self, timeout: Optional[float]) -> bool:
+        # the waiting thread reads the results itself (see _Engine.wait)
+        if self._event.is_set():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._job.engine.wait(self._event.is_set, deadline)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The value; re-raises the worker's exception (its traceback as
         ``__cause__``); ``multiprocessing.TimeoutError`` if not ready in time."""
-        if not self._event.wait(timeout):
+        if not self._wait(timeout):
             raise mp.TimeoutError("result not ready in time")
         if self._exc is not None:
             raise self._exc
@@ -319,7 +327,6 @@ class Executor(cf.Executor):
 
 
 def _timed(job: _Job, timeout: float) -> Iterator[Any]:
-    import time
     deadline = time.monotonic() + timeout
     try:
         while True:

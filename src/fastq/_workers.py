@@ -46,6 +46,8 @@ MAX_CHUNK_BYTES = 1 << 20           # estimated (sys.getsizeof of the first item
 NSLOT = 5                           # per worker: busy, job, chunk, position (-1: unknown), items done
 NPOISON = 64                        # poisoned items remembered: job, stage, position, runs
 MODE_MAP, MODE_STAR, MODE_APPLY = 0, 1, 2
+LINGER_S = 0.002                    # the collector waits this long after the last waiter left
+COLLECT_SLICE_S = 0.05              # the collector's longest read of the results queue
 
 
 class WorkerLost(Exception):
@@ -253,7 +255,7 @@ class _Job:
     def __init__(self, engine: "_Engine", jid: int, ordered: bool, window: int,
                  release_on_receive: bool):
         self.engine, self.jid, self.ordered = engine, jid, ordered
-        self.cond = threading.Condition()
+        self.mu = threading.Lock()
         self.window = threading.BoundedSemaphore(window)
         self.release_on_receive = release_on_receive
         self.buf: Dict[int, tuple] = {}      # ordered: chunk -> (outputs, failures)
@@ -269,7 +271,7 @@ class _Job:
         self.finished = False
 
     def deliver(self, chunk: int, items: list, nfailed: int) -> None:
-        with self.cond:
+        with self.mu:
             if chunk < self.low or chunk in self.seen:
                 return  # a copy computed again after its worker died: drop it
             self.seen.add(chunk)
@@ -283,24 +285,23 @@ class _Job:
                 self.arrived.append((items, nfailed))
             if self.release_on_receive:
                 self.window.release()
-            self.cond.notify_all()
         self._check_done()
 
     def set_total(self, chunks: int, items: int) -> None:
-        with self.cond:
+        with self.mu:
             self.total, self.items_total = chunks, items
-            self.cond.notify_all()
         self._check_done()
+        self.engine.wake()
 
     def fail(self, exc: BaseException) -> None:
-        with self.cond:
+        with self.mu:
             if self.error is None:
                 self.error = exc
-            self.cond.notify_all()
         self._check_done()
+        self.engine.wake()
 
     def _check_done(self) -> None:
-        with self.cond:
+        with self.mu:
             if self.finished or not (self.error is not None
                                      or (self.total is not None and self.received >= self.total)):
                 return
@@ -309,31 +310,42 @@ class _Job:
         if self.on_done is not None:
             self.on_done(self)
 
+    def _ready(self) -> bool:
+        """Something for chunks() to do: a chunk to yield, the end, or an error
+        (read without the lock: chunks() looks again with it)."""
+        if self.ordered:
+            if self.next in self.buf:
+                return True
+            done = self.next
+        else:
+            if self.arrived:
+                return True
+            done = self.received
+        return self.error is not None or (self.total is not None and done >= self.total)
+
     def chunks(self, timeout: Optional[float] = None):
         """Yield (outputs, failures) per chunk as they become available (in input order if
-        ordered); raises the job's error, or TimeoutError."""
+        ordered); raises the job's error, or TimeoutError.  The consuming thread
+        reads the results queue itself while it waits (see _Engine.wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self.cond:
-                while True:
-                    if self.ordered and self.next in self.buf:
-                        items = self.buf.pop(self.next)
-                        self.next += 1
-                        break
-                    if not self.ordered and self.arrived:
-                        items = self.arrived.pop(0)
-                        break
+            with self.mu:
+                if self.ordered and self.next in self.buf:
+                    items = self.buf.pop(self.next)
+                    self.next += 1
+                elif not self.ordered and self.arrived:
+                    items = self.arrived.pop(0)
+                else:
+                    items = None
                     done = self.next if self.ordered else self.received
                     if self.total is not None and done >= self.total and not self.arrived:
                         return
                     if self.error is not None:
                         raise self.error
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError("no result in time")
-                    self.cond.wait(0.2 if left is None else min(left, 0.2))
-                    if left is None:
-                        self.engine._check_alive()
+            if items is None:
+                if not self.engine.wait(self._ready, deadline):
+                    raise TimeoutError("no result in time")
+                continue
             if not self.release_on_receive:
                 self.window.release()
             yield items
@@ -349,8 +361,8 @@ def _sizeof(x: Any) -> int:
 
 class _Engine:
     """Stages of worker processes joined by fastq queues, a supervisor thread that
-    replaces dead workers, and a collector thread that routes the last queue's
-    chunks to their jobs."""
+    replaces dead workers, and the routing of the last queue's chunks to their
+    jobs (by the thread waiting for them, else by a collector thread)."""
 
     def __init__(self, stages: List[tuple], ctx: Any, capacity: int,
                  initializer: Optional[Callable] = None, initargs: tuple = (),
@@ -380,6 +392,11 @@ class _Engine:
         self.feeding = 0                         # feeders still putting their input
         self.fatal: Optional[BaseException] = None
         self.on_progress = on_progress
+        self.collect_lock = threading.Lock()     # held by the thread reading the results
+        self.turn = threading.Condition()        # results delivered / the reader changed
+        self.fg_waiters = 0                      # threads waiting for results in wait()
+        self.fg_left = 0.0                       # when the last one left (monotonic)
+        self.results_closed = False              # the results queue is shut down or closed
         self._wake_r, self._wake_w = os.pipe()
         try:
             for wid in range(self.nworkers):
@@ -471,25 +488,96 @@ class _Engine:
                     pass
 
     # -- results
+    # The results queue is read by one thread at a time, the one holding
+    # collect_lock.  A thread waiting for a result (imap's consumer, get())
+    # reads it itself: its result then reaches it without a hop through
+    # another thread, which costs a futex wake and a GIL hand-off (~50 us, more
+    # than the whole trip through the workers).  The collector thread only
+    # reads while no thread waits in the foreground (for callbacks and
+    # ready() of results nobody waits for).  Whoever reads delivers every
+    # job's chunks, then notifies `turn`, on which the other waiters sleep.
+    def wake(self) -> None:
+        """Wake the threads waiting in wait(): a job's state changed."""
+        with self.turn:
+            self.turn.notify_all()
+
+    def wait(self, ready: Callable[[], bool], deadline: Optional[float]) -> bool:
+        """Wait until ready() (False at the monotonic deadline), reading the
+        results queue meanwhile when no other thread does."""
+        with self.turn:
+            self.fg_waiters += 1
+        try:
+            while not ready():
+                self._check_alive()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                slice_ = 0.2 if left is None else min(left, 0.2)
+                if self.collect_lock.acquire(False):
+                    try:
+                        open_ = ready() or self._pump(slice_)
+                    finally:
+                        self.collect_lock.release()
+                    self.wake()  # chunks were delivered, or the next reader's turn
+                    if open_:
+                        continue
+                with self.turn:
+                    # locked() is looked at with turn held and a reader releases
+                    # the lock before it notifies turn: no wake-up is lost
+                    if not ready() and (self.collect_lock.locked() or self.results_closed):
+                        self.turn.wait(slice_)
+            return True
+        finally:
+            with self.turn:
+                self.fg_waiters -= 1
+                self.fg_left = time.monotonic()
+                self.turn.notify_all()  # the collector may read again
+
     def _collect(self) -> None:
-        q = self.queues[-1]
+        """The collector thread: reads the results queue while nobody waits in
+        the foreground, until the queue is shut down or closed."""
         while True:
-            try:
-                msgs = q.get_many(256, timeout=0.2)
-            except Empty:
-                if self.stopping:
-                    return
-                continue
-            except (ShutDown, ValueError, OSError):
+            with self.turn:
+                while not (self.stopping or self.results_closed):
+                    if self.fg_waiters:
+                        self.turn.wait(0.2)
+                        continue
+                    # a thread that just left wait() often comes back at once
+                    # (a loop of apply()): leave the queue to it a little longer
+                    idle = time.monotonic() - self.fg_left
+                    if idle >= LINGER_S:
+                        break
+                    self.turn.wait(LINGER_S - idle)
+            if self.stopping or self.results_closed:
                 return
-            for job_id, chunk, origin, _, items, nfailed, cost in msgs:
-                c = self.cost
-                self.cost = cost if c is None else 0.7 * c + 0.3 * cost
-                job = self.jobs.get(job_id)
-                if job is not None:
-                    job.deliver(chunk, items, nfailed)
-                if self.on_progress is not None:
-                    self.on_progress(len(items))
+            if not self.collect_lock.acquire(timeout=0.05):
+                continue
+            try:
+                self._pump(COLLECT_SLICE_S)
+            finally:
+                self.collect_lock.release()
+            self.wake()
+
+    def _pump(self, timeout: float) -> bool:
+        """With collect_lock held: read one batch of the results queue (waiting up
+        to timeout) and deliver it; False once the queue is shut down and drained,
+        or closed."""
+        try:
+            msgs = self.queues[-1].get_many(256, timeout=timeout)
+        except Empty:
+            return True
+        except (ShutDown, ValueError, OSError):
+            self.results_closed = True
+            return False
+        for job_id, chunk, origin, _, items, nfailed, cost in msgs:
+            c = self.cost
+            self.cost = cost if c is None else 0.7 * c + 0.3 * cost
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.deliver(chunk, items, nfailed)
+            if self.on_progress is not None:
+                self.on_progress(len(items))
+        return True
 
     def _job_finished(self, job: _Job) -> None:
         with self.lock:
