@@ -6,11 +6,11 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import pickle
-import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+import types
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
-from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job
+from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job, outputs
 
 __all__ = ["Pool", "AsyncResult", "Executor"]
 
@@ -25,8 +25,22 @@ def _context(context: Any):
     return context
 
 
+_calls: Dict[tuple, bytes] = {}
+
+
 def _call(func: Callable, mode: int) -> bytes:
-    return pickle.dumps((func, mode), protocol=5)
+    """The pickled (func, mode) a chunk carries.  A plain function pickles by
+    name, the same bytes every time: those are kept (a bound method or a
+    partial carries state that may change, and is pickled each time)."""
+    if type(func) is not types.FunctionType:
+        return pickle.dumps((func, mode), protocol=5)
+    key = (func, mode)
+    got = _calls.get(key)
+    if got is None:
+        if len(_calls) >= 256:
+            _calls.clear()
+        got = _calls[key] = pickle.dumps(key, protocol=5)
+    return got
 
 
 class AsyncResult:
@@ -38,7 +52,7 @@ class AsyncResult:
                  error_callback: Optional[Callable]):
         self._job, self._single = job, single
         self._callback, self._error_callback = callback, error_callback
-        self._event = threading.Event()
+        self._ready = False  # set by whichever thread delivers the result
         self._value: Any = None
         self._exc: Optional[BaseException] = None
         job.on_done = self._done
@@ -57,7 +71,7 @@ class AsyncResult:
                 out.extend(items)
             else:
                 self._value = out[0] if self._single else out
-        self._event.set()
+        self._ready = True
         try:
             if self._exc is None and self._callback is not None:
                 self._callback(self._value)
@@ -69,7 +83,7 @@ class AsyncResult:
 
     def ready(self) -> bool:
         """True once the call completed (with a value or an exception)."""
-        return self._event.is_set()
+        return self._ready
 
     def successful(self) -> bool:
         """True if it completed without raising; ``ValueError`` if not ready."""
@@ -83,10 +97,10 @@ class AsyncResult:
 
     def _wait(self, timeout: Optional[float]) -> bool:
         # the waiting thread reads the results itself (see _Engine.wait)
-        if self._event.is_set():
+        if self._ready:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._job.engine.wait(self._event.is_set, deadline)
+        return self._job.engine.wait(self.ready, deadline)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The value; re-raises the worker's exception (its traceback as
@@ -99,19 +113,11 @@ class AsyncResult:
 
 
 def _results(job: _Job) -> Iterator[Any]:
-    """Flatten a job's chunks; the first failure is raised and ends the iteration."""
-    try:
-        for items, nfailed in job.chunks():
-            if not nfailed:
-                yield from items
-                continue
-            for x in items:
-                if type(x) is _Failed:
-                    raise x.rebuild()
-                yield x
-    finally:
+    """A job's outputs; abandoning the iteration fails the job (its feeder stops)."""
+    def end() -> None:
         if not job.finished:
             job.fail(GeneratorExit("iteration abandoned"))
+    return outputs(job, end)
 
 
 class Pool:
@@ -171,12 +177,14 @@ class Pool:
                     error_callback: Optional[Callable] = None) -> AsyncResult:
         """Run ``func(*args, **kwds)`` in a worker; returns an :class:`AsyncResult`."""
         self._check_running()
-        job = self._engine.new_job(True, release_on_receive=True)
+        job = self._engine.new_job(True, window=0, total=1)
         res = AsyncResult(job, True, callback, error_callback)
-        job.window.acquire()
-        self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
-                                    [(tuple(args), dict(kwds or {}))], 0, 0.0))
-        job.set_total(1, 1)
+        try:
+            self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
+                                        [(tuple(args), dict(kwds or {}))], 0, 0.0))
+        except BaseException as e:
+            job.fail(e)
+            raise
         return res
 
     def apply(self, func: Callable, args: Iterable[Any] = (), kwds: Optional[dict] = None) -> Any:

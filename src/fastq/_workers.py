@@ -25,14 +25,13 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-import queue as _stdqueue
 import signal
 import threading
 import time
 import traceback
 import weakref
 from multiprocessing import connection
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ._errors import Empty, MessageTooLarge, ShutDown
 from ._queue import Queue
@@ -46,6 +45,7 @@ MAX_CHUNK_BYTES = 1 << 20           # estimated (sys.getsizeof of the first item
 NSLOT = 5                           # per worker: busy, job, chunk, position (-1: unknown), items done
 NPOISON = 64                        # poisoned items remembered: job, stage, position, runs
 MODE_MAP, MODE_STAR, MODE_APPLY = 0, 1, 2
+WORKER_SPIN_S = 100e-6              # a worker polls its queue this long after a chunk
 LINGER_S = 0.002                    # the collector waits this long after the last waiter left
 COLLECT_SLICE_S = 0.05              # the collector's longest read of the results queue
 
@@ -203,9 +203,20 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
     k = wid * NSLOT
     calls: Dict[bytes, tuple] = {}
     tasks = 0
+    spin_until = 0.0
     while True:
         try:
-            d = in_q.receive(timeout=0.5)
+            # Poll a little before sleeping: the next chunk often comes within
+            # microseconds (a loop of apply(), a stream), and a futex wake-up
+            # costs tens of them.
+            d = None
+            while d is None and time.perf_counter() < spin_until:
+                try:
+                    d = in_q.receive(block=False)
+                except Empty:
+                    pass
+            if d is None:
+                d = in_q.receive(timeout=0.5)
         except Empty:
             if parent is not None and not parent.is_alive():
                 return  # orphaned: nobody will read what we compute
@@ -241,6 +252,7 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
             return
         slots[k] = 0
         slots[k + 4] += len(items)
+        spin_until = time.perf_counter() + WORKER_SPIN_S
         tasks += 1
         if spec.maxtasks and tasks >= spec.maxtasks:
             return
@@ -253,18 +265,19 @@ class _Job:
     results, the in-flight window that bounds it, and its completion."""
 
     def __init__(self, engine: "_Engine", jid: int, ordered: bool, window: int,
-                 release_on_receive: bool):
+                 release_on_receive: bool, total: Optional[int] = None):
         self.engine, self.jid, self.ordered = engine, jid, ordered
         self.mu = threading.Lock()
-        self.window = threading.BoundedSemaphore(window)
+        # chunks in flight at most (none: a job of one chunk, put by its caller)
+        self.window = threading.BoundedSemaphore(window) if window else None
         self.release_on_receive = release_on_receive
         self.buf: Dict[int, tuple] = {}      # ordered: chunk -> (outputs, failures)
         self.arrived: List[tuple] = []       # unordered: (outputs, failures) as they come
         self.low = 0                         # every chunk below was received
         self.seen: set = set()               # chunks >= low received
         self.received = 0
-        self.total: Optional[int] = None     # chunks, once the input is exhausted
-        self.items_total: Optional[int] = None
+        self.total = total                   # chunks, once the input is exhausted
+        self.items_total = total
         self.error: Optional[BaseException] = None  # the input or the engine failed
         self.next = 0                        # ordered: next chunk to yield
         self.on_done: Optional[Callable[["_Job"], None]] = None
@@ -283,7 +296,7 @@ class _Job:
                 self.buf[chunk] = (items, nfailed)
             else:
                 self.arrived.append((items, nfailed))
-            if self.release_on_receive:
+            if self.release_on_receive and self.window is not None:
                 self.window.release()
         self._check_done()
 
@@ -346,9 +359,29 @@ class _Job:
                 if not self.engine.wait(self._ready, deadline):
                     raise TimeoutError("no result in time")
                 continue
-            if not self.release_on_receive:
+            if not self.release_on_receive and self.window is not None:
                 self.window.release()
             yield items
+
+
+def _output_lists(job: _Job, on_end: Callable[[], None]) -> Iterator[Any]:
+    try:
+        for items, nfailed in job.chunks():
+            if nfailed:  # the items before the first failure, then raise it from here
+                i = next(i for i, x in enumerate(items) if type(x) is _Failed)
+                yield items[:i]
+                raise items[i].rebuild()
+            yield items
+    finally:
+        on_end()
+
+
+def outputs(job: _Job, on_end: Callable[[], None]) -> Iterator[Any]:
+    """The job's outputs one by one; the first failure is raised and ends the
+    iteration; on_end() runs when the iteration ends or is abandoned.  Items are
+    taken from each chunk's list by itertools.chain (in C: a Python generator
+    costs ~100 ns an item, as much as a worker's whole trip)."""
+    return itertools.chain.from_iterable(_output_lists(job, on_end))
 
 
 def _sizeof(x: Any) -> int:
@@ -393,9 +426,9 @@ class _Engine:
         self.fatal: Optional[BaseException] = None
         self.on_progress = on_progress
         self.collect_lock = threading.Lock()     # held by the thread reading the results
-        self.turn = threading.Condition()        # results delivered / the reader changed
+        self.turn = threading.Condition(threading.Lock())  # results came / the reader changed
         self.fg_waiters = 0                      # threads waiting for results in wait()
-        self.fg_left = 0.0                       # when the last one left (monotonic)
+        self.fg_left = 0.0                       # when one last left (monotonic)
         self.results_closed = False              # the results queue is shut down or closed
         self._wake_r, self._wake_w = os.pipe()
         try:
@@ -518,7 +551,10 @@ class _Engine:
                         open_ = ready() or self._pump(slice_)
                     finally:
                         self.collect_lock.release()
-                    self.wake()  # chunks were delivered, or the next reader's turn
+                    # Read after the release: a waiter that failed to take the
+                    # lock had counted itself before, so it is seen here.
+                    if self.fg_waiters > 1:
+                        self.wake()  # chunks were delivered, or the next reader's turn
                     if open_:
                         continue
                 with self.turn:
@@ -530,33 +566,28 @@ class _Engine:
         finally:
             with self.turn:
                 self.fg_waiters -= 1
-                self.fg_left = time.monotonic()
-                self.turn.notify_all()  # the collector may read again
+            self.fg_left = time.monotonic()
 
     def _collect(self) -> None:
         """The collector thread: reads the results queue while nobody waits in
-        the foreground, until the queue is shut down or closed."""
-        while True:
-            with self.turn:
-                while not (self.stopping or self.results_closed):
-                    if self.fg_waiters:
-                        self.turn.wait(0.2)
-                        continue
-                    # a thread that just left wait() often comes back at once
-                    # (a loop of apply()): leave the queue to it a little longer
-                    idle = time.monotonic() - self.fg_left
-                    if idle >= LINGER_S:
-                        break
-                    self.turn.wait(LINGER_S - idle)
-            if self.stopping or self.results_closed:
-                return
+        the foreground, until the queue is shut down or closed.  It polls (every
+        LINGER_S) rather than being notified: a notification would wake it, and
+        make it take the GIL, on every result of a loop of apply()."""
+        while not (self.stopping or self.results_closed):
+            # with no job (and not closing: join() waits for it to see the
+            # queue shut down) there is nothing to read
+            if (self.fg_waiters or not (self.jobs or self.closing)
+                    or time.monotonic() - self.fg_left < LINGER_S):
+                time.sleep(LINGER_S)
+                continue
             if not self.collect_lock.acquire(timeout=0.05):
                 continue
             try:
                 self._pump(COLLECT_SLICE_S)
             finally:
                 self.collect_lock.release()
-            self.wake()
+            if self.fg_waiters:
+                self.wake()
 
     def _pump(self, timeout: float) -> bool:
         """With collect_lock held: read one batch of the results queue (waiting up
@@ -589,13 +620,16 @@ class _Engine:
 
     # -- feeding
     def new_job(self, ordered: bool, window: Optional[int] = None,
-                release_on_receive: bool = False) -> _Job:
+                release_on_receive: bool = False, total: Optional[int] = None) -> _Job:
+        """A job; window: chunks in flight at most (default 2 per worker and 2;
+        0: no window, for a job of one chunk of known total)."""
         if self.closing or self.stopping:
             raise ValueError("the pool is not running")
+        if window is None:
+            window = 2 * self.nworkers + 2
         with self.lock:
             jid = next(self.jids)
-            job = self.jobs[jid] = _Job(self, jid, ordered,
-                                        window or 2 * self.nworkers + 2, release_on_receive)
+            job = self.jobs[jid] = _Job(self, jid, ordered, window, release_on_receive, total)
         return job
 
     def chunk_size(self, first: Any, remaining: Optional[int]) -> int:
