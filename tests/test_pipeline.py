@@ -4,11 +4,7 @@ endless input, every start method, Ctrl-C, progress bars."""
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -16,11 +12,11 @@ import pytest
 import fastq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _procs import memfd_segments  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _poolfuncs as F  # noqa: E402
+from _poolsupport import Endless, ctrl_c, gone, sigkilling  # noqa: E402
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
@@ -53,7 +49,7 @@ def test_exception_in_a_stage_is_raised_in_order_and_stops_everything(fastq_dir)
     assert isinstance(ei.value.__cause__, fastq.RemoteTraceback)
     assert "in boom" in str(ei.value.__cause__)
     for pid in pids:
-        assert _gone(pid)
+        assert gone(pid)
     assert list(fastq_dir.iterdir()) == []
 
 
@@ -78,58 +74,26 @@ def test_random_sigkills_every_result_exactly_once(fastq_dir):
     """Workers of both stages are SIGKILLed at random moments; each item's result
     arrives exactly once and in order, message by message."""
     n = 1200
-    stop = threading.Event()
     p = fastq.pipeline(range(n), fastq.Stage(F.tick, workers=2, max_retries=50),
                        fastq.Stage(F.sq_first, workers=1, max_retries=50))
-
-    def killer():
-        rnd = random.Random(2)
-        while not stop.wait(rnd.uniform(0.05, 0.25)):
-            pids = p.pids()
-            try:
-                os.kill(rnd.choice(pids), signal.SIGKILL)
-            except (ProcessLookupError, IndexError):
-                pass
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
-        with p:
-            got = list(p)
-    finally:
-        stop.set()
-        t.join()
+    with sigkilling(p.pids, seed=2), p:
+        got = list(p)
     assert got == [x * x for x in range(n)]
     assert p.reruns >= 1
     assert list(fastq_dir.iterdir()) == []
 
 
 def test_endless_input_bounded_read_ahead(fastq_dir):
-    pulled = [0]
-
-    def endless():
-        i = 0
-        while True:
-            pulled[0] += 1
-            yield i
-            i += 1
-
+    src = Endless()
     from fastq._workers import MAX_CHUNK
-    with fastq.pipeline(endless(), fastq.Stage(F.inc, workers=2), F.inc) as p:
+    with fastq.pipeline(src, fastq.Stage(F.inc, workers=2), F.inc) as p:
         for i in range(3000):
             assert next(p) == i + 2
         time.sleep(0.5)
-        assert pulled[0] <= 3000 + (2 * 3 + 2) * MAX_CHUNK
+        assert src.pulled <= 3000 + (2 * 3 + 2) * MAX_CHUNK
         for i in range(3000, 6000):
             assert next(p) == i + 2
-        assert pulled[0] <= 6000 + (2 * 3 + 2) * MAX_CHUNK
-
-
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+        assert src.pulled <= 6000 + (2 * 3 + 2) * MAX_CHUNK
 
 
 CTRL_C = r"""
@@ -148,20 +112,10 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, method):
-    code = CTRL_C.format(tests=HERE, method=method)
-    child = procs.add(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True,
-                                       env=child_env({"FASTQ_DIR": str(fastq_dir)})))
-    pids = [int(x) for x in child.stdout.readline().split()]
-    # the pool's queues are anonymous: memfds held by the processes, no file
-    assert len(pids) == 3 and len(memfd_segments(child.pid)) == 3
-    assert list(fastq_dir.iterdir()) == []
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
-    assert "KeyboardInterrupt" in err
-    for pid in pids:
-        assert _gone(pid), f"worker {pid} survived"
-    assert list(fastq_dir.iterdir()) == []
+    # the pipeline's queues are anonymous: memfds held by the processes, no file
+    pids = ctrl_c(CTRL_C.format(tests=HERE, method=method), procs,
+                  child_env({"FASTQ_DIR": str(fastq_dir)}), 3, fastq_dir)
+    assert len(pids) == 3
 
 
 def test_progress_bars_per_stage(fastq_dir, run_py):

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import signal
 import sys
-import threading
 import time
 
 import pytest
@@ -16,10 +13,8 @@ import pytest
 import fastq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _procs import memfd_segments  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _poolfuncs as F  # noqa: E402
+from _poolsupport import Endless, ctrl_c, gone, sigkilling  # noqa: E402
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -104,50 +99,27 @@ def test_random_sigkills_every_result_exactly_once(fastq_dir, procs):
     """Workers are SIGKILLed at random moments while they run 0.2 s of items;
     every item's result comes back exactly once, in order, message by message."""
     n = 1500
-    stop = threading.Event()
     with fastq.Pool(2, max_retries=50) as p:
-        def killer():
-            rnd = random.Random(1)
-            while not stop.wait(rnd.uniform(0.05, 0.25)):
-                pids = p.pids()
-                if pids:
-                    try:
-                        os.kill(rnd.choice(pids), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-        t = threading.Thread(target=killer)
-        t.start()
-        try:
+        with sigkilling(p.pids, seed=1):
             got = list(p.imap(F.tick, range(n), chunksize=None))
-        finally:
-            stop.set()
-            t.join()
         assert [x for x, _ in got] == list(range(n))
         assert p.reruns >= 1
     assert list(fastq_dir.iterdir()) == []
 
 
 def test_endless_input_is_read_a_bounded_window_ahead(fastq_dir):
-    pulled = [0]
-
-    def endless():
-        i = 0
-        while True:
-            pulled[0] += 1
-            yield i
-            i += 1
-
+    src = Endless()
     from fastq._workers import MAX_CHUNK
     with fastq.Pool(2) as p:
-        it = p.imap(F.inc, endless())
+        it = p.imap(F.inc, src)
         for i in range(5000):
             assert next(it) == i + 1
         time.sleep(0.5)  # the feeder runs as far ahead as it may
         bound = 5000 + (2 * 2 + 2) * MAX_CHUNK
-        assert pulled[0] <= bound
+        assert src.pulled <= bound
         for i in range(5000, 10000):
             assert next(it) == i + 1
-        assert pulled[0] <= 10000 + (2 * 2 + 2) * MAX_CHUNK
+        assert src.pulled <= 10000 + (2 * 2 + 2) * MAX_CHUNK
 
 
 def test_maxtasksperchild_and_initializer(fastq_dir):
@@ -174,16 +146,8 @@ def test_close_join_and_terminate(fastq_dir):
     with pytest.raises(RuntimeError):
         r.get(10)
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
+        assert gone(pid)
     assert list(fastq_dir.iterdir()) == []
-
-
-def _zombie_or_gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_executor_submit_map_and_asyncio(fastq_dir):
@@ -218,19 +182,8 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_ctrl_c_leaves_no_process_and_no_segment(fastq_dir, child_env, procs, method):
-    import subprocess
     code = CTRL_C.format(tests=os.path.dirname(os.path.abspath(__file__)), method=method)
-    child = procs.add(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True,
-                                       env=child_env({"FASTQ_DIR": str(fastq_dir)})))
-    pids = [int(x) for x in child.stdout.readline().split()]
     # the pool's queues are anonymous: memfds held by the processes, no file
-    assert len(pids) == 2 and len(memfd_segments(child.pid)) == 2
-    assert list(fastq_dir.iterdir()) == []
-    time.sleep(0.3)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
-    assert "KeyboardInterrupt" in err
-    for pid in pids:
-        assert _zombie_or_gone(pid), f"worker {pid} survived"
-    assert list(fastq_dir.iterdir()) == []
+    pids = ctrl_c(code, procs, child_env({"FASTQ_DIR": str(fastq_dir)}), 2, fastq_dir,
+                  settle=0.3)
+    assert len(pids) == 2

@@ -129,6 +129,7 @@ class _StageSpec:
         self.initializer: Optional[Callable] = None
         self.initargs: tuple = ()
         self.maxtasks: Optional[int] = None
+        self.wids = range(0)                # the worker ids of this stage
 
 
 def _poisoned(poison: Any, job: int, stage: int) -> Dict[int, int]:
@@ -187,6 +188,20 @@ def _run_chunk(fn: Callable, mode: int, flat: bool, items: list, origin: Any, nf
     return out, outo, nf
 
 
+def _await_counted(slots: Any, wids: range, wid: int, job: int, chunk: int) -> None:
+    """A redelivered chunk: wait until the supervisor has counted the death of the
+    worker that held it (its slot stays busy until then), so that an item that
+    has now killed too many workers is seen poisoned.  Any process may run
+    recovery and give the chunk back before the supervisor saw the death.
+    Bounded: a supervisor that does not come is no reason to stop."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        if not any(slots[w * NSLOT] == 1 and slots[w * NSLOT + 1] == job
+                   and slots[w * NSLOT + 2] == chunk for w in wids if w != wid):
+            return
+        time.sleep(0.001)
+
+
 def _apply(fa: Any) -> Any:
     fn, args, kwargs = fa
     return fn(*args, **kwargs)
@@ -204,19 +219,17 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
     calls: Dict[bytes, tuple] = {}
     tasks = 0
     spin_until = 0.0
+    qsize = in_q.qsize
     while True:
+        # Poll a little before sleeping: the next chunk often comes within
+        # microseconds (a loop of apply(), a stream), and a futex wake-up costs
+        # tens of them.  qsize(), not receive(block=False): a polling receive
+        # runs recovery at once, and would hand a dead worker's chunk on before
+        # the supervisor counted the death (and poisoned the item).
+        while not qsize() and time.perf_counter() < spin_until:
+            pass
         try:
-            # Poll a little before sleeping: the next chunk often comes within
-            # microseconds (a loop of apply(), a stream), and a futex wake-up
-            # costs tens of them.
-            d = None
-            while d is None and time.perf_counter() < spin_until:
-                try:
-                    d = in_q.receive(block=False)
-                except Empty:
-                    pass
-            if d is None:
-                d = in_q.receive(timeout=0.5)
+            d = in_q.receive(timeout=0.5)
         except Empty:
             if parent is not None and not parent.is_alive():
                 return  # orphaned: nobody will read what we compute
@@ -224,6 +237,8 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
         except ShutDown:
             return
         job, chunk, origin, call, items, nfailed, cost = d.value
+        if d.redelivered:
+            _await_counted(slots, spec.wids, wid, job, chunk)
         slots[k + 1], slots[k + 2], slots[k + 3], slots[k] = job, chunk, -1, 1
         if call is None:
             fn, mode = spec.fn, MODE_MAP
@@ -406,6 +421,8 @@ class _Engine:
         for s, (fn, workers, flat, retries) in enumerate(stages):
             sp = _StageSpec(s, fn, flat, workers, retries, self.queues[s], self.queues[s + 1])
             sp.initializer, sp.initargs, sp.maxtasks = initializer, initargs, maxtasks
+            first = sum(o.workers for o in self.specs)
+            sp.wids = range(first, first + workers)
             self.specs.append(sp)
         self.nworkers = sum(sp.workers for sp in self.specs)
         self.slots = ctx.RawArray("q", NSLOT * self.nworkers)
@@ -494,7 +511,6 @@ class _Engine:
         busy = self.slots[k] == 1
         if busy:
             job, chunk, pos = self.slots[k + 1], self.slots[k + 2], self.slots[k + 3]
-            self.slots[k] = 0
             self.reruns += 1
             if pos < 0:
                 key = (job, stage, chunk)
@@ -507,6 +523,9 @@ class _Engine:
                     i = self.poison[0] % NPOISON
                     self.poison[1 + 4 * i:5 + 4 * i] = [job, stage, pos, n]
                     self.poison[0] += 1
+            # cleared only now: a worker given the chunk by a recovery that ran
+            # before this one waits for it (_await_counted) to see the poison
+            self.slots[k] = 0
         if self.closing and not busy and p.exitcode == 0:
             del self.procs[wid]  # drained and exited: not replaced
             return
