@@ -87,3 +87,39 @@ def test_get_with_timeout_times_out_then_succeeds(fastq_dir):
             r.get(0.01)
         assert not r.ready()
         assert r.get(30) == 0.5
+
+
+def test_a_result_nobody_waits_for_is_seen_by_ready(fastq_dir):
+    import time
+    with fastq.Pool(2) as p:
+        r = p.apply_async(F.sq, (7,))  # no callback: delivered when asked
+        deadline = time.monotonic() + 30
+        while not r.ready() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert r.ready() and r.successful() and r.get(0) == 49
+
+
+def test_map_async_goes_on_while_nobody_waits(fastq_dir):
+    # far more chunks than its window: the collector thread must take the
+    # results for the feeder to go on
+    import time
+    with fastq.Pool(2) as p:
+        r = p.map_async(F.inc, range(2000), chunksize=1)
+        deadline = time.monotonic() + 30
+        while sum(p._engine.stage_done()) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(p._engine.stage_done()) == 2000
+        assert r.get(30) == list(range(1, 2001))
+
+
+def test_executor_future_waits_in_the_caller(fastq_dir):
+    import concurrent.futures as cf
+    with fastq.Executor(1) as ex:
+        slow = ex.submit(F.nap, 0.5)
+        with pytest.raises(cf.TimeoutError):
+            slow.result(timeout=0.01)
+        assert slow.result(timeout=30) == 0.5
+        bad = ex.submit(F.boom, 5)
+        assert isinstance(bad.exception(timeout=30), ValueError)
+        assert [f.result() for f in [ex.submit(F.sq, i) for i in range(50)]] == \
+            [i * i for i in range(50)]

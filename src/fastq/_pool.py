@@ -83,6 +83,8 @@ class AsyncResult:
 
     def ready(self) -> bool:
         """True once the call completed (with a value or an exception)."""
+        if not self._ready:
+            self._job.engine.poll()  # nobody may be reading the results: look
         return self._ready
 
     def successful(self) -> bool:
@@ -100,7 +102,10 @@ class AsyncResult:
         if self._ready:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._job.engine.wait(self.ready, deadline)
+        return self._job.engine.wait(self._is_ready, deadline)
+
+    def _is_ready(self) -> bool:
+        return self._ready
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The value; re-raises the worker's exception (its traceback as
@@ -177,7 +182,9 @@ class Pool:
                     error_callback: Optional[Callable] = None) -> AsyncResult:
         """Run ``func(*args, **kwds)`` in a worker; returns an :class:`AsyncResult`."""
         self._check_running()
-        job = self._engine.new_job(True, window=0, total=1)
+        # a result with no callback is delivered when someone waits or asks
+        job = self._engine.new_job(True, window=0, total=1,
+                                   background=callback is not None or error_callback is not None)
         res = AsyncResult(job, True, callback, error_callback)
         try:
             self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
@@ -283,6 +290,25 @@ class Pool:
         return f"<fastq.Pool state={self._state} processes={self._processes}>"
 
 
+class _Future(cf.Future):
+    """A Future whose result() and exception() read the pool's results in the
+    waiting thread, as AsyncResult.get() does, instead of waiting for the
+    collector thread to hand the result over."""
+
+    _res: Optional[AsyncResult] = None
+
+    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+        # done in the pool: the callback that completes this Future comes at once
+        res = self._res
+        return timeout if res is None or res._wait(timeout) else 0
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return super().result(self._timeout(timeout))
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        return super().exception(self._timeout(timeout))
+
+
 class Executor(cf.Executor):
     """A :class:`concurrent.futures.Executor` over a :class:`fastq.Pool`'s workers, so
     that ``loop.run_in_executor`` and code written for ``ProcessPoolExecutor`` work.
@@ -303,10 +329,10 @@ class Executor(cf.Executor):
         """Schedule ``fn(*args, **kwargs)``; returns a Future."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        fut: "cf.Future[Any]" = cf.Future()
+        fut = _Future()
         fut.set_running_or_notify_cancel()
-        self._pool.apply_async(fn, args, kwargs, callback=fut.set_result,
-                               error_callback=fut.set_exception)
+        fut._res = self._pool.apply_async(fn, args, kwargs, callback=fut.set_result,
+                                          error_callback=fut.set_exception)
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable[Any], timeout: Optional[float] = None,

@@ -297,6 +297,7 @@ class _Job:
         self.next = 0                        # ordered: next chunk to yield
         self.on_done: Optional[Callable[["_Job"], None]] = None
         self.finished = False
+        self.background = True
 
     def deliver(self, chunk: int, items: list, nfailed: int) -> None:
         with self.mu:
@@ -446,6 +447,8 @@ class _Engine:
         self.turn = threading.Condition(threading.Lock())  # results came / the reader changed
         self.fg_waiters = 0                      # threads waiting for results in wait()
         self.fg_left = 0.0                       # when one last left (monotonic)
+        self.background = 0                      # jobs with background=True (new_job)
+        self.bg_wanted = threading.Event()       # wakes the collector: a background job came
         self.results_closed = False              # the results queue is shut down or closed
         self._wake_r, self._wake_w = os.pipe()
         try:
@@ -587,17 +590,30 @@ class _Engine:
                 self.fg_waiters -= 1
             self.fg_left = time.monotonic()
 
+    def poll(self) -> None:
+        """Deliver what the results queue holds now, unless another thread reads it."""
+        if self.collect_lock.acquire(False):
+            try:
+                self._pump(0)
+            finally:
+                self.collect_lock.release()
+            if self.fg_waiters:
+                self.wake()
+
     def _collect(self) -> None:
         """The collector thread: reads the results queue while nobody waits in
         the foreground, until the queue is shut down or closed.  It polls (every
-        LINGER_S) rather than being notified: a notification would wake it, and
-        make it take the GIL, on every result of a loop of apply()."""
+        LINGER_S) rather than being notified of every change: a notification would
+        wake it, and make it take the GIL, on every result of a loop of apply();
+        only the first background job after none wakes it."""
         while not (self.stopping or self.results_closed):
-            # with no job (and not closing: join() waits for it to see the
-            # queue shut down) there is nothing to read
-            if (self.fg_waiters or not (self.jobs or self.closing)
+            # It reads only for jobs that need it (see new_job), or when closing
+            # (join() waits for it to see the queue shut down): else it would
+            # hold the queue when a thread comes to wait for a single apply().
+            if (self.fg_waiters or not (self.background or self.closing)
                     or time.monotonic() - self.fg_left < LINGER_S):
-                time.sleep(LINGER_S)
+                self.bg_wanted.wait(LINGER_S)
+                self.bg_wanted.clear()  # a hint only: the loop looks again
                 continue
             if not self.collect_lock.acquire(timeout=0.05):
                 continue
@@ -610,10 +626,10 @@ class _Engine:
 
     def _pump(self, timeout: float) -> bool:
         """With collect_lock held: read one batch of the results queue (waiting up
-        to timeout) and deliver it; False once the queue is shut down and drained,
-        or closed."""
+        to timeout; 0: not at all) and deliver it; False once the queue is shut
+        down and drained, or closed."""
         try:
-            msgs = self.queues[-1].get_many(256, timeout=timeout)
+            msgs = self.queues[-1].get_many(256, timeout > 0, timeout)
         except Empty:
             return True
         except (ShutDown, ValueError, OSError):
@@ -631,7 +647,8 @@ class _Engine:
 
     def _job_finished(self, job: _Job) -> None:
         with self.lock:
-            self.jobs.pop(job.jid, None)
+            if self.jobs.pop(job.jid, None) is not None and job.background:
+                self.background -= 1
 
     def _check_alive(self) -> None:
         if self.fatal is not None:
@@ -639,9 +656,13 @@ class _Engine:
 
     # -- feeding
     def new_job(self, ordered: bool, window: Optional[int] = None,
-                release_on_receive: bool = False, total: Optional[int] = None) -> _Job:
+                release_on_receive: bool = False, total: Optional[int] = None,
+                background: bool = True) -> _Job:
         """A job; window: chunks in flight at most (default 2 per worker and 2;
-        0: no window, for a job of one chunk of known total)."""
+        0: no window, for a job of one chunk of known total).  background: its
+        results must be delivered even while no thread waits for them (it has
+        callbacks, or a feeder that waits for room in its window); else they
+        are delivered when a thread waits or polls."""
         if self.closing or self.stopping:
             raise ValueError("the pool is not running")
         if window is None:
@@ -649,6 +670,11 @@ class _Engine:
         with self.lock:
             jid = next(self.jids)
             job = self.jobs[jid] = _Job(self, jid, ordered, window, release_on_receive, total)
+            job.background = background
+            if background:
+                self.background += 1
+                if self.background == 1:
+                    self.bg_wanted.set()
         return job
 
     def chunk_size(self, first: Any, remaining: Optional[int]) -> int:
