@@ -19,6 +19,9 @@ back at once) and starts a replacement.  An item that killed its worker more tha
 :class:`WorkerLost` in its place instead of running it again.  A chunk is run
 item by item with the item's position published only when it was redelivered
 (the rare case), so the common case costs one table write per chunk.
+
+The last queue's chunks are read by the parent thread that waits for them, else
+by a collector thread (see ``_Engine.wait``).
 """
 from __future__ import annotations
 
