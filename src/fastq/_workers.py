@@ -722,16 +722,25 @@ class _Engine:
         except Exception:
             remaining = None
         chunk = pos = 0
+        # a list, tuple or range is cut in slices: a range's slice is a range,
+        # which pickles in a few bytes (no list of ints built, pickled, read)
+        seq = iterable if type(iterable) in (list, tuple, range) else None
         try:
-            it = iter(iterable)
+            it = iter(iterable) if seq is None else None
             while True:
-                try:
-                    first = next(it)
-                except StopIteration:
-                    break
-                n = chunksize or self.chunk_size(first, remaining)
-                items = [first]
-                items.extend(itertools.islice(it, n - 1))
+                if seq is not None:
+                    if pos >= len(seq):
+                        break
+                    n = chunksize or self.chunk_size(seq[pos], remaining)
+                    items = seq[pos:pos + n]
+                else:
+                    try:
+                        first = next(it)
+                    except StopIteration:
+                        break
+                    n = chunksize or self.chunk_size(first, remaining)
+                    items = [first]
+                    items.extend(itertools.islice(it, n - 1))
                 while not job.window.acquire(timeout=0.2):
                     if self.stopping or job.finished:
                         return
