@@ -2,12 +2,11 @@
 queues, results back in the parent (see fastq._workers for the machinery)."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from ._pool import _context
-from ._workers import _Engine, _Failed
+from ._workers import _Engine, outputs
 
 __all__ = ["Stage", "pipeline", "Pipeline"]
 
@@ -72,7 +71,7 @@ class Pipeline:
         self._stages = stages
         self._engine = _Engine(specs, _context(context), capacity)
         job = self._job = self._engine.new_job(self._ordered)
-        self._it = self._results()
+        self._it = outputs(job, self.close)
         self._progress_stop = threading.Event()
         if progress:
             self._start_progress()
@@ -87,21 +86,8 @@ class Pipeline:
         """Every worker process's pid, now."""
         return self._engine.pids()
 
-    def _results(self) -> Iterator[Any]:
-        try:
-            for items, nfailed in self._job.chunks():
-                if not nfailed:
-                    yield from items
-                    continue
-                for x in items:
-                    if type(x) is _Failed:
-                        raise x.rebuild()
-                    yield x
-        finally:
-            self.close()
-
-    def __iter__(self) -> "Pipeline":
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        return self._it
 
     def __next__(self) -> Any:
         return next(self._it)

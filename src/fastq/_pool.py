@@ -6,10 +6,11 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import pickle
-import threading
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+import time
+import types
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
-from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job
+from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job, outputs
 
 __all__ = ["Pool", "AsyncResult", "Executor"]
 
@@ -24,8 +25,22 @@ def _context(context: Any):
     return context
 
 
+_calls: Dict[tuple, bytes] = {}
+
+
 def _call(func: Callable, mode: int) -> bytes:
-    return pickle.dumps((func, mode), protocol=5)
+    """The pickled (func, mode) a chunk carries.  A plain function pickles by
+    name, the same bytes every time: those are kept (a bound method or a
+    partial carries state that may change, and is pickled each time)."""
+    if type(func) is not types.FunctionType:
+        return pickle.dumps((func, mode), protocol=5)
+    key = (func, mode)
+    got = _calls.get(key)
+    if got is None:
+        if len(_calls) >= 256:
+            _calls.clear()
+        got = _calls[key] = pickle.dumps(key, protocol=5)
+    return got
 
 
 class AsyncResult:
@@ -37,7 +52,7 @@ class AsyncResult:
                  error_callback: Optional[Callable]):
         self._job, self._single = job, single
         self._callback, self._error_callback = callback, error_callback
-        self._event = threading.Event()
+        self._ready = False  # set by whichever thread delivers the result
         self._value: Any = None
         self._exc: Optional[BaseException] = None
         job.on_done = self._done
@@ -56,7 +71,7 @@ class AsyncResult:
                 out.extend(items)
             else:
                 self._value = out[0] if self._single else out
-        self._event.set()
+        self._ready = True
         try:
             if self._exc is None and self._callback is not None:
                 self._callback(self._value)
@@ -68,7 +83,9 @@ class AsyncResult:
 
     def ready(self) -> bool:
         """True once the call completed (with a value or an exception)."""
-        return self._event.is_set()
+        if not self._ready:
+            self._job.engine.poll()  # nobody may be reading the results: look
+        return self._ready
 
     def successful(self) -> bool:
         """True if it completed without raising; ``ValueError`` if not ready."""
@@ -78,12 +95,22 @@ class AsyncResult:
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds passed."""
-        self._event.wait(timeout)
+        self._wait(timeout)
+
+    def _wait(self, timeout: Optional[float]) -> bool:
+        # the waiting thread reads the results itself (see _Engine.wait)
+        if self._ready:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._job.engine.wait(self._is_ready, deadline)
+
+    def _is_ready(self) -> bool:
+        return self._ready
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The value; re-raises the worker's exception (its traceback as
         ``__cause__``); ``multiprocessing.TimeoutError`` if not ready in time."""
-        if not self._event.wait(timeout):
+        if not self._wait(timeout):
             raise mp.TimeoutError("result not ready in time")
         if self._exc is not None:
             raise self._exc
@@ -91,19 +118,11 @@ class AsyncResult:
 
 
 def _results(job: _Job) -> Iterator[Any]:
-    """Flatten a job's chunks; the first failure is raised and ends the iteration."""
-    try:
-        for items, nfailed in job.chunks():
-            if not nfailed:
-                yield from items
-                continue
-            for x in items:
-                if type(x) is _Failed:
-                    raise x.rebuild()
-                yield x
-    finally:
+    """A job's outputs; abandoning the iteration fails the job (its feeder stops)."""
+    def end() -> None:
         if not job.finished:
             job.fail(GeneratorExit("iteration abandoned"))
+    return outputs(job, end)
 
 
 class Pool:
@@ -163,12 +182,16 @@ class Pool:
                     error_callback: Optional[Callable] = None) -> AsyncResult:
         """Run ``func(*args, **kwds)`` in a worker; returns an :class:`AsyncResult`."""
         self._check_running()
-        job = self._engine.new_job(True, release_on_receive=True)
+        # a result with no callback is delivered when someone waits or asks
+        job = self._engine.new_job(True, window=0, total=1,
+                                   background=callback is not None or error_callback is not None)
         res = AsyncResult(job, True, callback, error_callback)
-        job.window.acquire()
-        self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
-                                    [(tuple(args), dict(kwds or {}))], 0, 0.0))
-        job.set_total(1, 1)
+        try:
+            self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
+                                        [(tuple(args), dict(kwds or {}))], 0, 0.0))
+        except BaseException as e:
+            job.fail(e)
+            raise
         return res
 
     def apply(self, func: Callable, args: Iterable[Any] = (), kwds: Optional[dict] = None) -> Any:
@@ -267,6 +290,25 @@ class Pool:
         return f"<fastq.Pool state={self._state} processes={self._processes}>"
 
 
+class _Future(cf.Future):
+    """A Future whose result() and exception() read the pool's results in the
+    waiting thread, as AsyncResult.get() does, instead of waiting for the
+    collector thread to hand the result over."""
+
+    _res: Optional[AsyncResult] = None
+
+    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+        # done in the pool: the callback that completes this Future comes at once
+        res = self._res
+        return timeout if res is None or res._wait(timeout) else 0
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return super().result(self._timeout(timeout))
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        return super().exception(self._timeout(timeout))
+
+
 class Executor(cf.Executor):
     """A :class:`concurrent.futures.Executor` over a :class:`fastq.Pool`'s workers, so
     that ``loop.run_in_executor`` and code written for ``ProcessPoolExecutor`` work.
@@ -287,10 +329,10 @@ class Executor(cf.Executor):
         """Schedule ``fn(*args, **kwargs)``; returns a Future."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        fut: "cf.Future[Any]" = cf.Future()
+        fut = _Future()
         fut.set_running_or_notify_cancel()
-        self._pool.apply_async(fn, args, kwargs, callback=fut.set_result,
-                               error_callback=fut.set_exception)
+        fut._res = self._pool.apply_async(fn, args, kwargs, callback=fut.set_result,
+                                          error_callback=fut.set_exception)
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable[Any], timeout: Optional[float] = None,
@@ -319,7 +361,6 @@ class Executor(cf.Executor):
 
 
 def _timed(job: _Job, timeout: float) -> Iterator[Any]:
-    import time
     deadline = time.monotonic() + timeout
     try:
         while True:

@@ -19,20 +19,22 @@ back at once) and starts a replacement.  An item that killed its worker more tha
 :class:`WorkerLost` in its place instead of running it again.  A chunk is run
 item by item with the item's position published only when it was redelivered
 (the rare case), so the common case costs one table write per chunk.
+
+The last queue's chunks are read by the parent thread that waits for them, else
+by a collector thread (see ``_Engine.wait``).
 """
 from __future__ import annotations
 
 import itertools
 import os
 import pickle
-import queue as _stdqueue
 import signal
 import threading
 import time
 import traceback
 import weakref
 from multiprocessing import connection
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ._errors import Empty, MessageTooLarge, ShutDown
 from ._queue import Queue
@@ -46,6 +48,9 @@ MAX_CHUNK_BYTES = 1 << 20           # estimated (sys.getsizeof of the first item
 NSLOT = 5                           # per worker: busy, job, chunk, position (-1: unknown), items done
 NPOISON = 64                        # poisoned items remembered: job, stage, position, runs
 MODE_MAP, MODE_STAR, MODE_APPLY = 0, 1, 2
+WORKER_SPIN_S = 100e-6              # a worker polls its queue this long after a chunk
+LINGER_S = 0.002                    # the collector waits this long after the last waiter left
+COLLECT_SLICE_S = 0.05              # the collector's longest read of the results queue
 
 
 class WorkerLost(Exception):
@@ -127,6 +132,7 @@ class _StageSpec:
         self.initializer: Optional[Callable] = None
         self.initargs: tuple = ()
         self.maxtasks: Optional[int] = None
+        self.wids = range(0)                # the worker ids of this stage
 
 
 def _poisoned(poison: Any, job: int, stage: int) -> Dict[int, int]:
@@ -185,6 +191,20 @@ def _run_chunk(fn: Callable, mode: int, flat: bool, items: list, origin: Any, nf
     return out, outo, nf
 
 
+def _await_counted(slots: Any, wids: range, wid: int, job: int, chunk: int) -> None:
+    """A redelivered chunk: wait until the supervisor has counted the death of the
+    worker that held it (its slot stays busy until then), so that an item that
+    has now killed too many workers is seen poisoned.  Any process may run
+    recovery and give the chunk back before the supervisor saw the death.
+    Bounded: a supervisor that does not come is no reason to stop."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        if not any(slots[w * NSLOT] == 1 and slots[w * NSLOT + 1] == job
+                   and slots[w * NSLOT + 2] == chunk for w in wids if w != wid):
+            return
+        time.sleep(0.001)
+
+
 def _apply(fa: Any) -> Any:
     fn, args, kwargs = fa
     return fn(*args, **kwargs)
@@ -201,7 +221,16 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
     k = wid * NSLOT
     calls: Dict[bytes, tuple] = {}
     tasks = 0
+    spin_until = 0.0
+    qsize = in_q.qsize
     while True:
+        # Poll a little before sleeping: the next chunk often comes within
+        # microseconds (a loop of apply(), a stream), and a futex wake-up costs
+        # tens of them.  qsize(), not receive(block=False): a polling receive
+        # runs recovery at once, and would hand a dead worker's chunk on before
+        # the supervisor counted the death (and poisoned the item).
+        while not qsize() and time.perf_counter() < spin_until:
+            pass
         try:
             d = in_q.receive(timeout=0.5)
         except Empty:
@@ -211,6 +240,8 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
         except ShutDown:
             return
         job, chunk, origin, call, items, nfailed, cost = d.value
+        if d.redelivered:
+            _await_counted(slots, spec.wids, wid, job, chunk)
         slots[k + 1], slots[k + 2], slots[k + 3], slots[k] = job, chunk, -1, 1
         if call is None:
             fn, mode = spec.fn, MODE_MAP
@@ -239,6 +270,7 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
             return
         slots[k] = 0
         slots[k + 4] += len(items)
+        spin_until = time.perf_counter() + WORKER_SPIN_S
         tasks += 1
         if spec.maxtasks and tasks >= spec.maxtasks:
             return
@@ -251,25 +283,27 @@ class _Job:
     results, the in-flight window that bounds it, and its completion."""
 
     def __init__(self, engine: "_Engine", jid: int, ordered: bool, window: int,
-                 release_on_receive: bool):
+                 release_on_receive: bool, total: Optional[int] = None):
         self.engine, self.jid, self.ordered = engine, jid, ordered
-        self.cond = threading.Condition()
-        self.window = threading.BoundedSemaphore(window)
+        self.mu = threading.Lock()
+        # chunks in flight at most (none: a job of one chunk, put by its caller)
+        self.window = threading.BoundedSemaphore(window) if window else None
         self.release_on_receive = release_on_receive
         self.buf: Dict[int, tuple] = {}      # ordered: chunk -> (outputs, failures)
         self.arrived: List[tuple] = []       # unordered: (outputs, failures) as they come
         self.low = 0                         # every chunk below was received
         self.seen: set = set()               # chunks >= low received
         self.received = 0
-        self.total: Optional[int] = None     # chunks, once the input is exhausted
-        self.items_total: Optional[int] = None
+        self.total = total                   # chunks, once the input is exhausted
+        self.items_total = total
         self.error: Optional[BaseException] = None  # the input or the engine failed
         self.next = 0                        # ordered: next chunk to yield
         self.on_done: Optional[Callable[["_Job"], None]] = None
         self.finished = False
+        self.background = True
 
     def deliver(self, chunk: int, items: list, nfailed: int) -> None:
-        with self.cond:
+        with self.mu:
             if chunk < self.low or chunk in self.seen:
                 return  # a copy computed again after its worker died: drop it
             self.seen.add(chunk)
@@ -281,26 +315,25 @@ class _Job:
                 self.buf[chunk] = (items, nfailed)
             else:
                 self.arrived.append((items, nfailed))
-            if self.release_on_receive:
+            if self.release_on_receive and self.window is not None:
                 self.window.release()
-            self.cond.notify_all()
         self._check_done()
 
     def set_total(self, chunks: int, items: int) -> None:
-        with self.cond:
+        with self.mu:
             self.total, self.items_total = chunks, items
-            self.cond.notify_all()
         self._check_done()
+        self.engine.wake()
 
     def fail(self, exc: BaseException) -> None:
-        with self.cond:
+        with self.mu:
             if self.error is None:
                 self.error = exc
-            self.cond.notify_all()
         self._check_done()
+        self.engine.wake()
 
     def _check_done(self) -> None:
-        with self.cond:
+        with self.mu:
             if self.finished or not (self.error is not None
                                      or (self.total is not None and self.received >= self.total)):
                 return
@@ -309,34 +342,65 @@ class _Job:
         if self.on_done is not None:
             self.on_done(self)
 
+    def _ready(self) -> bool:
+        """Something for chunks() to do: a chunk to yield, the end, or an error
+        (read without the lock: chunks() looks again with it)."""
+        if self.ordered:
+            if self.next in self.buf:
+                return True
+            done = self.next
+        else:
+            if self.arrived:
+                return True
+            done = self.received
+        return self.error is not None or (self.total is not None and done >= self.total)
+
     def chunks(self, timeout: Optional[float] = None):
         """Yield (outputs, failures) per chunk as they become available (in input order if
-        ordered); raises the job's error, or TimeoutError."""
+        ordered); raises the job's error, or TimeoutError.  The consuming thread
+        reads the results queue itself while it waits (see _Engine.wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self.cond:
-                while True:
-                    if self.ordered and self.next in self.buf:
-                        items = self.buf.pop(self.next)
-                        self.next += 1
-                        break
-                    if not self.ordered and self.arrived:
-                        items = self.arrived.pop(0)
-                        break
+            with self.mu:
+                if self.ordered and self.next in self.buf:
+                    items = self.buf.pop(self.next)
+                    self.next += 1
+                elif not self.ordered and self.arrived:
+                    items = self.arrived.pop(0)
+                else:
+                    items = None
                     done = self.next if self.ordered else self.received
                     if self.total is not None and done >= self.total and not self.arrived:
                         return
                     if self.error is not None:
                         raise self.error
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError("no result in time")
-                    self.cond.wait(0.2 if left is None else min(left, 0.2))
-                    if left is None:
-                        self.engine._check_alive()
-            if not self.release_on_receive:
+            if items is None:
+                if not self.engine.wait(self._ready, deadline):
+                    raise TimeoutError("no result in time")
+                continue
+            if not self.release_on_receive and self.window is not None:
                 self.window.release()
             yield items
+
+
+def _output_lists(job: _Job, on_end: Callable[[], None]) -> Iterator[Any]:
+    try:
+        for items, nfailed in job.chunks():
+            if nfailed:  # the items before the first failure, then raise it from here
+                i = next(i for i, x in enumerate(items) if type(x) is _Failed)
+                yield items[:i]
+                raise items[i].rebuild()
+            yield items
+    finally:
+        on_end()
+
+
+def outputs(job: _Job, on_end: Callable[[], None]) -> Iterator[Any]:
+    """The job's outputs one by one; the first failure is raised and ends the
+    iteration; on_end() runs when the iteration ends or is abandoned.  Items are
+    taken from each chunk's list by itertools.chain (in C: a Python generator
+    costs ~100 ns an item, as much as a worker's whole trip)."""
+    return itertools.chain.from_iterable(_output_lists(job, on_end))
 
 
 def _sizeof(x: Any) -> int:
@@ -349,8 +413,8 @@ def _sizeof(x: Any) -> int:
 
 class _Engine:
     """Stages of worker processes joined by fastq queues, a supervisor thread that
-    replaces dead workers, and a collector thread that routes the last queue's
-    chunks to their jobs."""
+    replaces dead workers, and the routing of the last queue's chunks to their
+    jobs (by the thread waiting for them, else by a collector thread)."""
 
     def __init__(self, stages: List[tuple], ctx: Any, capacity: int,
                  initializer: Optional[Callable] = None, initargs: tuple = (),
@@ -361,6 +425,8 @@ class _Engine:
         for s, (fn, workers, flat, retries) in enumerate(stages):
             sp = _StageSpec(s, fn, flat, workers, retries, self.queues[s], self.queues[s + 1])
             sp.initializer, sp.initargs, sp.maxtasks = initializer, initargs, maxtasks
+            first = sum(o.workers for o in self.specs)
+            sp.wids = range(first, first + workers)
             self.specs.append(sp)
         self.nworkers = sum(sp.workers for sp in self.specs)
         self.slots = ctx.RawArray("q", NSLOT * self.nworkers)
@@ -380,6 +446,13 @@ class _Engine:
         self.feeding = 0                         # feeders still putting their input
         self.fatal: Optional[BaseException] = None
         self.on_progress = on_progress
+        self.collect_lock = threading.Lock()     # held by the thread reading the results
+        self.turn = threading.Condition(threading.Lock())  # results came / the reader changed
+        self.fg_waiters = 0                      # threads waiting for results in wait()
+        self.fg_left = 0.0                       # when one last left (monotonic)
+        self.background = 0                      # jobs with background=True (new_job)
+        self.bg_wanted = threading.Event()       # wakes the collector: a background job came
+        self.results_closed = False              # the results queue is shut down or closed
         self._wake_r, self._wake_w = os.pipe()
         try:
             for wid in range(self.nworkers):
@@ -444,7 +517,6 @@ class _Engine:
         busy = self.slots[k] == 1
         if busy:
             job, chunk, pos = self.slots[k + 1], self.slots[k + 2], self.slots[k + 3]
-            self.slots[k] = 0
             self.reruns += 1
             if pos < 0:
                 key = (job, stage, chunk)
@@ -457,6 +529,9 @@ class _Engine:
                     i = self.poison[0] % NPOISON
                     self.poison[1 + 4 * i:5 + 4 * i] = [job, stage, pos, n]
                     self.poison[0] += 1
+            # cleared only now: a worker given the chunk by a recovery that ran
+            # before this one waits for it (_await_counted) to see the poison
+            self.slots[k] = 0
         if self.closing and not busy and p.exitcode == 0:
             del self.procs[wid]  # drained and exited: not replaced
             return
@@ -471,29 +546,112 @@ class _Engine:
                     pass
 
     # -- results
-    def _collect(self) -> None:
-        q = self.queues[-1]
-        while True:
+    # The results queue is read by one thread at a time, the one holding
+    # collect_lock.  A thread waiting for a result (imap's consumer, get())
+    # reads it itself: its result then reaches it without a hop through
+    # another thread, which costs a futex wake and a GIL hand-off (~50 us, more
+    # than the whole trip through the workers).  The collector thread only
+    # reads while no thread waits in the foreground (for callbacks and
+    # ready() of results nobody waits for).  Whoever reads delivers every
+    # job's chunks, then notifies `turn`, on which the other waiters sleep.
+    def wake(self) -> None:
+        """Wake the threads waiting in wait(): a job's state changed."""
+        with self.turn:
+            self.turn.notify_all()
+
+    def wait(self, ready: Callable[[], bool], deadline: Optional[float]) -> bool:
+        """Wait until ready() (False at the monotonic deadline), reading the
+        results queue meanwhile when no other thread does."""
+        with self.turn:
+            self.fg_waiters += 1
+        try:
+            while not ready():
+                self._check_alive()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                slice_ = 0.2 if left is None else min(left, 0.2)
+                if self.collect_lock.acquire(False):
+                    try:
+                        open_ = ready() or self._pump(slice_)
+                    finally:
+                        self.collect_lock.release()
+                    # Read after the release: a waiter that failed to take the
+                    # lock had counted itself before, so it is seen here.
+                    if self.fg_waiters > 1:
+                        self.wake()  # chunks were delivered, or the next reader's turn
+                    if open_:
+                        continue
+                with self.turn:
+                    # locked() is looked at with turn held and a reader releases
+                    # the lock before it notifies turn: no wake-up is lost
+                    if not ready() and (self.collect_lock.locked() or self.results_closed):
+                        self.turn.wait(slice_)
+            return True
+        finally:
+            with self.turn:
+                self.fg_waiters -= 1
+            self.fg_left = time.monotonic()
+
+    def poll(self) -> None:
+        """Deliver what the results queue holds now, unless another thread reads it."""
+        if self.collect_lock.acquire(False):
             try:
-                msgs = q.get_many(256, timeout=0.2)
-            except Empty:
-                if self.stopping:
-                    return
+                self._pump(0)
+            finally:
+                self.collect_lock.release()
+            if self.fg_waiters:
+                self.wake()
+
+    def _collect(self) -> None:
+        """The collector thread: reads the results queue while nobody waits in
+        the foreground, until the queue is shut down or closed.  It polls (every
+        LINGER_S) rather than being notified of every change: a notification would
+        wake it, and make it take the GIL, on every result of a loop of apply();
+        only the first background job after none wakes it."""
+        while not (self.stopping or self.results_closed):
+            # It reads only for jobs that need it (see new_job), or when closing
+            # (join() waits for it to see the queue shut down): else it would
+            # hold the queue when a thread comes to wait for a single apply().
+            if (self.fg_waiters or not (self.background or self.closing)
+                    or time.monotonic() - self.fg_left < LINGER_S):
+                self.bg_wanted.wait(LINGER_S)
+                self.bg_wanted.clear()  # a hint only: the loop looks again
                 continue
-            except (ShutDown, ValueError, OSError):
-                return
-            for job_id, chunk, origin, _, items, nfailed, cost in msgs:
-                c = self.cost
-                self.cost = cost if c is None else 0.7 * c + 0.3 * cost
-                job = self.jobs.get(job_id)
-                if job is not None:
-                    job.deliver(chunk, items, nfailed)
-                if self.on_progress is not None:
-                    self.on_progress(len(items))
+            if not self.collect_lock.acquire(timeout=0.05):
+                continue
+            try:
+                self._pump(COLLECT_SLICE_S)
+            finally:
+                self.collect_lock.release()
+            if self.fg_waiters:
+                self.wake()
+
+    def _pump(self, timeout: float) -> bool:
+        """With collect_lock held: read one batch of the results queue (waiting up
+        to timeout; 0: not at all) and deliver it; False once the queue is shut
+        down and drained, or closed."""
+        try:
+            msgs = self.queues[-1].get_many(256, timeout > 0, timeout)
+        except Empty:
+            return True
+        except (ShutDown, ValueError, OSError):
+            self.results_closed = True
+            return False
+        for job_id, chunk, origin, _, items, nfailed, cost in msgs:
+            c = self.cost
+            self.cost = cost if c is None else 0.7 * c + 0.3 * cost
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.deliver(chunk, items, nfailed)
+            if self.on_progress is not None:
+                self.on_progress(len(items))
+        return True
 
     def _job_finished(self, job: _Job) -> None:
         with self.lock:
-            self.jobs.pop(job.jid, None)
+            if self.jobs.pop(job.jid, None) is not None and job.background:
+                self.background -= 1
 
     def _check_alive(self) -> None:
         if self.fatal is not None:
@@ -501,13 +659,25 @@ class _Engine:
 
     # -- feeding
     def new_job(self, ordered: bool, window: Optional[int] = None,
-                release_on_receive: bool = False) -> _Job:
+                release_on_receive: bool = False, total: Optional[int] = None,
+                background: bool = True) -> _Job:
+        """A job; window: chunks in flight at most (default 2 per worker and 2;
+        0: no window, for a job of one chunk of known total).  background: its
+        results must be delivered even while no thread waits for them (it has
+        callbacks, or a feeder that waits for room in its window); else they
+        are delivered when a thread waits or polls."""
         if self.closing or self.stopping:
             raise ValueError("the pool is not running")
+        if window is None:
+            window = 2 * self.nworkers + 2
         with self.lock:
             jid = next(self.jids)
-            job = self.jobs[jid] = _Job(self, jid, ordered,
-                                        window or 2 * self.nworkers + 2, release_on_receive)
+            job = self.jobs[jid] = _Job(self, jid, ordered, window, release_on_receive, total)
+            job.background = background
+            if background:
+                self.background += 1
+                if self.background == 1:
+                    self.bg_wanted.set()
         return job
 
     def chunk_size(self, first: Any, remaining: Optional[int]) -> int:
@@ -552,16 +722,25 @@ class _Engine:
         except Exception:
             remaining = None
         chunk = pos = 0
+        # a list, tuple or range is cut in slices: a range's slice is a range,
+        # which pickles in a few bytes (no list of ints built, pickled, read)
+        seq = iterable if type(iterable) in (list, tuple, range) else None
         try:
-            it = iter(iterable)
+            it = iter(iterable) if seq is None else None
             while True:
-                try:
-                    first = next(it)
-                except StopIteration:
-                    break
-                n = chunksize or self.chunk_size(first, remaining)
-                items = [first]
-                items.extend(itertools.islice(it, n - 1))
+                if seq is not None:
+                    if pos >= len(seq):
+                        break
+                    n = chunksize or self.chunk_size(seq[pos], remaining)
+                    items = seq[pos:pos + n]
+                else:
+                    try:
+                        first = next(it)
+                    except StopIteration:
+                        break
+                    n = chunksize or self.chunk_size(first, remaining)
+                    items = [first]
+                    items.extend(itertools.islice(it, n - 1))
                 while not job.window.acquire(timeout=0.2):
                     if self.stopping or job.finished:
                         return

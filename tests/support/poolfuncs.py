@@ -75,3 +75,9 @@ def endless(pulled):
         pulled[0] += 1
         yield i
         i += 1
+
+
+def nap(seconds):
+    """sleep seconds, then return them"""
+    time.sleep(seconds)
+    return seconds

@@ -1,0 +1,122 @@
+"""fastq.Pool: results reach the thread that waits for them (it reads the results
+queue itself) and results nobody waits for still complete (the collector thread):
+several waiting threads at once, callbacks with no waiter, waiting with a timeout."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import fastq
+
+from support import poolfuncs as F
+
+
+def test_threads_waiting_at_once_each_get_their_own_results(fastq_dir):
+    got: dict = {}
+    errors: list = []
+
+    def applies(k):
+        try:
+            got[k] = [p.apply(F.sq, (k * 1000 + i,)) for i in range(200)]
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def imaps(k):
+        try:
+            got[k] = list(p.imap(F.inc, range(k * 1000, k * 1000 + 3000)))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    with fastq.Pool(2) as p:
+        threads = [threading.Thread(target=applies if k % 2 else imaps, args=(k,))
+                   for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    for k in range(6):
+        if k % 2:
+            assert got[k] == [(k * 1000 + i) ** 2 for i in range(200)]
+        else:
+            assert got[k] == list(range(k * 1000 + 1, k * 1000 + 3001))
+
+
+def test_callbacks_run_with_nobody_waiting(fastq_dir):
+    done = threading.Event()
+    got: list = []
+
+    def cb(v):
+        got.append(v)
+        if len(got) == 3:
+            done.set()
+
+    with fastq.Pool(2) as p:
+        rs = [p.apply_async(F.sq, (3,), callback=cb), p.map_async(F.inc, range(5), callback=cb),
+              p.apply_async(F.sq, (4,), callback=cb)]
+        assert done.wait(30)  # nobody called get(): the collector thread delivered them
+        assert all(r.ready() and r.successful() for r in rs)
+    assert sorted(map(str, got)) == sorted(map(str, [9, 16, [1, 2, 3, 4, 5]]))
+
+
+def test_a_result_that_comes_while_another_thread_reads(fastq_dir):
+    # one thread waits (and reads the results) for a slow item while another
+    # waits for fast ones: the reader delivers them to the other thread
+    with fastq.Pool(2) as p:
+        slow = p.apply_async(F.tick, (1,))
+        fast: list = []
+        t = threading.Thread(target=lambda: fast.extend(p.map(F.sq, range(100))))
+        t.start()
+        assert slow.get(30)[0] == 1
+        t.join(30)
+        assert fast == [x * x for x in range(100)]
+        with pytest.raises(ValueError, match="boom at 5"):
+            p.apply_async(F.boom, (5,)).get(30)
+
+
+def test_get_with_timeout_times_out_then_succeeds(fastq_dir):
+    import multiprocessing as mp
+    with fastq.Pool(1) as p:
+        r = p.apply_async(F.nap, (0.5,))
+        with pytest.raises(mp.TimeoutError):
+            r.get(0.01)
+        assert not r.ready()
+        assert r.get(30) == 0.5
+
+
+def test_a_result_nobody_waits_for_is_seen_by_ready(fastq_dir):
+    import time
+    with fastq.Pool(2) as p:
+        r = p.apply_async(F.sq, (7,))  # no callback: delivered when asked
+        deadline = time.monotonic() + 30
+        while not r.ready() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert r.ready() and r.successful() and r.get(0) == 49
+
+
+def test_map_async_goes_on_while_nobody_waits(fastq_dir):
+    # far more chunks than its window: the collector thread must take the
+    # results for the feeder to go on
+    import time
+    with fastq.Pool(2) as p:
+        r = p.map_async(F.inc, range(2000), chunksize=1)
+        deadline = time.monotonic() + 30
+        while sum(p._engine.stage_done()) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(p._engine.stage_done()) == 2000
+        assert r.get(30) == list(range(1, 2001))
+
+
+def test_executor_future_waits_in_the_caller(fastq_dir):
+    import concurrent.futures as cf
+    with fastq.Executor(1) as ex:
+        slow = ex.submit(F.nap, 0.5)
+        with pytest.raises(cf.TimeoutError):
+            slow.result(timeout=0.01)
+        assert slow.result(timeout=30) == 0.5
+        bad = ex.submit(F.boom, 5)
+        assert isinstance(bad.exception(timeout=30), ValueError)
+        assert [f.result() for f in [ex.submit(F.sq, i) for i in range(50)]] == \
+            [i * i for i in range(50)]
