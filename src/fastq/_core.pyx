@@ -710,6 +710,7 @@ cdef class Segment:
         try:
             self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
             d.value = self._load_one(q, &d.c, loads)
+            d.position = d.c.pos + d.c.first_off  # a taken (requeued) record: first_off 0
             d.seg = self
             d.epoch = fq_epoch()
             d.redelivered = d.c.redelivered != 0
@@ -970,6 +971,11 @@ cdef class Delivery:
     as a context manager it acks on success and gives the message back on
     an exception.  Dropped unanswered, it is given back.  Only the process
     that received it can settle it (RuntimeError in a forked child).
+
+    ``position`` is the message's byte position in the segment's log: no
+    two messages of one segment share it, and a redelivered message keeps
+    it (together with the segment's creation time it names the message, as
+    fastq.bridge does for JetStream's ``Nats-Msg-Id``).
     """
     cdef Segment seg
     cdef Subscriber sub      # set for a topic subscription's delivery
@@ -977,6 +983,10 @@ cdef class Delivery:
     cdef readonly object value
     cdef readonly bint redelivered
     cdef readonly bint settled
+    # the message's byte position in the segment's log: unique for the life
+    # of the segment and the same when the message is redelivered (a record
+    # is requeued in place); fastq.bridge derives the Nats-Msg-Id from it
+    cdef readonly uint64_t position
     cdef unsigned epoch      # fq_epoch() when received: a forked child's copy is not its own
     cdef object __weakref__
 
@@ -1341,6 +1351,7 @@ cdef class Subscriber:
                     fq_sub_end(self.s, &d.c)
                     continue
                 d.value = out
+                d.position = d.c.msg_pos
                 d.sub = self
                 d.epoch = fq_epoch()
                 # c.redelivered: taken over from a dead member (the whole claim)
