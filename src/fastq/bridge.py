@@ -232,6 +232,7 @@ class _Bridge:
 
     async def _until_stop(self, aw: Any, timeout: Optional[float] = None) -> Any:
         """Await aw; None if stop() came first (aw is cancelled)."""
+        assert self._stop_async is not None
         task = asyncio.ensure_future(aw)
         stop = asyncio.ensure_future(self._stop_async.wait())
         try:
@@ -539,11 +540,11 @@ class Inbound(_Bridge):
 
     def _put(self, payloads: List[bytes], slice_s: float) -> int:
         """Put payloads in order; returns how many were put before the local
-        queue stayed full for slice_s seconds (or stop() came)."""
-        put = self._target._seg.put
+        queue stayed full for slice_s seconds (0: not at all, no wait)."""
+        put, block = self._target._seg.put, slice_s > 0
         for i, p in enumerate(payloads):
             try:
-                put(p, True, slice_s)
+                put(p, block, slice_s if block else None)
             except Full:
                 return i
         return len(payloads)
@@ -570,15 +571,21 @@ class Inbound(_Bridge):
                 continue  # nothing there: fetch raises by design on an empty stream
             if not msgs:
                 continue
-            fresh, again = [], []
+            fresh: list = []
+            again: list = []
             for m in msgs:
                 md = m.metadata
                 if md.num_delivered > 1:
                     self._count(redelivered=1)
                 (again if md.sequence.stream in self._committed else fresh).append(m)
             self._count(duplicates=len(again))
-            done = 0
             payloads = [m.data for m in fresh]
+            # a put that need not wait costs microseconds: on the loop; the
+            # rest waits for room in the executor's thread
+            done = self._put(payloads, 0)
+            for m in fresh[:done]:
+                self._committed[m.metadata.sequence.stream] = None
+            self._count(forwarded=done)
             while done < len(fresh):
                 n = await loop.run_in_executor(self._executor, self._put, payloads[done:],
                                                slice_s)
