@@ -68,20 +68,24 @@ def _fill_stream(url, subject, stream, data):
     asyncio.run(go())
 
 
+def _rate(b, q, n):
+    """Messages per second a bridge takes to ack n messages (then stops it)."""
+    t = time.perf_counter()
+    b.start()
+    while b.stats().acked < n:
+        time.sleep(0.002)
+    dt = time.perf_counter() - t
+    b.stop()
+    q.close()
+    return n / dt
+
+
 def _bridge_out(url, data, tmp, tag):
     import fastq  # noqa: PLC0415
     from fastq import bridge  # noqa: PLC0415
     q = fastq.Queue(os.path.join(tmp, f"out{tag}"), 1 << 26, serializer="raw", prefetch=7)
     q.put_many(data)
-    b = bridge.Outbound(q, f"o{tag}.x", servers=url, stream=f"O{tag}")
-    t = time.perf_counter()
-    b.start()
-    while b.stats().acked < len(data):
-        time.sleep(0.002)
-    dt = time.perf_counter() - t
-    b.stop()
-    q.close()
-    return len(data) / dt
+    return _rate(bridge.Outbound(q, f"o{tag}.x", servers=url, stream=f"O{tag}"), q, len(data))
 
 
 def _bridge_in(url, data, tmp, tag):
@@ -89,16 +93,8 @@ def _bridge_in(url, data, tmp, tag):
     from fastq import bridge  # noqa: PLC0415
     _fill_stream(url, f"i{tag}.x", f"I{tag}", data)
     dst = fastq.Queue(os.path.join(tmp, f"in{tag}"), 1 << 26, serializer="raw")
-    b = bridge.Inbound(f"i{tag}.x", dst, durable="bridge", servers=url, stream=f"I{tag}",
-                       batch=64)
-    t = time.perf_counter()
-    b.start()
-    while b.stats().acked < len(data):
-        time.sleep(0.002)
-    dt = time.perf_counter() - t
-    b.stop()
-    dst.close()
-    return len(data) / dt
+    return _rate(bridge.Inbound(f"i{tag}.x", dst, durable="bridge", servers=url,
+                                stream=f"I{tag}", batch=64), dst, len(data))
 
 
 def run(url: str, n: int, sizes, tmp: str, repeat: int) -> None:
