@@ -3,10 +3,11 @@
     python3 benchmarks/bridge_throughput.py [--server nats://...] [-n 20000]
 
 Without --server it starts its own ``nats-server -js`` (tests/_natsserver.py
-finds the binary).  Outbound: a local queue holding n messages forwarded to a
+finds the binary).  Outbound: n messages put into a local queue (7 deliveries
+in flight at most: a queue's prefetch bound) or topic (64) forwarded to a
 stream by fastq.bridge.Outbound, against nats-py publish_async of the same
 payloads (with a Nats-Msg-Id each, acks awaited, at most the same number in
-flight, then unbounded).  Inbound: a stream holding n messages fed into a local queue
+flight, and with nats-py's default bound).  Inbound: a stream holding n messages fed into a local queue
 by fastq.bridge.Inbound, against nats-py fetch + ack_sync of the same batches.
 Prints msgs/s and the ratio bridge / raw.  (Not an asv benchmark: it needs a
 server.)
@@ -68,10 +69,15 @@ def _fill_stream(url, subject, stream, data):
     asyncio.run(go())
 
 
-def _rate(b, q, n):
-    """Messages per second a bridge takes to ack n messages (then stops it)."""
-    t = time.perf_counter()
+def _rate(b, q, n, data=None):
+    """Messages per second a bridge takes to ack n messages, from the moment it
+    is connected (its set-up is not timed, as the raw client's is not), after
+    putting data into q if given; then stops it."""
     b.start()
+    b.connected.wait(30)
+    t = time.perf_counter()
+    if data is not None:
+        q._seg.put_many(data)  # a Queue's put_many or a Topic's publish_many
     while b.stats().acked < n:
         time.sleep(0.002)
     dt = time.perf_counter() - t
@@ -84,8 +90,17 @@ def _bridge_out(url, data, tmp, tag):
     import fastq  # noqa: PLC0415
     from fastq import bridge  # noqa: PLC0415
     q = fastq.Queue(os.path.join(tmp, f"out{tag}"), 1 << 26, serializer="raw", prefetch=7)
-    q.put_many(data)
-    return _rate(bridge.Outbound(q, f"o{tag}.x", servers=url, stream=f"O{tag}"), q, len(data))
+    return _rate(bridge.Outbound(q, f"o{tag}.x", servers=url, stream=f"O{tag}"), q, len(data),
+                 data)
+
+
+def _bridge_topic_out(url, data, tmp, tag):
+    import fastq  # noqa: PLC0415
+    from fastq import bridge  # noqa: PLC0415
+    t = fastq.Topic(os.path.join(tmp, f"tout{tag}"), 1 << 26, serializer="raw")
+    sub = t.subscribe("earliest", name="bridge", prefetch=64)
+    return _rate(bridge.Outbound(sub, f"t{tag}.x", servers=url, stream=f"T{tag}"), t, len(data),
+                 data)
 
 
 def _bridge_in(url, data, tmp, tag):
@@ -103,12 +118,15 @@ def run(url: str, n: int, sizes, tmp: str, repeat: int) -> None:
     print(f"{'size':>6} {'direction':>9} {'bridge msg/s':>13} {'raw msg/s':>10} {'ratio':>6}  raw")
     for size in sizes:
         data = [(b"%08d" % i).ljust(size, b".") for i in range(n)]
-        rows: dict = {k: [] for k in ("out", "raw7", "raw", "in", "rawin")}
+        rows: dict = {k: [] for k in ("out", "raw7", "raw", "tout", "raw64", "in", "rawin")}
         for r in range(repeat):
             tag = f"{size}x{r}"
             rows["out"].append(_bridge_out(url, data, tmp, tag))
             rows["raw7"].append(asyncio.run(_raw_publish(url, f"r{tag}.x", f"R{tag}", data, 7)))
             rows["raw"].append(asyncio.run(_raw_publish(url, f"f{tag}.x", f"F{tag}", data, 0)))
+            rows["tout"].append(_bridge_topic_out(url, data, tmp, tag))
+            rows["raw64"].append(asyncio.run(_raw_publish(url, f"s{tag}.x", f"S{tag}", data,
+                                                          64)))
             rows["in"].append(_bridge_in(url, data, tmp, tag))
             rows["rawin"].append(asyncio.run(_raw_fetch(url, f"i{tag}.x", f"I{tag}", n, 64)))
         m = {k: statistics.median(v) for k, v in rows.items()}
@@ -116,6 +134,8 @@ def run(url: str, n: int, sizes, tmp: str, repeat: int) -> None:
               f"{m['out'] / m['raw7']:>6.2f}  publish_async, 7 in flight")
         print(f"{'':>6} {'':>9} {'':>13} {m['raw']:>10,.0f} {m['out'] / m['raw']:>6.2f}  "
               "publish_async, 4000 in flight (nats-py default)")
+        print(f"{'':>6} {'out topic':>9} {m['tout']:>13,.0f} {m['raw64']:>10,.0f} "
+              f"{m['tout'] / m['raw64']:>6.2f}  publish_async, 64 in flight")
         print(f"{'':>6} {'in':>9} {m['in']:>13,.0f} {m['rawin']:>10,.0f} "
               f"{m['in'] / m['rawin']:>6.2f}  fetch(64) + ack_sync each")
 
