@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -316,3 +315,23 @@ def test_cli_sigterm_clean_shutdown(nats_server, tmp_path, procs, child_env):
         row = json.loads(stdout.strip().splitlines()[-1])
         assert row["direction"] == direction and row["forwarded"] == 100 == row["acked"]
     assert qs.unacked() == 0 and qs.qsize() == 0
+
+
+def test_bridge_waits_for_a_server_not_up_yet(nats_server, tmp_path):
+    """Started before the server: the bridge retries with backoff (errors
+    counted) and forwards once the server is there."""
+    bridge = _bridge()
+    nats_server.stop()
+    src = fastq.Queue(str(tmp_path / "src"), serializer="raw")
+    src.put_many(payloads(50))
+    out = bridge.Outbound(src, "late.x", servers=nats_server.url, stream="LATE",
+                          backoff=(0.02, 0.2)).start()
+    try:
+        wait_for(lambda: out.stats().errors >= 3, what="failed attempts")
+        assert out.stats().acked == 0 and not out.connected.is_set()
+        nats_server.start()
+        wait_for(lambda: out.stats().acked == 50, what="forwarding after the server came")
+    finally:
+        out.stop()
+    assert stream_payloads(nats_server.url, "LATE") == payloads(50)
+    assert src.qsize() == 0 and src.unacked() == 0

@@ -25,8 +25,9 @@ at-least-once across the bridge:
 Payloads cross the bridge unchanged: open the local queue or topic with
 ``serializer="raw"`` in the bridge (the producers and consumers on either side
 keep their own serializer, pickle by default).  The client is nats-py
-(``pip install 'fastq-ipc[bridge]'``); each bridge runs an asyncio loop in a
-thread of its own, and a second thread does the local (blocking) calls.
+(``pip install 'fastq-ipc[bridge]'``); each bridge runs an asyncio loop
+(:meth:`Outbound.start`: in a thread of its own); local calls that need not
+wait run on the loop, those that wait in a helper thread.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import collections
 import dataclasses
 import random
 import threading
-from typing import Any, Callable, Deque, List, Optional, Sequence, Union
+from typing import Any, Deque, List, Optional, Sequence, Union
 
 from ._errors import Empty, Full, ShutDown
 from ._queue import Queue, RawSerializer
@@ -133,6 +134,8 @@ class _Bridge:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop_async: Optional[asyncio.Event] = None
         self._error: Optional[BaseException] = None
+        #: set while the bridge is connected to a server (and its stream or
+        #: consumer is ready); cleared when the connection is lost
         self.connected = threading.Event()
 
     def _count(self, **kw: int) -> None:
@@ -207,6 +210,8 @@ class _Bridge:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - any failure: reconnect
+                    if self.connected.is_set():  # it had worked: retry soon
+                        delay = self._backoff[0]
                     self.connected.clear()
                     if self._stopping.is_set():
                         return
@@ -225,8 +230,6 @@ class _Bridge:
                 except asyncio.TimeoutError:
                     pass
                 delay = min(delay * 2, self._backoff[1])
-                if self.connected.is_set():
-                    delay = self._backoff[0]
         finally:
             self._end()
 
@@ -278,7 +281,9 @@ class Outbound(_Bridge):
         with ``duplicate_window`` seconds and ``retention``.
     max_inflight : int, optional
         Most publishes awaiting JetStream's ack at once; bounded by the
-        source's ``prefetch`` (each one is an unacknowledged local delivery).
+        source's ``prefetch`` (each one is an unacknowledged local delivery):
+        at most 7 for a queue (``Queue(..., prefetch=7)``; the default 4),
+        64 for a subscription.
     ack_timeout : float
         Seconds to wait for a publish ack before reconnecting.
     backoff : (float, float)
