@@ -148,6 +148,12 @@ class _Bridge:
             self._stats.errors += 1
             self._stats.last_error = f"{type(e).__name__}: {e}"
 
+    async def _client_error(self, e: Exception) -> None:
+        # nats-py's errors (its default prints each with a traceback): kept as
+        # the last error; the failure they cause is counted where it surfaces
+        with self._lock:
+            self._stats.last_error = f"{type(e).__name__}: {e}"
+
     def stats(self) -> BridgeStats:
         """A snapshot of the bridge's counters."""
         with self._lock:
@@ -200,8 +206,13 @@ class _Bridge:
                     # nats-py's own reconnection is off: after a lost connection
                     # everything (consumer, subscriptions) is built again here,
                     # since a pull subscription may not survive a server restart
-                    nc = await nats.connect(self._servers, allow_reconnect=False,
-                                            connect_timeout=2, **self._connect_options)
+                    # (max_reconnect_attempts=1, no wait: the initial
+                    # connection tries each server twice at once, then fails
+                    # here, instead of retrying inside nats-py for minutes)
+                    opts = {"allow_reconnect": False, "connect_timeout": 2,
+                            "max_reconnect_attempts": 1, "reconnect_time_wait": 0,
+                            "error_cb": self._client_error, **self._connect_options}
+                    nc = await nats.connect(self._servers, **opts)
                     if not first:
                         self._count(reconnects=1)
                     first = False
