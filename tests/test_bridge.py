@@ -387,3 +387,19 @@ def test_inbound_crash_between_put_and_ack(nats_server, tmp_path, procs, child_e
     # and the others once
     assert sorted(rest) == want[20:] and q.qsize() == 0
     assert inb.stats().redelivered == 10 and inb.stats().acked == 80
+
+
+def test_a_local_failure_stops_the_bridge(nats_server, tmp_path):
+    """A local call that fails (here: the queue handle closed under the
+    bridge) stops it with the error, instead of reconnecting forever."""
+    bridge = _bridge()
+    src = fastq.Queue(str(tmp_path / "src"), serializer="raw")
+    out = bridge.Outbound(src, "fail.x", servers=nats_server.url, stream="FAIL").start()
+    assert out.connected.wait(30)
+    src.close()
+    out._thread.join(30)
+    assert not out._thread.is_alive()
+    assert isinstance(out.error, ValueError), out.error
+    assert out.stats().errors == 1 and out.stats().reconnects == 0
+    with pytest.raises(ValueError):
+        out.run()  # run() raises it (again, at once: the bridge is stopped)

@@ -62,6 +62,11 @@ def _crash_point(name: str) -> None:
         _CRASH_AT = (name, _CRASH_AT[1] - 1)
 
 
+class _LocalFailure(Exception):
+    """A local queue or topic call failed (its cause): the bridge stops,
+    since reconnecting to the server cannot help."""
+
+
 def _nats() -> Any:
     try:
         import nats  # noqa: PLC0415
@@ -165,7 +170,8 @@ class _Bridge:
         """Run the bridge in a thread of its own (returns at once)."""
         if self._thread is not None:
             raise RuntimeError("this bridge was started already")
-        self._thread = threading.Thread(target=self.run, name=type(self).__name__, daemon=True)
+        self._thread = threading.Thread(target=asyncio.run, args=(self.run_async(),),
+                                        name=type(self).__name__, daemon=True)
         self._thread.start()
         return self
 
@@ -185,10 +191,17 @@ class _Bridge:
 
     def run(self) -> None:
         """Run the bridge in this thread until :meth:`stop` (from another
-        thread or a signal handler)."""
+        thread or a signal handler); raises what made a local call fail."""
         asyncio.run(self.run_async())
         if self._error is not None:
             raise self._error
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """What made a local call fail (the queue closed, a payload that is
+        not bytes...): the bridge stopped then.  None otherwise (failures on
+        the server's side are retried, not fatal)."""
+        return self._error
 
     async def run_async(self) -> None:
         """Run the bridge in the running asyncio loop until :meth:`stop`."""
@@ -220,7 +233,12 @@ class _Bridge:
                     return  # stopped cleanly
                 except asyncio.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - any failure: reconnect
+                except _LocalFailure as e:
+                    self._error = e.__cause__
+                    self._failed(e.__cause__)  # type: ignore[arg-type]
+                    self._stopping.set()
+                    return
+                except Exception as e:  # noqa: BLE001 - any other failure: reconnect
                     if self.connected.is_set():  # it had worked: retry soon
                         delay = self._backoff[0]
                     self.connected.clear()
@@ -363,7 +381,10 @@ class Outbound(_Bridge):
         # whatever was not confirmed goes back to the source (the next run
         # publishes it again, under the same Nats-Msg-Id)
         while self._unconfirmed:
-            self._unconfirmed.popleft()[0].nack(True)
+            try:
+                self._unconfirmed.popleft()[0].nack(True)
+            except Exception:  # noqa: BLE001,S110 - closed: recovery gives it back
+                pass
         self._executor.shutdown(wait=True)
 
     def _take(self, room: int) -> list:
@@ -373,10 +394,14 @@ class Outbound(_Bridge):
         try:
             while len(batch) < room:
                 batch.append(receive(block=False))
-        except (Empty, RuntimeError):  # RuntimeError: the prefetch bound
+        except Empty:
             pass
         except ShutDown:  # the source is shut down and drained
             self._source_done = True
+        except RuntimeError:  # the prefetch bound: this process holds enough
+            pass
+        except Exception as e:
+            raise _LocalFailure() from e
         return batch
 
     def _wait_one(self) -> list:
@@ -388,6 +413,8 @@ class Outbound(_Bridge):
         except ShutDown:
             self._source_done = True
             return []
+        except Exception as e:
+            raise _LocalFailure() from e
 
     # ---- the JetStream side ---------------------------------------------------
 
@@ -411,7 +438,10 @@ class Outbound(_Bridge):
                 ack = await entry[2]  # the watchdog bounds the wait
                 _crash_point("confirmed")
                 self._unconfirmed.popleft()
-                entry[0].ack()
+                try:
+                    entry[0].ack()
+                except Exception as e:
+                    raise _LocalFailure() from e
                 settled.set()
                 self._count(acked=1, duplicates=1 if ack.duplicate else 0)
         finally:
@@ -563,6 +593,8 @@ class Inbound(_Bridge):
                 put(p, block, slice_s if block else None)
             except Full:
                 return i
+            except Exception as e:
+                raise _LocalFailure() from e
         return len(payloads)
 
     async def _session(self, nc: Any, js: Any) -> None:
