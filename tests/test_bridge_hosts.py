@@ -87,3 +87,24 @@ def test_topic_group_split_by_two_bridges(nats_server, tmp_path):
     assert all(o.stats().acked > 0 for o in outs), [o.stats() for o in outs]
     got = stream_payloads(nats_server.url, "EV")
     assert sorted(got) == want
+
+
+def test_cli_topic_out_to_queue_in(nats_server, tmp_path, procs, child_env):
+    """`fastq bridge out --topic` (a durable subscription: messages published
+    before the bridge starts are not missed) to `fastq bridge in --queue`."""
+    d = str(tmp_path)
+    t = fastq.Topic(str(tmp_path / "ticks"))
+    t.subscribe("earliest", name="fastq-bridge").close()  # the bridge's name, kept
+    t.publish_many(range(200))
+    out = _cli(procs, child_env, d, "out", "--topic", "ticks", "--subject", "ticks.a",
+               "--stream", "TICKS", "--server", nats_server.url)
+    inb = _cli(procs, child_env, d, "in", "--queue", "ticks-in", "--subject", "ticks.>",
+               "--stream", "TICKS", "--create-stream", "--durable", "in",
+               "--server", nats_server.url)
+    q = fastq.Queue(str(tmp_path / "ticks-in"))
+    assert [q.get(timeout=60) for _ in range(200)] == list(range(200))
+    for p in (out, inb):
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+    assert len(t.subscribers()) == 1  # the bridge's name, no entry left held

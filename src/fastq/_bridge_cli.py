@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="out from a topic: its durable subscription name "
                                   "(default fastq-bridge)")
     p.add_argument("--prefetch", type=int, help="out: unacknowledged local deliveries "
-                   "(publishes in flight); default: 7 for a queue, 64 for a topic")
+                   "(publishes in flight); default: 7 for a queue (its most), 16 for a topic "
+                   "(each holds one of the topic's subscriber entries)")
     p.add_argument("--subject", help="JetStream subject (in: filter, wildcards allowed)")
     p.add_argument("--stream", help="JetStream stream (out: created if missing)")
     p.add_argument("--create-stream", action="store_true",
@@ -96,9 +97,12 @@ def _make(spec: dict, servers: List[str]) -> Any:
                                    prefetch=spec.get("prefetch", 7))
         else:
             topic = fastq.Topic(spec["topic"], serializer="raw")
+            # each delivery in flight holds a subscriber entry of the topic:
+            # by default leave most of them to the other subscribers
             top = 1 if topic.overflow == "drop" else min(64, topic.max_subscribers)
+            want = spec.get("prefetch", max(1, min(16, topic.max_subscribers // 4)))
             src = topic.subscribe("earliest", name=spec.get("name", "fastq-bridge"),
-                                  prefetch=min(spec.get("prefetch", top), top))
+                                  prefetch=min(want, top))
         return bridge.Outbound(src, spec["subject"], servers=servers, stream=spec.get("stream"),
                                max_inflight=spec.get("max_inflight"), **common)
     if spec.get("direction") == "in":
