@@ -42,3 +42,12 @@ __all__ = [
     "WorkerLost",
     "RemoteTraceback",
 ]
+
+
+def __getattr__(name: str):
+    # fastq.bridge imports nats-py (an optional extra): loaded on first use
+    if name == "bridge":
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(".bridge", __name__)
+    raise AttributeError(f"module 'fastq' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastq bench`` (also the ``fastq`` console script);
+"""Command line: ``python -m fastq bench`` or ``bridge`` (also the ``fastq`` console script);
 ``fastq --version`` prints the version."""
 
 import argparse
@@ -16,8 +16,22 @@ def main(argv=None) -> int:
     from fastq import bench  # noqa: PLC0415 - argparse needs the options; bench imports nothing heavy
 
     bench.add_arguments(bench_parser)
+    _add_bridge(sub)
     args = parser.parse_args(argv)
+    if args.command == "bridge":
+        from fastq import _bridge_cli  # noqa: PLC0415
+
+        return _bridge_cli.main(args)
     return bench.main(args)
+
+
+def _add_bridge(sub) -> None:
+    """``fastq bridge``: local queues and topics to and from NATS JetStream."""
+    from fastq import _bridge_cli  # noqa: PLC0415 - imports nats only when run
+
+    _bridge_cli.add_arguments(sub.add_parser(
+        "bridge", help="bridge local queues and topics to NATS JetStream (fastq.bridge)",
+        description=_bridge_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 if __name__ == "__main__":

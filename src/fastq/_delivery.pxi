@@ -11,6 +11,11 @@ cdef class Delivery:
     as a context manager it acks on success and gives the message back on
     an exception.  Dropped unanswered, it is given back.  Only the process
     that received it can settle it (RuntimeError in a forked child).
+
+    ``position`` is the message's byte position in the segment's log: no
+    two messages of one segment share it, and a redelivered message keeps
+    it (together with the segment's creation time it names the message, as
+    fastq.bridge does for JetStream's ``Nats-Msg-Id``).
     """
     cdef QueueSegment seg
     cdef Subscriber sub      # set for a topic subscription's delivery
@@ -18,6 +23,10 @@ cdef class Delivery:
     cdef readonly object value
     cdef readonly bint redelivered
     cdef readonly bint settled
+    # the message's byte position in the segment's log: unique for the life
+    # of the segment and the same when the message is redelivered (a record
+    # is requeued in place); fastq.bridge derives the Nats-Msg-Id from it
+    cdef readonly uint64_t position
     cdef unsigned epoch      # fq_epoch() when received: a forked child's copy is not its own
     cdef object __weakref__
 

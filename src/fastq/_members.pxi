@@ -298,6 +298,7 @@ cdef class Subscriber:
                     fq_sub_end(self.s, &d.c)
                     continue
                 d.value = out
+                d.position = d.c.msg_pos
                 d.sub = self
                 d.epoch = fq_epoch()
                 # c.redelivered: taken over from a dead member (the whole claim)

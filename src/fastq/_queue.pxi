@@ -207,6 +207,7 @@ cdef class QueueSegment(Segment):
         try:
             self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
             d.value = self._load_one(q, &d.c, loads)
+            d.position = d.c.pos + d.c.first_off  # a taken (requeued) record: first_off 0
             d.seg = self
             d.epoch = fq_epoch()
             d.redelivered = d.c.redelivered != 0

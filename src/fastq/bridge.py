@@ -1,0 +1,663 @@
+"""fastq.bridge: extend local queues and topics across machines through NATS JetStream.
+
+:class:`Outbound` forwards a local :class:`fastq.Queue` (or a topic
+:class:`fastq.Subscription`) to a JetStream subject; :class:`Inbound` feeds a
+durable JetStream pull consumer into a local Queue or Topic.  Both are
+at-least-once across the bridge:
+
+* outbound, a local delivery is acked only after JetStream acknowledged its
+  publish.  Every publish carries ``Nats-Msg-Id: <segment>.<position>@<subject>``:
+  the local segment's creation time (ns, hex) and the message's
+  :attr:`fastq.Delivery.position`, which a redelivered message keeps.  A bridge
+  killed after JetStream stored a message but before the local ack gets the
+  message again from the local queue, publishes it again under the same id, and
+  the stream drops it as a duplicate (within the stream's duplicate window,
+  default 2 minutes; after it, it is stored twice).
+* inbound, a JetStream message is acked (double ack: ``ack_sync`` waits for the
+  server's confirmation) only after the local put returned.  A message committed
+  locally whose ack was lost comes back (``num_delivered`` > 1): while the same
+  bridge runs it is recognised by its stream sequence and only acked again; a
+  bridge killed between a local put and its ack puts those messages (at most one
+  fetch batch) again after its restart.  fastq deliveries carry no attempt count
+  and messages no headers, so the redelivery count is counted in
+  :attr:`BridgeStats.redelivered`, not carried into the local message.
+
+Payloads cross the bridge unchanged: open the local queue or topic with
+``serializer="raw"`` in the bridge (the producers and consumers on either side
+keep their own serializer, pickle by default).  The client is nats-py
+(``pip install 'fastq-ipc[bridge]'``); each bridge runs an asyncio loop
+(:meth:`Outbound.start`: in a thread of its own); local calls that need not
+wait run on the loop, those that wait in a helper thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import random
+import threading
+from typing import Any, Deque, List, Optional, Sequence, Union
+
+from ._errors import Empty, Full, ShutDown
+from ._queue import Queue, RawSerializer
+from ._topic import Subscription, Topic
+
+__all__ = ["Outbound", "Inbound", "BridgeStats", "ensure_stream"]
+
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
+#: most stream sequences an Inbound remembers as put locally but not acked
+_COMMITTED_MAX = 1 << 16
+
+#: test hook, as FQ_CRASH_POINT in the C core: (point name, n); the process
+#: exits with os._exit(9) the n-th time it passes that point
+_CRASH_AT: Optional[tuple] = None
+
+
+def _crash_point(name: str) -> None:
+    global _CRASH_AT
+    if _CRASH_AT is not None and _CRASH_AT[0] == name:
+        if _CRASH_AT[1] <= 1:
+            import os  # noqa: PLC0415
+            os._exit(9)
+        _CRASH_AT = (name, _CRASH_AT[1] - 1)
+
+
+class _LocalFailure(Exception):
+    """A local queue or topic call failed (its cause): the bridge stops,
+    since reconnecting to the server cannot help."""
+
+
+def _nats() -> Any:
+    try:
+        import nats  # noqa: PLC0415
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("fastq.bridge needs nats-py: pip install 'fastq-ipc[bridge]'") from e
+    return nats
+
+
+@dataclasses.dataclass
+class BridgeStats:
+    """Counters of one bridge (a snapshot: :meth:`Outbound.stats`)."""
+
+    forwarded: int = 0
+    """Messages handed on: published to JetStream (outbound, republications
+    included) or put into the local queue or topic (inbound)."""
+    acked: int = 0
+    """Messages settled at the source after the far end took them: local acks
+    after JetStream's publish ack (outbound), JetStream acks the server
+    confirmed (inbound)."""
+    redelivered: int = 0
+    """Messages that came again: local deliveries flagged ``redelivered``
+    (outbound), JetStream messages with ``num_delivered`` > 1 (inbound)."""
+    duplicates: int = 0
+    """Outbound: publishes JetStream reported as duplicates (dropped by the
+    Nats-Msg-Id); inbound: redelivered messages already put by this bridge,
+    acked and not put again."""
+    errors: int = 0
+    """Failures (connection lost, publish or ack timed out, ...), each
+    followed by a reconnection."""
+    reconnects: int = 0
+    """Connections made after the first one."""
+    last_error: str = ""
+    """The most recent failure, as text."""
+
+
+async def ensure_stream(js: Any, name: str, subjects: Sequence[str],
+                        duplicate_window: float = 120.0, retention: str = "limits") -> None:
+    """Create the JetStream stream ``name`` capturing ``subjects`` unless a
+    stream of that name exists (an existing one is left as it is)."""
+    from nats.js import api, errors  # noqa: PLC0415
+    try:
+        await js.stream_info(name)
+        return
+    except errors.NotFoundError:
+        pass
+    await js.add_stream(api.StreamConfig(
+        name=name, subjects=list(subjects), duplicate_window=duplicate_window,
+        retention=api.RetentionPolicy(retention)))
+
+
+def _raw_check(handle: Any, what: str) -> None:
+    if not isinstance(handle._ser, RawSerializer):
+        raise ValueError(f"open the {what} with serializer='raw' for a bridge: payloads cross "
+                         "it unchanged (its producers and consumers keep their serializer)")
+
+
+class _Bridge:
+    """The loop, the reconnection with backoff and the start/stop shared by
+    both directions."""
+
+    def __init__(self, servers: Union[str, Sequence[str]], backoff: tuple,
+                 connect_options: Optional[dict]):
+        self._servers = [servers] if isinstance(servers, str) else list(servers)
+        self._backoff = backoff
+        self._connect_options = dict(connect_options or {})
+        self._stats = BridgeStats()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._stop_async: Optional[asyncio.Event] = None
+        self._error: Optional[BaseException] = None
+        #: set while the bridge is connected to a server (and its stream or
+        #: consumer is ready); cleared when the connection is lost
+        self.connected = threading.Event()
+
+    def _count(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self._stats, k, getattr(self._stats, k) + v)
+
+    def _failed(self, e: BaseException) -> None:
+        with self._lock:
+            self._stats.errors += 1
+            self._stats.last_error = f"{type(e).__name__}: {e}"
+
+    async def _client_error(self, e: Exception) -> None:
+        # nats-py's errors (its default prints each with a traceback): kept as
+        # the last error; the failure they cause is counted where it surfaces
+        with self._lock:
+            self._stats.last_error = f"{type(e).__name__}: {e}"
+
+    def stats(self) -> BridgeStats:
+        """A snapshot of the bridge's counters."""
+        with self._lock:
+            return dataclasses.replace(self._stats)
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def start(self) -> "_Bridge":
+        """Run the bridge in a thread of its own (returns at once)."""
+        if self._thread is not None:
+            raise RuntimeError("this bridge was started already")
+        self._thread = threading.Thread(target=asyncio.run, args=(self.run_async(),),
+                                        name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop: no new message is taken; those in flight finish (or are left
+        for redelivery, with the same Nats-Msg-Id outbound); returns when the
+        bridge has stopped (or after ``timeout`` seconds)."""
+        self._stopping.set()
+        loop, ev = self._loop, self._stop_async
+        if loop is not None and ev is not None:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:  # the loop has closed already
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        """Run the bridge in this thread until :meth:`stop` (from another
+        thread or a signal handler); raises what made a local call fail."""
+        asyncio.run(self.run_async())
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """What made a local call fail (the queue closed, a payload that is
+        not bytes...): the bridge stopped then.  None otherwise (failures on
+        the server's side are retried, not fatal)."""
+        return self._error
+
+    async def run_async(self) -> None:
+        """Run the bridge in the running asyncio loop until :meth:`stop`."""
+        nats = _nats()
+        self._loop = asyncio.get_running_loop()
+        self._stop_async = asyncio.Event()
+        if self._stopping.is_set():
+            self._stop_async.set()
+        self._begin()
+        delay, first = self._backoff[0], True
+        try:
+            while not self._stopping.is_set():
+                nc = None
+                try:
+                    # nats-py's own reconnection is off: after a lost connection
+                    # everything (consumer, subscriptions) is built again here,
+                    # since a pull subscription may not survive a server restart
+                    # (max_reconnect_attempts=1, no wait: the initial
+                    # connection tries each server twice at once, then fails
+                    # here, instead of retrying inside nats-py for minutes)
+                    opts = {"allow_reconnect": False, "connect_timeout": 2,
+                            "max_reconnect_attempts": 1, "reconnect_time_wait": 0,
+                            "error_cb": self._client_error, **self._connect_options}
+                    nc = await nats.connect(self._servers, **opts)
+                    if not first:
+                        self._count(reconnects=1)
+                    first = False
+                    await self._session(nc, nc.jetstream())
+                    return  # stopped cleanly
+                except asyncio.CancelledError:
+                    raise
+                except _LocalFailure as e:
+                    self._error = e.__cause__
+                    self._failed(e.__cause__)  # type: ignore[arg-type]
+                    self._stopping.set()
+                    return
+                except Exception as e:  # noqa: BLE001 - any other failure: reconnect
+                    if self.connected.is_set():  # it had worked: retry soon
+                        delay = self._backoff[0]
+                    self.connected.clear()
+                    if self._stopping.is_set():
+                        return
+                    self._failed(e)
+                finally:
+                    self.connected.clear()
+                    if nc is not None:
+                        try:
+                            await nc.close()
+                        except Exception:  # noqa: BLE001,S110 - closing a broken connection
+                            pass
+                # exponential backoff with jitter, cut short by stop()
+                try:
+                    await asyncio.wait_for(self._stop_async.wait(),
+                                           delay * (0.5 + random.random() / 2))
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, self._backoff[1])
+        finally:
+            self._end()
+
+    async def _until_stop(self, aw: Any, timeout: Optional[float] = None) -> Any:
+        """Await aw; None if stop() came first (aw is cancelled)."""
+        assert self._stop_async is not None
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stop_async.wait())
+        try:
+            await asyncio.wait({task, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001,S110 - abandoned
+            pass
+        return None
+
+    def _begin(self) -> None:
+        """Start the local side (in run_async, before the first connection)."""
+
+    def _end(self) -> None:
+        """Stop the local side (run_async is ending)."""
+
+    async def _session(self, nc: Any, js: Any) -> None:
+        raise NotImplementedError
+
+
+class Outbound(_Bridge):
+    """Forward a local queue (or topic subscription) to a JetStream subject.
+
+    Parameters
+    ----------
+    source : fastq.Queue or fastq.Subscription
+        Where messages come from, opened with ``serializer="raw"``.  Messages
+        are taken with ``receive()`` and acked once JetStream has stored them;
+        a topic is bridged through a durable subscription
+        (``topic.subscribe(name=...)``) so that nothing is missed while the
+        bridge is down.
+    subject : str
+        The JetStream subject every message is published to.
+    servers : str or list of str
+        NATS server URLs (default ``nats://127.0.0.1:4222``).
+    stream : str, optional
+        If given, the stream is created (capturing ``subject``) when missing,
+        with ``duplicate_window`` seconds and ``retention``.
+    max_inflight : int, optional
+        Most publishes awaiting JetStream's ack at once; bounded by the
+        source's ``prefetch`` (each one is an unacknowledged local delivery):
+        at most 7 for a queue (``Queue(..., prefetch=7)``; the default 4),
+        64 for a subscription.
+    ack_timeout : float
+        Seconds to wait for a publish ack before reconnecting.
+    backoff : (float, float)
+        First and largest delay between connection attempts (doubling, with
+        jitter).
+    connect_options : dict, optional
+        More keyword arguments for ``nats.connect`` (credentials, TLS...).
+
+    Examples
+    --------
+    >>> q = fastq.Queue("jobs", serializer="raw")
+    >>> bridge = fastq.bridge.Outbound(q, "jobs.remote", stream="JOBS").start()
+    >>> ...; bridge.stop()
+    """
+
+    def __init__(self, source: Union[Queue, Subscription], subject: str, *,
+                 servers: Union[str, Sequence[str]] = DEFAULT_SERVER,
+                 stream: Optional[str] = None, duplicate_window: float = 120.0,
+                 retention: str = "limits", max_inflight: Optional[int] = None,
+                 ack_timeout: float = 5.0, backoff: tuple = (0.1, 5.0),
+                 connect_options: Optional[dict] = None):
+        super().__init__(servers, backoff, connect_options)
+        if isinstance(source, Subscription):
+            _raw_check(source.topic, "topic")
+            window, seg = source.prefetch, source.topic._seg
+        elif isinstance(source, Queue):
+            _raw_check(source, "queue")
+            window, seg = source._prefetch, source._seg
+        else:
+            raise TypeError(f"source must be a fastq.Queue or fastq.Subscription, not "
+                            f"{type(source).__name__}")
+        if max_inflight is not None:
+            window = max(1, min(window, max_inflight))
+        self._source, self._window = source, window
+        self._subject, self._stream = subject, stream
+        self._stream_opts = (duplicate_window, retention)
+        self._ack_timeout = ack_timeout
+        self._id_prefix = f"{seg.stats()['created_ns']:x}."
+        self._id_suffix = f"@{subject}"
+        # taken locally, not yet confirmed by JetStream, in order:
+        # [delivery, msg id, publish future or None, loop time of the publish]
+        self._unconfirmed: Deque[list] = collections.deque()
+        self._more: Optional[asyncio.Event] = None      # wakes _confirm: a publish was sent
+        self._settled: Optional[asyncio.Event] = None   # wakes the session: one was acked
+        self._executor: Any = None
+        self._source_done = False
+        self._late = False  # the watchdog stopped _confirm: an ack is overdue
+
+    def msg_id(self, delivery: Any) -> str:
+        """The Nats-Msg-Id a delivery is published with."""
+        return f"{self._id_prefix}{delivery.position:x}{self._id_suffix}"
+
+    # ---- the local side ---------------------------------------------------------
+    # Deliveries are taken with non-blocking receives and settled on the loop's
+    # thread (each a few microseconds).  Only when the source is empty and no
+    # delivery is in flight does a blocking receive wait, in a thread of its
+    # own: a subscription is for one thread at a time, and nothing else uses
+    # it then.
+
+    def _begin(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        self._more, self._settled = asyncio.Event(), asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fastq-bridge-local")
+
+    def _end(self) -> None:
+        # whatever was not confirmed goes back to the source (the next run
+        # publishes it again, under the same Nats-Msg-Id)
+        while self._unconfirmed:
+            try:
+                self._unconfirmed.popleft()[0].nack(True)
+            except Exception:  # noqa: BLE001,S110 - closed: recovery gives it back
+                pass
+        self._executor.shutdown(wait=True)
+
+    def _take(self, room: int) -> list:
+        """Up to room deliveries that are there now."""
+        batch: list = []
+        receive = self._source.receive
+        try:
+            while len(batch) < room:
+                batch.append(receive(block=False))
+        except Empty:
+            pass
+        except ShutDown:  # the source is shut down and drained
+            self._source_done = True
+        except RuntimeError:  # the prefetch bound: this process holds enough
+            pass
+        except Exception as e:
+            raise _LocalFailure() from e
+        return batch
+
+    def _wait_one(self) -> list:
+        """In the executor: wait a little for one delivery."""
+        try:
+            return [self._source.receive(timeout=0.1)]
+        except Empty:
+            return []
+        except ShutDown:
+            self._source_done = True
+            return []
+        except Exception as e:
+            raise _LocalFailure() from e
+
+    # ---- the JetStream side ---------------------------------------------------
+
+    async def _publish(self, js: Any, entry: list) -> None:
+        entry[2] = await js.publish_async(self._subject, entry[0].value,
+                                          headers={"Nats-Msg-Id": entry[1]})
+        entry[3] = self._loop.time()  # type: ignore[union-attr]
+        self._more.set()  # type: ignore[union-attr]
+        self._count(forwarded=1)
+
+    async def _confirm(self) -> None:
+        """Ack the local deliveries JetStream confirmed, oldest first."""
+        more, settled = self._more, self._settled
+        assert more is not None and settled is not None
+        try:
+            while True:
+                while not self._unconfirmed or self._unconfirmed[0][2] is None:
+                    more.clear()
+                    await more.wait()
+                entry = self._unconfirmed[0]
+                ack = await entry[2]  # the watchdog bounds the wait
+                _crash_point("confirmed")
+                self._unconfirmed.popleft()
+                try:
+                    entry[0].ack()
+                except Exception as e:
+                    raise _LocalFailure() from e
+                settled.set()
+                self._count(acked=1, duplicates=1 if ack.duplicate else 0)
+        finally:
+            settled.set()  # the session waits on it: wake it to see why
+
+    async def _watchdog(self, confirm: "asyncio.Task") -> None:
+        """Stop _confirm if the oldest publish waits for its ack beyond
+        ack_timeout (a future per message with a timeout each would cost more
+        than the publish)."""
+        loop = self._loop
+        assert loop is not None
+        while not confirm.done():
+            await asyncio.sleep(self._ack_timeout / 4)
+            u = self._unconfirmed
+            if u and u[0][2] is not None and loop.time() - u[0][3] > self._ack_timeout:
+                self._late = True
+                confirm.cancel()
+                return
+
+    def _check(self, confirm: "asyncio.Task") -> None:
+        """Raise what stopped _confirm."""
+        if confirm.done():
+            if self._late:
+                raise TimeoutError(f"no publish ack from JetStream within "
+                                   f"{self._ack_timeout} s")
+            confirm.result()
+
+    async def _session(self, nc: Any, js: Any) -> None:
+        if self._stream:
+            await ensure_stream(js, self._stream, [self._subject], *self._stream_opts)
+        self.connected.set()
+        settled, loop = self._settled, self._loop
+        assert settled is not None and loop is not None
+        self._late = False
+        confirm = asyncio.ensure_future(self._confirm())
+        watchdog = asyncio.ensure_future(self._watchdog(confirm))
+        try:
+            for entry in self._unconfirmed:  # left by the last connection: same ids
+                await self._publish(js, entry)
+            while not self._stopping.is_set():
+                self._check(confirm)
+                if nc.is_closed:
+                    raise ConnectionError("the connection to the NATS server was lost")
+                room = self._window - len(self._unconfirmed)
+                batch = self._take(room) if room > 0 and not self._source_done else []
+                if not batch:
+                    if self._unconfirmed or self._source_done:
+                        # the window is full, or the source is empty while
+                        # publishes are in flight: wait for an ack (_confirm
+                        # sets it when it acks or ends), or poll again soon
+                        settled.clear()
+                        poll = loop.call_later(0.002 if room > 0 and not self._source_done
+                                               else 0.5, settled.set)
+                        await settled.wait()
+                        poll.cancel()
+                        continue
+                    batch = await loop.run_in_executor(self._executor, self._wait_one)
+                for d in batch:
+                    if d.redelivered:
+                        self._count(redelivered=1)
+                    entry = [d, self.msg_id(d), None, 0.0]
+                    self._unconfirmed.append(entry)
+                    await self._publish(js, entry)
+            # stopping: let what is in flight be confirmed, within ack_timeout
+            end = loop.time() + self._ack_timeout
+            while self._unconfirmed and loop.time() < end and not confirm.done():
+                settled.clear()
+                poll = loop.call_later(0.05, settled.set)
+                await settled.wait()
+                poll.cancel()
+            self._check(confirm)
+        finally:
+            for task in (confirm, watchdog):
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - reported above
+                    pass
+            for entry in self._unconfirmed:
+                entry[2] = None
+
+
+class Inbound(_Bridge):
+    """Feed a durable JetStream pull consumer into a local queue or topic.
+
+    Parameters
+    ----------
+    subject : str
+        The consumer's filter subject (wildcards allowed).
+    target : fastq.Queue or fastq.Topic
+        Where messages go, opened with ``serializer="raw"``.
+    durable : str
+        The durable consumer's name: a restarted bridge resumes where the
+        last one acked.  Created if missing (``pull_subscribe`` never changes
+        an existing consumer).
+    stream : str, optional
+        The stream (found from the subject if not given; created when missing,
+        as for :class:`Outbound`, if ``create_stream``).
+    batch : int
+        Messages per fetch: also the most messages taken from JetStream and
+        not yet acked (the bridge fetches again only once a batch is put and
+        acked), so a full local queue stops the fetching: backpressure.
+    ack_wait : float
+        The consumer's ack wait (seconds): a message not acked within it is
+        redelivered.  While the local queue is full the bridge tells
+        JetStream the batch is in progress.
+    servers, backoff, connect_options
+        As for :class:`Outbound`.
+    """
+
+    def __init__(self, subject: str, target: Union[Queue, Topic], *, durable: str,
+                 servers: Union[str, Sequence[str]] = DEFAULT_SERVER,
+                 stream: Optional[str] = None, create_stream: bool = False,
+                 duplicate_window: float = 120.0, retention: str = "limits",
+                 batch: int = 64, ack_wait: float = 30.0, ack_timeout: float = 5.0,
+                 backoff: tuple = (0.1, 5.0), connect_options: Optional[dict] = None):
+        super().__init__(servers, backoff, connect_options)
+        if isinstance(target, Topic):
+            _raw_check(target, "topic")
+        elif isinstance(target, Queue):
+            _raw_check(target, "queue")
+        else:
+            raise TypeError(f"target must be a fastq.Queue or fastq.Topic, not "
+                            f"{type(target).__name__}")
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, not {batch!r}")
+        self._subject, self._target, self._durable = subject, target, durable
+        self._stream, self._create = stream, create_stream
+        self._stream_opts = (duplicate_window, retention)
+        self._batch, self._ack_wait, self._ack_timeout = batch, ack_wait, ack_timeout
+        # stream sequences put locally whose ack is not confirmed yet: such a
+        # message coming back is acked, not put again
+        self._committed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        self._executor: Any = None
+
+    def _begin(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fastq-bridge-local")
+
+    def _end(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _put(self, payloads: List[bytes], slice_s: float) -> int:
+        """Put payloads in order; returns how many were put before the local
+        queue stayed full for slice_s seconds (0: not at all, no wait)."""
+        put, block = self._target._seg.put, slice_s > 0
+        for i, p in enumerate(payloads):
+            try:
+                put(p, block, slice_s if block else None)
+            except Full:
+                return i
+            except Exception as e:
+                raise _LocalFailure() from e
+        return len(payloads)
+
+    async def _session(self, nc: Any, js: Any) -> None:
+        from nats import errors as nerrors  # noqa: PLC0415
+        from nats.js import api  # noqa: PLC0415
+        if self._stream and self._create:
+            await ensure_stream(js, self._stream, [self._subject], *self._stream_opts)
+        config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self._ack_wait,
+                                    max_ack_pending=max(self._batch * 2, 1024),
+                                    deliver_policy=api.DeliverPolicy.ALL)
+        sub = await js.pull_subscribe(self._subject, durable=self._durable, stream=self._stream,
+                                      config=config)
+        self.connected.set()
+        loop = asyncio.get_running_loop()
+        slice_s = max(0.05, min(1.0, self._ack_wait / 3))
+        while not self._stopping.is_set():
+            if nc.is_closed:
+                raise ConnectionError("the connection to the NATS server was lost")
+            try:
+                msgs = await self._until_stop(sub.fetch(self._batch, timeout=1.0), timeout=2.0)
+            except nerrors.TimeoutError:
+                continue  # nothing there: fetch raises by design on an empty stream
+            if not msgs:
+                continue
+            fresh: list = []
+            again: list = []
+            for m in msgs:
+                md = m.metadata
+                if md.num_delivered > 1:
+                    self._count(redelivered=1)
+                (again if md.sequence.stream in self._committed else fresh).append(m)
+            self._count(duplicates=len(again))
+            payloads = [m.data for m in fresh]
+            # a put that need not wait costs microseconds: on the loop; the
+            # rest waits for room in the executor's thread
+            done = self._put(payloads, 0)
+            for m in fresh[:done]:
+                self._committed[m.metadata.sequence.stream] = None
+            self._count(forwarded=done)
+            while done < len(fresh):
+                n = await loop.run_in_executor(self._executor, self._put, payloads[done:],
+                                               slice_s)
+                for m in fresh[done:done + n]:
+                    self._committed[m.metadata.sequence.stream] = None
+                done += n
+                self._count(forwarded=n)
+                if done < len(fresh):
+                    if self._stopping.is_set():  # give the rest back at once
+                        await asyncio.gather(*(m.nak() for m in fresh[done:]))
+                        break
+                    # the local side is full: keep JetStream from redelivering
+                    # what waits here, and fetch nothing more meanwhile
+                    await asyncio.gather(*(m.in_progress() for m in fresh[done:]))
+            while len(self._committed) > _COMMITTED_MAX:
+                self._committed.popitem(last=False)
+            _crash_point("committed")
+            # double ack: each ack waits for the server's confirmation
+            put = again + fresh[:done]
+            await asyncio.gather(*(m.ack_sync(timeout=self._ack_timeout) for m in put))
+            for m in put:
+                self._committed.pop(m.metadata.sequence.stream, None)
+            self._count(acked=len(put))
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
+            pass
