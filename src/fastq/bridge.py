@@ -337,10 +337,10 @@ class Outbound(_Bridge):
         super().__init__(servers, backoff, connect_options)
         if isinstance(source, Subscription):
             _raw_check(source.topic, "topic")
-            window, seg = source.prefetch, source.topic._seg
+            window, seg = source.prefetch, source.topic
         elif isinstance(source, Queue):
             _raw_check(source, "queue")
-            window, seg = source._prefetch, source._seg
+            window, seg = source.prefetch, source
         else:
             raise TypeError(f"source must be a fastq.Queue or fastq.Subscription, not "
                             f"{type(source).__name__}")
@@ -587,7 +587,9 @@ class Inbound(_Bridge):
     def _put(self, payloads: List[bytes], slice_s: float) -> int:
         """Put payloads in order; returns how many were put before the local
         queue stayed full for slice_s seconds (0: not at all, no wait)."""
-        put, block = self._target._seg.put, slice_s > 0
+        target = self._target  # the compiled handle: put (queue) or publish (topic) of raw bytes
+        put = target.publish if isinstance(target, Topic) else target.put
+        block = slice_s > 0
         for i, p in enumerate(payloads):
             try:
                 put(p, block, slice_s if block else None)
