@@ -12,8 +12,9 @@ if platform.machine() in ("x86_64", "AMD64"):
 if os.environ.get("FASTQ_SANITIZE"):  # e.g. "address,undefined"
     CFLAGS += ["-fsanitize=" + os.environ["FASTQ_SANITIZE"], "-fno-omit-frame-pointer", "-g"]
 
-SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c",
-           "csrc/fq_topic.c"]
+# in layer order, bottom-up (csrc/fq_internal.h; tests/c/test_layering.py)
+SOURCES = ["csrc/fq_proc.c", "csrc/fq_segment.c", "csrc/fq_wait.c", "csrc/fq_topic.c",
+           "csrc/fq_ring.c", "csrc/fq_recover.c"]
 
 ext = Extension(
     "fastq._core",

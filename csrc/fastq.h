@@ -99,11 +99,10 @@ int fq_put(fq_queue *q, const void *data, size_t len); /* begin+copy+commit */
 
 /* Consumer */
 /* max_bytes bounds the claim's payload, except that its first message is
- * taken whatever its size, unless FQ_BYTES_STRICT is or-ed into max_bytes.
+ * taken whatever its size.
  * After fq_shutdown: FQ_SHUTDOWN once nothing is left that could still come
  * back (claims of other handles, live or dead, may be given back; FQ_EMPTY
  * meanwhile: wait, and let recovery run). */
-#define FQ_BYTES_STRICT (1ULL << 63)
 int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c);
 int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len);
 void fq_get_end(fq_queue *q, fq_claim *c);

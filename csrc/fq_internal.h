@@ -1,6 +1,23 @@
 /*
- * fq_internal.h - the process-local handle and helpers shared by the core's
- * C files.  Nothing here is part of the segment layout (see fq_layout.h).
+ * fq_internal.h - the process-local handle and the prototypes the core's C
+ * files share, per file in layer order.  Nothing here is part of the
+ * segment layout (see fq_layout.h).
+ *
+ * Layers, read bottom-up; a file calls only into the files above it in this
+ * list (tests/c/test_layering.py checks the objects' symbols for a cycle):
+ *   fq_atomic.h   memory orders, fences, the spin hint; the memory-order policy
+ *   fq_proc.c     process identity (fork epoch), pid liveness, error text,
+ *                 crash and pause points
+ *   fq_segment.c  create/open/validate, handles, slots and their liveness,
+ *                 lanes, the segment lock
+ *   fq_wait.c     waiting and waking, given a readiness predicate
+ *   fq_topic.c    the topic discipline: members, groups, release, consumer
+ *                 and its repair (fq_topic_reap)
+ *   fq_ring.c     the producer path (queue and topic) and the queue consumer,
+ *                 the readiness rules of fq_wait/fq_arm
+ *   fq_recover.c  the recovery orchestrator (producer and queue consumer
+ *                 repair, then each discipline's), and fq_create/fq_open
+ *                 that give handles recovery as their way to free dead slots
  */
 #ifndef FQ_INTERNAL_H
 #define FQ_INTERNAL_H
@@ -11,6 +28,7 @@
 #include <sys/types.h>
 
 #include "fastq.h"
+#include "fq_atomic.h"
 #include "fq_layout.h"
 
 struct fq_queue {
@@ -42,17 +60,40 @@ struct fq_queue {
     int armed[2];              /* an event loop of ours awaits data/space (fq_arm) */
     int armed_quiet;           /* ... and its bit in quiet_mask is up */
     _Atomic uint32_t spin_ns;  /* adaptive spin budget before sleeping */
+    /* frees the slots of dead processes when attaching finds none free (1 if
+     * it repaired any): fq_recover, set by fq_create/fq_open_fd; NULL: wait */
+    int (*reclaim)(fq_queue *q);
 };
 
 #define FQ_SPIN_MAX_NS 20000u
 #define FQ_SPIN_MIN_NS 1000u
 
-/* segment.c */
+/* ---- fq_proc.c: process identity and liveness ---------------------------- */
+
 /* Format a message into err (if given); returns rc. */
 int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-int fq_attach(fq_queue *q);
+/* bumped in a forked child (fq_segment.c's atfork handler); fq_epoch() reads it */
 extern _Atomic unsigned fq_fork_epoch;
+/* liveness probes made: [0] of pids (/proc), [1] of slot locks (fq_test_probe_count) */
+extern _Atomic uint64_t fq_probes[2];
+
+/* crash points for fault-injection tests */
+extern _Atomic int fq_crash_armed;
+void fq_crash_check(const char *name);
+#define FQ_CRASH_POINT(name)                                             \
+    do {                                                                 \
+        if (atomic_load_explicit(&fq_crash_armed, memory_order_relaxed)) \
+            fq_crash_check(name);                                        \
+    } while (0)
+
+/* ---- fq_segment.c: the segment, its slots, lanes and lock ----------------- */
+
+/* fq_create and fq_open_fd without recovery (q->reclaim NULL) */
+int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
+                      char *err, size_t errlen);
+int fq_segment_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);
+int fq_attach(fq_queue *q);
 
 /* Liveness (see "File locks" in fq_layout.h).  Take (lock = 1) or drop the
  * file lock at offset off on this handle's lock descriptor: 0, -EAGAIN if
@@ -65,14 +106,16 @@ int fq_file_lock(fq_queue *q, uint64_t off, int lock);
  * slot is probed at most once however many entries name it. */
 int fq_slot_alive(fq_queue *q, uint32_t s, uint64_t w, signed char *seen);
 
-/* crash points for fault-injection tests */
-extern _Atomic int fq_crash_armed;
-void fq_crash_check(const char *name);
-#define FQ_CRASH_POINT(name)                                             \
-    do {                                                                 \
-        if (atomic_load_explicit(&fq_crash_armed, memory_order_relaxed)) \
-            fq_crash_check(name);                                        \
-    } while (0)
+int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
+void fq_lane_put(fq_queue *q, int lane);
+
+/* The segment lock (ctrl->recover_lock), guarding recovery and the topic
+ * tables; taken from a dead holder.  A topic drops it with fq_topic_unlock. */
+int fq_lock_try(fq_queue *q);
+int fq_lock_wait(fq_queue *q); /* 0, or -errno: this handle cannot lock */
+void fq_lock_drop(fq_queue *q);
+
+/* ---- the ring's records (inline, for every layer above) ------------------- */
 
 /* The record at pos.  The index is forced to 16-byte alignment, so even a
  * hostile position read from the segment cannot address past the ring. */
@@ -113,45 +156,25 @@ static inline uint64_t fq_span(const fq_queue *q, uint64_t pos, uint64_t w, uint
     return span;
 }
 
-static inline void fq_cpu_relax(void)
+/*
+ * Has release passed pos since the caller read bytes of the ring at pos or
+ * after it (a header, a length, an index, a copied payload: plain or relaxed
+ * loads)?  Then those bytes may belong to a record written since, and what
+ * was read is not to be trusted.  The acquire fence orders the caller's
+ * reads before the load of release; it pairs with the release fence a
+ * publisher makes after moving release and before writing into the evicted
+ * bytes (fq_topic_evict), and with the release CAS of a sweep, which a
+ * producer reads (acquire) before it reuses the bytes.  So if any byte read
+ * was rewritten, release is seen past pos.
+ */
+static inline int fq_released_past(const fq_queue *q, uint64_t pos)
 {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#endif
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&q->ctrl->release, SEQ) > pos;
 }
 
-/* A full fence (store-load ordering).  On x86-64 a locked RMW on the stack
- * orders like mfence at a fraction of its cost (as Linux's smp_mb()). */
-static inline void fq_fence(void)
-{
-#if defined(__x86_64__)
-    __asm__ __volatile__("lock; orl $0, (%%rsp)" ::: "memory", "cc");
-#else
-    atomic_thread_fence(memory_order_seq_cst);
-#endif
-}
+/* ---- fq_wait.c: waiting, given the readiness rule as a predicate ----------- */
 
-/* recover.c: the segment-wide lock (ctrl->recover_lock), also guarding the
- * topic tables; taken from a dead holder */
-int fq_lock_try(fq_queue *q);
-int fq_lock_wait(fq_queue *q); /* 0, or -errno: this handle cannot lock */
-void fq_lock_drop(fq_queue *q);
-
-/* topic.c */
-uint64_t fq_topic_release(fq_queue *q);
-int fq_topic_evict(fq_queue *q, uint64_t target);
-int fq_topic_data_ready(fq_queue *q, uint64_t pos);
-int fq_topic_space_ready(fq_queue *q, uint64_t need);
-int fq_topic_reap(fq_queue *q);
-int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n);
-void fq_topic_tables_changed(fq_queue *q); /* before the lock is dropped */
-
-int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
-void fq_lane_put(fq_queue *q, int lane);
-
-/* wait.c: the wait primitive takes the readiness rule as a predicate */
 typedef int (*fq_ready_fn)(fq_queue *q, uint64_t arg);
 /* nothing is in flight that a dead process could leave stalled */
 typedef int (*fq_quiet_fn)(fq_queue *q);
@@ -167,8 +190,26 @@ int fq_spin_pred(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns);
 int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet, int on);
 /* After a claim (a seq_cst CAS of tail or head): wake quiet sleepers. */
 void fq_wake_quiet(fq_queue *q);
+
+/* ---- fq_topic.c: the topic discipline -------------------------------------- */
+
+/* the producer side, for fq_ring.c's shared producer path */
+uint64_t fq_topic_release(fq_queue *q);
+int fq_topic_evict(fq_queue *q, uint64_t target);
+int fq_topic_space_ready(fq_queue *q, uint64_t need);
+int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n);
+/* readiness of a member reading at pos */
+int fq_topic_data_ready(fq_queue *q, uint64_t pos);
+/* repair, for recovery (under the segment lock): reap dead members */
+int fq_topic_reap(fq_queue *q);
+/* drop the segment lock after the member or group tables may have changed */
+void fq_topic_unlock(fq_queue *q);
+
+/* ---- fq_ring.c: the producer path and the queue consumer ------------------- */
+
+/* move release over finished records (recovery calls it after repairs) */
 void fq_sweep(fq_queue *q);
-int fq_has_requeued(fq_queue *q);
-int fq_drained(fq_queue *q, uint64_t h);
+
+/* ---- fq_recover.c: the orchestrator: fq_recover, fq_create, fq_open (fastq.h) */
 
 #endif

@@ -41,23 +41,24 @@
  *    and is raised if requeued records are found while it reads zero.
  *  - Sleeper bits in the wait masks: cleared.
  *  - The slot: freed once all its lanes are idle.
+ *
+ * Layer: the top of the core.  It calls down into every other file (the
+ * segment lock, slot liveness, the topic's fq_topic_reap, the queue's
+ * fq_sweep, fq_wake) and nothing calls into it but the binding, which runs it
+ * from its waiting loops, and the handles themselves: fq_create and
+ * fq_open_fd (here) give every handle fq_recover as q->reclaim, which
+ * fq_attach calls when every slot is taken and an owner is dead.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fq_internal.h"
-
-static pthread_mutex_t fq_recover_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* after fork, in the child: another thread may have held the mutex */
-void fq_recover_atfork_child(void)
-{
-    pthread_mutex_init(&fq_recover_mu, NULL);
-}
 
 typedef struct {
     char dead;     /* a slot whose owner is gone (fq_slot_alive) */
@@ -186,8 +187,7 @@ out:
 static uint64_t fq_stable_span(fq_queue *q, uint64_t x, uint64_t w)
 {
     uint64_t span = fq_span(q, x, w, fq_rec_at(q, x)->len);
-    atomic_thread_fence(memory_order_acquire);
-    return atomic_load(&q->ctrl->release) > x ? 0 : span;
+    return fq_released_past(q, x) ? 0 : span;
 }
 
 /* Count the records in [from, end) in the given states, owned by owner
@@ -331,8 +331,7 @@ static void fq_finish_done(fq_queue *q, uint64_t p, uint64_t end)
         /* a header that does not match (or a length that does not fit):
          * reused under us if release passed it meanwhile (start again from
          * there), else a corrupt segment (the requeue pass has the rest) */
-        atomic_thread_fence(memory_order_acquire);
-        if (x >= end || atomic_load(&q->ctrl->release) <= x)
+        if (x >= end || !fq_released_past(q, x))
             return;
     }
 }
@@ -485,53 +484,6 @@ out:
     return changed;
 }
 
-/* Take the segment lock if it is free (a dead or exec'd holder's is): 1 if
- * taken.  The process-wide mutex keeps this process's threads out of each
- * other's way (one process's handles of a segment are one holder to it).
- * Taking and dropping the file lock are system calls that order memory
- * like a mutex (the kernel's lock on the file's lock list): the tables one
- * holder changed are seen by the next. */
-static int fq_lock_take(fq_queue *q) /* 1 taken, 0 busy, or -errno */
-{
-    if (pthread_mutex_trylock(&fq_recover_mu) != 0)
-        return 0;
-    int rc = fq_file_lock(q, FQ_LOCK_SEGMENT, 1);
-    if (rc != 0) {
-        pthread_mutex_unlock(&fq_recover_mu);
-        return rc == -EAGAIN ? 0 : rc;
-    }
-    atomic_store(&q->ctrl->recover_lock, (uint64_t)(uint32_t)getpid() << 32);
-    return 1;
-}
-
-int fq_lock_try(fq_queue *q)
-{
-    return fq_lock_take(q) > 0;
-}
-
-/* Take the lock, waiting for a live holder (bounded: holders do short work).
- * 0, or -errno if this handle cannot lock (a forked child that could not
- * open the file again: no /proc, or out of descriptors). */
-int fq_lock_wait(fq_queue *q)
-{
-    int rc;
-    while ((rc = fq_lock_take(q)) == 0) {
-        struct timespec ts = {0, 50000};
-        nanosleep(&ts, NULL);
-    }
-    return rc > 0 ? 0 : rc;
-}
-
-void fq_lock_drop(fq_queue *q)
-{
-    /* a topic's tables may have changed under the lock: publishers' release
-     * scans in progress must look again (seq_cst CAS, before the unlock) */
-    fq_topic_tables_changed(q);
-    atomic_store(&q->ctrl->recover_lock, 0);
-    fq_file_lock(q, FQ_LOCK_SEGMENT, 0);
-    pthread_mutex_unlock(&fq_recover_mu);
-}
-
 int fq_recover(fq_queue *q)
 {
     fq_ctrl *c = q->ctrl;
@@ -585,7 +537,7 @@ int fq_recover(fq_queue *q)
     }
     free(v);
 out:
-    fq_lock_drop(q);
+    fq_topic_unlock(q);
     if (repaired) {
         if (!q->topic)
             fq_sweep(q);
@@ -594,4 +546,33 @@ out:
         fq_wake(q, -1);
     }
     return repaired;
+}
+
+/* ---- handles that recover ---------------------------------------------- */
+
+int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out, char *err,
+              size_t errlen)
+{
+    int rc = fq_segment_create(path, opts, out, err, errlen);
+    if (rc == 0)
+        (*out)->reclaim = fq_recover;
+    return rc;
+}
+
+int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen)
+{
+    int rc = fq_segment_open_fd(fd, path, out, err, errlen);
+    if (rc == 0)
+        (*out)->reclaim = fq_recover;
+    return rc;
+}
+
+int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return fq_err(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+    int rc = fq_open_fd(fd, path, out, err, errlen);
+    close(fd);
+    return rc;
 }

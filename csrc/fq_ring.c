@@ -45,10 +45,6 @@
 
 #include "fq_internal.h"
 
-#define ACQ memory_order_acquire
-#define REL memory_order_release
-#define RLX memory_order_relaxed
-#define SEQ memory_order_seq_cst
 
 static inline fq_intent *fq_my_intent(fq_queue *q, int lane, int cons)
 {
@@ -297,7 +293,7 @@ void fq_sweep(fq_queue *q)
  * record given back behind a larger claim, and its waiters slept their
  * whole slice each time.
  */
-int fq_has_requeued(fq_queue *q)
+static int fq_has_requeued(fq_queue *q)
 {
     fq_ctrl *ctl = q->ctrl;
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
@@ -327,7 +323,7 @@ int fq_has_requeued(fq_queue *q)
  * would otherwise wait for itself).  1: drained, report ShutDown; 0: wait
  * (recovery runs while waiting).
  */
-int fq_drained(fq_queue *q, uint64_t h)
+static int fq_drained(fq_queue *q, uint64_t h)
 {
     fq_ctrl *ctl = q->ctrl;
     int me = atomic_load_explicit(&q->slot, RLX);
@@ -430,14 +426,11 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return FQ_SHUTDOWN;
     if (max_n == 0)
         max_n = 1;
-    int strict = (max_bytes & FQ_BYTES_STRICT) != 0;
-    max_bytes &= ~FQ_BYTES_STRICT;
     int lane, rc = fq_enter(q, &lane);
     if (rc)
         return rc;
-    /* requeued records first (a strict byte bound skips them: one may be
-     * larger than what is left of the bound) */
-    if (!strict && atomic_load_explicit(&ctl->requeued, RLX)) {
+    /* requeued records first */
+    if (atomic_load_explicit(&ctl->requeued, RLX)) {
         rc = fq_take_requeued(q, lane, c);
         if (rc != FQ_EMPTY) {
             if (rc != FQ_OK)
@@ -470,7 +463,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 return FQ_ECORRUPT;
             }
             if (st == FQ_REC_COMMITTED) {
-                if ((n || strict) && bytes + len > max_bytes)
+                if (n && bytes + len > max_bytes)
                     break;
                 if (!n)
                     first_off = p - h;
@@ -608,6 +601,10 @@ void fq_get_end(fq_queue *q, fq_claim *c)
                 fq_sweep(q);
         } else {
             fq_mark_done(q, in, first, p, c->n);
+            /* store-load: our DONE marks before the sweep's loads of release
+             * and head; pairs with the release CAS and the head load of the
+             * oldest claim's consumer (above): its sweep sees our marks, or
+             * our sweep sees its release */
             fq_fence();
             fq_sweep(q);
         }
@@ -661,6 +658,8 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
     }
     if (keep)
         fq_mark_done(q, in, first, keep_end, keep);
+    /* store-load: our DONE and REQUEUED marks before the sweep's loads; pairs
+     * with the oldest claim's release CAS and head load (fq_get_end) */
     fq_fence();
     fq_sweep(q);
     atomic_store_explicit(&in->state, (c->count + keep) << 2 | FQ_PH_IDLE, REL);

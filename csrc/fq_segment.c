@@ -20,6 +20,17 @@
  * no lock and so sees everyone's, ours included.  Every open handle is in a
  * list, so that a forked child closes its copies of the lock descriptors
  * (a copy would keep the parent's locks, and so the parent, alive).
+ *
+ * The segment lock (the file lock FQ_LOCK_SEGMENT, plus a process-wide
+ * mutex) is held by one process at a time to run recovery or to change a
+ * topic's tables; a dead holder's is free again (the kernel dropped it).
+ *
+ * Layer: under waiting and the disciplines, over fq_proc.c.  Attaching
+ * when every slot is taken and one owner is dead needs that slot freed,
+ * which only recovery (the top layer) can do: the handle carries it as
+ * q->reclaim, set by whoever opened the handle (fq_recover.c's fq_create
+ * and fq_open_fd), as the wait layer takes its readiness rule as a
+ * predicate.  Nothing here calls up.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -38,17 +49,11 @@
 
 #include "fq_internal.h"
 
-_Atomic unsigned fq_fork_epoch = 1;
 static pthread_once_t fq_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t fq_handles_mu = PTHREAD_MUTEX_INITIALIZER;
 static fq_queue *fq_handles; /* every open handle, under fq_handles_mu */
 
-void fq_recover_atfork_child(void);
-
-unsigned fq_epoch(void)
-{
-    return atomic_load_explicit(&fq_fork_epoch, memory_order_relaxed);
-}
+static void fq_lock_atfork_child(void);
 
 static void fq_atfork_prepare(void)
 {
@@ -75,7 +80,7 @@ static void fq_atfork_child(void)
     }
     pthread_mutex_unlock(&fq_handles_mu); /* locked by this thread in prepare */
     atomic_fetch_add_explicit(&fq_fork_epoch, 1, memory_order_relaxed);
-    fq_recover_atfork_child();
+    fq_lock_atfork_child();
 }
 
 static void fq_init_once(void)
@@ -83,27 +88,9 @@ static void fq_init_once(void)
     pthread_atfork(fq_atfork_prepare, fq_atfork_parent, fq_atfork_child);
 }
 
-#include <stdarg.h>
-int fq_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* ---- liveness ---------------------------------------------------------- */
 
-static _Atomic uint64_t fq_probes[2]; /* see fq_test_probe_count */
 _Static_assert(sizeof(off_t) == 8, "the lock offsets (fq_layout.h) need a 64-bit off_t");
-
-uint64_t fq_test_probe_count(int kind)
-{
-    return atomic_load(&fq_probes[kind != 0]);
-}
 
 /* Open the segment file of fd again: a description of our own, whose
  * locks are ours alone.  Through /proc/self/fd (works for an unlinked
@@ -196,127 +183,6 @@ int fq_slot_alive(fq_queue *q, uint32_t s, uint64_t w, signed char *seen)
     if (seen)
         seen[s] = alive ? 1 : -1;
     return alive;
-}
-
-/* The start of /proc/<pid>/<file>, NUL-terminated, in buf; 0 on success. */
-static int fq_proc_read(int pid, const char *file, char *buf, size_t len)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/%s", pid, file);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, len - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = 0;
-    return 0;
-}
-
-/* Read the state of pid from /proc; 0 on success. */
-static int fq_proc_stat(int pid, char *state, uint64_t *start)
-{
-    atomic_fetch_add_explicit(&fq_probes[0], 1, memory_order_relaxed);
-    char buf[1024];
-    if (fq_proc_read(pid, "stat", buf, sizeof buf) != 0)
-        return -1;
-    char *p = strrchr(buf, ')'); /* comm may contain spaces and ')' */
-    if (!p || p[1] != ' ')
-        return -1;
-    p += 2;
-    *state = *p;
-    /* field 3 is state; starttime is field 22: skip 19 more fields */
-    for (int f = 3; f < 22; f++) {
-        p = strchr(p, ' ');
-        if (!p)
-            return -1;
-        p++;
-    }
-    *start = strtoull(p, NULL, 10);
-    return 0;
-}
-
-/* Threads of pid's thread group from /proc/<pid>/status; -1 if unknown. */
-static long fq_proc_threads(int pid)
-{
-    char buf[4096];
-    if (fq_proc_read(pid, "status", buf, sizeof buf) != 0)
-        return -1;
-    char *p = strstr(buf, "\nThreads:");
-    return p ? strtol(p + 9, NULL, 10) : -1;
-}
-
-/* A pid-level check, for what has no slot (the files of anonymous queues):
- * not used to judge slots or members. */
-int fq_pid_alive(int pid, uint64_t start_time)
-{
-    if (pid <= 0)
-        return 0;
-    atomic_fetch_add_explicit(&fq_probes[0], 1, memory_order_relaxed);
-    if (kill(pid, 0) != 0 && errno == ESRCH)
-        return 0;
-    char st;
-    uint64_t start;
-    if (fq_proc_stat(pid, &st, &start) != 0)
-        return kill(pid, 0) == 0 || errno == EPERM; /* no /proc: trust kill */
-    if (st == 'X' || st == 'x')
-        return 0;
-    /* Z is the thread group leader's state: a leader whose thread exited
-     * while others run is a zombie too; the group is dead only when it is
-     * the last one */
-    if (st == 'Z' && fq_proc_threads(pid) <= 1)
-        return 0;
-    if (start_time && start != start_time)
-        return 0;
-    return 1;
-}
-
-/* ---- crash and pause points (tests only) -------------------------------- */
-
-_Atomic int fq_crash_armed = 0; /* a crash or a pause point is set */
-static char fq_crash_name[64];
-static _Atomic int fq_crash_countdown;
-static char fq_pause_name[64];
-static _Atomic int fq_pause_countdown;
-static int fq_pause_fd[2] = {-1, -1}; /* notify, resume */
-
-static void fq_test_arm(void)
-{
-    atomic_store(&fq_crash_armed, fq_crash_name[0] != 0 || fq_pause_name[0] != 0);
-}
-
-void fq_test_set_crash_point(const char *name, int countdown)
-{
-    snprintf(fq_crash_name, sizeof fq_crash_name, "%s", name ? name : "");
-    atomic_store(&fq_crash_countdown, countdown);
-    fq_test_arm();
-}
-
-void fq_test_set_pause_point(const char *name, int countdown, int notify_fd, int resume_fd)
-{
-    snprintf(fq_pause_name, sizeof fq_pause_name, "%s", name ? name : "");
-    atomic_store(&fq_pause_countdown, countdown);
-    fq_pause_fd[0] = notify_fd;
-    fq_pause_fd[1] = resume_fd;
-    fq_test_arm();
-}
-
-void fq_crash_check(const char *name)
-{
-    if (fq_crash_name[0] && strcmp(name, fq_crash_name) == 0 &&
-        atomic_fetch_sub(&fq_crash_countdown, 1) <= 1)
-        _exit(9);
-    if (fq_pause_name[0] && strcmp(name, fq_pause_name) == 0 &&
-        atomic_fetch_sub(&fq_pause_countdown, 1) == 1) {
-        /* once: tell the test, then wait for its go (or for it to close) */
-        char b = 'P';
-        if (fq_pause_fd[0] < 0)
-            raise(SIGSTOP);
-        else if (write(fq_pause_fd[0], &b, 1) == 1)
-            while (read(fq_pause_fd[1], &b, 1) < 0 && errno == EINTR)
-                ;
-    }
 }
 
 /* ---- create / open ----------------------------------------------------- */
@@ -486,8 +352,8 @@ static void fq_handle_free(fq_queue *q)
     free(q);
 }
 
-int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *err,
-              size_t errlen)
+int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
+                      char *err, size_t errlen)
 {
     pthread_once(&fq_once, fq_init_once);
     uint64_t cap = FQ_MIN_CAPACITY;
@@ -617,17 +483,7 @@ fail:
     return rc;
 }
 
-int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
-{
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        return fq_err(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
-    int rc = fq_open_fd(fd, path, out, err, errlen);
-    close(fd);
-    return rc;
-}
-
-int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t errlen)
+int fq_segment_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t errlen)
 {
     pthread_once(&fq_once, fq_init_once);
     const char *file = path; /* NULL: only the descriptor reaches the file */
@@ -857,7 +713,7 @@ int fq_attach(fq_queue *q)
         }
         if (!dead)
             return FQ_ENOSLOT;
-        if (!fq_recover(q)) {
+        if (!q->reclaim || !q->reclaim(q)) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
         }
@@ -883,6 +739,62 @@ int fq_lane_get(fq_queue *q)
 void fq_lane_put(fq_queue *q, int lane)
 {
     atomic_fetch_or_explicit(&q->lanes_free, 1u << lane, memory_order_release);
+}
+
+/* ---- the segment lock ---------------------------------------------------- */
+
+static pthread_mutex_t fq_lock_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* after fork, in the child: another thread may have held the mutex */
+static void fq_lock_atfork_child(void)
+{
+    pthread_mutex_init(&fq_lock_mu, NULL);
+}
+
+/* Take the segment lock if it is free (a dead or exec'd holder's is): 1 if
+ * taken.  The process-wide mutex keeps this process's threads out of each
+ * other's way (one process's handles of a segment are one holder to it).
+ * Taking and dropping the file lock are system calls that order memory
+ * like a mutex (the kernel's lock on the file's lock list): the tables one
+ * holder changed are seen by the next. */
+static int fq_lock_take(fq_queue *q) /* 1 taken, 0 busy, or -errno */
+{
+    if (pthread_mutex_trylock(&fq_lock_mu) != 0)
+        return 0;
+    int rc = fq_file_lock(q, FQ_LOCK_SEGMENT, 1);
+    if (rc != 0) {
+        pthread_mutex_unlock(&fq_lock_mu);
+        return rc == -EAGAIN ? 0 : rc;
+    }
+    atomic_store(&q->ctrl->recover_lock, (uint64_t)(uint32_t)getpid() << 32);
+    return 1;
+}
+
+int fq_lock_try(fq_queue *q)
+{
+    return fq_lock_take(q) > 0;
+}
+
+/* Take the lock, waiting for a live holder (bounded: holders do short work).
+ * 0, or -errno if this handle cannot lock (a forked child that could not
+ * open the file again: no /proc, or out of descriptors). */
+int fq_lock_wait(fq_queue *q)
+{
+    int rc;
+    while ((rc = fq_lock_take(q)) == 0) {
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+    return rc > 0 ? 0 : rc;
+}
+
+void fq_lock_drop(fq_queue *q)
+{
+    /* (a topic's tables changed under the lock: fq_topic_unlock announces
+     * that before it drops the lock) */
+    atomic_store(&q->ctrl->recover_lock, 0);
+    fq_file_lock(q, FQ_LOCK_SEGMENT, 0);
+    pthread_mutex_unlock(&fq_lock_mu);
 }
 
 void fq_close(fq_queue *q)

@@ -61,10 +61,6 @@
 
 #include "fq_internal.h"
 
-#define ACQ memory_order_acquire
-#define REL memory_order_release
-#define RLX memory_order_relaxed
-#define SEQ memory_order_seq_cst
 
 struct fq_sub {
     fq_queue *q;
@@ -158,10 +154,19 @@ static void fq_bump_epoch(fq_queue *q)
  * publisher's scan that began before may have missed it, and now fails its
  * release CAS.  One rule at one place, instead of a bump at each change site
  * (the sites that need one before they finish still bump there). */
-void fq_topic_tables_changed(fq_queue *q)
+static void fq_topic_tables_changed(fq_queue *q)
 {
     if (q->topic)
         fq_bump_epoch(q);
+}
+
+/* Drop the segment lock after the tables may have changed (of a queue too:
+ * recovery): publishers' release scans in progress must look again (the
+ * seq_cst CAS of fq_bump_epoch, before the unlock). */
+void fq_topic_unlock(fq_queue *q)
+{
+    fq_topic_tables_changed(q);
+    fq_lock_drop(q);
 }
 
 /* tail and published move together.  On failure, *t and *cnt are the
@@ -275,7 +280,8 @@ int fq_topic_evict(fq_queue *q, uint64_t target)
          * the new release in its check (fq_sub_intact) */
         atomic_compare_exchange_strong_explicit(&c->release, &rel, rel + span, SEQ, RLX);
     }
-    /* order the eviction before our writes into the evicted bytes */
+    /* order the eviction before our writes into the evicted bytes: pairs
+     * with the acquire fence of a reader's fq_released_past */
     atomic_thread_fence(memory_order_release);
     return FQ_OK;
 }
@@ -530,11 +536,7 @@ static uint64_t fq_first_index(fq_queue *q, uint64_t pos)
             if (len < q->prefix)
                 return UINT64_MAX; /* no room for its index: a corrupt record */
             uint64_t idx = fq_rec_index(r);
-            /* pairs with the release fence after eviction (fq_topic_evict):
-             * if what we read from start on was rewritten, we see release
-             * past start */
-            atomic_thread_fence(memory_order_acquire);
-            if (atomic_load(&c->release) > start)
+            if (fq_released_past(q, start))
                 return UINT64_MAX; /* overwritten meanwhile */
             return idx;
         }
@@ -667,7 +669,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     uint64_t w = FQ_SLOT_WORD(FQ_MEM_ACTIVE, FQ_SLOT_GEN(ow) + 1, getpid());
     atomic_store(&e->word, w);
     FQ_CRASH_POINT("subscribe_before_unlock");
-    fq_lock_drop(q);
+    fq_topic_unlock(q);
     s->q = q;
     s->m = mi;
     s->g = gi;
@@ -676,7 +678,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
     *out = s;
     return FQ_OK;
 fail:
-    fq_lock_drop(q);
+    fq_topic_unlock(q);
     free(s);
     return rc;
 }
@@ -694,7 +696,7 @@ void fq_unsubscribe(fq_sub *s)
         fq_topic_reap(q); /* as everywhere the lock is taken: repair first */
         if (atomic_load(&q->members[s->m].word) == s->word)
             fq_member_leave(q, s->m, 0);
-        fq_lock_drop(q);
+        fq_topic_unlock(q);
     }
     atomic_fetch_add(&q->ctrl->space_seq, 1);
     fq_wake(q, -1);
@@ -727,7 +729,7 @@ int fq_topic_forget(fq_queue *q, const char *name)
         rc = FQ_OK;
         break;
     }
-    fq_lock_drop(q);
+    fq_topic_unlock(q);
     if (rc == FQ_OK) {
         atomic_fetch_add(&q->ctrl->space_seq, 1);
         fq_wake(q, FQ_WAIT_SPACE);
@@ -844,12 +846,12 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
         uint64_t h = atomic_load(&g->orphans);
         while (h && !atomic_compare_exchange_weak(&g->orphans, &h, h - 1))
             ;
-        fq_lock_drop(q);
+        fq_topic_unlock(q);
         fq_fill_claim(q, c, pos, end, n, 0, 1);
         return FQ_OK;
     }
     atomic_store(&g->orphans, 0); /* a stale hint: nothing is left */
-    fq_lock_drop(q);
+    fq_topic_unlock(q);
     return FQ_EMPTY;
 }
 
@@ -880,8 +882,6 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return -EBUSY; /* a claim is open: one at a time */
     if (max_n == 0)
         max_n = 1;
-    int strict = (max_bytes & FQ_BYTES_STRICT) != 0;
-    max_bytes &= ~FQ_BYTES_STRICT;
     if (atomic_load_explicit(&g->orphans, RLX)) {
         int rc = fq_take_orphan(s, c);
         if (rc != FQ_EMPTY)
@@ -922,7 +922,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             }
             if (st == FQ_REC_COMMITTED) {
                 uint64_t plen = len - q->prefix;
-                if ((n || strict) && bytes + plen > max_bytes)
+                if (n && bytes + plen > max_bytes)
                     break;
                 if (!n)
                     first_off = p - h;
@@ -935,8 +935,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             /* a record overwritten while we walked could have given us a
              * garbage length, and a head off the record boundaries: trust
              * the walk only if release is still at or below where it began */
-            atomic_thread_fence(memory_order_acquire);
-            if (atomic_load_explicit(&ctl->release, SEQ) > h)
+            if (fq_released_past(q, h))
                 continue;
         }
         if (p == h) {
@@ -998,8 +997,7 @@ static void fq_sub_seen_abandoned(fq_sub *s, fq_claim *c, uint64_t p, fq_rec *r,
     /* a record: its index; a region recovery replaced (SKIP): how many
      * messages the dead claim held, whose indices follow the previous ones */
     uint64_t v = region ? ((const volatile uint64_t *)(r + 1))[0] : fq_rec_index(r);
-    atomic_thread_fence(memory_order_acquire);
-    if (p < atomic_load_explicit(&q->ctrl->release, SEQ))
+    if (fq_released_past(q, p))
         return; /* overwritten meanwhile: counted as lost with the rest */
     if (!region) {
         c->count++;
@@ -1058,10 +1056,8 @@ int fq_sub_intact(fq_sub *s, fq_claim *c)
 {
     fq_queue *q = s->q;
     if (q->drop) {
-        /* pairs with the release fence after eviction: if our copy saw
-         * any byte written after the eviction, we see the eviction */
-        atomic_thread_fence(memory_order_acquire);
-        if (c->msg_pos < atomic_load_explicit(&q->ctrl->release, SEQ))
+        /* if our copy saw any byte written after an eviction, we see it */
+        if (fq_released_past(q, c->msg_pos))
             return 0;
     }
     c->kept++;

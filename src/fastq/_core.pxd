@@ -25,7 +25,6 @@ cdef extern from "fastq.h" nogil:
         FQ_STRATEGY_SLEEP
         FQ_ARM_READY
         FQ_ARM_QUIET
-    uint64_t FQ_BYTES_STRICT
     enum:
         FQ_SUB_ANON
         FQ_SUB_GROUP

@@ -50,7 +50,7 @@ def _fuzz_child(path, seed):
                 assert err
         elif op < 0.6:
             s = rng.choice(subs)
-            rc, c = s.begin(rng.randrange(0, 9), rng.choice([BIG, 100, 0, 100 | (1 << 63)]))
+            rc, c = s.begin(rng.randrange(0, 9), rng.choice([BIG, 100, 0, 1, 1 << 63]))
             if rc != 0:
                 corrupt |= rc in (lib.FQ_ECORRUPT, lib.FQ_ELOST)
                 continue
