@@ -8,7 +8,8 @@
  *      Space check against a cached release; re-read only when it looks full.
  *   2. Announce the intent (pos t, end, n, CLAIMING) in our lane, then
  *      CAS tail t -> t + span.  The intent lets a survivor find the region
- *      if we die before writing any header (fq_recover.c).
+ *      if we die before writing any header (fq_recover.c).  A failed CAS
+ *      withdraws it (IDLE) before step 1 again.
  *   3. Won: phase WON; write the headers WRITING, the last record first and
  *      the record at t (first message, or the SKIP) last, each a release
  *      store: whoever sees a header at t sees every header of the batch.
@@ -157,6 +158,17 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
         } else if (atomic_compare_exchange_weak_explicit(&ctl->tail, &t, t + span, SEQ, ACQ)) {
             break;
         }
+        /* Lost the CAS: withdraw the intent before looking again.  A block
+         * topic's release counts every CLAIMING intent (fq_topic_release),
+         * ours too: left at the old tail it would hold the release we are
+         * about to compute ourselves (a false FULL on an empty ring), and
+         * another publisher may have gone to sleep on it.  So wake the
+         * space side after the IDLE store (fq_wake's fence orders the store
+         * before its load of the sleeper bits: pairs with the sleeper's RMW
+         * of its bit before its re-check). */
+        atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+        if (q->topic && !q->drop)
+            fq_wake(q, FQ_WAIT_SPACE);
     }
     fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);

@@ -93,10 +93,6 @@ def _stale_intent_setup(path):
 # R1: a publisher's stale CLAIMING intent pins the release it computes itself
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R1: fq_put_begin (csrc/fq_ring.c) keeps its CLAIMING intent at the old "
-    "tail after a failed tail CAS, and fq_topic_release counts it: the publisher's own "
-    "stale intent holds release, and its put reports FULL on an empty ring"))
 def test_stale_own_intent_makes_put_full_on_empty_ring(path):
     t, s, p, paused = _stale_intent_setup(path)
     try:
@@ -112,11 +108,6 @@ def test_stale_own_intent_makes_put_full_on_empty_ring(path):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R1: a publisher whose stale CLAIMING intent held release (another "
-    "publisher went to sleep on it) gives up with FULL and stores IDLE without a "
-    "wake-up (csrc/fq_ring.c, the FULL return of fq_put_begin): the sleeper sleeps "
-    "its whole slice"))
 def test_stale_intent_withdrawn_wakes_publisher_waiting_for_space(path):
     t, s, p, paused = _stale_intent_setup(path)
     w = None
