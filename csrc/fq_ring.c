@@ -782,12 +782,18 @@ uint64_t fq_record_size(uint64_t len)
     return fq_rec_size(len);
 }
 
-uint64_t fq_put_need(const uint64_t *lens, size_t n)
+uint64_t fq_put_need(fq_queue *q, const uint64_t *lens, size_t n)
 {
+    /* the ring bytes of the claim, as fq_put_begin counts them (each record
+     * with its header, the topic's prefix and its padding) ... */
     uint64_t total = 0;
     for (size_t i = 0; i < n; i++)
-        total += fq_rec_size(lens[i]);
-    return total - FQ_REC_HDR; /* fq_wait adds one header back */
+        total += fq_rec_size(lens[i] + q->prefix);
+    /* ... as the payload of one record that takes exactly as many: the
+     * predicates (fq_put_ready, fq_topic_space_ready) add one header and
+     * prefix back and round up, which leaves total (a multiple of 16) as it
+     * is, and then add the padding to the ring's end as fq_put_begin does */
+    return total - FQ_REC_HDR - q->prefix;
 }
 
 /* ---- readiness rules (the predicates of fq_wait.c) ----------------------- */
@@ -818,7 +824,8 @@ static int fq_get_ready(fq_queue *q, uint64_t unused)
     return fq_is_shut(q) && fq_drained(q, h);
 }
 
-/* A producer's (need: the payload bytes of the put): room, or shut down. */
+/* A producer's (need: the payload bytes of one record, fq_put_need for a
+ * batch): room, or shut down. */
 static int fq_put_ready(fq_queue *q, uint64_t need)
 {
     if (fq_is_shut(q))

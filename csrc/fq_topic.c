@@ -280,7 +280,8 @@ int fq_topic_evict(fq_queue *q, uint64_t target)
     return FQ_OK;
 }
 
-/* fq_wait's condition for a publisher (need: payload bytes of the put) */
+/* fq_wait's condition for a publisher (need: the payload bytes of one
+ * record, fq_put_need for a batch: then the batch's exact ring bytes) */
 int fq_topic_space_ready(fq_queue *q, uint64_t need)
 {
     fq_ctrl *c = q->ctrl;

@@ -232,7 +232,7 @@ def test_unlink_does_not_remove_a_newer_segment_of_the_same_name(tmp_path):
     new = fastq.Queue(name)  # a new segment under the same name, in use
     try:
         new.put("kept")
-        st = os.fstat(new._seg.fileno())
+        st = os.fstat(new.fileno())
         old.unlink()  # should remove old's file, which has no name any more
         assert os.path.exists(name), "unlink() of a handle removed another segment's name"
         assert (os.stat(name).st_dev, os.stat(name).st_ino) == (st.st_dev, st.st_ino)
@@ -407,7 +407,7 @@ def _sleeps_blocked(tmp_path, tag, items):
     try:
         for n in (992, 992, 992, 672):  # ring bytes 1024 * 3 + 704: tail at 3776
             topic.publish(b"x" * n)
-        base = _map_start(topic._seg.fileno())
+        base = _map_start(topic.fileno())
         w = Waiter(lambda: topic.publish_many(items))
         return w.blocked_in(asleep_on(base + CTRL_SPACE_SEQ))
     finally:
@@ -424,13 +424,6 @@ def _sleeps_blocked(tmp_path, tag, items):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R6: Segment._begin_put (src/fastq/_core.pyx) computes the bytes a "
-    "blocked batch waits for itself, as queue records (len + 31) & ~15, and "
-    "fq_topic_space_ready adds a topic's 16-byte prefix once for the whole batch: for "
-    "k records it asks for 16 * (k - 1) bytes too few (and no padding for their real "
-    "span), so fq_wait reports space that fq_put_begin refuses and the publisher "
-    "spins on FULL instead of sleeping"))
 def test_blocked_batch_publish_sleeps(tmp_path):
     # control: one message that does not fit (432 bytes after 320 of padding)
     # sleeps on the space word, as it should
