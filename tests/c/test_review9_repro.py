@@ -217,11 +217,6 @@ def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
 # R3: unlink() removes whatever file has the name now, not the handle's own
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R3: _Handle.unlink (src/fastq/_queue.py) removes the path by name "
-    "without checking that it still names this handle's segment: after another "
-    "process unlinked it and a third created a new one there, it removes the new, "
-    "live segment"))
 def test_unlink_does_not_remove_a_newer_segment_of_the_same_name(tmp_path):
     import fastq
     name = str(tmp_path / "q")
