@@ -172,11 +172,6 @@ class MutexHolder(threading.Thread):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R2: fq_sub_wait (csrc/fq_topic.c) looks at the group's orphans hint "
-    "before fq_wait sets the sleeper bit, and fq_wait's predicate (fq_topic_data_ready) "
-    "never looks at it: a member that leaves a claim (close or death) between the two "
-    "wakes nobody, and the waiter sleeps its whole slice with a message waiting"))
 def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
     t = T.create(path, capacity=CAP)
     p = T.open(path)
