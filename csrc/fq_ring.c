@@ -627,8 +627,18 @@ void fq_get_end(fq_queue *q, fq_claim *c)
     FQ_CRASH_POINT("get_before_count");
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
-    /* after shutdown, a drain may be waiting for this claim to settle */
-    fq_wake(q, atomic_load_explicit(&ctl->state, RLX) & FQ_STATE_SHUTDOWN ? -1 : FQ_WAIT_SPACE);
+    /* After shutdown, a drain may be waiting for this claim to settle: then
+     * wake the data side too.  The state is loaded after a full fence, so
+     * after our release CAS / DONE marks and the IDLE store above are
+     * visible (a plain load may be satisfied before an earlier store is, on
+     * x86 from the store buffer too).  Pairs with fq_shutdown's seq_cst RMW
+     * of the state and the drainer's seq_cst loads (state, then release and
+     * the records, fq_drained): if our load misses the shutdown, our fence
+     * comes before that RMW, which the drainer's loads follow, so they see
+     * this claim settled; if it sees it, fq_wake(-1) pairs with the
+     * drainer's bit as always. */
+    fq_fence();
+    fq_wake(q, atomic_load_explicit(&ctl->state, SEQ) & FQ_STATE_SHUTDOWN ? -1 : FQ_WAIT_SPACE);
 }
 
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
