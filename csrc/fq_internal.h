@@ -13,11 +13,12 @@
  *   fq_wait.c     waiting and waking, given a readiness predicate
  *   fq_topic.c    the topic discipline: members, groups, release, consumer
  *                 and its repair (fq_topic_reap)
- *   fq_ring.c     the producer path (queue and topic) and the queue consumer,
- *                 the readiness rules of fq_wait/fq_arm
- *   fq_recover.c  the recovery orchestrator (producer and queue consumer
- *                 repair, then each discipline's), and fq_create/fq_open
- *                 that give handles recovery as their way to free dead slots
+ *   fq_put.c      the producer path (queue and topic) and its repair
+ *   fq_get.c      the queue consumer and its repair
+ *   fq_state.c    sizes, stats, shutdown; fq_wait/fq_arm with the
+ *                 discipline's readiness rule
+ *   fq_recover.c  the recovery orchestrator, and fq_create/fq_open that give
+ *                 handles recovery as their way to free dead slots
  */
 #ifndef FQ_INTERNAL_H
 #define FQ_INTERNAL_H
@@ -173,6 +174,43 @@ static inline int fq_released_past(const fq_queue *q, uint64_t pos)
     return atomic_load_explicit(&q->ctrl->release, SEQ) > pos;
 }
 
+/* ---- lanes and intents (inline, for the disciplines) ------------------------ */
+
+/* this handle's intent in lane `lane` (consumer side if cons) */
+static inline fq_intent *fq_my_intent(fq_queue *q, int lane, int cons)
+{
+    fq_lane *l = &q->slots[atomic_load_explicit(&q->slot, RLX)].lane[lane];
+    return cons ? &l->cons : &l->prod;
+}
+
+/* Attach if needed and borrow a lane (*lane): 0, or the code to return
+ * (FQ_ENOSLOT, FQ_EBUSY, or fq_attach's -errno: never a lane number). */
+static inline int fq_enter(fq_queue *q, int *lane)
+{
+    int rc = fq_attach(q);
+    if (rc)
+        return rc;
+    *lane = fq_lane_get(q);
+    return *lane < 0 ? FQ_EBUSY : 0;
+}
+
+/* Announce a claim of [pos, end) holding n messages.  Release: a survivor
+ * that sees CLAIMING (or the claim's CAS) sees pos, end and n. */
+static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, uint64_t n,
+                                   uint64_t count)
+{
+    atomic_store_explicit(&in->pos, pos, RLX);
+    atomic_store_explicit(&in->end, end, RLX);
+    atomic_store_explicit(&in->n, n, RLX);
+    atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+}
+
+/* shut down (ctrl->state), for the readiness rules */
+static inline int fq_is_shut(fq_queue *q)
+{
+    return (atomic_load_explicit(&q->ctrl->state, memory_order_seq_cst) & FQ_STATE_SHUTDOWN) != 0;
+}
+
 /* ---- fq_wait.c: waiting, given the readiness rule as a predicate ----------- */
 
 typedef int (*fq_ready_fn)(fq_queue *q, uint64_t arg);
@@ -193,7 +231,7 @@ void fq_wake_quiet(fq_queue *q);
 
 /* ---- fq_topic.c: the topic discipline -------------------------------------- */
 
-/* the producer side, for fq_ring.c's shared producer path */
+/* the producer side, for fq_put.c (the shared producer path) */
 uint64_t fq_topic_release(fq_queue *q);
 int fq_topic_evict(fq_queue *q, uint64_t target);
 int fq_topic_space_ready(fq_queue *q, uint64_t need);
@@ -205,10 +243,37 @@ int fq_topic_reap(fq_queue *q);
 /* drop the segment lock after the member or group tables may have changed */
 void fq_topic_unlock(fq_queue *q);
 
-/* ---- fq_ring.c: the producer path and the queue consumer ------------------- */
+/* ---- fq_put.c: the shared producer path and its repair -------------------- */
+
+/* the producer's readiness rule (need: the payload bytes of one record,
+ * fq_put_need for a batch): room, or shut down */
+int fq_put_ready(fq_queue *q, uint64_t need);
+
+/* recovery's view of one slot */
+typedef struct {
+    char dead;     /* a slot whose owner is gone (fq_slot_alive) */
+    uint64_t word; /* its word then: it stays so until recovery frees it */
+} fq_slot_view;
+/* repair a dead producer lane: 1 once it is idle */
+int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned l);
+/* record walks for the repairs (the queue consumer's too) */
+int fq_header_at(fq_queue *q, uint64_t p, uint64_t *w);
+uint64_t fq_stable_span(fq_queue *q, uint64_t x, uint64_t w);
+int64_t fq_count_states(fq_queue *q, uint64_t from, uint64_t end, unsigned states,
+                        uint32_t owner);
+
+/* ---- fq_get.c: the queue consumer and its repair ---------------------------- */
 
 /* move release over finished records (recovery calls it after repairs) */
 void fq_sweep(fq_queue *q);
+/* the queue consumer's readiness rule: a record to take, or shut down and drained */
+int fq_get_ready(fq_queue *q, uint64_t unused);
+/* repair of a dead consumer lane, and of the records dead consumers held */
+void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l);
+int fq_holds_taken(fq_queue *q, fq_intent *in, uint32_t me);
+int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v);
+
+/* ---- fq_state.c: sizes, stats, shutdown, and fq_wait/fq_arm (fastq.h) ------- */
 
 /* ---- fq_recover.c: the orchestrator: fq_recover, fq_create, fq_open (fastq.h) */
 

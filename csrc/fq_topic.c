@@ -3,7 +3,7 @@
  *
  * A topic segment is a queue segment whose ring is read by groups instead
  * of by one shared head (fq_layout.h: fq_group, fq_member).  Publishers use
- * the producer path of fq_ring.c unchanged, except two things:
+ * the producer path of fq_put.c unchanged, except two things:
  *
  *   - tail and ctrl->published move together in one 16-byte CAS, so each
  *     record carries its message index in a 16-byte payload prefix: a

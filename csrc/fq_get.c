@@ -1,21 +1,6 @@
 /*
- * fq_ring.c - the multi-producer, multi-consumer ring of variable-length
- * records: claim, copy, commit; claim, copy, free.
- *
- * Producer (fq_put_begin / fq_put_commit):
- *   1. t = tail.  The batch needs [t, t + span): its records, preceded by a
- *      SKIP record up to the end of the ring if they would cross it.
- *      Space check against a cached release; re-read only when it looks full.
- *   2. Announce the intent (pos t, end, n, CLAIMING) in our lane, then
- *      CAS tail t -> t + span.  The intent lets a survivor find the region
- *      if we die before writing any header (fq_recover.c).  A failed CAS
- *      withdraws it (IDLE) before step 1 again.
- *   3. Won: phase WON; write the headers WRITING, the last record first and
- *      the record at t (first message, or the SKIP) last, each a release
- *      store: whoever sees a header at t sees every header of the batch.
- *   4. Copy payloads; store COMMITTED on each (release, pairs with the
- *      consumer's acquire load of the word); then count + n, IDLE in one
- *      store; then the wake rule (fq_wait.c).
+ * fq_get.c - the queue consumer (claim, copy, free), its readiness rule, and
+ * its repair after a consumer died mid-get.
  *
  * Consumer (fq_get_begin / fq_get_end):
  *   1. h = head.  Walk records from h while they are COMMITTED (or SKIP /
@@ -38,234 +23,37 @@
  * and recovery puts them back (REQUEUED).  Requeued records sit between
  * release and head; consumers take one at a time with a CAS on its word
  * (REQUEUED -> TAKEN) when the requeued hint is non-zero.
+ *
+ * Repair (fq_fix_cons_count, fq_requeue_orphans, fq_holds_taken: called by
+ * fq_recover, under the segment lock):
+ *
+ *  - A consumer lane WON whose n says FQ_N_FREEING: it died marking its
+ *    claim DONE (fq_get_end); the marking is finished, in order, so the
+ *    claim is consumed whole, never in part.
+ *  - A consumer lane CLAIMING or WON: the records it claimed and did not
+ *    free.  Every COMMITTED record between release and head that no
+ *    consumer's intent covers (except intents of slots seen dead) is put back
+ *    (REQUEUED), whoever its owner was.  A TAKEN record names its taker in
+ *    its word: it is put back if that taker's slot is dead, by a CAS on the
+ *    exact word (a record given back and taken again by someone else has
+ *    another word).  A dead lane is kept until its TAKEN record is back.
+ *    Read order
+ *    matters: head first (a claim of a record below it happened before, so
+ *    its intent is visible), then the records' words (a TAKEN word was CAS'd
+ *    after its taker's intent), then the intents, then release (a claim
+ *    freed without DONE marks is below it).  The requeued hint goes up
+ *    before each CAS (too high costs a scan; too low would hide a record),
+ *    and is raised if requeued records are found while it reads zero.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fq_internal.h"
 
-
-static inline fq_intent *fq_my_intent(fq_queue *q, int lane, int cons)
-{
-    fq_lane *l = &q->slots[atomic_load_explicit(&q->slot, RLX)].lane[lane];
-    return cons ? &l->cons : &l->prod;
-}
-
-/* Attach if needed and borrow a lane (*lane): 0, or the code to return
- * (FQ_ENOSLOT, FQ_EBUSY, or fq_attach's -errno: never a lane number). */
-static int fq_enter(fq_queue *q, int *lane)
-{
-    int rc = fq_attach(q);
-    if (rc)
-        return rc;
-    *lane = fq_lane_get(q);
-    return *lane < 0 ? FQ_EBUSY : 0;
-}
-
-/* Announce a claim of [pos, end) holding n messages.  Release: a survivor
- * that sees CLAIMING (or the claim's CAS) sees pos, end and n. */
-static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, uint64_t n,
-                                   uint64_t count)
-{
-    atomic_store_explicit(&in->pos, pos, RLX);
-    atomic_store_explicit(&in->end, end, RLX);
-    atomic_store_explicit(&in->n, n, RLX);
-    atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
-}
-
-/* ---- producer ---------------------------------------------------------- */
-
-int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
-{
-    if (n == 0)
-        return -EINVAL;
-    uint64_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (lens[i] > q->max_msg)
-            return FQ_ETOOBIG;
-        total += fq_rec_size(lens[i] + q->prefix);
-    }
-    if (total > q->cap / 2)
-        return FQ_ETOOBIG; /* the caller splits batches */
-    if (atomic_load_explicit(&q->ctrl->state, RLX) & FQ_STATE_SHUTDOWN)
-        return FQ_SHUTDOWN;
-    int lane, rc = fq_enter(q, &lane);
-    if (rc)
-        return rc;
-    int slot = atomic_load_explicit(&q->slot, RLX);
-    fq_intent *in = fq_my_intent(q, lane, 0);
-    uint64_t count = atomic_load_explicit(&in->state, RLX) >> 2;
-    fq_ctrl *ctl = q->ctrl;
-    uint64_t t, span, pad, cnt = 0;
-    int stale = 0;
-    t = atomic_load_explicit(&ctl->tail, ACQ);
-    if (q->topic)
-        cnt = atomic_load_explicit(&ctl->published, ACQ);
-    for (;;) {
-        uint64_t idx = t & q->mask;
-        pad = idx + total > q->cap ? q->cap - idx : 0;
-        span = pad + total;
-        uint64_t rel = atomic_load_explicit(&q->cached_release, ACQ);
-        if (t + span - rel > q->cap) {
-            /* acquire: pairs with the consumers' release CAS; the space
-             * they freed is no longer read by them.  A topic computes it
-             * from its subscribers, or (drop) evicts the oldest records. */
-            if (!q->topic) {
-                rel = atomic_load_explicit(&ctl->release, ACQ);
-            } else if (!q->drop) {
-                rel = fq_topic_release(q);
-            } else {
-                int erc = fq_topic_evict(q, t + span - q->cap);
-                if (erc == FQ_ECORRUPT) {
-                    atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
-                    fq_lane_put(q, lane);
-                    return FQ_ECORRUPT;
-                }
-                rel = atomic_load_explicit(&ctl->release, ACQ);
-            }
-            atomic_store_explicit(&q->cached_release, rel, REL);
-            if (t + span - rel > q->cap || rel > t) {
-                if (rel > t) {
-                    /* our t is stale: retry once with a fresh one; release
-                     * beyond a fresh tail is a corrupt segment */
-                    uint64_t t2 = atomic_load_explicit(&ctl->tail, ACQ);
-                    if (stale++ && t2 == t) {
-                        atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
-                        fq_lane_put(q, lane);
-                        return FQ_ECORRUPT;
-                    }
-                    t = t2;
-                    continue;
-                }
-                atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
-                fq_lane_put(q, lane);
-                return FQ_FULL;
-            }
-        }
-        fq_intent_claim(in, t, t + span, n, count);
-        FQ_CRASH_POINT("put_after_intent");
-        /* seq_cst: pairs with fq_recover's load of tail before it looks for
-         * the intents of a region without a header */
-        if (q->topic) {
-            if (fq_topic_claim(q, &t, &cnt, span, n))
-                break;
-        } else if (atomic_compare_exchange_weak_explicit(&ctl->tail, &t, t + span, SEQ, ACQ)) {
-            break;
-        }
-        /* Lost the CAS: withdraw the intent before looking again.  A block
-         * topic's release counts every CLAIMING intent (fq_topic_release),
-         * ours too: left at the old tail it would hold the release we are
-         * about to compute ourselves (a false FULL on an empty ring), and
-         * another publisher may have gone to sleep on it.  So wake the
-         * space side after the IDLE store (fq_wake's fence orders the store
-         * before its load of the sleeper bits: pairs with the sleeper's RMW
-         * of its bit before its re-check). */
-        atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
-        if (q->topic && !q->drop)
-            fq_wake(q, FQ_WAIT_SPACE);
-    }
-    fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
-    atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
-    FQ_CRASH_POINT("put_after_claim");
-    uint32_t owner = (uint32_t)slot << 8 | (uint32_t)lane;
-    uint64_t first = t + pad;
-    uint32_t pre = q->prefix;
-    /* headers, last record first; the one at t last (release each) */
-    if (n == 1) {
-        fq_rec *r = fq_rec_at(q, first);
-        r->len = (uint32_t)lens[0] + pre;
-        r->owner = owner;
-        if (pre) {
-            ((uint64_t *)(r + 1))[0] = cnt;
-            ((uint64_t *)(r + 1))[1] = 0;
-        }
-        atomic_store_explicit(&r->word, fq_tag_of(q, first) | FQ_REC_WRITING, REL);
-    } else {
-        uint64_t p = first + total;
-        for (size_t i = n; i-- > 0;) {
-            p -= fq_rec_size(lens[i] + pre);
-            fq_rec *r = fq_rec_at(q, p);
-            r->len = (uint32_t)lens[i] + pre;
-            r->owner = owner;
-            if (pre) {
-                ((uint64_t *)(r + 1))[0] = cnt + i;
-                ((uint64_t *)(r + 1))[1] = 0;
-            }
-            atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_WRITING, REL);
-        }
-    }
-    if (pad) {
-        fq_rec *r = fq_rec_at(q, t);
-        r->len = (uint32_t)pad;
-        r->owner = owner;
-        atomic_store_explicit(&r->word, fq_tag_of(q, t) | FQ_REC_SKIP, REL);
-    }
-    FQ_CRASH_POINT("put_after_headers");
-    c->pos = t;
-    c->end = t + span;
-    c->n = n;
-    c->cursor = first;
-    c->lane = (uint32_t)lane;
-    c->taken = 0;
-    c->first_off = (uint32_t)pad;
-    c->redelivered = 0;
-    c->count = count;
-    c->lens = lens;
-    c->given = 0;
-    return FQ_OK;
-}
-
-/* The next record's payload buffer.  The records are found from the
- * caller's own lengths, never from the headers in the shared segment: a len
- * rewritten there could steer the buffer, and the caller's copy, past the
- * ring's end. */
-void *fq_claim_buf(fq_queue *q, fq_claim *c)
-{
-    if (c->given >= c->n)
-        return NULL; /* more buffers than records: a caller's bug */
-    fq_rec *r = fq_rec_at(q, c->cursor);
-    c->cursor += fq_rec_size(c->lens[c->given++] + q->prefix);
-    return (uint8_t *)(r + 1) + q->prefix;
-}
-
-void fq_put_commit(fq_queue *q, fq_claim *c)
-{
-    FQ_CRASH_POINT("put_before_commit");
-    uint64_t p = c->pos + c->first_off;
-    for (uint64_t i = 0; i < c->n; i++) {
-        fq_rec *r = fq_rec_at(q, p);
-        /* release: pairs with the consumer's acquire load of the word; the
-         * payload copied above is visible to whoever sees COMMITTED */
-        atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);
-        p += fq_rec_size(c->lens[i] + q->prefix); /* our lengths, as fq_claim_buf */
-        if (i == 0)
-            FQ_CRASH_POINT("put_mid_commit");
-    }
-    FQ_CRASH_POINT("put_before_count");
-    fq_intent *in = fq_my_intent(q, (int)c->lane, 0);
-    atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
-    fq_lane_put(q, (int)c->lane);
-    /* a topic's publishers may wait for this put too: a block topic's
-     * release cannot pass a put in progress, a drop topic's eviction cannot
-     * pass a record being written */
-    fq_wake(q, q->topic ? -1 : FQ_WAIT_DATA);
-}
-
-int fq_put(fq_queue *q, const void *data, size_t len)
-{
-    fq_claim c;
-    uint64_t l = len;
-    int rc = fq_put_begin(q, &l, 1, &c);
-    if (rc)
-        return rc;
-    memcpy(fq_claim_buf(q, &c), data, len);
-    fq_put_commit(q, &c);
-    return FQ_OK;
-}
-
-/* ---- consumer ---------------------------------------------------------- */
+/* ---- consumer ---------------------------------------------------- */
 
 /*
  * Move release forward over records that need nothing more (DONE, SKIP,
@@ -694,126 +482,8 @@ void fq_get_abort(fq_queue *q, fq_claim *c)
     fq_get_end_partial(q, c, 0);
 }
 
-/* ---- status ------------------------------------------------------------ */
-
-uint64_t fq_qsize(fq_queue *q)
-{
-    int64_t put = 0, got = 0;
-    for (uint32_t s = 0; s < q->nslots; s++) {
-        for (unsigned l = 0; l < FQ_LANES; l++) {
-            put += (int64_t)(atomic_load_explicit(&q->slots[s].lane[l].prod.state, ACQ) >> 2);
-            got += (int64_t)(atomic_load_explicit(&q->slots[s].lane[l].cons.state, ACQ) >> 2);
-        }
-    }
-    return put > got ? (uint64_t)(put - got) : 0;
-}
-
-/* A snapshot, lane by lane, with no ordering between the loads (like
- * fq_qsize: exact when no call is in flight); every n read from the segment
- * is bounded, and the sum by fq_qsize. */
-uint64_t fq_unacked(fq_queue *q)
-{
-    uint64_t held = 0;
-    for (uint32_t s = 0; s < q->nslots; s++) {
-        for (unsigned l = 0; l < FQ_LANES; l++) {
-            fq_intent *in = &q->slots[s].lane[l].cons;
-            if ((atomic_load_explicit(&in->state, RLX) & 3) != FQ_PH_WON)
-                continue;
-            uint64_t n = atomic_load_explicit(&in->n, RLX) & ~FQ_N_FREEING;
-            held += n < q->cap ? n : q->cap;
-        }
-    }
-    uint64_t all = fq_qsize(q);
-    return held < all ? held : all;
-}
-
-uint64_t fq_available(fq_queue *q)
-{
-    if (atomic_load(&q->ctrl->state) & FQ_STATE_IMMEDIATE)
-        return 0; /* gets raise ShutDown at once: nothing can be taken */
-    uint64_t all = fq_qsize(q), held = fq_unacked(q);
-    return all - held; /* held <= all */
-}
-
-int fq_idle(fq_queue *q)
-{
-    fq_ctrl *c = q->ctrl;
-    uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head);
-    return rel == hd && hd == atomic_load(&c->tail) && !atomic_load(&c->requeued);
-}
-
-int fq_full(fq_queue *q)
-{
-    uint64_t rel = atomic_load(&q->ctrl->release);
-    uint64_t t = atomic_load(&q->ctrl->tail);
-    return t + fq_rec_size(0) - rel > q->cap;
-}
-
-int fq_is_shutdown(fq_queue *q)
-{
-    return (atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN) != 0;
-}
-
-void fq_shutdown(fq_queue *q, int immediate)
-{
-    atomic_fetch_or(&q->ctrl->state,
-                    FQ_STATE_SHUTDOWN | (immediate ? FQ_STATE_IMMEDIATE : 0));
-    atomic_fetch_add(&q->ctrl->data_seq, 1);
-    atomic_fetch_add(&q->ctrl->space_seq, 1);
-    fq_wake(q, -1);
-}
-
-void fq_reset_shutdown(fq_queue *q)
-{
-    atomic_fetch_and(&q->ctrl->state, ~(FQ_STATE_SHUTDOWN | FQ_STATE_IMMEDIATE));
-    /* waiters re-check the state: producers that saw the shutdown already
-     * returned, nobody waits on the reset itself */
-    atomic_fetch_add(&q->ctrl->data_seq, 1);
-    atomic_fetch_add(&q->ctrl->space_seq, 1);
-    fq_wake(q, -1);
-}
-
-void fq_stats(fq_queue *q, uint64_t out[8])
-{
-    fq_ctrl *c = q->ctrl;
-    out[0] = atomic_load(&c->tail);
-    out[1] = atomic_load(&c->head);
-    out[2] = atomic_load(&c->release);
-    out[3] = atomic_load(&c->requeued);
-    out[4] = atomic_load(&c->state);
-    out[5] = (uint64_t)atomic_load(&q->slot);
-    out[6] = c->creator_pid;
-    out[7] = c->created_ns;
-}
-
-uint64_t fq_record_size(uint64_t len)
-{
-    return fq_rec_size(len);
-}
-
-uint64_t fq_put_need(fq_queue *q, const uint64_t *lens, size_t n)
-{
-    /* the ring bytes of the claim, as fq_put_begin counts them (each record
-     * with its header, the topic's prefix and its padding) ... */
-    uint64_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += fq_rec_size(lens[i] + q->prefix);
-    /* ... as the payload of one record that takes exactly as many: the
-     * predicates (fq_put_ready, fq_topic_space_ready) add one header and
-     * prefix back and round up, which leaves total (a multiple of 16) as it
-     * is, and then add the padding to the ring's end as fq_put_begin does */
-    return total - FQ_REC_HDR - q->prefix;
-}
-
-/* ---- readiness rules (the predicates of fq_wait.c) ----------------------- */
-
-static int fq_is_shut(fq_queue *q)
-{
-    return (atomic_load_explicit(&q->ctrl->state, memory_order_seq_cst) & FQ_STATE_SHUTDOWN) != 0;
-}
-
 /* A queue consumer's: a record to take, or shut down and drained. */
-static int fq_get_ready(fq_queue *q, uint64_t unused)
+int fq_get_ready(fq_queue *q, uint64_t unused)
 {
     (void)unused;
     fq_ctrl *c = q->ctrl;
@@ -833,66 +503,186 @@ static int fq_get_ready(fq_queue *q, uint64_t unused)
     return fq_is_shut(q) && fq_drained(q, h);
 }
 
-/* A producer's (need: the payload bytes of one record, fq_put_need for a
- * batch): room, or shut down. */
-static int fq_put_ready(fq_queue *q, uint64_t need)
+/* ---- repair of a dead consumer ----------------------------------- */
+
+/*
+ * Finish marking DONE the claim [p, end) of a consumer killed while marking
+ * it (fq_mark_done): each COMMITTED record by a CAS on its exact word, in
+ * order.  Records below release may be reused meanwhile (a live sweep
+ * passes our marks): a header that no longer matches means release moved,
+ * so start again from it.  A COMMITTED record is never passed by a sweep,
+ * so no mark can land on bytes that were reused.
+ */
+static void fq_finish_done(fq_queue *q, uint64_t p, uint64_t end)
 {
-    if (fq_is_shut(q))
-        return 1;
-    if (q->topic)
-        return fq_topic_space_ready(q, need);
+    for (uint64_t last = UINT64_MAX;;) {
+        uint64_t rel = atomic_load(&q->ctrl->release), x = rel > p ? rel : p, w;
+        if (rel == last)
+            return; /* no progress since the last try: a corrupt segment */
+        last = rel;
+        while (x < end && fq_header_at(q, x, &w)) {
+            fq_rec *r = fq_rec_at(q, x);
+            uint64_t span = fq_stable_span(q, x, w);
+            if (!span || span > end - x)
+                break;
+            if ((w & 7) == FQ_REC_COMMITTED) {
+                atomic_compare_exchange_strong(&r->word, &w, fq_tag_of(q, x) | FQ_REC_DONE);
+                FQ_CRASH_POINT("recover_mid_done");
+            }
+            x += span;
+        }
+        /* a header that does not match (or a length that does not fit):
+         * reused under us if release passed it meanwhile (start again from
+         * there), else a corrupt segment (the requeue pass has the rest) */
+        if (x >= end || !fq_released_past(q, x))
+            return;
+    }
+}
+
+/* Fix the message count of a dead consumer lane (phase RECOVERED after). */
+void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l)
+{
+    fq_intent *in = &q->slots[s].lane[l].cons;
+    uint64_t st = atomic_load(&in->state), count = st >> 2;
+    unsigned ph = st & 3;
+    if (ph != FQ_PH_WON && ph != FQ_PH_CLAIMING)
+        return;
+    uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), n = atomic_load(&in->n);
+    int freeing = (n & FQ_N_FREEING) != 0;
+    n &= ~FQ_N_FREEING;
+    /* a claim ends at or below head: a (hostile) end past it would have us
+     * count, or mark DONE, records nobody claimed (a DONE record at head is
+     * never passed again) */
+    uint64_t hd = atomic_load(&q->ctrl->head);
+    if (end > hd)
+        end = hd;
+    if (ph == FQ_PH_WON && end > p && end - p <= q->cap) {
+        if (freeing)
+            fq_finish_done(q, p, end);
+        /* again while release moves under the walk (it only moves forward,
+         * and at end we are done); a walk failing where release stood
+         * still is a corrupt segment: nothing counted */
+        for (uint64_t last = UINT64_MAX;;) {
+            uint64_t rel = atomic_load(&q->ctrl->release);
+            if (rel >= end) {
+                count += n;
+                break;
+            }
+            if (rel == last)
+                break;
+            last = rel;
+            unsigned notdone = 1u << FQ_REC_COMMITTED | 1u << FQ_REC_TAKEN |
+                               1u << FQ_REC_REQUEUED;
+            int64_t nd = fq_count_states(q, rel > p ? rel : p, end, notdone, UINT32_MAX);
+            if (nd >= 0) {
+                count += n > (uint64_t)nd ? n - (uint64_t)nd : 0;
+                break;
+            }
+        }
+    }
+    atomic_store(&in->state, count << 2 | FQ_PH_RECOVERED);
+}
+
+/*
+ * Does a dead lane's intent still cover a record it took (TAKEN)?  Then the
+ * lane is kept (and its slot not freed) until a later pass puts the record
+ * back: a TAKEN record is only put back under a dead cover, and a pass may
+ * miss it (its walk stopped where release moved on, or a transient live
+ * intent of a consumer that lost the take covered it).
+ */
+int fq_holds_taken(fq_queue *q, fq_intent *in, uint32_t me)
+{
+    uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), w;
+    if (end <= p || end - p > q->cap || !fq_header_at(q, p, &w) || (w & 7) != FQ_REC_TAKEN ||
+        fq_word_taker(w) != me)
+        return 0;
+    return p + fq_span(q, p, w, fq_rec_at(q, p)->len) == end;
+}
+
+/* Put back every claimed, unfinished record that no live consumer covers. */
+int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
+{
     fq_ctrl *c = q->ctrl;
-    uint64_t rel = atomic_load_explicit(&c->release, memory_order_seq_cst);
-    uint64_t t = atomic_load_explicit(&c->tail, memory_order_seq_cst);
-    need = fq_rec_size(need);
-    if (need > q->cap / 2)
-        need = q->cap / 2;
-    /* a claim may need padding up to the end of the ring */
-    uint64_t idx = t & q->mask;
-    uint64_t span = idx + need > q->cap ? q->cap - idx + need : need;
-    return t + span - rel <= q->cap;
-}
-
-/* A topic subscriber's (pos: its group's head): a message, or shut down. */
-static int fq_sub_ready(fq_queue *q, uint64_t pos)
-{
-    return fq_topic_data_ready(q, pos) || fq_is_shut(q);
-}
-
-/* The rule of side what of q (need: the put's bytes, or a group's head). */
-static fq_ready_fn fq_rule(fq_queue *q, int what)
-{
-    if (what == FQ_WAIT_SPACE)
-        return fq_put_ready;
-    return q->topic ? fq_sub_ready : fq_get_ready;
-}
-
-/* Nothing in flight that a dead process could leave stalled: no claim of
- * tail or head open, nothing put back (queues; a topic is never quiet). */
-static int fq_quiet(fq_queue *q)
-{
-    return fq_idle(q);
-}
-
-void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
-{
-    fq_wait_pred(q, what, fq_rule(q, what), need, NULL, timeout_ns, timeout_ns,
-                 spin ? FQ_STRATEGY_ADAPTIVE : FQ_STRATEGY_SLEEP);
-}
-
-int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
-                int strategy)
-{
-    return fq_wait_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, slice_ns,
-                        timeout_ns, strategy);
-}
-
-int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
-{
-    return fq_spin_pred(q, fq_rule(q, what), need, ns);
-}
-
-int fq_arm(fq_queue *q, int what, uint64_t need, int on)
-{
-    return fq_arm_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, on);
+    uint64_t hd = atomic_load(&c->head);
+    uint64_t rel = atomic_load(&c->release);
+    size_t cap = 256, nrec = 0, nreq = 0;
+    uint64_t *pos = malloc(cap * sizeof *pos), *words = malloc(cap * sizeof *words);
+    int changed = 0;
+    if (!pos || !words)
+        goto out;
+    for (uint64_t x = rel; x < hd && x - rel < q->cap;) {
+        uint64_t w;
+        if (!fq_header_at(q, x, &w))
+            break; /* released meanwhile: what is left is after it */
+        fq_rec *r = fq_rec_at(q, x);
+        uint64_t span = fq_span(q, x, w, r->len);
+        if (!span)
+            break;
+        unsigned st = w & 7;
+        nreq += st == FQ_REC_REQUEUED;
+        if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
+            if (nrec == cap) {
+                cap *= 2;
+                uint64_t *np = realloc(pos, cap * sizeof *pos);
+                if (!np)
+                    goto out;
+                pos = np;
+                np = realloc(words, cap * sizeof *words);
+                if (!np)
+                    goto out;
+                words = np;
+            }
+            pos[nrec] = x;
+            words[nrec++] = w;
+        }
+        x += span;
+    }
+    for (size_t i = 0; i < nrec; i++) {
+        uint64_t x = pos[i], w = words[i];
+        if ((w & 7) == FQ_REC_TAKEN) {
+            /* the word names its taker: put it back only if that taker is
+             * dead (a live one may be copying it; the exact word in the CAS
+             * rules out a record given back and taken again meanwhile) */
+            uint32_t s = fq_word_taker(w) >> 3;
+            if (s >= q->nslots || !v[s].dead)
+                continue;
+        } else {
+            int covered = 0;
+            for (uint32_t s = 0; s < q->nslots && !covered; s++) {
+                /* only a slot seen dead stops protecting its claims: a slot
+                 * that was free when we looked may belong to a new process */
+                if (v[s].dead)
+                    continue;
+                for (unsigned l = 0; l < FQ_LANES && !covered; l++) {
+                    fq_intent *in = &q->slots[s].lane[l].cons;
+                    if ((atomic_load(&in->state) & 3) == FQ_PH_IDLE)
+                        continue;
+                    covered = atomic_load(&in->pos) <= x && x < atomic_load(&in->end);
+                }
+            }
+            if (covered)
+                continue;
+            /* after the intents: a claim freed by the direct release CAS,
+             * whose owner went idle since, is below release */
+            if (x < atomic_load(&c->release))
+                continue;
+        }
+        atomic_fetch_add(&c->requeued, 1);
+        if (atomic_compare_exchange_strong(&fq_rec_at(q, x)->word, &w,
+                                           fq_tag_of(q, x) | FQ_REC_REQUEUED)) {
+            changed = 1;
+            FQ_CRASH_POINT("recover_mid_requeue");
+        } else {
+            atomic_fetch_sub(&c->requeued, 1);
+        }
+    }
+    if (nreq) { /* heal a hint lost by a process killed mid-update */
+        uint64_t zero = 0;
+        if (atomic_compare_exchange_strong(&c->requeued, &zero, nreq))
+            changed = 1;
+    }
+out:
+    free(pos);
+    free(words);
+    return changed;
 }
