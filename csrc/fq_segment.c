@@ -408,17 +408,20 @@ static int fq_dir_of(const char *path, char *dir, const char **base)
     return 0;
 }
 
-/* Take (F_WRLCK) or drop (F_UNLCK) the creating lock of a named temporary
- * file on its creator's descriptor: 0 or -1 with errno. */
-static int fq_creating_lock(int fd, short type)
+/* The creating lock of a named temporary file, as a request of type
+ * (F_WRLCK, F_UNLCK) for fcntl cmd (F_OFD_SETLK, F_OFD_GETLK) on fd: 0 or
+ * -1 with errno; a GETLK's answer in *type. */
+static int fq_creating_lock(int fd, int cmd, short *type)
 {
     struct flock fl;
     memset(&fl, 0, sizeof fl);
-    fl.l_type = type;
+    fl.l_type = *type;
     fl.l_whence = SEEK_SET;
     fl.l_start = (off_t)FQ_LOCK_CREATING;
     fl.l_len = 1;
-    return fcntl(fd, F_OFD_SETLK, &fl);
+    int rc = fcntl(fd, cmd, &fl);
+    *type = fl.l_type;
+    return rc;
 }
 
 /*
@@ -457,13 +460,8 @@ static void fq_sweep_tmp(const char *path)
         int fd = openat(dirfd(d), n, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         if (fd < 0)
             continue;
-        struct flock fl;
-        memset(&fl, 0, sizeof fl);
-        fl.l_type = F_WRLCK;
-        fl.l_whence = SEEK_SET;
-        fl.l_start = (off_t)FQ_LOCK_CREATING;
-        fl.l_len = 1;
-        if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_UNLCK)
+        short type = F_WRLCK;
+        if (fq_creating_lock(fd, F_OFD_GETLK, &type) == 0 && type == F_UNLCK)
             unlinkat(dirfd(d), n, 0);
         close(fd);
     }
@@ -499,7 +497,8 @@ static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tm
         tmp[0] = 0;
         return fq_err(err, errlen, -e, "cannot create %s: %s", path, strerror(e));
     }
-    if (fq_creating_lock(fd, F_WRLCK) != 0) {
+    short type = F_WRLCK;
+    if (fq_creating_lock(fd, F_OFD_SETLK, &type) != 0) {
         int e = errno;
         unlink(tmp);
         close(fd);
@@ -686,7 +685,8 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     if (tmp[0]) {
         unlink(tmp);
         /* the mapping's descriptor holds no lock (fq_internal.h) */
-        fq_creating_lock(fd, F_UNLCK);
+        short type = F_UNLCK;
+        fq_creating_lock(fd, F_OFD_SETLK, &type);
     }
     fq_queue *q = fq_handle_new(fd, base, size);
     if (!q) {
