@@ -1,8 +1,8 @@
 """Reproductions of the findings of the third adversarial review of the C core
 (issue 9: the group-head pair of bug 6, the wake paths of bug 7, the creation and
-removal of segment files).  Each test asserts the correct behaviour and is marked
-xfail(strict=True): it fails today (so the suite passes) and turns into an XPASS,
-which fails the run, once the finding is fixed; then drop the mark.
+removal of segment files), R1 to R6.  Each test asserts the correct behaviour;
+each failed on the core before its fix (as a strict xfail, its reason naming the
+defect) and passes at once after it: only a regression waits out a bound.
 
 No timing assertion: a lost wake-up is shown with a thread seen asleep in
 FUTEX_WAIT on the segment's wait word with a 600 s slice that is not back within
