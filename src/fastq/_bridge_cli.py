@@ -21,7 +21,6 @@ on stdout (``--stats-interval`` prints them periodically too).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import sys
@@ -147,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
     def report() -> None:
         for i, (spec, b) in enumerate(zip(specs, bridges)):
             row = {"bridge": i, "direction": spec.get("direction"), "subject": spec["subject"],
-                   **dataclasses.asdict(b.stats())}
+                   **b.stats().to_dict()}
             print(json.dumps(row), flush=True)
 
     every = args.stats_interval or 0.5

@@ -25,7 +25,7 @@ at-least-once across the bridge:
 Payloads cross the bridge unchanged: open the local queue or topic with
 ``serializer="raw"`` in the bridge (the producers and consumers on either side
 keep their own serializer, pickle by default).  The client is nats-py
-(``pip install 'fastq-ipc[bridge]'``); each bridge runs an asyncio loop
+(``pip install 'fastq-ipc[nats]'``, or ``[bridge]``: the same extra); each bridge runs an asyncio loop
 (:meth:`Outbound.start`: in a thread of its own); local calls that need not
 wait run on the loop, those that wait in a helper thread.
 """
@@ -71,7 +71,7 @@ def _nats() -> Any:
     try:
         import nats  # noqa: PLC0415
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("fastq.bridge needs nats-py: pip install 'fastq-ipc[bridge]'") from e
+        raise ImportError("fastq.bridge needs nats-py: pip install 'fastq-ipc[nats]'") from e
     return nats
 
 
@@ -100,6 +100,11 @@ class BridgeStats:
     """Connections made after the first one."""
     last_error: str = ""
     """The most recent failure, as text."""
+
+    def to_dict(self) -> dict:
+        """The counters as a plain dict, field name to value, in the order
+        above (what ``fastq bridge`` prints as JSON, for ``fastq stat``/``top``)."""
+        return dataclasses.asdict(self)
 
 
 async def ensure_stream(js: Any, name: str, subjects: Sequence[str],
