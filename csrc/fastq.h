@@ -57,7 +57,7 @@ typedef struct fq_claim {
     uint64_t given;
     /* topics (subscriber claims) */
     uint64_t idx;      /* index of the last message found intact */
-    uint64_t msg_pos;  /* position of the message fq_sub_next returned */
+    uint64_t msg_pos;  /* position of the message fq_sub_next (fq_claim_next) returned */
     uint64_t msg_idx;  /* its index, as read before the copy */
     uint64_t kept;     /* messages found intact so far */
 } fq_claim;
@@ -105,6 +105,8 @@ int fq_put(fq_queue *q, const void *data, size_t len); /* begin+copy+commit */
  * meanwhile: wait, and let recovery run). */
 #define FQ_BYTES_STRICT (1ULL << 63)
 int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c);
+/* The claim's next message (0: none left); sets c->msg_pos to its record's
+ * position (the one a requeued record keeps: fastq's message identity). */
 int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len);
 void fq_get_end(fq_queue *q, fq_claim *c);
 void fq_get_abort(fq_queue *q, fq_claim *c); /* give the messages back */

@@ -528,9 +528,11 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
         uint64_t span = fq_span(q, c->cursor, w, l);
         if (!span || !fq_match(q, c->cursor, w))
             return 0; /* validated when claimed; cannot happen */
+        uint64_t at = c->cursor;
         c->cursor += span;
         unsigned st = w & 7;
         if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
+            c->msg_pos = at; /* the record's position: a requeued record keeps it */
             *data = r + 1;
             *len = l;
             return 1;

@@ -6,7 +6,7 @@
 {'job': 1}
 """
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown, SubscriberLimit
-from ._core import Delivery
+from ._core import Deliveries, Delivery
 from ._naming import segment_path
 from ._serializers import PickleSerializer, RawSerializer
 from ._queue import JoinableQueue, Queue
@@ -24,6 +24,7 @@ __all__ = [
     "Subscription",
     "SubscriberInfo",
     "Delivery",
+    "Deliveries",
     "Empty",
     "Full",
     "ShutDown",

@@ -6,9 +6,11 @@ durable JetStream pull consumer into a local Queue or Topic.  Both are
 at-least-once across the bridge:
 
 * outbound, a local delivery is acked only after JetStream acknowledged its
-  publish.  Every publish carries ``Nats-Msg-Id: <segment>.<position>@<subject>``:
-  the local segment's creation time (ns, hex) and the message's
-  :attr:`fastq.Delivery.position`, which a redelivered message keeps.  A bridge
+  publish (from a queue, a batch of :meth:`fastq.Queue.receive_many` after
+  all of its publishes).  Every publish carries
+  ``Nats-Msg-Id: <segment>.<position>@<subject>``: the local segment's creation
+  time (ns, hex) and the message's position (:attr:`fastq.Delivery.position`,
+  :attr:`fastq.Deliveries.positions`), which a redelivered message keeps.  A bridge
   killed after JetStream stored a message but before the local ack gets the
   message again from the local queue, publishes it again under the same id, and
   the stream drops it as a duplicate (within the stream's duplicate window,
@@ -45,6 +47,8 @@ from ._topic import Subscription, Topic
 __all__ = ["Outbound", "Inbound", "BridgeStats", "ensure_stream"]
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+#: publishes in flight from a queue by default (Outbound, max_inflight)
+QUEUE_INFLIGHT = 1024
 #: most stream sequences an Inbound remembers as put locally but not acked
 _COMMITTED_MAX = 1 << 16
 
@@ -314,10 +318,13 @@ class Outbound(_Bridge):
         If given, the stream is created (capturing ``subject``) when missing,
         with ``duplicate_window`` seconds and ``retention``.
     max_inflight : int, optional
-        Most publishes awaiting JetStream's ack at once; bounded by the
-        source's ``prefetch`` (each one is an unacknowledged local delivery):
-        at most 7 for a queue (``Queue(..., prefetch=7)``; the default 4),
-        64 for a subscription.
+        Most publishes awaiting JetStream's ack at once.  From a queue,
+        messages are taken in batches (``receive_many``, each one delivery
+        acked once JetStream has stored all its messages), so the default is
+        1024, in at most ``prefetch`` batches (at most 7: ``Queue(...,
+        prefetch=7)``; the default 4); a queue taking fewer messages than that
+        at a time (a producer slower than the bridge) gets fewer in flight.
+        From a subscription it is bounded by its ``prefetch`` (at most 64).
     ack_timeout : float
         Seconds to wait for a publish ack before reconnecting.
     backoff : (float, float)
@@ -342,23 +349,25 @@ class Outbound(_Bridge):
         super().__init__(servers, backoff, connect_options)
         if isinstance(source, Subscription):
             _raw_check(source.topic, "topic")
-            window, seg = source.prefetch, source.topic
+            window, seg, self._batches = source.prefetch, source.topic, False
         elif isinstance(source, Queue):
             _raw_check(source, "queue")
-            window, seg = source.prefetch, source
+            window, seg, self._batches = QUEUE_INFLIGHT, source, True
         else:
             raise TypeError(f"source must be a fastq.Queue or fastq.Subscription, not "
                             f"{type(source).__name__}")
         if max_inflight is not None:
-            window = max(1, min(window, max_inflight))
+            window = max(1, max_inflight if self._batches else min(window, max_inflight))
         self._source, self._window = source, window
         self._subject, self._stream = subject, stream
         self._stream_opts = (duplicate_window, retention)
         self._ack_timeout = ack_timeout
         self._id_prefix = f"{seg.stats()['created_ns']:x}."
         self._id_suffix = f"@{subject}"
-        # taken locally, not yet confirmed by JetStream, in order:
-        # [delivery, msg id, publish future or None, loop time of the publish]
+        # messages taken locally, not yet confirmed by JetStream, in order:
+        # [what to settle once this one is confirmed (its Delivery, the
+        # Deliveries of a batch on its last message, else None), payload,
+        # msg id, publish future or None, loop time of the publish]
         self._unconfirmed: Deque[list] = collections.deque()
         self._more: Optional[asyncio.Event] = None      # wakes _confirm: a publish was sent
         self._settled: Optional[asyncio.Event] = None   # wakes the session: one was acked
@@ -367,8 +376,12 @@ class Outbound(_Bridge):
         self._late = False  # the watchdog stopped _confirm: an ack is overdue
 
     def msg_id(self, delivery: Any) -> str:
-        """The Nats-Msg-Id a delivery is published with."""
-        return f"{self._id_prefix}{delivery.position:x}{self._id_suffix}"
+        """The Nats-Msg-Id a delivery is published with (of a batch: its
+        first message's)."""
+        return self._msg_id(delivery.position)
+
+    def _msg_id(self, position: int) -> str:
+        return f"{self._id_prefix}{position:x}{self._id_suffix}"
 
     # ---- the local side ---------------------------------------------------------
     # Deliveries are taken with non-blocking receives and settled on the loop's
@@ -386,19 +399,34 @@ class Outbound(_Bridge):
         # whatever was not confirmed goes back to the source (the next run
         # publishes it again, under the same Nats-Msg-Id)
         while self._unconfirmed:
+            d = self._unconfirmed.popleft()[0]
             try:
-                self._unconfirmed.popleft()[0].nack(True)
+                if d is not None:
+                    d.nack(True)
             except Exception:  # noqa: BLE001,S110 - closed: recovery gives it back
                 pass
         self._executor.shutdown(wait=True)
 
+    def _receive(self, room: int, block: bool, timeout: Optional[float]) -> list:
+        """Entries of up to room messages (one delivery: a batch from a queue)."""
+        if not self._batches:
+            d = self._source.receive(block, timeout)
+            if d.redelivered:
+                self._count(redelivered=1)
+            return [[d, d.value, self._msg_id(d.position), None, 0.0]]
+        b = self._source.receive_many(room, block, timeout)
+        if b.redelivered:
+            self._count(redelivered=len(b))
+        entries = [[None, v, self._msg_id(p), None, 0.0] for v, p in zip(b.values, b.positions)]
+        entries[-1][0] = b
+        return entries
+
     def _take(self, room: int) -> list:
-        """Up to room deliveries that are there now."""
+        """Entries of up to room messages that are there now."""
         batch: list = []
-        receive = self._source.receive
         try:
             while len(batch) < room:
-                batch.append(receive(block=False))
+                batch += self._receive(room - len(batch), False, None)
         except Empty:
             pass
         except ShutDown:  # the source is shut down and drained
@@ -409,10 +437,10 @@ class Outbound(_Bridge):
             raise _LocalFailure() from e
         return batch
 
-    def _wait_one(self) -> list:
-        """In the executor: wait a little for one delivery."""
+    def _wait_one(self, room: int) -> list:
+        """In the executor: wait a little for a delivery."""
         try:
-            return [self._source.receive(timeout=0.1)]
+            return self._receive(room, True, 0.1)
         except Empty:
             return []
         except ShutDown:
@@ -424,9 +452,9 @@ class Outbound(_Bridge):
     # ---- the JetStream side ---------------------------------------------------
 
     async def _publish(self, js: Any, entry: list) -> None:
-        entry[2] = await js.publish_async(self._subject, entry[0].value,
-                                          headers={"Nats-Msg-Id": entry[1]})
-        entry[3] = self._loop.time()  # type: ignore[union-attr]
+        entry[3] = await js.publish_async(self._subject, entry[1],
+                                          headers={"Nats-Msg-Id": entry[2]})
+        entry[4] = self._loop.time()  # type: ignore[union-attr]
         self._more.set()  # type: ignore[union-attr]
         self._count(forwarded=1)
 
@@ -436,19 +464,22 @@ class Outbound(_Bridge):
         assert more is not None and settled is not None
         try:
             while True:
-                while not self._unconfirmed or self._unconfirmed[0][2] is None:
+                while not self._unconfirmed or self._unconfirmed[0][3] is None:
                     more.clear()
                     await more.wait()
                 entry = self._unconfirmed[0]
-                ack = await entry[2]  # the watchdog bounds the wait
+                ack = await entry[3]  # the watchdog bounds the wait
                 _crash_point("confirmed")
                 self._unconfirmed.popleft()
-                try:
-                    entry[0].ack()
-                except Exception as e:
-                    raise _LocalFailure() from e
-                settled.set()
-                self._count(acked=1, duplicates=1 if ack.duplicate else 0)
+                acked = 0
+                if entry[0] is not None:  # a delivery (or a batch) is settled: room to take more
+                    try:
+                        entry[0].ack()
+                    except Exception as e:
+                        raise _LocalFailure() from e
+                    acked = len(entry[0]) if self._batches else 1
+                    settled.set()
+                self._count(acked=acked, duplicates=1 if ack.duplicate else 0)
         finally:
             settled.set()  # the session waits on it: wake it to see why
 
@@ -461,7 +492,7 @@ class Outbound(_Bridge):
         while not confirm.done():
             await asyncio.sleep(self._ack_timeout / 4)
             u = self._unconfirmed
-            if u and u[0][2] is not None and loop.time() - u[0][3] > self._ack_timeout:
+            if u and u[0][3] is not None and loop.time() - u[0][4] > self._ack_timeout:
                 self._late = True
                 confirm.cancel()
                 return
@@ -503,11 +534,9 @@ class Outbound(_Bridge):
                         await settled.wait()
                         poll.cancel()
                         continue
-                    batch = await loop.run_in_executor(self._executor, self._wait_one)
-                for d in batch:
-                    if d.redelivered:
-                        self._count(redelivered=1)
-                    entry = [d, self.msg_id(d), None, 0.0]
+                    batch = await loop.run_in_executor(self._executor, self._wait_one,
+                                                       max(room, 1))
+                for entry in batch:
                     self._unconfirmed.append(entry)
                     await self._publish(js, entry)
             # stopping: let what is in flight be confirmed, within ack_timeout
@@ -526,7 +555,7 @@ class Outbound(_Bridge):
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001 - reported above
                     pass
             for entry in self._unconfirmed:
-                entry[2] = None
+                entry[3] = None
 
 
 class Inbound(_Bridge):
