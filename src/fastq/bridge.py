@@ -456,7 +456,6 @@ class Outbound(_Bridge):
                                           headers={"Nats-Msg-Id": entry[2]})
         entry[4] = self._loop.time()  # type: ignore[union-attr]
         self._more.set()  # type: ignore[union-attr]
-        self._count(forwarded=1)
 
     async def _confirm(self) -> None:
         """Ack the local deliveries JetStream confirmed, oldest first."""
@@ -479,7 +478,8 @@ class Outbound(_Bridge):
                         raise _LocalFailure() from e
                     acked = len(entry[0]) if self._batches else 1
                     settled.set()
-                self._count(acked=acked, duplicates=1 if ack.duplicate else 0)
+                if acked or ack.duplicate:  # (the counters take a lock: not per message)
+                    self._count(acked=acked, duplicates=1 if ack.duplicate else 0)
         finally:
             settled.set()  # the session waits on it: wake it to see why
 
@@ -517,6 +517,7 @@ class Outbound(_Bridge):
         try:
             for entry in self._unconfirmed:  # left by the last connection: same ids
                 await self._publish(js, entry)
+            self._count(forwarded=len(self._unconfirmed))
             while not self._stopping.is_set():
                 self._check(confirm)
                 if nc.is_closed:
@@ -539,6 +540,7 @@ class Outbound(_Bridge):
                 for entry in batch:
                     self._unconfirmed.append(entry)
                     await self._publish(js, entry)
+                self._count(forwarded=len(batch))
             # stopping: let what is in flight be confirmed, within ack_timeout
             end = loop.time() + self._ack_timeout
             while self._unconfirmed and loop.time() < end and not confirm.done():

@@ -19,7 +19,7 @@ def test_bridge_runs_verify_and_the_table_has_ratios(nats_server, monkeypatch):
     for o in outs:
         assert o.status == "ok" and o.figures["msgs_per_s"] > 0, o
     rows = programs.table_rows(progs, outs, report._fmt)
-    assert [r[1] for r in rows] == ["nats-py publish_async, 7 in flight",
+    assert [r[1] for r in rows] == ["nats-py publish_async, 1024 in flight",
                                     "nats-py publish_async, 4000 in flight (its default)",
                                     "nats-py publish_async, 64 in flight",
                                     "nats-py publish_async, 4000 in flight (its default)",

@@ -8,9 +8,10 @@ under the table.  Every run moves ``cfg.bridge_messages`` messages
 into a fresh stream or queue, checks what arrived and reports the median
 msgs/s.  The workloads, for 64 B and 1 KiB:
 
-- ``bridge-out-*``: a local queue (``prefetch=7``, the most one process may
-  hold) forwarded to a stream by ``fastq.bridge.Outbound``, timed from the
-  bridge's connection to the last publish ack; against nats-py
+- ``bridge-out-*``: a local queue forwarded to a stream by
+  ``fastq.bridge.Outbound`` (its default: up to 1024 publishes in flight,
+  taken with ``receive_many`` in at most 7 batches, ``prefetch=7``), timed
+  from the bridge's connection to the last local ack; against nats-py
   ``publish_async`` of the same payloads, each with a ``Nats-Msg-Id``, every
   ack awaited, with as many publishes in flight as the bridge allows and with
   nats-py's own bound (4000).
@@ -33,12 +34,13 @@ import statistics
 import tempfile
 import time
 
+from ..bridge import QUEUE_INFLIGHT
 from . import natsserver
 from .programs import Program, Run
 from .workloads import _size_name
 
 SIZES = (64, 1024)
-QUEUE_WINDOW = 7          # a queue's prefetch bound (fastq.MAX_PREFETCH): publishes in flight
+QUEUE_WINDOW = QUEUE_INFLIGHT  # publishes in flight from a queue (fastq.bridge.Outbound, in batches)
 TOPIC_WINDOW = 64         # a subscription's prefetch bound
 FETCH = 64                # messages per fetch, inbound
 TARGET = 0.8              # the bridge's msgs/s over the raw client's, at least
@@ -133,7 +135,7 @@ def bridge_out(size, n, repeat, source="queue"):
             tag = _tag()
             path = os.path.join(tmp, tag)
             if source == "queue":
-                local = fastq.Queue(path, 1 << 26, serializer="raw", prefetch=QUEUE_WINDOW)
+                local = fastq.Queue(path, 1 << 26, serializer="raw", prefetch=7)
                 src, fill = local, lambda: local.put_many(data)
             else:
                 local = fastq.Topic(path, 1 << 26, serializer="raw")
