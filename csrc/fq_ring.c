@@ -755,6 +755,8 @@ static void fq_give_back(fq_queue *q, fq_claim *c, uint64_t keep, uint32_t nb)
             fq_meta_store(r, FQ_META_TAKES(fq_meta_load(r)) | nb << 8);
         y = fq_next_msg(q, y + fq_span(q, y, w, r->len), end);
     }
+    if (nb)
+        FQ_CRASH_POINT("nack_after_delay");
     atomic_store_explicit(&in->n, keep, REL);
     atomic_store_explicit(&in->end, keep_end, REL);
     /* give back, locating each next message before releasing the current
