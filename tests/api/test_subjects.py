@@ -205,3 +205,16 @@ def test_drop_topic_filters(fastq_dir):
         d = s.receive(timeout=1)
         assert (d.value, d.subject) == ("yes", "a")
         d.ack()
+
+
+def test_apublish_with_subject(t):
+    import asyncio
+    s = t.subscribe(subjects="a.*")
+
+    async def main():
+        await t.apublish("no", subject="b.x")
+        await t.apublish("yes", subject="a.x")
+        assert await t.apublish_many(["m1", "m2"], subject="a.y") == 2
+
+    asyncio.run(main())
+    assert s.get_many(timeout=1) == ["yes", "m1", "m2"]
