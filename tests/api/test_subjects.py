@@ -218,3 +218,35 @@ def test_apublish_with_subject(t):
 
     asyncio.run(main())
     assert s.get_many(timeout=1) == ["yes", "m1", "m2"]
+
+
+def test_timeout_holds_while_only_non_matching_messages_arrive(t):
+    """get(timeout=) counts its timeout from the call, not from the last message
+    passed over: a stream of messages the filter skips cannot hold it forever."""
+    import threading
+    import time
+
+    s = t.subscribe(subjects="wanted")
+    stop = threading.Event()
+    capped = []
+
+    def publish():
+        end = time.monotonic() + 20
+        while not stop.is_set():
+            if time.monotonic() > end:
+                capped.append(True)
+                return
+            t.publish("x", subject="other")
+            time.sleep(0.01)
+
+    th = threading.Thread(target=publish)
+    th.start()
+    try:
+        for call in (lambda: s.get(timeout=0.3), lambda: s.receive(timeout=0.3),
+                     lambda: s.get_many(timeout=0.3)):
+            with pytest.raises(fastq.Empty):
+                call()
+    finally:
+        stop.set()
+        th.join()
+    assert not capped, "a call waited until the publisher gave up"
