@@ -38,7 +38,7 @@ import collections
 import dataclasses
 import random
 import threading
-from typing import Any, Deque, List, Optional, Sequence, Union
+from typing import Any, Deque, Optional, Sequence, Union
 
 from ._errors import Empty, Full, ShutDown
 from ._queue import Queue, RawSerializer
@@ -311,7 +311,10 @@ class Outbound(_Bridge):
         (``topic.subscribe(name=...)``) so that nothing is missed while the
         bridge is down.
     subject : str
-        The JetStream subject every message is published to.
+        The JetStream subject messages are published to; a topic message
+        published with a subject (``topic.publish(x, subject="eu.created")``)
+        goes to ``<subject>.<its subject>`` (``jobs.remote.eu.created``), and a
+        created stream captures ``<subject>.>`` too.
     servers : str or list of str
         NATS server URLs (default ``nats://127.0.0.1:4222``).
     stream : str, optional
@@ -367,7 +370,7 @@ class Outbound(_Bridge):
         # messages taken locally, not yet confirmed by JetStream, in order:
         # [what to settle once this one is confirmed (its Delivery, the
         # Deliveries of a batch on its last message, else None), payload,
-        # msg id, publish future or None, loop time of the publish]
+        # msg id, publish future or None, loop time of the publish, subject]
         self._unconfirmed: Deque[list] = collections.deque()
         self._more: Optional[asyncio.Event] = None      # wakes _confirm: a publish was sent
         self._settled: Optional[asyncio.Event] = None   # wakes the session: one was acked
@@ -413,11 +416,14 @@ class Outbound(_Bridge):
             d = self._source.receive(block, timeout)
             if d.redelivered:
                 self._count(redelivered=1)
-            return [[d, d.value, self._msg_id(d.position), None, 0.0]]
+            subj = d.subject  # a topic message's subject goes under the bridge's
+            return [[d, d.value, self._msg_id(d.position), None, 0.0,
+                     self._subject if subj is None else f"{self._subject}.{subj}"]]
         b = self._source.receive_many(room, block, timeout)
         if b.redelivered:
             self._count(redelivered=len(b))
-        entries = [[None, v, self._msg_id(p), None, 0.0] for v, p in zip(b.values, b.positions)]
+        entries = [[None, v, self._msg_id(p), None, 0.0, self._subject]
+                   for v, p in zip(b.values, b.positions)]
         entries[-1][0] = b
         return entries
 
@@ -452,7 +458,7 @@ class Outbound(_Bridge):
     # ---- the JetStream side ---------------------------------------------------
 
     async def _publish(self, js: Any, entry: list) -> None:
-        entry[3] = await js.publish_async(self._subject, entry[1],
+        entry[3] = await js.publish_async(entry[5], entry[1],
                                           headers={"Nats-Msg-Id": entry[2]})
         entry[4] = self._loop.time()  # type: ignore[union-attr]
         self._more.set()  # type: ignore[union-attr]
@@ -507,7 +513,8 @@ class Outbound(_Bridge):
 
     async def _session(self, nc: Any, js: Any) -> None:
         if self._stream:
-            await ensure_stream(js, self._stream, [self._subject], *self._stream_opts)
+            subjects = [self._subject] + ([] if self._batches else [self._subject + ".>"])
+            await ensure_stream(js, self._stream, subjects, *self._stream_opts)
         self.connected.set()
         settled, loop = self._settled, self._loop
         assert settled is not None and loop is not None
@@ -567,6 +574,14 @@ class Inbound(_Bridge):
     ----------
     subject : str
         The consumer's filter subject (wildcards allowed).
+    subject_prefix : str, optional
+        Into a topic, each message is published with the local subject that
+        follows this prefix in its JetStream subject (``orders.eu.created``
+        with prefix ``orders``: ``eu.created``; the prefix itself or another
+        subject: no subject).  Default: the filter's tokens before its first
+        wildcard (``orders.>``: ``orders``), so that ``Outbound(subscription,
+        "orders")`` and ``Inbound("orders.>", topic)`` carry subjects across
+        unchanged; ``""``: the whole JetStream subject.
     target : fastq.Queue or fastq.Topic
         Where messages go, opened with ``serializer="raw"``.
     durable : str
@@ -593,8 +608,17 @@ class Inbound(_Bridge):
                  stream: Optional[str] = None, create_stream: bool = False,
                  duplicate_window: float = 120.0, retention: str = "limits",
                  batch: int = 64, ack_wait: float = 30.0, ack_timeout: float = 5.0,
-                 backoff: tuple = (0.1, 5.0), connect_options: Optional[dict] = None):
+                 backoff: tuple = (0.1, 5.0), connect_options: Optional[dict] = None,
+                 subject_prefix: Optional[str] = None):
         super().__init__(servers, backoff, connect_options)
+        if subject_prefix is None:
+            literal = []
+            for tok in subject.split("."):
+                if tok in ("*", ">"):
+                    break
+                literal.append(tok)
+            subject_prefix = ".".join(literal)
+        self._prefix = subject_prefix
         if isinstance(target, Topic):
             _raw_check(target, "topic")
         elif isinstance(target, Queue):
@@ -620,20 +644,34 @@ class Inbound(_Bridge):
     def _end(self) -> None:
         self._executor.shutdown(wait=True)
 
-    def _put(self, payloads: List[bytes], slice_s: float) -> int:
-        """Put payloads in order; returns how many were put before the local
-        queue stayed full for slice_s seconds (0: not at all, no wait)."""
+    def local_subject(self, subject: str) -> Optional[str]:
+        """The local subject a message of JetStream subject ``subject`` is
+        published with into a topic: what follows ``subject_prefix`` and a
+        dot (None for the prefix itself or another subject)."""
+        pre = self._prefix
+        if pre and subject.startswith(pre + ".") and len(subject) > len(pre) + 1:
+            return subject[len(pre) + 1:]
+        return None if pre else subject
+
+    def _put(self, msgs: list, slice_s: float) -> int:
+        """Put the messages' payloads in order (into a topic with their local
+        subject); returns how many were put before the local queue stayed
+        full for slice_s seconds (0: not at all, no wait)."""
         target = self._target  # the compiled handle: put (queue) or publish (topic) of raw bytes
-        put = target.publish if isinstance(target, Topic) else target.put
         block = slice_s > 0
-        for i, p in enumerate(payloads):
+        topic = isinstance(target, Topic)
+        for i, m in enumerate(msgs):
             try:
-                put(p, block, slice_s if block else None)
+                if topic:
+                    target.publish(m.data, block, slice_s if block else None,
+                                   subject=self.local_subject(m.subject))
+                else:
+                    target.put(m.data, block, slice_s if block else None)
             except Full:
                 return i
             except Exception as e:
                 raise _LocalFailure() from e
-        return len(payloads)
+        return len(msgs)
 
     async def _session(self, nc: Any, js: Any) -> None:
         from nats import errors as nerrors  # noqa: PLC0415
@@ -665,15 +703,14 @@ class Inbound(_Bridge):
                     self._count(redelivered=1)
                 (again if md.sequence.stream in self._committed else fresh).append(m)
             self._count(duplicates=len(again))
-            payloads = [m.data for m in fresh]
             # a put that need not wait costs microseconds: on the loop; the
             # rest waits for room in the executor's thread
-            done = self._put(payloads, 0)
+            done = self._put(fresh, 0)
             for m in fresh[:done]:
                 self._committed[m.metadata.sequence.stream] = None
             self._count(forwarded=done)
             while done < len(fresh):
-                n = await loop.run_in_executor(self._executor, self._put, payloads[done:],
+                n = await loop.run_in_executor(self._executor, self._put, fresh[done:],
                                                slice_s)
                 for m in fresh[done:done + n]:
                     self._committed[m.metadata.sequence.stream] = None
