@@ -241,8 +241,11 @@ class _Worker:
             else:
                 d.ack()
             return None
-        if attempt > 1 and self.r.ledger.find(_key(d.id), _FIRST) is None:  # type: ignore
-            self.r.ledger.add(self.slot, _key(d.id), _FIRST, now)  # type: ignore[union-attr]
+        if attempt > 1 and self.r.dead_letter is not None:
+            # the first time a dead letter would need, if the first attempt died unrecorded
+            key = _key(d.id)
+            if self.r.ledger.find(key, _FIRST) is None:  # type: ignore[union-attr]
+                self.r.ledger.add(self.slot, key, _FIRST, now)  # type: ignore[union-attr]
         return now
 
     def succeeded(self, d: Any, result: Any) -> None:
@@ -252,7 +255,7 @@ class _Worker:
 
     def failed(self, d: Any, exc: BaseException, tb: str, started: float) -> None:
         attempt = _attempt(d)
-        if attempt == 1:
+        if attempt == 1 and self.r.dead_letter is not None:
             self.r.ledger.add(self.slot, _key(d.id), _FIRST, started)  # type: ignore
         if attempt >= self.r.max_attempts:
             self.dead(d, attempt, _exc_type(exc), str(exc), tb, started)

@@ -179,7 +179,7 @@ class _ReplyPath:
         token = os.urandom(4).hex()
         self.queue: "Queue[Any]" = Queue.create(f"{name}.reply-{os.getpid()}-{token}",
                                                 REPLY_CAPACITY)
-        self.reply_to = self.queue.name
+        self.reply_to = self.queue.path     # a path: the server opens it wherever it runs
         self.waiting: Dict[int, _Waiter] = {}
         self.lock = threading.Lock()        # the table
         self.reader = threading.Lock()      # whoever holds it reads the queue
