@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 from ._errors import Empty, SegmentError, ShutDown
 from ._queue import Queue
+from ._segment import _strategy
 from ._topic import Topic
 
 __all__ = ["Dispatcher", "DeadLetter"]
@@ -164,7 +165,8 @@ class _Route:
 
     def __init__(self, handler: Callable, source: Any, group: Optional[str],
                  subjects: Any, workers: int, concurrency: int, max_attempts: int,
-                 backoff: Tuple[float, float], dead_letter: Any, publish_to: Any):
+                 backoff: Tuple[float, float], dead_letter: Any, publish_to: Any,
+                 strategy: Optional[int] = None):
         self.handler, self.source = handler, source
         self.name = getattr(handler, "__qualname__", type(handler).__qualname__)
         module = getattr(handler, "__module__", None)
@@ -172,6 +174,7 @@ class _Route:
         self.subjects, self.workers, self.concurrency = subjects, workers, concurrency
         self.max_attempts, self.backoff = max_attempts, backoff
         self.dead_letter, self.publish_to = dead_letter, publish_to
+        self.strategy = strategy
         self.is_async = inspect.iscoroutinefunction(handler) or \
             inspect.iscoroutinefunction(getattr(handler, "__call__", None))
         self.ledger: Optional[_Ledger] = None
@@ -213,6 +216,8 @@ class _Worker:
         if isinstance(src, str):
             src = _open_by_name(src)
         self.source_name = _source_name(route.source)
+        if route.strategy is not None:
+            src.strategy = route.strategy
         if isinstance(src, Topic):
             kw: Dict[str, Any] = {}
             if route.subjects is not None:
@@ -431,7 +436,8 @@ class Dispatcher:
            concurrency: int = 1, max_attempts: int = 3,
            backoff: Tuple[float, float] = (0.1, 30.0),
            dead_letter: "Optional[Queue[Any]]" = None,
-           publish_to: "Union[Queue[Any], Topic, None]" = None) -> Callable[[Callable], Callable]:
+           publish_to: "Union[Queue[Any], Topic, None]" = None,
+           wait: Optional[str] = None) -> Callable[[Callable], Callable]:
         """Decorator: run the function for each message of ``source``.
 
         Parameters
@@ -463,9 +469,13 @@ class Dispatcher:
             Where the handler's return values go (``None`` returns publish
             nothing); before the ack, so in the source's order when
             ``workers == concurrency == 1``.
+        wait : {"adaptive", "spin", "sleep"}, optional
+            How the workers wait for messages (see "Wait strategies" in the
+            README; default ``"adaptive"``).
         """
         _check_route(source, subjects, workers, concurrency, max_attempts, backoff,
                      dead_letter, publish_to)
+        strategy = None if wait is None else _strategy(wait)
 
         def register(fn: Callable) -> Callable:
             if not callable(fn):
@@ -473,7 +483,8 @@ class Dispatcher:
             if not self._stopped.is_set():
                 raise RuntimeError("add handlers before start()")
             self._routes.append(_Route(fn, source, group, subjects, workers, concurrency,
-                                       max_attempts, tuple(backoff), dead_letter, publish_to))
+                                       max_attempts, tuple(backoff), dead_letter, publish_to,
+                                       strategy))
             return fn
         return register
 
