@@ -60,6 +60,8 @@ typedef struct fq_claim {
     uint64_t msg_pos;  /* position of the message fq_sub_next returned */
     uint64_t msg_idx;  /* its index, as read before the copy */
     uint64_t kept;     /* messages found intact so far */
+    uint32_t attempt;  /* consumer: the delivery's attempt, 1 the first time
+                        * (a taken requeued record: its takes + 1) */
 } fq_claim;
 
 typedef struct fq_create_opts {
@@ -110,6 +112,10 @@ void fq_get_end(fq_queue *q, fq_claim *c);
 void fq_get_abort(fq_queue *q, fq_claim *c); /* give the messages back */
 /* Free the first `keep` messages of the claim, give the others back. */
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep);
+/* Give the claim's messages back, visible again only after delay_ms (at
+ * most FQ_MAX_DELAY_MS, fq_layout.h; 0: at once, as fq_get_abort).  The
+ * delay is kept in the records: nobody holds them meanwhile (fq_ring.c). */
+void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms);
 
 /* Waiting: returns when the condition may hold, after at most timeout_ns.
  * spin: spin and yield briefly before sleeping (the first wait of a call;

@@ -51,6 +51,9 @@
  *                             the file lock FQ_LOCK_SEGMENT, below)
  *     536  requeued u64       hint: at least this many records were put back
  *                             (consumers look for them when non-zero)
+ *     544  requeue_seq u64    bumped after every record put back (nack,
+ *                             recovery): a consumer that found only delayed
+ *                             records keeps that verdict while it is unchanged
  *     640  data_mask[16]      bit s set: slot s has a thread asleep on data
  *     768  space_mask[16]     bit s set: slot s has a thread asleep on space
  *     896  quiet_mask[16]     bit s set: slot s has a waiter that sleeps without
@@ -87,8 +90,23 @@
  *
  *   0  word  u64   fq_tag(p) | state       (state in the low 3 bits)
  *   8  len   u32   payload bytes; for SKIP: the whole span in bytes
- *   12 owner u32   producer slot << 8 | lane, for recovery
+ *   12 owner u32   while WRITING: producer slot << 8 | lane, for recovery;
+ *                  from COMMITTED on: the delivery meta (below)
  *   16 payload, then padding to a multiple of 16
+ *
+ * Delivery meta (queues; the producer stores 0 before COMMITTED):
+ *   bits 0..7   takes: how many times the record was taken again after it
+ *               was put back (saturates at 255); a delivery's attempt is
+ *               takes + 1.  Written by the taker of a REQUEUED record after
+ *               its CAS to TAKEN won (it alone holds the record then).
+ *   bits 8..31  not-before of a delayed record (fq_get_nack): CLOCK_REALTIME
+ *               in FQ_NB_UNIT_MS units, modulo 2^24 (0: none).  Written by
+ *               the consumer that gives the record back, before its CAS to
+ *               REQUEUED (the CAS publishes it), while its claim still covers
+ *               the record (so recovery, if it dies, requeues the record
+ *               with it).  A taker skips a REQUEUED record whose not-before
+ *               lies ahead, by at most FQ_MAX_DELAY_MS (a value further
+ *               ahead is not trusted: the record is visible).
  *
  * In a topic, a message record's payload starts with a 16-byte prefix: the
  * message's index (u64: its rank among all messages ever published) and a
@@ -106,11 +124,19 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 6u
+#define FQ_VERSION 7u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
 #define FQ_TOPIC_PREFIX 16u
+/* delivery meta (see "Delivery meta" above) */
+#define FQ_META_TAKES(m) ((m) & 0xffu)
+#define FQ_META_NB(m) ((m) >> 8)
+#define FQ_NB_UNIT_MS 16u
+#define FQ_NB_MASK 0xffffffu
+#define FQ_MAX_DELAY_MS 3600000u /* one hour: far below the 74 hours of the wrap */
+_Static_assert((uint64_t)FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS < (FQ_NB_MASK >> 1),
+               "a delay is well inside half the not-before's wrap");
 #define FQ_MAX_SUBS 4096u
 #define FQ_LANES 8u
 /* unacknowledged deliveries (queue claims kept open across calls) one
@@ -183,7 +209,8 @@ typedef struct fq_ctrl {
     _Atomic uint32_t subs_hwm;
     _Atomic uint64_t recover_lock;
     _Atomic uint64_t requeued;
-    uint8_t pad4[128 - 32];
+    _Atomic uint64_t requeue_seq;
+    uint8_t pad4[128 - 40];
     /* lines 5-7: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];
     _Atomic uint64_t space_mask[16];
@@ -347,6 +374,8 @@ _Static_assert(offsetof(fq_ctrl, release_epoch) == 392, "epoch pairs with releas
 _Static_assert(offsetof(fq_ctrl, data_seq) == 512, "wait words on line 4");
 _Static_assert(offsetof(fq_ctrl, recover_lock) == 528, "recover_lock at 528");
 _Static_assert(offsetof(fq_ctrl, requeued) == 536, "requeued at 536");
+_Static_assert(offsetof(fq_ctrl, requeue_seq) == 544, "requeue_seq at 544");
+_Static_assert(offsetof(fq_rec, owner) == 12, "owner (the delivery meta) at 12");
 _Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
 _Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
 _Static_assert(offsetof(fq_ctrl, quiet_mask) == 896, "quiet mask at 896");

@@ -41,6 +41,7 @@ cdef extern from "fastq.h" nogil:
     ctypedef struct fq_claim:
         uint64_t pos, end, n, cursor
         uint32_t lane, taken, first_off, redelivered
+        uint32_t attempt
         uint64_t count
         uint64_t idx, msg_pos, msg_idx, kept
 
@@ -66,6 +67,7 @@ cdef extern from "fastq.h" nogil:
     void fq_get_end(fq_queue *q, fq_claim *c)
     void fq_get_abort(fq_queue *q, fq_claim *c)
     void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
+    void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
     void fq_wake(fq_queue *q, int what)
     uint64_t fq_record_size(uint64_t len)
@@ -139,6 +141,7 @@ cdef extern from "fq_layout.h":
     # limits and the flags of a topic group (fq_sub_info.flags)
     enum:
         FQ_MAX_HELD
+        FQ_MAX_DELAY_MS
         FQ_MIN_CAPACITY
         FQ_MAX_SLOTS
         FQ_MAX_SUBS

@@ -303,6 +303,8 @@ cdef class Subscriber:
                 d.epoch = fq_epoch()
                 # c.redelivered: taken over from a dead member (the whole claim)
                 d.redelivered = d.c.redelivered != 0 or self.again
+                d.attempt = d.c.attempt
+                d.created_ns = self.seg.created_ns
                 self.unacked = True
                 # the claim holds messages after this one, not redelivered
                 # (given back by get_many()): no other member's claim may

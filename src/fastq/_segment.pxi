@@ -105,6 +105,7 @@ cdef class Segment:
     cdef double _last_poll_recover
     cdef object _subs          # WeakSet of open Subscribers (closed first)
     cdef public int strategy   # FQ_STRATEGY_*: how blocking calls wait (_wait.pxi)
+    cdef uint64_t created_ns   # the segment's creation time (ids of its deliveries)
     cdef int _sleeping         # threads of this handle asleep in a wait (_seg_interrupt)
 
     def _set_serializer(self, dumps, loads, bint is_pickle=False):
@@ -133,6 +134,9 @@ cdef class Segment:
             raise ValueError("this handle is attached already")
         self.att = _share(q)
         self.q = self.att.q
+        cdef uint64_t st[8]
+        fq_stats(self.q, st)
+        self.created_ns = st[7]
         return 0
 
     def _create(self, str path, uint64_t capacity, uint64_t max_message, uint32_t max_slots,
