@@ -226,6 +226,9 @@ class _Worker:
         else:
             src._set_prefetch(min(7, max(route.concurrency, 1)))
             self.src = src
+        # nack(delay=) keeps a queue's message in the segment; a topic's retry
+        # waits in the worker (one of its concurrency slots)
+        self.delays = isinstance(src, Queue)
         out = route.publish_to
         self.emit = None if out is None else (out.publish if isinstance(out, Topic) else out.put)
 
@@ -258,14 +261,21 @@ class _Worker:
             self.emit(result)
         d.ack()
 
-    def failed(self, d: Any, exc: BaseException, tb: str, started: float) -> None:
+    def failed(self, d: Any, exc: BaseException, tb: str, started: float) -> float:
+        """Dead-letter or nack with a backoff; the seconds the caller must still
+        wait before ``d.nack()`` (a topic's delivery: the core delays only a
+        queue's), else 0."""
         attempt = _attempt(d)
         if attempt == 1 and self.r.dead_letter is not None:
             self.r.ledger.add(self.slot, _key(d.id), _FIRST, started)  # type: ignore
         if attempt >= self.r.max_attempts:
             self.dead(d, attempt, _exc_type(exc), str(exc), tb, started)
-        else:
-            d.nack(requeue=True, delay=backoff_delay(attempt, self.r.backoff))
+            return 0.0
+        delay = backoff_delay(attempt, self.r.backoff)
+        if not self.delays:
+            return delay
+        d.nack(requeue=True, delay=delay)
+        return 0.0
 
     def dead(self, d: Any, attempts: int, etype: str, emsg: str, tb: str,
              last: float) -> None:
@@ -286,7 +296,10 @@ class _Worker:
         try:
             result = self.r.handler(d.value)
         except Exception as exc:
-            self.failed(d, exc, traceback.format_exc(), started)
+            wait = self.failed(d, exc, traceback.format_exc(), started)
+            if wait:
+                self.stop.wait(wait)     # a topic's message: held here meanwhile
+                d.nack()
         else:
             self.succeeded(d, result)
 
@@ -300,7 +313,12 @@ class _Worker:
             d.nack()          # stopped past the grace period: give it back as it was
             raise
         except Exception as exc:
-            self.failed(d, exc, traceback.format_exc(), started)
+            wait = self.failed(d, exc, traceback.format_exc(), started)
+            if wait:
+                try:
+                    await asyncio.sleep(wait)     # a topic's message: held here meanwhile
+                finally:
+                    d.nack()
         else:
             self.succeeded(d, result)
 

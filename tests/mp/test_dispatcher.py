@@ -55,6 +55,11 @@ def flaky(log, fail_times, x):
     return x
 
 
+def fails_first_for(target, log, x):
+    """The first attempt of ``target`` fails; everything else succeeds."""
+    return flaky(log, 1 if x == target else 0, x)
+
+
 def _counter(log, x):
     return os.path.join(os.environ["FASTQ_DIR"], f"count-{log.name}-{x}")
 
@@ -177,7 +182,8 @@ def test_backoff_does_not_hold_the_worker(fastq_dir):
     # one worker, a long backoff: other messages are handled while the failed one waits
     src, out, log = fastq.Queue("in"), fastq.Queue("out"), fastq.Queue("log")
     d = fastq.Dispatcher()
-    d.on(src, max_attempts=2, backoff=(3.0, 3.0), publish_to=out)(functools.partial(flaky, log, 1))
+    d.on(src, max_attempts=2, backoff=(3.0, 3.0), publish_to=out)(
+        functools.partial(fails_first_for, "x", log))
     with d:
         src.put_many(["x", "y", "z"])
         first = drain(out, 3, timeout=30)
