@@ -62,6 +62,10 @@ typedef struct fq_claim {
     uint64_t kept;     /* messages found intact so far */
     uint32_t attempt;  /* consumer: the delivery's attempt, 1 the first time
                         * (a taken requeued record: its takes + 1) */
+    uint32_t subject_len; /* topics: the first subject_len bytes of a payload
+                           * are its subject (producer: set between
+                           * fq_put_begin and fq_put_commit, for every record
+                           * of the claim; fq_sub_next: the message's) */
 } fq_claim;
 
 typedef struct fq_create_opts {
@@ -266,6 +270,12 @@ int fq_sub_arm(fq_sub *s, int on);
  * given back: an orphan's claim, a claim kept by fq_sub_hold; not a claim
  * open); drops (drop topics). */
 uint64_t fq_sub_lag(fq_sub *s);
+/* The subject filter of the subscription's group, by its key (the caller's
+ * digest of its patterns, never 0): FQ_OK if the group has no other member
+ * (ACTIVE or ORPHAN), and the key is the group's from now on, or if it has
+ * that key already; FQ_EINUSE if another member uses another key; -errno
+ * if the segment lock cannot be taken. */
+int fq_sub_filter(fq_sub *s, uint64_t key);
 uint64_t fq_sub_dropped(fq_sub *s);
 uint32_t fq_sub_index(fq_sub *s);
 

@@ -109,8 +109,11 @@
  *               ahead is not trusted: the record is visible).
  *
  * In a topic, a message record's payload starts with a 16-byte prefix: the
- * message's index (u64: its rank among all messages ever published) and a
- * reserved u64; len counts the prefix.
+ * message's index (u64: its rank among all messages ever published) and its
+ * subject's length (u64, at most FQ_MAX_SUBJECT; 0: none): the payload after
+ * the prefix begins with the subject's bytes, then the message; len counts
+ * the prefix.  A reader trusts the subject length only if it is at most
+ * FQ_MAX_SUBJECT and the payload's length (else: no subject).
  *
  * A reader trusts the record at p only if word's tag equals fq_tag(p):
  * bytes from an earlier lap carry an older position's tag, and the salt
@@ -129,6 +132,7 @@
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
 #define FQ_TOPIC_PREFIX 16u
+#define FQ_MAX_SUBJECT 255u /* bytes of a topic message's subject */
 /* delivery meta (see "Delivery meta" above) */
 #define FQ_META_TAKES(m) ((m) & 0xffu)
 #define FQ_META_NB(m) ((m) >> 8)
@@ -298,6 +302,8 @@ typedef struct fq_slot {
  *                 16-byte aligned pair, moved together by one 16-byte CAS
  *   32  dropped   overflow="drop": messages the group lost to lapping
  *   40  orphans   hint: claims left by dead members, waiting for a member
+ *   48  filter    the key of its members' subject filter (0: not set;
+ *                 fq_sub_filter, under the segment lock)
  *   64  name      NUL-terminated
  *
  * fq_member (128 bytes): one subscription.
@@ -313,6 +319,12 @@ typedef struct fq_slot {
  *               claims, so that a CAS on state never succeeds on a newer one *   got         messages returned (statistics)
  *   held        (64) 1: its claim was given back (nack) and waits for the
  *               member's next read (only the member writes it; for lag)
+ *   again       (68) the times its claim was delivered before (0: a fresh
+ *               claim; + 1 when the member gives the whole claim back, or
+ *               when it takes over an orphan's claim: the orphan's + 1).  The
+ *               group's redelivery count of the claim lives here, with the
+ *               claim; written by the member (or its taker, under the segment
+ *               lock); a taker trusts it only as a count (saturating)
  */
 enum { FQ_GRP_FREE = 0, FQ_GRP_ACTIVE = 1 };
 /* flags; FQ_GRP_INIT: being made by fq_subscribe (its start not chosen yet):
@@ -328,7 +340,8 @@ typedef struct fq_group {
     _Atomic uint64_t head_by; /* 16-byte aligned pair with head */
     _Atomic uint64_t dropped;
     _Atomic uint64_t orphans;
-    uint8_t pad[16];
+    _Atomic uint64_t filter;
+    uint8_t pad[8];
     char name[FQ_GROUP_NAME];
 } fq_group;
 
@@ -343,7 +356,8 @@ typedef struct fq_member {
     _Atomic uint64_t state;
     _Atomic uint64_t got; /* messages returned (statistics) */
     _Atomic uint32_t held;
-    uint8_t pad[128 - 68];
+    _Atomic uint32_t again;
+    uint8_t pad[128 - 72];
 } fq_member;
 
 _Static_assert(sizeof(fq_group) == 128, "a group is 128 bytes");
@@ -352,11 +366,13 @@ _Static_assert(offsetof(fq_group, head) == 16, "head at 16, 16-byte aligned");
 _Static_assert(offsetof(fq_group, head_by) == 24, "head_by pairs with head");
 _Static_assert(offsetof(fq_group, dropped) == 32, "dropped at 32");
 _Static_assert(offsetof(fq_group, orphans) == 40, "orphans at 40");
+_Static_assert(offsetof(fq_group, filter) == 48, "filter at 48");
 _Static_assert(offsetof(fq_group, name) == 64, "name at 64");
 _Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
 _Static_assert(offsetof(fq_member, owner) == 8 && offsetof(fq_member, group) == 16 &&
                    offsetof(fq_member, slot) == 20 && offsetof(fq_member, pos) == 24 &&
-                   offsetof(fq_member, state) == 48 && offsetof(fq_member, held) == 64,
+                   offsetof(fq_member, state) == 48 && offsetof(fq_member, held) == 64 &&
+                   offsetof(fq_member, again) == 68,
                "member offsets");
 
 typedef struct fq_rec {

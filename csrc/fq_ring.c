@@ -278,6 +278,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     c->taken = 0;
     c->first_off = (uint32_t)pad;
     c->redelivered = 0;
+    c->subject_len = 0;
     c->count = count;
     c->lens = lens;
     c->given = 0;
@@ -304,6 +305,8 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
     for (uint64_t i = 0; i < c->n; i++) {
         fq_rec *r = fq_rec_at(q, p);
         fq_meta_store(r, 0); /* no takes, no not-before (published below) */
+        if (q->prefix)
+            ((uint64_t *)(r + 1))[1] = c->subject_len; /* the caller's: checked by readers */
         /* release: pairs with the consumer's acquire load of the word; the
          * payload copied above is visible to whoever sees COMMITTED */
         atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);

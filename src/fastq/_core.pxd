@@ -41,7 +41,7 @@ cdef extern from "fastq.h" nogil:
     ctypedef struct fq_claim:
         uint64_t pos, end, n, cursor
         uint32_t lane, taken, first_off, redelivered
-        uint32_t attempt
+        uint32_t attempt, subject_len
         uint64_t count
         uint64_t idx, msg_pos, msg_idx, kept
 
@@ -134,6 +134,7 @@ cdef extern from "fastq.h" nogil:
     uint64_t fq_sub_dropped(fq_sub *s)
     uint32_t fq_sub_index(fq_sub *s)
     int fq_topic_forget(fq_queue *q, const char *name)
+    int fq_sub_filter(fq_sub *s, uint64_t key)
     int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
 
 
@@ -142,6 +143,7 @@ cdef extern from "fq_layout.h":
     enum:
         FQ_MAX_HELD
         FQ_MAX_DELAY_MS
+        FQ_MAX_SUBJECT
         FQ_MIN_CAPACITY
         FQ_MAX_SLOTS
         FQ_MAX_SUBS

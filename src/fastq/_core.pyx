@@ -72,6 +72,7 @@ include "_queue.pxi"
 include "_delivery.pxi"
 include "_topic.pxi"
 include "_members.pxi"
+include "_subjects.pxi"
 
 
 def pid_alive(int pid, uint64_t start_time=0):

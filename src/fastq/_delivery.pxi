@@ -43,12 +43,19 @@ cdef class Delivery:
     # after the holder died): for a queue kept in the record's header
     cdef readonly unsigned attempt
     cdef uint64_t created_ns  # the segment's, for id
+    cdef bytes _subject       # a topic message's subject, or None
     cdef unsigned epoch      # fq_epoch() when received: a forked child's copy is not its own
     cdef object __weakref__
 
     def ack(self):
         """The message was processed: remove it from the queue."""
         self._settle(True)
+
+    @property
+    def subject(self):
+        """The topic message's subject (a str), or None (none given, or a
+        queue's message)."""
+        return None if self._subject is None else self._subject.decode(errors="replace")
 
     @property
     def id(self):

@@ -38,6 +38,8 @@ cdef class Subscriber:
     cdef bint nacked      # the held claim starts with a nacked message
     cdef bint again       # the claim just begun starts with a nacked message
     cdef object delivery  # a weak reference to the unacknowledged Delivery
+    cdef tuple patterns   # subject patterns (bytes); None: every message
+    cdef bytes subject    # the subject of the message _next returned last (None: none)
     cdef object __weakref__
 
     def __dealloc__(self):
@@ -161,21 +163,34 @@ cdef class Subscriber:
         the claim has no more).  A drop topic's message is copied out and
         checked before it is deserialized: a publisher may overwrite it."""
         cdef const void *data
-        cdef uint64_t n
+        cdef const unsigned char *p
+        cdef uint64_t n, sl
         while True:
             if not fq_sub_next(self.s, c, &data, &n):
                 done[0] = True
                 return None
+            sl = c.subject_len  # checked by fq_sub_next: sl <= n
+            p = <const unsigned char *>data
             if not self.drop:
-                out = self.seg._load(loads, data, n)
+                if self.patterns is not None and not (
+                        sl and _subjects_match(self.patterns, p, <Py_ssize_t>sl)):
+                    fq_claim_keep(c)  # not for this subscription: passed, never loaded
+                    continue
+                self.subject = PyBytes_FromStringAndSize(<const char *>p, sl) if sl else None
+                out = self.seg._load(loads, p + sl, n - sl)
                 fq_claim_keep(c)  # as fq_sub_intact: nothing overwrites a block topic
                 return out
             raw = self.seg._load(None, data, n)
             if not fq_sub_intact(self.s, c):
                 continue  # overwritten while we copied it: lost, counted
+            p = <const unsigned char *>PyBytes_AS_STRING(raw)
+            if self.patterns is not None and not (
+                    sl and _subjects_match(self.patterns, p, <Py_ssize_t>sl)):
+                continue  # counted as returned by fq_sub_intact
+            self.subject = raw[:sl] if sl else None
             if loads is None:
-                return raw
-            return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
+                return raw[sl:] if sl else raw
+            return self.seg._load(loads, p + sl, n - sl)
 
     cdef void _hold(self, fq_claim *c, uint64_t frm, int redelivered):
         """fq_sub_hold, noted: the next call of this member returns the claim."""
@@ -305,6 +320,7 @@ cdef class Subscriber:
                 d.redelivered = d.c.redelivered != 0 or self.again
                 d.attempt = d.c.attempt
                 d.created_ns = self.seg.created_ns
+                d._subject = self.subject
                 self.unacked = True
                 # the claim holds messages after this one, not redelivered
                 # (given back by get_many()): no other member's claim may
