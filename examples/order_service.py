@@ -47,7 +47,7 @@ def main(n):
          dead_letter=dead, publish_to=invoices)(bill)
     d.on(orders, group="shipping", concurrency=4, publish_to=shipments)(ship)
 
-    with rpc.Server("prices", quote), d:
+    with rpc.Server("prices", quote) as price_service, d:
         prices = rpc.Client("prices")
         try:
             prices.call("durian", timeout=10)
@@ -69,7 +69,7 @@ def main(n):
     for dl in dead_letters[:2]:
         print(f"  dead letter: order {dl.message['id']} from {dl.source!r} after {dl.attempts} "
               f"attempts: {dl.exc_type}: {dl.exc_message}")
-    for q in (orders, invoices, shipments, dead):
+    for q in (orders, invoices, shipments, dead, price_service.requests):
         q.unlink()
 
 

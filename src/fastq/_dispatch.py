@@ -105,13 +105,6 @@ def _key(mid: Any) -> int:
     return (int.from_bytes(digest, "little") >> 1) or 1
 
 
-def _attempt(d: Any) -> int:
-    # Delivery.attempt comes with the core's h/evcore branch; until then a
-    # redelivery counts as the second attempt
-    a = getattr(d, "attempt", None)
-    return a if a is not None else 1 + d.redelivered
-
-
 def backoff_delay(attempt: int, bounds: Tuple[float, float]) -> float:
     """The wait before attempt ``attempt + 1``: exponential in ``attempt``
     (``lo * 2 ** (attempt - 1)``) with jitter (uniform in the upper half of
@@ -238,7 +231,7 @@ class _Worker:
         """The attempt's start time, or None if the message is not to be run
         (its attempts are used up: it was dead-lettered here)."""
         now = time.time()
-        attempt = _attempt(d)
+        attempt = d.attempt
         if attempt > self.r.max_attempts:
             # the last attempt killed its worker, or the worker died between the dead
             # letter and the ack
@@ -265,7 +258,7 @@ class _Worker:
         """Dead-letter or nack with a backoff; the seconds the caller must still
         wait before ``d.nack()`` (a topic's delivery: the core delays only a
         queue's), else 0."""
-        attempt = _attempt(d)
+        attempt = d.attempt
         if attempt == 1 and self.r.dead_letter is not None:
             self.r.ledger.add(self.slot, _key(d.id), _FIRST, started)  # type: ignore
         if attempt >= self.r.max_attempts:

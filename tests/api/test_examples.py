@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-import fastq
-
 from support import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
@@ -23,8 +21,6 @@ def test_every_example_is_listed():
 def test_example_runs(path, fastq_dir, child_env):
     if path.name == "numpy_image_pipeline.py":
         pytest.importorskip("numpy")
-    if path.name == "order_service.py" and not hasattr(fastq.Delivery, "attempt"):
-        pytest.skip("its dead letters need Delivery.attempt and nack(delay=) (core, h/evcore)")
     cp = subprocess.run([sys.executable, str(path), SMALL[path.name]], capture_output=True,
                         text=True, timeout=120, env=child_env({"FASTQ_DIR": str(fastq_dir)}))
     assert cp.returncode == 0, cp.stderr

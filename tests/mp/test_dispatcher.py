@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import os
 import signal
 import time
@@ -14,14 +13,6 @@ import pytest
 
 import fastq
 from support.procs import random_sigkills, start_py
-
-CORE = hasattr(fastq.Delivery, "attempt")
-needs_attempt = pytest.mark.skipif(
-    not CORE, reason="needs Delivery.attempt, Delivery.id and nack(delay=) (core, h/evcore)")
-needs_subjects = pytest.mark.skipif(
-    "subjects" not in inspect.signature(fastq.Topic.subscribe).parameters,
-    reason="needs topic subjects: subscribe(subjects=), publish(subject=) (core, h/evcore)")
-
 
 def drain(q, n, timeout=20.0):
     """n messages from q (fails the test if they do not come within timeout)."""
@@ -129,7 +120,6 @@ def test_topic_source_group_shares_messages(fastq_dir):
     assert sorted(got) == [2 * i for i in range(200)]
 
 
-@needs_subjects
 def test_topic_subjects_filter(fastq_dir):
     t, out = fastq.Topic("orders"), fastq.Queue("out")
     d = fastq.Dispatcher()
@@ -161,7 +151,6 @@ def test_bad_arguments(fastq_dir):
 
 # ---- retries, backoff, dead letters ----------------------------------------------------
 
-@needs_attempt
 def test_retries_back_off_within_bounds(fastq_dir):
     src, out, log = fastq.Queue("in"), fastq.Queue("out"), fastq.Queue("log")
     lo, hi = 0.2, 0.4
@@ -177,7 +166,6 @@ def test_retries_back_off_within_bounds(fastq_dir):
     assert times[2] - times[1] >= min(hi, 2 * lo) / 2
 
 
-@needs_attempt
 def test_backoff_does_not_hold_the_worker(fastq_dir):
     # one worker, a long backoff: other messages are handled while the failed one waits
     src, out, log = fastq.Queue("in"), fastq.Queue("out"), fastq.Queue("log")
@@ -198,7 +186,6 @@ def test_backoff_delay_bounds():
     assert backoff_delay(30, (0.1, 5.0)) >= 2.5        # capped, jitter in the upper half
 
 
-@needs_attempt
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_dead_letter_metadata(fastq_dir, kind):
     src, dead = fastq.Queue("in"), fastq.Queue("dead")
@@ -223,7 +210,6 @@ def test_dead_letter_metadata(fastq_dir, kind):
     assert dl.id is not None
 
 
-@needs_attempt
 def test_worker_killed_every_attempt_is_dead_lettered(fastq_dir):
     src, dead = fastq.Queue("in"), fastq.Queue("dead")
     d = fastq.Dispatcher()
@@ -236,7 +222,6 @@ def test_worker_killed_every_attempt_is_dead_lettered(fastq_dir):
     assert dl.message == "poison" and dl.exc_type == "WorkerLost" and dl.attempts == 2
 
 
-@needs_attempt
 def test_kills_message_by_message(fastq_dir):
     # every third message kills its worker on its first attempt, every fifth always raises:
     # nothing lost, each poison message dead-lettered exactly once with its attempts counted
@@ -260,7 +245,6 @@ def test_kills_message_by_message(fastq_dir):
         assert dl.attempts == 3 and dl.exc_type == "RuntimeError"
 
 
-@needs_attempt
 def test_random_kills_lose_nothing(fastq_dir):
     src, out, dead = fastq.Queue("in"), fastq.Queue("out"), fastq.Queue("dead")
     n = 400
@@ -315,3 +299,17 @@ print("stopped")
     assert first <= done                               # in flight: finished
     assert src.unacked() == 0
     assert done | set(src.get_many(block=False)) == set(range(10))   # nothing lost
+
+
+def test_topic_source_retries_and_dead_letters(fastq_dir):
+    # a topic's retry waits in the worker (the core delays only a queue's nack)
+    t, dead, log = fastq.Topic("events"), fastq.Queue("dead"), fastq.Queue("log")
+    d = fastq.Dispatcher()
+    d.on(t, group="g", max_attempts=3, backoff=(0.05, 0.1), dead_letter=dead)(
+        functools.partial(flaky, log, 99))
+    with d:
+        t.publish("e")
+        dl = dead.get(timeout=20)
+        assert_empty(dead)
+    assert (dl.message, dl.source, dl.attempts, dl.exc_type) == ("e", "events", 3, "ValueError")
+    assert len(log.get_many(block=False)) == 3
