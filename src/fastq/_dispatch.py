@@ -370,13 +370,24 @@ class _Worker:
                 break
             t = asyncio.ensure_future(self.run_async(d))
             tasks.add(t)
-            t.add_done_callback(lambda t: (tasks.discard(t), free.release()))
+            t.add_done_callback(_Finished(tasks, free))
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.grace)
             for t in late:
                 t.cancel()
             if late:
                 await asyncio.wait(late)
+
+
+class _Finished:
+    """A task's done callback: it leaves the set and frees its slot."""
+
+    def __init__(self, tasks: set, free: asyncio.Semaphore):
+        self.tasks, self.free = tasks, free
+
+    def __call__(self, t: "asyncio.Future[Any]") -> None:
+        self.tasks.discard(t)
+        self.free.release()
 
 
 def _worker_main(route: _Route, slot: int, grace: float, ready: Any) -> None:
@@ -429,7 +440,7 @@ class Dispatcher:
 
     def __init__(self, *, grace: float = 10.0, context: Any = None):
         self.grace = float(grace)
-        self._ctx = mp.get_context(context) if context is None or isinstance(context, str) \
+        self._ctx: Any = mp.get_context(context) if context is None or isinstance(context, str) \
             else context
         self._routes: List[_Route] = []
         self._procs: List[Any] = []
@@ -494,7 +505,8 @@ class Dispatcher:
             if not self._stopped.is_set():
                 raise RuntimeError("add handlers before start()")
             self._routes.append(_Route(fn, source, group, subjects, workers, concurrency,
-                                       max_attempts, tuple(backoff), dead_letter, publish_to,
+                                       max_attempts, (backoff[0], backoff[1]), dead_letter,
+                                       publish_to,
                                        strategy))
             return fn
         return register
