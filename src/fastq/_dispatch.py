@@ -44,6 +44,7 @@ from ._topic import Topic
 __all__ = ["Dispatcher", "DeadLetter"]
 
 POLL_S = 0.1            # a worker checks for a stop request this often while idle
+YOUNG_S = 1.0           # a worker dead this soon after its start died young
 LEDGER_ROWS = 4096      # rows per worker in the shared table (first times, dead letters)
 _FIRST, _DEAD = 1, 2    # kinds of ledger rows
 
@@ -498,6 +499,8 @@ class Dispatcher:
         _check_route(source, subjects, workers, concurrency, max_attempts, backoff,
                      dead_letter, publish_to)
         strategy = None if wait is None else _strategy(wait)
+        if isinstance(source, str):
+            _open_by_name(source).close()     # FileNotFoundError here, not in the workers
 
         def register(fn: Callable) -> Callable:
             if not callable(fn):
@@ -531,6 +534,7 @@ class Dispatcher:
         self._stopped.clear()
         self.restarts = 0
         self._procs = [None] * slots
+        self._born = [0.0] * slots
         for i in range(slots):
             self._spawn(i)
         self._thread = threading.Thread(target=self._supervise, name="fastq-dispatcher",
@@ -558,20 +562,34 @@ class Dispatcher:
                               name=f"fastq-dispatch-{r.name}-{slot}", daemon=True)
         p.start()
         self._procs[i] = p
+        self._born[i] = time.monotonic()
 
     def _supervise(self) -> None:
+        # a worker that keeps failing young (its handler cannot be unpickled, say)
+        # is restarted after a growing pause rather than in a tight loop
+        quick = [0] * len(self._procs)
+        due: Dict[int, float] = {}       # slot -> when its replacement starts
         while not self._stopping.is_set():
+            now = time.monotonic()
             with self._lock:
-                sentinels = {p.sentinel: i for i, p in enumerate(self._procs)}
-            for s in connection.wait(list(sentinels), timeout=0.2):
+                for i in [i for i, at in due.items() if at <= now]:
+                    del due[i]
+                    self._spawn(i)
+                    self.restarts += 1
+                sentinels = {p.sentinel: i for i, p in enumerate(self._procs) if i not in due}
+            wait = min([0.2] + [at - now for at in due.values()])
+            for s in connection.wait(list(sentinels), timeout=max(0.0, wait)):
                 with self._lock:
                     if self._stopping.is_set():
                         return
                     i = sentinels[s]
                     self._procs[i].join()
                     self._repair(self._route_of(i)[0])
-                    self._spawn(i)
-                    self.restarts += 1
+                    now = time.monotonic()
+                    # killed by a signal: at once; failed young (an error, not a kill): a pause
+                    failed = self._procs[i].exitcode > 0 and now - self._born[i] < YOUNG_S
+                    quick[i] = quick[i] + 1 if failed else 0
+                    due[i] = now + (0.0 if quick[i] <= 2 else min(5.0, 0.05 * 2 ** quick[i]))
 
     @staticmethod
     def _repair(route: _Route) -> None:

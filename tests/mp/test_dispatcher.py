@@ -59,6 +59,11 @@ def always_fails(x):
     raise KeyError(f"no such order {x}")
 
 
+async def always_fails_async(x):
+    await asyncio.sleep(0)
+    always_fails(x)
+
+
 def mixed(out, x):
     """x % 5 == 0 always raises; x % 3 == 0 kills its worker on its first attempt."""
     if x % 3 == 0 and not os.path.exists(_counter(out, x)):
@@ -108,6 +113,18 @@ def test_ordered_source_publishes_in_order(fastq_dir):
         assert drain(out, 500) == [2 * i for i in range(500)]
 
 
+def test_source_by_name(fastq_dir):
+    src, out = fastq.Queue("in"), fastq.Queue("out")
+    fastq.Topic("events")
+    d = fastq.Dispatcher()
+    d.on("in", publish_to=out)(double)
+    d.on("events", publish_to=out)(double)
+    with d:
+        src.put(1)
+        fastq.Topic("events").publish(2)
+        assert sorted(drain(out, 2)) == [2, 4]
+
+
 def test_topic_source_group_shares_messages(fastq_dir):
     t, out = fastq.Topic("events"), fastq.Queue("out")
     d = fastq.Dispatcher()
@@ -145,6 +162,8 @@ def test_bad_arguments(fastq_dir):
         d.on(q, backoff=(2.0, 1.0))
     with pytest.raises(TypeError):
         d.on(q, dead_letter="dead")
+    with pytest.raises(FileNotFoundError):
+        d.on("no-such-queue")
     with pytest.raises(RuntimeError):
         d.start()
 
@@ -189,10 +208,7 @@ def test_backoff_delay_bounds():
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_dead_letter_metadata(fastq_dir, kind):
     src, dead = fastq.Queue("in"), fastq.Queue("dead")
-    fn = always_fails
-    if kind == "async":
-        async def fn(x):  # noqa: F811 - the async twin
-            always_fails(x)
+    fn = always_fails if kind == "sync" else always_fails_async
     d = fastq.Dispatcher()
     d.on(src, max_attempts=3, backoff=(0.05, 0.1), dead_letter=dead)(fn)
     t0 = time.time()
