@@ -244,8 +244,17 @@ class _ReplyPath:
                         self._hand_over()
             else:
                 ev = w.event
-                if ev.wait(0.01):  # type: ignore[union-attr]
-                    ev.clear()  # type: ignore[union-attr]
+                if ev is None:
+                    # another thread reads: wait for it to hand our reply over (its
+                    # deliver() sets w.reply before it looks at w.event)
+                    ev = _local.__dict__.get("event")
+                    if ev is None:
+                        ev = _local.event = threading.Event()
+                    ev.clear()
+                    w.event = ev      # one per thread: a thread waits for one call at a time
+                    continue
+                if ev.wait(0.01):
+                    ev.clear()
         return True
 
     def _hand_over(self) -> None:
@@ -359,11 +368,6 @@ class Client:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         w = _Waiter()
-        ev = getattr(_local, "event", None)
-        if ev is None:
-            ev = _local.event = threading.Event()
-        ev.clear()
-        w.event = ev       # one per thread: a thread waits for one call at a time
         path, cid = self._send(obj, w)
         if not path.wait_sync(w, cid, deadline):
             path.forget(cid)
