@@ -4,6 +4,7 @@
 
 _REPICK = object()  # a Subscriber call's answer: its pool must pick a member again
 
+
 _UNACKED_ONE = ("1 delivery is unacknowledged, the prefetch bound of this subscription: "
                 "ack or nack it first (or subscribe with a larger prefetch)")
 
@@ -230,6 +231,7 @@ cdef class Subscriber:
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
         cdef bint done
+        cdef double deadline = _deadline(block, timeout)
         try:
             while True:
                 if self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout):
@@ -239,6 +241,7 @@ cdef class Subscriber:
                 self._finish(&c, done)
                 if not done:
                     return out
+                timeout = _left(timeout, deadline)  # passed over: the rest of the time
         finally:
             self._exit()
 
@@ -254,9 +257,14 @@ cdef class Subscriber:
         cdef fq_claim c
         cdef bint done
         cdef uint64_t cursor, idx, kept, seen
+        cdef bint c_claimed = False
         cdef list out = []
+        cdef double deadline = _deadline(block, timeout)
         try:
             while not out:
+                if c_claimed:
+                    timeout = _left(timeout, deadline)  # passed over: the rest of the time
+                c_claimed = True
                 if self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout):
                     return _REPICK
                 done = False
@@ -303,14 +311,16 @@ cdef class Subscriber:
         cdef fq_queue *q = self._enter()
         cdef Delivery d = Delivery.__new__(Delivery)
         cdef bint done
+        cdef double deadline = _deadline(block, timeout)
         try:
             while True:
                 if self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout):
                     return _REPICK
                 done = False
                 out = self._one(&d.c, loads, &done)
-                if done:  # overwritten (drop topic): lost, counted
+                if done:  # overwritten (drop topic) or passed over by the filter
                     fq_sub_end(self.s, &d.c)
+                    timeout = _left(timeout, deadline)
                     continue
                 d.value = out
                 d.position = d.c.msg_pos
@@ -596,7 +606,9 @@ cdef double _deadline(bint block, object timeout) except? -1:
 
 
 cdef object _left(object timeout, double deadline):
-    """The rest of a call's timeout when its pool picks a member again."""
+    """The rest of a call's timeout when its pool picks a member again, or when
+    it claims again after passing messages over (drop topics, the subject
+    filter): a stream of those cannot extend it."""
     if deadline == 0.0:
         return timeout
     return max(0.0, deadline - _monotonic())
