@@ -329,3 +329,17 @@ def test_topic_source_retries_and_dead_letters(fastq_dir):
         assert_empty(dead)
     assert (dl.message, dl.source, dl.attempts, dl.exc_type) == ("e", "events", 3, "ValueError")
     assert len(log.get_many(block=False)) == 3
+
+
+def test_spawned_workers(fastq_dir, child_env, monkeypatch):
+    # workers started with spawn unpickle the route: the handler, the queues (an
+    # anonymous one too) and the shared ledger
+    from support import poolfuncs
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"] + os.pathsep
+                       + os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    src, out = fastq.Queue(), fastq.Queue("out")
+    d = fastq.Dispatcher(context="spawn")
+    d.on(src, workers=2, publish_to=out, dead_letter=fastq.Queue("dead"))(poolfuncs.inc)
+    with d:
+        src.put_many(range(50))
+        assert sorted(drain(out, 50)) == list(range(1, 51))
