@@ -175,7 +175,7 @@ class _Route:
         self.first_slot = 0
 
 
-def _check_route(source: Any, subjects: Any, workers: int, concurrency: int,
+def _check_route(source: Any, group: Optional[str], subjects: Any, workers: int, concurrency: int,
                  max_attempts: int, backoff: Any, dead_letter: Any, publish_to: Any) -> None:
     if not isinstance(source, (Queue, Topic, str)):
         raise TypeError(f"source must be a fastq.Queue, a fastq.Topic or a name, not {source!r}")
@@ -188,6 +188,9 @@ def _check_route(source: Any, subjects: Any, workers: int, concurrency: int,
                          "process may hold unacknowledged)")
     if isinstance(source, Queue) and subjects is not None:
         raise ValueError("subjects filter a topic's messages; the source is a queue")
+    if isinstance(source, Queue) and group is not None:
+        raise ValueError("a group is a topic's subscription; the workers of a queue source "
+                         "share its messages anyway")
     if (not isinstance(backoff, (tuple, list)) or len(backoff) != 2
             or not 0 <= backoff[0] <= backoff[1]):
         raise ValueError(f"backoff must be (low, high) seconds with 0 <= low <= high, "
@@ -496,7 +499,7 @@ class Dispatcher:
             How the workers wait for messages (see "Wait strategies" in the
             README; default ``"adaptive"``).
         """
-        _check_route(source, subjects, workers, concurrency, max_attempts, backoff,
+        _check_route(source, group, subjects, workers, concurrency, max_attempts, backoff,
                      dead_letter, publish_to)
         strategy = None if wait is None else _strategy(wait)
         if isinstance(source, str):

@@ -87,8 +87,12 @@ class _Responder:
         except Exception as exc:
             reply = (cid, False, _Failed.current(exc))
         q = self._reply_queue(reply_to)
-        if q is not None:
+        if q is None:
+            return
+        try:
             q.put(reply)
+        except Exception as exc:      # the result does not pickle, or is too large
+            q.put((cid, False, _Failed.current(exc)))
 
 
 class Server:

@@ -164,6 +164,8 @@ def test_bad_arguments(fastq_dir):
         d.on(q, dead_letter="dead")
     with pytest.raises(FileNotFoundError):
         d.on("no-such-queue")
+    with pytest.raises(ValueError):
+        d.on(q, group="g")
     with pytest.raises(RuntimeError):
         d.start()
 

@@ -24,6 +24,8 @@ def answer(x):
         raise LookupError("no such thing")
     if x == "slow":
         time.sleep(1.0)
+    if x == "unpicklable":
+        return lambda: None
     return x * 2
 
 
@@ -50,6 +52,15 @@ def test_remote_exception_with_traceback(fastq_dir):
     cause = ei.value.__cause__
     assert isinstance(cause, fastq.RemoteTraceback)
     assert "answer" in cause.tb and "LookupError" in cause.tb
+
+
+def test_a_reply_that_cannot_travel_raises_in_the_caller(fastq_dir):
+    with rpc.Server("svc", answer):
+        c = rpc.Client("svc")
+        with pytest.raises(Exception) as ei:
+            c.call("unpicklable", timeout=10)
+        assert isinstance(ei.value.__cause__, fastq.RemoteTraceback)
+        assert c.call(2, timeout=10) == 4         # and the server goes on
 
 
 def test_timeout(fastq_dir):
