@@ -74,6 +74,13 @@ def mixed(out, x):
     out.put(x)
 
 
+def busy_or_poison(x):
+    time.sleep(0.002)
+    if x % 4 == 0:
+        raise RuntimeError(f"poison {x}")
+    return x
+
+
 def kills_always(x):
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -277,6 +284,30 @@ def test_random_kills_lose_nothing(fastq_dir):
         assert d.restarts > 0
     assert seen == set(range(n))
     assert_empty(dead)
+
+
+def test_random_kills_dead_letter_each_poison_message_once(fastq_dir):
+    src, out, dead = fastq.Queue("in"), fastq.Queue("out"), fastq.Queue("dead")
+    n = 240
+    d = fastq.Dispatcher()
+    d.on(src, workers=2, max_attempts=3, backoff=(0.01, 0.02), publish_to=out,
+         dead_letter=dead)(busy_or_poison)
+    with d:
+        src.put_many(range(n))
+        seen, dls = set(), []
+        with random_sigkills(lambda: d.pids, seed=41):
+            while len(seen) < n * 3 // 4 or len(dls) < n // 4:
+                try:
+                    seen.add(out.get(timeout=0.05))
+                except fastq.Empty:
+                    pass
+                dls += dead.get_many(block=False) if dead.qsize() else []
+        assert d.restarts > 0
+        assert_empty(dead, 1.0)
+    assert seen == {x for x in range(n) if x % 4}
+    assert sorted(dl.message for dl in dls) == list(range(0, n, 4))     # each once
+    assert {dl.attempts for dl in dls} == {3}
+    assert {dl.exc_type for dl in dls} <= {"RuntimeError", "WorkerLost"}
 
 
 # ---- stopping --------------------------------------------------------------------------
