@@ -14,6 +14,8 @@ from ._topic import SubscriberInfo, Subscription, Topic
 from ._workers import RemoteTraceback, WorkerLost
 from ._pool import AsyncResult, Executor, Pool
 from ._pipeline import Pipeline, Stage, pipeline
+from ._dispatch import DeadLetter, Dispatcher
+from . import rpc
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,9 @@ __all__ = [
     "Stage",
     "WorkerLost",
     "RemoteTraceback",
+    "Dispatcher",
+    "DeadLetter",
+    "rpc",
 ]
 
 
