@@ -358,9 +358,10 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--dir", help=dir_help)
     p.set_defaults(ops_func=cmd_check)
 
-    from . import _top  # noqa: PLC0415
+    from . import _metrics, _top  # noqa: PLC0415
 
     _top.add_arguments(sub)
+    _metrics.add_arguments(sub)
 
 
 def main(args: argparse.Namespace) -> int:
