@@ -39,16 +39,20 @@ GAUGES = [
 ]
 
 
+def _family(f: Any, stats: List[Any], field: str) -> Any:
+    """f with one sample of field per segment."""
+    for s in stats:
+        f.add_metric([s.name, s.kind], getattr(s, field))
+    return f
+
+
 def _families(stats: Iterable[Any]) -> Iterator[Any]:
     from prometheus_client.core import (  # noqa: PLC0415
         CounterMetricFamily, GaugeMetricFamily)
 
     stats = list(stats)
     for metric, field, doc in COUNTERS:
-        f = CounterMetricFamily(metric, doc, labels=_LABELS)
-        for s in stats:
-            f.add_metric([s.name, s.kind], getattr(s, field))
-        yield f
+        yield _family(CounterMetricFamily(metric, doc, labels=_LABELS), stats, field)
     rec = CounterMetricFamily("fastq_recoveries", "Repairs after dead processes, by what was "
                               "repaired: slot (a slot freed), put or get (an open claim).",
                               labels=_LABELS + ["what"])
@@ -59,10 +63,7 @@ def _families(stats: Iterable[Any]) -> Iterator[Any]:
                                        "get": "recovered_gets"}[what]))
     yield rec
     for metric, field, doc in GAUGES:
-        f = GaugeMetricFamily(metric, doc, labels=_LABELS)
-        for s in stats:
-            f.add_metric([s.name, s.kind], getattr(s, field))
-        yield f
+        yield _family(GaugeMetricFamily(metric, doc, labels=_LABELS), stats, field)
     procs = GaugeMetricFamily("fastq_processes", "Attached processes, alive, or dead and not yet "
                               "recovered.", labels=_LABELS + ["state"])
     for s in stats:
@@ -140,10 +141,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def add_arguments(sub: Any) -> None:
-    p = sub.add_parser("metrics", help="serve Prometheus metrics of every segment",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _ops.subcommand(sub, "metrics", cmd_metrics,
+                        "serve Prometheus metrics of every segment", __doc__)
     p.add_argument("--port", type=int, required=True, help="the HTTP port (/metrics)")
     p.add_argument("--addr", default="127.0.0.1",
                    help="the address to listen on (default 127.0.0.1; 0.0.0.0 for every one)")
-    p.add_argument("--dir", help="the directory of segments (default: $FASTQ_DIR, else /dev/shm)")
-    p.set_defaults(ops_func=cmd_metrics)

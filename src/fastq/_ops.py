@@ -306,57 +306,53 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---- argparse -------------------------------------------------------------
 
 
+def subcommand(sub: Any, name: str, func: Any, help: str, description: str) -> Any:
+    """Add subcommand name (run by func) with its --dir option; the parser."""
+    p = sub.add_parser(name, help=help, description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", help="the directory of segments (default: $FASTQ_DIR, else /dev/shm)")
+    p.set_defaults(ops_func=func)
+    return p
+
+
 def add_arguments(sub: Any) -> None:
-    """Add ls, stat, rm, gc and check to the ``fastq`` command's subparsers."""
-    dir_help = "the directory of segments (default: $FASTQ_DIR, else /dev/shm)"
-
-    p = sub.add_parser("ls", help="list the segments of a directory",
-                       description="List every fastq segment in the directory: kind, capacity, "
-                       "depth, ring bytes in use, processes alive and dead (slots not yet "
-                       "recovered).")
-    p.add_argument("--dir", help=dir_help)
+    """Add ls, stat, rm, gc, check, top and metrics to the ``fastq`` command."""
+    p = subcommand(sub, "ls", cmd_ls, "list the segments of a directory",
+                   "List every fastq segment in the directory: kind, capacity, depth, ring "
+                   "bytes in use, processes alive and dead (slots not yet recovered).")
     p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
-    p.set_defaults(ops_func=cmd_ls)
 
-    p = sub.add_parser("stat", help="every counter of a queue or topic",
-                       description="Print the counters kept in each named segment (see "
-                       "fastq.Stats): traffic, back-pressure, redeliveries, recoveries, "
-                       "per-subscriber lag, and Little's-law rates.")
+    p = subcommand(sub, "stat", cmd_stat, "every counter of a queue or topic",
+                   "Print the counters kept in each named segment (see fastq.Stats): "
+                   "traffic, back-pressure, redeliveries, recoveries, per-subscriber lag, "
+                   "and Little's-law rates.")
     p.add_argument("names", nargs="+", metavar="NAME", help="a name (in --dir) or a path")
-    p.add_argument("--dir", help=dir_help)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true",
                      help="print JSON (an object; a list for several names)")
     fmt.add_argument("--prometheus", action="store_true",
                      help="print a Prometheus text exposition (needs prometheus_client)")
-    p.set_defaults(ops_func=cmd_stat)
 
-    p = sub.add_parser("rm", help="remove segments",
-                       description="Remove the named segment files.  Processes attached keep "
-                       "using them until they close.  A file that is not a valid segment is "
-                       "left alone unless --force.")
+    p = subcommand(sub, "rm", cmd_rm, "remove segments",
+                   "Remove the named segment files.  Processes attached keep using them "
+                   "until they close.  A file that is not a valid segment is left alone "
+                   "unless --force.")
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--dir", help=dir_help)
     p.add_argument("--force", action="store_true", help="remove even what is not a segment")
-    p.set_defaults(ops_func=cmd_rm)
 
-    p = sub.add_parser("gc", help="remove temporary segments nobody uses",
-                       description="Remove, from the directory, the segments created with "
-                       "temporary=True that no live process is attached to, and files left by "
-                       "a creator killed before its segment got its name.  Nothing else: a "
-                       "named segment without the temporary mark is never removed (use fastq "
-                       "rm).  Anonymous segments have no file: they go away by themselves.")
-    p.add_argument("--dir", help=dir_help)
+    p = subcommand(sub, "gc", cmd_gc, "remove temporary segments nobody uses",
+                   "Remove, from the directory, the segments created with temporary=True "
+                   "that no live process is attached to, and files left by a creator killed "
+                   "before its segment got its name.  Nothing else: a named segment without "
+                   "the temporary mark is never removed (use fastq rm).  Anonymous segments "
+                   "have no file: they go away by themselves.")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
-    p.set_defaults(ops_func=cmd_gc)
 
-    p = sub.add_parser("check", help="check a segment's consistency (exit 0 or 1)",
-                       description="Check the cursors and every record in use of a segment; "
-                       "exit 0 if consistent, else 1 with what is wrong.  Run it on a quiet "
-                       "segment: traffic during the check can look like a problem.")
+    p = subcommand(sub, "check", cmd_check, "check a segment's consistency (exit 0 or 1)",
+                   "Check the cursors and every record in use of a segment; exit 0 if "
+                   "consistent, else 1 with what is wrong.  Run it on a quiet segment: "
+                   "traffic during the check can look like a problem.")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--dir", help=dir_help)
-    p.set_defaults(ops_func=cmd_check)
 
     from . import _metrics, _top  # noqa: PLC0415
 

@@ -142,13 +142,10 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def add_arguments(sub: Any) -> None:
-    p = sub.add_parser("top", help="a live view of every segment (q quits)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", help="the directory of segments (default: $FASTQ_DIR, else /dev/shm)")
+    p = _ops.subcommand(sub, "top", cmd_top, "a live view of every segment (q quits)", __doc__)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print one frame as text and exit")
     p.add_argument("--sort", choices=sorted(SORTS), default="l",
                    help="--once: the sort key (l lag, i in, o out, n name)")
     p.add_argument("--iterations", type=int, default=0,
                    help="exit after this many refreshes (0: until q)")
-    p.set_defaults(ops_func=cmd_top)
