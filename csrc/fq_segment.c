@@ -655,7 +655,7 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     clock_gettime(CLOCK_REALTIME, &ts);
     c->version = FQ_VERSION;
     c->kind = topic ? FQ_KIND_TOPIC : FQ_KIND_QUEUE;
-    c->flags = topic && o->drop ? FQ_FLAG_DROP : 0;
+    c->flags = (topic && o->drop ? FQ_FLAG_DROP : 0) | (o->temporary ? FQ_FLAG_TEMP : 0);
     c->max_subs = subs;
     c->sub_offset = topic ? fq_layout_sub_offset(slots) : 0;
     c->group_offset = topic ? c->sub_offset + (uint64_t)subs * sizeof(fq_member) : 0;
@@ -765,8 +765,9 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
         BAD("%s has kind %u, neither a queue nor a topic", path, h.kind);
     int topic = h.kind == FQ_KIND_TOPIC;
     uint32_t subs = topic ? h.max_subs : 0;
-    if (topic ? (h.max_subs == 0 || h.max_subs > FQ_MAX_SUBS || (h.flags & ~FQ_FLAG_DROP))
-              : (h.max_subs || h.flags || h.sub_offset || h.group_offset))
+    if (topic ? (h.max_subs == 0 || h.max_subs > FQ_MAX_SUBS ||
+                 (h.flags & ~(FQ_FLAG_DROP | FQ_FLAG_TEMP)))
+              : (h.max_subs || (h.flags & ~FQ_FLAG_TEMP) || h.sub_offset || h.group_offset))
         BAD("%s: topic fields (max_subs %u, flags %u) are invalid", path, h.max_subs, h.flags);
     if (h.capacity < FQ_MIN_CAPACITY || h.capacity > FQ_MAX_CAPACITY ||
         (h.capacity & (h.capacity - 1)))

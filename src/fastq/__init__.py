@@ -11,6 +11,7 @@ from ._naming import segment_path
 from ._serializers import PickleSerializer, RawSerializer
 from ._queue import JoinableQueue, Queue
 from ._topic import SubscriberInfo, Subscription, Topic
+from ._stats import Stats
 from ._workers import RemoteTraceback, WorkerLost
 from ._pool import AsyncResult, Executor, Pool
 from ._pipeline import Pipeline, Stage, pipeline
@@ -25,6 +26,7 @@ __all__ = [
     "Topic",
     "Subscription",
     "SubscriberInfo",
+    "Stats",
     "Delivery",
     "Deliveries",
     "Empty",
