@@ -93,10 +93,6 @@ def _stale_intent_setup(path):
 # R1: a publisher's stale CLAIMING intent pins the release it computes itself
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R1: fq_put_begin (csrc/fq_ring.c) keeps its CLAIMING intent at the old "
-    "tail after a failed tail CAS, and fq_topic_release counts it: the publisher's own "
-    "stale intent holds release, and its put reports FULL on an empty ring"))
 def test_stale_own_intent_makes_put_full_on_empty_ring(path):
     t, s, p, paused = _stale_intent_setup(path)
     try:
@@ -112,11 +108,6 @@ def test_stale_own_intent_makes_put_full_on_empty_ring(path):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R1: a publisher whose stale CLAIMING intent held release (another "
-    "publisher went to sleep on it) gives up with FULL and stores IDLE without a "
-    "wake-up (csrc/fq_ring.c, the FULL return of fq_put_begin): the sleeper sleeps "
-    "its whole slice"))
 def test_stale_intent_withdrawn_wakes_publisher_waiting_for_space(path):
     t, s, p, paused = _stale_intent_setup(path)
     w = None
@@ -181,11 +172,6 @@ class MutexHolder(threading.Thread):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R2: fq_sub_wait (csrc/fq_topic.c) looks at the group's orphans hint "
-    "before fq_wait sets the sleeper bit, and fq_wait's predicate (fq_topic_data_ready) "
-    "never looks at it: a member that leaves a claim (close or death) between the two "
-    "wakes nobody, and the waiter sleeps its whole slice with a message waiting"))
 def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
     t = T.create(path, capacity=CAP)
     p = T.open(path)
@@ -226,11 +212,6 @@ def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
 # R3: unlink() removes whatever file has the name now, not the handle's own
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R3: _Handle.unlink (src/fastq/_queue.py) removes the path by name "
-    "without checking that it still names this handle's segment: after another "
-    "process unlinked it and a third created a new one there, it removes the new, "
-    "live segment"))
 def test_unlink_does_not_remove_a_newer_segment_of_the_same_name(tmp_path):
     import fastq
     name = str(tmp_path / "q")
@@ -241,7 +222,7 @@ def test_unlink_does_not_remove_a_newer_segment_of_the_same_name(tmp_path):
     new = fastq.Queue(name)  # a new segment under the same name, in use
     try:
         new.put("kept")
-        st = os.fstat(new._seg.fileno())
+        st = os.fstat(new.fileno())
         old.unlink()  # should remove old's file, which has no name any more
         assert os.path.exists(name), "unlink() of a handle removed another segment's name"
         assert (os.stat(name).st_dev, os.stat(name).st_ino) == (st.st_dev, st.st_ino)
@@ -341,11 +322,6 @@ def _waker_child(path, go_r):
 
 @need_futex_nr
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to stop a waker mid-wake")
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R5: fq_wake (csrc/fq_wait.c) takes the sleeper bits (exchange with 0) "
-    "before it bumps the futex word and wakes: a waker killed (or stopped) in between "
-    "leaves the sleepers asleep with their bits cleared, so every later publish "
-    "finds no bit and wakes nobody (the sleepers wait out their slice)"))
 def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
     t = T.create(path, capacity=CAP)
     go_r, go_w = os.pipe()
@@ -372,7 +348,8 @@ def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
         assert _procs.reap(pid) == -9, "the waker was not stopped inside fq_wake"
         slot = lib.fqt_my_slot(t.q)
         mask = ffi.cast("uint64_t *", seg_base(t) + CTRL_DATA_MASK)[slot // 64]
-        assert not mask & (1 << (slot % 64)), "the dead waker did not take the bit"
+        # only a sleeper clears its own bit: the dead waker left it up
+        assert mask & (1 << (slot % 64)), "the dead waker took the sleeper's bit"
         # the dead waker's message is there, and another publish wakes the data side
         assert t.put(mk(1, 100)) == lib.FQ_OK
         w.join(BOUND)
@@ -420,7 +397,7 @@ def _sleeps_blocked(tmp_path, tag, items):
     try:
         for n in (992, 992, 992, 672):  # ring bytes 1024 * 3 + 704: tail at 3776
             topic.publish(b"x" * n)
-        base = _map_start(topic._seg.fileno())
+        base = _map_start(topic.fileno())
         w = Waiter(lambda: topic.publish_many(items))
         return w.blocked_in(asleep_on(base + CTRL_SPACE_SEQ))
     finally:
@@ -437,13 +414,6 @@ def _sleeps_blocked(tmp_path, tag, items):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R6: Segment._begin_put (src/fastq/_core.pyx) computes the bytes a "
-    "blocked batch waits for itself, as queue records (len + 31) & ~15, and "
-    "fq_topic_space_ready adds a topic's 16-byte prefix once for the whole batch: for "
-    "k records it asks for 16 * (k - 1) bytes too few (and no padding for their real "
-    "span), so fq_wait reports space that fq_put_begin refuses and the publisher "
-    "spins on FULL instead of sleeping"))
 def test_blocked_batch_publish_sleeps(tmp_path):
     # control: one message that does not fit (432 bytes after 320 of padding)
     # sleeps on the space word, as it should
