@@ -17,15 +17,20 @@ from support.waiting import in_thread
 WAIT = 60.0  # seconds: only a hang takes this long
 
 
+def _collect(it):
+    """(the items before the first error, the error or None)."""
+    got = []
+    try:
+        for x in it:
+            got.append(x)
+    except Exception as e:
+        return got, e
+    return got, None
+
+
 def _list_pipeline(fn):
     with fastq.pipeline(range(10), F.inc, fn) as p:
-        got = []
-        try:
-            for x in p:
-                got.append(x)
-        except Exception as e:
-            return got, e
-        return got, None
+        return _collect(p)
 
 
 def test_an_unpicklable_result_raises_its_pickling_error_in_map(fastq_dir):
@@ -47,16 +52,6 @@ def test_imap_yields_the_results_before_an_unpicklable_one(fastq_dir):
         assert not th.is_alive(), "imap hung"
         got, err = res["value"]
         assert got == [0, 1, 2] and isinstance(err, TypeError)
-
-
-def _collect(it):
-    got = []
-    try:
-        for x in it:
-            got.append(x)
-    except Exception as e:
-        return got, e
-    return got, None
 
 
 def test_an_unpicklable_result_in_a_pipeline_stage_is_raised_in_order(fastq_dir):
