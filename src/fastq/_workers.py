@@ -666,9 +666,23 @@ class _Engine:
             msgs = self.queues[-1].get_many(256, timeout > 0, timeout)
         except Empty:
             return True
-        except (ShutDown, ValueError, OSError):
+        except ShutDown:
             self.results_closed = True
             return False
+        except Exception as e:
+            if self.queues[-1].closed:  # closed under us (terminate)
+                self.results_closed = True
+                return False
+            # A message that pickled in a worker but does not unpickle here (any
+            # exception, ValueError and OSError too): it is consumed, and whose
+            # it was is unknown.  Every job in flight fails with the reason,
+            # rather than waiting for it forever.
+            err = RuntimeError(f"a result could not be read from its worker "
+                               f"({type(e).__name__}: {e})")
+            err.__cause__ = e
+            for job in list(self.jobs.values()):
+                job.fail(err)
+            return True
         for job_id, chunk, origin, _, items, nfailed, cost in msgs:
             c = self.cost
             self.cost = cost if c is None else 0.7 * c + 0.3 * cost

@@ -7,6 +7,8 @@ traceback, as concurrent.futures does, and the pool goes on.  Every wait is
 bounded: a hang fails the test."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import fastq
@@ -88,3 +90,28 @@ def test_an_exception_that_cannot_be_rebuilt_in_the_parent_is_reported(fastq_dir
     assert not th.is_alive(), "the pipeline hung"
     got, err = res["value"]
     assert got == [1, 2] and isinstance(err, RuntimeError), (got, err)
+
+
+def test_a_result_that_cannot_be_rebuilt_in_the_parent_fails_the_job(fastq_dir):
+    """It pickles in the worker but not back in the parent: the message is
+    unreadable, so whose it was is unknown; the jobs in flight fail with an error
+    that says so, instead of waiting forever for the lost result (the collector
+    thread, which reads while nobody waits, died of it and left every later
+    result unread)."""
+    with fastq.Pool(2) as p:
+        with pytest.raises(RuntimeError, match="could not be read") as ei:
+            p.map_async(B.return_unrebuildable_at_3, range(10)).get(WAIT)
+        assert isinstance(ei.value.__cause__, TypeError)
+        errs = []
+        r = p.map_async(B.return_unrebuildable_at_3, range(10), error_callback=errs.append)
+        deadline = time.monotonic() + WAIT  # nobody waits in get(): the collector reads
+        while not errs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(errs) == 1 and isinstance(errs[0], RuntimeError)
+        assert r.ready() and not r.successful()
+        assert p.map_async(F.sq, range(3), callback=errs.append).get(WAIT) == [0, 1, 4]
+        assert errs[1] == [0, 1, 4]  # the collector still delivers
+    th, res = in_thread(_list_pipeline, B.return_unrebuildable_at_3)
+    th.join(WAIT)
+    assert not th.is_alive(), "the pipeline hung"
+    assert isinstance(res["value"][1], RuntimeError)

@@ -31,3 +31,8 @@ def raise_unrebuildable_at_3(x):
     if x == 3:
         raise NoArgsBackError(x, "b")
     return x
+
+
+def return_unrebuildable_at_3(x):
+    """A result that pickles in the worker but cannot be rebuilt in the parent."""
+    return NoArgsBackError(x, "b") if x == 3 else x
