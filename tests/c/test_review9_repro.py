@@ -1,8 +1,8 @@
 """Reproductions of the findings of the third adversarial review of the C core
 (issue 9: the group-head pair of bug 6, the wake paths of bug 7, the creation and
-removal of segment files).  Each test asserts the correct behaviour and is marked
-xfail(strict=True): it fails today (so the suite passes) and turns into an XPASS,
-which fails the run, once the finding is fixed; then drop the mark.
+removal of segment files), R1 to R6.  Each test asserts the correct behaviour;
+each failed on the core before its fix (as a strict xfail, its reason naming the
+defect) and passes at once after it: only a regression waits out a bound.
 
 No timing assertion: a lost wake-up is shown with a thread seen asleep in
 FUTEX_WAIT on the segment's wait word with a 600 s slice that is not back within
@@ -13,8 +13,10 @@ between the caller's last look and the sleeper bit).
 """
 
 import ctypes
+import fcntl
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ import time
 import pytest
 
 from support import procs as _procs
-from support.cseg import CAP, ffi, lib, mk, seq_of
+from support.cseg import CAP, ffi, lib, mk, open_seg, seq_of
 from support.ctopic import GROUP, T, trec
 from support.futexwatch import (BOUND, CTRL_DATA_SEQ, CTRL_SPACE_SEQ, LONG_NS, SYS_FUTEX, WAIT_SPACE,
                                 Waiter, asleep_on, need_futex_nr, seg_base, wake_all)
@@ -262,31 +264,83 @@ _CREATE_KILLED = r"""
 import sys
 sys.path.insert(0, %r)
 from support.cseg import create, lib
-lib.fq_test_set_crash_point(b"create_reserved", 1)
-create(sys.argv[1])
-sys.exit(3)  # not killed: the crash point was not reached
+if sys.argv[2]:
+    lib.fq_test_set_crash_point(sys.argv[2].encode(), 1)
+rc, q, err = create(sys.argv[1])
+sys.exit(3 if sys.argv[2] else rc)  # 3: not killed, the crash point was not reached
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R4: fq_create's fallback for filesystems without O_TMPFILE "
-    "(csrc/fq_segment.c, fq_open_tmpfile) names the file being built "
-    "<path>.tmp-<pid>-<hex>; a creator killed before it links and unlinks it leaves "
-    "that file for good (the header comment says a killed creator leaves nothing), "
-    "and nothing ever removes it"))
-def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path):
+def _create_in_child(path, point, env):
+    """fq_create(path) in a child process, made to die at the crash point (if
+    given); its exit status (9: died there, as a crash point exits)"""
+    support = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % support, str(path), point],
+                       env=env, timeout=120)
+    return r.returncode
+
+
+@pytest.fixture
+def no_tmpfile_env(tmp_path):
+    """the environment of a process on a filesystem without O_TMPFILE"""
     cc = os.environ.get("CC", "cc")
     shim_c = tmp_path / "shim.c"
     shim_c.write_text(_NO_TMPFILE_SHIM)
     shim = tmp_path / "shim.so"
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(shim_c), "-ldl"], check=True)
+    return dict(os.environ, LD_PRELOAD=str(shim))
+
+
+def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path, no_tmpfile_env):
+    """A creator killed while building its named temporary file leaves it (a
+    named file cannot go with its process); the next creator of the name
+    removes it, as its creator is gone (its creating lock free, its pid too)."""
     d = tmp_path / "dir"
     d.mkdir()
-    env = dict(os.environ, LD_PRELOAD=str(shim))
-    r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), str(d / "q")], env=env, timeout=120)
-    assert r.returncode == 9, "the creator was not killed at create_reserved"
-    assert sorted(os.listdir(d)) == [], "a killed creator left files behind"
+    assert _create_in_child(d / "q", "create_reserved", no_tmpfile_env) == 9, \
+        "the creator was not killed at create_reserved"
+    left = os.listdir(d)
+    assert len(left) == 1 and left[0].startswith("q.tmp-")  # the repro's premise
+    assert _create_in_child(d / "q", "", no_tmpfile_env) == 0
+    assert sorted(os.listdir(d)) == ["q"], "a killed creator's temporary file was left"
+
+
+def test_creator_killed_after_its_link_leaves_no_second_name(tmp_path, no_tmpfile_env):
+    """Killed between the link and the removal of the temporary name: the
+    segment has two names; the next opener removes the temporary one."""
+    d = tmp_path / "dir"
+    d.mkdir()
+    assert _create_in_child(d / "q", "create_linked", no_tmpfile_env) == 9, \
+        "the creator was not killed at create_linked"
+    assert len(os.listdir(d)) == 2 and os.stat(d / "q").st_nlink == 2
+    rc, q, err = open_seg(d / "q")
+    assert rc == 0, err
+    lib.fq_close(q)
+    assert sorted(os.listdir(d)) == ["q"], "the temporary second name was left"
+
+
+def test_a_live_creators_temporary_file_is_not_swept(tmp_path, no_tmpfile_env):
+    """A temporary file whose creator still holds its creating lock stays, even
+    if the pid in its name is gone (a creator in another pid namespace)."""
+    d = tmp_path / "dir"
+    d.mkdir()
+    # a pid that is not there: a dead child's
+    pid = _procs.fork(lambda: 0)
+    _procs.reap(pid)
+    fake = d / ("q.tmp-%d-%016x" % (pid, 0xabc))
+    fd = os.open(fake, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        lk = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, (1 << 62) - 1, 1, 0)
+        fcntl.fcntl(fd, 37, lk)  # F_OFD_SETLK: as its creator holds it
+        assert _create_in_child(d / "q", "", no_tmpfile_env) == 0
+        assert sorted(os.listdir(d)) == ["q", fake.name]
+    finally:
+        os.close(fd)
+    assert _create_in_child(d / "r", "", no_tmpfile_env) == 0  # another name: not its
+    assert fake.name in os.listdir(d)
+    os.unlink(d / "q")
+    assert _create_in_child(d / "q", "", no_tmpfile_env) == 0  # lock free now: swept
+    assert sorted(os.listdir(d)) == ["q", "r"]
 
 
 # ---------------------------------------------------------------------------
