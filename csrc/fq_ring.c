@@ -840,10 +840,18 @@ static fq_ready_fn fq_rule(fq_queue *q, int what)
 }
 
 /* Nothing in flight that a dead process could leave stalled: no claim of
- * tail or head open, nothing put back (queues; a topic is never quiet). */
+ * tail or head open, nothing put back (a queue); a topic's rules are
+ * fq_topic.c's. */
 static int fq_quiet(fq_queue *q)
 {
     return fq_idle(q);
+}
+
+static fq_quiet_fn fq_quiet_rule(fq_queue *q, int what)
+{
+    if (!q->topic)
+        return fq_quiet;
+    return what == FQ_WAIT_SPACE ? fq_topic_space_quiet : fq_topic_data_quiet;
 }
 
 void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
@@ -855,7 +863,7 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin
 int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
                 int strategy)
 {
-    return fq_wait_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, slice_ns,
+    return fq_wait_pred(q, what, fq_rule(q, what), need, fq_quiet_rule(q, what), slice_ns,
                         timeout_ns, strategy);
 }
 
@@ -866,5 +874,5 @@ int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
 
 int fq_arm(fq_queue *q, int what, uint64_t need, int on)
 {
-    return fq_arm_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, on);
+    return fq_arm_pred(q, what, fq_rule(q, what), need, fq_quiet_rule(q, what), on);
 }
