@@ -154,8 +154,9 @@ void fq_wake(fq_queue *q, int what);
 uint64_t fq_record_size(uint64_t len);
 /* The need to pass fq_wait(q, FQ_WAIT_SPACE, need, ...) for one claim of
  * the n >= 1 records of these payload lengths (as fq_put_begin takes them):
- * the payload of one record as large as all of them. */
-uint64_t fq_put_need(const uint64_t *lens, size_t n);
+ * the payload of one record of q (a topic's: with its prefix) that takes
+ * exactly the ring bytes of all of them. */
+uint64_t fq_put_need(fq_queue *q, const uint64_t *lens, size_t n);
 /* A spin of the caller's did not pay: halve the handle's adaptive budget. */
 void fq_spin_missed(fq_queue *q);
 

@@ -64,6 +64,9 @@
  *                        the topic tables (the segment lock)
  *   FQ_LOCK_SLOT(s)      held while slot s is owned: taken before the slot
  *                        word says ACTIVE, released after it says FREE
+ *   FQ_LOCK_CREATING     held by the creator of a named temporary file (no
+ *                        O_TMPFILE) until it removes that name; never on a
+ *                        handle's descriptors (fq_segment.c, fq_sweep_tmp)
  * The kernel drops these locks when the description is closed: when its
  * process exits or is killed, and at exec (the descriptor is O_CLOEXEC),
  * but not when only its main thread exits (the threads share it).  A
@@ -128,6 +131,7 @@
 #define FQ_POS_MAX (1ULL << 63)
 /* file lock offsets (see "File locks" above): past any segment's end */
 #define FQ_LOCK_SEGMENT (1ULL << 62)
+#define FQ_LOCK_CREATING (FQ_LOCK_SEGMENT - 1)
 #define FQ_LOCK_SLOT(s) (FQ_LOCK_SEGMENT + 1 + (uint64_t)(s))
 
 /* record states (low 3 bits of the record word) */

@@ -8,7 +8,8 @@
  *      Space check against a cached release; re-read only when it looks full.
  *   2. Announce the intent (pos t, end, n, CLAIMING) in our lane, then
  *      CAS tail t -> t + span.  The intent lets a survivor find the region
- *      if we die before writing any header (fq_recover.c).
+ *      if we die before writing any header (fq_recover.c).  A failed CAS
+ *      withdraws it (IDLE) before step 1 again.
  *   3. Won: phase WON; write the headers WRITING, the last record first and
  *      the record at t (first message, or the SKIP) last, each a release
  *      store: whoever sees a header at t sees every header of the batch.
@@ -157,6 +158,17 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
         } else if (atomic_compare_exchange_weak_explicit(&ctl->tail, &t, t + span, SEQ, ACQ)) {
             break;
         }
+        /* Lost the CAS: withdraw the intent before looking again.  A block
+         * topic's release counts every CLAIMING intent (fq_topic_release),
+         * ours too: left at the old tail it would hold the release we are
+         * about to compute ourselves (a false FULL on an empty ring), and
+         * another publisher may have gone to sleep on it.  So wake the
+         * space side after the IDLE store (fq_wake's fence orders the store
+         * before its load of the sleeper bits: pairs with the sleeper's RMW
+         * of its bit before its re-check). */
+        atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+        if (q->topic && !q->drop)
+            fq_wake(q, FQ_WAIT_SPACE);
     }
     fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
@@ -615,8 +627,18 @@ void fq_get_end(fq_queue *q, fq_claim *c)
     FQ_CRASH_POINT("get_before_count");
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
-    /* after shutdown, a drain may be waiting for this claim to settle */
-    fq_wake(q, atomic_load_explicit(&ctl->state, RLX) & FQ_STATE_SHUTDOWN ? -1 : FQ_WAIT_SPACE);
+    /* After shutdown, a drain may be waiting for this claim to settle: then
+     * wake the data side too.  The state is loaded after a full fence, so
+     * after our release CAS / DONE marks and the IDLE store above are
+     * visible (a plain load may be satisfied before an earlier store is, on
+     * x86 from the store buffer too).  Pairs with fq_shutdown's seq_cst RMW
+     * of the state and the drainer's seq_cst loads (state, then release and
+     * the records, fq_drained): if our load misses the shutdown, our fence
+     * comes before that RMW, which the drainer's loads follow, so they see
+     * this claim settled; if it sees it, fq_wake(-1) pairs with the
+     * drainer's bit as always. */
+    fq_fence();
+    fq_wake(q, atomic_load_explicit(&ctl->state, SEQ) & FQ_STATE_SHUTDOWN ? -1 : FQ_WAIT_SPACE);
 }
 
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
@@ -770,12 +792,18 @@ uint64_t fq_record_size(uint64_t len)
     return fq_rec_size(len);
 }
 
-uint64_t fq_put_need(const uint64_t *lens, size_t n)
+uint64_t fq_put_need(fq_queue *q, const uint64_t *lens, size_t n)
 {
+    /* the ring bytes of the claim, as fq_put_begin counts them (each record
+     * with its header, the topic's prefix and its padding) ... */
     uint64_t total = 0;
     for (size_t i = 0; i < n; i++)
-        total += fq_rec_size(lens[i]);
-    return total - FQ_REC_HDR; /* fq_wait adds one header back */
+        total += fq_rec_size(lens[i] + q->prefix);
+    /* ... as the payload of one record that takes exactly as many: the
+     * predicates (fq_put_ready, fq_topic_space_ready) add one header and
+     * prefix back and round up, which leaves total (a multiple of 16) as it
+     * is, and then add the padding to the ring's end as fq_put_begin does */
+    return total - FQ_REC_HDR - q->prefix;
 }
 
 /* ---- readiness rules (the predicates of fq_wait.c) ----------------------- */
@@ -806,7 +834,8 @@ static int fq_get_ready(fq_queue *q, uint64_t unused)
     return fq_is_shut(q) && fq_drained(q, h);
 }
 
-/* A producer's (need: the payload bytes of the put): room, or shut down. */
+/* A producer's (need: the payload bytes of one record, fq_put_need for a
+ * batch): room, or shut down. */
 static int fq_put_ready(fq_queue *q, uint64_t need)
 {
     if (fq_is_shut(q))

@@ -8,7 +8,12 @@
  * fails with EEXIST if the name exists, so exactly one creator wins and
  * nobody ever sees a half-initialized segment; a creator killed before the
  * link leaves nothing (the kernel frees an unnamed file with its last fd).
- * Filesystems without O_TMPFILE get a uniquely named temporary file instead.
+ * Filesystems without O_TMPFILE get a uniquely named temporary file instead,
+ * <path>.tmp-<pid>-<hex>, locked by its creator (FQ_LOCK_CREATING) until it
+ * is removed: one that a killed creator left (before the link, or between
+ * the link and the removal: a second name of the segment) is removed by
+ * the next creator of that path on such a filesystem, or by the next
+ * opener of the segment if it has two names (fq_sweep_tmp).
  * An anonymous segment (path NULL) is a memfd: it has no name anywhere, so
  * it goes away with the last process that maps it or holds its fd, however
  * that process ends; children receive the fd.
@@ -22,6 +27,7 @@
  * (a copy would keep the parent's locks, and so the parent, alive).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -382,17 +388,14 @@ static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
     return q;
 }
 
-/* An unnamed file in path's directory (O_TMPFILE), or, where the filesystem
- * has none, a uniquely named one whose name is left in tmp (else tmp is "");
- * the fd, or a negative errno with err set. */
-static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tmplen,
-                           uint64_t rnd, char *err, size_t errlen)
+/* path's directory into dir (PATH_MAX bytes); *base: its last component.
+ * -ENAMETOOLONG, or 0. */
+static int fq_dir_of(const char *path, char *dir, const char **base)
 {
-    char dir[PATH_MAX];
     const char *slash = strrchr(path, '/');
     size_t dlen = slash ? (size_t)(slash - path) : 1;
-    if (dlen >= sizeof dir)
-        return fq_err(err, errlen, -ENAMETOOLONG, "path too long: %s", path);
+    if (dlen >= PATH_MAX)
+        return -ENAMETOOLONG;
     if (!slash)
         memcpy(dir, ".", 2);
     else if (dlen == 0)
@@ -401,11 +404,88 @@ static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tm
         memcpy(dir, path, dlen);
         dir[dlen] = 0;
     }
+    *base = slash ? slash + 1 : path;
+    return 0;
+}
+
+/* The creating lock of a named temporary file, as a request of type
+ * (F_WRLCK, F_UNLCK) for fcntl cmd (F_OFD_SETLK, F_OFD_GETLK) on fd: 0 or
+ * -1 with errno; a GETLK's answer in *type. */
+static int fq_creating_lock(int fd, int cmd, short *type)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = *type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)FQ_LOCK_CREATING;
+    fl.l_len = 1;
+    int rc = fcntl(fd, cmd, &fl);
+    *type = fl.l_type;
+    return rc;
+}
+
+/*
+ * Remove the temporary files of path that creators killed before they
+ * removed them left behind: <base>.tmp-<pid>-<16 hex digits> whose creating
+ * lock is free and whose pid is gone (kill: ESRCH).  Both: the lock goes
+ * with the creator's last descriptor, but a creator takes it just after
+ * its O_EXCL open, and its pid is there from before.  A pid reused since,
+ * or another user's (EPERM), keeps the file: conservative.  Best effort:
+ * whatever fails is left as it is.  Each name is unique (pid and 64 random
+ * bits), so the name probed is the name removed.
+ */
+static void fq_sweep_tmp(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *base;
+    if (fq_dir_of(path, dir, &base) != 0)
+        return;
+    size_t blen = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *n = de->d_name;
+        if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp-", 5) != 0)
+            continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(n + blen + 5, &end, 10);
+        if (errno || pid <= 0 || pid > INT_MAX || *end != '-' || strlen(end + 1) != 16 ||
+            strspn(end + 1, "0123456789abcdef") != 16)
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* its creator (or a namesake) is there */
+        int fd = openat(dirfd(d), n, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        short type = F_WRLCK;
+        if (fq_creating_lock(fd, F_OFD_GETLK, &type) == 0 && type == F_UNLCK)
+            unlinkat(dirfd(d), n, 0);
+        close(fd);
+    }
+    closedir(d);
+}
+
+/* An unnamed file in path's directory (O_TMPFILE), or, where the filesystem
+ * has none, a uniquely named one whose name is left in tmp (else tmp is "");
+ * the fd, or a negative errno with err set.  A named one carries its
+ * creating lock (FQ_LOCK_CREATING) on the fd, so that fq_sweep_tmp can
+ * tell it from one a killed creator left; leftovers are swept first. */
+static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tmplen,
+                           uint64_t rnd, char *err, size_t errlen)
+{
+    char dir[PATH_MAX];
+    const char *base;
+    if (fq_dir_of(path, dir, &base) != 0)
+        return fq_err(err, errlen, -ENAMETOOLONG, "path too long: %s", path);
     int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
     if (fd >= 0)
         return fd;
     if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
         return fq_err(err, errlen, -errno, "cannot create %s: %s", path, strerror(errno));
+    fq_sweep_tmp(path);
     if (snprintf(tmp, tmplen, "%s.tmp-%d-%016llx", path, (int)getpid(),
                  (unsigned long long)rnd) >= (int)tmplen) {
         tmp[0] = 0;
@@ -416,6 +496,14 @@ static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tm
         int e = errno;
         tmp[0] = 0;
         return fq_err(err, errlen, -e, "cannot create %s: %s", path, strerror(e));
+    }
+    short type = F_WRLCK;
+    if (fq_creating_lock(fd, F_OFD_SETLK, &type) != 0) {
+        int e = errno;
+        unlink(tmp);
+        close(fd);
+        tmp[0] = 0;
+        return fq_err(err, errlen, -e, "cannot lock %s: %s", path, strerror(e));
     }
     return fd;
 }
@@ -593,8 +681,13 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
         munmap(base, size);
         goto fail;
     }
-    if (tmp[0])
+    FQ_CRASH_POINT("create_linked");
+    if (tmp[0]) {
         unlink(tmp);
+        /* the mapping's descriptor holds no lock (fq_internal.h) */
+        short type = F_UNLCK;
+        fq_creating_lock(fd, F_OFD_SETLK, &type);
+    }
     fq_queue *q = fq_handle_new(fd, base, size);
     if (!q) {
         munmap(base, size);
@@ -645,6 +738,10 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
         rc = fq_err(err, errlen, -errno, "fstat %s: %s", path, strerror(errno));
         goto fail;
     }
+    /* a second name: a creator killed between its link and the removal of
+     * its temporary name (no O_TMPFILE) */
+    if (file && st.st_nlink > 1)
+        fq_sweep_tmp(file);
     if ((uint64_t)st.st_size < sizeof h) {
         rc = fq_err(err, errlen, FQ_EBADSEG, "%s is %lld bytes, smaller than a segment header",
                     path, (long long)st.st_size);

@@ -280,7 +280,8 @@ int fq_topic_evict(fq_queue *q, uint64_t target)
     return FQ_OK;
 }
 
-/* fq_wait's condition for a publisher (need: payload bytes of the put) */
+/* fq_wait's condition for a publisher (need: the payload bytes of one
+ * record, fq_put_need for a batch: then the batch's exact ring bytes) */
 int fq_topic_space_ready(fq_queue *q, uint64_t need)
 {
     fq_ctrl *c = q->ctrl;
@@ -1210,12 +1211,22 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
     atomic_store_explicit(&q->members[s->m].held, 1, RLX);
 }
 
-/* A subscriber's readiness rule for fq_wait.c (pos: its group's head): a
- * message there, or shut down.  Here, not in the wait layer: it knows no
- * discipline. */
-static int fq_sub_ready(fq_queue *q, uint64_t pos)
+/* A member's readiness rule for fq_wait.c (gi: its group, s->g, ours since
+ * fq_subscribe, not read from the segment): a claim another member left
+ * to take over, a message at the group's head, or shut down.  Here, not in
+ * the wait layer: it knows no discipline.  The orphans hint is part of the
+ * rule, loaded after the sleeper bit like the rest (seq_cst): a member
+ * that leaves a claim raises the hint (seq_cst RMW) before its fq_wake,
+ * whose fence then loads the bits, so either that wake sees our bit or we
+ * see the hint; a look at the hint before the wait alone would miss an
+ * orphan left in between (a lost wake-up). */
+static int fq_sub_ready(fq_queue *q, uint64_t gi)
 {
-    return fq_topic_data_ready(q, pos) || (atomic_load(&q->ctrl->state) & FQ_STATE_SHUTDOWN);
+    fq_group *g = &q->groups[gi];
+    if (atomic_load_explicit(&g->orphans, SEQ))
+        return 1;
+    return fq_topic_data_ready(q, atomic_load_explicit(&g->head, SEQ)) ||
+           (atomic_load_explicit(&q->ctrl->state, SEQ) & FQ_STATE_SHUTDOWN);
 }
 
 void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
@@ -1232,15 +1243,13 @@ void fq_sub_wait(fq_sub *s, uint64_t timeout_ns, int spin)
         nanosleep(&ts, NULL);
         return;
     }
-    fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, h, NULL, timeout_ns, timeout_ns,
+    fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, timeout_ns, timeout_ns,
                  spin ? FQ_STRATEGY_ADAPTIVE : FQ_STRATEGY_SLEEP);
 }
 
 int fq_sub_spin(fq_sub *s, uint64_t ns)
 {
-    fq_queue *q = s->q;
-    uint64_t h = atomic_load(&q->groups[s->g].head);
-    return fq_spin_pred(q, fq_sub_ready, h, ns);
+    return fq_spin_pred(s->q, fq_sub_ready, s->g, ns);
 }
 
 int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strategy)
@@ -1253,7 +1262,7 @@ int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strat
         fq_sub_wait(s, slice_ns < timeout_ns ? slice_ns : timeout_ns, 0); /* its rules */
         return 0;
     }
-    return fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, h, fq_topic_data_quiet, slice_ns,
+    return fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, fq_topic_data_quiet, slice_ns,
                         timeout_ns, strategy);
 }
 
@@ -1261,11 +1270,10 @@ int fq_sub_arm(fq_sub *s, int on)
 {
     fq_queue *q = s->q;
     if (!on)
-        return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, 0, NULL, 0);
-    if (atomic_load(&q->groups[s->g].orphans))
-        return FQ_ARM_READY; /* a claim to take over: try */
-    uint64_t h = atomic_load(&q->groups[s->g].head);
-    return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, h, fq_topic_data_quiet, 1);
+        return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, 0);
+    /* an orphan to take over counts as ready: fq_sub_ready looks after
+     * the bit is up */
+    return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, fq_topic_data_quiet, 1);
 }
 
 /* ---- status ---------------------------------------------------------- */

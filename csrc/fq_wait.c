@@ -11,11 +11,9 @@
  *   waiter: set our bit (seq_cst RMW; before every sleep); v = load(word);
  *           re-check the condition; futex_wait(word, v, slice); clear the
  *           bit when the process's last sleeper on it leaves.
- *   writer: publish (release); seq_cst fence; if any bit is set, take the
- *           bits (exchange with 0), bump the word and FUTEX_WAKE everyone;
- *           ring the bell of each slot taken that has an awaiting task.
- *           Taking them makes one syscall per sleep, not one per write
- *           until the woken sleepers run again.
+ *   writer: publish (release); seq_cst fence; if any bit is set, bump the
+ *           word and FUTEX_WAKE everyone; ring the bell of each slot seen
+ *           that has an awaiting task.  The writer only loads the bits.
  *
  * Either the writer's fence-then-load sees the waiter's bit, or the
  * waiter's RMW-then-re-check sees the published data: a wake-up is never
@@ -23,6 +21,19 @@
  * and the futex call makes FUTEX_WAIT return EAGAIN at once.  A bitmask,
  * not a count, because a waiter killed in its sleep must not leave the
  * count raised forever: recovery clears a dead slot's bit.
+ *
+ * Only the owner of a bit clears it (when its process's last sleeper or
+ * armed task on that side leaves), or recovery once the owner is dead;
+ * never a writer.  So a bit is up from before its sleeper's re-check until
+ * after that sleeper is back from FUTEX_WAIT, whatever happens to writers:
+ * a writer killed between its load of the bits and its FUTEX_WAKE (or
+ * stopped there for good) takes nothing with it, and the next writer's
+ * fence-then-load sees the same bits and wakes.  (A writer that took the
+ * bits, exchanging them with 0, and died before waking would leave the
+ * sleepers asleep with no bit up for any later writer.)  The price: a
+ * writer that runs between a wake-up and the woken sleeper's leaving sees
+ * its bit still up and makes one FUTEX_WAKE more.  Bells are rung once per
+ * take by the owner (bell_rung), not once per writer.
  *
  * Sleeping without a timer.  A waiter must not sleep forever on a word that
  * a dead process was to bump: while a claim is in flight, it sleeps in
@@ -32,7 +43,9 @@
  * tail) calls fq_wake_quiet() after its seq_cst CAS, and either that load
  * sees the bit, or the waiter's quiet(q), loaded after its seq_cst RMW,
  * sees the claim.  The woken waiter finds a claim in flight and sleeps in
- * slices until it is finished.
+ * slices until it is finished.  quiet_mask, like the sides' masks, is only
+ * loaded by writers (a claimer killed after taking it would leave a waiter
+ * asleep without a slice beside a claim no one finishes).
  *
  * Bells: an event loop cannot sleep in FUTEX_WAIT.  A process with awaiting
  * tasks owns a doorbell, an abstract Unix datagram socket its loops watch
@@ -173,15 +186,15 @@ static void fq_bell_send(uint64_t name)
  * writer that took only bits of slots without it skips FUTEX_WAKE) */
 #define FQ_BELL_FUTEX 4u
 
-/* The writer took the bits `taken` (word i) of side: ring those slots'
- * bells that an awaiting task listens to.  1 if a slot taken may have a
+/* The writer saw the bits `seen` (word i) of side: ring those slots'
+ * bells that an awaiting task listens to.  1 if a slot seen may have a
  * thread asleep on the futex (or says nothing: an older owner's). */
-static int fq_ring_bells(fq_queue *q, unsigned i, uint64_t taken, int side)
+static int fq_ring_bells(fq_queue *q, unsigned i, uint64_t seen, int side)
 {
     int futex = 0;
-    while (taken) {
-        unsigned b = (unsigned)__builtin_ctzll(taken);
-        taken &= taken - 1;
+    while (seen) {
+        unsigned b = (unsigned)__builtin_ctzll(seen);
+        seen &= seen - 1;
         uint32_t s = i * 64 + b;
         if (s >= q->nslots)
             return 1;
@@ -195,9 +208,13 @@ static int fq_ring_bells(fq_queue *q, unsigned i, uint64_t taken, int side)
         /* a bell left by an earlier owner of the slot is not this one's */
         if (!name || atomic_load(&sl->bell_owner) != atomic_load(&sl->word))
             continue;
-        /* one datagram until the owner takes the bits: it drains its socket
-         * before it takes them (fq_bell_take), so a ring after that sends */
-        if (!(atomic_fetch_or(&sl->bell_rung, 1u << side) & (1u << side)))
+        /* one datagram until the owner takes the rung bits: it drains its
+         * socket before it takes them (fq_bell_take), so a ring after that
+         * sends.  The plain load first: the bits stay up while the task is
+         * armed, so most writers find the bell rung already and skip the
+         * RMW on the shared line (the RMW decides who sends). */
+        if (!(atomic_load(&sl->bell_rung) & (1u << side)) &&
+            !(atomic_fetch_or(&sl->bell_rung, 1u << side) & (1u << side)))
             fq_bell_send(name);
     }
     return futex;
@@ -216,15 +233,14 @@ void fq_wake(fq_queue *q, int what)
             continue;
         _Atomic uint64_t *mask = side == FQ_WAIT_DATA ? c->data_mask : c->space_mask;
         _Atomic uint32_t *seq = side == FQ_WAIT_DATA ? &c->data_seq : &c->space_seq;
-        /* Take the bits: one wake-up per sleep, not one per call until the
-         * sleepers run again (with more processes than cores that can take
-         * long).  A sleeper sets its bit again before every re-check. */
+        /* Load the bits, never take them (see the top of this file: a
+         * writer killed here must leave them up for the next one).  Ordered
+         * after our publication by the fence above. */
         int wake = 0;
         for (unsigned i = 0; i < words; i++) {
-            uint64_t taken;
-            if (atomic_load_explicit(&mask[i], memory_order_relaxed) &&
-                (taken = atomic_exchange_explicit(&mask[i], 0, memory_order_seq_cst)))
-                wake |= fq_ring_bells(q, i, taken, side);
+            uint64_t seen = atomic_load_explicit(&mask[i], memory_order_seq_cst);
+            if (seen)
+                wake |= fq_ring_bells(q, i, seen, side);
         }
         if (wake) {
             atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
@@ -244,11 +260,11 @@ void fq_wake_quiet(fq_queue *q)
      * extra loop wake-up and callback per message.) */
     int me = atomic_load(&q->slot);
     /* the caller's seq_cst CAS (its claim) comes before these loads: pairs
-     * with the waiter's RMW on quiet_mask before its quiet(q) */
+     * with the waiter's RMW on quiet_mask before its quiet(q).  Loaded, not
+     * taken: only the owner clears its bit (see the top of this file). */
     for (unsigned i = 0; i < words; i++) {
         uint64_t own = me >= 0 && (unsigned)me / 64 == i ? 1ull << (me & 63) : 0;
-        if ((atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst) & ~own) &&
-            (atomic_fetch_and_explicit(&c->quiet_mask[i], own, memory_order_seq_cst) & ~own))
+        if (atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst) & ~own)
             wake = 1;
     }
     if (wake)
@@ -353,7 +369,8 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
     pthread_mutex_lock(&q->mu);
     if (q->sleepers[what]++ == 0) /* before our bit goes up: see fq_ring_bells */
         atomic_fetch_or(&sl->bell_sides, FQ_BELL_FUTEX << what);
-    /* every time, not only for the first sleeper: a waker takes the bits */
+    /* every time (an RMW, seq_cst): it is also what orders our re-check
+     * below after the bit, pairing with the writer's fence in fq_wake */
     fq_bits_up(q, fq_side_mask(q, what));
     int deep = 0;
     if (quiet && timeout_ns > slice_ns) {
@@ -411,7 +428,7 @@ int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet
         return -ENOTCONN;
     }
     if (!q->armed[what])
-        /* a rung bit left from our last arming (a writer that took our bit
+        /* a rung bit left from our last arming (a writer that saw our bit
          * just before we disarmed): with it set, no writer would send us a
          * datagram again.  Cleared before our bit goes up: a ring after
          * that sends, and a ring before it is for a write that the ready()

@@ -69,7 +69,7 @@ cdef extern from "fastq.h" nogil:
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
     void fq_wake(fq_queue *q, int what)
     uint64_t fq_record_size(uint64_t len)
-    uint64_t fq_put_need(const uint64_t *lens, size_t n)
+    uint64_t fq_put_need(fq_queue *q, const uint64_t *lens, size_t n)
     int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
     void fq_spin_missed(fq_queue *q)
     uint64_t FQ_FOREVER

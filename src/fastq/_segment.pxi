@@ -310,7 +310,7 @@ cdef class Segment:
                 _raise_rc(rc, q, lens[0])
             if w is None:
                 w = _Waiter(timeout)
-            need = fq_put_need(lens, k[0])
+            need = fq_put_need(q, lens, k[0])
             self._wait(q, FQ_WAIT_SPACE, need, w)
 
     cdef int _put(self, object obj, bint block, object timeout) except -1:

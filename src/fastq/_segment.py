@@ -210,6 +210,9 @@ class SegmentHandle:
                         self._open(path)
         self._name = name
         self._path = path
+        # the file this handle maps, for unlink(): the name may come to
+        # another segment's file (removed, then created again)
+        self._file_id = _vetted(self) if path is not None else None
         if opened and self.is_topic != bool(topic[0]):
             self.close()
             other = "Queue" if topic[0] else "Topic"
@@ -260,10 +263,18 @@ class SegmentHandle:
 
     def unlink(self) -> None:
         """Remove the segment file; processes attached keep using it.  An
-        anonymous segment has no file: nothing to do."""
+        anonymous segment has no file: nothing to do.  Nor is there when the
+        name is gone, or names another segment by now (this one's was
+        removed and a new one created under the same name): that one is
+        left alone.  (The check and the removal are two steps: a file put
+        under the name between them, by another unlink and create, is
+        removed; they are not atomic.)"""
         if self._path is None:
             return
         try:
+            st = os.stat(self._path)
+            if (st.st_dev, st.st_ino) != self._file_id:
+                return
             os.unlink(self._path)
         except FileNotFoundError:
             pass

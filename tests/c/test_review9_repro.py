@@ -1,8 +1,8 @@
 """Reproductions of the findings of the third adversarial review of the C core
 (issue 9: the group-head pair of bug 6, the wake paths of bug 7, the creation and
-removal of segment files).  Each test asserts the correct behaviour and is marked
-xfail(strict=True): it fails today (so the suite passes) and turns into an XPASS,
-which fails the run, once the finding is fixed; then drop the mark.
+removal of segment files), R1 to R6.  Each test asserts the correct behaviour;
+each failed on the core before its fix (as a strict xfail, its reason naming the
+defect) and passes at once after it: only a regression waits out a bound.
 
 No timing assertion: a lost wake-up is shown with a thread seen asleep in
 FUTEX_WAIT on the segment's wait word with a 600 s slice that is not back within
@@ -13,8 +13,10 @@ between the caller's last look and the sleeper bit).
 """
 
 import ctypes
+import fcntl
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ import time
 import pytest
 
 from support import procs as _procs
-from support.cseg import CAP, ffi, lib, mk, seq_of
+from support.cseg import CAP, ffi, lib, mk, open_seg, seq_of
 from support.ctopic import GROUP, T, trec
 from support.futexwatch import (BOUND, CTRL_DATA_SEQ, CTRL_SPACE_SEQ, LONG_NS, SYS_FUTEX, WAIT_SPACE,
                                 Waiter, asleep_on, need_futex_nr, seg_base, wake_all)
@@ -93,10 +95,6 @@ def _stale_intent_setup(path):
 # R1: a publisher's stale CLAIMING intent pins the release it computes itself
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R1: fq_put_begin (csrc/fq_ring.c) keeps its CLAIMING intent at the old "
-    "tail after a failed tail CAS, and fq_topic_release counts it: the publisher's own "
-    "stale intent holds release, and its put reports FULL on an empty ring"))
 def test_stale_own_intent_makes_put_full_on_empty_ring(path):
     t, s, p, paused = _stale_intent_setup(path)
     try:
@@ -112,11 +110,6 @@ def test_stale_own_intent_makes_put_full_on_empty_ring(path):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R1: a publisher whose stale CLAIMING intent held release (another "
-    "publisher went to sleep on it) gives up with FULL and stores IDLE without a "
-    "wake-up (csrc/fq_ring.c, the FULL return of fq_put_begin): the sleeper sleeps "
-    "its whole slice"))
 def test_stale_intent_withdrawn_wakes_publisher_waiting_for_space(path):
     t, s, p, paused = _stale_intent_setup(path)
     w = None
@@ -181,11 +174,6 @@ class MutexHolder(threading.Thread):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R2: fq_sub_wait (csrc/fq_topic.c) looks at the group's orphans hint "
-    "before fq_wait sets the sleeper bit, and fq_wait's predicate (fq_topic_data_ready) "
-    "never looks at it: a member that leaves a claim (close or death) between the two "
-    "wakes nobody, and the waiter sleeps its whole slice with a message waiting"))
 def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
     t = T.create(path, capacity=CAP)
     p = T.open(path)
@@ -226,11 +214,6 @@ def test_orphan_left_before_the_sleeper_bit_wakes_the_waiter(path, tmp_path):
 # R3: unlink() removes whatever file has the name now, not the handle's own
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R3: _Handle.unlink (src/fastq/_queue.py) removes the path by name "
-    "without checking that it still names this handle's segment: after another "
-    "process unlinked it and a third created a new one there, it removes the new, "
-    "live segment"))
 def test_unlink_does_not_remove_a_newer_segment_of_the_same_name(tmp_path):
     import fastq
     name = str(tmp_path / "q")
@@ -241,7 +224,7 @@ def test_unlink_does_not_remove_a_newer_segment_of_the_same_name(tmp_path):
     new = fastq.Queue(name)  # a new segment under the same name, in use
     try:
         new.put("kept")
-        st = os.fstat(new._seg.fileno())
+        st = os.fstat(new.fileno())
         old.unlink()  # should remove old's file, which has no name any more
         assert os.path.exists(name), "unlink() of a handle removed another segment's name"
         assert (os.stat(name).st_dev, os.stat(name).st_ino) == (st.st_dev, st.st_ino)
@@ -281,31 +264,83 @@ _CREATE_KILLED = r"""
 import sys
 sys.path.insert(0, %r)
 from support.cseg import create, lib
-lib.fq_test_set_crash_point(b"create_reserved", 1)
-create(sys.argv[1])
-sys.exit(3)  # not killed: the crash point was not reached
+if sys.argv[2]:
+    lib.fq_test_set_crash_point(sys.argv[2].encode(), 1)
+rc, q, err = create(sys.argv[1])
+sys.exit(3 if sys.argv[2] else rc)  # 3: not killed, the crash point was not reached
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R4: fq_create's fallback for filesystems without O_TMPFILE "
-    "(csrc/fq_segment.c, fq_open_tmpfile) names the file being built "
-    "<path>.tmp-<pid>-<hex>; a creator killed before it links and unlinks it leaves "
-    "that file for good (the header comment says a killed creator leaves nothing), "
-    "and nothing ever removes it"))
-def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path):
+def _create_in_child(path, point, env):
+    """fq_create(path) in a child process, made to die at the crash point (if
+    given); its exit status (9: died there, as a crash point exits)"""
+    support = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % support, str(path), point],
+                       env=env, timeout=120)
+    return r.returncode
+
+
+@pytest.fixture
+def no_tmpfile_env(tmp_path):
+    """the environment of a process on a filesystem without O_TMPFILE"""
     cc = os.environ.get("CC", "cc")
     shim_c = tmp_path / "shim.c"
     shim_c.write_text(_NO_TMPFILE_SHIM)
     shim = tmp_path / "shim.so"
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(shim_c), "-ldl"], check=True)
+    return dict(os.environ, LD_PRELOAD=str(shim))
+
+
+def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path, no_tmpfile_env):
+    """A creator killed while building its named temporary file leaves it (a
+    named file cannot go with its process); the next creator of the name
+    removes it, as its creator is gone (its creating lock free, its pid too)."""
     d = tmp_path / "dir"
     d.mkdir()
-    env = dict(os.environ, LD_PRELOAD=str(shim))
-    r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), str(d / "q")], env=env, timeout=120)
-    assert r.returncode == 9, "the creator was not killed at create_reserved"
-    assert sorted(os.listdir(d)) == [], "a killed creator left files behind"
+    assert _create_in_child(d / "q", "create_reserved", no_tmpfile_env) == 9, \
+        "the creator was not killed at create_reserved"
+    left = os.listdir(d)
+    assert len(left) == 1 and left[0].startswith("q.tmp-")  # the repro's premise
+    assert _create_in_child(d / "q", "", no_tmpfile_env) == 0
+    assert sorted(os.listdir(d)) == ["q"], "a killed creator's temporary file was left"
+
+
+def test_creator_killed_after_its_link_leaves_no_second_name(tmp_path, no_tmpfile_env):
+    """Killed between the link and the removal of the temporary name: the
+    segment has two names; the next opener removes the temporary one."""
+    d = tmp_path / "dir"
+    d.mkdir()
+    assert _create_in_child(d / "q", "create_linked", no_tmpfile_env) == 9, \
+        "the creator was not killed at create_linked"
+    assert len(os.listdir(d)) == 2 and os.stat(d / "q").st_nlink == 2
+    rc, q, err = open_seg(d / "q")
+    assert rc == 0, err
+    lib.fq_close(q)
+    assert sorted(os.listdir(d)) == ["q"], "the temporary second name was left"
+
+
+def test_a_live_creators_temporary_file_is_not_swept(tmp_path, no_tmpfile_env):
+    """A temporary file whose creator still holds its creating lock stays, even
+    if the pid in its name is gone (a creator in another pid namespace)."""
+    d = tmp_path / "dir"
+    d.mkdir()
+    # a pid that is not there: a dead child's
+    pid = _procs.fork(lambda: 0)
+    _procs.reap(pid)
+    fake = d / ("q.tmp-%d-%016x" % (pid, 0xabc))
+    fd = os.open(fake, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        lk = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, (1 << 62) - 1, 1, 0)
+        fcntl.fcntl(fd, 37, lk)  # F_OFD_SETLK: as its creator holds it
+        assert _create_in_child(d / "q", "", no_tmpfile_env) == 0
+        assert sorted(os.listdir(d)) == ["q", fake.name]
+    finally:
+        os.close(fd)
+    assert _create_in_child(d / "r", "", no_tmpfile_env) == 0  # another name: not its
+    assert fake.name in os.listdir(d)
+    os.unlink(d / "q")
+    assert _create_in_child(d / "q", "", no_tmpfile_env) == 0  # lock free now: swept
+    assert sorted(os.listdir(d)) == ["q", "r"]
 
 
 # ---------------------------------------------------------------------------
@@ -341,11 +376,6 @@ def _waker_child(path, go_r):
 
 @need_futex_nr
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to stop a waker mid-wake")
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R5: fq_wake (csrc/fq_wait.c) takes the sleeper bits (exchange with 0) "
-    "before it bumps the futex word and wakes: a waker killed (or stopped) in between "
-    "leaves the sleepers asleep with their bits cleared, so every later publish "
-    "finds no bit and wakes nobody (the sleepers wait out their slice)"))
 def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
     t = T.create(path, capacity=CAP)
     go_r, go_w = os.pipe()
@@ -372,7 +402,8 @@ def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
         assert _procs.reap(pid) == -9, "the waker was not stopped inside fq_wake"
         slot = lib.fqt_my_slot(t.q)
         mask = ffi.cast("uint64_t *", seg_base(t) + CTRL_DATA_MASK)[slot // 64]
-        assert not mask & (1 << (slot % 64)), "the dead waker did not take the bit"
+        # only a sleeper clears its own bit: the dead waker left it up
+        assert mask & (1 << (slot % 64)), "the dead waker took the sleeper's bit"
         # the dead waker's message is there, and another publish wakes the data side
         assert t.put(mk(1, 100)) == lib.FQ_OK
         w.join(BOUND)
@@ -420,7 +451,7 @@ def _sleeps_blocked(tmp_path, tag, items):
     try:
         for n in (992, 992, 992, 672):  # ring bytes 1024 * 3 + 704: tail at 3776
             topic.publish(b"x" * n)
-        base = _map_start(topic._seg.fileno())
+        base = _map_start(topic.fileno())
         w = Waiter(lambda: topic.publish_many(items))
         return w.blocked_in(asleep_on(base + CTRL_SPACE_SEQ))
     finally:
@@ -437,13 +468,6 @@ def _sleeps_blocked(tmp_path, tag, items):
 
 
 @need_futex_nr
-@pytest.mark.xfail(strict=True, reason=(
-    "review 9, R6: Segment._begin_put (src/fastq/_core.pyx) computes the bytes a "
-    "blocked batch waits for itself, as queue records (len + 31) & ~15, and "
-    "fq_topic_space_ready adds a topic's 16-byte prefix once for the whole batch: for "
-    "k records it asks for 16 * (k - 1) bytes too few (and no padding for their real "
-    "span), so fq_wait reports space that fq_put_begin refuses and the publisher "
-    "spins on FULL instead of sleeping"))
 def test_blocked_batch_publish_sleeps(tmp_path):
     # control: one message that does not fit (432 bytes after 320 of padding)
     # sleeps on the space word, as it should
