@@ -148,6 +148,9 @@ uint64_t fq_topic_release(fq_queue *q);
 int fq_topic_evict(fq_queue *q, uint64_t target);
 int fq_topic_data_ready(fq_queue *q, uint64_t pos);
 int fq_topic_space_ready(fq_queue *q, uint64_t need);
+/* fq_wait's quiet rules for a topic's subscribers and publishers */
+int fq_topic_data_quiet(fq_queue *q);
+int fq_topic_space_quiet(fq_queue *q);
 int fq_topic_reap(fq_queue *q);
 int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n);
 void fq_topic_tables_changed(fq_queue *q); /* before the lock is dropped */

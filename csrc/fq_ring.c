@@ -1018,10 +1018,18 @@ static fq_ready_fn fq_rule(fq_queue *q, int what)
 }
 
 /* Nothing in flight that a dead process could leave stalled: no claim of
- * tail or head open, nothing put back (queues; a topic is never quiet). */
+ * tail or head open, nothing put back (a queue); a topic's rules are
+ * fq_topic.c's. */
 static int fq_quiet(fq_queue *q)
 {
     return fq_idle(q);
+}
+
+static fq_quiet_fn fq_quiet_rule(fq_queue *q, int what)
+{
+    if (!q->topic)
+        return fq_quiet;
+    return what == FQ_WAIT_SPACE ? fq_topic_space_quiet : fq_topic_data_quiet;
 }
 
 void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
@@ -1039,7 +1047,7 @@ int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_
         if (left && left < slice_ns)
             slice_ns = left;
     }
-    return fq_wait_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, slice_ns,
+    return fq_wait_pred(q, what, fq_rule(q, what), need, fq_quiet_rule(q, what), slice_ns,
                         timeout_ns, strategy);
 }
 
@@ -1050,5 +1058,5 @@ int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
 
 int fq_arm(fq_queue *q, int what, uint64_t need, int on)
 {
-    return fq_arm_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, on);
+    return fq_arm_pred(q, what, fq_rule(q, what), need, fq_quiet_rule(q, what), on);
 }

@@ -321,6 +321,72 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos)
     return st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED;
 }
 
+/* fq_wait's quiet rules for a topic (see fq_wait.c, "Sleeping without a
+ * timer"): may a waiter sleep without a recovery slice?  Nothing is in
+ * flight that a dead process could leave stalled: no put between its
+ * intent and its commit (a killed publisher's region waits for recovery),
+ * no member claim, CLAIMING or WON (a killed member's becomes an orphan for
+ * its group and holds release back), no orphan.  A put claims tail and a
+ * member claims its group's head with a seq_cst CAS, then calls
+ * fq_wake_quiet: either it sees the sleeper's quiet bit, or these seq_cst
+ * loads (after the sleeper's RMW of that bit) see its intent. */
+static int fq_topic_in_flight(fq_queue *q)
+{
+    for (uint32_t sl = 0; sl < q->nslots; sl++) {
+        if (FQ_SLOT_KIND(atomic_load_explicit(&q->slots[sl].word, SEQ)) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            unsigned ph = atomic_load_explicit(&q->slots[sl].lane[l].prod.state, SEQ) & 3;
+            if (ph == FQ_PH_CLAIMING || ph == FQ_PH_WON)
+                return 1;
+        }
+    }
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        unsigned k = FQ_SLOT_KIND(atomic_load_explicit(&e->word, SEQ));
+        if (k == FQ_MEM_ORPHAN)
+            return 1;
+        unsigned ph = atomic_load_explicit(&e->state, SEQ) & 3;
+        if (k == FQ_MEM_ACTIVE && (ph == FQ_PH_CLAIMING || ph == FQ_PH_WON))
+            return 1;
+    }
+    return 0;
+}
+
+/* A subscriber: nothing in flight.  (A member of its group killed without a
+ * claim leaves nothing to take over: the group's head is where it was.) */
+int fq_topic_data_quiet(fq_queue *q)
+{
+    return !fq_topic_in_flight(q);
+}
+
+/* A publisher waiting for room: nothing in flight, and, in a block topic,
+ * no group that lags behind tail (and so may hold release back) can go
+ * away when a process dies: a non-durable group is freed by recovery once
+ * its last member is found dead, so only a durable one may lag (or one
+ * still being made).  What moves release then wakes us: a member's claim
+ * (fq_wake_quiet), fq_unsubscribe and fq_topic_forget (fq_wake). */
+int fq_topic_space_quiet(fq_queue *q)
+{
+    if (fq_topic_in_flight(q))
+        return 0;
+    if (q->drop)
+        return 1; /* a publisher evicts: it waits only for a put in flight */
+    uint64_t t = atomic_load_explicit(&q->ctrl->tail, SEQ);
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t gi = 0; gi < hwm && gi < q->nsubs; gi++) {
+        fq_group *g = &q->groups[gi];
+        uint64_t gw = atomic_load_explicit(&g->word, SEQ);
+        if ((gw & 0xff) != FQ_GRP_ACTIVE)
+            continue;
+        unsigned fl = (unsigned)(gw >> 8) & 0xff;
+        if ((fl & FQ_GRP_INIT) || (!(fl & FQ_GRP_DURABLE) && fq_head_read(g).pos < t))
+            return 0;
+    }
+    return 1;
+}
+
 /* ---- the tables (under the segment lock) ------------------------------ */
 
 /* Has the owner of an ACTIVE member left (fq_layout.h: owner, slot)?  seen:
@@ -978,6 +1044,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
+        fq_wake_quiet(q); /* after the seq_cst claim: see fq_topic_in_flight */
         FQ_CRASH_POINT("sub_after_claim");
         /* a helper may have stored WON already: the same value */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, REL);
@@ -1213,7 +1280,8 @@ int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strat
         fq_sub_wait(s, slice_ns < timeout_ns ? slice_ns : timeout_ns, 0); /* its rules */
         return 0;
     }
-    return fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, slice_ns, timeout_ns, strategy);
+    return fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, fq_topic_data_quiet, slice_ns,
+                        timeout_ns, strategy);
 }
 
 int fq_sub_arm(fq_sub *s, int on)
@@ -1223,7 +1291,7 @@ int fq_sub_arm(fq_sub *s, int on)
         return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, 0);
     /* an orphan to take over counts as ready: fq_sub_ready looks after
      * the bit is up */
-    return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, 1);
+    return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, fq_topic_data_quiet, 1);
 }
 
 /* ---- status ---------------------------------------------------------- */

@@ -51,6 +51,14 @@ def _strategy(wait: Any) -> int:
             from None
 
 
+def _wait_name(strategy: int) -> str:
+    """The wait= name of a FQ_STRATEGY_* (what a pickled handle passes on)."""
+    for k, v in _core.STRATEGIES.items():
+        if v == strategy:
+            return k
+    return "adaptive"
+
+
 def _check_int(what: str, v: Any, lo: int, hi: int) -> int:
     """v as an int in lo..hi: TypeError for another type (bool too), ValueError
     out of range."""
@@ -285,6 +293,8 @@ class SegmentHandle:
 
     def _reduce_args(self, what: str) -> tuple:
         """What a pickled handle is rebuilt from: where it reopens (see
-        _where), its name, serializer and trust, and the file it had vetted."""
+        _where), its name, serializer and trust, the file it had vetted, and
+        its wait= strategy."""
         spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_where(self, what), self._name, spec, self._trusted, _vetted(self))
+        return (_where(self, what), self._name, spec, self._trusted, _vetted(self),
+                _wait_name(self.strategy))

@@ -11,7 +11,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._aio import SubscriptionAio, TopicAio
+from ._aio import SubscriptionAio, TopicAio, wake_closed
 from ._errors import SubscriberLimit
 from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
                        _check_int, _Default, _given, _strategy, iterate)
@@ -117,6 +117,12 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         """Attach to an existing topic (``overflow`` and sizes come from it;
         options given must agree with it: ``ValueError``)."""
         return cls(name, _how="open", **kwargs)
+
+    def close(self) -> None:
+        _core.TopicSegment.close(self)
+        wake_closed(self)  # tasks awaiting on it (or its subscriptions) raise ValueError
+
+    close.__doc__ = _core.TopicSegment.close.__doc__
 
     def __reduce__(self):
         return (_reopen, self._reduce_args("topic"))
@@ -305,6 +311,12 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         """The subject patterns it receives (None: every message)."""
         return self._patterns
 
+    def close(self) -> None:
+        _core.SubscriptionBase.close(self)
+        wake_closed(self)  # tasks awaiting on it raise ValueError now
+
+    close.__doc__ = _core.SubscriptionBase.close.__doc__
+
     def __enter__(self) -> "Subscription":
         return self
 
@@ -379,7 +391,8 @@ def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1,
 
 
 def _reopen(where: Any, name: str, serializer: Any, trusted: bool = False,
-            vetted: Optional[tuple] = None) -> Topic:
+            vetted: Optional[tuple] = None, wait: str = "adaptive") -> Topic:
     if isinstance(where, str):
-        return Topic.open(where, serializer=serializer, trusted=trusted, _vetted=vetted)
-    return Topic((where, name), serializer=serializer, _how="open")
+        return Topic.open(where, serializer=serializer, trusted=trusted, wait=wait,
+                          _vetted=vetted)
+    return Topic((where, name), serializer=serializer, wait=wait, _how="open")
