@@ -57,9 +57,15 @@ typedef struct fq_claim {
     uint64_t given;
     /* topics (subscriber claims) */
     uint64_t idx;      /* index of the last message found intact */
-    uint64_t msg_pos;  /* position of the message fq_sub_next returned */
+    uint64_t msg_pos;  /* position of the message fq_sub_next (fq_claim_next) returned */
     uint64_t msg_idx;  /* its index, as read before the copy */
     uint64_t kept;     /* messages found intact so far */
+    uint32_t attempt;  /* consumer: the delivery's attempt, 1 the first time
+                        * (a taken requeued record: its takes + 1) */
+    uint32_t subject_len; /* topics: the first subject_len bytes of a payload
+                           * are its subject (producer: set between
+                           * fq_put_begin and fq_put_commit, for every record
+                           * of the claim; fq_sub_next: the message's) */
 } fq_claim;
 
 typedef struct fq_create_opts {
@@ -70,6 +76,7 @@ typedef struct fq_create_opts {
     uint32_t topic;       /* 0: a queue; 1: a topic */
     uint32_t drop;        /* topic: publishers overwrite (overflow="drop") */
     uint32_t max_subs;    /* topic: subscriber entries; 0: 64 */
+    uint32_t temporary;   /* 1: mark it temporary (FQ_FLAG_TEMP: `fastq gc`) */
 } fq_create_opts;
 
 /* Create a new segment at path; exclusive: fail with -EEXIST if present.
@@ -104,11 +111,17 @@ int fq_put(fq_queue *q, const void *data, size_t len); /* begin+copy+commit */
  * back (claims of other handles, live or dead, may be given back; FQ_EMPTY
  * meanwhile: wait, and let recovery run). */
 int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c);
+/* The claim's next message (0: none left); sets c->msg_pos to its record's
+ * position (the one a requeued record keeps: fastq's message identity). */
 int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len);
 void fq_get_end(fq_queue *q, fq_claim *c);
 void fq_get_abort(fq_queue *q, fq_claim *c); /* give the messages back */
 /* Free the first `keep` messages of the claim, give the others back. */
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep);
+/* Give the claim's messages back, visible again only after delay_ms (at
+ * most FQ_MAX_DELAY_MS, fq_layout.h; 0: at once, as fq_get_abort).  The
+ * delay is kept in the records: nobody holds them meanwhile (fq_get.c). */
+void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms);
 
 /* Waiting: returns when the condition may hold, after at most timeout_ns.
  * spin: spin and yield briefly before sleeping (the first wait of a call;
@@ -260,6 +273,12 @@ int fq_sub_arm(fq_sub *s, int on);
  * given back: an orphan's claim, a claim kept by fq_sub_hold; not a claim
  * open); drops (drop topics). */
 uint64_t fq_sub_lag(fq_sub *s);
+/* The subject filter of the subscription's group, by its key (the caller's
+ * digest of its patterns, never 0): FQ_OK if the group has no other member
+ * (ACTIVE or ORPHAN), and the key is the group's from now on, or if it has
+ * that key already; FQ_EINUSE if another member uses another key; -errno
+ * if the segment lock cannot be taken. */
+int fq_sub_filter(fq_sub *s, uint64_t key);
 uint64_t fq_sub_dropped(fq_sub *s);
 uint32_t fq_sub_index(fq_sub *s);
 
@@ -275,6 +294,32 @@ typedef struct fq_sub_info {
 } fq_sub_info;
 /* Entry i of the subscriber listing (i < 2 * max_subs): 1 if filled. */
 int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
+
+/*
+ * Statistics and inspection (fq_inspect.c), for operators' tools: counters
+ * summed over every slot (each process writes only its own lanes), the
+ * attached processes, and a consistency check.  Reading takes no slot.
+ */
+typedef struct fq_counts {
+    uint64_t puts, put_bytes;   /* messages and payload bytes put */
+    uint64_t full;              /* puts that found the ring full (each try) */
+    uint64_t gets, get_bytes;   /* queue: messages finished, payload bytes delivered */
+    uint64_t redelivered;       /* queue: messages delivered again */
+    uint64_t nacked;            /* queue: messages given back */
+    uint64_t rec_slots;         /* recovery: dead processes' slots freed */
+    uint64_t rec_puts;          /* recovery: open put claims of dead processes */
+    uint64_t rec_gets;          /* recovery: open get claims of dead processes */
+    uint64_t tail, head, release; /* the cursors (head: queues) */
+    uint32_t alive, dead;       /* slots owned by live / dead processes */
+    uint32_t flags;             /* FQ_FLAG_* */
+    uint32_t reserved;
+} fq_counts;
+void fq_counts_read(fq_queue *q, fq_counts *out);
+/* Check the segment's cursors and every record between release and tail;
+ * 0 if consistent, else the number of problems, the first described in
+ * err.  Meant for a quiet segment: a concurrent put or get can move the
+ * cursors under the walk (a problem then may be a race; check again). */
+int fq_check(fq_queue *q, char *err, size_t errlen);
 
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);

@@ -19,6 +19,8 @@
  *                 discipline's readiness rule
  *   fq_recover.c  the recovery orchestrator, and fq_create/fq_open that give
  *                 handles recovery as their way to free dead slots
+ *   fq_inspect.c  counters summed and a consistency check, for operators'
+ *                 tools (reads the segment; takes no slot and no lock)
  */
 #ifndef FQ_INTERNAL_H
 #define FQ_INTERNAL_H
@@ -64,6 +66,10 @@ struct fq_queue {
     /* frees the slots of dead processes when attaching finds none free (1 if
      * it repaired any): fq_recover, set by fq_create/fq_open_fd; NULL: wait */
     int (*reclaim)(fq_queue *q);
+    /* requeue_seq << 24 | not-before: a scan at that requeue_seq found only
+     * delayed records, the earliest visible at that not-before (fq_get.c);
+     * 0: no verdict */
+    _Atomic uint64_t rq_skip;
 };
 
 #define FQ_SPIN_MAX_NS 20000u
@@ -174,6 +180,19 @@ static inline int fq_released_past(const fq_queue *q, uint64_t pos)
     return atomic_load_explicit(&q->ctrl->release, SEQ) > pos;
 }
 
+/* The delivery meta word of a record (fq_layout.h, "Delivery meta": its
+ * takes and not-before).  Plain (relaxed) accesses: the word's transitions
+ * order them. */
+static inline uint32_t fq_meta_load(fq_rec *r)
+{
+    return __atomic_load_n(&r->owner, __ATOMIC_RELAXED);
+}
+
+static inline void fq_meta_store(fq_rec *r, uint32_t m)
+{
+    __atomic_store_n(&r->owner, m, __ATOMIC_RELAXED);
+}
+
 /* ---- lanes and intents (inline, for the disciplines) ------------------------ */
 
 /* this handle's intent in lane `lane` (consumer side if cons) */
@@ -203,6 +222,15 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
     atomic_store_explicit(&in->end, end, RLX);
     atomic_store_explicit(&in->n, n, RLX);
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+}
+
+/* Add n to a statistics counter that only the caller writes (a lane's,
+ * by the thread holding the lane; recovery's, under the segment lock): a
+ * plain load and store, no locked add.  Relaxed: statistics order nothing;
+ * readers (fq_inspect.c) only sum them. */
+static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
+{
+    atomic_store_explicit(counter, atomic_load_explicit(counter, RLX) + n, RLX);
 }
 
 /* shut down (ctrl->state), for the readiness rules */
@@ -238,6 +266,9 @@ int fq_topic_space_ready(fq_queue *q, uint64_t need);
 int fq_topic_claim(fq_queue *q, uint64_t *t, uint64_t *cnt, uint64_t span, uint64_t n);
 /* readiness of a member reading at pos */
 int fq_topic_data_ready(fq_queue *q, uint64_t pos);
+/* fq_wait's quiet rules for a topic's subscribers and publishers */
+int fq_topic_data_quiet(fq_queue *q);
+int fq_topic_space_quiet(fq_queue *q);
 /* repair, for recovery (under the segment lock): reap dead members */
 int fq_topic_reap(fq_queue *q);
 /* drop the segment lock after the member or group tables may have changed */
@@ -272,9 +303,15 @@ int fq_get_ready(fq_queue *q, uint64_t unused);
 void fq_fix_cons_count(fq_queue *q, uint32_t s, unsigned l);
 int fq_holds_taken(fq_queue *q, fq_intent *in, uint32_t me);
 int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v);
+/* Does this handle know that every requeued record is delayed right now?
+ * Then the not-before units until the soonest is due, else 0 (fq_state.c
+ * shortens a consumer's wait slice to it). */
+uint32_t fq_rq_skipping(fq_queue *q);
 
 /* ---- fq_state.c: sizes, stats, shutdown, and fq_wait/fq_arm (fastq.h) ------- */
 
 /* ---- fq_recover.c: the orchestrator: fq_recover, fq_create, fq_open (fastq.h) */
+
+/* ---- fq_inspect.c: fq_counts_read, fq_check (fastq.h) ---------------------- */
 
 #endif

@@ -114,6 +114,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
                     continue;
                 }
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+                fq_stat_add(&in->full, 1);
                 fq_lane_put(q, lane);
                 return FQ_FULL;
             }
@@ -185,6 +186,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     c->taken = 0;
     c->first_off = (uint32_t)pad;
     c->redelivered = 0;
+    c->subject_len = 0;
     c->count = count;
     c->lens = lens;
     c->given = 0;
@@ -207,18 +209,23 @@ void *fq_claim_buf(fq_queue *q, fq_claim *c)
 void fq_put_commit(fq_queue *q, fq_claim *c)
 {
     FQ_CRASH_POINT("put_before_commit");
-    uint64_t p = c->pos + c->first_off;
+    uint64_t p = c->pos + c->first_off, bytes = 0;
     for (uint64_t i = 0; i < c->n; i++) {
         fq_rec *r = fq_rec_at(q, p);
+        fq_meta_store(r, 0); /* no takes, no not-before (published below) */
+        if (q->prefix)
+            ((uint64_t *)(r + 1))[1] = c->subject_len; /* the caller's: checked by readers */
         /* release: pairs with the consumer's acquire load of the word; the
          * payload copied above is visible to whoever sees COMMITTED */
         atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);
+        bytes += c->lens[i];
         p += fq_rec_size(c->lens[i] + q->prefix); /* our lengths, as fq_claim_buf */
         if (i == 0)
             FQ_CRASH_POINT("put_mid_commit");
     }
     FQ_CRASH_POINT("put_before_count");
     fq_intent *in = fq_my_intent(q, (int)c->lane, 0);
+    fq_stat_add(&in->bytes, bytes);
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
     /* a topic's publishers may wait for this put too: a block topic's

@@ -3,7 +3,8 @@
  * sizes and statistics (snapshots, lane by lane, with no ordering between the
  * loads: exact when no call is in flight), shutdown, and the waiting calls
  * fq_wait/fq_wait_for/fq_spin/fq_arm, which pick the discipline's readiness
- * rule (fq_get_ready, fq_put_ready, fq_topic_data_ready) and pass it to the
+ * rule (fq_get_ready, fq_put_ready, fq_topic_data_ready) and its quiet rule
+ * (fq_idle; fq_topic_data_quiet, fq_topic_space_quiet) and pass them to the
  * wait primitive (fq_wait.c).
  *
  * Shutdown is a bit of ctrl->state, set with a seq_cst RMW and followed by a
@@ -128,10 +129,18 @@ static fq_ready_fn fq_rule(fq_queue *q, int what)
 }
 
 /* Nothing in flight that a dead process could leave stalled: no claim of
- * tail or head open, nothing put back (queues; a topic is never quiet). */
+ * tail or head open, nothing put back (a queue); a topic's rules are
+ * fq_topic.c's. */
 static int fq_quiet(fq_queue *q)
 {
     return fq_idle(q);
+}
+
+static fq_quiet_fn fq_quiet_rule(fq_queue *q, int what)
+{
+    if (!q->topic)
+        return fq_quiet;
+    return what == FQ_WAIT_SPACE ? fq_topic_space_quiet : fq_topic_data_quiet;
 }
 
 void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
@@ -143,7 +152,13 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin
 int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
                 int strategy)
 {
-    return fq_wait_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, slice_ns,
+    if (what == FQ_WAIT_DATA && !q->topic) {
+        /* a delayed record falls due without a wake-up: look again then */
+        uint64_t left = (uint64_t)fq_rq_skipping(q) * FQ_NB_UNIT_MS * 1000000u;
+        if (left && left < slice_ns)
+            slice_ns = left;
+    }
+    return fq_wait_pred(q, what, fq_rule(q, what), need, fq_quiet_rule(q, what), slice_ns,
                         timeout_ns, strategy);
 }
 
@@ -154,5 +169,5 @@ int fq_spin(fq_queue *q, int what, uint64_t need, uint64_t ns)
 
 int fq_arm(fq_queue *q, int what, uint64_t need, int on)
 {
-    return fq_arm_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, on);
+    return fq_arm_pred(q, what, fq_rule(q, what), need, fq_quiet_rule(q, what), on);
 }

@@ -327,6 +327,72 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos)
     return st == FQ_REC_COMMITTED || st == FQ_REC_SKIP || st == FQ_REC_ABANDONED;
 }
 
+/* fq_wait's quiet rules for a topic (see fq_wait.c, "Sleeping without a
+ * timer"): may a waiter sleep without a recovery slice?  Nothing is in
+ * flight that a dead process could leave stalled: no put between its
+ * intent and its commit (a killed publisher's region waits for recovery),
+ * no member claim, CLAIMING or WON (a killed member's becomes an orphan for
+ * its group and holds release back), no orphan.  A put claims tail and a
+ * member claims its group's head with a seq_cst CAS, then calls
+ * fq_wake_quiet: either it sees the sleeper's quiet bit, or these seq_cst
+ * loads (after the sleeper's RMW of that bit) see its intent. */
+static int fq_topic_in_flight(fq_queue *q)
+{
+    for (uint32_t sl = 0; sl < q->nslots; sl++) {
+        if (FQ_SLOT_KIND(atomic_load_explicit(&q->slots[sl].word, SEQ)) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            unsigned ph = atomic_load_explicit(&q->slots[sl].lane[l].prod.state, SEQ) & 3;
+            if (ph == FQ_PH_CLAIMING || ph == FQ_PH_WON)
+                return 1;
+        }
+    }
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm; i++) {
+        fq_member *e = &q->members[i];
+        unsigned k = FQ_SLOT_KIND(atomic_load_explicit(&e->word, SEQ));
+        if (k == FQ_MEM_ORPHAN)
+            return 1;
+        unsigned ph = atomic_load_explicit(&e->state, SEQ) & 3;
+        if (k == FQ_MEM_ACTIVE && (ph == FQ_PH_CLAIMING || ph == FQ_PH_WON))
+            return 1;
+    }
+    return 0;
+}
+
+/* A subscriber: nothing in flight.  (A member of its group killed without a
+ * claim leaves nothing to take over: the group's head is where it was.) */
+int fq_topic_data_quiet(fq_queue *q)
+{
+    return !fq_topic_in_flight(q);
+}
+
+/* A publisher waiting for room: nothing in flight, and, in a block topic,
+ * no group that lags behind tail (and so may hold release back) can go
+ * away when a process dies: a non-durable group is freed by recovery once
+ * its last member is found dead, so only a durable one may lag (or one
+ * still being made).  What moves release then wakes us: a member's claim
+ * (fq_wake_quiet), fq_unsubscribe and fq_topic_forget (fq_wake). */
+int fq_topic_space_quiet(fq_queue *q)
+{
+    if (fq_topic_in_flight(q))
+        return 0;
+    if (q->drop)
+        return 1; /* a publisher evicts: it waits only for a put in flight */
+    uint64_t t = atomic_load_explicit(&q->ctrl->tail, SEQ);
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t gi = 0; gi < hwm && gi < q->nsubs; gi++) {
+        fq_group *g = &q->groups[gi];
+        uint64_t gw = atomic_load_explicit(&g->word, SEQ);
+        if ((gw & 0xff) != FQ_GRP_ACTIVE)
+            continue;
+        unsigned fl = (unsigned)(gw >> 8) & 0xff;
+        if ((fl & FQ_GRP_INIT) || (!(fl & FQ_GRP_DURABLE) && fq_head_read(g).pos < t))
+            return 0;
+    }
+    return 1;
+}
+
 /* ---- the tables (under the segment lock) ------------------------------ */
 
 /* Has the owner of an ACTIVE member left (fq_layout.h: owner, slot)?  seen:
@@ -763,8 +829,9 @@ static void fq_help(fq_queue *q, uint32_t mi, uint32_t gi, uint64_t end)
 }
 
 static void fq_fill_claim(fq_queue *q, fq_claim *c, uint64_t pos, uint64_t end, uint64_t n,
-                          uint64_t first_off, int redelivered)
+                          uint64_t first_off, int redelivered, uint32_t attempt)
 {
+    c->attempt = attempt;
     c->pos = pos;
     c->end = end;
     c->n = n;
@@ -832,6 +899,12 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
         if (FQ_SLOT_KIND(w) != FQ_MEM_ORPHAN || atomic_load(&e->group) != s->g)
             continue;
         uint64_t pos = atomic_load(&e->pos), end = atomic_load(&e->end), n = atomic_load(&e->n);
+        /* delivered once more than the orphan's count says, unless it was
+         * given back already (a count only: saturating, whatever it holds) */
+        uint32_t again = atomic_load(&e->again);
+        if (!atomic_load(&e->held)) /* a claim it held (nacked) counted itself */
+            again += again < UINT32_MAX - 1;
+        atomic_store(&me->again, again);
         /* cover the claim with ours before the orphan stops covering it */
         uint64_t seq = (atomic_load(&me->state) >> 2) + 1;
         atomic_store(&me->pos, pos);
@@ -848,7 +921,7 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
         while (h && !atomic_compare_exchange_weak(&g->orphans, &h, h - 1))
             ;
         fq_topic_unlock(q);
-        fq_fill_claim(q, c, pos, end, n, 0, 1);
+        fq_fill_claim(q, c, pos, end, n, 0, 1, again + 1);
         return FQ_OK;
     }
     atomic_store(&g->orphans, 0); /* a stale hint: nothing is left */
@@ -889,6 +962,9 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             return rc; /* taken, or an error (never claim past an orphan) */
     }
     uint32_t myid = s->m + 1;
+    /* a fresh claim: delivered for the first time (before it is claimed, so
+     * that whoever takes it over from us reads this count) */
+    atomic_store_explicit(&me->again, 0, RLX);
     for (;;) {
         fq_head H = fq_head_read(g);
         uint64_t h = H.pos;
@@ -967,12 +1043,13 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
+        fq_wake_quiet(q); /* after the seq_cst claim: see fq_topic_in_flight */
         FQ_CRASH_POINT("sub_after_claim");
         /* a helper may have stored WON already: the same value */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, REL);
         if (n == 0) { /* padding or abandoned records only: done with it */
             if (q->drop) {
-                fq_fill_claim(q, c, h, p, 0, 0, 0);
+                fq_fill_claim(q, c, h, p, 0, 0, 0, 1);
                 const void *d;
                 uint64_t l;
                 while (fq_sub_next(s, c, &d, &l))
@@ -984,7 +1061,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 fq_wake(q, FQ_WAIT_SPACE);
             continue;
         }
-        fq_fill_claim(q, c, h, p, n, first_off, 0);
+        fq_fill_claim(q, c, h, p, n, first_off, 0, 1);
         return FQ_OK;
     }
 }
@@ -1047,6 +1124,9 @@ int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
             c->msg_idx = fq_rec_index(r);
             *data = (const uint8_t *)(r + 1) + q->prefix;
             *len = l - q->prefix;
+            /* untrusted: within the payload and the bound, else no subject */
+            uint64_t sl = ((const uint64_t *)(r + 1))[1];
+            c->subject_len = sl <= FQ_MAX_SUBJECT && sl <= *len ? (uint32_t)sl : 0;
             return 1;
         }
     }
@@ -1134,6 +1214,11 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
         c->first_off = 0;
         fq_wake(q, FQ_WAIT_SPACE);
     }
+    if (from <= c->pos && c->attempt) {
+        /* the whole claim comes back: once more delivered (our own entry) */
+        atomic_store_explicit(&q->members[s->m].again, c->attempt, RLX);
+        c->attempt += c->attempt < UINT32_MAX;
+    }
     s->held = 1 + (redelivered != 0);
     s->hold = *c;
     /* for lag: given back, to come again (relaxed: statistics only) */
@@ -1191,7 +1276,8 @@ int fq_sub_wait_for(fq_sub *s, uint64_t slice_ns, uint64_t timeout_ns, int strat
         fq_sub_wait(s, slice_ns < timeout_ns ? slice_ns : timeout_ns, 0); /* its rules */
         return 0;
     }
-    return fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, slice_ns, timeout_ns, strategy);
+    return fq_wait_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, fq_topic_data_quiet, slice_ns,
+                        timeout_ns, strategy);
 }
 
 int fq_sub_arm(fq_sub *s, int on)
@@ -1201,7 +1287,7 @@ int fq_sub_arm(fq_sub *s, int on)
         return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, 0);
     /* an orphan to take over counts as ready: fq_sub_ready looks after
      * the bit is up */
-    return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, NULL, 1);
+    return fq_arm_pred(q, FQ_WAIT_DATA, fq_sub_ready, s->g, fq_topic_data_quiet, 1);
 }
 
 /* ---- status ---------------------------------------------------------- */
@@ -1314,6 +1400,39 @@ static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
         x += span;
     }
     return n;
+}
+
+/*
+ * Subjects.  A message's subject is stored ahead of its payload (its length
+ * in the record's prefix, fq_layout.h) and matched by the reader before the
+ * payload is deserialized (the binding).  A group has one filter, shared by
+ * its members: its key (a digest of the patterns) is kept in the group; the
+ * first member of a group sets it, a member of a group with other members
+ * must bring the same one.
+ */
+int fq_sub_filter(fq_sub *s, uint64_t key)
+{
+    fq_queue *q = s->q;
+    if (key == 0)
+        return -EINVAL;
+    int rc = fq_lock_wait(q);
+    if (rc)
+        return rc;
+    fq_group *g = &q->groups[s->g];
+    int others = 0;
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm && !others; i++) {
+        fq_member *e = &q->members[i];
+        unsigned k = FQ_SLOT_KIND(atomic_load(&e->word));
+        others = i != s->m && (k == FQ_MEM_ACTIVE || k == FQ_MEM_ORPHAN) &&
+                 atomic_load(&e->group) == s->g;
+    }
+    if (others && atomic_load(&g->filter) != key)
+        rc = FQ_EINUSE;
+    else
+        atomic_store(&g->filter, key);
+    fq_topic_unlock(q);
+    return rc;
 }
 
 uint64_t fq_sub_lag(fq_sub *s)

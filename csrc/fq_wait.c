@@ -254,12 +254,19 @@ void fq_wake_quiet(fq_queue *q)
     fq_ctrl *c = q->ctrl;
     unsigned words = (q->nslots + 63) / 64;
     int wake = 0;
+    /* Our own slot's bit stays: a claim of this process can be left stalled
+     * only if this process dies, and its sleepers with it.  (Taking it made
+     * every get of an awaiting consumer ring its own bell: a datagram, an
+     * extra loop wake-up and callback per message.) */
+    int me = atomic_load(&q->slot);
     /* the caller's seq_cst CAS (its claim) comes before these loads: pairs
      * with the waiter's RMW on quiet_mask before its quiet(q).  Loaded, not
      * taken: only the owner clears its bit (see the top of this file). */
-    for (unsigned i = 0; i < words; i++)
-        if (atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst))
+    for (unsigned i = 0; i < words; i++) {
+        uint64_t own = me >= 0 && (unsigned)me / 64 == i ? 1ull << (me & 63) : 0;
+        if (atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst) & ~own)
             wake = 1;
+    }
     if (wake)
         fq_wake(q, -1);
 }

@@ -16,6 +16,10 @@ tries again.  Idle waiters cost nothing: no timer runs while nothing is in
 flight that a dead process could leave stalled (``FQ_ARM_QUIET``);
 otherwise a waiter wakes every ``RECOVER_AFTER`` seconds to run recovery.
 
+Closing: ``close()`` of a queue, topic or subscription (from any thread)
+wakes the tasks awaiting on that handle (``wake_closed``); they raise
+``ValueError``, as blocking calls do.
+
 Cancellation: a task only ever awaits its own future; the get or put itself
 is a non-blocking call that runs to completion between two awaits.  A
 cancelled call has therefore taken nothing and put nothing, and a wake-up it
@@ -35,7 +39,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, List, Optional
 from . import _core
 from ._errors import Empty, Full, ShutDown
 
-__all__ = ["QueueAio", "TopicAio", "SubscriptionAio"]
+__all__ = ["QueueAio", "TopicAio", "SubscriptionAio", "wake_closed"]
 
 DATA, SPACE = 0, 1
 READY, QUIET = _core.ARM_READY, _core.ARM_QUIET
@@ -49,13 +53,48 @@ stats = {"rings": 0, "wakes": 0, "slices": 0}
 
 class _Waiter:
     """One task waiting on one side of one segment."""
-    __slots__ = ("loop", "fut", "woken", "arm")
+    __slots__ = ("loop", "fut", "woken", "arm", "handles", "closed")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[[bool], int]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[[bool], int],
+                 handles: tuple):
         self.loop = loop
         self.fut: Optional[asyncio.Future] = None
         self.woken = False  # a bell resolved fut (or will: another loop's thread)
         self.arm = arm
+        self.handles = handles  # whose close() wakes it (the segment, a subscription)
+        self.closed = False     # one of them was closed: raise ValueError
+
+
+def _set(w: _Waiter) -> None:
+    """In w's loop: wake w (if it still sleeps)."""
+    if w.fut is not None and not w.fut.done():
+        w.fut.set_result(None)
+
+
+def wake_closed(handle: Any) -> None:
+    """handle (a Queue, Topic or Subscription) was closed: wake the tasks
+    of this process awaiting on it (any loop, any thread); they raise
+    ValueError.  Called by close() after the handle is closed, so that a
+    task woken cannot arm it again."""
+    b = _bell
+    if b is None:
+        return
+    with b.lock:
+        ws = [w for s in b.sides.values() for w in s.waiters
+              if any(h is handle for h in w.handles)]
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for w in ws:
+        w.closed = True
+        if w.loop is running:
+            _set(w)
+        else:
+            try:
+                w.loop.call_soon_threadsafe(_set, w)
+            except RuntimeError:  # its loop is closed: it never runs again
+                pass
 
 
 def _resolve(side: "_Side", w: _Waiter) -> None:
@@ -227,11 +266,12 @@ os.register_at_fork(after_in_child=_forget_bell)
 async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[bool], int],
                 timeout: Optional[float], broadcast: bool = False,
                 more: Optional[Callable[[], bool]] = None,
-                spin: Optional[Callable[[], bool]] = None) -> Any:
+                spin: Optional[Callable[[], bool]] = None, sub: Any = None) -> Any:
     """Run attempt(), a non-blocking call that raises Empty (what=DATA) or
     Full (SPACE) when it cannot proceed, until it returns; between tries,
     await a wake-up of that side of seg (arm(True) arms it).  spin(), if
-    given, spins briefly first (the handle's wait strategy decides)."""
+    given, spins briefly first (the handle's wait strategy decides).  sub:
+    the subscription awaited on, if any (its close() wakes the task too)."""
     exc = Empty if what == DATA else Full
     try:
         return attempt()
@@ -249,7 +289,7 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[
     deadline = None if timeout is None else loop.time() + timeout
     bell = _get_bell()
     bell.watch(loop)
-    w = _Waiter(loop, arm)
+    w = _Waiter(loop, arm, (seg,) if sub is None else (seg, sub))
     side = bell.join(seg, what, broadcast, w)
     try:
         while True:
@@ -268,6 +308,11 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[
                     finally:
                         if timer is not None:
                             timer.cancel()
+                    if w.closed:
+                        raise ValueError(
+                            "the subscription was closed while this call waited" if sub
+                            is not None else "the queue or topic was closed while this call "
+                            "waited")
                     if not w.woken and not _core._seg_idle(seg):
                         seg.recover()  # a slice without progress
             try:
@@ -410,15 +455,25 @@ class QueueAio:
 class TopicAio:
     """The awaitable calls of :class:`fastq.Topic` (a base class of it)."""
 
-    async def apublish(self, obj: Any, timeout: Optional[float] = None) -> None:
+    async def apublish(self, obj: Any, timeout: Optional[float] = None, *,
+                       subject: Optional[str] = None) -> None:
         """:meth:`publish`, awaiting room in a ``"block"`` topic (up to
         ``timeout``, then ``queue.Full``).  Cancelled, it has published nothing."""
-        await _aput(self, self.publish, obj, timeout, None)
+        publish = self.publish
+        if subject is not None:
+            def publish(obj: Any, block: bool, timeout: Optional[float]) -> None:
+                self.publish(obj, block, timeout, subject=subject)
+        await _aput(self, publish, obj, timeout, None)
 
-    async def apublish_many(self, items: Iterable[Any], timeout: Optional[float] = None) -> int:
+    async def apublish_many(self, items: Iterable[Any], timeout: Optional[float] = None, *,
+                            subject: Optional[str] = None) -> int:
         """:meth:`publish_many`, awaiting room; returns how many (see
         :meth:`fastq.Queue.aput_many` for ``Full.count`` and cancellation)."""
-        return await _aput_many(self, self.publish_many, items, timeout, None)
+        publish_many = self.publish_many
+        if subject is not None:
+            def publish_many(items: Any, block: bool, timeout: Optional[float]) -> int:
+                return self.publish_many(items, block, timeout, subject=subject)
+        return await _aput_many(self, publish_many, items, timeout, None)
 
 
 class SubscriptionAio:
@@ -431,7 +486,7 @@ class SubscriptionAio:
             return _core._sub_arm(self._sub, on)
 
         return _call(seg, DATA, attempt, arm, timeout, broadcast=True,
-                     spin=lambda: _core._seg_spin(seg, DATA, 0, self._sub))
+                     spin=lambda: _core._seg_spin(seg, DATA, 0, self._sub), sub=self)
 
     async def aget(self, timeout: Optional[float] = None) -> Any:
         """The next message, awaiting one (as :meth:`get`).  Cancelled, it

@@ -40,6 +40,7 @@ cdef extern from "fastq.h" nogil:
     ctypedef struct fq_claim:
         uint64_t pos, end, n, cursor
         uint32_t lane, taken, first_off, redelivered
+        uint32_t attempt, subject_len
         uint64_t count
         uint64_t idx, msg_pos, msg_idx, kept
 
@@ -51,6 +52,7 @@ cdef extern from "fastq.h" nogil:
         uint32_t topic
         uint32_t drop
         uint32_t max_subs
+        uint32_t temporary
 
     int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
                   char *err, size_t errlen)
@@ -65,6 +67,7 @@ cdef extern from "fastq.h" nogil:
     void fq_get_end(fq_queue *q, fq_claim *c)
     void fq_get_abort(fq_queue *q, fq_claim *c)
     void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
+    void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
     void fq_wake(fq_queue *q, int what)
     uint64_t fq_record_size(uint64_t len)
@@ -93,6 +96,12 @@ cdef extern from "fastq.h" nogil:
     void fq_shutdown(fq_queue *q, int immediate)
     void fq_reset_shutdown(fq_queue *q)
     void fq_stats(fq_queue *q, uint64_t out[8])
+    ctypedef struct fq_counts:
+        uint64_t puts, put_bytes, full, gets, get_bytes, redelivered, nacked
+        uint64_t rec_slots, rec_puts, rec_gets, tail, head, release
+        uint32_t alive, dead, flags
+    void fq_counts_read(fq_queue *q, fq_counts *out)
+    int fq_check(fq_queue *q, char *err, size_t errlen)
     int fq_recover(fq_queue *q)
     int fq_flush(fq_queue *q)
     int fq_idle(fq_queue *q)
@@ -131,6 +140,7 @@ cdef extern from "fastq.h" nogil:
     uint64_t fq_sub_dropped(fq_sub *s)
     uint32_t fq_sub_index(fq_sub *s)
     int fq_topic_forget(fq_queue *q, const char *name)
+    int fq_sub_filter(fq_sub *s, uint64_t key)
     int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
 
 
@@ -138,6 +148,8 @@ cdef extern from "fq_layout.h":
     # limits and the flags of a topic group (fq_sub_info.flags)
     enum:
         FQ_MAX_HELD
+        FQ_MAX_DELAY_MS
+        FQ_MAX_SUBJECT
         FQ_MIN_CAPACITY
         FQ_MAX_SLOTS
         FQ_MAX_SUBS
@@ -145,3 +157,4 @@ cdef extern from "fq_layout.h":
         FQ_GRP_DURABLE
         FQ_GRP_GROUP
         FQ_GRP_ANON
+        FQ_FLAG_TEMP

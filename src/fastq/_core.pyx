@@ -39,6 +39,8 @@ cdef extern from "Python.h":
 cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
 # receive(): deliveries one process may hold (a lane each, fq_layout.h)
 MAX_PREFETCH = FQ_MAX_HELD
+MAX_DELAY = FQ_MAX_DELAY_MS / 1000.0   # seconds: the longest nack(delay=)
+MAX_SUBJECT = FQ_MAX_SUBJECT          # bytes of a topic message's subject
 # Topic.subscribe(prefetch=): members one subscription may use (fastq.h)
 SUB_MAX_PREFETCH = FQ_SUB_MAX_PREFETCH
 # limits of the options, and the kinds and flags of topic groups (fastq.h,
@@ -51,6 +53,7 @@ SUB_ANON, SUB_GROUP, SUB_DURABLE = FQ_SUB_ANON, FQ_SUB_GROUP, FQ_SUB_DURABLE
 SUB_MUST_EXIST = FQ_SUB_MUST_EXIST
 START_LATEST, START_EARLIEST = FQ_START_LATEST, FQ_START_EARLIEST
 GRP_DURABLE, GRP_GROUP, GRP_ANON = FQ_GRP_DURABLE, FQ_GRP_GROUP, FQ_GRP_ANON
+FLAG_TEMP = FQ_FLAG_TEMP               # a segment created temporary=True (fastq gc)
 cdef size_t BATCH_MAX = 4096           # records per claim in put_many
 # Bytes per batch claim (put_many, get_many): a claim is published or freed
 # only as a whole, so a huge one stops the other side from overlapping with
@@ -72,6 +75,7 @@ include "_queue.pxi"
 include "_delivery.pxi"
 include "_topic.pxi"
 include "_members.pxi"
+include "_subjects.pxi"
 
 
 def pid_alive(int pid, uint64_t start_time=0):

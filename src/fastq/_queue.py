@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, Iterable, Iterator, List, Optional, TypeVar
 
 from . import _core
-from ._aio import QueueAio
+from ._aio import QueueAio, wake_closed
 from ._naming import segment_path
 from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
                        _check_int, _strategy, iterate)
@@ -62,6 +62,10 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
         Open a segment even if another user owns it or can write it.  By
         default that is refused (``PermissionError``): whoever can write a
         segment can make its readers unpickle anything, that is, run code.
+    temporary : bool
+        Mark a new segment temporary: ``fastq gc`` removes it once no
+        process is attached to it (it ignores segments not so marked).
+        Only used when the segment is created.
     wait : {"adaptive", "spin", "sleep"}
         How this handle's blocking calls wait (see "Wait strategies" in the
         README): ``"adaptive"`` spins briefly, as long as spinning has been
@@ -80,7 +84,8 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
                  capacity: int = _CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, prefetch: int = 4,
-                 trusted: bool = False, wait: str = "adaptive", _how: str = "open_or_create",
+                 trusted: bool = False, wait: str = "adaptive", temporary: bool = False,
+                 _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
         strategy = _strategy(wait)
         self._ser_spec = serializer
@@ -89,7 +94,7 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
         _check_int("prefetch", prefetch, 1, _core.MAX_PREFETCH)
         self._set_prefetch(prefetch)
         self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, "", 0),
-                     trusted, _vetted)
+                     trusted, _vetted, temporary)
         self.strategy = strategy
 
     if TYPE_CHECKING:  # the compiled methods, typed by message (docs: _core.QueueSegment)
@@ -117,9 +122,15 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
         must agree with the queue's (``ValueError``)."""
         return cls(name, _how="open", **kwargs)
 
+    def close(self) -> None:
+        _core.QueueSegment.close(self)
+        wake_closed(self)  # tasks awaiting on it raise ValueError now
+
+    close.__doc__ = _core.QueueSegment.close.__doc__
+
     def __reduce__(self):
-        where, name, spec, trusted, vetted = self._reduce_args("queue")
-        return (_reopen, (where, name, spec, trusted, self.prefetch, vetted))
+        where, name, spec, trusted, vetted, wait = self._reduce_args("queue")
+        return (_reopen, (where, name, spec, trusted, self.prefetch, vetted, None, wait))
 
     def __iter__(self) -> Iterator[_T]:
         """Messages (as :meth:`get`) until the queue is shut down and drained."""
@@ -210,14 +221,15 @@ class JoinableQueue(Queue[_T]):
 
     def __reduce__(self):
         fn, args = super().__reduce__()
-        return fn, args + (JoinableQueue,)
+        return fn, args[:6] + (JoinableQueue,) + args[7:]
 
 
 def _reopen(where: Any, name: str, serializer: Any, trusted: bool = False,
             prefetch: int = 4, vetted: Optional[tuple] = None,
-            cls: Any = None) -> "Queue[Any]":
+            cls: Any = None, wait: str = "adaptive") -> "Queue[Any]":
     cls = Queue if cls is None else cls
     if isinstance(where, str):
         return cls.open(where, serializer=serializer, trusted=trusted, prefetch=prefetch,
-                        _vetted=vetted)
-    return cls((where, name), serializer=serializer, prefetch=prefetch, _how="open")
+                        wait=wait, _vetted=vetted)
+    return cls((where, name), serializer=serializer, prefetch=prefetch, wait=wait,
+               _how="open")

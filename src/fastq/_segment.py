@@ -14,6 +14,7 @@ from . import _core
 from ._errors import ShutDown
 from ._naming import segment_path
 from ._serializers import bind_serializer
+from ._stats import Stats, read_stats
 
 #: 1 MiB: a container's default /dev/shm (64 MB) holds dozens of such queues,
 #: a ring this size stays in the CPU's caches, and it holds messages of up to
@@ -48,6 +49,14 @@ def _strategy(wait: Any) -> int:
     except (KeyError, TypeError):
         raise ValueError(f"wait must be one of {sorted(_core.STRATEGIES)}, not {wait!r}") \
             from None
+
+
+def _wait_name(strategy: int) -> str:
+    """The wait= name of a FQ_STRATEGY_* (what a pickled handle passes on)."""
+    for k, v in _core.STRATEGIES.items():
+        if v == strategy:
+            return k
+    return "adaptive"
 
 
 def _check_int(what: str, v: Any, lo: int, hi: int) -> int:
@@ -148,7 +157,7 @@ class SegmentHandle:
     _ser: Any
 
     def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple, trusted: bool,
-                vetted: Optional[tuple] = None) -> None:
+                vetted: Optional[tuple] = None, temporary: bool = False) -> None:
         """Open or create the segment (how: "open", "create", "open_or_create"),
         check its kind, owner and the options given explicitly, set the
         serializer; sizes: (capacity, max_message, max_processes, mode), each
@@ -165,7 +174,7 @@ class SegmentHandle:
         _check_int("max_processes", max_processes, 1, _core.MAX_SLOTS)
         _check_mode(mode)
         args = (capacity, max_message or 0, max_processes, mode,
-                topic[0], 1 if overflow == "drop" else 0, max_subs)
+                topic[0], 1 if overflow == "drop" else 0, max_subs, 1 if temporary else 0)
         opened = True
         if isinstance(name, tuple):  # an anonymous segment handed down by our parent
             dupfd, name = name
@@ -253,6 +262,11 @@ class SegmentHandle:
         """The segment file; None for an anonymous queue (it has none)."""
         return self._path
 
+    def stats(self) -> "Stats":
+        """The counters kept in the segment, for every process (a
+        :class:`fastq.Stats`; ``fastq stat NAME`` prints the same)."""
+        return read_stats(self)
+
     def unlink(self) -> None:
         """Remove the segment file; processes attached keep using it.  An
         anonymous segment has no file: nothing to do.  Nor is there when the
@@ -279,6 +293,8 @@ class SegmentHandle:
 
     def _reduce_args(self, what: str) -> tuple:
         """What a pickled handle is rebuilt from: where it reopens (see
-        _where), its name, serializer and trust, and the file it had vetted."""
+        _where), its name, serializer and trust, the file it had vetted, and
+        its wait= strategy."""
         spec = self._ser_spec if isinstance(self._ser_spec, str) else self._ser.impl
-        return (_where(self, what), self._name, spec, self._trusted, _vetted(self))
+        return (_where(self, what), self._name, spec, self._trusted, _vetted(self),
+                _wait_name(self.strategy))

@@ -5,12 +5,13 @@ publish; the subscription's members for get and receive)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._aio import SubscriptionAio, TopicAio
+from ._aio import SubscriptionAio, TopicAio, wake_closed
 from ._errors import SubscriberLimit
 from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
                        _check_int, _Default, _given, _strategy, iterate)
@@ -74,7 +75,7 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         and one subscriber per durable name.
     max_subscribers : int
         Subscriber entries (and groups) the topic can hold (default 64).
-    serializer, mode, max_processes, trusted, wait
+    serializer, mode, max_processes, trusted, wait, temporary
         As for :class:`fastq.Queue` (``wait``: for publishing, and for the
         blocking calls of this handle's subscriptions).
 
@@ -91,7 +92,8 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
                  max_message: Optional[int] = None, overflow: str = _OVERFLOW,
                  max_subscribers: int = _MAX_SUBSCRIBERS, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
-                 wait: str = "adaptive", _how: str = "open_or_create",
+                 wait: str = "adaptive", temporary: bool = False,
+                 _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
         strategy = _strategy(wait)
         self._ser_spec = serializer
@@ -101,7 +103,7 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
         _check_int("max_subscribers", _given(max_subscribers), 1, _core.MAX_SUBS)
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
-                     (1, overflow, max_subscribers), trusted, _vetted)
+                     (1, overflow, max_subscribers), trusted, _vetted, temporary)
         self.strategy = strategy
 
     @classmethod
@@ -116,13 +118,20 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         options given must agree with it: ``ValueError``)."""
         return cls(name, _how="open", **kwargs)
 
+    def close(self) -> None:
+        _core.TopicSegment.close(self)
+        wake_closed(self)  # tasks awaiting on it (or its subscriptions) raise ValueError
+
+    close.__doc__ = _core.TopicSegment.close.__doc__
+
     def __reduce__(self):
         return (_reopen, self._reduce_args("topic"))
 
     # ---- subscribing --------------------------------------------------------
 
     def subscribe(self, start: str = "latest", *, group: Optional[str] = None,
-                  name: Optional[str] = None, prefetch: int = 1) -> "Subscription":
+                  name: Optional[str] = None, prefetch: int = 1,
+                  subjects: "Union[str, Sequence[str], None]" = None) -> "Subscription":
         """A new subscription.
 
         ``start="latest"``: messages published after this call returns;
@@ -140,6 +149,18 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         entry of the topic's subscriber table: the subscription takes one
         more entry (in its own group) the first time it needs it and keeps
         it until :meth:`Subscription.close`.  A drop topic allows only 1.
+
+        ``subjects``: a pattern or a list of them (NATS semantics: tokens
+        separated by ``.``, ``*`` matches any one token, ``>`` as the last
+        token matches one or more; ``"orders.*.created"``, ``"orders.>"``):
+        the subscription receives only the messages published with a
+        matching subject; the others are passed over without being
+        deserialized (no unpickling).  ValueError for an invalid pattern
+        (empty tokens, ``>`` not last, wildcards inside a token).  All the
+        members of a group (and the subscribers of a durable name) share one
+        filter: joining with other ``subjects`` than its live members raises
+        ValueError.  ``lag`` counts every message the group has not passed
+        yet, matching or not.
         """
         if not isinstance(prefetch, int) or isinstance(prefetch, bool):
             raise ValueError(f"prefetch must be an int, not {prefetch!r}")
@@ -164,13 +185,14 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         if group is not None and self.is_drop:
             raise ValueError('a topic with overflow="drop" has no consumer groups '
                              "(a lapped group could not count its losses per member)")
+        patterns = _patterns(subjects)
         if name is not None:
             key, kind = name, _KIND_DURABLE
         elif group is not None:
             key, kind = group, _KIND_GROUP
         else:
             key, kind = f"~{os.getpid()}-{uuid.uuid4().hex[:20]}", _KIND_ANON
-        return Subscription(self, key, kind, _STARTS[start], prefetch)
+        return Subscription(self, key, kind, _STARTS[start], prefetch, patterns)
 
     def forget(self, name: str) -> bool:
         """Remove the durable subscription ``name``, its position and the
@@ -222,11 +244,13 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
     messages; for a durable name: a subscriber of that name).
     """
 
-    def __init__(self, topic: Topic, key: str, kind: int, start: int, prefetch: int = 1):
+    def __init__(self, topic: Topic, key: str, kind: int, start: int, prefetch: int = 1,
+                 patterns: Optional[Tuple[str, ...]] = None):
         self._topic = topic
         self._key, self._kind = key, kind & ~_MUST_EXIST
         self._prefetch = prefetch
-        self._member(_core_subscribe(topic, key, kind, start))
+        self._patterns = patterns
+        self._member(_core_subscribe(topic, key, kind, start, patterns))
 
     def _member(self, sub: Any) -> None:
         """Use sub, a member of the group (a C entry that holds one claim at
@@ -237,7 +261,7 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
             # to self: a dropped subscription leaves at once, not at a GC)
             pool = _core.SubscriberPool(sub, self._prefetch, functools.partial(
                 _join_member, self._topic, self._key, self._kind, self._prefetch,
-                os.getpid()))
+                os.getpid(), self._patterns))
         self._use(sub, pool)
 
     def _join(self) -> None:
@@ -246,7 +270,7 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         (so a subscription passed to a fork child in Process(args=...) works
         as under spawn)."""
         kind = self._kind | (_MUST_EXIST if self._kind == _KIND_ANON else 0)
-        self._member(_core_subscribe(self._topic, self._key, kind, 0))
+        self._member(_core_subscribe(self._topic, self._key, kind, 0, self._patterns))
 
     if TYPE_CHECKING:  # the compiled methods, typed (docs: _core.SubscriptionBase)
         def get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
@@ -282,6 +306,17 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         """The topic."""
         return self._topic
 
+    @property
+    def subjects(self) -> Optional[Tuple[str, ...]]:
+        """The subject patterns it receives (None: every message)."""
+        return self._patterns
+
+    def close(self) -> None:
+        _core.SubscriptionBase.close(self)
+        wake_closed(self)  # tasks awaiting on it raise ValueError now
+
+    close.__doc__ = _core.SubscriptionBase.close.__doc__
+
     def __enter__(self) -> "Subscription":
         return self
 
@@ -289,7 +324,7 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         self.close()
 
     def __reduce__(self):
-        return (_rejoin, (self._topic, self._key, self._kind, self._prefetch))
+        return (_rejoin, (self._topic, self._key, self._kind, self._prefetch, self._patterns))
 
     def __repr__(self) -> str:
         what = {_KIND_ANON: "plain", _KIND_GROUP: f"group={self._key!r}",
@@ -300,18 +335,47 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         return f"<fastq.Subscription {what} of {self._topic.name!r} {state}>"
 
 
-def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
-    return topic._subscribe(key, kind, start)
+def _patterns(subjects: "Union[str, Sequence[str], None]") -> Optional[Tuple[str, ...]]:
+    """subscribe()'s subjects, checked, as a sorted tuple without duplicates."""
+    if subjects is None:
+        return None
+    if isinstance(subjects, str):
+        subjects = [subjects]
+    out = set()
+    for p in subjects:
+        if not isinstance(p, str):
+            raise TypeError(f"subjects must be a str or a list of str, not one {type(p).__name__}")
+        _core.check_subject(p, True)
+        out.add(p)
+    if not out:
+        raise ValueError("subjects is empty: give at least one pattern (or None for all)")
+    return tuple(sorted(out))
 
 
-def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: int) -> Any:
+def _filter_key(patterns: Optional[Tuple[str, ...]]) -> int:
+    """The key the members of a group compare (fq_sub_filter): 1 for no
+    filter, else a digest of the patterns (never 0 or 1)."""
+    if patterns is None:
+        return 1
+    d = hashlib.blake2b("\n".join(patterns).encode(), digest_size=8).digest()
+    return max(2, int.from_bytes(d, "little"))
+
+
+def _core_subscribe(topic: Topic, key: str, kind: int, start: int,
+                    patterns: Optional[Tuple[str, ...]] = None) -> Any:
+    cp = None if patterns is None else tuple(p.encode() for p in patterns)
+    return topic._subscribe(key, kind, start, cp, _filter_key(patterns))
+
+
+def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int,
+                 patterns: Optional[Tuple[str, ...]], n: int) -> Any:
     """One more member of a subscription's group, for its pool of n members."""
     if os.getpid() != pid:
         raise RuntimeError("this subscription belongs to the process that subscribed; a "
                            "forked child cannot use it (pass it pickled: the child then "
                            "joins its group) or subscribe in the child")
     try:
-        return _core_subscribe(topic, key, kind | _MUST_EXIST, 0)
+        return _core_subscribe(topic, key, kind | _MUST_EXIST, 0, patterns)
     except SubscriberLimit as e:
         raise SubscriberLimit(
             f"{e}.  This subscription holds {n} unacknowledged "
@@ -319,14 +383,16 @@ def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: 
             f"for another (prefetch={prefetch}): ack or nack one first") from None
 
 
-def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1) -> Subscription:
+def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1,
+            patterns: Optional[Tuple[str, ...]] = None) -> Subscription:
     # a plain subscription's anonymous group must still exist
     return Subscription(topic, key, kind | (_MUST_EXIST if kind == _KIND_ANON else 0), 0,
-                        prefetch)
+                        prefetch, patterns)
 
 
 def _reopen(where: Any, name: str, serializer: Any, trusted: bool = False,
-            vetted: Optional[tuple] = None) -> Topic:
+            vetted: Optional[tuple] = None, wait: str = "adaptive") -> Topic:
     if isinstance(where, str):
-        return Topic.open(where, serializer=serializer, trusted=trusted, _vetted=vetted)
-    return Topic((where, name), serializer=serializer, _how="open")
+        return Topic.open(where, serializer=serializer, trusted=trusted, wait=wait,
+                          _vetted=vetted)
+    return Topic((where, name), serializer=serializer, wait=wait, _how="open")

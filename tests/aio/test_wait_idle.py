@@ -120,3 +120,26 @@ def test_quiet_sleeper_recovers_a_producer_killed_mid_put():
         assert reap(pids[0]) == 0
     q.close()
 
+
+
+def test_own_claim_leaves_own_quiet_bit():
+    """A claim by this process does not take this process's quiet bit: only
+    its death could leave that claim stalled, and its sleepers die with it.
+    (Taking it made each get of an awaiting consumer ring its own bell.)"""
+    import asyncio
+
+    q = fastq.Queue(None, capacity=4096, serializer="raw")
+
+    async def main():
+        task = asyncio.ensure_future(q.aget())
+        for _ in range(2000):
+            if _core._test_sleepers(q)[2]:
+                break
+            await asyncio.sleep(0.001)
+        assert _core._test_sleepers(q)[2], "the task did not arm quiet"
+        q.put(b"mine")  # claims tail: another process's quiet bit would go down
+        up = _core._test_sleepers(q)[2]
+        assert await task == b"mine"
+        return up
+    assert asyncio.run(main()), "our own put took our own quiet bit"
+    q.close()
