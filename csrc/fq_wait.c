@@ -254,12 +254,21 @@ void fq_wake_quiet(fq_queue *q)
     fq_ctrl *c = q->ctrl;
     unsigned words = (q->nslots + 63) / 64;
     int wake = 0;
+    /* Our own process's quiet waiters are not woken: they need a slice
+     * only against a claimer that dies, and ours dies with them.  (Without
+     * this, since bits are no longer taken, every claim of a process would
+     * wake its own waiters that sleep, or await, without a slice.) */
+    int me = atomic_load_explicit(&q->slot, memory_order_relaxed);
     /* the caller's seq_cst CAS (its claim) comes before these loads: pairs
      * with the waiter's RMW on quiet_mask before its quiet(q).  Loaded, not
      * taken: only the owner clears its bit (see the top of this file). */
-    for (unsigned i = 0; i < words; i++)
-        if (atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst))
+    for (unsigned i = 0; i < words; i++) {
+        uint64_t bits = atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst);
+        if (me >= 0 && (unsigned)me / 64 == i)
+            bits &= ~(1ull << (me & 63));
+        if (bits)
             wake = 1;
+    }
     if (wake)
         fq_wake(q, -1);
 }
