@@ -60,6 +60,12 @@ typedef struct fq_claim {
     uint64_t msg_pos;  /* position of the message fq_sub_next returned */
     uint64_t msg_idx;  /* its index, as read before the copy */
     uint64_t kept;     /* messages found intact so far */
+    uint32_t attempt;  /* consumer: the delivery's attempt, 1 the first time
+                        * (a taken requeued record: its takes + 1) */
+    uint32_t subject_len; /* topics: the first subject_len bytes of a payload
+                           * are its subject (producer: set between
+                           * fq_put_begin and fq_put_commit, for every record
+                           * of the claim; fq_sub_next: the message's) */
 } fq_claim;
 
 typedef struct fq_create_opts {
@@ -110,6 +116,10 @@ void fq_get_end(fq_queue *q, fq_claim *c);
 void fq_get_abort(fq_queue *q, fq_claim *c); /* give the messages back */
 /* Free the first `keep` messages of the claim, give the others back. */
 void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep);
+/* Give the claim's messages back, visible again only after delay_ms (at
+ * most FQ_MAX_DELAY_MS, fq_layout.h; 0: at once, as fq_get_abort).  The
+ * delay is kept in the records: nobody holds them meanwhile (fq_ring.c). */
+void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms);
 
 /* Waiting: returns when the condition may hold, after at most timeout_ns.
  * spin: spin and yield briefly before sleeping (the first wait of a call;
@@ -261,6 +271,12 @@ int fq_sub_arm(fq_sub *s, int on);
  * given back: an orphan's claim, a claim kept by fq_sub_hold; not a claim
  * open); drops (drop topics). */
 uint64_t fq_sub_lag(fq_sub *s);
+/* The subject filter of the subscription's group, by its key (the caller's
+ * digest of its patterns, never 0): FQ_OK if the group has no other member
+ * (ACTIVE or ORPHAN), and the key is the group's from now on, or if it has
+ * that key already; FQ_EINUSE if another member uses another key; -errno
+ * if the segment lock cannot be taken. */
+int fq_sub_filter(fq_sub *s, uint64_t key);
 uint64_t fq_sub_dropped(fq_sub *s);
 uint32_t fq_sub_index(fq_sub *s);
 

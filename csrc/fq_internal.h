@@ -42,6 +42,10 @@ struct fq_queue {
     int armed[2];              /* an event loop of ours awaits data/space (fq_arm) */
     int armed_quiet;           /* ... and its bit in quiet_mask is up */
     _Atomic uint32_t spin_ns;  /* adaptive spin budget before sleeping */
+    /* requeue_seq << 24 | not-before: a scan at that requeue_seq found only
+     * delayed records, the earliest visible at that not-before (fq_ring.c);
+     * 0: no verdict */
+    _Atomic uint64_t rq_skip;
 };
 
 #define FQ_SPIN_MAX_NS 20000u

@@ -51,6 +51,9 @@
  *                             the file lock FQ_LOCK_SEGMENT, below)
  *     536  requeued u64       hint: at least this many records were put back
  *                             (consumers look for them when non-zero)
+ *     544  requeue_seq u64    bumped after every record put back (nack,
+ *                             recovery): a consumer that found only delayed
+ *                             records keeps that verdict while it is unchanged
  *     640  data_mask[16]      bit s set: slot s has a thread asleep on data
  *     768  space_mask[16]     bit s set: slot s has a thread asleep on space
  *     896  quiet_mask[16]     bit s set: slot s has a waiter that sleeps without
@@ -90,12 +93,30 @@
  *
  *   0  word  u64   fq_tag(p) | state       (state in the low 3 bits)
  *   8  len   u32   payload bytes; for SKIP: the whole span in bytes
- *   12 owner u32   producer slot << 8 | lane, for recovery
+ *   12 owner u32   while WRITING: producer slot << 8 | lane, for recovery;
+ *                  from COMMITTED on: the delivery meta (below)
  *   16 payload, then padding to a multiple of 16
  *
+ * Delivery meta (queues; the producer stores 0 before COMMITTED):
+ *   bits 0..7   takes: how many times the record was taken again after it
+ *               was put back (saturates at 255); a delivery's attempt is
+ *               takes + 1.  Written by the taker of a REQUEUED record after
+ *               its CAS to TAKEN won (it alone holds the record then).
+ *   bits 8..31  not-before of a delayed record (fq_get_nack): CLOCK_REALTIME
+ *               in FQ_NB_UNIT_MS units, modulo 2^24 (0: none).  Written by
+ *               the consumer that gives the record back, before its CAS to
+ *               REQUEUED (the CAS publishes it), while its claim still covers
+ *               the record (so recovery, if it dies, requeues the record
+ *               with it).  A taker skips a REQUEUED record whose not-before
+ *               lies ahead, by at most FQ_MAX_DELAY_MS (a value further
+ *               ahead is not trusted: the record is visible).
+ *
  * In a topic, a message record's payload starts with a 16-byte prefix: the
- * message's index (u64: its rank among all messages ever published) and a
- * reserved u64; len counts the prefix.
+ * message's index (u64: its rank among all messages ever published) and its
+ * subject's length (u64, at most FQ_MAX_SUBJECT; 0: none): the payload after
+ * the prefix begins with the subject's bytes, then the message; len counts
+ * the prefix.  A reader trusts the subject length only if it is at most
+ * FQ_MAX_SUBJECT and the payload's length (else: no subject).
  *
  * A reader trusts the record at p only if word's tag equals fq_tag(p):
  * bytes from an earlier lap carry an older position's tag, and the salt
@@ -109,11 +130,20 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 6u
+#define FQ_VERSION 7u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
 #define FQ_TOPIC_PREFIX 16u
+#define FQ_MAX_SUBJECT 255u /* bytes of a topic message's subject */
+/* delivery meta (see "Delivery meta" above) */
+#define FQ_META_TAKES(m) ((m) & 0xffu)
+#define FQ_META_NB(m) ((m) >> 8)
+#define FQ_NB_UNIT_MS 16u
+#define FQ_NB_MASK 0xffffffu
+#define FQ_MAX_DELAY_MS 3600000u /* one hour: far below the 74 hours of the wrap */
+_Static_assert((uint64_t)FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS < (FQ_NB_MASK >> 1),
+               "a delay is well inside half the not-before's wrap");
 #define FQ_MAX_SUBS 4096u
 #define FQ_LANES 8u
 /* unacknowledged deliveries (queue claims kept open across calls) one
@@ -187,7 +217,8 @@ typedef struct fq_ctrl {
     _Atomic uint32_t subs_hwm;
     _Atomic uint64_t recover_lock;
     _Atomic uint64_t requeued;
-    uint8_t pad4[128 - 32];
+    _Atomic uint64_t requeue_seq;
+    uint8_t pad4[128 - 40];
     /* lines 5-7: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];
     _Atomic uint64_t space_mask[16];
@@ -275,6 +306,8 @@ typedef struct fq_slot {
  *                 16-byte aligned pair, moved together by one 16-byte CAS
  *   32  dropped   overflow="drop": messages the group lost to lapping
  *   40  orphans   hint: claims left by dead members, waiting for a member
+ *   48  filter    the key of its members' subject filter (0: not set;
+ *                 fq_sub_filter, under the segment lock)
  *   64  name      NUL-terminated
  *
  * fq_member (128 bytes): one subscription.
@@ -290,6 +323,12 @@ typedef struct fq_slot {
  *               claims, so that a CAS on state never succeeds on a newer one *   got         messages returned (statistics)
  *   held        (64) 1: its claim was given back (nack) and waits for the
  *               member's next read (only the member writes it; for lag)
+ *   again       (68) the times its claim was delivered before (0: a fresh
+ *               claim; + 1 when the member gives the whole claim back, or
+ *               when it takes over an orphan's claim: the orphan's + 1).  The
+ *               group's redelivery count of the claim lives here, with the
+ *               claim; written by the member (or its taker, under the segment
+ *               lock); a taker trusts it only as a count (saturating)
  */
 enum { FQ_GRP_FREE = 0, FQ_GRP_ACTIVE = 1 };
 /* flags; FQ_GRP_INIT: being made by fq_subscribe (its start not chosen yet):
@@ -305,7 +344,8 @@ typedef struct fq_group {
     _Atomic uint64_t head_by; /* 16-byte aligned pair with head */
     _Atomic uint64_t dropped;
     _Atomic uint64_t orphans;
-    uint8_t pad[16];
+    _Atomic uint64_t filter;
+    uint8_t pad[8];
     char name[FQ_GROUP_NAME];
 } fq_group;
 
@@ -320,7 +360,8 @@ typedef struct fq_member {
     _Atomic uint64_t state;
     _Atomic uint64_t got; /* messages returned (statistics) */
     _Atomic uint32_t held;
-    uint8_t pad[128 - 68];
+    _Atomic uint32_t again;
+    uint8_t pad[128 - 72];
 } fq_member;
 
 _Static_assert(sizeof(fq_group) == 128, "a group is 128 bytes");
@@ -329,11 +370,13 @@ _Static_assert(offsetof(fq_group, head) == 16, "head at 16, 16-byte aligned");
 _Static_assert(offsetof(fq_group, head_by) == 24, "head_by pairs with head");
 _Static_assert(offsetof(fq_group, dropped) == 32, "dropped at 32");
 _Static_assert(offsetof(fq_group, orphans) == 40, "orphans at 40");
+_Static_assert(offsetof(fq_group, filter) == 48, "filter at 48");
 _Static_assert(offsetof(fq_group, name) == 64, "name at 64");
 _Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
 _Static_assert(offsetof(fq_member, owner) == 8 && offsetof(fq_member, group) == 16 &&
                    offsetof(fq_member, slot) == 20 && offsetof(fq_member, pos) == 24 &&
-                   offsetof(fq_member, state) == 48 && offsetof(fq_member, held) == 64,
+                   offsetof(fq_member, state) == 48 && offsetof(fq_member, held) == 64 &&
+                   offsetof(fq_member, again) == 68,
                "member offsets");
 
 typedef struct fq_rec {
@@ -351,6 +394,8 @@ _Static_assert(offsetof(fq_ctrl, release_epoch) == 392, "epoch pairs with releas
 _Static_assert(offsetof(fq_ctrl, data_seq) == 512, "wait words on line 4");
 _Static_assert(offsetof(fq_ctrl, recover_lock) == 528, "recover_lock at 528");
 _Static_assert(offsetof(fq_ctrl, requeued) == 536, "requeued at 536");
+_Static_assert(offsetof(fq_ctrl, requeue_seq) == 544, "requeue_seq at 544");
+_Static_assert(offsetof(fq_rec, owner) == 12, "owner (the delivery meta) at 12");
 _Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
 _Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
 _Static_assert(offsetof(fq_ctrl, quiet_mask) == 896, "quiet mask at 896");

@@ -39,6 +39,8 @@
  *    freed without DONE marks is below it).  The requeued hint goes up
  *    before each CAS (too high costs a scan; too low would hide a record),
  *    and is raised if requeued records are found while it reads zero.
+ *    A record keeps its delivery meta (fq_layout.h): the takes so far, and
+ *    the not-before a consumer that died while delaying it wrote first.
  *  - Sleeper bits in the wait masks: cleared.
  *  - The slot: freed once all its lanes are idle.
  */
@@ -479,6 +481,10 @@ static int fq_requeue_orphans(fq_queue *q, const fq_slot_view *v)
         if (atomic_compare_exchange_strong(&c->requeued, &zero, nreq))
             changed = 1;
     }
+    /* seq_cst, after the CASes: a taker's verdict "every requeued record is
+     * delayed" (fq_ring.c, fq_rq_skipping) must not outlive them */
+    if (changed)
+        atomic_fetch_add(&c->requeue_seq, 1);
 out:
     free(pos);
     free(words);

@@ -43,6 +43,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <time.h>
 
 #include "fq_internal.h"
 
@@ -77,6 +78,80 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
     atomic_store_explicit(&in->end, end, RLX);
     atomic_store_explicit(&in->n, n, RLX);
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
+}
+
+/* ---- delivery meta (fq_layout.h, "Delivery meta") ------------------------ */
+
+/*
+ * Delayed redelivery (fq_get_nack with a delay).  The not-before time lives
+ * in the record itself, in the header's meta: the consumer giving the record
+ * back writes it while its claim still covers the record, then CASes the
+ * word to REQUEUED, which publishes it.  Nobody holds a delayed record: it is
+ * an ordinary REQUEUED record that takers skip until its time, so the death
+ * of the process that nacked it changes nothing, and if that process dies
+ * before its CAS, recovery requeues the record with the not-before already
+ * in it.  Any consumer may take it once the time has come; recovery does
+ * not look at the time.
+ *
+ * FIFO: a delayed record keeps its place in the ring.  Later messages flow
+ * past it while it waits (takers skip it; the head moves on); once visible it
+ * is taken before the head's messages, as every requeued record is.  It pins
+ * release meanwhile, as an unacknowledged delivery does: producers cannot
+ * reuse the space past it, so a queue can fill during a long delay.
+ *
+ * While only delayed records are requeued, the requeued hint stays up, so
+ * each get would walk release..head for nothing: a scan that found only
+ * delayed records keeps its verdict in the handle (rq_skip) until the
+ * soonest one's time, or until requeue_seq says a record was put back since.
+ */
+
+/* Now, in not-before units (CLOCK_REALTIME: the same in every process of
+ * the machine, and still right after a reboot, unlike CLOCK_MONOTONIC). */
+static uint32_t fq_nb_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return (uint32_t)(ms / FQ_NB_UNIT_MS) & FQ_NB_MASK;
+}
+
+/* Units until the not-before of meta m (read from the segment: untrusted),
+ * or 0 if the record is visible now: no not-before, its time has come, or
+ * it lies further ahead than any delay puts it. */
+static uint32_t fq_nb_left(uint32_t m, uint32_t now)
+{
+    uint32_t nb = FQ_META_NB(m);
+    if (!nb)
+        return 0;
+    uint32_t d = (nb - now) & FQ_NB_MASK;
+    return d <= FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS + 1 ? d : 0;
+}
+
+/* The meta word of a record.  Plain (relaxed) accesses: the word's
+ * transitions order them (see fq_layout.h). */
+static inline uint32_t fq_meta_load(fq_rec *r)
+{
+    return __atomic_load_n(&r->owner, __ATOMIC_RELAXED);
+}
+
+static inline void fq_meta_store(fq_rec *r, uint32_t m)
+{
+    __atomic_store_n(&r->owner, m, __ATOMIC_RELAXED);
+}
+
+/* Does this handle know that every requeued record is delayed right now?
+ * Then the units until the soonest is due, else 0. */
+static uint32_t fq_rq_skipping(fq_queue *q)
+{
+    uint64_t v = atomic_load_explicit(&q->rq_skip, RLX);
+    if (!v)
+        return 0;
+    /* seq_cst: pairs with the bump after each put-back (fq_give_back,
+     * fq_recover): a record put back since the verdict changes the seq */
+    uint64_t seq = atomic_load_explicit(&q->ctrl->requeue_seq, SEQ);
+    if ((v >> 24) != (seq & ((1ULL << 40) - 1)))
+        return 0;
+    return fq_nb_left((uint32_t)(v & FQ_NB_MASK) << 8, fq_nb_now());
 }
 
 /* ---- producer ---------------------------------------------------------- */
@@ -215,6 +290,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     c->taken = 0;
     c->first_off = (uint32_t)pad;
     c->redelivered = 0;
+    c->subject_len = 0;
     c->count = count;
     c->lens = lens;
     c->given = 0;
@@ -240,6 +316,9 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
     uint64_t p = c->pos + c->first_off;
     for (uint64_t i = 0; i < c->n; i++) {
         fq_rec *r = fq_rec_at(q, p);
+        fq_meta_store(r, 0); /* no takes, no not-before (published below) */
+        if (q->prefix)
+            ((uint64_t *)(r + 1))[1] = c->subject_len; /* the caller's: checked by readers */
         /* release: pairs with the consumer's acquire load of the word; the
          * payload copied above is visible to whoever sees COMMITTED */
         atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);
@@ -312,6 +391,9 @@ void fq_sweep(fq_queue *q)
 int fq_has_requeued(fq_queue *q)
 {
     fq_ctrl *ctl = q->ctrl;
+    if (fq_rq_skipping(q))
+        return 0; /* only delayed ones, none due yet */
+    uint32_t now = fq_nb_now();
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     uint64_t p = rel;
@@ -320,7 +402,7 @@ int fq_has_requeued(fq_queue *q)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, p, w))
             return 1; /* moved under us: let the caller look */
-        if ((w & 7) == FQ_REC_REQUEUED)
+        if ((w & 7) == FQ_REC_REQUEUED && !fq_nb_left(fq_meta_load(r), now))
             return 1;
         uint64_t span = fq_span(q, p, w, r->len);
         if (!span)
@@ -385,7 +467,11 @@ int fq_drained(fq_queue *q, uint64_t h)
 static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
 {
     fq_ctrl *ctl = q->ctrl;
+    /* before the walk (seq_cst): pairs with the bump after a put-back, so a
+     * record put back behind the walk changes it (see fq_rq_skipping) */
+    uint64_t seq = atomic_load_explicit(&ctl->requeue_seq, SEQ);
     uint64_t hint = atomic_load_explicit(&ctl->requeued, SEQ);
+    uint32_t now = fq_nb_now(), soonest = 0;
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     if (rel == hd) {
@@ -407,12 +493,25 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
         if (!span)
             return FQ_ECORRUPT;
         if ((w & 7) == FQ_REC_REQUEUED) {
+            uint32_t left = fq_nb_left(fq_meta_load(r), now);
+            if (left) { /* delayed: not before its time */
+                if (!soonest || left < soonest)
+                    soonest = left;
+                p += span;
+                continue;
+            }
             fq_intent_claim(in, p, p + span, 1, count);
             /* seq_cst: recovery reads this word, then the intents */
             uint32_t me = (uint32_t)atomic_load_explicit(&q->slot, RLX) << 3 | (uint32_t)lane;
             if (atomic_compare_exchange_strong_explicit(
                     &r->word, &w, fq_taken_word(q->salt, p, me), SEQ, RLX)) {
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
+                /* ours alone now: count the take, clear the not-before.  Read
+                 * again after the CAS: a REQUEUED word is the same each time,
+                 * so the meta read before it may be an earlier put-back's */
+                uint32_t m = fq_meta_load(r);
+                uint32_t takes = FQ_META_TAKES(m) < 0xff ? FQ_META_TAKES(m) + 1 : 0xff;
+                fq_meta_store(r, takes);
                 uint64_t h = atomic_load(&ctl->requeued);
                 while (h && !atomic_compare_exchange_weak(&ctl->requeued, &h, h - 1))
                     ;
@@ -423,6 +522,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
                 c->taken = 1;
                 c->first_off = 0;
                 c->redelivered = 1;
+                c->attempt = takes + 1;
                 c->count = count;
                 return FQ_OK;
             }
@@ -431,6 +531,8 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
         }
         p += span;
     }
+    if (soonest) /* every requeued record is delayed: say so until the soonest is due */
+        atomic_store_explicit(&q->rq_skip, seq << 24 | ((now + soonest) & FQ_NB_MASK), RLX);
     return FQ_EMPTY;
 }
 
@@ -449,7 +551,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         return rc;
     /* requeued records first (a strict byte bound skips them: one may be
      * larger than what is left of the bound) */
-    if (!strict && atomic_load_explicit(&ctl->requeued, RLX)) {
+    if (!strict && atomic_load_explicit(&ctl->requeued, RLX) && !fq_rq_skipping(q)) {
         rc = fq_take_requeued(q, lane, c);
         if (rc != FQ_EMPTY) {
             if (rc != FQ_OK)
@@ -517,6 +619,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         c->lane = (uint32_t)lane;
         c->taken = 0;
         c->redelivered = 0;
+        c->attempt = 1; /* the head passes a record once: its first delivery */
         c->count = count;
         if (n == 0) { /* only padding or abandoned records: free, go on */
             fq_get_end(q, c);
@@ -641,7 +744,9 @@ void fq_get_end(fq_queue *q, fq_claim *c)
     fq_wake(q, atomic_load_explicit(&ctl->state, SEQ) & FQ_STATE_SHUTDOWN ? -1 : FQ_WAIT_SPACE);
 }
 
-void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
+/* Free the first keep messages of the claim, give the others back, each
+ * with not-before nb (0: visible at once). */
+static void fq_give_back(fq_queue *q, fq_claim *c, uint64_t keep, uint32_t nb)
 {
     if (keep >= c->n) {
         fq_get_end(q, c);
@@ -663,6 +768,17 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
      * skip them if their taker died), and if we die from here on, recovery
      * must not count them as ours. */
     uint64_t keep_end = keep ? x : c->pos;
+    /* the not-before first, while our intent still covers the records: if we
+     * die from here on, recovery requeues them with it */
+    for (uint64_t y = x; nb && y < end;) {
+        fq_rec *r = fq_rec_at(q, y);
+        uint64_t w = atomic_load_explicit(&r->word, RLX);
+        if ((w & 7) == FQ_REC_COMMITTED || ((w & 7) == FQ_REC_TAKEN && fq_word_taker(w) == me))
+            fq_meta_store(r, FQ_META_TAKES(fq_meta_load(r)) | nb << 8);
+        y = fq_next_msg(q, y + fq_span(q, y, w, r->len), end);
+    }
+    if (nb)
+        FQ_CRASH_POINT("nack_after_delay");
     atomic_store_explicit(&in->n, keep, REL);
     atomic_store_explicit(&in->end, keep_end, REL);
     /* give back, locating each next message before releasing the current
@@ -681,6 +797,9 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
             atomic_fetch_sub(&ctl->requeued, 1); /* recovery put it back first */
         x = y;
     }
+    /* seq_cst, after the CASes: pairs with a taker's load before its walk
+     * (fq_take_requeued), whose verdict "only delayed" must not outlive them */
+    atomic_fetch_add(&ctl->requeue_seq, 1);
     if (keep)
         fq_mark_done(q, in, first, keep_end, keep);
     fq_fence();
@@ -690,9 +809,30 @@ void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
     fq_wake(q, -1);
 }
 
+void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
+{
+    fq_give_back(q, c, keep, 0);
+}
+
 void fq_get_abort(fq_queue *q, fq_claim *c)
 {
-    fq_get_end_partial(q, c, 0);
+    fq_give_back(q, c, 0, 0);
+}
+
+void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
+{
+    uint32_t nb = 0;
+    if (delay_ms) {
+        if (delay_ms > FQ_MAX_DELAY_MS)
+            delay_ms = FQ_MAX_DELAY_MS;
+        /* rounded up, plus one unit: now is rounded down, and the record
+         * must not come back before the delay */
+        uint32_t units = (uint32_t)((delay_ms + FQ_NB_UNIT_MS - 1) / FQ_NB_UNIT_MS) + 1;
+        nb = (fq_nb_now() + units) & FQ_NB_MASK;
+        if (!nb)
+            nb = 1; /* 0 says "none" */
+    }
+    fq_give_back(q, c, 0, nb);
 }
 
 /* ---- status ------------------------------------------------------------ */
@@ -884,6 +1024,12 @@ void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin
 int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_t timeout_ns,
                 int strategy)
 {
+    if (what == FQ_WAIT_DATA && !q->topic) {
+        /* a delayed record falls due without a wake-up: look again then */
+        uint64_t left = (uint64_t)fq_rq_skipping(q) * FQ_NB_UNIT_MS * 1000000u;
+        if (left && left < slice_ns)
+            slice_ns = left;
+    }
     return fq_wait_pred(q, what, fq_rule(q, what), need, q->topic ? NULL : fq_quiet, slice_ns,
                         timeout_ns, strategy);
 }

@@ -761,8 +761,9 @@ static void fq_help(fq_queue *q, uint32_t mi, uint32_t gi, uint64_t end)
 }
 
 static void fq_fill_claim(fq_queue *q, fq_claim *c, uint64_t pos, uint64_t end, uint64_t n,
-                          uint64_t first_off, int redelivered)
+                          uint64_t first_off, int redelivered, uint32_t attempt)
 {
+    c->attempt = attempt;
     c->pos = pos;
     c->end = end;
     c->n = n;
@@ -830,6 +831,12 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
         if (FQ_SLOT_KIND(w) != FQ_MEM_ORPHAN || atomic_load(&e->group) != s->g)
             continue;
         uint64_t pos = atomic_load(&e->pos), end = atomic_load(&e->end), n = atomic_load(&e->n);
+        /* delivered once more than the orphan's count says, unless it was
+         * given back already (a count only: saturating, whatever it holds) */
+        uint32_t again = atomic_load(&e->again);
+        if (!atomic_load(&e->held)) /* a claim it held (nacked) counted itself */
+            again += again < UINT32_MAX - 1;
+        atomic_store(&me->again, again);
         /* cover the claim with ours before the orphan stops covering it */
         uint64_t seq = (atomic_load(&me->state) >> 2) + 1;
         atomic_store(&me->pos, pos);
@@ -846,7 +853,7 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
         while (h && !atomic_compare_exchange_weak(&g->orphans, &h, h - 1))
             ;
         fq_lock_drop(q);
-        fq_fill_claim(q, c, pos, end, n, 0, 1);
+        fq_fill_claim(q, c, pos, end, n, 0, 1, again + 1);
         return FQ_OK;
     }
     atomic_store(&g->orphans, 0); /* a stale hint: nothing is left */
@@ -889,6 +896,9 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
             return rc; /* taken, or an error (never claim past an orphan) */
     }
     uint32_t myid = s->m + 1;
+    /* a fresh claim: delivered for the first time (before it is claimed, so
+     * that whoever takes it over from us reads this count) */
+    atomic_store_explicit(&me->again, 0, RLX);
     for (;;) {
         fq_head H = fq_head_read(g);
         uint64_t h = H.pos;
@@ -973,7 +983,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, REL);
         if (n == 0) { /* padding or abandoned records only: done with it */
             if (q->drop) {
-                fq_fill_claim(q, c, h, p, 0, 0, 0);
+                fq_fill_claim(q, c, h, p, 0, 0, 0, 1);
                 const void *d;
                 uint64_t l;
                 while (fq_sub_next(s, c, &d, &l))
@@ -985,7 +995,7 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 fq_wake(q, FQ_WAIT_SPACE);
             continue;
         }
-        fq_fill_claim(q, c, h, p, n, first_off, 0);
+        fq_fill_claim(q, c, h, p, n, first_off, 0, 1);
         return FQ_OK;
     }
 }
@@ -1049,6 +1059,9 @@ int fq_sub_next(fq_sub *s, fq_claim *c, const void **data, uint64_t *len)
             c->msg_idx = fq_rec_index(r);
             *data = (const uint8_t *)(r + 1) + q->prefix;
             *len = l - q->prefix;
+            /* untrusted: within the payload and the bound, else no subject */
+            uint64_t sl = ((const uint64_t *)(r + 1))[1];
+            c->subject_len = sl <= FQ_MAX_SUBJECT && sl <= *len ? (uint32_t)sl : 0;
             return 1;
         }
     }
@@ -1137,6 +1150,11 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
         c->n = n;
         c->first_off = 0;
         fq_wake(q, FQ_WAIT_SPACE);
+    }
+    if (from <= c->pos && c->attempt) {
+        /* the whole claim comes back: once more delivered (our own entry) */
+        atomic_store_explicit(&q->members[s->m].again, c->attempt, RLX);
+        c->attempt += c->attempt < UINT32_MAX;
     }
     s->held = 1 + (redelivered != 0);
     s->hold = *c;
@@ -1318,6 +1336,39 @@ static uint64_t fq_group_lag(fq_queue *q, fq_group *g)
         x += span;
     }
     return n;
+}
+
+/*
+ * Subjects.  A message's subject is stored ahead of its payload (its length
+ * in the record's prefix, fq_layout.h) and matched by the reader before the
+ * payload is deserialized (the binding).  A group has one filter, shared by
+ * its members: its key (a digest of the patterns) is kept in the group; the
+ * first member of a group sets it, a member of a group with other members
+ * must bring the same one.
+ */
+int fq_sub_filter(fq_sub *s, uint64_t key)
+{
+    fq_queue *q = s->q;
+    if (key == 0)
+        return -EINVAL;
+    int rc = fq_lock_wait(q);
+    if (rc)
+        return rc;
+    fq_group *g = &q->groups[s->g];
+    int others = 0;
+    uint32_t hwm = fq_hwm(q);
+    for (uint32_t i = 0; i < hwm && !others; i++) {
+        fq_member *e = &q->members[i];
+        unsigned k = FQ_SLOT_KIND(atomic_load(&e->word));
+        others = i != s->m && (k == FQ_MEM_ACTIVE || k == FQ_MEM_ORPHAN) &&
+                 atomic_load(&e->group) == s->g;
+    }
+    if (others && atomic_load(&g->filter) != key)
+        rc = FQ_EINUSE;
+    else
+        atomic_store(&g->filter, key);
+    fq_lock_drop(q);
+    return rc;
 }
 
 uint64_t fq_sub_lag(fq_sub *s)

@@ -410,15 +410,25 @@ class QueueAio:
 class TopicAio:
     """The awaitable calls of :class:`fastq.Topic` (a base class of it)."""
 
-    async def apublish(self, obj: Any, timeout: Optional[float] = None) -> None:
+    async def apublish(self, obj: Any, timeout: Optional[float] = None, *,
+                       subject: Optional[str] = None) -> None:
         """:meth:`publish`, awaiting room in a ``"block"`` topic (up to
         ``timeout``, then ``queue.Full``).  Cancelled, it has published nothing."""
-        await _aput(self, self.publish, obj, timeout, None)
+        publish = self.publish
+        if subject is not None:
+            def publish(obj: Any, block: bool, timeout: Optional[float]) -> None:
+                self.publish(obj, block, timeout, subject=subject)
+        await _aput(self, publish, obj, timeout, None)
 
-    async def apublish_many(self, items: Iterable[Any], timeout: Optional[float] = None) -> int:
+    async def apublish_many(self, items: Iterable[Any], timeout: Optional[float] = None, *,
+                            subject: Optional[str] = None) -> int:
         """:meth:`publish_many`, awaiting room; returns how many (see
         :meth:`fastq.Queue.aput_many` for ``Full.count`` and cancellation)."""
-        return await _aput_many(self, self.publish_many, items, timeout, None)
+        publish_many = self.publish_many
+        if subject is not None:
+            def publish_many(items: Any, block: bool, timeout: Optional[float]) -> int:
+                return self.publish_many(items, block, timeout, subject=subject)
+        return await _aput_many(self, publish_many, items, timeout, None)
 
 
 class SubscriptionAio:

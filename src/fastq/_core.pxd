@@ -41,6 +41,7 @@ cdef extern from "fastq.h" nogil:
     ctypedef struct fq_claim:
         uint64_t pos, end, n, cursor
         uint32_t lane, taken, first_off, redelivered
+        uint32_t attempt, subject_len
         uint64_t count
         uint64_t idx, msg_pos, msg_idx, kept
 
@@ -66,6 +67,7 @@ cdef extern from "fastq.h" nogil:
     void fq_get_end(fq_queue *q, fq_claim *c)
     void fq_get_abort(fq_queue *q, fq_claim *c)
     void fq_get_end_partial(fq_queue *q, fq_claim *c, uint64_t keep)
+    void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
     void fq_wait(fq_queue *q, int what, uint64_t need, uint64_t timeout_ns, int spin)
     void fq_wake(fq_queue *q, int what)
     uint64_t fq_record_size(uint64_t len)
@@ -132,6 +134,7 @@ cdef extern from "fastq.h" nogil:
     uint64_t fq_sub_dropped(fq_sub *s)
     uint32_t fq_sub_index(fq_sub *s)
     int fq_topic_forget(fq_queue *q, const char *name)
+    int fq_sub_filter(fq_sub *s, uint64_t key)
     int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
 
 
@@ -139,6 +142,8 @@ cdef extern from "fq_layout.h":
     # limits and the flags of a topic group (fq_sub_info.flags)
     enum:
         FQ_MAX_HELD
+        FQ_MAX_DELAY_MS
+        FQ_MAX_SUBJECT
         FQ_MIN_CAPACITY
         FQ_MAX_SLOTS
         FQ_MAX_SUBS

@@ -39,6 +39,8 @@ cdef extern from "Python.h":
 cdef size_t NOGIL_COPY = 64 * 1024     # copy with the GIL released above this
 # receive(): deliveries one process may hold (a lane each, fq_layout.h)
 MAX_PREFETCH = FQ_MAX_HELD
+MAX_DELAY = FQ_MAX_DELAY_MS / 1000.0   # seconds: the longest nack(delay=)
+MAX_SUBJECT = FQ_MAX_SUBJECT          # bytes of a topic message's subject
 # Topic.subscribe(prefetch=): members one subscription may use (fastq.h)
 SUB_MAX_PREFETCH = FQ_SUB_MAX_PREFETCH
 # limits of the options, and the kinds and flags of topic groups (fastq.h,
@@ -72,6 +74,7 @@ include "_queue.pxi"
 include "_delivery.pxi"
 include "_topic.pxi"
 include "_members.pxi"
+include "_subjects.pxi"
 
 
 def pid_alive(int pid, uint64_t start_time=0):

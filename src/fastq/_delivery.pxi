@@ -16,6 +16,18 @@ cdef class Delivery:
     two messages of one segment share it, and a redelivered message keeps
     it (together with the segment's creation time it names the message, as
     fastq.bridge does for JetStream's ``Nats-Msg-Id``).
+
+    ``id`` names the message for idempotent handlers: a str,
+    ``"<created_ns>.<position>"`` (both in hexadecimal: the segment's creation
+    time in nanoseconds and ``position``); it is the same each time the
+    message is redelivered, and no other message of the segment, nor of a
+    segment created again under the same name, has it.  A topic's message
+    has the same id in every subscription that receives it.
+
+    ``attempt`` counts the deliveries of the message: 1 the first time, then
+    one more each time it comes back, after ``nack()`` or after the process
+    holding it died (kept in the segment, so every process sees the same
+    count; for a queue it saturates at 256).
     """
     cdef QueueSegment seg
     cdef Subscriber sub      # set for a topic subscription's delivery
@@ -27,6 +39,11 @@ cdef class Delivery:
     # of the segment and the same when the message is redelivered (a record
     # is requeued in place); fastq.bridge derives the Nats-Msg-Id from it
     cdef readonly uint64_t position
+    # 1 on the first delivery, + 1 on each redelivery (nack, or recovery
+    # after the holder died): for a queue kept in the record's header
+    cdef readonly unsigned attempt
+    cdef uint64_t created_ns  # the segment's, for id
+    cdef bytes _subject       # a topic message's subject, or None
     cdef unsigned epoch      # fq_epoch() when received: a forked child's copy is not its own
     cdef object __weakref__
 
@@ -34,12 +51,50 @@ cdef class Delivery:
         """The message was processed: remove it from the queue."""
         self._settle(True)
 
-    def nack(self, bint requeue=True):
-        """Give the message back to the queue (requeue=True: a later receive
-        or get takes it, flagged redelivered) or drop it (requeue=False)."""
-        self._settle(not requeue)
+    @property
+    def subject(self):
+        """The topic message's subject (a str), or None (none given, or a
+        queue's message)."""
+        return None if self._subject is None else self._subject.decode(errors="replace")
 
-    cdef int _settle(self, bint consume) except -1:
+    @property
+    def id(self):
+        """The message's id: ``"<created_ns>.<position>"`` in hexadecimal,
+        stable across redeliveries (see the class docstring)."""
+        return f"{self.created_ns:x}.{self.position:x}"
+
+    def nack(self, bint requeue=True, delay=None):
+        """Give the message back (``requeue=True``: a later receive or get
+        takes it, flagged redelivered, with ``attempt`` one more) or drop it
+        (``requeue=False``).
+
+        ``delay`` (seconds, queues only, at most one hour): the message
+        becomes visible again only after the delay.  No process holds it
+        meanwhile (the time is kept in the segment, with the message), so it
+        comes back even if this process dies, and nothing waits in this
+        process.  Other messages flow past it while it waits; once due, it
+        is taken before the messages at the head, as every message given
+        back is.  Like an unacknowledged delivery, it keeps its place in the
+        ring: producers cannot reuse the space after it until it is taken, so
+        a long delay can fill the queue.  It comes back no earlier than the
+        delay, and typically within a few tens of milliseconds after it (a
+        waiting consumer looks again at least every 0.2 s).
+        """
+        cdef uint64_t ms = 0
+        if delay is not None:
+            if not requeue:
+                raise ValueError("'delay' needs requeue=True (a dropped message does not come back)")
+            if self.sub is not None:
+                raise ValueError("nack(delay=...) is for queue deliveries; a topic's message "
+                                 "comes back at once")
+            d = float(delay)
+            if not (d >= 0.0) or d > FQ_MAX_DELAY_MS / 1000.0:
+                raise ValueError(f"'delay' must be between 0 and {FQ_MAX_DELAY_MS // 1000} "
+                                 f"seconds, not {delay!r}")
+            ms = <uint64_t>(d * 1000.0 + 0.999999)
+        self._settle(not requeue, ms)
+
+    cdef int _settle(self, bint consume, uint64_t delay_ms=0) except -1:
         if self.settled:
             raise ValueError("this delivery was already settled (acked, nacked, or given "
                              "back when its subscription closed)")
@@ -57,6 +112,8 @@ cdef class Delivery:
         cdef QueueSegment seg = self.seg
         if consume:
             fq_get_end(seg.q, &self.c)
+        elif delay_ms:
+            fq_get_nack(seg.q, &self.c, delay_ms)
         else:
             fq_get_abort(seg.q, &self.c)
         seg._unreserve()
@@ -89,6 +146,7 @@ cdef class Delivery:
 
     def __repr__(self):
         state = "settled" if self.settled else "unacked"
-        return f"<fastq.Delivery {state} redelivered={self.redelivered} value={self.value!r:.60}>"
+        return (f"<fastq.Delivery {state} attempt={self.attempt} "
+                f"redelivered={self.redelivered} value={self.value!r:.60}>")
 
 

@@ -4,6 +4,7 @@
 
 _REPICK = object()  # a Subscriber call's answer: its pool must pick a member again
 
+
 _UNACKED_ONE = ("1 delivery is unacknowledged, the prefetch bound of this subscription: "
                 "ack or nack it first (or subscribe with a larger prefetch)")
 
@@ -38,6 +39,8 @@ cdef class Subscriber:
     cdef bint nacked      # the held claim starts with a nacked message
     cdef bint again       # the claim just begun starts with a nacked message
     cdef object delivery  # a weak reference to the unacknowledged Delivery
+    cdef tuple patterns   # subject patterns (bytes); None: every message
+    cdef bytes subject    # the subject of the message _next returned last (None: none)
     cdef object __weakref__
 
     def __dealloc__(self):
@@ -161,21 +164,34 @@ cdef class Subscriber:
         the claim has no more).  A drop topic's message is copied out and
         checked before it is deserialized: a publisher may overwrite it."""
         cdef const void *data
-        cdef uint64_t n
+        cdef const unsigned char *p
+        cdef uint64_t n, sl
         while True:
             if not fq_sub_next(self.s, c, &data, &n):
                 done[0] = True
                 return None
+            sl = c.subject_len  # checked by fq_sub_next: sl <= n
+            p = <const unsigned char *>data
             if not self.drop:
-                out = self.seg._load(loads, data, n)
+                if self.patterns is not None and not (
+                        sl and _subjects_match(self.patterns, p, <Py_ssize_t>sl)):
+                    fq_claim_keep(c)  # not for this subscription: passed, never loaded
+                    continue
+                self.subject = PyBytes_FromStringAndSize(<const char *>p, sl) if sl else None
+                out = self.seg._load(loads, p + sl, n - sl)
                 fq_claim_keep(c)  # as fq_sub_intact: nothing overwrites a block topic
                 return out
             raw = self.seg._load(None, data, n)
             if not fq_sub_intact(self.s, c):
                 continue  # overwritten while we copied it: lost, counted
+            p = <const unsigned char *>PyBytes_AS_STRING(raw)
+            if self.patterns is not None and not (
+                    sl and _subjects_match(self.patterns, p, <Py_ssize_t>sl)):
+                continue  # counted as returned by fq_sub_intact
+            self.subject = raw[:sl] if sl else None
             if loads is None:
-                return raw
-            return self.seg._load(loads, PyBytes_AS_STRING(raw), n)
+                return raw[sl:] if sl else raw
+            return self.seg._load(loads, p + sl, n - sl)
 
     cdef void _hold(self, fq_claim *c, uint64_t frm, int redelivered):
         """fq_sub_hold, noted: the next call of this member returns the claim."""
@@ -215,6 +231,7 @@ cdef class Subscriber:
         cdef fq_queue *q = self._enter()
         cdef fq_claim c
         cdef bint done
+        cdef double deadline = _deadline(block, timeout)
         try:
             while True:
                 if self._claim(q, 1, NO_BYTE_LIMIT, &c, block, timeout):
@@ -224,6 +241,7 @@ cdef class Subscriber:
                 self._finish(&c, done)
                 if not done:
                     return out
+                timeout = _left(timeout, deadline)  # passed over: the rest of the time
         finally:
             self._exit()
 
@@ -239,9 +257,14 @@ cdef class Subscriber:
         cdef fq_claim c
         cdef bint done
         cdef uint64_t cursor, idx, kept, seen
+        cdef bint c_claimed = False
         cdef list out = []
+        cdef double deadline = _deadline(block, timeout)
         try:
             while not out:
+                if c_claimed:
+                    timeout = _left(timeout, deadline)  # passed over: the rest of the time
+                c_claimed = True
                 if self._claim(q, <size_t>max_messages, max_bytes, &c, block, timeout):
                     return _REPICK
                 done = False
@@ -288,14 +311,16 @@ cdef class Subscriber:
         cdef fq_queue *q = self._enter()
         cdef Delivery d = Delivery.__new__(Delivery)
         cdef bint done
+        cdef double deadline = _deadline(block, timeout)
         try:
             while True:
                 if self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout):
                     return _REPICK
                 done = False
                 out = self._one(&d.c, loads, &done)
-                if done:  # overwritten (drop topic): lost, counted
+                if done:  # overwritten (drop topic) or passed over by the filter
                     fq_sub_end(self.s, &d.c)
+                    timeout = _left(timeout, deadline)
                     continue
                 d.value = out
                 d.position = d.c.msg_pos
@@ -303,6 +328,9 @@ cdef class Subscriber:
                 d.epoch = fq_epoch()
                 # c.redelivered: taken over from a dead member (the whole claim)
                 d.redelivered = d.c.redelivered != 0 or self.again
+                d.attempt = d.c.attempt
+                d.created_ns = self.seg.created_ns
+                d._subject = self.subject
                 self.unacked = True
                 # the claim holds messages after this one, not redelivered
                 # (given back by get_many()): no other member's claim may
@@ -578,7 +606,9 @@ cdef double _deadline(bint block, object timeout) except? -1:
 
 
 cdef object _left(object timeout, double deadline):
-    """The rest of a call's timeout when its pool picks a member again."""
+    """The rest of a call's timeout when its pool picks a member again, or when
+    it claims again after passing messages over (drop topics, the subject
+    filter): a stream of those cannot extend it."""
     if deadline == 0.0:
         return timeout
     return max(0.0, deadline - _monotonic())

@@ -211,6 +211,8 @@ cdef class QueueSegment(Segment):
             d.seg = self
             d.epoch = fq_epoch()
             d.redelivered = d.c.redelivered != 0
+            d.attempt = d.c.attempt
+            d.created_ns = self.created_ns
             if self._deliveries is None:
                 import weakref
                 self._deliveries = weakref.WeakSet()

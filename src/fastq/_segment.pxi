@@ -105,6 +105,7 @@ cdef class Segment:
     cdef double _last_poll_recover
     cdef object _subs          # WeakSet of open Subscribers (closed first)
     cdef public int strategy   # FQ_STRATEGY_*: how blocking calls wait (_wait.pxi)
+    cdef uint64_t created_ns   # the segment's creation time (ids of its deliveries)
     cdef int _sleeping         # threads of this handle asleep in a wait (_seg_interrupt)
 
     def _set_serializer(self, dumps, loads, bint is_pickle=False):
@@ -133,6 +134,9 @@ cdef class Segment:
             raise ValueError("this handle is attached already")
         self.att = _share(q)
         self.q = self.att.q
+        cdef uint64_t st[8]
+        fq_stats(self.q, st)
+        self.created_ns = st[7]
         return 0
 
     def _create(self, str path, uint64_t capacity, uint64_t max_message, uint32_t max_slots,
@@ -313,9 +317,10 @@ cdef class Segment:
             need = fq_put_need(q, lens, k[0])
             self._wait(q, FQ_WAIT_SPACE, need, w)
 
-    cdef int _put(self, object obj, bint block, object timeout) except -1:
+    cdef int _put(self, object obj, bint block, object timeout, bytes subject=None) except -1:
         """Put one message (serialized by dumps: a bytes-like object, or a
-        list of them, gathered into one message): Queue.put, Topic.publish."""
+        list of them, gathered into one message): Queue.put, Topic.publish
+        (subject: its bytes, checked, stored ahead of the payload)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self._dumps is None:
@@ -327,10 +332,13 @@ cdef class Segment:
             data = _pdumps(obj, 5)
         else:
             data = self._dumps(obj)
+        if subject is not None:
+            data = [subject] + data if type(data) is list else [subject, data]
         cdef fq_queue *q = self._enter()
         try:
             if type(data) is list:
-                self._put_parts(q, data, block, timeout)
+                self._put_parts(q, data, block, timeout,
+                                0 if subject is None else len(subject))
             else:
                 self._put_one(q, data, block, timeout)
         finally:
@@ -368,7 +376,8 @@ cdef class Segment:
                 PyBuffer_Release(&view)
         return 0
 
-    cdef int _put_parts(self, fq_queue *q, list parts, bint block, object timeout) except -1:
+    cdef int _put_parts(self, fq_queue *q, list parts, bint block, object timeout,
+                        uint32_t subject_len=0) except -1:
         cdef Py_ssize_t k = len(parts), i
         cdef Py_buffer *views = <Py_buffer *>malloc(sizeof(Py_buffer) * (k if k else 1))
         cdef Py_ssize_t got = 0
@@ -384,6 +393,7 @@ cdef class Segment:
                 got += 1
                 n += <uint64_t>views[i].len
             self._begin_put(q, &n, &one, &c, block, timeout)
+            c.subject_len = subject_len
             dst = <char *>fq_claim_buf(q, &c)
             with nogil:
                 for i in range(k):
@@ -396,7 +406,7 @@ cdef class Segment:
             free(views)
         return 0
 
-    cdef object _put_many(self, object objs, bint block, object timeout):
+    cdef object _put_many(self, object objs, bint block, object timeout, bytes subject=None):
         """Put every item in order, in as few claims as fit.  Returns the
         number put (all of them, or an exception): Queue.put_many,
         Topic.publish_many."""
@@ -407,13 +417,16 @@ cdef class Segment:
             # a private copy, even of a list: the copy below runs without the
             # GIL from pointers into these objects, which must stay alive
             # whatever another thread does to the caller's sequence
-            items = list(objs)
+            items = list(objs) if subject is None else [subject + bytes(x) for x in objs]
         else:
             dumps = self._dumps
             items = []
             for x in objs:
                 d = dumps(x)
-                items.append(b"".join(d) if type(d) is list else d)
+                if subject is not None:
+                    items.append(b"".join([subject] + d if type(d) is list else [subject, d]))
+                else:
+                    items.append(b"".join(d) if type(d) is list else d)
         cdef fq_queue *q = self._enter()
         cdef Py_ssize_t total = len(items), start = 0, k, i, got = 0
         cdef Py_buffer *views = NULL
@@ -464,6 +477,7 @@ cdef class Segment:
                     e.count = start  # items put before this one, in order
                     raise
                 k = <Py_ssize_t>kk
+                c.subject_len = 0 if subject is None else <uint32_t>len(subject)
                 with nogil:
                     for i in range(start, start + k):
                         dst = <char *>fq_claim_buf(q, &c)

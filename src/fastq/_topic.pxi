@@ -8,23 +8,31 @@ cdef class TopicSegment(Segment):
 
     # ---- publishing ---------------------------------------------------------
 
-    def publish(self, obj, bint block=True, timeout=None):
+    def publish(self, obj, bint block=True, timeout=None, *, subject=None):
         """Publish obj to every subscription.
+
+        ``subject`` (a str such as ``"orders.eu.created"``: dot-separated
+        tokens, no wildcards, at most 255 bytes): the message goes only to
+        subscriptions whose ``subjects`` match it (and to those without
+        ``subjects``); ``Delivery.subject`` gives it.  ValueError if it is
+        not a valid subject.
 
         In an ``overflow="block"`` topic, waits while the slowest live
         subscriber's unread messages fill the ring (up to ``timeout``, then
         ``queue.Full``).  A ``"drop"`` topic never waits for subscribers.
         Raises ``MessageTooLarge`` and, after :meth:`shutdown`, ``ShutDown``.
         """
-        self._put(obj, block, timeout)
+        self._put(obj, block, timeout, None if subject is None else _subject_bytes(subject))
 
-    def publish_nowait(self, obj):
+    def publish_nowait(self, obj, *, subject=None):
         """``publish(obj, block=False)``."""
-        self._put(obj, False, None)
+        self._put(obj, False, None, None if subject is None else _subject_bytes(subject))
 
-    def publish_many(self, objs, bint block=True, timeout=None):
-        """Publish every item in order (batched); returns how many."""
-        return self._put_many(objs, block, timeout)
+    def publish_many(self, objs, bint block=True, timeout=None, *, subject=None):
+        """Publish every item in order (batched), all with ``subject`` (as
+        :meth:`publish`); returns how many."""
+        return self._put_many(objs, block, timeout,
+                              None if subject is None else _subject_bytes(subject))
 
     # ---- the subscriber table -----------------------------------------------
 
@@ -38,8 +46,12 @@ cdef class TopicSegment(Segment):
         """Subscriber entries the topic holds."""
         return fq_max_subs(self._enter_quick())
 
-    def _subscribe(self, str name, int kind, int start):
-        """A new Subscriber (a member of the group `name`, see fastq.h)."""
+    def _subscribe(self, str name, int kind, int start, tuple patterns=None,
+                   uint64_t filter_key=1):
+        """A new Subscriber (a member of the group `name`, see fastq.h) that
+        receives the messages whose subject matches one of patterns (bytes,
+        checked; None: every message); filter_key (not 0) names that filter
+        for the group's other members (fq_sub_filter)."""
         cdef fq_queue *q = self._enter()
         cdef fq_sub *sp = NULL
         cdef char err[512]
@@ -52,7 +64,18 @@ cdef class TopicSegment(Segment):
                 rc = fq_subscribe(q, cp, kind, start, &sp, err, sizeof(err))
             if rc != 0:
                 _raise_rc(rc, q, 0, err.decode(errors="replace"))
+            with nogil:
+                rc = fq_sub_filter(sp, filter_key)
+            if rc != 0:
+                fq_unsubscribe(sp)
+                if rc == FQ_EINUSE:
+                    raise ValueError(
+                        f"group {name!r} has members with another subject filter: all the "
+                        "members of a group share its filter (subscribe with the same "
+                        "subjects, or use another group)")
+                _raise_rc(rc, q, 0)
             sub = Subscriber.__new__(Subscriber)
+            (<Subscriber>sub).patterns = patterns
             (<Subscriber>sub).s = sp
             (<Subscriber>sub).seg = self
             (<Subscriber>sub).drop = fq_is_drop(q)

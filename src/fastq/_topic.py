@@ -5,9 +5,10 @@ publish; the subscription's members for get and receive)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _core
 from ._aio import SubscriptionAio, TopicAio
@@ -122,7 +123,8 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
     # ---- subscribing --------------------------------------------------------
 
     def subscribe(self, start: str = "latest", *, group: Optional[str] = None,
-                  name: Optional[str] = None, prefetch: int = 1) -> "Subscription":
+                  name: Optional[str] = None, prefetch: int = 1,
+                  subjects: "Union[str, Sequence[str], None]" = None) -> "Subscription":
         """A new subscription.
 
         ``start="latest"``: messages published after this call returns;
@@ -140,6 +142,18 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         entry of the topic's subscriber table: the subscription takes one
         more entry (in its own group) the first time it needs it and keeps
         it until :meth:`Subscription.close`.  A drop topic allows only 1.
+
+        ``subjects``: a pattern or a list of them (NATS semantics: tokens
+        separated by ``.``, ``*`` matches any one token, ``>`` as the last
+        token matches one or more; ``"orders.*.created"``, ``"orders.>"``):
+        the subscription receives only the messages published with a
+        matching subject; the others are passed over without being
+        deserialized (no unpickling).  ValueError for an invalid pattern
+        (empty tokens, ``>`` not last, wildcards inside a token).  All the
+        members of a group (and the subscribers of a durable name) share one
+        filter: joining with other ``subjects`` than its live members raises
+        ValueError.  ``lag`` counts every message the group has not passed
+        yet, matching or not.
         """
         if not isinstance(prefetch, int) or isinstance(prefetch, bool):
             raise ValueError(f"prefetch must be an int, not {prefetch!r}")
@@ -164,13 +178,14 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         if group is not None and self.is_drop:
             raise ValueError('a topic with overflow="drop" has no consumer groups '
                              "(a lapped group could not count its losses per member)")
+        patterns = _patterns(subjects)
         if name is not None:
             key, kind = name, _KIND_DURABLE
         elif group is not None:
             key, kind = group, _KIND_GROUP
         else:
             key, kind = f"~{os.getpid()}-{uuid.uuid4().hex[:20]}", _KIND_ANON
-        return Subscription(self, key, kind, _STARTS[start], prefetch)
+        return Subscription(self, key, kind, _STARTS[start], prefetch, patterns)
 
     def forget(self, name: str) -> bool:
         """Remove the durable subscription ``name``, its position and the
@@ -222,11 +237,13 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
     messages; for a durable name: a subscriber of that name).
     """
 
-    def __init__(self, topic: Topic, key: str, kind: int, start: int, prefetch: int = 1):
+    def __init__(self, topic: Topic, key: str, kind: int, start: int, prefetch: int = 1,
+                 patterns: Optional[Tuple[str, ...]] = None):
         self._topic = topic
         self._key, self._kind = key, kind & ~_MUST_EXIST
         self._prefetch = prefetch
-        self._member(_core_subscribe(topic, key, kind, start))
+        self._patterns = patterns
+        self._member(_core_subscribe(topic, key, kind, start, patterns))
 
     def _member(self, sub: Any) -> None:
         """Use sub, a member of the group (a C entry that holds one claim at
@@ -237,7 +254,7 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
             # to self: a dropped subscription leaves at once, not at a GC)
             pool = _core.SubscriberPool(sub, self._prefetch, functools.partial(
                 _join_member, self._topic, self._key, self._kind, self._prefetch,
-                os.getpid()))
+                os.getpid(), self._patterns))
         self._use(sub, pool)
 
     def _join(self) -> None:
@@ -246,7 +263,7 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         (so a subscription passed to a fork child in Process(args=...) works
         as under spawn)."""
         kind = self._kind | (_MUST_EXIST if self._kind == _KIND_ANON else 0)
-        self._member(_core_subscribe(self._topic, self._key, kind, 0))
+        self._member(_core_subscribe(self._topic, self._key, kind, 0, self._patterns))
 
     if TYPE_CHECKING:  # the compiled methods, typed (docs: _core.SubscriptionBase)
         def get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
@@ -282,6 +299,11 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         """The topic."""
         return self._topic
 
+    @property
+    def subjects(self) -> Optional[Tuple[str, ...]]:
+        """The subject patterns it receives (None: every message)."""
+        return self._patterns
+
     def __enter__(self) -> "Subscription":
         return self
 
@@ -289,7 +311,7 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         self.close()
 
     def __reduce__(self):
-        return (_rejoin, (self._topic, self._key, self._kind, self._prefetch))
+        return (_rejoin, (self._topic, self._key, self._kind, self._prefetch, self._patterns))
 
     def __repr__(self) -> str:
         what = {_KIND_ANON: "plain", _KIND_GROUP: f"group={self._key!r}",
@@ -300,18 +322,47 @@ class Subscription(_core.SubscriptionBase, SubscriptionAio):
         return f"<fastq.Subscription {what} of {self._topic.name!r} {state}>"
 
 
-def _core_subscribe(topic: Topic, key: str, kind: int, start: int) -> Any:
-    return topic._subscribe(key, kind, start)
+def _patterns(subjects: "Union[str, Sequence[str], None]") -> Optional[Tuple[str, ...]]:
+    """subscribe()'s subjects, checked, as a sorted tuple without duplicates."""
+    if subjects is None:
+        return None
+    if isinstance(subjects, str):
+        subjects = [subjects]
+    out = set()
+    for p in subjects:
+        if not isinstance(p, str):
+            raise TypeError(f"subjects must be a str or a list of str, not one {type(p).__name__}")
+        _core.check_subject(p, True)
+        out.add(p)
+    if not out:
+        raise ValueError("subjects is empty: give at least one pattern (or None for all)")
+    return tuple(sorted(out))
 
 
-def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: int) -> Any:
+def _filter_key(patterns: Optional[Tuple[str, ...]]) -> int:
+    """The key the members of a group compare (fq_sub_filter): 1 for no
+    filter, else a digest of the patterns (never 0 or 1)."""
+    if patterns is None:
+        return 1
+    d = hashlib.blake2b("\n".join(patterns).encode(), digest_size=8).digest()
+    return max(2, int.from_bytes(d, "little"))
+
+
+def _core_subscribe(topic: Topic, key: str, kind: int, start: int,
+                    patterns: Optional[Tuple[str, ...]] = None) -> Any:
+    cp = None if patterns is None else tuple(p.encode() for p in patterns)
+    return topic._subscribe(key, kind, start, cp, _filter_key(patterns))
+
+
+def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int,
+                 patterns: Optional[Tuple[str, ...]], n: int) -> Any:
     """One more member of a subscription's group, for its pool of n members."""
     if os.getpid() != pid:
         raise RuntimeError("this subscription belongs to the process that subscribed; a "
                            "forked child cannot use it (pass it pickled: the child then "
                            "joins its group) or subscribe in the child")
     try:
-        return _core_subscribe(topic, key, kind | _MUST_EXIST, 0)
+        return _core_subscribe(topic, key, kind | _MUST_EXIST, 0, patterns)
     except SubscriberLimit as e:
         raise SubscriberLimit(
             f"{e}.  This subscription holds {n} unacknowledged "
@@ -319,10 +370,11 @@ def _join_member(topic: Topic, key: str, kind: int, prefetch: int, pid: int, n: 
             f"for another (prefetch={prefetch}): ack or nack one first") from None
 
 
-def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1) -> Subscription:
+def _rejoin(topic: Topic, key: str, kind: int, prefetch: int = 1,
+            patterns: Optional[Tuple[str, ...]] = None) -> Subscription:
     # a plain subscription's anonymous group must still exist
     return Subscription(topic, key, kind | (_MUST_EXIST if kind == _KIND_ANON else 0), 0,
-                        prefetch)
+                        prefetch, patterns)
 
 
 def _reopen(where: Any, name: str, serializer: Any, trusted: bool = False,

@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-MODULES = ("pool",)       # modules of fastq.bench that define program workloads
+MODULES = ("pool", "subjects")  # modules of fastq.bench that define program workloads
 EXIT_GRACE = 5.0          # seconds a run may take to exit once its result is written
 
 
