@@ -288,7 +288,9 @@ def no_tmpfile_env(tmp_path):
     shim_c.write_text(_NO_TMPFILE_SHIM)
     shim = tmp_path / "shim.so"
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(shim_c), "-ldl"], check=True)
-    return dict(os.environ, LD_PRELOAD=str(shim))
+    # after what is preloaded already (the sanitizers' runtimes must come first)
+    pre = os.environ.get("LD_PRELOAD", "")
+    return dict(os.environ, LD_PRELOAD=(pre + " " + str(shim)).strip())
 
 
 def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path, no_tmpfile_env):
