@@ -1,0 +1,154 @@
+"""Reproductions of the findings of the fourth adversarial review of the C core
+(the fixes of review 9, branch h/fix9).  Each test asserts the behaviour the core
+had before those fixes and should keep; each is a strict xfail whose reason names
+the defect, where it is, and a way to fix it.
+
+All are about the cost of R5 (fq_wake loads the sleeper bits instead of taking
+them): a bit now stays up until its owner leaves the wait (or disarms), or until
+recovery reaps a dead owner, so every writer meanwhile makes a FUTEX_WAKE (or, for
+an armed task, rings its bell again once per take); and fq_wake_quiet, called on
+every claim (puts AND gets), calls fq_wake(q, -1) as long as a quiet bit is up.
+
+The counts are syscalls made by this process (fastq._core._wait_counts: sleeps,
+FUTEX_WAKEs, bell datagrams), not timings.  A sleeper that is woken but has not
+run yet is made deterministic with SIGSTOP; a dead one with SIGKILL.
+"""
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+import fastq
+from fastq import _aio, _core
+from support.procs import children, kill_and_reap
+
+BOUND = 30.0
+
+
+def _asleep(q, child):
+    """Wait until the child's get sleeps (its data and quiet bits are up)."""
+    end = time.monotonic() + BOUND
+    while time.monotonic() < end:
+        data, _space, quiet = _core._test_sleepers(q)
+        if data and quiet:
+            time.sleep(0.05)  # past its re-check, into FUTEX_WAIT
+            return
+        time.sleep(0.005)
+    raise AssertionError("the child did not go to sleep")
+
+
+def _blocked_consumer(name):
+    """Fork a process that blocks in get() on the queue name (no timeout: the
+    deep, quiet sleep)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fastq.Queue(name).get()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _wakes():
+    return _core._wait_counts()[1]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R5 cost: a woken sleeper that has not run yet keeps its data and quiet bits up, so one "
+    "put makes two FUTEX_WAKEs (fq_put_begin's fq_wake_quiet -> fq_wake(q,-1), then "
+    "fq_put_end's fq_wake(DATA)) where fc34670 made one (the first took the bits); measured "
+    "with a live consumer 2.00 vs 1.00 FUTEX_WAKE per put. Suggested fix: dedupe per sleep, "
+    "not per writer, e.g. a per-slot, per-side mark: the sleeper stores SLEEPING(v) "
+    "(seq_cst, v its futex value) before its re-check; a writer that sees SLEEPING(x) "
+    "wakes and only AFTER its FUTEX_WAKE CASes SLEEPING(x) -> WOKEN (a killed writer "
+    "leaves SLEEPING: the next one wakes; a newer sleep fails the CAS); one that sees "
+    "WOKEN skips the syscall (the sleeper has not re-checked yet: it sees the data)"))
+def test_one_put_to_a_woken_sleeper_makes_one_futex_wake():
+    name = "rev10a%d" % os.getpid()
+    q = fastq.Queue(name, capacity=4096)
+    try:
+        with children() as pids:
+            pid = _blocked_consumer(name)
+            pids.append(pid)
+            _asleep(q, pid)
+            os.kill(pid, signal.SIGSTOP)  # woken, but not yet run
+            try:
+                before = _wakes()
+                q.put(1)
+                n = _wakes() - before
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert os.waitpid(pid, 0)[1] == 0
+            assert n == 1, n
+    finally:
+        q.close()
+        q.unlink()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R5 cost: a consumer killed in its sleep leaves its data and quiet bits up until a "
+    "recovery reaps its slot, and nothing on a queue that never stalls runs one: every "
+    "claim, put or get, of every process calls fq_wake(q,-1) from fq_wake_quiet and every "
+    "put fq_wake(DATA), each a fence, a bit scan and a FUTEX_WAKE on nobody (fq_ring_bells "
+    "returns 1 for the dead slot's FQ_BELL_FUTEX side): here 50 puts and gets make ~150 "
+    "FUTEX_WAKEs, fc34670 made 1. Suggested fix: the per-sleep WOKEN mark of "
+    "test_one_put_to_a_woken_sleeper_makes_one_futex_wake (a dead sleeper's stays WOKEN: "
+    "writers skip it), and the same for quiet_mask in fq_wake_quiet"))
+def test_a_killed_sleeper_costs_writers_nothing_after_one_wake():
+    name = "rev10b%d" % os.getpid()
+    q = fastq.Queue(name, capacity=4096)
+    try:
+        with children() as pids:
+            pid = _blocked_consumer(name)
+            pids.append(pid)
+            _asleep(q, pid)
+            kill_and_reap(pid)
+            before = _wakes()
+            for i in range(50):
+                q.put(i)
+                assert q.get() == i
+            n = _wakes() - before
+            assert n <= 2, n
+    finally:
+        q.close()
+        q.unlink()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R5 cost (event loops): one put wakes two awaiting tasks, two bells per message "
+    "(tests/aio/test_aio.py::test_idle_tasks_cost_nothing_and_a_message_wakes_one). The "
+    "put's claim rings the bell once (fq_wake_quiet); the loop takes the rung bits and "
+    "wakes one task; that task's own get claims (fq_get_begin -> fq_wake_quiet) while the "
+    "other armed tasks' quiet bit (same slot) is up -- armed tasks never lower it -- so "
+    "fq_wake(q,-1) sees the data bit and, bell_rung taken, sends a second datagram: a "
+    "second task wakes, finds nothing and re-arms. fc34670: the put's claim took the "
+    "quiet bits, the get saw none. Suggested fix: dedupe quiet wakes per arming (a "
+    "'quiet rung' bit of the slot, set by the writer after it rang, cleared by fq_arm_pred "
+    "as bell_rung is), so a claim rings a quiet slot once until it re-arms"))
+def test_one_message_wakes_one_awaiting_task():
+    async def main():
+        q = fastq.Queue(None, capacity=4096)
+        tasks = [asyncio.ensure_future(q.aget()) for _ in range(2)]
+        for _ in range(2000):
+            await asyncio.sleep(0.001)
+            b = _aio._bell
+            if b is not None and sum(len(s.waiters) for s in b.sides.values()) == 2 and all(
+                    w.fut is not None for s in b.sides.values() for w in s.waiters):
+                break
+        before, bells = dict(_aio.stats), _core._wait_counts()[2]
+        q.put("hello")
+        done, _ = await asyncio.wait(tasks, timeout=BOUND, return_when=asyncio.FIRST_COMPLETED)
+        assert [t.result() for t in done] == ["hello"]
+        for _ in range(20):  # let a second bell, if any, be read and acted on
+            await asyncio.sleep(0.005)
+        woken = _aio.stats["wakes"] - before["wakes"]
+        sent = _core._wait_counts()[2] - bells
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        q.close()
+        assert (woken, sent) == (1, 1)
+    asyncio.run(main())
