@@ -3,7 +3,7 @@
 had before those fixes and should keep; each is a strict xfail whose reason names
 the defect, where it is, and a way to fix it.
 
-All are about the cost of R5 (fq_wake loads the sleeper bits instead of taking
+The first three are about the cost of R5 (fq_wake loads the sleeper bits instead of taking
 them): a bit now stays up until its owner leaves the wait (or disarms), or until
 recovery reaps a dead owner, so every writer meanwhile makes a FUTEX_WAKE (or, for
 an armed task, rings its bell again once per take); and fq_wake_quiet, called on
@@ -11,7 +11,9 @@ every claim (puts AND gets), calls fq_wake(q, -1) as long as a quiet bit is up.
 
 The counts are syscalls made by this process (fastq._core._wait_counts: sleeps,
 FUTEX_WAKEs, bell datagrams), not timings.  A sleeper that is woken but has not
-run yet is made deterministic with SIGSTOP; a dead one with SIGKILL.
+run yet is made deterministic with SIGSTOP; a dead one with SIGKILL.  The last
+two are about which file a removal removes: R4's sweep of temporary files (by name
+alone) and R3's identity check (an inode number, which the filesystem reuses).
 """
 
 import asyncio
@@ -23,6 +25,7 @@ import pytest
 
 import fastq
 from fastq import _aio, _core
+from support.cseg import create, lib, open_seg
 from support.procs import children, kill_and_reap
 
 BOUND = 30.0
@@ -152,3 +155,64 @@ def test_one_message_wakes_one_awaiting_task():
         q.close()
         assert (woken, sent) == (1, 1)
     asyncio.run(main())
+
+
+def _dead_pid():
+    """A pid that no process has now (a child's, reaped)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R4: fq_sweep_tmp tells a leftover temporary file by its name alone "
+    "(<base>.tmp-<pid>-<16 hex>, pid gone, creating lock free): opening a segment that "
+    "has a second name (a hard link of the user's: st_nlink > 1, fq_open_fd) removes "
+    "another, live segment whose name has that form. Suggested fix: on the open path, "
+    "remove only a name of the same file (fstat of the probed fd: st_dev/st_ino of the "
+    "segment being opened); on the create path, only a file that is not a finished "
+    "segment (its header not yet valid, st_nlink == 1)"))
+def test_opening_a_hard_linked_segment_leaves_other_segments_alone(tmp_path):
+    q = tmp_path / "q"
+    other = tmp_path / ("q.tmp-%d-%016x" % (_dead_pid(), 0x0123456789abcdef))
+    rc, a, err = create(q)
+    assert rc == 0, err
+    rc, b, err = create(other)  # a segment of its own, in use
+    assert rc == 0, err
+    os.link(q, tmp_path / "q.bak")  # a second name of q's file
+    rc, c, err = open_seg(q)
+    assert rc == 0, err
+    for h in (a, b, c):
+        lib.fq_close(h)
+    assert os.path.exists(other), "opening q removed another segment"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R3: the unlink identity check compares (st_dev, st_ino) only, and an inode number "
+    "is reused once its file is freed (ext4 at once; tmpfs rarely): a handle closed "
+    "before its unlink() -- the usual q.close(); q.unlink() -- whose file someone else "
+    "unlinked meanwhile, removes the new segment created under the name if that one "
+    "got the freed inode (here, on ext4, every time). Suggested fix: identify the file "
+    "by something a new file cannot repeat, e.g. a random creation id in the segment "
+    "header read through a fresh open of the name (or refuse unlink() after close())"))
+def test_unlink_after_close_leaves_a_newer_segment_with_the_same_inode(tmp_path):
+    name = str(tmp_path / "q")
+    old = fastq.Queue(name)
+    ino = os.fstat(old.fileno()).st_ino
+    other = fastq.Queue(name)
+    other.unlink()  # old's file has no name now
+    other.close()
+    old.close()  # and no descriptor or mapping: it is freed
+    new = fastq.Queue(name)  # a new segment under the same name, in use
+    try:
+        if os.fstat(new.fileno()).st_ino != ino:
+            pytest.skip("this filesystem gave the new file another inode number")
+        new.put("kept")
+        old.unlink()  # should do nothing: old's file has no name any more
+        assert os.path.exists(name), "unlink() of a closed handle removed another segment"
+    finally:
+        new.close()
+        if os.path.exists(name):
+            os.unlink(name)
