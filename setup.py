@@ -13,7 +13,7 @@ if os.environ.get("FASTQ_SANITIZE"):  # e.g. "address,undefined"
     CFLAGS += ["-fsanitize=" + os.environ["FASTQ_SANITIZE"], "-fno-omit-frame-pointer", "-g"]
 
 SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c",
-           "csrc/fq_topic.c"]
+           "csrc/fq_topic.c", "csrc/fq_inspect.c"]
 
 ext = Extension(
     "fastq._core",

@@ -57,7 +57,7 @@ typedef struct fq_claim {
     uint64_t given;
     /* topics (subscriber claims) */
     uint64_t idx;      /* index of the last message found intact */
-    uint64_t msg_pos;  /* position of the message fq_sub_next returned */
+    uint64_t msg_pos;  /* position of the message fq_sub_next (fq_claim_next) returned */
     uint64_t msg_idx;  /* its index, as read before the copy */
     uint64_t kept;     /* messages found intact so far */
     uint32_t attempt;  /* consumer: the delivery's attempt, 1 the first time
@@ -76,6 +76,7 @@ typedef struct fq_create_opts {
     uint32_t topic;       /* 0: a queue; 1: a topic */
     uint32_t drop;        /* topic: publishers overwrite (overflow="drop") */
     uint32_t max_subs;    /* topic: subscriber entries; 0: 64 */
+    uint32_t temporary;   /* 1: mark it temporary (FQ_FLAG_TEMP: `fastq gc`) */
 } fq_create_opts;
 
 /* Create a new segment at path; exclusive: fail with -EEXIST if present.
@@ -111,6 +112,8 @@ int fq_put(fq_queue *q, const void *data, size_t len); /* begin+copy+commit */
  * meanwhile: wait, and let recovery run). */
 #define FQ_BYTES_STRICT (1ULL << 63)
 int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c);
+/* The claim's next message (0: none left); sets c->msg_pos to its record's
+ * position (the one a requeued record keeps: fastq's message identity). */
 int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len);
 void fq_get_end(fq_queue *q, fq_claim *c);
 void fq_get_abort(fq_queue *q, fq_claim *c); /* give the messages back */
@@ -292,6 +295,32 @@ typedef struct fq_sub_info {
 } fq_sub_info;
 /* Entry i of the subscriber listing (i < 2 * max_subs): 1 if filled. */
 int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
+
+/*
+ * Statistics and inspection (fq_inspect.c), for operators' tools: counters
+ * summed over every slot (each process writes only its own lanes), the
+ * attached processes, and a consistency check.  Reading takes no slot.
+ */
+typedef struct fq_counts {
+    uint64_t puts, put_bytes;   /* messages and payload bytes put */
+    uint64_t full;              /* puts that found the ring full (each try) */
+    uint64_t gets, get_bytes;   /* queue: messages finished, payload bytes delivered */
+    uint64_t redelivered;       /* queue: messages delivered again */
+    uint64_t nacked;            /* queue: messages given back */
+    uint64_t rec_slots;         /* recovery: dead processes' slots freed */
+    uint64_t rec_puts;          /* recovery: open put claims of dead processes */
+    uint64_t rec_gets;          /* recovery: open get claims of dead processes */
+    uint64_t tail, head, release; /* the cursors (head: queues) */
+    uint32_t alive, dead;       /* slots owned by live / dead processes */
+    uint32_t flags;             /* FQ_FLAG_* */
+    uint32_t reserved;
+} fq_counts;
+void fq_counts_read(fq_queue *q, fq_counts *out);
+/* Check the segment's cursors and every record between release and tail;
+ * 0 if consistent, else the number of problems, the first described in
+ * err.  Meant for a quiet segment: a concurrent put or get can move the
+ * cursors under the walk (a problem then may be a race; check again). */
+int fq_check(fq_queue *q, char *err, size_t errlen);
 
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);

@@ -175,4 +175,14 @@ void fq_sweep(fq_queue *q);
 int fq_has_requeued(fq_queue *q);
 int fq_drained(fq_queue *q, uint64_t h);
 
+/* Add n to a statistics counter that only the caller writes (a lane's,
+ * by the thread holding the lane; recovery's, under the segment lock): a
+ * plain load and store, no locked add.  Relaxed: statistics order nothing;
+ * readers (fq_inspect.c) only sum them. */
+static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
+{
+    atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
 #endif

@@ -27,7 +27,8 @@
  *     64   salt u64           random, mixed into every record tag
  *     72   created_ns u64     CLOCK_REALTIME at creation
  *     80   creator_pid u32
- *     84   flags u32          FQ_FLAG_DROP: a topic whose publishers overwrite
+ *     84   flags u32          FQ_FLAG_DROP: a topic whose publishers overwrite;
+ *                             FQ_FLAG_TEMP: created temporary (`fastq gc`)
  *     88   sub_offset u64     topics: the member table (0 for a queue)
  *     96   group_offset u64   topics: the group table (0 for a queue)
  *     104  max_subs u32       topics: entries in each table (0 for a queue)
@@ -54,6 +55,10 @@
  *     544  requeue_seq u64    bumped after every record put back (nack,
  *                             recovery): a consumer that found only delayed
  *                             records keeps that verdict while it is unchanged
+ *     552  rec_slots u64      statistics (fq_inspect.c), written by recovery
+ *     560  rec_puts u64       under the segment lock: dead slots freed, and
+ *     568  rec_gets u64       the open put and get claims of dead lanes it
+ *                             repaired
  *     640  data_mask[16]      bit s set: slot s has a thread asleep on data
  *     768  space_mask[16]     bit s set: slot s has a thread asleep on space
  *     896  quiet_mask[16]     bit s set: slot s has a waiter that sleeps without
@@ -130,10 +135,12 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 7u
+#define FQ_VERSION 8u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
+/* a temporary segment: `fastq gc` may remove it once no process is attached */
+#define FQ_FLAG_TEMP 2u
 #define FQ_TOPIC_PREFIX 16u
 #define FQ_MAX_SUBJECT 255u /* bytes of a topic message's subject */
 /* delivery meta (see "Delivery meta" above) */
@@ -218,7 +225,10 @@ typedef struct fq_ctrl {
     _Atomic uint64_t recover_lock;
     _Atomic uint64_t requeued;
     _Atomic uint64_t requeue_seq;
-    uint8_t pad4[128 - 40];
+    _Atomic uint64_t rec_slots;
+    _Atomic uint64_t rec_puts;
+    _Atomic uint64_t rec_gets;
+    uint8_t pad4[128 - 64];
     /* lines 5-7: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];
     _Atomic uint64_t space_mask[16];
@@ -237,6 +247,14 @@ typedef struct fq_ctrl {
  *             messages put (prod) or got (cons); phase is FQ_PH_*.  Both
  *             change in one store, so a survivor knows whether the last
  *             operation was counted.
+ *   bytes, full, redelivered, nacked
+ *             statistics (fq_inspect.c), written only by the thread that
+ *             holds the lane, in the line it writes anyway: payload bytes
+ *             put (prod) or delivered (cons); puts that found the ring full
+ *             (prod); messages delivered again after a give-back or a
+ *             dead consumer (cons); messages given back (cons).  Never
+ *             reset: a slot's next owner adds to them, and readers sum
+ *             every lane of every slot.
  */
 enum { FQ_PH_IDLE = 0, FQ_PH_CLAIMING = 1, FQ_PH_WON = 2, FQ_PH_RECOVERED = 3 };
 #define FQ_N_FREEING (1ull << 62)
@@ -246,7 +264,10 @@ typedef struct fq_intent {
     _Atomic uint64_t end;
     _Atomic uint64_t n;
     _Atomic uint64_t state;
-    uint8_t pad[32];
+    _Atomic uint64_t bytes;
+    _Atomic uint64_t full;
+    _Atomic uint64_t redelivered;
+    _Atomic uint64_t nacked;
 } fq_intent;
 
 typedef struct fq_lane {
@@ -396,6 +417,9 @@ _Static_assert(offsetof(fq_ctrl, recover_lock) == 528, "recover_lock at 528");
 _Static_assert(offsetof(fq_ctrl, requeued) == 536, "requeued at 536");
 _Static_assert(offsetof(fq_ctrl, requeue_seq) == 544, "requeue_seq at 544");
 _Static_assert(offsetof(fq_rec, owner) == 12, "owner (the delivery meta) at 12");
+_Static_assert(offsetof(fq_ctrl, rec_slots) == 552 && offsetof(fq_ctrl, rec_puts) == 560 &&
+                   offsetof(fq_ctrl, rec_gets) == 568,
+               "recovery statistics at 552");
 _Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
 _Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
 _Static_assert(offsetof(fq_ctrl, quiet_mask) == 896, "quiet mask at 896");
@@ -403,6 +427,8 @@ _Static_assert(offsetof(fq_slot, bell) == 8 && offsetof(fq_slot, bell_owner) == 
                    offsetof(fq_slot, bell_sides) == 24 && offsetof(fq_slot, bell_rung) == 28,
                "bell fields after the slot word");
 _Static_assert(sizeof(fq_intent) == 64, "an intent is one cache line");
+_Static_assert(offsetof(fq_intent, bytes) == 32 && offsetof(fq_intent, nacked) == 56,
+               "an intent's statistics share its line");
 _Static_assert(sizeof(fq_slot) == 128 + FQ_LANES * 128, "slot size");
 _Static_assert(sizeof(fq_rec) == FQ_REC_HDR, "record header is 16 bytes");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");

@@ -561,8 +561,12 @@ int fq_recover(fq_queue *q)
         atomic_fetch_and(&c->space_mask[s / 64], ~bit);
         atomic_fetch_and(&c->quiet_mask[s / 64], ~bit);
         if (!q->topic)
-            for (unsigned l = 0; l < FQ_LANES; l++)
+            for (unsigned l = 0; l < FQ_LANES; l++) {
+                unsigned ph = atomic_load(&q->slots[s].lane[l].cons.state) & 3;
+                if (ph == FQ_PH_WON || ph == FQ_PH_CLAIMING) /* always RECOVERED after */
+                    fq_stat_add(&c->rec_gets, 1);
                 fq_fix_cons_count(q, s, l);
+            }
     }
     if (q->topic)
         repaired |= fq_topic_reap(q); /* a topic's readers are its members */
@@ -573,7 +577,11 @@ int fq_recover(fq_queue *q)
             continue;
         int idle = 1;
         for (unsigned l = 0; l < FQ_LANES; l++) {
-            idle &= fq_fix_prod(q, v, s, l);
+            unsigned ph = atomic_load(&q->slots[s].lane[l].prod.state) & 3;
+            int fixed = fq_fix_prod(q, v, s, l);
+            if (fixed && ph != FQ_PH_IDLE) /* counted once: idle from now on */
+                fq_stat_add(&c->rec_puts, 1);
+            idle &= fixed;
             fq_intent *ci = &q->slots[s].lane[l].cons;
             uint64_t st = atomic_load(&ci->state);
             if ((st & 3) == FQ_PH_RECOVERED && !fq_holds_taken(q, ci, s << 3 | l))
@@ -585,8 +593,9 @@ int fq_recover(fq_queue *q)
         FQ_CRASH_POINT("recover_before_free");
         if (idle) {
             uint64_t w = v[s].word;
-            atomic_compare_exchange_strong(&q->slots[s].word, &w,
-                                           FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0));
+            if (atomic_compare_exchange_strong(&q->slots[s].word, &w,
+                                               FQ_SLOT_WORD(FQ_SLOT_FREE, FQ_SLOT_GEN(w), 0)))
+                fq_stat_add(&c->rec_slots, 1);
         }
     }
     free(v);

@@ -219,6 +219,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
                     continue;
                 }
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+                fq_stat_add(&in->full, 1);
                 fq_lane_put(q, lane);
                 return FQ_FULL;
             }
@@ -313,7 +314,7 @@ void *fq_claim_buf(fq_queue *q, fq_claim *c)
 void fq_put_commit(fq_queue *q, fq_claim *c)
 {
     FQ_CRASH_POINT("put_before_commit");
-    uint64_t p = c->pos + c->first_off;
+    uint64_t p = c->pos + c->first_off, bytes = 0;
     for (uint64_t i = 0; i < c->n; i++) {
         fq_rec *r = fq_rec_at(q, p);
         fq_meta_store(r, 0); /* no takes, no not-before (published below) */
@@ -322,12 +323,14 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
         /* release: pairs with the consumer's acquire load of the word; the
          * payload copied above is visible to whoever sees COMMITTED */
         atomic_store_explicit(&r->word, fq_tag_of(q, p) | FQ_REC_COMMITTED, REL);
+        bytes += c->lens[i];
         p += fq_rec_size(c->lens[i] + q->prefix); /* our lengths, as fq_claim_buf */
         if (i == 0)
             FQ_CRASH_POINT("put_mid_commit");
     }
     FQ_CRASH_POINT("put_before_count");
     fq_intent *in = fq_my_intent(q, (int)c->lane, 0);
+    fq_stat_add(&in->bytes, bytes);
     atomic_store_explicit(&in->state, (c->count + c->n) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
     /* a topic's publishers may wait for this put too: a block topic's
@@ -506,6 +509,8 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
             if (atomic_compare_exchange_strong_explicit(
                     &r->word, &w, fq_taken_word(q->salt, p, me), SEQ, RLX)) {
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
+                fq_stat_add(&in->bytes, r->len);
+                fq_stat_add(&in->redelivered, 1);
                 /* ours alone now: count the take, clear the not-before.  Read
                  * again after the CAS: a REQUEUED word is the same each time,
                  * so the meta read before it may be an earlier put-back's */
@@ -607,6 +612,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
             continue;
         fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
         atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
+        fq_stat_add(&in->bytes, bytes);
         FQ_CRASH_POINT("get_after_claim");
         c->pos = h;
         c->end = p;
@@ -643,9 +649,11 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
         uint64_t span = fq_span(q, c->cursor, w, l);
         if (!span || !fq_match(q, c->cursor, w))
             return 0; /* validated when claimed; cannot happen */
+        uint64_t at = c->cursor;
         c->cursor += span;
         unsigned st = w & 7;
         if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN) {
+            c->msg_pos = at; /* the record's position: a requeued record keeps it */
             *data = r + 1;
             *len = l;
             return 1;
@@ -804,6 +812,7 @@ static void fq_give_back(fq_queue *q, fq_claim *c, uint64_t keep, uint32_t nb)
         fq_mark_done(q, in, first, keep_end, keep);
     fq_fence();
     fq_sweep(q);
+    fq_stat_add(&in->nacked, c->n - keep);
     atomic_store_explicit(&in->state, (c->count + keep) << 2 | FQ_PH_IDLE, REL);
     fq_lane_put(q, (int)c->lane);
     fq_wake(q, -1);

@@ -641,8 +641,17 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
         rc = fq_err(err, errlen, -errno, "sealing %s: %s", what, strerror(errno));
         goto fail;
     }
-    /* MAP_POPULATE: no page faults on the first lap of the ring */
-    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    /* A named segment is prefaulted (MAP_POPULATE): no page faults on the
+     * first lap of the ring.  An anonymous one is not: it is a pool's or a
+     * pipeline's queue, created on the critical path of its start, and
+     * faulting in 16 MiB (zeroing every page) cost more than the fallocate;
+     * its forked users fault on their own anyway (fork copies no page table
+     * entries of a shared file mapping).  Faulting lazily cannot raise
+     * SIGBUS: the fallocate above put every page of the file in place (a
+     * full tmpfs or memory cgroup failed it, with an error), so a first
+     * touch maps a page that exists, it never allocates one. */
+    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | (path ? MAP_POPULATE : 0), fd, 0);
     if (base == MAP_FAILED) {
         rc = fq_err(err, errlen, -errno, "mmap %s: %s", what, strerror(errno));
         goto fail;
@@ -655,7 +664,7 @@ int fq_create(const char *path, const fq_create_opts *o, fq_queue **out, char *e
     clock_gettime(CLOCK_REALTIME, &ts);
     c->version = FQ_VERSION;
     c->kind = topic ? FQ_KIND_TOPIC : FQ_KIND_QUEUE;
-    c->flags = topic && o->drop ? FQ_FLAG_DROP : 0;
+    c->flags = (topic && o->drop ? FQ_FLAG_DROP : 0) | (o->temporary ? FQ_FLAG_TEMP : 0);
     c->max_subs = subs;
     c->sub_offset = topic ? fq_layout_sub_offset(slots) : 0;
     c->group_offset = topic ? c->sub_offset + (uint64_t)subs * sizeof(fq_member) : 0;
@@ -765,8 +774,9 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
         BAD("%s has kind %u, neither a queue nor a topic", path, h.kind);
     int topic = h.kind == FQ_KIND_TOPIC;
     uint32_t subs = topic ? h.max_subs : 0;
-    if (topic ? (h.max_subs == 0 || h.max_subs > FQ_MAX_SUBS || (h.flags & ~FQ_FLAG_DROP))
-              : (h.max_subs || h.flags || h.sub_offset || h.group_offset))
+    if (topic ? (h.max_subs == 0 || h.max_subs > FQ_MAX_SUBS ||
+                 (h.flags & ~(FQ_FLAG_DROP | FQ_FLAG_TEMP)))
+              : (h.max_subs || (h.flags & ~FQ_FLAG_TEMP) || h.sub_offset || h.group_offset))
         BAD("%s: topic fields (max_subs %u, flags %u) are invalid", path, h.max_subs, h.flags);
     if (h.capacity < FQ_MIN_CAPACITY || h.capacity > FQ_MAX_CAPACITY ||
         (h.capacity & (h.capacity - 1)))
@@ -803,7 +813,12 @@ int fq_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t er
      * per block, which would race with those writers; such a filesystem
      * keeps the file as it is (and it is not prefaulted: populating a
      * sparse file would allocate all of it anyway, without a clean error). */
-    int populate = MAP_POPULATE;
+    /* An anonymous segment (a memfd whose size fq_create sealed, handed to
+     * a spawned child by its descriptor) is not prefaulted, as in fq_create;
+     * a named file never carries those seals. */
+    int seals = fcntl(fd, F_GET_SEALS);
+    int sized = F_SEAL_SHRINK | F_SEAL_GROW;
+    int populate = seals >= 0 && (seals & sized) == sized ? 0 : MAP_POPULATE;
     if ((uint64_t)st.st_blocks * 512 < h.file_size) {
         int r;
         do

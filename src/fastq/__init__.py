@@ -6,14 +6,17 @@
 {'job': 1}
 """
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown, SubscriberLimit
-from ._core import Delivery
+from ._core import Deliveries, Delivery
 from ._naming import segment_path
 from ._serializers import PickleSerializer, RawSerializer
 from ._queue import JoinableQueue, Queue
 from ._topic import SubscriberInfo, Subscription, Topic
+from ._stats import Stats
 from ._workers import RemoteTraceback, WorkerLost
 from ._pool import AsyncResult, Executor, Pool
 from ._pipeline import Pipeline, Stage, pipeline
+from ._dispatch import DeadLetter, Dispatcher
+from . import rpc
 
 __version__ = "0.1.0"
 
@@ -23,7 +26,9 @@ __all__ = [
     "Topic",
     "Subscription",
     "SubscriberInfo",
+    "Stats",
     "Delivery",
+    "Deliveries",
     "Empty",
     "Full",
     "ShutDown",
@@ -41,6 +46,9 @@ __all__ = [
     "Stage",
     "WorkerLost",
     "RemoteTraceback",
+    "Dispatcher",
+    "DeadLetter",
+    "rpc",
 ]
 
 

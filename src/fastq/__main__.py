@@ -1,5 +1,6 @@
-"""Command line: ``python -m fastq bench`` or ``bridge`` (also the ``fastq`` console script);
-``fastq --version`` prints the version."""
+"""Command line: ``python -m fastq`` (also the ``fastq`` console script):
+``bench``, ``bridge``, and the operations tools ``ls``, ``stat``, ``rm``,
+``gc``, ``check`` (fastq._ops); ``fastq --version`` prints the version."""
 
 import argparse
 import sys
@@ -17,7 +18,12 @@ def main(argv=None) -> int:
 
     bench.add_arguments(bench_parser)
     _add_bridge(sub)
+    from fastq import _ops  # noqa: PLC0415
+
+    _ops.add_arguments(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "ops_func", None) is not None:
+        return _ops.main(args)
     if args.command == "bridge":
         from fastq import _bridge_cli  # noqa: PLC0415
 

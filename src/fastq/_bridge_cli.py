@@ -21,7 +21,6 @@ on stdout (``--stats-interval`` prints them periodically too).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import sys
@@ -45,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", help="the local topic (name or path)")
     p.add_argument("--name", help="out from a topic: its durable subscription name "
                                   "(default fastq-bridge)")
-    p.add_argument("--prefetch", type=int, help="out: unacknowledged local deliveries "
-                   "(publishes in flight); default: 7 for a queue (its most), 16 for a topic "
-                   "(each holds one of the topic's subscriber entries)")
+    p.add_argument("--prefetch", type=int, help="out: unacknowledged local deliveries: "
+                   "batches of messages from a queue (default 7, its most), publishes in flight "
+                   "from a topic (default 16: each holds one of the topic's subscriber entries)")
     p.add_argument("--subject", help="JetStream subject (in: filter, wildcards allowed)")
     p.add_argument("--stream", help="JetStream stream (out: created if missing)")
     p.add_argument("--create-stream", action="store_true",
@@ -59,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retention", choices=("limits", "workqueue", "interest"),
                    help="a created stream's retention (default limits)")
     p.add_argument("--ack-wait", type=float, help="in: the consumer's ack wait (default 30 s)")
-    p.add_argument("--max-inflight", type=int, help="out: most publishes awaiting their ack")
+    p.add_argument("--max-inflight", type=int, help="out: most publishes awaiting their ack "
+                   "(from a queue: default 1024; from a topic: at most --prefetch)")
     p.add_argument("--stats-interval", type=float, default=0.0,
                    help="print the counters as JSON every so many seconds (0: only at exit)")
 
@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     def report() -> None:
         for i, (spec, b) in enumerate(zip(specs, bridges)):
             row = {"bridge": i, "direction": spec.get("direction"), "subject": spec["subject"],
-                   **dataclasses.asdict(b.stats())}
+                   **b.stats().to_dict()}
             print(json.dumps(row), flush=True)
 
     every = args.stats_interval or 0.5

@@ -53,6 +53,7 @@ cdef extern from "fastq.h" nogil:
         uint32_t topic
         uint32_t drop
         uint32_t max_subs
+        uint32_t temporary
 
     int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
                   char *err, size_t errlen)
@@ -96,6 +97,12 @@ cdef extern from "fastq.h" nogil:
     void fq_shutdown(fq_queue *q, int immediate)
     void fq_reset_shutdown(fq_queue *q)
     void fq_stats(fq_queue *q, uint64_t out[8])
+    ctypedef struct fq_counts:
+        uint64_t puts, put_bytes, full, gets, get_bytes, redelivered, nacked
+        uint64_t rec_slots, rec_puts, rec_gets, tail, head, release
+        uint32_t alive, dead, flags
+    void fq_counts_read(fq_queue *q, fq_counts *out)
+    int fq_check(fq_queue *q, char *err, size_t errlen)
     int fq_recover(fq_queue *q)
     int fq_flush(fq_queue *q)
     int fq_idle(fq_queue *q)
@@ -151,3 +158,4 @@ cdef extern from "fq_layout.h":
         FQ_GRP_DURABLE
         FQ_GRP_GROUP
         FQ_GRP_ANON
+        FQ_FLAG_TEMP

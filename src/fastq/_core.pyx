@@ -53,6 +53,7 @@ SUB_ANON, SUB_GROUP, SUB_DURABLE = FQ_SUB_ANON, FQ_SUB_GROUP, FQ_SUB_DURABLE
 SUB_MUST_EXIST = FQ_SUB_MUST_EXIST
 START_LATEST, START_EARLIEST = FQ_START_LATEST, FQ_START_EARLIEST
 GRP_DURABLE, GRP_GROUP, GRP_ANON = FQ_GRP_DURABLE, FQ_GRP_GROUP, FQ_GRP_ANON
+FLAG_TEMP = FQ_FLAG_TEMP               # a segment created temporary=True (fastq gc)
 cdef size_t BATCH_MAX = 4096           # records per claim in put_many
 # Bytes per batch claim (put_many, get_many): a claim is published or freed
 # only as a whole, so a huge one stops the other side from overlapping with

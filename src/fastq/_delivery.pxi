@@ -150,3 +150,22 @@ cdef class Delivery:
                 f"redelivered={self.redelivered} value={self.value!r:.60}>")
 
 
+
+
+cdef class Deliveries(Delivery):
+    """Messages received together with acknowledgement
+    (Queue.receive_many()): ``values`` in order and their ``positions``
+    (``value`` is the same list, ``position`` the first one's).  They are
+    settled together: ``ack()`` removes them all, ``nack()`` gives them all
+    back; if this process dies first, recovery gives each back on its own
+    (``redelivered`` true, the same position).  A batch is one delivery
+    against ``prefetch``."""
+    cdef readonly list values
+    cdef readonly list positions
+
+    def __len__(self):
+        return len(self.values) if self.values is not None else 0
+
+    def __repr__(self):
+        state = "settled" if self.settled else "unacked"
+        return f"<fastq.Deliveries {state} of {len(self)} redelivered={self.redelivered}>"

@@ -181,6 +181,34 @@ cdef class QueueSegment(Segment):
         An unacknowledged delivery pins its place in the ring: producers cannot
         reuse space past it, so a queue fills if one is held for too long.
         """
+        cdef Delivery d = Delivery.__new__(Delivery)
+        self._receive(d, 1, NO_BYTE_LIMIT, block, timeout)
+        return d
+
+    def receive_many(self, Py_ssize_t max_messages=1024, bint block=True, timeout=None,
+                     uint64_t max_bytes=BATCH_BYTES):
+        """Take 1 to ``max_messages`` messages with acknowledged delivery, as
+        one :class:`fastq.Deliveries` settled together.
+
+        Waits as :meth:`receive` for the first message and takes what else is
+        there, up to ``max_bytes``, as :meth:`get_many`.  The batch counts as
+        one delivery against ``prefetch`` (it holds one claim): ``ack()``
+        removes all its messages, ``nack()`` gives them all back, and if this
+        process dies first, recovery gives each back to another consumer, on
+        its own, with ``redelivered`` true and the same position.  If the
+        serializer's ``loads()`` raises on the first message, it is consumed
+        and the rest given back; on a later one, all are given back (the
+        failing one, coming back alone, is then consumed by the next call).
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        cdef Deliveries d = Deliveries.__new__(Deliveries)
+        self._receive(d, <size_t>max_messages, max_bytes, block, timeout)
+        return d
+
+    cdef int _receive(self, Delivery d, size_t max_n, uint64_t max_bytes, bint block,
+                      object timeout) except -1:
+        """Fill d with a claim of up to max_n messages (receive, receive_many)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self.att.epoch != fq_epoch():  # forked: the parent's deliveries are not ours
@@ -201,13 +229,15 @@ cdef class QueueSegment(Segment):
         except BaseException:
             self._unreserve()
             raise
-        cdef Delivery d = Delivery.__new__(Delivery)
         cdef bint ok = False
         self.att.unacked += 1
         try:
-            self._claim(q, 1, NO_BYTE_LIMIT, &d.c, block, timeout)
-            d.value = self._load_one(q, &d.c, loads)
-            d.position = d.c.pos + d.c.first_off  # a taken (requeued) record: first_off 0
+            self._claim(q, max_n, max_bytes, &d.c, block, timeout)
+            if isinstance(d, Deliveries):
+                self._load_all(q, <Deliveries>d, loads)
+            else:
+                d.value = self._load_one(q, &d.c, loads)
+                d.position = d.c.pos + d.c.first_off  # a taken (requeued) record: first_off 0
             d.seg = self
             d.epoch = fq_epoch()
             d.redelivered = d.c.redelivered != 0
@@ -218,12 +248,40 @@ cdef class QueueSegment(Segment):
                 self._deliveries = weakref.WeakSet()
             self._deliveries.add(d)
             ok = True
-            return d
+            return 0
         finally:
             if not ok:
                 self._unreserve()
                 self.att.unacked -= 1
                 self._exit()
+
+    cdef int _load_all(self, fq_queue *q, Deliveries d, object loads) except -1:
+        """The messages of claim d.c into d.values and d.positions; if that
+        fails, the claim is settled before the error propagates (see
+        receive_many)."""
+        cdef const void *data
+        cdef uint64_t n
+        cdef list values = [], positions = []
+        try:
+            while fq_claim_next(q, &d.c, &data, &n):
+                positions.append(d.c.msg_pos)
+                values.append(self._load(loads, data, n))
+        except Exception:
+            if not values and loads is not None:
+                fq_get_end_partial(q, &d.c, 1)
+            else:
+                fq_get_abort(q, &d.c)
+            raise
+        except BaseException:
+            fq_get_abort(q, &d.c)
+            raise
+        if not values:
+            fq_get_abort(q, &d.c)
+            raise SegmentError("a claimed record vanished (corrupt segment?)")
+        d.values = d.value = values
+        d.positions = positions
+        d.position = positions[0]
+        return 0
 
     cdef _Waiter _reserve(self, bint block, object timeout):
         """Count one more unacknowledged delivery (returns None), or, at the

@@ -62,6 +62,10 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
         Open a segment even if another user owns it or can write it.  By
         default that is refused (``PermissionError``): whoever can write a
         segment can make its readers unpickle anything, that is, run code.
+    temporary : bool
+        Mark a new segment temporary: ``fastq gc`` removes it once no
+        process is attached to it (it ignores segments not so marked).
+        Only used when the segment is created.
     wait : {"adaptive", "spin", "sleep"}
         How this handle's blocking calls wait (see "Wait strategies" in the
         README): ``"adaptive"`` spins briefly, as long as spinning has been
@@ -80,7 +84,8 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
                  capacity: int = _CAPACITY, *,
                  max_message: Optional[int] = None, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, prefetch: int = 4,
-                 trusted: bool = False, wait: str = "adaptive", _how: str = "open_or_create",
+                 trusted: bool = False, wait: str = "adaptive", temporary: bool = False,
+                 _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
         strategy = _strategy(wait)
         self._ser_spec = serializer
@@ -89,7 +94,7 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
         _check_int("prefetch", prefetch, 1, _core.MAX_PREFETCH)
         self._set_prefetch(prefetch)
         self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, "", 0),
-                     trusted, _vetted)
+                     trusted, _vetted, temporary)
         self.strategy = strategy
 
     if TYPE_CHECKING:  # the compiled methods, typed by message (docs: _core.QueueSegment)

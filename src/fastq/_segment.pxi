@@ -140,7 +140,8 @@ cdef class Segment:
         return 0
 
     def _create(self, str path, uint64_t capacity, uint64_t max_message, uint32_t max_slots,
-                uint32_t mode, uint32_t topic=0, uint32_t drop=0, uint32_t max_subs=0):
+                uint32_t mode, uint32_t topic=0, uint32_t drop=0, uint32_t max_subs=0,
+                uint32_t temporary=0):
         """Create a segment at path and attach to it; path None: an anonymous
         one (a memfd: hand it to another process by its fileno(), see
         _open_fd)."""
@@ -151,6 +152,7 @@ cdef class Segment:
         o.topic = topic
         o.drop = drop
         o.max_subs = max_subs
+        o.temporary = temporary
         o.capacity = capacity
         o.max_message = max_message
         o.max_slots = max_slots
@@ -618,7 +620,30 @@ cdef class Segment:
         """True for a topic's segment."""
         return bool(fq_is_topic(self._enter_quick()))
 
-    def stats(self):
+    def _counts(self):
+        """The counters kept in the segment, summed over its slots, and its
+        attached processes (fq_counts_read); no slot is taken."""
+        cdef fq_counts c
+        fq_counts_read(self._enter_quick(), &c)
+        return {"puts": c.puts, "put_bytes": c.put_bytes, "full": c.full, "gets": c.gets,
+                "get_bytes": c.get_bytes, "redelivered": c.redelivered, "nacked": c.nacked,
+                "recovered_slots": c.rec_slots, "recovered_puts": c.rec_puts,
+                "recovered_gets": c.rec_gets, "tail": c.tail, "head": c.head,
+                "release": c.release, "alive": c.alive, "dead": c.dead, "flags": c.flags}
+
+    def _check(self):
+        """(problems, the first one described): fq_check."""
+        cdef char err[512]
+        cdef fq_queue *q = self._enter()
+        cdef int n
+        try:
+            with nogil:
+                n = fq_check(q, err, sizeof(err))
+            return n, err.decode(errors="replace") if n else ""
+        finally:
+            self._exit()
+
+    def _raw_stats(self):
         """Cursors and internals, for debugging and tests."""
         cdef uint64_t out[8]
         fq_stats(self._enter_quick(), out)

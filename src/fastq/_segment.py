@@ -14,6 +14,7 @@ from . import _core
 from ._errors import ShutDown
 from ._naming import segment_path
 from ._serializers import bind_serializer
+from ._stats import Stats, read_stats
 
 #: 1 MiB: a container's default /dev/shm (64 MB) holds dozens of such queues,
 #: a ring this size stays in the CPU's caches, and it holds messages of up to
@@ -148,7 +149,7 @@ class SegmentHandle:
     _ser: Any
 
     def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple, trusted: bool,
-                vetted: Optional[tuple] = None) -> None:
+                vetted: Optional[tuple] = None, temporary: bool = False) -> None:
         """Open or create the segment (how: "open", "create", "open_or_create"),
         check its kind, owner and the options given explicitly, set the
         serializer; sizes: (capacity, max_message, max_processes, mode), each
@@ -165,7 +166,7 @@ class SegmentHandle:
         _check_int("max_processes", max_processes, 1, _core.MAX_SLOTS)
         _check_mode(mode)
         args = (capacity, max_message or 0, max_processes, mode,
-                topic[0], 1 if overflow == "drop" else 0, max_subs)
+                topic[0], 1 if overflow == "drop" else 0, max_subs, 1 if temporary else 0)
         opened = True
         if isinstance(name, tuple):  # an anonymous segment handed down by our parent
             dupfd, name = name
@@ -252,6 +253,11 @@ class SegmentHandle:
     def path(self) -> Optional[str]:
         """The segment file; None for an anonymous queue (it has none)."""
         return self._path
+
+    def stats(self) -> "Stats":
+        """The counters kept in the segment, for every process (a
+        :class:`fastq.Stats`; ``fastq stat NAME`` prints the same)."""
+        return read_stats(self)
 
     def unlink(self) -> None:
         """Remove the segment file; processes attached keep using it.  An

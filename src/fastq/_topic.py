@@ -75,7 +75,7 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         and one subscriber per durable name.
     max_subscribers : int
         Subscriber entries (and groups) the topic can hold (default 64).
-    serializer, mode, max_processes, trusted, wait
+    serializer, mode, max_processes, trusted, wait, temporary
         As for :class:`fastq.Queue` (``wait``: for publishing, and for the
         blocking calls of this handle's subscriptions).
 
@@ -92,7 +92,8 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
                  max_message: Optional[int] = None, overflow: str = _OVERFLOW,
                  max_subscribers: int = _MAX_SUBSCRIBERS, serializer: Any = "pickle",
                  mode: int = _MODE, max_processes: int = _MAX_PROCESSES, trusted: bool = False,
-                 wait: str = "adaptive", _how: str = "open_or_create",
+                 wait: str = "adaptive", temporary: bool = False,
+                 _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
         strategy = _strategy(wait)
         self._ser_spec = serializer
@@ -102,7 +103,7 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
         _check_int("max_subscribers", _given(max_subscribers), 1, _core.MAX_SUBS)
         self._attach(name, _how, (capacity, max_message, max_processes, mode),
-                     (1, overflow, max_subscribers), trusted, _vetted)
+                     (1, overflow, max_subscribers), trusted, _vetted, temporary)
         self.strategy = strategy
 
     @classmethod

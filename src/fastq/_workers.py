@@ -100,10 +100,10 @@ class _Failed:
     @classmethod
     def current(cls, exc: BaseException) -> "_Failed":
         tb = traceback.format_exc()
-        try:
-            pickle.dumps(exc)
+        try:  # the round trip: one that pickles may still fail to unpickle
+            pickle.loads(pickle.dumps(exc))  # (an __init__ that wants other arguments)
         except Exception as e:  # the exception itself cannot travel: say what it was
-            exc = RuntimeError(f"unpicklable exception {exc!r} ({e})")
+            exc = RuntimeError(f"unpicklable exception {exc!r} ({type(e).__name__}: {e})")
         return cls(exc, f'\n"""\n{tb}"""')
 
     def __reduce__(self):
@@ -205,6 +205,42 @@ def _await_counted(slots: Any, wids: range, wid: int, job: int, chunk: int) -> N
         time.sleep(0.001)
 
 
+def _sendable(out: list) -> list:
+    """out with each output that cannot be pickled replaced by the error that
+    says so, with this worker's traceback (as concurrent.futures reports an
+    unpicklable result)."""
+    res = []
+    for y in out:
+        try:  # out-of-band buffers (numpy) are not copied to find out
+            pickle.dumps(y, protocol=5, buffer_callback=lambda b: None)
+        except Exception as e:
+            y = _Failed.current(e)
+        res.append(y)
+    return res
+
+
+def _send(out_q: Queue, job: int, chunk: int, outo: Any, out: list, nf: int,
+          cost: float) -> None:
+    """Put one chunk's outputs as one message.  An output that cannot travel
+    travels as its error: a worker that died in put() would leave its chunk to
+    another worker, which would die the same way, forever."""
+    for attempt in range(2):
+        try:
+            out_q.put((job, chunk, outo, None, out, nf, cost))
+            return
+        except ShutDown:
+            raise
+        except MessageTooLarge as e:  # one message per chunk: say so for each item
+            out = [_Failed(MessageTooLarge(f"the outputs of a chunk do not fit in one "
+                                           f"message of the queue: {e}"), "")] * len(out)
+        except Exception as e:
+            # first an output at a time; if the list still fails as a whole,
+            # every output gets the error
+            out = _sendable(out) if attempt == 0 else [_Failed.current(e)] * len(out)
+        nf = sum(type(y) is _Failed for y in out)
+    out_q.put((job, chunk, outo, None, out, nf, cost))
+
+
 def _apply(fa: Any) -> Any:
     fn, args, kwargs = fa
     return fn(*args, **kwargs)
@@ -259,12 +295,7 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
                                    slots, k, poison, job, spec.stage)
         cost = max(cost, (time.perf_counter() - t0) / max(1, len(items)))
         try:
-            try:
-                out_q.put((job, chunk, outo, None, out, nf, cost))
-            except MessageTooLarge as e:  # one message per chunk: say so for each item
-                err = _Failed(MessageTooLarge(f"the outputs of a chunk do not fit in one "
-                                              f"message of the queue: {e}"), "")
-                out_q.put((job, chunk, outo, None, [err] * len(out), len(out), cost))
+            _send(out_q, job, chunk, outo, out, nf, cost)
             d.ack()
         except ShutDown:
             return
@@ -635,9 +666,23 @@ class _Engine:
             msgs = self.queues[-1].get_many(256, timeout > 0, timeout)
         except Empty:
             return True
-        except (ShutDown, ValueError, OSError):
+        except ShutDown:
             self.results_closed = True
             return False
+        except Exception as e:
+            if self.queues[-1].closed:  # closed under us (terminate)
+                self.results_closed = True
+                return False
+            # A message that pickled in a worker but does not unpickle here (any
+            # exception, ValueError and OSError too): it is consumed, and whose
+            # it was is unknown.  Every job in flight fails with the reason,
+            # rather than waiting for it forever.
+            err = RuntimeError(f"a result could not be read from its worker "
+                               f"({type(e).__name__}: {e})")
+            err.__cause__ = e
+            for job in list(self.jobs.values()):
+                job.fail(err)
+            return True
         for job_id, chunk, origin, _, items, nfailed, cost in msgs:
             c = self.cost
             self.cost = cost if c is None else 0.7 * c + 0.3 * cost

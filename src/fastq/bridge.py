@@ -6,9 +6,11 @@ durable JetStream pull consumer into a local Queue or Topic.  Both are
 at-least-once across the bridge:
 
 * outbound, a local delivery is acked only after JetStream acknowledged its
-  publish.  Every publish carries ``Nats-Msg-Id: <segment>.<position>@<subject>``:
-  the local segment's creation time (ns, hex) and the message's
-  :attr:`fastq.Delivery.position`, which a redelivered message keeps.  A bridge
+  publish (from a queue, a batch of :meth:`fastq.Queue.receive_many` after
+  all of its publishes).  Every publish carries
+  ``Nats-Msg-Id: <segment>.<position>@<subject>``: the local segment's creation
+  time (ns, hex) and the message's position (:attr:`fastq.Delivery.position`,
+  :attr:`fastq.Deliveries.positions`), which a redelivered message keeps.  A bridge
   killed after JetStream stored a message but before the local ack gets the
   message again from the local queue, publishes it again under the same id, and
   the stream drops it as a duplicate (within the stream's duplicate window,
@@ -25,7 +27,7 @@ at-least-once across the bridge:
 Payloads cross the bridge unchanged: open the local queue or topic with
 ``serializer="raw"`` in the bridge (the producers and consumers on either side
 keep their own serializer, pickle by default).  The client is nats-py
-(``pip install 'fastq-ipc[bridge]'``); each bridge runs an asyncio loop
+(``pip install 'fastq-ipc[nats]'``, or ``[bridge]``: the same extra); each bridge runs an asyncio loop
 (:meth:`Outbound.start`: in a thread of its own); local calls that need not
 wait run on the loop, those that wait in a helper thread.
 """
@@ -36,7 +38,7 @@ import collections
 import dataclasses
 import random
 import threading
-from typing import Any, Deque, List, Optional, Sequence, Union
+from typing import Any, Deque, Optional, Sequence, Union
 
 from ._errors import Empty, Full, ShutDown
 from ._queue import Queue, RawSerializer
@@ -45,6 +47,8 @@ from ._topic import Subscription, Topic
 __all__ = ["Outbound", "Inbound", "BridgeStats", "ensure_stream"]
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+#: publishes in flight from a queue by default (Outbound, max_inflight)
+QUEUE_INFLIGHT = 1024
 #: most stream sequences an Inbound remembers as put locally but not acked
 _COMMITTED_MAX = 1 << 16
 
@@ -71,7 +75,7 @@ def _nats() -> Any:
     try:
         import nats  # noqa: PLC0415
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("fastq.bridge needs nats-py: pip install 'fastq-ipc[bridge]'") from e
+        raise ImportError("fastq.bridge needs nats-py: pip install 'fastq-ipc[nats]'") from e
     return nats
 
 
@@ -100,6 +104,11 @@ class BridgeStats:
     """Connections made after the first one."""
     last_error: str = ""
     """The most recent failure, as text."""
+
+    def to_dict(self) -> dict:
+        """The counters as a plain dict, field name to value, in the order
+        above (what ``fastq bridge`` prints as JSON, for ``fastq stat``/``top``)."""
+        return dataclasses.asdict(self)
 
 
 async def ensure_stream(js: Any, name: str, subjects: Sequence[str],
@@ -302,17 +311,23 @@ class Outbound(_Bridge):
         (``topic.subscribe(name=...)``) so that nothing is missed while the
         bridge is down.
     subject : str
-        The JetStream subject every message is published to.
+        The JetStream subject messages are published to; a topic message
+        published with a subject (``topic.publish(x, subject="eu.created")``)
+        goes to ``<subject>.<its subject>`` (``jobs.remote.eu.created``), and a
+        created stream captures ``<subject>.>`` too.
     servers : str or list of str
         NATS server URLs (default ``nats://127.0.0.1:4222``).
     stream : str, optional
         If given, the stream is created (capturing ``subject``) when missing,
         with ``duplicate_window`` seconds and ``retention``.
     max_inflight : int, optional
-        Most publishes awaiting JetStream's ack at once; bounded by the
-        source's ``prefetch`` (each one is an unacknowledged local delivery):
-        at most 7 for a queue (``Queue(..., prefetch=7)``; the default 4),
-        64 for a subscription.
+        Most publishes awaiting JetStream's ack at once.  From a queue,
+        messages are taken in batches (``receive_many``, each one delivery
+        acked once JetStream has stored all its messages), so the default is
+        1024, in at most ``prefetch`` batches (at most 7: ``Queue(...,
+        prefetch=7)``; the default 4); a queue taking fewer messages than that
+        at a time (a producer slower than the bridge) gets fewer in flight.
+        From a subscription it is bounded by its ``prefetch`` (at most 64).
     ack_timeout : float
         Seconds to wait for a publish ack before reconnecting.
     backoff : (float, float)
@@ -337,23 +352,25 @@ class Outbound(_Bridge):
         super().__init__(servers, backoff, connect_options)
         if isinstance(source, Subscription):
             _raw_check(source.topic, "topic")
-            window, seg = source.prefetch, source.topic
+            window, seg, self._batches = source.prefetch, source.topic, False
         elif isinstance(source, Queue):
             _raw_check(source, "queue")
-            window, seg = source.prefetch, source
+            window, seg, self._batches = QUEUE_INFLIGHT, source, True
         else:
             raise TypeError(f"source must be a fastq.Queue or fastq.Subscription, not "
                             f"{type(source).__name__}")
         if max_inflight is not None:
-            window = max(1, min(window, max_inflight))
+            window = max(1, max_inflight if self._batches else min(window, max_inflight))
         self._source, self._window = source, window
         self._subject, self._stream = subject, stream
         self._stream_opts = (duplicate_window, retention)
         self._ack_timeout = ack_timeout
         self._id_prefix = f"{seg.stats()['created_ns']:x}."
         self._id_suffix = f"@{subject}"
-        # taken locally, not yet confirmed by JetStream, in order:
-        # [delivery, msg id, publish future or None, loop time of the publish]
+        # messages taken locally, not yet confirmed by JetStream, in order:
+        # [what to settle once this one is confirmed (its Delivery, the
+        # Deliveries of a batch on its last message, else None), payload,
+        # msg id, publish future or None, loop time of the publish, subject]
         self._unconfirmed: Deque[list] = collections.deque()
         self._more: Optional[asyncio.Event] = None      # wakes _confirm: a publish was sent
         self._settled: Optional[asyncio.Event] = None   # wakes the session: one was acked
@@ -362,8 +379,12 @@ class Outbound(_Bridge):
         self._late = False  # the watchdog stopped _confirm: an ack is overdue
 
     def msg_id(self, delivery: Any) -> str:
-        """The Nats-Msg-Id a delivery is published with."""
-        return f"{self._id_prefix}{delivery.position:x}{self._id_suffix}"
+        """The Nats-Msg-Id a delivery is published with (of a batch: its
+        first message's)."""
+        return self._msg_id(delivery.position)
+
+    def _msg_id(self, position: int) -> str:
+        return f"{self._id_prefix}{position:x}{self._id_suffix}"
 
     # ---- the local side ---------------------------------------------------------
     # Deliveries are taken with non-blocking receives and settled on the loop's
@@ -381,19 +402,37 @@ class Outbound(_Bridge):
         # whatever was not confirmed goes back to the source (the next run
         # publishes it again, under the same Nats-Msg-Id)
         while self._unconfirmed:
+            d = self._unconfirmed.popleft()[0]
             try:
-                self._unconfirmed.popleft()[0].nack(True)
+                if d is not None:
+                    d.nack(True)
             except Exception:  # noqa: BLE001,S110 - closed: recovery gives it back
                 pass
         self._executor.shutdown(wait=True)
 
+    def _receive(self, room: int, block: bool, timeout: Optional[float]) -> list:
+        """Entries of up to room messages (one delivery: a batch from a queue)."""
+        if not self._batches:
+            d = self._source.receive(block, timeout)
+            if d.redelivered:
+                self._count(redelivered=1)
+            subj = d.subject  # a topic message's subject goes under the bridge's
+            return [[d, d.value, self._msg_id(d.position), None, 0.0,
+                     self._subject if subj is None else f"{self._subject}.{subj}"]]
+        b = self._source.receive_many(room, block, timeout)
+        if b.redelivered:
+            self._count(redelivered=len(b))
+        entries = [[None, v, self._msg_id(p), None, 0.0, self._subject]
+                   for v, p in zip(b.values, b.positions)]
+        entries[-1][0] = b
+        return entries
+
     def _take(self, room: int) -> list:
-        """Up to room deliveries that are there now."""
+        """Entries of up to room messages that are there now."""
         batch: list = []
-        receive = self._source.receive
         try:
             while len(batch) < room:
-                batch.append(receive(block=False))
+                batch += self._receive(room - len(batch), False, None)
         except Empty:
             pass
         except ShutDown:  # the source is shut down and drained
@@ -404,10 +443,10 @@ class Outbound(_Bridge):
             raise _LocalFailure() from e
         return batch
 
-    def _wait_one(self) -> list:
-        """In the executor: wait a little for one delivery."""
+    def _wait_one(self, room: int) -> list:
+        """In the executor: wait a little for a delivery."""
         try:
-            return [self._source.receive(timeout=0.1)]
+            return self._receive(room, True, 0.1)
         except Empty:
             return []
         except ShutDown:
@@ -419,11 +458,10 @@ class Outbound(_Bridge):
     # ---- the JetStream side ---------------------------------------------------
 
     async def _publish(self, js: Any, entry: list) -> None:
-        entry[2] = await js.publish_async(self._subject, entry[0].value,
-                                          headers={"Nats-Msg-Id": entry[1]})
-        entry[3] = self._loop.time()  # type: ignore[union-attr]
+        entry[3] = await js.publish_async(entry[5], entry[1],
+                                          headers={"Nats-Msg-Id": entry[2]})
+        entry[4] = self._loop.time()  # type: ignore[union-attr]
         self._more.set()  # type: ignore[union-attr]
-        self._count(forwarded=1)
 
     async def _confirm(self) -> None:
         """Ack the local deliveries JetStream confirmed, oldest first."""
@@ -431,19 +469,23 @@ class Outbound(_Bridge):
         assert more is not None and settled is not None
         try:
             while True:
-                while not self._unconfirmed or self._unconfirmed[0][2] is None:
+                while not self._unconfirmed or self._unconfirmed[0][3] is None:
                     more.clear()
                     await more.wait()
                 entry = self._unconfirmed[0]
-                ack = await entry[2]  # the watchdog bounds the wait
+                ack = await entry[3]  # the watchdog bounds the wait
                 _crash_point("confirmed")
                 self._unconfirmed.popleft()
-                try:
-                    entry[0].ack()
-                except Exception as e:
-                    raise _LocalFailure() from e
-                settled.set()
-                self._count(acked=1, duplicates=1 if ack.duplicate else 0)
+                acked = 0
+                if entry[0] is not None:  # a delivery (or a batch) is settled: room to take more
+                    try:
+                        entry[0].ack()
+                    except Exception as e:
+                        raise _LocalFailure() from e
+                    acked = len(entry[0]) if self._batches else 1
+                    settled.set()
+                if acked or ack.duplicate:  # (the counters take a lock: not per message)
+                    self._count(acked=acked, duplicates=1 if ack.duplicate else 0)
         finally:
             settled.set()  # the session waits on it: wake it to see why
 
@@ -456,7 +498,7 @@ class Outbound(_Bridge):
         while not confirm.done():
             await asyncio.sleep(self._ack_timeout / 4)
             u = self._unconfirmed
-            if u and u[0][2] is not None and loop.time() - u[0][3] > self._ack_timeout:
+            if u and u[0][3] is not None and loop.time() - u[0][4] > self._ack_timeout:
                 self._late = True
                 confirm.cancel()
                 return
@@ -471,7 +513,8 @@ class Outbound(_Bridge):
 
     async def _session(self, nc: Any, js: Any) -> None:
         if self._stream:
-            await ensure_stream(js, self._stream, [self._subject], *self._stream_opts)
+            subjects = [self._subject] + ([] if self._batches else [self._subject + ".>"])
+            await ensure_stream(js, self._stream, subjects, *self._stream_opts)
         self.connected.set()
         settled, loop = self._settled, self._loop
         assert settled is not None and loop is not None
@@ -481,6 +524,7 @@ class Outbound(_Bridge):
         try:
             for entry in self._unconfirmed:  # left by the last connection: same ids
                 await self._publish(js, entry)
+            self._count(forwarded=len(self._unconfirmed))
             while not self._stopping.is_set():
                 self._check(confirm)
                 if nc.is_closed:
@@ -498,13 +542,12 @@ class Outbound(_Bridge):
                         await settled.wait()
                         poll.cancel()
                         continue
-                    batch = await loop.run_in_executor(self._executor, self._wait_one)
-                for d in batch:
-                    if d.redelivered:
-                        self._count(redelivered=1)
-                    entry = [d, self.msg_id(d), None, 0.0]
+                    batch = await loop.run_in_executor(self._executor, self._wait_one,
+                                                       max(room, 1))
+                for entry in batch:
                     self._unconfirmed.append(entry)
                     await self._publish(js, entry)
+                self._count(forwarded=len(batch))
             # stopping: let what is in flight be confirmed, within ack_timeout
             end = loop.time() + self._ack_timeout
             while self._unconfirmed and loop.time() < end and not confirm.done():
@@ -521,7 +564,7 @@ class Outbound(_Bridge):
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001 - reported above
                     pass
             for entry in self._unconfirmed:
-                entry[2] = None
+                entry[3] = None
 
 
 class Inbound(_Bridge):
@@ -531,6 +574,14 @@ class Inbound(_Bridge):
     ----------
     subject : str
         The consumer's filter subject (wildcards allowed).
+    subject_prefix : str, optional
+        Into a topic, each message is published with the local subject that
+        follows this prefix in its JetStream subject (``orders.eu.created``
+        with prefix ``orders``: ``eu.created``; the prefix itself or another
+        subject: no subject).  Default: the filter's tokens before its first
+        wildcard (``orders.>``: ``orders``), so that ``Outbound(subscription,
+        "orders")`` and ``Inbound("orders.>", topic)`` carry subjects across
+        unchanged; ``""``: the whole JetStream subject.
     target : fastq.Queue or fastq.Topic
         Where messages go, opened with ``serializer="raw"``.
     durable : str
@@ -557,8 +608,17 @@ class Inbound(_Bridge):
                  stream: Optional[str] = None, create_stream: bool = False,
                  duplicate_window: float = 120.0, retention: str = "limits",
                  batch: int = 64, ack_wait: float = 30.0, ack_timeout: float = 5.0,
-                 backoff: tuple = (0.1, 5.0), connect_options: Optional[dict] = None):
+                 backoff: tuple = (0.1, 5.0), connect_options: Optional[dict] = None,
+                 subject_prefix: Optional[str] = None):
         super().__init__(servers, backoff, connect_options)
+        if subject_prefix is None:
+            literal = []
+            for tok in subject.split("."):
+                if tok in ("*", ">"):
+                    break
+                literal.append(tok)
+            subject_prefix = ".".join(literal)
+        self._prefix = subject_prefix
         if isinstance(target, Topic):
             _raw_check(target, "topic")
         elif isinstance(target, Queue):
@@ -584,20 +644,34 @@ class Inbound(_Bridge):
     def _end(self) -> None:
         self._executor.shutdown(wait=True)
 
-    def _put(self, payloads: List[bytes], slice_s: float) -> int:
-        """Put payloads in order; returns how many were put before the local
-        queue stayed full for slice_s seconds (0: not at all, no wait)."""
+    def local_subject(self, subject: str) -> Optional[str]:
+        """The local subject a message of JetStream subject ``subject`` is
+        published with into a topic: what follows ``subject_prefix`` and a
+        dot (None for the prefix itself or another subject)."""
+        pre = self._prefix
+        if pre and subject.startswith(pre + ".") and len(subject) > len(pre) + 1:
+            return subject[len(pre) + 1:]
+        return None if pre else subject
+
+    def _put(self, msgs: list, slice_s: float) -> int:
+        """Put the messages' payloads in order (into a topic with their local
+        subject); returns how many were put before the local queue stayed
+        full for slice_s seconds (0: not at all, no wait)."""
         target = self._target  # the compiled handle: put (queue) or publish (topic) of raw bytes
-        put = target.publish if isinstance(target, Topic) else target.put
         block = slice_s > 0
-        for i, p in enumerate(payloads):
+        topic = isinstance(target, Topic)
+        for i, m in enumerate(msgs):
             try:
-                put(p, block, slice_s if block else None)
+                if topic:
+                    target.publish(m.data, block, slice_s if block else None,
+                                   subject=self.local_subject(m.subject))
+                else:
+                    target.put(m.data, block, slice_s if block else None)
             except Full:
                 return i
             except Exception as e:
                 raise _LocalFailure() from e
-        return len(payloads)
+        return len(msgs)
 
     async def _session(self, nc: Any, js: Any) -> None:
         from nats import errors as nerrors  # noqa: PLC0415
@@ -629,15 +703,14 @@ class Inbound(_Bridge):
                     self._count(redelivered=1)
                 (again if md.sequence.stream in self._committed else fresh).append(m)
             self._count(duplicates=len(again))
-            payloads = [m.data for m in fresh]
             # a put that need not wait costs microseconds: on the loop; the
             # rest waits for room in the executor's thread
-            done = self._put(payloads, 0)
+            done = self._put(fresh, 0)
             for m in fresh[:done]:
                 self._committed[m.metadata.sequence.stream] = None
             self._count(forwarded=done)
             while done < len(fresh):
-                n = await loop.run_in_executor(self._executor, self._put, payloads[done:],
+                n = await loop.run_in_executor(self._executor, self._put, fresh[done:],
                                                slice_s)
                 for m in fresh[done:done + n]:
                     self._committed[m.metadata.sequence.stream] = None

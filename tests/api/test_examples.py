@@ -10,7 +10,7 @@ from support import REPO
 
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 SMALL = {"two_stage_pipeline.py": "20", "pool_instead_of_multiprocessing.py": "20000",
-         "numpy_image_pipeline.py": "16"}
+         "numpy_image_pipeline.py": "16", "order_service.py": "30"}
 
 
 def test_every_example_is_listed():

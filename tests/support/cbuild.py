@@ -29,7 +29,7 @@ import threading
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(REPO, "csrc")
 SOURCES = ["csrc/fq_segment.c", "csrc/fq_ring.c", "csrc/fq_wait.c", "csrc/fq_recover.c",
-           "csrc/fq_topic.c"]
+           "csrc/fq_topic.c", "csrc/fq_inspect.c"]
 HEADERS = ["csrc/fastq.h", "csrc/fq_layout.h", "csrc/fq_internal.h"]
 HOOKS = ["tests/c/fq_test_hooks.c", "tests/c/fq_test_hooks.h"]
 #: what the module's own C file includes (cffi generates the rest)

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", type=_checked(_split_workloads),
                    help="comma-separated workload names or prefixes: "
                    + ",".join(w.name for w in WORKLOADS) + "; and, run only when named here (fastq against "
-                   "multiprocessing.Pool and its peers, 2 workers): " + ",".join(programs.names()))
+                   "multiprocessing.Pool and its peers, 2 workers; fastq.bridge against nats-py, with a nats-server): " + ",".join(programs.names()))
     p.add_argument("--json", metavar="FILE", help="write all results to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
     p.add_argument("--duration", type=_positive_seconds, help="seconds each stream cell sends for")

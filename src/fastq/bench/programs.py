@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-MODULES = ("pool", "subjects")  # modules of fastq.bench that define program workloads
+MODULES = ("pool", "subjects", "events", "bridge")  # modules of fastq.bench that define program workloads
 EXIT_GRACE = 5.0          # seconds a run may take to exit once its result is written
 
 
@@ -45,6 +45,7 @@ class Run:
     kwargs: dict = field(default_factory=dict)
     needs: tuple = ()         # modules it imports: a missing one skips the run
     timeout: float = 60.0     # seconds before the run is killed (with its process group)
+    unavailable: str = ""     # why it cannot run here (no server...): skipped with this as the reason
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _missing(run: Run):
 
 def run_one(program: str, run: Run) -> Outcome:
     """Run ``run`` in a fresh interpreter in its own session; never raises, never hangs."""
-    why = _missing(run)
+    why = run.unavailable or _missing(run)
     if why:
         return Outcome(program, run.label, "skipped", detail=why)
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

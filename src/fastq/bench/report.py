@@ -153,7 +153,7 @@ def print_programs(progs, outcomes, notes=(), file=None) -> None:
     header = ["workload", "peer", "peer figure", "fastq", "fastq / peer"]
     caption = ("↑ higher is better, ↓ lower is better (fastq / peer < 1 is better for ↓ rows); each row "
                "sets one peer's run beside fastq's run of the same program in this run")
-    render_table("fastq vs peers: pools and pipelines, 2 worker processes", header,
+    render_table("fastq vs peers: programs (pools and pipelines: 2 worker processes; bridges)", header,
                  programs.table_rows(progs, outcomes, _fmt), caption, file)
     for n in notes:
         print(n, file=file or sys.stdout)

@@ -79,11 +79,14 @@ class Settings:
     calls: int = 2000             # apply() calls timed on a warm pool
     kill_seconds: float = 3.0     # seconds of rounds while workers are killed
     program_timeout: float = 60.0  # seconds a program run may take before it is killed
+    bridge_messages: int = 20000  # messages per bridge run (``bridge``)
+    bridge_repeat: int = 3        # runs of each bridge program, the median reported
 
     @classmethod
     def quick(cls, **kw) -> "Settings":
         return cls(**{**dict(duration=0.15, round_trips=2000, pingpong_budget=0.5, idle=1.0, grace=15.0,
-                             items=100_000, arrays=50, calls=500, kill_seconds=2.0, program_timeout=30.0), **kw})
+                             items=100_000, arrays=50, calls=500, kill_seconds=2.0, program_timeout=30.0,
+                             bridge_messages=5000, bridge_repeat=1), **kw})
 
     def warmup(self, wl: Workload) -> int:
         return max(8, min(2000, 8 * MiB // wl.size))

@@ -1,0 +1,153 @@
+/*
+ * fq_inspect.c - reading a segment from outside, for operators: the
+ * statistics kept in it, summed, and a consistency check.
+ *
+ * The counters (fq_layout.h) are kept where their writer writes anyway, so
+ * that no cache line is written by every producer and consumer: each
+ * lane's intent carries its own (bytes, full, redelivered, nacked, and the
+ * message count in its state word), written only by the thread holding the
+ * lane; recovery's live in the control block, written under the segment
+ * lock.  A reader sums them: the sums are as of no single instant (a put
+ * in progress may show in tail and not yet in puts), and never go down.
+ * Nothing here takes a slot or a lock.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+
+#include "fq_internal.h"
+
+#define RLX memory_order_relaxed
+
+void fq_counts_read(fq_queue *q, fq_counts *out)
+{
+    fq_ctrl *c = q->ctrl;
+    memset(out, 0, sizeof *out);
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        fq_slot *sl = &q->slots[s];
+        uint64_t w = atomic_load(&sl->word);
+        if (FQ_SLOT_KIND(w) != FQ_SLOT_FREE) {
+            if (fq_slot_alive(q, s, w, NULL))
+                out->alive++;
+            else
+                out->dead++;
+        }
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *p = &sl->lane[l].prod, *g = &sl->lane[l].cons;
+            out->puts += atomic_load_explicit(&p->state, RLX) >> 2;
+            out->put_bytes += atomic_load_explicit(&p->bytes, RLX);
+            out->full += atomic_load_explicit(&p->full, RLX);
+            out->gets += atomic_load_explicit(&g->state, RLX) >> 2;
+            out->get_bytes += atomic_load_explicit(&g->bytes, RLX);
+            out->redelivered += atomic_load_explicit(&g->redelivered, RLX);
+            out->nacked += atomic_load_explicit(&g->nacked, RLX);
+        }
+    }
+    out->rec_slots = atomic_load(&c->rec_slots);
+    out->rec_puts = atomic_load(&c->rec_puts);
+    out->rec_gets = atomic_load(&c->rec_gets);
+    out->tail = atomic_load(&c->tail);
+    out->head = q->topic ? 0 : atomic_load(&c->head);
+    out->release = atomic_load(&c->release);
+    out->flags = c->flags;
+}
+
+/* Is position p inside the claim of a put in progress (any slot's producer
+ * lane, alive or dead, in phase CLAIMING or WON)? */
+static int fq_put_open_at(fq_queue *q, uint64_t p)
+{
+    for (uint32_t s = 0; s < q->nslots; s++) {
+        if (FQ_SLOT_KIND(atomic_load(&q->slots[s].word)) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            fq_intent *in = &q->slots[s].lane[l].prod;
+            unsigned ph = atomic_load(&in->state) & 3;
+            if ((ph == FQ_PH_CLAIMING || ph == FQ_PH_WON) && atomic_load(&in->pos) <= p &&
+                p < atomic_load(&in->end))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Record a problem: the first one's text goes to err. */
+#define PROBLEM(...)                                       \
+    do {                                                   \
+        if (!bad++)                                        \
+            fq_err(err, errlen, 0, __VA_ARGS__);           \
+    } while (0)
+
+int fq_check(fq_queue *q, char *err, size_t errlen)
+{
+    fq_ctrl *c = q->ctrl;
+    int bad = 0;
+    if (err && errlen)
+        err[0] = 0;
+    uint64_t rel = atomic_load(&c->release), hd = atomic_load(&c->head),
+             tl = atomic_load(&c->tail);
+    unsigned long long R = rel, H = hd, T = tl;
+    if ((rel | hd | tl) & 15)
+        PROBLEM("cursors not 16-byte aligned (release %llu, head %llu, tail %llu)", R, H, T);
+    if (tl >= FQ_POS_MAX)
+        PROBLEM("tail %llu is past the largest position", T);
+    if (rel > tl || tl - rel > q->cap)
+        PROBLEM("release %llu and tail %llu are not within one capacity (%llu)", R, T,
+                (unsigned long long)q->cap);
+    if (!q->topic && (hd < rel || hd > tl))
+        PROBLEM("head %llu is not between release %llu and tail %llu", H, R, T);
+    uint32_t hwm = atomic_load(&c->subs_hwm);
+    if (q->topic && hwm > q->nsubs)
+        PROBLEM("subscriber high-water mark %u exceeds the table (%u)", hwm, q->nsubs);
+    if (bad)
+        return bad;
+    /* walk the records between release and tail: each must carry its
+     * position's tag, a known state, a valid span, and head must fall on
+     * a record boundary */
+    int head_seen = q->topic || hd == rel;
+    uint64_t p = rel;
+    while (p < tl) {
+        fq_rec *r = fq_rec_at(q, p);
+        uint64_t w = atomic_load(&r->word);
+        unsigned st = w & 7;
+        if (!fq_match(q, p, w)) {
+            if (fq_put_open_at(q, p))
+                break; /* a put in progress: its headers are not written yet */
+            PROBLEM("record at %llu does not carry its position's tag", (unsigned long long)p);
+            return bad;
+        }
+        if (st == 0) {
+            PROBLEM("record at %llu has state 0", (unsigned long long)p);
+            return bad;
+        }
+        uint64_t span = fq_span(q, p, w, r->len);
+        if (!span || span > tl - p) {
+            PROBLEM("record at %llu has an impossible length %u", (unsigned long long)p, r->len);
+            return bad;
+        }
+        if (!q->topic && p >= hd && (st == FQ_REC_DONE || st == FQ_REC_TAKEN ||
+                                     st == FQ_REC_REQUEUED))
+            PROBLEM("record at %llu past head %llu is %s", (unsigned long long)p, H,
+                    st == FQ_REC_DONE ? "DONE" : st == FQ_REC_TAKEN ? "TAKEN" : "REQUEUED");
+        p += span;
+        if (p == hd)
+            head_seen = 1;
+    }
+    if (!head_seen && hd <= p)
+        PROBLEM("head %llu is not on a record boundary", H);
+    if (q->topic) {
+        uint64_t pub = atomic_load(&c->published);
+        for (uint32_t i = 0; i < hwm && i < q->nsubs; i++) {
+            fq_group *g = &q->groups[i];
+            if ((atomic_load(&g->word) & 0xff) != FQ_GRP_ACTIVE)
+                continue;
+            uint64_t gh = atomic_load(&g->head), nx = atomic_load(&g->next_idx);
+            if (gh > tl || (gh & 15))
+                PROBLEM("group %u's head %llu is past tail %llu or unaligned", i,
+                        (unsigned long long)gh, T);
+            if (nx != UINT64_MAX && nx > pub)
+                PROBLEM("group %u's next message %llu is past the %llu published", i,
+                        (unsigned long long)nx, (unsigned long long)pub);
+        }
+    }
+    return bad;
+}

@@ -1,0 +1,364 @@
+"""Operations subcommands of the ``fastq`` command: ``ls``, ``stat``, ``rm``,
+``gc``, ``check`` (and ``top``, ``metrics``).  Each reads segments without
+taking a process slot in them (fastq.Stats, fq_inspect.c).
+
+Exit status: 0 success; 1 a check found a problem (or ``rm`` could not
+remove a name); 2 a usage error or a segment that cannot be opened.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from ._errors import SegmentError
+from ._naming import DEFAULT_DIR, segment_path
+
+__all__ = ["add_arguments", "main", "open_segment", "scan"]
+
+#: the suffix of a file a creator writes before linking it into place, on
+#: filesystems without O_TMPFILE (fq_segment.c): "<name>.tmp-<pid>-<hex>"
+_TMP_MARK = ".tmp-"
+
+
+def _dir(args: argparse.Namespace) -> str:
+    return args.dir or os.environ.get("FASTQ_DIR", DEFAULT_DIR)
+
+
+def open_segment(path: str) -> Any:
+    """A Queue or Topic handle on the segment at path, named by the file's
+    name (no slot is taken until the handle puts or gets, which these tools
+    never do); SegmentError if it is no valid segment."""
+    from ._queue import Queue  # noqa: PLC0415
+    from ._topic import Topic  # noqa: PLC0415
+
+    try:
+        seg = Queue(path, _how="open", trusted=True)
+    except ValueError as e:
+        if "is a topic" not in str(e):
+            raise
+        seg = Topic(path, _how="open", trusted=True)
+    seg._name = os.path.basename(path)
+    return seg
+
+
+def scan(directory: str) -> Iterator[Tuple[str, Any, Optional[str]]]:
+    """(path, handle or None, error or None) of every regular file of
+    directory that is a fastq segment, or that a fastq segment's error
+    names (a file of another layout version, a damaged one); files that
+    are not segments at all are left out."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for n in names:
+        path = os.path.join(directory, n)
+        if not os.path.isfile(path) or os.path.islink(path) or _TMP_MARK in n:
+            continue
+        try:
+            yield path, open_segment(path), None
+        except SegmentError as e:
+            if "not a fastq segment" in str(e) or "smaller than a segment header" in str(e):
+                continue  # some other program's file
+            yield path, None, str(e)
+        except OSError as e:  # unreadable (another user's), vanished
+            yield path, None, f"{type(e).__name__}: {e}"
+
+
+# ---- formatting -----------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5K' (binary units)."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit or 'B'}" if unit == "" or n >= 100 else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)  # not reached
+
+
+def human_count(n: float) -> str:
+    """12345 -> '12.3k'."""
+    for unit in ("", "k", "M", "G"):
+        if abs(n) < 1000 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "" or n >= 100 else f"{n:.1f}{unit}"
+        n /= 1000
+    return str(n)  # not reached
+
+
+def human_secs(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f}us"
+    if s < 1:
+        return f"{s * 1e3:.1f}ms"
+    return f"{s:.1f}s"
+
+
+def _table(rows: List[List[str]], head: List[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in [head] + rows]
+    return "\n".join(lines)
+
+
+def _ls_row(path: str, seg: Any, err: Optional[str]) -> Dict[str, Any]:
+    if seg is None:
+        return {"name": os.path.basename(path), "path": path, "error": err}
+    with seg:
+        s = seg.stats()
+    return {"name": os.path.basename(path), "path": path, "kind": s.kind,
+            "capacity": s.capacity, "depth": s.depth, "bytes_used": s.bytes_used,
+            "processes": s.processes, "dead_processes": s.dead_processes,
+            "attached": s.processes > 0, "temporary": s.temporary, "error": None}
+
+
+# ---- subcommands ----------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = [_ls_row(*x) for x in scan(_dir(args))]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no segments in {_dir(args)}")
+        return 0
+    table = []
+    for r in rows:
+        if r["error"]:
+            table.append([r["name"], "?", "-", "-", "-", "-", "-", r["error"][:60]])
+            continue
+        flags = "temp" if r["temporary"] else ""
+        table.append([r["name"], r["kind"], human_bytes(r["capacity"]), human_count(r["depth"]),
+                      human_bytes(r["bytes_used"]), str(r["processes"]),
+                      str(r["dead_processes"]), flags])
+    print(_table(table, ["NAME", "KIND", "CAPACITY", "DEPTH", "USED", "PROCS", "DEAD", ""]))
+    return 0
+
+
+def _resolve(name: str, args: argparse.Namespace) -> str:
+    if "/" in name:
+        return os.path.abspath(name)
+    return os.path.join(_dir(args), name) if getattr(args, "dir", None) else segment_path(name)
+
+
+def _open_named(name: str, args: argparse.Namespace) -> Tuple[Any, Optional[str]]:
+    path = _resolve(name, args)
+    try:
+        return open_segment(path), None
+    except FileNotFoundError:
+        return None, f"{name}: no such segment ({path})"
+    except (SegmentError, OSError, ValueError) as e:
+        return None, f"{name}: {e}"
+
+
+def format_stat(s: Any) -> str:
+    """The human-readable text of ``fastq stat``."""
+    out = [f"{s.kind} {s.name}  ({s.path or 'anonymous'})",
+           f"  capacity {human_bytes(s.capacity)}, max message {human_bytes(s.max_message)}, "
+           f"{s.max_processes} process slots" + (", temporary" if s.temporary else "")
+           + (", SHUT DOWN" if s.shutdown else ""),
+           f"  processes    {s.processes} alive, {s.dead_processes} dead "
+           f"(created by pid {s.creator_pid}, {human_secs(s.age_s)} ago)",
+           f"  depth        {s.depth} messages, {human_bytes(s.bytes_used)} of the ring in use "
+           f"({100.0 * s.bytes_used / s.capacity:.1f}%)"]
+    if s.kind == "queue":
+        out.append(f"  unacked      {s.unacked}")
+    out += [f"  put          {s.puts} messages, {human_bytes(s.put_bytes)}",
+            f"  got          {s.gets} messages" +
+            (f", {human_bytes(s.get_bytes)} delivered" if s.kind == "queue" else ""),
+            f"  ring full    {s.full} put tries",
+            f"  redelivered  {s.redelivered}, nacked {s.nacked}",
+            f"  recovered    {s.recovered_slots} dead slots, {s.recovered_puts} puts, "
+            f"{s.recovered_gets} gets",
+            f"  rates        {s.arrival_rate:.1f}/s in, {s.departure_rate:.1f}/s out "
+            f"(since creation); Little's law mean wait {human_secs(s.mean_wait_s)}"]
+    if s.subscribers:
+        rows = [[r["name"] or r["group"] or "(anonymous)", str(r["pid"] or "-"),
+                 "yes" if r["alive"] else "no", str(r["position"]), str(r["lag"]), str(r["got"])]
+                for r in sorted(s.subscribers, key=lambda r: -r["lag"])]
+        out.append("  subscribers (most behind first):")
+        out += ["    " + ln for ln in
+                _table(rows, ["NAME/GROUP", "PID", "ALIVE", "POSITION", "LAG", "GOT"]).splitlines()]
+    return "\n".join(out)
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    results, rc = [], 0
+    for name in args.names:
+        seg, err = _open_named(name, args)
+        if seg is None:
+            print(err, file=sys.stderr)
+            rc = 2
+            continue
+        with seg:
+            results.append(seg.stats())
+    if args.prometheus:
+        from . import _metrics  # noqa: PLC0415
+
+        sys.stdout.write(_metrics.exposition(results))
+    elif args.json:
+        print(json.dumps([s.to_dict() for s in results] if len(args.names) > 1
+                         else (results[0].to_dict() if results else None), indent=2))
+    else:
+        print("\n\n".join(format_stat(s) for s in results))
+    return rc
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    rc = 0
+    for name in args.names:
+        path = _resolve(name, args)
+        seg, err = _open_named(name, args)
+        if seg is None and not args.force:
+            print(f"fastq rm: {err} (not removed; --force removes any file)", file=sys.stderr)
+            rc = 1
+            continue
+        if seg is not None:
+            seg.close()
+        try:
+            os.unlink(path)
+        except OSError as e:
+            print(f"fastq rm: {name}: {e}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def _gc_candidates(directory: str) -> Iterator[Tuple[str, str]]:
+    """(path, why) of what ``fastq gc`` removes: a segment marked temporary
+    that no live process is attached to, and a creator's leftover file
+    (named but never linked: no process has it open)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for n in names:
+        path = os.path.join(directory, n)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        if _TMP_MARK in n:
+            pid = n.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                yield path, f"unfinished creation by pid {pid}, which is gone"
+            continue
+        try:
+            seg = open_segment(path)
+        except (SegmentError, OSError, ValueError):
+            continue
+        with seg:
+            s = seg.stats()
+        if s.temporary and s.processes == 0:
+            yield path, "temporary, no process attached"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    found = list(_gc_candidates(_dir(args)))
+    rc = 0
+    for path, why in found:
+        if args.dry_run:
+            print(f"would remove {path}: {why}")
+            continue
+        try:
+            os.unlink(path)
+            print(f"removed {path}: {why}")
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            print(f"fastq gc: {path}: {e}", file=sys.stderr)
+            rc = 1
+    if not found:
+        print(f"nothing to collect in {_dir(args)}")
+    return rc
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    seg, err = _open_named(args.name, args)
+    if seg is None:
+        print(f"fastq check: {err}", file=sys.stderr)
+        return 1
+    with seg:
+        n, first = seg._check()
+        dead = seg.stats().dead_processes
+    if n:
+        print(f"{args.name}: {n} problem(s); first: {first}")
+        return 1
+    note = (f" ({dead} slot(s) of dead processes wait for recovery: the next put or get "
+            "repairs them)") if dead else ""
+    print(f"{args.name}: consistent{note}")
+    return 0
+
+
+# ---- argparse -------------------------------------------------------------
+
+
+def subcommand(sub: Any, name: str, func: Any, help: str, description: str) -> Any:
+    """Add subcommand name (run by func) with its --dir option; the parser."""
+    p = sub.add_parser(name, help=help, description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", help="the directory of segments (default: $FASTQ_DIR, else /dev/shm)")
+    p.set_defaults(ops_func=func)
+    return p
+
+
+def add_arguments(sub: Any) -> None:
+    """Add ls, stat, rm, gc, check, top and metrics to the ``fastq`` command."""
+    p = subcommand(sub, "ls", cmd_ls, "list the segments of a directory",
+                   "List every fastq segment in the directory: kind, capacity, depth, ring "
+                   "bytes in use, processes alive and dead (slots not yet recovered).")
+    p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
+
+    p = subcommand(sub, "stat", cmd_stat, "every counter of a queue or topic",
+                   "Print the counters kept in each named segment (see fastq.Stats): "
+                   "traffic, back-pressure, redeliveries, recoveries, per-subscriber lag, "
+                   "and Little's-law rates.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="a name (in --dir) or a path")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true",
+                     help="print JSON (an object; a list for several names)")
+    fmt.add_argument("--prometheus", action="store_true",
+                     help="print a Prometheus text exposition (needs prometheus_client)")
+
+    p = subcommand(sub, "rm", cmd_rm, "remove segments",
+                   "Remove the named segment files.  Processes attached keep using them "
+                   "until they close.  A file that is not a valid segment is left alone "
+                   "unless --force.")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="remove even what is not a segment")
+
+    p = subcommand(sub, "gc", cmd_gc, "remove temporary segments nobody uses",
+                   "Remove, from the directory, the segments created with temporary=True "
+                   "that no live process is attached to, and files left by a creator killed "
+                   "before its segment got its name.  Nothing else: a named segment without "
+                   "the temporary mark is never removed (use fastq rm).  Anonymous segments "
+                   "have no file: they go away by themselves.")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed")
+
+    p = subcommand(sub, "check", cmd_check, "check a segment's consistency (exit 0 or 1)",
+                   "Check the cursors and every record in use of a segment; exit 0 if "
+                   "consistent, else 1 with what is wrong.  Run it on a quiet segment: "
+                   "traffic during the check can look like a problem.")
+    p.add_argument("name", metavar="NAME")
+
+    from . import _metrics, _top  # noqa: PLC0415
+
+    _top.add_arguments(sub)
+    _metrics.add_arguments(sub)
+
+
+def main(args: argparse.Namespace) -> int:
+    return int(args.ops_func(args))

@@ -1,0 +1,153 @@
+"""What a queue or topic reports about itself: :class:`Stats`, read from the
+counters kept in its segment (fq_inspect.c) by ``q.stats()``, ``t.stats()``
+and the ``fastq`` command.  Reading takes no process slot."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Dict, List, Optional
+
+from . import _core
+
+__all__ = ["Stats", "read_stats"]
+
+
+@dataclasses.dataclass
+class Stats:
+    """A snapshot of one queue's or topic's counters.
+
+    The counters live in the segment, so they count every process's traffic
+    since the segment was created, including processes that have exited;
+    each process writes only its own slot's, and this sums them (the sums
+    are not of one instant: a put in progress may show in ``bytes_used`` but
+    not yet in ``puts``).  ``s["x"]`` is ``s.x`` (as the dict ``stats()``
+    returned before).
+
+    Attributes
+    ----------
+    name, path, kind
+        The name, the file (None: anonymous), ``"queue"`` or ``"topic"``.
+    capacity, max_message, max_processes
+        Ring bytes, largest message, process slots.
+    temporary, shutdown
+        Created with ``temporary=True`` (``fastq gc`` may remove it); shut down.
+    created_ns, creator_pid
+        Creation time (ns since the epoch) and the creating process.
+    depth
+        Messages waiting: a queue's ``qsize()``; a topic's largest
+        subscriber lag.
+    bytes_used
+        Ring bytes in use (records and their headers, padding included).
+    unacked
+        Queue: messages delivered and not yet finished (acked).
+    puts, put_bytes
+        Messages and payload bytes put (published).
+    gets, get_bytes
+        Queue: messages finished and payload bytes delivered; topic: messages
+        received by subscribers (``get_bytes`` 0).
+    full
+        Tries of a put that found the ring full (back-pressure events; a
+        blocking put that waits and tries again counts each try).
+    redelivered, nacked
+        Queue: messages delivered again (after a nack or a dead consumer),
+        and messages given back (nack).
+    recovered_slots, recovered_puts, recovered_gets
+        Recovery from dead processes: their slots freed, their open put
+        claims and open get claims repaired.
+    processes, dead_processes
+        Attached processes alive, and slots still held by dead ones (recovery
+        frees them).
+    subscribers
+        Topic: one dict per subscriber row (:meth:`fastq.Topic.subscribers`).
+    age_s, arrival_rate, departure_rate, mean_wait_s
+        Seconds since creation; messages per second put and got over that
+        time; and Little's law, the mean time a message waits:
+        ``depth / departure_rate`` (None when nothing departed).
+    tail, head, release, requeued, state, slot
+        Internals: the cursors, the requeued hint, state bits, this handle's
+        slot (-1: none taken).
+    """
+
+    name: str
+    path: Optional[str]
+    kind: str
+    capacity: int
+    max_message: int
+    max_processes: int
+    temporary: bool
+    shutdown: bool
+    created_ns: int
+    creator_pid: int
+    depth: int
+    bytes_used: int
+    unacked: int
+    puts: int
+    put_bytes: int
+    gets: int
+    get_bytes: int
+    full: int
+    redelivered: int
+    nacked: int
+    recovered_slots: int
+    recovered_puts: int
+    recovered_gets: int
+    processes: int
+    dead_processes: int
+    subscribers: List[Dict[str, Any]]
+    age_s: float
+    arrival_rate: float
+    departure_rate: float
+    mean_wait_s: Optional[float]
+    tail: int
+    head: int
+    release: int
+    requeued: int
+    state: int
+    slot: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as a dict (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+
+def read_stats(seg: Any) -> Stats:
+    """The Stats of an open Queue or Topic handle."""
+    c = seg._counts()
+    raw = seg._raw_stats()
+    topic = seg.is_topic
+    subs: List[Dict[str, Any]] = []
+    if topic:
+        for key, flags, pid, kind, alive, pos, lag, got in seg._subscribers():
+            subs.append({"name": key if flags & _core.GRP_DURABLE else None,
+                         "group": key if flags & _core.GRP_GROUP else None,
+                         "pid": pid or None, "alive": bool(alive), "position": pos,
+                         "lag": lag, "got": got})
+        depth = max((s["lag"] for s in subs), default=0)
+        gets = sum(s["got"] for s in subs)
+        unacked = 0
+    else:
+        depth = seg.qsize()
+        gets = c["gets"]
+        unacked = seg.unacked_count()
+    age = max(time.time() - raw["created_ns"] / 1e9, 1e-9)
+    dep = gets / age
+    return Stats(
+        name=seg.name, path=seg.path, kind="topic" if topic else "queue",
+        capacity=seg.capacity, max_message=seg.max_message, max_processes=seg.max_processes,
+        temporary=bool(c["flags"] & _core.FLAG_TEMP), shutdown=seg.is_shutdown(),
+        created_ns=raw["created_ns"], creator_pid=raw["creator_pid"], depth=depth,
+        bytes_used=c["tail"] - c["release"], unacked=unacked, puts=c["puts"],
+        put_bytes=c["put_bytes"], gets=gets, get_bytes=c["get_bytes"], full=c["full"],
+        redelivered=c["redelivered"], nacked=c["nacked"],
+        recovered_slots=c["recovered_slots"], recovered_puts=c["recovered_puts"],
+        recovered_gets=c["recovered_gets"], processes=c["alive"], dead_processes=c["dead"],
+        subscribers=subs, age_s=age, arrival_rate=c["puts"] / age, departure_rate=dep,
+        mean_wait_s=depth / dep if dep else None, tail=raw["tail"], head=raw["head"],
+        release=raw["release"], requeued=raw["requeued"], state=raw["state"],
+        slot=raw["slot"])
