@@ -378,6 +378,9 @@ def _waker_child(path, go_r):
 
 @need_futex_nr
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to stop a waker mid-wake")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason=(
+    "gdb attaching to a process under AddressSanitizer (its shadow mappings) does not "
+    "finish within the bound on a loaded machine; the protocol is tested unsanitized"))
 def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
     t = T.create(path, capacity=CAP)
     go_r, go_w = os.pipe()
