@@ -3,11 +3,11 @@
 had before those fixes and should keep; each is a strict xfail whose reason names
 the defect, where it is, and a way to fix it.
 
-The first three are about the cost of R5 (fq_wake loads the sleeper bits instead of taking
-them): a bit now stays up until its owner leaves the wait (or disarms), or until
-recovery reaps a dead owner, so every writer meanwhile makes a FUTEX_WAKE (or, for
-an armed task, rings its bell again once per take); and fq_wake_quiet, called on
-every claim (puts AND gets), calls fq_wake(q, -1) as long as a quiet bit is up.
+The first two are about the cost of R5 (fq_wake loads the sleeper bits instead of
+taking them): a bit now stays up until its owner leaves the wait (or disarms), or
+until recovery reaps a dead owner, so every writer meanwhile makes a FUTEX_WAKE; and
+fq_wake_quiet, called on every claim (puts AND gets), calls fq_wake(q, -1) as long
+as another process's quiet bit is up.
 
 The counts are syscalls made by this process (fastq._core._wait_counts: sleeps,
 FUTEX_WAKEs, bell datagrams), not timings.  A sleeper that is woken but has not
@@ -16,7 +16,6 @@ two are about which file a removal removes: R4's sweep of temporary files (by na
 alone) and R3's identity check (an inode number, which the filesystem reuses).
 """
 
-import asyncio
 import os
 import signal
 import time
@@ -24,7 +23,7 @@ import time
 import pytest
 
 import fastq
-from fastq import _aio, _core
+from fastq import _core
 from support.cseg import create, lib, open_seg
 from support.procs import children, kill_and_reap
 
@@ -118,43 +117,6 @@ def test_a_killed_sleeper_costs_writers_nothing_after_one_wake():
     finally:
         q.close()
         q.unlink()
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "R5 cost (event loops): one put wakes two awaiting tasks, two bells per message "
-    "(tests/aio/test_aio.py::test_idle_tasks_cost_nothing_and_a_message_wakes_one). The "
-    "put's claim rings the bell once (fq_wake_quiet); the loop takes the rung bits and "
-    "wakes one task; that task's own get claims (fq_get_begin -> fq_wake_quiet) while the "
-    "other armed tasks' quiet bit (same slot) is up -- armed tasks never lower it -- so "
-    "fq_wake(q,-1) sees the data bit and, bell_rung taken, sends a second datagram: a "
-    "second task wakes, finds nothing and re-arms. fc34670: the put's claim took the "
-    "quiet bits, the get saw none. Suggested fix: dedupe quiet wakes per arming (a "
-    "'quiet rung' bit of the slot, set by the writer after it rang, cleared by fq_arm_pred "
-    "as bell_rung is), so a claim rings a quiet slot once until it re-arms"))
-def test_one_message_wakes_one_awaiting_task():
-    async def main():
-        q = fastq.Queue(None, capacity=4096)
-        tasks = [asyncio.ensure_future(q.aget()) for _ in range(2)]
-        for _ in range(2000):
-            await asyncio.sleep(0.001)
-            b = _aio._bell
-            if b is not None and sum(len(s.waiters) for s in b.sides.values()) == 2 and all(
-                    w.fut is not None for s in b.sides.values() for w in s.waiters):
-                break
-        before, bells = dict(_aio.stats), _core._wait_counts()[2]
-        q.put("hello")
-        done, _ = await asyncio.wait(tasks, timeout=BOUND, return_when=asyncio.FIRST_COMPLETED)
-        assert [t.result() for t in done] == ["hello"]
-        for _ in range(20):  # let a second bell, if any, be read and acted on
-            await asyncio.sleep(0.005)
-        woken = _aio.stats["wakes"] - before["wakes"]
-        sent = _core._wait_counts()[2] - bells
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        q.close()
-        assert (woken, sent) == (1, 1)
-    asyncio.run(main())
 
 
 def _dead_pid():
