@@ -19,6 +19,7 @@ alone) and R3's identity check (an inode number, which the filesystem reuses).
 import os
 import signal
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,7 +31,7 @@ from support.procs import children, kill_and_reap
 BOUND = 30.0
 
 
-def _asleep(q, child):
+def _asleep(q):
     """Wait until the child's get sleeps (its data and quiet bits are up)."""
     end = time.monotonic() + BOUND
     while time.monotonic() < end:
@@ -42,16 +43,27 @@ def _asleep(q, child):
     raise AssertionError("the child did not go to sleep")
 
 
-def _blocked_consumer(name):
-    """Fork a process that blocks in get() on the queue name (no timeout: the
-    deep, quiet sleep)."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            fastq.Queue(name).get()
-        finally:
-            os._exit(0)
-    return pid
+@contextmanager
+def _sleeping_consumer(tag):
+    """(queue, pid): a queue and a child process asleep in get() on it (no
+    timeout: the deep, quiet sleep); the child is killed and the queue removed
+    afterwards."""
+    name = "rev10%s%d" % (tag, os.getpid())
+    q = fastq.Queue(name, capacity=4096)
+    try:
+        with children() as pids:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    fastq.Queue(name).get()
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+            _asleep(q)
+            yield q, pid
+    finally:
+        q.close()
+        q.unlink()
 
 
 def _wakes():
@@ -69,25 +81,16 @@ def _wakes():
     "leaves SLEEPING: the next one wakes; a newer sleep fails the CAS); one that sees "
     "WOKEN skips the syscall (the sleeper has not re-checked yet: it sees the data)"))
 def test_one_put_to_a_woken_sleeper_makes_one_futex_wake():
-    name = "rev10a%d" % os.getpid()
-    q = fastq.Queue(name, capacity=4096)
-    try:
-        with children() as pids:
-            pid = _blocked_consumer(name)
-            pids.append(pid)
-            _asleep(q, pid)
-            os.kill(pid, signal.SIGSTOP)  # woken, but not yet run
-            try:
-                before = _wakes()
-                q.put(1)
-                n = _wakes() - before
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            assert os.waitpid(pid, 0)[1] == 0
-            assert n == 1, n
-    finally:
-        q.close()
-        q.unlink()
+    with _sleeping_consumer("a") as (q, pid):
+        os.kill(pid, signal.SIGSTOP)  # woken, but not yet run
+        try:
+            before = _wakes()
+            q.put(1)
+            n = _wakes() - before
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert n == 1, n
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -100,23 +103,14 @@ def test_one_put_to_a_woken_sleeper_makes_one_futex_wake():
     "test_one_put_to_a_woken_sleeper_makes_one_futex_wake (a dead sleeper's stays WOKEN: "
     "writers skip it), and the same for quiet_mask in fq_wake_quiet"))
 def test_a_killed_sleeper_costs_writers_nothing_after_one_wake():
-    name = "rev10b%d" % os.getpid()
-    q = fastq.Queue(name, capacity=4096)
-    try:
-        with children() as pids:
-            pid = _blocked_consumer(name)
-            pids.append(pid)
-            _asleep(q, pid)
-            kill_and_reap(pid)
-            before = _wakes()
-            for i in range(50):
-                q.put(i)
-                assert q.get() == i
-            n = _wakes() - before
-            assert n <= 2, n
-    finally:
-        q.close()
-        q.unlink()
+    with _sleeping_consumer("b") as (q, pid):
+        kill_and_reap(pid)
+        before = _wakes()
+        for i in range(50):
+            q.put(i)
+            assert q.get() == i
+        n = _wakes() - before
+        assert n <= 2, n
 
 
 def _dead_pid():
