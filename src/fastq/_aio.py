@@ -135,8 +135,9 @@ class _Side:
                 return
 
     def rearm(self) -> None:
-        """After a wake-up, for the waiters still asleep: the writer took this
-        process's bit; put it up again (and wake one if it may proceed now)."""
+        """After a wake-up, for the waiters still asleep: arm again (the bit
+        stays up while any task of this process is armed, but the rung bits
+        were taken with the datagram), and wake one if it may proceed now."""
         for w in list(self.waiters):
             if w.fut is not None and not w.fut.done() and not w.woken:
                 try:

@@ -71,7 +71,8 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
         README): ``"adaptive"`` spins briefly, as long as spinning has been
         paying off, then sleeps; ``"spin"`` never sleeps (lowest latency, a
         core busy while it waits); ``"sleep"`` sleeps at once (least CPU).
-        Awaitable calls never spin.
+        Awaitable calls spin at most 20 µs, within the adaptive budget,
+        before they arm (never with ``"sleep"``).
 
     Examples
     --------
