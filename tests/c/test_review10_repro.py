@@ -145,14 +145,6 @@ def test_opening_a_hard_linked_segment_leaves_other_segments_alone(tmp_path):
     assert os.path.exists(other), "opening q removed another segment"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3: the unlink identity check compares (st_dev, st_ino) only, and an inode number "
-    "is reused once its file is freed (ext4 at once; tmpfs rarely): a handle closed "
-    "before its unlink() -- the usual q.close(); q.unlink() -- whose file someone else "
-    "unlinked meanwhile, removes the new segment created under the name if that one "
-    "got the freed inode (here, on ext4, every time). Suggested fix: identify the file "
-    "by something a new file cannot repeat, e.g. a random creation id in the segment "
-    "header read through a fresh open of the name (or refuse unlink() after close())"))
 def test_unlink_after_close_leaves_a_newer_segment_with_the_same_inode(tmp_path):
     name = str(tmp_path / "q")
     old = fastq.Queue(name)
