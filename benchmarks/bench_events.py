@@ -12,16 +12,7 @@ from fastq.bench import Settings, programs
 
 CFG = Settings.quick()
 PROGRAMS = {p.name: p for p in programs.select(["rpc", "dispatch"], CFG)}
-CASES = [f"{p.name} | {key} | {peer.label}" for p in PROGRAMS.values()
-         for _, key, _ in p.rows for peer in p.peers]
-
-
-def _ok(outcome):
-    if outcome.status == "skipped":
-        raise NotImplementedError(outcome.detail)
-    if outcome.status != "ok":
-        raise RuntimeError(f"{outcome.program} / {outcome.label}: {outcome.status} {outcome.detail}")
-    return outcome
+CASES = programs.ratio_cases(PROGRAMS, skip=())
 
 
 class FastqOverPeer:
@@ -32,10 +23,6 @@ class FastqOverPeer:
     timeout = 300
 
     def track_ratio(self, case):
-        name, key, label = case.split(" | ")
-        prog = PROGRAMS[name]
-        theirs = _ok(programs.run_one(name, next(r for r in prog.peers if r.label == label)))
-        ours = _ok(programs.run_one(name, prog.fastq))
-        return programs.ratio(ours, theirs, key)
+        return programs.case_ratio(PROGRAMS, case)
 
     track_ratio.unit = "x"

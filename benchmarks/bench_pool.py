@@ -12,16 +12,7 @@ from fastq.bench import Settings, programs
 
 CFG = Settings.quick()
 PROGRAMS = {p.name: p for p in programs.select(["pool", "pipeline"], CFG)}
-CASES = [f"{p.name} | {key} | {peer.label}" for p in PROGRAMS.values() if p.name != "pool-kill"
-         for _, key, _ in p.rows for peer in p.peers]
-
-
-def _ok(outcome):
-    if outcome.status == "skipped":
-        raise NotImplementedError(outcome.detail)
-    if outcome.status != "ok":
-        raise RuntimeError(f"{outcome.program} / {outcome.label}: {outcome.status} {outcome.detail}")
-    return outcome
+CASES = programs.ratio_cases(PROGRAMS, skip=("pool-kill",))
 
 
 class FastqOverPeer:
@@ -32,11 +23,7 @@ class FastqOverPeer:
     timeout = 300
 
     def track_ratio(self, case):
-        name, key, label = case.split(" | ")
-        prog = PROGRAMS[name]
-        theirs = _ok(programs.run_one(name, next(r for r in prog.peers if r.label == label)))
-        ours = _ok(programs.run_one(name, prog.fastq))
-        return programs.ratio(ours, theirs, key)
+        return programs.case_ratio(PROGRAMS, case)
 
     track_ratio.unit = "x"
 
@@ -49,6 +36,6 @@ class PoolKill:
 
     def track_fastq_reruns(self):
         prog = PROGRAMS["pool-kill"]
-        return _ok(programs.run_one(prog.name, prog.fastq)).figures["reruns"]
+        return programs.checked(programs.run_one(prog.name, prog.fastq)).figures["reruns"]
 
     track_fastq_reruns.unit = "re-runs"

@@ -211,6 +211,31 @@ def ratio(ours, theirs, key: str):
     return None
 
 
+def checked(outcome: Outcome) -> Outcome:
+    """outcome if it ran and passed its checks; asv's skip (NotImplementedError) for a peer that
+    is not installed; RuntimeError for a failed or hung run (the asv suites of program workloads)."""
+    if outcome.status == "skipped":
+        raise NotImplementedError(outcome.detail)
+    if outcome.status != "ok":
+        raise RuntimeError(f"{outcome.program} / {outcome.label}: {outcome.status} {outcome.detail}")
+    return outcome
+
+
+def ratio_cases(progs: dict, skip=()) -> list:
+    """asv parameters "workload | figure | peer", one per figure of each peer of progs (by name)."""
+    return [f"{p.name} | {key} | {peer.label}" for p in progs.values() if p.name not in skip
+            for _, key, _ in p.rows for peer in p.peers]
+
+
+def case_ratio(progs: dict, case: str):
+    """Run one ratio_cases() case: fastq's figure / the peer's, both measured now."""
+    name, key, label = case.split(" | ")
+    prog = progs[name]
+    theirs = checked(run_one(name, next(r for r in prog.peers if r.label == label)))
+    ours = checked(run_one(name, prog.fastq))
+    return ratio(ours, theirs, key)
+
+
 def table_rows(programs, outcomes, fmt) -> list:
     """Rows of text: [row label, peer, peer figure, fastq figure, fastq / peer]."""
     by = {(o.program, o.label): o for o in outcomes}
