@@ -296,11 +296,27 @@ static int fq_creating_lock(int fd, int cmd, short *type)
  * lock is free and whose pid is gone (kill: ESRCH).  Both: the lock goes
  * with the creator's last descriptor, but a creator takes it just after
  * its O_EXCL open, and its pid is there from before.  A pid reused since,
- * or another user's (EPERM), keeps the file: conservative.  Best effort:
- * whatever fails is left as it is.  Each name is unique (pid and 64 random
- * bits), so the name probed is the name removed.
+ * or another user's (EPERM), keeps the file: conservative.
+ *
+ * The name alone does not make a file a leftover: a segment of its own may
+ * have been created under such a name.  So a candidate is a regular file
+ * (opened without following a symlink), and
+ *   - same != NULL (an opener's sweep): the very file being opened
+ *     (st_dev, st_ino of same), i.e. a second name of that segment;
+ *   - same == NULL (a creator's sweep, before it creates path): not a
+ *     finished segment of its own: its header was never completed (no
+ *     magic: nobody can open it), or it is the temporary file of the
+ *     creation its name records: creator_pid and salt in its header are the
+ *     pid and hex of its name (fq_open_tmpfile names the file by its salt,
+ *     written before the magic).  A segment created under such a name has
+ *     a salt drawn when it was created, which the name, older, cannot carry
+ *     (except by 2^-61 chance).  Only compared: whatever the file holds.
+ * Best effort: whatever fails is left as it is.  Each name is unique (pid
+ * and 61 random bits), so the name probed is the name removed, but the
+ * probe and the unlinkat are two steps (no unlink-if-inode): a file put
+ * under that very name between them is removed.
  */
-static void fq_sweep_tmp(const char *path)
+static void fq_sweep_tmp(const char *path, const struct stat *same)
 {
     char dir[PATH_MAX];
     const char *base;
@@ -321,13 +337,25 @@ static void fq_sweep_tmp(const char *path)
         if (errno || pid <= 0 || pid > INT_MAX || *end != '-' || strlen(end + 1) != 16 ||
             strspn(end + 1, "0123456789abcdef") != 16)
             continue;
+        unsigned long long hex = strtoull(end + 1, NULL, 16);
         if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue; /* its creator (or a namesake) is there */
         int fd = openat(dirfd(d), n, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         if (fd < 0)
             continue;
+        struct stat st;
+        int leftover = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+        if (leftover && same)
+            leftover = st.st_dev == same->st_dev && st.st_ino == same->st_ino;
+        else if (leftover) {
+            fq_ctrl h;
+            memset(&h, 0, sizeof h); /* a short file: what it lacks reads as 0 */
+            leftover = pread(fd, &h, sizeof h, 0) >= 0 &&
+                       (h.magic != FQ_MAGIC ||
+                        (h.creator_pid == (uint64_t)pid && h.salt == hex));
+        }
         short type = F_WRLCK;
-        if (fq_creating_lock(fd, F_OFD_GETLK, &type) == 0 && type == F_UNLCK)
+        if (leftover && fq_creating_lock(fd, F_OFD_GETLK, &type) == 0 && type == F_UNLCK)
             unlinkat(dirfd(d), n, 0);
         close(fd);
     }
@@ -340,7 +368,7 @@ static void fq_sweep_tmp(const char *path)
  * creating lock (FQ_LOCK_CREATING) on the fd, so that fq_sweep_tmp can
  * tell it from one a killed creator left; leftovers are swept first. */
 static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tmplen,
-                           uint64_t rnd, char *err, size_t errlen)
+                           uint64_t salt, char *err, size_t errlen)
 {
     char dir[PATH_MAX];
     const char *base;
@@ -351,9 +379,9 @@ static int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tm
         return fd;
     if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
         return fq_err(err, errlen, -errno, "cannot create %s: %s", path, strerror(errno));
-    fq_sweep_tmp(path);
+    fq_sweep_tmp(path, NULL);
     if (snprintf(tmp, tmplen, "%s.tmp-%d-%016llx", path, (int)getpid(),
-                 (unsigned long long)rnd) >= (int)tmplen) {
+                 (unsigned long long)salt) >= (int)tmplen) {
         tmp[0] = 0;
         return fq_err(err, errlen, -ENAMETOOLONG, "path too long: %s", path);
     }
@@ -466,9 +494,16 @@ int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
     uint64_t data_off = fq_layout_data_offset(slots, subs);
     uint64_t size = data_off + cap;
 
-    uint64_t rnd;
-    if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
-        rnd = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    /* drawn first: a named temporary file carries it in its name (see
+     * fq_sweep_tmp); record tags mix it in, their low 3 bits stay clear */
+    uint64_t salt;
+    if (getrandom(&salt, sizeof salt, 0) != sizeof salt)
+        salt = ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32)) * 0x9E3779B97F4A7C15ULL;
+    salt &= ~(uint64_t)7;
+    /* positions start at 0; the zero-filled ring holds no valid tag because
+     * fq_tag(salt, p) == 0 only for one p, and that one is checked: */
+    if (fq_tag(salt, 0) == 0)
+        salt ^= 8;
     const char *what = path ? path : "an anonymous segment";
     char tmp[PATH_MAX];
     tmp[0] = 0; /* set: the file has a temporary name to unlink on failure */
@@ -480,7 +515,7 @@ int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
         if (fd < 0)
             return fq_err(err, errlen, -errno, "memfd_create: %s", strerror(errno));
     } else {
-        fd = fq_open_tmpfile(path, o->mode & 07777, tmp, sizeof tmp, rnd, err, errlen);
+        fd = fq_open_tmpfile(path, o->mode & 07777, tmp, sizeof tmp, salt, err, errlen);
         if (fd < 0)
             return fd;
     }
@@ -523,9 +558,6 @@ int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
         goto fail;
     }
     fq_ctrl *c = (fq_ctrl *)base;
-    uint64_t salt;
-    if (getrandom(&salt, sizeof salt, 0) != sizeof salt)
-        salt = rnd * 0x9E3779B97F4A7C15ULL;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     c->version = FQ_VERSION;
@@ -541,13 +573,13 @@ int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
     c->slot_offset = sizeof(fq_ctrl);
     c->max_slots = slots;
     c->lanes = FQ_LANES;
-    c->salt = salt & ~(uint64_t)7;
+    c->salt = salt;
     c->created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     c->creator_pid = (uint32_t)getpid();
-    /* positions start at 0; the zero-filled ring holds no valid tag because
-     * fq_tag(salt, p) == 0 only for one p, and that one is checked: */
-    if (fq_tag(c->salt, 0) == 0)
-        c->salt ^= 8;
+    /* the header before its magic, in the compiler's order too: pairs with
+     * fq_sweep_tmp's read of a killed creator's file (a killed process stops
+     * between two instructions; its stores all reach the shared page) */
+    atomic_signal_fence(memory_order_release);
     c->magic = FQ_MAGIC; /* the link below publishes the whole file */
     /* the link publishes the complete file under its name, or fails */
     if (path && fq_link_into_place(fd, tmp, path) != 0) {
@@ -606,7 +638,7 @@ int fq_segment_open_fd(int fd_in, const char *path, fq_queue **out, char *err, s
     /* a second name: a creator killed between its link and the removal of
      * its temporary name (no O_TMPFILE) */
     if (file && st.st_nlink > 1)
-        fq_sweep_tmp(file);
+        fq_sweep_tmp(file, &st);
     if ((uint64_t)st.st_size < sizeof h) {
         rc = fq_err(err, errlen, FQ_EBADSEG, "%s is %lld bytes, smaller than a segment header",
                     path, (long long)st.st_size);

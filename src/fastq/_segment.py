@@ -6,6 +6,7 @@ compiled segment (fastq._core.Segment) is the other base of both."""
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from multiprocessing import context, reduction
 from typing import Any, Iterator, Optional, TypeVar
@@ -129,6 +130,32 @@ def _vetted(handle: "SegmentHandle") -> tuple:
     return (st.st_dev, st.st_ino)
 
 
+#: the bytes of a segment's header that no other creation repeats: salt
+#: (64 random bits) and created_ns, at offsets 64..80 (csrc/fq_layout.h);
+#: both are written once, by the creator, before the file has a name
+_CREATION = slice(64, 80)
+
+
+def _file_identity(fd: int) -> Optional[tuple]:
+    """(st_dev, st_ino, salt and created_ns as bytes) of the segment file
+    open as fd; None if fd is no regular file of a segment's size.  The
+    inode number alone names no file for good: once a file is freed (no
+    name, descriptor or mapping left) the filesystem gives its number to a
+    new file (ext4 at once), possibly a segment created under the same name;
+    the bytes read from the file tell that one apart.  They are only
+    compared: whatever the file holds, an unequal identity is another file."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        head = os.pread(fd, _CREATION.stop, 0)
+    except OSError:
+        return None
+    if len(head) != _CREATION.stop:
+        return None
+    return (st.st_dev, st.st_ino, head[_CREATION])
+
+
 def iterate(get: Any) -> Iterator[Any]:
     """get() until it raises ShutDown: ``for item in q`` (a Queue, a
     Subscription)."""
@@ -212,8 +239,9 @@ class SegmentHandle:
         self._name = name
         self._path = path
         # the file this handle maps, for unlink(): the name may come to
-        # another segment's file (removed, then created again)
-        self._file_id = _vetted(self) if path is not None else None
+        # another segment's file (removed, then created again), even one
+        # with the same inode number (see _file_identity)
+        self._file_id = _file_identity(self.fileno()) if path is not None else None
         if opened and self.is_topic != bool(topic[0]):
             self.close()
             other = "Queue" if topic[0] else "Topic"
@@ -272,15 +300,25 @@ class SegmentHandle:
         anonymous segment has no file: nothing to do.  Nor is there when the
         name is gone, or names another segment by now (this one's was
         removed and a new one created under the same name): that one is
-        left alone.  (The check and the removal are two steps: a file put
-        under the name between them, by another unlink and create, is
-        removed; they are not atomic.)"""
+        left alone, even if the filesystem gave it this one's inode number
+        (it is told by the creation's random salt and time in its header,
+        read through the name; unlink() works after close() too).  (The
+        check and the removal are two steps: a file put under the name
+        between them, by another unlink and create, is removed; they are not
+        atomic.)"""
         if self._path is None:
             return
         try:
-            st = os.stat(self._path)
-            if (st.st_dev, st.st_ino) != self._file_id:
-                return
+            fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            same = _file_identity(fd) == self._file_id
+        finally:
+            os.close(fd)
+        if not same:
+            return
+        try:
             os.unlink(self._path)
         except FileNotFoundError:
             pass

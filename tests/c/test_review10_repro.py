@@ -27,6 +27,7 @@ import fastq
 from fastq import _core
 from support.cseg import create, lib, open_seg
 from support.procs import children, kill_and_reap
+from support.notmpfile import create_in_child, no_tmpfile_env  # noqa: F401 (a fixture)
 
 BOUND = 30.0
 
@@ -122,14 +123,6 @@ def _dead_pid():
     return pid
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R4: fq_sweep_tmp tells a leftover temporary file by its name alone "
-    "(<base>.tmp-<pid>-<16 hex>, pid gone, creating lock free): opening a segment that "
-    "has a second name (a hard link of the user's: st_nlink > 1, fq_open_fd) removes "
-    "another, live segment whose name has that form. Suggested fix: on the open path, "
-    "remove only a name of the same file (fstat of the probed fd: st_dev/st_ino of the "
-    "segment being opened); on the create path, only a file that is not a finished "
-    "segment (its header not yet valid, st_nlink == 1)"))
 def test_opening_a_hard_linked_segment_leaves_other_segments_alone(tmp_path):
     q = tmp_path / "q"
     other = tmp_path / ("q.tmp-%d-%016x" % (_dead_pid(), 0x0123456789abcdef))
@@ -145,14 +138,6 @@ def test_opening_a_hard_linked_segment_leaves_other_segments_alone(tmp_path):
     assert os.path.exists(other), "opening q removed another segment"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3: the unlink identity check compares (st_dev, st_ino) only, and an inode number "
-    "is reused once its file is freed (ext4 at once; tmpfs rarely): a handle closed "
-    "before its unlink() -- the usual q.close(); q.unlink() -- whose file someone else "
-    "unlinked meanwhile, removes the new segment created under the name if that one "
-    "got the freed inode (here, on ext4, every time). Suggested fix: identify the file "
-    "by something a new file cannot repeat, e.g. a random creation id in the segment "
-    "header read through a fresh open of the name (or refuse unlink() after close())"))
 def test_unlink_after_close_leaves_a_newer_segment_with_the_same_inode(tmp_path):
     name = str(tmp_path / "q")
     old = fastq.Queue(name)
@@ -172,3 +157,34 @@ def test_unlink_after_close_leaves_a_newer_segment_with_the_same_inode(tmp_path)
         new.close()
         if os.path.exists(name):
             os.unlink(name)
+
+
+def test_creating_a_segment_leaves_a_segment_named_like_its_temporary_file(
+        tmp_path, no_tmpfile_env):
+    """The creator's sweep (no O_TMPFILE) removes a leftover temporary file of
+    the path it creates, not a finished segment that only has such a name."""
+    d = tmp_path / "dir"
+    d.mkdir()
+    other = d / ("q.tmp-%d-%016x" % (_dead_pid(), 0x0123456789abcdef))
+    rc, b, err = create(other)  # a segment of its own, in use
+    assert rc == 0, err
+    try:
+        assert create_in_child(d / "q", "", no_tmpfile_env) == 0
+        assert os.path.exists(other), "creating q removed another segment"
+    finally:
+        lib.fq_close(b)
+
+
+def test_a_complete_temporary_file_is_swept_by_the_next_creator(tmp_path, no_tmpfile_env):
+    """A killed creator's temporary file whose header is complete (its magic
+    written: killed at or after the link) is still its creation's leftover,
+    told by the pid and salt that its name records: the next creator removes
+    it even when it has no other name any more."""
+    d = tmp_path / "dir"
+    d.mkdir()
+    assert create_in_child(d / "q", "create_linked", no_tmpfile_env) == 9, \
+        "the creator was not killed at create_linked"
+    os.unlink(d / "q")  # the leftover is the only name of a finished segment
+    (left,) = os.listdir(d)
+    assert create_in_child(d / "q", "", no_tmpfile_env) == 0
+    assert sorted(os.listdir(d)) == ["q"], "the leftover %s was kept" % left

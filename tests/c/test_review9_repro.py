@@ -18,13 +18,14 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from support import procs as _procs
+from support.notmpfile import create_in_child as _create_in_child
+from support.notmpfile import no_tmpfile_env  # noqa: F401 (a fixture)
 from support.cseg import CAP, ffi, lib, mk, open_seg, seq_of
 from support.ctopic import GROUP, T, trec
 from support.futexwatch import (BOUND, CTRL_DATA_SEQ, CTRL_SPACE_SEQ, LONG_NS, SYS_FUTEX, WAIT_SPACE,
@@ -237,61 +238,6 @@ def test_unlink_does_not_remove_a_newer_segment_of_the_same_name(tmp_path):
 
 # ---------------------------------------------------------------------------
 # R4: without O_TMPFILE, a creator killed before its link leaves its temporary file
-
-_NO_TMPFILE_SHIM = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <stdarg.h>
-/* a filesystem without O_TMPFILE: open(dir, O_TMPFILE) fails as there */
-static int shim(const char *name, const char *p, int flags, va_list ap)
-{
-    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, name);
-    if ((flags & __O_TMPFILE) == __O_TMPFILE) {
-        errno = EOPNOTSUPP;
-        return -1;
-    }
-    return real(p, flags, va_arg(ap, int));
-}
-int open(const char *p, int flags, ...)
-{ va_list ap; va_start(ap, flags); int r = shim("open", p, flags, ap); va_end(ap); return r; }
-int open64(const char *p, int flags, ...)
-{ va_list ap; va_start(ap, flags); int r = shim("open64", p, flags, ap); va_end(ap); return r; }
-"""
-
-_CREATE_KILLED = r"""
-import sys
-sys.path.insert(0, %r)
-from support.cseg import create, lib
-if sys.argv[2]:
-    lib.fq_test_set_crash_point(sys.argv[2].encode(), 1)
-rc, q, err = create(sys.argv[1])
-sys.exit(3 if sys.argv[2] else rc)  # 3: not killed, the crash point was not reached
-"""
-
-
-def _create_in_child(path, point, env):
-    """fq_create(path) in a child process, made to die at the crash point (if
-    given); its exit status (9: died there, as a crash point exits)"""
-    support = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % support, str(path), point],
-                       env=env, timeout=120)
-    return r.returncode
-
-
-@pytest.fixture
-def no_tmpfile_env(tmp_path):
-    """the environment of a process on a filesystem without O_TMPFILE"""
-    cc = os.environ.get("CC", "cc")
-    shim_c = tmp_path / "shim.c"
-    shim_c.write_text(_NO_TMPFILE_SHIM)
-    shim = tmp_path / "shim.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(shim_c), "-ldl"], check=True)
-    # after what is preloaded already (the sanitizers' runtimes must come first)
-    pre = os.environ.get("LD_PRELOAD", "")
-    return dict(os.environ, LD_PRELOAD=(pre + " " + str(shim)).strip())
-
 
 def test_creator_killed_without_o_tmpfile_leaves_nothing(tmp_path, no_tmpfile_env):
     """A creator killed while building its named temporary file leaves it (a
