@@ -453,7 +453,15 @@ def open_guarded(path, attempts=20):
         libc.munmap(r, size)
         assert lib.fq_open(bpath, qq, err, 512) == 0, ffi.string(err)
         t = T(qq[0], path)
-        if ring_end(t) == r + size:
+        end = ring_end(t)
+        if end == r + size:
             return t
-        t.close()  # placed elsewhere: try again (the guard page stays, harmless)
+        # placed elsewhere (an allocator, ASan's for one, may have taken the
+        # hole): put a guard page right after the ring if nothing is there
+        g = libc.mmap(end, page, 0, 0x22 | 0x100000, -1, 0)  # + MAP_FIXED_NOREPLACE
+        if g == end:
+            return t
+        if g not in (None, ctypes.c_void_p(-1).value):
+            libc.munmap(g, page)  # a kernel without MAP_FIXED_NOREPLACE took it as a hint
+        t.close()  # try again (the first guard page stays, harmless)
     raise AssertionError("could not place a guard page after the ring")
