@@ -1427,7 +1427,12 @@ int fq_sub_filter(fq_sub *s, uint64_t key)
         others = i != s->m && (k == FQ_MEM_ACTIVE || k == FQ_MEM_ORPHAN) &&
                  atomic_load(&e->group) == s->g;
     }
-    if (others && atomic_load(&g->filter) != key)
+    /* A member joins the group first and states its filter after (here):
+     * another member may have joined and not stated its own yet, so 0 (no
+     * filter stated: keys are never 0) agrees with any key; the later of
+     * two members with different keys is refused, whichever it is. */
+    uint64_t have = atomic_load(&g->filter);
+    if (others && have != 0 && have != key)
         rc = FQ_EINUSE;
     else
         atomic_store(&g->filter, key);
