@@ -36,7 +36,8 @@ int open64(const char *p, int flags, ...)
 /* a creator that stops before its link, its temporary file complete */
 int link(const char *from, const char *to)
 {
-    int (*real)(const char *, const char *) = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "link");
+    typedef int (*link_fn)(const char *, const char *);
+    link_fn real = (link_fn)dlsym(RTLD_NEXT, "link");
     if (getenv("FQ_SHIM_STOP_AT_LINK"))
         raise(SIGSTOP);
     return real(from, to);
