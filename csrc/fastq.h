@@ -89,6 +89,18 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
 /* The same from a descriptor of the segment (the handle keeps a copy of
  * it; the caller keeps fd); path only names it in messages (may be NULL). */
 int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);
+/* A creation's temporary file: where the filesystem has no O_TMPFILE, a
+ * creator builds the segment as <path>.tmp-<pid>-<16 hex digits> and links
+ * it into place (fq_segment.c).  What the file at path is, by the rule the
+ * core's own sweep of such files follows (fq_segment.c, fq_tmp_kind):
+ * FQ_TMP_NONE, not a creation's temporary file (a name of another form, or
+ * a segment of its own that only has such a name: renamed or linked there);
+ * FQ_TMP_CREATING, one whose creator may be at work (its pid is there, or
+ * its creating lock is held); FQ_TMP_LEFTOVER, one a killed creator left,
+ * removed if remove (the probe and the removal are two steps: see
+ * fq_sweep_tmp).  Or -errno (-ENOENT: no such file). */
+enum { FQ_TMP_NONE = 0, FQ_TMP_CREATING = 1, FQ_TMP_LEFTOVER = 2 };
+int fq_tmp_file(const char *path, int remove);
 /* Release the slot (if any) and unmap.  The caller's contract: no other
  * call on q is in progress or starts (the handle, its two descriptors and
  * its mapping are gone; a call racing it could use a descriptor number the

@@ -13,7 +13,8 @@
  * is removed: one that a killed creator left (before the link, or between
  * the link and the removal: a second name of the segment) is removed by
  * the next creator of that path on such a filesystem, or by the next
- * opener of the segment if it has two names (fq_sweep_tmp).
+ * opener of the segment if it has two names (fq_sweep_tmp), or by
+ * `fastq gc` (fq_tmp_file).
  * An anonymous segment (path NULL) is a memfd: it has no name anywhere, so
  * it goes away with the last process that maps it or holds its fd, however
  * that process ends; children receive the fd.
@@ -291,31 +292,89 @@ static int fq_creating_lock(int fd, int cmd, short *type)
 }
 
 /*
- * Remove the temporary files of path that creators killed before they
- * removed them left behind: <base>.tmp-<pid>-<16 hex digits> whose creating
- * lock is free and whose pid is gone (kill: ESRCH).  Both: the lock goes
- * with the creator's last descriptor, but a creator takes it just after
- * its O_EXCL open, and its pid is there from before.  A pid reused since,
- * or another user's (EPERM), keeps the file: conservative.
+ * The temporary files of creations (no O_TMPFILE): a creator names its file
+ * <base>.tmp-<pid>-<16 hex digits> (fq_open_tmpfile) and holds its creating
+ * lock until it removes that name.  One that a creator killed before it
+ * removed it is a leftover: whose creating lock is free and whose pid is
+ * gone (kill: ESRCH).  Both: the lock goes with the creator's last
+ * descriptor, but a creator takes it just after its O_EXCL open, and its pid
+ * is there from before.  A pid reused since, or another user's (EPERM),
+ * keeps the file: conservative.
  *
- * The name alone does not make a file a leftover: a segment of its own may
- * have been created under such a name.  So a candidate is a regular file
- * (opened without following a symlink), and
- *   - same != NULL (an opener's sweep): the very file being opened
- *     (st_dev, st_ino of same), i.e. a second name of that segment;
- *   - same == NULL (a creator's sweep, before it creates path): not a
- *     finished segment of its own: its header was never completed (no
- *     magic: nobody can open it), or it is the temporary file of the
- *     creation its name records: creator_pid and salt in its header are the
- *     pid and hex of its name (fq_open_tmpfile names the file by its salt,
- *     written before the magic).  A segment created under such a name has
- *     a salt drawn when it was created, which the name, older, cannot carry
- *     (except by 2^-61 chance).  Only compared: whatever the file holds.
- * Best effort: whatever fails is left as it is.  Each name is unique (pid
- * and 61 random bits), so the name probed is the name removed, but the
- * probe and the unlinkat are two steps (no unlink-if-inode): a file put
- * under that very name between them is removed.
+ * The name alone does not make a file a creation's temporary file: a
+ * segment of its own may have been created, renamed or linked under such a
+ * name.  So it is one only if it is a regular file (opened without following
+ * a symlink) that is not a finished segment of its own: its header was
+ * never completed (no magic: nobody can open it), or it is the temporary
+ * file of the creation its name records: creator_pid and salt in its header
+ * are the pid and hex of its name (fq_open_tmpfile names the file by its
+ * salt, written before the magic).  A segment created, renamed or linked
+ * under such a name has a salt drawn when it was created, which the name
+ * cannot carry (except by 2^-61 chance, or by someone who read the header
+ * to name it so).  Only compared: whatever the file holds.  Who looks:
+ *   - an opener (same != NULL) only at the very file it opens (st_dev,
+ *     st_ino of same), i.e. a second name of that segment;
+ *   - a creator, before it creates path (same == NULL), at every file of
+ *     its base name; fq_tmp_file (operators' tools: fastq gc, ls, rm) at
+ *     the file it is given.
+ * fq_tmp_kind decides; fq_sweep_tmp and fq_tmp_file remove by it.  Best
+ * effort: whatever fails is left as it is.  Each name is unique (pid and 61
+ * random bits), so the name probed is the name removed, but the probe and
+ * the unlinkat are two steps (no unlink-if-inode): a file put under that
+ * very name between them is removed.
  */
+
+/* If the name n is <base>.tmp-<pid>-<16 hex digits> (base not empty): the
+ * length of its base, its pid and hex; else 0. */
+static size_t fq_tmp_name(const char *n, pid_t *pid, unsigned long long *hex)
+{
+    size_t len = strlen(n), i;
+    if (len < 5 + 1 + 1 + 16 + 1 || n[len - 17] != '-' ||
+        strspn(n + len - 16, "0123456789abcdef") != 16)
+        return 0;
+    for (i = len - 17; i > 0 && n[i - 1] >= '0' && n[i - 1] <= '9'; i--)
+        ;
+    if (i == len - 17 || len - 17 - i > 10 || i < 5 + 1 || strncmp(n + i - 5, ".tmp-", 5) != 0)
+        return 0;
+    errno = 0;
+    long p = strtol(n + i, NULL, 10);
+    if (errno || p <= 0 || p > INT_MAX)
+        return 0;
+    *pid = (pid_t)p;
+    *hex = strtoull(n + len - 16, NULL, 16);
+    return i - 5;
+}
+
+/* What the file n (named as fq_tmp_name accepts, with its pid and hex) of
+ * the directory dfd is (FQ_TMP_NONE, FQ_TMP_CREATING, FQ_TMP_LEFTOVER), by
+ * the rule above; or -errno if it cannot be opened. */
+static int fq_tmp_kind(int dfd, const char *n, pid_t pid, unsigned long long hex,
+                       const struct stat *same)
+{
+    int fd = openat(dfd, n, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ELOOP ? FQ_TMP_NONE : -errno; /* ELOOP: a symlink */
+    struct stat st;
+    int ours = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    if (ours && same)
+        ours = st.st_dev == same->st_dev && st.st_ino == same->st_ino;
+    if (ours) {
+        fq_ctrl h;
+        memset(&h, 0, sizeof h); /* a short file: what it lacks reads as 0 */
+        ours = pread(fd, &h, sizeof h, 0) >= 0 &&
+               (h.magic != FQ_MAGIC || (h.creator_pid == (uint64_t)pid && h.salt == hex));
+    }
+    int kind = ours ? FQ_TMP_CREATING : FQ_TMP_NONE;
+    short type = F_WRLCK;
+    if (ours && kill(pid, 0) != 0 && errno == ESRCH &&
+        fq_creating_lock(fd, F_OFD_GETLK, &type) == 0 && type == F_UNLCK)
+        kind = FQ_TMP_LEFTOVER;
+    close(fd);
+    return kind;
+}
+
+/* Remove the leftovers of path's creations (see above); same: as
+ * fq_tmp_kind's. */
 static void fq_sweep_tmp(const char *path, const struct stat *same)
 {
     char dir[PATH_MAX];
@@ -329,37 +388,37 @@ static void fq_sweep_tmp(const char *path, const struct stat *same)
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *n = de->d_name;
-        if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp-", 5) != 0)
+        pid_t pid;
+        unsigned long long hex;
+        if (fq_tmp_name(n, &pid, &hex) != blen || strncmp(n, base, blen) != 0)
             continue;
-        char *end;
-        errno = 0;
-        long pid = strtol(n + blen + 5, &end, 10);
-        if (errno || pid <= 0 || pid > INT_MAX || *end != '-' || strlen(end + 1) != 16 ||
-            strspn(end + 1, "0123456789abcdef") != 16)
-            continue;
-        unsigned long long hex = strtoull(end + 1, NULL, 16);
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-            continue; /* its creator (or a namesake) is there */
-        int fd = openat(dirfd(d), n, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        struct stat st;
-        int leftover = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-        if (leftover && same)
-            leftover = st.st_dev == same->st_dev && st.st_ino == same->st_ino;
-        else if (leftover) {
-            fq_ctrl h;
-            memset(&h, 0, sizeof h); /* a short file: what it lacks reads as 0 */
-            leftover = pread(fd, &h, sizeof h, 0) >= 0 &&
-                       (h.magic != FQ_MAGIC ||
-                        (h.creator_pid == (uint64_t)pid && h.salt == hex));
-        }
-        short type = F_WRLCK;
-        if (leftover && fq_creating_lock(fd, F_OFD_GETLK, &type) == 0 && type == F_UNLCK)
+        if (kill(pid, 0) == 0 || errno != ESRCH)
+            continue; /* its creator (or a namesake) is there: not opened */
+        if (fq_tmp_kind(dirfd(d), n, pid, hex, same) == FQ_TMP_LEFTOVER)
             unlinkat(dirfd(d), n, 0);
-        close(fd);
     }
     closedir(d);
+}
+
+int fq_tmp_file(const char *path, int remove)
+{
+    char dir[PATH_MAX];
+    const char *base;
+    pid_t pid;
+    unsigned long long hex;
+    int rc = fq_dir_of(path, dir, &base);
+    if (rc != 0)
+        return rc;
+    if (!fq_tmp_name(base, &pid, &hex))
+        return FQ_TMP_NONE;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    rc = fq_tmp_kind(dfd, base, pid, hex, NULL);
+    if (rc == FQ_TMP_LEFTOVER && remove && unlinkat(dfd, base, 0) != 0)
+        rc = -errno;
+    close(dfd);
+    return rc;
 }
 
 /* An unnamed file in path's directory (O_TMPFILE), or, where the filesystem

@@ -58,6 +58,11 @@ cdef extern from "fastq.h" nogil:
                   char *err, size_t errlen)
     int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
     int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen)
+    enum:
+        FQ_TMP_NONE
+        FQ_TMP_CREATING
+        FQ_TMP_LEFTOVER
+    int fq_tmp_file(const char *path, int remove)
     void fq_close(fq_queue *q)
     int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     void *fq_claim_buf(fq_queue *q, fq_claim *c)

@@ -78,6 +78,27 @@ include "_members.pxi"
 include "_subjects.pxi"
 
 
+# what a creation's temporary file is (fq_tmp_file, fastq.h)
+TMP_NONE, TMP_CREATING, TMP_LEFTOVER = FQ_TMP_NONE, FQ_TMP_CREATING, FQ_TMP_LEFTOVER
+
+
+def tmp_file(str path, bint remove=False):
+    """What the file at path is, by the core's rule for the temporary files
+    of creations (fq_tmp_file): TMP_NONE (not one: another name, or a
+    segment of its own that only has such a name), TMP_CREATING (its
+    creator may be at work) or TMP_LEFTOVER (a killed creator's; removed if
+    remove).  OSError if it cannot be opened or removed."""
+    b = path.encode()
+    cdef const char *cp = b
+    cdef int rc
+    with nogil:
+        rc = fq_tmp_file(cp, remove)
+    if rc < 0:
+        import os
+        _raise_rc(rc, NULL, 0, os.strerror(-rc), path)
+    return rc
+
+
 def pid_alive(int pid, uint64_t start_time=0):
     """Whether process pid (with /proc start time, 0 = any) is alive."""
     return bool(fq_pid_alive(pid, start_time))

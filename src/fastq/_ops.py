@@ -13,14 +13,11 @@ import os
 import sys
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from . import _core
 from ._errors import SegmentError
 from ._naming import DEFAULT_DIR, segment_path
 
 __all__ = ["add_arguments", "main", "open_segment", "scan"]
-
-#: the suffix of a file a creator writes before linking it into place, on
-#: filesystems without O_TMPFILE (fq_segment.c): "<name>.tmp-<pid>-<hex>"
-_TMP_MARK = ".tmp-"
 
 
 def _dir(args: argparse.Namespace) -> str:
@@ -48,23 +45,50 @@ def scan(directory: str) -> Iterator[Tuple[str, Any, Optional[str]]]:
     """(path, handle or None, error or None) of every regular file of
     directory that is a fastq segment, or that a fastq segment's error
     names (a file of another layout version, a damaged one); files that
-    are not segments at all are left out."""
+    are not segments at all are left out, and so is the temporary file of
+    a creation (see _creation_tmp): a segment that only has such a name (renamed
+    or linked there) is listed."""
+    for path in _files(directory):
+        try:
+            if _creation_tmp(path):
+                continue
+            yield path, open_segment(path), None
+        except SegmentError as e:
+            if "not a fastq segment" in str(e) or "smaller than a segment header" in str(e):
+                continue  # some other program's file
+            yield path, None, str(e)
+        except FileNotFoundError:
+            continue  # removed since the listing (a creator's temporary name, ...)
+        except OSError as e:  # unreadable (another user's)
+            yield path, None, f"{type(e).__name__}: {e}"
+
+
+def _files(directory: str) -> Iterator[str]:
+    """The paths of the regular files of directory (no symlinks), sorted."""
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return
     for n in names:
         path = os.path.join(directory, n)
-        if not os.path.isfile(path) or os.path.islink(path) or _TMP_MARK in n:
-            continue
-        try:
-            yield path, open_segment(path), None
-        except SegmentError as e:
-            if "not a fastq segment" in str(e) or "smaller than a segment header" in str(e):
-                continue  # some other program's file
-            yield path, None, str(e)
-        except OSError as e:  # unreadable (another user's), vanished
-            yield path, None, f"{type(e).__name__}: {e}"
+        if os.path.isfile(path) and not os.path.islink(path):
+            yield path
+
+
+def _creation_tmp(path: str) -> int:
+    """What the file at path is by the core's rule for the temporary files
+    of creations (fastq._core.tmp_file, fq_tmp_file in fq_segment.c, the
+    rule of the core's own sweep): 0 (TMP_NONE) if it is none: a name of
+    another form, or a segment of its own that only has a name of the form
+    <name>.tmp-<pid>-<16 hex digits>; else TMP_CREATING or TMP_LEFTOVER.
+    A file that cannot be read counts as none (whoever opens it next says
+    why); FileNotFoundError if it is gone."""
+    try:
+        return int(_core.tmp_file(path))
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return int(_core.TMP_NONE)
 
 
 # ---- formatting -----------------------------------------------------------
@@ -214,73 +238,99 @@ def cmd_rm(args: argparse.Namespace) -> int:
     rc = 0
     for name in args.names:
         path = _resolve(name, args)
+        try:
+            tmp = _creation_tmp(path)
+        except FileNotFoundError:
+            tmp = _core.TMP_NONE  # said below
+        if tmp == _core.TMP_CREATING and not args.force:
+            print(f"fastq rm: {name}: the temporary file of a creation in progress (not "
+                  "removed; --force removes any file)", file=sys.stderr)
+            rc = 1
+            continue
+        if tmp == _core.TMP_LEFTOVER:  # not a segment (yet), but fastq's: removed
+            try:
+                if _core.tmp_file(path, remove=True) != _core.TMP_LEFTOVER:
+                    raise OSError(f"{path} changed: not removed")
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                print(f"fastq rm: {name}: {e}", file=sys.stderr)
+                rc = 1
+            continue
         seg, err = _open_named(name, args)
         if seg is None and not args.force:
             print(f"fastq rm: {err} (not removed; --force removes any file)", file=sys.stderr)
             rc = 1
             continue
-        if seg is not None:
-            seg.close()
         try:
-            os.unlink(path)
+            if seg is not None:
+                with seg:
+                    seg.unlink()  # the file validated, not one put under its name since
+            else:
+                os.unlink(path)
         except OSError as e:
             print(f"fastq rm: {name}: {e}", file=sys.stderr)
             rc = 1
     return rc
 
 
-def _gc_candidates(directory: str) -> Iterator[Tuple[str, str]]:
-    """(path, why) of what ``fastq gc`` removes: a segment marked temporary
-    that no live process is attached to, and a creator's leftover file
-    (named but never linked: no process has it open)."""
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    for n in names:
-        path = os.path.join(directory, n)
-        if not os.path.isfile(path) or os.path.islink(path):
+def _gc(directory: str, remove: bool) -> Iterator[Tuple[str, str, Optional[str]]]:
+    """(path, why, error or None) of each file ``fastq gc`` removes (if
+    remove; else would remove): a segment marked temporary that no live
+    process is attached to, and the temporary file a killed creator left
+    (by the core's rule, see _creation_tmp: never by its name alone).  A
+    creation in progress, and whatever cannot be read, are left alone.
+    Temporary files first, before any segment is opened: opening a segment
+    that has a second name lets the core sweep that name if it is a killed
+    creator's leftover (fq_sweep_tmp), which a dry run must still list."""
+    segments = []
+    for path in _files(directory):
+        try:
+            tmp = _creation_tmp(path)
+        except FileNotFoundError:
             continue
-        if _TMP_MARK in n:
-            pid = n.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                yield path, f"unfinished creation by pid {pid}, which is gone"
+        if tmp == _core.TMP_NONE:
+            segments.append(path)
+        if tmp != _core.TMP_LEFTOVER:
             continue
+        why = "the temporary file of a creation whose creator is gone"
+        try:
+            if remove and _core.tmp_file(path, remove=True) != _core.TMP_LEFTOVER:
+                continue  # changed since: judged again by the next gc
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            yield path, why, str(e)
+            continue
+        yield path, why, None
+    for path in segments:
         try:
             seg = open_segment(path)
         except (SegmentError, OSError, ValueError):
             continue
         with seg:
             s = seg.stats()
-        if s.temporary and s.processes == 0:
-            yield path, "temporary, no process attached"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            if not (s.temporary and s.processes == 0):
+                continue
+            why = "temporary, no process attached"
+            try:
+                if remove:
+                    seg.unlink()  # the file judged, not one put under its name since
+            except OSError as e:
+                yield path, why, str(e)
+                continue
+            yield path, why, None
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    found = list(_gc_candidates(_dir(args)))
-    rc = 0
-    for path, why in found:
-        if args.dry_run:
-            print(f"would remove {path}: {why}")
-            continue
-        try:
-            os.unlink(path)
-            print(f"removed {path}: {why}")
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            print(f"fastq gc: {path}: {e}", file=sys.stderr)
+    rc, found = 0, False
+    for path, why, err in _gc(_dir(args), remove=not args.dry_run):
+        found = True
+        if err is not None:
+            print(f"fastq gc: {path}: {err}", file=sys.stderr)
             rc = 1
+        else:
+            print(f"{'would remove' if args.dry_run else 'removed'} {path}: {why}")
     if not found:
         print(f"nothing to collect in {_dir(args)}")
     return rc
@@ -335,17 +385,22 @@ def add_arguments(sub: Any) -> None:
 
     p = subcommand(sub, "rm", cmd_rm, "remove segments",
                    "Remove the named segment files.  Processes attached keep using them "
-                   "until they close.  A file that is not a valid segment is left alone "
-                   "unless --force.")
+                   "until they close.  A file that is not a valid segment, or the temporary "
+                   "file of a creation in progress, is left alone unless --force; a killed "
+                   "creator's temporary file is removed (see fastq gc).")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--force", action="store_true", help="remove even what is not a segment")
 
     p = subcommand(sub, "gc", cmd_gc, "remove temporary segments nobody uses",
                    "Remove, from the directory, the segments created with temporary=True "
-                   "that no live process is attached to, and files left by a creator killed "
-                   "before its segment got its name.  Nothing else: a named segment without "
-                   "the temporary mark is never removed (use fastq rm).  Anonymous segments "
-                   "have no file: they go away by themselves.")
+                   "that no live process is attached to, and the temporary files "
+                   "(<name>.tmp-<pid>-<hex>, filesystems without O_TMPFILE) of creators "
+                   "killed before they removed them: told by their header (never completed, "
+                   "or the creation their name records), their creator gone and their "
+                   "creating lock free, never by the name alone.  Nothing else: a named "
+                   "segment without the temporary mark is never removed (use fastq rm), nor "
+                   "is a creation in progress.  Anonymous segments have no file: they go "
+                   "away by themselves.")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
 
     p = subcommand(sub, "check", cmd_check, "check a segment's consistency (exit 0 or 1)",

@@ -120,6 +120,23 @@ def test_opening_a_hard_linked_segment_leaves_other_segments_alone(tmp_path):
     assert os.path.exists(other), "opening q removed another segment"
 
 
+def test_opening_a_segment_leaves_a_second_name_that_only_looks_temporary(tmp_path):
+    """A second name of the very segment opened, of the form of its own
+    temporary file with a dead pid, that its creation never had (its header
+    records another pid and salt: given by hand, ln): the opener's sweep
+    leaves it, as the creator's sweep and fastq gc do (one rule, fq_tmp_kind)."""
+    q = tmp_path / "q"
+    rc, a, err = create(q)
+    assert rc == 0, err
+    second = tmp_path / ("q.tmp-%d-%016x" % (_dead_pid(), 0x0123456789abcdef))
+    os.link(q, second)
+    rc, c, err = open_seg(q)
+    assert rc == 0, err
+    for h in (a, c):
+        lib.fq_close(h)
+    assert os.path.exists(second), "opening q removed a name its creation never had"
+
+
 def test_unlink_after_close_leaves_a_newer_segment_with_the_same_inode(tmp_path):
     name = str(tmp_path / "q")
     old = fastq.Queue(name)

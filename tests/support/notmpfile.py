@@ -1,7 +1,9 @@
 """A process on a filesystem without O_TMPFILE (an LD_PRELOAD shim that fails
 open(dir, O_TMPFILE) as such a filesystem does), creating a segment in a child
 process that may be made to die at a crash point: the named temporary file
-path of fq_segment.c (review 9, R4; review 10)."""
+path of fq_segment.c (review 9, R4; review 10); or stopped (SIGSTOP) just before
+it links its complete temporary file into place: a creation in progress
+(FQ_SHIM_STOP_AT_LINK in its environment)."""
 
 import os
 import subprocess
@@ -14,7 +16,9 @@ _NO_TMPFILE_SHIM = r"""
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdlib.h>
 /* a filesystem without O_TMPFILE: open(dir, O_TMPFILE) fails as there */
 static int shim(const char *name, const char *p, int flags, va_list ap)
 {
@@ -29,6 +33,15 @@ int open(const char *p, int flags, ...)
 { va_list ap; va_start(ap, flags); int r = shim("open", p, flags, ap); va_end(ap); return r; }
 int open64(const char *p, int flags, ...)
 { va_list ap; va_start(ap, flags); int r = shim("open64", p, flags, ap); va_end(ap); return r; }
+/* a creator that stops before its link, its temporary file complete */
+int link(const char *from, const char *to)
+{
+    typedef int (*link_fn)(const char *, const char *);
+    link_fn real = (link_fn)dlsym(RTLD_NEXT, "link");
+    if (getenv("FQ_SHIM_STOP_AT_LINK"))
+        raise(SIGSTOP);
+    return real(from, to);
+}
 """
 
 _CREATE_KILLED = r"""
@@ -49,6 +62,18 @@ def create_in_child(path, point, env):
     r = subprocess.run([sys.executable, "-c", _CREATE_KILLED % support, str(path), point],
                        env=env, timeout=120)
     return r.returncode
+
+
+def creator_stopped_at_link(path, env):
+    """A child process (Popen) creating path on a filesystem without
+    O_TMPFILE, stopped (SIGSTOP) once its temporary file is complete, just
+    before it links it into place; SIGCONT lets it finish (exit status 0)."""
+    support = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-c", _CREATE_KILLED % support, str(path), ""],
+                         env=dict(env, FQ_SHIM_STOP_AT_LINK="1"))
+    _pid, status = os.waitpid(p.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), "the creator ended before its link (status %d)" % status
+    return p
 
 
 @pytest.fixture
