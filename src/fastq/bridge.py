@@ -20,9 +20,13 @@ at-least-once across the bridge:
   locally whose ack was lost comes back (``num_delivered`` > 1): while the same
   bridge runs it is recognised by its stream sequence and only acked again; a
   bridge killed between a local put and its ack puts those messages (at most one
-  fetch batch) again after its restart.  fastq deliveries carry no attempt count
-  and messages no headers, so the redelivery count is counted in
-  :attr:`BridgeStats.redelivered`, not carried into the local message.
+  fetch batch) again after its restart.  Into a queue, JetStream's delivery
+  count (``num_delivered``) becomes the local message's first attempt: a
+  message JetStream delivered twice is received with
+  :attr:`fastq.Delivery.attempt` 2, then 3 after a local nack.  A topic keeps
+  attempts per subscription, not per message: there a message starts at
+  attempt 1 (the redelivery is counted in :attr:`BridgeStats.redelivered`
+  either way).  Messages carry no headers across.
 
 Payloads cross the bridge unchanged: open the local queue or topic with
 ``serializer="raw"`` in the bridge (the producers and consumers on either side
@@ -665,8 +669,9 @@ class Inbound(_Bridge):
                 if topic:
                     target.publish(m.data, block, slice_s if block else None,
                                    subject=self.local_subject(m.subject))
-                else:
-                    target.put(m.data, block, slice_s if block else None)
+                else:  # JetStream's deliveries so far are the local first attempt
+                    target._put_attempt(m.data, m.metadata.num_delivered or 1, block,
+                                        slice_s if block else None)
             except Full:
                 return i
             except Exception as e:

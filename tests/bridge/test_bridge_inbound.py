@@ -1,0 +1,86 @@
+"""fastq.bridge.Inbound against a real nats-server: JetStream's redelivery
+count carried into the local delivery's attempt, and messages the bridge cannot
+put locally (their subject is not a valid fastq subject) skipped, counted and
+terminated on JetStream instead of stopping the bridge."""
+from __future__ import annotations
+
+import fastq
+
+from support.natsserver import _stream
+from support.waiting import wait_for
+
+
+def _bridge():
+    from fastq import bridge  # noqa: PLC0415 - needs nats-py; the fixture checked it
+    return bridge
+
+
+def _nak_once(url, stream, subject, durable, payloads):
+    """Publish payloads, then fetch each once through the durable pull
+    consumer Inbound will use and nak it: JetStream delivers them again
+    with num_delivered == 2."""
+    bridge = _bridge()
+
+    async def go(js):
+        from nats.js import api  # noqa: PLC0415
+        await bridge.ensure_stream(js, stream, [subject])
+        for p in payloads:
+            await js.publish(subject, p)
+        sub = await js.pull_subscribe(subject, durable=durable, stream=stream,
+                                      config=api.ConsumerConfig(ack_wait=30))
+        got = []
+        while len(got) < len(payloads):
+            got += await sub.fetch(len(payloads) - len(got), timeout=5)
+        assert [m.metadata.num_delivered for m in got] == [1] * len(payloads)
+        for m in got:
+            await m.nak()
+    _stream(url, go)
+
+
+def test_redelivery_count_becomes_the_local_attempt(nats_server, tmp_path):
+    """Delivered twice by JetStream (nak'd once): attempt 2 locally, and 3
+    after a local nack; a fresh message after them: attempt 1."""
+    bridge = _bridge()
+    _nak_once(nats_server.url, "ATT", "att.x", "far", [b"m0", b"m1"])
+
+    async def more(js):
+        await js.publish("att.x", b"fresh")
+    _stream(nats_server.url, more)
+    q = fastq.Queue(str(tmp_path / "q"), serializer="raw")
+    inb = bridge.Inbound("att.x", q, durable="far", servers=nats_server.url,
+                         stream="ATT", batch=8).start()
+    try:
+        got = []
+        for _ in range(3):
+            d = q.receive(timeout=30)
+            got.append((d.value, d.attempt, d.redelivered))
+            if d.value == b"m0":
+                d.nack()
+                d = q.receive(timeout=30)
+                got.append((d.value, d.attempt, d.redelivered))
+            d.ack()
+        wait_for(lambda: inb.stats().acked >= 3, timeout=30, what="the bridge acked all")
+    finally:
+        inb.stop()
+    assert got == [(b"m0", 2, False), (b"m0", 3, True), (b"m1", 2, False), (b"fresh", 1, False)]
+    assert inb.stats().redelivered == 2 and inb.stats().forwarded == 3
+    assert q.unfinished() == 0
+
+
+def test_into_a_topic_the_attempt_starts_at_1(nats_server, tmp_path):
+    """A topic keeps attempts per subscription, not per message: a message
+    JetStream redelivered arrives in a topic with attempt 1 (documented)."""
+    bridge = _bridge()
+    _nak_once(nats_server.url, "ATT", "att.t", "far", [b"t0"])
+    t = fastq.Topic(str(tmp_path / "t"), serializer="raw")
+    sub = t.subscribe("earliest", name="s")
+    inb = bridge.Inbound("att.t", t, durable="far", servers=nats_server.url,
+                         stream="ATT").start()
+    try:
+        d = sub.receive(timeout=30)
+        assert (d.value, d.attempt) == (b"t0", 1)
+        d.ack()
+        wait_for(lambda: inb.stats().acked >= 1, timeout=30, what="the bridge acked it")
+    finally:
+        inb.stop()
+    assert inb.stats().redelivered == 1
