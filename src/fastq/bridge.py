@@ -40,11 +40,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import random
 import threading
 from typing import Any, Deque, Optional, Sequence, Union
 
-from ._errors import Empty, Full, ShutDown
+from . import _core
+from ._errors import Empty, Full, MessageTooLarge, ShutDown
 from ._queue import Queue, RawSerializer
 from ._topic import Subscription, Topic
 
@@ -55,6 +57,8 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 QUEUE_INFLIGHT = 1024
 #: most stream sequences an Inbound remembers as put locally but not acked
 _COMMITTED_MAX = 1 << 16
+
+_log = logging.getLogger("fastq.bridge")
 
 #: test hook, as FQ_CRASH_POINT in the C core: (point name, n); the process
 #: exits with os._exit(9) the n-th time it passes that point
@@ -106,6 +110,13 @@ class BridgeStats:
     followed by a reconnection."""
     reconnects: int = 0
     """Connections made after the first one."""
+    rejected: int = 0
+    """Inbound: messages that cannot be put locally (a JetStream subject
+    that is not a valid fastq subject, a payload larger than the local
+    ``max_message``), each logged on the ``fastq.bridge`` logger and
+    terminated on JetStream (AckTerm: never redelivered; the stream keeps it
+    under limits retention, found by the sequence logged), not put; the
+    bridge goes on with the next message."""
     last_error: str = ""
     """The most recent failure, as text."""
 
@@ -657,26 +668,70 @@ class Inbound(_Bridge):
             return subject[len(pre) + 1:]
         return None if pre else subject
 
-    def _put(self, msgs: list, slice_s: float) -> int:
+    def _put(self, msgs: list, slice_s: float, rejects: list) -> int:
         """Put the messages' payloads in order (into a topic with their local
-        subject); returns how many were put before the local queue stayed
-        full for slice_s seconds (0: not at all, no wait)."""
+        subject); returns how many were done (put, or appended to rejects
+        with the reason when they cannot be put at all) before the local
+        queue stayed full for slice_s seconds (0: not at all, no wait)."""
         target = self._target  # the compiled handle: put (queue) or publish (topic) of raw bytes
         block = slice_s > 0
+        timeout = slice_s if block else None
         topic = isinstance(target, Topic)
         for i, m in enumerate(msgs):
+            subject = None
             try:
                 if topic:
-                    target.publish(m.data, block, slice_s if block else None,
-                                   subject=self.local_subject(m.subject))
+                    subject = self.local_subject(m.subject)
+                    target.publish(m.data, block, timeout, subject=subject)
                 else:  # JetStream's deliveries so far are the local first attempt
-                    target._put_attempt(m.data, m.metadata.num_delivered or 1, block,
-                                        slice_s if block else None)
+                    target._put_attempt(m.data, m.metadata.num_delivered or 1, block, timeout)
             except Full:
                 return i
+            except MessageTooLarge as e:  # this message only: the next may fit
+                rejects.append((m, e))
+            except ValueError as e:
+                # a subject fastq refuses (too long, an empty token...) is
+                # this message's; any other ValueError (a closed handle) is
+                # the bridge's
+                why = self._bad_subject(subject)
+                if why is None:
+                    raise _LocalFailure() from e
+                rejects.append((m, why))
             except Exception as e:
                 raise _LocalFailure() from e
         return len(msgs)
+
+    @staticmethod
+    def _bad_subject(subject: Optional[str]) -> Optional[ValueError]:
+        """Why subject is not one a topic takes (None: it is, or no subject)."""
+        if subject is None:
+            return None
+        try:
+            _core.check_subject(subject, False)
+        except ValueError as e:
+            return e
+        return None
+
+    async def _reject(self, rejects: list) -> None:
+        """Terminate messages that cannot be put (BridgeStats.rejected)."""
+        for m, why in rejects:
+            md = m.metadata
+            _log.warning("fastq.bridge: JetStream message %s/%d (subject %.80r) not put into %s: "
+                         "%s; terminated, not redelivered", md.stream, md.sequence.stream,
+                         m.subject, getattr(self._target, "path", "the local target"), why)
+            await m.term()
+        if rejects:
+            with self._lock:
+                self._stats.rejected += len(rejects)
+                self._stats.last_error = f"{type(rejects[-1][1]).__name__}: {rejects[-1][1]}"
+
+    def _settle_put(self, done: list, rejects: list) -> None:
+        """Remember the messages just put (not the rejected) as committed."""
+        skip = {id(m) for m, _ in rejects}
+        for m in done:
+            if id(m) not in skip:
+                self._committed[m.metadata.sequence.stream] = None
+        self._count(forwarded=len(done) - len(skip))
 
     async def _session(self, nc: Any, js: Any) -> None:
         from nats import errors as nerrors  # noqa: PLC0415
@@ -710,17 +765,15 @@ class Inbound(_Bridge):
             self._count(duplicates=len(again))
             # a put that need not wait costs microseconds: on the loop; the
             # rest waits for room in the executor's thread
-            done = self._put(fresh, 0)
-            for m in fresh[:done]:
-                self._committed[m.metadata.sequence.stream] = None
-            self._count(forwarded=done)
+            rejects: list = []
+            done = self._put(fresh, 0, rejects)
+            self._settle_put(fresh[:done], rejects)
             while done < len(fresh):
+                had = len(rejects)
                 n = await loop.run_in_executor(self._executor, self._put, fresh[done:],
-                                               slice_s)
-                for m in fresh[done:done + n]:
-                    self._committed[m.metadata.sequence.stream] = None
+                                               slice_s, rejects)
+                self._settle_put(fresh[done:done + n], rejects[had:])
                 done += n
-                self._count(forwarded=n)
                 if done < len(fresh):
                     if self._stopping.is_set():  # give the rest back at once
                         await asyncio.gather(*(m.nak() for m in fresh[done:]))
@@ -731,8 +784,10 @@ class Inbound(_Bridge):
             while len(self._committed) > _COMMITTED_MAX:
                 self._committed.popitem(last=False)
             _crash_point("committed")
+            await self._reject(rejects)
             # double ack: each ack waits for the server's confirmation
-            put = again + fresh[:done]
+            skip = {id(m) for m, _ in rejects}
+            put = again + [m for m in fresh[:done] if id(m) not in skip]
             await asyncio.gather(*(m.ack_sync(timeout=self._ack_timeout) for m in put))
             for m in put:
                 self._committed.pop(m.metadata.sequence.stream, None)

@@ -4,6 +4,8 @@ put locally (their subject is not a valid fastq subject) skipped, counted and
 terminated on JetStream instead of stopping the bridge."""
 from __future__ import annotations
 
+import time
+
 import fastq
 
 from support.natsserver import _stream
@@ -84,3 +86,48 @@ def test_into_a_topic_the_attempt_starts_at_1(nats_server, tmp_path):
     finally:
         inb.stop()
     assert inb.stats().redelivered == 1
+
+
+def test_a_message_that_cannot_be_put_is_terminated_and_skipped(nats_server, tmp_path, caplog):
+    """A JetStream subject longer than a fastq subject may be (255 bytes) and
+    a payload larger than the topic's max_message: each is counted, logged
+    and terminated on JetStream (never redelivered); the messages around
+    them arrive, in order, and the bridge keeps running."""
+    bridge = _bridge()
+    long_subject = "bad." + "x" * 300
+    big = b"B" * 5000
+    sent = [("bad.a", b"0"), (long_subject, b"1"), ("bad.b", b"2"), ("bad.c", big),
+            ("bad.d", b"3")]
+
+    async def fill(js):
+        await bridge.ensure_stream(js, "BAD", ["bad.>"])
+        for subj, p in sent:
+            await js.publish(subj, p)
+    _stream(nats_server.url, fill)
+    t = fastq.Topic(str(tmp_path / "t"), capacity=1 << 14, max_message=4096, serializer="raw")
+    sub = t.subscribe("earliest", name="s")
+    inb = bridge.Inbound("bad.>", t, durable="far", servers=nats_server.url, stream="BAD",
+                         batch=2, ack_wait=1.0).start()
+    try:
+        got = []
+        for _ in range(3):
+            d = sub.receive(timeout=30)
+            got.append((d.subject, d.value))
+            d.ack()
+        wait_for(lambda: inb.stats().acked + inb.stats().rejected >= 5, timeout=30,
+                 what="every message settled")
+        assert inb.error is None and inb._thread.is_alive()
+        time.sleep(1.5)  # past ack_wait: a message left unacked would come again
+    finally:
+        inb.stop()
+    assert got == [("a", b"0"), ("b", b"2"), ("d", b"3")]
+    st = inb.stats()
+    assert (st.forwarded, st.acked, st.rejected, st.redelivered) == (3, 3, 2, 0)
+    assert "subject" in st.last_error or "large" in st.last_error.lower()
+
+    async def pending(js):
+        ci = await js.consumer_info("BAD", "far")
+        return ci.num_ack_pending, ci.num_redelivered, ci.num_pending
+    assert _stream(nats_server.url, pending) == (0, 0, 0)
+    logged = [r.getMessage() for r in caplog.records if r.name == "fastq.bridge"]
+    assert len(logged) == 2 and all("BAD" in m for m in logged), logged
