@@ -377,6 +377,11 @@ class Outbound(_Bridge):
         if max_inflight is not None:
             window = max(1, max_inflight if self._batches else min(window, max_inflight))
         self._source, self._window = source, window
+        # hysteresis: the session takes more once this many publishes of the
+        # window are free, from a queue in batches of at most this many (so
+        # the oldest batch is acked while the newest are in flight, instead
+        # of the window draining to zero before each refill)
+        self._refill = max(1, window // 4) if self._batches else 1
         self._subject, self._stream = subject, stream
         self._stream_opts = (duplicate_window, retention)
         self._ack_timeout = ack_timeout
@@ -434,10 +439,11 @@ class Outbound(_Bridge):
             subj = d.subject  # a topic message's subject goes under the bridge's
             return [[d, d.value, self._msg_id(d.position), None, 0.0,
                      self._subject if subj is None else f"{self._subject}.{subj}"]]
-        b = self._source.receive_many(room, block, timeout)
+        b = self._source.receive_many(min(room, self._refill), block, timeout)
         if b.redelivered:
             self._count(redelivered=len(b))
-        entries = [[None, v, self._msg_id(p), None, 0.0, self._subject]
+        pre, suf, subject = self._id_prefix, self._id_suffix, self._subject
+        entries = [[None, v, f"{pre}{p:x}{suf}", None, 0.0, subject]
                    for v, p in zip(b.values, b.positions)]
         entries[-1][0] = b
         return entries
@@ -472,16 +478,22 @@ class Outbound(_Bridge):
 
     # ---- the JetStream side ---------------------------------------------------
 
-    async def _publish(self, js: Any, entry: list) -> None:
-        entry[3] = await js.publish_async(entry[5], entry[1],
-                                          headers={"Nats-Msg-Id": entry[2]})
-        entry[4] = self._loop.time()  # type: ignore[union-attr]
-        self._more.set()  # type: ignore[union-attr]
+    async def _publish(self, js: Any, entries: Any) -> None:
+        """Publish entries (appended to _unconfirmed already), in order.  The
+        hot loop of the bridge: one nats-py call per message and little else."""
+        publish, more = js.publish_async, self._more
+        assert more is not None and self._loop is not None
+        clock = self._loop.time
+        for entry in entries:
+            entry[3] = await publish(entry[5], entry[1], headers={"Nats-Msg-Id": entry[2]})
+            entry[4] = clock()  # for the watchdog
+            more.set()  # _confirm may wait for this one
 
     async def _confirm(self) -> None:
         """Ack the local deliveries JetStream confirmed, oldest first."""
         more, settled = self._more, self._settled
         assert more is not None and settled is not None
+        low = self._window - self._refill
         try:
             while True:
                 while not self._unconfirmed or self._unconfirmed[0][3] is None:
@@ -489,10 +501,13 @@ class Outbound(_Bridge):
                     await more.wait()
                 entry = self._unconfirmed[0]
                 ack = await entry[3]  # the watchdog bounds the wait
-                _crash_point("confirmed")
+                if _CRASH_AT is not None:
+                    _crash_point("confirmed")
                 self._unconfirmed.popleft()
+                if len(self._unconfirmed) <= low:  # room for a refill: wake the session
+                    settled.set()
                 acked = 0
-                if entry[0] is not None:  # a delivery (or a batch) is settled: room to take more
+                if entry[0] is not None:  # a delivery (or a batch) is settled
                     try:
                         entry[0].ack()
                     except Exception as e:
@@ -537,31 +552,30 @@ class Outbound(_Bridge):
         confirm = asyncio.ensure_future(self._confirm())
         watchdog = asyncio.ensure_future(self._watchdog(confirm))
         try:
-            for entry in self._unconfirmed:  # left by the last connection: same ids
-                await self._publish(js, entry)
+            await self._publish(js, list(self._unconfirmed))  # left by the last connection: same ids
             self._count(forwarded=len(self._unconfirmed))
             while not self._stopping.is_set():
                 self._check(confirm)
                 if nc.is_closed:
                     raise ConnectionError("the connection to the NATS server was lost")
                 room = self._window - len(self._unconfirmed)
-                batch = self._take(room) if room > 0 and not self._source_done else []
+                batch = (self._take(room) if room >= self._refill and not self._source_done
+                         else [])
                 if not batch:
                     if self._unconfirmed or self._source_done:
                         # the window is full, or the source is empty while
                         # publishes are in flight: wait for an ack (_confirm
                         # sets it when it acks or ends), or poll again soon
                         settled.clear()
-                        poll = loop.call_later(0.002 if room > 0 and not self._source_done
-                                               else 0.5, settled.set)
+                        poll = loop.call_later(0.002 if room >= self._refill
+                                               and not self._source_done else 0.5, settled.set)
                         await settled.wait()
                         poll.cancel()
                         continue
                     batch = await loop.run_in_executor(self._executor, self._wait_one,
                                                        max(room, 1))
-                for entry in batch:
-                    self._unconfirmed.append(entry)
-                    await self._publish(js, entry)
+                self._unconfirmed.extend(batch)
+                await self._publish(js, batch)
                 self._count(forwarded=len(batch))
             # stopping: let what is in flight be confirmed, within ack_timeout
             end = loop.time() + self._ack_timeout
