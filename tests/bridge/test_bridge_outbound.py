@@ -1,0 +1,38 @@
+"""fastq.bridge.Outbound's own publish pipeline (publishes with a reply inbox,
+acks settled oldest first) against a real nats-server: a publish no stream
+takes is an error the bridge retries, without acking anything locally."""
+from __future__ import annotations
+
+import fastq
+
+from support.natsserver import _stream, stream_payloads
+from support.waiting import wait_for
+
+
+def _bridge():
+    from fastq import bridge  # noqa: PLC0415 - needs nats-py; the fixture checked it
+    return bridge
+
+
+def test_a_publish_no_stream_takes_is_retried_until_one_does(nats_server, tmp_path):
+    bridge = _bridge()
+    src = fastq.Queue(str(tmp_path / "src"), serializer="raw")
+    want = [b"m%d" % i for i in range(10)]
+    src.put_many(want)
+    out = bridge.Outbound(src, "nostream.x", servers=nats_server.url,
+                          backoff=(0.05, 0.2)).start()
+    try:
+        wait_for(lambda: out.stats().errors >= 2, timeout=30, what="failed publishes")
+        st = out.stats()
+        assert "no JetStream stream took the publish" in st.last_error, st
+        assert st.acked == 0 and src.unfinished() == 10  # nothing settled locally
+        assert out.error is None  # a failure on the server's side: retried, not fatal
+
+        async def create(js):
+            await bridge.ensure_stream(js, "NOSTREAM", ["nostream.x"])
+        _stream(nats_server.url, create)
+        wait_for(lambda: out.stats().acked == 10, timeout=30, what="all acked once a stream exists")
+    finally:
+        out.stop()
+    assert stream_payloads(nats_server.url, "NOSTREAM") == want
+    assert src.unfinished() == 0 and out.stats().duplicates == 0
