@@ -393,7 +393,8 @@ class Outbound(_Bridge):
         # messages taken locally, not yet confirmed by JetStream, in order:
         # [what to settle once this one is confirmed (its Delivery, the
         # Deliveries of a batch on its last message, else None), payload,
-        # msg id, publish future or None, loop time of the publish, subject]
+        # msg id, state (None: not published on this connection, _SENT,
+        # _STORED, _DUPLICATE), loop time of the publish, subject]
         self._unconfirmed: Deque[list] = collections.deque()
         self._settled: Optional[asyncio.Event] = None   # wakes the session: acks, room or failure
         self._executor: Any = None
