@@ -15,12 +15,13 @@ at-least-once across the bridge:
   message again from the local queue, publishes it again under the same id, and
   the stream drops it as a duplicate (within the stream's duplicate window,
   default 2 minutes; after it, it is stored twice).
-* inbound, a JetStream message is acked (double ack: ``ack_sync`` waits for the
-  server's confirmation) only after the local put returned.  A message committed
-  locally whose ack was lost comes back (``num_delivered`` > 1): while the same
-  bridge runs it is recognised by its stream sequence and only acked again; a
-  bridge killed between a local put and its ack puts those messages (at most one
-  fetch batch) again after its restart.  Into a queue, JetStream's delivery
+* inbound, a JetStream message is acked (double ack: the bridge waits for the
+  server's confirmation, as ``ack_sync`` does) only after the local put
+  returned.  A message committed locally whose ack was lost comes back
+  (``num_delivered`` > 1): while the same bridge runs it is recognised by its
+  stream sequence and only acked again; a bridge killed between a local put
+  and its ack puts those messages (at most one fetch batch) again after its
+  restart.  Into a queue, JetStream's delivery
   count (``num_delivered``) becomes the local message's first attempt: a
   message JetStream delivered twice is received with
   :attr:`fastq.Delivery.attempt` 2, then 3 after a local nack.  A topic keeps
@@ -714,6 +715,12 @@ class Inbound(_Bridge):
         # message coming back is acked, not put again
         self._committed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._executor: Any = None
+        # the double acks of the current connection: the reply inbox (with a
+        # trailing dot), the sequences not confirmed yet, the next sequence,
+        # and the event set when none is left
+        self._inbox, self._seq = "\x00", 0
+        self._acks: set = set()
+        self._acks_done: Optional[asyncio.Event] = None
 
     def _begin(self) -> None:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
@@ -797,7 +804,6 @@ class Inbound(_Bridge):
         self._count(forwarded=len(done) - len(skip))
 
     async def _session(self, nc: Any, js: Any) -> None:
-        from nats import errors as nerrors  # noqa: PLC0415
         from nats.js import api  # noqa: PLC0415
         if self._stream and self._create:
             await ensure_stream(js, self._stream, [self._subject], *self._stream_opts)
@@ -806,6 +812,53 @@ class Inbound(_Bridge):
                                     deliver_policy=api.DeliverPolicy.ALL)
         sub = await js.pull_subscribe(self._subject, durable=self._durable, stream=self._stream,
                                       config=config)
+        self._inbox, self._acks, self._seq = nc.new_inbox() + ".", set(), 0
+        acks = await nc.subscribe(self._inbox + "*", cb=self._on_ack)
+        try:
+            await self._fetch_loop(nc, sub)
+        finally:
+            self._inbox, self._acks = "\x00", set()  # a late confirmation is ignored
+            for s in (acks, sub):
+                try:
+                    await s.unsubscribe()
+                except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
+                    pass
+
+    async def _ack_sync(self, nc: Any, msgs: list) -> None:
+        """Double ack: ack every message with a reply subject of this bridge's
+        inbox and wait until the server confirmed all of them (nats-py's
+        ack_sync, pipelined: one publish each instead of a request with its
+        future, timer and task each).  TimeoutError after ack_timeout: the
+        session fails, the messages come again and are recognised (_committed)."""
+        if not msgs:
+            return
+        publish, inbox, acks, seq = nc.publish, self._inbox, self._acks, self._seq
+        self._acks_done = done = asyncio.Event()
+        for m in msgs:
+            acks.add(seq)
+            await publish(m.reply, b"+ACK", reply=f"{inbox}{seq:x}")
+            seq += 1
+            self._seq = seq
+        try:
+            await asyncio.wait_for(done.wait(), self._ack_timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"JetStream confirmed {len(msgs) - len(acks)} of {len(msgs)} "
+                               f"acks within {self._ack_timeout} s") from None
+
+    async def _on_ack(self, msg: Any) -> None:
+        """A confirmation of an ack (nats-py calls it in order)."""
+        subj = msg.subject
+        if not subj.startswith(self._inbox):
+            return  # an earlier connection's
+        try:
+            self._acks.discard(int(subj[len(self._inbox):], 16))
+        except ValueError:
+            return
+        if not self._acks and self._acks_done is not None:
+            self._acks_done.set()
+
+    async def _fetch_loop(self, nc: Any, sub: Any) -> None:
+        from nats import errors as nerrors  # noqa: PLC0415
         self.connected.set()
         loop = asyncio.get_running_loop()
         slice_s = max(0.05, min(1.0, self._ack_wait / 3))
@@ -851,11 +904,7 @@ class Inbound(_Bridge):
             # double ack: each ack waits for the server's confirmation
             skip = {id(m) for m, _ in rejects}
             put = again + [m for m in fresh[:done] if id(m) not in skip]
-            await asyncio.gather(*(m.ack_sync(timeout=self._ack_timeout) for m in put))
+            await self._ack_sync(nc, put)
             for m in put:
                 self._committed.pop(m.metadata.sequence.stream, None)
             self._count(acked=len(put))
-        try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
-            pass
