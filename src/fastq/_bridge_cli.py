@@ -122,7 +122,7 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
 def _local_path(b: Any) -> Optional[str]:
     """The path of a bridge's local segment (None: anonymous)."""
     from fastq.bridge import Outbound  # noqa: PLC0415
-    h = b._source if isinstance(b, Outbound) else b._target
+    h: Any = b._source if isinstance(b, Outbound) else b._target
     h = getattr(h, "topic", h)  # a subscription: its topic
     return os.path.abspath(h.path) if h.path else None
 

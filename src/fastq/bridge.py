@@ -57,8 +57,9 @@ __all__ = ["Outbound", "Inbound", "BridgeStats", "ensure_stream"]
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 #: publishes in flight from a queue by default (Outbound, max_inflight)
 QUEUE_INFLIGHT = 1024
-#: states of an outbound entry once published (entry[3]; None: not published)
-_SENT, _STORED, _DUPLICATE = 1, 2, 3
+#: states of an outbound entry once published (entry[3]; None: not published);
+#: _REJECTED: larger than the server takes, settled without a publish
+_SENT, _STORED, _DUPLICATE, _REJECTED = 1, 2, 3, 4
 #: most stream sequences an Inbound remembers as put locally but not acked
 _COMMITTED_MAX = 1 << 16
 
@@ -115,12 +116,14 @@ class BridgeStats:
     reconnects: int = 0
     """Connections made after the first one."""
     rejected: int = 0
-    """Inbound: messages that cannot be put locally (a JetStream subject
-    that is not a valid fastq subject, a payload larger than the local
-    ``max_message``), each logged on the ``fastq.bridge`` logger and
-    terminated on JetStream (AckTerm: never redelivered; the stream keeps it
-    under limits retention, found by the sequence logged), not put; the
-    bridge goes on with the next message."""
+    """Messages that cannot cross, each logged on the ``fastq.bridge``
+    logger, the bridge going on with the next one.  Inbound: a JetStream
+    subject that is not a valid fastq subject, a payload larger than the
+    local ``max_message``: terminated on JetStream (AckTerm: never
+    redelivered; the stream keeps it under limits retention, found by the
+    sequence logged), not put.  Outbound: a payload larger than the server's
+    ``max_payload`` (1 MiB by default): acked locally, not published
+    (dropped: no publish could ever take it)."""
     last_error: str = ""
     """The most recent failure, as text."""
 
@@ -491,22 +494,46 @@ class Outbound(_Bridge):
     # its per-message costs the bridge does not need (a future, a random
     # token, a semaphore, a PubAck dataclass): half the CPU per message.  An
     # entry's state: None (not published on this connection), _SENT, then
-    # _STORED or _DUPLICATE when its ack came; the acks settle the entries
+    # _STORED or _DUPLICATE when its ack came (or _REJECTED, never sent:
+    # larger than the server's max_payload); the acks settle the entries
     # oldest first (_on_ack), the watchdog bounds the wait for the oldest.
 
-    async def _publish(self, nc: Any, entries: Any) -> None:
+    async def _publish(self, nc: Any, entries: Any) -> int:
         """Publish entries (appended to _unconfirmed already), in order: the
-        hot loop of the bridge."""
+        hot loop of the bridge.  Returns how many were published."""
         publish, inbox, waiting = nc.publish, self._inbox, self._waiting
         assert self._loop is not None
-        clock, seq = self._loop.time, self._seq
+        clock, seq, limit = self._loop.time, self._seq, nc.max_payload
+        rejected = skipped = 0
         for entry in entries:
+            if len(entry[1]) > limit:
+                skipped += 1
+                if entry[3] != _REJECTED:
+                    rejected += 1
+                    self._reject(entry, limit)
+                continue
             waiting[seq] = entry  # before the publish: its ack may come at once
             entry[3], entry[4] = _SENT, clock()
             await publish(entry[5], entry[1], reply=f"{inbox}{seq:x}",
                           headers={"Nats-Msg-Id": entry[2]})
             seq += 1
             self._seq = seq
+        if rejected:
+            self._settle_confirmed()
+        return len(entries) - skipped
+
+    def _reject(self, entry: list, limit: int) -> None:
+        """A message larger than the server's max_payload: no publish can
+        take it, and retrying would stop the bridge for good.  Logged,
+        counted (BridgeStats.rejected) and settled as if stored: dropped."""
+        entry[3] = _REJECTED
+        _log.warning("fastq.bridge: a message of %d bytes (Nats-Msg-Id %s) is larger than the "
+                     "NATS server's max_payload (%d bytes): not published, dropped",
+                     len(entry[1]), entry[2], limit)
+        with self._lock:
+            self._stats.rejected += 1
+            self._stats.last_error = (f"MaxPayloadError: a message of {len(entry[1])} bytes, "
+                                      f"max_payload {limit}")
 
     async def _on_ack(self, msg: Any) -> None:
         """A publish ack (nats-py calls it in order, one at a time): mark its
@@ -596,8 +623,8 @@ class Outbound(_Bridge):
         self.connected.set()
         watchdog = asyncio.ensure_future(self._watchdog())
         try:
-            await self._publish(nc, list(self._unconfirmed))  # left by the last connection: same ids
-            self._count(forwarded=len(self._unconfirmed))
+            # left by the last connection: the same ids
+            self._count(forwarded=await self._publish(nc, list(self._unconfirmed)))
             while not self._stopping.is_set():
                 self._check()
                 if nc.is_closed:
@@ -620,8 +647,7 @@ class Outbound(_Bridge):
                     batch = await loop.run_in_executor(self._executor, self._wait_one,
                                                        max(room, 1))
                 self._unconfirmed.extend(batch)
-                await self._publish(nc, batch)
-                self._count(forwarded=len(batch))
+                self._count(forwarded=await self._publish(nc, batch))
             # stopping: let what is in flight be confirmed, within ack_timeout
             end = loop.time() + self._ack_timeout
             while self._unconfirmed and loop.time() < end and self._failure is None:
@@ -643,7 +669,8 @@ class Outbound(_Bridge):
             except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
                 pass
             for entry in self._unconfirmed:
-                entry[3] = None
+                if entry[3] != _REJECTED:
+                    entry[3] = None
 
 
 class Inbound(_Bridge):

@@ -36,3 +36,28 @@ def test_a_publish_no_stream_takes_is_retried_until_one_does(nats_server, tmp_pa
         out.stop()
     assert stream_payloads(nats_server.url, "NOSTREAM") == want
     assert src.unfinished() == 0 and out.stats().duplicates == 0
+
+
+def test_a_message_larger_than_max_payload_is_dropped_not_stuck(nats_server, tmp_path, caplog):
+    """A local message larger than the server's max_payload (1 MiB by
+    default) can never be published: the bridge logs it, counts it
+    (rejected), acks it locally and goes on; before, every publish of it
+    raised MaxPayloadError and the bridge reconnected forever, the messages
+    after it never crossing."""
+    bridge = _bridge()
+    src = fastq.Queue(str(tmp_path / "src"), 1 << 23, serializer="raw")
+    big = b"B" * (1 << 21)
+    sent = [b"a", b"b", big, b"c"]
+    src.put_many(sent)
+    out = bridge.Outbound(src, "big.x", servers=nats_server.url, stream="BIG").start()
+    try:
+        wait_for(lambda: src.unfinished() == 0, timeout=30, what="the queue settled")
+        assert out.error is None
+    finally:
+        out.stop()
+    st = out.stats()
+    assert stream_payloads(nats_server.url, "BIG") == [b"a", b"b", b"c"]
+    assert (st.rejected, st.forwarded, st.acked, st.errors) == (1, 3, 4, 0), st
+    assert "max_payload" in st.last_error
+    logged = [r.getMessage() for r in caplog.records if r.name == "fastq.bridge"]
+    assert len(logged) == 1 and "max_payload" in logged[0], logged
