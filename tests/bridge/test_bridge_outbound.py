@@ -61,3 +61,38 @@ def test_a_message_larger_than_max_payload_is_dropped_not_stuck(nats_server, tmp
     assert "max_payload" in st.last_error
     logged = [r.getMessage() for r in caplog.records if r.name == "fastq.bridge"]
     assert len(logged) == 1 and "max_payload" in logged[0], logged
+
+
+def test_acks_overdue_fail_the_connection_and_everything_crosses_once(nats_server, tmp_path):
+    """The server stops answering (SIGSTOP) with publishes in flight: the
+    watchdog fails the connection after ack_timeout, the bridge reconnects
+    once the server runs again, republishes what was not confirmed under the
+    same ids, and ignores the acks addressed to the old connection: the stream
+    holds every message once, in order, and every local message is acked."""
+    import os
+    import signal
+    import time
+
+    bridge = _bridge()
+    src = fastq.Queue(str(tmp_path / "src"), 1 << 22, serializer="raw")
+    want = [b"%06d" % i for i in range(20000)]
+    out = bridge.Outbound(src, "stall.x", servers=nats_server.url, stream="STALL",
+                          ack_timeout=0.5, backoff=(0.05, 0.2),
+                          connect_options={"connect_timeout": 0.5}).start()
+    try:
+        assert out.connected.wait(30)
+        src.put_many(want)
+        wait_for(lambda: out.stats().acked > 0, timeout=30, what="some acks")
+        os.kill(nats_server.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: out.stats().errors >= 1, timeout=30, what="the overdue acks noticed")
+            time.sleep(0.3)
+        finally:
+            os.kill(nats_server.proc.pid, signal.SIGCONT)
+        wait_for(lambda: src.unfinished() == 0, timeout=60, what="every message acked locally")
+    finally:
+        out.stop()
+    assert stream_payloads(nats_server.url, "STALL") == want
+    st = out.stats()
+    assert st.acked == len(want) and st.reconnects >= 1 and st.rejected == 0
+    assert st.forwarded >= len(want) and out.error is None
