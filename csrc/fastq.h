@@ -61,7 +61,13 @@ typedef struct fq_claim {
     uint64_t msg_idx;  /* its index, as read before the copy */
     uint64_t kept;     /* messages found intact so far */
     uint32_t attempt;  /* consumer: the delivery's attempt, 1 the first time
-                        * (a taken requeued record: its takes + 1) */
+                        * (a taken requeued record: its takes + 1; a claim
+                        * from the head: its records' first attempt, the
+                        * same for all of them).  Producer: the records'
+                        * first attempt (fq_put_begin sets 1; the caller may
+                        * raise it before fq_put_commit, as fastq.bridge does
+                        * for a message delivered before elsewhere; queues
+                        * only, at most 256: a topic ignores it) */
     uint32_t subject_len; /* topics: the first subject_len bytes of a payload
                            * are its subject (producer: set between
                            * fq_put_begin and fq_put_commit, for every record

@@ -4,7 +4,9 @@
  *
  * Consumer (fq_get_begin / fq_get_end):
  *   1. h = head.  Walk records from h while they are COMMITTED (or SKIP /
- *      ABANDONED, which are carried along): [h, p) with n messages.
+ *      ABANDONED, which are carried along): [h, p) with n messages, all
+ *      put with the first record's takes (fq_layout.h, delivery meta; a
+ *      record put with another first attempt starts the next claim).
  *   2. Intent (h, p, n, CLAIMING); CAS head h -> p.  The records are ours.
  *   3. Copy out (the caller, through fq_claim_next).
  *   4. Free: if release == h, CAS release h -> p: we were the oldest claim.
@@ -333,6 +335,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
     for (;;) {
         uint64_t h = atomic_load_explicit(&ctl->head, ACQ);
         uint64_t p = h, n = 0, bytes = 0, first_off = 0;
+        uint32_t takes = 0; /* the claim's first record's (fastq.h, attempt) */
         while (n < max_n && p - h < q->cap) {
             fq_rec *r = fq_rec_at(q, p);
             /* acquire: pairs with the producer's release of COMMITTED */
@@ -355,8 +358,17 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
             if (st == FQ_REC_COMMITTED) {
                 if (n && bytes + len > max_bytes)
                     break;
-                if (!n)
+                /* the producer's takes (0 unless put with a first attempt,
+                 * fq_put_commit), published by the acquire above; a claim
+                 * ends before a record whose takes differ, so that one
+                 * attempt is true of all its records */
+                uint32_t tk = FQ_META_TAKES(fq_meta_load(r));
+                if (n && tk != takes)
+                    break;
+                if (!n) {
                     first_off = p - h;
+                    takes = tk;
+                }
                 n++;
                 bytes += len;
             }
@@ -389,7 +401,9 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         c->lane = (uint32_t)lane;
         c->taken = 0;
         c->redelivered = 0;
-        c->attempt = 1; /* the head passes a record once: its first delivery */
+        /* the head passes a record once: its first delivery here, after
+         * the takes it was put with */
+        c->attempt = takes + 1;
         c->count = count;
         if (n == 0) { /* only padding or abandoned records: free, go on */
             fq_get_end(q, c);

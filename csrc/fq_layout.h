@@ -102,11 +102,14 @@
  *                  from COMMITTED on: the delivery meta (below)
  *   16 payload, then padding to a multiple of 16
  *
- * Delivery meta (queues; the producer stores 0 before COMMITTED):
+ * Delivery meta (queues; the producer stores it before COMMITTED: 0, or
+ * the takes of a message put with a first attempt, fq_claim.attempt):
  *   bits 0..7   takes: how many times the record was taken again after it
- *               was put back (saturates at 255); a delivery's attempt is
- *               takes + 1.  Written by the taker of a REQUEUED record after
- *               its CAS to TAKEN won (it alone holds the record then).
+ *               was put back (saturates at 255), plus its producer's;
+ *               a delivery's attempt is takes + 1.  Written by the taker of
+ *               a REQUEUED record after its CAS to TAKEN won (it alone
+ *               holds the record then); read by a head claim (each record's
+ *               after its acquire load of COMMITTED).
  *   bits 8..31  not-before of a delayed record (fq_get_nack): CLOCK_REALTIME
  *               in FQ_NB_UNIT_MS units, modulo 2^24 (0: none).  Written by
  *               the consumer that gives the record back, before its CAS to

@@ -187,6 +187,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
     c->first_off = (uint32_t)pad;
     c->redelivered = 0;
     c->subject_len = 0;
+    c->attempt = 1;
     c->count = count;
     c->lens = lens;
     c->given = 0;
@@ -210,9 +211,14 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
 {
     FQ_CRASH_POINT("put_before_commit");
     uint64_t p = c->pos + c->first_off, bytes = 0;
+    /* a queue's records start with the caller's takes (c->attempt - 1,
+     * fastq.h), no not-before; a topic keeps attempts per subscriber */
+    uint32_t meta = 0;
+    if (!q->topic && c->attempt > 1)
+        meta = c->attempt - 1 < 0xff ? c->attempt - 1 : 0xff;
     for (uint64_t i = 0; i < c->n; i++) {
         fq_rec *r = fq_rec_at(q, p);
-        fq_meta_store(r, 0); /* no takes, no not-before (published below) */
+        fq_meta_store(r, meta); /* published by the COMMITTED store below */
         if (q->prefix)
             ((uint64_t *)(r + 1))[1] = c->subject_len; /* the caller's: checked by readers */
         /* release: pairs with the consumer's acquire load of the word; the

@@ -17,19 +17,156 @@ or several from a JSON file (``fastq bridge --config bridges.json``)::
 SIGTERM or SIGINT stops every bridge cleanly (messages in flight finish or are
 left for redelivery) and exits 0; the last counters are printed as JSON lines
 on stdout (``--stats-interval`` prints them periodically too).
+
+While it runs, the process keeps its counters where ``fastq stat`` and
+``fastq top`` (other processes) find them: a status file
+``.fastq-bridge-<pid>.json`` in the directory of each local segment it bridges,
+rewritten every second (written to a temporary name, then renamed over the
+old one: a reader sees a whole file, never a partial one) and removed when
+the process exits cleanly.  A file whose process is gone (killed with
+SIGKILL) is ignored by the readers and removed by the next ``fastq bridge``
+started with a segment in that directory.  A file, not a segment: the
+counters are one process's, written once a second, and a plain file needs
+no layout, version or recovery of its own.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
-from typing import Any, List
+import time
+from typing import Any, Dict, List, Optional
 
 _KEYS = ("direction", "queue", "topic", "name", "prefetch", "subject", "stream",
          "create_stream", "durable", "batch", "duplicate_window", "retention", "ack_wait",
          "max_inflight")
+
+
+#: a running bridge process's status file in a segment directory: prefix + pid + ".json"
+STATUS_PREFIX = ".fastq-bridge-"
+#: seconds between two writes of the status files
+STATUS_EVERY = 1.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
+def _status_files(directory: str, suffixes: tuple = (".json",)) -> List[tuple]:
+    """(path, pid) of the status files in directory (with ".part": also
+    those being written)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        for suffix in suffixes:
+            if n.startswith(STATUS_PREFIX) and n.endswith(suffix):
+                pid = n[len(STATUS_PREFIX):-len(suffix)]
+                if pid.isdigit():
+                    out.append((os.path.join(directory, n), int(pid)))
+    return out
+
+
+def read_status(segment_path: Optional[str]) -> List[Dict[str, Any]]:
+    """The rows of the bridges of live ``fastq bridge`` processes whose
+    local segment is segment_path (what ``fastq stat``/``top`` show): each
+    BridgeStats.to_dict plus ``pid``, ``bridge`` (its index in its
+    process), ``direction``, ``subject``, ``segment`` (the path),
+    ``connected`` and ``updated`` (time.time() of the write)."""
+    if not segment_path:
+        return []
+    segment_path = os.path.abspath(segment_path)
+    rows = []
+    for path, pid in sorted(_status_files(os.path.dirname(segment_path)), key=lambda x: x[1]):
+        if not _pid_alive(pid):
+            continue  # left by a killed bridge
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue  # vanished (the process exited) or not ours
+        for row in doc.get("bridges", []) if isinstance(doc, dict) else []:
+            if isinstance(row, dict) and row.get("segment") == segment_path:
+                rows.append(row)
+    return rows
+
+
+def format_status(rows: List[Dict[str, Any]]) -> str:
+    """The ``fastq stat`` lines of the bridges of one segment ("" if none)."""
+    out = []
+    for r in rows:
+        arrow = "->" if r.get("direction") == "out" else "<-"
+        out.append(f"  bridge {r.get('direction')} {arrow} {r.get('subject')} (pid {r.get('pid')}, "
+                   f"{'connected' if r.get('connected') else 'NOT CONNECTED'}, updated "
+                   f"{max(0.0, time.time() - r.get('updated', 0)):.1f} s ago)")
+        out.append(f"    forwarded {r.get('forwarded')}, acked {r.get('acked')}, redelivered "
+                   f"{r.get('redelivered')}, duplicates {r.get('duplicates')}, rejected "
+                   f"{r.get('rejected')}, errors {r.get('errors')}, reconnects "
+                   f"{r.get('reconnects')}")
+        if r.get("last_error"):
+            out.append(f"    last error: {r['last_error'][:200]}")
+    return "\n".join(out)
+
+
+def _local_path(b: Any) -> Optional[str]:
+    """The path of a bridge's local segment (None: anonymous)."""
+    from fastq.bridge import Outbound  # noqa: PLC0415
+    h: Any = b._source if isinstance(b, Outbound) else b._target
+    h = getattr(h, "topic", h)  # a subscription: its topic
+    return os.path.abspath(h.path) if h.path else None
+
+
+class _StatusWriter:
+    """The status files of this process (one per segment directory)."""
+
+    def __init__(self, specs: List[dict], bridges: List[Any]):
+        self.pid = os.getpid()
+        self.items = [(i, s, b, _local_path(b)) for i, (s, b) in enumerate(zip(specs, bridges))]
+        self.dirs = sorted({os.path.dirname(p) for _, _, _, p in self.items if p})
+        for d in self.dirs:  # files of bridges killed before they could remove theirs
+            for path, pid in _status_files(d, (".json", ".part")):
+                if pid != self.pid and not _pid_alive(pid):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+
+    def _path(self, d: str, suffix: str = ".json") -> str:
+        return os.path.join(d, f"{STATUS_PREFIX}{self.pid}{suffix}")
+
+    def write(self) -> None:
+        now = time.time()
+        for d in self.dirs:
+            rows = [{"pid": self.pid, "bridge": i, "direction": s.get("direction"),
+                     "subject": s["subject"], "segment": p, "connected": b.connected.is_set(),
+                     "updated": now, **b.stats().to_dict()}
+                    for i, s, b, p in self.items if p and os.path.dirname(p) == d]
+            path = self._path(d)
+            tmp = self._path(d, ".part")  # one writer: the main thread
+            try:
+                with open(tmp, "w") as f:
+                    json.dump({"pid": self.pid, "updated": now, "bridges": rows}, f)
+                os.replace(tmp, path)  # atomic: readers see the old file or the new one
+            except OSError as e:  # a read-only directory: the bridges go on without it
+                print(f"fastq bridge: cannot write {path}: {e}", file=sys.stderr)
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            try:
+                os.unlink(self._path(d))
+            except OSError:
+                pass
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -150,14 +287,24 @@ def main(args: argparse.Namespace) -> int:
                    **b.stats().to_dict()}
             print(json.dumps(row), flush=True)
 
-    every = args.stats_interval or 0.5
-    while not stop.wait(every):  # a short wait: the signal handler runs between waits
-        if args.stats_interval:
-            report()
-    for b in bridges:
-        b.stop()
-    for t in threads:
-        t.join()
+    status = _StatusWriter(specs, bridges)
+    status.write()
+    printed = written = time.monotonic()
+    try:
+        while not stop.wait(0.25):  # a short wait: the signal handler runs between waits
+            now = time.monotonic()
+            if now - written >= STATUS_EVERY:
+                status.write()
+                written = now
+            if args.stats_interval and now - printed >= args.stats_interval:
+                report()
+                printed = now
+        for b in bridges:
+            b.stop()
+        for t in threads:
+            t.join()
+    finally:
+        status.remove()
     report()
     for e in failed:
         print(f"fastq bridge: {type(e).__name__}: {e}", file=sys.stderr)

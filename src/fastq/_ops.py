@@ -222,15 +222,21 @@ def cmd_stat(args: argparse.Namespace) -> int:
             continue
         with seg:
             results.append(seg.stats())
+    # the counters of running `fastq bridge` processes bridging these segments
+    from ._bridge_cli import format_status, read_status  # noqa: PLC0415
+
+    bridges = [read_status(s.path) for s in results]
     if args.prometheus:
         from . import _metrics  # noqa: PLC0415
 
         sys.stdout.write(_metrics.exposition(results))
     elif args.json:
-        print(json.dumps([s.to_dict() for s in results] if len(args.names) > 1
-                         else (results[0].to_dict() if results else None), indent=2))
+        docs = [dict(s.to_dict(), **({"bridges": b} if b else {}))
+                for s, b in zip(results, bridges)]
+        print(json.dumps(docs if len(args.names) > 1 else (docs[0] if docs else None), indent=2))
     else:
-        print("\n\n".join(format_stat(s) for s in results))
+        print("\n\n".join(format_stat(s) + ("\n" + format_status(b) if b else "")
+                            for s, b in zip(results, bridges)))
     return rc
 
 

@@ -23,6 +23,15 @@ cdef class QueueSegment(Segment):
         """``put(obj, block=False)``."""
         self._put(obj, False, None)
 
+    def _put_attempt(self, obj, unsigned attempt, bint block=True, timeout=None):
+        """put(obj, block, timeout) as a message already delivered
+        ``attempt - 1`` times elsewhere: its first delivery here has
+        ``attempt`` (at least 1, at most 256), each redelivery one more.
+        For fastq.bridge.Inbound (JetStream's redelivery count); private."""
+        if attempt < 1:
+            raise ValueError(f"attempt must be at least 1, not {attempt}")
+        self._put(obj, block, timeout, None, min(attempt, 256))
+
     def put_many(self, objs, bint block=True, timeout=None):
         """Put every item, in order, claiming ring space for many at once.
 

@@ -319,10 +319,12 @@ cdef class Segment:
             need = fq_put_need(q, lens, k[0])
             self._wait(q, FQ_WAIT_SPACE, need, w)
 
-    cdef int _put(self, object obj, bint block, object timeout, bytes subject=None) except -1:
+    cdef int _put(self, object obj, bint block, object timeout, bytes subject=None,
+                  uint32_t attempt=1) except -1:
         """Put one message (serialized by dumps: a bytes-like object, or a
         list of them, gathered into one message): Queue.put, Topic.publish
-        (subject: its bytes, checked, stored ahead of the payload)."""
+        (subject: its bytes, checked, stored ahead of the payload); attempt:
+        its first delivery's (fq_claim.attempt: queues only)."""
         if block and timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if self._dumps is None:
@@ -340,14 +342,15 @@ cdef class Segment:
         try:
             if type(data) is list:
                 self._put_parts(q, data, block, timeout,
-                                0 if subject is None else len(subject))
+                                0 if subject is None else len(subject), attempt)
             else:
-                self._put_one(q, data, block, timeout)
+                self._put_one(q, data, block, timeout, attempt)
         finally:
             self._exit()
         return 0
 
-    cdef int _put_one(self, fq_queue *q, object data, bint block, object timeout) except -1:
+    cdef int _put_one(self, fq_queue *q, object data, bint block, object timeout,
+                      uint32_t attempt=1) except -1:
         cdef Py_buffer view
         cdef fq_claim c
         cdef uint64_t n
@@ -365,6 +368,7 @@ cdef class Segment:
         cdef size_t one = 1
         try:
             self._begin_put(q, &n, &one, &c, block, timeout)
+            c.attempt = attempt
             dst = fq_claim_buf(q, &c)
             if n >= NOGIL_COPY:
                 with nogil:
@@ -379,7 +383,7 @@ cdef class Segment:
         return 0
 
     cdef int _put_parts(self, fq_queue *q, list parts, bint block, object timeout,
-                        uint32_t subject_len=0) except -1:
+                        uint32_t subject_len=0, uint32_t attempt=1) except -1:
         cdef Py_ssize_t k = len(parts), i
         cdef Py_buffer *views = <Py_buffer *>malloc(sizeof(Py_buffer) * (k if k else 1))
         cdef Py_ssize_t got = 0
@@ -396,6 +400,7 @@ cdef class Segment:
                 n += <uint64_t>views[i].len
             self._begin_put(q, &n, &one, &c, block, timeout)
             c.subject_len = subject_len
+            c.attempt = attempt
             dst = <char *>fq_claim_buf(q, &c)
             with nogil:
                 for i in range(k):

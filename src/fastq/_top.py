@@ -52,16 +52,40 @@ class Sampler:
                              "lag": sub["lag"], "in/s": None, "out/s": None,
                              "procs": 1 if sub["alive"] else 0, "dead": 0, "wait": None,
                              "error": None, "parent": name})
+            rows += self._bridges(name, s.path, now)
+        return rows
+
+    def _bridges(self, name: str, path: Optional[str], now: float) -> List[Dict[str, Any]]:
+        """Rows of the running ``fastq bridge`` bridges of a segment: in/s
+        what an inbound bridge puts, out/s what an outbound one has acked
+        (JetStream stored it), lag the messages in flight across the bridge,
+        procs 1 while connected."""
+        from ._bridge_cli import read_status  # noqa: PLC0415
+
+        rows = []
+        for b in read_status(path):
+            key = f"{path}#{b['pid']}.{b['bridge']}"
+            moved = b["forwarded"] if b["direction"] == "in" else b["acked"]
+            prev = self.prev.get(key)
+            self.prev[key] = (now, moved, 0)
+            rate = (moved - prev[1]) / (now - prev[0]) if prev and now > prev[0] else None
+            inbound = b["direction"] == "in"
+            rows.append({"name": f"  {'<' if inbound else '>'}nats {b['subject']}",
+                         "kind": "brdg", "depth": None,
+                         "lag": max(0, b["forwarded"] - b["acked"]),
+                         "in/s": rate if inbound else None, "out/s": None if inbound else rate,
+                         "procs": 1 if b["connected"] else 0, "dead": 0, "wait": None,
+                         "error": None, "parent": name})
         return rows
 
 
 def _sorted(rows: List[Dict[str, Any]], key: str) -> List[Dict[str, Any]]:
     """Segments by key (most first; name ascending), each followed by its
     subscribers, most behind first."""
-    tops = [r for r in rows if r["kind"] != "sub"]
+    tops = [r for r in rows if not r.get("parent")]
     subs: Dict[str, List[Dict[str, Any]]] = {}
     for r in rows:
-        if r["kind"] == "sub":
+        if r.get("parent"):  # a subscriber or a bridge of a segment
             subs.setdefault(r["parent"], []).append(r)
     if key == "name":
         tops.sort(key=lambda r: r["name"])

@@ -15,14 +15,19 @@ at-least-once across the bridge:
   message again from the local queue, publishes it again under the same id, and
   the stream drops it as a duplicate (within the stream's duplicate window,
   default 2 minutes; after it, it is stored twice).
-* inbound, a JetStream message is acked (double ack: ``ack_sync`` waits for the
-  server's confirmation) only after the local put returned.  A message committed
-  locally whose ack was lost comes back (``num_delivered`` > 1): while the same
-  bridge runs it is recognised by its stream sequence and only acked again; a
-  bridge killed between a local put and its ack puts those messages (at most one
-  fetch batch) again after its restart.  fastq deliveries carry no attempt count
-  and messages no headers, so the redelivery count is counted in
-  :attr:`BridgeStats.redelivered`, not carried into the local message.
+* inbound, a JetStream message is acked (double ack: the bridge waits for the
+  server's confirmation, as ``ack_sync`` does) only after the local put
+  returned.  A message committed locally whose ack was lost comes back
+  (``num_delivered`` > 1): while the same bridge runs it is recognised by its
+  stream sequence and only acked again; a bridge killed between a local put
+  and its ack puts those messages (at most one fetch batch) again after its
+  restart.  Into a queue, JetStream's delivery
+  count (``num_delivered``) becomes the local message's first attempt: a
+  message JetStream delivered twice is received with
+  :attr:`fastq.Delivery.attempt` 2, then 3 after a local nack.  A topic keeps
+  attempts per subscription, not per message: there a message starts at
+  attempt 1 (the redelivery is counted in :attr:`BridgeStats.redelivered`
+  either way).  Messages carry no headers across.
 
 Payloads cross the bridge unchanged: open the local queue or topic with
 ``serializer="raw"`` in the bridge (the producers and consumers on either side
@@ -36,11 +41,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
+import logging
 import random
 import threading
-from typing import Any, Deque, Optional, Sequence, Union
+from typing import Any, Deque, Dict, Optional, Sequence, Union
 
-from ._errors import Empty, Full, ShutDown
+from . import _core
+from ._errors import Empty, Full, MessageTooLarge, ShutDown
 from ._queue import Queue, RawSerializer
 from ._topic import Subscription, Topic
 
@@ -49,8 +57,13 @@ __all__ = ["Outbound", "Inbound", "BridgeStats", "ensure_stream"]
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 #: publishes in flight from a queue by default (Outbound, max_inflight)
 QUEUE_INFLIGHT = 1024
+#: states of an outbound entry once published (entry[3]; None: not published);
+#: _REJECTED: larger than the server takes, settled without a publish
+_SENT, _STORED, _DUPLICATE, _REJECTED = 1, 2, 3, 4
 #: most stream sequences an Inbound remembers as put locally but not acked
 _COMMITTED_MAX = 1 << 16
+
+_log = logging.getLogger("fastq.bridge")
 
 #: test hook, as FQ_CRASH_POINT in the C core: (point name, n); the process
 #: exits with os._exit(9) the n-th time it passes that point
@@ -102,6 +115,15 @@ class BridgeStats:
     followed by a reconnection."""
     reconnects: int = 0
     """Connections made after the first one."""
+    rejected: int = 0
+    """Messages that cannot cross, each logged on the ``fastq.bridge``
+    logger, the bridge going on with the next one.  Inbound: a JetStream
+    subject that is not a valid fastq subject, a payload larger than the
+    local ``max_message``: terminated on JetStream (AckTerm: never
+    redelivered; the stream keeps it under limits retention, found by the
+    sequence logged), not put.  Outbound: a payload larger than the server's
+    ``max_payload`` (1 MiB by default): acked locally, not published
+    (dropped: no publish could ever take it)."""
     last_error: str = ""
     """The most recent failure, as text."""
 
@@ -362,6 +384,11 @@ class Outbound(_Bridge):
         if max_inflight is not None:
             window = max(1, max_inflight if self._batches else min(window, max_inflight))
         self._source, self._window = source, window
+        # hysteresis: the session takes more once this many publishes of the
+        # window are free, from a queue in batches of at most this many (so
+        # the oldest batch is acked while the newest are in flight, instead
+        # of the window draining to zero before each refill)
+        self._refill = max(1, window // 4) if self._batches else 1
         self._subject, self._stream = subject, stream
         self._stream_opts = (duplicate_window, retention)
         self._ack_timeout = ack_timeout
@@ -370,13 +397,18 @@ class Outbound(_Bridge):
         # messages taken locally, not yet confirmed by JetStream, in order:
         # [what to settle once this one is confirmed (its Delivery, the
         # Deliveries of a batch on its last message, else None), payload,
-        # msg id, publish future or None, loop time of the publish, subject]
+        # msg id, state (None: not published on this connection, _SENT,
+        # _STORED, _DUPLICATE), loop time of the publish, subject]
         self._unconfirmed: Deque[list] = collections.deque()
-        self._more: Optional[asyncio.Event] = None      # wakes _confirm: a publish was sent
-        self._settled: Optional[asyncio.Event] = None   # wakes the session: one was acked
+        self._settled: Optional[asyncio.Event] = None   # wakes the session: acks, room or failure
         self._executor: Any = None
         self._source_done = False
-        self._late = False  # the watchdog stopped _confirm: an ack is overdue
+        # the publishes of the current connection: its reply inbox (with a
+        # trailing dot), entries by sequence, the next sequence, and the
+        # first failure an ack or the watchdog found
+        self._inbox, self._seq = "\x00", 0
+        self._waiting: Dict[int, list] = {}
+        self._failure: Optional[BaseException] = None
 
     def msg_id(self, delivery: Any) -> str:
         """The Nats-Msg-Id a delivery is published with (of a batch: its
@@ -395,7 +427,7 @@ class Outbound(_Bridge):
 
     def _begin(self) -> None:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-        self._more, self._settled = asyncio.Event(), asyncio.Event()
+        self._settled = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fastq-bridge-local")
 
     def _end(self) -> None:
@@ -419,10 +451,11 @@ class Outbound(_Bridge):
             subj = d.subject  # a topic message's subject goes under the bridge's
             return [[d, d.value, self._msg_id(d.position), None, 0.0,
                      self._subject if subj is None else f"{self._subject}.{subj}"]]
-        b = self._source.receive_many(room, block, timeout)
+        b = self._source.receive_many(min(room, self._refill), block, timeout)
         if b.redelivered:
             self._count(redelivered=len(b))
-        entries = [[None, v, self._msg_id(p), None, 0.0, self._subject]
+        pre, suf, subject = self._id_prefix, self._id_suffix, self._subject
+        entries = [[None, v, f"{pre}{p:x}{suf}", None, 0.0, subject]
                    for v, p in zip(b.values, b.positions)]
         entries[-1][0] = b
         return entries
@@ -456,115 +489,188 @@ class Outbound(_Bridge):
             raise _LocalFailure() from e
 
     # ---- the JetStream side ---------------------------------------------------
+    # Publishes are pipelined on nats-py's core API, as its publish_async does
+    # (a request with a reply subject under one inbox subscription), without
+    # its per-message costs the bridge does not need (a future, a random
+    # token, a semaphore, a PubAck dataclass): half the CPU per message.  An
+    # entry's state: None (not published on this connection), _SENT, then
+    # _STORED or _DUPLICATE when its ack came (or _REJECTED, never sent:
+    # larger than the server's max_payload); the acks settle the entries
+    # oldest first (_on_ack), the watchdog bounds the wait for the oldest.
 
-    async def _publish(self, js: Any, entry: list) -> None:
-        entry[3] = await js.publish_async(entry[5], entry[1],
-                                          headers={"Nats-Msg-Id": entry[2]})
-        entry[4] = self._loop.time()  # type: ignore[union-attr]
-        self._more.set()  # type: ignore[union-attr]
+    async def _publish(self, nc: Any, entries: Any) -> int:
+        """Publish entries (appended to _unconfirmed already), in order: the
+        hot loop of the bridge.  Returns how many were published."""
+        publish, inbox, waiting = nc.publish, self._inbox, self._waiting
+        assert self._loop is not None
+        clock, seq, limit = self._loop.time, self._seq, nc.max_payload
+        rejected = skipped = 0
+        for entry in entries:
+            if len(entry[1]) > limit:
+                skipped += 1
+                if entry[3] != _REJECTED:
+                    rejected += 1
+                    self._reject(entry, limit)
+                continue
+            waiting[seq] = entry  # before the publish: its ack may come at once
+            entry[3], entry[4] = _SENT, clock()
+            await publish(entry[5], entry[1], reply=f"{inbox}{seq:x}",
+                          headers={"Nats-Msg-Id": entry[2]})
+            seq += 1
+            self._seq = seq
+        if rejected:
+            self._settle_confirmed()
+        return len(entries) - skipped
 
-    async def _confirm(self) -> None:
-        """Ack the local deliveries JetStream confirmed, oldest first."""
-        more, settled = self._more, self._settled
-        assert more is not None and settled is not None
+    def _reject(self, entry: list, limit: int) -> None:
+        """A message larger than the server's max_payload: no publish can
+        take it, and retrying would stop the bridge for good.  Logged,
+        counted (BridgeStats.rejected) and settled as if stored: dropped."""
+        entry[3] = _REJECTED
+        _log.warning("fastq.bridge: a message of %d bytes (Nats-Msg-Id %s) is larger than the "
+                     "NATS server's max_payload (%d bytes): not published, dropped",
+                     len(entry[1]), entry[2], limit)
+        with self._lock:
+            self._stats.rejected += 1
+            self._stats.last_error = (f"MaxPayloadError: a message of {len(entry[1])} bytes, "
+                                      f"max_payload {limit}")
+
+    async def _on_ack(self, msg: Any) -> None:
+        """A publish ack (nats-py calls it in order, one at a time): mark its
+        entry, then settle what is confirmed at the head.  Never raises (nats-py
+        would only log it): a failure is kept for the session to raise."""
+        subj = msg.subject
+        if not subj.startswith(self._inbox):
+            return  # an ack for an earlier connection's publish: republished since
         try:
-            while True:
-                while not self._unconfirmed or self._unconfirmed[0][3] is None:
-                    more.clear()
-                    await more.wait()
-                entry = self._unconfirmed[0]
-                ack = await entry[3]  # the watchdog bounds the wait
-                _crash_point("confirmed")
-                self._unconfirmed.popleft()
-                acked = 0
-                if entry[0] is not None:  # a delivery (or a batch) is settled: room to take more
-                    try:
-                        entry[0].ack()
-                    except Exception as e:
-                        raise _LocalFailure() from e
-                    acked = len(entry[0]) if self._batches else 1
-                    settled.set()
-                if acked or ack.duplicate:  # (the counters take a lock: not per message)
-                    self._count(acked=acked, duplicates=1 if ack.duplicate else 0)
-        finally:
-            settled.set()  # the session waits on it: wake it to see why
+            entry = self._waiting.pop(int(subj[len(self._inbox):], 16), None)
+        except ValueError:
+            return
+        if entry is None:
+            return
+        data = msg.data
+        if not data or (msg.headers and msg.headers.get("Status")):
+            # 503: no stream captures the subject (nats-py: NoStreamResponseError)
+            return self._fail(ConnectionError(
+                f"no JetStream stream took the publish to {entry[5]!r} "
+                f"(status {msg.headers.get('Status') if msg.headers else None})"))
+        try:
+            resp = json.loads(data)
+            err = resp.get("error")
+        except (ValueError, AttributeError) as e:
+            return self._fail(ConnectionError(f"a publish ack that is not JSON: {e}"))
+        if err is not None:
+            return self._fail(ConnectionError(f"JetStream refused a publish: {err}"))
+        entry[3] = _DUPLICATE if resp.get("duplicate") else _STORED
+        self._settle_confirmed()
 
-    async def _watchdog(self, confirm: "asyncio.Task") -> None:
-        """Stop _confirm if the oldest publish waits for its ack beyond
-        ack_timeout (a future per message with a timeout each would cost more
-        than the publish)."""
+    def _settle_confirmed(self) -> None:
+        """Ack the local deliveries JetStream confirmed, oldest first."""
+        u, settled = self._unconfirmed, self._settled
+        assert settled is not None
+        acked = dups = 0
+        try:
+            while u and u[0][3] is not None and u[0][3] >= _STORED:
+                if _CRASH_AT is not None:
+                    _crash_point("confirmed")
+                entry = u.popleft()
+                dups += entry[3] == _DUPLICATE
+                if entry[0] is not None:  # a delivery (or a batch) is settled
+                    entry[0].ack()
+                    acked += len(entry[0]) if self._batches else 1
+        except Exception as e:  # noqa: BLE001 - the local ack failed: the bridge stops
+            f = _LocalFailure()
+            f.__cause__ = e
+            self._fail(f)
+        if acked or dups:  # (the counters take a lock: not per message)
+            self._count(acked=acked, duplicates=dups)
+        if acked or len(u) <= self._window - self._refill:  # room: wake the session
+            settled.set()
+
+    def _fail(self, e: BaseException) -> None:
+        """Keep the first failure of the acks for the session, and wake it."""
+        if self._failure is None:
+            self._failure = e
+        assert self._settled is not None
+        self._settled.set()
+
+    async def _watchdog(self) -> None:
+        """Fail the session if the oldest publish waits for its ack beyond
+        ack_timeout (a timer per message would cost more than the publish)."""
         loop = self._loop
         assert loop is not None
-        while not confirm.done():
+        while self._failure is None:
             await asyncio.sleep(self._ack_timeout / 4)
             u = self._unconfirmed
-            if u and u[0][3] is not None and loop.time() - u[0][4] > self._ack_timeout:
-                self._late = True
-                confirm.cancel()
-                return
+            if u and u[0][3] == _SENT and loop.time() - u[0][4] > self._ack_timeout:
+                self._fail(TimeoutError(f"no publish ack from JetStream within "
+                                        f"{self._ack_timeout} s"))
 
-    def _check(self, confirm: "asyncio.Task") -> None:
-        """Raise what stopped _confirm."""
-        if confirm.done():
-            if self._late:
-                raise TimeoutError(f"no publish ack from JetStream within "
-                                   f"{self._ack_timeout} s")
-            confirm.result()
+    def _check(self) -> None:
+        """Raise what failed since the session began."""
+        if self._failure is not None:
+            raise self._failure
 
     async def _session(self, nc: Any, js: Any) -> None:
         if self._stream:
             subjects = [self._subject] + ([] if self._batches else [self._subject + ".>"])
             await ensure_stream(js, self._stream, subjects, *self._stream_opts)
-        self.connected.set()
         settled, loop = self._settled, self._loop
         assert settled is not None and loop is not None
-        self._late = False
-        confirm = asyncio.ensure_future(self._confirm())
-        watchdog = asyncio.ensure_future(self._watchdog(confirm))
+        self._failure = None
+        self._inbox, self._waiting, self._seq = nc.new_inbox() + ".", {}, 0
+        sub = await nc.subscribe(self._inbox + "*", cb=self._on_ack)
+        self.connected.set()
+        watchdog = asyncio.ensure_future(self._watchdog())
         try:
-            for entry in self._unconfirmed:  # left by the last connection: same ids
-                await self._publish(js, entry)
-            self._count(forwarded=len(self._unconfirmed))
+            # left by the last connection: the same ids
+            self._count(forwarded=await self._publish(nc, list(self._unconfirmed)))
             while not self._stopping.is_set():
-                self._check(confirm)
+                self._check()
                 if nc.is_closed:
                     raise ConnectionError("the connection to the NATS server was lost")
                 room = self._window - len(self._unconfirmed)
-                batch = self._take(room) if room > 0 and not self._source_done else []
+                batch = (self._take(room) if room >= self._refill and not self._source_done
+                         else [])
                 if not batch:
                     if self._unconfirmed or self._source_done:
                         # the window is full, or the source is empty while
-                        # publishes are in flight: wait for an ack (_confirm
-                        # sets it when it acks or ends), or poll again soon
+                        # publishes are in flight: wait for an ack (_on_ack
+                        # sets it when there is room or a delivery was acked,
+                        # _fail when something failed), or poll again soon
                         settled.clear()
-                        poll = loop.call_later(0.002 if room > 0 and not self._source_done
-                                               else 0.5, settled.set)
+                        poll = loop.call_later(0.002 if room >= self._refill
+                                               and not self._source_done else 0.5, settled.set)
                         await settled.wait()
                         poll.cancel()
                         continue
                     batch = await loop.run_in_executor(self._executor, self._wait_one,
                                                        max(room, 1))
-                for entry in batch:
-                    self._unconfirmed.append(entry)
-                    await self._publish(js, entry)
-                self._count(forwarded=len(batch))
+                self._unconfirmed.extend(batch)
+                self._count(forwarded=await self._publish(nc, batch))
             # stopping: let what is in flight be confirmed, within ack_timeout
             end = loop.time() + self._ack_timeout
-            while self._unconfirmed and loop.time() < end and not confirm.done():
+            while self._unconfirmed and loop.time() < end and self._failure is None:
                 settled.clear()
                 poll = loop.call_later(0.05, settled.set)
                 await settled.wait()
                 poll.cancel()
-            self._check(confirm)
+            self._check()
         finally:
-            for task in (confirm, watchdog):
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - reported above
-                    pass
+            watchdog.cancel()
+            try:
+                await watchdog
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001,S110 - cancelled
+                pass
+            self._inbox = "\x00"  # no subject starts so: a late ack is ignored
+            self._waiting = {}
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
+                pass
             for entry in self._unconfirmed:
-                entry[3] = None
+                if entry[3] != _REJECTED:
+                    entry[3] = None
 
 
 class Inbound(_Bridge):
@@ -636,6 +742,12 @@ class Inbound(_Bridge):
         # message coming back is acked, not put again
         self._committed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._executor: Any = None
+        # the double acks of the current connection: the reply inbox (with a
+        # trailing dot), the sequences not confirmed yet, the next sequence,
+        # and the event set when none is left
+        self._inbox, self._seq = "\x00", 0
+        self._acks: set = set()
+        self._acks_done: Optional[asyncio.Event] = None
 
     def _begin(self) -> None:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
@@ -653,28 +765,72 @@ class Inbound(_Bridge):
             return subject[len(pre) + 1:]
         return None if pre else subject
 
-    def _put(self, msgs: list, slice_s: float) -> int:
+    def _put(self, msgs: list, slice_s: float, rejects: list) -> int:
         """Put the messages' payloads in order (into a topic with their local
-        subject); returns how many were put before the local queue stayed
-        full for slice_s seconds (0: not at all, no wait)."""
+        subject); returns how many were done (put, or appended to rejects
+        with the reason when they cannot be put at all) before the local
+        queue stayed full for slice_s seconds (0: not at all, no wait)."""
         target = self._target  # the compiled handle: put (queue) or publish (topic) of raw bytes
         block = slice_s > 0
+        timeout = slice_s if block else None
         topic = isinstance(target, Topic)
         for i, m in enumerate(msgs):
+            subject = None
             try:
                 if topic:
-                    target.publish(m.data, block, slice_s if block else None,
-                                   subject=self.local_subject(m.subject))
-                else:
-                    target.put(m.data, block, slice_s if block else None)
+                    subject = self.local_subject(m.subject)
+                    target.publish(m.data, block, timeout, subject=subject)
+                else:  # JetStream's deliveries so far are the local first attempt
+                    target._put_attempt(m.data, m.metadata.num_delivered or 1, block, timeout)
             except Full:
                 return i
+            except MessageTooLarge as e:  # this message only: the next may fit
+                rejects.append((m, e))
+            except ValueError as e:
+                # a subject fastq refuses (too long, an empty token...) is
+                # this message's; any other ValueError (a closed handle) is
+                # the bridge's
+                why = self._bad_subject(subject)
+                if why is None:
+                    raise _LocalFailure() from e
+                rejects.append((m, why))
             except Exception as e:
                 raise _LocalFailure() from e
         return len(msgs)
 
+    @staticmethod
+    def _bad_subject(subject: Optional[str]) -> Optional[ValueError]:
+        """Why subject is not one a topic takes (None: it is, or no subject)."""
+        if subject is None:
+            return None
+        try:
+            _core.check_subject(subject, False)
+        except ValueError as e:
+            return e
+        return None
+
+    async def _reject(self, rejects: list) -> None:
+        """Terminate messages that cannot be put (BridgeStats.rejected)."""
+        for m, why in rejects:
+            md = m.metadata
+            _log.warning("fastq.bridge: JetStream message %s/%d (subject %.80r) not put into %s: "
+                         "%s; terminated, not redelivered", md.stream, md.sequence.stream,
+                         m.subject, getattr(self._target, "path", "the local target"), why)
+            await m.term()
+        if rejects:
+            with self._lock:
+                self._stats.rejected += len(rejects)
+                self._stats.last_error = f"{type(rejects[-1][1]).__name__}: {rejects[-1][1]}"
+
+    def _settle_put(self, done: list, rejects: list) -> None:
+        """Remember the messages just put (not the rejected) as committed."""
+        skip = {id(m) for m, _ in rejects}
+        for m in done:
+            if id(m) not in skip:
+                self._committed[m.metadata.sequence.stream] = None
+        self._count(forwarded=len(done) - len(skip))
+
     async def _session(self, nc: Any, js: Any) -> None:
-        from nats import errors as nerrors  # noqa: PLC0415
         from nats.js import api  # noqa: PLC0415
         if self._stream and self._create:
             await ensure_stream(js, self._stream, [self._subject], *self._stream_opts)
@@ -683,6 +839,53 @@ class Inbound(_Bridge):
                                     deliver_policy=api.DeliverPolicy.ALL)
         sub = await js.pull_subscribe(self._subject, durable=self._durable, stream=self._stream,
                                       config=config)
+        self._inbox, self._acks, self._seq = nc.new_inbox() + ".", set(), 0
+        acks = await nc.subscribe(self._inbox + "*", cb=self._on_ack)
+        try:
+            await self._fetch_loop(nc, sub)
+        finally:
+            self._inbox, self._acks = "\x00", set()  # a late confirmation is ignored
+            for s in (acks, sub):
+                try:
+                    await s.unsubscribe()
+                except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
+                    pass
+
+    async def _ack_sync(self, nc: Any, msgs: list) -> None:
+        """Double ack: ack every message with a reply subject of this bridge's
+        inbox and wait until the server confirmed all of them (nats-py's
+        ack_sync, pipelined: one publish each instead of a request with its
+        future, timer and task each).  TimeoutError after ack_timeout: the
+        session fails, the messages come again and are recognised (_committed)."""
+        if not msgs:
+            return
+        publish, inbox, acks, seq = nc.publish, self._inbox, self._acks, self._seq
+        self._acks_done = done = asyncio.Event()
+        for m in msgs:
+            acks.add(seq)
+            await publish(m.reply, b"+ACK", reply=f"{inbox}{seq:x}")
+            seq += 1
+            self._seq = seq
+        try:
+            await asyncio.wait_for(done.wait(), self._ack_timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"JetStream confirmed {len(msgs) - len(acks)} of {len(msgs)} "
+                               f"acks within {self._ack_timeout} s") from None
+
+    async def _on_ack(self, msg: Any) -> None:
+        """A confirmation of an ack (nats-py calls it in order)."""
+        subj = msg.subject
+        if not subj.startswith(self._inbox):
+            return  # an earlier connection's
+        try:
+            self._acks.discard(int(subj[len(self._inbox):], 16))
+        except ValueError:
+            return
+        if not self._acks and self._acks_done is not None:
+            self._acks_done.set()
+
+    async def _fetch_loop(self, nc: Any, sub: Any) -> None:
+        from nats import errors as nerrors  # noqa: PLC0415
         self.connected.set()
         loop = asyncio.get_running_loop()
         slice_s = max(0.05, min(1.0, self._ack_wait / 3))
@@ -705,17 +908,15 @@ class Inbound(_Bridge):
             self._count(duplicates=len(again))
             # a put that need not wait costs microseconds: on the loop; the
             # rest waits for room in the executor's thread
-            done = self._put(fresh, 0)
-            for m in fresh[:done]:
-                self._committed[m.metadata.sequence.stream] = None
-            self._count(forwarded=done)
+            rejects: list = []
+            done = self._put(fresh, 0, rejects)
+            self._settle_put(fresh[:done], rejects)
             while done < len(fresh):
+                had = len(rejects)
                 n = await loop.run_in_executor(self._executor, self._put, fresh[done:],
-                                               slice_s)
-                for m in fresh[done:done + n]:
-                    self._committed[m.metadata.sequence.stream] = None
+                                               slice_s, rejects)
+                self._settle_put(fresh[done:done + n], rejects[had:])
                 done += n
-                self._count(forwarded=n)
                 if done < len(fresh):
                     if self._stopping.is_set():  # give the rest back at once
                         await asyncio.gather(*(m.nak() for m in fresh[done:]))
@@ -726,13 +927,11 @@ class Inbound(_Bridge):
             while len(self._committed) > _COMMITTED_MAX:
                 self._committed.popitem(last=False)
             _crash_point("committed")
+            await self._reject(rejects)
             # double ack: each ack waits for the server's confirmation
-            put = again + fresh[:done]
-            await asyncio.gather(*(m.ack_sync(timeout=self._ack_timeout) for m in put))
+            skip = {id(m) for m, _ in rejects}
+            put = again + [m for m in fresh[:done] if id(m) not in skip]
+            await self._ack_sync(nc, put)
             for m in put:
                 self._committed.pop(m.metadata.sequence.stream, None)
             self._count(acked=len(put))
-        try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
-            pass

@@ -8,11 +8,11 @@ from fastq.bridge import BridgeStats, Outbound
 
 def test_to_dict_names_every_counter_in_order_and_is_json():
     s = BridgeStats(forwarded=5, acked=4, redelivered=1, duplicates=1, errors=2, reconnects=1,
-                    last_error="ConnectionError: gone")
+                    rejected=3, last_error="ConnectionError: gone")
     d = s.to_dict()
     assert list(d) == [f.name for f in dataclasses.fields(BridgeStats)]
     assert d == {"forwarded": 5, "acked": 4, "redelivered": 1, "duplicates": 1, "errors": 2,
-                 "reconnects": 1, "last_error": "ConnectionError: gone"}
+                 "reconnects": 1, "rejected": 3, "last_error": "ConnectionError: gone"}
     assert json.loads(json.dumps(d)) == d
     d["acked"] = 99                    # a copy: the stats are not changed through it
     assert s.acked == 4
