@@ -36,6 +36,8 @@ import weakref
 from multiprocessing import connection
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from . import _batch
+from ._batch import Batch, Salvaged
 from ._errors import Empty, MessageTooLarge, ShutDown
 from ._queue import Queue
 
@@ -114,6 +116,13 @@ class _Failed:
         if self.tb:
             exc.__cause__ = RemoteTraceback(self.tb)
         return exc
+
+
+_batch.make_failure = _Failed
+
+
+def _nfailed(items: list) -> int:
+    return sum(type(x) is _Failed for x in items)
 
 
 # ---- the worker process ------------------------------------------------------------
@@ -226,7 +235,7 @@ def _send(out_q: Queue, job: int, chunk: int, outo: Any, out: list, nf: int,
     another worker, which would die the same way, forever."""
     for attempt in range(2):
         try:
-            out_q.put((job, chunk, outo, None, out, nf, cost))
+            out_q.put((job, chunk, outo, None, Batch(out), nf, cost))
             return
         except ShutDown:
             raise
@@ -237,8 +246,8 @@ def _send(out_q: Queue, job: int, chunk: int, outo: Any, out: list, nf: int,
             # first an output at a time; if the list still fails as a whole,
             # every output gets the error
             out = _sendable(out) if attempt == 0 else [_Failed.current(e)] * len(out)
-        nf = sum(type(y) is _Failed for y in out)
-    out_q.put((job, chunk, outo, None, out, nf, cost))
+        nf = _nfailed(out)
+    out_q.put((job, chunk, outo, None, Batch(out), nf, cost))
 
 
 def _apply(fa: Any) -> Any:
@@ -276,6 +285,9 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
         except ShutDown:
             return
         job, chunk, origin, call, items, nfailed, cost = d.value
+        if type(items) is Salvaged:  # an item that did not load fails alone
+            items = list(items)
+            nfailed = _nfailed(items)
         if d.redelivered:
             _await_counted(slots, spec.wids, wid, job, chunk)
         slots[k + 1], slots[k + 2], slots[k + 3], slots[k] = job, chunk, -1, 1
@@ -673,17 +685,20 @@ class _Engine:
             if self.queues[-1].closed:  # closed under us (terminate)
                 self.results_closed = True
                 return False
-            # A message that pickled in a worker but does not unpickle here (any
-            # exception, ValueError and OSError too): it is consumed, and whose
-            # it was is unknown.  Every job in flight fails with the reason,
-            # rather than waiting for it forever.
-            err = RuntimeError(f"a result could not be read from its worker "
+            # Not a result that does not unpickle: a batch is read item by
+            # item then (fastq._batch), and the message's header always loads.
+            # Whose message it was is unknown: every job in flight fails with
+            # the reason, rather than waiting for it forever.
+            err = RuntimeError(f"a message of the results queue could not be read "
                                f"({type(e).__name__}: {e})")
             err.__cause__ = e
             for job in list(self.jobs.values()):
                 job.fail(err)
             return True
         for job_id, chunk, origin, _, items, nfailed, cost in msgs:
+            if type(items) is Salvaged:  # an item that did not load fails alone
+                items = list(items)
+                nfailed = _nfailed(items)
             c = self.cost
             self.cost = cost if c is None else 0.7 * c + 0.3 * cost
             job = self.jobs.get(job_id)
@@ -790,7 +805,7 @@ class _Engine:
                     if self.stopping or job.finished:
                         return
                 try:
-                    q.put((job.jid, chunk, pos, call, items, 0, 0.0))
+                    q.put((job.jid, chunk, pos, call, Batch(items), 0, 0.0))
                 except MessageTooLarge:
                     if len(items) == 1:
                         raise
@@ -799,7 +814,7 @@ class _Engine:
                             while not job.window.acquire(timeout=0.2):
                                 if self.stopping or job.finished:
                                     return
-                        q.put((job.jid, chunk + i, pos + i, call, [x], 0, 0.0))
+                        q.put((job.jid, chunk + i, pos + i, call, Batch([x]), 0, 0.0))
                     chunk += len(items) - 1
                 chunk += 1
                 pos += len(items)
