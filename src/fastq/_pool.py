@@ -189,7 +189,7 @@ class Pool:
         res = AsyncResult(job, True, callback, error_callback)
         try:
             self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
-                                        Batch([(tuple(args), dict(kwds or {}))]), 0, 0.0))
+                                        Batch([(tuple(args), dict(kwds or {}))]), 0, 0.0, ()))
         except BaseException as e:
             job.fail(e)
             raise
