@@ -50,6 +50,8 @@ __all__ = ["WorkerLost", "RemoteTraceback"]
 
 # items per chunk: a chunk should keep one worker busy about TARGET_S seconds
 TARGET_S = 0.004
+TAIL_S = TARGET_S / 8                # the smallest share of the end of a known-length input
+COST_DECAY = 0.5                     # weight of the earlier batches in the cost per item
 MAX_CHUNK = 1 << 14
 MAX_CHUNK_BYTES = 1 << 20           # estimated (sys.getsizeof of the first item)
 NSLOT = 5                           # per worker: busy, job, chunk, position (-1: unknown), items done
@@ -506,9 +508,12 @@ class _Job:
                 if not self.engine.wait(self._ready, deadline):
                     raise TimeoutError("no result in time")
                 continue
+            yield items
+            # the consumer came back for more: it took every item of this
+            # chunk, which leaves the window now (not when it was handed
+            # over, which let the input run a whole chunk further ahead)
             if not self.release_on_receive and self.window is not None:
                 self.window.release()
-            yield items
 
 
 def _assemble(got: Dict[tuple, list], prefix: tuple) -> Optional[list]:
@@ -589,6 +594,7 @@ class _Engine:
         self.lock = threading.Lock()
         self.jids = itertools.count()
         self.cost: Optional[float] = None        # seconds per item at the slowest stage
+        self.cost_s = self.cost_n = 0.0          # its decayed sums: seconds, items
         self.reruns = 0                          # chunks given back by a dead worker
         self.deaths: Dict[tuple, int] = {}       # (job, stage, position) -> deaths
         self.unknown: Dict[tuple, int] = {}      # (job, stage, chunk) -> deaths, item unknown
@@ -806,8 +812,14 @@ class _Engine:
             if type(items) is Salvaged:  # an item that did not load fails alone
                 items = list(items)
                 nfailed = _nfailed(items)
-            c = self.cost
-            self.cost = cost if c is None else 0.7 * c + 0.3 * cost
+            # Seconds per item, weighted by items (decayed sums): the first
+            # batches are single items whose fixed costs make an item look
+            # tens of times dearer than it is; weighted 0.3 each, as before,
+            # they kept batches small for ten batches more.
+            n = len(items)
+            self.cost_s = COST_DECAY * self.cost_s + cost * n
+            self.cost_n = COST_DECAY * self.cost_n + n
+            self.cost = self.cost_s / self.cost_n if self.cost_n else cost
             job = self.jobs.get(job_id)
             if job is not None:
                 if parts:
@@ -857,7 +869,11 @@ class _Engine:
         n = 1 if c is None else int(TARGET_S / max(c, 1e-9))
         n = min(n, MAX_CHUNK, max(1, MAX_CHUNK_BYTES // max(1, _sizeof(first))))
         if remaining is not None:
-            n = min(n, -(-remaining // (2 * self.specs[0].workers)))
+            # the end comes in shares (so that the workers finish together),
+            # halving down to TAIL_S of work: smaller ones cost more in fixed
+            # costs (a trip through every stage each) than they balance
+            least = 1 if c is None else int(TAIL_S / max(c, 1e-9))
+            n = min(n, max(least, -(-remaining // (2 * self.specs[0].workers))))
         return max(1, n)
 
     def feed(self, job: _Job, iterable: Any, call: Optional[bytes],
@@ -884,6 +900,13 @@ class _Engine:
             if last and not self.stopping:
                 self.queues[0].shutdown()
 
+    def _room(self, job: _Job) -> bool:
+        """Wait for room in the job's window; False if the job or the engine ended."""
+        while not job.window.acquire(timeout=0.2):
+            if self.stopping or job.finished:
+                return False
+        return True
+
     def _feed_chunks(self, job: _Job, iterable: Any, call: Optional[bytes],
                      chunksize: Optional[int]) -> None:
         q = self.queues[0]
@@ -898,8 +921,14 @@ class _Engine:
         try:
             it = iter(iterable) if seq is None else None
             while True:
+                # room first, then the items: the input is read at most a
+                # window ahead of the consumer (and a batch sized after the
+                # wait knows the latest cost per item)
+                if not self._room(job):
+                    return
                 if seq is not None:
                     if pos >= len(seq):
+                        job.window.release()
                         break
                     n = chunksize or self.chunk_size(seq[pos], remaining)
                     items = seq[pos:pos + n]
@@ -907,23 +936,19 @@ class _Engine:
                     try:
                         first = next(it)
                     except StopIteration:
+                        job.window.release()
                         break
                     n = chunksize or self.chunk_size(first, remaining)
                     items = [first]
                     items.extend(itertools.islice(it, n - 1))
-                while not job.window.acquire(timeout=0.2):
-                    if self.stopping or job.finished:
-                        return
                 try:
                     q.put((job.jid, chunk, pos, call, Batch(items), 0, 0.0, ()))
                 except MessageTooLarge:
                     if len(items) == 1:
                         raise
                     for i, x in enumerate(items):  # one item per message
-                        if i:
-                            while not job.window.acquire(timeout=0.2):
-                                if self.stopping or job.finished:
-                                    return
+                        if i and not self._room(job):
+                            return
                         q.put((job.jid, chunk + i, pos + i, call, Batch([x]), 0, 0.0, ()))
                     chunk += len(items) - 1
                 chunk += 1
