@@ -1,14 +1,19 @@
 """Worker processes fed by fastq queues, and the supervisor that keeps them alive.
 
 Shared by :class:`fastq.Pool` and :func:`fastq.pipeline`.  The unit of work is a
-*chunk*: one message ``(job, chunk, origin, call, items, nfailed, cost)`` holding a
-list of items.  ``origin`` is the input position of the first item (an int, the
-items being consecutive) or a list with one position per item (after a ``flat``
-stage).  A stage's worker takes a chunk with acknowledged delivery
-(``receive()``), computes the chunk of outputs, puts it on the next queue as one
-message and only then acks: a worker killed anywhere in between leaves its chunk
-in the queue, and fastq's recovery gives it to another worker (at-least-once).
-The parent keeps the first copy of each chunk it receives (exactly-once results).
+*chunk*: one message ``(job, chunk, origin, call, items, nfailed, cost, parts)``
+holding a list of items (as a ``fastq._batch.Batch``: its own pickle, read item
+by item if it does not load whole).  ``origin`` is the input position of the
+first item (an int, the items being consecutive) or a list with one position per
+item (after a ``flat`` stage).  A stage's worker takes a chunk with acknowledged
+delivery (``receive()``), computes the chunk of outputs, puts it on the next
+queue as one message and only then acks: a worker killed anywhere in between
+leaves its chunk in the queue, and fastq's recovery gives it to another worker
+(at-least-once).  The parent keeps the first copy of each chunk it receives
+(exactly-once results).  Outputs too large for one message go as several
+*parts*, each marked ``(i, n, run)`` (after the marks of the input, itself maybe
+a part): the parent puts a chunk together from the parts of one run
+(``_send_parts``, ``_Job.deliver_part``).
 
 The supervisor (a thread of the parent) waits on the workers' sentinels.  When one
 dies, it reads what the worker was doing from a small shared table (job, chunk,
@@ -36,6 +41,8 @@ import weakref
 from multiprocessing import connection
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from . import _batch
+from ._batch import Batch, Salvaged
 from ._errors import Empty, MessageTooLarge, ShutDown
 from ._queue import Queue
 
@@ -43,6 +50,8 @@ __all__ = ["WorkerLost", "RemoteTraceback"]
 
 # items per chunk: a chunk should keep one worker busy about TARGET_S seconds
 TARGET_S = 0.004
+TAIL_S = TARGET_S / 8                # the smallest share of the end of a known-length input
+COST_DECAY = 0.5                     # weight of the earlier batches in the cost per item
 MAX_CHUNK = 1 << 14
 MAX_CHUNK_BYTES = 1 << 20           # estimated (sys.getsizeof of the first item)
 NSLOT = 5                           # per worker: busy, job, chunk, position (-1: unknown), items done
@@ -114,6 +123,13 @@ class _Failed:
         if self.tb:
             exc.__cause__ = RemoteTraceback(self.tb)
         return exc
+
+
+_batch.make_failure = _Failed
+
+
+def _nfailed(items: list) -> int:
+    return sum(type(x) is _Failed for x in items)
 
 
 # ---- the worker process ------------------------------------------------------------
@@ -220,25 +236,89 @@ def _sendable(out: list) -> list:
 
 
 def _send(out_q: Queue, job: int, chunk: int, outo: Any, out: list, nf: int,
-          cost: float) -> None:
-    """Put one chunk's outputs as one message.  An output that cannot travel
-    travels as its error: a worker that died in put() would leave its chunk to
-    another worker, which would die the same way, forever."""
+          cost: float, parts: tuple) -> None:
+    """Put one chunk's outputs: one message, or several (parts) when they do not
+    fit in one.  An output that cannot travel travels as its error: a worker
+    that died in put() would leave its chunk to another worker, which would
+    die the same way, forever."""
     for attempt in range(2):
         try:
-            out_q.put((job, chunk, outo, None, out, nf, cost))
+            out_q.put((job, chunk, outo, None, Batch(out), nf, cost, parts))
             return
         except ShutDown:
             raise
-        except MessageTooLarge as e:  # one message per chunk: say so for each item
-            out = [_Failed(MessageTooLarge(f"the outputs of a chunk do not fit in one "
-                                           f"message of the queue: {e}"), "")] * len(out)
+        except MessageTooLarge:
+            _send_parts(out_q, job, chunk, outo, out, cost, parts)
+            return
         except Exception as e:
             # first an output at a time; if the list still fails as a whole,
             # every output gets the error
             out = _sendable(out) if attempt == 0 else [_Failed.current(e)] * len(out)
-        nf = sum(type(y) is _Failed for y in out)
-    out_q.put((job, chunk, outo, None, out, nf, cost))
+        nf = _nfailed(out)
+    out_q.put((job, chunk, outo, None, Batch(out), nf, cost, parts))
+
+
+def _pickled_size(y: Any) -> int:
+    """Bytes of y in a message (its pickle and its out-of-band buffers)."""
+    bufs: list = []
+    n = len(pickle.dumps(y, protocol=5, buffer_callback=bufs.append))
+    return n + sum(b.raw().nbytes for b in bufs)
+
+
+def _send_parts(out_q: Queue, job: int, chunk: int, outo: Any, out: list, cost: float,
+                parts: tuple) -> None:
+    """Put outputs that do not fit in one message as consecutive parts, each
+    marked (i, n, run) after the input's own part marks: the reader puts a
+    chunk together from the n parts of one run (see _Job.deliver_part).  The
+    input is acknowledged only after the last part: a worker killed between
+    two parts leaves its input to be run again, by a new run whose parts the
+    reader does not mix with the dead run's.  An output larger than a message
+    on its own is replaced by the MessageTooLarge that says so."""
+    limit = out_q.max_message
+    budget = limit // 2          # for the items; the rest for origins and framing
+    sizes = []
+    for i, y in enumerate(out):
+        try:
+            n = _pickled_size(y)
+        except Exception as e:
+            out[i], n = _Failed.current(e), 0
+        if n > budget:
+            out[i] = _Failed(MessageTooLarge(
+                f"an output of {n} bytes (pickled) does not fit in one message of the "
+                f"queue (at most {limit} bytes: a queue's capacity // 2; pass a larger "
+                f"capacity to the Pool or pipeline)"), "")
+            n = _pickled_size(out[i])
+        sizes.append(n)
+    cuts, acc = [0], 0
+    for i, n in enumerate(sizes):
+        if acc + n > budget and i > cuts[-1]:
+            cuts.append(i)
+            acc = 0
+        acc += n
+    cuts.append(len(out))
+    _put_parts(out_q, job, chunk, outo, out, cost, parts, cuts)
+
+
+def _put_parts(out_q: Queue, job: int, chunk: int, outo: Any, out: list, cost: float,
+               parts: tuple, cuts: List[int]) -> None:
+    """Put out[cuts[k]:cuts[k + 1]] as part k; a part that still does not fit
+    (the sizes were estimated) is put as two parts of its own, one level down."""
+    run = int.from_bytes(os.urandom(8), "little") >> 2
+    total = len(cuts) - 1
+    for k in range(total):
+        a, b = cuts[k], cuts[k + 1]
+        o = outo + a if type(outo) is int else outo[a:b]
+        piece, mark = out[a:b], parts + ((k, total, run),)
+        try:
+            out_q.put((job, chunk, o, None, Batch(piece), _nfailed(piece), cost, mark))
+        except MessageTooLarge as e:
+            if len(piece) == 1:
+                piece = [_Failed(MessageTooLarge(f"an output does not fit in one message "
+                                                 f"of the queue: {e}"), "")]
+                out_q.put((job, chunk, o, None, Batch(piece), 1, cost, mark))
+            else:
+                _put_parts(out_q, job, chunk, o, piece, cost, mark, [0, len(piece) // 2,
+                                                                    len(piece)])
 
 
 def _apply(fa: Any) -> Any:
@@ -275,7 +355,10 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
             continue
         except ShutDown:
             return
-        job, chunk, origin, call, items, nfailed, cost = d.value
+        job, chunk, origin, call, items, nfailed, cost, parts = d.value
+        if type(items) is Salvaged:  # an item that did not load fails alone
+            items = list(items)
+            nfailed = _nfailed(items)
         if d.redelivered:
             _await_counted(slots, spec.wids, wid, job, chunk)
         slots[k + 1], slots[k + 2], slots[k + 3], slots[k] = job, chunk, -1, 1
@@ -295,7 +378,7 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
                                    slots, k, poison, job, spec.stage)
         cost = max(cost, (time.perf_counter() - t0) / max(1, len(items)))
         try:
-            _send(out_q, job, chunk, outo, out, nf, cost)
+            _send(out_q, job, chunk, outo, out, nf, cost, parts)
             d.ack()
         except ShutDown:
             return
@@ -324,6 +407,7 @@ class _Job:
         self.arrived: List[tuple] = []       # unordered: (outputs, failures) as they come
         self.low = 0                         # every chunk below was received
         self.seen: set = set()               # chunks >= low received
+        self.parts: Dict[int, dict] = {}     # chunk -> {part mark: items}, until whole
         self.received = 0
         self.total = total                   # chunks, once the input is exhausted
         self.items_total = total
@@ -349,6 +433,21 @@ class _Job:
             if self.release_on_receive and self.window is not None:
                 self.window.release()
         self._check_done()
+
+    def deliver_part(self, chunk: int, mark: tuple, items: list) -> None:
+        """One part of a chunk whose outputs did not fit in one message (see
+        _send_parts): delivered as the chunk once every part of one run is
+        in, at every level of splitting."""
+        with self.mu:
+            if chunk < self.low or chunk in self.seen:
+                return  # the chunk is in (from another run): drop it
+            got = self.parts.setdefault(chunk, {})
+            got.setdefault(mark, items)  # the first copy of a part of a run
+            whole = _assemble(got, ())
+            if whole is None:
+                return
+            del self.parts[chunk]
+        self.deliver(chunk, whole, _nfailed(whole))
 
     def set_total(self, chunks: int, items: int) -> None:
         with self.mu:
@@ -409,9 +508,34 @@ class _Job:
                 if not self.engine.wait(self._ready, deadline):
                     raise TimeoutError("no result in time")
                 continue
+            yield items
+            # the consumer came back for more: it took every item of this
+            # chunk, which leaves the window now (not when it was handed
+            # over, which let the input run a whole chunk further ahead)
             if not self.release_on_receive and self.window is not None:
                 self.window.release()
-            yield items
+
+
+def _assemble(got: Dict[tuple, list], prefix: tuple) -> Optional[list]:
+    """The items of the part at prefix (() for the whole chunk) from the parts
+    in got (mark -> items), or None while one is missing.  A mark is a tuple
+    of (i, n, run) levels: the part i of the n parts of a run.  The parts of
+    one run only are put together (a run that died between two parts left
+    some of them; the run of its replacement may cut differently)."""
+    if prefix in got:
+        return got[prefix]
+    depth = len(prefix)
+    runs: Dict[int, tuple] = {}
+    for mark in got:
+        if len(mark) > depth and mark[:depth] == prefix:
+            i, n, run = mark[depth]
+            runs.setdefault(run, (n, set()))[1].add(i)
+    for run, (n, have) in runs.items():
+        if len(have) == n:
+            pieces = [_assemble(got, prefix + ((i, n, run),)) for i in range(n)]
+            if all(p is not None for p in pieces):
+                return [y for p in pieces for y in p]
+    return None
 
 
 def _output_lists(job: _Job, on_end: Callable[[], None]) -> Iterator[Any]:
@@ -470,6 +594,7 @@ class _Engine:
         self.lock = threading.Lock()
         self.jids = itertools.count()
         self.cost: Optional[float] = None        # seconds per item at the slowest stage
+        self.cost_s = self.cost_n = 0.0          # its decayed sums: seconds, items
         self.reruns = 0                          # chunks given back by a dead worker
         self.deaths: Dict[tuple, int] = {}       # (job, stage, position) -> deaths
         self.unknown: Dict[tuple, int] = {}      # (job, stage, chunk) -> deaths, item unknown
@@ -673,22 +798,34 @@ class _Engine:
             if self.queues[-1].closed:  # closed under us (terminate)
                 self.results_closed = True
                 return False
-            # A message that pickled in a worker but does not unpickle here (any
-            # exception, ValueError and OSError too): it is consumed, and whose
-            # it was is unknown.  Every job in flight fails with the reason,
-            # rather than waiting for it forever.
-            err = RuntimeError(f"a result could not be read from its worker "
+            # Not a result that does not unpickle: a batch is read item by
+            # item then (fastq._batch), and the message's header always loads.
+            # Whose message it was is unknown: every job in flight fails with
+            # the reason, rather than waiting for it forever.
+            err = RuntimeError(f"a message of the results queue could not be read "
                                f"({type(e).__name__}: {e})")
             err.__cause__ = e
             for job in list(self.jobs.values()):
                 job.fail(err)
             return True
-        for job_id, chunk, origin, _, items, nfailed, cost in msgs:
-            c = self.cost
-            self.cost = cost if c is None else 0.7 * c + 0.3 * cost
+        for job_id, chunk, origin, _, items, nfailed, cost, parts in msgs:
+            if type(items) is Salvaged:  # an item that did not load fails alone
+                items = list(items)
+                nfailed = _nfailed(items)
+            # Seconds per item, weighted by items (decayed sums): the first
+            # batches are single items whose fixed costs make an item look
+            # tens of times dearer than it is; weighted 0.3 each, as before,
+            # they kept batches small for ten batches more.
+            n = len(items)
+            self.cost_s = COST_DECAY * self.cost_s + cost * n
+            self.cost_n = COST_DECAY * self.cost_n + n
+            self.cost = self.cost_s / self.cost_n if self.cost_n else cost
             job = self.jobs.get(job_id)
             if job is not None:
-                job.deliver(chunk, items, nfailed)
+                if parts:
+                    job.deliver_part(chunk, parts, items)
+                else:
+                    job.deliver(chunk, items, nfailed)
             if self.on_progress is not None:
                 self.on_progress(len(items))
         return True
@@ -732,7 +869,11 @@ class _Engine:
         n = 1 if c is None else int(TARGET_S / max(c, 1e-9))
         n = min(n, MAX_CHUNK, max(1, MAX_CHUNK_BYTES // max(1, _sizeof(first))))
         if remaining is not None:
-            n = min(n, -(-remaining // (2 * self.specs[0].workers)))
+            # the end comes in shares (so that the workers finish together),
+            # halving down to TAIL_S of work: smaller ones cost more in fixed
+            # costs (a trip through every stage each) than they balance
+            least = 1 if c is None else int(TAIL_S / max(c, 1e-9))
+            n = min(n, max(least, -(-remaining // (2 * self.specs[0].workers))))
         return max(1, n)
 
     def feed(self, job: _Job, iterable: Any, call: Optional[bytes],
@@ -759,6 +900,13 @@ class _Engine:
             if last and not self.stopping:
                 self.queues[0].shutdown()
 
+    def _room(self, job: _Job) -> bool:
+        """Wait for room in the job's window; False if the job or the engine ended."""
+        while not job.window.acquire(timeout=0.2):
+            if self.stopping or job.finished:
+                return False
+        return True
+
     def _feed_chunks(self, job: _Job, iterable: Any, call: Optional[bytes],
                      chunksize: Optional[int]) -> None:
         q = self.queues[0]
@@ -773,8 +921,14 @@ class _Engine:
         try:
             it = iter(iterable) if seq is None else None
             while True:
+                # room first, then the items: the input is read at most a
+                # window ahead of the consumer (and a batch sized after the
+                # wait knows the latest cost per item)
+                if not self._room(job):
+                    return
                 if seq is not None:
                     if pos >= len(seq):
+                        job.window.release()
                         break
                     n = chunksize or self.chunk_size(seq[pos], remaining)
                     items = seq[pos:pos + n]
@@ -782,24 +936,20 @@ class _Engine:
                     try:
                         first = next(it)
                     except StopIteration:
+                        job.window.release()
                         break
                     n = chunksize or self.chunk_size(first, remaining)
                     items = [first]
                     items.extend(itertools.islice(it, n - 1))
-                while not job.window.acquire(timeout=0.2):
-                    if self.stopping or job.finished:
-                        return
                 try:
-                    q.put((job.jid, chunk, pos, call, items, 0, 0.0))
+                    q.put((job.jid, chunk, pos, call, Batch(items), 0, 0.0, ()))
                 except MessageTooLarge:
                     if len(items) == 1:
                         raise
                     for i, x in enumerate(items):  # one item per message
-                        if i:
-                            while not job.window.acquire(timeout=0.2):
-                                if self.stopping or job.finished:
-                                    return
-                        q.put((job.jid, chunk + i, pos + i, call, [x], 0, 0.0))
+                        if i and not self._room(job):
+                            return
+                        q.put((job.jid, chunk + i, pos + i, call, Batch([x]), 0, 0.0, ()))
                     chunk += len(items) - 1
                 chunk += 1
                 pos += len(items)

@@ -93,11 +93,11 @@ def test_an_exception_that_cannot_be_rebuilt_in_the_parent_is_reported(fastq_dir
 
 
 def test_a_result_that_cannot_be_rebuilt_in_the_parent_fails_the_job(fastq_dir):
-    """It pickles in the worker but not back in the parent: the message is
-    unreadable, so whose it was is unknown; the jobs in flight fail with an error
-    that says so, instead of waiting forever for the lost result (the collector
-    thread, which reads while nobody waits, died of it and left every later
-    result unread)."""
+    """It pickles in the worker but not back in the parent: that item fails
+    with an error that says so (its batch is read item by item, see
+    test_pool_unloadable.py), instead of waiting forever for the lost result
+    (the collector thread, which reads while nobody waits, died of it and left
+    every later result unread)."""
     with fastq.Pool(2) as p:
         with pytest.raises(RuntimeError, match="could not be read") as ei:
             p.map_async(B.return_unrebuildable_at_3, range(10)).get(WAIT)
