@@ -102,7 +102,7 @@ def _resolve(side: "_Side", w: _Waiter) -> None:
     if w.fut is not None and not w.fut.done():
         w.fut.set_result(None)
     else:
-        side.wake()
+        side.wake(w.loop)
 
 
 class _Side:
@@ -113,12 +113,9 @@ class _Side:
         self.broadcast = broadcast  # a topic's data side: every subscription wants the message
         self.waiters: collections.deque = collections.deque()
 
-    def wake(self) -> None:
-        """Wake the first waiter asleep (every one, if broadcast)."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+    def wake(self, running: Optional[asyncio.AbstractEventLoop]) -> None:
+        """Wake the first waiter asleep (every one, if broadcast); running:
+        the loop this runs in (its waiters are woken directly)."""
         for w in list(self.waiters):  # a snapshot: other threads' loops add and remove
             if w.woken or w.fut is None or w.fut.done():
                 continue  # already woken, or awake (it re-arms before sleeping)
@@ -134,7 +131,7 @@ class _Side:
             if not self.broadcast:
                 return
 
-    def rearm(self) -> None:
+    def rearm(self, running: asyncio.AbstractEventLoop) -> None:
         """After a wake-up, for the waiters still asleep: arm again (the bit
         stays up while any task of this process is armed, but the rung bits
         were taken with the datagram), and wake one if it may proceed now."""
@@ -145,7 +142,7 @@ class _Side:
                 except Exception:
                     flags = READY  # let it find out itself
                 if flags & READY:
-                    self.wake()
+                    self.wake(running)
                 return
 
     def remove(self, w: _Waiter) -> None:
@@ -204,7 +201,7 @@ class _Bell:
         # a descriptor of its own per loop: one loop's remove_reader, or its
         # closing, never touches another's registration
         fd = os.dup(self.sock.fileno())
-        loop.add_reader(fd, self.ring)
+        loop.add_reader(fd, self.ring, loop)
         self.loops[id(loop)] = (loop, fd)
 
     def join(self, seg: Any, what: int, broadcast: bool, w: _Waiter) -> _Side:
@@ -218,8 +215,8 @@ class _Bell:
             s.waiters.append(w)
         return s
 
-    def ring(self) -> None:
-        """The bell rang (in some loop of this process)."""
+    def ring(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The bell rang (in loop, one of this process's)."""
         try:
             self.sock.recv(16)  # one: the loop calls again while more are queued
             stats["rings"] += 1
@@ -236,7 +233,7 @@ class _Bell:
             for what in (DATA, SPACE):
                 s = self.sides.get((key, what))
                 if s is not None and rung & (1 << what):
-                    s.wake()
+                    s.wake(loop)
 
 
 _bell: Optional[_Bell] = None
@@ -254,10 +251,30 @@ def _get_bell() -> _Bell:
     return b
 
 
+_loops: dict = {}  # thread ident -> the event loop last found running in that thread
+_get_ident = threading.get_ident
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    """asyncio.get_running_loop(), without its getpid() system call (CPython
+    3.11 makes one on every call to tell a forked child from its parent;
+    this module forgets its loops in a forked child instead): the loop last
+    found running in this thread, while it still runs in this thread."""
+    ident = _get_ident()
+    lp = _loops.get(ident)
+    # a selector loop knows its thread while it runs (None once stopped);
+    # uvloop's does not say: a thread runs one loop at a time, so a loop
+    # that still runs, cached for this thread, is the one running here
+    if lp is None or not lp.is_running() or getattr(lp, "_thread_id", ident) != ident:
+        lp = _loops[ident] = asyncio.get_running_loop()
+    return lp
+
+
 def _forget_bell() -> None:
     """In a forked child: the parent's bell, waiters and loops are not ours."""
     global _bell, _bell_lock
     _bell, _bell_lock = None, threading.Lock()
+    _loops.clear()
     _core._bell_set(0)
 
 
@@ -286,7 +303,7 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[
             pass
     if timeout is not None and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
-    loop = asyncio.get_running_loop()
+    loop = _running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     bell = _get_bell()
     bell.watch(loop)
@@ -323,14 +340,14 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[
                     raise
                 continue
             if more is not None and more():
-                side.wake()
+                side.wake(loop)
             else:
-                side.rearm()
+                side.rearm(loop)
             return out
     except BaseException:
         if w.woken:  # a wake-up we did not use: the next waiter's
             w.woken = False
-            side.wake()
+            side.wake(loop)
         raise
     finally:
         w.fut = None

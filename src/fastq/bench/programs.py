@@ -13,7 +13,7 @@ that does not import is reported as skipped.
 Each row of the report is one peer variant: the peer's figure, fastq's figure on
 the same workload in the same run, and the ratio fastq / peer.
 
-Adding a family of program workloads (async, say): a module in this package that
+Adding a family of program workloads: a module in this package that
 defines ``NAMES`` (workload names), ``programs(cfg)`` (the ``Program`` list for a
 run's settings), the functions its ``Run`` entries name and, optionally,
 ``summary(outcomes)`` (lines under the table), listed in ``MODULES``.
@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-MODULES = ("pool", "subjects", "events", "bridge")  # modules of fastq.bench that define program workloads
+MODULES = ("pool", "subjects", "events", "bridge", "wait")  # modules of fastq.bench that define program workloads
 EXIT_GRACE = 5.0          # seconds a run may take to exit once its result is written
 
 
