@@ -137,3 +137,31 @@ def test_subscriber_lag_bytes_and_unacked(fastq_dir):
     rows = {r["name"]: r for r in fastq_json("stat", "lagb")["subscribers"]}
     assert rows["fast"]["unacked"] == 0
     t.close()
+
+
+def test_awaited_put_counts_once_with_the_time_it_awaited(fastq_dir, procs):
+    """aput retries put(block=False) at each wake-up: still one event."""
+    import asyncio
+
+    q = fastq.Queue("abp", capacity=4096, serializer="raw")
+    n = 18
+    for _ in range(n):
+        q.put_nowait(b"y" * 200)
+    p = start_py(procs, f"""
+import time, fastq
+q = fastq.Queue.open("abp", serializer="raw")
+print("ready", flush=True)
+time.sleep(0.3)
+for _ in range({n}):
+    assert q.get(timeout=30) == b"y" * 200
+    time.sleep(0.05)
+q.close()
+""")
+    _ready(p)
+    asyncio.run(asyncio.wait_for(q.aput(b"z" * 1500), 60))
+    p.wait(60)
+    assert p.returncode == 0, p.stderr.read()
+    s = fastq_json("stat", "abp")
+    assert s["full"] == 1 and s["blocked_s"] > 0 and s["puts"] == n + 1
+    assert not q.full_retrying
+    q.close()
