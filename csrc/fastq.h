@@ -296,7 +296,12 @@ typedef struct fq_sub_info {
     uint64_t lag_bytes; /* ring bytes from the group's head to tail */
     uint64_t unacked;  /* messages of the member's open claim (delivered,
                         * not yet finished or acknowledged) */
+    uint64_t unacked_since_ns; /* CLOCK_MONOTONIC: when receive() kept that
+                        * claim unacknowledged (0: not known) */
 } fq_sub_info;
+/* receive(): the open claim is now an unacknowledged delivery kept across
+ * calls; note since when (fq_member.since_ns, for fq_topic_info). */
+void fq_sub_mark_unacked(fq_sub *s);
 /* Entry i of the subscriber listing (i < 2 * max_subs): 1 if filled. */
 int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
 

@@ -400,6 +400,11 @@ typedef struct fq_slot {
  *               group's redelivery count of the claim lives here, with the
  *               claim; written by the member (or its taker, under the segment
  *               lock); a taker trusts it only as a count (saturating)
+ *   since_ns    (72) CLOCK_MONOTONIC when the member's receive() kept its
+ *               claim as an unacknowledged delivery (fq_sub_mark_unacked;
+ *               written by the member only, statistics: read with the
+ *               claim's phase WON as the age of the oldest unacked; a stale
+ *               value after a kill is read only while a claim is open)
  */
 enum { FQ_GRP_FREE = 0, FQ_GRP_ACTIVE = 1 };
 /* flags; FQ_GRP_INIT: being made by fq_subscribe (its start not chosen yet):
@@ -432,7 +437,8 @@ typedef struct fq_member {
     _Atomic uint64_t got; /* messages returned (statistics) */
     _Atomic uint32_t held;
     _Atomic uint32_t again;
-    uint8_t pad[128 - 72];
+    _Atomic uint64_t since_ns;
+    uint8_t pad[128 - 80];
 } fq_member;
 
 _Static_assert(sizeof(fq_group) == 128, "a group is 128 bytes");
@@ -447,7 +453,7 @@ _Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
 _Static_assert(offsetof(fq_member, owner) == 8 && offsetof(fq_member, group) == 16 &&
                    offsetof(fq_member, slot) == 20 && offsetof(fq_member, pos) == 24 &&
                    offsetof(fq_member, state) == 48 && offsetof(fq_member, held) == 64 &&
-                   offsetof(fq_member, again) == 68,
+                   offsetof(fq_member, again) == 68 && offsetof(fq_member, since_ns) == 72,
                "member offsets");
 
 typedef struct fq_rec {

@@ -1480,8 +1480,10 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
         out->got = atomic_load(&e->got);
         unsigned ph = atomic_load(&e->state) & 3;
         uint64_t n = atomic_load(&e->n);
-        if (ph == FQ_PH_WON && n <= q->cap / FQ_REC_HDR) /* untrusted: at most a ring of records */
+        if (ph == FQ_PH_WON && n <= q->cap / FQ_REC_HDR) { /* untrusted: at most a ring */
             out->unacked = n;
+            out->unacked_since_ns = atomic_load(&e->since_ns);
+        }
     } else { /* a durable group nobody is attached to */
         gi = i - q->nsubs;
         uint64_t gw = atomic_load(&q->groups[gi].word);
@@ -1500,6 +1502,15 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
     uint64_t t = atomic_load(&q->ctrl->tail);
     out->lag_bytes = t > out->position ? t - out->position : 0;
     return 1;
+}
+
+void fq_sub_mark_unacked(fq_sub *s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* relaxed: statistics; only this member writes it */
+    atomic_store_explicit(&s->q->members[s->m].since_ns,
+                          (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, RLX);
 }
 
 int fq_is_topic(fq_queue *q) { return q->topic; }

@@ -129,6 +129,7 @@ cdef extern from "fastq.h" nogil:
         uint32_t group
         uint64_t lag_bytes
         uint64_t unacked
+        uint64_t unacked_since_ns
     int fq_is_topic(fq_queue *q)
     int fq_is_drop(fq_queue *q)
     uint32_t fq_max_subs(fq_queue *q)
@@ -150,6 +151,7 @@ cdef extern from "fastq.h" nogil:
     uint32_t fq_sub_index(fq_sub *s)
     int fq_topic_forget(fq_queue *q, const char *name)
     int fq_sub_filter(fq_sub *s, uint64_t key)
+    void fq_sub_mark_unacked(fq_sub *s)
     int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
 
 

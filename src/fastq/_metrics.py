@@ -86,6 +86,9 @@ def _families(stats: Iterable[Any]) -> Iterator[Any]:
     unacked = GaugeMetricFamily("fastq_subscriber_unacked_messages", "Topic: messages "
                                 "delivered to a subscriber and not yet finished or acknowledged.",
                                 labels=_LABELS + ["subscriber"])
+    age = GaugeMetricFamily("fastq_subscriber_oldest_unacked_seconds", "Topic: age of a "
+                            "subscriber's unacknowledged delivery (from receive()).",
+                            labels=_LABELS + ["subscriber"])
     wait = GaugeMetricFamily("fastq_time_in_queue_seconds", "Time in queue, measured: "
                              "commit to first delivery of the sampled messages still kept "
                              "(quantile 1: the largest).", labels=_LABELS + ["quantile"])
@@ -109,10 +112,12 @@ def _families(stats: Iterable[Any]) -> Iterator[Any]:
             label = sub["name"] or sub["group"] or f"pid:{sub['pid']}"
             lag_b.add_metric([s.name, s.kind, label], sub["lag_bytes"])
             unacked.add_metric([s.name, s.kind, label], sub["unacked"])
+            if sub["oldest_unacked_s"] is not None:
+                age.add_metric([s.name, s.kind, label], sub["oldest_unacked_s"])
             for qv, field in quantiles:
                 if sub[field] is not None:
                     swait.add_metric([s.name, s.kind, label, qv], sub[field])
-    yield from (lag_b, unacked, wait, nwait, swait, little)
+    yield from (lag_b, unacked, age, wait, nwait, swait, little)
 
 
 class SegmentCollector:

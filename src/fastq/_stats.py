@@ -63,7 +63,8 @@ class Stats:
         Topic: one dict per subscriber row (:meth:`fastq.Topic.subscribers`),
         with ``lag_bytes`` (ring bytes from its group's head to the tail),
         ``unacked`` (messages of its open claim: delivered, not yet finished
-        or acknowledged) and its group's time in queue (``wait_p50_s``,
+        or acknowledged), ``oldest_unacked_s`` (seconds since ``receive()``
+        returned that delivery; None: none, or taken by ``get()``) and its group's time in queue (``wait_p50_s``,
         ``wait_p99_s``, ``wait_max_s``, ``wait_samples``, as below).
     wait_p50_s, wait_p99_s, wait_max_s, wait_samples, wait_window_s
         Time in queue, measured: how long messages waited from their put's
@@ -165,11 +166,13 @@ def read_stats(seg: Any) -> Stats:
         by_group.setdefault(g, []).append((w, at))
     if topic:
         for (key, flags, pid, kind, alive, pos, lag, got, gi, lag_bytes,
-             unacked_n) in seg._subscribers():
+             unacked_n, since) in seg._subscribers():
             row = {"name": key if flags & _core.GRP_DURABLE else None,
                    "group": key if flags & _core.GRP_GROUP else None,
                    "pid": pid or None, "alive": bool(alive), "position": pos,
-                   "lag": lag, "lag_bytes": lag_bytes, "got": got, "unacked": unacked_n}
+                   "lag": lag, "lag_bytes": lag_bytes, "got": got, "unacked": unacked_n,
+                   "oldest_unacked_s": max(0, now - since) / 1e9 if unacked_n and since
+                   else None}
             row.update(wait_summary(by_group.get(gi + 1, []), now))
             subs.append(row)
         depth = max((s["lag"] for s in subs), default=0)

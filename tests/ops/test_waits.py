@@ -133,9 +133,10 @@ def test_subscriber_lag_bytes_and_unacked(fastq_dir):
     assert rows["slow"]["lag"] == 4 and rows["slow"]["lag_bytes"] == 4 * 144
     assert rows["slow"]["unacked"] == 0
     assert rows["fast"]["unacked"] == 1 and rows["fast"]["lag_bytes"] == 4 * 144
+    assert rows["fast"]["oldest_unacked_s"] >= 0 and rows["slow"]["oldest_unacked_s"] is None
     d.ack()
     rows = {r["name"]: r for r in fastq_json("stat", "lagb")["subscribers"]}
-    assert rows["fast"]["unacked"] == 0
+    assert rows["fast"]["unacked"] == 0 and rows["fast"]["oldest_unacked_s"] is None
     t.close()
 
 
