@@ -309,7 +309,17 @@ typedef struct fq_sub_info {
     uint64_t position; /* the group's head */
     uint64_t lag;
     uint64_t got;
+    uint32_t group;    /* index of its group (time-in-queue samples name it) */
+    uint32_t reserved;
+    uint64_t lag_bytes; /* ring bytes from the group's head to tail */
+    uint64_t unacked;  /* messages of the member's open claim (delivered,
+                        * not yet finished or acknowledged) */
+    uint64_t unacked_since_ns; /* CLOCK_MONOTONIC: when receive() kept that
+                        * claim unacknowledged (0: not known) */
 } fq_sub_info;
+/* receive(): the open claim is now an unacknowledged delivery kept across
+ * calls; note since when (fq_member.since_ns, for fq_topic_info). */
+void fq_sub_mark_unacked(fq_sub *s);
 /* Entry i of the subscriber listing (i < 2 * max_subs): 1 if filled. */
 int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
 
@@ -320,7 +330,8 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out);
  */
 typedef struct fq_counts {
     uint64_t puts, put_bytes;   /* messages and payload bytes put */
-    uint64_t full;              /* puts that found the ring full (each try) */
+    uint64_t full;              /* puts that found the ring full (once each) */
+    uint64_t blocked_ns;        /* time those puts waited for space */
     uint64_t gets, get_bytes;   /* queue: messages finished, payload bytes delivered */
     uint64_t redelivered;       /* queue: messages delivered again */
     uint64_t nacked;            /* queue: messages given back */
@@ -333,6 +344,23 @@ typedef struct fq_counts {
     uint32_t reserved;
 } fq_counts;
 void fq_counts_read(fq_queue *q, fq_counts *out);
+/* events puts found the ring full (at least once each), then waited
+ * blocked_ns in all for space (0: they did not wait): counted once per put
+ * by the caller's wait loop, in one of this handle's producer lanes. */
+void fq_note_full(fq_queue *q, uint64_t events, uint64_t blocked_ns);
+/* Time in queue, sampled (fq_layout.h): the waits of the messages at the
+ * sample points still in the slots' rings, from commit to first delivery.
+ * group: 0 for a queue, g + 1 for topic group g; at_ns: when it was taken
+ * (CLOCK_MONOTONIC).  Fills up to max entries (fq_waits_max(q) is every
+ * one the rings can hold); returns how many, or -ENOMEM. */
+typedef struct fq_wait_sample {
+    uint32_t group;
+    uint32_t reserved;
+    uint64_t wait_ns;
+    uint64_t at_ns;
+} fq_wait_sample;
+size_t fq_waits_max(fq_queue *q);
+int64_t fq_waits_read(fq_queue *q, fq_wait_sample *out, size_t max);
 /* Check the segment's cursors and every record between release and tail;
  * 0 if consistent, else the number of problems, the first described in
  * err.  Meant for a quiet segment: a concurrent put or get can move the

@@ -10,9 +10,19 @@
  * lock.  A reader sums them: the sums are as of no single instant (a put
  * in progress may show in tail and not yet in puts), and never go down.
  * Nothing here takes a slot or a lock.
+ *
+ * Time in queue (fq_waits_read): the slots' put and get rings of sample
+ * points (fq_layout.h, "Time in queue") are read with their seqlock, the
+ * put samples sorted by point, and each get sample matched with the put
+ * sample of its point: the wait of that message, from its commit to its
+ * first delivery.  A get sample whose put sample was overwritten (its
+ * producer went on for two capacities since) is left out, as is a wait
+ * below zero (a file kept across a reboot: CLOCK_MONOTONIC started again).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fq_internal.h"
@@ -35,6 +45,7 @@ void fq_counts_read(fq_queue *q, fq_counts *out)
             out->puts += atomic_load_explicit(&p->state, RLX) >> 2;
             out->put_bytes += atomic_load_explicit(&p->bytes, RLX);
             out->full += atomic_load_explicit(&p->full, RLX);
+            out->blocked_ns += atomic_load_explicit(&p->blocked_ns, RLX);
             out->gets += atomic_load_explicit(&g->state, RLX) >> 2;
             out->get_bytes += atomic_load_explicit(&g->bytes, RLX);
             out->redelivered += atomic_load_explicit(&g->redelivered, RLX);
@@ -48,6 +59,65 @@ void fq_counts_read(fq_queue *q, fq_counts *out)
     out->head = q->topic ? 0 : atomic_load(&c->head);
     out->release = atomic_load(&c->release);
     out->flags = c->flags;
+}
+
+/* Read ring entry e (seqlock of fq_layout.h): 1 with *key, *ns if whole. */
+static int fq_sample_load(fq_sample *e, uint64_t *key, uint64_t *ns)
+{
+    /* acquire: pairs with the writer's release store of key */
+    uint64_t k = atomic_load_explicit(&e->key, ACQ);
+    *ns = atomic_load_explicit(&e->ns, RLX);
+    /* pairs with the writer's release fence after it cleared key: if ns is
+     * a newer writer's, the key loaded next is 0 or that writer's */
+    atomic_thread_fence(ACQ);
+    *key = k;
+    return k && atomic_load_explicit(&e->key, RLX) == k;
+}
+
+static int fq_sample_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const uint64_t *)a)[0], y = ((const uint64_t *)b)[0];
+    return x < y ? -1 : x > y;
+}
+
+size_t fq_waits_max(fq_queue *q)
+{
+    return (size_t)q->nslots * FQ_SAMPLES;
+}
+
+int64_t fq_waits_read(fq_queue *q, fq_wait_sample *out, size_t max)
+{
+    size_t np = 0, nout = 0, cap = fq_waits_max(q);
+    uint64_t(*put)[2] = malloc(cap * sizeof *put);
+    if (!put)
+        return -ENOMEM;
+    for (uint32_t s = 0; s < q->nslots; s++)
+        for (unsigned i = 0; i < FQ_SAMPLES; i++)
+            if (fq_sample_load(&q->slots[s].put_sample[i], &put[np][0], &put[np][1]))
+                np++;
+    qsort(put, np, sizeof *put, fq_sample_cmp);
+    const uint64_t pmask = ((uint64_t)1 << FQ_SAMPLE_GROUP_SHIFT) - 1;
+    for (uint32_t s = 0; s < q->nslots && nout < max; s++) {
+        for (unsigned i = 0; i < FQ_SAMPLES && nout < max; i++) {
+            uint64_t k[2], gns;
+            if (!fq_sample_load(&q->slots[s].get_sample[i], &k[0], &gns))
+                continue;
+            uint64_t g = k[0] >> FQ_SAMPLE_GROUP_SHIFT;
+            if (g > q->nsubs) /* untrusted: a group that cannot be */
+                continue;
+            k[0] &= pmask;
+            uint64_t(*hit)[2] = bsearch(k, put, np, sizeof *put, fq_sample_cmp);
+            if (!hit || (*hit)[1] > gns)
+                continue;
+            out[nout].group = (uint32_t)g;
+            out[nout].reserved = 0;
+            out[nout].wait_ns = gns - (*hit)[1];
+            out[nout].at_ns = gns;
+            nout++;
+        }
+    }
+    free(put);
+    return (int64_t)nout;
 }
 
 /* Is position p inside the claim of a put in progress (any slot's producer

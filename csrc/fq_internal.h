@@ -51,6 +51,7 @@ struct fq_queue {
     int topic, drop;           /* a topic segment; overflow="drop" */
     uint32_t prefix;           /* bytes before the payload: 16 in a topic */
     uint32_t nsubs;            /* entries in each topic table */
+    uint32_t sample_shift;     /* fq_sample_shift(cap): time-in-queue points */
     fq_member *members;
     fq_group *groups;
     _Atomic int slot;          /* our slot, or -1 until first use */
@@ -115,6 +116,12 @@ int fq_slot_alive(fq_queue *q, uint32_t s, uint64_t w, signed char *seen);
 
 int fq_lane_get(fq_queue *q); /* -1 if all lanes are busy */
 void fq_lane_put(fq_queue *q, int lane);
+
+/* Time in queue (fq_layout.h, "Time in queue"): note a sample point passed
+ * now in this handle's slot, in its put ring (side 0: key = point + 1) or
+ * its get ring (side 1: key = group << FQ_SAMPLE_GROUP_SHIFT | (point + 1)).
+ * Called only at sample points (fq_sample_at). */
+void fq_sample_note(fq_queue *q, int side, uint64_t key) __attribute__((cold));
 
 /* The segment lock (ctrl->recover_lock), guarding recovery and the topic
  * tables; taken from a dead holder.  A topic drops it with fq_topic_unlock. */
@@ -231,6 +238,15 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
 static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
 {
     atomic_store_explicit(counter, atomic_load_explicit(counter, RLX) + n, RLX);
+}
+
+/* Does the claim [a, b) cover a time-in-queue sample point (a multiple of
+ * 2^sample_shift)?  Then it is the point at (b - 1) >> sample_shift: every
+ * claim of a side covers each point once (fq_layout.h, "Time in queue").
+ * (a - 1) wraps for a = 0, which covers point 0. */
+static inline int fq_sample_at(fq_queue *q, uint64_t a, uint64_t b)
+{
+    return (((a - 1) ^ (b - 1)) >> q->sample_shift) != 0;
 }
 
 /* shut down (ctrl->state), for the readiness rules */

@@ -7,7 +7,7 @@
  *
  *   offset       size        what
  *   0            1024        fq_ctrl: identity (line 0), cursors, wait words
- *   1024         S*1152      fq_slot[max_slots]: one per attached process
+ *   1024         S*2304      fq_slot[max_slots]: one per attached process
  *   sub_offset   M*128       topics only: fq_member[max_subs] (fq_topic.c)
  *   group_offset M*128       topics only: fq_group[max_subs]
  *   data_offset  capacity    the ring: variable-length records
@@ -138,7 +138,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 9u
+#define FQ_VERSION 10u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
@@ -250,14 +250,16 @@ typedef struct fq_ctrl {
  *             messages put (prod) or got (cons); phase is FQ_PH_*.  Both
  *             change in one store, so a survivor knows whether the last
  *             operation was counted.
- *   bytes, full, redelivered, nacked
+ *   bytes, full, redelivered (cons) / blocked_ns (prod), nacked
  *             statistics (fq_inspect.c), written only by the thread that
  *             holds the lane, in the line it writes anyway: payload bytes
  *             put (prod) or delivered (cons); puts that found the ring full
- *             (prod); messages delivered again after a give-back or a
- *             dead consumer (cons); messages given back (cons).  Never
- *             reset: a slot's next owner adds to them, and readers sum
- *             every lane of every slot.
+ *             at least once, and the nanoseconds they waited for space
+ *             (prod, fq_note_full: one add per put, after its wait);
+ *             messages delivered again after a give-back or a dead
+ *             consumer (cons); messages given back (cons).  Never reset: a
+ *             slot's next owner adds to them, and readers sum every lane of
+ *             every slot.
  */
 enum { FQ_PH_IDLE = 0, FQ_PH_CLAIMING = 1, FQ_PH_WON = 2, FQ_PH_RECOVERED = 3 };
 #define FQ_N_FREEING (1ull << 62)
@@ -269,7 +271,10 @@ typedef struct fq_intent {
     _Atomic uint64_t state;
     _Atomic uint64_t bytes;
     _Atomic uint64_t full;
-    _Atomic uint64_t redelivered;
+    union {
+        _Atomic uint64_t redelivered; /* cons */
+        _Atomic uint64_t blocked_ns;  /* prod */
+    };
     _Atomic uint64_t nacked;
 } fq_intent;
 
@@ -292,6 +297,46 @@ enum { FQ_SLOT_FREE = 0, FQ_SLOT_ACTIVE = 2 };
 #define FQ_SLOT_KIND(w) ((unsigned)((w) >> 56))
 #define FQ_SLOT_GEN(w) ((uint32_t)(((w) >> 32) & 0xffffff))
 #define FQ_SLOT_PID(w) ((int32_t)(uint32_t)(w))
+
+/*
+ * Time in queue, sampled (fq_inspect.c).  The position space is cut into
+ * spans of 2^fq_sample_shift(capacity) bytes (capacity / 16, at least 4 KiB);
+ * the position at the start of a span is a sample point.  Every position is
+ * covered by exactly one producer claim and, in a queue, one head claim (in a
+ * topic: one claim of each group), so the claims that cover a sample point
+ * meet there: the producer whose commit covers it notes (point, now) in its
+ * slot's put ring, the consumer whose claim of a fresh message covers it
+ * notes (group, point, now) in its slot's get ring, and a reader matches
+ * them: the wait of the message at that point, from its commit to its first
+ * delivery.  The test on the hot path is one shift of the claim's bounds; the
+ * clock is read only at a sample point (one claim in 16 per capacity moved).
+ * A producer's ring holds FQ_SAMPLES points, two capacities' worth, so the
+ * point a consumer takes is still there (a message waits less than one
+ * capacity of later puts).
+ *
+ * fq_sample: key, then ns (CLOCK_MONOTONIC).  key 0: empty.  Put ring:
+ * point + 1; get ring: (group + 1) << 50 | (point + 1), group 0 for a queue
+ * (points stay below 2^49: positions below 2^63, spans of 2^12 or more).
+ * Written by a thread of the slot's owner, entry seq % FQ_SAMPLES where
+ * seq is taken by a relaxed fetch-add on sample_seq[side] (threads of one
+ * process share the slot; sampled claims are rare): key 0, release fence,
+ * ns, key (release).  A reader takes an entry only if it reads the same
+ * non-zero key before and after ns (a seqlock: loads of key acquire, an
+ * acquire fence before the second).  A writer killed anywhere leaves a key
+ * of 0 (skipped) or a whole entry; recovery never touches them.
+ */
+#define FQ_SAMPLES 32
+#define FQ_SAMPLE_GROUP_SHIFT 50
+typedef struct fq_sample {
+    _Atomic uint64_t key;
+    _Atomic uint64_t ns;
+} fq_sample;
+
+static inline unsigned fq_sample_shift(uint64_t capacity)
+{
+    unsigned lg = 63u - (unsigned)__builtin_clzll(capacity | 1);
+    return lg > 16 ? lg - 4 : 12;
+}
 
 /*
  * The bell of a slot (fq_wait.c): how a writer wakes the owner's event loop.
@@ -324,6 +369,11 @@ typedef struct fq_slot {
     _Atomic uint64_t nap[2];
     uint8_t pad[128 - 48];
     fq_lane lane[FQ_LANES];
+    /* time in queue (see above): the next entry of each ring */
+    _Atomic uint64_t sample_seq[2]; /* [0] put ring, [1] get ring */
+    uint8_t pad2[128 - 16];
+    fq_sample put_sample[FQ_SAMPLES];
+    fq_sample get_sample[FQ_SAMPLES];
 } fq_slot;
 
 /*
@@ -364,6 +414,11 @@ typedef struct fq_slot {
  *               group's redelivery count of the claim lives here, with the
  *               claim; written by the member (or its taker, under the segment
  *               lock); a taker trusts it only as a count (saturating)
+ *   since_ns    (72) CLOCK_MONOTONIC when the member's receive() kept its
+ *               claim as an unacknowledged delivery (fq_sub_mark_unacked;
+ *               written by the member only, statistics: read with the
+ *               claim's phase WON as the age of the oldest unacked; a stale
+ *               value after a kill is read only while a claim is open)
  */
 enum { FQ_GRP_FREE = 0, FQ_GRP_ACTIVE = 1 };
 /* flags; FQ_GRP_INIT: being made by fq_subscribe (its start not chosen yet):
@@ -396,7 +451,8 @@ typedef struct fq_member {
     _Atomic uint64_t got; /* messages returned (statistics) */
     _Atomic uint32_t held;
     _Atomic uint32_t again;
-    uint8_t pad[128 - 72];
+    _Atomic uint64_t since_ns;
+    uint8_t pad[128 - 80];
 } fq_member;
 
 _Static_assert(sizeof(fq_group) == 128, "a group is 128 bytes");
@@ -411,7 +467,7 @@ _Static_assert(sizeof(fq_member) == 128, "a member is 128 bytes");
 _Static_assert(offsetof(fq_member, owner) == 8 && offsetof(fq_member, group) == 16 &&
                    offsetof(fq_member, slot) == 20 && offsetof(fq_member, pos) == 24 &&
                    offsetof(fq_member, state) == 48 && offsetof(fq_member, held) == 64 &&
-                   offsetof(fq_member, again) == 68,
+                   offsetof(fq_member, again) == 68 && offsetof(fq_member, since_ns) == 72,
                "member offsets");
 
 typedef struct fq_rec {
@@ -444,7 +500,9 @@ _Static_assert(offsetof(fq_slot, bell) == 8 && offsetof(fq_slot, bell_owner) == 
 _Static_assert(sizeof(fq_intent) == 64, "an intent is one cache line");
 _Static_assert(offsetof(fq_intent, bytes) == 32 && offsetof(fq_intent, nacked) == 56,
                "an intent's statistics share its line");
-_Static_assert(sizeof(fq_slot) == 128 + FQ_LANES * 128, "slot size");
+_Static_assert(sizeof(fq_slot) == 128 + FQ_LANES * 128 + 128 + 2 * FQ_SAMPLES * 16, "slot size");
+_Static_assert(sizeof(fq_slot) == 2304, "slot size in the offset map");
+_Static_assert(offsetof(fq_slot, put_sample) % 128 == 0, "sample rings on their own lines");
 _Static_assert(sizeof(fq_rec) == FQ_REC_HDR, "record header is 16 bytes");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");

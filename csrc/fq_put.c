@@ -114,8 +114,7 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
                     continue;
                 }
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
-                fq_stat_add(&in->full, 1);
-                fq_lane_put(q, lane);
+                fq_lane_put(q, lane); /* counted once per put: fq_note_full */
                 return FQ_FULL;
             }
         }
@@ -210,6 +209,10 @@ void *fq_claim_buf(fq_queue *q, fq_claim *c)
 void fq_put_commit(fq_queue *q, fq_claim *c)
 {
     FQ_CRASH_POINT("put_before_commit");
+    /* time in queue: the commit's time, taken before COMMITTED (a consumer
+     * cannot take the message before it) */
+    if (fq_sample_at(q, c->pos, c->end))
+        fq_sample_note(q, 0, ((c->end - 1) >> q->sample_shift) + 1);
     uint64_t p = c->pos + c->first_off, bytes = 0;
     /* a queue's records start with the caller's takes (c->attempt - 1,
      * fastq.h), no not-before; a topic keeps attempts per subscriber */
@@ -238,6 +241,17 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
      * release cannot pass a put in progress, a drop topic's eviction cannot
      * pass a record being written */
     fq_wake(q, q->topic ? -1 : FQ_WAIT_DATA);
+}
+
+void fq_note_full(fq_queue *q, uint64_t events, uint64_t blocked_ns)
+{
+    int lane;
+    if (fq_enter(q, &lane))
+        return; /* no lane free: not counted (statistics only) */
+    fq_intent *in = fq_my_intent(q, lane, 0);
+    fq_stat_add(&in->full, events);
+    fq_stat_add(&in->blocked_ns, blocked_ns);
+    fq_lane_put(q, lane);
 }
 
 int fq_put(fq_queue *q, const void *data, size_t len)

@@ -241,6 +241,7 @@ static fq_queue *fq_handle_new(int fd, uint8_t *base, size_t size)
     q->topic = c->kind == FQ_KIND_TOPIC;
     q->drop = q->topic && (c->flags & FQ_FLAG_DROP);
     q->prefix = q->topic ? FQ_TOPIC_PREFIX : 0;
+    q->sample_shift = fq_sample_shift(q->cap);
     q->rec_max = q->max_msg + q->prefix;
     q->nsubs = q->topic ? c->max_subs : 0;
     q->members = q->topic ? (fq_member *)(base + c->sub_offset) : NULL;
@@ -822,6 +823,7 @@ int fq_segment_open_fd(int fd_in, const char *path, fq_queue **out, char *err, s
     q->topic = topic;
     q->drop = topic && (h.flags & FQ_FLAG_DROP);
     q->prefix = topic ? FQ_TOPIC_PREFIX : 0;
+    q->sample_shift = fq_sample_shift(q->cap);
     q->rec_max = q->max_msg + q->prefix;
     q->nsubs = subs;
     q->members = topic ? (fq_member *)(base + h.sub_offset) : NULL;
@@ -942,6 +944,29 @@ int fq_lane_get(fq_queue *q)
 void fq_lane_put(fq_queue *q, int lane)
 {
     atomic_fetch_or_explicit(&q->lanes_free, 1u << lane, memory_order_release);
+}
+
+/* ---- time in queue: the slot's sample rings (fq_layout.h) ----------------- */
+
+void fq_sample_note(fq_queue *q, int side, uint64_t key)
+{
+    int s = atomic_load_explicit(&q->slot, RLX);
+    if (s < 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    fq_slot *sl = &q->slots[s];
+    /* relaxed: only picks an entry; threads of this process share the ring */
+    uint64_t i = atomic_fetch_add_explicit(&sl->sample_seq[side], 1, RLX) % FQ_SAMPLES;
+    fq_sample *e = side ? &sl->get_sample[i] : &sl->put_sample[i];
+    /* the seqlock of fq_layout.h: key 0 first, and the release fence orders
+     * it before ns (pairs with the reader's acquire fence before its second
+     * load of key); then the key, release (pairs with the reader's acquire
+     * load of key before ns) */
+    atomic_store_explicit(&e->key, 0, RLX);
+    atomic_thread_fence(REL);
+    atomic_store_explicit(&e->ns, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, RLX);
+    atomic_store_explicit(&e->key, key, REL);
 }
 
 /* ---- the segment lock ---------------------------------------------------- */

@@ -1047,6 +1047,10 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         FQ_CRASH_POINT("sub_after_claim");
         /* a helper may have stored WON already: the same value */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, REL);
+        /* time in queue, per group: a fresh claim's first delivery */
+        if (n && fq_sample_at(q, h, p))
+            fq_sample_note(q, 1, (uint64_t)(s->g + 1) << FQ_SAMPLE_GROUP_SHIFT |
+                                     (((p - 1) >> q->sample_shift) + 1));
         if (n == 0) { /* padding or abandoned records only: done with it */
             if (q->drop) {
                 fq_fill_claim(q, c, h, p, 0, 0, 0, 1);
@@ -1474,6 +1478,12 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
         out->pid = kind == FQ_MEM_ACTIVE ? FQ_SLOT_PID(w) : 0;
         out->alive = kind == FQ_MEM_ACTIVE && !fq_member_dead(q, e, NULL);
         out->got = atomic_load(&e->got);
+        unsigned ph = atomic_load(&e->state) & 3;
+        uint64_t n = atomic_load(&e->n);
+        if (ph == FQ_PH_WON && n <= q->cap / FQ_REC_HDR) { /* untrusted: at most a ring */
+            out->unacked = n;
+            out->unacked_since_ns = atomic_load(&e->since_ns);
+        }
     } else { /* a durable group nobody is attached to */
         gi = i - q->nsubs;
         uint64_t gw = atomic_load(&q->groups[gi].word);
@@ -1488,7 +1498,19 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
     out->name[sizeof out->name - 1] = 0;
     out->position = atomic_load(&g->head);
     out->lag = fq_group_lag(q, g);
+    out->group = gi;
+    uint64_t t = atomic_load(&q->ctrl->tail);
+    out->lag_bytes = t > out->position ? t - out->position : 0;
     return 1;
+}
+
+void fq_sub_mark_unacked(fq_sub *s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* relaxed: statistics; only this member writes it */
+    atomic_store_explicit(&s->q->members[s->m].since_ns,
+                          (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, RLX);
 }
 
 int fq_is_topic(fq_queue *q) { return q->topic; }

@@ -34,6 +34,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from typing import Any, AsyncIterator, Callable, Iterable, List, Optional
 
 from . import _core
@@ -296,13 +297,33 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[
     except exc:
         if timeout is not None and timeout <= 0:
             raise
+    if timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    if what == SPACE:
+        # the first try counted one back-pressure event; the retries count
+        # none, and the time awaited is added when this call ends
+        t0 = time.monotonic_ns()
+        seg.full_retrying = True
+        try:
+            return await _call_waiting(seg, what, attempt, arm, timeout, broadcast, more, spin,
+                                       sub)
+        finally:
+            seg.full_retrying = False
+            seg._note_full(0, time.monotonic_ns() - t0)
+    return await _call_waiting(seg, what, attempt, arm, timeout, broadcast, more, spin, sub)
+
+
+async def _call_waiting(seg: Any, what: int, attempt: Callable[[], Any],
+                        arm: Callable[[bool], int], timeout: Optional[float], broadcast: bool,
+                        more: Optional[Callable[[], bool]], spin: Optional[Callable[[], bool]],
+                        sub: Any) -> Any:
+    """_call after its first try failed: spin, then await wake-ups."""
+    exc = Empty if what == DATA else Full
     if spin is not None and spin():
         try:
             return attempt()
         except exc:
             pass
-    if timeout is not None and timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
     loop = _running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     bell = _get_bell()

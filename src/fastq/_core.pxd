@@ -102,10 +102,16 @@ cdef extern from "fastq.h" nogil:
     void fq_reset_shutdown(fq_queue *q)
     void fq_stats(fq_queue *q, uint64_t out[8])
     ctypedef struct fq_counts:
-        uint64_t puts, put_bytes, full, gets, get_bytes, redelivered, nacked
+        uint64_t puts, put_bytes, full, blocked_ns, gets, get_bytes, redelivered, nacked
         uint64_t rec_slots, rec_puts, rec_gets, tail, head, release
         uint32_t alive, dead, flags
     void fq_counts_read(fq_queue *q, fq_counts *out)
+    void fq_note_full(fq_queue *q, uint64_t events, uint64_t blocked_ns)
+    ctypedef struct fq_wait_sample:
+        uint32_t group
+        uint64_t wait_ns, at_ns
+    size_t fq_waits_max(fq_queue *q)
+    long long fq_waits_read(fq_queue *q, fq_wait_sample *out, size_t max) nogil
     int fq_check(fq_queue *q, char *err, size_t errlen)
     int fq_recover(fq_queue *q)
     int fq_flush(fq_queue *q)
@@ -125,6 +131,10 @@ cdef extern from "fastq.h" nogil:
         uint64_t position
         uint64_t lag
         uint64_t got
+        uint32_t group
+        uint64_t lag_bytes
+        uint64_t unacked
+        uint64_t unacked_since_ns
     int fq_is_topic(fq_queue *q)
     int fq_is_drop(fq_queue *q)
     uint32_t fq_max_subs(fq_queue *q)
@@ -146,6 +156,7 @@ cdef extern from "fastq.h" nogil:
     uint32_t fq_sub_index(fq_sub *s)
     int fq_topic_forget(fq_queue *q, const char *name)
     int fq_sub_filter(fq_sub *s, uint64_t key)
+    void fq_sub_mark_unacked(fq_sub *s)
     int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
 
 

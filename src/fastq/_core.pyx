@@ -29,6 +29,7 @@ cdef extern from "<sched.h>" nogil:
 
 from pickle import dumps as _pdumps, loads as _ploads
 from time import monotonic as _monotonic
+from time import monotonic_ns as _monotonic_ns
 from weakref import ref as _weakref
 
 from ._errors import Empty, Full, MessageTooLarge, SegmentError, ShutDown, SubscriberLimit

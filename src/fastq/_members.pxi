@@ -332,6 +332,7 @@ cdef class Subscriber:
                 d.created_ns = self.seg.created_ns
                 d._subject = self.subject
                 self.unacked = True
+                fq_sub_mark_unacked(self.s)  # the age of the oldest unacked (stats)
                 # the claim holds messages after this one, not redelivered
                 # (given back by get_many()): no other member's claim may
                 # overtake them

@@ -25,7 +25,9 @@ COUNTERS = [
      "Messages taken: queue gets finished; topic messages received by subscribers."),
     ("fastq_put_bytes", "put_bytes", "Payload bytes put (published)."),
     ("fastq_delivered_bytes", "get_bytes", "Queue: payload bytes delivered to consumers."),
-    ("fastq_ring_full", "full", "Tries of a put that found the ring full (back-pressure)."),
+    ("fastq_ring_full", "full",
+     "Puts that found the ring full (back-pressure events), once each however often retried."),
+    ("fastq_blocked_seconds", "blocked_s", "Seconds puts spent waiting for space."),
     ("fastq_redelivered_messages", "redelivered", "Queue: messages delivered again."),
     ("fastq_nacked_messages", "nacked", "Queue: messages given back (nack)."),
 ]
@@ -78,6 +80,44 @@ def _families(stats: Iterable[Any]) -> Iterator[Any]:
             label = sub["name"] or sub["group"] or f"pid:{sub['pid']}"
             lag.add_metric([s.name, s.kind, label], sub["lag"])
     yield lag
+    lag_b = GaugeMetricFamily("fastq_subscriber_lag_bytes", "Topic: ring bytes from a "
+                              "subscriber's group head to the tail.",
+                              labels=_LABELS + ["subscriber"])
+    unacked = GaugeMetricFamily("fastq_subscriber_unacked_messages", "Topic: messages "
+                                "delivered to a subscriber and not yet finished or acknowledged.",
+                                labels=_LABELS + ["subscriber"])
+    age = GaugeMetricFamily("fastq_subscriber_oldest_unacked_seconds", "Topic: age of a "
+                            "subscriber's unacknowledged delivery (from receive()).",
+                            labels=_LABELS + ["subscriber"])
+    wait = GaugeMetricFamily("fastq_time_in_queue_seconds", "Time in queue, measured: "
+                             "commit to first delivery of the sampled messages still kept "
+                             "(quantile 1: the largest).", labels=_LABELS + ["quantile"])
+    nwait = GaugeMetricFamily("fastq_time_in_queue_samples", "Samples behind "
+                              "fastq_time_in_queue_seconds.", labels=_LABELS)
+    swait = GaugeMetricFamily("fastq_subscriber_time_in_queue_seconds", "Topic: time in "
+                              "queue measured for a subscriber's group.",
+                              labels=_LABELS + ["subscriber", "quantile"])
+    little = GaugeMetricFamily("fastq_littles_law_wait_seconds", "Mean wait by Little's "
+                               "law: depth / departure rate since creation (the model, beside "
+                               "the measured fastq_time_in_queue_seconds).", labels=_LABELS)
+    quantiles = (("0.5", "wait_p50_s"), ("0.99", "wait_p99_s"), ("1", "wait_max_s"))
+    for s in stats:
+        nwait.add_metric([s.name, s.kind], s.wait_samples)
+        for qv, field in quantiles:
+            if getattr(s, field) is not None:
+                wait.add_metric([s.name, s.kind, qv], getattr(s, field))
+        if s.mean_wait_s is not None:
+            little.add_metric([s.name, s.kind], s.mean_wait_s)
+        for sub in s.subscribers:
+            label = sub["name"] or sub["group"] or f"pid:{sub['pid']}"
+            lag_b.add_metric([s.name, s.kind, label], sub["lag_bytes"])
+            unacked.add_metric([s.name, s.kind, label], sub["unacked"])
+            if sub["oldest_unacked_s"] is not None:
+                age.add_metric([s.name, s.kind, label], sub["oldest_unacked_s"])
+            for qv, field in quantiles:
+                if sub[field] is not None:
+                    swait.add_metric([s.name, s.kind, label, qv], sub[field])
+    yield from (lag_b, unacked, age, wait, nwait, swait, little)
 
 
 class SegmentCollector:

@@ -115,6 +115,8 @@ def human_count(n: float) -> str:
 def human_secs(s: Optional[float]) -> str:
     if s is None:
         return "-"
+    if s < 1e-6:
+        return f"{s * 1e9:.0f}ns"
     if s < 1e-3:
         return f"{s * 1e6:.0f}us"
     if s < 1:
@@ -181,6 +183,16 @@ def _open_named(name: str, args: argparse.Namespace) -> Tuple[Any, Optional[str]
         return None, f"{name}: {e}"
 
 
+def _waits_text(d: Dict[str, Any]) -> str:
+    """p50/p99/max of a Stats dict's (or subscriber row's) sampled waits."""
+    if not d["wait_samples"]:
+        return "no samples yet"
+    return (f"p50 {human_secs(d['wait_p50_s'])}, p99 {human_secs(d['wait_p99_s'])}, "
+            f"max {human_secs(d['wait_max_s'])} ({d['wait_samples']} samples"
+            + (f" over the last {human_secs(d['wait_window_s'])}" if d.get("wait_window_s")
+               is not None else "") + ")")
+
+
 def format_stat(s: Any) -> str:
     """The human-readable text of ``fastq stat``."""
     out = [f"{s.kind} {s.name}  ({s.path or 'anonymous'})",
@@ -196,19 +208,23 @@ def format_stat(s: Any) -> str:
     out += [f"  put          {s.puts} messages, {human_bytes(s.put_bytes)}",
             f"  got          {s.gets} messages" +
             (f", {human_bytes(s.get_bytes)} delivered" if s.kind == "queue" else ""),
-            f"  ring full    {s.full} put tries",
+            f"  ring full    {s.full} puts, blocked {human_secs(s.blocked_s)} in all",
             f"  redelivered  {s.redelivered}, nacked {s.nacked}",
             f"  recovered    {s.recovered_slots} dead slots, {s.recovered_puts} puts, "
             f"{s.recovered_gets} gets",
             f"  rates        {s.arrival_rate:.1f}/s in, {s.departure_rate:.1f}/s out "
-            f"(since creation); Little's law mean wait {human_secs(s.mean_wait_s)}"]
+            f"(since creation); Little's law mean wait {human_secs(s.mean_wait_s)}",
+            f"  time in queue measured: {_waits_text(s.to_dict())}"]
     if s.subscribers:
         rows = [[r["name"] or r["group"] or "(anonymous)", str(r["pid"] or "-"),
-                 "yes" if r["alive"] else "no", str(r["position"]), str(r["lag"]), str(r["got"])]
+                 "yes" if r["alive"] else "no", str(r["position"]), str(r["lag"]),
+                 human_bytes(r["lag_bytes"]), str(r["unacked"]), str(r["got"]),
+                 human_secs(r["wait_p50_s"]), human_secs(r["wait_p99_s"])]
                 for r in sorted(s.subscribers, key=lambda r: -r["lag"])]
-        out.append("  subscribers (most behind first):")
+        out.append("  subscribers (most behind first), WAIT: time in queue, measured:")
         out += ["    " + ln for ln in
-                _table(rows, ["NAME/GROUP", "PID", "ALIVE", "POSITION", "LAG", "GOT"]).splitlines()]
+                _table(rows, ["NAME/GROUP", "PID", "ALIVE", "POSITION", "LAG", "LAG B",
+                              "UNACKED", "GOT", "WAIT P50", "WAIT P99"]).splitlines()]
     return "\n".join(out)
 
 

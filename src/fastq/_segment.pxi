@@ -107,6 +107,9 @@ cdef class Segment:
     cdef public int strategy   # FQ_STRATEGY_*: how blocking calls wait (_wait.pxi)
     cdef uint64_t created_ns   # the segment's creation time (ids of its deliveries)
     cdef int _sleeping         # threads of this handle asleep in a wait (_seg_interrupt)
+    # an awaitable put is retrying: its tries do not count as back-pressure
+    # events each (its loop counts one, with the time it awaited)
+    cdef public bint full_retrying
 
     def _set_serializer(self, dumps, loads, bint is_pickle=False):
         """Functions applied by put*/get* (None, None: raw bytes).  With
@@ -295,29 +298,51 @@ cdef class Segment:
                         bint block, object timeout) except -1:
         """Claim ring space for k records (k may be halved if the batch is
         too big for one claim), waiting while the ring is full."""
+        if fq_put_begin(q, lens, k[0], c) == FQ_OK:
+            return 0
+        return self._begin_put_slow(q, lens, k, c, block, timeout)
+
+    cdef int _begin_put_slow(self, fq_queue *q, uint64_t *lens, size_t *k, fq_claim *c,
+                             bint block, object timeout) except -1:
+        """_begin_put after its first try failed.  A put that found the ring
+        full counts once (fq_note_full), with the time it waited."""
         cdef int rc
         cdef uint64_t need = 0
         cdef _Waiter w = None
-        while True:
-            rc = fq_put_begin(q, lens, k[0], c)
-            if rc == FQ_OK:
-                return 0
-            if rc == FQ_EBUSY:  # all lanes busy: let their threads run
-                with nogil:
-                    sched_yield()
-                PyErr_CheckSignals()
-                continue
-            if rc == FQ_ETOOBIG and k[0] > 1:
-                k[0] = k[0] // 2
-                continue
-            if rc == FQ_FULL and not block:
-                self._poll_recover(q)
-            if rc != FQ_FULL or not block:
-                _raise_rc(rc, q, lens[0])
-            if w is None:
-                w = _Waiter(timeout)
-            need = fq_put_need(q, lens, k[0])
-            self._wait(q, FQ_WAIT_SPACE, need, w)
+        cdef object blocked = None  # monotonic_ns() when the ring was first full
+        try:
+            while True:
+                rc = fq_put_begin(q, lens, k[0], c)
+                if rc == FQ_OK:
+                    return 0
+                if rc == FQ_EBUSY:  # all lanes busy: let their threads run
+                    with nogil:
+                        sched_yield()
+                    PyErr_CheckSignals()
+                    continue
+                if rc == FQ_ETOOBIG and k[0] > 1:
+                    k[0] = k[0] // 2
+                    continue
+                if rc == FQ_FULL and blocked is None:
+                    blocked = _monotonic_ns()
+                if rc == FQ_FULL and not block:
+                    self._poll_recover(q)
+                if rc != FQ_FULL or not block:
+                    _raise_rc(rc, q, lens[0])
+                if w is None:
+                    w = _Waiter(timeout)
+                need = fq_put_need(q, lens, k[0])
+                self._wait(q, FQ_WAIT_SPACE, need, w)
+        finally:
+            # one back-pressure event per put, however many tries it took (an
+            # awaitable put's retries are counted by its loop: _note_full)
+            if blocked is not None and not self.full_retrying:
+                fq_note_full(q, 1, _monotonic_ns() - blocked)
+
+    def _note_full(self, events, blocked_ns):
+        """Count back-pressure (fq_note_full): for the awaitable put's loop,
+        whose retries run with ``full_retrying`` set."""
+        fq_note_full(self._enter_quick(), events, blocked_ns)
 
     cdef int _put(self, object obj, bint block, object timeout, bytes subject=None,
                   uint32_t attempt=1) except -1:
@@ -630,11 +655,31 @@ cdef class Segment:
         attached processes (fq_counts_read); no slot is taken."""
         cdef fq_counts c
         fq_counts_read(self._enter_quick(), &c)
-        return {"puts": c.puts, "put_bytes": c.put_bytes, "full": c.full, "gets": c.gets,
+        return {"puts": c.puts, "put_bytes": c.put_bytes, "full": c.full,
+                "blocked_ns": c.blocked_ns, "gets": c.gets,
                 "get_bytes": c.get_bytes, "redelivered": c.redelivered, "nacked": c.nacked,
                 "recovered_slots": c.rec_slots, "recovered_puts": c.rec_puts,
                 "recovered_gets": c.rec_gets, "tail": c.tail, "head": c.head,
                 "release": c.release, "alive": c.alive, "dead": c.dead, "flags": c.flags}
+
+    def _waits(self):
+        """Time in queue, sampled (fq_waits_read): a list of (group, wait_ns,
+        at_ns), group 0 for a queue and g + 1 for topic group g, at_ns the
+        CLOCK_MONOTONIC time of the delivery (``time.monotonic_ns()``)."""
+        cdef fq_queue *q = self._enter_quick()
+        cdef size_t cap = fq_waits_max(q)
+        cdef fq_wait_sample *buf = <fq_wait_sample *>malloc(cap * sizeof(fq_wait_sample) + 1)
+        cdef long long n, i
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                n = fq_waits_read(q, buf, cap)
+            if n < 0:
+                raise MemoryError()
+            return [(buf[i].group, buf[i].wait_ns, buf[i].at_ns) for i in range(n)]
+        finally:
+            free(buf)
 
     def _check(self):
         """(problems, the first one described): fq_check."""

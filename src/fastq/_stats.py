@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _core
 
-__all__ = ["Stats", "read_stats"]
+__all__ = ["Stats", "read_stats", "wait_summary"]
 
 
 @dataclasses.dataclass
@@ -45,9 +45,11 @@ class Stats:
     gets, get_bytes
         Queue: messages finished and payload bytes delivered; topic: messages
         received by subscribers (``get_bytes`` 0).
-    full
-        Tries of a put that found the ring full (back-pressure events; a
-        blocking put that waits and tries again counts each try).
+    full, blocked_s
+        Back-pressure: puts (publishes) that found the ring full, each
+        counted once however many times it tried again (a non-blocking put
+        that raised ``queue.Full`` counts too), and the seconds they spent
+        waiting for space in all.
     redelivered, nacked
         Queue: messages delivered again (after a nack or a dead consumer),
         and messages given back (nack).
@@ -58,11 +60,27 @@ class Stats:
         Attached processes alive, and slots still held by dead ones (recovery
         frees them).
     subscribers
-        Topic: one dict per subscriber row (:meth:`fastq.Topic.subscribers`).
+        Topic: one dict per subscriber row (:meth:`fastq.Topic.subscribers`),
+        with ``lag_bytes`` (ring bytes from its group's head to the tail),
+        ``unacked`` (messages of its open claim: delivered, not yet finished
+        or acknowledged), ``oldest_unacked_s`` (seconds since ``receive()``
+        returned that delivery; None: none, or taken by ``get()``) and its group's time in queue (``wait_p50_s``,
+        ``wait_p99_s``, ``wait_max_s``, ``wait_samples``, as below).
+    wait_p50_s, wait_p99_s, wait_max_s, wait_samples, wait_window_s
+        Time in queue, measured: how long messages waited from their put's
+        commit to their first delivery, over the samples still kept in the
+        segment (one message per 1/16 of the capacity put is sampled; each
+        process keeps its last 32 deliveries of sampled messages): median,
+        99th percentile and largest (None: no sample yet), the number of
+        samples, and how far back the oldest goes (seconds).  A topic's
+        figures cover every subscriber; each row of ``subscribers`` has its
+        own group's.
     age_s, arrival_rate, departure_rate, mean_wait_s
         Seconds since creation; messages per second put and got over that
         time; and Little's law, the mean time a message waits:
-        ``depth / departure_rate`` (None when nothing departed).
+        ``depth / departure_rate`` (None when nothing departed): the model's
+        figure, to set beside the measured ``wait_*`` (``fastq top`` gives
+        both over its last interval).
     tail, head, release, requeued, state, slot
         Internals: the cursors, the requeued hint, state bits, this handle's
         slot (-1: none taken).
@@ -86,6 +104,7 @@ class Stats:
     gets: int
     get_bytes: int
     full: int
+    blocked_s: float
     redelivered: int
     nacked: int
     recovered_slots: int
@@ -98,6 +117,11 @@ class Stats:
     arrival_rate: float
     departure_rate: float
     mean_wait_s: Optional[float]
+    wait_p50_s: Optional[float]
+    wait_p99_s: Optional[float]
+    wait_max_s: Optional[float]
+    wait_samples: int
+    wait_window_s: Optional[float]
     tail: int
     head: int
     release: int
@@ -116,18 +140,41 @@ class Stats:
             raise KeyError(key) from None
 
 
+def wait_summary(waits: List[Tuple[int, int]], now_ns: int) -> Dict[str, Any]:
+    """p50/p99/max (seconds) of sampled waits [(wait_ns, at_ns)], their
+    count and the age of the oldest (at_ns and now_ns: time.monotonic_ns())."""
+    if not waits:
+        return {"wait_p50_s": None, "wait_p99_s": None, "wait_max_s": None,
+                "wait_samples": 0, "wait_window_s": None}
+    ws = sorted(w for w, _ in waits)
+    n = len(ws)
+    return {"wait_p50_s": ws[(n - 1) // 2] / 1e9,
+            "wait_p99_s": ws[min(n - 1, (99 * n) // 100)] / 1e9,
+            "wait_max_s": ws[-1] / 1e9, "wait_samples": n,
+            "wait_window_s": max(0, now_ns - min(a for _, a in waits)) / 1e9}
+
+
 def read_stats(seg: Any) -> Stats:
     """The Stats of an open Queue or Topic handle."""
     c = seg._counts()
     raw = seg._raw_stats()
     topic = seg.is_topic
     subs: List[Dict[str, Any]] = []
+    now = time.monotonic_ns()
+    by_group: Dict[int, List[Tuple[int, int]]] = {}
+    for g, w, at in seg._waits():
+        by_group.setdefault(g, []).append((w, at))
     if topic:
-        for key, flags, pid, kind, alive, pos, lag, got in seg._subscribers():
-            subs.append({"name": key if flags & _core.GRP_DURABLE else None,
-                         "group": key if flags & _core.GRP_GROUP else None,
-                         "pid": pid or None, "alive": bool(alive), "position": pos,
-                         "lag": lag, "got": got})
+        for (key, flags, pid, kind, alive, pos, lag, got, gi, lag_bytes,
+             unacked_n, since) in seg._subscribers():
+            row = {"name": key if flags & _core.GRP_DURABLE else None,
+                   "group": key if flags & _core.GRP_GROUP else None,
+                   "pid": pid or None, "alive": bool(alive), "position": pos,
+                   "lag": lag, "lag_bytes": lag_bytes, "got": got, "unacked": unacked_n,
+                   "oldest_unacked_s": max(0, now - since) / 1e9 if unacked_n and since
+                   else None}
+            row.update(wait_summary(by_group.get(gi + 1, []), now))
+            subs.append(row)
         depth = max((s["lag"] for s in subs), default=0)
         gets = sum(s["got"] for s in subs)
         unacked = 0
@@ -135,6 +182,7 @@ def read_stats(seg: Any) -> Stats:
         depth = seg.qsize()
         gets = c["gets"]
         unacked = seg.unacked_count()
+    waits = wait_summary([x for v in by_group.values() for x in v], now)
     age = max(time.time() - raw["created_ns"] / 1e9, 1e-9)
     dep = gets / age
     return Stats(
@@ -144,10 +192,11 @@ def read_stats(seg: Any) -> Stats:
         created_ns=raw["created_ns"], creator_pid=raw["creator_pid"], depth=depth,
         bytes_used=c["tail"] - c["release"], unacked=unacked, puts=c["puts"],
         put_bytes=c["put_bytes"], gets=gets, get_bytes=c["get_bytes"], full=c["full"],
+        blocked_s=c["blocked_ns"] / 1e9,
         redelivered=c["redelivered"], nacked=c["nacked"],
         recovered_slots=c["recovered_slots"], recovered_puts=c["recovered_puts"],
         recovered_gets=c["recovered_gets"], processes=c["alive"], dead_processes=c["dead"],
         subscribers=subs, age_s=age, arrival_rate=c["puts"] / age, departure_rate=dep,
-        mean_wait_s=depth / dep if dep else None, tail=raw["tail"], head=raw["head"],
+        mean_wait_s=depth / dep if dep else None, **waits, tail=raw["tail"], head=raw["head"],
         release=raw["release"], requeued=raw["requeued"], state=raw["state"],
         slot=raw["slot"])

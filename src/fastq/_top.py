@@ -1,8 +1,10 @@
 """``fastq top``: a live view of every segment of a directory, refreshed every
-second: depth, rates in and out over the last interval, lag of each topic
-subscriber, and Little's-law mean wait (depth / rate out), sorted by what is
-most behind.  Keys: ``l`` lag (default), ``i`` rate in, ``o`` rate out,
-``n`` name, ``q`` quit.  Draws with curses (standard library) in any
+second: depth (a topic subscriber's row: its lag), rates in and out over the
+last interval, the mean wait Little's law gives (depth / rate out) beside the
+time in queue measured (p50, p99 of the samples kept in the segment), per
+segment and per topic subscriber, sorted by what is most behind.  Keys:
+``l`` lag (default), ``i`` rate in, ``o`` rate out, ``w`` measured wait
+(p99), ``n`` name, ``q`` quit.  Draws with curses (standard library) in any
 terminal from 80x24 up; ``--once`` prints one frame as text."""
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import _ops
 
-SORTS = {"l": "lag", "i": "in/s", "o": "out/s", "n": "name"}
-HEAD = f"{'NAME':<22} {'KIND':<5} {'DEPTH':>7} {'LAG':>7} {'IN/s':>8} {'OUT/s':>8} " \
-       f"{'WAIT':>7} {'PROCS':>5}"  # 76 columns
+SORTS = {"l": "lag", "i": "in/s", "o": "out/s", "w": "p99", "n": "name"}
+HEAD = f"{'NAME':<18} {'KIND':<5} {'DEPTH':>7} {'IN/s':>7} {'OUT/s':>7} " \
+       f"{'LITTLE':>7} {'WAIT50':>7} {'WAIT99':>7} {'PROCS':>5}"  # 78 columns
 
 
 class Sampler:
@@ -45,12 +47,20 @@ class Sampler:
             rows.append({"name": name, "kind": s.kind, "depth": s.depth, "lag": s.depth,
                          "in/s": rin, "out/s": rout, "procs": s.processes,
                          "dead": s.dead_processes,
-                         "wait": s.depth / rout if rout > 0 else None, "error": None})
+                         "wait": s.depth / rout if rout > 0 else None,
+                         "p50": s.wait_p50_s, "p99": s.wait_p99_s, "error": None})
             for sub in s.subscribers:
                 label = sub["name"] or sub["group"] or f"pid {sub['pid']}"
-                rows.append({"name": f"  {label}", "kind": "sub", "depth": None,
-                             "lag": sub["lag"], "in/s": None, "out/s": None,
-                             "procs": 1 if sub["alive"] else 0, "dead": 0, "wait": None,
+                key = f"{name}\0{label}"
+                sprev = self.prev.get(key)
+                self.prev[key] = (now, 0, sub["got"])
+                sout = ((sub["got"] - sprev[2]) / (now - sprev[0])
+                        if sprev and now > sprev[0] and sub["got"] >= sprev[2] else None)
+                rows.append({"name": f"  {label}", "kind": "sub", "depth": sub["lag"],
+                             "lag": sub["lag"], "in/s": None, "out/s": sout,
+                             "procs": 1 if sub["alive"] else 0, "dead": 0,
+                             "wait": sub["lag"] / sout if sout else None,
+                             "p50": sub["wait_p50_s"], "p99": sub["wait_p99_s"],
                              "error": None, "parent": name})
             rows += self._bridges(name, s.path, now)
         return rows
@@ -94,7 +104,9 @@ def _sorted(rows: List[Dict[str, Any]], key: str) -> List[Dict[str, Any]]:
     out = []
     for r in tops:
         out.append(r)
-        out += sorted(subs.get(r["name"], ()), key=lambda r: -r["lag"])
+        out += sorted(subs.get(r["name"], ()),
+                      key=lambda r: -(r.get(key) or 0) if key not in ("name", "in/s")
+                      else -r["lag"])
     return out
 
 
@@ -107,16 +119,17 @@ def frame(rows: List[Dict[str, Any]], key: str, directory: str, width: int = 80,
     """The lines of one screen (at most height lines of at most width
     columns)."""
     title = (f"fastq top {time.strftime('%H:%M:%S')}  sort: {key}  "
-             f"[l]ag [i]n [o]ut [n]ame [q]uit  {directory}")
+             f"[l]ag [i]n [o]ut [w]ait [n]ame [q]uit  {directory}")
     lines = [title, HEAD]
     for r in _sorted(rows, key):
         if r["error"]:
-            lines.append(f"{r['name'][:22]:<22} ?     {r['error']}")
+            lines.append(f"{r['name'][:18]:<18} ?     {r['error']}")
             continue
         procs = str(r["procs"]) + (f"+{r['dead']}d" if r["dead"] else "")
-        lines.append(f"{r['name'][:22]:<22} {r['kind']:<5} {_num(r['depth']):>7} "
-                     f"{_num(r['lag']):>7} {_num(r['in/s']):>8} {_num(r['out/s']):>8} "
-                     f"{_ops.human_secs(r['wait']):>7} {procs:>5}")
+        secs = _ops.human_secs
+        lines.append(f"{r['name'][:18]:<18} {r['kind']:<5} {_num(r['depth']):>7} "
+                     f"{_num(r['in/s']):>7} {_num(r['out/s']):>7} {secs(r['wait']):>7} "
+                     f"{secs(r['p50']):>7} {secs(r['p99']):>7} {procs:>5}")
     if len(rows) == 0:
         lines.append("(no segments)")
     if len(lines) > height:
@@ -170,6 +183,6 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print one frame as text and exit")
     p.add_argument("--sort", choices=sorted(SORTS), default="l",
-                   help="--once: the sort key (l lag, i in, o out, n name)")
+                   help="--once: the sort key (l lag, i in, o out, w wait p99, n name)")
     p.add_argument("--iterations", type=int, default=0,
                    help="exit after this many refreshes (0: until q)")

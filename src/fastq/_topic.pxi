@@ -105,7 +105,7 @@ cdef class TopicSegment(Segment):
 
     def _subscribers(self):
         """Raw rows of the subscriber tables: (name, flags, pid, kind, alive,
-        position, lag, got)."""
+        position, lag, got, group, lag_bytes, unacked, unacked_since_ns)."""
         cdef fq_queue *q = self._enter()
         cdef fq_sub_info info
         cdef uint32_t i
@@ -115,7 +115,8 @@ cdef class TopicSegment(Segment):
                 if fq_topic_info(q, i, &info):
                     rows.append((info.name.decode(errors="replace"), info.flags, info.pid,
                                  info.kind, bool(info.alive), info.position, info.lag,
-                                 info.got))
+                                 info.got, info.group, info.lag_bytes, info.unacked,
+                                 info.unacked_since_ns))
             return rows
         finally:
             self._exit()

@@ -211,7 +211,7 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
         each entry it holds (up to ``prefetch``), identical but for their
         number: the rows count the entries that ``max_subscribers`` bounds."""
         rows = []
-        for key, flags, pid, kind, alive, pos, lag, _got in self._subscribers():
+        for key, flags, pid, kind, alive, pos, lag, *_ in self._subscribers():
             rows.append(SubscriberInfo(
                 name=key if flags & _FLAG_DURABLE else None,
                 group=key if flags & _FLAG_GROUP else None,

@@ -17,7 +17,7 @@ from support.cseg import CAP, create, ffi, HDR, lib, open_seg, rec_size
 
 
 def data_offset(slots):
-    return (1024 + slots * 1152 + 4095) & ~4095
+    return (1024 + slots * 2304 + 4095) & ~4095
 
 
 @pytest.mark.parametrize("asked,cap", [(0, 4096), (1, 4096), (4096, 4096), (4097, 8192),

@@ -56,6 +56,21 @@ def _check(m):
     assert m[("fastq_ring_capacity_bytes", frozenset(q))] == 1 << 20
     assert m[("fastq_messages_put_total", frozenset(t))] == 3
     assert m[("fastq_subscriber_lag_messages", frozenset(t | {("subscriber", "risk")}))] == 2
+    rec = [(16 + 16 + len(pickle.dumps(i, protocol=pickle.HIGHEST_PROTOCOL)) + 15) // 16 * 16
+           for i in (1, 2)]  # the two not received: header, topic prefix, payload, padding
+    assert m[("fastq_subscriber_lag_bytes", frozenset(t | {("subscriber", "risk")}))] == sum(rec)
+    assert m[("fastq_subscriber_unacked_messages",
+              frozenset(t | {("subscriber", "risk")}))] == 0
+    assert m[("fastq_ring_full_total", frozenset(q))] == 0
+    assert m[("fastq_blocked_seconds_total", frozenset(q))] == 0
+    # the first message of each (position 0: a sample point) was taken once
+    assert m[("fastq_time_in_queue_samples", frozenset(q))] == 1
+    assert m[("fastq_time_in_queue_samples", frozenset(t))] == 1
+    for qv in ("0.5", "0.99", "1"):
+        assert m[("fastq_time_in_queue_seconds", frozenset(q | {("quantile", qv)}))] >= 0
+        assert m[("fastq_subscriber_time_in_queue_seconds",
+                  frozenset(t | {("subscriber", "risk"), ("quantile", qv)}))] >= 0
+    assert m[("fastq_littles_law_wait_seconds", frozenset(q))] > 0
 
 
 def test_stat_prometheus(fastq_dir):

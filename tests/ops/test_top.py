@@ -72,8 +72,16 @@ def test_top_in_tmux(fastq_dir):
             for _ in range(10):
                 busy.get()
             lines = _wait_screen(session, lambda ls: ls and ls[0] != stamp)
-        row = next(ln for ln in _screen(session) if ln.startswith("busy"))
+        lines = _screen(session)
+        assert lines[1].split() == ["NAME", "KIND", "DEPTH", "IN/s", "OUT/s", "LITTLE",
+                                    "WAIT50", "WAIT99", "PROCS"]
+        row = next(ln for ln in lines if ln.startswith("busy"))
         assert row.split()[2] == "20"  # DEPTH: 50 - 30 taken
+        # time in queue, measured: busy's first message (position 0, a sample
+        # point) was taken; nothing was taken from idle
+        assert row.split()[6] != "-" and row.split()[7] != "-"
+        idle_row = next(ln for ln in lines if ln.startswith("idle"))
+        assert idle_row.split()[6:8] == ["-", "-"]
         # sort by name, then quit
         _tmux("send-keys", "-t", session, "n")
         lines = _wait_screen(session, lambda ls: ls and "sort: name" in ls[0])
