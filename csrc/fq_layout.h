@@ -135,7 +135,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 8u
+#define FQ_VERSION 9u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
@@ -301,14 +301,25 @@ enum { FQ_SLOT_FREE = 0, FQ_SLOT_ACTIVE = 2 };
  * datagram if it was clear.  The owner drains its socket, then takes
  * bell_rung: the datagram only wakes, the bits say what for (a full socket
  * buffer loses a datagram, never a wake-up).
+ *
+ * nap[w] says whether the owner's threads asleep on side w's futex word
+ * still need a FUTEX_WAKE (fq_wait.c, "Waking each sleep once"):
+ * FQ_NAP_SLEEPING(v) = v << 1, stored by a sleeper under the handle's mutex
+ * after it loaded v from the word and before its re-check; a writer that
+ * saw SLEEPING(v) wakes, then CASes it to v << 1 | FQ_NAP_WOKEN; a writer
+ * that sees WOKEN makes no syscall.  The owner's last sleeper on side w
+ * sets WOKEN as it leaves.
  */
+#define FQ_NAP_WOKEN 1ull
+#define FQ_NAP_SLEEPING(v) ((uint64_t)(uint32_t)(v) << 1)
 typedef struct fq_slot {
     _Atomic uint64_t word;
     _Atomic uint64_t bell;
     _Atomic uint64_t bell_owner;
     _Atomic uint32_t bell_sides;
     _Atomic uint32_t bell_rung;
-    uint8_t pad[128 - 32];
+    _Atomic uint64_t nap[2];
+    uint8_t pad[128 - 48];
     fq_lane lane[FQ_LANES];
 } fq_slot;
 
@@ -424,8 +435,9 @@ _Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
 _Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
 _Static_assert(offsetof(fq_ctrl, quiet_mask) == 896, "quiet mask at 896");
 _Static_assert(offsetof(fq_slot, bell) == 8 && offsetof(fq_slot, bell_owner) == 16 &&
-                   offsetof(fq_slot, bell_sides) == 24 && offsetof(fq_slot, bell_rung) == 28,
-               "bell fields after the slot word");
+                   offsetof(fq_slot, bell_sides) == 24 && offsetof(fq_slot, bell_rung) == 28 &&
+                   offsetof(fq_slot, nap) == 32,
+               "bell and nap fields after the slot word");
 _Static_assert(sizeof(fq_intent) == 64, "an intent is one cache line");
 _Static_assert(offsetof(fq_intent, bytes) == 32 && offsetof(fq_intent, nacked) == 56,
                "an intent's statistics share its line");

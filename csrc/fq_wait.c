@@ -8,12 +8,13 @@
  * Each side has a futex word in the segment (data_seq, space_seq) and a
  * bitmask of slots that have a waiter asleep on it.
  *
- *   waiter: set our bit (seq_cst RMW; before every sleep); v = load(word);
+ *   waiter: v = load(word); set our bit (seq_cst RMW; before every sleep);
  *           re-check the condition; futex_wait(word, v, slice); clear the
  *           bit when the process's last sleeper on it leaves.
- *   writer: publish (release); seq_cst fence; if any bit is set, bump the
- *           word and FUTEX_WAKE everyone; ring the bell of each slot seen
- *           that has an awaiting task.  The writer only loads the bits.
+ *   writer: publish (release); seq_cst fence; if a slot whose bit is set
+ *           has a sleep not yet woken (its nap, below), bump the word and
+ *           FUTEX_WAKE everyone; ring the bell of each slot seen that has
+ *           an awaiting task.  The writer only loads the bits.
  *
  * Either the writer's fence-then-load sees the waiter's bit, or the
  * waiter's RMW-then-re-check sees the published data: a wake-up is never
@@ -30,10 +31,36 @@
  * stopped there for good) takes nothing with it, and the next writer's
  * fence-then-load sees the same bits and wakes.  (A writer that took the
  * bits, exchanging them with 0, and died before waking would leave the
- * sleepers asleep with no bit up for any later writer.)  The price: a
- * writer that runs between a wake-up and the woken sleeper's leaving sees
- * its bit still up and makes one FUTEX_WAKE more.  Bells are rung once per
- * take by the owner (bell_rung), not once per writer.
+ * sleepers asleep with no bit up for any later writer.)  Bells are rung
+ * once per take by the owner (bell_rung), not once per writer.
+ *
+ * Waking each sleep once.  A bit up says "look at this slot", not "wake
+ * it": between a wake-up and the woken sleeper's leaving (tens of us when
+ * its process waits for a core; forever when it was killed asleep) every
+ * writer would otherwise make a FUTEX_WAKE on nobody.  The slot's nap[side]
+ * (fq_layout.h) says whether the sleep still needs one:
+ *
+ *   sleeper: under the handle's mutex: v = load(word);
+ *            store(nap, SLEEPING(v)); set the bit; then re-check and
+ *            futex_wait(word, v).  The last sleeper of the process on the
+ *            side sets WOKEN as it leaves (under the mutex).
+ *   writer:  publish; fence; load the bits, then each such slot's nap n;
+ *            if n is SLEEPING: bump the word, FUTEX_WAKE, then
+ *            CAS(nap, n, n | WOKEN).  If n is WOKEN: no syscall.
+ *
+ * Why no sleep is left asleep with WOKEN: a writer CASes only the value n
+ * it loaded before its bump, and n = SLEEPING(v) was stored after its
+ * sleeper loaded v, so v is a value from before the bump: that sleeper's
+ * FUTEX_WAIT(v) returns EAGAIN or is woken by this FUTEX_WAKE.  A sleep
+ * registered after the bump stores another value (a v from after the
+ * bump), so the CAS fails and the next writer wakes it.  A writer that
+ * loads nap before a sleeper's store is the Dekker case above (fence
+ * against the sleeper's seq_cst store and RMW before its re-check: the
+ * sleeper sees the data).  SIGKILL: a writer killed before its CAS leaves
+ * SLEEPING (the next writer wakes once more); a sleeper killed asleep is
+ * marked WOKEN by the first writer after its death, and every writer after
+ * that skips it until recovery clears its bit.  The word is 32 bits: a
+ * stale CAS would need 2^32 bumps between a writer's load and its CAS.
  *
  * Sleeping without a timer.  A waiter must not sleep forever on a word that
  * a dead process was to bump: while a claim is in flight, it sleeps in
@@ -186,22 +213,44 @@ static void fq_bell_send(uint64_t name)
  * writer that took only bits of slots without it skips FUTEX_WAKE) */
 #define FQ_BELL_FUTEX 4u
 
+/* The naps a writer saw SLEEPING, to mark WOKEN after its FUTEX_WAKE.
+ * More than FQ_NAPS_MAX slots asleep at once: the rest stay SLEEPING and
+ * cost the next writer one FUTEX_WAKE more, nothing else. */
+#define FQ_NAPS_MAX 32
+typedef struct fq_naps {
+    int wake; /* some slot needs a FUTEX_WAKE */
+    unsigned n;
+    uint32_t slot[FQ_NAPS_MAX];
+    uint64_t nap[FQ_NAPS_MAX];
+} fq_naps;
+
 /* The writer saw the bits `seen` (word i) of side: ring those slots'
- * bells that an awaiting task listens to.  1 if a slot seen may have a
- * thread asleep on the futex (or says nothing: an older owner's). */
-static int fq_ring_bells(fq_queue *q, unsigned i, uint64_t seen, int side)
+ * bells that an awaiting task listens to, and note in *naps the slots
+ * whose threads asleep on the futex still need a FUTEX_WAKE. */
+static void fq_ring_bells(fq_queue *q, unsigned i, uint64_t seen, int side, fq_naps *naps)
 {
-    int futex = 0;
     while (seen) {
         unsigned b = (unsigned)__builtin_ctzll(seen);
         seen &= seen - 1;
         uint32_t s = i * 64 + b;
-        if (s >= q->nslots)
-            return 1;
+        if (s >= q->nslots) {
+            naps->wake = 1; /* cannot happen (the masks cover nslots): wake */
+            return;
+        }
         fq_slot *sl = &q->slots[s];
         uint32_t sides = atomic_load(&sl->bell_sides);
-        if (!(sides & (1u << side)) || (sides & (FQ_BELL_FUTEX << side)))
-            futex = 1;
+        /* without a bell bit the sides say nothing (an older owner's):
+         * the nap decides */
+        if (!(sides & (1u << side)) || (sides & (FQ_BELL_FUTEX << side))) {
+            uint64_t nap = atomic_load_explicit(&sl->nap[side], memory_order_seq_cst);
+            if (!(nap & FQ_NAP_WOKEN)) {
+                naps->wake = 1;
+                if (naps->n < FQ_NAPS_MAX) {
+                    naps->slot[naps->n] = s;
+                    naps->nap[naps->n++] = nap;
+                }
+            }
+        }
         if (!(sides & (1u << side)))
             continue;
         uint64_t name = atomic_load(&sl->bell);
@@ -217,7 +266,6 @@ static int fq_ring_bells(fq_queue *q, unsigned i, uint64_t seen, int side)
             !(atomic_fetch_or(&sl->bell_rung, 1u << side) & (1u << side)))
             fq_bell_send(name);
     }
-    return futex;
 }
 
 /* ---- waking ------------------------------------------------------------- */
@@ -236,15 +284,27 @@ void fq_wake(fq_queue *q, int what)
         /* Load the bits, never take them (see the top of this file: a
          * writer killed here must leave them up for the next one).  Ordered
          * after our publication by the fence above. */
-        int wake = 0;
+        fq_naps naps;
+        naps.wake = 0;
+        naps.n = 0;
         for (unsigned i = 0; i < words; i++) {
             uint64_t seen = atomic_load_explicit(&mask[i], memory_order_seq_cst);
             if (seen)
-                wake |= fq_ring_bells(q, i, seen, side);
+                fq_ring_bells(q, i, seen, side, &naps);
         }
-        if (wake) {
+        if (naps.wake) {
             atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
             fq_futex_wake(seq);
+            if (naps.n)
+                FQ_CRASH_POINT("wake_before_nap_cas");
+            /* only now, and only the values loaded before the bump: see
+             * "Waking each sleep once" */
+            for (unsigned k = 0; k < naps.n; k++) {
+                uint64_t n = naps.nap[k];
+                atomic_compare_exchange_strong_explicit(&q->slots[naps.slot[k]].nap[side], &n,
+                                                        n | FQ_NAP_WOKEN, memory_order_seq_cst,
+                                                        memory_order_relaxed);
+            }
         }
     }
 }
@@ -369,6 +429,11 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
     pthread_mutex_lock(&q->mu);
     if (q->sleepers[what]++ == 0) /* before our bit goes up: see fq_ring_bells */
         atomic_fetch_or(&sl->bell_sides, FQ_BELL_FUTEX << what);
+    /* v before our nap says SLEEPING(v), both before the re-check: see
+     * "Waking each sleep once".  Under the mutex, so that our last sleeper
+     * leaving (it sets WOKEN) cannot land between our store and our sleep. */
+    uint32_t v = atomic_load_explicit(seq, memory_order_seq_cst);
+    atomic_store_explicit(&sl->nap[what], FQ_NAP_SLEEPING(v), memory_order_seq_cst);
     /* every time (an RMW, seq_cst): it is also what orders our re-check
      * below after the bit, pairing with the writer's fence in fq_wake */
     fq_bits_up(q, fq_side_mask(q, what));
@@ -379,7 +444,6 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
         deep = 1;
     }
     pthread_mutex_unlock(&q->mu);
-    uint32_t v = atomic_load_explicit(seq, memory_order_seq_cst);
     int ok = ready(q, arg);
     if (!ok) {
         /* quiet: nothing in flight, and a claim from now on wakes us */
@@ -388,6 +452,8 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
     }
     pthread_mutex_lock(&q->mu);
     if (--q->sleepers[what] == 0) {
+        /* no thread of ours sleeps on this side now: writers need not wake */
+        atomic_fetch_or_explicit(&sl->nap[what], FQ_NAP_WOKEN, memory_order_seq_cst);
         if (!q->armed[what])
             fq_bits_down(q, fq_side_mask(q, what));
         atomic_fetch_and(&sl->bell_sides, ~(FQ_BELL_FUTEX << what));

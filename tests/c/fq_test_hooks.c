@@ -23,6 +23,8 @@ int fqt_rec_state(fq_queue *q, uint64_t pos)
 void *fqt_rec_data(fq_queue *q, uint64_t pos) { return fq_rec_at(q, pos) + 1; }
 uint64_t fqt_data_offset(fq_queue *q) { return (uint64_t)(q->data - q->base); }
 int fqt_my_slot(fq_queue *q) { return atomic_load(&q->slot); }
+uint64_t fqt_nap(fq_queue *q, uint32_t s, int side) { return atomic_load(&q->slots[s].nap[side]); }
+void fqt_wake(fq_queue *q, int what) { fq_wake(q, what); }
 uint64_t fqt_slot_word(fq_queue *q, uint32_t s) { return atomic_load(&q->slots[s].word); }
 int fqt_slot_of_pid(fq_queue *q, int pid)
 {

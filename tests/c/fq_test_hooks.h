@@ -23,6 +23,8 @@ int fqt_rec_state(fq_queue *q, uint64_t pos);
 void *fqt_rec_data(fq_queue *q, uint64_t pos);
 uint64_t fqt_data_offset(fq_queue *q);
 int fqt_my_slot(fq_queue *q);
+uint64_t fqt_nap(fq_queue *q, uint32_t s, int side);
+void fqt_wake(fq_queue *q, int what);
 uint64_t fqt_slot_word(fq_queue *q, uint32_t s);
 int fqt_slot_of_pid(fq_queue *q, int pid);
 uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field);

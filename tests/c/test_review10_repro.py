@@ -4,10 +4,11 @@ had before those fixes and should keep; each is a strict xfail whose reason name
 the defect, where it is, and a way to fix it.
 
 The first two are about the cost of R5 (fq_wake loads the sleeper bits instead of
-taking them): a bit now stays up until its owner leaves the wait (or disarms), or
-until recovery reaps a dead owner, so every writer meanwhile makes a FUTEX_WAKE; and
-fq_wake_quiet, called on every claim (puts AND gets), calls fq_wake(q, -1) as long
-as another process's quiet bit is up.
+taking them): a bit stays up until its owner leaves the wait (or disarms), or until
+recovery reaps a dead owner, so every writer meanwhile made a FUTEX_WAKE; and
+fq_wake_quiet, called on every claim (puts AND gets), called fq_wake(q, -1) as long
+as another process's quiet bit was up.  Fixed by the per-slot nap marks (fq_wait.c,
+"Waking each sleep once"); they pass now and guard it.
 
 The counts are syscalls made by this process (fastq._core._wait_counts: sleeps,
 FUTEX_WAKEs, bell datagrams), not timings.  A sleeper that is woken but has not
@@ -71,16 +72,6 @@ def _wakes():
     return _core._wait_counts()[1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R5 cost: a woken sleeper that has not run yet keeps its data and quiet bits up, so one "
-    "put makes two FUTEX_WAKEs (fq_put_begin's fq_wake_quiet -> fq_wake(q,-1), then "
-    "fq_put_end's fq_wake(DATA)) where fc34670 made one (the first took the bits); measured "
-    "with a live consumer 2.00 vs 1.00 FUTEX_WAKE per put. Suggested fix: dedupe per sleep, "
-    "not per writer, e.g. a per-slot, per-side mark: the sleeper stores SLEEPING(v) "
-    "(seq_cst, v its futex value) before its re-check; a writer that sees SLEEPING(x) "
-    "wakes and only AFTER its FUTEX_WAKE CASes SLEEPING(x) -> WOKEN (a killed writer "
-    "leaves SLEEPING: the next one wakes; a newer sleep fails the CAS); one that sees "
-    "WOKEN skips the syscall (the sleeper has not re-checked yet: it sees the data)"))
 def test_one_put_to_a_woken_sleeper_makes_one_futex_wake():
     with _sleeping_consumer("a") as (q, pid):
         os.kill(pid, signal.SIGSTOP)  # woken, but not yet run
@@ -94,15 +85,6 @@ def test_one_put_to_a_woken_sleeper_makes_one_futex_wake():
         assert n == 1, n
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R5 cost: a consumer killed in its sleep leaves its data and quiet bits up until a "
-    "recovery reaps its slot, and nothing on a queue that never stalls runs one: every "
-    "claim, put or get, of every process calls fq_wake(q,-1) from fq_wake_quiet and every "
-    "put fq_wake(DATA), each a fence, a bit scan and a FUTEX_WAKE on nobody (fq_ring_bells "
-    "returns 1 for the dead slot's FQ_BELL_FUTEX side): here 50 puts and gets make ~150 "
-    "FUTEX_WAKEs, fc34670 made 1. Suggested fix: the per-sleep WOKEN mark of "
-    "test_one_put_to_a_woken_sleeper_makes_one_futex_wake (a dead sleeper's stays WOKEN: "
-    "writers skip it), and the same for quiet_mask in fq_wake_quiet"))
 def test_a_killed_sleeper_costs_writers_nothing_after_one_wake():
     with _sleeping_consumer("b") as (q, pid):
         kill_and_reap(pid)
