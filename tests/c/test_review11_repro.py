@@ -445,3 +445,38 @@ def test_member_killed_giving_its_claim_back_is_taken_over_as_the_second_deliver
         b.end(c)
     finally:
         t.close()
+
+
+def _publisher_before_commit(path):
+    rc, h, err = open_seg(path)
+    assert rc == 0, err
+    lib.fq_test_set_crash_point(b"put_before_commit", 1)
+    lib.fq_put(h, mk(1, 64), 64)
+    return 3
+
+
+@pytest.mark.xfail(strict=True, reason=_F4)
+def test_publisher_killed_inside_its_commit_does_not_wedge_the_topic_handmade(tmp_path):
+    """F4 on a block topic (the same fq_put_commit and producer repair): its
+    subscriber waits at the dead publisher's record forever"""
+    path = str(tmp_path / "t.seg")
+    t = T.create(path)
+    try:
+        s = t.subscribe("a")
+        assert t.put(mk(0, 64)) == lib.FQ_OK  # we hold slot 0
+        assert [seq_of(m) for _, m, _ in s.drain()] == [0]
+        pid = _procs.fork(_publisher_before_commit, path)
+        assert _procs.reap(pid) == 9, "the publisher did not die at put_before_commit"
+        pos = t.stats()["tail"] - lib.fqt_rec_size(64 + 16)
+        assert lib.fqt_rec_state(t.q, pos) == lib.FQ_REC_WRITING
+        owner = ffi.cast("uint32_t *", ffi.cast("char *", lib.fqt_rec_data(t.q, pos)) - 4)
+        assert owner[0] != 0
+        owner[0] = 0  # fq_meta_store(r, 0): the store before the COMMITTED word
+        for _ in range(10):
+            if not t.recover():
+                break
+        assert t.put(mk(2, 64)) == lib.FQ_OK
+        got = [seq_of(m) for _, m, _ in s.drain()]
+        assert got == [2], "the subscriber is stuck at the dead publisher's record (%r)" % got
+    finally:
+        t.close()
