@@ -351,15 +351,16 @@ static inline unsigned fq_sample_shift(uint64_t capacity)
  * buffer loses a datagram, never a wake-up).
  *
  * nap[w] says whether the owner's threads asleep on side w's futex word
- * still need a FUTEX_WAKE (fq_wait.c, "Waking each sleep once"):
- * FQ_NAP_SLEEPING(v) = v << 1, stored by a sleeper under the handle's mutex
- * after it loaded v from the word and before its re-check; a writer that
- * saw SLEEPING(v) wakes, then CASes it to v << 1 | FQ_NAP_WOKEN; a writer
+ * still need a FUTEX_WAKE (fq_wait.c, "Waking each sleep once"): a count
+ * of registrations << 1 | FQ_NAP_WOKEN.  A sleeper, under the handle's
+ * mutex, after it loaded its futex value and before its re-check, stores
+ * the next registration (WOKEN clear: SLEEPING); a writer that saw
+ * SLEEPING wakes, then CASes that value to value | FQ_NAP_WOKEN; a writer
  * that sees WOKEN makes no syscall.  The owner's last sleeper on side w
- * sets WOKEN as it leaves.
+ * sets WOKEN as it leaves.  Never reset: a slot's next owner counts on.
  */
 #define FQ_NAP_WOKEN 1ull
-#define FQ_NAP_SLEEPING(v) ((uint64_t)(uint32_t)(v) << 1)
+#define FQ_NAP_NEXT(n) (((n) & ~FQ_NAP_WOKEN) + 2)
 typedef struct fq_slot {
     _Atomic uint64_t word;
     _Atomic uint64_t bell;
@@ -438,6 +439,12 @@ typedef struct fq_group {
     uint8_t pad[8];
     char name[FQ_GROUP_NAME];
 } fq_group;
+
+/* fq_member.again: how often the member's claim was delivered before (a
+ * count); with FQ_AGAIN_COUNTED, given back by fq_sub_hold and counting
+ * the deliveries of what remains (a taker adds none). */
+#define FQ_AGAIN_COUNTED 0x80000000u
+#define FQ_AGAIN_MAX 0x7ffffffeu
 
 typedef struct fq_member {
     _Atomic uint64_t word;

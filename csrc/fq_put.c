@@ -462,7 +462,12 @@ int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned l)
     if (ph == FQ_PH_IDLE)
         return 1;
     uint64_t p = atomic_load(&in->pos), end = atomic_load(&in->end), n = atomic_load(&in->n);
-    uint32_t owner = s << 8 | l;
+    /* The lane's records are every WRITING record in [p, end): the tail CAS
+     * gave that range to this lane alone, and a record of another lap does
+     * not match its position's tag (fq_header_at).  Not the header's owner
+     * field: the commit stores the delivery meta there just before COMMITTED,
+     * so a producer killed between the two leaves a WRITING record whose
+     * owner no longer names it (review 11, F4: the queue wedged for good). */
     fq_ctrl *c = q->ctrl;
     if (end <= p || end - p > q->cap) { /* impossible intent */
         atomic_store(&in->state, count << 2 | FQ_PH_IDLE);
@@ -493,7 +498,8 @@ int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned l)
         } else if (rel >= end) {
             k = (int64_t)n;
         } else {
-            int64_t wr = fq_count_states(q, rel > p ? rel : p, end, 1u << FQ_REC_WRITING, owner);
+            int64_t wr = fq_count_states(q, rel > p ? rel : p, end, 1u << FQ_REC_WRITING,
+                                          UINT32_MAX);
             if (wr < 0) {
                 if (tries > 1000)
                     return 0;
@@ -524,13 +530,12 @@ int fq_fix_prod(fq_queue *q, const fq_slot_view *v, uint32_t s, unsigned l)
         }
         while (x < end && fq_header_at(q, x, &w)) {
             fq_rec *r = fq_rec_at(q, x);
-            uint32_t own = r->owner;
             uint64_t span = fq_stable_span(q, x, w); /* 0: released meanwhile */
             if (!span || span > end - x)
                 break;
             /* the CAS on the exact word re-validates: a WRITING record is
              * never released, so one still WRITING was not reused */
-            if ((w & 7) == FQ_REC_WRITING && own == owner)
+            if ((w & 7) == FQ_REC_WRITING)
                 atomic_compare_exchange_strong(&r->word, &w,
                                                fq_tag_of(q, x) | FQ_REC_ABANDONED);
             x += span;

@@ -694,6 +694,7 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         atomic_store(&g->next_idx, UINT64_MAX);
         atomic_store(&g->dropped, 0);
         atomic_store(&g->orphans, 0);
+        atomic_store(&g->filter, 0); /* a freed entry's key is not ours */
         /* visible at release first: no publisher passes it while we look
          * for where to start (see the top of this file) */
         fq_head_store(g, atomic_load(&c->release));
@@ -720,6 +721,20 @@ int fq_subscribe(fq_queue *q, const char *name, int kind, int start, fq_sub **ou
         atomic_store(&g->next_idx, idx);
         fq_head_store(g, pos);
         atomic_store(&g->word, FQ_GRP_ACTIVE | (uint64_t)flags << 8); /* made */
+    }
+    else {
+        /* a group with no member left (durable: it outlives them): its key
+         * was its last members'; the members joining now state theirs
+         * (review 11, F3).  An orphan counts: its claim was filtered by
+         * the old key. */
+        int members = 0;
+        for (uint32_t i = 0; i < hwm && !members; i++) {
+            unsigned k = FQ_SLOT_KIND(atomic_load(&q->members[i].word));
+            members = (k == FQ_MEM_ACTIVE || k == FQ_MEM_ORPHAN) &&
+                      atomic_load(&q->members[i].group) == gi;
+        }
+        if (!members)
+            atomic_store(&q->groups[gi].filter, 0);
     }
     fq_member *e = &q->members[mi];
     uint64_t ow = atomic_load(&e->word);
@@ -902,8 +917,10 @@ static int fq_take_orphan(fq_sub *s, fq_claim *c)
         /* delivered once more than the orphan's count says, unless it was
          * given back already (a count only: saturating, whatever it holds) */
         uint32_t again = atomic_load(&e->again);
-        if (!atomic_load(&e->held)) /* a claim it held (nacked) counted itself */
-            again += again < UINT32_MAX - 1;
+        if (again & FQ_AGAIN_COUNTED) /* a claim it held (nacked) counted itself */
+            again &= ~FQ_AGAIN_COUNTED;
+        else
+            again += again < FQ_AGAIN_MAX;
         atomic_store(&me->again, again);
         /* cover the claim with ours before the orphan stops covering it */
         uint64_t seq = (atomic_load(&me->state) >> 2) + 1;
@@ -950,6 +967,9 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
         c->count = 0;
         s->held = 0;
         atomic_store_explicit(&me->held, 0, RLX); /* in flight again */
+        /* in flight: again counts the deliveries before this one */
+        atomic_store_explicit(&me->again,
+                              atomic_load_explicit(&me->again, RLX) & ~FQ_AGAIN_COUNTED, RLX);
         return FQ_OK;
     }
     if ((atomic_load_explicit(&me->state, RLX) & 3) != FQ_PH_IDLE)
@@ -1218,15 +1238,25 @@ void fq_sub_hold(fq_sub *s, fq_claim *c, uint64_t from, int redelivered)
         c->first_off = 0;
         fq_wake(q, FQ_WAIT_SPACE);
     }
+    /* For a taker of our claim, again says how often what remains was
+     * delivered, COUNTED: in one store, so that a kill on either side of it
+     * leaves a count the taker reads right (again and held were two stores,
+     * and a kill between them made the taker count one delivery too many;
+     * review 11, F5).  The whole claim comes back: delivered once more; a
+     * part: what remains was not delivered by this claim. */
+    fq_member *mine = &q->members[s->m];
     if (from <= c->pos && c->attempt) {
-        /* the whole claim comes back: once more delivered (our own entry) */
-        atomic_store_explicit(&q->members[s->m].again, c->attempt, RLX);
-        c->attempt += c->attempt < UINT32_MAX;
+        uint32_t a = c->attempt < FQ_AGAIN_MAX ? c->attempt : FQ_AGAIN_MAX;
+        atomic_store_explicit(&mine->again, a | FQ_AGAIN_COUNTED, REL);
+        c->attempt += c->attempt < FQ_AGAIN_MAX;
+    } else {
+        uint32_t a = atomic_load_explicit(&mine->again, RLX);
+        atomic_store_explicit(&mine->again, a | FQ_AGAIN_COUNTED, REL);
     }
     s->held = 1 + (redelivered != 0);
     s->hold = *c;
     /* for lag: given back, to come again (relaxed: statistics only) */
-    atomic_store_explicit(&q->members[s->m].held, 1, RLX);
+    atomic_store_explicit(&mine->held, 1, RLX);
 }
 
 /* A member's readiness rule for fq_wait.c (gi: its group, s->g, ours since

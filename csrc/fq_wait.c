@@ -40,27 +40,30 @@
  * writer would otherwise make a FUTEX_WAKE on nobody.  The slot's nap[side]
  * (fq_layout.h) says whether the sleep still needs one:
  *
- *   sleeper: under the handle's mutex: v = load(word);
- *            store(nap, SLEEPING(v)); set the bit; then re-check and
- *            futex_wait(word, v).  The last sleeper of the process on the
- *            side sets WOKEN as it leaves (under the mutex).
+ *   sleeper: under the handle's mutex: v = load(word); then
+ *            store(nap, a new registration, SLEEPING); set the bit; then
+ *            re-check and futex_wait(word, v).  The last sleeper of the
+ *            handle on the side sets WOKEN as it leaves (under the mutex).
  *   writer:  publish; fence; load the bits, then each such slot's nap n;
  *            if n is SLEEPING: bump the word, FUTEX_WAKE, then
  *            CAS(nap, n, n | WOKEN).  If n is WOKEN: no syscall.
  *
  * Why no sleep is left asleep with WOKEN: a writer CASes only the value n
- * it loaded before its bump, and n = SLEEPING(v) was stored after its
+ * it loaded before its bump, and registration n was stored after its
  * sleeper loaded v, so v is a value from before the bump: that sleeper's
  * FUTEX_WAIT(v) returns EAGAIN or is woken by this FUTEX_WAKE.  A sleep
- * registered after the bump stores another value (a v from after the
- * bump), so the CAS fails and the next writer wakes it.  A writer that
+ * registered after that stores another value (registrations count up, 63
+ * bits, never reset, across owners of the slot), so the CAS fails and the
+ * next writer wakes it.  (The nap first held SLEEPING(v) itself; the
+ * 32-bit word can come round while a writer is stopped before its CAS,
+ * and a sleep registered at the same v was marked WOKEN: review of the
+ * naps, D1.)  A writer that
  * loads nap before a sleeper's store is the Dekker case above (fence
  * against the sleeper's seq_cst store and RMW before its re-check: the
  * sleeper sees the data).  SIGKILL: a writer killed before its CAS leaves
  * SLEEPING (the next writer wakes once more); a sleeper killed asleep is
  * marked WOKEN by the first writer after its death, and every writer after
- * that skips it until recovery clears its bit.  The word is 32 bits: a
- * stale CAS would need 2^32 bumps between a writer's load and its CAS.
+ * that skips it until recovery clears its bit.
  *
  * Sleeping without a timer.  A waiter must not sleep forever on a word that
  * a dead process was to bump: while a claim is in flight, it sleeps in
@@ -429,11 +432,14 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
     pthread_mutex_lock(&q->mu);
     if (q->sleepers[what]++ == 0) /* before our bit goes up: see fq_ring_bells */
         atomic_fetch_or(&sl->bell_sides, FQ_BELL_FUTEX << what);
-    /* v before our nap says SLEEPING(v), both before the re-check: see
-     * "Waking each sleep once".  Under the mutex, so that our last sleeper
-     * leaving (it sets WOKEN) cannot land between our store and our sleep. */
+    /* v before our nap says SLEEPING (a new registration), both before the
+     * re-check: see "Waking each sleep once".  Under the mutex, so that our
+     * last sleeper leaving (it sets WOKEN) cannot land between our store
+     * and our sleep, and registrations of the slot are one sequence (a
+     * writer's CAS changes bit 0 only, so n & ~WOKEN is stable here). */
     uint32_t v = atomic_load_explicit(seq, memory_order_seq_cst);
-    atomic_store_explicit(&sl->nap[what], FQ_NAP_SLEEPING(v), memory_order_seq_cst);
+    uint64_t n = atomic_load_explicit(&sl->nap[what], memory_order_relaxed);
+    atomic_store_explicit(&sl->nap[what], FQ_NAP_NEXT(n), memory_order_seq_cst);
     /* every time (an RMW, seq_cst): it is also what orders our re-check
      * below after the bit, pairing with the writer's fence in fq_wake */
     fq_bits_up(q, fq_side_mask(q, what));

@@ -310,7 +310,9 @@ class SegmentHandle:
             return
         try:
             fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except OSError:
+            # gone, or a name we cannot open (a socket, another user's file):
+            # not our segment's file, which every user of it can open
             return
         try:
             same = _file_identity(fd) == self._file_id

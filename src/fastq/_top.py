@@ -85,7 +85,7 @@ class Sampler:
                          "lag": max(0, b["forwarded"] - b["acked"]),
                          "in/s": rate if inbound else None, "out/s": None if inbound else rate,
                          "procs": 1 if b["connected"] else 0, "dead": 0, "wait": None,
-                         "error": None, "parent": name})
+                         "p50": None, "p99": None, "error": None, "parent": name})
         return rows
 
 

@@ -257,7 +257,6 @@ _F3 = (
     "member (a durable group's key is its members' key, not a memory of past ones)")
 
 
-@pytest.mark.xfail(strict=True, reason=_F3)
 def test_two_members_of_a_group_made_in_a_freed_entry_agree(tmp_path):
     t = T.create(str(tmp_path / "t.seg"))
     try:
@@ -273,7 +272,6 @@ def test_two_members_of_a_group_made_in_a_freed_entry_agree(tmp_path):
         t.close()
 
 
-@pytest.mark.xfail(strict=True, reason=_F3)
 def test_two_members_rejoining_a_durable_group_with_a_new_filter_agree(tmp_path):
     t = T.create(str(tmp_path / "t.seg"))
     try:
@@ -334,7 +332,6 @@ def _assert_not_wedged(q):
 
 @need_gdb
 @no_asan
-@pytest.mark.xfail(strict=True, reason=_F4)
 def test_producer_killed_inside_its_commit_does_not_wedge_the_queue(tmp_path):
     path = str(tmp_path / "q.seg")
     q = Q.create(path)
@@ -367,7 +364,6 @@ def _producer_before_commit(path):
     return 3
 
 
-@pytest.mark.xfail(strict=True, reason=_F4)
 def test_producer_killed_inside_its_commit_does_not_wedge_the_queue_handmade(tmp_path):
     """F4 without gdb: killed at put_before_commit, then the one store fq_put_commit
     makes before the COMMITTED word (meta 0 into the owner field) made by hand"""
@@ -406,22 +402,14 @@ def _holder_child(path, go_r, res_w):
 
 @need_gdb
 @no_asan
-@pytest.mark.xfail(strict=True, reason=(
-    "F5 (csrc/fq_topic.c fq_sub_hold, fq_take_orphan): giving a claim back whole stores "
-    "the member's `again` (the claim's deliveries so far), then `held` = 1; the orphan's "
-    "taker adds one delivery unless `held` says the claim counted itself.  A member "
-    "SIGKILLed between the two stores leaves again = 1, held = 0: the taker delivers "
-    "the message as attempt 3, its second delivery (a Dispatcher dead-letters it one "
-    "attempt early).  Fix: store held before again (then a kill between them leaves the "
-    "old again with held 1, which counts right), or keep both in one 64-bit word "
-    "written by one store"))
 def test_member_killed_giving_its_claim_back_is_taken_over_as_the_second_delivery(tmp_path):
     path = str(tmp_path / "t.seg")
     t = T.create(path)
     try:
         b = t.subscribe("g", GROUP)  # the group, at the tail: the message below is its
         assert t.put(mk(0, 64)) == lib.FQ_OK
-        line = _line_of("csrc/fq_topic.c", "atomic_store_explicit(&q->members[s->m].held, 1, RLX);")
+        # fq_sub_hold's last store (held, for lag), after its count of deliveries
+        line = _line_of("csrc/fq_topic.c", "atomic_store_explicit(&mine->held, 1, RLX);")
         go_r, go_w = os.pipe()
         res_r, res_w = os.pipe()
         pid = _procs.fork(_holder_child, path, go_r, res_w)
@@ -455,7 +443,6 @@ def _publisher_before_commit(path):
     return 3
 
 
-@pytest.mark.xfail(strict=True, reason=_F4)
 def test_publisher_killed_inside_its_commit_does_not_wedge_the_topic_handmade(tmp_path):
     """F4 on a block topic (the same fq_put_commit and producer repair): its
     subscriber waits at the dead publisher's record forever"""
@@ -488,14 +475,6 @@ def test_publisher_killed_inside_its_commit_does_not_wedge_the_topic_handmade(tm
 # left alone
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F7 (src/fastq/_segment.py, SegmentHandle.unlink): since R3's re-fix unlink() "
-    "os.open()s the name to compare the header bytes 64..80, and lets every error but "
-    "FileNotFoundError out: a name that now names a Unix socket raises OSError(ENXIO) "
-    "(an unreadable file: PermissionError), where the docstring says another file under "
-    "the name is left alone (before, os.stat compared dev/ino and returned).  Fix: an "
-    "OSError from that open means the name is not this segment's file (a segment file "
-    "is a regular file every user of it can open): return without removing it"))
 def test_unlink_leaves_a_socket_now_under_the_name_alone(tmp_path):
     import socket
 
