@@ -102,6 +102,8 @@ cdef extern from "fastq.h" nogil:
         uint32_t alive, dead, flags
     void fq_counts_read(fq_queue *q, fq_counts *out)
     int fq_check(fq_queue *q, char *err, size_t errlen)
+    int fq_browse(fq_queue *q, uint64_t *pos, uint64_t *next, void *buf, uint64_t cap,
+                  uint64_t *len)
     int fq_recover(fq_queue *q)
     int fq_flush(fq_queue *q)
     int fq_idle(fq_queue *q)
