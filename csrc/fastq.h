@@ -367,6 +367,19 @@ int64_t fq_waits_read(fq_queue *q, fq_wait_sample *out, size_t max);
  * cursors under the walk (a problem then may be a race; check again). */
 int fq_check(fq_queue *q, char *err, size_t errlen);
 
+/*
+ * Browse a queue without taking anything: the first message record at or
+ * after *pos (or after release, if *pos is below it) that is not consumed
+ * yet (COMMITTED, TAKEN by a consumer, or REQUEUED), before tail.  Its
+ * payload is copied into buf (at most cap bytes; *len is the payload's
+ * length, which may exceed cap), *pos is set to the record's position and
+ * *next to the position after it.  FQ_OK: a message; FQ_EMPTY: none
+ * left; FQ_ECORRUPT; -EINVAL: a topic.  The copy is validated after it was made (release had not passed
+ * the record), so it is what was put; the walk is as of no single instant.
+ */
+int fq_browse(fq_queue *q, uint64_t *pos, uint64_t *next, void *buf, uint64_t cap,
+              uint64_t *len);
+
 /* Test hook: when set, the core calls _exit(9) at the named point. */
 void fq_test_set_crash_point(const char *name, int countdown);
 /* Test hook for races: the countdown-th time the calling process reaches the

@@ -273,10 +273,27 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
                 continue;
             }
             fq_intent_claim(in, p, p + span, 1, count);
+            FQ_CRASH_POINT("take_before_cas");
             /* seq_cst: recovery reads this word, then the intents */
             uint32_t me = (uint32_t)atomic_load_explicit(&q->slot, RLX) << 3 | (uint32_t)lane;
             if (atomic_compare_exchange_strong_explicit(
                     &r->word, &w, fq_taken_word(q->salt, p, me), SEQ, RLX)) {
+                /* A REQUEUED word is the same after every put-back, so the
+                 * CAS also wins on a record taken and given back again with
+                 * a delay since our look at its meta (ABA).  Look again: the
+                 * CAS read the put-back's seq_cst CAS, after its not-before
+                 * store.  Delayed: give it back untouched (meta, hint) and
+                 * bump requeue_seq (a walk that saw it TAKEN meanwhile may
+                 * hold a verdict "only delayed" that misses its time).
+                 * Killed before the give-back: recovery requeues the TAKEN
+                 * record of our dead slot, meta and not-before kept. */
+                if (fq_nb_left(fq_meta_load(r), fq_nb_now())) {
+                    uint64_t tw = fq_taken_word(q->salt, p, me);
+                    atomic_compare_exchange_strong(&r->word, &tw, fq_tag_of(q, p) | FQ_REC_REQUEUED);
+                    atomic_fetch_add(&ctl->requeue_seq, 1);
+                    atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+                    continue; /* re-read this record: skipped as delayed */
+                }
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
                 fq_stat_add(&in->bytes, r->len);
                 fq_stat_add(&in->redelivered, 1);

@@ -121,21 +121,85 @@ int64_t fq_waits_read(fq_queue *q, fq_wait_sample *out, size_t max)
 }
 
 /* Is position p inside the claim of a put in progress (any slot's producer
- * lane, alive or dead, in phase CLAIMING or WON)? */
-static int fq_put_open_at(fq_queue *q, uint64_t p)
+ * lane, alive or dead, in phase CLAIMING or WON)?  Then the claim's end (the
+ * largest, if several intents cover p: a CLAIMING one may be stale), else 0. */
+static uint64_t fq_put_open_at(fq_queue *q, uint64_t p)
 {
+    uint64_t found = 0;
     for (uint32_t s = 0; s < q->nslots; s++) {
         if (FQ_SLOT_KIND(atomic_load(&q->slots[s].word)) == FQ_SLOT_FREE)
             continue;
         for (unsigned l = 0; l < FQ_LANES; l++) {
             fq_intent *in = &q->slots[s].lane[l].prod;
             unsigned ph = atomic_load(&in->state) & 3;
+            uint64_t end = atomic_load(&in->end);
             if ((ph == FQ_PH_CLAIMING || ph == FQ_PH_WON) && atomic_load(&in->pos) <= p &&
-                p < atomic_load(&in->end))
-                return 1;
+                p < end && end > found)
+                found = end;
         }
     }
-    return 0;
+    return found;
+}
+
+/*
+ * Browse (fq_browse): a seqlock-style read.  Records are overwritten only
+ * after release passed them (a producer reuses space below release only),
+ * so a copy made while the record carried its position's tag, and after
+ * which release had still not passed it (fq_released_past: an acquire
+ * fence, then the load), is intact.  A record released under the walk
+ * sends it to the new release.
+ */
+int fq_browse(fq_queue *q, uint64_t *pos, uint64_t *next, void *buf, uint64_t cap,
+              uint64_t *len)
+{
+    if (q->topic)
+        return -EINVAL;
+    fq_ctrl *c = q->ctrl;
+    for (int tries = 0; tries < 1 << 16; tries++) {
+        uint64_t rel = atomic_load(&c->release), tl = atomic_load(&c->tail);
+        uint64_t p = *pos > rel ? *pos : rel;
+        if (p & 15)
+            return FQ_ECORRUPT;
+        int moved = 0;
+        while (p < tl && p - rel < q->cap) {
+            fq_rec *r = fq_rec_at(q, p);
+            /* acquire: pairs with the producer's release store of the header */
+            uint64_t w = atomic_load_explicit(&r->word, ACQ);
+            uint32_t l = r->len;
+            uint64_t span = fq_span(q, p, w, l);
+            if (!fq_match(q, p, w) || !span) {
+                if (fq_released_past(q, p)) {
+                    moved = 1; /* released under us: go on from release */
+                    break;
+                }
+                /* a put whose headers are not written yet: past it (an end
+                 * that is not a record boundary shows no tag: the walk
+                 * stops there) */
+                uint64_t end = fq_put_open_at(q, p);
+                if (end > p && !(end & 15) && end <= tl) {
+                    p = end;
+                    continue;
+                }
+                return FQ_EMPTY;
+            }
+            unsigned st = w & 7;
+            if (st == FQ_REC_COMMITTED || st == FQ_REC_TAKEN || st == FQ_REC_REQUEUED) {
+                memcpy(buf, r + 1, l < cap ? l : cap);
+                if (fq_released_past(q, p)) {
+                    moved = 1;
+                    break;
+                }
+                *pos = p;
+                *next = p + span;
+                *len = l;
+                return FQ_OK;
+            }
+            p += span;
+        }
+        if (!moved)
+            return FQ_EMPTY;
+    }
+    return FQ_EMPTY; /* release kept passing the walk: the queue moves on faster than we read */
 }
 
 /* Record a problem: the first one's text goes to err. */

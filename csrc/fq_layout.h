@@ -151,7 +151,13 @@
 #define FQ_META_NB(m) ((m) >> 8)
 #define FQ_NB_UNIT_MS 16u
 #define FQ_NB_MASK 0xffffffu
-#define FQ_MAX_DELAY_MS 3600000u /* one hour: far below the 74 hours of the wrap */
+/* One hour: far below the 74.5 hours (2^24 units) after which a not-before
+ * wraps.  Longer delays are refused by the binding (ValueError) and clamped
+ * here.  What the wrap still allows: a record whose time has come but that
+ * no consumer takes for 73.5 hours or more looks delayed again, for up to an
+ * hour (late, never lost: recovery does not look at the time, and it is
+ * taken once that hour has passed). */
+#define FQ_MAX_DELAY_MS 3600000u
 _Static_assert((uint64_t)FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS < (FQ_NB_MASK >> 1),
                "a delay is well inside half the not-before's wrap");
 #define FQ_MAX_SUBS 4096u

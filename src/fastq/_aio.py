@@ -389,15 +389,22 @@ def _need(ser: Any, obj: Any) -> int:
     return memoryview(data).nbytes
 
 
+def _subject_len(subject: Optional[str]) -> int:
+    """Bytes a topic record stores for the subject ahead of the message (publish
+    checks it; a subject it refuses never waits)."""
+    return len(subject.encode()) if isinstance(subject, str) else 0
+
+
 async def _aput(handle: Any, put: Callable[..., Any], obj: Any, timeout: Optional[float],
-                more: Optional[Callable[[], bool]]) -> None:
-    """Put obj through handle (a compiled segment), awaiting room."""
+                more: Optional[Callable[[], bool]], extra: int = 0) -> None:
+    """Put obj through handle (a compiled segment), awaiting room (extra: bytes
+    the record stores ahead of the message, a topic message's subject)."""
     seg = handle
     need: List[int] = []
 
     def size() -> int:
         if not need:  # serialized once more, only when it must wait
-            need.append(_need(handle._ser, obj))
+            need.append(_need(handle._ser, obj) + extra)
         return need[0]
 
     def arm(on: bool) -> int:
@@ -408,8 +415,10 @@ async def _aput(handle: Any, put: Callable[..., Any], obj: Any, timeout: Optiona
 
 
 async def _aput_many(handle: Any, put_many: Callable[..., int], items: Iterable[Any],
-                     timeout: Optional[float], more: Optional[Callable[[], bool]]) -> int:
-    """Put every item in order through handle (a compiled segment), awaiting room."""
+                     timeout: Optional[float], more: Optional[Callable[[], bool]],
+                     extra: int = 0) -> int:
+    """Put every item in order through handle (a compiled segment), awaiting room
+    (extra: as for _aput, per item)."""
     seg = handle
     items = list(items)
     done = [0]
@@ -423,7 +432,7 @@ async def _aput_many(handle: Any, put_many: Callable[..., int], items: Iterable[
         return done[0]
 
     def size() -> int:
-        return _need(handle._ser, items[done[0]]) if done[0] < len(items) else 0
+        return _need(handle._ser, items[done[0]]) + extra if done[0] < len(items) else 0
 
     def arm(on: bool) -> int:
         return _core._seg_arm(seg, SPACE, size() if on else 0, on)
@@ -502,7 +511,7 @@ class TopicAio:
         if subject is not None:
             def publish(obj: Any, block: bool, timeout: Optional[float]) -> None:
                 self.publish(obj, block, timeout, subject=subject)
-        await _aput(self, publish, obj, timeout, None)
+        await _aput(self, publish, obj, timeout, None, _subject_len(subject))
 
     async def apublish_many(self, items: Iterable[Any], timeout: Optional[float] = None, *,
                             subject: Optional[str] = None) -> int:
@@ -512,7 +521,7 @@ class TopicAio:
         if subject is not None:
             def publish_many(items: Any, block: bool, timeout: Optional[float]) -> int:
                 return self.publish_many(items, block, timeout, subject=subject)
-        return await _aput_many(self, publish_many, items, timeout, None)
+        return await _aput_many(self, publish_many, items, timeout, None, _subject_len(subject))
 
 
 class SubscriptionAio:

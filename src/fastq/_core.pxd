@@ -113,6 +113,8 @@ cdef extern from "fastq.h" nogil:
     size_t fq_waits_max(fq_queue *q)
     long long fq_waits_read(fq_queue *q, fq_wait_sample *out, size_t max) nogil
     int fq_check(fq_queue *q, char *err, size_t errlen)
+    int fq_browse(fq_queue *q, uint64_t *pos, uint64_t *next, void *buf, uint64_t cap,
+                  uint64_t *len)
     int fq_recover(fq_queue *q)
     int fq_flush(fq_queue *q)
     int fq_idle(fq_queue *q)

@@ -12,9 +12,15 @@ attempt, whose failure puts a :class:`DeadLetter` on ``dead_letter`` and acks.
 The attempt count is the core's (``Delivery.attempt``, kept in the segment, so an
 attempt killed with its process counts).  What the core does not keep, the workers of
 one route keep in a small shared table (``_Ledger``): the time of a message's first
-attempt, and which messages were already dead-lettered, so that a worker killed
-between putting the dead letter and acking the message does not make the next
-worker put a second one.
+attempt, and which messages were already dead-lettered.  A message redelivered
+after its last attempt (its worker was killed) gets a "WorkerLost" dead letter
+unless one is already there: marked in the table (the worker died after marking
+it), or still in the dead-letter queue (it died between the put and the mark:
+``Queue._browse`` walks the queue without taking anything).  What remains: a
+worker killed between the put and the mark whose dead letter was consumed from
+the dead-letter queue before the message's redelivery reached a worker (or, the
+table being per Dispatcher run, before the next run took it) gets a second dead
+letter, with the same ``id``.
 
 The parent's supervisor thread waits on the workers' sentinels: a worker that dies is
 replaced, and the source is repaired at once (``recover()``) so that what it held
@@ -238,9 +244,11 @@ class _Worker:
         attempt = d.attempt
         if attempt > self.r.max_attempts:
             # the last attempt killed its worker, or the worker died between the dead
-            # letter and the ack
+            # letter and the ack: the table says so if it died after marking it, the
+            # dead-letter queue (still holding it) if it died before
             key = _key(d.id)
-            if self.r.ledger.find(key, _DEAD) is None:  # type: ignore[union-attr]
+            marked = self.r.ledger.find(key, _DEAD) is not None  # type: ignore[union-attr]
+            if not marked and not self.in_dead_letters(d):
                 self.dead(d, attempt - 1, "WorkerLost",
                           f"the worker process died during attempt {attempt - 1}", "", now)
             else:
@@ -273,6 +281,18 @@ class _Worker:
             return delay
         d.nack(requeue=True, delay=delay)
         return 0.0
+
+    def in_dead_letters(self, d: Any) -> bool:
+        """Is a dead letter of ``d`` (this route's, for this message) still in the
+        dead-letter queue?  Asked only of a message redelivered after its last
+        attempt, so rarely; it walks the queue without taking anything."""
+        if self.r.dead_letter is None:
+            return False
+        for dl in self.r.dead_letter._browse():
+            if (isinstance(dl, DeadLetter) and dl.id == d.id
+                    and dl.source == self.source_name and dl.handler == self.r.name):
+                return True
+        return False
 
     def dead(self, d: Any, attempts: int, etype: str, emsg: str, tb: str,
              last: float) -> None:
@@ -421,8 +441,11 @@ class Dispatcher:
     is the same on every delivery, so handlers can be made idempotent).  A
     handler that raises gets the message again after a backoff, up to
     ``max_attempts`` times; then a :class:`DeadLetter` goes to the route's
-    ``dead_letter`` queue (exactly one per message, among the workers of one
-    Dispatcher, even when workers are killed) and the message is acked.
+    ``dead_letter`` queue and the message is acked.  One dead letter per
+    message, even when workers are killed, except in one case: a worker killed
+    right after putting the dead letter, whose dead letter is read from the
+    queue before the message comes back to a worker, can cause a second one
+    (with the same ``id``).
 
     Parameters
     ----------

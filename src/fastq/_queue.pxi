@@ -342,6 +342,42 @@ cdef class QueueSegment(Segment):
 
     # ---- status -----------------------------------------------------------
 
+    def _browse(self):
+        """Yield each message still in the queue (put and not consumed yet:
+        waiting, delivered and unacknowledged, or given back), oldest first,
+        without taking any; a message its serializer cannot load is skipped.
+        A walk as of no single instant: a message consumed meanwhile may be
+        missed, one put meanwhile may be included.  For tools (the
+        Dispatcher's check for a dead letter already put)."""
+        cdef uint64_t pos = 0, nxt = 0, n = 0, cap = 4096
+        cdef int rc
+        cdef fq_queue *q
+        loads = self._loads
+        buf = bytearray(cap)
+        cdef char *b
+        while True:
+            q = self._enter()
+            try:
+                b = buf
+                rc = fq_browse(q, &pos, &nxt, b, cap, &n)
+                if rc == FQ_EMPTY:
+                    return
+                if rc != FQ_OK:
+                    _raise_rc(rc, q)
+                if n > cap:        # larger than the buffer: again, from the same record
+                    cap = n
+                    buf = bytearray(cap)
+                    continue
+                try:
+                    value = self._load(loads, b, n)
+                except Exception:
+                    pos = nxt
+                    continue
+            finally:
+                self._exit()
+            pos = nxt
+            yield value
+
     def qsize(self):
         """Number of messages :meth:`get` can take now (exact when no call is
         in flight).  Messages held by unacknowledged deliveries are not

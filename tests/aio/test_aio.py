@@ -488,3 +488,33 @@ def test_awaiting_consumer_recovers_a_producer_killed_mid_put(kind):
             assert await got == 0
     run(kind, main())
     q.close()
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_apublish_with_a_subject_waits_for_room_for_the_subject_too(kind, monkeypatch):
+    # the space an awaiting publish arms for is the record's whole payload: the subject's
+    # bytes are stored ahead of the message (it armed for the message alone, so it was
+    # told "ready" while the record could not fit, and tried again at once)
+    armed = []
+    arm = _core._seg_arm
+
+    def record(seg, what, need, on):
+        if on:
+            armed.append(need)
+        return arm(seg, what, need, on)
+
+    monkeypatch.setattr(_core, "_seg_arm", record)
+
+    async def main():
+        t = fastq.Topic(None, capacity=4096, serializer="raw")
+        s = t.subscribe()
+        n = fill(t.publish_nowait)
+        subject = "orders.eu." + "x" * 200
+        pub = asyncio.ensure_future(t.apublish(b"m" * 100, subject=subject))
+        await until_waiting(1, side=1)
+        assert armed and set(armed) == {100 + len(subject)}
+        s.get_many(n)
+        await asyncio.wait_for(pub, 10)
+        assert s.get() == b"m" * 100
+        t.close()
+    run(kind, main())

@@ -1052,3 +1052,34 @@ def test_get_many_with_a_failing_loads_keeps_the_rest():
             q.get_many(10, timeout=1)  # the bad one is consumed, with its error
         assert q.get_many(10, timeout=1) == [b"c"]  # nothing else lost
         assert q.empty()
+
+
+def test_browse_lists_what_is_not_consumed_without_taking_it():
+    # the Dispatcher's check for a dead letter already put: waiting, unacknowledged and
+    # given-back (delayed) messages are listed, consumed ones are not; across the ring's
+    # end, with a message larger than the walk's first buffer, skipping one that cannot
+    # be loaded; and nothing moves
+    class Picky(Passthrough):
+        def loads(self, b):
+            if b == b"bad":
+                raise ValueError("bad message")
+            return bytes(b)
+
+    with fastq.Queue("browse", capacity=SMALL * 4, serializer=Picky()) as q:
+        for lap in range(3):                    # move the ring's cursors around
+            q.put_many([b"x" * 1000] * 10)
+            assert len(q.get_many(10)) == 10
+        big = b"B" * 6000
+        q.put_many([b"gone", b"held", b"delayed", b"bad", big, b"last"])
+        assert q.get() == b"gone"
+        held = q.receive()
+        delayed = q.receive()
+        delayed.nack(delay=60)
+        assert list(q._browse()) == [b"held", b"delayed", big, b"last"]
+        assert list(q._browse()) == [b"held", b"delayed", big, b"last"]   # took nothing
+        held.ack()
+        assert list(q._browse()) == [b"delayed", big, b"last"]
+        with pytest.raises(ValueError):
+            q.get()                             # the bad one is still there to get
+        assert q.get() == big and q.get() == b"last"
+        assert list(q._browse()) == [b"delayed"]

@@ -432,3 +432,45 @@ def test_data_wait_sees_a_requeued_record_behind_many_claimed_ones(tmp_path):
     q.assert_settled()
     other.close()
     q.close()
+
+
+def _take_paused_child(path):
+    """take a requeued record, paused between its look at the record's not-before and
+    its CAS; exit 3 if it got the message, 0 if the queue had nothing to give"""
+    q = Q.open(path)
+    lib.fq_test_set_pause_point(b"take_before_cas", 1, -1, -1)
+    rc, c = q.begin()
+    if rc == lib.FQ_EMPTY:
+        return 0
+    assert rc == 0, rc
+    q.read(c)
+    q.end(c)
+    return 3
+
+
+def test_a_record_given_back_with_a_delay_during_a_take_is_not_taken_early(tmp_path):
+    """The REQUEUED word is the same after every put-back: a taker that read a requeued
+    record's meta (no delay), then lost the CPU while another consumer took the record
+    and nacked it with a delay, won its CAS on the new REQUEUED word and delivered the
+    just-delayed record at once (ABA)."""
+    p = str(tmp_path / "q")
+    q = Q.create(p)
+    assert q.put(b"m") == 0
+    rc, c = q.begin()
+    assert rc == 0 and q.read(c) == [b"m"]
+    q.abort(c)                               # requeued, no delay: any taker may have it
+    with children() as pids:
+        pid = fork(_take_paused_child, p)
+        pids.append(pid)
+        wait_stopped(pid)                    # it saw the record without a delay
+        rc, c = q.begin()                    # we take it first ...
+        assert rc == 0 and q.read(c) == [b"m"]
+        lib.fq_get_nack(q.q, c, 60000)       # ... and give it back for a minute
+        os.kill(pid, signal.SIGCONT)
+        assert reap(pid) == 0, "the delayed record was delivered at once"
+        pids.remove(pid)
+    rc, c = q.begin()
+    assert rc == lib.FQ_EMPTY                # still delayed, and still there
+    assert q.stats()["requeued"] >= 1
+    recover_fully(q, expect_repair=False)
+    q.close()

@@ -326,6 +326,43 @@ def test_random_kills_dead_letter_each_poison_message_once(fastq_dir):
     assert {dl.exc_type for dl in dls} <= {"RuntimeError", "WorkerLost"}
 
 
+@pytest.mark.parametrize("after_mark", [False, True], ids=["before_mark", "after_mark"])
+def test_worker_killed_right_after_the_dead_letter_puts_it_once(fastq_dir, monkeypatch,
+                                                               after_mark):
+    # SIGKILL in the worker after its dead letter is in the queue: before the shared
+    # table marks the message dead-lettered (the next worker used to put a second,
+    # "WorkerLost" one), or after the mark, before the ack
+    from fastq import _dispatch
+    flag = os.path.join(os.environ["FASTQ_DIR"], "killed")
+    add = _dispatch._Ledger.add
+
+    def add_then_die(self, slot, key, kind, t):
+        dying = kind == _dispatch._DEAD and not os.path.exists(flag)
+        if dying:
+            open(flag, "w").close()
+            if not after_mark:
+                os.kill(os.getpid(), signal.SIGKILL)
+        add(self, slot, key, kind, t)
+        if dying:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(_dispatch._Ledger, "add", add_then_die)   # forked workers inherit it
+    src, dead = fastq.Queue("in"), fastq.Queue("dead")
+    d = fastq.Dispatcher()
+    d.on(src, max_attempts=2, backoff=(0.01, 0.02), dead_letter=dead)(always_fails)
+    with d:
+        src.put("poison")
+        # the dead letter is read only once the message has left its source (reading it
+        # before the redelivery is checked is the one case that can still duplicate it)
+        deadline = time.monotonic() + 30
+        while src.unfinished() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.restarts == 1
+    dls = rest(dead)
+    assert [(dl.message, dl.attempts, dl.exc_type) for dl in dls] == [("poison", 2, "KeyError")]
+    assert src.unfinished() == 0
+
+
 # ---- stopping --------------------------------------------------------------------------
 
 def test_stop_lets_the_handler_in_flight_finish(fastq_dir):
