@@ -11,8 +11,12 @@
  *   fq_segment.c  create/open/validate, handles, slots and their liveness,
  *                 lanes, the segment lock
  *   fq_wait.c     waiting and waking, given a readiness predicate
- *   fq_topic.c    the topic discipline: members, groups, release, consumer
- *                 and its repair (fq_topic_reap)
+ *   fq_topic.c    the topic discipline's publisher side: release as a
+ *                 minimum, eviction, readiness (its protocol at its top;
+ *                 fq_topic.h: what the three topic files share)
+ *   fq_members.c  the member and group tables (subscribe, unsubscribe,
+ *                 forget) and the repair of dead members (fq_topic_reap)
+ *   fq_sub.c      a member's claims, give-backs, waits and status
  *   fq_put.c      the producer path (queue and topic) and its repair
  *   fq_get.c      the queue consumer and its repair
  *   fq_state.c    sizes, stats, shutdown; fq_wait/fq_arm with the
@@ -273,7 +277,7 @@ int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet
 /* After a claim (a seq_cst CAS of tail or head): wake quiet sleepers. */
 void fq_wake_quiet(fq_queue *q);
 
-/* ---- fq_topic.c: the topic discipline -------------------------------------- */
+/* ---- fq_topic.c, fq_members.c, fq_sub.c: the topic discipline -------------- */
 
 /* the producer side, for fq_put.c (the shared producer path) */
 uint64_t fq_topic_release(fq_queue *q);
@@ -285,7 +289,8 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos);
 /* fq_wait's quiet rules for a topic's subscribers and publishers */
 int fq_topic_data_quiet(fq_queue *q);
 int fq_topic_space_quiet(fq_queue *q);
-/* repair, for recovery (under the segment lock): reap dead members */
+/* repair, for recovery (under the segment lock): reap dead members
+ * (fq_members.c) */
 int fq_topic_reap(fq_queue *q);
 /* drop the segment lock after the member or group tables may have changed */
 void fq_topic_unlock(fq_queue *q);
