@@ -8,6 +8,8 @@
  *   fq_atomic.h   memory orders, fences, the spin hint; the memory-order policy
  *   fq_proc.c     process identity (fork epoch), pid liveness, error text,
  *                 crash and pause points
+ *   fq_file.c     a segment's file while it is made: temporary files, the
+ *                 creating lock, linking into place, leftovers' sweep
  *   fq_segment.c  create/open/validate, handles, slots and their liveness,
  *                 lanes, the segment lock
  *   fq_wait.c     waiting and waking, given a readiness predicate
@@ -98,6 +100,22 @@ void fq_crash_check(const char *name);
         if (atomic_load_explicit(&fq_crash_armed, memory_order_relaxed)) \
             fq_crash_check(name);                                        \
     } while (0)
+
+/* ---- fq_file.c: a segment's file while it is made ------------------------- */
+
+struct stat;
+/* the creating lock of a named temporary file: a request of type (F_WRLCK,
+ * F_UNLCK) for fcntl cmd (F_OFD_SETLK, F_OFD_GETLK); the answer in *type */
+int fq_creating_lock(int fd, int cmd, short *type);
+/* remove the leftovers of killed creators of path (and, if same is given,
+ * the other names of that very file that are leftovers) */
+void fq_sweep_tmp(const char *path, const struct stat *same);
+/* a new file for a segment at path: O_TMPFILE, else a named temporary file
+ * (its name into tmp) under its creating lock; fd or -errno */
+int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tmplen, uint64_t salt,
+                    char *err, size_t errlen);
+/* give the finished file its name: 0, or -1 with errno (EEXIST: lost) */
+int fq_link_into_place(int fd, const char *tmp, const char *path);
 
 /* ---- fq_segment.c: the segment, its slots, lanes and lock ----------------- */
 

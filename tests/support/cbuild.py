@@ -29,7 +29,7 @@ import threading
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(REPO, "csrc")
 # in layer order, bottom-up (csrc/fq_internal.h; tests/c/test_layering.py)
-SOURCES = ["csrc/fq_proc.c", "csrc/fq_segment.c", "csrc/fq_wait.c", "csrc/fq_topic.c",
+SOURCES = ["csrc/fq_proc.c", "csrc/fq_file.c", "csrc/fq_segment.c", "csrc/fq_wait.c", "csrc/fq_topic.c",
            "csrc/fq_members.c", "csrc/fq_sub.c", "csrc/fq_put.c", "csrc/fq_get.c",
            "csrc/fq_state.c", "csrc/fq_recover.c", "csrc/fq_inspect.c"]
 HEADERS = ["csrc/fastq.h", "csrc/fq_atomic.h", "csrc/fq_layout.h", "csrc/fq_internal.h",
