@@ -13,9 +13,9 @@ if os.environ.get("FASTQ_SANITIZE"):  # e.g. "address,undefined"
     CFLAGS += ["-fsanitize=" + os.environ["FASTQ_SANITIZE"], "-fno-omit-frame-pointer", "-g"]
 
 # in layer order, bottom-up (csrc/fq_internal.h; tests/c/test_layering.py)
-SOURCES = ["csrc/fq_proc.c", "csrc/fq_segment.c", "csrc/fq_wait.c", "csrc/fq_topic.c",
-           "csrc/fq_put.c", "csrc/fq_get.c", "csrc/fq_state.c", "csrc/fq_recover.c",
-           "csrc/fq_inspect.c"]
+SOURCES = ["csrc/fq_proc.c", "csrc/fq_file.c", "csrc/fq_segment.c", "csrc/fq_wait.c", "csrc/fq_topic.c",
+           "csrc/fq_members.c", "csrc/fq_sub.c", "csrc/fq_put.c", "csrc/fq_get.c",
+           "csrc/fq_state.c", "csrc/fq_recover.c", "csrc/fq_inspect.c"]
 
 ext = Extension(
     "fastq._core",

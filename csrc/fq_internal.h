@@ -8,11 +8,17 @@
  *   fq_atomic.h   memory orders, fences, the spin hint; the memory-order policy
  *   fq_proc.c     process identity (fork epoch), pid liveness, error text,
  *                 crash and pause points
+ *   fq_file.c     a segment's file while it is made: temporary files, the
+ *                 creating lock, linking into place, leftovers' sweep
  *   fq_segment.c  create/open/validate, handles, slots and their liveness,
  *                 lanes, the segment lock
  *   fq_wait.c     waiting and waking, given a readiness predicate
- *   fq_topic.c    the topic discipline: members, groups, release, consumer
- *                 and its repair (fq_topic_reap)
+ *   fq_topic.c    the topic discipline's publisher side: release as a
+ *                 minimum, eviction, readiness (its protocol at its top;
+ *                 fq_topic.h: what the three topic files share)
+ *   fq_members.c  the member and group tables (subscribe, unsubscribe,
+ *                 forget) and the repair of dead members (fq_topic_reap)
+ *   fq_sub.c      a member's claims, give-backs, waits and status
  *   fq_put.c      the producer path (queue and topic) and its repair
  *   fq_get.c      the queue consumer and its repair
  *   fq_state.c    sizes, stats, shutdown; fq_wait/fq_arm with the
@@ -94,6 +100,22 @@ void fq_crash_check(const char *name);
         if (atomic_load_explicit(&fq_crash_armed, memory_order_relaxed)) \
             fq_crash_check(name);                                        \
     } while (0)
+
+/* ---- fq_file.c: a segment's file while it is made ------------------------- */
+
+struct stat;
+/* the creating lock of a named temporary file: a request of type (F_WRLCK,
+ * F_UNLCK) for fcntl cmd (F_OFD_SETLK, F_OFD_GETLK); the answer in *type */
+int fq_creating_lock(int fd, int cmd, short *type);
+/* remove the leftovers of killed creators of path (and, if same is given,
+ * the other names of that very file that are leftovers) */
+void fq_sweep_tmp(const char *path, const struct stat *same);
+/* a new file for a segment at path: O_TMPFILE, else a named temporary file
+ * (its name into tmp) under its creating lock; fd or -errno */
+int fq_open_tmpfile(const char *path, unsigned mode, char *tmp, size_t tmplen, uint64_t salt,
+                    char *err, size_t errlen);
+/* give the finished file its name: 0, or -1 with errno (EEXIST: lost) */
+int fq_link_into_place(int fd, const char *tmp, const char *path);
 
 /* ---- fq_segment.c: the segment, its slots, lanes and lock ----------------- */
 
@@ -273,7 +295,7 @@ int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet
 /* After a claim (a seq_cst CAS of tail or head): wake quiet sleepers. */
 void fq_wake_quiet(fq_queue *q);
 
-/* ---- fq_topic.c: the topic discipline -------------------------------------- */
+/* ---- fq_topic.c, fq_members.c, fq_sub.c: the topic discipline -------------- */
 
 /* the producer side, for fq_put.c (the shared producer path) */
 uint64_t fq_topic_release(fq_queue *q);
@@ -285,7 +307,8 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos);
 /* fq_wait's quiet rules for a topic's subscribers and publishers */
 int fq_topic_data_quiet(fq_queue *q);
 int fq_topic_space_quiet(fq_queue *q);
-/* repair, for recovery (under the segment lock): reap dead members */
+/* repair, for recovery (under the segment lock): reap dead members
+ * (fq_members.c) */
 int fq_topic_reap(fq_queue *q);
 /* drop the segment lock after the member or group tables may have changed */
 void fq_topic_unlock(fq_queue *q);

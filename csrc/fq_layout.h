@@ -8,7 +8,7 @@
  *   offset       size        what
  *   0            1024        fq_ctrl: identity (line 0), cursors, wait words
  *   1024         S*2304      fq_slot[max_slots]: one per attached process
- *   sub_offset   M*128       topics only: fq_member[max_subs] (fq_topic.c)
+ *   sub_offset   M*128       topics only: fq_member[max_subs] (fq_members.c)
  *   group_offset M*128       topics only: fq_group[max_subs]
  *   data_offset  capacity    the ring: variable-length records
  *

@@ -20,7 +20,7 @@
  *  - A consumer lane (queues): fq_fix_cons_count and fq_requeue_orphans
  *    (fq_get.c) finish its DONE marks or put its records back; a lane is
  *    kept until its TAKEN record is back (fq_holds_taken).
- *  - A topic's dead members: fq_topic_reap (fq_topic.c).
+ *  - A topic's dead members: fq_topic_reap (fq_members.c).
  *  - Sleeper bits in the wait masks: cleared.
  *  - The slot: freed once all its lanes are idle.
  *

@@ -3,7 +3,7 @@
  * on the fast path.  The wait layer knows no discipline: the caller passes
  * the readiness rule as a predicate (ready(q, arg): may the condition hold
  * now?), as ck's ck_ec_wait_pred does; the rules of the queue and the topic
- * live with them (fq_put.c, fq_get.c, fq_topic.c).
+ * live with them (fq_put.c, fq_get.c, fq_topic.c, fq_sub.c).
  *
  * Each side has a futex word in the segment (data_seq, space_seq) and a
  * bitmask of slots that have a waiter asleep on it.

@@ -247,7 +247,7 @@ def test_a_delayed_record_is_visible_74_hours_later(tmp_path, later_env):
 
 
 _F3 = (
-    "F3 (csrc/fq_topic.c, fq_sub_filter / fq_subscribe): the group's filter key is never "
+    "F3 (csrc/fq_sub.c fq_sub_filter / csrc/fq_members.c fq_subscribe): the group's filter key is never "
     "reset: a group made in a freed group's entry, or a durable group whose members all "
     "left, keeps the old key.  Two members that join before either states its filter "
     "both see a member (each other) and the stale key, unequal to theirs, and both get "
@@ -409,14 +409,14 @@ def test_member_killed_giving_its_claim_back_is_taken_over_as_the_second_deliver
         b = t.subscribe("g", GROUP)  # the group, at the tail: the message below is its
         assert t.put(mk(0, 64)) == lib.FQ_OK
         # fq_sub_hold's last store (held, for lag), after its count of deliveries
-        line = _line_of("csrc/fq_topic.c", "atomic_store_explicit(&mine->held, 1, RLX);")
+        line = _line_of("csrc/fq_sub.c", "atomic_store_explicit(&mine->held, 1, RLX);")
         go_r, go_w = os.pipe()
         res_r, res_w = os.pipe()
         pid = _procs.fork(_holder_child, path, go_r, res_w)
         try:
             assert os.read(res_r, 1) == b"C"  # the child's member holds the message
             with open(str(tmp_path / "gdb.log"), "w") as log:
-                g = _gdb(pid, "fq_topic.c:%d" % line, ["kill", "quit"], log)
+                g = _gdb(pid, "fq_sub.c:%d" % line, ["kill", "quit"], log)
                 os.write(go_w, b"G")
                 g.wait(BOUND)
             assert _procs.reap(pid) == -9, "the member was not killed inside fq_sub_hold"

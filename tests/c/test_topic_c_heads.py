@@ -1,5 +1,5 @@
 """White-box tests of a topic's group heads and of a block topic's release scan
-(csrc/fq_topic.c: fq_topic_release, the group head pair, fq_group_lag), through
+(csrc/fq_topic.c fq_topic_release, fq_topic.h the group head pair, fq_sub.c fq_group_lag), through
 cffi (tests/support/cbuild.py, cseg.py; the wrappers are tests/support/ctopic.py's).
 
 Regressions of issue 9: a member joining an existing group while a publisher's

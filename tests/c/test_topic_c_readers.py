@@ -1,5 +1,5 @@
 """White-box tests of the topic readers and of the wake-ups around them
-(csrc/fq_topic.c: fq_first_index, fq_take_orphan, fq_sub_begin, fq_sub_wait; the
+(csrc/fq_members.c fq_first_index; fq_sub.c fq_take_orphan, fq_sub_begin, fq_sub_wait; the
 wake rule of csrc/fq_wait.c as publishers and subscribers use it), through cffi.
 
 One regression test per item of issue 9 in this area: the out-of-bounds read of

@@ -29,10 +29,11 @@ import threading
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(REPO, "csrc")
 # in layer order, bottom-up (csrc/fq_internal.h; tests/c/test_layering.py)
-SOURCES = ["csrc/fq_proc.c", "csrc/fq_segment.c", "csrc/fq_wait.c", "csrc/fq_topic.c",
-           "csrc/fq_put.c", "csrc/fq_get.c", "csrc/fq_state.c", "csrc/fq_recover.c",
-           "csrc/fq_inspect.c"]
-HEADERS = ["csrc/fastq.h", "csrc/fq_atomic.h", "csrc/fq_layout.h", "csrc/fq_internal.h"]
+SOURCES = ["csrc/fq_proc.c", "csrc/fq_file.c", "csrc/fq_segment.c", "csrc/fq_wait.c", "csrc/fq_topic.c",
+           "csrc/fq_members.c", "csrc/fq_sub.c", "csrc/fq_put.c", "csrc/fq_get.c",
+           "csrc/fq_state.c", "csrc/fq_recover.c", "csrc/fq_inspect.c"]
+HEADERS = ["csrc/fastq.h", "csrc/fq_atomic.h", "csrc/fq_layout.h", "csrc/fq_internal.h",
+           "csrc/fq_topic.h"]
 HOOKS = ["tests/c/fq_test_hooks.c", "tests/c/fq_test_hooks.h"]
 #: what the module's own C file includes (cffi generates the rest)
 PRELUDE = '#include "fastq.h"\n#include "fq_internal.h"\n#include "fq_test_hooks.h"\n'
