@@ -200,6 +200,9 @@ uint64_t fq_unacked(fq_queue *q);
 /* What gets can take now: fq_qsize() - fq_unacked(); 0 after an immediate
  * shutdown (gets raise ShutDown at once). */
 uint64_t fq_available(fq_queue *q);
+/* Messages given back with a delay (nack) whose time has not come: counted
+ * by fq_available, takeable by no get yet (queues; 0 for topics). */
+uint64_t fq_delayed(fq_queue *q);
 int fq_full(fq_queue *q);
 uint64_t fq_capacity(fq_queue *q);
 uint64_t fq_max_message(fq_queue *q);

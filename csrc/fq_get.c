@@ -184,6 +184,34 @@ static int fq_has_requeued(fq_queue *q)
     return 0;
 }
 
+/* Requeued records whose not-before lies ahead (given back by nack with a
+ * delay): put and not yet finished, but no get can take them now.  Walked
+ * only while the requeued hint is up; approximate while calls are in flight,
+ * like every count of the segment. */
+uint64_t fq_delayed(fq_queue *q)
+{
+    fq_ctrl *ctl = q->ctrl;
+    if (!atomic_load_explicit(&ctl->requeued, SEQ))
+        return 0;
+    uint32_t now = fq_nb_now();
+    uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
+    uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
+    uint64_t p = rel, k = 0;
+    while (p < hd && p - rel < q->cap) {
+        fq_rec *r = fq_rec_at(q, p);
+        uint64_t w = atomic_load_explicit(&r->word, ACQ);
+        if (!fq_match(q, p, w))
+            break; /* moved under us: what was seen so far */
+        if ((w & 7) == FQ_REC_REQUEUED && fq_nb_left(fq_meta_load(r), now))
+            k++;
+        uint64_t span = fq_span(q, p, w, r->len);
+        if (!span)
+            break;
+        p += span;
+    }
+    return k;
+}
+
 /*
  * After shutdown, with head h at tail: is nothing left that a get could
  * still receive?  A record between release and head that is not finished

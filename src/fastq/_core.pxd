@@ -92,6 +92,7 @@ cdef extern from "fastq.h" nogil:
     uint64_t fq_qsize(fq_queue *q)
     uint64_t fq_unacked(fq_queue *q)
     uint64_t fq_available(fq_queue *q)
+    uint64_t fq_delayed(fq_queue *q)
     int fq_full(fq_queue *q)
     uint64_t fq_capacity(fq_queue *q)
     uint64_t fq_max_message(fq_queue *q)

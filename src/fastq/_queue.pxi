@@ -381,11 +381,16 @@ cdef class QueueSegment(Segment):
     def qsize(self):
         """Number of messages :meth:`get` can take now (exact when no call is
         in flight).  Messages held by unacknowledged deliveries are not
-        counted (see :meth:`unacked`); after ``shutdown(immediate=True)``
-        it is 0, as for ``queue.Queue``."""
+        counted (see :meth:`unacked`), nor those given back with
+        ``nack(delay=...)`` until their time comes (:meth:`unfinished`
+        counts both); after ``shutdown(immediate=True)`` it is 0, as for
+        ``queue.Queue``."""
         cdef fq_queue *q = self._enter()
+        cdef uint64_t n, d
         try:
-            return fq_available(q)
+            n = fq_available(q)
+            d = fq_delayed(q) if n else 0
+            return n - d if d < n else 0
         finally:
             self._exit()
 

@@ -96,16 +96,6 @@ def _taker_child(path, go_r, res_w):
 
 @need_gdb
 @no_asan
-@pytest.mark.xfail(strict=True, reason=(
-    "F1 (csrc/fq_get.c, fq_take_requeued): the walk reads a REQUEUED record's meta "
-    "(not-before 0: visible), then CASes the word REQUEUED -> TAKEN.  Meanwhile another "
-    "consumer took the record and gave it back with nack(delay=60 s): the word is "
-    "REQUEUED again, bit for bit the same (tag | REQUEUED), so the CAS wins and the "
-    "record is delivered at once; the taker re-reads the meta after the CAS only for the "
-    "takes count and clears the not-before.  Fix: after the CAS won, check the re-read "
-    "meta's not-before (fq_nb_left) and, if it lies ahead, put the record back as it was "
-    "(CAS TAKEN -> REQUEUED, meta untouched, hint as in fq_give_back) and skip it; or make "
-    "the REQUEUED word differ per give-back (a give-back count in the taker bits)"))
 def test_a_record_nacked_with_a_delay_is_not_taken_at_once(tmp_path):
     path = str(tmp_path / "q.seg")
     q = Q.create(path)
@@ -497,16 +487,6 @@ def test_unlink_leaves_a_socket_now_under_the_name_alone(tmp_path):
 # false), though get() cannot take it
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F8 (fq_state.c fq_available, behind Queue.qsize/empty): a record given back with "
-    "nack(delay=) is REQUEUED and counts as put-not-got, so qsize() is 1 and empty() "
-    "False while get_nowait() raises Empty, with no call in flight; the docstrings say "
-    "qsize() is what get() can take now (exact when no call is in flight) and empty() "
-    "that get() has nothing to take.  Fix: a core count of the REQUEUED records whose "
-    "not-before lies ahead (a walk of release..head only while the requeued hint is up, "
-    "as fq_has_requeued) that qsize() subtracts, leaving fq_available as it is for "
-    "unfinished() (a delayed message is still to be finished); or, if that is the "
-    "intent, say in both docstrings and the README that delayed messages count"))
 def test_a_delayed_message_is_not_counted_as_what_get_can_take(tmp_path):
     import fastq
     q = fastq.Queue(str(tmp_path / "q"), capacity=4096)
