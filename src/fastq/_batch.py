@@ -54,7 +54,7 @@ class Batch:
         return (load_batch, (data, len(self.items), *bufs))
 
 
-# set by fastq._workers: the class that stands for a failed item
+# set by fastq._stage: the class that stands for a failed item
 make_failure: Callable[[BaseException, str], Any] = None  # type: ignore[assignment]
 
 
