@@ -12,8 +12,8 @@ from . import _core
 from ._aio import QueueAio, wake_closed
 from ._naming import segment_path
 from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
-                       _check_int, _strategy, iterate)
-from ._serializers import PickleSerializer, RawSerializer, make_serializer
+                       _check_int, iterate)
+from ._serializers import PickleSerializer, RawSerializer
 
 __all__ = ["Queue", "JoinableQueue", "segment_path", "PickleSerializer", "RawSerializer"]
 
@@ -88,10 +88,7 @@ class Queue(_core.QueueSegment, SegmentHandle, QueueAio, Generic[_T]):
                  trusted: bool = False, wait: str = "adaptive", temporary: bool = False,
                  _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
-        strategy = _strategy(wait)
-        self._ser_spec = serializer
-        self._ser = make_serializer(serializer)
-        self._trusted = trusted
+        strategy = self._options(serializer, trusted, wait)
         _check_int("prefetch", prefetch, 1, _core.MAX_PREFETCH)
         self._set_prefetch(prefetch)
         self._attach(name, _how, (capacity, max_message, max_processes, mode), (0, "", 0),

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional, TypeVar
 from . import _core
 from ._errors import ShutDown
 from ._naming import segment_path
-from ._serializers import bind_serializer
+from ._serializers import bind_serializer, make_serializer
 from ._stats import Stats, read_stats
 
 #: 1 MiB: a container's default /dev/shm (64 MB) holds dozens of such queues,
@@ -182,6 +182,16 @@ class SegmentHandle:
     _name: str
     _path: Optional[str]
     _ser: Any
+
+    def _options(self, serializer: Any, trusted: bool, wait: Any) -> int:
+        """The options every handle takes before attaching: the serializer
+        (kept as given, for pickling into children), trust; returns the wait
+        strategy (set after attaching)."""
+        strategy = _strategy(wait)
+        self._ser_spec = serializer
+        self._ser = make_serializer(serializer)
+        self._trusted = trusted
+        return strategy
 
     def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple, trusted: bool,
                 vetted: Optional[tuple] = None, temporary: bool = False) -> None:

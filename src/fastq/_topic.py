@@ -14,8 +14,7 @@ from . import _core
 from ._aio import SubscriptionAio, TopicAio, wake_closed
 from ._errors import SubscriberLimit
 from ._segment import (DEFAULT_CAPACITY, _CAPACITY, _MAX_PROCESSES, _MODE, SegmentHandle,
-                       _check_int, _Default, _given, _strategy, iterate)
-from ._serializers import make_serializer
+                       _check_int, _Default, _given, iterate)
 
 __all__ = ["Topic", "Subscription", "SubscriberInfo"]
 
@@ -95,10 +94,7 @@ class Topic(_core.TopicSegment, SegmentHandle, TopicAio):
                  wait: str = "adaptive", temporary: bool = False,
                  _how: str = "open_or_create",
                  _vetted: Optional[tuple] = None):
-        strategy = _strategy(wait)
-        self._ser_spec = serializer
-        self._ser = make_serializer(serializer)
-        self._trusted = trusted
+        strategy = self._options(serializer, trusted, wait)
         if _given(overflow) not in ("block", "drop"):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
         _check_int("max_subscribers", _given(max_subscribers), 1, _core.MAX_SUBS)
