@@ -98,7 +98,10 @@
  *
  *   0  word  u64   fq_tag(p) | state       (state in the low 3 bits)
  *   8  len   u32   payload bytes; for SKIP: the whole span in bytes
- *   12 owner u32   while WRITING: producer slot << 8 | lane, for recovery;
+ *   12 owner u32   while WRITING: producer slot << 8 | lane (for people and
+ *                  fq_check; recovery does not trust it: a dead lane's
+ *                  records are the WRITING ones in its intent's range, since
+ *                  the commit stores the meta here just before COMMITTED);
  *                  from COMMITTED on: the delivery meta (below)
  *   16 payload, then padding to a multiple of 16
  *
@@ -416,8 +419,10 @@ typedef struct fq_slot {
  *   held        (64) 1: its claim was given back (nack) and waits for the
  *               member's next read (only the member writes it; for lag)
  *   again       (68) the times its claim was delivered before (0: a fresh
- *               claim; + 1 when the member gives the whole claim back, or
- *               when it takes over an orphan's claim: the orphan's + 1).  The
+ *               claim; when it takes over an orphan's claim: the orphan's
+ *               + 1).  Given back by fq_sub_hold: FQ_AGAIN_COUNTED | the
+ *               deliveries of what remains (the whole claim: + 1), in one
+ *               store, so that a taker adds none.  The
  *               group's redelivery count of the claim lives here, with the
  *               claim; written by the member (or its taker, under the segment
  *               lock); a taker trusts it only as a count (saturating)
