@@ -84,24 +84,38 @@
  */
 
 /* Now, in not-before units (CLOCK_REALTIME: the same in every process of
- * the machine, and still right after a reboot, unlike CLOCK_MONOTONIC). */
-static uint32_t fq_nb_now(void)
+ * the machine, and still right after a reboot, unlike CLOCK_MONOTONIC), and
+ * in milliseconds (for the watermark below). */
+typedef struct fq_nb_clock {
+    uint32_t units; /* modulo 2^24, as in the records */
+    uint64_t ms;
+} fq_nb_clock;
+
+static fq_nb_clock fq_nb_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-    return (uint32_t)(ms / FQ_NB_UNIT_MS) & FQ_NB_MASK;
+    fq_nb_clock now;
+    now.ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    now.units = (uint32_t)(now.ms / FQ_NB_UNIT_MS) & FQ_NB_MASK;
+    return now;
 }
 
 /* Units until the not-before of meta m (read from the segment: untrusted),
  * or 0 if the record is visible now: no not-before, its time has come, or
- * it lies further ahead than any delay puts it. */
-static uint32_t fq_nb_left(uint32_t m, uint32_t now)
+ * it lies further ahead than any delay puts it.  A not-before is 24 bits
+ * and comes round every 74.6 h: one due long ago could read as ahead again.
+ * So past the latest not-before ever given (ctrl->nb_latest, raised before
+ * the record's meta is stored: the caller's acquire load of the record's
+ * word orders this load after it), every not-before is due. */
+static uint32_t fq_nb_left(fq_queue *q, uint32_t m, fq_nb_clock now)
 {
     uint32_t nb = FQ_META_NB(m);
     if (!nb)
         return 0;
-    uint32_t d = (nb - now) & FQ_NB_MASK;
+    if (now.ms >= atomic_load_explicit(&q->ctrl->nb_latest, SEQ))
+        return 0;
+    uint32_t d = (nb - now.units) & FQ_NB_MASK;
     return d <= FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS + 1 ? d : 0;
 }
 
@@ -117,7 +131,7 @@ uint32_t fq_rq_skipping(fq_queue *q)
     uint64_t seq = atomic_load_explicit(&q->ctrl->requeue_seq, SEQ);
     if ((v >> 24) != (seq & ((1ULL << 40) - 1)))
         return 0;
-    return fq_nb_left((uint32_t)(v & FQ_NB_MASK) << 8, fq_nb_now());
+    return fq_nb_left(q, (uint32_t)(v & FQ_NB_MASK) << 8, fq_nb_now());
 }
 
 /* ---- consumer ---------------------------------------------------- */
@@ -165,7 +179,7 @@ static int fq_has_requeued(fq_queue *q)
     fq_ctrl *ctl = q->ctrl;
     if (fq_rq_skipping(q))
         return 0; /* only delayed ones, none due yet */
-    uint32_t now = fq_nb_now();
+    fq_nb_clock now = fq_nb_now();
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     uint64_t p = rel;
@@ -174,7 +188,7 @@ static int fq_has_requeued(fq_queue *q)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, p, w))
             return 1; /* moved under us: let the caller look */
-        if ((w & 7) == FQ_REC_REQUEUED && !fq_nb_left(fq_meta_load(r), now))
+        if ((w & 7) == FQ_REC_REQUEUED && !fq_nb_left(q, fq_meta_load(r), now))
             return 1;
         uint64_t span = fq_span(q, p, w, r->len);
         if (!span)
@@ -193,7 +207,7 @@ uint64_t fq_delayed(fq_queue *q)
     fq_ctrl *ctl = q->ctrl;
     if (!atomic_load_explicit(&ctl->requeued, SEQ))
         return 0;
-    uint32_t now = fq_nb_now();
+    fq_nb_clock now = fq_nb_now();
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     uint64_t p = rel, k = 0;
@@ -202,7 +216,7 @@ uint64_t fq_delayed(fq_queue *q)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, p, w))
             break; /* moved under us: what was seen so far */
-        if ((w & 7) == FQ_REC_REQUEUED && fq_nb_left(fq_meta_load(r), now))
+        if ((w & 7) == FQ_REC_REQUEUED && fq_nb_left(q, fq_meta_load(r), now))
             k++;
         uint64_t span = fq_span(q, p, w, r->len);
         if (!span)
@@ -271,7 +285,8 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
      * record put back behind the walk changes it (see fq_rq_skipping) */
     uint64_t seq = atomic_load_explicit(&ctl->requeue_seq, SEQ);
     uint64_t hint = atomic_load_explicit(&ctl->requeued, SEQ);
-    uint32_t now = fq_nb_now(), soonest = 0;
+    fq_nb_clock now = fq_nb_now();
+    uint32_t soonest = 0;
     uint64_t rel = atomic_load_explicit(&ctl->release, SEQ);
     uint64_t hd = atomic_load_explicit(&ctl->head, SEQ);
     if (rel == hd) {
@@ -293,7 +308,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
         if (!span)
             return FQ_ECORRUPT;
         if ((w & 7) == FQ_REC_REQUEUED) {
-            uint32_t left = fq_nb_left(fq_meta_load(r), now);
+            uint32_t left = fq_nb_left(q, fq_meta_load(r), now);
             if (left) { /* delayed: not before its time */
                 if (!soonest || left < soonest)
                     soonest = left;
@@ -315,7 +330,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
                  * hold a verdict "only delayed" that misses its time).
                  * Killed before the give-back: recovery requeues the TAKEN
                  * record of our dead slot, meta and not-before kept. */
-                if (fq_nb_left(fq_meta_load(r), fq_nb_now())) {
+                if (fq_nb_left(q, fq_meta_load(r), fq_nb_now())) {
                     uint64_t tw = fq_taken_word(q->salt, p, me);
                     atomic_compare_exchange_strong(&r->word, &tw, fq_tag_of(q, p) | FQ_REC_REQUEUED);
                     atomic_fetch_add(&ctl->requeue_seq, 1);
@@ -351,7 +366,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
         p += span;
     }
     if (soonest) /* every requeued record is delayed: say so until the soonest is due */
-        atomic_store_explicit(&q->rq_skip, seq << 24 | ((now + soonest) & FQ_NB_MASK), RLX);
+        atomic_store_explicit(&q->rq_skip, seq << 24 | ((now.units + soonest) & FQ_NB_MASK), RLX);
     return FQ_EMPTY;
 }
 
@@ -669,9 +684,18 @@ void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
         /* rounded up, plus one unit: now is rounded down, and the record
          * must not come back before the delay */
         uint32_t units = (uint32_t)((delay_ms + FQ_NB_UNIT_MS - 1) / FQ_NB_UNIT_MS) + 1;
-        nb = (fq_nb_now() + units) & FQ_NB_MASK;
+        fq_nb_clock now = fq_nb_now();
+        nb = (now.units + units) & FQ_NB_MASK;
         if (!nb)
             nb = 1; /* 0 says "none" */
+        /* the watermark first (seq_cst), then the meta and the word (the
+         * give-back): a taker that sees the word sees the watermark too
+         * (fq_nb_left).  A CAS-max: it only grows. */
+        uint64_t until = (now.ms / FQ_NB_UNIT_MS + units + 1) * FQ_NB_UNIT_MS;
+        uint64_t w = atomic_load_explicit(&q->ctrl->nb_latest, SEQ);
+        while (w < until &&
+               !atomic_compare_exchange_weak_explicit(&q->ctrl->nb_latest, &w, until, SEQ, SEQ))
+            ;
     }
     fq_give_back(q, c, 0, nb);
 }

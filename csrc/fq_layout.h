@@ -141,7 +141,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 10u
+#define FQ_VERSION 11u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
@@ -156,10 +156,11 @@
 #define FQ_NB_MASK 0xffffffu
 /* One hour: far below the 74.5 hours (2^24 units) after which a not-before
  * wraps.  Longer delays are refused by the binding (ValueError) and clamped
- * here.  What the wrap still allows: a record whose time has come but that
- * no consumer takes for 73.5 hours or more looks delayed again, for up to an
- * hour (late, never lost: recovery does not look at the time, and it is
- * taken once that hour has passed). */
+ * here.  The wrap: past ctrl->nb_latest (the latest not-before ever given)
+ * every not-before is due, so a record due long ago is not hidden again
+ * (review 11, F2).  What it still allows: a record due but taken by nobody
+ * for 73.5-74.5 hours while another record was delayed in the last hour
+ * looks delayed again until nb_latest (late, never lost). */
 #define FQ_MAX_DELAY_MS 3600000u
 _Static_assert((uint64_t)FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS < (FQ_NB_MASK >> 1),
                "a delay is well inside half the not-before's wrap");
@@ -240,7 +241,10 @@ typedef struct fq_ctrl {
     _Atomic uint64_t rec_slots;
     _Atomic uint64_t rec_puts;
     _Atomic uint64_t rec_gets;
-    uint8_t pad4[128 - 64];
+    _Atomic uint64_t nb_latest; /* ms (CLOCK_REALTIME): the latest not-before
+                                 * ever given (fq_get_nack); past it, every
+                                 * record's 24-bit not-before is due */
+    uint8_t pad4[128 - 72];
     /* lines 5-7: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];
     _Atomic uint64_t space_mask[16];
@@ -508,6 +512,7 @@ _Static_assert(offsetof(fq_rec, owner) == 12, "owner (the delivery meta) at 12")
 _Static_assert(offsetof(fq_ctrl, rec_slots) == 552 && offsetof(fq_ctrl, rec_puts) == 560 &&
                    offsetof(fq_ctrl, rec_gets) == 568,
                "recovery statistics at 552");
+_Static_assert(offsetof(fq_ctrl, nb_latest) == 576, "nb_latest after the recovery statistics");
 _Static_assert(offsetof(fq_ctrl, data_mask) == 640, "masks on line 5");
 _Static_assert(offsetof(fq_ctrl, space_mask) == 768, "space mask at 768");
 _Static_assert(offsetof(fq_ctrl, quiet_mask) == 896, "quiet mask at 896");

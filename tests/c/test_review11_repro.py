@@ -201,16 +201,6 @@ def _get_later(name, env, seconds):
     return float(t), got
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F2 (csrc/fq_get.c fq_nb_left, csrc/fq_layout.h delivery meta): the not-before is "
-    "24 bits of 16 ms units, so it wraps every 74.6 h, and an expired one stays in the "
-    "record until a taker clears it; 73.6 to 74.6 h after it (and every 74.6 h after "
-    "that) it reads as up to an hour ahead and the record is hidden again (here: a "
-    "record due 74 h ago is invisible for another ~34 min).  Fix: a segment-wide 64-bit "
-    "watermark (fq_ctrl, new field, FQ_VERSION bump), the latest not-before ever "
-    "written, raised by a CAS-max in fq_get_nack before the meta store; a taker trusts a "
-    "record's not-before only while now (64-bit ms) is below the watermark, so an "
-    "expired not-before can never come back"))
 def test_a_delayed_record_is_visible_74_hours_later(tmp_path, later_env):
     import fastq
     ctl, late = str(tmp_path / "ctl"), str(tmp_path / "late")
