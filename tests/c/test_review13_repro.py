@@ -39,10 +39,11 @@ _W1 = (
     "segment): until the real clock reaches it, fq_nb_left falls back to the 24-bit "
     "comparison and F2 is back for every record, not only 'while another was delayed "
     "in the last hour' (fq_layout.h, README).  Late, never early.  Fix: every honest "
-    "watermark is at most FQ_MAX_DELAY_MS + 2 units past its nacker's now; a reader "
-    "that finds nb_latest further ahead of its own now CASes it down to now + "
-    "FQ_MAX_DELAY_MS + 2 units (no record becomes due earlier: a not-before that far "
-    "ahead already reads as due, d > FQ_MAX_DELAY_MS), or document the case")
+    "watermark is at most FQ_MAX_DELAY_MS + 2 units past its nacker's clock; fq_nb_left, "
+    "finding nb_latest further ahead than now + FQ_MAX_DELAY_MS + 3 units, CASes it down "
+    "to that bound computed from a clock read AFTER loading nb_latest (a stale now would "
+    "lower a concurrent honest raise: early); a not-before that far ahead already reads "
+    "as due (d > FQ_MAX_DELAY_MS).  Or document the case (docs/review13.md W1)")
 
 
 @pytest.mark.xfail(strict=True, reason=_W1)
