@@ -106,8 +106,13 @@ static fq_nb_clock fq_nb_now(void)
  * it lies further ahead than any delay puts it.  A not-before is 24 bits
  * and comes round every 74.6 h: one due long ago could read as ahead again.
  * So past the latest not-before ever given (ctrl->nb_latest, raised before
- * the record's meta is stored: the caller's acquire load of the record's
- * word orders this load after it), every not-before is due. */
+ * the record's meta is stored), every not-before is due.  A walk may pair a
+ * fresh not-before with a stale watermark (a REQUEUED word is the same after
+ * every give-back, so its acquire may read an earlier one); the taker's
+ * check after its seq_cst CAS (fq_take_requeued) reads both current, so a
+ * record is never delivered early (review 13).  A watermark raised under a
+ * clock running ahead stays ahead once the clock is set right: until then
+ * the 24-bit rule alone applies (late, never early; review 13, W1). */
 static uint32_t fq_nb_left(fq_queue *q, uint32_t m, fq_nb_clock now)
 {
     uint32_t nb = FQ_META_NB(m);
