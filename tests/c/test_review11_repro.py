@@ -12,7 +12,6 @@ LD_PRELOAD shim (the only clock the not-before is measured with).
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,53 +23,10 @@ from support import procs as _procs
 from support.cring import Q
 from support.cseg import ffi, lib, mk, open_seg, seq_of
 from support.ctopic import DURABLE, GROUP, T
+from support.gdbstop import gdb_at as _gdb, line_of as _line_of, need_gdb, no_asan
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOUND = 60.0
-
-need_gdb = pytest.mark.skipif(shutil.which("gdb") is None,
-                              reason="needs gdb to stop a process inside the window")
-no_asan = pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason=(
-    "gdb attaching to a process under AddressSanitizer does not finish within the bound "
-    "on a loaded machine (as test_review9_repro); the protocol is tested unsanitized"))
-
-
-def _line_of(rel, text):
-    """the line number of the one line of REPO/rel that contains text"""
-    with open(os.path.join(REPO, rel)) as f:
-        hits = [i for i, line in enumerate(f, 1) if text in line]
-    assert len(hits) == 1, "%r is on lines %r of %s" % (text, hits, rel)
-    return hits[0]
-
-
-def _proc_status(pid):
-    """(state letter, TracerPid) of pid"""
-    st = tracer = None
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("State:"):
-                st = line.split()[1]
-            elif line.startswith("TracerPid:"):
-                tracer = int(line.split()[1])
-    return st, tracer
-
-
-def _gdb(pid, where, then, log):
-    """gdb attached to child pid, a breakpoint at `where`, continued; at the
-    breakpoint it runs the commands `then`.  Returns once gdb is attached and the
-    child is running again (blocked in its read of the go pipe)."""
-    cmd = ["gdb", "-nx", "-batch", "-p", str(pid), "-ex", "break " + where, "-ex", "continue"]
-    for c in then:
-        cmd += ["-ex", c]
-    g = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + BOUND
-    while True:
-        st, tracer = _proc_status(pid)
-        if tracer and st == "S":
-            return g
-        assert time.monotonic() < deadline, "gdb did not attach"
-        time.sleep(0.01)
-
 
 def _wait_file(path, what):
     deadline = time.monotonic() + BOUND

@@ -15,11 +15,9 @@ between the caller's last look and the sleeper bit).
 import ctypes
 import fcntl
 import os
-import shutil
 import struct
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -28,6 +26,7 @@ from support.notmpfile import create_in_child as _create_in_child
 from support.notmpfile import no_tmpfile_env  # noqa: F401 (a fixture)
 from support.cseg import CAP, ffi, lib, mk, open_seg, seq_of
 from support.ctopic import GROUP, T, trec
+from support.gdbstop import gdb_at, line_of, need_gdb, no_asan
 from support.futexwatch import (BOUND, CTRL_DATA_SEQ, CTRL_SPACE_SEQ, LONG_NS, SYS_FUTEX, WAIT_SPACE,
                                 Waiter, asleep_on, need_futex_nr, seg_base, wake_all)
 
@@ -295,26 +294,6 @@ def test_a_live_creators_temporary_file_is_not_swept(tmp_path, no_tmpfile_env):
 # R5: a waker killed after taking the sleeper bits loses every later wake-up
 
 
-def _line_of(path, text):
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if text in line:
-                return i
-    raise AssertionError("%r not found in %s" % (text, path))
-
-
-def _proc_status(pid):
-    """(state letter, TracerPid) of pid"""
-    st = tracer = None
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("State:"):
-                st = line.split()[1]
-            elif line.startswith("TracerPid:"):
-                tracer = int(line.split()[1])
-    return st, tracer
-
-
 def _waker_child(path, go_r):
     h = T.open(path)
     os.read(go_r, 1)
@@ -323,10 +302,8 @@ def _waker_child(path, go_r):
 
 
 @need_futex_nr
-@pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to stop a waker mid-wake")
-@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""), reason=(
-    "gdb attaching to a process under AddressSanitizer (its shadow mappings) does not "
-    "finish within the bound on a loaded machine; the protocol is tested unsanitized"))
+@need_gdb
+@no_asan
 def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
     t = T.create(path, capacity=CAP)
     go_r, go_w = os.pipe()
@@ -335,19 +312,8 @@ def test_waker_killed_after_taking_the_bits_does_not_lose_later_wakeups(path):
     try:
         w = Waiter(lambda: lib.fq_wait(t.q, 0, 0, LONG_NS, 0))  # a reader at 0: no data
         assert w.blocked_in(asleep_on(seg_base(t) + CTRL_DATA_SEQ))
-        line = _line_of(os.path.join(REPO, "csrc", "fq_wait.c"),
-                        "atomic_fetch_add_explicit(seq, 1")
-        gdb = subprocess.Popen(
-            ["gdb", "-nx", "-batch", "-p", str(pid), "-ex", "break fq_wait.c:%d" % line,
-             "-ex", "continue", "-ex", "kill"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + BOUND
-        while True:
-            st, tracer = _proc_status(pid)
-            if tracer and st == "S":
-                break  # attached, breakpoint set, continued: blocked in its read
-            assert time.monotonic() < deadline, "gdb did not attach"
-            time.sleep(0.01)
+        line = line_of("csrc/fq_wait.c", "atomic_fetch_add_explicit(seq, 1")
+        gdb = gdb_at(pid, "fq_wait.c:%d" % line, ["kill"])
         os.write(go_w, b"G")
         gdb.wait(BOUND)
         assert _procs.reap(pid) == -9, "the waker was not stopped inside fq_wake"

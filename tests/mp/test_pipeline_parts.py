@@ -12,12 +12,11 @@ import os
 import signal
 import time
 
-import pytest
 
 import fastq
 
 from support import poolfuncs as F
-from support.waiting import in_thread, wait_for
+from support.waiting import bounded as _bounded, in_thread, wait_for
 
 WAIT = 60.0
 CAP = 256 << 10   # a queue of 256 KiB: a message is at most half of it
@@ -26,13 +25,6 @@ CAP = 256 << 10   # a queue of 256 KiB: a message is at most half of it
 def _expected_flat(xs):
     return [y for x in xs for y in F.big_flat(x)]
 
-
-def _bounded(fn, *args):
-    th, res = in_thread(fn, *args)
-    th.join(WAIT)
-    assert not th.is_alive(), "hung"
-    assert "error" not in res, res.get("error")
-    return res["value"]
 
 
 def test_a_flat_stage_whose_outputs_exceed_a_message(fastq_dir):

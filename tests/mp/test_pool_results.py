@@ -14,20 +14,10 @@ import pytest
 import fastq
 
 from support import badresults as B, poolfuncs as F
-from support.waiting import in_thread
+from support.waiting import collect as _collect, in_thread
 
 WAIT = 60.0  # seconds: only a hang takes this long
 
-
-def _collect(it):
-    """(the items before the first error, the error or None)."""
-    got = []
-    try:
-        for x in it:
-            got.append(x)
-    except Exception as e:
-        return got, e
-    return got, None
 
 
 def _list_pipeline(fn):

@@ -12,28 +12,11 @@ import pytest
 import fastq
 
 from support import badresults as B, poolfuncs as F
-from support.waiting import in_thread
+from support.waiting import bounded as _bounded, collect as _collect
 
 WAIT = 60.0  # seconds: only a hang takes this long
 
 
-def _collect(it):
-    """(the items before the first error, the error or None)."""
-    got = []
-    try:
-        for x in it:
-            got.append(x)
-    except Exception as e:
-        return got, e
-    return got, None
-
-
-def _bounded(fn, *args):
-    th, res = in_thread(fn, *args)
-    th.join(WAIT)
-    assert not th.is_alive(), "hung"
-    assert "error" not in res, res.get("error")
-    return res["value"]
 
 
 def test_only_the_apply_whose_result_does_not_load_fails(fastq_dir):

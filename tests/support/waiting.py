@@ -45,3 +45,24 @@ def in_thread(fn, *args):
     th = threading.Thread(target=run, daemon=True)
     th.start()
     return th, res
+
+
+def bounded(fn, *args, wait=60.0):
+    """fn(*args) in a thread, its value; fails the test if it hangs (only a hang
+    takes `wait` seconds) or raises."""
+    th, res = in_thread(fn, *args)
+    th.join(wait)
+    assert not th.is_alive(), "hung"
+    assert "error" not in res, res.get("error")
+    return res["value"]
+
+
+def collect(it):
+    """(the items of iterator it before its first error, that error or None)"""
+    got = []
+    try:
+        for x in it:
+            got.append(x)
+    except Exception as e:  # noqa: BLE001
+        return got, e
+    return got, None
