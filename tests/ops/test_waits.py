@@ -20,6 +20,23 @@ def _ready(p):
     assert p.stdout.readline().strip() == "ready", p.stderr.read()
 
 
+def _slow_consumer(procs, name, n):
+    """a process that frees the n 200-byte records of queue name one at a time,
+    started and ready"""
+    p = start_py(procs, f"""
+import time, fastq
+q = fastq.Queue.open("{name}", serializer="raw")
+print("ready", flush=True)
+time.sleep(0.3)
+for _ in range({n}):
+    assert q.get(timeout=30) == b"y" * 200
+    time.sleep(0.05)
+q.close()
+""")
+    _ready(p)
+    return p
+
+
 def test_blocked_put_counts_once_with_the_time_it_waited(fastq_dir, procs):
     """A put that waits for space while a consumer frees it one message at a
     time is one back-pressure event, however often it tried again."""
@@ -29,17 +46,7 @@ def test_blocked_put_counts_once_with_the_time_it_waited(fastq_dir, procs):
         q.put_nowait(b"y" * 200)
     before = fastq_json("stat", "bp")
     assert before["full"] == 0 and before["blocked_s"] == 0
-    p = start_py(procs, f"""
-import time, fastq
-q = fastq.Queue.open("bp", serializer="raw")
-print("ready", flush=True)
-time.sleep(0.3)
-for _ in range({n}):
-    assert q.get(timeout=30) == b"y" * 200
-    time.sleep(0.05)
-q.close()
-""")
-    _ready(p)
+    p = _slow_consumer(procs, "bp", n)
     q.put(b"z" * 1500, timeout=60)  # needs about 7 of the 200-byte records freed
     p.wait(60)
     assert p.returncode == 0, p.stderr.read()
@@ -148,17 +155,7 @@ def test_awaited_put_counts_once_with_the_time_it_awaited(fastq_dir, procs):
     n = 18
     for _ in range(n):
         q.put_nowait(b"y" * 200)
-    p = start_py(procs, f"""
-import time, fastq
-q = fastq.Queue.open("abp", serializer="raw")
-print("ready", flush=True)
-time.sleep(0.3)
-for _ in range({n}):
-    assert q.get(timeout=30) == b"y" * 200
-    time.sleep(0.05)
-q.close()
-""")
-    _ready(p)
+    p = _slow_consumer(procs, "abp", n)
     asyncio.run(asyncio.wait_for(q.aput(b"z" * 1500), 60))
     p.wait(60)
     assert p.returncode == 0, p.stderr.read()
