@@ -106,10 +106,12 @@ crash = sys.argv[3] if len(sys.argv) > 3 else ""
 if crash:
     point, n = crash.split(":")
     bridge._CRASH_AT = (point, int(n))
-q = fastq.Queue.open(sys.argv[1], serializer="raw")
-b = bridge.Outbound(q, "jobs.k", servers=sys.argv[2], stream="JOBS", ack_timeout=2).start()
+# the handler before the bridge starts: a bridge thread that drains the queue at
+# once could otherwise hold the main thread off until the test's SIGTERM came
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: stop.set())
+q = fastq.Queue.open(sys.argv[1], serializer="raw")
+b = bridge.Outbound(q, "jobs.k", servers=sys.argv[2], stream="JOBS", ack_timeout=2).start()
 while not stop.wait(0.2):
     pass
 b.stop()
