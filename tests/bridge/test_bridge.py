@@ -119,6 +119,15 @@ print(json.dumps(dataclasses.asdict(b.stats())))
 """
 
 
+def _catches(pid, sig):
+    """does process pid have a handler for sig (SigCgt of /proc/pid/status)?"""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
 def _outbound_proc(procs, child_env, qpath, url, crash=""):
     return procs.add(subprocess.Popen(
         [sys.executable, "-c", OUTBOUND_SCRIPT, qpath, url, crash], env=child_env(),
@@ -184,6 +193,9 @@ def test_outbound_kill9_again_and_again(nats_server, tmp_path, procs, child_env)
     p = _outbound_proc(procs, child_env, qpath, nats_server.url)
     wait_for(lambda: q.qsize() == 0 and q.unacked() == 0, timeout=60, what="the queue to drain")
     wait_for(lambda: stream_count(nats_server.url, "JOBS") >= n, timeout=60, what="all stored")
+    # the queue may have been drained by the killed bridges already: wait until this
+    # one has its handler, or the SIGTERM lands while it is still importing (-15)
+    wait_for(lambda: _catches(p.pid, signal.SIGTERM), timeout=60, what="the SIGTERM handler")
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0
     assert kills >= 2
