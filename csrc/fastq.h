@@ -92,6 +92,12 @@ int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
               char *err, size_t errlen);
 /* Open an existing segment; validates it (FQ_EBADSEG with a message). */
 int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
+/* fq_open with flags.  FQ_OPEN_NOSWEEP: leave a second name of the segment
+ * that a killed creator left (fq_segment.c) where it is, which an open
+ * otherwise removes: the operators' tools that only read (fastq ls, stat,
+ * gc --dry-run) change nothing on disk. */
+enum { FQ_OPEN_NOSWEEP = 1 };
+int fq_open_flags(const char *path, unsigned flags, fq_queue **out, char *err, size_t errlen);
 /* The same from a descriptor of the segment (the handle keeps a copy of
  * it; the caller keeps fd); path only names it in messages (may be NULL). */
 int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);

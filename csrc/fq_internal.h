@@ -119,10 +119,12 @@ int fq_link_into_place(int fd, const char *tmp, const char *path);
 
 /* ---- fq_segment.c: the segment, its slots, lanes and lock ----------------- */
 
-/* fq_create and fq_open_fd without recovery (q->reclaim NULL) */
+/* fq_create and fq_open_fd (flags: fq_open_flags') without recovery
+ * (q->reclaim NULL) */
 int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
                       char *err, size_t errlen);
-int fq_segment_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);
+int fq_segment_open_fd(int fd, const char *path, unsigned flags, fq_queue **out, char *err,
+                       size_t errlen);
 int fq_attach(fq_queue *q);
 
 /* Liveness (see "File locks" in fq_layout.h).  Take (lock = 1) or drop the

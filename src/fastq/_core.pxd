@@ -57,6 +57,9 @@ cdef extern from "fastq.h" nogil:
     int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
                   char *err, size_t errlen)
     int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
+    enum:
+        FQ_OPEN_NOSWEEP
+    int fq_open_flags(const char *path, unsigned flags, fq_queue **out, char *err, size_t errlen)
     int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen)
     enum:
         FQ_TMP_NONE

@@ -27,16 +27,18 @@ def _dir(args: argparse.Namespace) -> str:
 def open_segment(path: str) -> Any:
     """A Queue or Topic handle on the segment at path, named by the file's
     name (no slot is taken until the handle puts or gets, which these tools
-    never do); SegmentError if it is no valid segment."""
+    never do; and opening it changes nothing on disk: a killed creator's
+    second name of it stays for gc to judge, FQ_OPEN_NOSWEEP); SegmentError
+    if it is no valid segment."""
     from ._queue import Queue  # noqa: PLC0415
     from ._topic import Topic  # noqa: PLC0415
 
     try:
-        seg = Queue(path, _how="open", trusted=True)
+        seg = Queue(path, _how="inspect", trusted=True)
     except ValueError as e:
         if "is a topic" not in str(e):
             raise
-        seg = Topic(path, _how="open", trusted=True)
+        seg = Topic(path, _how="inspect", trusted=True)
     seg._name = os.path.basename(path)
     return seg
 
@@ -302,9 +304,9 @@ def _gc(directory: str, remove: bool) -> Iterator[Tuple[str, str, Optional[str]]
     process is attached to, and the temporary file a killed creator left
     (by the core's rule, see _creation_tmp: never by its name alone).  A
     creation in progress, and whatever cannot be read, are left alone.
-    Temporary files first, before any segment is opened: opening a segment
-    that has a second name lets the core sweep that name if it is a killed
-    creator's leftover (fq_sweep_tmp), which a dry run must still list."""
+    Temporary files first, then the segments (opened without the core's
+    sweep of a killed creator's second name, see open_segment: a dry run
+    lists that name and leaves it)."""
     segments = []
     for path in _files(directory):
         try:

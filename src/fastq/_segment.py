@@ -195,7 +195,9 @@ class SegmentHandle:
 
     def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple, trusted: bool,
                 vetted: Optional[tuple] = None, temporary: bool = False) -> None:
-        """Open or create the segment (how: "open", "create", "open_or_create"),
+        """Open or create the segment (how: "open", "create", "open_or_create";
+        "inspect": open it only to read, as the operators' tools do, see
+        Segment._open),
         check its kind, owner and the options given explicitly, set the
         serializer; sizes: (capacity, max_message, max_processes, mode), each
         possibly a _Default; topic: (is_topic, overflow, max_subs).  name: a
@@ -235,8 +237,8 @@ class SegmentHandle:
             if how == "create":
                 self._create(path, *args)
                 opened = False
-            elif how == "open":
-                self._open(path)
+            elif how in ("open", "inspect"):
+                self._open(path, sweep=how == "open")
             else:
                 try:
                     self._open(path)
