@@ -82,7 +82,7 @@ def _salvage(data: bytes, n: int, buffers: tuple, whole: BaseException) -> Salva
         out = Salvaged(_itemwise(data, buffers))
         if len(out) != n:
             raise ValueError(f"{len(out)} items read, {n} expected")
-    except Exception:  # not a list as Batch pickles it: every item fails
+    except Exception:  # not a list or tuple as Batch pickles them: every item fails
         out = Salvaged([_failure(whole)] * n)
     return out
 
@@ -92,6 +92,9 @@ def _salvage(data: bytes, n: int, buffers: tuple, whole: BaseException) -> Salva
 # objects complete once on a stack (the others may be half built when an item fails)
 _BUILT = (str, bytes, int, float, complex, bool, type(None), tuple, frozenset, type,
           types.FunctionType, types.BuiltinFunctionType)
+
+
+_TUPLES = ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3")
 
 
 class _Lost:
@@ -140,12 +143,14 @@ def _deframed(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _spans(ops: list) -> List[tuple]:
-    """(start, end, memo entries, buffers) of each item of the list pickled by
-    ops.  The ops' stack effects are replayed on a stack of the offsets where
-    each object's ops start; the items are what APPEND(S) takes into the list
-    (the object at the bottom of the stack); an item ends where the next
-    starts, or at the APPEND(S)."""
+def _spans(ops: list, top: int) -> List[tuple]:
+    """(start, end, memo entries, buffers) of each item of the list or tuple
+    pickled by ops.  The ops' stack effects are replayed on a stack of the
+    offsets where each object's ops start; the items are what APPEND(S) takes
+    into the list (the object at the bottom of the stack; top < 0), or what
+    the tuple op at offset top takes (the stream's last: the lists and tuples
+    inside items are built by the same ops); an item ends where the next
+    starts, or at the APPEND(S) or the tuple op."""
     marker = pickletools.markobject
     stack: List[int] = []      # per object: the offset of its first op
     marks: List[tuple] = []    # per open MARK: (stack length, its offset)
@@ -157,9 +162,12 @@ def _spans(ops: list) -> List[tuple]:
             n -= before.index(marker)      # the objects below the mark it takes too
             taken = stack[n:]
             del stack[n:]
-            if op.name == "APPENDS" and n == 0:
+            if top < 0 and op.name == "APPENDS" and n == 0:
                 starts += taken[1:]
                 ends += taken[2:] + [pos]
+            elif pos == top:  # TUPLE
+                starts += taken
+                ends += taken[1:] + [pos]
             stack.extend([min(taken + [mpos, pos])] * len(after))
         elif marker in after:
             marks.append((len(stack), pos))
@@ -167,9 +175,12 @@ def _spans(ops: list) -> List[tuple]:
             k = len(before)
             taken = stack[len(stack) - k:] if k else []
             del stack[len(stack) - k:]
-            if op.name == "APPEND" and len(stack) == 0:
+            if top < 0 and op.name == "APPEND" and len(stack) == 0:
                 starts.append(taken[1])
                 ends.append(pos)
+            elif pos == top:  # TUPLE1, TUPLE2, TUPLE3
+                starts += taken
+                ends += taken[1:] + [pos]
             stack.extend([min(taken + [pos])] * len(after))
     names = [(pos, op.name) for op, _arg, pos in ops]
     spans = []
@@ -182,9 +193,16 @@ def _spans(ops: list) -> List[tuple]:
 def _itemwise(data: bytes, buffers: tuple) -> list:
     data = _deframed(data)
     ops = list(pickletools.genops(data))
-    if len(ops) < 2 or ops[1][0].name != "EMPTY_LIST":
-        raise ValueError("not a list")
-    spans = _spans(ops)
+    # the op that builds the stream's object, before its MEMOIZE and STOP: a
+    # tuple's (a tuple whose first item is a list starts as a list does)
+    last = [(op.name, pos) for op, _arg, pos in ops if op.name not in ("STOP", "MEMOIZE")]
+    if last and last[-1][0] in _TUPLES:
+        top = last[-1][1]
+    elif len(ops) >= 2 and ops[1][0].name == "EMPTY_LIST":
+        top = -1
+    else:
+        raise ValueError("not a list or a tuple")
+    spans = _spans(ops, top)
     f = io.BytesIO(data)
     bufs = _Buffers(buffers)
     up = pickle._Unpickler(f)  # type: ignore[attr-defined]
