@@ -17,8 +17,9 @@ at-least-once across the bridge:
   default 2 minutes; after it, it is stored twice).
 * inbound, a JetStream message is acked (double ack: the bridge waits for the
   server's confirmation, as ``ack_sync`` does) only after the local put
-  returned.  A message committed locally whose ack was lost comes back
-  (``num_delivered`` > 1): while the same bridge runs it is recognised by its
+  returned.  A message committed locally whose ack was not confirmed is
+  acked again by the next connection, and if it comes back meanwhile
+  (``num_delivered`` > 1), while the same bridge runs, it is recognised by its
   stream sequence and only acked again; a bridge killed between a local put
   and its ack puts those messages (at most one fetch batch) again after its
   restart.  Into a queue, JetStream's delivery
@@ -738,16 +739,21 @@ class Inbound(_Bridge):
         self._stream, self._create = stream, create_stream
         self._stream_opts = (duplicate_window, retention)
         self._batch, self._ack_wait, self._ack_timeout = batch, ack_wait, ack_timeout
-        # stream sequences put locally whose ack is not confirmed yet: such a
-        # message coming back is acked, not put again
-        self._committed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        # stream sequences put locally whose ack is not confirmed yet, with
+        # the ack subject of their last delivery: such a message coming back
+        # is acked, not put again, and a new connection acks them all again
+        # (the last one's acks may have been taken without a confirmation)
+        self._committed: "collections.OrderedDict[int, str]" = collections.OrderedDict()
         self._executor: Any = None
         # the double acks of the current connection: the reply inbox (with a
-        # trailing dot), the sequences not confirmed yet, the next sequence,
-        # and the event set when none is left
-        self._inbox, self._seq = "\x00", 0
-        self._acks: set = set()
+        # trailing dot), the stream sequence of each ack not confirmed yet by
+        # its sequence, the next sequence, the first sequence of the batch
+        # the fetch loop waits for, how many of it are left, the event set
+        # when none is, and the confirmations not counted in stats yet
+        self._inbox, self._seq, self._batch_from, self._batch_left = "\x00", 0, 0, 0
+        self._acks: Dict[int, int] = {}
         self._acks_done: Optional[asyncio.Event] = None
+        self._confirmed = 0
 
     def _begin(self) -> None:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
@@ -827,7 +833,7 @@ class Inbound(_Bridge):
         skip = {id(m) for m, _ in rejects}
         for m in done:
             if id(m) not in skip:
-                self._committed[m.metadata.sequence.stream] = None
+                self._committed[m.metadata.sequence.stream] = m.reply
         self._count(forwarded=len(done) - len(skip))
 
     async def _session(self, nc: Any, js: Any) -> None:
@@ -839,50 +845,82 @@ class Inbound(_Bridge):
                                     deliver_policy=api.DeliverPolicy.ALL)
         sub = await js.pull_subscribe(self._subject, durable=self._durable, stream=self._stream,
                                       config=config)
-        self._inbox, self._acks, self._seq = nc.new_inbox() + ".", set(), 0
+        self._inbox, self._acks, self._seq = nc.new_inbox() + ".", {}, 0
+        self._batch_from, self._batch_left = 1 << 62, 0  # no batch yet: acks again only
         acks = await nc.subscribe(self._inbox + "*", cb=self._on_ack)
         try:
+            # put by the last connection, their acks not confirmed: acked
+            # again (before the first fetch, so JetStream does not redeliver
+            # those it takes), each counted once confirmed; not waited for
+            await self._send_acks(nc, list(self._committed.items()))
             await self._fetch_loop(nc, sub)
         finally:
-            self._inbox, self._acks = "\x00", set()  # a late confirmation is ignored
+            self._inbox, self._acks = "\x00", {}  # a late confirmation is ignored
+            self._count_confirmed()
             for s in (acks, sub):
                 try:
                     await s.unsubscribe()
                 except Exception:  # noqa: BLE001,S110 - the connection closes next anyway
                     pass
 
+    async def _send_acks(self, nc: Any, acks: list) -> None:
+        """Ack each (stream sequence, ack subject) of acks with a reply
+        subject of this bridge's inbox: confirmed in _on_ack."""
+        publish, inbox, pending, seq = nc.publish, self._inbox, self._acks, self._seq
+        for sseq, subject in acks:
+            pending[seq] = sseq
+            await publish(subject, b"+ACK", reply=f"{inbox}{seq:x}")
+            seq += 1
+            self._seq = seq
+
     async def _ack_sync(self, nc: Any, msgs: list) -> None:
         """Double ack: ack every message with a reply subject of this bridge's
         inbox and wait until the server confirmed all of them (nats-py's
         ack_sync, pipelined: one publish each instead of a request with its
         future, timer and task each).  TimeoutError after ack_timeout: the
-        session fails, the messages come again and are recognised (_committed)."""
+        session fails; the messages not confirmed stay committed: acked again
+        by the next connection, and recognised if they come again."""
         if not msgs:
             return
-        publish, inbox, acks, seq = nc.publish, self._inbox, self._acks, self._seq
+        self._batch_from, self._batch_left = self._seq, len(msgs)
         self._acks_done = done = asyncio.Event()
-        for m in msgs:
-            acks.add(seq)
-            await publish(m.reply, b"+ACK", reply=f"{inbox}{seq:x}")
-            seq += 1
-            self._seq = seq
         try:
+            await self._send_acks(nc, [(m.metadata.sequence.stream, m.reply) for m in msgs])
             await asyncio.wait_for(done.wait(), self._ack_timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"JetStream confirmed {len(msgs) - len(acks)} of {len(msgs)} "
-                               f"acks within {self._ack_timeout} s") from None
+            raise TimeoutError(f"JetStream confirmed {len(msgs) - self._batch_left} of "
+                               f"{len(msgs)} acks within {self._ack_timeout} s") from None
+        finally:
+            self._count_confirmed()
 
     async def _on_ack(self, msg: Any) -> None:
-        """A confirmation of an ack (nats-py calls it in order)."""
+        """A confirmation of an ack (nats-py calls it in order): its message
+        is settled (no longer committed) and counted as acked once."""
         subj = msg.subject
         if not subj.startswith(self._inbox):
             return  # an earlier connection's
         try:
-            self._acks.discard(int(subj[len(self._inbox):], 16))
+            seq = int(subj[len(self._inbox):], 16)
         except ValueError:
             return
-        if not self._acks and self._acks_done is not None:
+        sseq = self._acks.pop(seq, None)
+        if sseq is None:
+            return
+        if self._committed.pop(sseq, None) is not None:
+            self._confirmed += 1
+        if seq < self._batch_from:  # a new connection's ack again: counted now
+            self._count_confirmed()
+            return
+        self._batch_left -= 1
+        if not self._batch_left and self._acks_done is not None:
             self._acks_done.set()
+
+    def _count_confirmed(self) -> None:
+        """Add the confirmations counted so far to the stats (once per batch:
+        the counters take a lock)."""
+        n, self._confirmed = self._confirmed, 0
+        if n:
+            self._count(acked=n)
 
     async def _fetch_loop(self, nc: Any, sub: Any) -> None:
         from nats import errors as nerrors  # noqa: PLC0415
@@ -930,8 +968,7 @@ class Inbound(_Bridge):
             await self._reject(rejects)
             # double ack: each ack waits for the server's confirmation
             skip = {id(m) for m, _ in rejects}
+            for m in again:  # acked by its last delivery's subject, as the new ones
+                self._committed[m.metadata.sequence.stream] = m.reply
             put = again + [m for m in fresh[:done] if id(m) not in skip]
             await self._ack_sync(nc, put)
-            for m in put:
-                self._committed.pop(m.metadata.sequence.stream, None)
-            self._count(acked=len(put))
