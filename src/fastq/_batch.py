@@ -30,7 +30,7 @@ import pickle
 import pickletools
 import traceback
 import types
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 __all__ = ["Batch", "Salvaged", "load_batch"]
 
@@ -196,12 +196,15 @@ def _itemwise(data: bytes, buffers: tuple) -> list:
     # the op that builds the stream's object, before its MEMOIZE and STOP: a
     # tuple's (a tuple whose first item is a list starts as a list does)
     last = [(op.name, pos) for op, _arg, pos in ops if op.name not in ("STOP", "MEMOIZE")]
+    top: Optional[int] = None
     if last and last[-1][0] in _TUPLES:
-        top = last[-1][1]
+        top = last[-1][1]  # an offset: genops of bytes gives every op's
     elif len(ops) >= 2 and ops[1][0].name == "EMPTY_LIST":
         top = -1
     else:
         raise ValueError("not a list or a tuple")
+    if top is None:
+        raise ValueError("no offset for the tuple's op")
     spans = _spans(ops, top)
     f = io.BytesIO(data)
     bufs = _Buffers(buffers)

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _core
 from ._errors import SegmentError
@@ -33,6 +33,7 @@ def open_segment(path: str) -> Any:
     from ._queue import Queue  # noqa: PLC0415
     from ._topic import Topic  # noqa: PLC0415
 
+    seg: Union[Queue, Topic]
     try:
         seg = Queue(path, _how="inspect", trusted=True)
     except ValueError as e:

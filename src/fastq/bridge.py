@@ -373,6 +373,7 @@ class Outbound(_Bridge):
                  ack_timeout: float = 5.0, backoff: tuple = (0.1, 5.0),
                  connect_options: Optional[dict] = None):
         super().__init__(servers, backoff, connect_options)
+        seg: Union[Queue, Topic]  # the segment messages come from
         if isinstance(source, Subscription):
             _raw_check(source.topic, "topic")
             window, seg, self._batches = source.prefetch, source.topic, False
@@ -445,14 +446,15 @@ class Outbound(_Bridge):
 
     def _receive(self, room: int, block: bool, timeout: Optional[float]) -> list:
         """Entries of up to room messages (one delivery: a batch from a queue)."""
-        if not self._batches:
-            d = self._source.receive(block, timeout)
+        src = self._source
+        if isinstance(src, Subscription):  # (not self._batches)
+            d = src.receive(block, timeout)
             if d.redelivered:
                 self._count(redelivered=1)
             subj = d.subject  # a topic message's subject goes under the bridge's
             return [[d, d.value, self._msg_id(d.position), None, 0.0,
                      self._subject if subj is None else f"{self._subject}.{subj}"]]
-        b = self._source.receive_many(min(room, self._refill), block, timeout)
+        b = src.receive_many(min(room, self._refill), block, timeout)
         if b.redelivered:
             self._count(redelivered=len(b))
         pre, suf, subject = self._id_prefix, self._id_suffix, self._subject
@@ -779,11 +781,10 @@ class Inbound(_Bridge):
         target = self._target  # the compiled handle: put (queue) or publish (topic) of raw bytes
         block = slice_s > 0
         timeout = slice_s if block else None
-        topic = isinstance(target, Topic)
         for i, m in enumerate(msgs):
             subject = None
             try:
-                if topic:
+                if isinstance(target, Topic):
                     subject = self.local_subject(m.subject)
                     target.publish(m.data, block, timeout, subject=subject)
                 else:  # JetStream's deliveries so far are the local first attempt
