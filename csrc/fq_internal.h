@@ -81,6 +81,8 @@ struct fq_queue {
 
 #define FQ_SPIN_MAX_NS 20000u
 #define FQ_SPIN_MIN_NS 1000u
+/* misses at FQ_SPIN_MIN_NS between two full-budget probes (fq_wait.c) */
+#define FQ_SPIN_PROBE_EVERY 32u
 
 /* ---- fq_proc.c: process identity and liveness ---------------------------- */
 
