@@ -8,22 +8,23 @@ import os
 
 import pytest
 
-from support.cring import Q
+from support.cring import Q  # noqa: F401  (the seg fixture's handles)
 from support.cseg import ffi, lib
 
 WAIT_DATA = 0
+FLOOR = 0  # below FQ_SPIN_MIN_NS: no spin at all
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2,
                                 reason="no spinning at all on a single core")
 
 
 def _limits():
-    out = ffi.new("uint32_t[3]")
+    out = ffi.new("uint64_t[4]")
     lib.fqt_spin_limits(out)
-    return out[0], out[1], out[2]
+    return tuple(out)
 
 
-MIN_NS, MAX_NS, PROBE_EVERY = _limits()
+MIN_NS, MAX_NS, PROBE_EVERY, PROBE_NEAR_NS = _limits()
 
 
 def _miss(q):
@@ -43,7 +44,7 @@ def _pay(q):
 def _to_the_floor(q):
     """misses until the budget is at the floor (the last one halved it there)"""
     for _ in range(64):
-        if lib.fqt_spin_ns(q.q) == MIN_NS:
+        if lib.fqt_spin_ns(q.q) == FLOOR:
             return
         _miss(q)
     raise AssertionError("64 misses in a row left the budget at %d ns" % lib.fqt_spin_ns(q.q))
@@ -52,9 +53,11 @@ def _to_the_floor(q):
 def test_misses_take_the_budget_to_the_floor_and_it_stays_there(seg):
     q = seg()
     assert lib.fqt_spin_ns(q.q) == MAX_NS
+    _miss(q)
+    assert lib.fqt_spin_ns(q.q) == MAX_NS // 2
     for _ in range(20):
         _miss(q)
-    assert lib.fqt_spin_ns(q.q) == MIN_NS
+    assert lib.fqt_spin_ns(q.q) == FLOOR
 
 
 def test_a_probe_that_pays_restores_the_full_budget(seg):
@@ -65,14 +68,77 @@ def test_a_probe_that_pays_restores_the_full_budget(seg):
     _to_the_floor(q)
     for _ in range(PROBE_EVERY):
         _miss(q)
-    assert lib.fqt_spin_ns(q.q) == MIN_NS
+    assert lib.fqt_spin_ns(q.q) == FLOOR
     _pay(q)
     assert lib.fqt_spin_ns(q.q) == MAX_NS
 
 
-def test_a_spin_that_pays_between_probes_only_doubles(seg):
+def test_at_the_floor_a_look_that_finds_a_message_is_no_probe(seg):
+    """Between probes a waiter at the floor looks once: finding a message then says
+    nothing about spinning, the budget stays; nor does it restart the count (the
+    probe still comes after PROBE_EVERY misses)."""
     q = seg()
     _to_the_floor(q)
+    for _ in range(PROBE_EVERY - 1):
+        _miss(q)
+    _pay(q)
+    assert lib.fqt_spin_ns(q.q) == FLOOR
     _miss(q)
     _pay(q)
-    assert lib.fqt_spin_ns(q.q) == 2 * MIN_NS
+    assert lib.fqt_spin_ns(q.q) == MAX_NS
+
+
+def test_a_probe_that_misses_waits_for_the_next_round(seg):
+    q = seg()
+    _to_the_floor(q)
+    for _ in range(PROBE_EVERY):
+        _miss(q)
+    _miss(q)  # the probe: nothing came; the first miss of the next round
+    assert lib.fqt_spin_ns(q.q) == FLOOR
+    for _ in range(PROBE_EVERY - 2):
+        _miss(q)
+    _pay(q)  # not yet a probe
+    assert lib.fqt_spin_ns(q.q) == FLOOR
+    _miss(q)
+    _pay(q)
+    assert lib.fqt_spin_ns(q.q) == MAX_NS
+
+
+def test_above_the_floor_a_spin_that_pays_doubles(seg):
+    q = seg()
+    for _ in range(3):
+        _miss(q)
+    assert lib.fqt_spin_ns(q.q) == MAX_NS // 8
+    _pay(q)
+    assert lib.fqt_spin_ns(q.q) == MAX_NS // 4
+
+
+def test_a_waiter_idle_for_long_does_not_probe(seg):
+    """A consumer whose last sleep lasted long (nothing came for a while) spins no
+    probe: it would spin the full budget once per idle period for nothing.  After a
+    short sleep it probes again."""
+    q = seg()
+    _to_the_floor(q)
+    for _ in range(PROBE_EVERY):
+        _miss(q)
+    lib.fqt_spin_slept(q.q, PROBE_NEAR_NS)
+    for _ in range(3):
+        _pay(q)
+        assert lib.fqt_spin_ns(q.q) == FLOOR
+    lib.fqt_spin_slept(q.q, PROBE_NEAR_NS - 1)
+    _pay(q)
+    assert lib.fqt_spin_ns(q.q) == MAX_NS
+
+
+def test_a_short_spin_never_probes(seg):
+    """A caller that allows less than the full budget (the binding's spin with the GIL
+    held) does not take the probe: the next wait that allows it does."""
+    q = seg()
+    _to_the_floor(q)
+    for _ in range(PROBE_EVERY):
+        _miss(q)
+    assert q.put(b"m") == 0
+    assert lib.fq_spin(q.q, WAIT_DATA, 0, MAX_NS - 1) == 1
+    assert lib.fqt_spin_ns(q.q) == FLOOR
+    assert lib.fq_spin(q.q, WAIT_DATA, 0, MAX_NS) == 1
+    assert lib.fqt_spin_ns(q.q) == MAX_NS
