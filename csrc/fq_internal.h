@@ -88,6 +88,7 @@ struct fq_queue {
 /* misses at the floor between two full-budget probes, and how short the
  * last sleep must have been for a probe (fq_wait.c) */
 #define FQ_SPIN_PROBE_EVERY 256u
+#define FQ_SPIN_TRY_EVERY 8u /* ... and a probe of FQ_SPIN_MIN_NS */
 #define FQ_SPIN_PROBE_NEAR_NS (10ull * FQ_SPIN_MAX_NS)
 
 /* ---- fq_proc.c: process identity and liveness ---------------------------- */

@@ -90,13 +90,17 @@
  * with fewer cores than busy processes the other side is often not running,
  * spinning only burns the core it needs, and the spin reaches the floor
  * within a few waits.  From the floor only a probe brings it back: every
- * FQ_SPIN_PROBE_EVERY-th wait that missed there spins FQ_SPIN_MAX_NS once,
- * and if that pays the budget is the max again (two sides that both sleep
- * never see a short spin pay, so doubling alone never left the floor: 4
- * us per ping-pong round trip spun for nothing).  A waiter whose last sleep
- * lasted FQ_SPIN_PROBE_NEAR_NS or more (nothing came for a while) does not
- * probe.  A wake soon after sleeping is no reason to spin more: it is also
- * what a peer that shares our core looks like (it runs once we sleep).
+ * FQ_SPIN_TRY_EVERY-th wait that missed there spins FQ_SPIN_MIN_NS (if that
+ * pays, the budget doubles from there), every FQ_SPIN_PROBE_EVERY-th spins
+ * FQ_SPIN_MAX_NS, and if that pays the budget is the max again (two sides
+ * that both sleep never see a short spin pay, so doubling alone never left
+ * a floor of 1 us, spun twice per wait for nothing: 4 us per ping-pong round
+ * trip).  A waiter whose last sleep lasted FQ_SPIN_PROBE_NEAR_NS or more
+ * (nothing came for a while) does not probe; nor does a spin whose caller
+ * allows less than FQ_SPIN_MAX_NS (the binding's, with the GIL held).  A
+ * wake soon after sleeping is no reason to spin more: it is also what a
+ * peer that shares our core looks like (it runs once we sleep).  The budget
+ * is a hint, per handle, relaxed (threads of a handle may race on it).
  * There is no spinning at all on a single-core machine.  The caller may
  * choose another strategy per call (FQ_STRATEGY_SPIN: spin until ready,
  * never sleep; FQ_STRATEGY_SLEEP: sleep at once).
@@ -374,21 +378,29 @@ static void fq_spin_set(fq_queue *q, uint32_t ns)
 }
 
 /* The budget of the next adaptive spin, whose caller allows ns: the
- * handle's, or the full FQ_SPIN_MAX_NS once every FQ_SPIN_PROBE_EVERY
- * misses at the floor (*probe) while waits are short (the last sleep took
- * less than FQ_SPIN_PROBE_NEAR_NS: a consumer idle for long does not probe). */
+ * handle's; at the floor, a probe (*probe) when the caller allows the full
+ * spin (and reports a miss: fq_wait_pred, the event loops' spin), and only
+ * while waits are short (the last sleep took less than
+ * FQ_SPIN_PROBE_NEAR_NS: a consumer idle for long does not probe): every
+ * FQ_SPIN_PROBE_EVERY-th miss there spins FQ_SPIN_MAX_NS (*probe 2), every
+ * other FQ_SPIN_TRY_EVERY-th FQ_SPIN_MIN_NS (*probe 1). */
 static uint64_t fq_spin_budget(fq_queue *q, uint64_t ns, int *probe)
 {
     uint32_t budget = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
     *probe = 0;
-    if (!budget && ns >= FQ_SPIN_MAX_NS &&
-        atomic_load_explicit(&q->spin_floor, memory_order_relaxed) >= FQ_SPIN_PROBE_EVERY &&
-        atomic_load_explicit(&q->spin_slept_ns, memory_order_relaxed) < FQ_SPIN_PROBE_NEAR_NS) {
-        atomic_store_explicit(&q->spin_floor, 0, memory_order_relaxed);
+    if (budget || ns < FQ_SPIN_MAX_NS)
+        return ns > budget ? budget : ns;
+    uint32_t n = atomic_load_explicit(&q->spin_floor, memory_order_relaxed);
+    if (!n || n % FQ_SPIN_TRY_EVERY ||
+        atomic_load_explicit(&q->spin_slept_ns, memory_order_relaxed) >= FQ_SPIN_PROBE_NEAR_NS)
+        return 0;
+    if (n < FQ_SPIN_PROBE_EVERY) {
         *probe = 1;
-        return FQ_SPIN_MAX_NS;
+        return FQ_SPIN_MIN_NS;
     }
-    return ns > budget ? budget : ns;
+    atomic_store_explicit(&q->spin_floor, 0, memory_order_relaxed);
+    *probe = 2;
+    return FQ_SPIN_MAX_NS;
 }
 
 /* Spin up to ns (and, adaptive, the handle's budget); 1 if ready. */
@@ -403,11 +415,13 @@ static int fq_spin_for(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns
     for (unsigned i = 0;; i++) {
         if (ready(q, arg)) {
             if (adapt) {
-                /* spinning pays: allow more; a probe, the max at once.  At
-                 * the floor (no spin) the condition held at the first look,
-                 * which says nothing about spinning: only a probe lifts it */
+                /* spinning pays: allow more (a full probe: the max at once).
+                 * At the floor without a probe the condition held at the
+                 * first look, which says nothing about spinning */
                 uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
-                uint32_t to = probe ? FQ_SPIN_MAX_NS : b ? fq_spin_clamp(2ull * b) : 0;
+                uint32_t to = probe == 2 ? FQ_SPIN_MAX_NS
+                              : probe ? 2 * FQ_SPIN_MIN_NS
+                              : b ? fq_spin_clamp(2ull * b) : 0;
                 if (to != b)
                     fq_spin_set(q, to);
             }

@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from support.cring import Q  # noqa: F401  (the seg fixture's handles)
 from support.cseg import ffi, lib
 
 WAIT_DATA = 0
@@ -19,12 +18,12 @@ pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2,
 
 
 def _limits():
-    out = ffi.new("uint64_t[4]")
+    out = ffi.new("uint64_t[5]")
     lib.fqt_spin_limits(out)
     return tuple(out)
 
 
-MIN_NS, MAX_NS, PROBE_EVERY, PROBE_NEAR_NS = _limits()
+MIN_NS, MAX_NS, PROBE_EVERY, PROBE_NEAR_NS, TRY_EVERY = _limits()
 
 
 def _miss(q):
@@ -33,10 +32,10 @@ def _miss(q):
     lib.fq_spin_missed(q.q)
 
 
-def _pay(q):
+def _pay(q, ns=MAX_NS):
     """a wait whose spin found a message: it is there before the spin starts"""
     assert q.put(b"m") == 0
-    assert lib.fq_spin(q.q, WAIT_DATA, 0, MAX_NS) == 1
+    assert lib.fq_spin(q.q, WAIT_DATA, 0, ns) == 1
     rc, msgs, _ = q.get()
     assert rc == 0 and msgs == [b"m"]
 
@@ -50,12 +49,13 @@ def _to_the_floor(q):
     raise AssertionError("64 misses in a row left the budget at %d ns" % lib.fqt_spin_ns(q.q))
 
 
+
 def test_misses_take_the_budget_to_the_floor_and_it_stays_there(seg):
     q = seg()
     assert lib.fqt_spin_ns(q.q) == MAX_NS
     _miss(q)
     assert lib.fqt_spin_ns(q.q) == MAX_NS // 2
-    for _ in range(20):
+    for _ in range(2 * PROBE_EVERY):
         _miss(q)
     assert lib.fqt_spin_ns(q.q) == FLOOR
 
@@ -73,12 +73,27 @@ def test_a_probe_that_pays_restores_the_full_budget(seg):
     assert lib.fqt_spin_ns(q.q) == MAX_NS
 
 
+def test_a_short_probe_that_pays_leaves_the_floor_one_step(seg):
+    """Every TRY_EVERY-th miss at the floor (between full probes) spins FQ_SPIN_MIN_NS:
+    if that pays, the budget is twice that, and doubles on from there."""
+    q = seg()
+    _to_the_floor(q)
+    for _ in range(TRY_EVERY):
+        _miss(q)
+    _pay(q)
+    assert lib.fqt_spin_ns(q.q) == 2 * MIN_NS
+    _pay(q)
+    assert lib.fqt_spin_ns(q.q) == 4 * MIN_NS
+
+
 def test_at_the_floor_a_look_that_finds_a_message_is_no_probe(seg):
     """Between probes a waiter at the floor looks once: finding a message then says
     nothing about spinning, the budget stays; nor does it restart the count (the
     probe still comes after PROBE_EVERY misses)."""
     q = seg()
     _to_the_floor(q)
+    _pay(q)
+    assert lib.fqt_spin_ns(q.q) == FLOOR
     for _ in range(PROBE_EVERY - 1):
         _miss(q)
     _pay(q)
@@ -95,13 +110,13 @@ def test_a_probe_that_misses_waits_for_the_next_round(seg):
         _miss(q)
     _miss(q)  # the probe: nothing came; the first miss of the next round
     assert lib.fqt_spin_ns(q.q) == FLOOR
-    for _ in range(PROBE_EVERY - 2):
+    for _ in range(TRY_EVERY - 2):
         _miss(q)
-    _pay(q)  # not yet a probe
+    _pay(q)  # TRY_EVERY - 1 misses since the probe: a look, no spin
     assert lib.fqt_spin_ns(q.q) == FLOOR
     _miss(q)
-    _pay(q)
-    assert lib.fqt_spin_ns(q.q) == MAX_NS
+    _pay(q)  # TRY_EVERY: a short probe
+    assert lib.fqt_spin_ns(q.q) == 2 * MIN_NS
 
 
 def test_above_the_floor_a_spin_that_pays_doubles(seg):
@@ -115,8 +130,8 @@ def test_above_the_floor_a_spin_that_pays_doubles(seg):
 
 def test_a_waiter_idle_for_long_does_not_probe(seg):
     """A consumer whose last sleep lasted long (nothing came for a while) spins no
-    probe: it would spin the full budget once per idle period for nothing.  After a
-    short sleep it probes again."""
+    probe: it would spin once per idle period for nothing.  After a short sleep it
+    probes again."""
     q = seg()
     _to_the_floor(q)
     for _ in range(PROBE_EVERY):
@@ -137,8 +152,7 @@ def test_a_short_spin_never_probes(seg):
     _to_the_floor(q)
     for _ in range(PROBE_EVERY):
         _miss(q)
-    assert q.put(b"m") == 0
-    assert lib.fq_spin(q.q, WAIT_DATA, 0, MAX_NS - 1) == 1
+    _pay(q, MAX_NS - 1)
     assert lib.fqt_spin_ns(q.q) == FLOOR
-    assert lib.fq_spin(q.q, WAIT_DATA, 0, MAX_NS) == 1
+    _pay(q)
     assert lib.fqt_spin_ns(q.q) == MAX_NS
