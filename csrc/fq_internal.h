@@ -70,6 +70,8 @@ struct fq_queue {
     int armed[2];              /* an event loop of ours awaits data/space (fq_arm) */
     int armed_quiet;           /* ... and its bit in quiet_mask is up */
     _Atomic uint32_t spin_ns;  /* adaptive spin budget before sleeping */
+    _Atomic uint32_t spin_floor; /* misses at the floor (no spin) since the last probe */
+    _Atomic uint64_t spin_slept_ns; /* how long the last adaptive wait that slept took */
     /* frees the slots of dead processes when attaching finds none free (1 if
      * it repaired any): fq_recover, set by fq_create/fq_open_fd; NULL: wait */
     int (*reclaim)(fq_queue *q);
@@ -79,8 +81,15 @@ struct fq_queue {
     _Atomic uint64_t rq_skip;
 };
 
+/* the adaptive spin (fq_wait.c): at most FQ_SPIN_MAX_NS; below FQ_SPIN_MIN_NS
+ * none at all (the floor) */
 #define FQ_SPIN_MAX_NS 20000u
 #define FQ_SPIN_MIN_NS 1000u
+/* misses at the floor between two full-budget probes, and how short the
+ * last sleep must have been for a probe (fq_wait.c) */
+#define FQ_SPIN_PROBE_EVERY 256u
+#define FQ_SPIN_TRY_EVERY 8u /* ... and a probe of FQ_SPIN_MIN_NS */
+#define FQ_SPIN_PROBE_NEAR_NS (10ull * FQ_SPIN_MAX_NS)
 
 /* ---- fq_proc.c: process identity and liveness ---------------------------- */
 
@@ -290,6 +299,8 @@ typedef int (*fq_quiet_fn)(fq_queue *q);
 int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet,
                  uint64_t slice_ns, uint64_t timeout_ns, int strategy);
 int fq_spin_pred(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns);
+/* An adaptive wait slept and came back waited_ns after it began. */
+void fq_spin_slept(fq_queue *q, uint64_t waited_ns);
 /* Arm (on) or disarm side what of this process's slot for its bell: a
  * writer then rings it.  FQ_ARM_READY if ready(q, arg) holds after arming,
  * FQ_ARM_QUIET if quiet(q) holds (the caller needs no recovery slice). */

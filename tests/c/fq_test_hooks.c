@@ -25,6 +25,16 @@ uint64_t fqt_data_offset(fq_queue *q) { return (uint64_t)(q->data - q->base); }
 int fqt_my_slot(fq_queue *q) { return atomic_load(&q->slot); }
 uint64_t fqt_nap(fq_queue *q, uint32_t s, int side) { return atomic_load(&q->slots[s].nap[side]); }
 void fqt_wake(fq_queue *q, int what) { fq_wake(q, what); }
+uint32_t fqt_spin_ns(fq_queue *q) { return atomic_load(&q->spin_ns); }
+void fqt_spin_limits(uint64_t out[5])
+{
+    out[0] = FQ_SPIN_MIN_NS;
+    out[1] = FQ_SPIN_MAX_NS;
+    out[2] = FQ_SPIN_PROBE_EVERY;
+    out[3] = FQ_SPIN_PROBE_NEAR_NS;
+    out[4] = FQ_SPIN_TRY_EVERY;
+}
+void fqt_spin_slept(fq_queue *q, uint64_t waited_ns) { fq_spin_slept(q, waited_ns); }
 uint64_t fqt_slot_word(fq_queue *q, uint32_t s) { return atomic_load(&q->slots[s].word); }
 int fqt_slot_of_pid(fq_queue *q, int pid)
 {

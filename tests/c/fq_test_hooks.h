@@ -25,6 +25,13 @@ uint64_t fqt_data_offset(fq_queue *q);
 int fqt_my_slot(fq_queue *q);
 uint64_t fqt_nap(fq_queue *q, uint32_t s, int side);
 void fqt_wake(fq_queue *q, int what);
+/* the adaptive spin budget of the handle (q->spin_ns), and its limits {min, max,
+ * misses at the floor between full probes, the longest last sleep that allows a
+ * probe, misses at the floor between short probes};
+ * fqt_spin_slept: as if an adaptive wait came back from its sleep after waited_ns */
+uint32_t fqt_spin_ns(fq_queue *q);
+void fqt_spin_limits(uint64_t out[5]);
+void fqt_spin_slept(fq_queue *q, uint64_t waited_ns);
 uint64_t fqt_slot_word(fq_queue *q, uint32_t s);
 int fqt_slot_of_pid(fq_queue *q, int pid);
 uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field);
