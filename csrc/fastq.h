@@ -193,7 +193,8 @@ uint64_t fq_record_size(uint64_t len);
  * the payload of one record of q (a topic's: with its prefix) that takes
  * exactly the ring bytes of all of them. */
 uint64_t fq_put_need(fq_queue *q, const uint64_t *lens, size_t n);
-/* A spin of the caller's did not pay: halve the handle's adaptive budget. */
+/* A spin of the caller's did not pay: halve the handle's adaptive budget
+ * (and count the miss toward the next probe, fq_wait.c). */
 void fq_spin_missed(fq_queue *q);
 
 /* Status */
