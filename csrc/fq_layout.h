@@ -160,7 +160,14 @@
  * every not-before is due, so a record due long ago is not hidden again
  * (review 11, F2).  What it still allows: a record due but taken by nobody
  * for 73.5-74.5 hours while another record was delayed in the last hour
- * looks delayed again until nb_latest (late, never lost). */
+ * looks delayed again until nb_latest (late, never lost); after a nack made
+ * under a wall clock running ahead, the same until a taker lowers nb_latest
+ * to 2 h + 3 units past its clock (fq_get.c fq_nb_lower: at most two hours
+ * after the clock is set right; review 13, W1).  Early: a clock stepped back
+ * by more than the delay left (review 11, F6); and a lowerer stalled more
+ * than an hour between its clock read and its CAS, a whole nack made inside
+ * the stall, the lowerer killed between its CAS and its re-raise: that
+ * record early by at most the stall's excess over an hour (fq_get.c). */
 #define FQ_MAX_DELAY_MS 3600000u
 _Static_assert((uint64_t)FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS < (FQ_NB_MASK >> 1),
                "a delay is well inside half the not-before's wrap");
@@ -243,7 +250,9 @@ typedef struct fq_ctrl {
     _Atomic uint64_t rec_gets;
     _Atomic uint64_t nb_latest; /* ms (CLOCK_REALTIME): the latest not-before
                                  * ever given (fq_get_nack); past it, every
-                                 * record's 24-bit not-before is due */
+                                 * record's 24-bit not-before is due.  Raised
+                                 * by CAS-max; lowered only when no honest
+                                 * nack can have made it (fq_nb_lower) */
     uint8_t pad4[128 - 72];
     /* lines 5-7: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];

@@ -233,6 +233,10 @@ uint64_t fqt_group_field(fq_queue *q, uint32_t i, int field)
 uint64_t fqt_published(fq_queue *q) { return atomic_load(&q->ctrl->published); }
 uint64_t fqt_recover_lock(fq_queue *q) { return atomic_load(&q->ctrl->recover_lock); }
 
+/* the not-before watermark (ms, CLOCK_REALTIME; fq_get.c fq_nb_lower) */
+uint64_t fqt_nb_latest(fq_queue *q) { return atomic_load(&q->ctrl->nb_latest); }
+void fqt_set_nb_latest(fq_queue *q, uint64_t v) { atomic_store(&q->ctrl->nb_latest, v); }
+
 /* Publisher loop for topics: like fqt_put_loop (id 0), with a random pause of up to
  * `delay` spins after each message, and (progress non-NULL) never more than `lead`
  * messages ahead of *progress (a reader's next index): paced against a slow reader

@@ -38,6 +38,8 @@ uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field)
 void fqt_set_intent_state(fq_queue *q, uint32_t s, uint32_t lane, int cons, uint64_t st);
 void fqt_set_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field, uint64_t v);
 uint64_t fqt_cons_total(fq_queue *q);
+uint64_t fqt_nb_latest(fq_queue *q);
+void fqt_set_nb_latest(fq_queue *q, uint64_t v);
 int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_t min16,
                      uint32_t max16, uint64_t deadline_ns);
 int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int64_t *gotall,
