@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -43,7 +44,7 @@ def _queue_with_a_delayed_record(path):
     return q
 
 
-@pytest.mark.xfail(strict=True, reason="R1: qsize (fq_delayed) lowers nb_latest, so the "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R1: qsize (fq_delayed) lowers nb_latest, so the "
                    "read-only tools write into the segment (fastq.h, FQ_OPEN_NOSWEEP)")
 def test_a_read_only_tool_does_not_write_the_watermark(tmp_path):
     """R1: `fastq stat` (and ls, top, metrics: whatever reads a queue's depth) opens the
@@ -65,7 +66,7 @@ def test_a_read_only_tool_does_not_write_the_watermark(tmp_path):
         q.close()
 
 
-@pytest.mark.xfail(strict=True, reason="R2: every open fallocates a sparse segment, a read-only "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R2: every open fallocates a sparse segment, a read-only "
                    "one too (fq_segment_open_fd)")
 def test_a_read_only_tool_does_not_allocate_a_sparse_segment(tmp_path):
     """R2 (predates a6ebdf1; the claim is new): the same promise, "change nothing on
@@ -135,3 +136,48 @@ def test_the_residual_window_never_opens_before_two_hours_after_the_lowerers_clo
         assert got == ["0", "EMPTY"], (
             "before L = F + 2 h + 48 ms (the residual's documented bound) the gets returned %r"
             % (got,))
+
+
+_spec11 = importlib.util.spec_from_file_location(
+    "_review11_repro", os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_review11_repro.py"))
+_r11 = importlib.util.module_from_spec(_spec11)
+_spec11.loader.exec_module(_r11)
+later_env = _r11.later_env  # the fixed clock shim: a process living N seconds later (or earlier)
+
+_GET_ONE = """
+import sys, fastq
+q = fastq.Queue(sys.argv[1])
+try:
+    print(repr(q.get_nowait()))
+except fastq.Empty:
+    print("EMPTY")
+"""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R3: a process whose clock alone reads behind lowers "
+                   "nb_latest below honest untils, and correct-clock processes deliver early")
+def test_a_process_with_a_clock_behind_does_not_make_others_deliver_early(tmp_path, later_env):
+    """R3: fq_nb_lower trusts the lowerer's clock.  A process whose CLOCK_REALTIME alone
+    reads 90 min behind (an LD_PRELOAD faketime; the core assumes one clock per machine)
+    finds the honest watermark (an hour ahead of the right clock) 2.5 h ahead of its own
+    and lowers it to its clock + 2 h, i.e. 30 min ahead of the right one.  It takes
+    record a itself (its not-before reads 2.5 h ahead: "not trusted", due: F6 in that
+    process, before a6ebdf1 as well).  New since a07e0e3: a process with the right clock
+    31 min after the nacks finds the watermark passed and takes record c, 29 min before
+    its hour (on a6ebdf1 the watermark stays an hour ahead and c reads delayed: EMPTY)."""
+    import fastq
+    name = str(tmp_path / "q")
+    q = fastq.Queue(name, capacity=4096)
+    q.put("a")
+    q.put("c")
+    for _ in range(2):
+        d = q.receive()
+        d.nack(delay=3600)  # an hour each, with the right clock
+    q.close()
+    r = subprocess.run([sys.executable, "-c", _GET_ONE, name], env=later_env(-5400),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == repr("a"), r.stdout  # F6 in the process behind (not this finding)
+    t, got = _r11._get_later(name, later_env, 31 * 60)
+    assert got == "EMPTY", (
+        "a process with the right clock took %s 29 minutes before its delay ended" % got)
