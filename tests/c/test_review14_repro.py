@@ -1,8 +1,11 @@
 """Reproductions of the findings of review 14 (docs/review14.md): the changes to csrc/
 between a6ebdf1 and db1aa27 (review 13 W1's fix, fq_nb_lower; the adaptive spin's
-probes; FQ_OPEN_NOSWEEP).  A finding that fails on main is a strict xfail.
+probes; FQ_OPEN_NOSWEEP).  A finding that fails on main is a strict xfail (raises=
+AssertionError: an error of the test itself is not taken for the finding).
 
-No timing assertion.
+No timing assertion.  Clocks: review 11's shim (a process living N seconds later or
+earlier) and review 13's virtual clock (moved by the test while a process is held by
+gdb).
 """
 
 import importlib.util
@@ -24,6 +27,8 @@ _spec = importlib.util.spec_from_file_location(
 _r13 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_r13)
 vclock = _r13.vclock  # the virtual clock fixture (CLOCK_REALTIME + a shift the test sets)
+_r11 = _r13._r11
+later_env = _r11.later_env  # the fixed clock shim: a process living N seconds later (or earlier)
 
 HOUR_MS = 3600 * 1000
 
@@ -136,13 +141,6 @@ def test_the_residual_window_never_opens_before_two_hours_after_the_lowerers_clo
         assert got == ["0", "EMPTY"], (
             "before L = F + 2 h + 48 ms (the residual's documented bound) the gets returned %r"
             % (got,))
-
-
-_spec11 = importlib.util.spec_from_file_location(
-    "_review11_repro", os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_review11_repro.py"))
-_r11 = importlib.util.module_from_spec(_spec11)
-_spec11.loader.exec_module(_r11)
-later_env = _r11.later_env  # the fixed clock shim: a process living N seconds later (or earlier)
 
 _GET_ONE = """
 import sys, fastq
