@@ -16,7 +16,6 @@ import sys
 import time
 
 import pytest
-
 from support.cli import fastq_cli
 from support.cring import Q
 from support.cseg import lib, mk, rec_size, seq_of
@@ -176,6 +175,6 @@ def test_a_process_with_a_clock_behind_does_not_make_others_deliver_early(tmp_pa
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == repr("a"), r.stdout  # F6 in the process behind (not this finding)
-    t, got = _r11._get_later(name, later_env, 31 * 60)
+    _, got = _r11._get_later(name, later_env, 31 * 60)
     assert got == "EMPTY", (
         "a process with the right clock took %s 29 minutes before its delay ended" % got)
