@@ -454,9 +454,6 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
         atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
         fq_stat_add(&in->bytes, bytes);
-        /* time in queue: a fresh message's first delivery (fq_layout.h) */
-        if (n && fq_sample_at(q, h, p))
-            fq_sample_note(q, 1, ((p - 1) >> q->sample_shift) + 1);
         FQ_CRASH_POINT("get_after_claim");
         c->pos = h;
         c->end = p;
@@ -482,6 +479,9 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
             count = atomic_load_explicit(&in->state, RLX) >> 2;
             continue;
         }
+        /* time in queue: a fresh message's first delivery (fq_layout.h) */
+        if (fq_sample_due(q, lane, 1, p) && fq_sample_at(q, h, p))
+            fq_sample_note(q, 1, ((p - 1) >> q->sample_shift) + 1);
         return FQ_OK;
     }
 }

@@ -321,8 +321,11 @@ enum { FQ_SLOT_FREE = 0, FQ_SLOT_ACTIVE = 2 };
  * slot's put ring, the consumer whose claim of a fresh message covers it
  * notes (group, point, now) in its slot's get ring, and a reader matches
  * them: the wait of the message at that point, from its commit to its first
- * delivery.  The test on the hot path is one shift of the claim's bounds; the
- * clock is read only at a sample point (one claim in 16 per capacity moved).
+ * delivery.  The test on the hot path is one compare of the claim's end with
+ * a mark the handle keeps per lane and side (fq_sample_due: the first point
+ * after the lane's previous claim; handle memory, not the segment), then the
+ * exact test of the claim's bounds only past it; the clock is read only at a
+ * sample point (one claim in 16 per capacity moved).
  * A producer's ring holds FQ_SAMPLES points, two capacities' worth, so the
  * point a consumer takes is still there (a message waits less than one
  * capacity of later puts).
