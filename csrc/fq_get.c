@@ -20,6 +20,10 @@
  *      put back would return part of a batch the caller never got).
  *      Then count + n, IDLE; then the wake rule.
  *
+ * A claim the caller keeps across calls (receive(): an unacknowledged
+ * delivery) is noted in its lane's held word with the time
+ * (fq_get_mark_unacked, after step 2; statistics only, fq_layout.h).
+ *
  * A message leaves the queue at step 4 of the consumer, after it was
  * copied: a consumer that dies before then leaves its records claimed,
  * and recovery puts them back (REQUEUED).  Requeued records sit between
@@ -506,6 +510,17 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
         }
     }
     return 0;
+}
+
+void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    /* relaxed: statistics; only the lane's holder writes it, and a reader
+     * checks it against the intent's pos (fq_counts_read) */
+    atomic_store_explicit(&in->held, FQ_HELD(ms, c->pos), RLX);
 }
 
 /* The position of the first message record at or after x, before end. */
