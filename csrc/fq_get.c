@@ -514,6 +514,7 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
 
 void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
 {
+#ifndef FQ_NO_COUNTERS
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
@@ -521,6 +522,9 @@ void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
     /* relaxed: statistics; only the lane's holder writes it, and a reader
      * checks it against the intent's pos (fq_counts_read) */
     atomic_store_explicit(&in->held, FQ_HELD(ms, c->pos), RLX);
+#else
+    (void)q, (void)c;
+#endif
 }
 
 /* The position of the first message record at or after x, before end. */

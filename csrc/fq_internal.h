@@ -265,7 +265,8 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
  * reader sees the old sum or the new one, as with the relaxed pair.
  *
  * FQ_NO_COUNTERS (a measuring build only, never shipped: what the counters
- * cost, README "Operations"): no statistics add, no time-in-queue sample. */
+ * cost, README "Operations"): no statistics add, no time-in-queue sample, no
+ * held mark (fq_get_mark_unacked). */
 static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
 {
 #if defined(FQ_NO_COUNTERS)
@@ -284,6 +285,7 @@ static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
 static inline int fq_sample_at(fq_queue *q, uint64_t a, uint64_t b)
 {
 #ifdef FQ_NO_COUNTERS
+    (void)q, (void)a, (void)b;
     return 0;
 #else
     return (((a - 1) ^ (b - 1)) >> q->sample_shift) != 0;
@@ -301,6 +303,7 @@ static inline int fq_sample_at(fq_queue *q, uint64_t a, uint64_t b)
 static inline int fq_sample_due(fq_queue *q, int lane, int side, uint64_t b)
 {
 #ifdef FQ_NO_COUNTERS
+    (void)q, (void)lane, (void)side, (void)b;
     return 0;
 #else
     if (__builtin_expect(b <= q->sample_next[side][lane], 1))
