@@ -349,11 +349,18 @@ typedef struct fq_counts {
     uint64_t rec_puts;          /* recovery: open put claims of dead processes */
     uint64_t rec_gets;          /* recovery: open get claims of dead processes */
     uint64_t tail, head, release; /* the cursors (head: queues) */
+    uint64_t held;              /* queue: receive() deliveries not yet settled */
+    uint64_t held_since_ns;     /* CLOCK_MONOTONIC when the oldest of them was
+                                 * received (ms resolution; 0: none) */
     uint32_t alive, dead;       /* slots owned by live / dead processes */
     uint32_t flags;             /* FQ_FLAG_* */
     uint32_t reserved;
 } fq_counts;
 void fq_counts_read(fq_queue *q, fq_counts *out);
+/* Queue: claim c (of fq_get_begin) is kept as an unacknowledged delivery
+ * (receive()): noted, with the time, in its lane for fq_counts_read's held
+ * and held_since_ns (statistics; until the claim ends). */
+void fq_get_mark_unacked(fq_queue *q, const fq_claim *c);
 /* events puts found the ring full (at least once each), then waited
  * blocked_ns in all for space (0: they did not wait): counted once per put
  * by the caller's wait loop, in one of this handle's producer lanes. */

@@ -20,6 +20,10 @@
  *      put back would return part of a batch the caller never got).
  *      Then count + n, IDLE; then the wake rule.
  *
+ * A claim the caller keeps across calls (receive(): an unacknowledged
+ * delivery) is noted in its lane's held word with the time
+ * (fq_get_mark_unacked, after step 2; statistics only, fq_layout.h).
+ *
  * A message leaves the queue at step 4 of the consumer, after it was
  * copied: a consumer that dies before then leaves its records claimed,
  * and recovery puts them back (REQUEUED).  Requeued records sit between
@@ -547,9 +551,6 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
         atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
         fq_stat_add(&in->bytes, bytes);
-        /* time in queue: a fresh message's first delivery (fq_layout.h) */
-        if (n && fq_sample_at(q, h, p))
-            fq_sample_note(q, 1, ((p - 1) >> q->sample_shift) + 1);
         FQ_CRASH_POINT("get_after_claim");
         c->pos = h;
         c->end = p;
@@ -575,6 +576,9 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
             count = atomic_load_explicit(&in->state, RLX) >> 2;
             continue;
         }
+        /* time in queue: a fresh message's first delivery (fq_layout.h) */
+        if (fq_sample_due(q, lane, 1, p) && fq_sample_at(q, h, p))
+            fq_sample_note(q, 1, ((p - 1) >> q->sample_shift) + 1);
         return FQ_OK;
     }
 }
@@ -599,6 +603,21 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
         }
     }
     return 0;
+}
+
+void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
+{
+#ifndef FQ_NO_COUNTERS
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    /* relaxed: statistics; only the lane's holder writes it, and a reader
+     * checks it against the intent's pos (fq_counts_read) */
+    atomic_store_explicit(&in->held, FQ_HELD(ms, c->pos), RLX);
+#else
+    (void)q, (void)c;
+#endif
 }
 
 /* The position of the first message record at or after x, before end. */

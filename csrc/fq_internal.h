@@ -58,6 +58,9 @@ struct fq_queue {
     uint32_t prefix;           /* bytes before the payload: 16 in a topic */
     uint32_t nsubs;            /* entries in each topic table */
     uint32_t sample_shift;     /* fq_sample_shift(cap): time-in-queue points */
+    /* per lane and side (0 put, 1 get): no claim ending at or before it can
+     * cover a sample point (fq_sample_due); written by the lane's holder */
+    uint64_t sample_next[2][FQ_LANES];
     fq_member *members;
     fq_group *groups;
     _Atomic int slot;          /* our slot, or -1 until first use */
@@ -267,10 +270,23 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
 /* Add n to a statistics counter that only the caller writes (a lane's,
  * by the thread holding the lane; recovery's, under the segment lock): a
  * plain load and store, no locked add.  Relaxed: statistics order nothing;
- * readers (fq_inspect.c) only sum them. */
+ * readers (fq_inspect.c) only sum them.  On x86-64 one unlocked add to
+ * memory (the compiler does not fuse a relaxed load and store into it): its
+ * load and its store of the aligned word are each single-copy atomic, so a
+ * reader sees the old sum or the new one, as with the relaxed pair.
+ *
+ * FQ_NO_COUNTERS (a measuring build only, never shipped: what the counters
+ * cost, README "Operations"): no statistics add, no time-in-queue sample, no
+ * held mark (fq_get_mark_unacked). */
 static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
 {
+#if defined(FQ_NO_COUNTERS)
+    (void)counter, (void)n;
+#elif defined(__x86_64__)
+    __asm__("addq %1, %0" : "+m"(*(uint64_t *)counter) : "er"(n));
+#else
     atomic_store_explicit(counter, atomic_load_explicit(counter, RLX) + n, RLX);
+#endif
 }
 
 /* Does the claim [a, b) cover a time-in-queue sample point (a multiple of
@@ -279,7 +295,33 @@ static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
  * (a - 1) wraps for a = 0, which covers point 0. */
 static inline int fq_sample_at(fq_queue *q, uint64_t a, uint64_t b)
 {
+#ifdef FQ_NO_COUNTERS
+    (void)q, (void)a, (void)b;
+    return 0;
+#else
     return (((a - 1) ^ (b - 1)) >> q->sample_shift) != 0;
+#endif
+}
+
+/* The hot path's test before fq_sample_at: can the claim [a, b) of this
+ * lane on this side cover a sample point?  One compare with the first point
+ * after the lane's previous claim of the side (q->sample_next): the claims
+ * of one lane and side come one after another in time, so their positions
+ * grow (each won its CAS of tail or head after the one before), and a claim
+ * ending at or before that point covers none.  Only a claim past it takes
+ * the exact test, and moves the mark past its own end: once per point in
+ * the lane's progress.  The caller then tests fq_sample_at. */
+static inline int fq_sample_due(fq_queue *q, int lane, int side, uint64_t b)
+{
+#ifdef FQ_NO_COUNTERS
+    (void)q, (void)lane, (void)side, (void)b;
+    return 0;
+#else
+    if (__builtin_expect(b <= q->sample_next[side][lane], 1))
+        return 0;
+    q->sample_next[side][lane] = (((b - 1) >> q->sample_shift) + 1) << q->sample_shift;
+    return 1;
+#endif
 }
 
 /* shut down (ctrl->state), for the readiness rules */

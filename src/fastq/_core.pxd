@@ -107,9 +107,10 @@ cdef extern from "fastq.h" nogil:
     void fq_stats(fq_queue *q, uint64_t out[8])
     ctypedef struct fq_counts:
         uint64_t puts, put_bytes, full, blocked_ns, gets, get_bytes, redelivered, nacked
-        uint64_t rec_slots, rec_puts, rec_gets, tail, head, release
+        uint64_t rec_slots, rec_puts, rec_gets, tail, head, release, held, held_since_ns
         uint32_t alive, dead, flags
     void fq_counts_read(fq_queue *q, fq_counts *out)
+    void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
     void fq_note_full(fq_queue *q, uint64_t events, uint64_t blocked_ns)
     ctypedef struct fq_wait_sample:
         uint32_t group

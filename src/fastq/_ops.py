@@ -207,7 +207,9 @@ def format_stat(s: Any) -> str:
            f"  depth        {s.depth} messages, {human_bytes(s.bytes_used)} of the ring in use "
            f"({100.0 * s.bytes_used / s.capacity:.1f}%)"]
     if s.kind == "queue":
-        out.append(f"  unacked      {s.unacked}")
+        out.append(f"  unacked      {s.unacked} messages, {s.unacked_deliveries} deliveries"
+                   + (f", oldest {human_secs(s.oldest_unacked_s)} ago"
+                      if s.oldest_unacked_s is not None else ""))
     out += [f"  put          {s.puts} messages, {human_bytes(s.put_bytes)}",
             f"  got          {s.gets} messages" +
             (f", {human_bytes(s.get_bytes)} delivered" if s.kind == "queue" else ""),

@@ -663,7 +663,8 @@ cdef class Segment:
                 "get_bytes": c.get_bytes, "redelivered": c.redelivered, "nacked": c.nacked,
                 "recovered_slots": c.rec_slots, "recovered_puts": c.rec_puts,
                 "recovered_gets": c.rec_gets, "tail": c.tail, "head": c.head,
-                "release": c.release, "alive": c.alive, "dead": c.dead, "flags": c.flags}
+                "release": c.release, "held": c.held, "held_since_ns": c.held_since_ns,
+                "alive": c.alive, "dead": c.dead, "flags": c.flags}
 
     def _waits(self):
         """Time in queue, sampled (fq_waits_read): a list of (group, wait_ns,
