@@ -10,7 +10,7 @@ import time
 import types
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
-from ._batch import Batch
+from ._batch import pack
 from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job, outputs
 
 __all__ = ["Pool", "AsyncResult", "Executor"]
@@ -189,7 +189,7 @@ class Pool:
         res = AsyncResult(job, True, callback, error_callback)
         try:
             self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
-                                        Batch([(tuple(args), dict(kwds or {}))]), 0, 0.0, ()))
+                                        pack([(tuple(args), dict(kwds or {}))]), 0, 0.0, ()))
         except BaseException as e:
             job.fail(e)
             raise

@@ -2,8 +2,8 @@
 
 Shared by :class:`fastq.Pool` and :func:`fastq.pipeline`.  The unit of work is a
 *chunk*: one message ``(job, chunk, origin, call, items, nfailed, cost, parts)``
-holding a list of items (as a ``fastq._batch.Batch``: its own pickle, read item
-by item if it does not load whole).  ``origin`` is the input position of the
+holding a list of items (packed by ``fastq._batch.pack``: its own pickle, read
+item by item if it does not load whole).  ``origin`` is the input position of the
 first item (an int, the items being consecutive) or a list with one position per
 item (after a ``flat`` stage).  A stage's worker takes a chunk with acknowledged
 delivery (``receive()``), computes the chunk of outputs, puts it on the next
@@ -38,7 +38,7 @@ import weakref
 from multiprocessing import connection
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from ._batch import Batch, Salvaged
+from ._batch import Salvaged, pack, unpack
 from ._errors import Empty, MessageTooLarge, ShutDown
 from ._queue import Queue
 
@@ -467,7 +467,8 @@ class _Engine:
             for job in list(self.jobs.values()):
                 job.fail(err)
             return True
-        for job_id, chunk, origin, _, items, nfailed, cost, parts in msgs:
+        for job_id, chunk, origin, _, batch, nfailed, cost, parts in msgs:
+            items = unpack(batch)
             if type(items) is Salvaged:  # an item that did not load fails alone
                 items = list(items)
                 nfailed = _nfailed(items)
@@ -601,14 +602,14 @@ class _Engine:
                     items = [first]
                     items.extend(itertools.islice(it, n - 1))
                 try:
-                    q.put((job.jid, chunk, pos, call, Batch(items), 0, 0.0, ()))
+                    q.put((job.jid, chunk, pos, call, pack(items), 0, 0.0, ()))
                 except MessageTooLarge:
                     if len(items) == 1:
                         raise
                     for i, x in enumerate(items):  # one item per message
                         if i and not self._room(job):
                             return
-                        q.put((job.jid, chunk + i, pos + i, call, Batch([x]), 0, 0.0, ()))
+                        q.put((job.jid, chunk + i, pos + i, call, pack([x]), 0, 0.0, ()))
                     chunk += len(items) - 1
                 chunk += 1
                 pos += len(items)
