@@ -77,7 +77,8 @@ class Pipeline:
                  for s in stages]
         self._stages = stages
         self._engine = _Engine(specs, _context(context), capacity)
-        job = self._job = self._engine.new_job(self._ordered)
+        # read by the consumer only: its window opens as it consumes (see new_job)
+        job = self._job = self._engine.new_job(self._ordered, background=False)
         self._it = outputs(job, self.close)
         self._progress_stop = threading.Event()
         if progress:

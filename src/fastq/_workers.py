@@ -420,16 +420,24 @@ class _Engine:
 
     def _collect(self) -> None:
         """The collector thread: reads the results queue while nobody waits in
-        the foreground, until the queue is shut down or closed.  It polls (every
-        LINGER_S) rather than being notified of every change: a notification would
-        wake it, and make it take the GIL, on every result of a loop of apply();
-        only the first background job after none wakes it."""
+        the foreground, until the queue is shut down or closed.  While there are
+        background jobs it polls (every LINGER_S) rather than being notified of
+        every change: a notification would wake it, and make it take the GIL, on
+        every result of a loop of apply().  While there are none it sleeps until
+        the first one comes, or close() or terminate()."""
         while not (self.stopping or self.results_closed):
             # It reads only for jobs that need it (see new_job), or when closing
             # (join() waits for it to see the queue shut down): else it would
             # hold the queue when a thread comes to wait for a single apply().
-            if (self.fg_waiters or not (self.background or self.closing)
-                    or time.monotonic() - self.fg_left < LINGER_S):
+            if not (self.background or self.closing):
+                # Nothing to read for: no wake-up every LINGER_S (500 a second
+                # of an idle pool, each taking the GIL from whoever runs).  The
+                # Event is set after the change it announces (new_job, close,
+                # terminate) and cleared before the loop looks again.
+                self.bg_wanted.wait()
+                self.bg_wanted.clear()
+                continue
+            if self.fg_waiters or time.monotonic() - self.fg_left < LINGER_S:
                 self.bg_wanted.wait(LINGER_S)
                 self.bg_wanted.clear()  # a hint only: the loop looks again
                 continue
@@ -506,8 +514,13 @@ class _Engine:
         """A job; window: chunks in flight at most (default 2 per worker and 2;
         0: no window, for a job of one chunk of known total).  background: its
         results must be delivered even while no thread waits for them (it has
-        callbacks, or a feeder that waits for room in its window); else they
-        are delivered when a thread waits or polls."""
+        callbacks, or a feeder that waits for room its window gets back as
+        chunks are received: release_on_receive); else they are delivered when
+        a thread waits or polls.  An iterator's job (imap, a pipeline) is not
+        background: its window opens as its consumer takes chunks, a consumer
+        that waits reads the results itself, and a collector reading for it
+        too only hands the chunks over between two threads (a futex wake and a
+        GIL hand-off per batch) and polls every LINGER_S."""
         if self.closing or self.stopping:
             raise ValueError("the pool is not running")
         if window is None:
@@ -627,6 +640,7 @@ class _Engine:
         with self.lock:
             self.closing = True
             idle = self.feeding == 0
+        self.bg_wanted.set()  # the collector reads until the results queue ends
         if idle:  # else the last feeder shuts it down when its input is in
             self.queues[0].shutdown()
 
@@ -653,6 +667,7 @@ class _Engine:
         if self.stopping:
             return
         self.stopping = self.closing = True
+        self.bg_wanted.set()
         try:
             os.write(self._wake_w, b"x")
         except OSError:
