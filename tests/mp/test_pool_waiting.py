@@ -120,3 +120,25 @@ def test_executor_future_waits_in_the_caller(fastq_dir):
         assert isinstance(bad.exception(timeout=30), ValueError)
         assert [f.result() for f in [ex.submit(F.sq, i) for i in range(50)]] == \
             [i * i for i in range(50)]
+
+
+def test_an_idle_pool_wakes_no_thread_of_the_parent(fastq_dir):
+    # The collector used to poll every 2 ms with nothing to read: ~230
+    # wake-ups (voluntary context switches) of the parent in 0.5 s.  Now it
+    # sleeps until a result needs it; the supervisor wakes once a second.
+    import resource
+    import time
+    with fastq.Pool(2) as p:
+        assert p.apply(F.sq, (3,)) == 9
+        assert list(p.imap(F.inc, range(100))) == list(range(1, 101))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        time.sleep(0.5)
+        woke = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before
+        assert woke < 25, f"the parent's threads woke {woke} times in 0.5 s of an idle pool"
+        # a result with a callback after the idle time still arrives
+        got = []
+        done = threading.Event()
+        p.apply_async(F.sq, (4,), callback=lambda v: (got.append(v), done.set()))
+        assert done.wait(30) and got == [16]
+        p.close()
+        p.join()  # the collector, asleep again, sees the close
