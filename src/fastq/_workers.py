@@ -112,14 +112,14 @@ class _Job:
         with self.mu:
             self.total, self.items_total = chunks, items
         self._check_done()
-        self.engine.wake()
+        self.engine.nudge()
 
     def fail(self, exc: BaseException) -> None:
         with self.mu:
             if self.error is None:
                 self.error = exc
         self._check_done()
-        self.engine.wake()
+        self.engine.nudge()
 
     def _check_done(self) -> None:
         with self.mu:
@@ -374,6 +374,21 @@ class _Engine:
         with self.turn:
             self.turn.notify_all()
 
+    def nudge(self) -> None:
+        """A job changed with no message to say so (its total became known, it
+        failed): wake the threads waiting in wait(), and the one reading the
+        results queue, asleep there until a message comes or its read times out
+        (0.2 s, at the end of every imap or pipeline whose feeder saw the end of
+        its input after the consumer took the last results), with a message of
+        no job (_NUDGE).  A reader that takes the lock after the look sees the
+        change before it reads (wait() looks at ready() with the lock held)."""
+        self.wake()
+        if self.collect_lock.locked():
+            try:
+                self.queues[-1].put(_NUDGE, block=False)
+            except Exception:
+                pass  # full: the reader has messages; shut down or closed: it is told
+
     def wait(self, ready: Callable[[], bool], deadline: Optional[float]) -> bool:
         """Wait until ready() (False at the monotonic deadline), reading the
         results queue meanwhile when no other thread does."""
@@ -476,6 +491,8 @@ class _Engine:
                 job.fail(err)
             return True
         for job_id, chunk, origin, _, batch, nfailed, cost, parts in msgs:
+            if job_id < 0:
+                continue  # a nudge (see nudge())
             items = unpack(batch)
             if type(items) is Salvaged:  # an item that did not load fails alone
                 items = list(items)
@@ -710,6 +727,9 @@ class _Engine:
 
 
 _live: "weakref.WeakSet[_Engine]" = weakref.WeakSet()
+
+# what nudge() puts on the results queue: a chunk message of no job
+_NUDGE = (-1, 0, 0, None, pack([]), 0, 0.0, ())
 
 
 def _terminate_all() -> None:

@@ -142,3 +142,59 @@ def test_an_idle_pool_wakes_no_thread_of_the_parent(fastq_dir):
         assert done.wait(30) and got == [16]
         p.close()
         p.join()  # the collector, asleep again, sees the close
+
+
+def test_the_end_of_an_imap_input_wakes_its_consumer(fastq_dir):
+    # The feeder learns that the input ended (and sets the job's total) after
+    # the consumer took every result and fell asleep reading the results
+    # queue: the consumer used to sleep there until its read timed out (0.2 s),
+    # at the end of an imap or a pipeline whenever the feeder came late (after
+    # its last batch it waits for room in the window first): a third of the
+    # runs of 400k ints under load.  Here the feeder is held at that point
+    # until the consumer sleeps; then the input ends.
+    import time
+
+    from support.waiting import in_thread, wait_for
+    gate, held = threading.Event(), threading.Event()
+    late, reading, last = [], [], []
+    with fastq.Pool(2) as p:
+        eng = p._engine
+        q = eng.queues[-1]
+        read, size, room = q.get_many, eng.chunk_size, eng._room
+
+        def chunk_size(first, remaining):
+            n = size(first, remaining)
+            if remaining is not None and n >= remaining:
+                last.append(1)  # the batch being cut is the last one
+            return n
+
+        def room_then_hold(job):
+            ok = room(job)
+            if last:  # the last batch is in: hold the feeder before it sees the end
+                held.set()
+                gate.wait(30)
+            return ok
+
+        def get_many(*a, **k):  # the engine's only read of the results queue
+            before = gate.is_set()
+            reading.append(1)
+            try:
+                return read(*a, **k)
+            except fastq.Empty:
+                if not before and gate.is_set():
+                    late.append("a read of the results queue slept through the end of the input")
+                raise
+            finally:
+                reading.pop()
+
+        eng.chunk_size, eng._room, q.get_many = chunk_size, room_then_hold, get_many
+        th, res = in_thread(list, p.imap(F.inc, list(range(40))))
+        wait_for(lambda: held.is_set() and reading and q.qsize() == 0
+                 and not any(eng.slots[w * 5] for w in range(eng.nworkers)),
+                 "every result read and the consumer reading for more")
+        time.sleep(0.05)  # let it fall asleep in that read (shorter: only less sensitive)
+        gate.set()
+        th.join(30)
+        assert not th.is_alive()
+    assert res.get("value") == list(range(1, 41)), res
+    assert late == []
