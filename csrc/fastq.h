@@ -171,6 +171,9 @@ enum { FQ_ARM_READY = 1, FQ_ARM_QUIET = 2 };
 void fq_bell_set(uint64_t name);
 int fq_arm(fq_queue *q, int what, uint64_t need, int on);
 int fq_arm_slice(fq_queue *q, int what, uint64_t need);
+/* The readiness rule of side what (as fq_arm re-checks it): 1 if the
+ * condition may hold now; no system call, no scan of the slots. */
+int fq_ready(fq_queue *q, int what, uint64_t need);
 unsigned fq_bell_take(fq_queue *q);
 /* Wake every thread asleep on q (in any process): they re-check. */
 void fq_interrupt(fq_queue *q);

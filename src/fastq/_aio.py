@@ -155,7 +155,7 @@ def _spin_first(loop: asyncio.AbstractEventLoop, seg: Any, h: "_Habit",
 
 class _Waiter:
     """One task waiting on one side of one segment."""
-    __slots__ = ("loop", "fut", "woken", "arm", "handles", "closed")
+    __slots__ = ("loop", "fut", "woken", "arm", "handles", "closed", "tick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[[bool], int],
                  handles: tuple):
@@ -165,6 +165,40 @@ class _Waiter:
         self.arm = arm
         self.handles = handles  # whose close() wakes it (the segment, a subscription)
         self.closed = False     # one of them was closed: raise ValueError
+        self.tick = 0           # _Ticker.tick when it went to sleep in a slice
+
+
+class _Ticker:
+    """The slices of one loop's tasks that sleep with a recovery timer: one
+    timer per loop, every RECOVER_AFTER / 2 while such a task sleeps, instead
+    of a timer per sleep (a TimerHandle made, pushed and cancelled per
+    message cost a sixth of an awaited message's instructions).  A task
+    asleep since before the last tick is woken (a slice passed): between
+    RECOVER_AFTER / 2 and RECOVER_AFTER after it went to sleep.  Used from
+    its loop's thread only."""
+    __slots__ = ("loop", "sleeping", "tick", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sleeping: set = set()
+        self.tick = 0
+        self.timer: Any = None
+
+    def add(self, w: _Waiter) -> None:
+        w.tick = self.tick
+        self.sleeping.add(w)
+        if self.timer is None:
+            self.timer = self.loop.call_later(RECOVER_AFTER / 2, self.fire)
+
+    def fire(self) -> None:
+        self.timer = None
+        self.tick += 1
+        for w in [w for w in self.sleeping if w.tick < self.tick - 1]:
+            self.sleeping.discard(w)
+            if w.fut is not None:
+                _expire(w.fut)
+        if self.sleeping:
+            self.timer = self.loop.call_later(RECOVER_AFTER / 2, self.fire)
 
 
 def _set(w: _Waiter) -> None:
@@ -290,14 +324,15 @@ class _Bell:
         self.sides: dict = {}      # (key, what) -> _Side
         self.targets: dict = {}    # key -> the segment handle to take its rung bits with,
         #                            while a task waits there
-        self.loops: dict = {}      # id(loop) -> (loop, fd): loops that watch the bell
+        self.loops: dict = {}      # id(loop) -> (loop, fd, _Ticker): loops that watch the bell
         _core._bell_set(name)
 
-    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def watch(self, loop: asyncio.AbstractEventLoop) -> _Ticker:
+        """Watch the bell from loop (once); loop's _Ticker."""
         ent = self.loops.get(id(loop))
         if ent is not None and ent[0] is loop:
-            return
-        for k, (lp, fd) in list(self.loops.items()):  # forget closed loops
+            return ent[2]
+        for k, (lp, fd, _) in list(self.loops.items()):  # forget closed loops
             if lp.is_closed():
                 del self.loops[k]
                 os.close(fd)
@@ -305,7 +340,9 @@ class _Bell:
         # closing, never touches another's registration
         fd = os.dup(self.sock.fileno())
         loop.add_reader(fd, self.ring, loop)
-        self.loops[id(loop)] = (loop, fd)
+        ticker = _Ticker(loop)
+        self.loops[id(loop)] = (loop, fd, ticker)
+        return ticker
 
     def join(self, seg: Any, what: int, broadcast: bool, w: _Waiter) -> _Side:
         """Register w as a waiter on side what of seg (it arms afterwards)."""
@@ -388,18 +425,22 @@ os.register_at_fork(after_in_child=_forget_bell)
 async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[..., int],
                 timeout: Optional[float], broadcast: bool = False,
                 more: Optional[Callable[[], bool]] = None,
-                spin: Optional[Callable[[int], bool]] = None, sub: Any = None) -> Any:
+                spin: Optional[Callable[[int], bool]] = None, sub: Any = None,
+                ready: Optional[Callable[[], bool]] = None) -> Any:
     """Run attempt(), a non-blocking call that raises Empty (what=DATA) or
     Full (SPACE) when it cannot proceed, until it returns; between tries,
     await a wake-up of that side of seg (arm(True) arms it).  spin(ns), if
     given, spins up to ns first (_spin_first decides).  sub: the
-    subscription awaited on, if any (its close() wakes the task too)."""
+    subscription awaited on, if any (its close() wakes the task too).
+    ready(), if given, says whether attempt() may proceed, cheaper than
+    attempt() raising (an exception and its traceback) when it cannot."""
     exc = Empty if what == DATA else Full
-    try:
-        return attempt()
-    except exc:
-        if timeout is not None and timeout <= 0:
-            raise
+    if ready is None or (timeout is not None and timeout <= 0) or ready():
+        try:
+            return attempt()
+        except exc:
+            if timeout is not None and timeout <= 0:
+                raise
     if timeout is not None and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
     if what == SPACE:
@@ -431,7 +472,7 @@ async def _call_waiting(seg: Any, what: int, attempt: Callable[[], Any],
             pass
     deadline = None if timeout is None else loop.time() + timeout
     bell = _get_bell()
-    bell.watch(loop)
+    ticker = bell.watch(loop)
     w = _Waiter(loop, arm, (seg,) if sub is None else (seg, sub))
     side = bell.join(seg, what, broadcast, w)
     # Quiet or in slices.  Armed quietly (the quiet bit up), a task that
@@ -450,20 +491,28 @@ async def _call_waiting(seg: Any, what: int, attempt: Callable[[], Any],
         while True:
             flags = arm(True, quiet)
             if not flags & READY:
+                # not QUIET: a claim in flight, or armed in slices: recover
+                # if it stalls (slices: the loop's _Ticker; with a deadline,
+                # a timer of its own)
+                sliced = not flags & QUIET
                 delay = None if deadline is None else deadline - loop.time()
-                if not flags & QUIET:  # a claim in flight: recover if it stalls
-                    delay = RECOVER_AFTER if delay is None else min(delay, RECOVER_AFTER)
+                if sliced and delay is not None:
+                    delay, sliced = min(delay, RECOVER_AFTER), False
                 if delay is None or delay > 0:
                     w.woken = False
                     fut = w.fut = loop.create_future()
                     timer = None if delay is None else loop.call_later(
                         delay, _expire, fut)
+                    if sliced:
+                        ticker.add(w)
                     stats["sleeps"] += 1
                     try:
                         await fut
                     finally:
                         if timer is not None:
                             timer.cancel()
+                        if sliced:
+                            ticker.sleeping.discard(w)
                     if w.closed:
                         raise ValueError(
                             "the subscription was closed while this call waited" if sub
@@ -588,11 +637,16 @@ class QueueAio:
         prefix of the items (whole messages, in order) may have been put."""
         return await _aput_many(self, self.put_many, items, timeout, lambda: not self.full())
 
-    def _aio_get(self, attempt: Callable[[], Any], timeout: Optional[float]) -> Any:
+    def _aio_get(self, attempt: Callable[[], Any], timeout: Optional[float],
+                 precheck: bool = True) -> Any:
         seg = self
+
+        def ready() -> bool:
+            return _core._seg_ready(seg, DATA, 0)
         return _call(seg, DATA, attempt,
                      lambda on, quiet=True: _core._seg_arm(seg, DATA, 0, on, quiet), timeout,
-                     more=lambda: seg.qsize() > 0, spin=lambda ns: _core._seg_spin(seg, DATA, 0, ns))
+                     more=ready, spin=lambda ns: _core._seg_spin(seg, DATA, 0, ns),
+                     ready=ready if precheck else None)
 
     async def aget(self, timeout: Optional[float] = None) -> Any:
         """The next message, awaiting one (up to ``timeout`` seconds, then
@@ -615,7 +669,8 @@ class QueueAio:
         """:meth:`receive`, awaiting a message.  At the ``prefetch`` bound it
         raises ``RuntimeError`` at once (as ``receive(block=False)``)."""
         seg = self
-        return await self._aio_get(lambda: seg.receive(False, None), timeout)
+        # no pre-check: at the prefetch bound receive() raises at once
+        return await self._aio_get(lambda: seg.receive(False, None), timeout, False)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         """Messages (as :meth:`aget`) until the queue is shut down and drained."""

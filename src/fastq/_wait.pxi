@@ -88,6 +88,12 @@ def _seg_arm(Segment seg, int what, uint64_t need, bint on, bint quiet=True):
     return rc
 
 
+def _seg_ready(Segment seg, int what, uint64_t need):
+    """fq_ready: the condition of side what may hold now (another awaiting
+    task may proceed: cheaper than qsize(), which sums over the slots)."""
+    return fq_ready(seg._enter_quick(), what, need) != 0
+
+
 def _sub_arm(Subscriber sub, bint on):
     """fq_sub_arm for this member (the data side of its group)."""
     if sub.s == NULL:

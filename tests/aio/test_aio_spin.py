@@ -282,3 +282,34 @@ def test_import_fastq_does_not_import_asyncio():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_tasks_armed_in_slices_share_one_timer_per_loop(monkeypatch):
+    """Ten brisk sides, a task asleep on each: one timer in the loop (the
+    loop's _Ticker), not one per sleep; it stops once no task sleeps in a
+    slice."""
+    monkeypatch.setattr(_aio, "_MULTICORE", False)
+    qs = [fastq.Queue(None, capacity=4096, serializer="raw") for _ in range(10)]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for q in qs:  # one wait each, woken within its slice: brisk
+            t = asyncio.ensure_future(q.aget())
+            await asleep(q)
+            q.put(b"x")
+            await t
+        ts = [asyncio.ensure_future(q.aget()) for q in qs]
+        for q in qs:
+            await asleep(q)
+        assert all(not _core._test_sleepers(q)[2] for q in qs), "armed quietly"
+        timers = [h for h in loop._scheduled if not h.cancelled()]
+        for q in qs:
+            q.put(b"y")
+        assert [await t for t in ts] == [b"y"] * 10
+        await asyncio.sleep(_aio.RECOVER_AFTER)  # its next tick finds no one asleep
+        return len(timers), [h for h in loop._scheduled if not h.cancelled()]
+    n, left = asyncio.run(main())
+    assert n == 1
+    assert left == []
+    for q in qs:
+        q.close()
