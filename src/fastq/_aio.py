@@ -56,7 +56,7 @@ RECOVER_AFTER = 0.2  # seconds: a waiter with a claim in flight runs recovery th
 # SPIN_MAX_NS to see whether spinning pays again.
 SPIN_MAX_NS = 50_000
 SPIN_MIN_NS = 2_000
-SPIN_PROBE_EVERY = 32
+SPIN_PROBE_EVERY = 128
 _MULTICORE = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") \
     else (os.cpu_count() or 1) > 1
 _all_tasks: Any = ()  # asyncio.tasks._all_tasks (CPython <= 3.11: every live task), once looked up
