@@ -59,7 +59,8 @@ SPIN_MIN_NS = 2_000
 SPIN_PROBE_EVERY = 128
 _MULTICORE = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") \
     else (os.cpu_count() or 1) > 1
-_all_tasks: Any = ()  # asyncio.tasks._all_tasks (CPython <= 3.11: every live task), once looked up
+_UNSEEN = object()
+_all_tasks: Any = _UNSEEN  # asyncio's registry of live tasks (_loop_free), once looked up
 
 # What this process's waiters did (tests count wake-ups, never time them):
 # rings: bell datagrams read; wakes: waiters woken by a bell; slices: timer
@@ -117,9 +118,12 @@ def _loop_free(loop: asyncio.AbstractEventLoop) -> bool:
     ready = getattr(loop, "_ready", None)
     if ready is not None:
         return not ready
-    if _all_tasks == ():
+    if _all_tasks is _UNSEEN:
         import asyncio.tasks
+        # CPython 3.11: _all_tasks; 3.12-3.13: _scheduled_tasks (no registry: never spin)
         _all_tasks = getattr(asyncio.tasks, "_all_tasks", None)
+        if _all_tasks is None:
+            _all_tasks = getattr(asyncio.tasks, "_scheduled_tasks", None)
     return _all_tasks is not None and len(_all_tasks) <= 1
 
 
