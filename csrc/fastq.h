@@ -168,10 +168,18 @@ int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_
  * may hold already (do not sleep), FQ_ARM_QUIET if nothing is in flight (no
  * recovery timer needed), or -errno.  on = 0 when no task awaits there any
  * more.  fq_bell_take: the sides (bit what) rung for this handle since the
- * last call (after the socket was drained). */
+ * last call (after the socket was drained).  fq_arm_slice: fq_arm(on = 1)
+ * for a task that sleeps with a recovery timer whatever is in flight: its
+ * quiet bit stays down, so a writer's or reader's claim does not ring the
+ * bell ahead of its publication (only the publication does); never
+ * FQ_ARM_QUIET. */
 enum { FQ_ARM_READY = 1, FQ_ARM_QUIET = 2 };
 void fq_bell_set(uint64_t name);
 int fq_arm(fq_queue *q, int what, uint64_t need, int on);
+int fq_arm_slice(fq_queue *q, int what, uint64_t need);
+/* The readiness rule of side what (as fq_arm re-checks it): 1 if the
+ * condition may hold now; no system call, no scan of the slots. */
+int fq_ready(fq_queue *q, int what, uint64_t need);
 unsigned fq_bell_take(fq_queue *q);
 /* Wake every thread asleep on q (in any process): they re-check. */
 void fq_interrupt(fq_queue *q);

@@ -87,6 +87,8 @@ cdef extern from "fastq.h" nogil:
                     int strategy)
     void fq_bell_set(uint64_t name)
     int fq_arm(fq_queue *q, int what, uint64_t need, int on)
+    int fq_arm_slice(fq_queue *q, int what, uint64_t need)
+    int fq_ready(fq_queue *q, int what, uint64_t need)
     unsigned fq_bell_take(fq_queue *q)
     void fq_wait_counts(uint64_t out[3])
     void fq_interrupt(fq_queue *q)
