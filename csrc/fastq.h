@@ -95,7 +95,11 @@ int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
 /* fq_open with flags.  FQ_OPEN_NOSWEEP: leave a second name of the segment
  * that a killed creator left (fq_segment.c) where it is, which an open
  * otherwise removes: the operators' tools that only read (fastq ls, stat,
- * gc --dry-run) change nothing on disk. */
+ * gc --dry-run) leave every name and every byte as they found them.  Like
+ * every open, they still reserve the holes of a sparse segment file (a copy
+ * made with cp --sparse): fallocate, so that touching the mapping can never
+ * raise SIGBUS on a full filesystem; there such an open fails with ENOSPC
+ * (review 14, R2). */
 enum { FQ_OPEN_NOSWEEP = 1 };
 int fq_open_flags(const char *path, unsigned flags, fq_queue **out, char *err, size_t errlen);
 /* The same from a descriptor of the segment (the handle keeps a copy of

@@ -161,6 +161,16 @@ static fq_nb_clock fq_nb_now(void)
  * watermark lowered this way is at most 2 h + 48 ms ahead of the lowerer's
  * clock, so after a wall clock is set right the wrap lateness (F2) lasts two
  * hours more at most, not X.
+ *
+ * The argument assumes one wall clock: every process attached reads the same
+ * CLOCK_REALTIME, as on one Linux machine (time namespaces offset only
+ * CLOCK_MONOTONIC and CLOCK_BOOTTIME, time_namespaces(7)).  A process that
+ * fakes its own wall clock (an LD_PRELOAD faketime) more than an hour behind
+ * finds an honest watermark implausible and lowers it, and the processes
+ * with the right clock then end delays early, by up to its skew less an
+ * hour (review 14, R3): the effect of a machine-wide step back of the clock
+ * (F6), spread from one process.  Only takers and waiters lower; a count
+ * (fq_delayed: qsize, the read-only tools) never writes (review 14, R1).
  */
 #define FQ_NB_BOUND_MS ((uint64_t)FQ_MAX_DELAY_MS + 3u * FQ_NB_UNIT_MS + FQ_MAX_DELAY_MS)
 
@@ -195,9 +205,11 @@ static void fq_nb_lower(fq_queue *q, uint64_t w)
  * check after its seq_cst CAS (fq_take_requeued) reads both current, so a
  * record is never delivered early (review 13).  A watermark further ahead
  * than any honest nack puts it (raised under a clock running ahead) is
- * lowered (fq_nb_lower, above); the verdict of this call still uses the
+ * lowered (fq_nb_lower, above) when lower is set: by takers and waiters,
+ * never by a count (fq_delayed: qsize and the read-only tools change no byte
+ * of the segment, review 14 R1); the verdict of this call still uses the
  * 24-bit rule, since now < the lowered value. */
-static uint32_t fq_nb_left(fq_queue *q, uint32_t m, fq_nb_clock now)
+static uint32_t fq_nb_left(fq_queue *q, uint32_t m, fq_nb_clock now, int lower)
 {
     uint32_t nb = FQ_META_NB(m);
     if (!nb)
@@ -205,7 +217,7 @@ static uint32_t fq_nb_left(fq_queue *q, uint32_t m, fq_nb_clock now)
     uint64_t w = atomic_load_explicit(&q->ctrl->nb_latest, SEQ);
     if (now.ms >= w)
         return 0;
-    if (w - now.ms > FQ_NB_BOUND_MS) /* now may be stale: fq_nb_lower decides */
+    if (lower && w - now.ms > FQ_NB_BOUND_MS) /* now may be stale: fq_nb_lower decides */
         fq_nb_lower(q, w);
     uint32_t d = (nb - now.units) & FQ_NB_MASK;
     return d <= FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS + 1 ? d : 0;
@@ -223,7 +235,7 @@ uint32_t fq_rq_skipping(fq_queue *q)
     uint64_t seq = atomic_load_explicit(&q->ctrl->requeue_seq, SEQ);
     if ((v >> 24) != (seq & ((1ULL << 40) - 1)))
         return 0;
-    return fq_nb_left(q, (uint32_t)(v & FQ_NB_MASK) << 8, fq_nb_now());
+    return fq_nb_left(q, (uint32_t)(v & FQ_NB_MASK) << 8, fq_nb_now(), 1);
 }
 
 /* ---- consumer ---------------------------------------------------- */
@@ -280,7 +292,7 @@ static int fq_has_requeued(fq_queue *q)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, p, w))
             return 1; /* moved under us: let the caller look */
-        if ((w & 7) == FQ_REC_REQUEUED && !fq_nb_left(q, fq_meta_load(r), now))
+        if ((w & 7) == FQ_REC_REQUEUED && !fq_nb_left(q, fq_meta_load(r), now, 1))
             return 1;
         uint64_t span = fq_span(q, p, w, r->len);
         if (!span)
@@ -308,7 +320,7 @@ uint64_t fq_delayed(fq_queue *q)
         uint64_t w = atomic_load_explicit(&r->word, ACQ);
         if (!fq_match(q, p, w))
             break; /* moved under us: what was seen so far */
-        if ((w & 7) == FQ_REC_REQUEUED && fq_nb_left(q, fq_meta_load(r), now))
+        if ((w & 7) == FQ_REC_REQUEUED && fq_nb_left(q, fq_meta_load(r), now, 0))
             k++;
         uint64_t span = fq_span(q, p, w, r->len);
         if (!span)
@@ -400,7 +412,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
         if (!span)
             return FQ_ECORRUPT;
         if ((w & 7) == FQ_REC_REQUEUED) {
-            uint32_t left = fq_nb_left(q, fq_meta_load(r), now);
+            uint32_t left = fq_nb_left(q, fq_meta_load(r), now, 1);
             if (left) { /* delayed: not before its time */
                 if (!soonest || left < soonest)
                     soonest = left;
@@ -423,7 +435,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
                  * Killed before the give-back: recovery requeues the TAKEN
                  * record of our dead slot, meta and not-before kept. */
                 fq_nb_clock fresh = fq_nb_now();
-                if (fq_nb_left(q, fq_meta_load(r), fresh)) {
+                if (fq_nb_left(q, fq_meta_load(r), fresh, 1)) {
                     uint64_t tw = fq_taken_word(q->salt, p, me);
                     atomic_compare_exchange_strong(&r->word, &tw, fq_tag_of(q, p) | FQ_REC_REQUEUED);
                     atomic_fetch_add(&ctl->requeue_seq, 1);

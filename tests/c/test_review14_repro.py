@@ -48,8 +48,6 @@ def _queue_with_a_delayed_record(path):
     return q
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R1: qsize (fq_delayed) lowers nb_latest, so the "
-                   "read-only tools write into the segment (fastq.h, FQ_OPEN_NOSWEEP)")
 def test_a_read_only_tool_does_not_write_the_watermark(tmp_path):
     """R1: `fastq stat` (and ls, top, metrics: whatever reads a queue's depth) opens the
     segment "to read it only ... change nothing on disk" (fastq.h FQ_OPEN_NOSWEEP,
@@ -70,8 +68,9 @@ def test_a_read_only_tool_does_not_write_the_watermark(tmp_path):
         q.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R2: every open fallocates a sparse segment, a read-only "
-                   "one too (fq_segment_open_fd)")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R2, kept by design (fastq.h, fq_open_flags): every open "
+                   "fallocates a sparse segment's holes, a read-only one too, so that no touch of the mapping "
+                   "raises SIGBUS on a full filesystem")
 def test_a_read_only_tool_does_not_allocate_a_sparse_segment(tmp_path):
     """R2 (predates a6ebdf1; the claim is new): the same promise, "change nothing on
     disk", for a segment file with holes (cp --sparse=always: fq_segment_open_fd
@@ -151,8 +150,9 @@ except fastq.Empty:
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R3: a process whose clock alone reads behind lowers "
-                   "nb_latest below honest untils, and correct-clock processes deliver early")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="R3, outside the core's assumption (fq_get.c, "
+                   "'one wall clock'; README): a process whose clock alone reads behind lowers nb_latest below "
+                   "honest untils, and correct-clock processes deliver early")
 def test_a_process_with_a_clock_behind_does_not_make_others_deliver_early(tmp_path, later_env):
     """R3: fq_nb_lower trusts the lowerer's clock.  A process whose CLOCK_REALTIME alone
     reads 90 min behind (an LD_PRELOAD faketime; the core assumes one clock per machine)
