@@ -85,7 +85,10 @@ class _Responder:
         self.last = (name, q)
         return q
 
-    def __call__(self, request: Any) -> None:
+    def answer(self, request: Any) -> None:
+        """Run the handler on ``request`` and put the reply on its client's
+        reply queue (dropped if the client is gone, or if even the error
+        saying the result cannot travel cannot be put)."""
         reply_to, cid, payload = request
         try:
             reply = (cid, True, self.fn(payload))
@@ -99,7 +102,19 @@ class _Responder:
         try:
             q.put(reply)
         except Exception as exc:      # the result does not pickle, or is too large
-            q.put((cid, False, _Failed.current(exc)))
+            try:
+                q.put((cid, False, _Failed.current(exc)))
+            except Exception:
+                pass    # nor does the error (the client's queue was shut down): it times out
+
+    __call__ = answer
+
+    def _fastq_run_delivery(self, d: Any) -> None:
+        """Answer delivery ``d``'s request, then ack it: the Dispatcher's worker
+        loop calls this instead of its own per-message bookkeeping (attempt
+        counts for a retry limit and dead letters, which requests have not)."""
+        self.answer(d.value)
+        d.ack()
 
 
 class Server:
