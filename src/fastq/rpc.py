@@ -403,16 +403,10 @@ class Client:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         box: list = [None, None]
-        path = self._path
-        if path.pid != _pid:       # in a forked child: its own reply path
-            path = self._path = _reply_path(self.name, self._strategy)
-        cid = next(path.ids)
-        waiting = path.waiting
-        waiting[cid] = box
+        path, cid = self._send(obj, box)
         reader = path.reader
         if reader.acquire(False):           # the common case: nobody else reads
             try:
-                self.requests.put((path.reply_to, cid, obj))
                 # the first read inline: most often the reply is ours
                 try:
                     reply = path.queue.get(True, 0.5 if deadline is None else
@@ -420,7 +414,7 @@ class Client:
                 except Empty:
                     reply = None
                 if reply is not None and reply[0] == cid:
-                    del waiting[cid]
+                    path.waiting.pop(cid, None)
                     box[_REPLY] = reply
                     done = True
                 else:
@@ -428,21 +422,20 @@ class Client:
                         path.deliver(reply)
                     done = path.read(box, cid, deadline)
             except BaseException:
-                waiting.pop(cid, None)
+                path.waiting.pop(cid, None)
                 raise
             finally:
                 reader.release()
-                if waiting:
+                if path.waiting:
                     path.hand_over()
         else:
             try:
-                self.requests.put((path.reply_to, cid, obj))
+                done = path.wait(box, cid, deadline)
             except BaseException:
-                waiting.pop(cid, None)
+                path.waiting.pop(cid, None)
                 raise
-            done = path.wait(box, cid, deadline)
         if not done:
-            waiting.pop(cid, None)
+            path.waiting.pop(cid, None)
             if box[_REPLY] is None:
                 raise TimeoutError(f"no reply from {self.name!r} in {timeout} s")
         reply = box[_REPLY]
