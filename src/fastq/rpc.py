@@ -438,10 +438,7 @@ class Client:
             path.waiting.pop(cid, None)
             if box[_REPLY] is None:
                 raise TimeoutError(f"no reply from {self.name!r} in {timeout} s")
-        reply = box[_REPLY]
-        if reply[1]:
-            return reply[2]
-        raise reply[2].rebuild()
+        return self._result(box[_REPLY])
 
     async def acall(self, obj: Any, timeout: Optional[float] = None) -> Any:
         """Awaitable :meth:`call`: the event loop runs while it waits."""
