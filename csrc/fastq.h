@@ -92,6 +92,12 @@ int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
               char *err, size_t errlen);
 /* Open an existing segment; validates it (FQ_EBADSEG with a message). */
 int fq_open(const char *path, fq_queue **out, char *err, size_t errlen);
+/* fq_open with flags.  FQ_OPEN_NOSWEEP: leave a second name of the segment
+ * that a killed creator left (fq_segment.c) where it is, which an open
+ * otherwise removes: the operators' tools that only read (fastq ls, stat,
+ * gc --dry-run) change nothing on disk. */
+enum { FQ_OPEN_NOSWEEP = 1 };
+int fq_open_flags(const char *path, unsigned flags, fq_queue **out, char *err, size_t errlen);
 /* The same from a descriptor of the segment (the handle keeps a copy of
  * it; the caller keeps fd); path only names it in messages (may be NULL). */
 int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);
@@ -162,10 +168,18 @@ int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_
  * may hold already (do not sleep), FQ_ARM_QUIET if nothing is in flight (no
  * recovery timer needed), or -errno.  on = 0 when no task awaits there any
  * more.  fq_bell_take: the sides (bit what) rung for this handle since the
- * last call (after the socket was drained). */
+ * last call (after the socket was drained).  fq_arm_slice: fq_arm(on = 1)
+ * for a task that sleeps with a recovery timer whatever is in flight: its
+ * quiet bit stays down, so a writer's or reader's claim does not ring the
+ * bell ahead of its publication (only the publication does); never
+ * FQ_ARM_QUIET. */
 enum { FQ_ARM_READY = 1, FQ_ARM_QUIET = 2 };
 void fq_bell_set(uint64_t name);
 int fq_arm(fq_queue *q, int what, uint64_t need, int on);
+int fq_arm_slice(fq_queue *q, int what, uint64_t need);
+/* The readiness rule of side what (as fq_arm re-checks it): 1 if the
+ * condition may hold now; no system call, no scan of the slots. */
+int fq_ready(fq_queue *q, int what, uint64_t need);
 unsigned fq_bell_take(fq_queue *q);
 /* Wake every thread asleep on q (in any process): they re-check. */
 void fq_interrupt(fq_queue *q);
@@ -187,7 +201,8 @@ uint64_t fq_record_size(uint64_t len);
  * the payload of one record of q (a topic's: with its prefix) that takes
  * exactly the ring bytes of all of them. */
 uint64_t fq_put_need(fq_queue *q, const uint64_t *lens, size_t n);
-/* A spin of the caller's did not pay: halve the handle's adaptive budget. */
+/* A spin of the caller's did not pay: halve the handle's adaptive budget
+ * (and count the miss toward the next probe, fq_wait.c). */
 void fq_spin_missed(fq_queue *q);
 
 /* Status */
@@ -342,11 +357,18 @@ typedef struct fq_counts {
     uint64_t rec_puts;          /* recovery: open put claims of dead processes */
     uint64_t rec_gets;          /* recovery: open get claims of dead processes */
     uint64_t tail, head, release; /* the cursors (head: queues) */
+    uint64_t held;              /* queue: receive() deliveries not yet settled */
+    uint64_t held_since_ns;     /* CLOCK_MONOTONIC when the oldest of them was
+                                 * received (ms resolution; 0: none) */
     uint32_t alive, dead;       /* slots owned by live / dead processes */
     uint32_t flags;             /* FQ_FLAG_* */
     uint32_t reserved;
 } fq_counts;
 void fq_counts_read(fq_queue *q, fq_counts *out);
+/* Queue: claim c (of fq_get_begin) is kept as an unacknowledged delivery
+ * (receive()): noted, with the time, in its lane for fq_counts_read's held
+ * and held_since_ns (statistics; until the claim ends). */
+void fq_get_mark_unacked(fq_queue *q, const fq_claim *c);
 /* events puts found the ring full (at least once each), then waited
  * blocked_ns in all for space (0: they did not wait): counted once per put
  * by the caller's wait loop, in one of this handle's producer lanes. */

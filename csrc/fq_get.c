@@ -20,6 +20,10 @@
  *      put back would return part of a batch the caller never got).
  *      Then count + n, IDLE; then the wake rule.
  *
+ * A claim the caller keeps across calls (receive(): an unacknowledged
+ * delivery) is noted in its lane's held word with the time
+ * (fq_get_mark_unacked, after step 2; statistics only, fq_layout.h).
+ *
  * A message leaves the queue at step 4 of the consumer, after it was
  * copied: a consumer that dies before then leaves its records claimed,
  * and recovery puts them back (REQUEUED).  Requeued records sit between
@@ -101,6 +105,85 @@ static fq_nb_clock fq_nb_now(void)
     return now;
 }
 
+/*
+ * The watermark's plausibility (review 13, W1).  A nack made while the wall
+ * clock read X ahead raises nb_latest X ahead, and the CAS-max alone never
+ * lowers it: once the clock is set right, the 24-bit rule alone would apply
+ * (F2's wrap back for every record) for X.  An honest watermark is at most
+ * FQ_MAX_DELAY_MS + 2 units past the clock of the nacker that raised it
+ * (fq_get_nack: until <= ms + units*16 + 16, units <= MAX/16 + 1).  A taker
+ * that finds one further ahead than its clock allows lowers it
+ * (fq_nb_lower), off the hot path (only where now < nb_latest), in three
+ * steps, each covering what the one before cannot:
+ *
+ *  1. Load W = nb_latest, THEN read a fresh clock F (never the walk's now: a
+ *     stale one would lower a concurrent honest raise); if W > F + BOUND,
+ *     BOUND = FQ_MAX_DELAY_MS + 3 units + S, S = one more hour (the slack:
+ *     FQ_MAX_DELAY_MS again), CAS W -> L = F + BOUND (a failed CAS reloads W
+ *     and reads the clock again).  The third unit absorbs a clock read (rdtsc)
+ *     that runs ahead of the load before it.  Why L strands no honest
+ *     nacker B (clock read c_B, until_B <= c_B + MAX + 2 units):
+ *     - B raised nb_latest itself: before our load, its clock read came
+ *       before F, so until_B < L; after our load and before our CAS, our CAS
+ *       fails (the value only grows from W, except by a lowering to a value
+ *       below W, and W itself returns only by a raise to exactly W: a nacker
+ *       whose clock reads as far ahead, not an honest one); after our CAS,
+ *       it stands above L.
+ *     - B skipped its raise (it loaded a value >= until_B, here W): if
+ *       c_B <= F + S + 1 unit, until_B <= L.  So B is above L only if it read
+ *       its clock more than S + 1 unit after our F and loaded W before our
+ *       CAS: we stalled more than S (an hour) between F and the CAS.
+ *  2. Re-raise: after a lowering CAS, read the clock again (F2) and CAS-max
+ *     nb_latest to F2 + BOUND.  Every nacker whose clock read came before F2
+ *     (every B of step 1: its load came before our CAS) is then covered.
+ *  3. The nacker's re-check (fq_get_nack): after its give-back's CAS to
+ *     REQUEUED, it loads nb_latest (seq_cst) and CAS-maxes it back to its
+ *     until if it is below.  If the lowerer dies between 1 and 2, a B whose
+ *     re-check comes after the lowering CAS (in the seq_cst order) restores
+ *     its own until.
+ *
+ * Residual window (early, the only one this lowering adds).  A record of an
+ * honest nacker B comes out early only if all three hold:
+ *  (i)   the lowerer stalls more than S (an hour) between its clock read F
+ *        and its CAS, and B reads its clock (c_B) more than S + 1 unit after
+ *        F and loads the watermark (finding it high: no raise) before that
+ *        CAS;
+ *  (ii)  the lowerer's re-raise has not landed when a taker looks: it was
+ *        SIGKILLed between its CAS and its re-raise (or stalls there);
+ *  (iii) B's re-check has not landed when that taker looks: it came before
+ *        the CAS (B's whole nack, clock read to re-check, inside the
+ *        lowerer's stall), or B stalls between its give-back and it.
+ * Then nb_latest = L < until_B, and B's record can be taken up to
+ * until_B - L <= (c_B - F) - S - 1 unit early: by at most how much the
+ * lowerer's stall exceeded an hour, and never before L = F + 2 h + 48 ms
+ * (two hours after the lowerer's clock read).  Compare F6 (review 11): a
+ * clock stepped back by more than the delay left ends a delay early too.  A
+ * watermark lowered this way is at most 2 h + 48 ms ahead of the lowerer's
+ * clock, so after a wall clock is set right the wrap lateness (F2) lasts two
+ * hours more at most, not X.
+ */
+#define FQ_NB_BOUND_MS ((uint64_t)FQ_MAX_DELAY_MS + 3u * FQ_NB_UNIT_MS + FQ_MAX_DELAY_MS)
+
+/* nb_latest was loaded as w, further ahead of some clock than any honest
+ * nack puts it: steps 1 and 2 above. */
+static void fq_nb_lower(fq_queue *q, uint64_t w)
+{
+    _Atomic uint64_t *lat = &q->ctrl->nb_latest;
+    for (;;) {
+        uint64_t l = fq_nb_now().ms + FQ_NB_BOUND_MS; /* F: after the load of w */
+        if (w <= l)
+            return; /* plausible for this clock: honest, or lowered already */
+        /* seq_cst: in one order with the nackers' raises, loads and re-checks */
+        if (atomic_compare_exchange_strong_explicit(lat, &w, l, SEQ, SEQ))
+            break;
+        /* failed: w is the newer value; read the clock again after it */
+    }
+    uint64_t r = fq_nb_now().ms + FQ_NB_BOUND_MS; /* F2: after the CAS */
+    uint64_t x = atomic_load_explicit(lat, SEQ);
+    while (x < r && !atomic_compare_exchange_weak_explicit(lat, &x, r, SEQ, SEQ))
+        ;
+}
+
 /* Units until the not-before of meta m (read from the segment: untrusted),
  * or 0 if the record is visible now: no not-before, its time has come, or
  * it lies further ahead than any delay puts it.  A not-before is 24 bits
@@ -110,16 +193,20 @@ static fq_nb_clock fq_nb_now(void)
  * fresh not-before with a stale watermark (a REQUEUED word is the same after
  * every give-back, so its acquire may read an earlier one); the taker's
  * check after its seq_cst CAS (fq_take_requeued) reads both current, so a
- * record is never delivered early (review 13).  A watermark raised under a
- * clock running ahead stays ahead once the clock is set right: until then
- * the 24-bit rule alone applies (late, never early; review 13, W1). */
+ * record is never delivered early (review 13).  A watermark further ahead
+ * than any honest nack puts it (raised under a clock running ahead) is
+ * lowered (fq_nb_lower, above); the verdict of this call still uses the
+ * 24-bit rule, since now < the lowered value. */
 static uint32_t fq_nb_left(fq_queue *q, uint32_t m, fq_nb_clock now)
 {
     uint32_t nb = FQ_META_NB(m);
     if (!nb)
         return 0;
-    if (now.ms >= atomic_load_explicit(&q->ctrl->nb_latest, SEQ))
+    uint64_t w = atomic_load_explicit(&q->ctrl->nb_latest, SEQ);
+    if (now.ms >= w)
         return 0;
+    if (w - now.ms > FQ_NB_BOUND_MS) /* now may be stale: fq_nb_lower decides */
+        fq_nb_lower(q, w);
     uint32_t d = (nb - now.units) & FQ_NB_MASK;
     return d <= FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS + 1 ? d : 0;
 }
@@ -335,11 +422,21 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
                  * hold a verdict "only delayed" that misses its time).
                  * Killed before the give-back: recovery requeues the TAKEN
                  * record of our dead slot, meta and not-before kept. */
-                if (fq_nb_left(q, fq_meta_load(r), fq_nb_now())) {
+                fq_nb_clock fresh = fq_nb_now();
+                if (fq_nb_left(q, fq_meta_load(r), fresh)) {
                     uint64_t tw = fq_taken_word(q->salt, p, me);
                     atomic_compare_exchange_strong(&r->word, &tw, fq_tag_of(q, p) | FQ_REC_REQUEUED);
                     atomic_fetch_add(&ctl->requeue_seq, 1);
                     atomic_store_explicit(&in->state, count << 2 | FQ_PH_IDLE, REL);
+                    /* the rest of the walk with the fresh clock: with the
+                     * old now this record (given back after it was read,
+                     * its not-before more than the delay past it: "not
+                     * trusted") would read as due again, and we would take
+                     * and give it back until its time.  Read before the
+                     * loads that follow, as now was.  A verdict stored at
+                     * the end (soonest) mixes the two clocks, but our bump
+                     * above has made its seq stale already. */
+                    now = fresh;
                     continue; /* re-read this record: skipped as delayed */
                 }
                 atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
@@ -454,9 +551,6 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
         fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
         atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
         fq_stat_add(&in->bytes, bytes);
-        /* time in queue: a fresh message's first delivery (fq_layout.h) */
-        if (n && fq_sample_at(q, h, p))
-            fq_sample_note(q, 1, ((p - 1) >> q->sample_shift) + 1);
         FQ_CRASH_POINT("get_after_claim");
         c->pos = h;
         c->end = p;
@@ -482,6 +576,9 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
             count = atomic_load_explicit(&in->state, RLX) >> 2;
             continue;
         }
+        /* time in queue: a fresh message's first delivery (fq_layout.h) */
+        if (fq_sample_due(q, lane, 1, p) && fq_sample_at(q, h, p))
+            fq_sample_note(q, 1, ((p - 1) >> q->sample_shift) + 1);
         return FQ_OK;
     }
 }
@@ -506,6 +603,21 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
         }
     }
     return 0;
+}
+
+void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
+{
+#ifndef FQ_NO_COUNTERS
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
+    /* relaxed: statistics; only the lane's holder writes it, and a reader
+     * checks it against the intent's pos (fq_counts_read) */
+    atomic_store_explicit(&in->held, FQ_HELD(ms, c->pos), RLX);
+#else
+    (void)q, (void)c;
+#endif
 }
 
 /* The position of the first message record at or after x, before end. */
@@ -680,6 +792,15 @@ void fq_get_abort(fq_queue *q, fq_claim *c)
     fq_give_back(q, c, 0, 0);
 }
 
+/* CAS-max of the watermark to until (seq_cst) */
+static void fq_nb_raise(fq_queue *q, uint64_t until)
+{
+    uint64_t w = atomic_load_explicit(&q->ctrl->nb_latest, SEQ);
+    while (w < until &&
+           !atomic_compare_exchange_weak_explicit(&q->ctrl->nb_latest, &w, until, SEQ, SEQ))
+        ;
+}
+
 void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
 {
     uint32_t nb = 0;
@@ -695,12 +816,17 @@ void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
             nb = 1; /* 0 says "none" */
         /* the watermark first (seq_cst), then the meta and the word (the
          * give-back): a taker that sees the word sees the watermark too
-         * (fq_nb_left).  A CAS-max: it only grows. */
+         * (fq_nb_left).  A CAS-max: a nack only raises it (a taker lowers
+         * one no honest nack can have made, fq_nb_lower). */
         uint64_t until = (now.ms / FQ_NB_UNIT_MS + units + 1) * FQ_NB_UNIT_MS;
-        uint64_t w = atomic_load_explicit(&q->ctrl->nb_latest, SEQ);
-        while (w < until &&
-               !atomic_compare_exchange_weak_explicit(&q->ctrl->nb_latest, &w, until, SEQ, SEQ))
-            ;
+        fq_nb_raise(q, until);
+        fq_give_back(q, c, 0, nb);
+        /* the re-check (step 3 of the watermark's lowering, fq_nb_lower):
+         * after our CAS to REQUEUED, a taker may have lowered the watermark
+         * below our until (we had found it higher and raised nothing) and
+         * died before its re-raise.  Raise it back. */
+        fq_nb_raise(q, until); /* the re-check */
+        return;
     }
     fq_give_back(q, c, 0, nb);
 }

@@ -7,7 +7,8 @@
  * lane's intent carries its own (bytes, full, redelivered, nacked, and the
  * message count in its state word), written only by the thread holding the
  * lane; recovery's live in the control block, written under the segment
- * lock.  A reader sums them: the sums are as of no single instant (a put
+ * lock.  A queue's unacknowledged deliveries are the consumer lanes whose
+ * open claim is the one their held word names (fq_held_read).  A reader sums them: the sums are as of no single instant (a put
  * in progress may show in tail and not yet in puts), and never go down.
  * Nothing here takes a slot or a lock.
  *
@@ -26,6 +27,22 @@
 #include <string.h>
 
 #include "fq_internal.h"
+
+/* A queue consumer lane's unacknowledged delivery (fq_layout.h, held): its
+ * claim is open (WON) at the position its holder noted.  A snapshot: the
+ * claim may end between the loads (counted once more, as of a moment ago). */
+static void fq_held_read(fq_intent *g, fq_counts *out)
+{
+    if ((atomic_load_explicit(&g->state, RLX) & 3) != FQ_PH_WON)
+        return;
+    uint64_t h = atomic_load_explicit(&g->held, RLX);
+    if (!h || !FQ_HELD_AT(h, atomic_load_explicit(&g->pos, RLX)))
+        return;
+    uint64_t ns = FQ_HELD_MS(h) * 1000000u;
+    out->held++;
+    if (!out->held_since_ns || ns < out->held_since_ns)
+        out->held_since_ns = ns;
+}
 
 void fq_counts_read(fq_queue *q, fq_counts *out)
 {
@@ -50,6 +67,8 @@ void fq_counts_read(fq_queue *q, fq_counts *out)
             out->get_bytes += atomic_load_explicit(&g->bytes, RLX);
             out->redelivered += atomic_load_explicit(&g->redelivered, RLX);
             out->nacked += atomic_load_explicit(&g->nacked, RLX);
+            if (!q->topic)
+                fq_held_read(g, out);
         }
     }
     out->rec_slots = atomic_load(&c->rec_slots);

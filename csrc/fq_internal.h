@@ -58,6 +58,9 @@ struct fq_queue {
     uint32_t prefix;           /* bytes before the payload: 16 in a topic */
     uint32_t nsubs;            /* entries in each topic table */
     uint32_t sample_shift;     /* fq_sample_shift(cap): time-in-queue points */
+    /* per lane and side (0 put, 1 get): no claim ending at or before it can
+     * cover a sample point (fq_sample_due); written by the lane's holder */
+    uint64_t sample_next[2][FQ_LANES];
     fq_member *members;
     fq_group *groups;
     _Atomic int slot;          /* our slot, or -1 until first use */
@@ -70,6 +73,8 @@ struct fq_queue {
     int armed[2];              /* an event loop of ours awaits data/space (fq_arm) */
     int armed_quiet;           /* ... and its bit in quiet_mask is up */
     _Atomic uint32_t spin_ns;  /* adaptive spin budget before sleeping */
+    _Atomic uint32_t spin_floor; /* misses at the floor (no spin) since the last probe */
+    _Atomic uint64_t spin_slept_ns; /* how long the last adaptive wait that slept took */
     /* frees the slots of dead processes when attaching finds none free (1 if
      * it repaired any): fq_recover, set by fq_create/fq_open_fd; NULL: wait */
     int (*reclaim)(fq_queue *q);
@@ -79,8 +84,15 @@ struct fq_queue {
     _Atomic uint64_t rq_skip;
 };
 
+/* the adaptive spin (fq_wait.c): at most FQ_SPIN_MAX_NS; below FQ_SPIN_MIN_NS
+ * none at all (the floor) */
 #define FQ_SPIN_MAX_NS 20000u
 #define FQ_SPIN_MIN_NS 1000u
+/* misses at the floor between two full-budget probes, and how short the
+ * last sleep must have been for a probe (fq_wait.c) */
+#define FQ_SPIN_PROBE_EVERY 256u
+#define FQ_SPIN_TRY_EVERY 8u /* ... and a probe of FQ_SPIN_MIN_NS */
+#define FQ_SPIN_PROBE_NEAR_NS (10ull * FQ_SPIN_MAX_NS)
 
 /* ---- fq_proc.c: process identity and liveness ---------------------------- */
 
@@ -119,10 +131,12 @@ int fq_link_into_place(int fd, const char *tmp, const char *path);
 
 /* ---- fq_segment.c: the segment, its slots, lanes and lock ----------------- */
 
-/* fq_create and fq_open_fd without recovery (q->reclaim NULL) */
+/* fq_create and fq_open_fd (flags: fq_open_flags') without recovery
+ * (q->reclaim NULL) */
 int fq_segment_create(const char *path, const fq_create_opts *o, fq_queue **out,
                       char *err, size_t errlen);
-int fq_segment_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen);
+int fq_segment_open_fd(int fd, const char *path, unsigned flags, fq_queue **out, char *err,
+                       size_t errlen);
 int fq_attach(fq_queue *q);
 
 /* Liveness (see "File locks" in fq_layout.h).  Take (lock = 1) or drop the
@@ -256,10 +270,23 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
 /* Add n to a statistics counter that only the caller writes (a lane's,
  * by the thread holding the lane; recovery's, under the segment lock): a
  * plain load and store, no locked add.  Relaxed: statistics order nothing;
- * readers (fq_inspect.c) only sum them. */
+ * readers (fq_inspect.c) only sum them.  On x86-64 one unlocked add to
+ * memory (the compiler does not fuse a relaxed load and store into it): its
+ * load and its store of the aligned word are each single-copy atomic, so a
+ * reader sees the old sum or the new one, as with the relaxed pair.
+ *
+ * FQ_NO_COUNTERS (a measuring build only, never shipped: what the counters
+ * cost, README "Operations"): no statistics add, no time-in-queue sample, no
+ * held mark (fq_get_mark_unacked). */
 static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
 {
+#if defined(FQ_NO_COUNTERS)
+    (void)counter, (void)n;
+#elif defined(__x86_64__)
+    __asm__("addq %1, %0" : "+m"(*(uint64_t *)counter) : "er"(n));
+#else
     atomic_store_explicit(counter, atomic_load_explicit(counter, RLX) + n, RLX);
+#endif
 }
 
 /* Does the claim [a, b) cover a time-in-queue sample point (a multiple of
@@ -268,7 +295,33 @@ static inline void fq_stat_add(_Atomic uint64_t *counter, uint64_t n)
  * (a - 1) wraps for a = 0, which covers point 0. */
 static inline int fq_sample_at(fq_queue *q, uint64_t a, uint64_t b)
 {
+#ifdef FQ_NO_COUNTERS
+    (void)q, (void)a, (void)b;
+    return 0;
+#else
     return (((a - 1) ^ (b - 1)) >> q->sample_shift) != 0;
+#endif
+}
+
+/* The hot path's test before fq_sample_at: can the claim [a, b) of this
+ * lane on this side cover a sample point?  One compare with the first point
+ * after the lane's previous claim of the side (q->sample_next): the claims
+ * of one lane and side come one after another in time, so their positions
+ * grow (each won its CAS of tail or head after the one before), and a claim
+ * ending at or before that point covers none.  Only a claim past it takes
+ * the exact test, and moves the mark past its own end: once per point in
+ * the lane's progress.  The caller then tests fq_sample_at. */
+static inline int fq_sample_due(fq_queue *q, int lane, int side, uint64_t b)
+{
+#ifdef FQ_NO_COUNTERS
+    (void)q, (void)lane, (void)side, (void)b;
+    return 0;
+#else
+    if (__builtin_expect(b <= q->sample_next[side][lane], 1))
+        return 0;
+    q->sample_next[side][lane] = (((b - 1) >> q->sample_shift) + 1) << q->sample_shift;
+    return 1;
+#endif
 }
 
 /* shut down (ctrl->state), for the readiness rules */
@@ -288,6 +341,8 @@ typedef int (*fq_quiet_fn)(fq_queue *q);
 int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet,
                  uint64_t slice_ns, uint64_t timeout_ns, int strategy);
 int fq_spin_pred(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns);
+/* An adaptive wait slept and came back waited_ns after it began. */
+void fq_spin_slept(fq_queue *q, uint64_t waited_ns);
 /* Arm (on) or disarm side what of this process's slot for its bell: a
  * writer then rings it.  FQ_ARM_READY if ready(q, arg) holds after arming,
  * FQ_ARM_QUIET if quiet(q) holds (the caller needs no recovery slice). */

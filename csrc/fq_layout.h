@@ -141,7 +141,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 11u
+#define FQ_VERSION 12u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
@@ -160,7 +160,14 @@
  * every not-before is due, so a record due long ago is not hidden again
  * (review 11, F2).  What it still allows: a record due but taken by nobody
  * for 73.5-74.5 hours while another record was delayed in the last hour
- * looks delayed again until nb_latest (late, never lost). */
+ * looks delayed again until nb_latest (late, never lost); after a nack made
+ * under a wall clock running ahead, the same until a taker lowers nb_latest
+ * to 2 h + 3 units past its clock (fq_get.c fq_nb_lower: at most two hours
+ * after the clock is set right; review 13, W1).  Early: a clock stepped back
+ * by more than the delay left (review 11, F6); and a lowerer stalled more
+ * than an hour between its clock read and its CAS, a whole nack made inside
+ * the stall, the lowerer killed between its CAS and its re-raise: that
+ * record early by at most the stall's excess over an hour (fq_get.c). */
 #define FQ_MAX_DELAY_MS 3600000u
 _Static_assert((uint64_t)FQ_MAX_DELAY_MS / FQ_NB_UNIT_MS < (FQ_NB_MASK >> 1),
                "a delay is well inside half the not-before's wrap");
@@ -243,7 +250,9 @@ typedef struct fq_ctrl {
     _Atomic uint64_t rec_gets;
     _Atomic uint64_t nb_latest; /* ms (CLOCK_REALTIME): the latest not-before
                                  * ever given (fq_get_nack); past it, every
-                                 * record's 24-bit not-before is due */
+                                 * record's 24-bit not-before is due.  Raised
+                                 * by CAS-max; lowered only when no honest
+                                 * nack can have made it (fq_nb_lower) */
     uint8_t pad4[128 - 72];
     /* lines 5-7: sleeper bitmasks, one bit per slot */
     _Atomic uint64_t data_mask[16];
@@ -273,6 +282,15 @@ typedef struct fq_ctrl {
  *             consumer (cons); messages given back (cons).  Never reset: a
  *             slot's next owner adds to them, and readers sum every lane of
  *             every slot.
+ *   held      (cons, where a producer's intent keeps full) a receive() kept
+ *             the lane's claim as an unacknowledged delivery:
+ *             FQ_HELD(ms, pos), CLOCK_MONOTONIC milliseconds when it was
+ *             kept and the claim's position (fq_get_mark_unacked, by the
+ *             lane's holder, after its claim won; never cleared).
+ *             Statistics: a reader counts it while the intent is WON with
+ *             that pos (a get() on the lane claims another position;
+ *             recovery ends a dead holder's claim), as "unacked deliveries
+ *             and the age of the oldest" (fq_inspect.c).
  */
 enum { FQ_PH_IDLE = 0, FQ_PH_CLAIMING = 1, FQ_PH_WON = 2, FQ_PH_RECOVERED = 3 };
 #define FQ_N_FREEING (1ull << 62)
@@ -283,13 +301,22 @@ typedef struct fq_intent {
     _Atomic uint64_t n;
     _Atomic uint64_t state;
     _Atomic uint64_t bytes;
-    _Atomic uint64_t full;
+    union {
+        _Atomic uint64_t full; /* prod */
+        _Atomic uint64_t held; /* cons */
+    };
     union {
         _Atomic uint64_t redelivered; /* cons */
         _Atomic uint64_t blocked_ns;  /* prod */
     };
     _Atomic uint64_t nacked;
 } fq_intent;
+
+/* fq_intent.held: kept at ms (CLOCK_MONOTONIC milliseconds: 40 bits last 34
+ * years of uptime), for the claim at pos (its 24 bits above the alignment) */
+#define FQ_HELD(ms, pos) ((uint64_t)(ms) << 24 | (((uint64_t)(pos) >> 4) & 0xffffffu))
+#define FQ_HELD_MS(h) ((h) >> 24)
+#define FQ_HELD_AT(h, pos) (((h) & 0xffffffu) == (((uint64_t)(pos) >> 4) & 0xffffffu))
 
 typedef struct fq_lane {
     fq_intent prod;
@@ -321,8 +348,11 @@ enum { FQ_SLOT_FREE = 0, FQ_SLOT_ACTIVE = 2 };
  * slot's put ring, the consumer whose claim of a fresh message covers it
  * notes (group, point, now) in its slot's get ring, and a reader matches
  * them: the wait of the message at that point, from its commit to its first
- * delivery.  The test on the hot path is one shift of the claim's bounds; the
- * clock is read only at a sample point (one claim in 16 per capacity moved).
+ * delivery.  The test on the hot path is one compare of the claim's end with
+ * a mark the handle keeps per lane and side (fq_sample_due: the first point
+ * after the lane's previous claim; handle memory, not the segment), then the
+ * exact test of the claim's bounds only past it; the clock is read only at a
+ * sample point (one claim in 16 per capacity moved).
  * A producer's ring holds FQ_SAMPLES points, two capacities' worth, so the
  * point a consumer takes is still there (a message waits less than one
  * capacity of later puts).
@@ -521,6 +551,7 @@ _Static_assert(offsetof(fq_slot, bell) == 8 && offsetof(fq_slot, bell_owner) == 
                    offsetof(fq_slot, nap) == 32,
                "bell and nap fields after the slot word");
 _Static_assert(sizeof(fq_intent) == 64, "an intent is one cache line");
+_Static_assert(offsetof(fq_intent, held) == offsetof(fq_intent, full), "held shares full's word");
 _Static_assert(offsetof(fq_intent, bytes) == 32 && offsetof(fq_intent, nacked) == 56,
                "an intent's statistics share its line");
 _Static_assert(sizeof(fq_slot) == 128 + FQ_LANES * 128 + 128 + 2 * FQ_SAMPLES * 16, "slot size");

@@ -211,7 +211,7 @@ void fq_put_commit(fq_queue *q, fq_claim *c)
     FQ_CRASH_POINT("put_before_commit");
     /* time in queue: the commit's time, taken before COMMITTED (a consumer
      * cannot take the message before it) */
-    if (fq_sample_at(q, c->pos, c->end))
+    if (fq_sample_due(q, (int)c->lane, 0, c->end) && fq_sample_at(q, c->pos, c->end))
         fq_sample_note(q, 0, ((c->end - 1) >> q->sample_shift) + 1);
     uint64_t p = c->pos + c->first_off, bytes = 0;
     /* a queue's records start with the caller's takes (c->attempt - 1,

@@ -126,20 +126,32 @@ int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out, char
     return rc;
 }
 
-int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen)
+/* fq_open_fd with fq_open_flags' flags */
+static int fq_open_fd_flags(int fd, const char *path, unsigned flags, fq_queue **out, char *err,
+                            size_t errlen)
 {
-    int rc = fq_segment_open_fd(fd, path, out, err, errlen);
+    int rc = fq_segment_open_fd(fd, path, flags, out, err, errlen);
     if (rc == 0)
         (*out)->reclaim = fq_recover;
     return rc;
 }
 
-int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
+int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen)
+{
+    return fq_open_fd_flags(fd, path, 0, out, err, errlen);
+}
+
+int fq_open_flags(const char *path, unsigned flags, fq_queue **out, char *err, size_t errlen)
 {
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0)
         return fq_err(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
-    int rc = fq_open_fd(fd, path, out, err, errlen);
+    int rc = fq_open_fd_flags(fd, path, flags, out, err, errlen);
     close(fd);
     return rc;
+}
+
+int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
+{
+    return fq_open_flags(path, 0, out, err, errlen);
 }

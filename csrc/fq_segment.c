@@ -13,7 +13,8 @@
  * is removed: one that a killed creator left (before the link, or between
  * the link and the removal: a second name of the segment) is removed by
  * the next creator of that path on such a filesystem, or by the next
- * opener of the segment if it has two names (fq_sweep_tmp), or by
+ * opener of the segment if it has two names (fq_sweep_tmp; not one that
+ * opens it only to read, FQ_OPEN_NOSWEEP: the operators' tools), or by
  * `fastq gc` (fq_tmp_file); those files, their lock and their rule are in
  * fq_file.c.
  * An anonymous segment (path NULL) is a memfd: it has no name anywhere, so
@@ -455,7 +456,8 @@ fail:
     return rc;
 }
 
-int fq_segment_open_fd(int fd_in, const char *path, fq_queue **out, char *err, size_t errlen)
+int fq_segment_open_fd(int fd_in, const char *path, unsigned flags, fq_queue **out, char *err,
+                       size_t errlen)
 {
     pthread_once(&fq_once, fq_init_once);
     const char *file = path; /* NULL: only the descriptor reaches the file */
@@ -474,8 +476,8 @@ int fq_segment_open_fd(int fd_in, const char *path, fq_queue **out, char *err, s
         goto fail;
     }
     /* a second name: a creator killed between its link and the removal of
-     * its temporary name (no O_TMPFILE) */
-    if (file && st.st_nlink > 1)
+     * its temporary name (no O_TMPFILE); not by a reader (FQ_OPEN_NOSWEEP) */
+    if (file && st.st_nlink > 1 && !(flags & FQ_OPEN_NOSWEEP))
         fq_sweep_tmp(file, &st);
     if ((uint64_t)st.st_size < sizeof h) {
         rc = fq_err(err, errlen, FQ_EBADSEG, "%s is %lld bytes, smaller than a segment header",

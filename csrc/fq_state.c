@@ -171,3 +171,14 @@ int fq_arm(fq_queue *q, int what, uint64_t need, int on)
 {
     return fq_arm_pred(q, what, fq_rule(q, what), need, fq_quiet_rule(q, what), on);
 }
+
+int fq_ready(fq_queue *q, int what, uint64_t need)
+{
+    return fq_rule(q, what)(q, need);
+}
+
+int fq_arm_slice(fq_queue *q, int what, uint64_t need)
+{
+    /* no quiet bit: the caller sleeps in slices (a recovery timer) anyway */
+    return fq_arm_pred(q, what, fq_rule(q, what), need, NULL, 1);
+}

@@ -85,13 +85,25 @@
  * Before sleeping, a waiter spins briefly: a hand-off to a side running on
  * another core then costs ~0.1 us instead of a futex round trip.  The spin
  * adapts, per handle: it doubles (up to FQ_SPIN_MAX_NS) each time spinning
- * was enough and halves (down to FQ_SPIN_MIN_NS) each time the waiter had
- * to sleep anyway.  On a machine with fewer cores than busy processes the
- * other side is often not running, spinning only burns the core it needs,
- * and the spin shrinks to almost nothing within a few waits.  There is no
- * spinning at all on a single-core machine.  The caller may choose another
- * strategy per call (FQ_STRATEGY_SPIN: spin until ready, never sleep;
- * FQ_STRATEGY_SLEEP: sleep at once).
+ * was enough and halves each time the waiter had to sleep anyway; below
+ * FQ_SPIN_MIN_NS it stops (the floor: one look, then sleep).  On a machine
+ * with fewer cores than busy processes the other side is often not running,
+ * spinning only burns the core it needs, and the spin reaches the floor
+ * within a few waits.  From the floor only a probe brings it back: every
+ * FQ_SPIN_TRY_EVERY-th wait that missed there spins FQ_SPIN_MIN_NS (if that
+ * pays, the budget doubles from there), every FQ_SPIN_PROBE_EVERY-th spins
+ * FQ_SPIN_MAX_NS, and if that pays the budget is the max again (two sides
+ * that both sleep never see a short spin pay, so doubling alone never left
+ * a floor of 1 us, spun twice per wait for nothing: 4 us per ping-pong round
+ * trip).  A waiter whose last sleep lasted FQ_SPIN_PROBE_NEAR_NS or more
+ * (nothing came for a while) does not probe; nor does a spin whose caller
+ * allows less than FQ_SPIN_MAX_NS (the binding's, with the GIL held).  A
+ * wake soon after sleeping is no reason to spin more: it is also what a
+ * peer that shares our core looks like (it runs once we sleep).  The budget
+ * is a hint, per handle, relaxed (threads of a handle may race on it).
+ * There is no spinning at all on a single-core machine.  The caller may
+ * choose another strategy per call (FQ_STRATEGY_SPIN: spin until ready,
+ * never sleep; FQ_STRATEGY_SLEEP: sleep at once).
  *
  * Memory order: seq_cst on the bits, the words and the predicates' loads
  * (the Dekker pairs above need store-load order); relaxed on the process's
@@ -348,19 +360,71 @@ void fq_interrupt(fq_queue *q)
 
 /* ---- waiting ------------------------------------------------------------- */
 
+/* ---- the adaptive spin budget (see "Before sleeping" at the top) ----------
+ * Per handle, relaxed: several threads of a handle may race on it, and any
+ * interleaving leaves a budget between the limits; it is a hint, not state. */
+
+/* ns within the limits: below FQ_SPIN_MIN_NS, no spin at all (the floor) */
+static uint32_t fq_spin_clamp(uint64_t ns)
+{
+    return ns < FQ_SPIN_MIN_NS ? 0 : ns > FQ_SPIN_MAX_NS ? FQ_SPIN_MAX_NS : (uint32_t)ns;
+}
+
+static void fq_spin_set(fq_queue *q, uint32_t ns)
+{
+    atomic_store_explicit(&q->spin_ns, ns, memory_order_relaxed);
+    if (ns) /* off the floor: the count of misses there restarts */
+        atomic_store_explicit(&q->spin_floor, 0, memory_order_relaxed);
+}
+
+/* The budget of the next adaptive spin, whose caller allows ns: the
+ * handle's; at the floor, a probe (*probe) when the caller allows the full
+ * spin (and reports a miss: fq_wait_pred, the event loops' spin), and only
+ * while waits are short (the last sleep took less than
+ * FQ_SPIN_PROBE_NEAR_NS: a consumer idle for long does not probe): every
+ * FQ_SPIN_PROBE_EVERY-th miss there spins FQ_SPIN_MAX_NS (*probe 2), every
+ * other FQ_SPIN_TRY_EVERY-th FQ_SPIN_MIN_NS (*probe 1). */
+static uint64_t fq_spin_budget(fq_queue *q, uint64_t ns, int *probe)
+{
+    uint32_t budget = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
+    *probe = 0;
+    if (budget || ns < FQ_SPIN_MAX_NS)
+        return ns > budget ? budget : ns;
+    uint32_t n = atomic_load_explicit(&q->spin_floor, memory_order_relaxed);
+    if (!n || n % FQ_SPIN_TRY_EVERY ||
+        atomic_load_explicit(&q->spin_slept_ns, memory_order_relaxed) >= FQ_SPIN_PROBE_NEAR_NS)
+        return 0;
+    if (n < FQ_SPIN_PROBE_EVERY) {
+        *probe = 1;
+        return FQ_SPIN_MIN_NS;
+    }
+    atomic_store_explicit(&q->spin_floor, 0, memory_order_relaxed);
+    *probe = 2;
+    return FQ_SPIN_MAX_NS;
+}
+
 /* Spin up to ns (and, adaptive, the handle's budget); 1 if ready. */
 static int fq_spin_for(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns, int adapt)
 {
-    uint32_t budget = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
-    if (adapt && ns > budget)
-        ns = budget;
+    int probe = 0;
+    if (adapt)
+        ns = fq_spin_budget(q, ns, &probe);
+    if (!ns) /* one look, no pause */
+        return ready(q, arg);
     uint64_t start = fq_now_ns();
     for (unsigned i = 0;; i++) {
         if (ready(q, arg)) {
-            if (adapt && budget < FQ_SPIN_MAX_NS) /* spinning pays: allow more */
-                atomic_store_explicit(&q->spin_ns, budget * 2 > FQ_SPIN_MAX_NS ? FQ_SPIN_MAX_NS
-                                                                               : budget * 2,
-                                      memory_order_relaxed);
+            if (adapt) {
+                /* spinning pays: allow more (a full probe: the max at once).
+                 * At the floor without a probe the condition held at the
+                 * first look, which says nothing about spinning */
+                uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
+                uint32_t to = probe == 2 ? FQ_SPIN_MAX_NS
+                              : probe ? 2 * FQ_SPIN_MIN_NS
+                              : b ? fq_spin_clamp(2ull * b) : 0;
+                if (to != b)
+                    fq_spin_set(q, to);
+            }
             return 1;
         }
         fq_cpu_relax();
@@ -378,10 +442,26 @@ int fq_spin_pred(fq_queue *q, fq_ready_fn ready, uint64_t arg, uint64_t ns)
 
 void fq_spin_missed(fq_queue *q)
 {
-    /* spinning did not pay: spin less next time (as fq_wait_pred does) */
+    /* spinning did not pay: spin less next time (as fq_wait_pred does); at
+     * the floor, count towards the next probe */
     uint32_t b = atomic_load_explicit(&q->spin_ns, memory_order_relaxed);
-    atomic_store_explicit(&q->spin_ns, b / 2 < FQ_SPIN_MIN_NS ? FQ_SPIN_MIN_NS : b / 2,
-                          memory_order_relaxed);
+    if (b) {
+        fq_spin_set(q, fq_spin_clamp(b / 2));
+        return;
+    }
+    uint32_t n = atomic_load_explicit(&q->spin_floor, memory_order_relaxed);
+    if (n < FQ_SPIN_PROBE_EVERY)
+        atomic_store_explicit(&q->spin_floor, n + 1, memory_order_relaxed);
+}
+
+void fq_spin_slept(fq_queue *q, uint64_t waited_ns)
+{
+    /* the probe's gate (fq_spin_budget).  Not a reason to spin more: a wake
+     * soon after the spin gave up is what a peer that shares our core
+     * looks like (it could run only once we slept); growing the budget on
+     * it made ping-pong on a loaded machine 3x slower (p50 31 us against 9,
+     * both sides spinning and missing every time). */
+    atomic_store_explicit(&q->spin_slept_ns, waited_ns, memory_order_relaxed);
 }
 
 /* Our bit of a mask, and the process's bookkeeping of who needs it up:
@@ -418,7 +498,8 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
         slice_ns = timeout_ns;
     if (mode == FQ_STRATEGY_SPIN) /* never sleep: spin through the slice */
         return fq_spin_for(q, ready, arg, slice_ns, 0);
-    if (mode == FQ_STRATEGY_ADAPTIVE && fq_ncpu() > 1) {
+    int adapt = mode == FQ_STRATEGY_ADAPTIVE && fq_ncpu() > 1;
+    if (adapt) {
         if (fq_spin_for(q, ready, arg, FQ_SPIN_MAX_NS, 1))
             return 1;
         fq_spin_missed(q);
@@ -455,6 +536,8 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
         /* quiet: nothing in flight, and a claim from now on wakes us */
         uint64_t ns = deep && quiet(q) ? timeout_ns : slice_ns;
         fq_futex_wait(seq, v, ns == FQ_FOREVER ? ns : ns - spent);
+        if (adapt)
+            fq_spin_slept(q, fq_now_ns() - start);
     }
     pthread_mutex_lock(&q->mu);
     if (--q->sleepers[what] == 0) {

@@ -27,7 +27,6 @@ had received is passed on to the next waiter.
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import errno
 import os
@@ -35,26 +34,132 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, List, Optional
 
 from . import _core
 from ._errors import Empty, Full, ShutDown
 
+if TYPE_CHECKING:
+    import asyncio
+# asyncio is imported where a loop runs (it is imported then already): `import
+# fastq` does without it (~15 ms and 200 modules fewer at start-up)
+
 __all__ = ["QueueAio", "TopicAio", "SubscriptionAio", "wake_closed"]
 
 DATA, SPACE = 0, 1
+_SPIN, _SLEEP = _core.STRATEGIES["spin"], _core.STRATEGIES["sleep"]
 READY, QUIET = _core.ARM_READY, _core.ARM_QUIET
 RECOVER_AFTER = 0.2  # seconds: a waiter with a claim in flight runs recovery this often
 
+# The spin before arming (_Habit): at most SPIN_MAX_NS; off once a spin is
+# below SPIN_MIN_NS, except one wait in SPIN_PROBE_EVERY, which spins
+# SPIN_MAX_NS to see whether spinning pays again.
+SPIN_MAX_NS = 50_000
+SPIN_MIN_NS = 2_000
+SPIN_PROBE_EVERY = 128
+_MULTICORE = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") \
+    else (os.cpu_count() or 1) > 1
+_UNSEEN = object()
+_all_tasks: Any = _UNSEEN  # asyncio's registry of live tasks (_loop_free), once looked up
+
 # What this process's waiters did (tests count wake-ups, never time them):
 # rings: bell datagrams read; wakes: waiters woken by a bell; slices: timer
-# expiries (a recovery slice or a deadline).
-stats = {"rings": 0, "wakes": 0, "slices": 0}
+# expiries (a recovery slice or a deadline); sleeps: futures awaited; futile:
+# wake-ups after which the call could not proceed (and armed again); spins:
+# spins before arming; spin_hits: those that saw the condition hold.
+stats = {"rings": 0, "wakes": 0, "slices": 0, "sleeps": 0, "futile": 0, "spins": 0,
+         "spin_hits": 0}
+
+
+class _Habit:
+    """What this process learned from its recent waits on one side of one
+    handle: whether, and how long, a task spins before it arms, and whether
+    waits end within a slice (brisk: see _call_waiting).
+
+    The spin (the loop and the GIL held: a hand-off from a process running on
+    another core then costs a few us instead of a bell and a scheduler
+    wake-up, ~50 us).  Adaptive: a spin that saw the message or the room
+    sets the budget to SPIN_MAX_NS, a spin that missed divides it by 4; below
+    SPIN_MIN_NS it is off, and one wait in SPIN_PROBE_EVERY spins
+    SPIN_MAX_NS (a probe).  So spinning stops within three waits once the
+    other side is slower than the spin (or has no core to run on), and
+    costs SPIN_MAX_NS / SPIN_PROBE_EVERY per wait while off.  A task never
+    spins while its loop has other work ready (_loop_free), and no one spins
+    on a single core.  Only a task that starts a wait spins: a task asleep
+    costs nothing."""
+    __slots__ = ("budget", "skipped", "brisk")
+
+    def __init__(self) -> None:
+        self.budget = SPIN_MAX_NS
+        self.skipped = 0     # waits without a spin since the budget went off
+        self.brisk = False   # the last wait that armed was woken within its first slice
+
+    def allowance(self) -> int:
+        """Nanoseconds to spin now (0: arm at once)."""
+        if self.budget >= SPIN_MIN_NS:
+            return self.budget
+        self.skipped += 1
+        if self.skipped < SPIN_PROBE_EVERY:
+            return 0
+        self.skipped = 0
+        return SPIN_MAX_NS
+
+    def record(self, hit: bool) -> None:
+        """The spin saw the condition hold (hit) or ran out."""
+        self.budget = SPIN_MAX_NS if hit else self.budget // 4
+
+
+def _loop_free(loop: asyncio.AbstractEventLoop) -> bool:
+    """Nothing else of loop is ready to run: a spin delays no one (besides
+    I/O that arrives meanwhile, at most SPIN_MAX_NS).  asyncio's loops show
+    their ready queue; for one that does not (uvloop), the running task must
+    be the only task alive in this process."""
+    global _all_tasks
+    ready = getattr(loop, "_ready", None)
+    if ready is not None:
+        return not ready
+    if _all_tasks is _UNSEEN:
+        import asyncio.tasks
+        # CPython 3.11: _all_tasks; 3.12-3.13: _scheduled_tasks (no registry: never spin)
+        _all_tasks = getattr(asyncio.tasks, "_all_tasks", None)
+        if _all_tasks is None:
+            _all_tasks = getattr(asyncio.tasks, "_scheduled_tasks", None)
+    return _all_tasks is not None and len(_all_tasks) <= 1
+
+
+def _habit(handle: Any, what: int) -> "_Habit":
+    """The _Habit of side what of handle (made on its first wait)."""
+    try:
+        return handle._aio_habits[what]
+    except AttributeError:
+        hs = handle._aio_habits = (_Habit(), _Habit())
+        return hs[what]
+
+
+def _spin_first(loop: asyncio.AbstractEventLoop, seg: Any, h: "_Habit",
+                spin: Callable[[int], bool]) -> bool:
+    """Before the first arm: spin, if seg's wait strategy, the habit h and
+    loop allow it.  True if the condition may hold now."""
+    strategy = seg.strategy
+    if strategy == _SLEEP or not _MULTICORE or not _loop_free(loop):
+        return False
+    if strategy == _SPIN:
+        ns = SPIN_MAX_NS
+    else:
+        ns = h.allowance()
+        if not ns:
+            return False
+    stats["spins"] += 1
+    hit = spin(ns)
+    h.record(hit)
+    if hit:
+        stats["spin_hits"] += 1
+    return hit
 
 
 class _Waiter:
     """One task waiting on one side of one segment."""
-    __slots__ = ("loop", "fut", "woken", "arm", "handles", "closed")
+    __slots__ = ("loop", "fut", "woken", "arm", "handles", "closed", "tick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[[bool], int],
                  handles: tuple):
@@ -64,6 +169,40 @@ class _Waiter:
         self.arm = arm
         self.handles = handles  # whose close() wakes it (the segment, a subscription)
         self.closed = False     # one of them was closed: raise ValueError
+        self.tick = 0           # _Ticker.tick when it went to sleep in a slice
+
+
+class _Ticker:
+    """The slices of one loop's tasks that sleep with a recovery timer: one
+    timer per loop, every RECOVER_AFTER / 2 while such a task sleeps, instead
+    of a timer per sleep (a TimerHandle made, pushed and cancelled per
+    message cost a sixth of an awaited message's instructions).  A task
+    asleep since before the last tick is woken (a slice passed): between
+    RECOVER_AFTER / 2 and RECOVER_AFTER after it went to sleep.  Used from
+    its loop's thread only."""
+    __slots__ = ("loop", "sleeping", "tick", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sleeping: set = set()
+        self.tick = 0
+        self.timer: Any = None
+
+    def add(self, w: _Waiter) -> None:
+        w.tick = self.tick
+        self.sleeping.add(w)
+        if self.timer is None:
+            self.timer = self.loop.call_later(RECOVER_AFTER / 2, self.fire)
+
+    def fire(self) -> None:
+        self.timer = None
+        self.tick += 1
+        for w in [w for w in self.sleeping if w.tick < self.tick - 1]:
+            self.sleeping.discard(w)
+            if w.fut is not None:
+                _expire(w.fut)
+        if self.sleeping:
+            self.timer = self.loop.call_later(RECOVER_AFTER / 2, self.fire)
 
 
 def _set(w: _Waiter) -> None:
@@ -83,6 +222,7 @@ def wake_closed(handle: Any) -> None:
     with b.lock:
         ws = [w for s in b.sides.values() for w in s.waiters
               if any(h is handle for h in w.handles)]
+    import asyncio
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -188,14 +328,15 @@ class _Bell:
         self.sides: dict = {}      # (key, what) -> _Side
         self.targets: dict = {}    # key -> the segment handle to take its rung bits with,
         #                            while a task waits there
-        self.loops: dict = {}      # id(loop) -> (loop, fd): loops that watch the bell
+        self.loops: dict = {}      # id(loop) -> (loop, fd, _Ticker): loops that watch the bell
         _core._bell_set(name)
 
-    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def watch(self, loop: asyncio.AbstractEventLoop) -> _Ticker:
+        """Watch the bell from loop (once); loop's _Ticker."""
         ent = self.loops.get(id(loop))
         if ent is not None and ent[0] is loop:
-            return
-        for k, (lp, fd) in list(self.loops.items()):  # forget closed loops
+            return ent[2]
+        for k, (lp, fd, _) in list(self.loops.items()):  # forget closed loops
             if lp.is_closed():
                 del self.loops[k]
                 os.close(fd)
@@ -203,7 +344,9 @@ class _Bell:
         # closing, never touches another's registration
         fd = os.dup(self.sock.fileno())
         loop.add_reader(fd, self.ring, loop)
-        self.loops[id(loop)] = (loop, fd)
+        ticker = _Ticker(loop)
+        self.loops[id(loop)] = (loop, fd, ticker)
+        return ticker
 
     def join(self, seg: Any, what: int, broadcast: bool, w: _Waiter) -> _Side:
         """Register w as a waiter on side what of seg (it arms afterwards)."""
@@ -267,6 +410,7 @@ def _running_loop() -> asyncio.AbstractEventLoop:
     # uvloop's does not say: a thread runs one loop at a time, so a loop
     # that still runs, cached for this thread, is the one running here
     if lp is None or not lp.is_running() or getattr(lp, "_thread_id", ident) != ident:
+        import asyncio
         lp = _loops[ident] = asyncio.get_running_loop()
     return lp
 
@@ -282,21 +426,25 @@ def _forget_bell() -> None:
 os.register_at_fork(after_in_child=_forget_bell)
 
 
-async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[bool], int],
+async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[..., int],
                 timeout: Optional[float], broadcast: bool = False,
                 more: Optional[Callable[[], bool]] = None,
-                spin: Optional[Callable[[], bool]] = None, sub: Any = None) -> Any:
+                spin: Optional[Callable[[int], bool]] = None, sub: Any = None,
+                ready: Optional[Callable[[], bool]] = None) -> Any:
     """Run attempt(), a non-blocking call that raises Empty (what=DATA) or
     Full (SPACE) when it cannot proceed, until it returns; between tries,
-    await a wake-up of that side of seg (arm(True) arms it).  spin(), if
-    given, spins briefly first (the handle's wait strategy decides).  sub:
-    the subscription awaited on, if any (its close() wakes the task too)."""
+    await a wake-up of that side of seg (arm(True) arms it).  spin(ns), if
+    given, spins up to ns first (_spin_first decides).  sub: the
+    subscription awaited on, if any (its close() wakes the task too).
+    ready(), if given, says whether attempt() may proceed, cheaper than
+    attempt() raising (an exception and its traceback) when it cannot."""
     exc = Empty if what == DATA else Full
-    try:
-        return attempt()
-    except exc:
-        if timeout is not None and timeout <= 0:
-            raise
+    if ready is None or (timeout is not None and timeout <= 0) or ready():
+        try:
+            return attempt()
+        except exc:
+            if timeout is not None and timeout <= 0:
+                raise
     if timeout is not None and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
     if what == SPACE:
@@ -314,52 +462,78 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[[
 
 
 async def _call_waiting(seg: Any, what: int, attempt: Callable[[], Any],
-                        arm: Callable[[bool], int], timeout: Optional[float], broadcast: bool,
-                        more: Optional[Callable[[], bool]], spin: Optional[Callable[[], bool]],
+                        arm: Callable[..., int], timeout: Optional[float], broadcast: bool,
+                        more: Optional[Callable[[], bool]], spin: Optional[Callable[[int], bool]],
                         sub: Any) -> Any:
     """_call after its first try failed: spin, then await wake-ups."""
     exc = Empty if what == DATA else Full
-    if spin is not None and spin():
+    loop = _running_loop()
+    h = _habit(seg if sub is None else sub, what)
+    if spin is not None and _spin_first(loop, seg, h, spin):
         try:
             return attempt()
         except exc:
             pass
-    loop = _running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     bell = _get_bell()
-    bell.watch(loop)
+    ticker = bell.watch(loop)
     w = _Waiter(loop, arm, (seg,) if sub is None else (seg, sub))
     side = bell.join(seg, what, broadcast, w)
+    # Quiet or in slices.  Armed quietly (the quiet bit up), a task that
+    # finds nothing in flight sleeps without a timer, but every claim (of a
+    # writer, for data) rings its bell, ahead of that writer's publication:
+    # the task wakes, finds the claim in flight, arms again and sleeps until
+    # the publication rings a second time (two datagrams and two scheduler
+    # wake-ups per message; most wake-ups of a ping-pong were such).  Armed
+    # in slices (fq_arm_slice), only the publication rings, and the task
+    # sleeps with a RECOVER_AFTER timer.  So: in slices while this side's
+    # waits end within a slice (h.brisk), quietly from the first slice that
+    # passes without a wake-up on (an idle task: one timer, then none).
+    quiet = not h.brisk
+    expired = False
     try:
         while True:
-            flags = arm(True)
+            flags = arm(True, quiet)
             if not flags & READY:
+                # not QUIET: a claim in flight, or armed in slices: recover
+                # if it stalls (slices: the loop's _Ticker; with a deadline,
+                # a timer of its own)
+                sliced = not flags & QUIET
                 delay = None if deadline is None else deadline - loop.time()
-                if not flags & QUIET:  # a claim in flight: recover if it stalls
-                    delay = RECOVER_AFTER if delay is None else min(delay, RECOVER_AFTER)
+                if sliced and delay is not None:
+                    delay, sliced = min(delay, RECOVER_AFTER), False
                 if delay is None or delay > 0:
                     w.woken = False
                     fut = w.fut = loop.create_future()
                     timer = None if delay is None else loop.call_later(
                         delay, _expire, fut)
+                    if sliced:
+                        ticker.add(w)
+                    stats["sleeps"] += 1
                     try:
                         await fut
                     finally:
                         if timer is not None:
                             timer.cancel()
+                        if sliced:
+                            ticker.sleeping.discard(w)
                     if w.closed:
                         raise ValueError(
                             "the subscription was closed while this call waited" if sub
                             is not None else "the queue or topic was closed while this call "
                             "waited")
-                    if not w.woken and not _core._seg_idle(seg):
-                        seg.recover()  # a slice without progress
+                    if not w.woken:
+                        quiet, expired = True, True
+                        if not _core._seg_idle(seg):
+                            seg.recover()  # a slice without progress
             try:
                 out = attempt()
             except exc:
                 if deadline is not None and loop.time() >= deadline:
                     raise
+                stats["futile"] += w.woken
                 continue
+            h.brisk = not expired
             if more is not None and more():
                 side.wake(loop)
             else:
@@ -407,11 +581,11 @@ async def _aput(handle: Any, put: Callable[..., Any], obj: Any, timeout: Optiona
             need.append(_need(handle._ser, obj) + extra)
         return need[0]
 
-    def arm(on: bool) -> int:
-        return _core._seg_arm(seg, SPACE, size() if on else 0, on)
+    def arm(on: bool, quiet: bool = True) -> int:
+        return _core._seg_arm(seg, SPACE, size() if on else 0, on, quiet)
 
     await _call(seg, SPACE, lambda: put(obj, False, None), arm, timeout, more=more,
-                spin=lambda: _core._seg_spin(seg, SPACE, size()))
+                spin=lambda ns: _core._seg_spin(seg, SPACE, size(), ns))
 
 
 async def _aput_many(handle: Any, put_many: Callable[..., int], items: Iterable[Any],
@@ -434,12 +608,12 @@ async def _aput_many(handle: Any, put_many: Callable[..., int], items: Iterable[
     def size() -> int:
         return _need(handle._ser, items[done[0]]) + extra if done[0] < len(items) else 0
 
-    def arm(on: bool) -> int:
-        return _core._seg_arm(seg, SPACE, size() if on else 0, on)
+    def arm(on: bool, quiet: bool = True) -> int:
+        return _core._seg_arm(seg, SPACE, size() if on else 0, on, quiet)
 
     try:
         return await _call(seg, SPACE, attempt, arm, timeout, more=more,
-                           spin=lambda: _core._seg_spin(seg, SPACE, size()))
+                           spin=lambda ns: _core._seg_spin(seg, SPACE, size(), ns))
     except Full as e:
         e.count = done[0]
         raise
@@ -467,10 +641,16 @@ class QueueAio:
         prefix of the items (whole messages, in order) may have been put."""
         return await _aput_many(self, self.put_many, items, timeout, lambda: not self.full())
 
-    def _aio_get(self, attempt: Callable[[], Any], timeout: Optional[float]) -> Any:
+    def _aio_get(self, attempt: Callable[[], Any], timeout: Optional[float],
+                 precheck: bool = True) -> Any:
         seg = self
-        return _call(seg, DATA, attempt, lambda on: _core._seg_arm(seg, DATA, 0, on), timeout,
-                     more=lambda: seg.qsize() > 0, spin=lambda: _core._seg_spin(seg, DATA, 0))
+
+        def ready() -> bool:
+            return _core._seg_ready(seg, DATA, 0)
+        return _call(seg, DATA, attempt,
+                     lambda on, quiet=True: _core._seg_arm(seg, DATA, 0, on, quiet), timeout,
+                     more=ready, spin=lambda ns: _core._seg_spin(seg, DATA, 0, ns),
+                     ready=ready if precheck else None)
 
     async def aget(self, timeout: Optional[float] = None) -> Any:
         """The next message, awaiting one (up to ``timeout`` seconds, then
@@ -493,7 +673,8 @@ class QueueAio:
         """:meth:`receive`, awaiting a message.  At the ``prefetch`` bound it
         raises ``RuntimeError`` at once (as ``receive(block=False)``)."""
         seg = self
-        return await self._aio_get(lambda: seg.receive(False, None), timeout)
+        # no pre-check: at the prefetch bound receive() raises at once
+        return await self._aio_get(lambda: seg.receive(False, None), timeout, False)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         """Messages (as :meth:`aget`) until the queue is shut down and drained."""
@@ -530,11 +711,11 @@ class SubscriptionAio:
     def _aio_call(self, attempt: Callable[[], Any], timeout: Optional[float]) -> Any:
         seg = self._topic
 
-        def arm(on: bool) -> int:
+        def arm(on: bool, quiet: bool = True) -> int:  # a topic's arming is always quiet
             return _core._sub_arm(self._sub, on)
 
         return _call(seg, DATA, attempt, arm, timeout, broadcast=True,
-                     spin=lambda: _core._seg_spin(seg, DATA, 0, self._sub), sub=self)
+                     spin=lambda ns: _core._seg_spin(seg, DATA, 0, ns, self._sub), sub=self)
 
     async def aget(self, timeout: Optional[float] = None) -> Any:
         """The next message, awaiting one (as :meth:`get`).  Cancelled, it

@@ -2,10 +2,11 @@
 read back item by item when it does not load whole.
 
 A chunk message (see fastq._workers) is ``(job, chunk, origin, call, batch,
-nfailed, cost)``.  The batch, the only part that holds user objects, travels as
-:class:`Batch`: its own pickle stream (plus its out-of-band buffers, which the
-queue's serializer carries as before: a numpy array is still copied once, into
-the ring).  So the message's header always loads, and a batch that does not
+nfailed, cost, parts)``.  The batch, the only part that holds user objects,
+travels as :func:`pack` makes it: a plain tuple of its own pickle stream, its
+length and its out-of-band buffers (which the queue's serializer carries as
+before: a numpy array is still copied once, into the ring); the reader calls
+:func:`unpack`.  So the message's header always loads, and a batch that does not
 (an object whose ``__reduce__`` names a function that raises, a class the
 reader cannot import) is loaded again item by item: the items that load are
 returned, each one that does not is replaced by a failure (``_Failed``) naming
@@ -30,18 +31,36 @@ import pickle
 import pickletools
 import traceback
 import types
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
-__all__ = ["Batch", "Salvaged", "load_batch"]
+__all__ = ["Batch", "Salvaged", "load_batch", "pack", "unpack"]
 
 
 class Salvaged(list):
     """A batch read item by item: some of its items are failures."""
 
 
+def pack(items: Any) -> tuple:
+    """A chunk's items (a list, tuple or range) as a message carries them:
+    ``(pickle stream, len(items), *out-of-band buffers)``, read back by
+    :func:`unpack`.  A plain tuple of bytes, an int and buffers, not an object
+    with a ``__reduce__``: pickling that costs a Python call and a global
+    looked up by name each way, ~5 us a message, a third of an ``apply()``."""
+    bufs: list = []
+    data = pickle.dumps(items, protocol=5, buffer_callback=bufs.append)
+    return (data, len(items), *bufs)
+
+
+def unpack(batch: tuple) -> Any:
+    """The items of a :func:`pack`ed batch (a :class:`Salvaged` list when some
+    did not load: see :func:`load_batch`)."""
+    return load_batch(*batch)
+
+
 class Batch:
-    """Wraps a chunk's items (a list, tuple or range) for the queue: pickled as
-    its own stream, loaded back by :func:`load_batch`."""
+    """Wraps a chunk's items for a pickle of its own: loads back as
+    :func:`load_batch` reads them (what :func:`pack` and :func:`unpack` do
+    inside a message)."""
 
     __slots__ = ("items",)
 
@@ -49,9 +68,7 @@ class Batch:
         self.items = items
 
     def __reduce__(self):
-        bufs: list = []
-        data = pickle.dumps(self.items, protocol=5, buffer_callback=bufs.append)
-        return (load_batch, (data, len(self.items), *bufs))
+        return (load_batch, pack(self.items))
 
 
 # set by fastq._stage: the class that stands for a failed item
@@ -82,7 +99,7 @@ def _salvage(data: bytes, n: int, buffers: tuple, whole: BaseException) -> Salva
         out = Salvaged(_itemwise(data, buffers))
         if len(out) != n:
             raise ValueError(f"{len(out)} items read, {n} expected")
-    except Exception:  # not a list as Batch pickles it: every item fails
+    except Exception:  # not a list or tuple as Batch pickles them: every item fails
         out = Salvaged([_failure(whole)] * n)
     return out
 
@@ -92,6 +109,9 @@ def _salvage(data: bytes, n: int, buffers: tuple, whole: BaseException) -> Salva
 # objects complete once on a stack (the others may be half built when an item fails)
 _BUILT = (str, bytes, int, float, complex, bool, type(None), tuple, frozenset, type,
           types.FunctionType, types.BuiltinFunctionType)
+
+
+_TUPLES = ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3")
 
 
 class _Lost:
@@ -140,12 +160,14 @@ def _deframed(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _spans(ops: list) -> List[tuple]:
-    """(start, end, memo entries, buffers) of each item of the list pickled by
-    ops.  The ops' stack effects are replayed on a stack of the offsets where
-    each object's ops start; the items are what APPEND(S) takes into the list
-    (the object at the bottom of the stack); an item ends where the next
-    starts, or at the APPEND(S)."""
+def _spans(ops: list, top: int) -> List[tuple]:
+    """(start, end, memo entries, buffers) of each item of the list or tuple
+    pickled by ops.  The ops' stack effects are replayed on a stack of the
+    offsets where each object's ops start; the items are what APPEND(S) takes
+    into the list (the object at the bottom of the stack; top < 0), or what
+    the tuple op at offset top takes (the stream's last: the lists and tuples
+    inside items are built by the same ops); an item ends where the next
+    starts, or at the APPEND(S) or the tuple op."""
     marker = pickletools.markobject
     stack: List[int] = []      # per object: the offset of its first op
     marks: List[tuple] = []    # per open MARK: (stack length, its offset)
@@ -157,9 +179,12 @@ def _spans(ops: list) -> List[tuple]:
             n -= before.index(marker)      # the objects below the mark it takes too
             taken = stack[n:]
             del stack[n:]
-            if op.name == "APPENDS" and n == 0:
+            if top < 0 and op.name == "APPENDS" and n == 0:
                 starts += taken[1:]
                 ends += taken[2:] + [pos]
+            elif pos == top:  # TUPLE
+                starts += taken
+                ends += taken[1:] + [pos]
             stack.extend([min(taken + [mpos, pos])] * len(after))
         elif marker in after:
             marks.append((len(stack), pos))
@@ -167,9 +192,12 @@ def _spans(ops: list) -> List[tuple]:
             k = len(before)
             taken = stack[len(stack) - k:] if k else []
             del stack[len(stack) - k:]
-            if op.name == "APPEND" and len(stack) == 0:
+            if top < 0 and op.name == "APPEND" and len(stack) == 0:
                 starts.append(taken[1])
                 ends.append(pos)
+            elif pos == top:  # TUPLE1, TUPLE2, TUPLE3
+                starts += taken
+                ends += taken[1:] + [pos]
             stack.extend([min(taken + [pos])] * len(after))
     names = [(pos, op.name) for op, _arg, pos in ops]
     spans = []
@@ -182,9 +210,19 @@ def _spans(ops: list) -> List[tuple]:
 def _itemwise(data: bytes, buffers: tuple) -> list:
     data = _deframed(data)
     ops = list(pickletools.genops(data))
-    if len(ops) < 2 or ops[1][0].name != "EMPTY_LIST":
-        raise ValueError("not a list")
-    spans = _spans(ops)
+    # the op that builds the stream's object, before its MEMOIZE and STOP: a
+    # tuple's (a tuple whose first item is a list starts as a list does)
+    last = [(op.name, pos) for op, _arg, pos in ops if op.name not in ("STOP", "MEMOIZE")]
+    top: Optional[int] = None
+    if last and last[-1][0] in _TUPLES:
+        top = last[-1][1]  # an offset: genops of bytes gives every op's
+    elif len(ops) >= 2 and ops[1][0].name == "EMPTY_LIST":
+        top = -1
+    else:
+        raise ValueError("not a list or a tuple")
+    if top is None:
+        raise ValueError("no offset for the tuple's op")
+    spans = _spans(ops, top)
     f = io.BytesIO(data)
     bufs = _Buffers(buffers)
     up = pickle._Unpickler(f)  # type: ignore[attr-defined]

@@ -57,6 +57,9 @@ cdef extern from "fastq.h" nogil:
     int fq_create(const char *path, const fq_create_opts *opts, fq_queue **out,
                   char *err, size_t errlen)
     int fq_open(const char *path, fq_queue **out, char *err, size_t errlen)
+    enum:
+        FQ_OPEN_NOSWEEP
+    int fq_open_flags(const char *path, unsigned flags, fq_queue **out, char *err, size_t errlen)
     int fq_open_fd(int fd, const char *path, fq_queue **out, char *err, size_t errlen)
     enum:
         FQ_TMP_NONE
@@ -84,6 +87,8 @@ cdef extern from "fastq.h" nogil:
                     int strategy)
     void fq_bell_set(uint64_t name)
     int fq_arm(fq_queue *q, int what, uint64_t need, int on)
+    int fq_arm_slice(fq_queue *q, int what, uint64_t need)
+    int fq_ready(fq_queue *q, int what, uint64_t need)
     unsigned fq_bell_take(fq_queue *q)
     void fq_wait_counts(uint64_t out[3])
     void fq_interrupt(fq_queue *q)
@@ -104,9 +109,10 @@ cdef extern from "fastq.h" nogil:
     void fq_stats(fq_queue *q, uint64_t out[8])
     ctypedef struct fq_counts:
         uint64_t puts, put_bytes, full, blocked_ns, gets, get_bytes, redelivered, nacked
-        uint64_t rec_slots, rec_puts, rec_gets, tail, head, release
+        uint64_t rec_slots, rec_puts, rec_gets, tail, head, release, held, held_since_ns
         uint32_t alive, dead, flags
     void fq_counts_read(fq_queue *q, fq_counts *out)
+    void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
     void fq_note_full(fq_queue *q, uint64_t events, uint64_t blocked_ns)
     ctypedef struct fq_wait_sample:
         uint32_t group

@@ -28,7 +28,6 @@ comes back without waiting for the recovery bound.
 """
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import hashlib
 import inspect
@@ -40,7 +39,11 @@ import threading
 import time
 import traceback
 from multiprocessing import connection
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
+
+if TYPE_CHECKING:  # imported where a coroutine runs: `import fastq` does without asyncio
+    import asyncio
 
 from ._errors import Empty, SegmentError, ShutDown
 from ._queue import Queue
@@ -321,6 +324,7 @@ class _Worker:
             self.succeeded(d, result)
 
     async def run_async(self, d: Any) -> None:
+        import asyncio
         started = self.begin(d)
         if started is None:
             return
@@ -383,6 +387,7 @@ class _Worker:
             pool.shutdown(wait=False)
 
     async def loop_async(self) -> None:
+        import asyncio
         free = asyncio.Semaphore(self.r.concurrency)
         tasks: set = set()
         while not self.stop.is_set():
@@ -423,6 +428,7 @@ def _worker_main(route: _Route, slot: int, grace: float, ready: Any) -> None:
     signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
     ready[slot] = 1
     if route.is_async:
+        import asyncio
         asyncio.run(w.loop_async())
     else:
         w.loop_sync()

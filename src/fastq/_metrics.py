@@ -38,6 +38,8 @@ GAUGES = [
     ("fastq_ring_used_bytes", "bytes_used", "Ring bytes in use."),
     ("fastq_ring_capacity_bytes", "capacity", "Ring bytes."),
     ("fastq_unacked_messages", "unacked", "Queue: messages delivered and not yet finished."),
+    ("fastq_unacked_deliveries", "unacked_deliveries",
+     "Queue: receive() deliveries not yet acked or nacked."),
 ]
 
 
@@ -100,8 +102,13 @@ def _families(stats: Iterable[Any]) -> Iterator[Any]:
     little = GaugeMetricFamily("fastq_littles_law_wait_seconds", "Mean wait by Little's "
                                "law: depth / departure rate since creation (the model, beside "
                                "the measured fastq_time_in_queue_seconds).", labels=_LABELS)
+    qage = GaugeMetricFamily("fastq_oldest_unacked_seconds", "Queue: age of the oldest "
+                             "receive() delivery not yet acked or nacked (absent: none).",
+                             labels=_LABELS)
     quantiles = (("0.5", "wait_p50_s"), ("0.99", "wait_p99_s"), ("1", "wait_max_s"))
     for s in stats:
+        if s.oldest_unacked_s is not None:
+            qage.add_metric([s.name, s.kind], s.oldest_unacked_s)
         nwait.add_metric([s.name, s.kind], s.wait_samples)
         for qv, field in quantiles:
             if getattr(s, field) is not None:
@@ -117,7 +124,7 @@ def _families(stats: Iterable[Any]) -> Iterator[Any]:
             for qv, field in quantiles:
                 if sub[field] is not None:
                     swait.add_metric([s.name, s.kind, label, qv], sub[field])
-    yield from (lag_b, unacked, age, wait, nwait, swait, little)
+    yield from (qage, lag_b, unacked, age, wait, nwait, swait, little)
 
 
 class SegmentCollector:

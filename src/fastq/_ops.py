@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _core
 from ._errors import SegmentError
@@ -27,16 +27,19 @@ def _dir(args: argparse.Namespace) -> str:
 def open_segment(path: str) -> Any:
     """A Queue or Topic handle on the segment at path, named by the file's
     name (no slot is taken until the handle puts or gets, which these tools
-    never do); SegmentError if it is no valid segment."""
+    never do; and opening it changes nothing on disk: a killed creator's
+    second name of it stays for gc to judge, FQ_OPEN_NOSWEEP); SegmentError
+    if it is no valid segment."""
     from ._queue import Queue  # noqa: PLC0415
     from ._topic import Topic  # noqa: PLC0415
 
+    seg: Union[Queue, Topic]
     try:
-        seg = Queue(path, _how="open", trusted=True)
+        seg = Queue(path, _how="inspect", trusted=True)
     except ValueError as e:
         if "is a topic" not in str(e):
             raise
-        seg = Topic(path, _how="open", trusted=True)
+        seg = Topic(path, _how="inspect", trusted=True)
     seg._name = os.path.basename(path)
     return seg
 
@@ -204,7 +207,9 @@ def format_stat(s: Any) -> str:
            f"  depth        {s.depth} messages, {human_bytes(s.bytes_used)} of the ring in use "
            f"({100.0 * s.bytes_used / s.capacity:.1f}%)"]
     if s.kind == "queue":
-        out.append(f"  unacked      {s.unacked}")
+        out.append(f"  unacked      {s.unacked} messages, {s.unacked_deliveries} deliveries"
+                   + (f", oldest {human_secs(s.oldest_unacked_s)} ago"
+                      if s.oldest_unacked_s is not None else ""))
     out += [f"  put          {s.puts} messages, {human_bytes(s.put_bytes)}",
             f"  got          {s.gets} messages" +
             (f", {human_bytes(s.get_bytes)} delivered" if s.kind == "queue" else ""),
@@ -302,9 +307,9 @@ def _gc(directory: str, remove: bool) -> Iterator[Tuple[str, str, Optional[str]]
     process is attached to, and the temporary file a killed creator left
     (by the core's rule, see _creation_tmp: never by its name alone).  A
     creation in progress, and whatever cannot be read, are left alone.
-    Temporary files first, before any segment is opened: opening a segment
-    that has a second name lets the core sweep that name if it is a killed
-    creator's leftover (fq_sweep_tmp), which a dry run must still list."""
+    Temporary files first, then the segments (opened without the core's
+    sweep of a killed creator's second name, see open_segment: a dry run
+    lists that name and leaves it)."""
     segments = []
     for path in _files(directory):
         try:

@@ -10,7 +10,7 @@ import time
 import types
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
-from ._batch import Batch
+from ._batch import pack
 from ._workers import MODE_APPLY, MODE_MAP, MODE_STAR, _Engine, _Failed, _Job, outputs
 
 __all__ = ["Pool", "AsyncResult", "Executor"]
@@ -189,7 +189,7 @@ class Pool:
         res = AsyncResult(job, True, callback, error_callback)
         try:
             self._engine.queues[0].put((job.jid, 0, 0, _call(func, MODE_APPLY),
-                                        Batch([(tuple(args), dict(kwds or {}))]), 0, 0.0, ()))
+                                        pack([(tuple(args), dict(kwds or {}))]), 0, 0.0, ()))
         except BaseException as e:
             job.fail(e)
             raise
@@ -232,7 +232,8 @@ class Pool:
 
     def _imap(self, func, iterable, mode, chunksize, ordered):
         self._check_running()
-        job = self._engine.new_job(ordered)
+        # read by the consumer only: its window opens as it consumes (see new_job)
+        job = self._engine.new_job(ordered, background=False)
         self._engine.feed(job, iterable, _call(func, mode), chunksize)
         return _results(job)
 
@@ -344,7 +345,7 @@ class Executor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         pool = self._pool
         pool._check_running()
-        job = pool._engine.new_job(True)
+        job = pool._engine.new_job(True, background=False)  # as Pool._imap
         pool._engine.feed(job, zip(*iterables), _call(fn, MODE_STAR), None)
         if timeout is None:
             return _results(job)

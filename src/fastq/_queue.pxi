@@ -242,6 +242,7 @@ cdef class QueueSegment(Segment):
         self.att.unacked += 1
         try:
             self._claim(q, max_n, max_bytes, &d.c, block, timeout)
+            fq_get_mark_unacked(q, &d.c)  # unacked deliveries and the oldest's age (stats)
             if isinstance(d, Deliveries):
                 self._load_all(q, <Deliveries>d, loads)
             else:

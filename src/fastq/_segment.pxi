@@ -171,15 +171,18 @@ cdef class Segment:
             _raise_rc(rc, NULL, 0, err.decode(errors="replace") or path, path)
         self._adopt(q)
 
-    def _open(self, str path):
-        """Attach to the existing segment at path."""
+    def _open(self, str path, bint sweep=True):
+        """Attach to the existing segment at path; sweep False: to read it
+        only (the operators' tools), leave a killed creator's second name of
+        it in place (FQ_OPEN_NOSWEEP, fastq.h)."""
         cdef char err[512]
         cdef fq_queue *q = NULL
         b = path.encode()
         cdef const char *cp = b
+        cdef unsigned flags = 0 if sweep else FQ_OPEN_NOSWEEP
         err[0] = 0
         with nogil:
-            rc = fq_open(cp, &q, err, sizeof(err))
+            rc = fq_open_flags(cp, flags, &q, err, sizeof(err))
         if rc != 0:
             _raise_rc(rc, NULL, 0, err.decode(errors="replace") or path, path)
         self._adopt(q)
@@ -660,7 +663,8 @@ cdef class Segment:
                 "get_bytes": c.get_bytes, "redelivered": c.redelivered, "nacked": c.nacked,
                 "recovered_slots": c.rec_slots, "recovered_puts": c.rec_puts,
                 "recovered_gets": c.rec_gets, "tail": c.tail, "head": c.head,
-                "release": c.release, "alive": c.alive, "dead": c.dead, "flags": c.flags}
+                "release": c.release, "held": c.held, "held_since_ns": c.held_since_ns,
+                "alive": c.alive, "dead": c.dead, "flags": c.flags}
 
     def _waits(self):
         """Time in queue, sampled (fq_waits_read): a list of (group, wait_ns,

@@ -9,7 +9,7 @@ import os
 import stat
 import uuid
 from multiprocessing import context, reduction
-from typing import Any, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple, TypeVar, cast
 
 from . import _core
 from ._errors import ShutDown
@@ -88,7 +88,7 @@ _U63 = (1 << 63) - 1
 # ---- trust and inheritance ----------------------------------------------------
 
 
-def _check_trust(seg: Any, path: str, what: str, vetted: Optional[tuple] = None) -> None:
+def _check_trust(seg: Any, path: Optional[str], what: str, vetted: Optional[tuple] = None) -> None:
     """Refuse (PermissionError, closing seg) a segment another user can write,
     unless it is the very file (vetted: its (st_dev, st_ino)) that the
     process which handed this handle over had accepted: a creator's own
@@ -174,7 +174,13 @@ _MODE: Any = _Default(0o600)
 _MAX_PROCESSES: Any = _Default(64)
 
 
-class SegmentHandle:
+if TYPE_CHECKING:  # the compiled handle every SegmentHandle is mixed into
+    _Compiled = _core.Segment
+else:
+    _Compiled = object
+
+
+class SegmentHandle(_Compiled):
     """What a Queue and a Topic share on the Python side: attaching their
     segment (the compiled base class, _core.QueueSegment or
     _core.TopicSegment, is the segment handle itself), its name and file."""
@@ -195,7 +201,9 @@ class SegmentHandle:
 
     def _attach(self, name: Any, how: str, sizes: tuple, topic: tuple, trusted: bool,
                 vetted: Optional[tuple] = None, temporary: bool = False) -> None:
-        """Open or create the segment (how: "open", "create", "open_or_create"),
+        """Open or create the segment (how: "open", "create", "open_or_create";
+        "inspect": open it only to read, as the operators' tools do, see
+        Segment._open),
         check its kind, owner and the options given explicitly, set the
         serializer; sizes: (capacity, max_message, max_processes, mode), each
         possibly a _Default; topic: (is_topic, overflow, max_subs).  name: a
@@ -235,8 +243,8 @@ class SegmentHandle:
             if how == "create":
                 self._create(path, *args)
                 opened = False
-            elif how == "open":
-                self._open(path)
+            elif how in ("open", "inspect"):
+                self._open(path, sweep=how == "open")
             else:
                 try:
                     self._open(path)
@@ -267,13 +275,15 @@ class SegmentHandle:
         """Refuse (ValueError, closing the segment) an option given explicitly
         that the existing segment contradicts: it would be ignored."""
         capacity, max_message, max_processes, mode = sizes
-        have = [("capacity", capacity, self.capacity),
-                ("max_message", max_message, self.max_message),
-                ("max_processes", max_processes, self.max_processes),
-                ("mode", mode, os.fstat(self.fileno()).st_mode & 0o777)]
-        if topic[0]:
-            have += [("overflow", topic[1], "drop" if self.is_drop else "block"),
-                     ("max_subscribers", topic[2], self.max_subscribers)]
+        have: List[Tuple[str, Any, Any]] = [
+            ("capacity", capacity, self.capacity),
+            ("max_message", max_message, self.max_message),
+            ("max_processes", max_processes, self.max_processes),
+            ("mode", mode, os.fstat(self.fileno()).st_mode & 0o777)]
+        if topic[0]:  # a topic's handle
+            t = cast(_core.TopicSegment, self)
+            have += [("overflow", topic[1], "drop" if t.is_drop else "block"),
+                     ("max_subscribers", topic[2], t.max_subscribers)]
         for opt, given, existing in have:
             if isinstance(given, _Default) or given is None:
                 continue

@@ -16,7 +16,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 from . import _batch
-from ._batch import Batch, Salvaged
+from ._batch import Salvaged, pack, unpack
 from ._errors import Empty, MessageTooLarge, ShutDown
 from ._queue import Queue
 
@@ -218,7 +218,7 @@ def _send(out_q: Queue, job: int, chunk: int, outo: Any, out: list, nf: int,
     die the same way, forever."""
     for attempt in range(2):
         try:
-            out_q.put((job, chunk, outo, None, Batch(out), nf, cost, parts))
+            out_q.put((job, chunk, outo, None, pack(out), nf, cost, parts))
             return
         except ShutDown:
             raise
@@ -230,7 +230,7 @@ def _send(out_q: Queue, job: int, chunk: int, outo: Any, out: list, nf: int,
             # every output gets the error
             out = _sendable(out) if attempt == 0 else [_Failed.current(e)] * len(out)
         nf = _nfailed(out)
-    out_q.put((job, chunk, outo, None, Batch(out), nf, cost, parts))
+    out_q.put((job, chunk, outo, None, pack(out), nf, cost, parts))
 
 
 def _pickled_size(y: Any) -> int:
@@ -285,12 +285,12 @@ def _put_parts(out_q: Queue, job: int, chunk: int, outo: Any, out: list, cost: f
         o = outo + a if type(outo) is int else outo[a:b]
         piece, mark = out[a:b], parts + ((k, total, run),)
         try:
-            out_q.put((job, chunk, o, None, Batch(piece), _nfailed(piece), cost, mark))
+            out_q.put((job, chunk, o, None, pack(piece), _nfailed(piece), cost, mark))
         except MessageTooLarge as e:
             if len(piece) == 1:
                 piece = [_Failed(MessageTooLarge(f"an output does not fit in one message "
                                                  f"of the queue: {e}"), "")]
-                out_q.put((job, chunk, o, None, Batch(piece), 1, cost, mark))
+                out_q.put((job, chunk, o, None, pack(piece), 1, cost, mark))
             else:
                 _put_parts(out_q, job, chunk, o, piece, cost, mark, [0, len(piece) // 2,
                                                                     len(piece)])
@@ -330,7 +330,8 @@ def _worker_main(spec: _StageSpec, wid: int, slots: Any, poison: Any) -> None:
             continue
         except ShutDown:
             return
-        job, chunk, origin, call, items, nfailed, cost, parts = d.value
+        job, chunk, origin, call, batch, nfailed, cost, parts = d.value
+        items = unpack(batch)
         if type(items) is Salvaged:  # an item that did not load fails alone
             items = list(items)
             nfailed = _nfailed(items)

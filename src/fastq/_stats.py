@@ -40,6 +40,12 @@ class Stats:
         Ring bytes in use (records and their headers, padding included).
     unacked
         Queue: messages delivered and not yet finished (acked).
+    unacked_deliveries, oldest_unacked_s
+        Queue: deliveries of :meth:`fastq.Queue.receive` (and
+        ``receive_many``, ``JoinableQueue.get``) in every process not yet
+        acked or nacked, and the age in seconds of the oldest (None: none);
+        a killed holder's count until recovery gives its messages back.
+        Topics have these per subscriber row.
     puts, put_bytes
         Messages and payload bytes put (published).
     gets, get_bytes
@@ -99,6 +105,8 @@ class Stats:
     depth: int
     bytes_used: int
     unacked: int
+    unacked_deliveries: int
+    oldest_unacked_s: Optional[float]
     puts: int
     put_bytes: int
     gets: int
@@ -182,6 +190,8 @@ def read_stats(seg: Any) -> Stats:
         depth = seg.qsize()
         gets = c["gets"]
         unacked = seg.unacked_count()
+    oldest = (max(0, now - c["held_since_ns"]) / 1e9 if c["held"] and c["held_since_ns"]
+              else None)
     waits = wait_summary([x for v in by_group.values() for x in v], now)
     age = max(time.time() - raw["created_ns"] / 1e9, 1e-9)
     dep = gets / age
@@ -190,7 +200,8 @@ def read_stats(seg: Any) -> Stats:
         capacity=seg.capacity, max_message=seg.max_message, max_processes=seg.max_processes,
         temporary=bool(c["flags"] & _core.FLAG_TEMP), shutdown=seg.is_shutdown(),
         created_ns=raw["created_ns"], creator_pid=raw["creator_pid"], depth=depth,
-        bytes_used=c["tail"] - c["release"], unacked=unacked, puts=c["puts"],
+        bytes_used=c["tail"] - c["release"], unacked=unacked,
+        unacked_deliveries=c["held"], oldest_unacked_s=oldest, puts=c["puts"],
         put_bytes=c["put_bytes"], gets=gets, get_bytes=c["get_bytes"], full=c["full"],
         blocked_s=c["blocked_ns"] / 1e9,
         redelivered=c["redelivered"], nacked=c["nacked"],

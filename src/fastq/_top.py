@@ -29,7 +29,7 @@ class Sampler:
 
     def rows(self) -> List[Dict[str, Any]]:
         now = time.monotonic()
-        rows = []
+        rows: List[Dict[str, Any]] = []
         for path, seg, err in _ops.scan(self.directory):
             name = os.path.basename(path)
             if seg is None:

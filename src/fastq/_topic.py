@@ -391,4 +391,5 @@ def _reopen(where: Any, name: str, serializer: Any, trusted: bool = False,
     if isinstance(where, str):
         return Topic.open(where, serializer=serializer, trusted=trusted, wait=wait,
                           _vetted=vetted)
-    return Topic((where, name), serializer=serializer, wait=wait, _how="open")
+    handed: Any = (where, name)  # _attach's private form of a name: (DupFd, name)
+    return Topic(handed, serializer=serializer, wait=wait, _how="open")

@@ -18,6 +18,8 @@ cdef uint64_t SPIN_GIL_NS = 5000       # spin this long holding the GIL before w
 
 ARM_READY = FQ_ARM_READY    # fq_arm: the condition may hold already
 ARM_QUIET = FQ_ARM_QUIET    # fq_arm: nothing in flight (no recovery timer needed)
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
 STRATEGIES = {"adaptive": FQ_STRATEGY_ADAPTIVE, "spin": FQ_STRATEGY_SPIN,
               "sleep": FQ_STRATEGY_SLEEP}
 
@@ -71,15 +73,25 @@ def _seg_key(Segment seg):
     return seg.att.key
 
 
-def _seg_arm(Segment seg, int what, uint64_t need, bint on):
-    """fq_arm for this handle: FQ_ARM_READY, FQ_ARM_QUIET or 0."""
+def _seg_arm(Segment seg, int what, uint64_t need, bint on, bint quiet=True):
+    """fq_arm for this handle: FQ_ARM_READY, FQ_ARM_QUIET or 0; quiet=False:
+    fq_arm_slice (the caller sleeps with a recovery timer; never QUIET)."""
     cdef fq_queue *q = seg._enter_quick()
     cdef int rc
     with nogil:
-        rc = fq_arm(q, what, need, on)
+        if on and not quiet:
+            rc = fq_arm_slice(q, what, need)
+        else:
+            rc = fq_arm(q, what, need, on)
     if rc < 0:
         _raise_rc(rc, q, 0)
     return rc
+
+
+def _seg_ready(Segment seg, int what, uint64_t need):
+    """fq_ready: the condition of side what may hold now (another awaiting
+    task may proceed: cheaper than qsize(), which sums over the slots)."""
+    return fq_ready(seg._enter_quick(), what, need) != 0
 
 
 def _sub_arm(Subscriber sub, bint on):
@@ -97,24 +109,34 @@ def _sub_arm(Subscriber sub, bint on):
     return rc
 
 
-cdef uint64_t SPIN_LOOP_NS = 20000   # an event loop spins at most this long before it arms
+cdef inline uint64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000u + <uint64_t>ts.tv_nsec
 
 
-def _seg_spin(Segment seg, int what, uint64_t need, Subscriber sub=None):
-    """Before a task arms: spin (the GIL and the loop held) within the
-    handle's adaptive budget, at most SPIN_LOOP_NS, if its strategy spins.
-    True if the condition may hold now."""
+def _seg_spin(Segment seg, int what, uint64_t need, uint64_t ns, Subscriber sub=None):
+    """Before a task arms: spin up to ns nanoseconds (the GIL and the loop
+    held; fastq._aio decides whether and how long).  True if the condition
+    may hold now.  Each fq_spin call is given no time of its own (a few
+    checks), so the blocking calls' adaptive budget does not cap this spin."""
     cdef fq_queue *q = seg._enter_quick()
-    if seg.strategy == FQ_STRATEGY_SLEEP:
-        return False
+    cdef fq_sub *s = NULL
+    if sub is not None:
+        s = sub.s
+        if s == NULL:
+            return True  # closed: let the call find out
+    cdef uint64_t start = _now_ns()
     cdef int ok
-    if sub is not None and sub.s != NULL:
-        ok = fq_sub_spin(sub.s, SPIN_LOOP_NS)
-    else:
-        ok = fq_spin(q, what, need, SPIN_LOOP_NS)
-    if not ok:
-        fq_spin_missed(q)
-    return ok
+    while True:
+        if s != NULL:
+            ok = fq_sub_spin(s, 0)
+        else:
+            ok = fq_spin(q, what, need, 0)
+        if ok:
+            return True
+        if _now_ns() - start >= ns:
+            return False
 
 
 def _seg_bell_take(Segment seg):

@@ -2,8 +2,8 @@
 
 Shared by :class:`fastq.Pool` and :func:`fastq.pipeline`.  The unit of work is a
 *chunk*: one message ``(job, chunk, origin, call, items, nfailed, cost, parts)``
-holding a list of items (as a ``fastq._batch.Batch``: its own pickle, read item
-by item if it does not load whole).  ``origin`` is the input position of the
+holding a list of items (packed by ``fastq._batch.pack``: its own pickle, read
+item by item if it does not load whole).  ``origin`` is the input position of the
 first item (an int, the items being consecutive) or a list with one position per
 item (after a ``flat`` stage).  A stage's worker takes a chunk with acknowledged
 delivery (``receive()``), computes the chunk of outputs, puts it on the next
@@ -38,7 +38,7 @@ import weakref
 from multiprocessing import connection
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from ._batch import Batch, Salvaged
+from ._batch import Salvaged, pack, unpack
 from ._errors import Empty, MessageTooLarge, ShutDown
 from ._queue import Queue
 
@@ -112,14 +112,14 @@ class _Job:
         with self.mu:
             self.total, self.items_total = chunks, items
         self._check_done()
-        self.engine.wake()
+        self.engine.nudge()
 
     def fail(self, exc: BaseException) -> None:
         with self.mu:
             if self.error is None:
                 self.error = exc
         self._check_done()
-        self.engine.wake()
+        self.engine.nudge()
 
     def _check_done(self) -> None:
         with self.mu:
@@ -374,6 +374,21 @@ class _Engine:
         with self.turn:
             self.turn.notify_all()
 
+    def nudge(self) -> None:
+        """A job changed with no message to say so (its total became known, it
+        failed): wake the threads waiting in wait(), and the one reading the
+        results queue, asleep there until a message comes or its read times out
+        (0.2 s, at the end of every imap or pipeline whose feeder saw the end of
+        its input after the consumer took the last results), with a message of
+        no job (_NUDGE).  A reader that takes the lock after the look sees the
+        change before it reads (wait() looks at ready() with the lock held)."""
+        self.wake()
+        if self.collect_lock.locked():
+            try:
+                self.queues[-1].put(_NUDGE, block=False)
+            except Exception:
+                pass  # full: the reader has messages; shut down or closed: it is told
+
     def wait(self, ready: Callable[[], bool], deadline: Optional[float]) -> bool:
         """Wait until ready() (False at the monotonic deadline), reading the
         results queue meanwhile when no other thread does."""
@@ -420,16 +435,24 @@ class _Engine:
 
     def _collect(self) -> None:
         """The collector thread: reads the results queue while nobody waits in
-        the foreground, until the queue is shut down or closed.  It polls (every
-        LINGER_S) rather than being notified of every change: a notification would
-        wake it, and make it take the GIL, on every result of a loop of apply();
-        only the first background job after none wakes it."""
+        the foreground, until the queue is shut down or closed.  While there are
+        background jobs it polls (every LINGER_S) rather than being notified of
+        every change: a notification would wake it, and make it take the GIL, on
+        every result of a loop of apply().  While there are none it sleeps until
+        the first one comes, or close() or terminate()."""
         while not (self.stopping or self.results_closed):
             # It reads only for jobs that need it (see new_job), or when closing
             # (join() waits for it to see the queue shut down): else it would
             # hold the queue when a thread comes to wait for a single apply().
-            if (self.fg_waiters or not (self.background or self.closing)
-                    or time.monotonic() - self.fg_left < LINGER_S):
+            if not (self.background or self.closing):
+                # Nothing to read for: no wake-up every LINGER_S (500 a second
+                # of an idle pool, each taking the GIL from whoever runs).  The
+                # Event is set after the change it announces (new_job, close,
+                # terminate) and cleared before the loop looks again.
+                self.bg_wanted.wait()
+                self.bg_wanted.clear()
+                continue
+            if self.fg_waiters or time.monotonic() - self.fg_left < LINGER_S:
                 self.bg_wanted.wait(LINGER_S)
                 self.bg_wanted.clear()  # a hint only: the loop looks again
                 continue
@@ -467,7 +490,10 @@ class _Engine:
             for job in list(self.jobs.values()):
                 job.fail(err)
             return True
-        for job_id, chunk, origin, _, items, nfailed, cost, parts in msgs:
+        for job_id, chunk, origin, _, batch, nfailed, cost, parts in msgs:
+            if job_id < 0:
+                continue  # a nudge (see nudge())
+            items = unpack(batch)
             if type(items) is Salvaged:  # an item that did not load fails alone
                 items = list(items)
                 nfailed = _nfailed(items)
@@ -505,8 +531,13 @@ class _Engine:
         """A job; window: chunks in flight at most (default 2 per worker and 2;
         0: no window, for a job of one chunk of known total).  background: its
         results must be delivered even while no thread waits for them (it has
-        callbacks, or a feeder that waits for room in its window); else they
-        are delivered when a thread waits or polls."""
+        callbacks, or a feeder that waits for room its window gets back as
+        chunks are received: release_on_receive); else they are delivered when
+        a thread waits or polls.  An iterator's job (imap, a pipeline) is not
+        background: its window opens as its consumer takes chunks, a consumer
+        that waits reads the results itself, and a collector reading for it
+        too only hands the chunks over between two threads (a futex wake and a
+        GIL hand-off per batch) and polls every LINGER_S."""
         if self.closing or self.stopping:
             raise ValueError("the pool is not running")
         if window is None:
@@ -601,14 +632,14 @@ class _Engine:
                     items = [first]
                     items.extend(itertools.islice(it, n - 1))
                 try:
-                    q.put((job.jid, chunk, pos, call, Batch(items), 0, 0.0, ()))
+                    q.put((job.jid, chunk, pos, call, pack(items), 0, 0.0, ()))
                 except MessageTooLarge:
                     if len(items) == 1:
                         raise
                     for i, x in enumerate(items):  # one item per message
                         if i and not self._room(job):
                             return
-                        q.put((job.jid, chunk + i, pos + i, call, Batch([x]), 0, 0.0, ()))
+                        q.put((job.jid, chunk + i, pos + i, call, pack([x]), 0, 0.0, ()))
                     chunk += len(items) - 1
                 chunk += 1
                 pos += len(items)
@@ -626,6 +657,7 @@ class _Engine:
         with self.lock:
             self.closing = True
             idle = self.feeding == 0
+        self.bg_wanted.set()  # the collector reads until the results queue ends
         if idle:  # else the last feeder shuts it down when its input is in
             self.queues[0].shutdown()
 
@@ -652,6 +684,7 @@ class _Engine:
         if self.stopping:
             return
         self.stopping = self.closing = True
+        self.bg_wanted.set()
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -694,6 +727,9 @@ class _Engine:
 
 
 _live: "weakref.WeakSet[_Engine]" = weakref.WeakSet()
+
+# what nudge() puts on the results queue: a chunk message of no job
+_NUDGE = (-1, 0, 0, None, pack([]), 0, 0.0, ())
 
 
 def _terminate_all() -> None:

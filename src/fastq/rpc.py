@@ -26,7 +26,6 @@ else it waits for a server to come back.
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import itertools
 import os
@@ -34,7 +33,10 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+if TYPE_CHECKING:  # imported where a coroutine runs: `import fastq` does without asyncio
+    import asyncio
 
 from ._dispatch import Dispatcher
 from ._errors import Empty
@@ -442,6 +444,7 @@ class Client:
 
     async def acall(self, obj: Any, timeout: Optional[float] = None) -> Any:
         """Awaitable :meth:`call`: the event loop runs while it waits."""
+        import asyncio
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         box = [None, (loop, fut)]

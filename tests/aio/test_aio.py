@@ -498,10 +498,10 @@ def test_apublish_with_a_subject_waits_for_room_for_the_subject_too(kind, monkey
     armed = []
     arm = _core._seg_arm
 
-    def record(seg, what, need, on):
+    def record(seg, what, need, on, *quiet):
         if on:
             armed.append(need)
-        return arm(seg, what, need, on)
+        return arm(seg, what, need, on, *quiet)
 
     monkeypatch.setattr(_core, "_seg_arm", record)
 

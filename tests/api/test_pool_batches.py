@@ -95,6 +95,22 @@ def test_out_of_band_buffers_stay_with_their_items():
     assert (out[0] == 0).all() and (out[2] == 2).all() and (out[4] == 4).all()
 
 
-def test_a_batch_that_is_not_a_list_fails_every_item():
-    out = _roundtrip((0, B.LoadsNowhere(1), 2))
-    assert _shape(out) == ["F", "F", "F"]
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_a_tuple_batch_fails_at_its_item_alone(n):
+    """A Pool cuts a tuple input into tuple batches (pickled as a tuple:
+    TUPLE1-3, or MARK ... TUPLE); its items that are tuples themselves, built
+    by the same opcodes, are not taken for the batch, nor is it taken for a
+    list when its first item is one."""
+    for bad in range(n):
+        items = tuple((i, (i,)) if i % 2 else [i, [i]] for i in range(n))
+        items = items[:bad] + (B.LoadsNowhere(bad),) + items[bad + 1:]
+        out = _roundtrip(items)
+        assert type(out) is _batch.Salvaged
+        assert _shape(out) == ["F" if i == bad else x for i, x in enumerate(items)]
+        assert "refuses to load (%d)" % bad in str(out[bad].rebuild())
+
+
+def test_a_batch_that_is_neither_a_list_nor_a_tuple_fails_every_item():
+    """Not a list or tuple as Batch pickles them: nothing to tell items by."""
+    out = _batch.load_batch(pickle.dumps({0: 0, 1: B.LoadsNowhere(1)}), 2)
+    assert _shape(out) == ["F", "F"]

@@ -105,7 +105,7 @@ from fastq import bridge
 crash = sys.argv[3] if len(sys.argv) > 3 else ""
 if crash:
     point, n = crash.split(":")
-    bridge._CRASH_AT = (point, int(n))
+    bridge._base._CRASH_AT = (point, int(n))  # the crash points (fastq/bridge/_base.py)
 # the handler before the bridge starts: a bridge thread that drains the queue at
 # once could otherwise hold the main thread off until the test's SIGTERM came
 stop = threading.Event()
@@ -326,7 +326,7 @@ INBOUND_SCRIPT = """
 import sys, fastq
 from fastq import bridge
 point, n = sys.argv[3].split(":")
-bridge._CRASH_AT = (point, int(n))
+bridge._base._CRASH_AT = (point, int(n))
 q = fastq.Queue.open(sys.argv[1], serializer="raw")
 bridge.Inbound("in.k", q, durable="k", servers=sys.argv[2], stream="INK", batch=10,
                ack_wait=1).run()

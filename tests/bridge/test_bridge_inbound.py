@@ -170,8 +170,8 @@ def test_a_stalled_server_neither_loses_nor_duplicates_inbound(nats_server, tmp_
             os.kill(nats_server.proc.pid, signal.SIGCONT)
         wait_for(lambda: q.qsize() >= len(want), timeout=60, what="every message put")
         # settled on JetStream: nothing pending, nothing unacked (the acks of
-        # the batch whose confirmation was overdue may have been processed
-        # when the server resumed: not redelivered, and not counted as acked)
+        # the batch whose confirmation was overdue, processed when the server
+        # resumed or not, are sent again by the next connection: counted)
         wait_for(lambda: _stream(nats_server.url, pending) == (0, 0), timeout=60,
                  what="every message acked on JetStream", step=0.2)
     finally:
@@ -183,4 +183,64 @@ def test_a_stalled_server_neither_loses_nor_duplicates_inbound(nats_server, tmp_
     st = inb.stats()
     assert stalled_at < len(want), "the stall came after the end: make the stream longer"
     assert inb.error is None and st.forwarded == len(want)
-    assert len(want) - 64 <= st.acked <= len(want)
+    assert st.acked == len(want)
+
+
+def test_acked_counts_a_batch_whose_confirmations_were_overdue(nats_server, tmp_path):
+    """The bridge sends a batch's acks to a stopped server (SIGSTOP) and its
+    wait for their confirmations times out: the connection fails.  When the
+    server runs again it processes those acks (they were in its socket), so
+    JetStream never redelivers the batch; the new connection must still learn
+    that they were acked: ``acked`` ends equal to the messages put, each
+    once."""
+    import os
+    import signal
+
+    bridge = _bridge()
+    want = [b"m%d" % i for i in range(10)]
+
+    async def fill(js):
+        await bridge.ensure_stream(js, "OVERDUE", ["overdue.x"])
+        for p in want:
+            await js.publish("overdue.x", p)
+    _stream(nats_server.url, fill)
+
+    async def pending(js):
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
+        try:
+            ci = await js.consumer_info("OVERDUE", "far")
+        except NotFoundError:  # the bridge has not created it yet
+            return None
+        return ci.num_ack_pending, ci.num_pending, ci.num_redelivered
+
+    q = fastq.Queue(str(tmp_path / "q"), 4096, serializer="raw")
+    fillers = 0
+    while True:  # the local queue full: the bridge's batch waits to be put
+        try:
+            q.put(b"filler", block=False)
+        except fastq.Full:
+            break
+        fillers += 1
+    inb = bridge.Inbound("overdue.x", q, durable="far", servers=nats_server.url,
+                         stream="OVERDUE", batch=len(want), ack_wait=30.0, ack_timeout=0.5,
+                         backoff=(0.05, 0.2), connect_options={"connect_timeout": 0.5}).start()
+    try:
+        wait_for(lambda: _stream(nats_server.url, pending) == (len(want), 0, 0), timeout=30,
+                 what="the batch fetched", step=0.05)
+        os.kill(nats_server.proc.pid, signal.SIGSTOP)
+        try:
+            assert q.get_many(fillers) == [b"filler"] * fillers  # room: the batch is put
+            wait_for(lambda: q.qsize() == len(want), timeout=30, what="the batch put")
+            wait_for(lambda: inb.stats().errors > 0, timeout=30, what="the ack timeout")
+        finally:
+            os.kill(nats_server.proc.pid, signal.SIGCONT)
+        wait_for(lambda: _stream(nats_server.url, pending) == (0, 0, 0), timeout=30,
+                 what="the batch acked on JetStream, never redelivered", step=0.05)
+        wait_for(lambda: inb.stats().acked == len(want), timeout=10,
+                 what=f"acked == {len(want)}", step=0.05)
+    finally:
+        inb.stop()
+    assert q.get_many(len(want) + 1) == want
+    st = inb.stats()
+    assert (st.forwarded, st.acked, st.redelivered, st.duplicates) == (len(want), len(want), 0, 0)
+    assert inb.error is None

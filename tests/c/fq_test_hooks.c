@@ -25,6 +25,16 @@ uint64_t fqt_data_offset(fq_queue *q) { return (uint64_t)(q->data - q->base); }
 int fqt_my_slot(fq_queue *q) { return atomic_load(&q->slot); }
 uint64_t fqt_nap(fq_queue *q, uint32_t s, int side) { return atomic_load(&q->slots[s].nap[side]); }
 void fqt_wake(fq_queue *q, int what) { fq_wake(q, what); }
+uint32_t fqt_spin_ns(fq_queue *q) { return atomic_load(&q->spin_ns); }
+void fqt_spin_limits(uint64_t out[5])
+{
+    out[0] = FQ_SPIN_MIN_NS;
+    out[1] = FQ_SPIN_MAX_NS;
+    out[2] = FQ_SPIN_PROBE_EVERY;
+    out[3] = FQ_SPIN_PROBE_NEAR_NS;
+    out[4] = FQ_SPIN_TRY_EVERY;
+}
+void fqt_spin_slept(fq_queue *q, uint64_t waited_ns) { fq_spin_slept(q, waited_ns); }
 uint64_t fqt_slot_word(fq_queue *q, uint32_t s) { return atomic_load(&q->slots[s].word); }
 int fqt_slot_of_pid(fq_queue *q, int pid)
 {
@@ -222,6 +232,10 @@ uint64_t fqt_group_field(fq_queue *q, uint32_t i, int field)
 }
 uint64_t fqt_published(fq_queue *q) { return atomic_load(&q->ctrl->published); }
 uint64_t fqt_recover_lock(fq_queue *q) { return atomic_load(&q->ctrl->recover_lock); }
+
+/* the not-before watermark (ms, CLOCK_REALTIME; fq_get.c fq_nb_lower) */
+uint64_t fqt_nb_latest(fq_queue *q) { return atomic_load(&q->ctrl->nb_latest); }
+void fqt_set_nb_latest(fq_queue *q, uint64_t v) { atomic_store(&q->ctrl->nb_latest, v); }
 
 /* Publisher loop for topics: like fqt_put_loop (id 0), with a random pause of up to
  * `delay` spins after each message, and (progress non-NULL) never more than `lead`

@@ -25,12 +25,21 @@ uint64_t fqt_data_offset(fq_queue *q);
 int fqt_my_slot(fq_queue *q);
 uint64_t fqt_nap(fq_queue *q, uint32_t s, int side);
 void fqt_wake(fq_queue *q, int what);
+/* the adaptive spin budget of the handle (q->spin_ns), and its limits {min, max,
+ * misses at the floor between full probes, the longest last sleep that allows a
+ * probe, misses at the floor between short probes};
+ * fqt_spin_slept: as if an adaptive wait came back from its sleep after waited_ns */
+uint32_t fqt_spin_ns(fq_queue *q);
+void fqt_spin_limits(uint64_t out[5]);
+void fqt_spin_slept(fq_queue *q, uint64_t waited_ns);
 uint64_t fqt_slot_word(fq_queue *q, uint32_t s);
 int fqt_slot_of_pid(fq_queue *q, int pid);
 uint64_t fqt_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field);
 void fqt_set_intent_state(fq_queue *q, uint32_t s, uint32_t lane, int cons, uint64_t st);
 void fqt_set_intent(fq_queue *q, uint32_t s, uint32_t lane, int cons, int field, uint64_t v);
 uint64_t fqt_cons_total(fq_queue *q);
+uint64_t fqt_nb_latest(fq_queue *q);
+void fqt_set_nb_latest(fq_queue *q, uint64_t v);
 int64_t fqt_put_loop(fq_queue *q, uint32_t id, int64_t n, uint32_t seed, uint32_t min16,
                      uint32_t max16, uint64_t deadline_ns);
 int64_t fqt_get_loop(fq_queue *q, size_t max_n, uint64_t *out, int64_t cap, int64_t *gotall,

@@ -80,3 +80,12 @@ def test_an_input_a_worker_cannot_load_fails_its_item_only(fastq_dir):
         assert "refuses to load in a worker (2)" in str(err)
         assert p.map(F.sq, range(5)) == [0, 1, 4, 9, 16]
         assert p.reruns == 0  # no worker died of it
+
+
+def test_an_input_a_worker_cannot_load_fails_its_item_only_in_a_tuple(fastq_dir):
+    """A tuple input is cut in tuple batches: read item by item as a list's."""
+    items = (0, 1, B.InputOnlyForParent(2), 3)
+    with fastq.Pool(2) as p:
+        got, err = _bounded(lambda: _collect(p.imap(F.pid_of, items, chunksize=4)))
+        assert len(got) == 2 and isinstance(err, RuntimeError), (got, err)
+        assert "refuses to load in a worker (2)" in str(err)

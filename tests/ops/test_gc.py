@@ -9,10 +9,13 @@ in subprocesses."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import signal
 import struct
+
+import pytest
 
 import fastq
 from support import procs as _procs
@@ -124,7 +127,7 @@ def test_gc_removes_the_temporary_name_of_a_killed_creators_segment(fastq_dir, n
     assert create_in_child(d / "b", "create_linked", no_tmpfile_env) == 9
     (left,) = [n for n in _names(d) if n != "b"]
     assert left.startswith("b.tmp-")
-    # listed, though reading b (temporary or not?) lets the core sweep it
+    # listed: reading b (temporary or not?) leaves it (FQ_OPEN_NOSWEEP)
     assert _gc("--dry-run") == {str(d / left)}
     fastq_cli("gc", check=0)
     assert _names(d) == ["b"]
@@ -175,3 +178,27 @@ def test_rm_removes_a_killed_creators_leftover(fastq_dir, no_tmpfile_env):
     (left,) = _names(d)
     fastq_cli("rm", str(d / left), check=0)
     assert _names(d) == []
+
+
+def _files_on_disk(d):
+    """Every file of d: its name and the digest of its bytes."""
+    return {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in _names(d)}
+
+
+@pytest.mark.parametrize("args", [("ls",), ("ls", "--json"), ("stat", "b"), ("check", "b"),
+                                  ("gc", "--dry-run")], ids=" ".join)
+def test_read_only_commands_and_dry_run_change_nothing_on_disk(fastq_dir, no_tmpfile_env, args):
+    """A killed creator's leftover that is a second name of its segment: the
+    tools that only read (ls, stat, check, gc --dry-run) open the segment
+    and must not sweep that name (it is gc's to remove, and a dry run says
+    it would, not does)."""
+    d = fastq_dir
+    assert create_in_child(d / "b", "create_linked", no_tmpfile_env) == 9
+    (left,) = [n for n in _names(d) if n != "b"]
+    assert left.startswith("b.tmp-")
+    fastq.Topic("t").close()  # another segment, of the other kind
+    before = _files_on_disk(d)
+    fastq_cli(*args, check=0)
+    assert _files_on_disk(d) == before, f"fastq {' '.join(args)} changed the directory"
+    assert _gc() == {str(d / left)}
+    assert _names(d) == ["b", "t"]

@@ -88,6 +88,46 @@ q.close()
     assert "time in queue" in text and "16 samples" in text
 
 
+def test_queue_time_in_queue_sampled_at_each_point_across_lanes(fastq_dir):
+    """The hot path's sample test compares a claim's end with a mark kept
+    per lane (fq_sample_due): with four producer threads sharing a handle
+    (puts of several lanes, committing out of claim order) and a consumer
+    holding up to six receive()s (gets of several lanes), each of the 16
+    sample points is still measured once."""
+    fastq.Queue("tiql", capacity=1 << 17, serializer="raw").close()
+    run_py("""
+import threading, fastq
+q = fastq.Queue.open("tiql", serializer="raw")
+def put(k):
+    for i in range(250):
+        q.put((k * 250 + i).to_bytes(4, "little") * 28)
+ts = [threading.Thread(target=put, args=(k,)) for k in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+q.close()
+""")
+    time.sleep(PAUSE)
+    run_py("""
+import collections, fastq
+q = fastq.Queue.open("tiql", serializer="raw", prefetch=7)
+held, seen = collections.deque(), set()
+for i in range(1000):
+    d = q.receive(block=False)
+    seen.add(d.value)
+    held.append(d)
+    if len(held) == 6 or i % 7 == 0:
+        held.popleft().ack()
+while held:
+    held.pop().ack()
+assert len(seen) == 1000
+q.close()
+""")
+    s = fastq_json("stat", "tiql")
+    assert s["puts"] == s["gets"] == 1000 and s["depth"] == 0
+    assert s["wait_samples"] == 16
+    assert PAUSE <= s["wait_p50_s"] <= s["wait_max_s"]
+
+
 def test_topic_time_in_queue_per_subscriber(fastq_dir, procs):
     """Each durable subscriber's row has its own group's samples: both read
     the same 16 sample points."""
