@@ -347,6 +347,9 @@ class _Worker:
 
     def loop_sync(self) -> None:
         n = self.r.concurrency
+        # a handler may run its deliveries itself (fastq.rpc's responder: it has
+        # no retry limit and no dead letters, so nothing to count per message)
+        run = getattr(self.r.handler, "_fastq_run_delivery", None) or self.run_sync
         if n == 1:     # the common case runs the handler in this thread
             while not self.stop.is_set():
                 try:
@@ -355,7 +358,7 @@ class _Worker:
                     continue
                 except ShutDown:
                     break
-                self.run_sync(d)
+                run(d)
             return
         free = threading.Semaphore(n)
         pool = concurrent.futures.ThreadPoolExecutor(n)
@@ -376,7 +379,7 @@ class _Worker:
                     if isinstance(e, ShutDown):
                         break
                     continue
-                f = pool.submit(self.run_sync, d)
+                f = pool.submit(run, d)
                 pending.add(f)
                 f.add_done_callback(done)
             concurrent.futures.wait(list(pending), timeout=self.grace)

@@ -58,6 +58,7 @@ class _Responder:
         self.__qualname__ = f"rpc.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
         self.__module__ = getattr(fn, "__module__", None) or "fastq.rpc"
         self.replies: "OrderedDict[str, Optional[Queue[Any]]]" = OrderedDict()
+        self.last: tuple = (None, None)   # (reply_to, its queue) of the last request
 
     def __getstate__(self) -> dict:
         return {"fn": self.fn, "__qualname__": self.__qualname__, "__module__": self.__module__}
@@ -65,6 +66,7 @@ class _Responder:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.replies = OrderedDict()
+        self.last = (None, None)
 
     def _reply_queue(self, name: str) -> "Optional[Queue[Any]]":
         q = self.replies.get(name)
@@ -78,23 +80,43 @@ class _Responder:
                 _, old = self.replies.popitem(last=False)
                 if old is not None:
                     old.close()
+                    if old is self.last[1]:
+                        self.last = (None, None)
         else:
             self.replies.move_to_end(name)
+        self.last = (name, q)
         return q
 
-    def __call__(self, request: Any) -> None:
+    def answer(self, request: Any) -> None:
+        """Run the handler on ``request`` and put the reply on its client's
+        reply queue (dropped if the client is gone, or if even the error
+        saying the result cannot travel cannot be put)."""
         reply_to, cid, payload = request
         try:
             reply = (cid, True, self.fn(payload))
         except Exception as exc:
             reply = (cid, False, _Failed.current(exc))
-        q = self._reply_queue(reply_to)
+        last, q = self.last
+        if reply_to != last:          # another client than the last one
+            q = self._reply_queue(reply_to)
         if q is None:
             return
         try:
             q.put(reply)
         except Exception as exc:      # the result does not pickle, or is too large
-            q.put((cid, False, _Failed.current(exc)))
+            try:
+                q.put((cid, False, _Failed.current(exc)))
+            except Exception:
+                pass    # nor does the error (the client's queue was shut down): it times out
+
+    __call__ = answer
+
+    def _fastq_run_delivery(self, d: Any) -> None:
+        """Answer delivery ``d``'s request, then ack it: the Dispatcher's worker
+        loop calls this instead of its own per-message bookkeeping (attempt
+        counts for a retry limit and dead letters, which requests have not)."""
+        self.answer(d.value)
+        d.ack()
 
 
 class Server:
@@ -169,14 +191,13 @@ class Server:
         self.close()
 
 
-class _Waiter:
-    __slots__ = ("event", "future", "loop", "reply")
-
-    def __init__(self) -> None:
-        self.event: Optional[threading.Event] = None
-        self.future: Optional[asyncio.Future] = None
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.reply: Any = None
+# A call waiting for its reply is a box in its reply path's table, ``waiting[cid]``:
+# a list ``[reply, wake]``: ``reply`` is None until the reply arrives, ``wake`` is
+# None while the caller reads the reply queue itself (or polls), a threading.Event
+# once it sleeps waiting for another thread to hand its reply over, or
+# ``(loop, future)`` for an awaitable call.  One small list per call, entered and
+# left with one dict operation each (atomic: no lock on the fast path).
+_REPLY, _WAKE = 0, 1
 
 
 def _resolve_future(fut: asyncio.Future, reply: Any) -> None:
@@ -188,87 +209,95 @@ class _ReplyPath:
     """The reply queue of this process for one server name, and the table of
     calls waiting for their reply."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, strategy: int):
         token = os.urandom(4).hex()
         self.queue: "Queue[Any]" = Queue.create(f"{name}.reply-{os.getpid()}-{token}",
                                                 REPLY_CAPACITY)
+        self.queue.strategy = strategy
         self.reply_to = self.queue.path     # a path: the server opens it wherever it runs
-        self.waiting: Dict[int, _Waiter] = {}
-        self.lock = threading.Lock()        # the table
+        self.waiting: Dict[int, list] = {}
+        self.lock = threading.Lock()        # hand-overs (iterating the table)
         self.reader = threading.Lock()      # whoever holds it reads the queue
         self.ids = itertools.count(1)
         self.pid = os.getpid()
         self.async_readers: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
-    def register(self, w: _Waiter) -> int:
-        cid = next(self.ids)
-        with self.lock:
-            self.waiting[cid] = w
-        return cid
-
-    def forget(self, cid: int) -> None:
-        with self.lock:
-            self.waiting.pop(cid, None)
-
     def deliver(self, reply: Any) -> None:
-        with self.lock:
-            w = self.waiting.pop(reply[0], None)
-        if w is None:
+        """Hand a reply read from the queue to the call waiting for it."""
+        box = self.waiting.pop(reply[0], None)
+        if box is None:
             return          # a call that timed out: its reply is dropped
-        w.reply = reply
-        if w.future is not None:
-            w.loop.call_soon_threadsafe(_resolve_future, w.future, reply)  # type: ignore
-        elif w.event is not None:
-            w.event.set()
+        box[_REPLY] = reply
+        wake = box[_WAKE]
+        if wake is None:
+            return          # it polls (or reads, and sees box[_REPLY] within a slice)
+        if type(wake) is tuple:
+            wake[0].call_soon_threadsafe(_resolve_future, wake[1], reply)
+        else:
+            wake.set()
 
-    def wait_sync(self, w: _Waiter, cid: int, deadline: Optional[float]) -> bool:
-        """Wait for ``w``'s reply, reading the queue when no other thread does."""
-        get = self.queue.get
-        while w.reply is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            if self.reader.acquire(blocking=False):
-                try:
-                    while w.reply is None:
-                        left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-                        if left <= 0:
-                            return False
-                        try:
-                            # a bounded slice: the reader checks its deadline
-                            reply = get(timeout=left)
-                        except Empty:
-                            continue
-                        if reply[0] == cid:          # the common case: ours
-                            with self.lock:
-                                self.waiting.pop(cid, None)
-                            w.reply = reply
-                        else:
-                            self.deliver(reply)
-                finally:
-                    self.reader.release()
-                    if self.waiting:
-                        self._hand_over()
+    def read(self, box: list, cid: int, deadline: Optional[float]) -> bool:
+        """Read the queue (the caller holds ``reader``) until ``box`` has its
+        reply (True) or the deadline passes (False)."""
+        get, waiting = self.queue.get, self.waiting
+        while box[_REPLY] is None:
+            # a bounded slice: an awaitable call's reader (another thread's event
+            # loop) may read this caller's reply meanwhile
+            if deadline is None:
+                left = 0.5
             else:
-                ev = w.event
-                if ev is None:
-                    # another thread reads: wait for it to hand our reply over (its
-                    # deliver() sets w.reply before it looks at w.event)
-                    ev = _local.__dict__.get("event")
-                    if ev is None:
-                        ev = _local.event = threading.Event()
-                    ev.clear()
-                    w.event = ev      # one per thread: a thread waits for one call at a time
-                    continue
-                if ev.wait(0.01):
-                    ev.clear()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if left > 0.5:
+                    left = 0.5
+            try:
+                reply = get(True, left)
+            except Empty:
+                continue
+            if reply[0] == cid:          # the common case: ours
+                waiting.pop(cid, None)
+                box[_REPLY] = reply
+                return True
+            self.deliver(reply)
         return True
 
-    def _hand_over(self) -> None:
-        # wake one sync waiter to take over reading (each also polls the lock)
+    def wait(self, box: list, cid: int, deadline: Optional[float]) -> bool:
+        """Wait for ``box``'s reply: read the queue whenever no other thread
+        does, else sleep until the reader hands it over."""
+        reader = self.reader
+        while box[_REPLY] is None:
+            if reader.acquire(False):
+                try:
+                    return self.read(box, cid, deadline)
+                finally:
+                    reader.release()
+                    if self.waiting:
+                        self.hand_over()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            ev = box[_WAKE]
+            if ev is None:
+                # another thread reads: sleep until it hands our reply over
+                # (deliver() sets the reply before it looks at the event)
+                ev = _local.__dict__.get("event")
+                if ev is None:
+                    ev = _local.event = threading.Event()
+                ev.clear()
+                box[_WAKE] = ev   # one per thread: a thread waits for one call at a time
+                continue
+            if ev.wait(0.01):      # and poll the reader lock
+                ev.clear()
+        return True
+
+    def hand_over(self) -> None:
+        """Wake one sleeping sync caller to take over reading (each also polls
+        the reader lock)."""
         with self.lock:
-            for other in self.waiting.values():
-                if other.event is not None:
-                    other.event.set()
+            for box in list(self.waiting.values()):
+                wake = box[_WAKE]
+                if wake is not None and type(wake) is not tuple:
+                    wake.set()
                     break
 
     def ensure_async_reader(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -277,11 +306,8 @@ class _ReplyPath:
             self.async_readers[loop] = loop.create_task(self._read_async())
 
     async def _read_async(self) -> None:
-        # reads while any awaitable call of this loop waits
-        while True:
-            with self.lock:
-                if not any(w.future is not None for w in self.waiting.values()):
-                    return
+        # reads while any awaitable call waits
+        while any(type(box[_WAKE]) is tuple for box in list(self.waiting.values())):
             try:
                 reply = await self.queue.aget(timeout=0.5)
             except Empty:
@@ -296,13 +322,24 @@ class _ReplyPath:
 _paths: Dict[str, _ReplyPath] = {}
 _local = threading.local()
 _paths_lock = threading.Lock()
+_pid = os.getpid()        # this process's (os.getpid() is a system call: not per call)
 
 
-def _reply_path(name: str) -> _ReplyPath:
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _reply_path(name: str, strategy: int) -> _ReplyPath:
     with _paths_lock:
         path = _paths.get(name)
-        if path is None or path.pid != os.getpid():   # a forked child has its own
-            path = _paths[name] = _ReplyPath(name)
+        if path is None or path.pid != _pid:   # a forked child has its own
+            path = _paths[name] = _ReplyPath(name, strategy)
+        else:
+            path.queue.strategy = strategy
         return path
 
 
@@ -338,32 +375,26 @@ class Client:
         self.name = name
         self.requests: "Queue[Any]" = Queue(name)
         self._strategy = _strategy(wait)
-        self._path: Optional[_ReplyPath] = None
-        self._reply_path()
+        self._path = _reply_path(name, self._strategy)
 
-    def _reply_path(self) -> _ReplyPath:
-        path = _reply_path(self.name)
-        if path is not self._path:     # first call, or in a forked child
-            path.queue.strategy = self._strategy
-            self._path = path
-        return path
-
-    def _send(self, obj: Any, w: _Waiter) -> tuple:
-        path = self._reply_path()
-        cid = path.register(w)
+    def _send(self, obj: Any, box: list) -> tuple:
+        path = self._path
+        if path.pid != _pid:       # in a forked child: its own reply path
+            path = self._path = _reply_path(self.name, self._strategy)
+        cid = next(path.ids)
+        path.waiting[cid] = box
         try:
             self.requests.put((path.reply_to, cid, obj))
         except BaseException:
-            path.forget(cid)
+            path.waiting.pop(cid, None)
             raise
         return path, cid
 
     @staticmethod
     def _result(reply: Any) -> Any:
-        _, ok, value = reply
-        if ok:
-            return value
-        raise value.rebuild()
+        if reply[1]:
+            return reply[2]
+        raise reply[2].rebuild()
 
     def call(self, obj: Any, timeout: Optional[float] = None) -> Any:
         """Send ``obj``, wait for the reply and return it.
@@ -373,31 +404,61 @@ class Client:
         server may still run the request; its late reply is dropped).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        w = _Waiter()
-        path, cid = self._send(obj, w)
-        if not path.wait_sync(w, cid, deadline):
-            path.forget(cid)
-            if w.reply is None:
+        box: list = [None, None]
+        path, cid = self._send(obj, box)
+        reader = path.reader
+        if reader.acquire(False):           # the common case: nobody else reads
+            try:
+                # the first read inline: most often the reply is ours
+                try:
+                    reply = path.queue.get(True, 0.5 if deadline is None else
+                                           max(0.0, min(0.5, deadline - time.monotonic())))
+                except Empty:
+                    reply = None
+                if reply is not None and reply[0] == cid:
+                    path.waiting.pop(cid, None)
+                    box[_REPLY] = reply
+                    done = True
+                else:
+                    if reply is not None:
+                        path.deliver(reply)
+                    done = path.read(box, cid, deadline)
+            except BaseException:
+                path.waiting.pop(cid, None)
+                raise
+            finally:
+                reader.release()
+                if path.waiting:
+                    path.hand_over()
+        else:
+            try:
+                done = path.wait(box, cid, deadline)
+            except BaseException:
+                path.waiting.pop(cid, None)
+                raise
+        if not done:
+            path.waiting.pop(cid, None)
+            if box[_REPLY] is None:
                 raise TimeoutError(f"no reply from {self.name!r} in {timeout} s")
-        return self._result(w.reply)
+        return self._result(box[_REPLY])
 
     async def acall(self, obj: Any, timeout: Optional[float] = None) -> Any:
         """Awaitable :meth:`call`: the event loop runs while it waits."""
         import asyncio
         loop = asyncio.get_running_loop()
-        w = _Waiter()
-        w.loop, w.future = loop, loop.create_future()
-        path, cid = self._send(obj, w)
+        fut = loop.create_future()
+        box = [None, (loop, fut)]
+        path, cid = self._send(obj, box)
         path.ensure_async_reader(loop)
         try:
-            reply = await asyncio.wait_for(asyncio.shield(w.future), timeout)
+            reply = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
-            path.forget(cid)
-            if w.reply is None:
+            path.waiting.pop(cid, None)
+            if box[_REPLY] is None:
                 raise TimeoutError(f"no reply from {self.name!r} in {timeout} s") from None
-            reply = w.reply
+            reply = box[_REPLY]
         except BaseException:
-            path.forget(cid)
+            path.waiting.pop(cid, None)
             raise
         return self._result(reply)
 

@@ -150,3 +150,64 @@ from fastq import rpc
 assert rpc.Client("svc").call(5, timeout=20) == 10
 """, env={"FASTQ_DIR": str(fastq_dir)})
     assert [p.name for p in fastq_dir.iterdir()] == ["svc"]
+
+
+def test_sync_and_awaitable_calls_share_the_reply_path(fastq_dir):
+    # a thread's event loop reads the reply queue for its awaitable calls while
+    # other threads make plain calls: each gets its own answers, whoever reads
+    errors = []
+
+    async def many_acalls(c):
+        got = await asyncio.gather(*(c.acall(("a", i), timeout=30) for i in range(300)))
+        errors.extend((i, r) for i, r in enumerate(got) if r[2] != ("a", i))
+
+    def caller(k):
+        c = rpc.Client("svc")
+        for i in range(300):
+            r = c.call((k, i), timeout=30)
+            if r[2] != (k, i):
+                errors.append((k, i, r))
+
+    with rpc.Server("svc", echo, workers=2):
+        c = rpc.Client("svc")
+        ts = [threading.Thread(target=asyncio.run, args=(many_acalls(c),))]
+        ts += [threading.Thread(target=caller, args=(k,)) for k in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert errors == []
+
+
+def test_a_call_times_out_while_another_thread_reads(fastq_dir):
+    # the slow call's thread holds the reader: the other call waits for a hand-over,
+    # times out, and its late reply is not taken for a later call
+    with rpc.Server("svc", answer, workers=2, concurrency=2):
+        c = rpc.Client("svc")
+        slow = threading.Thread(target=lambda: c.call("slow", timeout=30))
+        slow.start()
+        time.sleep(0.2)
+        with pytest.raises(TimeoutError):
+            c.call("slow", timeout=0.3)
+        assert [c.call(i, timeout=30) for i in range(5)] == [0, 2, 4, 6, 8]
+        slow.join()
+        time.sleep(1.0)        # the timed-out call's reply arrives meanwhile
+        assert [c.call(i, timeout=30) for i in range(5, 10)] == [10, 12, 14, 16, 18]
+
+
+def _forked_caller(c):
+    res = [c.call((os.getpid(), i), timeout=30) for i in range(100)]
+    ok = all(r[2] == (os.getpid(), i) for i, r in enumerate(res))
+    rpc._close_paths()
+    return 0 if ok else 3
+
+
+def test_a_client_used_in_a_forked_child_gets_its_own_reply_path(fastq_dir):
+    with rpc.Server("svc", echo, workers=2):
+        c = rpc.Client("svc")
+        assert c.call(1, timeout=30)[2] == 1
+        pids = [fork(_forked_caller, c) for _ in range(3)]
+        mine = [c.call(("parent", i), timeout=30)[2] for i in range(100)]
+        codes = [reap(pid, 60) for pid in pids]
+    assert codes == [0, 0, 0]
+    assert mine == [("parent", i) for i in range(100)]
