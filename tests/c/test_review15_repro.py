@@ -14,9 +14,11 @@ import signal
 import pytest
 
 import fastq
+from support import procs as _procs
 from support.cli import fastq_json
 from support.cring import Q
-from support.cseg import ffi, lib
+from support.cseg import ffi, lib, recover_fully
+from support.gdbstop import BOUND, gdb_at, line_of, need_gdb, no_asan
 from support.procs import start_py
 
 
@@ -130,4 +132,65 @@ time.sleep(600)
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait(timeout=60)
+        q.close()
+
+
+# ---- R1 (outside the diff, the counters' recovery): a recoverer killed between
+# ---- counting a dead consumer's claim and settling it counts it twice -----------
+
+_R1 = (
+    "R1 (csrc/fq_recover.c fq_recover, not changed by h/counters): rec_gets is added "
+    "for a dead consumer lane that is WON or CLAIMING, and only then does "
+    "fq_fix_cons_count store RECOVERED; a recoverer killed between the two leaves the "
+    "lane WON, and the next recoverer counts the same claim again (recovered_gets 2 "
+    "for one claim).  Fix: count inside fq_fix_cons_count after its RECOVERED store "
+    "(or count when a RECOVERED lane is made IDLE), so that the count follows the "
+    "state change that makes it once; rec_slots (added after the slot's CAS) has the "
+    "opposite window: undercounted by a kill between the CAS and the add")
+
+
+def _dead_consumer(path):
+    q = Q.open(path)
+    rc, c = q.begin()
+    assert rc == 0
+    return 0  # exits holding the claim
+
+
+def _recoverer(path, go_r):
+    q = Q.open(path)
+    os.read(go_r, 1)
+    lib.fq_recover(q.q)
+    return 0
+
+
+@need_gdb
+@no_asan
+@pytest.mark.xfail(strict=True, reason=_R1)
+def test_a_recoverer_killed_after_counting_a_dead_claim_does_not_count_it_twice(tmp_path):
+    path = tmp_path / "r1.seg"
+    q = Q.create(path)
+    try:
+        assert q.put(b"m") == 0
+        assert _procs.reap(_procs.fork(_dead_consumer, path)) == 0
+        go_r, go_w = os.pipe()
+        pid = _procs.fork(_recoverer, path, go_r)
+        try:
+            line = line_of("csrc/fq_recover.c", "fq_fix_cons_count(q, s, l);")
+            gdb = gdb_at(pid, "fq_recover.c:%d" % line, ["kill"])
+            os.write(go_w, b"G")
+            gdb.wait(BOUND)
+            assert _procs.reap(pid) == -9, "the recoverer was not stopped in fq_recover"
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        recover_fully(q)
+        c = ffi.new("fq_counts *")
+        lib.fq_counts_read(q.q, c)
+        assert c.rec_slots == 1 and c.held == 0
+        rc, msgs, red = q.get()
+        assert rc == 0 and msgs == [b"m"] and red
+        assert c.rec_gets == 1, "one dead claim counted %d times" % c.rec_gets
+    finally:
         q.close()
