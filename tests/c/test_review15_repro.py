@@ -194,3 +194,80 @@ def test_a_recoverer_killed_after_counting_a_dead_claim_does_not_count_it_twice(
         assert c.rec_gets == 1, "one dead claim counted %d times" % c.rec_gets
     finally:
         q.close()
+
+
+# ---- refuted: the sample mark (fq_sample_due) misses no sample point ----------------
+
+
+def test_sample_mark_misses_no_point_with_lanes_interleaved(seg):
+    """Claims of several lanes of one handle interleaved on both sides (a claim held
+    open on one lane while others go on), each claim at most one span: every sample
+    point that both a commit and a fresh claim cover gives one wait, as the exact
+    test of every claim (the code before the mark) would."""
+    import random
+
+    q = seg(capacity=1 << 16)
+    span = max(q.cap // 16, 4096)  # fq_layout.h, "Time in queue"
+    rng = random.Random(15)
+    open_puts, open_gets = [], []
+    put_claims, get_claims = [], []
+    lanes = [set(), set()]
+    moved = 0
+
+    def commit(cl):
+        c = cl[0]
+        lib.fq_put_commit(q.q, c)
+        put_claims.append((c.pos, c.end))
+        lanes[0].add(c.lane)
+
+    def end(c):
+        q.end(c)
+
+    while moved < (1 << 16) - 8192 or open_puts or open_gets:
+        r = rng.random()
+        room = moved < (1 << 16) - 8192
+        if r < 0.25 and room and len(open_puts) < 2:
+            n = rng.randrange(1, 4)
+            lens = [rng.randrange(8, 300) for _ in range(n)]
+            lb = ffi.new("uint64_t[]", lens)
+            c = ffi.new("fq_claim *")
+            if lib.fq_put_begin(q.q, lb, n, c) != 0:
+                continue
+            for x in lens:
+                ffi.memmove(lib.fq_claim_buf(q.q, c), b"p" * x, x)
+            open_puts.append((c, lb))  # lb: the claim points at the lengths
+            moved += c.end - c.pos
+        elif r < 0.45 and open_puts:
+            commit(open_puts.pop(rng.randrange(len(open_puts))))
+        elif r < 0.7 and len(open_gets) < 2:
+            rc, c = q.begin(rng.randrange(1, 4))
+            if rc == 0:
+                if not c.redelivered:
+                    get_claims.append((c.pos, c.end))
+                lanes[1].add(c.lane)
+                open_gets.append(c)
+        elif open_gets:
+            end(open_gets.pop(rng.randrange(len(open_gets))))
+        elif not room and open_puts:
+            commit(open_puts.pop())
+    while True:  # what is left
+        rc, c = q.begin(4)
+        if rc:
+            break
+        get_claims.append((c.pos, c.end))
+        q.end(c)
+    assert lanes[0] >= {0, 1} and lanes[1] >= {0, 1}, lanes
+
+    def keys(claims):
+        out = []
+        for a, b in claims:
+            assert b - a <= span
+            if ((a - 1) % (1 << 64)) // span != (b - 1) // span:  # fq_sample_at
+                out.append((b - 1) // span + 1)
+        assert len(out) == len(set(out))
+        return set(out)
+
+    both = keys(put_claims) & keys(get_claims)
+    assert len(both) >= 8
+    buf = ffi.new("fq_wait_sample[]", lib.fq_waits_max(q.q))
+    assert lib.fq_waits_read(q.q, buf, lib.fq_waits_max(q.q)) == len(both)
