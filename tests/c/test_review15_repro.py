@@ -271,3 +271,58 @@ def test_sample_mark_misses_no_point_with_lanes_interleaved(seg):
     assert len(both) >= 8
     buf = ffi.new("fq_wait_sample[]", lib.fq_waits_max(q.q))
     assert lib.fq_waits_read(q.q, buf, lib.fq_waits_max(q.q)) == len(both)
+
+
+# ---- T1: the held time is CLOCK_MONOTONIC of the holder, read by another process ---
+
+_T1 = (
+    "T1 (csrc/fq_get.c fq_get_mark_unacked, fq_inspect.c fq_held_read, _stats.py): the "
+    "held word keeps the holder's CLOCK_MONOTONIC and the reader subtracts it from its "
+    "own; processes in different time namespaces (a container's) or a disk segment "
+    "read after a reboot do not share that clock, so 'oldest unacked' is clamped to 0 "
+    "(holder ahead) or inflated (holder behind, or a pre-reboot holder until recovery). "
+    "Fix: keep ms of CLOCK_REALTIME since the segment's created_ns (fits the 40 bits "
+    "for 34 years, and is the clock every process and boot shares), or document it "
+    "next to the time-in-queue samples (which drop negative waits, fq_waits_read)")
+
+
+def _unshare_time_ok():
+    import shutil
+    import subprocess
+    if shutil.which("unshare") is None:
+        return False
+    r = subprocess.run(["unshare", "--time", "--monotonic", "1000", "true"],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_time_ok(), reason="needs unshare --time (a time namespace)")
+@pytest.mark.xfail(strict=True, reason=_T1)
+def test_held_age_from_a_holder_in_another_time_namespace(fastq_dir, procs):
+    import subprocess
+    import sys
+    import time
+
+    from support.procs import child_env
+
+    q = fastq.Queue("t1", serializer="raw")
+    q.put(b"one")
+    code = ("import time, fastq\n"
+            "q = fastq.Queue.open('t1', serializer='raw')\n"
+            "d = q.receive(timeout=30)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(600)\n")
+    p = procs.add(subprocess.Popen(
+        ["unshare", "--time", "--monotonic", "1000000", sys.executable, "-c", code],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()))
+    assert p.stdout.readline().strip() == "held", p.stderr.read()
+    time.sleep(0.2)
+    s = fastq_json("stat", "t1")
+    try:
+        assert s["unacked_deliveries"] == 1
+        # the receive() came before the sleep (a causal bound, as test_queue_unacked's)
+        assert s["oldest_unacked_s"] >= 0.2, s["oldest_unacked_s"]
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+        q.close()
