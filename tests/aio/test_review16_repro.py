@@ -6,7 +6,12 @@ while fq_get_begin raises ShutDown at once then.  The awaitable get's
 pre-check (_call's ready(), new with fq_ready) therefore skips the attempt
 that would raise, arms, and sleeps a recovery slice before ShutDown, when
 another process holds an unsettled delivery (or a put is in flight).
-Counted (the loop's sleeps), never timed."""
+Counted (the loop's sleeps), never timed.
+
+I2: _Side.rearm re-arms a task left asleep with arm(True), whose quiet
+defaults to True: on a brisk side (armed in slices, no quiet bit) the quiet
+bit goes up and stays up (armed_quiet) while the side is armed, so claims
+ring the bell ahead of their publication again.  Bits read, never timed."""
 from __future__ import annotations
 
 import asyncio
@@ -14,11 +19,10 @@ import os
 import time
 
 import pytest
+from support.procs import children, fork, reap
 
 import fastq
-from fastq import _aio
-
-from support.procs import children, fork, reap  # noqa: E402
+from fastq import _aio, _core
 
 pytestmark = pytest.mark.usefixtures("fastq_dir")
 
@@ -55,8 +59,53 @@ def test_aget_after_an_immediate_shutdown_raises_without_sleeping(monkeypatch):
             return _aio.stats["sleeps"] - sleeps
         slept = asyncio.run(main())
         assert slept == 0, (
-            "aget() after shutdown(immediate=True) slept %d recovery slice(s) before "
-            "ShutDown (get() raises at once)" % slept)
+            f"aget() after shutdown(immediate=True) slept {slept} recovery slice(s) "
+            "before ShutDown (get() raises at once)")
         os.kill(pids[0], 9)
         reap(pids[0])
+    q.close()
+
+
+async def _asleep(q, n):
+    """Until n tasks of this process sleep on q's data side."""
+    for _ in range(5000):
+        bell = _aio._bell
+        ws = [w for (k, what), s in (bell.sides.items() if bell else ()) if what == _aio.DATA
+              for w in s.waiters if w.handles[0] is q]
+        if len(ws) == n and all(w.fut is not None and not w.fut.done() for w in ws):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the tasks never went to sleep")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="review 16 I2: _Side.rearm arms quietly (arm(True): quiet=True), so a "
+                          "brisk side's task asleep in slices gets the quiet bit")
+def test_a_brisk_side_stays_armed_in_slices_after_a_wake_up(monkeypatch):
+    """A brisk side (woken within its slice) arms in slices: no quiet bit, so
+    a claim rings no bell ahead of its publication (README, "Awaiting").
+    With two tasks asleep, the one woken first re-arms the other
+    (_Side.rearm) through arm(True), whose quiet defaults to True: the quiet
+    bit goes up (armed_quiet) and stays up while the side is armed."""
+    monkeypatch.setattr(_aio, "_MULTICORE", False)  # no spin: every wait arms
+    q = fastq.Queue(None, capacity=4096, serializer="raw")
+
+    async def main():
+        t = asyncio.ensure_future(q.aget())  # first wait: quiet; woken at once: brisk
+        await _asleep(q, 1)
+        q.put(b"a")
+        assert await t == b"a"
+        t1, t2 = asyncio.ensure_future(q.aget()), asyncio.ensure_future(q.aget())
+        await _asleep(q, 2)
+        before = _core._test_sleepers(q)[2]
+        q.put(b"b")
+        await asyncio.wait([t1, t2], return_when=asyncio.FIRST_COMPLETED)
+        await _asleep(q, 1)
+        after = _core._test_sleepers(q)[2]
+        q.put(b"c")
+        assert sorted([await t1, await t2]) == [b"b", b"c"]
+        return before, after
+    before, after = asyncio.run(main())
+    assert not before, "setup: the brisk tasks armed quietly"
+    assert not after, "the brisk task left asleep was re-armed quietly (quiet bit up)"
     q.close()
