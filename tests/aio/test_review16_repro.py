@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 
 import pytest
@@ -108,4 +109,62 @@ def test_a_brisk_side_stays_armed_in_slices_after_a_wake_up(monkeypatch):
     before, after = asyncio.run(main())
     assert not before, "setup: the brisk tasks armed quietly"
     assert not after, "the brisk task left asleep was re-armed quietly (quiet bit up)"
+    q.close()
+
+
+def _blocked_getter(name):
+    """A blocking get on an idle queue: it sleeps quietly (its quiet bit up)."""
+    q = fastq.Queue(name)
+    q.get(timeout=60)
+    return 0
+
+
+def _dying_producer(name):
+    q = fastq.Queue(name)
+    _core._test_set_crash_point("put_after_claim", 1)
+    q.put("never")  # claims tail, then _exit(9)
+    return 1
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="review 16 I3: fq_wake_quiet wakes with fq_wake(q, -1), which rings "
+                          "every armed slot, also those armed in slices")
+def test_a_claim_does_not_ring_a_task_armed_in_slices_beside_a_quiet_sleeper():
+    """fastq.h, fq_arm_slice: "its quiet bit stays down, so a writer's or
+    reader's claim does not ring the bell ahead of its publication (only the
+    publication does)".  Another process asleep quietly (a blocking get on
+    an idle queue) is enough for every claim to ring it: fq_wake_quiet sees
+    that process's quiet bit and calls fq_wake(q, -1), which rings every
+    slot whose data or space bit is up.  White-box: this process arms in
+    slices (no event loop), the quiet sleeper is stopped (SIGSTOP: it
+    neither wakes nor recovers), a producer claims and is killed before it
+    publishes anything; the rung bits are read."""
+    name = "r16-ring"
+    q = fastq.Queue(name, capacity=4096)
+    _aio._get_bell()  # this process's bell (named in the core)
+    with children() as pids:
+        try:
+            assert _core._seg_arm(q, _aio.DATA, 0, True, False) == 0  # armed in slices
+            data, _, quiet = _core._test_sleepers(q)
+            assert data and not quiet, "setup: armed in slices, no quiet bit"
+            pids.append(fork(_blocked_getter, name))
+            for _ in range(10000):
+                if _core._test_sleepers(q)[2]:
+                    break
+                time.sleep(0.001)
+            else:
+                raise RuntimeError("setup: the blocking get never slept quietly")
+            os.kill(pids[0], signal.SIGSTOP)
+            _core._seg_bell_take(q)  # whatever rang before: not the claim's
+            pids.append(fork(_dying_producer, name))
+            assert reap(pids[1]) == 9
+            st = q.stats()
+            assert st["tail"] > st["head"], "setup: the dead claim is in flight"
+            rung = _core._seg_bell_take(q)
+            assert not rung & (1 << _aio.DATA), (
+                "a claim that published nothing rang the bell of a task armed in slices")
+        finally:
+            _core._seg_arm(q, _aio.DATA, 0, False)
+            if pids:
+                os.kill(pids[0], signal.SIGCONT)
     q.close()
