@@ -362,7 +362,7 @@ typedef struct fq_counts {
     uint64_t rec_gets;          /* recovery: open get claims of dead processes */
     uint64_t tail, head, release; /* the cursors (head: queues) */
     uint64_t held;              /* queue: receive() deliveries not yet settled */
-    uint64_t held_since_ns;     /* CLOCK_MONOTONIC when the oldest of them was
+    uint64_t held_since_ns;     /* CLOCK_REALTIME when the oldest of them was
                                  * received (ms resolution; 0: none) */
     uint32_t alive, dead;       /* slots owned by live / dead processes */
     uint32_t flags;             /* FQ_FLAG_* */

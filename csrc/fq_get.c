@@ -22,7 +22,10 @@
  *
  * A claim the caller keeps across calls (receive(): an unacknowledged
  * delivery) is noted in its lane's held word with the time
- * (fq_get_mark_unacked, after step 2; statistics only, fq_layout.h).
+ * (fq_get_mark_unacked, after step 2; statistics only, fq_layout.h).  Every
+ * consumer claim clears that word before its intent (fq_held_clear), so a
+ * word that is not 0 names a mark of the lane's current claim, whatever
+ * ended the claim before it (ack, nack, a kill and recovery).
  *
  * A message leaves the queue at step 4 of the consumer, after it was
  * copied: a consumer that dies before then leaves its records claimed,
@@ -419,6 +422,7 @@ static int fq_take_requeued(fq_queue *q, int lane, fq_claim *c)
                 p += span;
                 continue;
             }
+            fq_held_clear(in);
             fq_intent_claim(in, p, p + span, 1, count);
             FQ_CRASH_POINT("take_before_cas");
             /* seq_cst: recovery reads this word, then the intents */
@@ -555,6 +559,7 @@ int fq_get_begin(fq_queue *q, size_t max_n, uint64_t max_bytes, fq_claim *c)
                 return FQ_SHUTDOWN;
             return FQ_EMPTY;
         }
+        fq_held_clear(in);
         fq_intent_claim(in, h, p, n, count);
         FQ_CRASH_POINT("get_after_intent");
         /* seq_cst: recovery loads head first, then the intents */
@@ -620,9 +625,14 @@ int fq_claim_next(fq_queue *q, fq_claim *c, const void **data, uint64_t *len)
 void fq_get_mark_unacked(fq_queue *q, const fq_claim *c)
 {
 #ifndef FQ_NO_COUNTERS
+    /* CLOCK_REALTIME since the segment's creation (review 15, T1): the clock
+     * every process reads alike, in any time namespace and after a reboot */
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint64_t made = q->ctrl->created_ns;
+    uint64_t ms = now > made ? (now - made) / 1000000u : 0;
+    ms = ms < FQ_HELD_MS_MAX ? ms + 1 : FQ_HELD_MS_MAX; /* 1 + ms: never 0 */
     fq_intent *in = fq_my_intent(q, (int)c->lane, 1);
     /* relaxed: statistics; only the lane's holder writes it, and a reader
      * checks it against the intent's pos (fq_counts_read) */

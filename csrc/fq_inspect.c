@@ -31,14 +31,15 @@
 /* A queue consumer lane's unacknowledged delivery (fq_layout.h, held): its
  * claim is open (WON) at the position its holder noted.  A snapshot: the
  * claim may end between the loads (counted once more, as of a moment ago). */
-static void fq_held_read(fq_intent *g, fq_counts *out)
+static void fq_held_read(fq_intent *g, uint64_t created_ns, fq_counts *out)
 {
     if ((atomic_load_explicit(&g->state, RLX) & 3) != FQ_PH_WON)
         return;
     uint64_t h = atomic_load_explicit(&g->held, RLX);
-    if (!h || !FQ_HELD_AT(h, atomic_load_explicit(&g->pos, RLX)))
+    if (!h || !FQ_HELD_MS(h) || !FQ_HELD_AT(h, atomic_load_explicit(&g->pos, RLX)))
         return;
-    uint64_t ns = FQ_HELD_MS(h) * 1000000u;
+    /* CLOCK_REALTIME ns: 1 + ms since creation (fq_layout.h); < 2^64 */
+    uint64_t ns = created_ns + (FQ_HELD_MS(h) - 1) * 1000000u;
     out->held++;
     if (!out->held_since_ns || ns < out->held_since_ns)
         out->held_since_ns = ns;
@@ -68,7 +69,7 @@ void fq_counts_read(fq_queue *q, fq_counts *out)
             out->redelivered += atomic_load_explicit(&g->redelivered, RLX);
             out->nacked += atomic_load_explicit(&g->nacked, RLX);
             if (!q->topic)
-                fq_held_read(g, out);
+                fq_held_read(g, c->created_ns, out);
         }
     }
     out->rec_slots = atomic_load(&c->rec_slots);

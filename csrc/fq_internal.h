@@ -267,6 +267,19 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_CLAIMING, REL);
 }
 
+/* Before a consumer claim's intent: no receive() mark yet (fq_layout.h,
+ * held).  Relaxed: statistics; the lane's holder is its only writer, and
+ * the CLAIMING and WON stores that follow are what a reader tests first.
+ * One store to the line the claim writes anyway. */
+static inline void fq_held_clear(fq_intent *in)
+{
+#ifndef FQ_NO_COUNTERS
+    atomic_store_explicit(&in->held, 0, RLX);
+#else
+    (void)in;
+#endif
+}
+
 /* Add n to a statistics counter that only the caller writes (a lane's,
  * by the thread holding the lane; recovery's, under the segment lock): a
  * plain load and store, no locked add.  Relaxed: statistics order nothing;

@@ -141,7 +141,7 @@
 #include <stdint.h>
 
 #define FQ_MAGIC 0x3147535154534146ULL /* "FASTQSG1" little-endian */
-#define FQ_VERSION 12u
+#define FQ_VERSION 13u
 #define FQ_KIND_QUEUE 1u
 #define FQ_KIND_TOPIC 2u
 #define FQ_FLAG_DROP 1u
@@ -284,13 +284,16 @@ typedef struct fq_ctrl {
  *             every slot.
  *   held      (cons, where a producer's intent keeps full) a receive() kept
  *             the lane's claim as an unacknowledged delivery:
- *             FQ_HELD(ms, pos), CLOCK_MONOTONIC milliseconds when it was
- *             kept and the claim's position (fq_get_mark_unacked, by the
- *             lane's holder, after its claim won; never cleared).
- *             Statistics: a reader counts it while the intent is WON with
- *             that pos (a get() on the lane claims another position;
- *             recovery ends a dead holder's claim), as "unacked deliveries
- *             and the age of the oldest" (fq_inspect.c).
+ *             FQ_HELD(ms, pos), 1 + the CLOCK_REALTIME milliseconds since
+ *             the segment's created_ns when it was kept (the clock every
+ *             process and boot shares), and the claim's position
+ *             (fq_get_mark_unacked, by the lane's holder, after its claim
+ *             won).  0 otherwise: every consumer claim stores 0 here before
+ *             its intent (fq_held_clear), so a stale mark never outlives
+ *             its claim (review 15, H1).  Statistics: a reader counts it
+ *             while the intent is WON with that pos (recovery ends a dead
+ *             holder's claim), as "unacked deliveries and the age of the
+ *             oldest" (fq_inspect.c).
  */
 enum { FQ_PH_IDLE = 0, FQ_PH_CLAIMING = 1, FQ_PH_WON = 2, FQ_PH_RECOVERED = 3 };
 #define FQ_N_FREEING (1ull << 62)
@@ -312,8 +315,10 @@ typedef struct fq_intent {
     _Atomic uint64_t nacked;
 } fq_intent;
 
-/* fq_intent.held: kept at ms (CLOCK_MONOTONIC milliseconds: 40 bits last 34
- * years of uptime), for the claim at pos (its 24 bits above the alignment) */
+/* fq_intent.held: kept at ms (1 + CLOCK_REALTIME milliseconds since
+ * created_ns: 40 bits last 34 years), for the claim at pos (its 24 bits
+ * above the alignment) */
+#define FQ_HELD_MS_MAX ((1ull << 40) - 1)
 #define FQ_HELD(ms, pos) ((uint64_t)(ms) << 24 | (((uint64_t)(pos) >> 4) & 0xffffffu))
 #define FQ_HELD_MS(h) ((h) >> 24)
 #define FQ_HELD_AT(h, pos) (((h) & 0xffffffu) == (((uint64_t)(pos) >> 4) & 0xffffffu))

@@ -13,6 +13,11 @@
  * topic: reap), then the producer lanes, then the slot itself; after the
  * lock is dropped, a sweep and a wake of every side.
  *
+ * Recovery's counters (rec_gets, rec_puts, rec_slots: statistics) are each
+ * added after the state change that settles what they count, and only when
+ * this recoverer made it: a recoverer killed between the two leaves that one
+ * uncounted (the next sees it settled); none is ever counted twice.
+ *
  * What a dead process can leave, and what recovery does:
  *
  *  - A producer lane CLAIMING or WON: fq_fix_prod (fq_put.c) keeps the
@@ -66,10 +71,17 @@ int fq_recover(fq_queue *q)
         atomic_fetch_and(&c->quiet_mask[s / 64], ~bit);
         if (!q->topic)
             for (unsigned l = 0; l < FQ_LANES; l++) {
-                unsigned ph = atomic_load(&q->slots[s].lane[l].cons.state) & 3;
-                if (ph == FQ_PH_WON || ph == FQ_PH_CLAIMING) /* always RECOVERED after */
-                    fq_stat_add(&c->rec_gets, 1);
+                _Atomic uint64_t *st = &q->slots[s].lane[l].cons.state;
+                unsigned ph = atomic_load(st) & 3;
                 fq_fix_cons_count(q, s, l);
+                FQ_CRASH_POINT("recover_before_gets_count");
+                /* counted after the RECOVERED store, by the recoverer that
+                 * made it (the lock: no other changes a dead lane), as
+                 * rec_puts and rec_slots are: one killed in between
+                 * undercounts by one, none counts twice (review 15, R1) */
+                if ((ph == FQ_PH_WON || ph == FQ_PH_CLAIMING) &&
+                    (atomic_load(st) & 3) == FQ_PH_RECOVERED)
+                    fq_stat_add(&c->rec_gets, 1);
             }
     }
     if (q->topic)

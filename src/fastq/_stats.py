@@ -190,8 +190,10 @@ def read_stats(seg: Any) -> Stats:
         depth = seg.qsize()
         gets = c["gets"]
         unacked = seg.unacked_count()
-    oldest = (max(0, now - c["held_since_ns"]) / 1e9 if c["held"] and c["held_since_ns"]
-              else None)
+    # held_since_ns is CLOCK_REALTIME (the clock every process reads alike,
+    # in any time namespace and after a reboot: review 15, T1)
+    oldest = (max(0, time.time_ns() - c["held_since_ns"]) / 1e9
+              if c["held"] and c["held_since_ns"] else None)
     waits = wait_summary([x for v in by_group.values() for x in v], now)
     age = max(time.time() - raw["created_ns"] / 1e9, 1e-9)
     dep = gets / age

@@ -16,8 +16,8 @@ from support.procs import children, fork, reap
 
 # ---- a recoverer killed in the middle of recovery ---------------------------------
 
-RECOVER_POINTS = ["recover_after_lock", "recover_mid_requeue", "recover_after_count",
-                  "recover_before_free"]
+RECOVER_POINTS = ["recover_after_lock", "recover_before_gets_count", "recover_mid_requeue",
+                  "recover_after_count", "recover_before_free"]
 
 
 @pytest.mark.parametrize("point", RECOVER_POINTS)
