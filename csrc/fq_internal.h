@@ -268,9 +268,13 @@ static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, ui
 }
 
 /* Before a consumer claim's intent: no receive() mark yet (fq_layout.h,
- * held).  Relaxed: statistics; the lane's holder is its only writer, and
- * the CLAIMING and WON stores that follow are what a reader tests first.
- * One store to the line the claim writes anyway. */
+ * held).  One store to the line the claim writes anyway, by the lane's
+ * only writer, before the intent's stores: a process killed at any point
+ * leaves 0 or a mark of its current claim.  Relaxed: statistics.  A reader
+ * (fq_held_read) that sees this claim's WON then sees the 0 on x86 (stores
+ * become visible in order); a weakly ordered CPU may show it the previous
+ * mark for an instant, counted only if that mark's position is this
+ * claim's, as review 15's H1 was for a whole claim. */
 static inline void fq_held_clear(fq_intent *in)
 {
 #ifndef FQ_NO_COUNTERS
