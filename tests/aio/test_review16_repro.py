@@ -37,9 +37,6 @@ def _holder(name, w):
         time.sleep(1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="review 16 I1: fq_get_ready ignores FQ_STATE_IMMEDIATE; aget sleeps "
-                          "a slice before ShutDown")
 def test_aget_after_an_immediate_shutdown_raises_without_sleeping(monkeypatch):
     monkeypatch.setattr(_aio, "_MULTICORE", False)  # no spin: the count is the point
     q = fastq.Queue("r16-imm", capacity=4096)
@@ -168,3 +165,45 @@ def test_a_claim_does_not_ring_a_task_armed_in_slices_beside_a_quiet_sleeper():
             if pids:
                 os.kill(pids[0], signal.SIGCONT)
     q.close()
+
+
+def _group_holder(name, w):
+    """Join group g, receive() one message and hold it (unsettled) until killed."""
+    t = fastq.Topic(name)
+    s = t.subscribe(group="g")
+    os.write(w, b"ready\n")
+    d = s.receive(timeout=30)
+    os.write(w, b"%s\n" % d.value)
+    while True:
+        time.sleep(1)
+
+
+def test_a_subscription_aget_after_an_immediate_shutdown_raises_without_sleeping(monkeypatch):
+    """I1's case for a topic: a member of the group holds a claim (another
+    process), the topic is shut down immediately; the subscription's aget
+    raises ShutDown without a sleep (a subscription's readiness counts any
+    shutdown as ready, and its aget tries the get first)."""
+    monkeypatch.setattr(_aio, "_MULTICORE", False)
+    t = fastq.Topic("r16-imm-topic", capacity=4096)
+    s = t.subscribe(group="g")
+    r, w = os.pipe()
+    with children() as pids:
+        pids.append(fork(_group_holder, "r16-imm-topic", w))
+        with os.fdopen(r) as f:
+            assert f.readline() == "ready\n"
+            t.publish(b"held")
+            assert f.readline() == "held\n"  # the child's member holds the delivery
+        t.shutdown(immediate=True)
+        with pytest.raises(fastq.ShutDown):
+            s.get(block=False)
+
+        async def main():
+            sleeps = _aio.stats["sleeps"]
+            with pytest.raises(fastq.ShutDown):
+                await s.aget()
+            return _aio.stats["sleeps"] - sleeps
+        assert asyncio.run(main()) == 0, "a subscription's aget slept before ShutDown"
+        os.kill(pids[0], 9)
+        reap(pids[0])
+    s.close()
+    t.close()
