@@ -76,9 +76,6 @@ async def _asleep(q, n):
     raise AssertionError("the tasks never went to sleep")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="review 16 I2: _Side.rearm arms quietly (arm(True): quiet=True), so a "
-                          "brisk side's task asleep in slices gets the quiet bit")
 def test_a_brisk_side_stays_armed_in_slices_after_a_wake_up(monkeypatch):
     """A brisk side (woken within its slice) arms in slices: no quiet bit, so
     a claim rings no bell ahead of its publication (README, "Awaiting").
