@@ -1,5 +1,6 @@
 """Review 16 (docs/review16.md): repros of what the review of c974ec1 and of
-fq_ready / fq_arm_slice found, each a strict xfail until fixed.
+fq_ready / fq_arm_slice found; each was a strict xfail until fixed (branch
+h/fixaio: I1 in fq_get_ready, I2 in _Side.rearm, I3 in fq_wake_quiet).
 
 I1: fq_ready (fq_get_ready) does not count an immediate shutdown as ready,
 while fq_get_begin raises ShutDown at once then.  The awaitable get's
@@ -120,9 +121,6 @@ def _dying_producer(name):
     return 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="review 16 I3: fq_wake_quiet wakes with fq_wake(q, -1), which rings "
-                          "every armed slot, also those armed in slices")
 def test_a_claim_does_not_ring_a_task_armed_in_slices_beside_a_quiet_sleeper():
     """fastq.h, fq_arm_slice: "its quiet bit stays down, so a writer's or
     reader's claim does not ring the bell ahead of its publication (only the
@@ -204,3 +202,28 @@ def test_a_subscription_aget_after_an_immediate_shutdown_raises_without_sleeping
         reap(pids[0])
     s.close()
     t.close()
+
+
+def test_a_claim_still_rings_a_task_armed_quietly():
+    """I3's fix rings only the slots whose quiet bit is up: a task armed
+    quietly (its quiet bit up) is still rung by a claim that publishes
+    nothing, so it wakes to sleep in slices beside the claim in flight.
+    White-box, as the test above: the producer is killed after its claim."""
+    name = "r16-quiet-ring"
+    q = fastq.Queue(name, capacity=4096)
+    _aio._get_bell()
+    with children() as pids:
+        try:
+            assert _core._seg_arm(q, _aio.DATA, 0, True, True) == _aio.QUIET  # idle: quiet
+            data, _, quiet = _core._test_sleepers(q)
+            assert data and quiet, "setup: armed quietly, quiet bit up"
+            _core._seg_bell_take(q)
+            pids.append(fork(_dying_producer, name))
+            assert reap(pids[0]) == 9
+            st = q.stats()
+            assert st["tail"] > st["head"], "setup: the dead claim is in flight"
+            rung = _core._seg_bell_take(q)
+            assert rung & (1 << _aio.DATA), "a claim did not ring a task armed quietly"
+        finally:
+            _core._seg_arm(q, _aio.DATA, 0, False)
+    q.close()
