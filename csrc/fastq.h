@@ -173,10 +173,12 @@ int fq_wait_for(fq_queue *q, int what, uint64_t need, uint64_t slice_ns, uint64_
  * recovery timer needed), or -errno.  on = 0 when no task awaits there any
  * more.  fq_bell_take: the sides (bit what) rung for this handle since the
  * last call (after the socket was drained).  fq_arm_slice: fq_arm(on = 1)
- * for a task that sleeps with a recovery timer whatever is in flight: its
- * quiet bit stays down, so a writer's or reader's claim does not ring the
- * bell ahead of its publication (only the publication does); never
- * FQ_ARM_QUIET. */
+ * for a task that sleeps with a recovery timer whatever is in flight: it
+ * raises no quiet bit, so a writer's or reader's claim does not ring the
+ * bell ahead of its publication (only the publication does), unless a task
+ * or thread of this process sleeps quietly on this segment too (the quiet
+ * bit is the slot's, and fq_wake_quiet rings the slots whose bit is up);
+ * never FQ_ARM_QUIET. */
 enum { FQ_ARM_READY = 1, FQ_ARM_QUIET = 2 };
 void fq_bell_set(uint64_t name);
 int fq_arm(fq_queue *q, int what, uint64_t need, int on);

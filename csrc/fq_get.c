@@ -853,11 +853,16 @@ void fq_get_nack(fq_queue *q, fq_claim *c, uint64_t delay_ms)
     fq_give_back(q, c, 0, nb);
 }
 
-/* A queue consumer's: a record to take, or shut down and drained. */
+/* A queue consumer's: a record to take, shut down and drained, or shut
+ * down immediately. */
 int fq_get_ready(fq_queue *q, uint64_t unused)
 {
     (void)unused;
     fq_ctrl *c = q->ctrl;
+    /* shut down immediately: fq_get_begin raises ShutDown at once, whatever
+     * is held or in flight (review 16, I1) */
+    if (atomic_load_explicit(&c->state, memory_order_seq_cst) & FQ_STATE_IMMEDIATE)
+        return 1;
     /* a non-zero hint may be stale: look for an actual record */
     if (atomic_load_explicit(&c->requeued, memory_order_seq_cst) && fq_has_requeued(q))
         return 1;

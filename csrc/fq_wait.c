@@ -72,7 +72,9 @@
  * its bit in quiet_mask: a consumer or producer that claims (moves head or
  * tail) calls fq_wake_quiet() after its seq_cst CAS, and either that load
  * sees the bit, or the waiter's quiet(q), loaded after its seq_cst RMW,
- * sees the claim.  The woken waiter finds a claim in flight and sleeps in
+ * sees the claim.  fq_wake_quiet wakes only the slots whose quiet bit is
+ * up (others sleep in slices; an event loop's task armed in slices is rung
+ * by the publication alone).  The woken waiter finds a claim in flight and sleeps in
  * slices until it is finished.  quiet_mask, like the sides' masks, is only
  * loaded by writers (a claimer killed after taking it would leave a waiter
  * asleep without a slice beside a claim no one finishes).
@@ -285,6 +287,28 @@ static void fq_ring_bells(fq_queue *q, unsigned i, uint64_t seen, int side, fq_n
 
 /* ---- waking ------------------------------------------------------------- */
 
+/* After fq_ring_bells over the bits seen: if a slot seen needs it, bump
+ * side's word and FUTEX_WAKE, then mark the naps loaded before the bump
+ * WOKEN (see "Waking each sleep once"). */
+static void fq_wake_naps(fq_queue *q, int side, fq_naps *naps)
+{
+    if (!naps->wake)
+        return;
+    fq_ctrl *c = q->ctrl;
+    _Atomic uint32_t *seq = side == FQ_WAIT_DATA ? &c->data_seq : &c->space_seq;
+    atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
+    fq_futex_wake(seq);
+    if (naps->n)
+        FQ_CRASH_POINT("wake_before_nap_cas");
+    /* only now, and only the values loaded before the bump */
+    for (unsigned k = 0; k < naps->n; k++) {
+        uint64_t n = naps->nap[k];
+        atomic_compare_exchange_strong_explicit(&q->slots[naps->slot[k]].nap[side], &n,
+                                                n | FQ_NAP_WOKEN, memory_order_seq_cst,
+                                                memory_order_relaxed);
+    }
+}
+
 void fq_wake(fq_queue *q, int what)
 {
     fq_ctrl *c = q->ctrl;
@@ -295,7 +319,6 @@ void fq_wake(fq_queue *q, int what)
         if (what >= 0 && side != what)
             continue;
         _Atomic uint64_t *mask = side == FQ_WAIT_DATA ? c->data_mask : c->space_mask;
-        _Atomic uint32_t *seq = side == FQ_WAIT_DATA ? &c->data_seq : &c->space_seq;
         /* Load the bits, never take them (see the top of this file: a
          * writer killed here must leave them up for the next one).  Ordered
          * after our publication by the fence above. */
@@ -307,20 +330,7 @@ void fq_wake(fq_queue *q, int what)
             if (seen)
                 fq_ring_bells(q, i, seen, side, &naps);
         }
-        if (naps.wake) {
-            atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
-            fq_futex_wake(seq);
-            if (naps.n)
-                FQ_CRASH_POINT("wake_before_nap_cas");
-            /* only now, and only the values loaded before the bump: see
-             * "Waking each sleep once" */
-            for (unsigned k = 0; k < naps.n; k++) {
-                uint64_t n = naps.nap[k];
-                atomic_compare_exchange_strong_explicit(&q->slots[naps.slot[k]].nap[side], &n,
-                                                        n | FQ_NAP_WOKEN, memory_order_seq_cst,
-                                                        memory_order_relaxed);
-            }
-        }
+        fq_wake_naps(q, side, &naps);
     }
 }
 
@@ -328,7 +338,6 @@ void fq_wake_quiet(fq_queue *q)
 {
     fq_ctrl *c = q->ctrl;
     unsigned words = (q->nslots + 63) / 64;
-    int wake = 0;
     /* Our own slot's bit stays: a claim of this process can be left stalled
      * only if this process dies, and its sleepers with it.  (Taking it made
      * every get of an awaiting consumer ring its own bell: a datagram, an
@@ -337,13 +346,37 @@ void fq_wake_quiet(fq_queue *q)
     /* the caller's seq_cst CAS (its claim) comes before these loads: pairs
      * with the waiter's RMW on quiet_mask before its quiet(q).  Loaded, not
      * taken: only the owner clears its bit (see the top of this file). */
-    for (unsigned i = 0; i < words; i++) {
+    int any = 0;
+    for (unsigned i = 0; i < words && !any; i++) {
         uint64_t own = me >= 0 && (unsigned)me / 64 == i ? 1ull << (me & 63) : 0;
-        if (atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst) & ~own)
-            wake = 1;
+        any = (atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst) & ~own) != 0;
     }
-    if (wake)
-        fq_wake(q, -1);
+    if (!any)
+        return;
+    /* Wake only the slots that sleep quietly (review 16, I3): every other
+     * sleeper or armed task has a slice, and never relied on this wake (it
+     * came only when some process slept quietly).  A task armed in slices
+     * (fq_arm_slice) is thus rung by the publication alone.  A quiet
+     * waiter raises its side bit and its quiet bit (seq_cst RMWs), then
+     * runs quiet(q); we load both after our claim's CAS.  If we see both,
+     * we wake it; if we miss either, our load came before that RMW, so its
+     * quiet(q) sees our claim and it sleeps in slices. */
+    for (int side = 0; side < 2; side++) {
+        _Atomic uint64_t *mask = side == FQ_WAIT_DATA ? c->data_mask : c->space_mask;
+        fq_naps naps;
+        naps.wake = 0;
+        naps.n = 0;
+        for (unsigned i = 0; i < words; i++) {
+            uint64_t own = me >= 0 && (unsigned)me / 64 == i ? 1ull << (me & 63) : 0;
+            uint64_t quiet = atomic_load_explicit(&c->quiet_mask[i], memory_order_seq_cst) & ~own;
+            if (!quiet)
+                continue;
+            uint64_t seen = atomic_load_explicit(&mask[i], memory_order_seq_cst) & quiet;
+            if (seen)
+                fq_ring_bells(q, i, seen, side, &naps);
+        }
+        fq_wake_naps(q, side, &naps);
+    }
 }
 
 void fq_interrupt(fq_queue *q)

@@ -159,9 +159,9 @@ def _spin_first(loop: asyncio.AbstractEventLoop, seg: Any, h: "_Habit",
 
 class _Waiter:
     """One task waiting on one side of one segment."""
-    __slots__ = ("loop", "fut", "woken", "arm", "handles", "closed", "tick")
+    __slots__ = ("loop", "fut", "woken", "arm", "handles", "closed", "tick", "quiet")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[[bool], int],
+    def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[..., int],
                  handles: tuple):
         self.loop = loop
         self.fut: Optional[asyncio.Future] = None
@@ -170,6 +170,7 @@ class _Waiter:
         self.handles = handles  # whose close() wakes it (the segment, a subscription)
         self.closed = False     # one of them was closed: raise ValueError
         self.tick = 0           # _Ticker.tick when it went to sleep in a slice
+        self.quiet = True       # its last arm: quietly (fq_arm) or in slices (fq_arm_slice)
 
 
 class _Ticker:
@@ -275,11 +276,13 @@ class _Side:
     def rearm(self, running: asyncio.AbstractEventLoop) -> None:
         """After a wake-up, for the waiters still asleep: arm again (the bit
         stays up while any task of this process is armed, but the rung bits
-        were taken with the datagram), and wake one if it may proceed now."""
+        were taken with the datagram), and wake one if it may proceed now.
+        In the mode the task armed in: a task asleep in slices re-armed
+        quietly would put the quiet bit up for its side (review 16, I2)."""
         for w in list(self.waiters):
             if w.fut is not None and not w.fut.done() and not w.woken:
                 try:
-                    flags = w.arm(True)
+                    flags = w.arm(True, w.quiet)
                 except Exception:
                     flags = READY  # let it find out itself
                 if flags & READY:
@@ -493,6 +496,7 @@ async def _call_waiting(seg: Any, what: int, attempt: Callable[[], Any],
     expired = False
     try:
         while True:
+            w.quiet = quiet
             flags = arm(True, quiet)
             if not flags & READY:
                 # not QUIET: a claim in flight, or armed in slices: recover

@@ -1,5 +1,6 @@
 """Review 16 (docs/review16.md): repros of what the review of c974ec1 and of
-fq_ready / fq_arm_slice found, each a strict xfail until fixed.
+fq_ready / fq_arm_slice found; each was a strict xfail until fixed (branch
+h/fixaio: I1 in fq_get_ready, I2 in _Side.rearm, I3 in fq_wake_quiet).
 
 I1: fq_ready (fq_get_ready) does not count an immediate shutdown as ready,
 while fq_get_begin raises ShutDown at once then.  The awaitable get's
@@ -37,9 +38,6 @@ def _holder(name, w):
         time.sleep(1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="review 16 I1: fq_get_ready ignores FQ_STATE_IMMEDIATE; aget sleeps "
-                          "a slice before ShutDown")
 def test_aget_after_an_immediate_shutdown_raises_without_sleeping(monkeypatch):
     monkeypatch.setattr(_aio, "_MULTICORE", False)  # no spin: the count is the point
     q = fastq.Queue("r16-imm", capacity=4096)
@@ -79,9 +77,6 @@ async def _asleep(q, n):
     raise AssertionError("the tasks never went to sleep")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="review 16 I2: _Side.rearm arms quietly (arm(True): quiet=True), so a "
-                          "brisk side's task asleep in slices gets the quiet bit")
 def test_a_brisk_side_stays_armed_in_slices_after_a_wake_up(monkeypatch):
     """A brisk side (woken within its slice) arms in slices: no quiet bit, so
     a claim rings no bell ahead of its publication (README, "Awaiting").
@@ -126,9 +121,6 @@ def _dying_producer(name):
     return 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="review 16 I3: fq_wake_quiet wakes with fq_wake(q, -1), which rings "
-                          "every armed slot, also those armed in slices")
 def test_a_claim_does_not_ring_a_task_armed_in_slices_beside_a_quiet_sleeper():
     """fastq.h, fq_arm_slice: "its quiet bit stays down, so a writer's or
     reader's claim does not ring the bell ahead of its publication (only the
@@ -167,4 +159,71 @@ def test_a_claim_does_not_ring_a_task_armed_in_slices_beside_a_quiet_sleeper():
             _core._seg_arm(q, _aio.DATA, 0, False)
             if pids:
                 os.kill(pids[0], signal.SIGCONT)
+    q.close()
+
+
+def _group_holder(name, w):
+    """Join group g, receive() one message and hold it (unsettled) until killed."""
+    t = fastq.Topic(name)
+    s = t.subscribe(group="g")
+    os.write(w, b"ready\n")
+    d = s.receive(timeout=30)
+    os.write(w, b"%s\n" % d.value)
+    while True:
+        time.sleep(1)
+
+
+def test_a_subscription_aget_after_an_immediate_shutdown_raises_without_sleeping(monkeypatch):
+    """I1's case for a topic: a member of the group holds a claim (another
+    process), the topic is shut down immediately; the subscription's aget
+    raises ShutDown without a sleep (a subscription's readiness counts any
+    shutdown as ready, and its aget tries the get first)."""
+    monkeypatch.setattr(_aio, "_MULTICORE", False)
+    t = fastq.Topic("r16-imm-topic", capacity=4096)
+    s = t.subscribe(group="g")
+    r, w = os.pipe()
+    with children() as pids:
+        pids.append(fork(_group_holder, "r16-imm-topic", w))
+        with os.fdopen(r) as f:
+            assert f.readline() == "ready\n"
+            t.publish(b"held")
+            assert f.readline() == "held\n"  # the child's member holds the delivery
+        t.shutdown(immediate=True)
+        with pytest.raises(fastq.ShutDown):
+            s.get(block=False)
+
+        async def main():
+            sleeps = _aio.stats["sleeps"]
+            with pytest.raises(fastq.ShutDown):
+                await s.aget()
+            return _aio.stats["sleeps"] - sleeps
+        assert asyncio.run(main()) == 0, "a subscription's aget slept before ShutDown"
+        os.kill(pids[0], 9)
+        reap(pids[0])
+    s.close()
+    t.close()
+
+
+def test_a_claim_still_rings_a_task_armed_quietly():
+    """I3's fix rings only the slots whose quiet bit is up: a task armed
+    quietly (its quiet bit up) is still rung by a claim that publishes
+    nothing, so it wakes to sleep in slices beside the claim in flight.
+    White-box, as the test above: the producer is killed after its claim."""
+    name = "r16-quiet-ring"
+    q = fastq.Queue(name, capacity=4096)
+    _aio._get_bell()
+    with children() as pids:
+        try:
+            assert _core._seg_arm(q, _aio.DATA, 0, True, True) == _aio.QUIET  # idle: quiet
+            data, _, quiet = _core._test_sleepers(q)
+            assert data and quiet, "setup: armed quietly, quiet bit up"
+            _core._seg_bell_take(q)
+            pids.append(fork(_dying_producer, name))
+            assert reap(pids[0]) == 9
+            st = q.stats()
+            assert st["tail"] > st["head"], "setup: the dead claim is in flight"
+            rung = _core._seg_bell_take(q)
+            assert rung & (1 << _aio.DATA), "a claim did not ring a task armed quietly"
+        finally:
+            _core._seg_arm(q, _aio.DATA, 0, False)
     q.close()
