@@ -465,7 +465,7 @@ typedef struct fq_slot {
  *               group's redelivery count of the claim lives here, with the
  *               claim; written by the member (or its taker, under the segment
  *               lock); a taker trusts it only as a count (saturating)
- *   since_ns    (72) CLOCK_MONOTONIC when the member's receive() kept its
+ *   since_ns    (72) CLOCK_REALTIME when the member's receive() kept its
  *               claim as an unacknowledged delivery (fq_sub_mark_unacked;
  *               written by the member only, statistics: read with the
  *               claim's phase WON as the age of the oldest unacked; a stale

@@ -735,7 +735,9 @@ int fq_topic_info(fq_queue *q, uint32_t i, fq_sub_info *out)
 void fq_sub_mark_unacked(fq_sub *s)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* the wall clock, which every process on the machine reads alike
+     * (CLOCK_MONOTONIC is offset per time namespace: review 15 T1) */
+    clock_gettime(CLOCK_REALTIME, &ts);
     /* relaxed: statistics; only this member writes it */
     atomic_store_explicit(&s->q->members[s->m].since_ns,
                           (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, RLX);

@@ -179,7 +179,8 @@ def read_stats(seg: Any) -> Stats:
                    "group": key if flags & _core.GRP_GROUP else None,
                    "pid": pid or None, "alive": bool(alive), "position": pos,
                    "lag": lag, "lag_bytes": lag_bytes, "got": got, "unacked": unacked_n,
-                   "oldest_unacked_s": max(0, now - since) / 1e9 if unacked_n and since
+                   # since: CLOCK_REALTIME (fq_sub_mark_unacked), as a queue's held
+                   "oldest_unacked_s": max(0, time.time_ns() - since) / 1e9 if unacked_n and since
                    else None}
             row.update(wait_summary(by_group.get(gi + 1, []), now))
             subs.append(row)

@@ -350,3 +350,40 @@ def test_held_age_from_a_holder_in_another_time_namespace(fastq_dir, procs):
         os.kill(p.pid, signal.SIGKILL)
         p.wait(timeout=60)
         q.close()
+
+
+@pytest.mark.skipif(not _unshare_time_ok(), reason="needs unshare --time (a time namespace)")
+def test_subscriber_unacked_age_from_a_holder_in_another_time_namespace(fastq_dir, procs):
+    """T1's twin on topics: a group member's unacked age (fq_sub_mark_unacked) was
+    CLOCK_MONOTONIC of the holder, read against the reader's: a holder in another time
+    namespace showed an age of 0 (clamped) or an inflated one."""
+    import subprocess
+    import sys
+    import time
+
+    from support.procs import child_env
+
+    t = fastq.Topic("t1t", serializer="raw")
+    code = ("import time, fastq\n"
+            "t = fastq.Topic.open('t1t', serializer='raw')\n"
+            "s = t.subscribe(group='g')\n"
+            "print('joined', flush=True)\n"
+            "d = s.receive(timeout=30)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(600)\n")
+    p = procs.add(subprocess.Popen(
+        ["unshare", "--time", "--monotonic", "1000000", sys.executable, "-c", code],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()))
+    try:
+        assert p.stdout.readline().strip() == "joined", p.stderr.read()
+        t.publish(b"one")
+        assert p.stdout.readline().strip() == "held", p.stderr.read()
+        time.sleep(0.2)
+        rows = [r for r in fastq_json("stat", "t1t")["subscribers"] if r["group"] == "g"]
+        assert len(rows) == 1 and rows[0]["unacked"] == 1, rows
+        # the receive() came before the sleep (a causal bound)
+        assert rows[0]["oldest_unacked_s"] >= 0.2, rows[0]["oldest_unacked_s"]
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+        t.close()
