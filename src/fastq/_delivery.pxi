@@ -45,6 +45,7 @@ cdef class Delivery:
     cdef uint64_t created_ns  # the segment's, for id
     cdef bytes _subject       # a topic message's subject, or None
     cdef unsigned epoch      # fq_epoch() when received: a forked child's copy is not its own
+    cdef _Link link          # in its handle's list of unsettled deliveries (_Link)
     cdef object __weakref__
 
     def ack(self):
@@ -109,6 +110,7 @@ cdef class Delivery:
         if self.seg is None:
             raise ValueError("not a received delivery")
         self.settled = True
+        _link_del(&self.link)
         cdef QueueSegment seg = self.seg
         if consume:
             fq_get_end(seg.q, &self.c)
@@ -139,6 +141,9 @@ cdef class Delivery:
                 self.nack(True)
             except Exception:
                 pass
+
+    def __dealloc__(self):
+        _link_del(&self.link)  # a forked child's copy, or its nack failed
 
     def __reduce__(self):
         raise TypeError("a fastq.Delivery cannot be pickled: it is a claim of the process "

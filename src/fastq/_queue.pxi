@@ -253,10 +253,7 @@ cdef class QueueSegment(Segment):
             d.redelivered = d.c.redelivered != 0
             d.attempt = d.c.attempt
             d.created_ns = self.created_ns
-            if self._deliveries is None:
-                import weakref
-                self._deliveries = weakref.WeakSet()
-            self._deliveries.add(d)
+            _link_add(&self._unsettled, &d.link, <PyObject *>d)  # for close()
             ok = True
             return 0
         finally:

@@ -85,6 +85,38 @@ cdef void _release(_Attachment a):
 
 
 
+from cpython.ref cimport PyObject
+
+
+# The unsettled deliveries of a queue handle, for close() to give back: an
+# intrusive circular list, its head in the handle (Segment._unsettled), a
+# link in each Delivery (Delivery.link), linked at the end of receive() and
+# unlinked when the delivery is settled or freed.  It holds no references:
+# a delivery dropped unanswered is still freed, and given back by its
+# __del__ (as with the WeakSet this replaced, which cost ~3k instructions
+# per receive).  Both ends unlink in their __dealloc__, so no link points
+# at freed memory.  The GIL guards it: linking and unlinking run no Python
+# code, nor does close()'s walk (a list append only reallocates memory,
+# which never starts a collection).
+cdef struct _Link:
+    _Link *prev
+    _Link *next     # NULL: not linked
+    PyObject *owner  # the Delivery (a borrowed reference); NULL in a head
+
+cdef inline void _link_add(_Link *head, _Link *n, PyObject *owner) noexcept:
+    n.owner = owner
+    n.prev = head.prev
+    n.next = head
+    head.prev.next = n
+    head.prev = n
+
+cdef inline void _link_del(_Link *n) noexcept:
+    if n.next != NULL:
+        n.prev.next = n.next
+        n.next.prev = n.prev
+        n.prev = n.next = NULL
+
+
 cdef class Segment:
     """A handle of a mapped fastq segment (a queue's or a topic's: fq_queue
     in C).  Thread-safe; the handles of one segment in one process share one
@@ -101,7 +133,7 @@ cdef class Segment:
     cdef int unacked
     cdef object _settled       # Condition: a delivery was settled (receive() waits at the bound)
     cdef int _bound_waiters    # threads waiting on it
-    cdef object _deliveries    # WeakSet of unsettled Delivery objects
+    cdef _Link _unsettled      # head of the list of unsettled queue deliveries (close())
     cdef double _last_poll_recover
     cdef object _subs          # WeakSet of open Subscribers (closed first)
     cdef public int strategy   # FQ_STRATEGY_*: how blocking calls wait (_wait.pxi)
@@ -121,11 +153,21 @@ cdef class Segment:
 
     def __cinit__(self):
         self.prefetch = 4
+        self._unsettled.prev = self._unsettled.next = &self._unsettled
 
     def _set_prefetch(self, int n):
         self.prefetch = n
 
     def __dealloc__(self):
+        # a delivery still listed outlives its handle only when the garbage
+        # collector broke a cycle through it (its seg cleared first): detach
+        # it so that its own dealloc does not write into freed memory
+        cdef _Link *n = self._unsettled.next
+        cdef _Link *nxt
+        while n != NULL and n != &self._unsettled:
+            nxt = n.next
+            n.prev = n.next = NULL
+            n = nxt
         if self.q != NULL:
             self.q = NULL
             _release(self.att)
@@ -222,12 +264,16 @@ cdef class Segment:
         segment unmapped) with its last handle, once no call is in flight."""
         if self.q == NULL or self.closing:
             return
-        if self._deliveries:
-            for d in list(self._deliveries):
-                # a forked child's copies of its parent's deliveries are the
-                # parent's to settle (their lanes are the parent's)
-                if not (<Delivery>d).settled and (<Delivery>d).epoch == fq_epoch():
-                    (<Delivery>d).nack(True)
+        cdef list held = []
+        cdef _Link *n = self._unsettled.next
+        while n != &self._unsettled:  # no Python code runs in this loop (see _Link)
+            held.append(<object>n.owner)
+            n = n.next
+        for d in held:
+            # a forked child's copies of its parent's deliveries are the
+            # parent's to settle (their lanes are the parent's)
+            if not (<Delivery>d).settled and (<Delivery>d).epoch == fq_epoch():
+                (<Delivery>d).nack(True)
         if self._subs:
             for sub in list(self._subs):
                 (<Subscriber>sub).close()

@@ -189,3 +189,115 @@ def test_prefetch_bound_holds_across_threads(fastq_dir):
         for d in held:
             d.ack()
         assert q.qsize() == 8
+
+
+def test_close_gives_back_exactly_the_unsettled_deliveries(fastq_dir):
+    """close() gives back what its handle still holds, and only that: here
+    deliveries settled from the middle and both ends of the handle's list,
+    one dropped unanswered (given back at once), and a batch; the settled
+    ones stay settled, the others read settled after close()."""
+    q = fastq.Queue("cl", capacity=SMALL, prefetch=7)
+    q.put_many(range(8))
+    ds = [q.receive(timeout=1) for _ in range(5)]           # 0..4
+    batch = q.receive_many(2, timeout=1)                    # 5, 6
+    assert [d.value for d in ds] == [0, 1, 2, 3, 4] and batch.values == [5, 6]
+    ds[2].ack()                     # the middle
+    ds[0].ack()                     # the first
+    ds[4].nack(requeue=False)       # the last single one: dropped for good
+    ds[3] = None                    # dropped unanswered: 3 comes back now
+    gc.collect()
+    again = q.receive(timeout=1)    # 3 (given back first) or 7
+    assert again.value in (3, 7)
+    left = ds[1]
+    q.close()
+    for d in (left, batch, again):
+        assert d.settled
+        with pytest.raises(ValueError, match="already settled"):
+            d.ack()
+    with fastq.Queue.open("cl") as q2:
+        assert sorted(q2.get(timeout=1) for _ in range(5)) == [1, 3, 5, 6, 7]
+        assert q2.empty() and q2.stats().unacked == 0
+
+
+def test_delivery_in_a_cycle_with_its_handle_is_given_back(fastq_dir):
+    """A delivery dropped with its (unclosed) handle in one garbage cycle is
+    given back when the collector frees them, whichever goes first."""
+    with fastq.Queue("cy", capacity=SMALL) as keep:
+        keep.put_many(["a", "b"])
+        q = fastq.Queue.open("cy")
+        d = q.receive(timeout=1)
+        cycle = [q, d]
+        cycle.append(cycle)
+        del q, d, cycle
+        gc.collect()
+        back = keep.receive(timeout=1)
+        assert back.value == "a" and back.redelivered
+        back.ack()
+        assert keep.get(timeout=1) == "b" and keep.empty()
+
+
+def test_closing_from_a_thread_gives_back_every_threads_deliveries(fastq_dir):
+    """Deliveries received by several threads on one handle are all given
+    back by close() (the handle's list is shared by its threads)."""
+    import threading
+
+    q = fastq.Queue("thc", capacity=SMALL, prefetch=7)
+    q.put_many(range(12))
+    held, lock = [], threading.Lock()
+
+    def worker():
+        for _ in range(2):
+            d = q.receive(timeout=5)
+            with lock:
+                held.append(d)
+        d.ack()  # each thread settles its second one
+
+    ts = [threading.Thread(target=worker) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert len(held) == 6 and sum(d.settled for d in held) == 3
+    acked = {d.value for d in held if d.settled}
+    closer = threading.Thread(target=q.close)
+    closer.start()
+    closer.join(10)
+    assert all(d.settled for d in held)
+    with fastq.Queue.open("thc") as q2:
+        assert sorted(q2.get(timeout=1) for _ in range(9)) == sorted(set(range(12)) - acked)
+        assert q2.empty()
+
+
+def test_forked_childs_close_leaves_the_parents_deliveries(run_py):
+    """A forked child's close() (and its collection of its copies, here in
+    garbage cycles) leaves the deliveries it inherited to the parent, who
+    then acks them: nothing comes back, nothing is lost."""
+    cp = run_py("""
+        import gc, os, fastq
+        q = fastq.Queue(capacity=1 << 16, prefetch=7)
+        q.put_many([[i] for i in range(5)])
+        d = q.receive(timeout=5)
+        batch = q.receive_many(2, timeout=5)
+        mine = q.receive(timeout=5)
+        mine.ack()
+        pid = os.fork()
+        if pid == 0:
+            q.close()
+            print("child", d.settled, batch.settled, flush=True)
+            # cycles through the deliveries alone: the collector may free
+            # the handle before them (Segment.__dealloc__ detaches them)
+            d.value.append(d)
+            batch.values.append(batch)
+            del q, d, batch
+            gc.collect()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("status", status, flush=True)
+        print("parent", d.settled, batch.settled, q.stats().unacked, flush=True)
+        d.ack()
+        batch.ack()
+        print("left", q.get(timeout=5), q.empty(), q.stats().unacked, flush=True)
+    """, timeout=30)
+    assert cp.stdout.split("\n")[:4] == [
+        "child False False", "status 0", "parent False False 3", "left [4] True 0"], \
+        cp.stdout + cp.stderr
