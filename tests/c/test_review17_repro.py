@@ -179,3 +179,76 @@ def test_a_hostile_created_ns_does_not_wrap_the_held_age(seg):
             % (counts.held_since_ns, hostile))
     finally:
         q.end(c)
+
+
+# ---- W1: a producer killed between its tail CAS and its fq_wake_quiet ----------------
+
+_W1 = (
+    "W1 (csrc/fq_put.c fq_put_begin, predates e3bb275): the claim's fq_wake_quiet runs "
+    "after the tail CAS; a producer SIGKILLed between the two leaves a consumer that "
+    "checked quiet(q) before the CAS asleep with no timer beside a claim in flight "
+    "(fq_wait.c: 'A waiter must not sleep forever on a word that a dead process was to "
+    "bump').  Nothing is lost (the claim published nothing) and the next claim, "
+    "publication, shutdown or recovery anywhere rings it, but until then nobody "
+    "recovers the dead claim or frees its slot: the blocked get()'s recovery bound does "
+    "not hold.  Fix: make the queue's quiet rule see a CLAIMING/WON producer intent (as "
+    "fq_topic_in_flight does) and call fq_wake_quiet after the intent's store (seq_cst) "
+    "and before the CAS; or a crash-safe record of 'claimed, not yet rung'")
+
+
+def _deep_sleeper(path, done_w):
+    q = Q.open(path)
+    st = ffi.new("uint64_t[8]")
+    while True:
+        lib.fq_wait_for(q.q, lib.FQ_WAIT_DATA, 0, SLICE, FOREVER, lib.FQ_STRATEGY_SLEEP)
+        lib.fq_recover(q.q)
+        rc, c = q.begin()
+        assert rc != 0, "nothing was published"
+        lib.fq_stats(q.q, st)
+        if st[0] > 0 and st[0] == st[1]:
+            os.write(done_w, b"R")
+            return 0
+
+
+def _paused_producer(path, go_r):
+    q = Q.open(path)
+    os.read(go_r, 1)
+    q.put(b"never")
+    return 1
+
+
+@need_gdb
+@no_asan
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_W1)
+def test_a_producer_killed_between_its_claim_and_its_wake_leaves_no_sleeper_without_a_timer(
+        tmp_path):
+    import select
+    path = tmp_path / "q.seg"
+    q = Q.create(path)
+    done_r, done_w = os.pipe()
+    go_r, go_w = os.pipe()
+    sleeper = _procs.fork(_deep_sleeper, path, done_w)
+    producer = _procs.fork(_paused_producer, path, go_r)
+    try:
+        deadline = time.monotonic() + BOUND
+        while not _sleepers(q)[2]:  # the sleeper's quiet bit: asleep with no timer
+            assert time.monotonic() < deadline, "the consumer never slept quietly"
+            time.sleep(0.01)
+        line = line_of("csrc/fq_put.c", "fq_wake_quiet(q); /* after the seq_cst claim")
+        gdb = gdb_at(producer, "fq_put.c:%d" % line, ["kill"])
+        os.write(go_w, b"G")
+        gdb.wait(BOUND)
+        assert _procs.reap(producer) == -9, "the producer was not stopped before its wake"
+        st = ffi.new("uint64_t[8]")
+        lib.fq_stats(q.q, st)
+        assert st[0] > st[1], "the dead producer's claim is not in flight"
+        r, _, _ = select.select([done_r], [], [], 5.0)  # 100 recovery slices of 50 ms
+        assert r, ("a consumer sleeps with no timer beside a dead producer's claim: "
+                   "nobody recovers it until some other process calls into the queue")
+    finally:
+        for pid in (sleeper, producer):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        q.close()
