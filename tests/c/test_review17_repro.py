@@ -151,7 +151,7 @@ _G2 = (
     "* 1000000 uses the segment's created_ns unchecked; the comment's '< 2^64' holds only "
     "for an honest creation time.  A created_ns above 2^64 - 2^60 (a crafted or damaged "
     "file) wraps the sum, and held_since_ns comes out decades before the segment was "
-    "made (_stats.py shows an unacked delivery ~584 years old).  Statistics only.  Fix: "
+    "made (_stats.py shows an unacked delivery ~56 years old).  Statistics only.  Fix: "
     "skip the word (or saturate) when FQ_HELD_MS(h) - 1 > (UINT64_MAX - created_ns) / "
     "1000000")
 
