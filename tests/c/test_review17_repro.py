@@ -73,6 +73,7 @@ def _stop_sleeper_in(tmp_path, where, want_quiet):
     go_r, go_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = _procs.fork(_quiet_sleeper, path, go_r, done_w)
+    gdb = None
     try:
         line = line_of("csrc/fq_wait.c", where)
         gdb = gdb_at(pid, "fq_wait.c:%d" % line, [
@@ -100,10 +101,16 @@ def _stop_sleeper_in(tmp_path, where, want_quiet):
         assert os.read(done_r, 1) == b"R"
         assert _procs.reap(pid) == 0
     finally:
+        go.touch()  # a gdb left at the breakpoint leaves its wait loop
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if gdb is not None:
+            try:
+                gdb.wait(BOUND)
+            except Exception:
+                gdb.kill()
         q.close()
 
 
@@ -235,7 +242,7 @@ def test_a_producer_killed_between_its_claim_and_its_wake_leaves_no_sleeper_with
             assert time.monotonic() < deadline, "the consumer never slept quietly"
             time.sleep(0.01)
         line = line_of("csrc/fq_put.c", "fq_wake_quiet(q); /* after the seq_cst claim")
-        gdb = gdb_at(producer, "fq_put.c:%d" % line, ["kill"])
+        gdb = gdb_at(producer, "fq_put.c:%d" % line, ["kill"])  # gdb exits with it
         os.write(go_w, b"G")
         gdb.wait(BOUND)
         assert _procs.reap(producer) == -9, "the producer was not stopped before its wake"
