@@ -259,3 +259,91 @@ def test_a_producer_killed_between_its_claim_and_its_wake_leaves_no_sleeper_with
             except ProcessLookupError:
                 pass
         q.close()
+
+
+# ---- N1: a forked child's handle keeps armed[] and skips the bell_rung clear ---------
+
+_N1 = (
+    "N1 (csrc/fq_segment.c fq_attach, fork path; fq_wait.c fq_arm_pred; predates): a "
+    "forked child's handle resets sleepers[] but keeps the parent's armed[], armed_quiet "
+    "and quiet_sleepers.  The child's fq_arm takes a new slot, but with armed[what] "
+    "inherited as 1 it skips the clear of that slot's bell_rung; a bit left there by "
+    "the slot's previous owner (rung, killed before it took it) says 'a datagram is "
+    "queued' to every writer, so the child's quietly armed task (FQ_ARM_QUIET: no "
+    "timer) is never rung.  Fix: reset armed[], armed_quiet and quiet_sleepers with "
+    "sleepers[] in fq_attach's fork branch (and/or clear bell_rung when a slot is "
+    "taken)")
+
+
+def _armed_owner(path, w, stop_r):
+    q = Q.open(path)
+    lib.fq_bell_set(0x5EED0001)
+    assert lib.fq_arm(q.q, lib.FQ_WAIT_DATA, 0, 1) >= 0
+    os.write(w, b"A")
+    os.read(stop_r, 1)  # killed here
+    return 0
+
+
+def _forked_awaiter(q, name, w):
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(b"\0fastq-bell-%016x" % name)
+    lib.fq_bell_set(name)
+    rc = lib.fq_arm(q.q, lib.FQ_WAIT_DATA, 0, 1)
+    os.write(w, b"%d\n" % rc)
+    s.settimeout(10.0)
+    try:
+        s.recv(16)
+    except socket.timeout:
+        return 3  # never rung
+    return 0
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_N1)
+def test_a_forked_childs_quiet_arm_is_rung_on_a_slot_a_dead_owner_left_rung(tmp_path):
+    _forked_arm(tmp_path, parent_armed_at_fork=True)
+
+
+def test_control_a_forked_child_of_an_unarmed_parent_is_rung(tmp_path):
+    """The same steps with the parent disarmed before the fork: the child's arm
+    clears the stale bell_rung bit and the put rings it (N1's mechanism)."""
+    _forked_arm(tmp_path, parent_armed_at_fork=False)
+
+
+def _forked_arm(tmp_path, parent_armed_at_fork):
+    path = tmp_path / "n1.seg"
+    q = Q.create(path)
+    r, w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    pids = []
+    try:
+        lib.fq_bell_set(0x5EED0000)
+        assert lib.fq_arm(q.q, lib.FQ_WAIT_DATA, 0, 1) >= 0  # our slot 0, armed[DATA] = 1
+        pids.append(_procs.fork(_armed_owner, path, w, stop_r))
+        assert os.read(r, 1) == b"A"  # slot 1 armed: its bits up
+        assert q.put(b"m") == 0  # rings slot 1: its bell_rung bit goes up
+        rc, c = q.begin()
+        assert rc == 0
+        q.end(c)
+        os.kill(pids[0], signal.SIGKILL)
+        assert _procs.reap(pids[0]) == -9
+        lib.fq_recover(q.q)  # slot 1 FREE again, bell_rung as the dead owner left it
+        if not parent_armed_at_fork:
+            lib.fq_arm(q.q, lib.FQ_WAIT_DATA, 0, 0)
+        pids.append(_procs.fork(_forked_awaiter, q, 0x5EED0002, w))
+        f = os.fdopen(r)
+        rc = int(f.readline())
+        assert rc == 2, "the child's arm was not quiet (%d)" % rc  # FQ_ARM_QUIET: no timer
+        assert q.put(b"n") == 0  # must ring the child's bell
+        code = _procs.reap(pids[1], timeout=BOUND)
+        assert code == 0, ("the forked child's quietly armed task was never rung "
+                           "(exit %d): it sleeps with no timer" % code)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        lib.fq_arm(q.q, lib.FQ_WAIT_DATA, 0, 0)
+        lib.fq_bell_set(0)
+        q.close()
