@@ -11,6 +11,10 @@
 - 5f37167 (review 16, I1): fq_get_ready under FQ_STATE_IMMEDIATE (guard).
 - 8a133ae (review 15, H1/T1/R1): G2, a hostile created_ns wraps the held
   age's arithmetic in fq_held_read (strict xfail: statistics only).
+- Predating these commits (strict xfails): W1, a producer killed between its
+  tail CAS and its fq_wake_quiet leaves a timerless sleeper beside its claim;
+  N1, a forked child's handle keeps armed[], so its quiet arm skips the
+  bell_rung clear of its new slot and is never rung.
 
 A test that shows a defect asserts the wanted behaviour and is a strict xfail
 whose reason names the defect, where it is and a fix.  No timing assertion
