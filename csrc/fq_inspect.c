@@ -38,9 +38,13 @@ static void fq_held_read(fq_intent *g, uint64_t created_ns, fq_counts *out)
     uint64_t h = atomic_load_explicit(&g->held, RLX);
     if (!h || !FQ_HELD_MS(h) || !FQ_HELD_AT(h, atomic_load_explicit(&g->pos, RLX)))
         return;
-    /* CLOCK_REALTIME ns: 1 + ms since creation (fq_layout.h); < 2^64 */
-    uint64_t ns = created_ns + (FQ_HELD_MS(h) - 1) * 1000000u;
     out->held++;
+    /* CLOCK_REALTIME ns: 1 + ms since creation (fq_layout.h); created_ns is
+     * read from the segment: a value that would wrap the sum gives no age
+     * (review 17, G2) */
+    if (FQ_HELD_MS(h) - 1 > (UINT64_MAX - created_ns) / 1000000u)
+        return;
+    uint64_t ns = created_ns + (FQ_HELD_MS(h) - 1) * 1000000u;
     if (!out->held_since_ns || ns < out->held_since_ns)
         out->held_since_ns = ns;
 }

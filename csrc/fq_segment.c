@@ -649,6 +649,13 @@ int fq_attach(fq_queue *q)
         atomic_store(&q->slot, -1);
         atomic_store(&q->lanes_free, (1u << FQ_LANES) - 1);
         q->sleepers[0] = q->sleepers[1] = 0;
+        /* and the parent's armings: with armed[] inherited, the child's
+         * first fq_arm_pred would skip clearing its new slot's bell_rung,
+         * and a bit a previous owner left there would keep every writer
+         * from ringing it (review 17, N1) */
+        q->armed[0] = q->armed[1] = 0;
+        q->armed_quiet = 0;
+        q->quiet_sleepers = 0;
         atomic_store(&q->epoch, ep);
     }
     pthread_mutex_lock(&q->mu);
