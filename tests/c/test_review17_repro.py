@@ -30,6 +30,7 @@ import pytest
 from support import procs as _procs
 from support.cring import Q
 from support.cseg import ffi, lib
+from support.ctopic import T
 from support.gdbstop import BOUND, gdb_at, line_of, need_gdb, no_asan
 
 FOREVER = (1 << 64) - 1
@@ -217,8 +218,8 @@ def _deep_sleeper(path, done_w):
             return 0
 
 
-def _paused_producer(path, go_r):
-    q = Q.open(path)
+def _paused_producer(path, go_r, kind=Q):
+    q = kind.open(path)
     os.read(go_r, 1)
     q.put(b"never")
     return 1
@@ -234,23 +235,24 @@ def _recovering_sleeper(path, done_w):
             return 0
 
 
-def _kill_producer_beside_quiet_sleeper(tmp_path, sleeper_fn, at):
+def _kill_producer_beside_quiet_sleeper(tmp_path, sleeper_fn, at, kind=Q):
     """Start sleeper_fn(path, done_w) and wait until it sleeps with no timer; stop a
-    producer's put at the fq_put.c line containing at and kill it there.  Returns the
-    queue's fq_stats after the kill and whether the sleeper reported within 100 of its
-    recovery slices."""
+    producer's put (kind: Q a queue, T a topic) at the fq_put.c line containing at and
+    kill it there.  Returns (tail, head) after the kill and whether the sleeper
+    reported within 100 of its recovery slices."""
     import select
     path = tmp_path / "q.seg"
-    q = Q.create(path)
+    q = kind.create(path)
     done_r, done_w = os.pipe()
     go_r, go_w = os.pipe()
     sleeper = _procs.fork(sleeper_fn, path, done_w)
-    producer = _procs.fork(_paused_producer, path, go_r)
+    producer = None
     try:
         deadline = time.monotonic() + BOUND
         while not _sleepers(q)[2]:  # the sleeper's quiet bit: asleep with no timer
             assert time.monotonic() < deadline, "the consumer never slept quietly"
             time.sleep(0.01)
+        producer = _procs.fork(_paused_producer, path, go_r, kind)
         line = line_of("csrc/fq_put.c", at)
         gdb = gdb_at(producer, "fq_put.c:%d" % line, ["kill"])  # gdb exits with it
         os.write(go_w, b"G")
@@ -262,6 +264,8 @@ def _kill_producer_beside_quiet_sleeper(tmp_path, sleeper_fn, at):
         return (st[0], st[1]), bool(r)
     finally:
         for pid in (sleeper, producer):
+            if pid is None:
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -294,6 +298,37 @@ def test_a_producer_killed_between_its_wake_and_its_claim_is_recovered_by_the_qu
     assert tail == head == 0, "the dead producer claimed tail"
     assert recovered, ("the quiet sleeper was not rung before the dead producer's CAS: "
                        "its slot waits for some other process to call into the queue")
+
+
+def _recovering_subscriber(path, done_w):
+    """A topic's subscriber: block with no limit; report once a recovery between
+    sleeps repairs a slot."""
+    t = T.open(path)
+    s = t.subscribe("w1")
+    while True:
+        lib.fq_sub_wait_for(s.s, SLICE, FOREVER, lib.FQ_STRATEGY_SLEEP)
+        if lib.fq_recover(t.q) > 0:
+            os.write(done_w, b"R")
+            return 0
+
+
+@need_gdb
+@no_asan
+@pytest.mark.parametrize("at, claimed", [
+    ("count << 2 | FQ_PH_WON, RLX", True),  # after the CAS (before the fix, the wake)
+    ("if (fq_topic_claim(q, &t, &cnt, span, n))", False),  # after the wake, before the CAS
+])
+def test_a_publisher_killed_beside_a_quiet_subscriber_is_recovered_by_it(tmp_path, at,
+                                                                           claimed):
+    """W1 for a topic: the publisher's claim shares fq_put_begin, and the subscriber's
+    quiet rule (fq_topic_in_flight) sees its CLAIMING intent.  Killed after the tail
+    CAS or between the wake and the CAS, the dead publisher's slot is recovered by the
+    subscriber it rang, with no other process calling into the topic."""
+    (tail, _), recovered = _kill_producer_beside_quiet_sleeper(
+        tmp_path, _recovering_subscriber, at, kind=T)
+    assert (tail > 0) == claimed, "the dead publisher was not stopped where meant"
+    assert recovered, ("a subscriber sleeps with no timer beside a dead publisher's "
+                       "intent: nobody recovers it until another process calls in")
 
 
 # ---- N1: a forked child's handle keeps armed[] and skips the bell_rung clear ---------
