@@ -30,7 +30,7 @@ import pytest
 from support import procs as _procs
 from support.cring import Q
 from support.cseg import ffi, lib
-from support.ctopic import T
+from support.ctopic import DURABLE, EARLIEST, T
 from support.gdbstop import BOUND, gdb_at, line_of, need_gdb, no_asan
 
 FOREVER = (1 << 64) - 1
@@ -329,6 +329,69 @@ def test_a_publisher_killed_beside_a_quiet_subscriber_is_recovered_by_it(tmp_pat
     assert (tail > 0) == claimed, "the dead publisher was not stopped where meant"
     assert recovered, ("a subscriber sleeps with no timer beside a dead publisher's "
                        "intent: nobody recovers it until another process calls in")
+
+
+def _blocked_publisher(path, done_w):
+    """A block topic's publisher: put until full, then wait for room with no limit;
+    report once a recovery between sleeps repairs a slot."""
+    t = T.open(path)
+    while True:
+        if t.put(b"y" * 100) == 0:
+            continue
+        lib.fq_wait_for(t.q, lib.FQ_WAIT_SPACE, 100, SLICE, FOREVER, lib.FQ_STRATEGY_SLEEP)
+        if lib.fq_recover(t.q) > 0:
+            os.write(done_w, b"R")
+            return 0
+
+
+def _paused_member(path, go_r):
+    t = T.open(path)
+    s = t.subscribe("billing", DURABLE)
+    os.read(go_r, 1)
+    s.begin()
+    return 1
+
+
+@need_gdb
+@no_asan
+@pytest.mark.parametrize("at", [
+    'FQ_CRASH_POINT("sub_after_claim")',  # after the head CAS (before the fix, the wake)
+    'FQ_CRASH_POINT("sub_after_intent")',  # after the wake, before the CAS
+])
+def test_a_member_killed_beside_a_quiet_publisher_is_recovered_by_it(tmp_path, at):
+    """W1 for a member's claim (fq_sub.c): a publisher of a block topic full behind a
+    durable subscription nobody is attached to sleeps with no timer; a member joins
+    that subscription and is killed at its claim.  The publisher it rang recovers the
+    dead member with no other process calling into the topic."""
+    import select
+    path = tmp_path / "t.seg"
+    t = T.create(path, capacity=4096)
+    t.subscribe("billing", DURABLE, EARLIEST).unsubscribe()
+    while t.put(b"x" * 100) == 0:
+        pass
+    done_r, done_w = os.pipe()
+    go_r, go_w = os.pipe()
+    publisher = _procs.fork(_blocked_publisher, path, done_w)
+    member = _procs.fork(_paused_member, path, go_r)
+    try:
+        deadline = time.monotonic() + BOUND
+        while not _sleepers(t)[2]:  # the publisher's quiet bit: asleep with no timer
+            assert time.monotonic() < deadline, "the publisher never slept quietly"
+            time.sleep(0.01)
+        gdb = gdb_at(member, "fq_sub.c:%d" % line_of("csrc/fq_sub.c", at), ["kill"])
+        os.write(go_w, b"G")
+        gdb.wait(BOUND)
+        assert _procs.reap(member) == -9, "the member was not stopped at %r" % at
+        r, _, _ = select.select([done_r], [], [], 5.0)  # 100 recovery slices of 50 ms
+        assert r, ("a publisher sleeps with no timer beside a dead member's claim: "
+                   "nobody recovers it until another process calls in")
+    finally:
+        for pid in (publisher, member):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        t.close()
 
 
 # ---- N1: a forked child's handle keeps armed[] and skips the bell_rung clear ---------
