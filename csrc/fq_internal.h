@@ -256,6 +256,27 @@ static inline int fq_enter(fq_queue *q, int *lane)
     return *lane < 0 ? FQ_EBUSY : 0;
 }
 
+/* A put between its intent and its commit (a CLAIMING or WON lane of a slot
+ * in use): what a dead producer could leave stalled.  Part of every quiet
+ * rule (fq_state.c fq_quiet, fq_topic_in_flight): a producer announces its
+ * intent, then rings the quiet sleepers (fq_wake_quiet), then claims; so a
+ * waiter that raised its quiet bit and then found no intent here is rung
+ * by any claim made after.  seq_cst loads: after the waiter's seq_cst RMW
+ * of its quiet bit. */
+static inline int fq_put_in_flight(fq_queue *q)
+{
+    for (uint32_t sl = 0; sl < q->nslots; sl++) {
+        if (FQ_SLOT_KIND(atomic_load_explicit(&q->slots[sl].word, SEQ)) == FQ_SLOT_FREE)
+            continue;
+        for (unsigned l = 0; l < FQ_LANES; l++) {
+            unsigned ph = atomic_load_explicit(&q->slots[sl].lane[l].prod.state, SEQ) & 3;
+            if (ph == FQ_PH_CLAIMING || ph == FQ_PH_WON)
+                return 1;
+        }
+    }
+    return 0;
+}
+
 /* Announce a claim of [pos, end) holding n messages.  Release: a survivor
  * that sees CLAIMING (or the claim's CAS) sees pos, end and n. */
 static inline void fq_intent_claim(fq_intent *in, uint64_t pos, uint64_t end, uint64_t n,
@@ -364,7 +385,9 @@ void fq_spin_slept(fq_queue *q, uint64_t waited_ns);
  * writer then rings it.  FQ_ARM_READY if ready(q, arg) holds after arming,
  * FQ_ARM_QUIET if quiet(q) holds (the caller needs no recovery slice). */
 int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet_fn quiet, int on);
-/* After a claim (a seq_cst CAS of tail or head): wake quiet sleepers. */
+/* Wake quiet sleepers: a producer or member after its intent's store and a
+ * seq_cst fence, before its CAS; a queue consumer after its seq_cst CAS of
+ * head. */
 void fq_wake_quiet(fq_queue *q);
 
 /* ---- fq_topic.c, fq_members.c, fq_sub.c: the topic discipline -------------- */

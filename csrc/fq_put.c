@@ -9,10 +9,12 @@
  *   1. t = tail.  The batch needs [t, t + span): its records, preceded by a
  *      SKIP record up to the end of the ring if they would cross it.
  *      Space check against a cached release; re-read only when it looks full.
- *   2. Announce the intent (pos t, end, n, CLAIMING) in our lane, then
- *      CAS tail t -> t + span.  The intent lets a survivor find the region
- *      if we die before writing any header (repair, below).  A failed CAS
- *      withdraws it (IDLE) before step 1 again.
+ *   2. Announce the intent (pos t, end, n, CLAIMING) in our lane, ring
+ *      the quiet sleepers (fq_wake_quiet: they see the intent and sleep in
+ *      slices, fq_wait.c), then CAS tail t -> t + span.  The intent lets a
+ *      survivor find the region if we die before writing any header
+ *      (repair, below).  A failed CAS withdraws it (IDLE) before step 1
+ *      again.
  *   3. Won: phase WON; write the headers WRITING, the last record first and
  *      the record at t (first message, or the SKIP) last, each a release
  *      store: whoever sees a header at t sees every header of the batch.
@@ -119,6 +121,16 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
             }
         }
         fq_intent_claim(in, t, t + span, n, count);
+        /* Ring the quiet sleepers before the CAS, not after it (review 17,
+         * W1): killed between a CAS and its wake, a claimer left a waiter
+         * asleep with no timer beside its claim.  Now a claim exists only
+         * after this wake, and the woken waiter's quiet rule sees our
+         * CLAIMING intent (fq_put_in_flight) and sleeps in slices.  The
+         * fence orders the intent's release store before the loads of the
+         * quiet bits: pairs with the waiter's seq_cst RMW of its bits
+         * before its scan of the intents (fq_wait.c). */
+        atomic_thread_fence(memory_order_seq_cst);
+        fq_wake_quiet(q);
         FQ_CRASH_POINT("put_after_intent");
         /* seq_cst: pairs with fq_recover's load of tail before it looks for
          * the intents of a region without a header */
@@ -140,7 +152,6 @@ int fq_put_begin(fq_queue *q, const uint64_t *lens, size_t n, fq_claim *c)
         if (q->topic && !q->drop)
             fq_wake(q, FQ_WAIT_SPACE);
     }
-    fq_wake_quiet(q); /* after the seq_cst claim: see fq_wait.c */
     atomic_store_explicit(&in->state, count << 2 | FQ_PH_WON, RLX);
     FQ_CRASH_POINT("put_after_claim");
     uint32_t owner = (uint32_t)slot << 8 | (uint32_t)lane;

@@ -129,11 +129,12 @@ static fq_ready_fn fq_rule(fq_queue *q, int what)
 }
 
 /* Nothing in flight that a dead process could leave stalled: no claim of
- * tail or head open, nothing put back (a queue); a topic's rules are
- * fq_topic.c's. */
+ * tail or head open, nothing put back, and no producer's intent (it rings
+ * the quiet sleepers before it claims tail: a waiter that missed the ring
+ * sees the intent here; review 17, W1); a topic's rules are fq_topic.c's. */
 static int fq_quiet(fq_queue *q)
 {
-    return fq_idle(q);
+    return fq_idle(q) && !fq_put_in_flight(q);
 }
 
 static fq_quiet_fn fq_quiet_rule(fq_queue *q, int what)

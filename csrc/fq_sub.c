@@ -256,12 +256,16 @@ int fq_sub_begin(fq_sub *s, size_t max_n, uint64_t max_bytes, fq_claim *c)
          * publisher or helper whose acquire load sees the new head sees
          * this claim */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_CLAIMING, REL);
+        /* ring the quiet sleepers before the claim, not after it (review
+         * 17, W1): the fence orders our intent before the loads of their
+         * bits; see fq_topic_in_flight */
+        atomic_thread_fence(memory_order_seq_cst);
+        fq_wake_quiet(q);
         FQ_CRASH_POINT("sub_after_intent");
         if (!fq_head_cas(g, &H, p, myid)) {
             atomic_store_explicit(&me->state, seq << 2 | FQ_PH_IDLE, REL);
             continue;
         }
-        fq_wake_quiet(q); /* after the seq_cst claim: see fq_topic_in_flight */
         FQ_CRASH_POINT("sub_after_claim");
         /* a helper may have stored WON already: the same value */
         atomic_store_explicit(&me->state, seq << 2 | FQ_PH_WON, REL);

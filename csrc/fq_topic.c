@@ -256,21 +256,16 @@ int fq_topic_data_ready(fq_queue *q, uint64_t pos)
  * flight that a dead process could leave stalled: no put between its
  * intent and its commit (a killed publisher's region waits for recovery),
  * no member claim, CLAIMING or WON (a killed member's becomes an orphan for
- * its group and holds release back), no orphan.  A put claims tail and a
- * member claims its group's head with a seq_cst CAS, then calls
- * fq_wake_quiet: either it sees the sleeper's quiet bit, or these seq_cst
- * loads (after the sleeper's RMW of that bit) see its intent. */
+ * its group and holds release back), no orphan.  A publisher and a member
+ * store their CLAIMING intent, then (seq_cst fence) call fq_wake_quiet,
+ * then CAS tail or their group's head: either the wake sees the sleeper's
+ * quiet bit, or these seq_cst loads (after the sleeper's RMW of that bit)
+ * see the intent.  Killed before the wake, it claimed nothing; after it,
+ * the sleeper was rung and sees the intent (review 17, W1). */
 int fq_topic_in_flight(fq_queue *q)
 {
-    for (uint32_t sl = 0; sl < q->nslots; sl++) {
-        if (FQ_SLOT_KIND(atomic_load_explicit(&q->slots[sl].word, SEQ)) == FQ_SLOT_FREE)
-            continue;
-        for (unsigned l = 0; l < FQ_LANES; l++) {
-            unsigned ph = atomic_load_explicit(&q->slots[sl].lane[l].prod.state, SEQ) & 3;
-            if (ph == FQ_PH_CLAIMING || ph == FQ_PH_WON)
-                return 1;
-        }
-    }
+    if (fq_put_in_flight(q))
+        return 1;
     uint32_t hwm = fq_hwm(q);
     for (uint32_t i = 0; i < hwm; i++) {
         fq_member *e = &q->members[i];

@@ -69,10 +69,17 @@
  * a dead process was to bump: while a claim is in flight, it sleeps in
  * slices and the caller runs recovery between them.  When nothing is in
  * flight (the caller's quiet(q)), it sleeps without a slice, after setting
- * its bit in quiet_mask: a consumer or producer that claims (moves head or
- * tail) calls fq_wake_quiet() after its seq_cst CAS, and either that load
- * sees the bit, or the waiter's quiet(q), loaded after its seq_cst RMW,
- * sees the claim.  fq_wake_quiet wakes only the slots whose quiet bit is
+ * its bit in quiet_mask: a producer (or a topic's member) that claims
+ * stores its CLAIMING intent, then a seq_cst fence, then calls
+ * fq_wake_quiet(), then CASes tail (head), and either that load sees the
+ * bit, or the waiter's quiet(q), loaded after its seq_cst RMW, sees the
+ * intent; killed before the wake it claimed nothing, after it the waiter
+ * was rung (review 17, W1: the wake came after the CAS, and a claimer
+ * killed between the two left the waiter without a timer).  A queue
+ * consumer calls fq_wake_quiet() after its seq_cst CAS of head, and the
+ * waiter's quiet(q) sees head moved (a consumer's claim matters only to a
+ * quiet producer, and a producer waits for space only with records in the
+ * ring: release != head).  fq_wake_quiet wakes only the slots whose quiet bit is
  * up (others sleep in slices; an event loop's task armed in slices is rung
  * by the publication alone).  The woken waiter finds a claim in flight and sleeps in
  * slices until it is finished.  quiet_mask, like the sides' masks, is only
@@ -343,9 +350,10 @@ void fq_wake_quiet(fq_queue *q)
      * every get of an awaiting consumer ring its own bell: a datagram, an
      * extra loop wake-up and callback per message.) */
     int me = atomic_load(&q->slot);
-    /* the caller's seq_cst CAS (its claim) comes before these loads: pairs
-     * with the waiter's RMW on quiet_mask before its quiet(q).  Loaded, not
-     * taken: only the owner clears its bit (see the top of this file). */
+    /* the caller's seq_cst fence after its intent (or its seq_cst CAS)
+     * comes before these loads: pairs with the waiter's RMW on quiet_mask
+     * before its quiet(q).  Loaded, not taken: only the owner clears its
+     * bit (see the top of this file). */
     int any = 0;
     for (unsigned i = 0; i < words && !any; i++) {
         uint64_t own = me >= 0 && (unsigned)me / 64 == i ? 1ull << (me & 63) : 0;
@@ -358,9 +366,10 @@ void fq_wake_quiet(fq_queue *q)
      * came only when some process slept quietly).  A task armed in slices
      * (fq_arm_slice) is thus rung by the publication alone.  A quiet
      * waiter raises its side bit and its quiet bit (seq_cst RMWs), then
-     * runs quiet(q); we load both after our claim's CAS.  If we see both,
-     * we wake it; if we miss either, our load came before that RMW, so its
-     * quiet(q) sees our claim and it sleeps in slices. */
+     * runs quiet(q); we load both after our intent (fence) or our CAS.
+     * If we see both, we wake it; if we miss either, our load came before
+     * that RMW, so its quiet(q) sees our intent (claim) and it sleeps in
+     * slices. */
     for (int side = 0; side < 2; side++) {
         _Atomic uint64_t *mask = side == FQ_WAIT_DATA ? c->data_mask : c->space_mask;
         fq_naps naps;

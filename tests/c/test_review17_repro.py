@@ -11,9 +11,9 @@
 - 5f37167 (review 16, I1): fq_get_ready under FQ_STATE_IMMEDIATE (guard).
 - 8a133ae (review 15, H1/T1/R1): G2, a hostile created_ns wraps the held
   age's arithmetic in fq_held_read (strict xfail: statistics only).
-- Predating these commits (strict xfails): W1, a producer killed between its
-  tail CAS and its fq_wake_quiet leaves a timerless sleeper beside its claim;
-  N1, a forked child's handle keeps armed[], so its quiet arm skips the
+- Predating these commits: W1 (fixed: the guards below), a producer killed
+  between its tail CAS and its fq_wake_quiet left a timerless sleeper beside
+  its claim.  Strict xfail: N1, a forked child's handle keeps armed[], so its quiet arm skips the
   bell_rung clear of its new slot and is never rung.
 
 A test that shows a defect asserts the wanted behaviour and is a strict xfail
@@ -30,6 +30,7 @@ import pytest
 from support import procs as _procs
 from support.cring import Q
 from support.cseg import ffi, lib
+from support.ctopic import DURABLE, EARLIEST, T
 from support.gdbstop import BOUND, gdb_at, line_of, need_gdb, no_asan
 
 FOREVER = (1 << 64) - 1
@@ -192,18 +193,14 @@ def test_a_hostile_created_ns_does_not_wrap_the_held_age(seg):
 
 
 # ---- W1: a producer killed between its tail CAS and its fq_wake_quiet ----------------
-
-_W1 = (
-    "W1 (csrc/fq_put.c fq_put_begin, predates e3bb275): the claim's fq_wake_quiet runs "
-    "after the tail CAS; a producer SIGKILLed between the two leaves a consumer that "
-    "checked quiet(q) before the CAS asleep with no timer beside a claim in flight "
-    "(fq_wait.c: 'A waiter must not sleep forever on a word that a dead process was to "
-    "bump').  Nothing is lost (the claim published nothing) and the next claim, "
-    "publication, shutdown or recovery anywhere rings it, but until then nobody "
-    "recovers the dead claim or frees its slot: the blocked get()'s recovery bound does "
-    "not hold.  Fix: make the queue's quiet rule see a CLAIMING/WON producer intent (as "
-    "fq_topic_in_flight does) and call fq_wake_quiet after the intent's store (seq_cst) "
-    "and before the CAS; or a crash-safe record of 'claimed, not yet rung'")
+#
+# W1 (csrc/fq_put.c fq_put_begin, predated e3bb275; fixed): the claim's fq_wake_quiet
+# ran after the tail CAS, so a producer SIGKILLed between the two left a consumer that
+# checked quiet(q) before the CAS asleep with no timer beside a claim in flight.  Now
+# the producer stores its CLAIMING intent, fences, rings the quiet sleepers, and only
+# then CASes tail; the queue's quiet rule (fq_state.c fq_quiet) sees the intent
+# (fq_put_in_flight).  The first test kills the producer at the first statement after
+# its CAS (before the fix: the wake's line); the second between its wake and its CAS.
 
 
 def _deep_sleeper(path, done_w):
@@ -220,48 +217,180 @@ def _deep_sleeper(path, done_w):
             return 0
 
 
-def _paused_producer(path, go_r):
-    q = Q.open(path)
+def _paused_producer(path, go_r, kind=Q):
+    q = kind.open(path)
     os.read(go_r, 1)
     q.put(b"never")
     return 1
 
 
-@need_gdb
-@no_asan
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_W1)
-def test_a_producer_killed_between_its_claim_and_its_wake_leaves_no_sleeper_without_a_timer(
-        tmp_path):
+def _recovering_sleeper(path, done_w):
+    """Block with no limit; report once a recovery between sleeps repairs a slot."""
+    q = Q.open(path)
+    while True:
+        lib.fq_wait_for(q.q, lib.FQ_WAIT_DATA, 0, SLICE, FOREVER, lib.FQ_STRATEGY_SLEEP)
+        if lib.fq_recover(q.q) > 0:
+            os.write(done_w, b"R")
+            return 0
+
+
+def _kill_producer_beside_quiet_sleeper(tmp_path, sleeper_fn, at, kind=Q):
+    """Start sleeper_fn(path, done_w) and wait until it sleeps with no timer; stop a
+    producer's put (kind: Q a queue, T a topic) at the fq_put.c line containing at and
+    kill it there.  Returns (tail, head) after the kill and whether the sleeper
+    reported within 100 of its recovery slices."""
     import select
     path = tmp_path / "q.seg"
-    q = Q.create(path)
+    q = kind.create(path)
     done_r, done_w = os.pipe()
     go_r, go_w = os.pipe()
-    sleeper = _procs.fork(_deep_sleeper, path, done_w)
-    producer = _procs.fork(_paused_producer, path, go_r)
+    sleeper = _procs.fork(sleeper_fn, path, done_w)
+    producer = None
     try:
         deadline = time.monotonic() + BOUND
         while not _sleepers(q)[2]:  # the sleeper's quiet bit: asleep with no timer
             assert time.monotonic() < deadline, "the consumer never slept quietly"
             time.sleep(0.01)
-        line = line_of("csrc/fq_put.c", "fq_wake_quiet(q); /* after the seq_cst claim")
+        producer = _procs.fork(_paused_producer, path, go_r, kind)
+        line = line_of("csrc/fq_put.c", at)
         gdb = gdb_at(producer, "fq_put.c:%d" % line, ["kill"])  # gdb exits with it
         os.write(go_w, b"G")
         gdb.wait(BOUND)
-        assert _procs.reap(producer) == -9, "the producer was not stopped before its wake"
+        assert _procs.reap(producer) == -9, "the producer was not stopped at %r" % at
         st = ffi.new("uint64_t[8]")
         lib.fq_stats(q.q, st)
-        assert st[0] > st[1], "the dead producer's claim is not in flight"
         r, _, _ = select.select([done_r], [], [], 5.0)  # 100 recovery slices of 50 ms
-        assert r, ("a consumer sleeps with no timer beside a dead producer's claim: "
-                   "nobody recovers it until some other process calls into the queue")
+        return (st[0], st[1]), bool(r)
     finally:
         for pid in (sleeper, producer):
+            if pid is None:
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         q.close()
+
+
+@need_gdb
+@no_asan
+def test_a_producer_killed_between_its_claim_and_its_wake_leaves_no_sleeper_without_a_timer(
+        tmp_path):
+    # the first statement after the tail CAS (before W1's fix, the fq_wake_quiet line)
+    (tail, head), recovered = _kill_producer_beside_quiet_sleeper(
+        tmp_path, _deep_sleeper, "count << 2 | FQ_PH_WON, RLX")
+    assert tail > head, "the dead producer's claim is not in flight"
+    assert recovered, ("a consumer sleeps with no timer beside a dead producer's claim: "
+                       "nobody recovers it until some other process calls into the queue")
+
+
+@need_gdb
+@no_asan
+def test_a_producer_killed_between_its_wake_and_its_claim_is_recovered_by_the_quiet_sleeper(
+        tmp_path):
+    """W1's fix rings the quiet sleepers after the producer's intent and before its
+    tail CAS: killed there, it claimed nothing, and the sleeper it rang sees its dead
+    CLAIMING intent (not quiet), sleeps in slices and recovers the dead slot.  (Before
+    the fix nothing rang the sleeper: the dead slot waited for another process.)"""
+    (tail, head), recovered = _kill_producer_beside_quiet_sleeper(
+        tmp_path, _recovering_sleeper, "atomic_compare_exchange_weak_explicit(&ctl->tail")
+    assert tail == head == 0, "the dead producer claimed tail"
+    assert recovered, ("the quiet sleeper was not rung before the dead producer's CAS: "
+                       "its slot waits for some other process to call into the queue")
+
+
+def _recovering_subscriber(path, done_w):
+    """A topic's subscriber: block with no limit; report once a recovery between
+    sleeps repairs a slot."""
+    t = T.open(path)
+    s = t.subscribe("w1")
+    while True:
+        lib.fq_sub_wait_for(s.s, SLICE, FOREVER, lib.FQ_STRATEGY_SLEEP)
+        if lib.fq_recover(t.q) > 0:
+            os.write(done_w, b"R")
+            return 0
+
+
+@need_gdb
+@no_asan
+@pytest.mark.parametrize("at, claimed", [
+    ("count << 2 | FQ_PH_WON, RLX", True),  # after the CAS (before the fix, the wake)
+    ("if (fq_topic_claim(q, &t, &cnt, span, n))", False),  # after the wake, before the CAS
+])
+def test_a_publisher_killed_beside_a_quiet_subscriber_is_recovered_by_it(tmp_path, at,
+                                                                           claimed):
+    """W1 for a topic: the publisher's claim shares fq_put_begin, and the subscriber's
+    quiet rule (fq_topic_in_flight) sees its CLAIMING intent.  Killed after the tail
+    CAS or between the wake and the CAS, the dead publisher's slot is recovered by the
+    subscriber it rang, with no other process calling into the topic."""
+    (tail, _), recovered = _kill_producer_beside_quiet_sleeper(
+        tmp_path, _recovering_subscriber, at, kind=T)
+    assert (tail > 0) == claimed, "the dead publisher was not stopped where meant"
+    assert recovered, ("a subscriber sleeps with no timer beside a dead publisher's "
+                       "intent: nobody recovers it until another process calls in")
+
+
+def _blocked_publisher(path, done_w):
+    """A block topic's publisher: put until full, then wait for room with no limit;
+    report once a recovery between sleeps repairs a slot."""
+    t = T.open(path)
+    while True:
+        if t.put(b"y" * 100) == 0:
+            continue
+        lib.fq_wait_for(t.q, lib.FQ_WAIT_SPACE, 100, SLICE, FOREVER, lib.FQ_STRATEGY_SLEEP)
+        if lib.fq_recover(t.q) > 0:
+            os.write(done_w, b"R")
+            return 0
+
+
+def _paused_member(path, go_r):
+    t = T.open(path)
+    s = t.subscribe("billing", DURABLE)
+    os.read(go_r, 1)
+    s.begin()
+    return 1
+
+
+@need_gdb
+@no_asan
+@pytest.mark.parametrize("at", [
+    'FQ_CRASH_POINT("sub_after_claim")',  # after the head CAS (before the fix, the wake)
+    'FQ_CRASH_POINT("sub_after_intent")',  # after the wake, before the CAS
+])
+def test_a_member_killed_beside_a_quiet_publisher_is_recovered_by_it(tmp_path, at):
+    """W1 for a member's claim (fq_sub.c): a publisher of a block topic full behind a
+    durable subscription nobody is attached to sleeps with no timer; a member joins
+    that subscription and is killed at its claim.  The publisher it rang recovers the
+    dead member with no other process calling into the topic."""
+    import select
+    path = tmp_path / "t.seg"
+    t = T.create(path, capacity=4096)
+    t.subscribe("billing", DURABLE, EARLIEST).unsubscribe()
+    while t.put(b"x" * 100) == 0:
+        pass
+    done_r, done_w = os.pipe()
+    go_r, go_w = os.pipe()
+    publisher = _procs.fork(_blocked_publisher, path, done_w)
+    member = _procs.fork(_paused_member, path, go_r)
+    try:
+        deadline = time.monotonic() + BOUND
+        while not _sleepers(t)[2]:  # the publisher's quiet bit: asleep with no timer
+            assert time.monotonic() < deadline, "the publisher never slept quietly"
+            time.sleep(0.01)
+        gdb = gdb_at(member, "fq_sub.c:%d" % line_of("csrc/fq_sub.c", at), ["kill"])
+        os.write(go_w, b"G")
+        gdb.wait(BOUND)
+        assert _procs.reap(member) == -9, "the member was not stopped at %r" % at
+        r, _, _ = select.select([done_r], [], [], 5.0)  # 100 recovery slices of 50 ms
+        assert r, ("a publisher sleeps with no timer beside a dead member's claim: "
+                   "nobody recovers it until another process calls in")
+    finally:
+        for pid in (publisher, member):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        t.close()
 
 
 # ---- N1: a forked child's handle keeps armed[] and skips the bell_rung clear ---------
