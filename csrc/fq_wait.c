@@ -75,7 +75,13 @@
  * bit, or the waiter's quiet(q), loaded after its seq_cst RMW, sees the
  * intent; killed before the wake it claimed nothing, after it the waiter
  * was rung (review 17, W1: the wake came after the CAS, and a claimer
- * killed between the two left the waiter without a timer).  A queue
+ * killed between the two left the waiter without a timer).  A whole claim
+ * can still fit between the waiter's ready() and its quiet() (the ring
+ * before the waiter's bits, the claimer's lane IDLE again by the scan), so
+ * a waiter that finds nothing in flight looks at ready() once more before
+ * it sleeps without a slice: quiet()'s scan read the IDLE the claimer
+ * stored after its commit, so this ready() sees the commit (review 18,
+ * S1: a claimer killed before its commit's wake left the waiter asleep).  A queue
  * consumer calls fq_wake_quiet() after its seq_cst CAS of head, and the
  * waiter's quiet(q) sees head moved (a consumer's claim matters only to a
  * quiet producer, and a producer waits for space only with records in the
@@ -576,10 +582,19 @@ int fq_wait_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quie
     int ok = ready(q, arg);
     if (!ok) {
         /* quiet: nothing in flight, and a claim from now on wakes us */
-        uint64_t ns = deep && quiet(q) ? timeout_ns : slice_ns;
-        fq_futex_wait(seq, v, ns == FQ_FOREVER ? ns : ns - spent);
-        if (adapt)
-            fq_spin_slept(q, fq_now_ns() - start);
+        uint64_t ns = slice_ns;
+        if (deep && quiet(q)) {
+            /* ... but a whole put may have fitted between ready() and
+             * quiet()'s scan of the lanes (its ring came before our bits,
+             * its lane was IDLE again): look once more (review 18, S1) */
+            ok = ready(q, arg);
+            ns = timeout_ns;
+        }
+        if (!ok) {
+            fq_futex_wait(seq, v, ns == FQ_FOREVER ? ns : ns - spent);
+            if (adapt)
+                fq_spin_slept(q, fq_now_ns() - start);
+        }
     }
     pthread_mutex_lock(&q->mu);
     if (--q->sleepers[what] == 0) {
@@ -646,7 +661,11 @@ int fq_arm_pred(fq_queue *q, int what, fq_ready_fn ready, uint64_t arg, fq_quiet
     /* after the bits are up (seq_cst): pairs with the writer's fence */
     if (ready(q, arg))
         return FQ_ARM_READY;
-    return quiet && quiet(q) ? FQ_ARM_QUIET : 0;
+    if (quiet && quiet(q))
+        /* look once more: a whole put may have fitted between the two
+         * (review 18, S1; fq_wait_pred) */
+        return ready(q, arg) ? FQ_ARM_READY : FQ_ARM_QUIET;
+    return 0;
 }
 
 unsigned fq_bell_take(fq_queue *q)

@@ -182,13 +182,6 @@ def _put_inside_a_quiet_check(tmp_path, kill_before_wake, kind=Q):
 
 @need_gdb
 @no_asan
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "S1: fq_state.c fq_quiet loads release/head/tail (fq_idle) before the intents "
-    "(fq_put_in_flight); a put whose CAS..commit falls between them is seen as "
-    "nothing in flight, and a producer killed between its commit's IDLE store and "
-    "its fq_wake leaves the get() asleep with no timer beside the message.  Fix: "
-    "scan the intents first (return !fq_put_in_flight(q) && fq_idle(q)), or re-run "
-    "ready() after a quiet(q) that says yes (fq_wait_pred, fq_arm_pred)"))
 def test_a_put_inside_a_getters_quiet_check_whose_producer_dies_before_its_wake_is_got(
         tmp_path):
     _put_inside_a_quiet_check(tmp_path, kill_before_wake=True)
@@ -196,13 +189,6 @@ def test_a_put_inside_a_getters_quiet_check_whose_producer_dies_before_its_wake_
 
 @need_gdb
 @no_asan
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "S1 for a topic: fq_topic_data_quiet (fq_topic_in_flight) reads only the "
-    "intents, after the subscriber's ready(); a publish whose CAS..commit falls "
-    "between the two is seen as nothing in flight, and a publisher killed between "
-    "its commit's IDLE store and its fq_wake leaves the subscriber asleep with no "
-    "timer beside the message.  Fix: re-run ready() after a quiet(q) that says yes "
-    "(fq_wait_pred, fq_arm_pred)"))
 def test_a_publish_inside_a_subscribers_quiet_check_whose_publisher_dies_is_got(tmp_path):
     _put_inside_a_quiet_check(tmp_path, kill_before_wake=True, kind=T)
 
