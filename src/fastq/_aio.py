@@ -362,7 +362,17 @@ class _Bell:
             self.targets[key] = seg
             s = self.sides.get((key, what))
             if s is None:
-                s = self.sides[(key, what)] = _Side(self, key, what, broadcast)
+                # the side this handle's last wait left (empty), if it is
+                # this bell's and this segment's: not a new one per wait
+                try:
+                    cache = seg._aio_sides
+                except AttributeError:
+                    cache = seg._aio_sides = [None, None]
+                s = cache[what]
+                if s is None or s.bell is not self or s.key != key or \
+                        s.broadcast != broadcast or s.waiters:
+                    s = cache[what] = _Side(self, key, what, broadcast)
+                self.sides[s.both[what]] = s
             s.waiters.append(w)
         return s
 
@@ -484,15 +494,19 @@ async def _call_waiting(seg: Any, what: int, attempt: Callable[[], Any],
     """_call after its first try failed: spin, then await wake-ups."""
     exc = Empty if what == DATA else Full
     loop = _running_loop()
-    h = _habit(seg if sub is None else sub, what)
+    try:
+        h = (seg if sub is None else sub)._aio_habits[what]
+    except AttributeError:
+        h = _habit(seg if sub is None else sub, what)
     if spin is not None and _spin_first(loop, seg, h, spin):
         try:
             return attempt()
         except exc:
             pass
     deadline = None if timeout is None else loop.time() + timeout
-    bell = _get_bell()
-    ticker = bell.watch(loop)
+    bell = _bell or _get_bell()
+    ent = bell.loops.get(id(loop))
+    ticker = ent[2] if ent is not None and ent[0] is loop else bell.watch(loop)
     w = _Waiter(loop, arm, (seg,) if sub is None else (seg, sub))
     side = bell.join(seg, what, broadcast, w)
     # Quiet or in slices.  Armed quietly (the quiet bit up), a task that
