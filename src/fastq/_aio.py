@@ -431,9 +431,12 @@ def _running_loop() -> asyncio.AbstractEventLoop:
     # a selector loop knows its thread while it runs (None once stopped);
     # uvloop's does not say: a thread runs one loop at a time, so a loop
     # that still runs, cached for this thread, is the one running here
-    if lp is None or not lp.is_running() or getattr(lp, "_thread_id", ident) != ident:
-        import asyncio
-        lp = _loops[ident] = asyncio.get_running_loop()
+    if lp is not None:
+        tid = getattr(lp, "_thread_id", _UNSEEN)
+        if tid == ident or (tid is _UNSEEN and lp.is_running()):
+            return lp
+    import asyncio
+    lp = _loops[ident] = asyncio.get_running_loop()
     return lp
 
 
