@@ -780,6 +780,13 @@ class TopicAio:
         """:meth:`publish`, awaiting room in a ``"block"`` topic (up to
         ``timeout``, then ``queue.Full``).  Cancelled, it has published nothing."""
         publish = self.publish
+        if timeout is None and subject is None:
+            try:  # as QueueAio.aput: the first try without the slow path's closures
+                return publish(obj, False, None)
+            except Full:
+                pass
+            await _aput(self, publish, obj, timeout, None, 0, tried=True)
+            return
         if subject is not None:
             def publish(obj: Any, block: bool, timeout: Optional[float]) -> None:
                 self.publish(obj, block, timeout, subject=subject)
