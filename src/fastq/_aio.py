@@ -252,6 +252,7 @@ class _Side:
 
     def __init__(self, bell: "_Bell", key: Any, what: int, broadcast: bool):
         self.bell, self.key, self.what = bell, key, what
+        self.both = ((key, DATA), (key, SPACE))  # this segment's keys in bell.sides
         self.broadcast = broadcast  # a topic's data side: every subscription wants the message
         self.waiters: collections.deque = collections.deque()
 
@@ -279,6 +280,8 @@ class _Side:
         were taken with the datagram), and wake one if it may proceed now.
         In the mode the task armed in: a task asleep in slices re-armed
         quietly would put the quiet bit up for its side (review 16, I2)."""
+        if len(self.waiters) < 2:
+            return  # only the task that calls this (awake): no one else to arm for
         for w in list(self.waiters):
             if w.fut is not None and not w.fut.done() and not w.woken:
                 try:
@@ -305,8 +308,9 @@ class _Side:
             except Exception:
                 pass  # closed meanwhile: nothing is armed any more
             sides = self.bell.sides
-            sides.pop((self.key, self.what), None)
-            if (self.key, DATA) not in sides and (self.key, SPACE) not in sides:
+            dkey, skey = self.both
+            sides.pop(skey if self.what else dkey, None)
+            if dkey not in sides and skey not in sides:
                 self.bell.targets.pop(self.key, None)
 
 
@@ -358,7 +362,17 @@ class _Bell:
             self.targets[key] = seg
             s = self.sides.get((key, what))
             if s is None:
-                s = self.sides[(key, what)] = _Side(self, key, what, broadcast)
+                # the side this handle's last wait left (empty), if it is
+                # this bell's and this segment's: not a new one per wait
+                try:
+                    cache = seg._aio_sides
+                except AttributeError:
+                    cache = seg._aio_sides = [None, None]
+                s = cache[what]
+                if s is None or s.bell is not self or s.key != key or \
+                        s.broadcast != broadcast or s.waiters:
+                    s = cache[what] = _Side(self, key, what, broadcast)
+                self.sides[s.both[what]] = s
             s.waiters.append(w)
         return s
 
@@ -370,16 +384,21 @@ class _Bell:
         except (BlockingIOError, InterruptedError):
             pass
         # after the recv: a ring after this take sends another datagram
+        take, sides = _core._seg_bell_take, self.sides
         for key, seg in list(self.targets.items()):
             try:
-                rung = _core._seg_bell_take(seg)
+                rung = take(seg)
             except Exception:
                 rung = 0
             if not rung:
                 continue
-            for what in (DATA, SPACE):
-                s = self.sides.get((key, what))
-                if s is not None and rung & (1 << what):
+            if rung & (1 << DATA):
+                s = sides.get((key, DATA))
+                if s is not None:
+                    s.wake(loop)
+            if rung & (1 << SPACE):
+                s = sides.get((key, SPACE))
+                if s is not None:
                     s.wake(loop)
 
 
@@ -412,9 +431,12 @@ def _running_loop() -> asyncio.AbstractEventLoop:
     # a selector loop knows its thread while it runs (None once stopped);
     # uvloop's does not say: a thread runs one loop at a time, so a loop
     # that still runs, cached for this thread, is the one running here
-    if lp is None or not lp.is_running() or getattr(lp, "_thread_id", ident) != ident:
-        import asyncio
-        lp = _loops[ident] = asyncio.get_running_loop()
+    if lp is not None:
+        tid = getattr(lp, "_thread_id", _UNSEEN)
+        if tid == ident or (tid is _UNSEEN and lp.is_running()):
+            return lp
+    import asyncio
+    lp = _loops[ident] = asyncio.get_running_loop()
     return lp
 
 
@@ -433,16 +455,20 @@ async def _call(seg: Any, what: int, attempt: Callable[[], Any], arm: Callable[.
                 timeout: Optional[float], broadcast: bool = False,
                 more: Optional[Callable[[], bool]] = None,
                 spin: Optional[Callable[[int], bool]] = None, sub: Any = None,
-                ready: Optional[Callable[[], bool]] = None) -> Any:
+                ready: Optional[Callable[[], bool]] = None, tried: bool = False) -> Any:
     """Run attempt(), a non-blocking call that raises Empty (what=DATA) or
     Full (SPACE) when it cannot proceed, until it returns; between tries,
     await a wake-up of that side of seg (arm(True) arms it).  spin(ns), if
     given, spins up to ns first (_spin_first decides).  sub: the
     subscription awaited on, if any (its close() wakes the task too).
     ready(), if given, says whether attempt() may proceed, cheaper than
-    attempt() raising (an exception and its traceback) when it cannot."""
+    attempt() raising (an exception and its traceback) when it cannot.
+    tried: the caller made that first try already (it raised; only with
+    timeout None)."""
     exc = Empty if what == DATA else Full
-    if ready is None or (timeout is not None and timeout <= 0) or ready():
+    if tried:
+        pass
+    elif ready is None or (timeout is not None and timeout <= 0) or ready():
         try:
             return attempt()
         except exc:
@@ -471,15 +497,19 @@ async def _call_waiting(seg: Any, what: int, attempt: Callable[[], Any],
     """_call after its first try failed: spin, then await wake-ups."""
     exc = Empty if what == DATA else Full
     loop = _running_loop()
-    h = _habit(seg if sub is None else sub, what)
+    try:
+        h = (seg if sub is None else sub)._aio_habits[what]
+    except AttributeError:
+        h = _habit(seg if sub is None else sub, what)
     if spin is not None and _spin_first(loop, seg, h, spin):
         try:
             return attempt()
         except exc:
             pass
     deadline = None if timeout is None else loop.time() + timeout
-    bell = _get_bell()
-    ticker = bell.watch(loop)
+    bell = _bell or _get_bell()
+    ent = bell.loops.get(id(loop))
+    ticker = ent[2] if ent is not None and ent[0] is loop else bell.watch(loop)
     w = _Waiter(loop, arm, (seg,) if sub is None else (seg, sub))
     side = bell.join(seg, what, broadcast, w)
     # Quiet or in slices.  Armed quietly (the quiet bit up), a task that
@@ -574,9 +604,10 @@ def _subject_len(subject: Optional[str]) -> int:
 
 
 async def _aput(handle: Any, put: Callable[..., Any], obj: Any, timeout: Optional[float],
-                more: Optional[Callable[[], bool]], extra: int = 0) -> None:
+                more: Optional[Callable[[], bool]], extra: int = 0, tried: bool = False) -> None:
     """Put obj through handle (a compiled segment), awaiting room (extra: bytes
-    the record stores ahead of the message, a topic message's subject)."""
+    the record stores ahead of the message, a topic message's subject; tried:
+    the caller's own first try raised Full)."""
     seg = handle
     need: List[int] = []
 
@@ -589,7 +620,7 @@ async def _aput(handle: Any, put: Callable[..., Any], obj: Any, timeout: Optiona
         return _core._seg_arm(seg, SPACE, size() if on else 0, on, quiet)
 
     await _call(seg, SPACE, lambda: put(obj, False, None), arm, timeout, more=more,
-                spin=lambda ns: _core._seg_spin(seg, SPACE, size(), ns))
+                spin=lambda ns: _core._seg_spin(seg, SPACE, size(), ns), tried=tried)
 
 
 async def _aput_many(handle: Any, put_many: Callable[..., int], items: Iterable[Any],
@@ -631,12 +662,54 @@ async def _until_shutdown(aget: Callable[[], Any]) -> AsyncIterator[Any]:
             return
 
 
+class _QueueFns:
+    """A queue's callables for its awaited gets, made once per handle (not
+    four closures per call): ready() (a message may be there), arm(on,
+    quiet), spin(ns) and get() (the non-blocking get)."""
+    __slots__ = ("ready", "arm", "spin", "get")
+
+    def __init__(self, seg: Any) -> None:
+        seg_ready, seg_arm, seg_spin = _core._seg_ready, _core._seg_arm, _core._seg_spin
+        get = seg.get
+
+        def ready() -> bool:
+            return seg_ready(seg, DATA, 0)
+
+        def arm(on: bool, quiet: bool = True) -> int:
+            return seg_arm(seg, DATA, 0, on, quiet)
+
+        def spin(ns: int) -> bool:
+            return seg_spin(seg, DATA, 0, ns)
+
+        def attempt() -> Any:
+            return get(False, None)
+
+        self.ready, self.arm, self.spin, self.get = ready, arm, spin, attempt
+
+
+def _queue_fns(seg: Any) -> _QueueFns:
+    try:
+        return seg._aio_fns
+    except AttributeError:
+        fns = seg._aio_fns = _QueueFns(seg)
+        return fns
+
+
 class QueueAio:
     """The awaitable calls of :class:`fastq.Queue` (a base class of it)."""
 
     async def aput(self, obj: Any, timeout: Optional[float] = None) -> None:
         """Put obj, awaiting room (up to ``timeout`` seconds, then
         ``queue.Full``).  Cancelled, it has put nothing."""
+        if timeout is None:
+            # the common case without a coroutine, closures or lambdas: the
+            # put goes through (_call's first try, done here)
+            try:
+                return self.put(obj, False, None)
+            except Full:
+                pass
+            await _aput(self, self.put, obj, timeout, lambda: not self.full(), tried=True)
+            return
         await _aput(self, self.put, obj, timeout, lambda: not self.full())
 
     async def aput_many(self, items: Iterable[Any], timeout: Optional[float] = None) -> int:
@@ -660,6 +733,20 @@ class QueueAio:
         """The next message, awaiting one (up to ``timeout`` seconds, then
         ``queue.Empty``; ``ShutDown`` once shut down and drained).
         Cancelled, it has taken nothing."""
+        if timeout is None:
+            # _call inlined, with this handle's callables made once: one
+            # coroutine and four closures fewer per awaited message
+            try:
+                fns = self._aio_fns
+            except AttributeError:
+                fns = _queue_fns(self)
+            if fns.ready():
+                try:
+                    return self.get(False, None)
+                except Empty:
+                    pass
+            return await _call_waiting(self, DATA, fns.get, fns.arm, None, False, fns.ready,
+                                       fns.spin, None)
         seg = self
         return await self._aio_get(lambda: seg.get(False, None), timeout)
 
@@ -693,6 +780,13 @@ class TopicAio:
         """:meth:`publish`, awaiting room in a ``"block"`` topic (up to
         ``timeout``, then ``queue.Full``).  Cancelled, it has published nothing."""
         publish = self.publish
+        if timeout is None and subject is None:
+            try:  # as QueueAio.aput: the first try without the slow path's closures
+                return publish(obj, False, None)
+            except Full:
+                pass
+            await _aput(self, publish, obj, timeout, None, 0, tried=True)
+            return
         if subject is not None:
             def publish(obj: Any, block: bool, timeout: Optional[float]) -> None:
                 self.publish(obj, block, timeout, subject=subject)

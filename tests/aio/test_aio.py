@@ -124,6 +124,24 @@ def test_queue_put_waits_for_room(kind):
 
 
 @pytest.mark.parametrize("kind", LOOPS)
+def test_an_awaited_put_that_waits_counts_one_back_pressure_event(kind):
+    # aput(timeout=None) makes its first try itself, then the waiting path
+    # (which must not count a second event for its own first try)
+    async def main():
+        q = fastq.Queue(None, capacity=4096, serializer="raw")
+        fill(q.put_nowait)
+        before = q._counts()["full"]
+        put = asyncio.ensure_future(q.aput(b"late" + b"." * 96))
+        await until_waiting(1, side=1)
+        assert q._counts()["full"] == before + 1
+        q.get()
+        await asyncio.wait_for(put, 10)
+        assert q._counts()["full"] == before + 1
+        q.close()
+    run(kind, main())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
 def test_topic_calls(kind):
     async def main():
         t = fastq.Topic(None, capacity=4096)
