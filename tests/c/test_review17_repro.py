@@ -28,19 +28,13 @@ import time
 import pytest
 
 from support import procs as _procs
-from support.cring import Q
+from support.cring import Q, sleepers as _sleepers
 from support.cseg import ffi, lib
 from support.ctopic import DURABLE, EARLIEST, T
 from support.gdbstop import BOUND, gdb_at, line_of, need_gdb, no_asan
 
 FOREVER = (1 << 64) - 1
 SLICE = 50 * 1000 * 1000
-
-
-def _sleepers(q):
-    out = ffi.new("uint64_t[3]")
-    lib.fq_test_sleepers(q.q, out)
-    return out[0], out[1], out[2]
 
 
 def _quiet_sleeper(path, go_r, done_w):

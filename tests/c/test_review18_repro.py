@@ -23,25 +23,16 @@ is a liveness bound: a lost wake-up is a sleep with no end).
 import os
 import select
 import signal
-import subprocess
 import time
 
-import pytest
-
 from support import procs as _procs
-from support.cring import Q
-from support.cseg import ffi, lib
+from support.cring import Q, sleepers as _sleepers
+from support.cseg import lib
 from support.ctopic import T
-from support.gdbstop import BOUND, line_of, need_gdb, no_asan, proc_status
+from support.gdbstop import BOUND, gdb_at, line_of, need_gdb, no_asan
 
 FOREVER = (1 << 64) - 1
 SLICE = 50 * 1000 * 1000
-
-
-def _sleepers(q):
-    out = ffi.new("uint64_t[3]")
-    lib.fq_test_sleepers(q.q, out)
-    return out[0], out[1], out[2]
 
 
 def _getter(path, go_r, done_w):
@@ -84,20 +75,6 @@ def _producer(path, go_r, kind):
     return 1
 
 
-def _gdb(pid, where, then):
-    cmd = ["gdb", "-nx", "-batch", "-p", str(pid), "-ex", "break " + where, "-ex", "continue"]
-    for c in then:
-        cmd += ["-ex", c]
-    g = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + BOUND
-    while True:
-        st, tracer = proc_status(pid)
-        if tracer and st == "S":
-            return g
-        assert time.monotonic() < deadline, "gdb did not attach"
-        time.sleep(0.01)
-
-
 def _wait_file(p):
     deadline = time.monotonic() + BOUND
     while not p.exists():
@@ -127,10 +104,10 @@ def _put_inside_a_quiet_check(tmp_path, kill_before_wake, kind=Q):
                        "FQ_SLOT_FREE)")
         tail_then = (["break fq_put.c:%d" % wake, "continue", "kill"] if kill_before_wake
                      else ["delete", "detach"])
-        gdbs.append(_gdb(producer, "fq_put.c:%d" % cas, [
+        gdbs.append(gdb_at(producer, "fq_put.c:%d" % cas, [
             "shell touch %s" % p_at,
             "shell while [ ! -e %s ]; do sleep 0.01; done" % p_go] + tail_then))
-        gdbs.append(_gdb(getter, "fq_internal.h:%d" % scan, [
+        gdbs.append(gdb_at(getter, "fq_internal.h:%d" % scan, [
             "shell touch %s" % w_at,
             "shell while [ ! -e %s ]; do sleep 0.01; done" % w_go,
             "delete", "detach"]))

@@ -73,6 +73,13 @@ class Q(Claims, Handle):
 _WAIT_ARGS = len(ffi.typeof(lib.fq_wait).args)
 
 
+def sleepers(q):
+    """(data, space, quiet) sleeper counts of a handle (fq_test_sleepers)."""
+    out = ffi.new("uint64_t[3]")
+    lib.fq_test_sleepers(q.q, out)
+    return out[0], out[1], out[2]
+
+
 def wait(q, what, need, timeout_ns):
     """fq_wait (with spinning, when the core's fq_wait takes a spin flag)"""
     if _WAIT_ARGS == 5:
